@@ -1,0 +1,164 @@
+/**
+ * One error class with a stable `code`. Codes cross NATS and the helper protocol
+ * as data, so the code (not the message text) is the contract; exit codes map
+ * from codes. Exit codes are grouped by tens so scripts can test the class:
+ * 1x source, 2x destination, 3x authentication and host keys, 4x network,
+ * 5x verification, 6x environment, 7x job.
+ */
+
+export type ErrorCode =
+  | 'USAGE'
+  | 'SOURCE_NOT_FOUND'
+  | 'SOURCE_UNREADABLE'
+  | 'SOURCE_CHANGED'
+  | 'DEST_DIR_MISSING'
+  | 'DEST_NOT_WRITABLE'
+  | 'DEST_NO_SPACE'
+  | 'DEST_IO'
+  | 'SSH_AUTH_FAILED'
+  | 'HOST_KEY_UNKNOWN'
+  | 'HOST_KEY_CHANGED'
+  | 'HOST_UNREACHABLE'
+  | 'CONNECTION_LOST'
+  | 'NATS_UNREACHABLE'
+  | 'VERIFY_FAILED'
+  | 'NATS_SERVER_MISSING'
+  | 'HELPER_UNAVAILABLE'
+  | 'PROTOCOL'
+  | 'AGENTS_FAILED'
+  | 'RANGE_FAILED'
+  | 'INTERRUPTED'
+  | 'INTERNAL';
+
+export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
+  INTERNAL: 1,
+  USAGE: 2,
+  SOURCE_NOT_FOUND: 10,
+  SOURCE_UNREADABLE: 11,
+  SOURCE_CHANGED: 12,
+  DEST_DIR_MISSING: 20,
+  DEST_NOT_WRITABLE: 21,
+  DEST_NO_SPACE: 22,
+  DEST_IO: 23,
+  SSH_AUTH_FAILED: 30,
+  HOST_KEY_UNKNOWN: 31,
+  HOST_KEY_CHANGED: 32,
+  HOST_UNREACHABLE: 40,
+  CONNECTION_LOST: 41,
+  NATS_UNREACHABLE: 42,
+  VERIFY_FAILED: 50,
+  NATS_SERVER_MISSING: 60,
+  HELPER_UNAVAILABLE: 61,
+  PROTOCOL: 62,
+  AGENTS_FAILED: 70,
+  RANGE_FAILED: 71,
+  INTERRUPTED: 130,
+};
+
+/** Errors that a later attempt (another connection, another agent, a rerun) may not see again. */
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CONNECTION_LOST', 'HOST_UNREACHABLE', 'NATS_UNREACHABLE', 'DEST_IO']);
+
+export interface FerryErrorFields {
+  host?: string;
+  path?: string;
+  range?: number;
+  cause?: unknown;
+}
+
+/** The plain-data form of an error, as it travels between processes. */
+export interface ErrorData {
+  code: ErrorCode;
+  message: string;
+  host?: string;
+  path?: string;
+  range?: number;
+}
+
+export class FerryError extends Error {
+  readonly code: ErrorCode;
+  readonly host: string | undefined;
+  readonly path: string | undefined;
+  readonly range: number | undefined;
+
+  constructor(code: ErrorCode, message: string, fields: FerryErrorFields = {}) {
+    super(message, fields.cause === undefined ? undefined : { cause: fields.cause });
+    this.name = 'FerryError';
+    this.code = code;
+    this.host = fields.host;
+    this.path = fields.path;
+    this.range = fields.range;
+  }
+
+  get exitCode(): number {
+    return EXIT_CODES[this.code];
+  }
+
+  get retryable(): boolean {
+    return RETRYABLE.has(this.code);
+  }
+
+  toData(): ErrorData {
+    const data: ErrorData = { code: this.code, message: this.message };
+    if (this.host !== undefined) data.host = this.host;
+    if (this.path !== undefined) data.path = this.path;
+    if (this.range !== undefined) data.range = this.range;
+    return data;
+  }
+
+  static fromData(data: ErrorData): FerryError {
+    const code = isErrorCode(data.code) ? data.code : 'INTERNAL';
+    const fields: FerryErrorFields = {};
+    if (data.host !== undefined) fields.host = data.host;
+    if (data.path !== undefined) fields.path = data.path;
+    if (data.range !== undefined) fields.range = data.range;
+    return new FerryError(code, String(data.message), fields);
+  }
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.prototype.hasOwnProperty.call(EXIT_CODES, value);
+}
+
+/** Any thrown value as a FerryError; unknown errors become INTERNAL with the original as cause. */
+export function toFerryError(err: unknown): FerryError {
+  if (err instanceof FerryError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new FerryError('INTERNAL', message, { cause: err });
+}
+
+export function exitCodeOf(err: unknown): number {
+  return toFerryError(err).exitCode;
+}
+
+/** Node errno code (ENOENT, ENOSPC, ...) of a system error, if it has one. */
+export function errnoOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/**
+ * Maps a system error met while writing the destination to a FerryError naming
+ * where it happened and what to do.
+ */
+export function destinationError(err: unknown, where: { host?: string; path: string }): FerryError {
+  const errno = errnoOf(err);
+  const at = where.host ? `${where.host}:${where.path}` : where.path;
+  const fields: FerryErrorFields = { path: where.path, cause: err };
+  if (where.host !== undefined) fields.host = where.host;
+  switch (errno) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new FerryError('DEST_NO_SPACE', `no space left on the destination filesystem writing ${at}: free space (or raise the quota) and rerun the same command to resume`, fields);
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new FerryError('DEST_NOT_WRITABLE', `permission denied writing ${at}: choose a directory you can write to, or fix its permissions`, fields);
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return new FerryError('DEST_DIR_MISSING', `destination directory of ${at} does not exist: create it first (ferry does not create directories)`, fields);
+    default: {
+      const detail = err instanceof Error ? err.message : String(err);
+      return new FerryError('DEST_IO', `I/O error writing ${at}: ${detail}`, fields);
+    }
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * Streaming range hashes. xxh3 (64-bit, native, ~10 GB/s per core) is the
+ * default: it guards against misplaced or torn writes and bit rot, not against an
+ * adversary (SSH's MAC covers the wire). sha256 is there for sites that want a
+ * cryptographic digest. Digests are lowercase hex, xxh3 in XXH3's canonical
+ * (big-endian) form so that `xxhsum -H3` on a remote host gives the same text.
+ */
+import { createHash } from 'node:crypto';
+import { xxh3 } from '@node-rs/xxhash';
+
+export type HashAlgorithm = 'xxh3' | 'sha256';
+
+export const HASH_ALGORITHMS: readonly HashAlgorithm[] = ['xxh3', 'sha256'];
+
+export interface Hasher {
+  update(data: Uint8Array): void;
+  /** Hex digest; the hasher must not be used afterwards. */
+  digest(): string;
+}
+
+export function isHashAlgorithm(value: unknown): value is HashAlgorithm {
+  return value === 'xxh3' || value === 'sha256';
+}
+
+export function createHasher(algorithm: HashAlgorithm): Hasher {
+  if (algorithm === 'xxh3') {
+    const h = xxh3.Xxh3.withSeed();
+    return {
+      update: (data) => void h.update(data),
+      digest: () => h.digest().toString(16).padStart(16, '0'),
+    };
+  }
+  const h = createHash('sha256');
+  return {
+    update: (data) => void h.update(data),
+    digest: () => h.digest('hex'),
+  };
+}
+
+export function hashBytes(algorithm: HashAlgorithm, data: Uint8Array): string {
+  const h = createHasher(algorithm);
+  h.update(data);
+  return h.digest();
+}
+
+/**
+ * Root hash of a file: the hash, with the same algorithm, of its range hashes
+ * in range order, each as raw bytes. Two files with the same range size and the
+ * same root hash have the same ranges.
+ */
+export function rootHash(algorithm: HashAlgorithm, rangeHashes: Iterable<string>): string {
+  const h = createHasher(algorithm);
+  for (const hex of rangeHashes) h.update(Buffer.from(hex, 'hex'));
+  return h.digest();
+}

@@ -1,0 +1,26 @@
+/**
+ * @ferry/core: the pure logic of ferry. No file, socket, SSH or NATS I/O here;
+ * everything is a function over data, tested without processes.
+ *
+ * ```ts
+ * import { planRanges, rangeAt, resolveCopyOptions } from '@ferry/core';
+ * const plan = planRanges(6 * 2 ** 30);        // 6 GiB, range size chosen
+ * const last = rangeAt(plan, plan.count - 1);  // { index, offset, length }
+ * ```
+ */
+export { parseSize, parseDuration, formatBytes, formatRate, formatDuration, KiB, MiB, GiB } from './units.js';
+export { planRanges, rangeAt, chooseRangeBytes, RANGE_ALIGN_BYTES, MIN_AUTO_RANGE_BYTES, MAX_AUTO_RANGE_BYTES, TARGET_RANGE_COUNT } from './ranges.js';
+export type { RangePlan, ByteRange } from './ranges.js';
+export { IntervalSet } from './intervals.js';
+export { FerryError, EXIT_CODES, toFerryError, exitCodeOf, isErrorCode, errnoOf, destinationError } from './errors.js';
+export type { ErrorCode, ErrorData, FerryErrorFields } from './errors.js';
+export { parseLocation, formatLocation, hostLabel } from './location.js';
+export type { Location, LocalLocation, RemoteLocation } from './location.js';
+export { createHasher, hashBytes, rootHash, isHashAlgorithm, HASH_ALGORITHMS } from './hash.js';
+export type { HashAlgorithm, Hasher } from './hash.js';
+export { encode, decode } from './codec.js';
+export * from './protocol.js';
+export * from './messages.js';
+export * from './options.js';
+export { encodeRecord, replayJournal, JOURNAL_VERSION } from './journal.js';
+export type { JournalRecord, ReplayResult, SourceFingerprint } from './journal.js';

@@ -1,0 +1,53 @@
+/**
+ * Source and destination arguments, scp style: `[user@]host[:port]:path` is
+ * remote, anything else is a local path. A colon after a slash (`./a:b`,
+ * `/data/x:y`) is part of a local path, as in scp.
+ */
+import { FerryError } from './errors.js';
+
+export interface LocalLocation {
+  readonly kind: 'local';
+  readonly path: string;
+}
+
+export interface RemoteLocation {
+  readonly kind: 'remote';
+  readonly user: string | undefined;
+  readonly host: string;
+  readonly port: number | undefined;
+  /** Remote path as given; relative paths are relative to the login directory. */
+  readonly path: string;
+}
+
+export type Location = LocalLocation | RemoteLocation;
+
+const REMOTE = /^(?:([^@/:\s]+)@)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?:(.*)$/s;
+
+export function parseLocation(text: string): Location {
+  if (text === '') throw new FerryError('USAGE', 'empty path: give a local path or [user@]host[:port]:path');
+  if (text.startsWith('/') || text.startsWith('./') || text.startsWith('../')) return { kind: 'local', path: text };
+  const colon = text.indexOf(':');
+  const slash = text.indexOf('/');
+  if (colon < 0 || (slash >= 0 && slash < colon && !text.startsWith('['))) return { kind: 'local', path: text };
+  const m = REMOTE.exec(text);
+  if (!m) return { kind: 'local', path: text };
+  let port: number | undefined;
+  if (m[3] !== undefined) {
+    port = Number(m[3]);
+    if (port < 1 || port > 65535) throw new FerryError('USAGE', `port in '${text}' must be 1-65535, got ${port}`);
+  }
+  const host = m[2]!.startsWith('[') ? m[2]!.slice(1, -1) : m[2]!;
+  return { kind: 'remote', user: m[1], host, port, path: m[4] === '' ? '.' : m[4]! };
+}
+
+/** `user@host:port:path` back from a location, for messages. */
+export function formatLocation(loc: Location): string {
+  if (loc.kind === 'local') return loc.path;
+  const host = loc.host.includes(':') ? `[${loc.host}]` : loc.host;
+  return `${loc.user ? `${loc.user}@` : ''}${host}${loc.port ? `:${loc.port}` : ''}:${loc.path}`;
+}
+
+/** `host` or `host:port`, how messages name a remote host. */
+export function hostLabel(loc: { host: string; port?: number | undefined }): string {
+  return loc.port && loc.port !== 22 ? `${loc.host}:${loc.port}` : loc.host;
+}

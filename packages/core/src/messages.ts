@@ -1,0 +1,184 @@
+/**
+ * Control-plane messages between the coordinator and the agents. Plain data
+ * with a version field, one builder each, all encoded by the msgpack codec.
+ * Subjects and stream names for a job come from `jobSubjects()` so that both
+ * sides always agree.
+ */
+import { decode, encode } from './codec.js';
+import type { ErrorData } from './errors.js';
+import { FerryError } from './errors.js';
+import type { HashAlgorithm } from './hash.js';
+
+export const MESSAGE_VERSION = 1;
+
+export type Direction =
+  /** Local source, remote destination. */
+  | 'push'
+  /** Remote source, local destination. */
+  | 'pull';
+
+export type TransferMode =
+  /** `ferry serve` on the remote host, framed helper protocol. */
+  | 'helper'
+  /** Plain SFTP, nothing installed remotely. */
+  | 'sftp';
+
+export interface RemoteHost {
+  host: string;
+  port: number;
+  user: string;
+}
+
+export interface SshSettings {
+  knownHostsFile: string;
+  /** Private key files to offer, in order. */
+  identityFiles: string[];
+  /** ssh-agent socket, when one is to be used. */
+  agentSocket?: string;
+  connectTimeoutMs: number;
+}
+
+/** Everything an agent needs to work on a job; stored in the job's KV bucket under `spec`. */
+export interface JobSpec {
+  v: number;
+  jobId: string;
+  direction: Direction;
+  mode: TransferMode;
+  /** Local file: the source for push, the temporary destination for pull. */
+  localPath: string;
+  /** Remote file: the temporary destination for push, the source for pull. */
+  remotePath: string;
+  remoteHosts: RemoteHost[];
+  /** Command that starts the helper on the remote host, in helper mode. */
+  remoteCommand: string;
+  fileBytes: number;
+  rangeBytes: number;
+  rangeCount: number;
+  hash: HashAlgorithm;
+  streams: number;
+  /** Bytes of one range kept in flight on one connection. */
+  windowBytes: number;
+  ackWaitMs: number;
+  ssh: SshSettings;
+  createdAt: number;
+}
+
+export interface WorkItem {
+  v: number;
+  job: string;
+  range: number;
+  offset: number;
+  length: number;
+  /** 0 for the first send; incremented by the coordinator for each re-send. */
+  attempt: number;
+}
+
+export interface Completion {
+  v: number;
+  job: string;
+  range: number;
+  attempt: number;
+  offset: number;
+  length: number;
+  /** Hash of the bytes as read at the source. */
+  srcHash: string;
+  /** Hash of the bytes as received (or read back) at the destination. */
+  dstHash: string;
+  /** True once the destination has fsynced the range. */
+  durable: boolean;
+  agent: string;
+  remoteHost: string;
+  startedAt: number;
+  finishedAt: number;
+  /** Set when the attempt failed for good (not retryable by this agent). */
+  error?: ErrorData;
+}
+
+export interface Heartbeat {
+  v: number;
+  job: string;
+  agent: string;
+  node: string;
+  pid: number;
+  /** Bytes moved by this agent since it started, including ranges in flight. */
+  bytes: number;
+  rangesDone: number;
+  inFlight: number;
+  errors: number;
+  at: number;
+}
+
+export type ControlMessage = { v: number; job: string; type: 'stop' | 'cancel'; reason?: string };
+
+export type AgentEvent =
+  | { v: number; job: string; type: 'agent.started'; agent: string; node: string; pid: number }
+  | { v: number; job: string; type: 'agent.error'; agent: string; node: string; error: ErrorData; fatal: boolean };
+
+export interface JobSubjects {
+  workStream: string;
+  workSubject: string;
+  workConsumer: string;
+  doneStream: string;
+  doneSubject: string;
+  doneConsumer: string;
+  heartbeat: string;
+  control: string;
+  events: string;
+  kvBucket: string;
+}
+
+/** Job ids are lowercase hex; the names below stay valid NATS stream, subject and bucket names. */
+export function jobSubjects(jobId: string): JobSubjects {
+  if (!/^[0-9a-f]{4,64}$/.test(jobId)) throw new FerryError('USAGE', `job id must be lowercase hex, got '${jobId}'`);
+  return {
+    workStream: `FERRY_WORK_${jobId}`,
+    workSubject: `ferry.${jobId}.work`,
+    workConsumer: 'agents',
+    doneStream: `FERRY_DONE_${jobId}`,
+    doneSubject: `ferry.${jobId}.done`,
+    doneConsumer: 'coordinator',
+    heartbeat: `ferry.${jobId}.hb`,
+    control: `ferry.${jobId}.control`,
+    events: `ferry.${jobId}.events`,
+    kvBucket: `ferry_${jobId}`,
+  };
+}
+
+export function workItemId(item: Pick<WorkItem, 'job' | 'range' | 'attempt'>): string {
+  return `${item.job}:${item.range}:${item.attempt}`;
+}
+
+export function makeWorkItem(job: string, range: { index: number; offset: number; length: number }, attempt = 0): WorkItem {
+  return { v: MESSAGE_VERSION, job, range: range.index, offset: range.offset, length: range.length, attempt };
+}
+
+export function encodeMessage(message: WorkItem | Completion | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {
+  return encode(message);
+}
+
+function decodeOf<T>(what: string, required: readonly string[]) {
+  return (data: Uint8Array, job?: string): T => {
+    let value: unknown;
+    try {
+      value = decode(data);
+    } catch (err) {
+      throw new FerryError('PROTOCOL', `${what} message is not valid msgpack: ${(err as Error).message}`);
+    }
+    if (value === null || typeof value !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
+    const rec = value as Record<string, unknown>;
+    if (rec.v !== MESSAGE_VERSION) throw new FerryError('PROTOCOL', `${what} message has version ${String(rec.v)}, this ferry speaks ${MESSAGE_VERSION}: run the same ferry version everywhere`);
+    for (const k of required) {
+      if (rec[k] === undefined) throw new FerryError('PROTOCOL', `${what} message lacks '${k}'`);
+    }
+    const msgJob = rec.job ?? rec.jobId;
+    if (job !== undefined && msgJob !== job) throw new FerryError('PROTOCOL', `${what} message belongs to job ${String(msgJob)}, not ${job}`);
+    return value as T;
+  };
+}
+
+export const decodeWorkItem = decodeOf<WorkItem>('work item', ['job', 'range', 'offset', 'length', 'attempt']);
+export const decodeCompletion = decodeOf<Completion>('completion', ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent']);
+export const decodeHeartbeat = decodeOf<Heartbeat>('heartbeat', ['job', 'agent', 'bytes']);
+export const decodeControl = decodeOf<ControlMessage>('control', ['job', 'type']);
+export const decodeAgentEvent = decodeOf<AgentEvent>('agent event', ['job', 'type', 'agent']);
+export const decodeJobSpec = decodeOf<JobSpec>('job spec', ['jobId', 'direction', 'mode', 'localPath', 'remotePath', 'remoteHosts', 'rangeBytes']);

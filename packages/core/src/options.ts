@@ -1,0 +1,148 @@
+/**
+ * `ferry cp` options: what a user may say (`CopyOptions`, human strings allowed)
+ * resolved once into `ResolvedCopyOptions` (numbers with units in their names).
+ * All defaults live here.
+ */
+import { FerryError } from './errors.js';
+import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
+import type { HashAlgorithm } from './hash.js';
+import { RANGE_ALIGN_BYTES } from './ranges.js';
+import { MiB, parseDuration, parseSize } from './units.js';
+
+export const DEFAULT_AGENTS = 2;
+export const DEFAULT_STREAMS = 2;
+export const DEFAULT_HASH: HashAlgorithm = 'xxh3';
+export const DEFAULT_REMOTE_COMMAND = 'ferry serve';
+export const DEFAULT_ACK_WAIT_MS = 30_000;
+export const DEFAULT_WINDOW_BYTES = 8 * MiB;
+export const DEFAULT_MAX_RESENDS = 3;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
+export const MAX_AGENTS = 4096;
+export const MAX_STREAMS = 64;
+
+export type ModeChoice = 'auto' | 'helper' | 'sftp';
+export type OutputStyle = 'human' | 'json' | 'quiet';
+
+export interface CopyOptions {
+  /** Agent processes to start. @default 2 */
+  agents?: number | string;
+  /** SSH connections per agent. @default 2 */
+  streams?: number | string;
+  /** Range size, e.g. `64MiB`; a multiple of 1 MiB. @default chosen from the file size */
+  rangeSize?: number | string;
+  /** Range hash algorithm. @default 'xxh3' */
+  hash?: string;
+  /** Data path: helper (`ferry serve` remotely), sftp, or auto (helper when it can be started). @default 'auto' */
+  mode?: string;
+  /** Command that starts the helper on the remote host. @default 'ferry serve' */
+  remoteCmd?: string;
+  /** Preserve mode and modification time. @default false */
+  preserve?: boolean;
+  /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
+  knownHosts?: string;
+  /** Add an unknown host key to known_hosts instead of failing. @default false */
+  acceptNewHostKey?: boolean;
+  /** Private key files. @default ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa */
+  identity?: string[];
+  /** External NATS server URL. @default an embedded nats-server per job */
+  nats?: string;
+  /** Directory for job state (journal, embedded NATS store). @default ~/.local/state/ferry */
+  stateDir?: string;
+  /** How long a range may go without progress before another agent gets it. @default '30s' */
+  ackWait?: string;
+  /** Bytes kept in flight per connection. @default '8MiB' */
+  window?: number | string;
+  /** Re-sends of one range after hash mismatches before the job fails. @default 3 */
+  maxResends?: number | string;
+  /** NDJSON events on stdout. @default false */
+  json?: boolean;
+  /** No progress and no summary; errors only. @default false */
+  quiet?: boolean;
+  /** SSH connect timeout. @default '20s' */
+  connectTimeout?: string;
+}
+
+export interface ResolvedCopyOptions {
+  agents: number;
+  streams: number;
+  /** undefined: chosen from the file size when the ranges are planned. */
+  rangeBytes: number | undefined;
+  hash: HashAlgorithm;
+  mode: ModeChoice;
+  remoteCommand: string;
+  preserve: boolean;
+  knownHostsFile: string | undefined;
+  acceptNewHostKey: boolean;
+  identityFiles: string[];
+  natsUrl: string | undefined;
+  stateDir: string | undefined;
+  ackWaitMs: number;
+  windowBytes: number;
+  maxResends: number;
+  output: OutputStyle;
+  connectTimeoutMs: number;
+}
+
+function usage(message: string): FerryError {
+  return new FerryError('USAGE', message);
+}
+
+function intOption(name: string, value: number | string | undefined, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  const n = typeof value === 'number' ? value : /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw usage(`${name} must be a whole number from ${min} to ${max}, got '${value}'`);
+  }
+  return n;
+}
+
+function sizeOption(name: string, value: number | string | undefined, example: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = typeof value === 'number' ? value : parseSize(value);
+  if (n === undefined || !Number.isSafeInteger(n) || n <= 0) throw usage(`${name} must be a positive size like ${example}, got '${value}'`);
+  return n;
+}
+
+function durationOption(name: string, value: string | undefined, fallback: number, example: string): number {
+  if (value === undefined) return fallback;
+  const n = parseDuration(value);
+  if (n === undefined || n <= 0) throw usage(`${name} must be a positive duration like ${example}, got '${value}'`);
+  return n;
+}
+
+export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptions {
+  const rangeBytes = sizeOption('--range-size', options.rangeSize, '64MiB');
+  if (rangeBytes !== undefined && rangeBytes % RANGE_ALIGN_BYTES !== 0) {
+    throw usage(`--range-size must be a multiple of 1MiB (ranges are aligned to 1 MiB), got '${options.rangeSize}'`);
+  }
+  const hash = options.hash ?? DEFAULT_HASH;
+  if (!isHashAlgorithm(hash)) throw usage(`--hash must be one of ${HASH_ALGORITHMS.join(', ')}, got '${hash}'`);
+  const mode = options.mode ?? 'auto';
+  if (mode !== 'auto' && mode !== 'helper' && mode !== 'sftp') throw usage(`--mode must be auto, helper or sftp, got '${mode}'`);
+  if (options.remoteCmd !== undefined && options.remoteCmd.trim() === '') throw usage('--remote-cmd must not be empty');
+  if (options.json && options.quiet) throw usage('--json and --quiet cannot be used together');
+  if (options.nats !== undefined && !/^(nats|tls|ws|wss):\/\/\S+$/.test(options.nats)) {
+    throw usage(`--nats must be a URL like nats://host:4222, got '${options.nats}'`);
+  }
+  const ackWaitMs = durationOption('--ack-wait', options.ackWait, DEFAULT_ACK_WAIT_MS, '30s');
+  if (ackWaitMs < 1000) throw usage(`--ack-wait must be at least 1s, got '${options.ackWait}'`);
+  return {
+    agents: intOption('--agents', options.agents, DEFAULT_AGENTS, 1, MAX_AGENTS),
+    streams: intOption('--streams', options.streams, DEFAULT_STREAMS, 1, MAX_STREAMS),
+    rangeBytes,
+    hash,
+    mode,
+    remoteCommand: options.remoteCmd ?? DEFAULT_REMOTE_COMMAND,
+    preserve: options.preserve ?? false,
+    knownHostsFile: options.knownHosts,
+    acceptNewHostKey: options.acceptNewHostKey ?? false,
+    identityFiles: options.identity ?? [],
+    natsUrl: options.nats,
+    stateDir: options.stateDir,
+    ackWaitMs,
+    windowBytes: sizeOption('--window', options.window, '8MiB') ?? DEFAULT_WINDOW_BYTES,
+    maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),
+    output: options.json ? 'json' : options.quiet ? 'quiet' : 'human',
+    connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),
+  };
+}

@@ -1,0 +1,287 @@
+/**
+ * The helper wire protocol spoken between an agent (or the coordinator) and
+ * `ferry serve` on the remote host, over an SSH exec channel's stdin/stdout.
+ *
+ * Every frame is a 12-byte header followed by a body:
+ *
+ *   u8 type | u8 flags (0) | u16 reserved (0) | u32 id | u32 body length
+ *
+ * Control frames carry a msgpack map. DATA frames carry raw bytes: file
+ * contents are never msgpack-wrapped. A request and everything that answers it
+ * share the request's id. A range write is one WRITE frame (handle, offset,
+ * length, hash algorithm) followed by DATA frames with the same id whose lengths
+ * add up to `length`; the helper answers once, after the last byte is written,
+ * with the hash of what it received. READ is the mirror image: DATA frames from
+ * the helper, then an OK with the hash computed while reading.
+ *
+ * The decoder is a state machine: bytes in, frames out, no I/O.
+ */
+import { decode, encode } from './codec.js';
+import { FerryError } from './errors.js';
+import type { ErrorData } from './errors.js';
+import type { HashAlgorithm } from './hash.js';
+
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 12;
+/** Largest control body accepted: paths and small maps only. */
+export const MAX_CONTROL_BYTES = 64 * 1024;
+/** Largest DATA frame accepted. */
+export const MAX_DATA_FRAME_BYTES = 16 * 1024 * 1024;
+
+export const FrameType = {
+  HELLO: 1,
+  OPEN: 2,
+  WRITE: 3,
+  DATA: 4,
+  READ: 5,
+  HASH: 6,
+  FSYNC: 7,
+  SETSTAT: 8,
+  CLOSE: 9,
+  STAT: 10,
+  RENAME: 11,
+  UNLINK: 12,
+  OK: 64,
+  ERROR: 65,
+} as const;
+export type FrameTypeName = keyof typeof FrameType;
+export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
+
+const TYPE_NAMES = new Map<number, FrameTypeName>(
+  (Object.entries(FrameType) as Array<[FrameTypeName, number]>).map(([k, v]) => [v, k]),
+);
+
+export function frameTypeName(code: number): FrameTypeName | undefined {
+  return TYPE_NAMES.get(code);
+}
+
+/** How OPEN treats the file. */
+export type OpenPolicy =
+  /** Create or truncate, then size to `size` (sparse). Used for the temporary destination file. */
+  | 'create'
+  /** The file must exist; it is opened for writing without truncation. Used by agents. */
+  | 'write'
+  /** Opened read-only. */
+  | 'read';
+
+export interface HelloBody { version: number; software: string; capabilities: string[] }
+export interface OpenBody { path: string; policy: OpenPolicy; size?: number; mode?: number }
+export interface WriteBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
+export interface ReadBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
+export interface HashBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
+export interface HandleBody { handle: number }
+export interface SetstatBody { path: string; mode?: number; mtimeMs?: number; atimeMs?: number }
+export interface PathBody { path: string }
+export interface RenameBody { from: string; to: string }
+
+export interface StatResult {
+  type: 'file' | 'directory' | 'other';
+  size: number;
+  mode: number;
+  mtimeMs: number;
+  ino: number;
+  dev: number;
+}
+
+/** Body of OK: which fields are set depends on the request it answers. */
+export interface OkBody {
+  handle?: number;
+  size?: number;
+  bytes?: number;
+  hash?: string;
+  stat?: StatResult;
+  hello?: HelloBody;
+}
+
+export type ErrorBody = ErrorData & { errno?: string };
+
+export type ControlFrame =
+  | { type: 'HELLO'; id: number; body: HelloBody }
+  | { type: 'OPEN'; id: number; body: OpenBody }
+  | { type: 'WRITE'; id: number; body: WriteBody }
+  | { type: 'READ'; id: number; body: ReadBody }
+  | { type: 'HASH'; id: number; body: HashBody }
+  | { type: 'FSYNC'; id: number; body: HandleBody }
+  | { type: 'SETSTAT'; id: number; body: SetstatBody }
+  | { type: 'CLOSE'; id: number; body: HandleBody }
+  | { type: 'STAT'; id: number; body: PathBody }
+  | { type: 'RENAME'; id: number; body: RenameBody }
+  | { type: 'UNLINK'; id: number; body: PathBody }
+  | { type: 'OK'; id: number; body: OkBody }
+  | { type: 'ERROR'; id: number; body: ErrorBody };
+
+/** What the decoder emits. DATA bodies arrive as pieces; `chunk` is a view valid only during the callback. */
+export type DecodedFrame = ControlFrame | { type: 'DATA'; id: number; chunk: Buffer; frameBytes: number; remaining: number };
+
+export function writeHeader(target: Buffer, at: number, type: FrameTypeCode, id: number, bodyBytes: number): void {
+  target.writeUInt8(type, at);
+  target.writeUInt8(0, at + 1);
+  target.writeUInt16BE(0, at + 2);
+  target.writeUInt32BE(id >>> 0, at + 4);
+  target.writeUInt32BE(bodyBytes >>> 0, at + 8);
+}
+
+export function encodeControl<F extends ControlFrame>(type: F['type'], id: number, body: F['body']): Buffer {
+  const payload = encode(body);
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  writeHeader(out, 0, FrameType[type], id, payload.length);
+  payload.copy(out, FRAME_HEADER_BYTES);
+  return out;
+}
+
+/** Header of a DATA frame, for callers that send the payload as a separate buffer. */
+export function encodeDataHeader(id: number, bodyBytes: number): Buffer {
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
+  writeHeader(out, 0, FrameType.DATA, id, bodyBytes);
+  return out;
+}
+
+function protocolError(message: string): FerryError {
+  return new FerryError('PROTOCOL', `helper protocol: ${message}`);
+}
+
+/** Checks a decoded control body has the fields its frame type needs, so handlers can trust it. */
+function validate(frame: ControlFrame): ControlFrame {
+  const b = frame.body as unknown as Record<string, unknown>;
+  if (b === null || typeof b !== 'object' || Array.isArray(b)) throw protocolError(`${frame.type} body is not a map`);
+  const int = (k: string) => {
+    const v = b[k];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw protocolError(`${frame.type}.${k} must be a non-negative integer`);
+  };
+  const str = (k: string) => {
+    if (typeof b[k] !== 'string' || (b[k] as string).length === 0 || (b[k] as string).includes('\0')) {
+      throw protocolError(`${frame.type}.${k} must be a non-empty string without NUL`);
+    }
+  };
+  const algo = () => {
+    if (b.algorithm !== 'xxh3' && b.algorithm !== 'sha256') throw protocolError(`${frame.type}.algorithm must be xxh3 or sha256`);
+  };
+  switch (frame.type) {
+    case 'HELLO':
+      int('version');
+      break;
+    case 'OPEN':
+      str('path');
+      if (b.policy !== 'create' && b.policy !== 'write' && b.policy !== 'read') throw protocolError('OPEN.policy must be create, write or read');
+      if (b.size !== undefined) int('size');
+      if (b.mode !== undefined) int('mode');
+      break;
+    case 'WRITE':
+    case 'READ':
+    case 'HASH':
+      int('handle');
+      int('offset');
+      int('length');
+      algo();
+      break;
+    case 'FSYNC':
+    case 'CLOSE':
+      int('handle');
+      break;
+    case 'SETSTAT':
+      str('path');
+      if (b.mode !== undefined) int('mode');
+      if (b.mtimeMs !== undefined) int('mtimeMs');
+      if (b.atimeMs !== undefined) int('atimeMs');
+      break;
+    case 'STAT':
+    case 'UNLINK':
+      str('path');
+      break;
+    case 'RENAME':
+      str('from');
+      str('to');
+      break;
+    case 'OK':
+      break;
+    case 'ERROR':
+      if (typeof b.code !== 'string' || typeof b.message !== 'string') throw protocolError('ERROR needs code and message');
+      break;
+  }
+  return frame;
+}
+
+/**
+ * Incremental frame decoder. Feed it whatever the stream delivers; it calls
+ * `onFrame` for each control frame and for each piece of a DATA body.
+ */
+export class FrameDecoder {
+  private header = Buffer.alloc(FRAME_HEADER_BYTES);
+  private headerFill = 0;
+  private type = 0;
+  private id = 0;
+  private bodyBytes = 0;
+  private bodyLeft = 0;
+  private control: Buffer | undefined;
+  private controlFill = 0;
+
+  constructor(private readonly onFrame: (frame: DecodedFrame) => void) {}
+
+  /** True when no frame is partially received. */
+  get idle(): boolean {
+    return this.headerFill === 0 && this.bodyLeft === 0;
+  }
+
+  push(chunk: Buffer): void {
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.bodyLeft === 0 && this.headerFill < FRAME_HEADER_BYTES) {
+        const n = Math.min(FRAME_HEADER_BYTES - this.headerFill, chunk.length - at);
+        chunk.copy(this.header, this.headerFill, at, at + n);
+        this.headerFill += n;
+        at += n;
+        if (this.headerFill < FRAME_HEADER_BYTES) return;
+        this.startFrame();
+        continue;
+      }
+      const n = Math.min(this.bodyLeft, chunk.length - at);
+      const piece = chunk.subarray(at, at + n);
+      at += n;
+      this.bodyLeft -= n;
+      if (this.type === FrameType.DATA) {
+        this.onFrame({ type: 'DATA', id: this.id, chunk: piece, frameBytes: this.bodyBytes, remaining: this.bodyLeft });
+      } else {
+        piece.copy(this.control!, this.controlFill);
+        this.controlFill += n;
+      }
+      if (this.bodyLeft === 0) this.finishFrame();
+    }
+  }
+
+  private startFrame(): void {
+    const h = this.header;
+    this.type = h.readUInt8(0);
+    this.id = h.readUInt32BE(4);
+    this.bodyBytes = h.readUInt32BE(8);
+    this.bodyLeft = this.bodyBytes;
+    const name = frameTypeName(this.type);
+    if (name === undefined) throw protocolError(`unknown frame type ${this.type}`);
+    if (h.readUInt8(1) !== 0 || h.readUInt16BE(2) !== 0) throw protocolError(`reserved header bits set in ${name} frame`);
+    if (this.type === FrameType.DATA) {
+      if (this.bodyBytes > MAX_DATA_FRAME_BYTES) throw protocolError(`DATA frame of ${this.bodyBytes} bytes exceeds ${MAX_DATA_FRAME_BYTES}`);
+      if (this.bodyBytes === 0) {
+        this.onFrame({ type: 'DATA', id: this.id, chunk: Buffer.alloc(0), frameBytes: 0, remaining: 0 });
+        this.headerFill = 0;
+      }
+      return;
+    }
+    if (this.bodyBytes > MAX_CONTROL_BYTES) throw protocolError(`${name} frame body of ${this.bodyBytes} bytes exceeds ${MAX_CONTROL_BYTES}`);
+    if (this.bodyBytes === 0) throw protocolError(`${name} frame has an empty body`);
+    this.control = Buffer.allocUnsafe(this.bodyBytes);
+    this.controlFill = 0;
+  }
+
+  private finishFrame(): void {
+    this.headerFill = 0;
+    if (this.type === FrameType.DATA) return;
+    const name = frameTypeName(this.type)!;
+    let body: unknown;
+    try {
+      body = decode(this.control!);
+    } catch (err) {
+      throw protocolError(`${name} body is not valid msgpack (${(err as Error).message})`);
+    }
+    this.control = undefined;
+    this.onFrame(validate({ type: name, id: this.id, body } as ControlFrame));
+  }
+}
