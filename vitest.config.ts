@@ -17,6 +17,7 @@ export default defineConfig({
   },
   test: {
     include: ['packages/*/test/**/*.test.ts', 'launcher/test/**/*.test.ts', 'test/**/*.test.ts'],
+    globalSetup: ['test/global-setup.mjs'],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Integration tests start sshd and nats-server processes; on 2 cores they must not all run at once.

@@ -62,6 +62,8 @@ export interface FerryErrorFields {
   host?: string;
   path?: string;
   range?: number;
+  /** errno name (ENOENT, ENOSPC, ...) of the system error behind this one. */
+  errno?: string;
   cause?: unknown;
 }
 
@@ -72,6 +74,7 @@ export interface ErrorData {
   host?: string;
   path?: string;
   range?: number;
+  errno?: string;
 }
 
 export class FerryError extends Error {
@@ -79,6 +82,7 @@ export class FerryError extends Error {
   readonly host: string | undefined;
   readonly path: string | undefined;
   readonly range: number | undefined;
+  readonly errno: string | undefined;
 
   constructor(code: ErrorCode, message: string, fields: FerryErrorFields = {}) {
     super(message, fields.cause === undefined ? undefined : { cause: fields.cause });
@@ -87,6 +91,7 @@ export class FerryError extends Error {
     this.host = fields.host;
     this.path = fields.path;
     this.range = fields.range;
+    this.errno = fields.errno ?? errnoOf(fields.cause);
   }
 
   get exitCode(): number {
@@ -102,6 +107,7 @@ export class FerryError extends Error {
     if (this.host !== undefined) data.host = this.host;
     if (this.path !== undefined) data.path = this.path;
     if (this.range !== undefined) data.range = this.range;
+    if (this.errno !== undefined) data.errno = this.errno;
     return data;
   }
 
@@ -111,6 +117,7 @@ export class FerryError extends Error {
     if (data.host !== undefined) fields.host = data.host;
     if (data.path !== undefined) fields.path = data.path;
     if (data.range !== undefined) fields.range = data.range;
+    if (typeof data.errno === 'string') fields.errno = data.errno;
     return new FerryError(code, String(data.message), fields);
   }
 }
@@ -132,8 +139,9 @@ export function exitCodeOf(err: unknown): number {
 
 /** Node errno code (ENOENT, ENOSPC, ...) of a system error, if it has one. */
 export function errnoOf(err: unknown): string | undefined {
+  if (err instanceof FerryError) return err.errno;
   const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : undefined;
 }
 
 /**
@@ -141,9 +149,11 @@ export function errnoOf(err: unknown): string | undefined {
  * where it happened and what to do.
  */
 export function destinationError(err: unknown, where: { host?: string; path: string }): FerryError {
+  if (err instanceof FerryError) return err;
   const errno = errnoOf(err);
   const at = where.host ? `${where.host}:${where.path}` : where.path;
   const fields: FerryErrorFields = { path: where.path, cause: err };
+  if (errno !== undefined) fields.errno = errno;
   if (where.host !== undefined) fields.host = where.host;
   switch (errno) {
     case 'ENOSPC':

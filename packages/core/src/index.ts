@@ -24,3 +24,4 @@ export * from './messages.js';
 export * from './options.js';
 export { encodeRecord, replayJournal, JOURNAL_VERSION } from './journal.js';
 export type { JournalRecord, ReplayResult, SourceFingerprint } from './journal.js';
+export { BufferPool } from './pool.js';

@@ -35,6 +35,21 @@ export class IntervalSet {
     return true;
   }
 
+  /** Removes one value; returns whether it was there. */
+  delete(value: number): boolean {
+    const i = this.findRun(value);
+    if (i < 0) return false;
+    const s = this.runs[i * 2]!;
+    const e = this.runs[i * 2 + 1]!;
+    if (value >= e) return false;
+    const pieces: number[] = [];
+    if (s < value) pieces.push(s, value);
+    if (value + 1 < e) pieces.push(value + 1, e);
+    this.runs.splice(i * 2, 2, ...pieces);
+    this.total -= 1;
+    return true;
+  }
+
   /** Adds [start, end). */
   addRange(start: number, end: number): void {
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end < start) {

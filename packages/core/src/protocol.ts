@@ -14,6 +14,10 @@
  * with the hash of what it received. READ is the mirror image: DATA frames from
  * the helper, then an OK with the hash computed while reading.
  *
+ * Inside a WRITE or a READ, a ZEROS frame (same id) stands for `length` zero
+ * bytes: runs of zeros, as in sparse files, cost a few bytes on the wire and
+ * are written only where the destination does not already read as zeros.
+ *
  * The decoder is a state machine: bytes in, frames out, no I/O.
  */
 import { decode, encode } from './codec.js';
@@ -41,6 +45,7 @@ export const FrameType = {
   STAT: 10,
   RENAME: 11,
   UNLINK: 12,
+  ZEROS: 13,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -73,6 +78,7 @@ export interface HandleBody { handle: number }
 export interface SetstatBody { path: string; mode?: number; mtimeMs?: number; atimeMs?: number }
 export interface PathBody { path: string }
 export interface RenameBody { from: string; to: string }
+export interface ZerosBody { length: number }
 
 export interface StatResult {
   type: 'file' | 'directory' | 'other';
@@ -93,7 +99,7 @@ export interface OkBody {
   hello?: HelloBody;
 }
 
-export type ErrorBody = ErrorData & { errno?: string };
+export type ErrorBody = ErrorData;
 
 export type ControlFrame =
   | { type: 'HELLO'; id: number; body: HelloBody }
@@ -107,6 +113,7 @@ export type ControlFrame =
   | { type: 'STAT'; id: number; body: PathBody }
   | { type: 'RENAME'; id: number; body: RenameBody }
   | { type: 'UNLINK'; id: number; body: PathBody }
+  | { type: 'ZEROS'; id: number; body: ZerosBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -127,6 +134,18 @@ export function encodeControl<F extends ControlFrame>(type: F['type'], id: numbe
   writeHeader(out, 0, FrameType[type], id, payload.length);
   payload.copy(out, FRAME_HEADER_BYTES);
   return out;
+}
+
+/** 1 MiB of zeros, shared: stands in for ZEROS runs. Never write into it. */
+export const ZERO_CHUNK: Buffer = Buffer.alloc(1024 * 1024);
+
+/** True when every byte of `buf` is zero (a memcmp against ZERO_CHUNK). */
+export function isAllZero(buf: Buffer): boolean {
+  for (let at = 0; at < buf.length; at += ZERO_CHUNK.length) {
+    const n = Math.min(ZERO_CHUNK.length, buf.length - at);
+    if (!buf.subarray(at, at + n).equals(ZERO_CHUNK.subarray(0, n))) return false;
+  }
+  return true;
 }
 
 /** Header of a DATA frame, for callers that send the payload as a separate buffer. */
@@ -191,6 +210,10 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'RENAME':
       str('from');
       str('to');
+      break;
+    case 'ZEROS':
+      int('length');
+      if ((b.length as number) > ZERO_CHUNK.length) throw protocolError(`ZEROS of ${String(b.length)} bytes exceeds ${ZERO_CHUNK.length}`);
       break;
     case 'OK':
       break;

@@ -1,0 +1,31 @@
+/**
+ * NATS connection settings shared by agents and the coordinator: a job's
+ * connection must ride out nats-server restarts, so it reconnects forever.
+ */
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { FerryError } from '@ferry/core';
+
+export interface BusOptions {
+  url: string;
+  token?: string | undefined;
+  name: string;
+  /** How long the first connection may take. @default 10s */
+  timeoutMs?: number;
+}
+
+export async function connectBus(options: BusOptions): Promise<NatsConnection> {
+  try {
+    return await connect({
+      servers: options.url,
+      ...(options.token ? { token: options.token } : {}),
+      name: options.name,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      timeout: options.timeoutMs ?? 10_000,
+      pingInterval: 10_000,
+    });
+  } catch (err) {
+    throw new FerryError('NATS_UNREACHABLE', `cannot connect to NATS at ${options.url}: ${(err as Error).message}`, { cause: err });
+  }
+}

@@ -1,0 +1,14 @@
+/**
+ * @ferry/agent: the worker that moves ranges. `ferry agent` (started by a
+ * launcher) runs `runAgent()`; it exits when the coordinator says stop.
+ *
+ * ```ts
+ * await runAgent({ jobId, natsUrl: 'nats://10.0.0.1:4222', natsToken });
+ * ```
+ */
+export { runAgent } from './agent.js';
+export type { AgentOptions, AgentSummary } from './agent.js';
+export { pushRange, pullRange } from './pump.js';
+export type { RangeJob, RangeResult } from './pump.js';
+export { connectBus } from './bus.js';
+export type { BusOptions } from './bus.js';

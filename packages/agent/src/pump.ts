@@ -1,0 +1,213 @@
+/**
+ * The data path of one range: local file <-> remote file over one connection.
+ * Buffers come from a bounded pool; reads are positional and run a little
+ * ahead of the network; the source hash is computed on the bytes as read and
+ * the destination hash by the receiving side.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { FerryError, ZERO_CHUNK, createHasher, destinationError, isAllZero } from '@ferry/core';
+import type { BufferPool, HashAlgorithm } from '@ferry/core';
+import type { RemoteFile } from '@ferry/transport';
+
+export interface RangeJob {
+  offset: number;
+  length: number;
+  algorithm: HashAlgorithm;
+  /** Test-only fault injection: flip one byte after hashing, as a corrupting network would. */
+  corrupt?: boolean;
+  /** Called with each chunk's size as it is handed to the network or the disk. */
+  onBytes?: (n: number) => void;
+}
+
+export interface RangeResult {
+  srcHash: string;
+  dstHash: string;
+  bytes: number;
+}
+
+/** Reads exactly `length` bytes at `position` into buf[start...]; a short file is a changed source. */
+async function readFully(fh: FileHandle, buf: Buffer, start: number, length: number, position: number, path: string): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, start + done, length - done, position + done);
+    if (bytesRead === 0) {
+      throw new FerryError('SOURCE_CHANGED', `${path} ended at byte ${position + done} while ferry was reading up to ${position + length}: the source shrank during the copy; rerun when it is stable`, { path });
+    }
+    done += bytesRead;
+  }
+}
+
+const READ_AHEAD = 3;
+
+/** Local file -> remote file. */
+export async function pushRange(local: FileHandle, localPath: string, remote: RemoteFile, pool: BufferPool, job: RangeJob): Promise<RangeResult> {
+  const head = remote.headroom;
+  const chunk = pool.bufferBytes - head;
+  const writer = remote.beginWrite(job.offset, job.length, job.algorithm);
+  const src = createHasher(job.algorithm);
+  const reads: Array<Promise<{ buf: Buffer; n: number }>> = [];
+  let next = 0;
+  const startRead = () => {
+    if (next >= job.length) return;
+    const at = next;
+    const n = Math.min(chunk, job.length - at);
+    next += n;
+    reads.push(
+      pool.acquire().then(async (buf) => {
+        try {
+          await readFully(local, buf, head, n, job.offset + at, localPath);
+        } catch (err) {
+          pool.release(buf);
+          throw err;
+        }
+        return { buf, n };
+      }),
+    );
+  };
+  for (let i = 0; i < READ_AHEAD; i++) startRead();
+  let corrupt = job.corrupt === true;
+  try {
+    while (reads.length > 0) {
+      const { buf, n } = await Promise.race([reads.shift()!, writer.failed]);
+      startRead();
+      src.update(buf.subarray(head, head + n));
+      let flipped = false;
+      if (corrupt && n > 0) {
+        buf[head + (n >> 1)]! ^= 0x01;
+        corrupt = false;
+        flipped = true;
+      }
+      job.onBytes?.(n);
+      if (writer.zeros && !flipped && isAllZero(buf.subarray(head, head + n))) {
+        // A run of zeros (a sparse region): a few bytes on the wire instead of n.
+        pool.release(buf);
+        await Promise.race([writer.zeros(n), writer.failed]);
+        continue;
+      }
+      await Promise.race([writer.write(buf, head, head + n, () => pool.release(buf)), writer.failed]);
+    }
+    const { hash } = await writer.end();
+    return { srcHash: src.digest(), dstHash: hash, bytes: job.length };
+  } finally {
+    // Give back the buffers of reads still outstanding after a failure.
+    for (const r of reads.splice(0)) r.then(({ buf }) => pool.release(buf), () => {});
+  }
+}
+
+/**
+ * Remote file -> local file. Pieces are copied, as they arrive, into pool
+ * buffers that are pwritten when full; when more than the pool is waiting for
+ * the disk, the sink returns a promise and the transport stops reading, which
+ * holds the sender through SSH flow control.
+ */
+export async function pullRange(local: FileHandle, localPath: string, remote: RemoteFile, pool: BufferPool, job: RangeJob): Promise<RangeResult> {
+  const chunk = pool.bufferBytes;
+  const dst = createHasher(job.algorithm);
+  let buf: Buffer | undefined;
+  let pooled = false;
+  let fill = 0;
+  let bufOffset = job.offset;
+  let received = 0;
+  let writeError: FerryError | undefined;
+  const writes = new Set<Promise<void>>();
+  let corrupt = job.corrupt === true;
+
+  const flush = () => {
+    const b = buf!;
+    const fromPool = pooled;
+    const n = fill;
+    const at = bufOffset;
+    buf = undefined;
+    fill = 0;
+    const p = (async () => {
+      try {
+        let done = 0;
+        while (done < n) {
+          const { bytesWritten } = await local.write(b, done, n - done, at + done);
+          done += bytesWritten;
+        }
+        job.onBytes?.(n);
+      } catch (err) {
+        writeError ??= destinationError(err, { path: localPath });
+      } finally {
+        if (fromPool) pool.release(b);
+      }
+    })();
+    writes.add(p);
+    void p.finally(() => writes.delete(p));
+  };
+
+  /** A run of zeros: the local file is sparse where nothing was written, so write only where it is not zero. */
+  const ensureZeros = (at: number, n: number) => {
+    const p = (async () => {
+      const b = pool.tryAcquire();
+      const scratch = b ?? Buffer.allocUnsafe(n);
+      try {
+        const { bytesRead } = await local.read(scratch, 0, n, at);
+        if (bytesRead < n || !isAllZero(scratch.subarray(0, n))) {
+          let done = 0;
+          while (done < n) {
+            const { bytesWritten } = await local.write(ZERO_CHUNK, done, n - done, at + done);
+            done += bytesWritten;
+          }
+        }
+        job.onBytes?.(n);
+      } catch (err) {
+        writeError ??= destinationError(err, { path: localPath });
+      } finally {
+        if (b) pool.release(b);
+      }
+    })();
+    writes.add(p);
+    void p.finally(() => writes.delete(p));
+  };
+
+  const sink = (piece: Buffer, zero: boolean): void | Promise<void> => {
+    if (writeError) throw writeError;
+    if (received + piece.length > job.length) throw new FerryError('PROTOCOL', `remote sent more than the ${job.length} bytes of the range`);
+    if (zero && !corrupt) {
+      dst.update(piece);
+      if (buf && fill > 0) flush();
+      const at = job.offset + received;
+      received += piece.length;
+      if (piece.length > 0) ensureZeros(at, piece.length);
+      if (pool.inUse >= pool.count && writes.size > 0) return Promise.race([...writes]);
+      return;
+    }
+    if (corrupt && piece.length > 0) {
+      // Copy before flipping: the piece is a view of the transport's buffer.
+      piece = Buffer.from(piece);
+      piece[piece.length >> 1]! ^= 0x01;
+      corrupt = false;
+    }
+    dst.update(piece);
+    let rest = piece;
+    while (rest.length > 0) {
+      if (!buf) {
+        const b = pool.tryAcquire();
+        // The pool is empty only while the disk lags; the overflow buffer is bounded by
+        // what the transport had already received before it saw the backpressure below.
+        pooled = b !== undefined;
+        buf = b ?? Buffer.allocUnsafe(chunk);
+        bufOffset = job.offset + received;
+        fill = 0;
+      }
+      const n = Math.min(chunk - fill, rest.length);
+      rest.copy(buf, fill, 0, n);
+      fill += n;
+      received += n;
+      rest = rest.subarray(n);
+      if (fill === chunk || received === job.length) flush();
+    }
+    if (pool.inUse >= pool.count && writes.size > 0) return Promise.race([...writes]);
+  };
+
+  const { hash } = await remote.read(job.offset, job.length, job.algorithm, sink);
+  if (buf && fill > 0) flush();
+  while (writes.size > 0) await Promise.all([...writes]);
+  if (writeError) throw writeError;
+  if (received !== job.length) {
+    throw new FerryError('PROTOCOL', `received ${received} bytes for a range of ${job.length}`);
+  }
+  return { srcHash: hash, dstHash: dst.digest(), bytes: job.length };
+}

@@ -1,0 +1,85 @@
+/**
+ * Turning copy events into output: a progress bar on a terminal, a summary,
+ * or NDJSON for scripts.
+ */
+import { formatBytes, formatDuration, formatRate } from '@ferry/core';
+import type { OutputStyle } from '@ferry/core';
+import type { CopyEvent, CopySummary } from '@ferry/coordinator';
+
+export interface Output {
+  write(text: string): void;
+  isTTY?: boolean;
+  columns?: number;
+}
+
+export interface Renderer {
+  onEvent(event: CopyEvent): void;
+  /** Clears any progress line before an error is printed. */
+  finish(): void;
+}
+
+export function formatSummary(s: CopySummary): string {
+  const lines = [
+    `ferry: copied ${s.source} -> ${s.destination}`,
+    `  ${formatBytes(s.bytes)} (${s.bytes} bytes) in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.bytes / s.seconds : 0)}`,
+    `  ${s.ranges} ranges, ${s.resends} re-sent, ${s.agents} agents x ${s.streams} streams, ${s.mode} mode`,
+    `  root hash (${s.hash}): ${s.rootHash}`,
+  ];
+  return lines.join('\n') + '\n';
+}
+
+export function progressLine(e: Extract<CopyEvent, { type: 'progress' }>, columns = 80): string {
+  const pct = e.total > 0 ? e.bytes / e.total : 1;
+  const tail = ` ${(pct * 100).toFixed(1).padStart(5)}%  ${formatBytes(e.bytes)}/${formatBytes(e.total)}  ${formatRate(e.rate)}  ETA ${e.etaSeconds === null ? '--' : formatDuration(e.etaSeconds)}  agents ${e.agentsBusy}/${e.agents}`;
+  const width = Math.max(10, Math.min(40, columns - tail.length - 3));
+  const filled = Math.round(pct * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]${tail}`;
+}
+
+export function createRenderer(style: OutputStyle, stdout: Output, stderr: Output, verbose = false): Renderer {
+  if (style === 'json') {
+    return {
+      onEvent: (event) => stdout.write(JSON.stringify(event) + '\n'),
+      finish: () => {},
+    };
+  }
+  const bar = style === 'human' && stderr.isTTY === true;
+  let shown = false;
+  const clear = () => {
+    if (shown) stderr.write('\r\x1b[2K');
+    shown = false;
+  };
+  return {
+    onEvent: (event) => {
+      switch (event.type) {
+        case 'progress':
+          if (bar) {
+            stderr.write(`\r\x1b[2K${progressLine(event, stderr.columns ?? 80)}`);
+            shown = true;
+          }
+          return;
+        case 'range.resend':
+          clear();
+          if (style !== 'quiet') stderr.write(`ferry: range ${event.range} re-sent: ${event.reason}\n`);
+          return;
+        case 'agent.error':
+          clear();
+          if (style !== 'quiet' && (event.fatal || verbose)) stderr.write(`ferry: agent ${event.agent}: ${event.message}\n`);
+          return;
+        case 'log':
+          if (verbose) {
+            clear();
+            stderr.write(`ferry: ${event.message}\n`);
+          }
+          return;
+        case 'done':
+          clear();
+          if (style === 'human') stdout.write(formatSummary(event));
+          return;
+        default:
+          return;
+      }
+    },
+    finish: clear,
+  };
+}

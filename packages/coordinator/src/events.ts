@@ -1,0 +1,45 @@
+/**
+ * What a running copy reports: the CLI renders these as a progress bar, a
+ * summary, or NDJSON (`--json`), one object per line.
+ */
+import type { ErrorCode } from '@ferry/core';
+
+export interface CopySummary {
+  jobId: string;
+  source: string;
+  destination: string;
+  bytes: number;
+  seconds: number;
+  /** Decimal megabytes per second. */
+  mbps: number;
+  ranges: number;
+  resends: number;
+  hash: string;
+  rootHash: string;
+  mode: 'helper' | 'sftp' | 'none';
+  agents: number;
+  streams: number;
+}
+
+export type CopyEvent =
+  | {
+      type: 'job.start';
+      jobId: string;
+      source: string;
+      destination: string;
+      bytes: number;
+      ranges: number;
+      rangeBytes: number;
+      agents: number;
+      streams: number;
+      mode: 'helper' | 'sftp' | 'none';
+      hash: string;
+      stateDir: string;
+    }
+  | { type: 'range.done'; range: number; bytes: number; agent: string; host: string; hash: string; seconds: number }
+  | { type: 'range.resend'; range: number; attempt: number; reason: string }
+  | { type: 'progress'; bytes: number; total: number; rangesDone: number; ranges: number; rate: number; etaSeconds: number | null; agentsBusy: number; agents: number }
+  | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
+  | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
+  | { type: 'log'; message: string }
+  | ({ type: 'done' } & CopySummary);

@@ -1,0 +1,15 @@
+/**
+ * @ferry/coordinator: plans, publishes, journals, verifies and finalizes a copy.
+ *
+ * ```ts
+ * const summary = await runCopy({ source: '/data/big.h5', destination: 'dtn:/lustre/in/', agentCommand: [process.execPath, cli, 'agent'] });
+ * ```
+ */
+export { runCopy, defaultStateDir } from './copy.js';
+export type { CopyRequest } from './copy.js';
+export type { CopyEvent, CopySummary } from './events.js';
+export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';
+export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
+export { prepareCopy, makeJobId, tempNameFor } from './prepare.js';
+export type { PreparedCopy } from './prepare.js';
+export { JournalFile } from './journal-file.js';

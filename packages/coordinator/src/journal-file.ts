@@ -1,0 +1,76 @@
+/**
+ * The job journal on disk: append-only, group-committed (records queued while
+ * a write+fsync is running go out together in the next one), replayed with a
+ * torn tail cut off before appending resumes.
+ */
+import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { encodeRecord, replayJournal } from '@ferry/core';
+import type { JournalRecord, ReplayResult } from '@ferry/core';
+
+export class JournalFile {
+  private queue: Array<{ data: Buffer; resolve: () => void; reject: (err: unknown) => void }> = [];
+  private writing: Promise<void> | undefined;
+  private failed: unknown;
+
+  private constructor(
+    private readonly fh: FileHandle,
+    private position: number,
+    readonly path: string,
+  ) {}
+
+  /** Opens (creating if needed) and replays the journal; a torn tail is truncated away. */
+  static async open(path: string): Promise<{ journal: JournalFile; replay: ReplayResult }> {
+    const fh = await open(path, 'a+', 0o600);
+    try {
+      const data = await fh.readFile();
+      const replay = replayJournal(data);
+      if (replay.tornTail) {
+        await fh.truncate(replay.validBytes);
+        await fh.sync();
+      }
+      return { journal: new JournalFile(fh, replay.validBytes, path), replay };
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /** Resolves once the record is on stable storage. */
+  append(record: JournalRecord): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ data: encodeRecord(record), resolve, reject });
+      this.writing ??= this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0);
+        const data = Buffer.concat(batch.map((b) => b.data));
+        try {
+          let done = 0;
+          while (done < data.length) {
+            const { bytesWritten } = await this.fh.write(data, done, data.length - done, this.position + done);
+            done += bytesWritten;
+          }
+          this.position += data.length;
+          await this.fh.sync();
+          for (const b of batch) b.resolve();
+        } catch (err) {
+          this.failed = err;
+          for (const b of [...batch, ...this.queue.splice(0)]) b.reject(err);
+        }
+      }
+    } finally {
+      this.writing = undefined;
+    }
+  }
+
+  async close(): Promise<void> {
+    while (this.writing) await this.writing;
+    await this.fh.close();
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * The embedded control plane: a `nats-server -js` per job, on a free port, with
+ * its store in the job's state directory and a random token, stopped at the end.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { access, mkdir, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { createServer, connect as netConnect } from 'node:net';
+import { delimiter, join } from 'node:path';
+import { FerryError } from '@ferry/core';
+
+export interface EmbeddedNats {
+  url: string;
+  token: string;
+  pid: number | undefined;
+  stop(): Promise<void>;
+}
+
+/** Finds an executable on PATH (or the FERRY_NATS_SERVER override). */
+export async function findExecutable(name: string, envOverride?: string): Promise<string | undefined> {
+  if (envOverride) {
+    try {
+      await access(envOverride, constants.X_OK);
+      return envOverride;
+    } catch {
+      return undefined;
+    }
+  }
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (!dir) continue;
+    const candidate = join(dir, name);
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  // Debian installs it in /usr/sbin, which is not on every user's PATH.
+  for (const dir of ['/usr/sbin', '/usr/local/sbin', '/usr/local/bin']) {
+    try {
+      await access(join(dir, name), constants.X_OK);
+      return join(dir, name);
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function canConnect(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = netConnect({ host, port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export interface EmbeddedNatsOptions {
+  storeDir: string;
+  /** Address to listen on. @default 127.0.0.1 */
+  host?: string;
+  /** Address agents use to reach it. @default host */
+  advertiseHost?: string;
+  /** How long nats-server may take to start. @default 15s */
+  startTimeoutMs?: number;
+}
+
+export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<EmbeddedNats> {
+  const override = process.env.FERRY_NATS_SERVER;
+  const bin = await findExecutable('nats-server', override);
+  if (!bin) {
+    const where = override ? `FERRY_NATS_SERVER=${override} is not an executable` : 'not found on PATH, /usr/sbin or /usr/local/bin';
+    throw new FerryError(
+      'NATS_SERVER_MISSING',
+      `nats-server is not installed (${where}): install it (Debian/Ubuntu: apt-get install nats-server), set FERRY_NATS_SERVER to its path, or pass --nats URL of a running server with JetStream`,
+    );
+  }
+  const host = options.host ?? '127.0.0.1';
+  await mkdir(options.storeDir, { recursive: true });
+  const token = randomBytes(24).toString('hex');
+  const startTimeoutMs = options.startTimeoutMs ?? 15_000;
+  for (let attempt = 0; ; attempt++) {
+    const port = await freePort(host);
+    // The token reaches nats-server through its environment (the config refers to it), never
+    // argv, where `ps` would show it, nor a file.
+    const config = join(options.storeDir, 'nats-server.conf');
+    await writeFile(
+      config,
+      [`listen: ${JSON.stringify(`${host}:${port}`)}`, `jetstream { store_dir: ${JSON.stringify(join(options.storeDir, 'jetstream'))} }`, 'authorization { token: $FERRY_NATS_TOKEN }', ''].join('\n'),
+      { mode: 0o600 },
+    );
+    const child: ChildProcess = spawn(bin, ['-c', config], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, FERRY_NATS_TOKEN: token },
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    let spawnError: Error | undefined;
+    child.once('error', (err) => {
+      spawnError = err;
+    });
+    const deadline = Date.now() + startTimeoutMs;
+    let up = false;
+    while (Date.now() < deadline && child.exitCode === null && !spawnError) {
+      if (await canConnect(host, port)) {
+        up = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (up) {
+      const stop = async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(timer);
+      };
+      return { url: `nats://${options.advertiseHost ?? host}:${port}`, token, pid: child.pid, stop };
+    }
+    child.kill('SIGKILL');
+    await exited;
+    // Another process may have taken the port between our probe and nats-server's bind.
+    if (/address already in use/i.test(stderr) && attempt < 3) continue;
+    throw new FerryError('NATS_SERVER_MISSING', `nats-server (${bin}) did not start: ${spawnError?.message ?? (stderr.trim().split('\n').slice(-3).join(' | ') || 'no output')}`);
+  }
+}

@@ -1,0 +1,262 @@
+/**
+ * Before any byte moves: work out what is copied where, check the source can be
+ * read and the destination written, and create the temporary destination file
+ * at full size. Every failure here names the host and path and the fix.
+ */
+import { createHash } from 'node:crypto';
+import { open, stat } from 'node:fs/promises';
+import { homedir, userInfo } from 'node:os';
+import { basename, dirname, join, posix, resolve } from 'node:path';
+import { FerryError, destinationError, errnoOf, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import type { Direction, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { connectRemote } from '@ferry/transport';
+import type { RemoteConnection } from '@ferry/transport';
+
+export interface PreparedCopy {
+  direction: Direction;
+  jobId: string;
+  /** As the user would write them, for messages. */
+  sourceLabel: string;
+  destinationLabel: string;
+  fileBytes: number;
+  sourceMode: number;
+  sourceMtimeMs: number;
+  remoteHost: RemoteHost;
+  ssh: SshSettings;
+  /** Connection used by the coordinator for setup and finalisation. */
+  conn: RemoteConnection;
+  mode: TransferMode;
+  /** The local file: the source (push) or the temporary destination (pull). */
+  localPath: string;
+  /** The remote file: the temporary destination (push) or the source (pull). */
+  remotePath: string;
+  /** Final destination path (remote for push, local for pull). */
+  targetPath: string;
+  /** Temporary file next to the target, renamed into place at the end. */
+  tempPath: string;
+}
+
+export const DEFAULT_IDENTITY_FILES = ['id_ed25519', 'id_ecdsa', 'id_rsa'];
+
+export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSettings> {
+  const sshDir = join(homedir(), '.ssh');
+  let identityFiles = options.identityFiles.map((f) => resolve(f));
+  for (const f of identityFiles) {
+    try {
+      await stat(f);
+    } catch {
+      throw new FerryError('USAGE', `identity file ${f} (-i) does not exist`, { path: f });
+    }
+  }
+  if (identityFiles.length === 0) {
+    identityFiles = [];
+    for (const name of DEFAULT_IDENTITY_FILES) {
+      const f = join(sshDir, name);
+      try {
+        await stat(f);
+        identityFiles.push(f);
+      } catch {
+        // not present
+      }
+    }
+  }
+  const settings: SshSettings = {
+    knownHostsFile: resolve(options.knownHostsFile ?? join(sshDir, 'known_hosts')),
+    identityFiles,
+    connectTimeoutMs: options.connectTimeoutMs,
+  };
+  // With explicit -i keys, ssh-agent is still offered first, as ssh does.
+  if (process.env.SSH_AUTH_SOCK) settings.agentSocket = process.env.SSH_AUTH_SOCK;
+  return settings;
+}
+
+function remoteHostOf(loc: RemoteLocation): RemoteHost {
+  return { host: loc.host, port: loc.port ?? 22, user: loc.user ?? userInfo().username };
+}
+
+export function tempNameFor(targetPath: string, jobId: string, pathApi: typeof posix = posix): string {
+  return pathApi.join(pathApi.dirname(targetPath), `.${pathApi.basename(targetPath)}.ferry-${jobId.slice(0, 8)}.part`);
+}
+
+export function makeJobId(direction: Direction, source: string, target: string): string {
+  return createHash('sha256').update(`${direction}\0${source}\0${target}`).digest('hex').slice(0, 16);
+}
+
+async function statLocalSource(path: string): Promise<{ size: number; mode: number; mtimeMs: number }> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (err) {
+    const errno = errnoOf(err);
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') throw new FerryError('SOURCE_NOT_FOUND', `source ${path} does not exist: check the path`, { path, cause: err });
+    throw new FerryError('SOURCE_UNREADABLE', `cannot access source ${path} (${errno ?? (err as Error).message}): check its permissions`, { path, cause: err });
+  }
+  if (st.isDirectory()) throw new FerryError('USAGE', `source ${path} is a directory: ferry cp copies one file`, { path });
+  if (!st.isFile()) throw new FerryError('USAGE', `source ${path} is not a regular file`, { path });
+  try {
+    const fh = await open(path, 'r');
+    await fh.close();
+  } catch (err) {
+    throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${path} (${errnoOf(err) ?? (err as Error).message}): check its permissions`, { path, cause: err });
+  }
+  return { size: st.size, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs };
+}
+
+/** Final remote path for a push: a directory gets the source's name; the parent must exist. */
+async function remoteTarget(conn: RemoteConnection, loc: RemoteLocation, sourceName: string): Promise<string> {
+  const label = conn.label;
+  const given = loc.path;
+  let st: StatResult | undefined;
+  try {
+    st = await conn.stat(given);
+  } catch (err) {
+    throw destinationError(err, { host: label, path: given });
+  }
+  let target: string;
+  if (st?.type === 'directory') target = posix.join(given, sourceName);
+  else if (given.endsWith('/')) {
+    throw new FerryError('DEST_DIR_MISSING', `destination directory ${label}:${given} does not exist: create it first (ferry does not create directories)`, { host: label, path: given });
+  } else target = given;
+  if (st?.type !== 'directory') {
+    const parent = posix.dirname(target);
+    const pst = await conn.stat(parent).catch((err: unknown) => {
+      throw destinationError(err, { host: label, path: parent });
+    });
+    if (!pst || pst.type !== 'directory') {
+      throw new FerryError('DEST_DIR_MISSING', `destination directory ${label}:${parent} does not exist: create it first (ferry does not create directories)`, { host: label, path: parent });
+    }
+  }
+  const existing = st?.type === 'directory' ? await conn.stat(target) : st;
+  if (existing && existing.type !== 'file') {
+    throw new FerryError('USAGE', `destination ${label}:${target} exists and is not a regular file`, { host: label, path: target });
+  }
+  return conn.realpath(target).catch(() => target);
+}
+
+async function localTarget(given: string, sourceName: string): Promise<string> {
+  const abs = resolve(given);
+  let st;
+  try {
+    st = await stat(abs);
+  } catch (err) {
+    if (errnoOf(err) !== 'ENOENT') throw destinationError(err, { path: abs });
+  }
+  if (st?.isDirectory()) return join(abs, sourceName);
+  if (given.endsWith('/')) throw new FerryError('DEST_DIR_MISSING', `destination directory ${given} does not exist: create it first (ferry does not create directories)`, { path: given });
+  if (st && !st.isFile()) throw new FerryError('USAGE', `destination ${given} exists and is not a regular file`, { path: given });
+  const parent = dirname(abs);
+  try {
+    const pst = await stat(parent);
+    if (!pst.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+  } catch (err) {
+    throw destinationError(err, { path: parent });
+  }
+  return abs;
+}
+
+async function createLocalSized(path: string, size: number): Promise<void> {
+  let fh;
+  try {
+    fh = await open(path, 'w', 0o600);
+    await fh.truncate(size);
+  } catch (err) {
+    throw destinationError(err, { path });
+  } finally {
+    await fh?.close();
+  }
+}
+
+export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal): Promise<PreparedCopy> {
+  const src = parseLocation(source);
+  const dst = parseLocation(destination);
+  if (src.kind === 'local' && dst.kind === 'local') {
+    throw new FerryError('USAGE', `both ${source} and ${destination} are local: one side must be remote, written [user@]host[:port]:path`);
+  }
+  if (src.kind === 'remote' && dst.kind === 'remote') {
+    throw new FerryError('USAGE', `both ${source} and ${destination} are remote: ferry copies between this site and one remote host`);
+  }
+  const ssh = await sshSettings(options);
+  const remoteLoc = (src.kind === 'remote' ? src : dst) as RemoteLocation;
+  const remoteHost = remoteHostOf(remoteLoc);
+  const connectOptions = {
+    mode: options.mode,
+    remoteCommand: options.remoteCommand,
+    windowBytes: options.windowBytes,
+    acceptNewHostKey: options.acceptNewHostKey,
+    ...(signal ? { signal } : {}),
+  };
+
+  if (src.kind === 'local') {
+    const sourcePath = resolve(src.path);
+    const info = await statLocalSource(sourcePath);
+    const conn = await connectRemote(remoteHost, ssh, connectOptions);
+    try {
+      const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
+      const jobId = makeJobId('push', sourcePath, `${hostLabel(remoteHost)}:${targetPath}`);
+      const tempPath = tempNameFor(targetPath, jobId);
+      await conn.createSized(tempPath, info.size, 0o600).catch((err: unknown) => {
+        throw destinationError(err, { host: conn.label, path: tempPath });
+      });
+      return {
+        direction: 'push',
+        jobId,
+        sourceLabel: sourcePath,
+        destinationLabel: formatLocation({ ...remoteLoc, path: targetPath }),
+        fileBytes: info.size,
+        sourceMode: info.mode,
+        sourceMtimeMs: info.mtimeMs,
+        remoteHost,
+        ssh,
+        conn,
+        mode: conn.mode,
+        localPath: sourcePath,
+        remotePath: tempPath,
+        targetPath,
+        tempPath,
+      };
+    } catch (err) {
+      conn.close();
+      throw err;
+    }
+  }
+
+  const conn = await connectRemote(remoteHost, ssh, connectOptions);
+  try {
+    const label = conn.label;
+    const st = await conn.stat(remoteLoc.path);
+    if (!st) throw new FerryError('SOURCE_NOT_FOUND', `source ${label}:${remoteLoc.path} does not exist: check the path`, { host: label, path: remoteLoc.path });
+    if (st.type === 'directory') throw new FerryError('USAGE', `source ${label}:${remoteLoc.path} is a directory: ferry cp copies one file`, { host: label, path: remoteLoc.path });
+    if (st.type !== 'file') throw new FerryError('USAGE', `source ${label}:${remoteLoc.path} is not a regular file`, { host: label, path: remoteLoc.path });
+    const remotePath = await conn.realpath(remoteLoc.path).catch(() => remoteLoc.path);
+    try {
+      const f = await conn.openFile(remotePath, 'read');
+      await f.close();
+    } catch (err) {
+      throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${label}:${remotePath} (${errnoOf(err) ?? (err as Error).message}): check its permissions`, { host: label, path: remotePath, cause: err });
+    }
+    const targetPath = await localTarget(dst.path, posix.basename(remotePath));
+    const jobId = makeJobId('pull', `${hostLabel(remoteHost)}:${remotePath}`, targetPath);
+    const tempPath = tempNameFor(targetPath, jobId, posix);
+    await createLocalSized(tempPath, st.size);
+    return {
+      direction: 'pull',
+      jobId,
+      sourceLabel: formatLocation({ ...remoteLoc, path: remotePath }),
+      destinationLabel: targetPath,
+      fileBytes: st.size,
+      sourceMode: st.mode,
+      sourceMtimeMs: st.mtimeMs,
+      remoteHost,
+      ssh,
+      conn,
+      mode: conn.mode,
+      localPath: tempPath,
+      remotePath,
+      targetPath,
+      tempPath,
+    };
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+}

@@ -1,0 +1,9 @@
+/**
+ * @ferry/serve: the remote helper. `ferry serve` runs `serve({ input: stdin, output: stdout })`.
+ *
+ * ```ts
+ * await serve({ input: process.stdin, output: new net.Socket({ fd: 1, readable: false }) });
+ * ```
+ */
+export { serve, statOf } from './serve.js';
+export type { ServeOptions } from './serve.js';

@@ -1,0 +1,461 @@
+/**
+ * `ferry serve`: the helper a remote host runs over SSH. It speaks the framed
+ * protocol of @ferry/core on stdin/stdout, pwrites received ranges at their
+ * offsets while hashing them as received, streams ranges it is asked to read
+ * with their hash, and touches only files it was asked to OPEN (writes go by
+ * handle, bounded by the size the file had when opened).
+ */
+import { open, rename, stat, unlink, chmod, utimes } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import {
+  BufferPool,
+  FRAME_HEADER_BYTES,
+  FerryError,
+  FrameDecoder,
+  FrameType,
+  PROTOCOL_VERSION,
+  ZERO_CHUNK,
+  createHasher,
+  isAllZero,
+  destinationError,
+  encodeControl,
+  errnoOf,
+  toFerryError,
+  writeHeader,
+} from '@ferry/core';
+import type { ControlFrame, DecodedFrame, ErrorBody, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
+
+export interface ServeOptions {
+  input: Readable;
+  output: Writable;
+  /** Size of the buffers writes are gathered into before each pwrite. @default 1 MiB */
+  chunkBytes?: number;
+  /** Bytes of pwrites pending before input is paused. @default 16 MiB */
+  maxPendingBytes?: number;
+  software?: string;
+}
+
+interface OpenFile {
+  fh: FileHandle;
+  path: string;
+  size: number;
+  writable: boolean;
+}
+
+interface Upload {
+  id: number;
+  file: OpenFile;
+  offset: number;
+  length: number;
+  received: number;
+  hasher: Hasher;
+  /** Buffer being filled, and the file offset of its first byte. */
+  buf: Buffer | undefined;
+  fill: number;
+  bufOffset: number;
+  writes: number;
+  error: FerryError | undefined;
+}
+
+function sourceError(err: unknown, path: string): FerryError {
+  const errno = errnoOf(err);
+  if (errno === 'ENOENT') return new FerryError('SOURCE_NOT_FOUND', `no such file: ${path}`, { path, errno, cause: err });
+  if (errno === 'EACCES' || errno === 'EPERM') return new FerryError('SOURCE_UNREADABLE', `permission denied reading ${path}`, { path, errno, cause: err });
+  return new FerryError('DEST_IO', `${(err as Error).message}`, { path, cause: err, ...(errno ? { errno } : {}) });
+}
+
+export function statOf(st: import('node:fs').Stats): StatResult {
+  return {
+    type: st.isFile() ? 'file' : st.isDirectory() ? 'directory' : 'other',
+    size: st.size,
+    mode: st.mode & 0o7777,
+    mtimeMs: Math.floor(st.mtimeMs),
+    ino: st.ino,
+    dev: st.dev,
+  };
+}
+
+/** Runs one helper session until input ends. Resolves when everything pending is written. */
+export async function serve(options: ServeOptions): Promise<void> {
+  const { input, output } = options;
+  const chunkBytes = options.chunkBytes ?? 1024 * 1024;
+  const maxPendingBytes = options.maxPendingBytes ?? 16 * 1024 * 1024;
+  const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + 4);
+  const files = new Map<number, OpenFile>();
+  const uploads = new Map<number, Upload>();
+  const discarded = new Set<number>();
+  let nextHandle = 1;
+  let pendingBytes = 0;
+  let paused = false;
+  let fatal: FerryError | undefined;
+  let drainWaiters: Array<() => void> = [];
+  const work = new Set<Promise<unknown>>();
+
+  output.on('drain', () => {
+    const w = drainWaiters;
+    drainWaiters = [];
+    for (const f of w) f();
+  });
+
+  const send = (buf: Buffer, done?: () => void): Promise<void> => {
+    const ok = output.write(buf, done ? () => done() : undefined);
+    return ok ? Promise.resolve() : new Promise((resolve) => drainWaiters.push(resolve));
+  };
+  const reply = (id: number, body: OkBody) => void send(encodeControl('OK', id, body));
+  const replyError = (id: number, err: unknown) => {
+    const e = toFerryError(err);
+    const body: ErrorBody = e.toData();
+    void send(encodeControl('ERROR', id, body));
+  };
+  const track = (p: Promise<unknown>) => {
+    work.add(p);
+    void p.finally(() => work.delete(p));
+  };
+  const fileOf = (handle: number): OpenFile => {
+    const f = files.get(handle);
+    if (!f) throw new FerryError('PROTOCOL', `unknown file handle ${handle}`);
+    return f;
+  };
+  const checkBounds = (f: OpenFile, offset: number, length: number) => {
+    if (offset + length > f.size) {
+      throw new FerryError('PROTOCOL', `range [${offset}, ${offset + length}) lies beyond the end (${f.size}) of ${f.path}`, { path: f.path });
+    }
+  };
+
+  const setPending = (delta: number) => {
+    pendingBytes += delta;
+    if (!paused && pendingBytes >= maxPendingBytes) {
+      paused = true;
+      input.pause();
+    } else if (paused && pendingBytes < maxPendingBytes / 2) {
+      paused = false;
+      input.resume();
+    }
+  };
+
+  const finishUpload = (u: Upload) => {
+    if (u.error || u.received < u.length || u.writes > 0) return;
+    uploads.delete(u.id);
+    reply(u.id, { bytes: u.received, hash: u.hasher.digest() });
+  };
+
+  const failUpload = (u: Upload, err: unknown) => {
+    if (u.error) return;
+    u.error = err instanceof FerryError ? err : destinationError(err, { path: u.file.path });
+    if (u.buf) {
+      pool.release(u.buf);
+      u.buf = undefined;
+    }
+    uploads.delete(u.id);
+    if (u.received < u.length) discarded.add(u.id);
+    replyError(u.id, u.error);
+  };
+
+  const flush = (u: Upload) => {
+    const buf = u.buf!;
+    const n = u.fill;
+    const at = u.bufOffset;
+    u.buf = undefined;
+    u.fill = 0;
+    u.writes++;
+    setPending(n);
+    const p = (async () => {
+      try {
+        let done = 0;
+        while (done < n) {
+          const { bytesWritten } = await u.file.fh.write(buf, done, n - done, at + done);
+          done += bytesWritten;
+        }
+      } catch (err) {
+        failUpload(u, err);
+      } finally {
+        pool.release(buf);
+        setPending(-n);
+        u.writes--;
+      }
+      finishUpload(u);
+    })();
+    track(p);
+  };
+
+  /** A run of zeros: written only where the file does not already read as zeros (a fresh sparse file does). */
+  const ensureZeros = (u: Upload, at: number, n: number) => {
+    u.writes++;
+    setPending(n);
+    const p = (async () => {
+      const buf = await pool.acquire();
+      try {
+        const { bytesRead } = await u.file.fh.read(buf, 0, n, at);
+        if (bytesRead < n || !isAllZero(buf.subarray(0, n))) {
+          let done = 0;
+          while (done < n) {
+            const { bytesWritten } = await u.file.fh.write(ZERO_CHUNK, done, n - done, at + done);
+            done += bytesWritten;
+          }
+        }
+      } catch (err) {
+        failUpload(u, err);
+      } finally {
+        pool.release(buf);
+        setPending(-n);
+        u.writes--;
+      }
+      finishUpload(u);
+    })();
+    track(p);
+  };
+
+  const onZeros = (id: number, n: number) => {
+    if (discarded.has(id)) return;
+    const u = uploads.get(id);
+    if (!u) throw new FerryError('PROTOCOL', `ZEROS for unknown request ${id}`);
+    if (u.received + n > u.length) throw new FerryError('PROTOCOL', `ZEROS for request ${id} overruns its length ${u.length}`);
+    u.hasher.update(ZERO_CHUNK.subarray(0, n));
+    if (u.buf && u.fill > 0) flush(u);
+    else if (u.buf) {
+      pool.release(u.buf);
+      u.buf = undefined;
+    }
+    const at = u.offset + u.received;
+    u.received += n;
+    if (n > 0) ensureZeros(u, at, n);
+    else finishUpload(u);
+  };
+
+  const onData = (frame: Extract<DecodedFrame, { type: 'DATA' }>) => {
+    if (discarded.has(frame.id)) {
+      if (frame.remaining === 0) {
+        // The sender cannot know where its data stopped being wanted; the id is forgotten
+        // once a whole frame boundary passes after the WRITE's declared length.
+      }
+      return;
+    }
+    const u = uploads.get(frame.id);
+    if (!u) throw new FerryError('PROTOCOL', `DATA for unknown request ${frame.id}`);
+    let piece = frame.chunk;
+    if (u.received + piece.length > u.length) throw new FerryError('PROTOCOL', `DATA for request ${frame.id} overruns its length ${u.length}`);
+    u.hasher.update(piece);
+    while (piece.length > 0) {
+      if (!u.buf) {
+        const b = pool.tryAcquire();
+        if (!b) {
+          // Pool exhausted although input is paused at maxPendingBytes: gather into a fresh buffer.
+          u.buf = Buffer.allocUnsafe(pool.bufferBytes);
+        } else u.buf = b;
+        u.bufOffset = u.offset + u.received;
+        u.fill = 0;
+      }
+      const n = Math.min(chunkBytes - u.fill, piece.length);
+      piece.copy(u.buf, u.fill, 0, n);
+      u.fill += n;
+      u.received += n;
+      piece = piece.subarray(n);
+      if (u.fill === chunkBytes || u.received === u.length) flush(u);
+    }
+    if (u.received === u.length && u.buf === undefined) finishUpload(u);
+  };
+
+  const doRead = async (id: number, f: OpenFile, offset: number, length: number, hasher: Hasher, sendData: boolean) => {
+    let at = 0;
+    while (at < length) {
+      const buf = await pool.acquire();
+      const want = Math.min(chunkBytes, length - at);
+      let n = 0;
+      try {
+        while (n < want) {
+          const { bytesRead } = await f.fh.read(buf, FRAME_HEADER_BYTES + n, want - n, offset + at + n);
+          if (bytesRead === 0) {
+            throw new FerryError('SOURCE_CHANGED', `${f.path} ended at ${offset + at + n}, before the end of the range [${offset}, ${offset + length}): the file shrank`, { path: f.path });
+          }
+          n += bytesRead;
+        }
+      } catch (err) {
+        pool.release(buf);
+        throw err instanceof FerryError ? err : sourceError(err, f.path);
+      }
+      const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
+      hasher.update(data);
+      at += n;
+      if (sendData && isAllZero(data)) {
+        pool.release(buf);
+        await send(encodeControl('ZEROS', id, { length: n }));
+      } else if (sendData) {
+        writeHeader(buf, 0, FrameType.DATA, id, n);
+        await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
+      } else pool.release(buf);
+    }
+    reply(id, { bytes: length, hash: hasher.digest() });
+  };
+
+  const openFile = async (body: OpenBody): Promise<OkBody> => {
+    let fh: FileHandle;
+    if (body.policy === 'create') {
+      try {
+        fh = await open(body.path, 'w', body.mode ?? 0o644);
+        await fh.truncate(body.size ?? 0);
+      } catch (err) {
+        throw destinationError(err, { path: body.path });
+      }
+    } else if (body.policy === 'write') {
+      try {
+        fh = await open(body.path, 'r+');
+      } catch (err) {
+        throw destinationError(err, { path: body.path });
+      }
+    } else {
+      try {
+        fh = await open(body.path, 'r');
+      } catch (err) {
+        throw sourceError(err, body.path);
+      }
+    }
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      await fh.close();
+      throw new FerryError('PROTOCOL', `${body.path} is not a regular file`, { path: body.path });
+    }
+    const handle = nextHandle++;
+    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read' });
+    return { handle, size: st.size };
+  };
+
+  const onControl = (frame: ControlFrame) => {
+    const { id } = frame;
+    const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
+    switch (frame.type) {
+      case 'HELLO':
+        reply(id, { hello: { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] } });
+        return;
+      case 'OPEN':
+        run(() => openFile(frame.body));
+        return;
+      case 'WRITE': {
+        const f = fileOf(frame.body.handle);
+        if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
+        checkBounds(f, frame.body.offset, frame.body.length);
+        if (uploads.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
+        const u: Upload = {
+          id,
+          file: f,
+          offset: frame.body.offset,
+          length: frame.body.length,
+          received: 0,
+          hasher: createHasher(frame.body.algorithm),
+          buf: undefined,
+          fill: 0,
+          bufOffset: frame.body.offset,
+          writes: 0,
+          error: undefined,
+        };
+        uploads.set(id, u);
+        if (u.length === 0) finishUpload(u);
+        return;
+      }
+      case 'READ':
+      case 'HASH': {
+        const f = fileOf(frame.body.handle);
+        checkBounds(f, frame.body.offset, frame.body.length);
+        const hasher = createHasher(frame.body.algorithm);
+        track(doRead(id, f, frame.body.offset, frame.body.length, hasher, frame.type === 'READ').catch((err: unknown) => replyError(id, err)));
+        return;
+      }
+      case 'FSYNC': {
+        const f = fileOf(frame.body.handle);
+        run(async () => {
+          try {
+            await f.fh.sync();
+          } catch (err) {
+            throw destinationError(err, { path: f.path });
+          }
+          return {};
+        });
+        return;
+      }
+      case 'CLOSE': {
+        const f = fileOf(frame.body.handle);
+        files.delete(frame.body.handle);
+        run(async () => {
+          await f.fh.close();
+          return {};
+        });
+        return;
+      }
+      case 'STAT':
+        run(async () => {
+          try {
+            return { stat: statOf(await stat(frame.body.path)) };
+          } catch (err) {
+            throw sourceError(err, frame.body.path);
+          }
+        });
+        return;
+      case 'SETSTAT': {
+        const b = frame.body;
+        run(async () => {
+          try {
+            if (b.mode !== undefined) await chmod(b.path, b.mode);
+            if (b.mtimeMs !== undefined) await utimes(b.path, (b.atimeMs ?? b.mtimeMs) / 1000, b.mtimeMs / 1000);
+          } catch (err) {
+            throw destinationError(err, { path: b.path });
+          }
+          return {};
+        });
+        return;
+      }
+      case 'RENAME':
+        run(async () => {
+          try {
+            await rename(frame.body.from, frame.body.to);
+          } catch (err) {
+            throw destinationError(err, { path: frame.body.to });
+          }
+          return {};
+        });
+        return;
+      case 'UNLINK':
+        run(async () => {
+          try {
+            await unlink(frame.body.path);
+          } catch (err) {
+            if (errnoOf(err) !== 'ENOENT') throw destinationError(err, { path: frame.body.path });
+          }
+          return {};
+        });
+        return;
+      case 'ZEROS':
+        onZeros(id, frame.body.length);
+        return;
+      case 'OK':
+      case 'ERROR':
+        throw new FerryError('PROTOCOL', `unexpected ${frame.type} frame from the client`);
+    }
+  };
+
+  const decoder = new FrameDecoder((frame) => {
+    if (frame.type === 'DATA') onData(frame);
+    else onControl(frame);
+  });
+
+  await new Promise<void>((resolve) => {
+    input.on('data', (chunk: Buffer) => {
+      if (fatal) return;
+      try {
+        decoder.push(chunk);
+      } catch (err) {
+        // A malformed stream cannot be resynchronised: say why and stop.
+        fatal = toFerryError(err);
+        replyError(0, fatal);
+        input.pause();
+        resolve();
+      }
+    });
+    input.on('end', resolve);
+    input.on('close', resolve);
+    input.on('error', resolve);
+  });
+  while (work.size > 0) await Promise.allSettled([...work]);
+  for (const f of files.values()) await f.fh.close().catch(() => {});
+  files.clear();
+  if (fatal) throw fatal;
+}

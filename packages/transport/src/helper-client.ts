@@ -1,0 +1,286 @@
+/**
+ * Client side of the helper protocol (see @ferry/core protocol.ts): requests
+ * multiplexed by id over one byte stream, typically an SSH exec channel running
+ * `ferry serve`, or the stdin/stdout of an `ssh host ferry serve` subprocess.
+ */
+import type { Readable, Writable } from 'node:stream';
+import {
+  FRAME_HEADER_BYTES,
+  FerryError,
+  FrameDecoder,
+  FrameType,
+  PROTOCOL_VERSION,
+  ZERO_CHUNK,
+  encodeControl,
+  writeHeader,
+} from '@ferry/core';
+import type { ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, StatResult } from '@ferry/core';
+
+export interface HelperStreams {
+  input: Writable;
+  output: Readable;
+  stderr?: Readable;
+  /** Ends the session (closes the channel or kills the subprocess). */
+  close(): void;
+}
+
+interface Pending {
+  resolve(body: OkBody): void;
+  reject(err: FerryError): void;
+  onData?: (chunk: Buffer, zero: boolean) => void;
+  /** Bytes received in DATA frames of a READ. */
+  received: number;
+}
+
+/** A range being written: DATA frames, then the helper's answer. */
+export interface RangeWrite {
+  /** Bytes the caller must leave free in front of the data in each buffer. */
+  readonly headroom: number;
+  /**
+   * Sends `buf[start, end)`; requires start >= headroom. `done` is called when
+   * `buf` may be reused. Resolves when more may be sent (backpressure).
+   */
+  write(buf: Buffer, start: number, end: number, done: () => void): Promise<void>;
+  /** Sends a run of `length` zero bytes without their bytes, where the transport can (helper mode). */
+  zeros?(length: number): Promise<void>;
+  /** Resolves with the destination's hash once every byte is written. */
+  end(): Promise<{ bytes: number; hash: string }>;
+  /** Rejected as soon as the destination reports an error. */
+  readonly failed: Promise<never>;
+}
+
+export class HelperClient {
+  private readonly decoder: FrameDecoder;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private closedError: FerryError | undefined;
+  private stderrTail = '';
+  private drainWaiters: Array<() => void> = [];
+  readonly label: string;
+  hello: OkBody['hello'];
+
+  constructor(private readonly streams: HelperStreams, label: string) {
+    this.label = label;
+    this.decoder = new FrameDecoder((frame) => this.onFrame(frame));
+    streams.output.on('data', (chunk: Buffer) => {
+      try {
+        this.decoder.push(chunk);
+      } catch (err) {
+        this.shutdown(err instanceof FerryError ? err : new FerryError('PROTOCOL', String(err), { host: label }));
+        streams.close();
+      }
+    });
+    streams.stderr?.on('data', (chunk: Buffer) => {
+      this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-2000);
+    });
+    const onEnd = () => this.shutdown(this.lostError());
+    streams.output.on('end', onEnd);
+    streams.output.on('close', onEnd);
+    streams.output.on('error', (err: Error) => this.shutdown(new FerryError('CONNECTION_LOST', `connection to ${label} failed: ${err.message}`, { host: label, cause: err })));
+    streams.input.on('error', () => {});
+    streams.input.on('drain', () => {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const w of waiters) w();
+    });
+  }
+
+  /** What the remote side printed on stderr (for error messages). */
+  get stderr(): string {
+    return this.stderrTail.trim();
+  }
+
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  private lostError(): FerryError {
+    const tail = this.stderr;
+    return new FerryError('CONNECTION_LOST', `helper session on ${this.label} ended${tail ? `: ${tail}` : ''}`, { host: this.label });
+  }
+
+  private shutdown(err: FerryError): void {
+    if (this.closedError) return;
+    this.closedError = err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  close(): void {
+    this.shutdown(new FerryError('CONNECTION_LOST', `helper session on ${this.label} closed`, { host: this.label }));
+    this.streams.close();
+  }
+
+  private onFrame(frame: DecodedFrame): void {
+    const p = this.pending.get(frame.id);
+    if (!p) {
+      if (frame.type === 'ERROR' && frame.id === 0) this.shutdown(this.errorFrom(frame.body));
+      return; // answers to requests abandoned after a failure
+    }
+    switch (frame.type) {
+      case 'DATA':
+        p.received += frame.chunk.length;
+        p.onData?.(frame.chunk, false);
+        return;
+      case 'ZEROS':
+        p.received += frame.body.length;
+        p.onData?.(ZERO_CHUNK.subarray(0, frame.body.length), true);
+        return;
+      case 'OK':
+        this.pending.delete(frame.id);
+        p.resolve(frame.body);
+        return;
+      case 'ERROR':
+        this.pending.delete(frame.id);
+        p.reject(this.errorFrom(frame.body));
+        return;
+      default:
+        this.shutdown(new FerryError('PROTOCOL', `helper on ${this.label} sent an unexpected ${frame.type} frame`, { host: this.label }));
+        this.streams.close();
+    }
+  }
+
+  /** The helper names paths only; messages here name them as host:path. */
+  private errorFrom(body: ErrorBody): FerryError {
+    let message = body.message;
+    if (body.path && !message.includes(`${this.label}:`)) message = message.split(body.path).join(`${this.label}:${body.path}`);
+    return FerryError.fromData({ ...body, message, host: body.host ?? this.label });
+  }
+
+  private send(buf: Buffer, done?: () => void): Promise<void> {
+    if (this.closedError) {
+      done?.();
+      return Promise.reject(this.closedError);
+    }
+    const ok = this.streams.input.write(buf, done ? () => done() : undefined);
+    if (ok) return Promise.resolve();
+    return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private request(frame: Exclude<ControlFrame, { type: 'OK' | 'ERROR' }>['type'], body: object, onData?: (chunk: Buffer, zero: boolean) => void): { id: number; reply: Promise<OkBody> } {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    const reply = new Promise<OkBody>((resolve, reject) => {
+      if (this.closedError) return reject(this.closedError);
+      const pending: Pending = { resolve, reject, received: 0 };
+      if (onData) pending.onData = onData;
+      this.pending.set(id, pending);
+    });
+    this.send(encodeControl(frame as never, id, body as never)).catch(() => {});
+    return { id, reply };
+  }
+
+  async handshake(timeoutMs: number): Promise<void> {
+    const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'] });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new FerryError('HELPER_UNAVAILABLE', `no answer from the helper on ${this.label} within ${timeoutMs / 1000}s`, { host: this.label })), timeoutMs);
+    });
+    try {
+      const ok = await Promise.race([reply, timeout]);
+      if (!ok.hello || ok.hello.version !== PROTOCOL_VERSION) {
+        throw new FerryError('HELPER_UNAVAILABLE', `helper on ${this.label} speaks protocol ${ok.hello?.version ?? '?'}, this ferry speaks ${PROTOCOL_VERSION}: install the same ferry version there`, { host: this.label });
+      }
+      this.hello = ok.hello;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async open(path: string, policy: OpenPolicy, size?: number, mode?: number): Promise<{ handle: number; size: number }> {
+    const body: Record<string, unknown> = { path, policy };
+    if (size !== undefined) body.size = size;
+    if (mode !== undefined) body.mode = mode;
+    const ok = await this.request('OPEN', body).reply;
+    return { handle: ok.handle!, size: ok.size ?? 0 };
+  }
+
+  async stat(path: string): Promise<StatResult> {
+    return (await this.request('STAT', { path }).reply).stat!;
+  }
+
+  async fsync(handle: number): Promise<void> {
+    await this.request('FSYNC', { handle }).reply;
+  }
+
+  async closeFile(handle: number): Promise<void> {
+    await this.request('CLOSE', { handle }).reply;
+  }
+
+  async setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    await this.request('SETSTAT', { path, ...attrs }).reply;
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await this.request('RENAME', { from, to }).reply;
+  }
+
+  async unlink(path: string): Promise<void> {
+    await this.request('UNLINK', { path }).reply;
+  }
+
+  async hash(handle: number, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    return (await this.request('HASH', { handle, offset, length, algorithm }).reply).hash!;
+  }
+
+  /** Starts a range write: a WRITE frame now, DATA frames through the returned writer. */
+  writeRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm): RangeWrite {
+    const { id, reply } = this.request('WRITE', { handle, offset, length, algorithm });
+    let sent = 0;
+    const failed = reply.then(
+      () => new Promise<never>(() => {}),
+      (err: unknown) => Promise.reject(err),
+    );
+    failed.catch(() => {});
+    let error: unknown;
+    reply.catch((err: unknown) => {
+      error = err;
+    });
+    return {
+      headroom: FRAME_HEADER_BYTES,
+      failed,
+      write: (buf, start, end, done) => {
+        if (error !== undefined) {
+          done();
+          return Promise.reject(error);
+        }
+        if (start < FRAME_HEADER_BYTES) throw new RangeError('no headroom for the frame header');
+        sent += end - start;
+        if (sent > length) throw new RangeError(`range write overruns its length ${length}`);
+        writeHeader(buf, start - FRAME_HEADER_BYTES, FrameType.DATA, id, end - start);
+        return this.send(buf.subarray(start - FRAME_HEADER_BYTES, end), done);
+      },
+      zeros: (n) => {
+        if (error !== undefined) return Promise.reject(error);
+        sent += n;
+        if (sent > length) throw new RangeError(`range write overruns its length ${length}`);
+        return this.send(encodeControl('ZEROS', id, { length: n }));
+      },
+      end: async () => {
+        const ok = await reply;
+        return { bytes: ok.bytes ?? 0, hash: ok.hash! };
+      },
+    };
+  }
+
+  /**
+   * Reads a range; `onData` gets each piece as it arrives (a view valid only
+   * during the call; `zero` marks a run of zeros sent as a ZEROS frame).
+   */
+  readRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): Promise<{ bytes: number; hash: string }> {
+    const { reply } = this.request('READ', { handle, offset, length, algorithm }, onData);
+    return reply.then((ok) => ({ bytes: ok.bytes ?? 0, hash: ok.hash! }));
+  }
+
+  /** Stops reading from the remote (SSH flow control then holds the sender). */
+  pause(): void {
+    this.streams.output.pause();
+  }
+
+  resume(): void {
+    this.streams.output.resume();
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * @ferry/transport: SSH for ferry. Connections with known_hosts checking,
+ * the helper-protocol client, SFTP range I/O, and `connectRemote()` which puts
+ * both behind one `RemoteConnection` interface.
+ *
+ * ```ts
+ * const remote = await connectRemote({ host, port: 22, user }, ssh, { mode: 'auto', remoteCommand: 'ferry serve', windowBytes: 8 << 20 });
+ * const file = await remote.openFile('/lustre/in/.big.h5.ferry-1a2b.part', 'write');
+ * const w = file.beginWrite(offset, length, 'xxh3');
+ * ```
+ */
+export { connectSsh, shellQuote } from './ssh.js';
+export type { ConnectOptions } from './ssh.js';
+export { HelperClient } from './helper-client.js';
+export type { HelperStreams, RangeWrite } from './helper-client.js';
+export { SftpSession, sftpErrno } from './sftp-session.js';
+export { connectRemote } from './remote.js';
+export type { RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
+export { execCapture } from './exec.js';
+export type { ExecResult } from './exec.js';
+export {
+  appendKnownHost,
+  checkHostKey,
+  formatKnownHostsLine,
+  hostKeyAlgorithmsFor,
+  hostKeyName,
+  knownKeyTypes,
+  matchHost,
+  parseKnownHosts,
+  readKnownHostsFiles,
+} from './known-hosts.js';
+export type { KnownHostEntry } from './known-hosts.js';

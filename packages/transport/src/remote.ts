@@ -1,0 +1,436 @@
+/**
+ * A connection to one remote host, in helper or SFTP mode, behind one
+ * interface: file operations for the coordinator (stat, create, fsync, rename)
+ * and range transfers for the agents. `connectRemote()` picks the mode.
+ */
+import type { Client } from 'ssh2';
+import { FerryError, createHasher, destinationError, errnoOf, hostLabel } from '@ferry/core';
+import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { execCapture } from './exec.js';
+import { HelperClient } from './helper-client.js';
+import type { RangeWrite } from './helper-client.js';
+import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
+import { connectSsh, shellQuote } from './ssh.js';
+import type { ConnectOptions } from './ssh.js';
+
+export type { RangeWrite } from './helper-client.js';
+
+export type RangeSink = (chunk: Buffer, zero: boolean) => void | Promise<void>;
+
+/** One open remote file, for range transfers. */
+export interface RemoteFile {
+  readonly headroom: number;
+  /** Starts writing [offset, offset + length); see RangeWrite. */
+  beginWrite(offset: number, length: number, algorithm: HashAlgorithm): RangeWrite;
+  /**
+   * Reads [offset, offset + length) and hands the bytes to `sink` in order
+   * (`zero` marks a run the source sent as zeros; `chunk` then views a shared
+   * zero buffer). Resolves with the source-side hash. `sink` may return a
+   * promise to hold the stream; `chunk` is valid until then.
+   */
+  read(offset: number, length: number, algorithm: HashAlgorithm, sink: RangeSink): Promise<{ hash: string }>;
+  fsync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface RemoteConnection {
+  readonly label: string;
+  readonly mode: TransferMode;
+  readonly client: Client;
+  stat(path: string): Promise<StatResult | undefined>;
+  /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
+  createSized(path: string, size: number, mode?: number): Promise<void>;
+  openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile>;
+  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+  unlink(path: string): Promise<void>;
+  /** Hash of a range of a remote file as it is on disk. */
+  hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
+  /** Absolute form of a remote path (relative paths are relative to the login directory). */
+  realpath(path: string): Promise<string>;
+  close(): void;
+}
+
+export interface RemoteOptions extends ConnectOptions {
+  mode: TransferMode | 'auto';
+  remoteCommand: string;
+  /** Bytes kept in flight per range (SFTP requests, helper frames are bounded by SSH's window). */
+  windowBytes: number;
+  /** Bytes per read/write call on the data path. */
+  chunkBytes?: number;
+}
+
+const HELPER_HELLO_TIMEOUT_MS = 20_000;
+
+async function startHelper(client: Client, command: string, label: string): Promise<HelperClient> {
+  const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
+    client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
+  );
+  let exitCode: number | null | undefined;
+  channel.on('exit', (code: number | null) => {
+    exitCode = code;
+  });
+  const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
+  try {
+    await helper.handshake(HELPER_HELLO_TIMEOUT_MS);
+  } catch (err) {
+    helper.close();
+    const tail = helper.stderr;
+    const why = exitCode === 127 || /not found/i.test(tail) ? 'command not found' : tail || (err as Error).message;
+    throw new FerryError(
+      'HELPER_UNAVAILABLE',
+      `cannot start '${command}' on ${label} (${why}): install ferry there, point --remote-cmd at it, or use --mode sftp`,
+      { host: label, cause: err },
+    );
+  }
+  return helper;
+}
+
+/** Opens an SSH connection and a data session in the requested mode; 'auto' tries the helper first. */
+export async function connectRemote(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
+  const client = await connectSsh(target, ssh, options);
+  const label = hostLabel(target);
+  try {
+    if (options.mode !== 'sftp') {
+      try {
+        const helper = await startHelper(client, options.remoteCommand, label);
+        return new HelperConnection(client, helper, label);
+      } catch (err) {
+        if (options.mode === 'helper') throw err;
+      }
+    }
+    const session = await SftpSession.open(client, label);
+    return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024);
+  } catch (err) {
+    client.end();
+    throw err;
+  }
+}
+
+function notFound(err: unknown): boolean {
+  return errnoOf(err) === 'ENOENT' || sftpErrno(err) === 'ENOENT';
+}
+
+class HelperConnection implements RemoteConnection {
+  readonly mode = 'helper' as const;
+  constructor(
+    readonly client: Client,
+    private readonly helper: HelperClient,
+    readonly label: string,
+  ) {}
+
+  async stat(path: string): Promise<StatResult | undefined> {
+    try {
+      return await this.helper.stat(path);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async createSized(path: string, size: number, mode?: number): Promise<void> {
+    const { handle } = await this.helper.open(path, 'create', size, mode);
+    await this.helper.closeFile(handle);
+  }
+
+  async openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile> {
+    const { handle } = await this.helper.open(path, policy);
+    const helper = this.helper;
+    return {
+      headroom: 12,
+      beginWrite: (offset, length, algorithm) => helper.writeRange(handle, offset, length, algorithm),
+      read: async (offset, length, algorithm, sink) => {
+        // Pieces arrive as views of the channel's buffers; a sink that returns a
+        // promise pauses the channel until it settles, which holds the sender.
+        let failure: unknown;
+        const result = helper.readRange(handle, offset, length, algorithm, (chunk, zero) => {
+          if (failure !== undefined) return;
+          let r: void | Promise<void>;
+          try {
+            r = sink(chunk, zero);
+          } catch (err) {
+            failure = err;
+            return;
+          }
+          if (r) {
+            helper.pause();
+            r.then(
+              () => helper.resume(),
+              (err: unknown) => {
+                failure = err;
+                helper.resume();
+              },
+            );
+          }
+        });
+        const { hash } = await result;
+        if (failure !== undefined) throw failure;
+        return { hash };
+      },
+      fsync: () => helper.fsync(handle),
+      close: () => helper.closeFile(handle),
+    };
+  }
+
+  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    return this.helper.setstat(path, attrs);
+  }
+
+  rename(from: string, to: string): Promise<void> {
+    return this.helper.rename(from, to);
+  }
+
+  unlink(path: string): Promise<void> {
+    return this.helper.unlink(path);
+  }
+
+  async hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    const { handle } = await this.helper.open(path, 'read');
+    try {
+      return await this.helper.hash(handle, offset, length, algorithm);
+    } finally {
+      await this.helper.closeFile(handle).catch(() => {});
+    }
+  }
+
+  async realpath(path: string): Promise<string> {
+    if (path.startsWith('/')) return path;
+    const res = await execCapture(this.client, 'pwd', this.label);
+    const home = res.stdout.trim();
+    return path === '.' ? home : `${home}/${path}`;
+  }
+
+  close(): void {
+    this.helper.close();
+    this.client.end();
+  }
+}
+
+/** How the destination side of an SFTP range is verified. */
+type RemoteHashTool = { algorithm: HashAlgorithm; command: (path: string, offset: number, length: number) => string; parse: (out: string) => string | undefined };
+
+const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (out: string) => string | undefined }> = {
+  xxh3: { probe: 'xxhsum', pipe: 'xxhsum -H3', parse: (out) => /([0-9a-f]{16})\s*$/.exec(out.trim())?.[1] },
+  sha256: { probe: 'sha256sum', pipe: 'sha256sum', parse: (out) => /^([0-9a-f]{64})\b/.exec(out.trim())?.[1] },
+};
+
+class SftpConnection implements RemoteConnection {
+  readonly mode = 'sftp' as const;
+  private tools: Promise<Set<string>> | undefined;
+
+  constructor(
+    readonly client: Client,
+    private readonly session: SftpSession,
+    readonly label: string,
+    private readonly windowBytes: number,
+    private readonly chunkBytes: number,
+  ) {}
+
+  async stat(path: string): Promise<StatResult | undefined> {
+    try {
+      return await this.session.stat(path);
+    } catch (err) {
+      if (notFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async createSized(path: string, size: number, mode?: number): Promise<void> {
+    let handle: Buffer;
+    try {
+      handle = await this.session.open(path, 'w', mode);
+    } catch (err) {
+      throw await sftpWriteError(this.session, err, path);
+    }
+    try {
+      await this.session.truncate(handle, size);
+    } catch (err) {
+      throw await sftpWriteError(this.session, err, path);
+    } finally {
+      await this.session.close(handle).catch(() => {});
+    }
+  }
+
+  /** Which hash tools the remote shell has (probed once per connection). */
+  private remoteTools(): Promise<Set<string>> {
+    this.tools ??= execCapture(this.client, 'command -v dd sha256sum xxhsum', this.label).then(
+      (res) => new Set(res.stdout.split('\n').map((l) => l.trim().split('/').pop() ?? '').filter(Boolean)),
+      () => new Set<string>(),
+    );
+    return this.tools;
+  }
+
+  /** Hash of a remote range by a standard tool over exec, or undefined when the host lacks one. */
+  private async toolHash(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string | undefined> {
+    const tool = HASH_TOOLS[algorithm];
+    const tools = await this.remoteTools();
+    if (!tools.has('dd') || !tools.has(tool.probe)) return undefined;
+    const cmd = `dd if=${shellQuote(path)} bs=1M iflag=skip_bytes,count_bytes skip=${offset} count=${length} status=none | ${tool.pipe}`;
+    const res = await execCapture(this.client, cmd, this.label);
+    if (res.code !== 0) return undefined;
+    return tool.parse(res.stdout);
+  }
+
+  async openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile> {
+    let handle: Buffer;
+    try {
+      handle = await this.session.open(path, policy === 'write' ? 'r+' : 'r');
+    } catch (err) {
+      if (policy === 'write') throw await sftpWriteError(this.session, err, path);
+      throw err;
+    }
+    const session = this.session;
+    const windowBytes = this.windowBytes;
+    const chunkBytes = this.chunkBytes;
+    const readBack = (offset: number, length: number, algorithm: HashAlgorithm) => this.readHash(handle, offset, length, algorithm);
+    const toolHash = (offset: number, length: number, algorithm: HashAlgorithm) => this.toolHash(path, offset, length, algorithm);
+    return {
+      headroom: 0,
+      beginWrite: (offset, length, algorithm): RangeWrite => {
+        let inFlight = 0;
+        let error: unknown;
+        let sent = 0;
+        const waiting: Array<() => void> = [];
+        const all: Array<Promise<void>> = [];
+        let rejectFailed!: (err: unknown) => void;
+        const failed = new Promise<never>((_, reject) => {
+          rejectFailed = reject;
+        });
+        failed.catch(() => {});
+        return {
+          headroom: 0,
+          failed,
+          write: async (buf, start, end, done) => {
+            if (error !== undefined) {
+              done();
+              throw error;
+            }
+            const n = end - start;
+            const p = session.writeAt(handle, buf, start, end, offset + sent);
+            sent += n;
+            // ssh2 has copied the bytes into its packets: the buffer is free now.
+            done();
+            inFlight += n;
+            const tracked = p.then(
+              () => {
+                inFlight -= n;
+                waiting.shift()?.();
+              },
+              async (err: unknown) => {
+                inFlight -= n;
+                if (error === undefined) {
+                  error = await sftpWriteError(session, err, path);
+                  rejectFailed(error);
+                }
+                for (const w of waiting.splice(0)) w();
+              },
+            );
+            all.push(tracked);
+            while (inFlight >= windowBytes && error === undefined) await new Promise<void>((r) => waiting.push(r));
+            if (error !== undefined) throw error;
+          },
+          end: async () => {
+            await Promise.all(all);
+            if (error !== undefined) throw error;
+            const hash = (await toolHash(offset, length, algorithm)) ?? (await readBack(offset, length, algorithm));
+            return { bytes: sent, hash };
+          },
+        };
+      },
+      read: async (offset, length, algorithm, sink) => {
+        // Reads run ahead up to the window into a ring of buffers; chunks are
+        // handed to the sink in order, and a buffer is reused once the sink is done with it.
+        const depth = Math.max(2, Math.ceil(windowBytes / chunkBytes));
+        const free: Buffer[] = Array.from({ length: depth }, () => Buffer.allocUnsafe(chunkBytes));
+        const queue: Array<{ buf: Buffer; n: number; done: Promise<void> }> = [];
+        let next = 0;
+        const received = createHasher(algorithm);
+        const issue = () => {
+          while (next < length && free.length > 0) {
+            const n = Math.min(chunkBytes, length - next);
+            const buf = free.pop()!;
+            queue.push({ buf, n, done: session.readAt(handle, buf, 0, n, offset + next) });
+            next += n;
+          }
+        };
+        issue();
+        try {
+          while (queue.length > 0) {
+            const head = queue.shift()!;
+            await head.done;
+            const view = head.buf.subarray(0, head.n);
+            received.update(view);
+            await sink(view, false);
+            free.push(head.buf);
+            issue();
+          }
+        } catch (err) {
+          await Promise.allSettled(queue.map((q) => q.done));
+          throw err;
+        }
+        return { hash: (await toolHash(offset, length, algorithm)) ?? received.digest() };
+      },
+      fsync: () => session.fsync(handle),
+      close: () => session.close(handle),
+    };
+  }
+
+  /** Reads a remote range back over SFTP and hashes it: the verification of last resort. */
+  private async readHash(handle: Buffer, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    const h = createHasher(algorithm);
+    const step = this.chunkBytes;
+    const depth = Math.max(1, Math.floor(this.windowBytes / step));
+    const bufs = Array.from({ length: depth }, () => Buffer.allocUnsafe(step));
+    const pending: Array<{ buf: Buffer; n: number; p: Promise<void> }> = [];
+    let next = 0;
+    let slot = 0;
+    while (next < length || pending.length > 0) {
+      while (next < length && pending.length < depth) {
+        const n = Math.min(step, length - next);
+        const buf = bufs[slot++ % depth]!;
+        pending.push({ buf, n, p: this.session.readAt(handle, buf, 0, n, offset + next) });
+        next += n;
+      }
+      const head = pending.shift()!;
+      await head.p;
+      h.update(head.buf.subarray(0, head.n));
+    }
+    return h.digest();
+  }
+
+  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    return this.session.setstat(path, attrs).catch((err: unknown) => {
+      throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path });
+    });
+  }
+
+  rename(from: string, to: string): Promise<void> {
+    return this.session.rename(from, to).catch((err: unknown) => {
+      throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path: to });
+    });
+  }
+
+  unlink(path: string): Promise<void> {
+    return this.session.unlink(path);
+  }
+
+  async hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    const viaTool = await this.toolHash(path, offset, length, algorithm);
+    if (viaTool !== undefined) return viaTool;
+    const handle = await this.session.open(path, 'r');
+    try {
+      return await this.readHash(handle, offset, length, algorithm);
+    } finally {
+      await this.session.close(handle).catch(() => {});
+    }
+  }
+
+  realpath(path: string): Promise<string> {
+    return this.session.realpath(path);
+  }
+
+  close(): void {
+    this.session.sftp.end();
+    this.client.end();
+  }
+}

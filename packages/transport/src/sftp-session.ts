@@ -1,0 +1,179 @@
+/**
+ * SFTP data path for hosts where `ferry serve` cannot run: pipelined writes and
+ * reads at offsets with a bounded number of requests in flight (ssh2's SFTP has
+ * no backpressure of its own), split at the server's maximum packet size so the
+ * pieces go out concurrently instead of one after another.
+ */
+import type { Client, SFTPWrapper, Stats } from 'ssh2';
+import { FerryError, destinationError } from '@ferry/core';
+import type { StatResult } from '@ferry/core';
+
+/** SFTP status codes (draft-ietf-secsh-filexfer-02) that ferry distinguishes. */
+const SFTP_NO_SUCH_FILE = 2;
+const SFTP_PERMISSION_DENIED = 3;
+const SFTP_FAILURE = 4;
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
+
+export function openSftp(client: Client): Promise<SFTPWrapper> {
+  return new Promise((resolve, reject) => client.sftp((err, sftp) => (err ? reject(err) : resolve(sftp))));
+}
+
+/** Translates an SFTP status error into the errno-style code ferry's error mapping understands. */
+export function sftpErrno(err: unknown): string | undefined {
+  const code = (err as { code?: unknown }).code;
+  if (code === SFTP_NO_SUCH_FILE) return 'ENOENT';
+  if (code === SFTP_PERMISSION_DENIED) return 'EACCES';
+  if (code === SFTP_FAILURE) return 'EIO';
+  return typeof code === 'string' ? code : undefined;
+}
+
+function withErrno(err: unknown): Error {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const errno = sftpErrno(err);
+  if (errno) (e as NodeJS.ErrnoException).code = errno;
+  return e;
+}
+
+export function statResult(stats: Stats): StatResult {
+  const type = (stats.mode & S_IFMT) === S_IFREG ? 'file' : (stats.mode & S_IFMT) === S_IFDIR ? 'directory' : 'other';
+  // SFTP v3 has no inode or device numbers and whole-second times.
+  return { type, size: stats.size, mode: stats.mode & 0o7777, mtimeMs: stats.mtime * 1000, ino: 0, dev: 0 };
+}
+
+function cb<T>(fn: (done: (err: Error | null | undefined, value?: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => fn((err, value) => (err ? reject(withErrno(err)) : resolve(value as T))));
+}
+
+export interface RangeIo {
+  /** Bytes in flight per range at most. */
+  windowBytes: number;
+}
+
+/** A promise-based view of one SFTP session, with the pipelined range operations. */
+export class SftpSession {
+  readonly maxWriteBytes: number;
+  readonly maxReadBytes: number;
+
+  constructor(readonly sftp: SFTPWrapper, readonly label: string) {
+    const internal = sftp as unknown as { _maxWriteLen?: number; _maxReadLen?: number };
+    this.maxWriteBytes = internal._maxWriteLen ?? 32 * 1024;
+    this.maxReadBytes = internal._maxReadLen ?? 32 * 1024;
+  }
+
+  static async open(client: Client, label: string): Promise<SftpSession> {
+    try {
+      return new SftpSession(await openSftp(client), label);
+    } catch (err) {
+      throw new FerryError('CONNECTION_LOST', `cannot start the SFTP subsystem on ${label}: ${(err as Error).message} (is 'Subsystem sftp' enabled in its sshd_config?)`, { host: label, cause: err });
+    }
+  }
+
+  stat(path: string): Promise<StatResult> {
+    return cb<Stats>((d) => this.sftp.stat(path, d)).then(statResult);
+  }
+
+  open(path: string, flags: 'r' | 'r+' | 'w', mode?: number): Promise<Buffer> {
+    return cb<Buffer>((d) => this.sftp.open(path, flags, mode === undefined ? {} : { mode }, d));
+  }
+
+  close(handle: Buffer): Promise<void> {
+    return cb<void>((d) => this.sftp.close(handle, d));
+  }
+
+  truncate(handle: Buffer, size: number): Promise<void> {
+    return cb<void>((d) => this.sftp.fsetstat(handle, { size } as never, d));
+  }
+
+  fsync(handle: Buffer): Promise<void> {
+    return cb<void>((d) => this.sftp.ext_openssh_fsync(handle, d));
+  }
+
+  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    const a: Record<string, number> = {};
+    if (attrs.mode !== undefined) a.mode = attrs.mode;
+    if (attrs.mtimeMs !== undefined) {
+      a.mtime = Math.floor(attrs.mtimeMs / 1000);
+      a.atime = Math.floor((attrs.atimeMs ?? attrs.mtimeMs) / 1000);
+    }
+    return cb<void>((d) => this.sftp.setstat(path, a as never, d));
+  }
+
+  /** Atomic replace (posix-rename@openssh.com), as rename(2); plain SFTP rename refuses to overwrite. */
+  rename(from: string, to: string): Promise<void> {
+    return cb<void>((d) => this.sftp.ext_openssh_rename(from, to, d)).catch(async (err: unknown) => {
+      if (!/not supported/i.test((err as Error).message)) throw err;
+      return cb<void>((d) => this.sftp.rename(from, to, d));
+    });
+  }
+
+  unlink(path: string): Promise<void> {
+    return cb<void>((d) => this.sftp.unlink(path, d));
+  }
+
+  realpath(path: string): Promise<string> {
+    return cb<string>((d) => this.sftp.realpath(path, d));
+  }
+
+  /** Free bytes for unprivileged users, and whether it is mounted read-only, for the filesystem holding `path`, when the server says. */
+  async fsInfo(path: string): Promise<{ freeBytes: number; readOnly: boolean } | undefined> {
+    try {
+      const st = await cb<{ f_bavail: number; f_frsize: number; f_flag: number }>((d) => this.sftp.ext_openssh_statvfs(path, d as never));
+      // ST_RDONLY is bit 0 of f_flag.
+      return { freeBytes: st.f_bavail * st.f_frsize, readOnly: (st.f_flag & 1) !== 0 };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Writes `buf[start, end)` at `position` as concurrent requests of at most
+   * maxWriteBytes. ssh2 copies the data into its packets at once, so `buf` may be
+   * reused as soon as this returns; the promise settles when the server answered.
+   */
+  writeAt(handle: Buffer, buf: Buffer, start: number, end: number, position: number): Promise<void> {
+    const parts: Array<Promise<void>> = [];
+    for (let at = start; at < end; at += this.maxWriteBytes) {
+      const n = Math.min(this.maxWriteBytes, end - at);
+      const pos = position + (at - start);
+      parts.push(cb<void>((d) => this.sftp.write(handle, buf, at, n, pos, d)));
+    }
+    return parts.length === 1 ? parts[0]! : Promise.all(parts).then(() => undefined);
+  }
+
+  /** Reads exactly `length` bytes at `position` into `buf[start...]`, with concurrent requests. */
+  async readAt(handle: Buffer, buf: Buffer, start: number, length: number, position: number): Promise<void> {
+    const parts: Array<Promise<void>> = [];
+    for (let at = 0; at < length; at += this.maxReadBytes) {
+      parts.push(this.readExactly(handle, buf, start + at, Math.min(this.maxReadBytes, length - at), position + at));
+    }
+    await Promise.all(parts);
+  }
+
+  private async readExactly(handle: Buffer, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
+    let done = 0;
+    while (done < len) {
+      const n = await cb<number>((d) => this.sftp.read(handle, buf, off + done, len - done, pos + done, (err, bytes) => d(err, bytes)));
+      if (!n) throw new FerryError('SOURCE_CHANGED', `${this.label}: file ended at ${pos + done} while reading a range that should reach ${pos + len}: the source shrank`, { host: this.label });
+      done += n;
+    }
+  }
+}
+
+/**
+ * Maps an SFTP failure while writing `path` to a FerryError. SFTP v3 reports a
+ * full disk or a read-only mount as a bare SSH_FX_FAILURE; statvfs tells them apart.
+ */
+export async function sftpWriteError(session: SftpSession, err: unknown, path: string): Promise<FerryError> {
+  if (err instanceof FerryError) return err;
+  const errno = sftpErrno(err);
+  if (errno === 'EIO') {
+    const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/')) || '/' : '.';
+    const fs = await session.fsInfo(dir);
+    if (fs?.readOnly) return destinationError(Object.assign(new Error('read-only file system'), { code: 'EROFS' }), { host: session.label, path });
+    if (fs && fs.freeBytes < 4 * 1024 * 1024) return destinationError(Object.assign(new Error('no space'), { code: 'ENOSPC' }), { host: session.label, path });
+  }
+  return destinationError(withErrno(err), { host: session.label, path });
+}

@@ -1,0 +1,203 @@
+/**
+ * ferry cp end to end against a real sshd on loopback and a real nats-server
+ * (embedded, started by ferry), in both directions and both data paths.
+ */
+import { chmod, mkdir, stat, truncate, utimes, writeFile, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { REMOTE_CMD, makeRandomFile, parseEvents, runFerry, fileHash, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+
+let sshd: Sshd;
+let work: { path: string; remove(): Promise<void> };
+let src256: string;
+let src256Hash: string;
+
+function remote(path: string): string {
+  return `${sshd.user}@${sshd.host}:${sshd.port}:${path}`;
+}
+
+function common(extra: string[] = []): string[] {
+  return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', join(work.path, 'state'), ...extra];
+}
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  work = await tempDir('ferry-cp-');
+  src256 = join(work.path, 'random256.bin');
+  await makeRandomFile(src256, 256 * MiB);
+  src256Hash = await fileHash(src256);
+});
+
+afterAll(async () => {
+  await sshd?.stop();
+  await work?.remove();
+});
+
+describe.each([
+  ['helper', 'xxh3'],
+  ['sftp', 'xxh3'],
+  ['sftp', 'sha256'],
+] as const)('ferry cp in %s mode with %s hashes', (mode, hash) => {
+  it('pushes a random 256 MiB file byte-identically', async () => {
+    const dir = join(work.path, `push-${mode}-${hash}`);
+    await mkdir(dir);
+    const r = await runFerry(['cp', src256, remote(`${dir}/`), '--mode', mode, '--hash', hash, '--agents', '2', '--streams', '2', '--range-size', '16MiB', ...common()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${mode} mode`);
+    expect(r.stdout).toContain('16 ranges, 0 re-sent, 2 agents x 2 streams');
+    expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+  });
+
+  it('pulls a random 256 MiB file byte-identically', async () => {
+    const dir = join(work.path, `pull-${mode}-${hash}`);
+    await mkdir(dir);
+    const target = join(dir, 'pulled.bin');
+    const r = await runFerry(['cp', remote(src256), target, '--mode', mode, '--hash', hash, '--agents', '2', '--streams', '2', ...common()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${mode} mode`);
+    expect(await fileHash(target)).toBe(src256Hash);
+  });
+});
+
+describe('ferry cp edge cases', () => {
+  it('moves a sparse 6 GiB file with data past 4 GiB both ways and keeps it sparse', async () => {
+    const dir = join(work.path, 'sparse');
+    await mkdir(dir);
+    const sparse = join(dir, 'sparse6g.bin');
+    await writeFile(sparse, '');
+    await truncate(sparse, 6 * GiB);
+    // Marks just below and above 4 GiB and near the end, so misplaced offsets show.
+    const fh = await open(sparse, 'r+');
+    for (const [at, text] of [[4 * GiB - 3, 'below-4GiB'], [4 * GiB + 17, 'above-4GiB'], [6 * GiB - 9, 'the-end!!']] as const) {
+      await fh.write(Buffer.from(text), 0, text.length, at);
+    }
+    await fh.close();
+    const want = await fileHash(sparse);
+    const pushed = join(dir, 'pushed.bin');
+    const push = await runFerry(['cp', sparse, remote(pushed), '--agents', '2', '--streams', '2', '--range-size', '256MiB', ...common()]);
+    expect(push.stderr).toBe('');
+    expect(push.code).toBe(0);
+    expect(push.stdout).toContain('24 ranges');
+    expect((await stat(pushed)).size).toBe(6 * GiB);
+    expect(await fileHash(pushed)).toBe(want);
+    // Zero runs travel as ZEROS frames and are not written: the copy stays sparse.
+    expect((await stat(pushed)).blocks * 512).toBeLessThan(64 * MiB);
+
+    const pulled = join(dir, 'pulled.bin');
+    const pull = await runFerry(['cp', remote(pushed), pulled, '--agents', '2', '--streams', '2', '--range-size', '256MiB', ...common()]);
+    expect(pull.code).toBe(0);
+    expect(await fileHash(pulled)).toBe(want);
+    expect((await stat(pulled)).blocks * 512).toBeLessThan(64 * MiB);
+  });
+
+  it('copies a 0-byte file both ways', async () => {
+    const dir = join(work.path, 'empty');
+    await mkdir(dir);
+    const empty = join(dir, 'empty.bin');
+    await writeFile(empty, '');
+    const push = await runFerry(['cp', empty, remote(join(dir, 'pushed.bin')), ...common()]);
+    expect(push.code).toBe(0);
+    expect(push.stdout).toContain('0 ranges');
+    expect((await stat(join(dir, 'pushed.bin'))).size).toBe(0);
+    const pull = await runFerry(['cp', remote(empty), join(dir, 'pulled.bin'), ...common()]);
+    expect(pull.code).toBe(0);
+    expect((await stat(join(dir, 'pulled.bin'))).size).toBe(0);
+  });
+
+  it('detects a range corrupted in transit and re-sends it', async () => {
+    const dir = join(work.path, 'corrupt');
+    await mkdir(dir);
+    for (const mode of ['helper', 'sftp']) {
+      const target = join(dir, `${mode}.bin`);
+      const r = await runFerry(['cp', src256, remote(target), '--mode', mode, '--range-size', '16MiB', '--json', ...common()], {
+        env: { FERRY_TEST_CORRUPT_RANGES: '3,11' },
+      });
+      expect(r.code).toBe(0);
+      const events = parseEvents(r.stdout);
+      const resends = events.filter((e) => e.type === 'range.resend');
+      expect(resends.map((e) => e.range).sort((a, b) => Number(a) - Number(b))).toEqual([3, 11]);
+      expect(String(resends[0]!.reason)).toMatch(/^hash mismatch/);
+      const done = events.find((e) => e.type === 'done')!;
+      expect(done.resends).toBe(2);
+      expect(await fileHash(target)).toBe(src256Hash);
+    }
+    // And when the remote lies about the ranges the corrupted ones also fail in the pull direction.
+    const pulled = join(dir, 'pulled.bin');
+    const r = await runFerry(['cp', remote(src256), pulled, '--range-size', '16MiB', '--json', ...common()], { env: { FERRY_TEST_CORRUPT_RANGES: '5' } });
+    expect(r.code).toBe(0);
+    expect(parseEvents(r.stdout).filter((e) => e.type === 'range.resend').map((e) => e.range)).toEqual([5]);
+    expect(await fileHash(pulled)).toBe(src256Hash);
+  });
+
+  it('fails with a verification error when a range keeps arriving corrupted', async () => {
+    const dir = join(work.path, 'corrupt-always');
+    await mkdir(dir);
+    const target = join(dir, 'x.bin');
+    const r = await runFerry(['cp', src256, remote(target), '--range-size', '16MiB', '--max-resends', '0', ...common()], {
+      env: { FERRY_TEST_CORRUPT_RANGES: '2' },
+    });
+    expect(r.code).toBe(50);
+    expect(r.stderr).toMatch(/range 2 \(bytes 33554432-50331648\) failed verification 1 time via/);
+    await expect(stat(target)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('emits NDJSON events with --json', async () => {
+    const dir = join(work.path, 'json');
+    await mkdir(dir);
+    const r = await runFerry(['cp', src256, remote(`${dir}/`), '--json', '--range-size', '64MiB', ...common()]);
+    expect(r.code).toBe(0);
+    const events = parseEvents(r.stdout);
+    expect(events[0]).toMatchObject({ type: 'job.start', bytes: 256 * MiB, ranges: 4, rangeBytes: 64 * MiB, agents: 2, streams: 2, mode: 'helper', hash: 'xxh3' });
+    expect(events.filter((e) => e.type === 'range.done').map((e) => e.range).sort()).toEqual([0, 1, 2, 3]);
+    const done = events.at(-1)!;
+    expect(done).toMatchObject({ type: 'done', bytes: 256 * MiB, ranges: 4, resends: 0, destination: remote(join(dir, 'random256.bin')) });
+    expect(String(done.rootHash)).toMatch(/^[0-9a-f]{16}$/);
+  });
+
+  it('preserves mode and mtime with -p and gives a normal mode without it', async () => {
+    const dir = join(work.path, 'preserve');
+    await mkdir(dir);
+    const src = join(dir, 'src.bin');
+    await makeRandomFile(src, 3 * MiB + 5);
+    await chmod(src, 0o640);
+    await utimes(src, 1_600_000_000, 1_600_000_000);
+    for (const direction of ['push', 'pull']) {
+      const withP = join(dir, `${direction}-p.bin`);
+      const without = join(dir, `${direction}.bin`);
+      const spec = (target: string) => (direction === 'push' ? [src, remote(target)] : [remote(src), target]);
+      expect((await runFerry(['cp', ...spec(withP), '-p', ...common()])).code).toBe(0);
+      expect((await runFerry(['cp', ...spec(without), ...common()])).code).toBe(0);
+      const sp = await stat(withP);
+      expect(sp.mode & 0o7777).toBe(0o640);
+      expect(Math.floor(sp.mtimeMs / 1000)).toBe(1_600_000_000);
+      expect((await stat(without)).mode & 0o7777).toBe(0o644);
+      expect(await fileHash(withP)).toBe(await fileHash(src));
+    }
+  });
+
+  it('falls back to SFTP in auto mode when the helper cannot be started', async () => {
+    const dir = join(work.path, 'fallback');
+    await mkdir(dir);
+    const r = await runFerry(['cp', src256, remote(`${dir}/`), ...common(['--remote-cmd', 'ferry-not-installed-here serve'])]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('sftp mode');
+    expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+  });
+
+  it('overwrites an existing destination only when the copy is complete', async () => {
+    const dir = join(work.path, 'overwrite');
+    await mkdir(dir);
+    const target = join(dir, 'target.bin');
+    await writeFile(target, 'old contents');
+    const r = await runFerry(['cp', src256, remote(target), ...common()]);
+    expect(r.code).toBe(0);
+    expect(await fileHash(target)).toBe(src256Hash);
+  });
+});
