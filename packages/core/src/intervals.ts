@@ -37,6 +37,7 @@ export class IntervalSet {
 
   /** Removes one value; returns whether it was there. */
   delete(value: number): boolean {
+    if (!Number.isInteger(value)) return false;
     const i = this.findRun(value);
     if (i < 0) return false;
     const s = this.runs[i * 2]!;

@@ -168,7 +168,8 @@ function decodeOf<T>(what: string, required: readonly string[]) {
     const rec = value as Record<string, unknown>;
     if (rec.v !== MESSAGE_VERSION) throw new FerryError('PROTOCOL', `${what} message has version ${String(rec.v)}, this ferry speaks ${MESSAGE_VERSION}: run the same ferry version everywhere`);
     for (const k of required) {
-      if (rec[k] === undefined) throw new FerryError('PROTOCOL', `${what} message lacks '${k}'`);
+      // msgpack has no undefined: other encoders write an absent field as nil.
+      if (rec[k] === undefined || rec[k] === null) throw new FerryError('PROTOCOL', `${what} message lacks '${k}'`);
     }
     const msgJob = rec.job ?? rec.jobId;
     if (job !== undefined && msgJob !== job) throw new FerryError('PROTOCOL', `${what} message belongs to job ${String(msgJob)}, not ${job}`);

@@ -34,6 +34,8 @@ export class BufferPool {
 
   release(buf: Buffer): void {
     if (buf.length !== this.bufferBytes) throw new RangeError('buffer returned to the wrong pool');
+    // A double release would hand one buffer to two users: the classic corruption bug.
+    if (this.free.includes(buf)) throw new RangeError('buffer released twice');
     const waiter = this.waiters.shift();
     if (waiter) waiter(buf);
     else this.free.push(buf);

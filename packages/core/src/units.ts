@@ -55,6 +55,11 @@ export function formatBytes(bytes: number): string {
     i++;
   }
   if (i === 0) return `${bytes} B`;
+  // 1023.5 KiB and up would print as "1024 KiB": say "1.0 MiB" instead.
+  if (Math.abs(value) >= 1023.5 && i < units.length - 1) {
+    value /= 1024;
+    i++;
+  }
   return `${value >= 100 ? value.toFixed(0) : value.toFixed(1)} ${units[i]}`;
 }
 

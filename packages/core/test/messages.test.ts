@@ -1,0 +1,264 @@
+import { describe, expect, it } from 'vitest';
+import {
+  FerryError,
+  MESSAGE_VERSION,
+  decodeAgentEvent,
+  decodeCompletion,
+  decodeControl,
+  decodeHeartbeat,
+  decodeJobSpec,
+  decodeWorkItem,
+  encode,
+  encodeMessage,
+  jobSubjects,
+  makeWorkItem,
+  planRanges,
+  rangeAt,
+  workItemId,
+} from '@ferry/core';
+import type { AgentEvent, Completion, ControlMessage, Heartbeat, JobSpec, WorkItem } from '@ferry/core';
+
+const JOB = 'c0ffee01';
+
+const workItem: WorkItem = { v: 1, job: JOB, range: 256, offset: 2 ** 32, length: 16 * 2 ** 20, attempt: 2 };
+const completion: Completion = {
+  v: 1,
+  job: JOB,
+  range: 256,
+  attempt: 2,
+  offset: 2 ** 32,
+  length: 16 * 2 ** 20,
+  srcHash: '0440216782466d91',
+  dstHash: '0440216782466d91',
+  durable: true,
+  agent: 'agent-1',
+  remoteHost: 'dtn01',
+  startedAt: 1_700_000_000_000,
+  finishedAt: 1_700_000_000_500,
+};
+const heartbeat: Heartbeat = {
+  v: 1,
+  job: JOB,
+  agent: 'agent-1',
+  node: 'node7',
+  pid: 4242,
+  bytes: 6 * 2 ** 30,
+  rangesDone: 300,
+  inFlight: 2,
+  errors: 0,
+  at: 1_700_000_000_000,
+};
+const control: ControlMessage = { v: 1, job: JOB, type: 'cancel', reason: 'user pressed ^C' };
+const agentEvent: AgentEvent = {
+  v: 1,
+  job: JOB,
+  type: 'agent.error',
+  agent: 'agent-2',
+  node: 'node8',
+  error: { code: 'SSH_AUTH_FAILED', message: 'no key accepted', host: 'dtn01' },
+  fatal: true,
+};
+const jobSpec: JobSpec = {
+  v: 1,
+  jobId: JOB,
+  direction: 'push',
+  mode: 'helper',
+  localPath: '/data/big.bin',
+  remotePath: '/scratch/.big.bin.ferry-part',
+  remoteHosts: [{ host: 'dtn01', port: 22, user: 'alice' }],
+  remoteCommand: 'ferry serve',
+  fileBytes: 6 * 2 ** 30 + 1,
+  rangeBytes: 16 * 2 ** 20,
+  rangeCount: 385,
+  hash: 'xxh3',
+  streams: 2,
+  windowBytes: 8 * 2 ** 20,
+  ackWaitMs: 30_000,
+  ssh: { knownHostsFile: '/home/alice/.ssh/known_hosts', identityFiles: ['/home/alice/.ssh/id_ed25519'], connectTimeoutMs: 20_000 },
+  createdAt: 1_700_000_000_000,
+};
+
+type Decoder = (data: Uint8Array, job?: string) => unknown;
+
+const kinds: Array<{ what: string; decode: Decoder; sample: Record<string, unknown>; required: string[] }> = [
+  { what: 'work item', decode: decodeWorkItem, sample: { ...workItem }, required: ['job', 'range', 'offset', 'length', 'attempt'] },
+  { what: 'completion', decode: decodeCompletion, sample: { ...completion }, required: ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent'] },
+  { what: 'heartbeat', decode: decodeHeartbeat, sample: { ...heartbeat }, required: ['job', 'agent', 'bytes'] },
+  { what: 'control', decode: decodeControl, sample: { ...control }, required: ['job', 'type'] },
+  { what: 'agent event', decode: decodeAgentEvent, sample: { ...agentEvent }, required: ['job', 'type', 'agent'] },
+  {
+    what: 'job spec',
+    decode: decodeJobSpec,
+    sample: { ...jobSpec },
+    required: ['jobId', 'direction', 'mode', 'localPath', 'remotePath', 'remoteHosts', 'rangeBytes'],
+  },
+];
+
+function protocolMessage(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(FerryError);
+    expect((err as FerryError).code).toBe('PROTOCOL');
+    return (err as FerryError).message;
+  }
+  throw new Error('expected a PROTOCOL error, nothing was thrown');
+}
+
+function without(obj: Record<string, unknown>, key: string): Record<string, unknown> {
+  const copy = { ...obj };
+  delete copy[key];
+  return copy;
+}
+
+describe('job subjects', () => {
+  it('derives every stream, subject, consumer and bucket name from the job id', () => {
+    expect(jobSubjects('c0ffee01')).toEqual({
+      workStream: 'FERRY_WORK_c0ffee01',
+      workSubject: 'ferry.c0ffee01.work',
+      workConsumer: 'agents',
+      doneStream: 'FERRY_DONE_c0ffee01',
+      doneSubject: 'ferry.c0ffee01.done',
+      doneConsumer: 'coordinator',
+      heartbeat: 'ferry.c0ffee01.hb',
+      control: 'ferry.c0ffee01.control',
+      events: 'ferry.c0ffee01.events',
+      kvBucket: 'ferry_c0ffee01',
+    });
+  });
+
+  it('accepts lowercase hex ids of 4 to 64 digits', () => {
+    expect(jobSubjects('abcd').kvBucket).toBe('ferry_abcd');
+    expect(jobSubjects('f'.repeat(64)).workSubject).toBe(`ferry.${'f'.repeat(64)}.work`);
+  });
+
+  it.each([
+    ['too short', 'abc'],
+    ['too long', 'a'.repeat(65)],
+    ['uppercase', 'ABCD'],
+    ['not hex', 'wxyz'],
+    ['a subject wildcard', 'ab.*'],
+    ['empty', ''],
+  ])('rejects a job id that is %s with a USAGE error', (_what, id) => {
+    try {
+      jobSubjects(id);
+      throw new Error('expected a USAGE error');
+    } catch (err) {
+      expect(err).toBeInstanceOf(FerryError);
+      expect((err as FerryError).code).toBe('USAGE');
+      expect((err as FerryError).message).toBe(`job id must be lowercase hex, got '${id}'`);
+    }
+  });
+});
+
+describe('work items', () => {
+  it('uses message version 1', () => {
+    expect(MESSAGE_VERSION).toBe(1);
+  });
+
+  it('builds a first-attempt work item from a planned range', () => {
+    const plan = planRanges(6 * 2 ** 30 + 1);
+    expect(makeWorkItem(JOB, rangeAt(plan, 384))).toEqual({ v: 1, job: JOB, range: 384, offset: 6 * 2 ** 30, length: 1, attempt: 0 });
+  });
+
+  it('builds a re-send with the given attempt number', () => {
+    expect(makeWorkItem(JOB, { index: 3, offset: 48 * 2 ** 20, length: 16 * 2 ** 20 }, 2)).toEqual({
+      v: 1,
+      job: JOB,
+      range: 3,
+      offset: 50331648,
+      length: 16777216,
+      attempt: 2,
+    });
+  });
+
+  it('names a work item by job, range and attempt', () => {
+    expect(workItemId(workItem)).toBe('c0ffee01:256:2');
+    expect(workItemId({ job: 'abcd', range: 0, attempt: 0 })).toBe('abcd:0:0');
+  });
+});
+
+describe('message round trips', () => {
+  it('round-trips a work item with an offset above 2^32', () => {
+    expect(decodeWorkItem(encodeMessage(workItem), JOB)).toEqual(workItem);
+  });
+
+  it('round-trips a completion, with and without an error', () => {
+    expect(decodeCompletion(encodeMessage(completion), JOB)).toEqual(completion);
+    const failed: Completion = { ...completion, error: { code: 'DEST_NO_SPACE', message: 'full', path: '/scratch', errno: 'ENOSPC' } };
+    expect(decodeCompletion(encodeMessage(failed), JOB)).toEqual(failed);
+  });
+
+  it('round-trips a heartbeat, a control message, an agent event and a job spec', () => {
+    expect(decodeHeartbeat(encodeMessage(heartbeat), JOB)).toEqual(heartbeat);
+    expect(decodeControl(encodeMessage(control), JOB)).toEqual(control);
+    expect(decodeAgentEvent(encodeMessage(agentEvent), JOB)).toEqual(agentEvent);
+    expect(decodeJobSpec(encodeMessage(jobSpec), JOB)).toEqual(jobSpec);
+  });
+
+  it('round-trips an agent.started event and a stop message without a reason', () => {
+    const started: AgentEvent = { v: 1, job: JOB, type: 'agent.started', agent: 'a', node: 'n', pid: 1 };
+    expect(decodeAgentEvent(encodeMessage(started))).toEqual(started);
+    const stop: ControlMessage = { v: 1, job: JOB, type: 'stop' };
+    expect(decodeControl(encodeMessage(stop))).toEqual(stop);
+  });
+
+  it('decodes without checking the job when no job is given', () => {
+    expect(decodeWorkItem(encodeMessage({ ...workItem, job: 'beef' }))).toEqual({ ...workItem, job: 'beef' });
+  });
+});
+
+describe('message decoders reject bad messages with PROTOCOL errors', () => {
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s of another version', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: 2 }), JOB))).toBe(
+      `${what} message has version 2, this ferry speaks 1: run the same ferry version everywhere`,
+    );
+  });
+
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s without a version', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode(without(kind.sample, 'v'))))).toBe(
+      `${what} message has version undefined, this ferry speaks 1: run the same ferry version everywhere`,
+    );
+  });
+
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "1"', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '1' })))).toBe(
+      `${what} message has version 1, this ferry speaks 1: run the same ferry version everywhere`,
+    );
+  });
+
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s of another job', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode(kind.sample), 'deadbeef'))).toBe(`${what} message belongs to job c0ffee01, not deadbeef`);
+  });
+
+  const missing = kinds.flatMap((k) => k.required.map((field) => [k.what, field, k] as const));
+  it.each(missing)("rejects a %s that lacks '%s'", (what, field, kind) => {
+    expect(protocolMessage(() => kind.decode(encode(without(kind.sample, field))))).toBe(`${what} message lacks '${field}'`);
+  });
+
+  it.each(missing)("rejects a %s whose '%s' is nil", (what, field, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, [field]: null })))).toBe(`${what} message lacks '${field}'`);
+  });
+
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s that is not a map', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode(42)))).toBe(`${what} message is not a map`);
+    expect(protocolMessage(() => kind.decode(encode(null)))).toBe(`${what} message is not a map`);
+    expect(protocolMessage(() => kind.decode(encode('x')))).toBe(`${what} message is not a map`);
+  });
+
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s that is not valid msgpack', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(Buffer.from([0x81])))).toBe(`${what} message is not valid msgpack: Unexpected end of MessagePack data`);
+  });
+
+  it('checks the version before the fields', () => {
+    expect(protocolMessage(() => decodeWorkItem(encode({ v: 2 })))).toBe(
+      'work item message has version 2, this ferry speaks 1: run the same ferry version everywhere',
+    );
+  });
+
+  it('rejects an array in place of a message', () => {
+    expect(protocolMessage(() => decodeHeartbeat(encode([1, JOB])))).toBe(
+      'heartbeat message has version undefined, this ferry speaks 1: run the same ferry version everywhere',
+    );
+  });
+});

@@ -1,0 +1,207 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULT_ACK_WAIT_MS,
+  DEFAULT_AGENTS,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_HASH,
+  DEFAULT_MAX_RESENDS,
+  DEFAULT_REMOTE_COMMAND,
+  DEFAULT_STREAMS,
+  DEFAULT_WINDOW_BYTES,
+  FerryError,
+  MAX_AGENTS,
+  MAX_STREAMS,
+  resolveCopyOptions,
+} from '@ferry/core';
+import type { CopyOptions } from '@ferry/core';
+
+function usageMessage(options: CopyOptions): string {
+  try {
+    resolveCopyOptions(options);
+  } catch (err) {
+    expect(err).toBeInstanceOf(FerryError);
+    expect((err as FerryError).code).toBe('USAGE');
+    expect((err as FerryError).exitCode).toBe(2);
+    return (err as FerryError).message;
+  }
+  throw new Error(`expected a USAGE error for ${JSON.stringify(options)}, nothing was thrown`);
+}
+
+describe('resolveCopyOptions: defaults', () => {
+  it('exports the documented defaults and limits', () => {
+    expect(DEFAULT_AGENTS).toBe(2);
+    expect(DEFAULT_STREAMS).toBe(2);
+    expect(DEFAULT_HASH).toBe('xxh3');
+    expect(DEFAULT_REMOTE_COMMAND).toBe('ferry serve');
+    expect(DEFAULT_ACK_WAIT_MS).toBe(30_000);
+    expect(DEFAULT_WINDOW_BYTES).toBe(8 * 1048576);
+    expect(DEFAULT_MAX_RESENDS).toBe(3);
+    expect(DEFAULT_CONNECT_TIMEOUT_MS).toBe(20_000);
+    expect(MAX_AGENTS).toBe(4096);
+    expect(MAX_STREAMS).toBe(64);
+  });
+
+  it('resolves no options to the defaults', () => {
+    expect(resolveCopyOptions()).toEqual({
+      agents: 2,
+      streams: 2,
+      rangeBytes: undefined,
+      hash: 'xxh3',
+      mode: 'auto',
+      remoteCommand: 'ferry serve',
+      preserve: false,
+      knownHostsFile: undefined,
+      acceptNewHostKey: false,
+      identityFiles: [],
+      natsUrl: undefined,
+      stateDir: undefined,
+      ackWaitMs: 30_000,
+      windowBytes: 8388608,
+      maxResends: 3,
+      output: 'human',
+      connectTimeoutMs: 20_000,
+    });
+  });
+
+  it('resolves an empty object the same as no options', () => {
+    expect(resolveCopyOptions({})).toEqual(resolveCopyOptions());
+  });
+});
+
+describe('resolveCopyOptions: valid values', () => {
+  it('resolves every option given as a string', () => {
+    expect(
+      resolveCopyOptions({
+        agents: '16',
+        streams: ' 4 ',
+        rangeSize: '64MiB',
+        hash: 'sha256',
+        mode: 'sftp',
+        remoteCmd: '/opt/ferry/bin/ferry serve',
+        preserve: true,
+        knownHosts: '/etc/ssh/known',
+        acceptNewHostKey: true,
+        identity: ['/k/id_ed25519', '/k/id_rsa'],
+        nats: 'nats://10.0.0.1:4222',
+        stateDir: '/var/lib/ferry',
+        ackWait: '2m',
+        window: '32MiB',
+        maxResends: '0',
+        json: true,
+        connectTimeout: '5s',
+      }),
+    ).toEqual({
+      agents: 16,
+      streams: 4,
+      rangeBytes: 67108864,
+      hash: 'sha256',
+      mode: 'sftp',
+      remoteCommand: '/opt/ferry/bin/ferry serve',
+      preserve: true,
+      knownHostsFile: '/etc/ssh/known',
+      acceptNewHostKey: true,
+      identityFiles: ['/k/id_ed25519', '/k/id_rsa'],
+      natsUrl: 'nats://10.0.0.1:4222',
+      stateDir: '/var/lib/ferry',
+      ackWaitMs: 120_000,
+      windowBytes: 33554432,
+      maxResends: 0,
+      output: 'json',
+      connectTimeoutMs: 5000,
+    });
+  });
+
+  it('accepts numbers for the numeric options', () => {
+    const r = resolveCopyOptions({ agents: 4096, streams: 64, rangeSize: 1073741824, window: 1, maxResends: 100 });
+    expect(r.agents).toBe(4096);
+    expect(r.streams).toBe(64);
+    expect(r.rangeBytes).toBe(1073741824);
+    expect(r.windowBytes).toBe(1);
+    expect(r.maxResends).toBe(100);
+  });
+
+  it('accepts the smallest allowed values', () => {
+    const r = resolveCopyOptions({ agents: 1, streams: '1', rangeSize: '1MiB', ackWait: '1s', connectTimeout: '1ms' });
+    expect(r.agents).toBe(1);
+    expect(r.streams).toBe(1);
+    expect(r.rangeBytes).toBe(1048576);
+    expect(r.ackWaitMs).toBe(1000);
+    expect(r.connectTimeoutMs).toBe(1);
+  });
+
+  it('accepts a range size above 4 GiB that is a whole number of MiB', () => {
+    expect(resolveCopyOptions({ rangeSize: '6GiB' }).rangeBytes).toBe(6442450944);
+    expect(resolveCopyOptions({ rangeSize: '6g' }).rangeBytes).toBe(6442450944);
+  });
+
+  it('accepts helper and auto modes', () => {
+    expect(resolveCopyOptions({ mode: 'helper' }).mode).toBe('helper');
+    expect(resolveCopyOptions({ mode: 'auto' }).mode).toBe('auto');
+  });
+
+  it('accepts tls, ws and wss NATS URLs', () => {
+    expect(resolveCopyOptions({ nats: 'tls://n:4222' }).natsUrl).toBe('tls://n:4222');
+    expect(resolveCopyOptions({ nats: 'ws://n:8080' }).natsUrl).toBe('ws://n:8080');
+    expect(resolveCopyOptions({ nats: 'wss://n' }).natsUrl).toBe('wss://n');
+  });
+
+  it('selects quiet output with quiet alone', () => {
+    expect(resolveCopyOptions({ quiet: true }).output).toBe('quiet');
+    expect(resolveCopyOptions({ json: false, quiet: false }).output).toBe('human');
+  });
+});
+
+describe('resolveCopyOptions: invalid values are USAGE errors naming the option and the value', () => {
+  const cases: Array<[string, CopyOptions, string]> = [
+    ['agents zero', { agents: 0 }, "--agents must be a whole number from 1 to 4096, got '0'"],
+    ['agents above the limit', { agents: 4097 }, "--agents must be a whole number from 1 to 4096, got '4097'"],
+    ['agents negative text', { agents: '-1' }, "--agents must be a whole number from 1 to 4096, got '-1'"],
+    ['agents fractional', { agents: 2.5 }, "--agents must be a whole number from 1 to 4096, got '2.5'"],
+    ['agents fractional text', { agents: '2.0' }, "--agents must be a whole number from 1 to 4096, got '2.0'"],
+    ['agents words', { agents: 'many' }, "--agents must be a whole number from 1 to 4096, got 'many'"],
+    ['agents empty text', { agents: '' }, "--agents must be a whole number from 1 to 4096, got ''"],
+    ['agents NaN', { agents: Number.NaN }, "--agents must be a whole number from 1 to 4096, got 'NaN'"],
+    ['streams zero', { streams: '0' }, "--streams must be a whole number from 1 to 64, got '0'"],
+    ['streams above the limit', { streams: 65 }, "--streams must be a whole number from 1 to 64, got '65'"],
+    ['max-resends negative', { maxResends: -1 }, "--max-resends must be a whole number from 0 to 100, got '-1'"],
+    ['max-resends above the limit', { maxResends: '101' }, "--max-resends must be a whole number from 0 to 100, got '101'"],
+    ['range size not a size', { rangeSize: 'big' }, "--range-size must be a positive size like 64MiB, got 'big'"],
+    ['range size zero', { rangeSize: '0' }, "--range-size must be a positive size like 64MiB, got '0'"],
+    ['range size negative number', { rangeSize: -1048576 }, "--range-size must be a positive size like 64MiB, got '-1048576'"],
+    ['range size fractional number', { rangeSize: 1.5 }, "--range-size must be a positive size like 64MiB, got '1.5'"],
+    ['range size unknown unit', { rangeSize: '64PiB' }, "--range-size must be a positive size like 64MiB, got '64PiB'"],
+    ['range size decimal megabytes', { rangeSize: '64MB' }, "--range-size must be a multiple of 1MiB (ranges are aligned to 1 MiB), got '64MB'"],
+    ['range size half a MiB', { rangeSize: '1.5MiB' }, "--range-size must be a multiple of 1MiB (ranges are aligned to 1 MiB), got '1.5MiB'"],
+    ['range size unaligned number', { rangeSize: 4096 }, "--range-size must be a multiple of 1MiB (ranges are aligned to 1 MiB), got '4096'"],
+    ['hash unknown', { hash: 'md5' }, "--hash must be one of xxh3, sha256, got 'md5'"],
+    ['hash in capitals', { hash: 'XXH3' }, "--hash must be one of xxh3, sha256, got 'XXH3'"],
+    ['hash empty', { hash: '' }, "--hash must be one of xxh3, sha256, got ''"],
+    ['mode unknown', { mode: 'scp' }, "--mode must be auto, helper or sftp, got 'scp'"],
+    ['nats without a scheme', { nats: 'localhost:4222' }, "--nats must be a URL like nats://host:4222, got 'localhost:4222'"],
+    ['nats with an http scheme', { nats: 'http://n:4222' }, "--nats must be a URL like nats://host:4222, got 'http://n:4222'"],
+    ['nats with a space', { nats: 'nats://a b' }, "--nats must be a URL like nats://host:4222, got 'nats://a b'"],
+    ['ack-wait not a duration', { ackWait: 'soon' }, "--ack-wait must be a positive duration like 30s, got 'soon'"],
+    ['ack-wait zero', { ackWait: '0s' }, "--ack-wait must be a positive duration like 30s, got '0s'"],
+    ['ack-wait below a second', { ackWait: '999ms' }, "--ack-wait must be at least 1s, got '999ms'"],
+    ['window zero', { window: 0 }, "--window must be a positive size like 8MiB, got '0'"],
+    ['window not a size', { window: '8 furlongs' }, "--window must be a positive size like 8MiB, got '8 furlongs'"],
+    ['connect-timeout in days', { connectTimeout: '1d' }, "--connect-timeout must be a positive duration like 20s, got '1d'"],
+    ['connect-timeout zero', { connectTimeout: '0' }, "--connect-timeout must be a positive duration like 20s, got '0'"],
+  ];
+
+  it.each(cases)('rejects %s', (_name, options, message) => {
+    expect(usageMessage(options)).toBe(message);
+  });
+
+  it('rejects an empty remote command', () => {
+    expect(usageMessage({ remoteCmd: '' })).toBe('--remote-cmd must not be empty');
+  });
+
+  it('rejects a remote command of only spaces', () => {
+    expect(usageMessage({ remoteCmd: '   ' })).toBe('--remote-cmd must not be empty');
+  });
+
+  it('rejects --json together with --quiet', () => {
+    expect(usageMessage({ json: true, quiet: true })).toBe('--json and --quiet cannot be used together');
+  });
+});
