@@ -111,6 +111,26 @@ describe('ferry cp error cases', () => {
     );
   });
 
+  it('asks a host with several host keys for the one on record', async () => {
+    // sshd offers ed25519 and ECDSA; known_hosts has only the ECDSA key. Offering
+    // ed25519 first (ssh2's default) would look like an unknown key.
+    const dir = join(work.path, 'two-keys');
+    await mkdir(dir);
+    const ecdsa = join(dir, 'hostkey_ecdsa');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ecdsa', '-N', '', '-f', ecdsa]);
+    const multi = await startSshd({ dir: join(dir, 'sshd'), extraConfig: [`HostKey ${ecdsa}`] });
+    try {
+      const pub = (await readFile(`${ecdsa}.pub`, 'utf8')).trim().split(/\s+/);
+      const kh = join(dir, 'known_hosts');
+      await writeFile(kh, `[${multi.host}]:${multi.port} ${pub[0]} ${pub[1]}\n`);
+      const r = await runFerry(['cp', src, `${multi.user}@${multi.host}:${multi.port}:${dir}/`, '-i', multi.userKey, '--known-hosts', kh, '--remote-cmd', REMOTE_CMD, '--state-dir', join(work.path, 'state')]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+    } finally {
+      await multi.stop();
+    }
+  });
+
   it('exits 30 when authentication fails', async () => {
     const stranger = join(work.path, 'strangerkey');
     execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', stranger]);

@@ -24,6 +24,15 @@ export interface CliIo {
   selfCommand?: string[];
 }
 
+/**
+ * How this program starts itself (for agents). FERRY_PROFILE_DIR=DIR makes
+ * every agent write a V8 CPU profile there (`node --cpu-prof`), for bench/.
+ */
+function selfCommand(): string[] {
+  const profileDir = process.env.FERRY_PROFILE_DIR;
+  return [process.execPath, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), fileURLToPath(new URL('./main.js', import.meta.url))];
+}
+
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
@@ -101,7 +110,7 @@ export function createCli(io: CliIo): Command {
           source,
           destination,
           options: copyOptions,
-          agentCommand: [...(io.selfCommand ?? [process.execPath, fileURLToPath(new URL('./main.js', import.meta.url))]), 'agent'],
+          agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
           onEvent: (e) => renderer.onEvent(e),
           ...(io.signal ? { signal: io.signal } : {}),
         });

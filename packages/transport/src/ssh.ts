@@ -4,6 +4,7 @@
  * that names the host and says what to do.
  */
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import ssh2 from 'ssh2';
 import type { AnyAuthMethod, Client, ConnectConfig } from 'ssh2';
 
@@ -121,7 +122,7 @@ export async function connectSsh(target: RemoteHost, ssh: SshSettings, options: 
       }
     },
   };
-  if (keyTypes.length > 0) config.algorithms = { serverHostKey: hostKeyAlgorithmsFor(keyTypes) as never };
+  if (keyTypes.length > 0) config.algorithms = { serverHostKey: hostKeyPreference(hostKeyAlgorithmsFor(keyTypes)) as never };
 
   return new Promise<Client>((resolve, reject) => {
     let settled = false;
@@ -174,6 +175,21 @@ export async function connectSsh(target: RemoteHost, ssh: SshSettings, options: 
     });
     client.connect(config);
   });
+}
+
+const sshConstants = createRequire(import.meta.url)('ssh2/lib/protocol/constants.js') as {
+  DEFAULT_SERVER_HOST_KEY: string[];
+  SUPPORTED_SERVER_HOST_KEY: string[];
+};
+
+/**
+ * Host key algorithms in the order to offer: those already on record for the
+ * host first (so a host known by its ed25519 key is not asked for an ECDSA one,
+ * which would look like a changed key), then ssh2's defaults.
+ */
+export function hostKeyPreference(known: string[]): string[] {
+  const first = known.filter((a) => sshConstants.SUPPORTED_SERVER_HOST_KEY.includes(a));
+  return [...first, ...sshConstants.DEFAULT_SERVER_HOST_KEY.filter((a) => !first.includes(a))];
 }
 
 /** Quotes a string for a POSIX shell. Remote paths only ever reach a shell through this. */

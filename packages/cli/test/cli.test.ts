@@ -1,0 +1,108 @@
+import { describe, expect, it } from 'vitest';
+import { createRenderer, formatSummary, progressLine, runCli } from '../src/index.js';
+import type { CliIo } from '../src/index.js';
+import type { CopySummary } from '@ferry/coordinator';
+
+function io(tty = false): CliIo & { out: string; err: string } {
+  const self = {
+    out: '',
+    err: '',
+    exitCode: 0,
+    stdout: { write: (s: string) => void (self.out += s), isTTY: tty, columns: 100 },
+    stderr: { write: (s: string) => void (self.err += s), isTTY: tty, columns: 100 },
+  };
+  return self;
+}
+
+const summary: CopySummary = {
+  jobId: '0123456789abcdef',
+  source: '/data/big.h5',
+  destination: 'me@dtn:/in/big.h5',
+  bytes: 3 * 1024 ** 3,
+  seconds: 12.5,
+  mbps: 257.7,
+  ranges: 192,
+  resends: 1,
+  hash: 'xxh3',
+  rootHash: 'f33bad4eb87440d2',
+  mode: 'helper',
+  agents: 4,
+  streams: 2,
+};
+
+describe('the ferry command line', () => {
+  it('prints its version and exits 0', async () => {
+    const s = io();
+    expect(await runCli(['--version'], s)).toBe(0);
+    expect(s.out).toBe('0.1.0\n');
+  });
+
+  it('lists every exit code in the help of cp', async () => {
+    const s = io();
+    expect(await runCli(['cp', '--help'], s)).toBe(0);
+    expect(s.out).toContain('--range-size <size>');
+    expect(s.out).toContain('   22  DEST_NO_SPACE');
+    expect(s.out).toContain('  130  INTERRUPTED');
+  });
+
+  it('exits 2 for an unknown option and for a hash it does not know', async () => {
+    const a = io();
+    expect(await runCli(['cp', 'a', 'h:b', '--bogus'], a)).toBe(2);
+    expect(a.err).toContain("error: unknown option '--bogus'");
+    const b = io();
+    expect(await runCli(['cp', 'a', 'h:b', '--hash', 'md5'], b)).toBe(2);
+    expect(b.err).toContain("error: option '--hash <algorithm>' argument 'md5' is invalid. Allowed choices are xxh3, sha256.");
+  });
+
+  it('rejects --json with --quiet before touching the network', async () => {
+    const s = io();
+    expect(await runCli(['cp', '/etc/hostname', 'nohost.invalid:/x', '--json', '--quiet'], s)).toBe(2);
+    expect(s.out).toBe(
+      '{"type":"error","code":"USAGE","message":"--json and --quiet cannot be used together","exitCode":2}\n',
+    );
+    expect(s.err).toBe('ferry: error: --json and --quiet cannot be used together\n');
+  });
+});
+
+describe('output', () => {
+  it('summarises a copy in four lines', () => {
+    expect(formatSummary(summary)).toBe(
+      [
+        'ferry: copied /data/big.h5 -> me@dtn:/in/big.h5',
+        '  3.0 GiB (3221225472 bytes) in 12.5 s, 257.7 MB/s',
+        '  192 ranges, 1 re-sent, 4 agents x 2 streams, helper mode',
+        '  root hash (xxh3): f33bad4eb87440d2',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('draws a progress line with rate, ETA and busy agents', () => {
+    const line = progressLine({ type: 'progress', bytes: 512 * 1024 ** 2, total: 1024 ** 3, rangesDone: 32, ranges: 64, rate: 250e6, etaSeconds: 2.1, agentsBusy: 2, agents: 2 }, 100);
+    expect(line).toBe('[####################....................]  50.0%  512 MiB/1.0 GiB  250.0 MB/s  ETA 2s  agents 2/2');
+  });
+
+  it('draws the bar only on a terminal and prints the summary on stdout', () => {
+    const tty = io(true);
+    const r = createRenderer('human', tty.stdout, tty.stderr);
+    r.onEvent({ type: 'progress', bytes: 1, total: 2, rangesDone: 0, ranges: 1, rate: 0, etaSeconds: null, agentsBusy: 1, agents: 1 });
+    expect(tty.err).toMatch(/^\r\x1b\[2K\[/);
+    r.onEvent({ type: 'done', ...summary });
+    expect(tty.err.endsWith('\r\x1b[2K')).toBe(true);
+    expect(tty.out).toBe(formatSummary(summary));
+
+    const pipe = io(false);
+    const p = createRenderer('human', pipe.stdout, pipe.stderr);
+    p.onEvent({ type: 'progress', bytes: 1, total: 2, rangesDone: 0, ranges: 1, rate: 0, etaSeconds: null, agentsBusy: 1, agents: 1 });
+    expect(pipe.err).toBe('');
+  });
+
+  it('writes one JSON object per event with --json', () => {
+    const s = io();
+    const r = createRenderer('json', s.stdout, s.stderr);
+    r.onEvent({ type: 'range.resend', range: 3, attempt: 1, reason: 'hash mismatch' });
+    r.onEvent({ type: 'done', ...summary });
+    const lines = s.out.trim().split('\n').map((l) => JSON.parse(l) as { type: string });
+    expect(lines.map((l) => l.type)).toEqual(['range.resend', 'done']);
+  });
+});
