@@ -19,7 +19,8 @@ export class LocalLauncher implements Launcher {
     const listeners: Array<(exit: AgentExit) => void> = [];
     for (let index = 0; index < spec.count; index++) {
       const child = spawn(file, [...baseArgs, ...(spec.argsFor?.(index) ?? [])], {
-        env: { ...process.env, ...spec.env },
+        // Agents watch this pid: when the coordinator dies (even by SIGKILL) they stop instead of lingering.
+        env: { ...process.env, ...spec.env, FERRY_AGENT_PARENT_PID: String(process.pid) },
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       children.push(child);

@@ -1,13 +1,16 @@
 /**
  * An agent: pulls ranges from the job's shared work consumer, moves them over
- * its own SSH connections, publishes a completion (and waits for JetStream to
- * store it) before acking the work item, so no finished range is ever lost.
+ * its own SSH connections, and reports each one. A range counts as done only
+ * once it is durable: each connection fsyncs the destination every few ranges
+ * or seconds, then publishes the completions (waiting for JetStream to store
+ * them) and only then acks the work items. A range whose connection is lost
+ * before its fsync is handed back, never reported.
  */
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { jetstream } from '@nats-io/jetstream';
-import type { Consumer, JsMsg } from '@nats-io/jetstream';
+import type { Consumer, JetStreamClient, JsMsg } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
@@ -44,6 +47,8 @@ export interface AgentOptions {
   log?: (line: string) => void;
   /** Range indices to corrupt on their first attempt (test-only fault injection). */
   corruptRanges?: ReadonlySet<number>;
+  /** Stop when this process is no longer our parent (agents started as local children). */
+  parentPid?: number;
 }
 
 export interface AgentSummary {
@@ -57,9 +62,19 @@ export interface AgentSummary {
 const FATAL_FOR_AGENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'HELPER_UNAVAILABLE', 'SOURCE_NOT_FOUND', 'SOURCE_UNREADABLE']);
 /** Errors that end the job: every agent would meet them. Reported in a completion. */
 const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE', 'DEST_NOT_WRITABLE', 'DEST_DIR_MISSING', 'SOURCE_CHANGED']);
+/** Errors that mean "this host, right now": try another host. */
+const HOST_TROUBLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
 
 const NEXT_EXPIRES_MS = 2_000;
+/** With unsynced ranges waiting, poll for work briefly and fsync when none comes. */
+const NEXT_EXPIRES_PENDING_MS = 1_000;
 const CHUNK_BYTES = 1024 * 1024;
+/** How long a completion may fail to publish (NATS down) before the agent gives up. */
+const PUBLISH_DEADLINE_MS = 5 * 60_000;
+/** Consecutive rounds over every remote host without one connection before the agent gives up. */
+const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function backoffMs(attempt: number): number {
   return Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
@@ -76,8 +91,42 @@ async function openLocal(spec: JobSpec): Promise<FileHandle> {
   }
 }
 
+/** Publishes to JetStream, retrying through NATS outages (the server restarting) until a deadline. */
+async function publishDurably(js: JetStreamClient, subject: string, data: Uint8Array, isStopping: () => boolean): Promise<void> {
+  const deadline = Date.now() + PUBLISH_DEADLINE_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await js.publish(subject, data, { timeout: 10_000 });
+      return;
+    } catch (err) {
+      if (Date.now() > deadline || (isStopping() && attempt > 20)) {
+        throw new FerryError('NATS_UNREACHABLE', `cannot store a completion in NATS: ${(err as Error).message}`, { cause: err });
+      }
+      await sleep(Math.min(2000, 100 * 2 ** attempt));
+    }
+  }
+}
+
+async function ackDurably(msg: JsMsg): Promise<void> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    try {
+      if (await msg.ackAck({ timeout: 5000 })) return;
+    } catch {
+      // retried below
+    }
+    await sleep(Math.min(2000, 100 * 2 ** attempt));
+  }
+  // Not fatal: the item comes back and is done again, and its completion is already stored.
+}
+
+interface HostHealth {
+  downUntil: number;
+  failures: number;
+}
+
 export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const agentId = options.agentId ?? `${hostname()}-${process.pid}`;
+  const node = hostname();
   const log = options.log ?? (() => {});
   const subjects = jobSubjects(options.jobId);
   const nc: NatsConnection = await connectBus({ url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}` });
@@ -86,15 +135,31 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   let inFlight = 0;
   let stopping = false;
   let fatal: FerryError | undefined;
+  const abort = new AbortController();
   let wake: () => void = () => {};
   const stopped = new Promise<void>((resolve) => {
     wake = resolve;
   });
-  const stop = () => {
+  const stop = (why: string) => {
+    if (stopping) return;
     stopping = true;
+    log(`stopping: ${why}`);
+    abort.abort(new Error(why));
     wake();
   };
-  options.signal?.addEventListener('abort', stop, { once: true });
+  const onSignal = () => stop('interrupted');
+  options.signal?.addEventListener('abort', onSignal, { once: true });
+  let parentWatch: NodeJS.Timeout | undefined;
+  if (options.parentPid !== undefined) {
+    // A coordinator killed with SIGKILL cannot tell its children; they notice being orphaned.
+    parentWatch = setInterval(() => {
+      if (process.ppid !== options.parentPid) {
+        stop('the coordinator process is gone');
+        setTimeout(() => process.exit(1), 10_000).unref();
+      }
+    }, 500);
+    parentWatch.unref();
+  }
 
   const publishEvent = (event: AgentEvent) => nc.publish(subjects.events, encodeMessage(event));
 
@@ -110,8 +175,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     local = await openLocal(spec);
   } catch (err) {
     const e = toFerryError(err);
-    publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node: hostname(), error: e.toData(), fatal: true });
+    publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
     await nc.drain().catch(() => {});
+    if (parentWatch) clearInterval(parentWatch);
     throw e;
   }
 
@@ -120,20 +186,20 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       if (err) return;
       try {
         const control = decodeControl(msg.data, options.jobId);
-        if (control.type === 'stop' || control.type === 'cancel') stop();
+        if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
       } catch (e) {
         log(`ignoring control message: ${(e as Error).message}`);
       }
     },
   });
-  publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node: hostname(), pid: process.pid });
+  publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node, pid: process.pid });
 
   const heartbeat = () => {
     const hb: Heartbeat = {
       v: MESSAGE_VERSION,
       job: options.jobId,
       agent: agentId,
-      node: hostname(),
+      node,
       pid: process.pid,
       bytes: summary.bytes,
       rangesDone: summary.ranges,
@@ -148,131 +214,247 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
 
   const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5);
   const hosts = spec.remoteHosts;
+  const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;
+  const completionOf = (item: WorkItem, host: RemoteHost, startedAt: number, fields: Partial<Completion>): Completion => ({
+    v: MESSAGE_VERSION,
+    job: options.jobId,
+    range: item.range,
+    attempt: item.attempt,
+    offset: item.offset,
+    length: item.length,
+    srcHash: '',
+    dstHash: '',
+    durable: false,
+    agent: agentId,
+    remoteHost: hostLabel(host),
+    startedAt,
+    finishedAt: Date.now(),
+    ...fields,
+  });
+
+  /** The next host to try for a worker: its own first, others while it is down. */
+  const pickHost = async (preferred: number): Promise<number> => {
+    for (;;) {
+      if (health.every((h) => h.failures >= HOST_ROUNDS_BEFORE_GIVING_UP)) {
+        fatal ??= new FerryError('HOST_UNREACHABLE', `no remote host is reachable (${hosts.map(hostLabel).join(', ')}; ${HOST_ROUNDS_BEFORE_GIVING_UP} attempts each): check that sshd runs there and the network path`);
+        throw fatal;
+      }
+      const now = Date.now();
+      for (let k = 0; k < hosts.length; k++) {
+        const i = (preferred + k) % hosts.length;
+        if (health[i]!.downUntil <= now) return i;
+      }
+      const wait = Math.max(100, Math.min(...health.map((h) => h.downUntil)) - now);
+      await Promise.race([sleep(wait), stopped]);
+      if (stopping) throw new FerryError('INTERRUPTED', 'stopping');
+    }
+  };
 
   const worker = async (slot: number) => {
-    const host: RemoteHost = hosts[(index * spec.streams + slot) % hosts.length]!;
+    const preferred = (index * spec.streams + slot) % hosts.length;
+    let hostIndex = preferred;
     let conn: RemoteConnection | undefined;
     let file: RemoteFile | undefined;
+    /** Written and verified, waiting for an fsync before they are reported and acked. */
+    let pending: Array<{ msg: JsMsg; completion: Completion }> = [];
+    let oldestPending = 0;
+    let current: JsMsg | undefined;
     let failures = 0;
+    const ticker = setInterval(() => {
+      current?.working();
+      for (const p of pending) p.msg.working();
+    }, Math.max(1000, Math.floor(spec.ackWaitMs / 3)));
+
+    /** Ranges written through a connection that is gone may not be on disk: give them back. */
+    const giveBackPending = () => {
+      for (const p of pending) p.msg.nak();
+      pending = [];
+    };
     const drop = () => {
+      giveBackPending();
       conn?.close();
       conn = undefined;
       file = undefined;
     };
-    while (!stopping && !fatal) {
-      let msg: JsMsg | null;
-      try {
-        msg = await Promise.race([consumer.next({ expires: NEXT_EXPIRES_MS }), stopped.then(() => null)]);
-      } catch (err) {
-        if (stopping) break;
-        log(`waiting for work: ${(err as Error).message}`);
-        await new Promise((r) => setTimeout(r, 500));
-        continue;
-      }
-      if (!msg) continue;
-      let item: WorkItem;
-      try {
-        item = decodeWorkItem(msg.data, options.jobId);
-      } catch (err) {
-        log(`dropping malformed work item: ${(err as Error).message}`);
-        msg.term();
-        continue;
-      }
-      inFlight++;
-      const startedAt = Date.now();
-      const ticker = setInterval(() => msg.working(), Math.max(1000, Math.floor(spec.ackWaitMs / 3)));
-      let moved = 0;
-      try {
-        if (!file) {
-          conn = await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes });
+    const connect = async () => {
+      for (;;) {
+        hostIndex = await pickHost(hostIndex);
+        const host = hosts[hostIndex]!;
+        try {
+          conn = await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal });
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
+          health[hostIndex]!.failures = 0;
+          health[hostIndex]!.downUntil = 0;
+          return;
+        } catch (err) {
+          conn?.close();
+          conn = undefined;
+          const e = toFerryError(err);
+          if (!HOST_TROUBLE.has(e.code)) throw e;
+          const h = health[hostIndex]!;
+          h.failures++;
+          h.downUntil = Date.now() + backoffMs(h.failures);
+          log(`cannot use ${hostLabel(host)}: ${e.message}`);
+          publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: false });
+          hostIndex = (hostIndex + 1) % hosts.length;
         }
-        const job = {
-          offset: item.offset,
-          length: item.length,
-          algorithm: spec.hash,
-          corrupt: item.attempt === 0 && options.corruptRanges?.has(item.range) === true,
-          onBytes: (n: number) => {
-            moved += n;
-            summary.bytes += n;
-          },
-        };
-        const result = spec.direction === 'push' ? await pushRange(local, spec.localPath, file, pool, job) : await pullRange(local, spec.localPath, file, pool, job);
-        const completion: Completion = {
-          v: MESSAGE_VERSION,
-          job: options.jobId,
-          range: item.range,
-          attempt: item.attempt,
-          offset: item.offset,
-          length: item.length,
-          srcHash: result.srcHash,
-          dstHash: result.dstHash,
-          durable: false,
-          agent: agentId,
-          remoteHost: hostLabel(host),
-          startedAt,
-          finishedAt: Date.now(),
-        };
-        // The completion must be stored before the work item goes away.
-        await js.publish(subjects.doneSubject, encodeMessage(completion));
-        await msg.ackAck();
-        summary.ranges++;
-        failures = 0;
+      }
+    };
+    /** fsync, then report and ack everything pending. */
+    const makeDurable = async () => {
+      if (pending.length === 0) return;
+      const batch = pending;
+      pending = [];
+      try {
+        if (spec.direction === 'push') await file!.fsync();
+        else await local.sync();
       } catch (err) {
-        summary.bytes -= moved;
-        summary.errors++;
-        const e = toFerryError(err);
-        log(`range ${item.range} on ${hostLabel(host)}: ${e.code}: ${e.message}`);
-        if (FATAL_FOR_AGENT.has(e.code)) {
-          fatal = e;
-          msg.nak();
-          publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node: hostname(), error: e.toData(), fatal: true });
-        } else if (FATAL_FOR_JOB.has(e.code)) {
-          const completion: Completion = {
-            v: MESSAGE_VERSION,
-            job: options.jobId,
-            range: item.range,
-            attempt: item.attempt,
+        pending = batch;
+        throw spec.direction === 'push' ? err : destinationError(err, { path: spec.localPath });
+      }
+      for (const p of batch) {
+        p.completion.durable = true;
+        await publishDurably(js, subjects.doneSubject, encodeMessage(p.completion), () => stopping);
+        await ackDurably(p.msg);
+        summary.ranges++;
+      }
+    };
+
+    try {
+      while (!stopping && !fatal) {
+        let msg: JsMsg | null;
+        try {
+          msg = await Promise.race([consumer.next({ expires: pending.length > 0 ? NEXT_EXPIRES_PENDING_MS : NEXT_EXPIRES_MS }), stopped.then(() => null)]);
+        } catch (err) {
+          if (stopping) break;
+          log(`waiting for work: ${(err as Error).message}`);
+          await Promise.race([sleep(500), stopped]);
+          continue;
+        }
+        if (!msg) {
+          // No work right now: make what is written durable instead of waiting for more.
+          if (pending.length > 0 && !stopping) {
+            try {
+              await makeDurable();
+            } catch (err) {
+              log(`fsync on ${hostLabel(hosts[hostIndex]!)} failed: ${(err as Error).message}`);
+              drop();
+            }
+          }
+          continue;
+        }
+        let item: WorkItem;
+        try {
+          item = decodeWorkItem(msg.data, options.jobId);
+        } catch (err) {
+          log(`dropping malformed work item: ${(err as Error).message}`);
+          msg.term();
+          continue;
+        }
+        current = msg;
+        inFlight++;
+        const startedAt = Date.now();
+        let moved = 0;
+        try {
+          if (!file) await connect();
+          const job = {
             offset: item.offset,
             length: item.length,
-            srcHash: '',
-            dstHash: '',
-            durable: false,
-            agent: agentId,
-            remoteHost: hostLabel(host),
-            startedAt,
-            finishedAt: Date.now(),
-            error: e.toData(),
+            algorithm: spec.hash,
+            corrupt: item.attempt === 0 && options.corruptRanges?.has(item.range) === true,
+            signal: abort.signal,
+            onBytes: (n: number) => {
+              moved += n;
+              summary.bytes += n;
+            },
           };
-          await js.publish(subjects.doneSubject, encodeMessage(completion)).catch(() => {});
-          msg.term(e.code);
-          drop();
-        } else {
-          // Connection trouble or a helper failure: another try, here or elsewhere, after a pause.
-          drop();
-          failures++;
-          msg.nak(backoffMs(failures));
-          publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node: hostname(), error: e.toData(), fatal: false });
-          if (!stopping) await Promise.race([new Promise((r) => setTimeout(r, backoffMs(failures))), stopped]);
+          const result = spec.direction === 'push' ? await pushRange(local, spec.localPath, file!, pool, job) : await pullRange(local, spec.localPath, file!, pool, job);
+          const completion = completionOf(item, hosts[hostIndex]!, startedAt, { srcHash: result.srcHash, dstHash: result.dstHash });
+          current = undefined;
+          if (result.srcHash !== result.dstHash) {
+            // Report at once; the coordinator re-sends it as a new attempt.
+            await publishDurably(js, subjects.doneSubject, encodeMessage(completion), () => stopping);
+            msg.term('hash mismatch');
+          } else {
+            if (pending.length === 0) oldestPending = Date.now();
+            pending.push({ msg, completion });
+          }
+          if (pending.length >= spec.durableEveryRanges || (pending.length > 0 && Date.now() - oldestPending >= spec.durableIntervalMs)) await makeDurable();
+          failures = 0;
+        } catch (err) {
+          summary.bytes -= moved;
+          const e = toFerryError(err);
+          const deliveries = msg.info.deliveryCount;
+          if (fatal) {
+            msg.nak();
+          } else if (current === undefined) {
+            // The range itself went through; making the batch durable failed.
+            log(`making ranges durable on ${hostLabel(hosts[hostIndex]!)} failed: ${e.message}`);
+            summary.errors++;
+            drop();
+          } else if (stopping && e.code === 'INTERRUPTED') {
+            msg.nak();
+          } else if (FATAL_FOR_AGENT.has(e.code)) {
+            summary.errors++;
+            fatal = e;
+            msg.nak();
+            publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
+          } else if (FATAL_FOR_JOB.has(e.code) || deliveries >= spec.maxDeliver) {
+            summary.errors++;
+            const error =
+              FATAL_FOR_JOB.has(e.code) || e.code === 'RANGE_FAILED'
+                ? e
+                : new FerryError('RANGE_FAILED', `range ${item.range} (bytes ${item.offset}-${item.offset + item.length}) failed ${deliveries} times; last on ${hostLabel(hosts[hostIndex]!)} from ${agentId}: ${e.message}`, { range: item.range, host: hostLabel(hosts[hostIndex]!) });
+            await publishDurably(js, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
+            msg.term(e.code);
+            drop();
+          } else {
+            // Connection trouble or a helper failure: another try, here or on another host, after a pause.
+            summary.errors++;
+            failures++;
+            drop();
+            if (HOST_TROUBLE.has(e.code)) {
+              const h = health[hostIndex]!;
+              h.failures++;
+              h.downUntil = Date.now() + backoffMs(h.failures);
+              hostIndex = (hostIndex + 1) % hosts.length;
+            }
+            msg.nak(backoffMs(failures));
+            log(`range ${item.range}: ${e.code}: ${e.message}`);
+            publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: false });
+            if (!stopping) await Promise.race([sleep(backoffMs(failures)), stopped]);
+          }
+        } finally {
+          current = undefined;
+          inFlight--;
         }
-      } finally {
-        clearInterval(ticker);
-        inFlight--;
       }
+      // Stopping: what is written is made durable and reported before the agent leaves.
+      if (pending.length > 0) {
+        if (file) await makeDurable().catch((err: unknown) => log(`final fsync failed: ${(err as Error).message}`));
+        giveBackPending();
+      }
+    } finally {
+      clearInterval(ticker);
+      drop();
     }
-    drop();
   };
 
   try {
-    await Promise.all(Array.from({ length: spec.streams }, (_, slot) => worker(slot)));
+    const results = await Promise.allSettled(Array.from({ length: spec.streams }, (_, slot) => worker(slot)));
+    for (const r of results) if (r.status === 'rejected' && !fatal) fatal = toFerryError(r.reason);
+    if (fatal && fatal.code === 'HOST_UNREACHABLE') {
+      publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: fatal.toData(), fatal: true });
+    }
   } finally {
     clearInterval(hbTimer);
+    if (parentWatch) clearInterval(parentWatch);
     heartbeat();
     await local.close().catch(() => {});
     await nc.drain().catch(() => {});
-    options.signal?.removeEventListener('abort', stop);
+    options.signal?.removeEventListener('abort', onSignal);
   }
-  if (fatal) throw fatal;
+  if (fatal && !(stopping && fatal.code === 'INTERRUPTED')) throw fatal;
   return summary;
 }

@@ -17,6 +17,12 @@ export interface RangeJob {
   corrupt?: boolean;
   /** Called with each chunk's size as it is handed to the network or the disk. */
   onBytes?: (n: number) => void;
+  /** Abandons the range between chunks (Ctrl-C, stop). */
+  signal?: AbortSignal;
+}
+
+function checkAbort(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new FerryError('INTERRUPTED', 'range abandoned: the agent is stopping');
 }
 
 export interface RangeResult {
@@ -69,6 +75,8 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
   try {
     while (reads.length > 0) {
       const { buf, n } = await Promise.race([reads.shift()!, writer.failed]);
+      if (job.signal?.aborted) pool.release(buf);
+      checkAbort(job.signal);
       startRead();
       src.update(buf.subarray(head, head + n));
       let flipped = false;
@@ -164,6 +172,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
 
   const sink = (piece: Buffer, zero: boolean): void | Promise<void> => {
     if (writeError) throw writeError;
+    checkAbort(job.signal);
     if (received + piece.length > job.length) throw new FerryError('PROTOCOL', `remote sent more than the ${job.length} bytes of the range`);
     if (zero && !corrupt) {
       dst.update(piece);

@@ -63,7 +63,7 @@ export function createCli(io: CliIo): Command {
     .option('-a, --agents <n>', 'agent processes to start', '2')
     .option('-s, --streams <n>', 'SSH connections per agent', '2')
     .option('-r, --range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
-    .addOption(new Option('--hash <algorithm>', 'range hash').choices(['xxh3', 'sha256']).default('xxh3'))
+    .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, or what a resumed job used)').choices(['xxh3', 'sha256']))
     .addOption(new Option('--mode <mode>', 'data path: helper runs `ferry serve` remotely, sftp needs nothing remote').choices(['auto', 'helper', 'sftp']).default('auto'))
     .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
     .option('-p, --preserve', 'preserve mode and modification time')
@@ -76,6 +76,7 @@ export function createCli(io: CliIo): Command {
     .option('--window <size>', 'bytes in flight per connection', '8MiB')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
     .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
+    .option('--restart', 'start over instead of resuming an earlier run of the same copy')
     .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
     .option('-q, --quiet', 'print nothing but errors')
     .option('-v, --verbose', 'print agent diagnostics')
@@ -84,7 +85,6 @@ export function createCli(io: CliIo): Command {
       const copyOptions: CopyOptions = {
         agents: opts.agents as string,
         streams: opts.streams as string,
-        hash: opts.hash as string,
         mode: opts.mode as string,
         remoteCmd: opts.remoteCmd as string,
         preserve: opts.preserve === true,
@@ -98,6 +98,8 @@ export function createCli(io: CliIo): Command {
         quiet: opts.quiet === true,
       };
       if (opts.rangeSize !== undefined) copyOptions.rangeSize = opts.rangeSize as string;
+      if (opts.hash !== undefined) copyOptions.hash = opts.hash as string;
+      if (opts.restart === true) copyOptions.restart = true;
       if (opts.knownHosts !== undefined) copyOptions.knownHosts = opts.knownHosts as string;
       if (opts.nats !== undefined) copyOptions.nats = opts.nats as string;
       if (opts.stateDir !== undefined) copyOptions.stateDir = opts.stateDir as string;
@@ -160,6 +162,7 @@ export function createCli(io: CliIo): Command {
           ...(io.signal ? { signal: io.signal } : {}),
           log: (line) => io.stderr.write(`${line}\n`),
           ...(corrupt ? { corruptRanges: new Set(corrupt.split(',').map(Number)) } : {}),
+          ...(process.env.FERRY_AGENT_PARENT_PID ? { parentPid: Number(process.env.FERRY_AGENT_PARENT_PID) } : {}),
         });
         io.exitCode = 0;
       } catch (err) {

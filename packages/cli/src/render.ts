@@ -19,9 +19,10 @@ export interface Renderer {
 }
 
 export function formatSummary(s: CopySummary): string {
+  const resumed = s.resumedBytes > 0 ? `; resumed: ${formatBytes(s.resumedBytes)} were done before, ${formatBytes(s.movedBytes)} moved now` : '';
   const lines = [
     `ferry: copied ${s.source} -> ${s.destination}`,
-    `  ${formatBytes(s.bytes)} (${s.bytes} bytes) in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.bytes / s.seconds : 0)}`,
+    `  ${formatBytes(s.bytes)} (${s.bytes} bytes) in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.movedBytes / s.seconds : 0)}${resumed}`,
     `  ${s.ranges} ranges, ${s.resends} re-sent, ${s.agents} agents x ${s.streams} streams, ${s.mode} mode`,
     `  root hash (${s.hash}): ${s.rootHash}`,
   ];

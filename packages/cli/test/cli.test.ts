@@ -19,6 +19,8 @@ const summary: CopySummary = {
   source: '/data/big.h5',
   destination: 'me@dtn:/in/big.h5',
   bytes: 3 * 1024 ** 3,
+  movedBytes: 3 * 1024 ** 3,
+  resumedBytes: 0,
   seconds: 12.5,
   mbps: 257.7,
   ranges: 192,
@@ -75,6 +77,11 @@ describe('output', () => {
         '',
       ].join('\n'),
     );
+  });
+
+  it('says how much a resumed copy found done and moved', () => {
+    const text = formatSummary({ ...summary, movedBytes: 1024 ** 3, resumedBytes: 2 * 1024 ** 3 });
+    expect(text.split('\n')[1]).toBe('  3.0 GiB (3221225472 bytes) in 12.5 s, 85.9 MB/s; resumed: 2.0 GiB were done before, 1.0 GiB moved now');
   });
 
   it('draws a progress line with rate, ETA and busy agents', () => {

@@ -1,16 +1,22 @@
 /**
- * `ferry cp` end to end: prepare, start (or join) NATS, publish the ranges,
- * launch agents, consume completions (verify, journal, re-send), finalize.
+ * `ferry cp` end to end: prepare, resume or start the job, run NATS, publish
+ * the missing ranges, launch agents, consume completions (verify, journal,
+ * re-send), finalize. Every way out (done, failed, interrupted) stops the
+ * agents, journals what they made durable, and leaves a job a rerun can resume.
  */
-import { chmod, mkdir, open, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import type { JetStreamClient } from '@nats-io/jetstream';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import type { KV } from '@nats-io/kv';
 import { nanos } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  DEFAULT_DURABLE_BYTES,
+  DEFAULT_DURABLE_INTERVAL_MS,
+  DEFAULT_MAX_DELIVER,
   FerryError,
   IntervalSet,
   JOURNAL_VERSION,
@@ -19,7 +25,9 @@ import {
   decodeCompletion,
   decodeHeartbeat,
   destinationError,
+  encode,
   encodeMessage,
+  formatBytes,
   jobSubjects,
   makeWorkItem,
   planRanges,
@@ -29,15 +37,28 @@ import {
   toFerryError,
   workItemId,
 } from '@ferry/core';
-import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions } from '@ferry/core';
+import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint } from '@ferry/core';
 import { connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
-import { startEmbeddedNats } from './nats-server.js';
+import {
+  JOB_FILE_VERSION,
+  fingerprintChanges,
+  foldJournal,
+  jobDirOf,
+  localFingerprint,
+  lockJob,
+  readJobFile,
+  remoteFingerprint,
+  writeJobFile,
+  writeStatus,
+} from './job-state.js';
+import type { JobFile, JobPhase, JobStatus, JournalState } from './job-state.js';
+import { startEmbeddedNats, stopStale } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
-import { prepareCopy } from './prepare.js';
+import { createLocalSized, prepareCopy } from './prepare.js';
 import type { PreparedCopy } from './prepare.js';
 
 export interface CopyRequest {
@@ -54,18 +75,23 @@ export interface CopyRequest {
 
 /** Publishes at most this many ranges before waiting for their acks. */
 const PUBLISH_BATCH = 512;
-const AGENT_STOP_GRACE_MS = 10_000;
+/** Agents get this long to make their ranges durable and leave before they are killed. */
+const AGENT_STOP_GRACE_MS = 15_000;
+/** Range hashes are mirrored to KV in blocks of this many ranges. */
+const KV_HASH_BLOCK = 4096;
 
 export function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
   return join(base, 'ferry');
 }
 
-async function publishRanges(js: JetStreamClient, subject: string, jobId: string, plan: RangePlan, indices: Iterable<number>, attempt = 0): Promise<void> {
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function publishRanges(js: JetStreamClient, subject: string, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number): Promise<void> {
   let batch: Array<Promise<unknown>> = [];
   for (const i of indices) {
-    const item = makeWorkItem(jobId, rangeAt(plan, i), attempt);
-    batch.push(js.publish(subject, encodeMessage(item), { msgID: workItemId(item) }));
+    const item = makeWorkItem(jobId, rangeAt(plan, i), attemptOf(i));
+    batch.push(js.publish(subject, encodeMessage(item), { msgID: `${workItemId(item)}:${runTag}` }));
     if (batch.length >= PUBLISH_BATCH) {
       await Promise.all(batch);
       batch = [];
@@ -74,11 +100,41 @@ async function publishRanges(js: JetStreamClient, subject: string, jobId: string
   await Promise.all(batch);
 }
 
-async function setupJobStreams(nc: NatsConnection, spec: JobSpec): Promise<void> {
+/** Completions an earlier run's agents stored but its coordinator never journaled. */
+async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, jobId: string): Promise<Completion[]> {
+  const s = jobSubjects(jobId);
+  const info = await jsm.streams.info(s.doneStream).catch(() => undefined);
+  if (!info || info.state.messages === 0) return [];
+  const name = `recover_${process.pid}_${Date.now()}`;
+  await jsm.consumers.add(s.doneStream, { name, ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, inactive_threshold: nanos(60_000) });
+  const consumer = await jetstream(nc).consumers.get(s.doneStream, name);
+  const out: Completion[] = [];
+  let seen = 0;
+  try {
+    while (seen < info.state.messages) {
+      const batch = await consumer.fetch({ max_messages: 1000, expires: 2000 });
+      let got = 0;
+      for await (const m of batch) {
+        got++;
+        seen++;
+        try {
+          out.push(decodeCompletion(m.data, jobId));
+        } catch {
+          // not ours or damaged: ignore
+        }
+      }
+      if (got === 0) break;
+    }
+  } finally {
+    await jsm.consumers.delete(s.doneStream, name).catch(() => false);
+  }
+  return out;
+}
+
+/** Streams, consumers and KV bucket of a run. Each run starts them afresh (an earlier run's state was read first). */
+async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: JobSpec): Promise<KV> {
   const s = jobSubjects(spec.jobId);
-  const jsm = await jetstreamManager(nc);
-  // A fresh job: remove anything an earlier run with the same id left on an external server.
-  for (const name of [s.workStream, s.doneStream, `KV_${s.kvBucket}`]) await jsm.streams.delete(name).catch(() => false);
+  for (const name of [s.workStream, s.doneStream]) await jsm.streams.delete(name).catch(() => false);
   await jsm.streams.add({
     name: s.workStream,
     subjects: [s.workSubject],
@@ -90,7 +146,7 @@ async function setupJobStreams(nc: NatsConnection, spec: JobSpec): Promise<void>
     durable_name: s.workConsumer,
     ack_policy: AckPolicy.Explicit,
     ack_wait: nanos(spec.ackWaitMs),
-    max_deliver: 20,
+    max_deliver: spec.maxDeliver,
     max_ack_pending: 100_000,
     max_waiting: 4096,
   });
@@ -104,6 +160,7 @@ async function setupJobStreams(nc: NatsConnection, spec: JobSpec): Promise<void>
   });
   const kv = await new Kvm(nc).create(s.kvBucket, { history: 1 });
   await kv.put('spec', encodeMessage(spec));
+  return kv;
 }
 
 async function finalizeLocal(prep: PreparedCopy, preserve: boolean): Promise<void> {
@@ -138,47 +195,134 @@ async function finalizeRemote(prep: PreparedCopy, preserve: boolean): Promise<vo
   await conn.rename(prep.tempPath, prep.targetPath);
 }
 
-interface RangeState {
-  hashes: Array<string | undefined>;
+async function tempFileSize(prep: PreparedCopy): Promise<number | undefined> {
+  if (prep.direction === 'push') return (await prep.conn.stat(prep.tempPath))?.size;
+  try {
+    return (await stat(prep.tempPath)).size;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Everything under the job directory except the lock, for a fresh start. */
+async function clearJobDir(dir: string): Promise<void> {
+  await stopStale(join(dir, 'nats', 'nats.pid'));
+  for (const name of await readdir(dir)) if (name !== 'lock') await rm(join(dir, name), { recursive: true, force: true });
+}
+
+interface RunState {
+  plan: RangePlan;
   done: IntervalSet;
+  hashes: Array<string | undefined>;
   attempts: Map<number, number>;
   resends: number;
+  /** Bytes of ranges already done when this run started. */
+  resumedBytes: number;
+  /** Bytes of ranges made durable by this run. */
+  movedBytes: number;
+}
+
+function rangeBytesOf(plan: RangePlan, set: IntervalSet): number {
+  let total = 0;
+  for (const [s, e] of set.toArray()) total += Math.min(e * plan.rangeBytes, plan.fileBytes) - s * plan.rangeBytes;
+  return total;
 }
 
 export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   const options: ResolvedCopyOptions = resolveCopyOptions(request.options);
   const emit = request.onEvent ?? (() => {});
-  const signal = request.signal;
   const started = Date.now();
-  const prep = await prepareCopy(request.source, request.destination, options, signal);
+  const prep = await prepareCopy(request.source, request.destination, options, request.signal);
   const stateDir = options.stateDir ?? defaultStateDir();
-  const jobDir = join(stateDir, 'jobs', prep.jobId);
-  const plan = planRanges(prep.fileBytes, options.rangeBytes);
-  const agents = Math.min(options.agents, Math.max(1, plan.count));
-
-  let nats: EmbeddedNats | undefined;
-  let nc: NatsConnection | undefined;
-  let launched: LaunchedAgents | undefined;
+  const jobDir = jobDirOf(stateDir, prep.jobId);
+  let unlock: (() => Promise<void>) | undefined;
   let journal: JournalFile | undefined;
-  const cleanup: Array<() => Promise<void> | void> = [];
-
+  let phase: JobPhase = 'running';
+  let lastStatus: JobStatus | undefined;
   try {
-    // This version starts every job afresh; resuming from the journal is a later step.
-    await rm(jobDir, { recursive: true, force: true });
     await mkdir(jobDir, { recursive: true, mode: 0o700 });
-    ({ journal } = await JournalFile.open(join(jobDir, 'journal')));
-    await journal.append({
-      t: 'job',
-      v: JOURNAL_VERSION,
-      jobId: prep.jobId,
-      source: prep.sourceLabel,
-      destination: prep.destinationLabel,
-      fileBytes: prep.fileBytes,
-      rangeBytes: plan.rangeBytes,
-      rangeCount: plan.count,
-      hash: options.hash,
-      at: Date.now(),
-    });
+    unlock = await lockJob(jobDir);
+    const fingerprint = prep.direction === 'push' ? await localFingerprint(prep.localPath) : await remoteFingerprint(prep.conn, prep.remotePath);
+
+    // Resume or start afresh.
+    let job = await readJobFile(jobDir);
+    let folded: JournalState | undefined;
+    if (job && !options.restart) {
+      const opened = await JournalFile.open(join(jobDir, 'journal'));
+      journal = opened.journal;
+      folded = foldJournal(opened.replay.records);
+      if (opened.replay.tornTail) emit({ type: 'log', message: `journal had a torn last record (${opened.replay.records.length} records kept); it was cut off` });
+      const why = await resumeBlocker(job, folded, fingerprint, prep, options);
+      if (why) {
+        emit({ type: 'log', message: `not resuming job ${prep.jobId}: ${why}; starting over` });
+        await journal.close();
+        journal = undefined;
+        job = undefined;
+        folded = undefined;
+      }
+    }
+    let plan: RangePlan;
+    if (job && folded) {
+      plan = planRanges(job.fileBytes, job.rangeBytes);
+    } else {
+      plan = planRanges(prep.fileBytes, options.rangeBytes);
+      await clearJobDir(jobDir);
+      if (prep.direction === 'push') {
+        await prep.conn.createSized(prep.tempPath, prep.fileBytes, 0o600).catch((err: unknown) => {
+          throw destinationError(err, { host: prep.conn.label, path: prep.tempPath });
+        });
+      } else await createLocalSized(prep.tempPath, prep.fileBytes);
+      job = {
+        v: JOB_FILE_VERSION,
+        jobId: prep.jobId,
+        createdAt: Date.now(),
+        source: request.source,
+        destination: request.destination,
+        options: request.options ?? {},
+        direction: prep.direction,
+        sourceLabel: prep.sourceLabel,
+        destinationLabel: prep.destinationLabel,
+        targetPath: prep.targetPath,
+        tempPath: prep.tempPath,
+        remoteHosts: prep.remoteHosts,
+        fileBytes: prep.fileBytes,
+        rangeBytes: plan.rangeBytes,
+        rangeCount: plan.count,
+        hash: options.hash,
+        fingerprint,
+      };
+      await writeJobFile(jobDir, job);
+      const opened = await JournalFile.open(join(jobDir, 'journal'));
+      journal = opened.journal;
+      await journal.append({
+        t: 'job',
+        v: JOURNAL_VERSION,
+        jobId: prep.jobId,
+        source: prep.sourceLabel,
+        destination: prep.destinationLabel,
+        fileBytes: prep.fileBytes,
+        rangeBytes: plan.rangeBytes,
+        rangeCount: plan.count,
+        hash: options.hash,
+        fingerprint,
+        at: Date.now(),
+      });
+    }
+    const hash = job.hash;
+    const state: RunState = {
+      plan,
+      done: folded?.done ?? new IntervalSet(),
+      hashes: new Array<string | undefined>(plan.count),
+      attempts: folded?.attempts ?? new Map(),
+      resends: folded?.resends ?? 0,
+      resumedBytes: 0,
+      movedBytes: 0,
+    };
+    for (const [i, h] of folded?.hashes ?? []) state.hashes[i] = h;
+    const agents = Math.min(options.agents, Math.max(1, plan.count - state.done.size));
+    const resumed = folded !== undefined;
+    state.resumedBytes = rangeBytesOf(plan, state.done);
+
     emit({
       type: 'job.start',
       jobId: prep.jobId,
@@ -190,291 +334,434 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       agents: plan.count === 0 ? 0 : agents,
       streams: options.streams,
       mode: prep.mode,
-      hash: options.hash,
+      hash,
       stateDir: jobDir,
+      resumed,
+      rangesDone: state.done.size,
+      bytesDone: state.resumedBytes,
     });
 
-    const state: RangeState = { hashes: new Array<string | undefined>(plan.count), done: new IntervalSet(), attempts: new Map(), resends: 0 };
-    if (plan.count > 0) {
-      await transfer(prep, plan, options, agents, jobDir, state, request, emit, (h) => cleanup.push(h), (l) => (launched = l), (n, c) => ((nats = n), (nc = c)), journal);
+    const statusOf = (extra: Partial<JobStatus>): JobStatus => ({
+      jobId: prep.jobId,
+      phase,
+      pid: process.pid,
+      updatedAt: Date.now(),
+      source: prep.sourceLabel,
+      destination: prep.destinationLabel,
+      fileBytes: prep.fileBytes,
+      bytesDone: rangeBytesOf(plan, state.done),
+      rangesDone: state.done.size,
+      rangesInFlight: 0,
+      rangesPending: plan.count - state.done.size,
+      ranges: plan.count,
+      rate: 0,
+      agents: [],
+      hosts: [],
+      errors: 0,
+      resends: state.resends,
+      ...extra,
+    });
+    const saveStatus = async (extra: Partial<JobStatus> = {}) => {
+      lastStatus = { ...(lastStatus ?? statusOf({})), ...statusOf(extra) };
+      await writeStatus(jobDir, lastStatus).catch(() => {});
+    };
+    await saveStatus();
+
+    if (state.done.size < plan.count) {
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, fingerprint, saveStatus });
+    }
+
+    // The source must be what it was when the job started, or the copy mixes two versions.
+    const now = prep.direction === 'push' ? await localFingerprint(prep.localPath) : await remoteFingerprint(prep.conn, prep.remotePath);
+    const changes = fingerprintChanges(job.fingerprint, now);
+    if (changes.length > 0) {
+      throw new FerryError(
+        'SOURCE_CHANGED',
+        `source ${prep.sourceLabel} changed during the copy (${changes.join(', ')}): nothing was renamed into place; rerun with --restart to copy the new version`,
+        { path: prep.sourceLabel },
+      );
     }
 
     if (prep.direction === 'push') await finalizeRemote(prep, options.preserve);
     else await finalizeLocal(prep, options.preserve);
 
-    const root = rootHash(options.hash, state.hashes as string[]);
-    await journal.append({ t: 'final', rootHash: root, at: Date.now() });
+    const root = rootHash(hash, state.hashes as string[]);
+    await journal!.append({ t: 'final', rootHash: root, at: Date.now() });
     const seconds = (Date.now() - started) / 1000;
     const summary: CopySummary = {
       jobId: prep.jobId,
       source: prep.sourceLabel,
       destination: prep.destinationLabel,
       bytes: prep.fileBytes,
+      movedBytes: state.movedBytes,
+      resumedBytes: state.resumedBytes,
       seconds,
-      mbps: seconds > 0 ? prep.fileBytes / 1e6 / seconds : 0,
+      mbps: seconds > 0 ? state.movedBytes / 1e6 / seconds : 0,
       ranges: plan.count,
       resends: state.resends,
-      hash: options.hash,
+      hash,
       rootHash: root,
       mode: plan.count === 0 ? 'none' : prep.mode,
       agents: plan.count === 0 ? 0 : agents,
       streams: options.streams,
     };
-    await writeFile(
-      join(jobDir, 'manifest.json'),
-      JSON.stringify({ ...summary, rangeBytes: plan.rangeBytes, rangeHashes: state.hashes }, null, 1) + '\n',
-      { mode: 0o600 },
-    );
+    await writeFile(join(jobDir, 'manifest.json'), JSON.stringify({ ...summary, rangeBytes: plan.rangeBytes, rangeHashes: state.hashes }, null, 1) + '\n', { mode: 0o600 });
+    phase = 'done';
+    await saveStatus();
     emit({ type: 'done', ...summary });
     return summary;
-  } finally {
-    const l = launched as LaunchedAgents | undefined;
-    if (l) await l.stop(AGENT_STOP_GRACE_MS).catch(() => {});
-    for (const fn of cleanup.reverse()) await Promise.resolve(fn()).catch(() => {});
-    const c = nc as NatsConnection | undefined;
-    if (c) await c.close().catch(() => {});
-    const n = nats as EmbeddedNats | undefined;
-    if (n) {
-      await n.stop().catch(() => {});
-      await rm(join(jobDir, 'nats'), { recursive: true, force: true }).catch(() => {});
+  } catch (err) {
+    const e = toFerryError(err);
+    if (lastStatus) {
+      phase = e.code === 'INTERRUPTED' ? 'interrupted' : 'failed';
+      await writeStatus(jobDir, { ...lastStatus, phase, updatedAt: Date.now(), error: { code: e.code, message: e.message } }).catch(() => {});
     }
+    throw e;
+  } finally {
     await journal?.close().catch(() => {});
+    await unlock?.().catch(() => {});
     prep.conn.close();
   }
 }
 
-/** The part with NATS and agents; returns once every range is done and verified. */
-async function transfer(
-  prep: PreparedCopy,
-  plan: RangePlan,
-  options: ResolvedCopyOptions,
-  agentCount: number,
-  jobDir: string,
-  state: RangeState,
-  request: CopyRequest,
-  emit: (e: CopyEvent) => void,
-  onCleanup: (fn: () => Promise<void> | void) => void,
-  onLaunched: (l: LaunchedAgents) => void,
-  onNats: (n: EmbeddedNats | undefined, nc: NatsConnection) => void,
-  journal: JournalFile,
-): Promise<void> {
-  const subjects = jobSubjects(prep.jobId);
-  let nats: EmbeddedNats | undefined;
-  let url = options.natsUrl;
-  let token = process.env.FERRY_NATS_TOKEN;
-  if (!url) {
-    nats = await startEmbeddedNats({ storeDir: join(jobDir, 'nats') });
-    url = nats.url;
-    token = nats.token;
+/** Why an earlier run cannot be resumed (start over), or undefined. Throws when it must not be overwritten silently. */
+async function resumeBlocker(job: JobFile, folded: JournalState, fingerprint: SourceFingerprint, prep: PreparedCopy, options: ResolvedCopyOptions): Promise<string | undefined> {
+  if (folded.final) return 'its previous run finished';
+  if (!folded.job) return 'its journal has no job record';
+  if (options.rangeBytes !== undefined && options.rangeBytes !== job.rangeBytes) {
+    throw new FerryError('USAGE', `job ${job.jobId} was started with --range-size ${formatBytes(job.rangeBytes)}; rerun without --range-size to resume it, or add --restart to start over`);
   }
-  const nc = await connectBus({ url, token, name: `ferry-coordinator-${prep.jobId}` });
-  onNats(nats, nc);
-  const js = jetstream(nc);
+  if (options.hashGiven && options.hash !== job.hash) {
+    throw new FerryError('USAGE', `job ${job.jobId} was started with --hash ${job.hash}; rerun with --hash ${job.hash} to resume it, or add --restart to start over`);
+  }
+  const changes = fingerprintChanges(job.fingerprint, fingerprint);
+  if (changes.length > 0) {
+    throw new FerryError(
+      'SOURCE_CHANGED',
+      `source ${prep.sourceLabel} is not the file job ${job.jobId} started copying (${changes.join(', ')}): refusing to mix two versions; rerun with --restart to copy it from the beginning`,
+      { path: prep.sourceLabel },
+    );
+  }
+  const size = await tempFileSize(prep);
+  if (size === undefined) return `its partial file ${prep.tempPath} is gone`;
+  if (size !== job.fileBytes) return `its partial file ${prep.tempPath} has ${size} bytes, not ${job.fileBytes}`;
+  return undefined;
+}
 
-  const spec: JobSpec = {
-    v: MESSAGE_VERSION,
-    jobId: prep.jobId,
-    direction: prep.direction,
-    mode: prep.mode,
-    localPath: prep.localPath,
-    remotePath: prep.remotePath,
-    remoteHosts: [prep.remoteHost],
-    remoteCommand: options.remoteCommand,
-    fileBytes: prep.fileBytes,
-    rangeBytes: plan.rangeBytes,
-    rangeCount: plan.count,
-    hash: options.hash,
-    streams: options.streams,
-    windowBytes: options.windowBytes,
-    ackWaitMs: options.ackWaitMs,
-    ssh: prep.ssh,
-    createdAt: Date.now(),
-  };
-  await setupJobStreams(nc, spec);
-  await publishRanges(js, subjects.workSubject, prep.jobId, plan, Array.from({ length: plan.count }, (_, i) => i));
+interface TransferContext {
+  prep: PreparedCopy;
+  plan: RangePlan;
+  options: ResolvedCopyOptions;
+  agents: number;
+  jobDir: string;
+  state: RunState;
+  request: CopyRequest;
+  emit: (e: CopyEvent) => void;
+  journal: JournalFile;
+  hash: string;
+  fingerprint: SourceFingerprint;
+  saveStatus: (extra?: Partial<JobStatus>) => Promise<void>;
+}
 
-  let settle!: { resolve: () => void; reject: (err: FerryError) => void };
-  const outcome = new Promise<void>((resolve, reject) => {
-    settle = { resolve, reject };
-  });
-  outcome.catch(() => {});
-  let finished = false;
-  const fail = (err: FerryError) => {
-    if (finished) return;
-    finished = true;
-    settle.reject(err);
-  };
-  const succeed = () => {
-    if (finished) return;
-    finished = true;
-    settle.resolve();
-  };
-  const onAbort = () => fail(new FerryError('INTERRUPTED', 'interrupted'));
-  if (request.signal?.aborted) onAbort();
-  request.signal?.addEventListener('abort', onAbort, { once: true });
-  onCleanup(() => request.signal?.removeEventListener('abort', onAbort));
-
-  // Agent reports: heartbeats for progress, events for errors.
-  const heartbeats = new Map<string, { bytes: number; inFlight: number }>();
-  let lastAgentError: FerryError | undefined;
-  const hbSub = nc.subscribe(`${subjects.heartbeat}.*`, {
-    callback: (err, msg) => {
-      if (err) return;
-      try {
-        const hb = decodeHeartbeat(msg.data, prep.jobId);
-        heartbeats.set(hb.agent, { bytes: hb.bytes, inFlight: hb.inFlight });
-      } catch {
-        // a stray or foreign message: ignore
-      }
-    },
-  });
-  const evSub = nc.subscribe(subjects.events, {
-    callback: (err, msg) => {
-      if (err) return;
-      try {
-        const ev = decodeAgentEvent(msg.data, prep.jobId);
-        if (ev.type === 'agent.error') {
-          emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
-          if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
-        }
-      } catch {
-        // ignore
-      }
-    },
-  });
-  onCleanup(() => {
-    hbSub.unsubscribe();
-    evSub.unsubscribe();
-  });
-
-  // Progress, once a second.
-  let lastBytes = 0;
-  let lastAt = Date.now();
-  let rate = 0;
-  const doneBytes = () => {
-    let total = 0;
-    for (const [s, e] of state.done.toArray()) total += Math.min(e * plan.rangeBytes, plan.fileBytes) - s * plan.rangeBytes;
-    return total;
-  };
-  const progressTimer = setInterval(() => {
-    let moved = 0;
-    let busy = 0;
-    for (const hb of heartbeats.values()) {
-      moved += hb.bytes;
-      if (hb.inFlight > 0) busy++;
+/** The part with NATS and agents; returns once every range is durable and verified. */
+async function transfer(ctx: TransferContext): Promise<void> {
+  const { prep, plan, options, state, request, emit, journal } = ctx;
+  const subjects = jobSubjects(prep.jobId);
+  const cleanup: Array<() => Promise<unknown> | unknown> = [];
+  const runTag = Date.now().toString(36);
+  let nats: EmbeddedNats | undefined;
+  let nc: NatsConnection | undefined;
+  try {
+    let url = options.natsUrl;
+    let token = process.env.FERRY_NATS_TOKEN;
+    if (!url) {
+      nats = await startEmbeddedNats({ storeDir: join(ctx.jobDir, 'nats') });
+      url = nats.url;
+      token = nats.token;
     }
-    const now = Date.now();
-    const instant = ((moved - lastBytes) * 1000) / Math.max(1, now - lastAt);
-    rate = rate === 0 ? instant : 0.7 * rate + 0.3 * instant;
-    lastBytes = moved;
-    lastAt = now;
-    const done = doneBytes();
-    const shown = Math.min(plan.fileBytes, Math.max(done, moved));
-    emit({
-      type: 'progress',
-      bytes: shown,
-      total: plan.fileBytes,
-      rangesDone: state.done.size,
-      ranges: plan.count,
-      rate,
-      etaSeconds: rate > 0 ? (plan.fileBytes - shown) / rate : null,
-      agentsBusy: busy,
-      agents: agentCount,
+    nc = await connectBus({ url, token, name: `ferry-coordinator-${prep.jobId}` });
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+
+    // Completions an earlier run stored but did not journal (its coordinator died first).
+    const journalRange = async (c: Completion) => {
+      state.done.add(c.range);
+      state.hashes[c.range] = c.srcHash;
+      await journal.append({ t: 'range', range: c.range, attempt: c.attempt, hash: c.srcHash, bytes: c.length, durable: true, agent: c.agent, host: c.remoteHost, at: Date.now() });
+    };
+    let recovered = 0;
+    for (const c of await recoverCompletions(nc, jsm, prep.jobId)) {
+      if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
+      await journalRange(c);
+      recovered++;
+    }
+    if (recovered > 0) {
+      emit({ type: 'log', message: `recovered ${recovered} ranges an earlier run completed but had not journaled` });
+      state.resumedBytes = rangeBytesOf(plan, state.done);
+    }
+
+    const spec: JobSpec = {
+      v: MESSAGE_VERSION,
+      jobId: prep.jobId,
+      direction: prep.direction,
+      mode: prep.mode,
+      localPath: prep.localPath,
+      remotePath: prep.remotePath,
+      remoteHosts: prep.remoteHosts,
+      remoteCommand: options.remoteCommand,
+      fileBytes: plan.fileBytes,
+      rangeBytes: plan.rangeBytes,
+      rangeCount: plan.count,
+      hash: ctx.hash as JobSpec['hash'],
+      streams: options.streams,
+      windowBytes: options.windowBytes,
+      ackWaitMs: options.ackWaitMs,
+      maxDeliver: DEFAULT_MAX_DELIVER,
+      durableEveryRanges: Math.max(1, Math.ceil(DEFAULT_DURABLE_BYTES / plan.rangeBytes)),
+      durableIntervalMs: DEFAULT_DURABLE_INTERVAL_MS,
+      ssh: prep.ssh,
+      createdAt: Date.now(),
+    };
+    const kv = await setupJobStreams(nc, jsm, spec);
+    if (state.done.size === plan.count) return;
+    const missing = [...state.done.missing(plan.count)];
+    await publishRanges(js, subjects.workSubject, prep.jobId, runTag, plan, missing, (i) => state.attempts.get(i) ?? 0);
+
+    let settle!: { resolve: () => void; reject: (err: FerryError) => void };
+    const outcome = new Promise<void>((resolve, reject) => {
+      settle = { resolve, reject };
     });
-  }, 1000);
-  onCleanup(() => clearInterval(progressTimer));
+    outcome.catch(() => {});
+    let finished = false;
+    const fail = (err: FerryError) => {
+      if (finished) return;
+      finished = true;
+      settle.reject(err);
+    };
+    const succeed = () => {
+      if (finished) return;
+      finished = true;
+      settle.resolve();
+    };
+    const onAbort = () => fail(new FerryError('INTERRUPTED', 'interrupted'));
+    if (request.signal?.aborted) onAbort();
+    request.signal?.addEventListener('abort', onAbort, { once: true });
+    cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
-  // Completions: verify, journal, re-send.
-  const doneConsumer = await js.consumers.get(subjects.doneStream, subjects.doneConsumer);
-  const messages = await doneConsumer.consume({ max_messages: 1000 });
-  onCleanup(() => messages.stop());
-  const handle = async (c: Completion) => {
-    if (c.error) {
-      fail(FerryError.fromData({ ...c.error, range: c.range }));
-      return;
-    }
-    const current = state.attempts.get(c.range) ?? 0;
-    if (c.srcHash !== c.dstHash) {
-      // Whatever attempt it was, its bytes may be the last ones written: the range is suspect again.
-      const wasDone = state.done.delete(c.range);
-      if (wasDone) state.hashes[c.range] = undefined;
-      else if (c.attempt < current) return; // a newer attempt is already on its way
-      if (current >= options.maxResends) {
-        fail(
-          new FerryError(
-            'VERIFY_FAILED',
-            `range ${c.range} (bytes ${c.offset}-${c.offset + c.length}) failed verification ${current + 1} time${current === 0 ? "" : "s"} via ${c.remoteHost} (source ${c.srcHash}, destination ${c.dstHash}): check memory, disks and network of ${c.agent} and ${c.remoteHost}`,
-            { range: c.range, host: c.remoteHost },
-          ),
-        );
+    // Agent reports: heartbeats for progress and status, events for errors.
+    const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; errors: number; rate: number; at: number }>();
+    let lastAgentError: FerryError | undefined;
+    const hbSub = nc.subscribe(`${subjects.heartbeat}.*`, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          const hb = decodeHeartbeat(msg.data, prep.jobId);
+          const prev = heartbeats.get(hb.agent);
+          const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
+          heartbeats.set(hb.agent, { node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, errors: hb.errors, rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate, at: hb.at });
+        } catch {
+          // a stray or foreign message: ignore
+        }
+      },
+    });
+    const evSub = nc.subscribe(subjects.events, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          const ev = decodeAgentEvent(msg.data, prep.jobId);
+          if (ev.type === 'agent.error') {
+            emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
+            if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
+          }
+        } catch {
+          // ignore
+        }
+      },
+    });
+    cleanup.push(() => {
+      hbSub.unsubscribe();
+      evSub.unsubscribe();
+    });
+
+    // Progress and status, once a second; the KV mirror of the journal too.
+    let lastBytes = 0;
+    let lastAt = Date.now();
+    let rate = 0;
+    const hostBytes = new Map<string, number>();
+    let kvRuns = '';
+    const dirtyBlocks = new Set<number>();
+    const mirror = async () => {
+      const runs = JSON.stringify(state.done.toArray());
+      if (runs !== kvRuns) {
+        kvRuns = runs;
+        await kv.put('done', encode({ runs: state.done.toArray(), at: Date.now() })).catch(() => {});
+      }
+      for (const b of [...dirtyBlocks]) {
+        dirtyBlocks.delete(b);
+        const slice = state.hashes.slice(b * KV_HASH_BLOCK, (b + 1) * KV_HASH_BLOCK).map((h) => h ?? '');
+        await kv.put(`hashes.${b}`, encode(slice)).catch(() => {});
+      }
+    };
+    const tick = () => {
+      let moved = 0;
+      let busy = 0;
+      let inFlight = 0;
+      let errors = 0;
+      for (const hb of heartbeats.values()) {
+        moved += hb.bytes;
+        inFlight += hb.inFlight;
+        errors += hb.errors;
+        if (hb.inFlight > 0) busy++;
+      }
+      const now = Date.now();
+      const instant = ((moved - lastBytes) * 1000) / Math.max(1, now - lastAt);
+      rate = rate === 0 ? instant : 0.7 * rate + 0.3 * instant;
+      lastBytes = moved;
+      lastAt = now;
+      const done = rangeBytesOf(plan, state.done);
+      const shown = Math.min(plan.fileBytes, Math.max(done, state.resumedBytes + moved));
+      emit({
+        type: 'progress',
+        bytes: shown,
+        total: plan.fileBytes,
+        rangesDone: state.done.size,
+        ranges: plan.count,
+        rate,
+        etaSeconds: rate > 0 ? (plan.fileBytes - shown) / rate : null,
+        agentsBusy: busy,
+        agents: ctx.agents,
+      });
+      void ctx.saveStatus({
+        rangesInFlight: inFlight,
+        rangesPending: Math.max(0, plan.count - state.done.size - inFlight),
+        rate,
+        errors,
+        agents: [...heartbeats.entries()].map(([agent, hb]) => ({ agent, node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, errors: hb.errors, rate: hb.rate })),
+        hosts: [...hostBytes.entries()].map(([host, bytes]) => ({ host, bytes })),
+      });
+      void mirror();
+    };
+    const progressTimer = setInterval(tick, 1000);
+    cleanup.push(() => clearInterval(progressTimer));
+
+    // Completions: verify, journal, re-send.
+    const doneConsumer = await js.consumers.get(subjects.doneStream, subjects.doneConsumer);
+    const messages = await doneConsumer.consume({ max_messages: 1000 });
+    cleanup.push(() => messages.stop());
+    const handle = async (c: Completion) => {
+      if (c.error) {
+        fail(FerryError.fromData({ ...c.error, range: c.range }));
         return;
       }
-      const attempt = current + 1;
-      state.attempts.set(c.range, attempt);
-      state.resends++;
-      emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, destination ${c.dstHash}) via ${c.agent}` });
-      await journal.append({ t: 'resend', range: c.range, attempt, reason: 'hash mismatch', at: Date.now() });
-      await publishRanges(js, subjects.workSubject, prep.jobId, plan, [c.range], attempt);
-      return;
-    }
-    if (state.done.has(c.range)) return;
-    state.done.add(c.range);
-    state.hashes[c.range] = c.srcHash;
-    await journal.append({ t: 'range', range: c.range, attempt: c.attempt, hash: c.srcHash, bytes: c.length, durable: c.durable, agent: c.agent, host: c.remoteHost, at: Date.now() });
-    emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000 });
-    if (state.done.size === plan.count) succeed();
-  };
-  void (async () => {
-    try {
-      for await (const m of messages) {
-        try {
-          await handle(decodeCompletion(m.data, prep.jobId));
-        } catch (err) {
-          if (err instanceof FerryError && err.code === 'PROTOCOL') emit({ type: 'log', message: `ignoring a malformed completion: ${err.message}` });
-          else throw err;
+      const current = state.attempts.get(c.range) ?? 0;
+      if (c.srcHash !== c.dstHash) {
+        // Whatever attempt it was, its bytes may be the last ones written: the range is suspect again.
+        const wasDone = state.done.delete(c.range);
+        if (wasDone) state.hashes[c.range] = undefined;
+        else if (c.attempt < current) return; // a newer attempt is already on its way
+        if (current >= options.maxResends) {
+          fail(
+            new FerryError(
+              'VERIFY_FAILED',
+              `range ${c.range} (bytes ${c.offset}-${c.offset + c.length}) failed verification ${current + 1} time${current === 0 ? '' : 's'} via ${c.remoteHost} (source ${c.srcHash}, destination ${c.dstHash}): check memory, disks and network of ${c.agent} and ${c.remoteHost}`,
+              { range: c.range, host: c.remoteHost },
+            ),
+          );
+          return;
         }
-        m.ack();
+        const attempt = current + 1;
+        state.attempts.set(c.range, attempt);
+        state.resends++;
+        emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, destination ${c.dstHash}) via ${c.agent}` });
+        await journal.append({ t: 'resend', range: c.range, attempt, reason: 'hash mismatch', at: Date.now() });
+        await publishRanges(js, subjects.workSubject, prep.jobId, runTag, plan, [c.range], () => attempt);
+        return;
       }
+      if (!c.durable || state.done.has(c.range)) return;
+      await journalRange(c);
+      state.movedBytes += c.length;
+      hostBytes.set(c.remoteHost, (hostBytes.get(c.remoteHost) ?? 0) + c.length);
+      dirtyBlocks.add(Math.floor(c.range / KV_HASH_BLOCK));
+      emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000 });
+      if (state.done.size === plan.count) succeed();
+    };
+    const consuming = (async () => {
+      try {
+        for await (const m of messages) {
+          try {
+            await handle(decodeCompletion(m.data, prep.jobId));
+          } catch (err) {
+            if (err instanceof FerryError && err.code === 'PROTOCOL') emit({ type: 'log', message: `ignoring a malformed completion: ${err.message}` });
+            else throw err;
+          }
+          m.ack();
+        }
+      } catch (err) {
+        fail(toFerryError(err));
+      }
+    })();
+
+    // Agents.
+    const launcher = request.launcher ?? new LocalLauncher();
+    const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
+    const launched: LaunchedAgents = await launcher.launch({
+      count: ctx.agents,
+      command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
+      env: { ...(token ? { FERRY_NATS_TOKEN: token } : {}), ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) },
+      argsFor: (i) => ['--index', String(i)],
+      onStderr: (i, line) => emit({ type: 'log', message: `agent ${i}: ${line}` }),
+    });
+    const exits: AgentExit[] = [];
+    launched.onExit((exit) => {
+      exits.push(exit);
+      emit({ type: 'agent.exit', index: exit.index, code: exit.code, signal: exit.signal });
+      if (exits.length === ctx.agents && !finished) {
+        const last = exits.filter((e) => e.code !== 0).pop() ?? exit;
+        fail(
+          lastAgentError ??
+            new FerryError(
+              'AGENTS_FAILED',
+              `all ${ctx.agents} agents exited with ${plan.count - state.done.size} of ${plan.count} ranges left (last: exit ${last.code ?? last.signal})${last.stderrTail ? `:\n${last.stderrTail}` : ''}`,
+            ),
+        );
+      }
+    });
+
+    let failure: FerryError | undefined;
+    try {
+      await outcome;
     } catch (err) {
-      fail(toFerryError(err));
+      failure = toFerryError(err);
     }
-  })();
-
-  // Agents.
-  const launcher = request.launcher ?? new LocalLauncher();
-  const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
-  const agentsUp = await launcher.launch({
-    count: agentCount,
-    command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
-    env: { ...(token ? { FERRY_NATS_TOKEN: token } : {}), ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) },
-    argsFor: (i) => ['--index', String(i)],
-    onStderr: (i, line) => emit({ type: 'log', message: `agent ${i}: ${line}` }),
-  });
-  onLaunched(agentsUp);
-  const exits: AgentExit[] = [];
-  agentsUp.onExit((exit) => {
-    exits.push(exit);
-    emit({ type: 'agent.exit', index: exit.index, code: exit.code, signal: exit.signal });
-    if (exits.length === agentCount && !finished) {
-      const last = exits.filter((e) => e.code !== 0).pop() ?? exit;
-      fail(
-        lastAgentError ??
-          new FerryError(
-            'AGENTS_FAILED',
-            `all ${agentCount} agents exited with ${plan.count - state.done.size} of ${plan.count} ranges left (last: exit ${last.code ?? last.signal})${last.stderrTail ? `:\n${last.stderrTail}` : ''}`,
-          ),
-      );
-    }
-  });
-
-  try {
-    await outcome;
-  } finally {
-    // Tell agents to finish; they exit after their current range.
-    nc.publish(subjects.control, encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop' }));
+    // However it ended: agents make what they wrote durable, report it, and leave.
+    const reason = failure ? (failure.code === 'INTERRUPTED' ? 'interrupted' : `job failed: ${failure.code}`) : 'job done';
+    nc.publish(subjects.control, encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason }));
     await nc.flush().catch(() => {});
-    const timer = setTimeout(() => void agentsUp.stop(1000), AGENT_STOP_GRACE_MS);
-    await agentsUp.exited;
-    clearTimeout(timer);
+    const killTimer = setTimeout(() => void launched.stop(1000), AGENT_STOP_GRACE_MS);
+    await launched.exited;
+    clearTimeout(killTimer);
+    // Journal what the agents reported on their way out.
+    for (let i = 0; i < 50; i++) {
+      const info = await doneConsumer.info(false).catch(() => undefined);
+      if (!info || (info.num_pending === 0 && info.num_ack_pending === 0)) break;
+      await sleep(100);
+    }
+    messages.stop();
+    await consuming;
+    await mirror();
+    tick();
+    if (failure) {
+      if (failure.code === 'INTERRUPTED') {
+        throw new FerryError(
+          'INTERRUPTED',
+          `interrupted: ${state.done.size} of ${plan.count} ranges (${formatBytes(rangeBytesOf(plan, state.done))} of ${formatBytes(plan.fileBytes)}) are done and journaled; rerun the same command, or 'ferry resume ${prep.jobId}', to continue`,
+        );
+      }
+      throw failure;
+    }
+  } finally {
+    for (const fn of cleanup.reverse()) await Promise.resolve(fn()).catch(() => {});
+    if (nc) await nc.close().catch(() => {});
+    if (nats) await nats.stop().catch(() => {});
   }
 }

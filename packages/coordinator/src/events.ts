@@ -8,9 +8,14 @@ export interface CopySummary {
   jobId: string;
   source: string;
   destination: string;
+  /** Size of the file. */
   bytes: number;
+  /** Bytes this run moved (ranges made durable by it). */
+  movedBytes: number;
+  /** Bytes already done by earlier runs of the same job. */
+  resumedBytes: number;
   seconds: number;
-  /** Decimal megabytes per second. */
+  /** Decimal megabytes per second moved by this run. */
   mbps: number;
   ranges: number;
   resends: number;
@@ -35,6 +40,10 @@ export type CopyEvent =
       mode: 'helper' | 'sftp' | 'none';
       hash: string;
       stateDir: string;
+      /** True when an earlier run of the same copy is being continued. */
+      resumed: boolean;
+      rangesDone: number;
+      bytesDone: number;
     }
   | { type: 'range.done'; range: number; bytes: number; agent: string; host: string; hash: string; seconds: number }
   | { type: 'range.resend'; range: number; attempt: number; reason: string }

@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { createServer, connect as netConnect } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -83,6 +83,31 @@ export interface EmbeddedNatsOptions {
   startTimeoutMs?: number;
 }
 
+/**
+ * A coordinator killed with SIGKILL leaves its nats-server running on the job's
+ * store; the next run stops it before starting its own on the same store.
+ */
+export async function stopStale(pidFile: string): Promise<void> {
+  const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim());
+  if (!Number.isInteger(pid) || pid <= 0) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  if (!cmdline.includes('nats-server')) return;
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 100; i++) {
+    if (!(await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => ''))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone
+  }
+}
+
 export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<EmbeddedNats> {
   const override = process.env.FERRY_NATS_SERVER;
   const bin = await findExecutable('nats-server', override);
@@ -95,6 +120,7 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
   }
   const host = options.host ?? '127.0.0.1';
   await mkdir(options.storeDir, { recursive: true });
+  await stopStale(join(options.storeDir, 'nats.pid'));
   const token = randomBytes(24).toString('hex');
   const startTimeoutMs = options.startTimeoutMs ?? 15_000;
   for (let attempt = 0; ; attempt++) {
@@ -130,6 +156,7 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
       await new Promise((r) => setTimeout(r, 50));
     }
     if (up) {
+      await writeFile(join(options.storeDir, 'nats.pid'), String(child.pid), { mode: 0o600 });
       const stop = async () => {
         if (child.exitCode !== null || child.signalCode !== null) return;
         child.kill('SIGTERM');

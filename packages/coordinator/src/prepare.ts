@@ -21,7 +21,10 @@ export interface PreparedCopy {
   fileBytes: number;
   sourceMode: number;
   sourceMtimeMs: number;
+  /** The host the coordinator is connected to. */
   remoteHost: RemoteHost;
+  /** Every remote host given (they must see the same filesystem). */
+  remoteHosts: RemoteHost[];
   ssh: SshSettings;
   /** Connection used by the coordinator for setup and finalisation. */
   conn: RemoteConnection;
@@ -70,8 +73,26 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
   return settings;
 }
 
-function remoteHostOf(loc: RemoteLocation): RemoteHost {
-  return { host: loc.host, port: loc.port ?? 22, user: loc.user ?? userInfo().username };
+function remoteHostsOf(loc: RemoteLocation): RemoteHost[] {
+  return loc.hosts.map((host) => ({ host, port: loc.port ?? 22, user: loc.user ?? userInfo().username }));
+}
+
+/** Connects to the first host of the list that answers; the last error when none does. */
+async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: Parameters<typeof connectRemote>[2]): Promise<{ conn: RemoteConnection; host: RemoteHost }> {
+  let last: unknown;
+  for (const host of hosts) {
+    try {
+      return { conn: await connectRemote(host, ssh, options), host };
+    } catch (err) {
+      last = err;
+      // Only an unreachable host makes the next one worth trying; a bad key or host key fails everywhere.
+      if (!(err instanceof FerryError) || (err.code !== 'HOST_UNREACHABLE' && err.code !== 'CONNECTION_LOST')) throw err;
+    }
+  }
+  if (hosts.length > 1 && last instanceof FerryError) {
+    throw new FerryError('HOST_UNREACHABLE', `none of the remote hosts ${hosts.map(hostLabel).join(', ')} is reachable; last: ${last.message}`, { cause: last });
+  }
+  throw last;
 }
 
 export function tempNameFor(targetPath: string, jobId: string, pathApi: typeof posix = posix): string {
@@ -154,7 +175,7 @@ async function localTarget(given: string, sourceName: string): Promise<string> {
   return abs;
 }
 
-async function createLocalSized(path: string, size: number): Promise<void> {
+export async function createLocalSized(path: string, size: number): Promise<void> {
   let fh;
   try {
     fh = await open(path, 'w', 0o600);
@@ -177,7 +198,9 @@ export async function prepareCopy(source: string, destination: string, options: 
   }
   const ssh = await sshSettings(options);
   const remoteLoc = (src.kind === 'remote' ? src : dst) as RemoteLocation;
-  const remoteHost = remoteHostOf(remoteLoc);
+  const remoteHosts = remoteHostsOf(remoteLoc);
+  // The job id names the hosts as given, so it does not change with the host that answered.
+  const hostsKey = `${remoteLoc.hosts.join(',')}:${remoteLoc.port ?? 22}`;
   const connectOptions = {
     mode: options.mode,
     remoteCommand: options.remoteCommand,
@@ -189,14 +212,11 @@ export async function prepareCopy(source: string, destination: string, options: 
   if (src.kind === 'local') {
     const sourcePath = resolve(src.path);
     const info = await statLocalSource(sourcePath);
-    const conn = await connectRemote(remoteHost, ssh, connectOptions);
+    const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
     try {
       const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
-      const jobId = makeJobId('push', sourcePath, `${hostLabel(remoteHost)}:${targetPath}`);
+      const jobId = makeJobId('push', sourcePath, `${hostsKey}:${targetPath}`);
       const tempPath = tempNameFor(targetPath, jobId);
-      await conn.createSized(tempPath, info.size, 0o600).catch((err: unknown) => {
-        throw destinationError(err, { host: conn.label, path: tempPath });
-      });
       return {
         direction: 'push',
         jobId,
@@ -206,6 +226,7 @@ export async function prepareCopy(source: string, destination: string, options: 
         sourceMode: info.mode,
         sourceMtimeMs: info.mtimeMs,
         remoteHost,
+        remoteHosts,
         ssh,
         conn,
         mode: conn.mode,
@@ -220,7 +241,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     }
   }
 
-  const conn = await connectRemote(remoteHost, ssh, connectOptions);
+  const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
   try {
     const label = conn.label;
     const st = await conn.stat(remoteLoc.path);
@@ -235,9 +256,8 @@ export async function prepareCopy(source: string, destination: string, options: 
       throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${label}:${remotePath} (${errnoOf(err) ?? (err as Error).message}): check its permissions`, { host: label, path: remotePath, cause: err });
     }
     const targetPath = await localTarget(dst.path, posix.basename(remotePath));
-    const jobId = makeJobId('pull', `${hostLabel(remoteHost)}:${remotePath}`, targetPath);
+    const jobId = makeJobId('pull', `${hostsKey}:${remotePath}`, targetPath);
     const tempPath = tempNameFor(targetPath, jobId, posix);
-    await createLocalSized(tempPath, st.size);
     return {
       direction: 'pull',
       jobId,
@@ -247,6 +267,7 @@ export async function prepareCopy(source: string, destination: string, options: 
       sourceMode: st.mode,
       sourceMtimeMs: st.mtimeMs,
       remoteHost,
+      remoteHosts,
       ssh,
       conn,
       mode: conn.mode,

@@ -4,6 +4,7 @@
  * `/data/x:y`) is part of a local path, as in scp.
  */
 import { FerryError } from './errors.js';
+import { expandHostlist } from './hostlist.js';
 
 export interface LocalLocation {
   readonly kind: 'local';
@@ -13,7 +14,10 @@ export interface LocalLocation {
 export interface RemoteLocation {
   readonly kind: 'remote';
   readonly user: string | undefined;
+  /** The first host; `hosts` has all of them. */
   readonly host: string;
+  /** Several hosts (`dtn1,dtn2` or `dtn[1-4]`) that see the same filesystem. */
+  readonly hosts: readonly string[];
   readonly port: number | undefined;
   /** Remote path as given; relative paths are relative to the login directory. */
   readonly path: string;
@@ -21,7 +25,7 @@ export interface RemoteLocation {
 
 export type Location = LocalLocation | RemoteLocation;
 
-const REMOTE = /^(?:([^@/:\s]+)@)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?:(.*)$/s;
+const REMOTE = /^(?:([^@/:\s]+)@)?(\[[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\]|[A-Za-z0-9][A-Za-z0-9._,\[\]-]*)(?::(\d{1,5}))?:(.*)$/s;
 
 export function parseLocation(text: string): Location {
   if (text === '') throw new FerryError('USAGE', 'empty path: give a local path or [user@]host[:port]:path');
@@ -36,14 +40,16 @@ export function parseLocation(text: string): Location {
     port = Number(m[3]);
     if (port < 1 || port > 65535) throw new FerryError('USAGE', `port in '${text}' must be 1-65535, got ${port}`);
   }
-  const host = m[2]!.startsWith('[') ? m[2]!.slice(1, -1) : m[2]!;
-  return { kind: 'remote', user: m[1], host, port, path: m[4] === '' ? '.' : m[4]! };
+  // `[addr]` with a colon inside is an IPv6 address; other brackets are a host list.
+  const ipv6 = /^\[[0-9a-fA-F:.]*:[0-9a-fA-F:.]*\]$/.test(m[2]!);
+  const hosts = ipv6 ? [m[2]!.slice(1, -1)] : expandHostlist(m[2]!);
+  return { kind: 'remote', user: m[1], host: hosts[0]!, hosts, port, path: m[4] === '' ? '.' : m[4]! };
 }
 
 /** `user@host:port:path` back from a location, for messages. */
 export function formatLocation(loc: Location): string {
   if (loc.kind === 'local') return loc.path;
-  const host = loc.host.includes(':') ? `[${loc.host}]` : loc.host;
+  const host = loc.hosts.length > 1 ? loc.hosts.join(',') : loc.host.includes(':') ? `[${loc.host}]` : loc.host;
   return `${loc.user ? `${loc.user}@` : ''}${host}${loc.port ? `:${loc.port}` : ''}:${loc.path}`;
 }
 

@@ -59,6 +59,12 @@ export interface JobSpec {
   /** Bytes of one range kept in flight on one connection. */
   windowBytes: number;
   ackWaitMs: number;
+  /** Deliveries of one work item before it is given up (JetStream max_deliver). */
+  maxDeliver: number;
+  /** A connection fsyncs the destination after this many written ranges... */
+  durableEveryRanges: number;
+  /** ...or this long after its oldest unsynced range, whichever comes first. */
+  durableIntervalMs: number;
   ssh: SshSettings;
   createdAt: number;
 }

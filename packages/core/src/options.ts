@@ -17,6 +17,12 @@ export const DEFAULT_ACK_WAIT_MS = 30_000;
 export const DEFAULT_WINDOW_BYTES = 8 * MiB;
 export const DEFAULT_MAX_RESENDS = 3;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
+/** Deliveries of one range (agent crashes, lost connections, naks) before the job fails. */
+export const DEFAULT_MAX_DELIVER = 10;
+/** Written ranges are made durable (fsync) at least this often per connection. */
+export const DEFAULT_DURABLE_INTERVAL_MS = 5_000;
+/** ...and after about this many bytes of ranges. */
+export const DEFAULT_DURABLE_BYTES = 256 * MiB;
 export const MAX_AGENTS = 4096;
 export const MAX_STREAMS = 64;
 
@@ -60,6 +66,8 @@ export interface CopyOptions {
   quiet?: boolean;
   /** SSH connect timeout. @default '20s' */
   connectTimeout?: string;
+  /** Start over instead of resuming an earlier run of the same copy. @default false */
+  restart?: boolean;
 }
 
 export interface ResolvedCopyOptions {
@@ -68,6 +76,8 @@ export interface ResolvedCopyOptions {
   /** undefined: chosen from the file size when the ranges are planned. */
   rangeBytes: number | undefined;
   hash: HashAlgorithm;
+  /** Whether --hash was given (a resumed job keeps its own otherwise). */
+  hashGiven: boolean;
   mode: ModeChoice;
   remoteCommand: string;
   preserve: boolean;
@@ -81,6 +91,7 @@ export interface ResolvedCopyOptions {
   maxResends: number;
   output: OutputStyle;
   connectTimeoutMs: number;
+  restart: boolean;
 }
 
 function usage(message: string): FerryError {
@@ -131,6 +142,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     streams: intOption('--streams', options.streams, DEFAULT_STREAMS, 1, MAX_STREAMS),
     rangeBytes,
     hash,
+    hashGiven: options.hash !== undefined,
     mode,
     remoteCommand: options.remoteCmd ?? DEFAULT_REMOTE_COMMAND,
     preserve: options.preserve ?? false,
@@ -144,5 +156,6 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),
     output: options.json ? 'json' : options.quiet ? 'quiet' : 'human',
     connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),
+    restart: options.restart ?? false,
   };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FerryError, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { FerryError, expandHostlist, formatLocation, hostLabel, parseLocation } from '@ferry/core';
 
 function usageError(fn: () => unknown): FerryError {
   try {
@@ -17,7 +17,7 @@ describe('parseLocation: remote locations', () => {
     expect(parseLocation('example.org:/data/big.bin')).toEqual({
       kind: 'remote',
       user: undefined,
-      host: 'example.org',
+      host: 'example.org', hosts: ['example.org'],
       port: undefined,
       path: '/data/big.bin',
     });
@@ -27,7 +27,7 @@ describe('parseLocation: remote locations', () => {
     expect(parseLocation('alice@login1.hpc.example.org:/scratch/x.tar')).toEqual({
       kind: 'remote',
       user: 'alice',
-      host: 'login1.hpc.example.org',
+      host: 'login1.hpc.example.org', hosts: ['login1.hpc.example.org'],
       port: undefined,
       path: '/scratch/x.tar',
     });
@@ -37,7 +37,7 @@ describe('parseLocation: remote locations', () => {
     expect(parseLocation('dtn01:2222:/data/file')).toEqual({
       kind: 'remote',
       user: undefined,
-      host: 'dtn01',
+      host: 'dtn01', hosts: ['dtn01'],
       port: 2222,
       path: '/data/file',
     });
@@ -47,50 +47,50 @@ describe('parseLocation: remote locations', () => {
     expect(parseLocation('bob@10.0.0.5:22:in/file.dat')).toEqual({
       kind: 'remote',
       user: 'bob',
-      host: '10.0.0.5',
+      host: '10.0.0.5', hosts: ['10.0.0.5'],
       port: 22,
       path: 'in/file.dat',
     });
   });
 
   it('keeps a relative remote path as given (relative to the login directory)', () => {
-    expect(parseLocation('host:data/file')).toMatchObject({ kind: 'remote', host: 'host', path: 'data/file' });
-    expect(parseLocation('host:~/file')).toMatchObject({ kind: 'remote', host: 'host', path: '~/file' });
+    expect(parseLocation('host:data/file')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], path: 'data/file' });
+    expect(parseLocation('host:~/file')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], path: '~/file' });
   });
 
   it('turns an empty remote path into the login directory', () => {
-    expect(parseLocation('host:')).toEqual({ kind: 'remote', user: undefined, host: 'host', port: undefined, path: '.' });
-    expect(parseLocation('u@host:')).toEqual({ kind: 'remote', user: 'u', host: 'host', port: undefined, path: '.' });
-    expect(parseLocation('host:2200:')).toEqual({ kind: 'remote', user: undefined, host: 'host', port: 2200, path: '.' });
+    expect(parseLocation('host:')).toEqual({ kind: 'remote', user: undefined, host: 'host', hosts: ['host'], port: undefined, path: '.' });
+    expect(parseLocation('u@host:')).toEqual({ kind: 'remote', user: 'u', host: 'host', hosts: ['host'], port: undefined, path: '.' });
+    expect(parseLocation('host:2200:')).toEqual({ kind: 'remote', user: undefined, host: 'host', hosts: ['host'], port: 2200, path: '.' });
   });
 
   it('reads a bracketed IPv6 host without the brackets', () => {
-    expect(parseLocation('[::1]:/tmp/x')).toEqual({ kind: 'remote', user: undefined, host: '::1', port: undefined, path: '/tmp/x' });
-    expect(parseLocation('[::1]:path')).toEqual({ kind: 'remote', user: undefined, host: '::1', port: undefined, path: 'path' });
+    expect(parseLocation('[::1]:/tmp/x')).toEqual({ kind: 'remote', user: undefined, host: '::1', hosts: ['::1'], port: undefined, path: '/tmp/x' });
+    expect(parseLocation('[::1]:path')).toEqual({ kind: 'remote', user: undefined, host: '::1', hosts: ['::1'], port: undefined, path: 'path' });
   });
 
   it('reads a bracketed IPv6 host with a user and a port', () => {
     expect(parseLocation('carol@[fe80::1:2]:2022:/d/f')).toEqual({
       kind: 'remote',
       user: 'carol',
-      host: 'fe80::1:2',
+      host: 'fe80::1:2', hosts: ['fe80::1:2'],
       port: 2022,
       path: '/d/f',
     });
   });
 
   it('reads an empty path after a bracketed IPv6 host as the login directory', () => {
-    expect(parseLocation('[2001:db8::7]:')).toEqual({ kind: 'remote', user: undefined, host: '2001:db8::7', port: undefined, path: '.' });
+    expect(parseLocation('[2001:db8::7]:')).toEqual({ kind: 'remote', user: undefined, host: '2001:db8::7', hosts: ['2001:db8::7'], port: undefined, path: '.' });
   });
 
   it('keeps colons inside the remote path', () => {
-    expect(parseLocation('host:/data/a:b:c')).toMatchObject({ kind: 'remote', host: 'host', port: undefined, path: '/data/a:b:c' });
+    expect(parseLocation('host:/data/a:b:c')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], port: undefined, path: '/data/a:b:c' });
   });
 
   it('reads digits after the host as a port only when a path colon follows', () => {
-    expect(parseLocation('host:1234')).toMatchObject({ kind: 'remote', host: 'host', port: undefined, path: '1234' });
-    expect(parseLocation('host:1234:x')).toMatchObject({ kind: 'remote', host: 'host', port: 1234, path: 'x' });
-    expect(parseLocation('host:123456:x')).toMatchObject({ kind: 'remote', host: 'host', port: undefined, path: '123456:x' });
+    expect(parseLocation('host:1234')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], port: undefined, path: '1234' });
+    expect(parseLocation('host:1234:x')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], port: 1234, path: 'x' });
+    expect(parseLocation('host:123456:x')).toMatchObject({ kind: 'remote', host: 'host', hosts: ['host'], port: undefined, path: '123456:x' });
   });
 
   it('keeps a newline inside the remote path', () => {
@@ -152,12 +152,12 @@ describe('formatLocation', () => {
   });
 
   it('prints user, host, port and path', () => {
-    expect(formatLocation({ kind: 'remote', user: 'alice', host: 'h', port: 2222, path: '/x' })).toBe('alice@h:2222:/x');
-    expect(formatLocation({ kind: 'remote', user: undefined, host: 'h', port: undefined, path: 'rel' })).toBe('h:rel');
+    expect(formatLocation({ kind: 'remote', user: 'alice', host: 'h', hosts: ['h'], port: 2222, path: '/x' })).toBe('alice@h:2222:/x');
+    expect(formatLocation({ kind: 'remote', user: undefined, host: 'h', hosts: ['h'], port: undefined, path: 'rel' })).toBe('h:rel');
   });
 
   it('brackets an IPv6 host', () => {
-    expect(formatLocation({ kind: 'remote', user: undefined, host: '::1', port: 22, path: '/t' })).toBe('[::1]:22:/t');
+    expect(formatLocation({ kind: 'remote', user: undefined, host: '::1', hosts: ['::1'], port: 22, path: '/t' })).toBe('[::1]:22:/t');
   });
 
   it('gives back text that parses to the same location', () => {
@@ -178,5 +178,25 @@ describe('hostLabel', () => {
 
   it('adds a port other than 22', () => {
     expect(hostLabel({ host: 'dtn01', port: 2222 })).toBe('dtn01:2222');
+  });
+});
+
+describe('host lists', () => {
+  it('expands a Slurm hostlist and comma lists in the host part', () => {
+    expect(parseLocation('me@dtn[1-3]:/in/')).toEqual({ kind: 'remote', user: 'me', host: 'dtn1', hosts: ['dtn1', 'dtn2', 'dtn3'], port: undefined, path: '/in/' });
+    expect(parseLocation('dtn1,dtn2:2222:/x')).toMatchObject({ host: 'dtn1', hosts: ['dtn1', 'dtn2'], port: 2222 });
+    expect(expandHostlist('node[08-10],x,node09')).toEqual(['node08', 'node09', 'node10', 'x']);
+    expect(expandHostlist('r[1-2]-n[1,3]')).toEqual(['r1-n1', 'r1-n3', 'r2-n1', 'r2-n3']);
+  });
+
+  it('prints a host list back joined by commas', () => {
+    expect(formatLocation(parseLocation('u@dtn[1-2]:/p'))).toBe('u@dtn1,dtn2:/p');
+  });
+
+  it('rejects malformed host lists with a USAGE error naming them', () => {
+    expect(() => expandHostlist('dtn[3-1]')).toThrow("bad range '3-1' in host list 'dtn[3-1]': 1 is below 3");
+    expect(() => expandHostlist('dtn[1-2')).toThrow("unbalanced '[' in host list 'dtn[1-2'");
+    expect(() => expandHostlist('dtn[a]')).toThrow("bad range 'a' in host list 'dtn[a]': use forms like node[1-4,7] or node[01-16]");
+    expect(() => expandHostlist('a,,b')).toThrow("empty host name in host list 'a,,b'");
   });
 });

@@ -47,6 +47,7 @@ describe('resolveCopyOptions: defaults', () => {
       streams: 2,
       rangeBytes: undefined,
       hash: 'xxh3',
+      hashGiven: false,
       mode: 'auto',
       remoteCommand: 'ferry serve',
       preserve: false,
@@ -60,6 +61,7 @@ describe('resolveCopyOptions: defaults', () => {
       maxResends: 3,
       output: 'human',
       connectTimeoutMs: 20_000,
+      restart: false,
     });
   });
 
@@ -95,6 +97,7 @@ describe('resolveCopyOptions: valid values', () => {
       streams: 4,
       rangeBytes: 67108864,
       hash: 'sha256',
+      hashGiven: true,
       mode: 'sftp',
       remoteCommand: '/opt/ferry/bin/ferry serve',
       preserve: true,
@@ -108,6 +111,7 @@ describe('resolveCopyOptions: valid values', () => {
       maxResends: 0,
       output: 'json',
       connectTimeoutMs: 5000,
+      restart: false,
     });
   });
 

@@ -270,9 +270,17 @@ export class HelperClient {
    * Reads a range; `onData` gets each piece as it arrives (a view valid only
    * during the call; `zero` marks a run of zeros sent as a ZEROS frame).
    */
-  readRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): Promise<{ bytes: number; hash: string }> {
-    const { reply } = this.request('READ', { handle, offset, length, algorithm }, onData);
-    return reply.then((ok) => ({ bytes: ok.bytes ?? 0, hash: ok.hash! }));
+  readRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): { id: number; done: Promise<{ bytes: number; hash: string }> } {
+    const { id, reply } = this.request('READ', { handle, offset, length, algorithm }, onData);
+    return { id, done: reply.then((ok) => ({ bytes: ok.bytes ?? 0, hash: ok.hash! })) };
+  }
+
+  /** Gives up on a request: it fails with `err` now, and what still arrives for it is dropped. */
+  abandon(id: number, err: FerryError): void {
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    p.reject(err);
   }
 
   /** Stops reading from the remote (SSH flow control then holds the sender). */

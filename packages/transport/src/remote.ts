@@ -4,7 +4,7 @@
  * and range transfers for the agents. `connectRemote()` picks the mode.
  */
 import type { Client } from 'ssh2';
-import { FerryError, createHasher, destinationError, errnoOf, hostLabel } from '@ferry/core';
+import { FerryError, createHasher, destinationError, errnoOf, hostLabel, toFerryError } from '@ferry/core';
 import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { execCapture } from './exec.js';
 import { HelperClient } from './helper-client.js';
@@ -143,13 +143,19 @@ class HelperConnection implements RemoteConnection {
         // Pieces arrive as views of the channel's buffers; a sink that returns a
         // promise pauses the channel until it settles, which holds the sender.
         let failure: unknown;
-        const result = helper.readRange(handle, offset, length, algorithm, (chunk, zero) => {
+        const fail = (err: unknown) => {
+          if (failure !== undefined) return;
+          failure = err;
+          // Stop waiting for the rest of the range; what still arrives for it is dropped.
+          helper.abandon(read.id, toFerryError(err));
+        };
+        const read = helper.readRange(handle, offset, length, algorithm, (chunk, zero) => {
           if (failure !== undefined) return;
           let r: void | Promise<void>;
           try {
             r = sink(chunk, zero);
           } catch (err) {
-            failure = err;
+            fail(err);
             return;
           }
           if (r) {
@@ -157,15 +163,17 @@ class HelperConnection implements RemoteConnection {
             r.then(
               () => helper.resume(),
               (err: unknown) => {
-                failure = err;
+                fail(err);
                 helper.resume();
               },
             );
           }
         });
-        const { hash } = await result;
-        if (failure !== undefined) throw failure;
-        return { hash };
+        try {
+          return { hash: (await read.done).hash };
+        } catch (err) {
+          throw failure ?? err;
+        }
       },
       fsync: () => helper.fsync(handle),
       close: () => helper.closeFile(handle),
