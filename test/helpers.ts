@@ -90,3 +90,91 @@ export function parseEvents(stdout: string): Array<Record<string, unknown> & { t
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l) as Record<string, unknown> & { type: string });
 }
+
+export type FerryEvent = Record<string, unknown> & { type: string };
+
+export interface LiveRun {
+  child: import('node:child_process').ChildProcess;
+  events: FerryEvent[];
+  stderr(): string;
+  /** Resolves with the first event matching, or when `count` events matched. */
+  waitFor(predicate: (e: FerryEvent) => boolean, count?: number, timeoutMs?: number): Promise<FerryEvent>;
+  result: Promise<RunResult>;
+}
+
+/** Starts `ferry ... --json` and follows its events as they come. */
+export function startFerry(args: string[], options: RunOptions = {}): LiveRun {
+  const env = { ...process.env, ...options.env };
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
+  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const events: FerryEvent[] = [];
+  const waiters: Array<() => void> = [];
+  let out = '';
+  let err = '';
+  let partial = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) {
+      if (!l.trim()) continue;
+      try {
+        events.push(JSON.parse(l) as FerryEvent);
+      } catch {
+        // not an event line
+      }
+    }
+    for (const w of waiters.splice(0)) w();
+  });
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 240_000);
+  const result = new Promise<RunResult>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      for (const w of waiters.splice(0)) w();
+      resolve({ code, signal, stdout: out, stderr: err });
+    });
+  });
+  let exited = false;
+  void result.then(() => (exited = true));
+  const waitFor = (predicate: (e: FerryEvent) => boolean, count = 1, timeoutMs = 120_000): Promise<FerryEvent> =>
+    new Promise((resolve, reject) => {
+      const deadline = setTimeout(() => reject(new Error(`timed out waiting for ${count} matching events; got: ${events.map((e) => e.type).join(' ')}; stderr: ${err}`)), timeoutMs);
+      const check = () => {
+        const hits = events.filter(predicate);
+        if (hits.length >= count) {
+          clearTimeout(deadline);
+          resolve(hits[count - 1]!);
+        } else if (exited) {
+          clearTimeout(deadline);
+          reject(new Error(`ferry exited before ${count} matching events; got: ${events.map((e) => e.type).join(' ')}; stderr: ${err}`));
+        } else waiters.push(check);
+      };
+      check();
+    });
+  return { child, events, stderr: () => err, waitFor, result };
+}
+
+/** Child pids of a process (from /proc), e.g. the per-connection processes of an sshd. */
+export async function childPids(pid: number): Promise<number[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const out: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const stat = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    // Field 4 (after the parenthesised command) is the parent pid.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(rest[1]) === pid) out.push(Number(name));
+  }
+  return out.sort((a, b) => a - b);
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

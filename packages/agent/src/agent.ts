@@ -76,6 +76,25 @@ const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Holds one connection to `bytesPerSec` on average (a token bucket that forgets idle time). */
+function makePacer(bytesPerSec: number): (n: number) => Promise<void> {
+  let start = Date.now();
+  let sent = 0;
+  let last = start;
+  return async (n) => {
+    const now = Date.now();
+    if (now - last > 1000) {
+      start = now;
+      sent = 0;
+    }
+    last = now;
+    sent += n;
+    const ahead = (sent / bytesPerSec) * 1000 - (now - start);
+    if (ahead > 0) await sleep(ahead);
+    last = Date.now();
+  };
+}
+
 function backoffMs(attempt: number): number {
   return Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
 }
@@ -192,7 +211,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       }
     },
   });
-  publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node, pid: process.pid });
+  publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node, pid: process.pid, index: options.index ?? 0 });
 
   const heartbeat = () => {
     const hb: Heartbeat = {
@@ -261,6 +280,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     let oldestPending = 0;
     let current: JsMsg | undefined;
     let failures = 0;
+    const pace = spec.connectionBytesPerSec > 0 ? makePacer(spec.connectionBytesPerSec) : undefined;
     const ticker = setInterval(() => {
       current?.working();
       for (const p of pending) p.msg.working();
@@ -364,6 +384,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             algorithm: spec.hash,
             corrupt: item.attempt === 0 && options.corruptRanges?.has(item.range) === true,
             signal: abort.signal,
+            ...(pace ? { pace } : {}),
             onBytes: (n: number) => {
               moved += n;
               summary.bytes += n;
@@ -408,6 +429,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
                 : new FerryError('RANGE_FAILED', `range ${item.range} (bytes ${item.offset}-${item.offset + item.length}) failed ${deliveries} times; last on ${hostLabel(hosts[hostIndex]!)} from ${agentId}: ${e.message}`, { range: item.range, host: hostLabel(hosts[hostIndex]!) });
             await publishDurably(js, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
             msg.term(e.code);
+            // The connection is fine (the disk is full, say): keep what was written before.
+            if (file && conn?.alive) await makeDurable().catch(() => {});
             drop();
           } else {
             // Connection trouble or a helper failure: another try, here or on another host, after a pause.

@@ -19,6 +19,8 @@ export interface RangeJob {
   onBytes?: (n: number) => void;
   /** Abandons the range between chunks (Ctrl-C, stop). */
   signal?: AbortSignal;
+  /** Rate cap: resolves when `n` more bytes may go. */
+  pace?: (n: number) => Promise<void>;
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
@@ -86,6 +88,7 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
         flipped = true;
       }
       job.onBytes?.(n);
+      if (job.pace) await job.pace(n);
       if (writer.zeros && !flipped && isAllZero(buf.subarray(head, head + n))) {
         // A run of zeros (a sparse region): a few bytes on the wire instead of n.
         pool.release(buf);
@@ -208,6 +211,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
       rest = rest.subarray(n);
       if (fill === chunk || received === job.length) flush();
     }
+    if (job.pace) return job.pace(piece.length);
     if (pool.inUse >= pool.count && writes.size > 0) return Promise.race([...writes]);
   };
 

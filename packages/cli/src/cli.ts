@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { EXIT_CODES, FerryError, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import { createRenderer } from './render.js';
+import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
 import type { Output } from './render.js';
 
 export const VERSION = '0.1.0';
@@ -74,6 +75,7 @@ export function createCli(io: CliIo): Command {
     .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
     .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
     .option('--window <size>', 'bytes in flight per connection', '8MiB')
+    .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
     .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
     .option('--restart', 'start over instead of resuming an earlier run of the same copy')
@@ -100,28 +102,54 @@ export function createCli(io: CliIo): Command {
       if (opts.rangeSize !== undefined) copyOptions.rangeSize = opts.rangeSize as string;
       if (opts.hash !== undefined) copyOptions.hash = opts.hash as string;
       if (opts.restart === true) copyOptions.restart = true;
+      if (opts.limitRate !== undefined) copyOptions.limitRate = opts.limitRate as string;
       if (opts.knownHosts !== undefined) copyOptions.knownHosts = opts.knownHosts as string;
       if (opts.nats !== undefined) copyOptions.nats = opts.nats as string;
       if (opts.stateDir !== undefined) copyOptions.stateDir = opts.stateDir as string;
-      const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
-      const renderer = createRenderer(style, io.stdout, io.stderr, opts.verbose === true);
+      await copy(io, source, destination, copyOptions, opts.verbose === true);
+    });
+
+  program
+    .command('resume')
+    .description('continue an interrupted or failed copy, with the options it was started with')
+    .argument('<job>', "job id (or a unique prefix), as 'ferry status' lists them")
+    .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
+    .option('--json', 'NDJSON events on stdout')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('-v, --verbose', 'print agent diagnostics')
+    .action(async (id: string, opts: { stateDir?: string; json?: boolean; quiet?: boolean; verbose?: boolean }) => {
       try {
-        // Each command loads only what it needs: `ferry serve` starts on every remote connection.
-        const { runCopy } = await import('@ferry/coordinator');
-        await runCopy({
-          source,
-          destination,
-          options: copyOptions,
-          agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
-          onEvent: (e) => renderer.onEvent(e),
-          ...(io.signal ? { signal: io.signal } : {}),
-        });
+        const { defaultStateDir } = await import('@ferry/coordinator');
+        const stateDir = opts.stateDir ?? defaultStateDir();
+        const { job } = await loadJob(stateDir, id);
+        const options: CopyOptions = { ...job.options, stateDir, json: opts.json === true, quiet: opts.quiet === true };
+        delete options.restart;
+        await copy(io, job.source, job.destination, options, opts.verbose === true);
+      } catch (err) {
+        reportError(io, toFerryError(err));
+      }
+    });
+
+  program
+    .command('status')
+    .description('show the jobs in the state directory, or one job in detail')
+    .argument('[job]', 'job id or unique prefix')
+    .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
+    .option('--json', 'print the status as JSON')
+    .action(async (id: string | undefined, opts: { stateDir?: string; json?: boolean }) => {
+      try {
+        const { defaultStateDir } = await import('@ferry/coordinator');
+        const stateDir = opts.stateDir ?? defaultStateDir();
+        if (id) {
+          const view = await loadJob(stateDir, id);
+          io.stdout.write(opts.json ? JSON.stringify({ ...view.status, phase: view.phase, job: view.job }) + '\n' : formatJob(view));
+        } else {
+          const views = await loadJobs(stateDir);
+          io.stdout.write(opts.json ? JSON.stringify(views.map((v) => ({ ...v.status, phase: v.phase, job: v.job }))) + '\n' : formatJobList(views, stateDir));
+        }
         io.exitCode = 0;
       } catch (err) {
-        renderer.finish();
-        const e = toFerryError(err);
-        if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
-        reportError(io, e);
+        reportError(io, toFerryError(err));
       }
     });
 
@@ -171,6 +199,29 @@ export function createCli(io: CliIo): Command {
     });
 
   return program;
+}
+
+async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean): Promise<void> {
+  const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
+  const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
+  try {
+    // Each command loads only what it needs: `ferry serve` starts on every remote connection.
+    const { runCopy } = await import('@ferry/coordinator');
+    await runCopy({
+      source,
+      destination,
+      options: copyOptions,
+      agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
+      onEvent: (e) => renderer.onEvent(e),
+      ...(io.signal ? { signal: io.signal } : {}),
+    });
+    io.exitCode = 0;
+  } catch (err) {
+    renderer.finish();
+    const e = toFerryError(err);
+    if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
+    reportError(io, e);
+  }
 }
 
 function reportError(io: CliIo, e: FerryError): void {

@@ -24,6 +24,7 @@ import {
   decodeAgentEvent,
   decodeCompletion,
   decodeHeartbeat,
+  decodeWorkItem,
   destinationError,
   encode,
   encodeMessage,
@@ -41,6 +42,7 @@ import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, 
 import { connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
+import type { RemoteConnection } from '@ferry/transport';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
 import {
@@ -58,7 +60,7 @@ import {
 import type { JobFile, JobPhase, JobStatus, JournalState } from './job-state.js';
 import { startEmbeddedNats, stopStale } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
-import { createLocalSized, prepareCopy } from './prepare.js';
+import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
 import type { PreparedCopy } from './prepare.js';
 
 export interface CopyRequest {
@@ -180,7 +182,10 @@ async function finalizeLocal(prep: PreparedCopy, preserve: boolean): Promise<voi
 }
 
 async function finalizeRemote(prep: PreparedCopy, preserve: boolean): Promise<void> {
-  const { conn } = prep;
+  await withRemote(prep, (conn) => finalizeRemoteOn(conn, prep, preserve));
+}
+
+async function finalizeRemoteOn(conn: RemoteConnection, prep: PreparedCopy, preserve: boolean): Promise<void> {
   if (prep.fileBytes > 0) {
     const f = await conn.openFile(prep.tempPath, 'write');
     try {
@@ -196,7 +201,7 @@ async function finalizeRemote(prep: PreparedCopy, preserve: boolean): Promise<vo
 }
 
 async function tempFileSize(prep: PreparedCopy): Promise<number | undefined> {
-  if (prep.direction === 'push') return (await prep.conn.stat(prep.tempPath))?.size;
+  if (prep.direction === 'push') return (await withRemote(prep, (c) => c.stat(prep.tempPath)))?.size;
   try {
     return (await stat(prep.tempPath)).size;
   } catch {
@@ -372,7 +377,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
-    const now = prep.direction === 'push' ? await localFingerprint(prep.localPath) : await remoteFingerprint(prep.conn, prep.remotePath);
+    const now = prep.direction === 'push' ? await localFingerprint(prep.localPath) : await withRemote(prep, (c) => remoteFingerprint(c, prep.remotePath));
     const changes = fingerprintChanges(job.fingerprint, now);
     if (changes.length > 0) {
       throw new FerryError(
@@ -515,6 +520,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       hash: ctx.hash as JobSpec['hash'],
       streams: options.streams,
       windowBytes: options.windowBytes,
+      connectionBytesPerSec: options.limitBytesPerSec ? Math.max(1, Math.floor(options.limitBytesPerSec / (ctx.agents * options.streams))) : 0,
       ackWaitMs: options.ackWaitMs,
       maxDeliver: DEFAULT_MAX_DELIVER,
       durableEveryRanges: Math.max(1, Math.ceil(DEFAULT_DURABLE_BYTES / plan.rangeBytes)),
@@ -569,6 +575,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
         if (err) return;
         try {
           const ev = decodeAgentEvent(msg.data, prep.jobId);
+          if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
           if (ev.type === 'agent.error') {
             emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
             if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
@@ -578,9 +585,31 @@ async function transfer(ctx: TransferContext): Promise<void> {
         }
       },
     });
+    // A range whose deliveries ran out without any agent reporting why (agents crashing on it).
+    const maxDeliverSub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${subjects.workStream}.${subjects.workConsumer}`, {
+      callback: (err, msg) => {
+        if (err) return;
+        void (async () => {
+          const adv = msg.json<{ stream_seq: number; deliveries: number }>();
+          const stored = await jsm.streams.getMessage(subjects.workStream, { seq: adv.stream_seq }).catch(() => null);
+          const item = stored ? decodeWorkItem(stored.data, prep.jobId) : undefined;
+          // Give the agent's own report (with the cause) a moment to arrive first.
+          await sleep(2000);
+          if (item && state.done.has(item.range)) return;
+          fail(
+            new FerryError(
+              'RANGE_FAILED',
+              `range ${item?.range ?? '?'}${item ? ` (bytes ${item.offset}-${item.offset + item.length})` : ''} was handed out ${adv.deliveries} times without completing (agents crashing or losing their connections on it): see the agents' messages with -v`,
+              item ? { range: item.range } : {},
+            ),
+          );
+        })().catch(() => {});
+      },
+    });
     cleanup.push(() => {
       hbSub.unsubscribe();
       evSub.unsubscribe();
+      maxDeliverSub.unsubscribe();
     });
 
     // Progress and status, once a second; the KV mirror of the journal too.

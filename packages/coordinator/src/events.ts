@@ -48,6 +48,7 @@ export type CopyEvent =
   | { type: 'range.done'; range: number; bytes: number; agent: string; host: string; hash: string; seconds: number }
   | { type: 'range.resend'; range: number; attempt: number; reason: string }
   | { type: 'progress'; bytes: number; total: number; rangesDone: number; ranges: number; rate: number; etaSeconds: number | null; agentsBusy: number; agents: number }
+  | { type: 'agent.start'; agent: string; node: string; pid: number; index: number }
   | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
   | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
   | { type: 'log'; message: string }

@@ -13,3 +13,5 @@ export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
 export { prepareCopy, makeJobId, tempNameFor } from './prepare.js';
 export type { PreparedCopy } from './prepare.js';
 export { JournalFile } from './journal-file.js';
+export { jobDirOf, listJobs, readJobFile, readStatus, pidAlive, foldJournal } from './job-state.js';
+export type { JobFile, JobPhase, JobStatus } from './job-state.js';

@@ -121,7 +121,8 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
   const host = options.host ?? '127.0.0.1';
   await mkdir(options.storeDir, { recursive: true });
   await stopStale(join(options.storeDir, 'nats.pid'));
-  const token = randomBytes(24).toString('hex');
+  // nats-server parses the variable's value as config: a leading letter keeps it a string ("7e3..." would be a number).
+  const token = `ferry${randomBytes(24).toString('hex')}`;
   const startTimeoutMs = options.startTimeoutMs ?? 15_000;
   for (let attempt = 0; ; attempt++) {
     const port = await freePort(host);

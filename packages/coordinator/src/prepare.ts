@@ -26,8 +26,10 @@ export interface PreparedCopy {
   /** Every remote host given (they must see the same filesystem). */
   remoteHosts: RemoteHost[];
   ssh: SshSettings;
-  /** Connection used by the coordinator for setup and finalisation. */
+  /** Connection used by the coordinator for setup and finalisation (replaced if it dies; see withRemote). */
   conn: RemoteConnection;
+  /** How `conn` was made, to make another. */
+  connectOptions: Parameters<typeof connectRemote>[2];
   mode: TransferMode;
   /** The local file: the source (push) or the temporary destination (pull). */
   localPath: string;
@@ -37,6 +39,24 @@ export interface PreparedCopy {
   targetPath: string;
   /** Temporary file next to the target, renamed into place at the end. */
   tempPath: string;
+}
+
+/**
+ * Runs `fn` on the coordinator's connection; if that connection has died (its
+ * host went down, sshd was restarted), connects again, to any of the hosts,
+ * and runs it once more.
+ */
+export async function withRemote<T>(prep: PreparedCopy, fn: (conn: RemoteConnection) => Promise<T>): Promise<T> {
+  if (prep.conn.alive) {
+    try {
+      return await fn(prep.conn);
+    } catch (err) {
+      if (prep.conn.alive) throw err;
+    }
+  }
+  prep.conn.close();
+  prep.conn = (await connectAny(prep.remoteHosts, prep.ssh, prep.connectOptions)).conn;
+  return fn(prep.conn);
 }
 
 export const DEFAULT_IDENTITY_FILES = ['id_ed25519', 'id_ecdsa', 'id_rsa'];
@@ -229,6 +249,7 @@ export async function prepareCopy(source: string, destination: string, options: 
         remoteHosts,
         ssh,
         conn,
+        connectOptions: { ...connectOptions, mode: conn.mode },
         mode: conn.mode,
         localPath: sourcePath,
         remotePath: tempPath,
@@ -270,6 +291,7 @@ export async function prepareCopy(source: string, destination: string, options: 
       remoteHosts,
       ssh,
       conn,
+      connectOptions: { ...connectOptions, mode: conn.mode },
       mode: conn.mode,
       localPath: tempPath,
       remotePath,

@@ -58,6 +58,8 @@ export interface JobSpec {
   streams: number;
   /** Bytes of one range kept in flight on one connection. */
   windowBytes: number;
+  /** Rate cap of one connection in bytes per second, 0 for none. */
+  connectionBytesPerSec: number;
   ackWaitMs: number;
   /** Deliveries of one work item before it is given up (JetStream max_deliver). */
   maxDeliver: number;
@@ -117,7 +119,7 @@ export interface Heartbeat {
 export type ControlMessage = { v: number; job: string; type: 'stop' | 'cancel'; reason?: string };
 
 export type AgentEvent =
-  | { v: number; job: string; type: 'agent.started'; agent: string; node: string; pid: number }
+  | { v: number; job: string; type: 'agent.started'; agent: string; node: string; pid: number; index: number }
   | { v: number; job: string; type: 'agent.error'; agent: string; node: string; error: ErrorData; fatal: boolean };
 
 export interface JobSubjects {

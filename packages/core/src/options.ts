@@ -58,6 +58,8 @@ export interface CopyOptions {
   ackWait?: string;
   /** Bytes kept in flight per connection. @default '8MiB' */
   window?: number | string;
+  /** Cap on the whole job's rate in bytes per second, e.g. `500MB` (shared equally by all connections). @default no cap */
+  limitRate?: number | string;
   /** Re-sends of one range after hash mismatches before the job fails. @default 3 */
   maxResends?: number | string;
   /** NDJSON events on stdout. @default false */
@@ -88,6 +90,8 @@ export interface ResolvedCopyOptions {
   stateDir: string | undefined;
   ackWaitMs: number;
   windowBytes: number;
+  /** Bytes per second for the whole job; undefined: no cap. */
+  limitBytesPerSec: number | undefined;
   maxResends: number;
   output: OutputStyle;
   connectTimeoutMs: number;
@@ -153,6 +157,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     stateDir: options.stateDir,
     ackWaitMs,
     windowBytes: sizeOption('--window', options.window, '8MiB') ?? DEFAULT_WINDOW_BYTES,
+    limitBytesPerSec: sizeOption('--limit-rate', options.limitRate, '500MB'),
     maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),
     output: options.json ? 'json' : options.quiet ? 'quiet' : 'human',
     connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),

@@ -35,6 +35,8 @@ export interface RemoteFile {
 
 export interface RemoteConnection {
   readonly label: string;
+  /** False once the SSH connection (or the helper session) has ended. */
+  readonly alive: boolean;
   readonly mode: TransferMode;
   readonly client: Client;
   stat(path: string): Promise<StatResult | undefined>;
@@ -111,13 +113,28 @@ function notFound(err: unknown): boolean {
   return errnoOf(err) === 'ENOENT' || sftpErrno(err) === 'ENOENT';
 }
 
+/** Tracks whether an ssh2 client is still connected. */
+function watchClient(client: Client): { readonly ended: boolean } {
+  const state = { ended: false };
+  client.once('close', () => (state.ended = true));
+  client.once('end', () => (state.ended = true));
+  return state;
+}
+
 class HelperConnection implements RemoteConnection {
   readonly mode = 'helper' as const;
+  private readonly watch: { readonly ended: boolean };
   constructor(
     readonly client: Client,
     private readonly helper: HelperClient,
     readonly label: string,
-  ) {}
+  ) {
+    this.watch = watchClient(client);
+  }
+
+  get alive(): boolean {
+    return !this.watch.ended && !this.helper.closed;
+  }
 
   async stat(path: string): Promise<StatResult | undefined> {
     try {
@@ -225,6 +242,7 @@ const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (o
 class SftpConnection implements RemoteConnection {
   readonly mode = 'sftp' as const;
   private tools: Promise<Set<string>> | undefined;
+  private readonly watch: { readonly ended: boolean };
 
   constructor(
     readonly client: Client,
@@ -232,7 +250,13 @@ class SftpConnection implements RemoteConnection {
     readonly label: string,
     private readonly windowBytes: number,
     private readonly chunkBytes: number,
-  ) {}
+  ) {
+    this.watch = watchClient(client);
+  }
+
+  get alive(): boolean {
+    return !this.watch.ended;
+  }
 
   async stat(path: string): Promise<StatResult | undefined> {
     try {

@@ -1,0 +1,273 @@
+/**
+ * Fault tolerance with real processes: agents, the coordinator, sshd sessions,
+ * a whole remote host and nats-server are killed mid-transfer; the disk fills
+ * up; the source changes; the journal is torn; Ctrl-C. Each time the copy ends
+ * byte-identical, or stops with a clear error and resumes after the fix.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { appendFile, copyFile, mkdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { formatBytes } from '@ferry/core';
+import { REMOTE_CMD, childPids, fileHash, isAlive, makeRandomFile, startFerry, tempDir } from './helpers.js';
+import type { FerryEvent, LiveRun } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 512 * MiB;
+
+let sshd: Sshd;
+let work: { path: string; remove(): Promise<void> };
+let src: string;
+let srcHash: string;
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+
+function remote(path: string, host = sshd.host, port = sshd.port): string {
+  return `${sshd.user}@${host}:${port}:${path}`;
+}
+
+function common(stateDir: string, extra: string[] = []): string[] {
+  return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', stateDir, '--json', '--range-size', '16MiB', ...extra];
+}
+
+const doneEvents = (run: LiveRun) => run.events.filter((e) => e.type === 'range.done');
+const lastEvent = (run: { events: FerryEvent[] }, type: string) => run.events.filter((e) => e.type === type).pop();
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  work = await tempDir('ferry-faults-');
+  src = join(work.path, 'src.bin');
+  await makeRandomFile(src, SIZE);
+  srcHash = await fileHash(src);
+});
+
+afterEach(async () => {
+  for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch(() => {});
+});
+
+afterAll(async () => {
+  await sshd?.stop();
+  await work?.remove();
+});
+
+/** Runs a copy to completion and checks the result. */
+async function finish(run: LiveRun, target: string, want = srcHash): Promise<FerryEvent> {
+  const r = await run.result;
+  expect(r.stderr).not.toMatch(/error:/);
+  expect(r.code).toBe(0);
+  expect(await fileHash(target)).toBe(want);
+  return lastEvent(run, 'done')!;
+}
+
+describe('fault tolerance', () => {
+  it('1. finishes byte-identical when one of 3 agents is killed with SIGKILL', async () => {
+    const dir = join(work.path, 't1');
+    await mkdir(dir);
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '3', '--streams', '1', '--ack-wait', '3s', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    const victim = await run.waitFor((e) => e.type === 'agent.start' && e.index === 1);
+    await run.waitFor((e) => e.type === 'range.done', 4);
+    process.kill(Number(victim.pid), 'SIGKILL');
+    const done = await finish(run, join(dir, 'src.bin'));
+    expect(run.events.some((e) => e.type === 'agent.exit' && e.signal === 'SIGKILL')).toBe(true);
+    expect(done.ranges).toBe(32);
+  });
+
+  it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
+    const dir = join(work.path, 't2');
+    await mkdir(dir);
+    const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    cleanups.push(() => first.child.kill('SIGKILL'));
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 8);
+    const natsPid = Number((await readFile(join(String(start.stateDir), 'nats', 'nats.pid'), 'utf8')).trim());
+    first.child.kill('SIGKILL');
+    process.kill(natsPid, 'SIGKILL');
+    await first.result;
+    const durableAtKill = doneEvents(first).reduce((n, e) => n + Number(e.bytes), 0);
+
+    const second = startFerry(args);
+    cleanups.push(() => second.child.kill('SIGKILL'));
+    const done = await finish(second, join(dir, 'src.bin'));
+    const resumedStart = second.events.find((e) => e.type === 'job.start')!;
+    expect(resumedStart.resumed).toBe(true);
+    // Nothing journaled is moved again; the rerun moves exactly what was not durable.
+    expect(Number(done.resumedBytes)).toBeGreaterThanOrEqual(durableAtKill);
+    expect(Number(done.movedBytes) + Number(done.resumedBytes)).toBe(SIZE);
+    expect(Number(done.movedBytes)).toBeLessThanOrEqual(SIZE - durableAtKill);
+    console.log(`test 2: the rerun moved ${(Number(done.movedBytes) / SIZE).toFixed(3)} of the file (${durableAtKill / MiB} MiB were journaled at the kill)`);
+  });
+
+  it('3. reconnects when the sshd process serving an agent connection is killed', async () => {
+    const dir = join(work.path, 't3');
+    await mkdir(dir);
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done', 4);
+    // The newest session belongs to an agent (the coordinator connected first).
+    const sessions = await childPids(sshd.pid!);
+    expect(sessions.length).toBeGreaterThanOrEqual(5);
+    process.kill(sessions.at(-1)!, 'SIGKILL');
+    await finish(run, join(dir, 'src.bin'));
+    expect(run.events.some((e) => e.type === 'agent.error' && e.code === 'CONNECTION_LOST' && e.fatal === false)).toBe(true);
+  });
+
+  it('4. finishes on the other host when one of two remote hosts goes down', async () => {
+    const dir = join(work.path, 't4');
+    await mkdir(dir);
+    // A second sshd on 127.0.0.2 and the same port, accepting the same user key.
+    const second = join(dir, 'sshd2');
+    await mkdir(second);
+    const first = await startSshd({ dir: join(dir, 'sshd1'), listen: '127.0.0.1' });
+    cleanups.push(() => first.stop());
+    await copyFile(first.userKey, join(second, 'userkey'));
+    await copyFile(`${first.userKey}.pub`, join(second, 'userkey.pub'));
+    const other = await startSshd({ dir: second, listen: '127.0.0.2', port: first.port });
+    cleanups.push(() => other.stop());
+    const kh = join(dir, 'known_hosts');
+    await writeFile(kh, `${first.hostKeyLine}\n${other.hostKeyLine}\n`);
+    const run = startFerry([
+      'cp', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dir}/`,
+      '-i', first.userKey, '--known-hosts', kh, '--remote-cmd', REMOTE_CMD, '--state-dir', join(dir, 'state'),
+      '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '60MB',
+    ]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done' && String(e.host).startsWith('127.0.0.1'), 2);
+    await run.waitFor((e) => e.type === 'range.done' && String(e.host).startsWith('127.0.0.2'), 2);
+    // Host 127.0.0.1 dies: its sshd and every session it serves, the coordinator's included.
+    const sessions = await childPids(first.pid!);
+    process.kill(first.pid!, 'SIGKILL');
+    for (const pid of sessions) process.kill(pid, 'SIGKILL');
+    const killedAt = run.events.length;
+    await finish(run, join(dir, 'src.bin'));
+    const after = run.events.slice(killedAt).filter((e) => e.type === 'range.done');
+    expect(after.length).toBeGreaterThan(0);
+    expect(after.every((e) => String(e.host).startsWith('127.0.0.2'))).toBe(true);
+  });
+
+  it('5. rides out a restart of an external nats-server', async () => {
+    const dir = join(work.path, 't5');
+    await mkdir(dir);
+    const port = await freePort();
+    const token = 'ferrytesttoken';
+    const natsArgs = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js'), '--auth', token];
+    let nats: ChildProcess = spawn('nats-server', natsArgs, { stdio: 'ignore' });
+    cleanups.push(() => nats.kill('SIGKILL'));
+    await new Promise((r) => setTimeout(r, 700));
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--nats', `nats://127.0.0.1:${port}`, '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))], {
+      env: { FERRY_NATS_TOKEN: token },
+    });
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done', 4);
+    const stopped = new Promise((r) => nats.once('exit', r));
+    nats.kill('SIGTERM');
+    await stopped;
+    await new Promise((r) => setTimeout(r, 1500));
+    nats = spawn('nats-server', natsArgs, { stdio: 'ignore' });
+    await finish(run, join(dir, 'src.bin'));
+  });
+
+  it('6. stops with a clear error when the destination fills up, and resumes once there is space', async () => {
+    const dir = join(work.path, 't6');
+    await mkdir(dir);
+    const small = join(dir, 'small-fs');
+    await mkdir(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', small]);
+    cleanups.push(() => execFileSync('umount', ['-l', small]));
+    const args = ['cp', src, remote(`${small}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
+    // Slow enough that connections make ranges durable (every 5 s) before the disk is full.
+    const full = startFerry([...args, '--limit-rate', '30MB']);
+    const r = await full.result;
+    expect(r.code).toBe(22);
+    expect(r.stderr).toMatch(
+      new RegExp(`^ferry: error: no space left on the destination filesystem writing ${sshd.host}:${sshd.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
+    );
+    const durable = doneEvents(full).length;
+    execFileSync('mount', ['-o', 'remount,size=600m', small]);
+    const again = startFerry(args);
+    const done = await finish(again, join(small, 'src.bin'));
+    expect(again.events.find((e) => e.type === 'job.start')!.rangesDone).toBeGreaterThanOrEqual(durable);
+    expect(Number(done.resumedBytes)).toBeGreaterThan(0);
+  });
+
+  it('7. detects a source appended to during the copy and renames nothing into place', async () => {
+    const dir = join(work.path, 't7');
+    await mkdir(dir);
+    const growing = join(dir, 'growing.bin');
+    await copyFile(src, growing);
+    const run = startFerry(['cp', growing, remote(`${dir}/out.bin`), '--limit-rate', '80MB', ...common(join(dir, 'state'))]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done', 2);
+    await appendFile(growing, Buffer.alloc(MiB, 7));
+    const r = await run.result;
+    expect(r.code).toBe(12);
+    expect(r.stderr).toMatch(new RegExp(`^ferry: error: source ${growing} changed during the copy \\(size ${SIZE} -> ${SIZE + MiB}, mtime [^)]*\\): nothing was renamed into place; rerun with --restart to copy the new version\\n$`));
+    await expect(stat(join(dir, 'out.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
+    const dir = join(work.path, 't8');
+    await mkdir(dir);
+    const file = join(dir, 'data.bin');
+    await copyFile(src, file);
+    const args = ['cp', file, remote(`${dir}/out/`), ...common(join(dir, 'state'))];
+    await mkdir(join(dir, 'out'));
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    await first.waitFor((e) => e.type === 'range.done', 2);
+    first.child.kill('SIGINT');
+    expect((await first.result).code).toBe(130);
+    await makeRandomFile(file, SIZE);
+    const other = await fileHash(file);
+    const refused = await startFerry(args).result;
+    expect(refused.code).toBe(12);
+    expect(refused.stderr).toMatch(new RegExp(`^ferry: error: source ${file} is not the file job [0-9a-f]{16} started copying \\([^)]*first MiB differs, last MiB differs\\): refusing to mix two versions; rerun with --restart to copy it from the beginning\\n$`));
+    const restarted = startFerry([...args, '--restart']);
+    const done = await finish(restarted, join(dir, 'out', 'data.bin'), other);
+    expect(done.resumedBytes).toBe(0);
+  });
+
+  it('9. resumes from a journal whose last record was torn', async () => {
+    const dir = join(work.path, 't9');
+    await mkdir(dir);
+    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 4);
+    first.child.kill('SIGINT');
+    expect((await first.result).code).toBe(130);
+    const journal = join(String(start.stateDir), 'journal');
+    const size = (await stat(journal)).size;
+    await truncate(journal, size - 3);
+    const second = startFerry(args);
+    await finish(second, join(dir, 'src.bin'));
+    expect(second.events.some((e) => e.type === 'log' && /journal had a torn last record/.test(String(e.message)))).toBe(true);
+    const resumed = second.events.find((e) => e.type === 'job.start')!;
+    expect(resumed.resumed).toBe(true);
+    expect(Number(resumed.rangesDone)).toBe(doneEvents(first).length - 1);
+  });
+
+  it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
+    const dir = join(work.path, 't10');
+    await mkdir(dir);
+    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 3);
+    first.child.kill('SIGINT');
+    const r = await first.result;
+    expect(r.code).toBe(130);
+    const done = doneEvents(first).length;
+    expect(r.stderr).toBe(
+      `ferry: error: interrupted: ${done} of 32 ranges (${formatBytes(done * 16 * MiB)} of 512 MiB) are done and journaled; rerun the same command, or 'ferry resume ${String(start.jobId)}', to continue\n`,
+    );
+    expect(lastEvent(first, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
+    // No agent outlives the coordinator.
+    for (const e of first.events.filter((x) => x.type === 'agent.start')) expect(isAlive(Number(e.pid))).toBe(false);
+    const second = startFerry(args);
+    const fin = await finish(second, join(dir, 'src.bin'));
+    expect(Number(fin.resumedBytes)).toBe(done * 16 * MiB);
+  });
+});
