@@ -284,6 +284,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     const ticker = setInterval(() => {
       current?.working();
       for (const p of pending) p.msg.working();
+      for (const p of inFlush) p.msg.working();
     }, Math.max(1000, Math.floor(spec.ackWaitMs / 3)));
 
     /** Ranges written through a connection that is gone may not be on disk: give them back. */
@@ -321,24 +322,55 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         }
       }
     };
-    /** fsync, then report and ack everything pending. */
-    const makeDurable = async () => {
-      if (pending.length === 0) return;
+    /** Batches being made durable in the background (fsync, report, ack), in order. */
+    let flushing: Promise<void> | undefined;
+    const inFlush = new Set<{ msg: JsMsg; completion: Completion }>();
+    /**
+     * Starts making the pending ranges durable without waiting: the fsync runs
+     * while the connection moves the next range. If the fsync fails (the
+     * connection died), the batch is handed back, never reported.
+     */
+    const startDurable = () => {
+      if (pending.length === 0 || !file) return;
       const batch = pending;
       pending = [];
-      try {
-        if (spec.direction === 'push') await file!.fsync();
-        else await local.sync();
-      } catch (err) {
-        pending = batch;
-        throw spec.direction === 'push' ? err : destinationError(err, { path: spec.localPath });
-      }
-      for (const p of batch) {
-        p.completion.durable = true;
-        await publishDurably(js, subjects.doneSubject, encodeMessage(p.completion), () => stopping);
-        await ackDurably(p.msg);
-        summary.ranges++;
-      }
+      const f = file;
+      const previous = flushing;
+      for (const b of batch) inFlush.add(b);
+      const run = (async () => {
+        if (previous) await previous;
+        try {
+          if (spec.direction === 'push') await f.fsync();
+          else await local.sync();
+        } catch (err) {
+          log(`fsync on ${hostLabel(hosts[hostIndex]!)} failed, ${batch.length} ranges go back: ${(err as Error).message}`);
+          for (const b of batch) {
+            b.msg.nak();
+            inFlush.delete(b);
+          }
+          return;
+        }
+        for (const b of batch) {
+          b.completion.durable = true;
+          try {
+            await publishDurably(js, subjects.doneSubject, encodeMessage(b.completion), () => stopping);
+            await ackDurably(b.msg);
+            summary.ranges++;
+          } catch (err) {
+            // NATS gone for good: the item comes back after ack_wait and is done again.
+            log(`cannot report range ${b.completion.range}: ${(err as Error).message}`);
+          } finally {
+            inFlush.delete(b);
+          }
+        }
+      })();
+      flushing = run;
+      void run.finally(() => {
+        if (flushing === run) flushing = undefined;
+      });
+    };
+    const settleDurable = async () => {
+      while (flushing) await flushing;
     };
 
     try {
@@ -354,14 +386,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         }
         if (!msg) {
           // No work right now: make what is written durable instead of waiting for more.
-          if (pending.length > 0 && !stopping) {
-            try {
-              await makeDurable();
-            } catch (err) {
-              log(`fsync on ${hostLabel(hosts[hostIndex]!)} failed: ${(err as Error).message}`);
-              drop();
-            }
-          }
+          if (!stopping) startDurable();
           continue;
         }
         let item: WorkItem;
@@ -401,7 +426,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             if (pending.length === 0) oldestPending = Date.now();
             pending.push({ msg, completion });
           }
-          if (pending.length >= spec.durableEveryRanges || (pending.length > 0 && Date.now() - oldestPending >= spec.durableIntervalMs)) await makeDurable();
+          if (pending.length >= spec.durableEveryRanges || (pending.length > 0 && Date.now() - oldestPending >= spec.durableIntervalMs)) startDurable();
           failures = 0;
         } catch (err) {
           summary.bytes -= moved;
@@ -410,10 +435,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           if (fatal) {
             msg.nak();
           } else if (current === undefined) {
-            // The range itself went through; making the batch durable failed.
-            log(`making ranges durable on ${hostLabel(hosts[hostIndex]!)} failed: ${e.message}`);
+            // The range itself went through; reporting a mismatch failed (NATS gone).
+            log(`reporting range ${item.range} failed: ${e.message}`);
             summary.errors++;
-            drop();
           } else if (stopping && e.code === 'INTERRUPTED') {
             msg.nak();
           } else if (FATAL_FOR_AGENT.has(e.code)) {
@@ -430,7 +454,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             await publishDurably(js, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
             msg.term(e.code);
             // The connection is fine (the disk is full, say): keep what was written before.
-            if (file && conn?.alive) await makeDurable().catch(() => {});
+            if (conn?.alive) startDurable();
+            await settleDurable();
             drop();
           } else {
             // Connection trouble or a helper failure: another try, here or on another host, after a pause.
@@ -454,11 +479,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         }
       }
       // Stopping: what is written is made durable and reported before the agent leaves.
-      if (pending.length > 0) {
-        if (file) await makeDurable().catch((err: unknown) => log(`final fsync failed: ${(err as Error).message}`));
-        giveBackPending();
-      }
+      if (conn?.alive) startDurable();
+      await settleDurable();
+      giveBackPending();
     } finally {
+      await settleDurable();
       clearInterval(ticker);
       drop();
     }
