@@ -1,0 +1,677 @@
+#!/usr/bin/env node
+// Benchmark harness: `npm run bench -- <scenario> [options]`.
+//
+// Each scenario is an async function in SCENARIOS below that gets its own argv,
+// runs the tools it compares and writes <out>/<scenario>.md and .json. The
+// shared pieces (timing a command, CPU/RSS sampling from /proc, verification,
+// statistics, cleanup on Ctrl-C) live here so that new scenarios stay short.
+// See bench/README.md for what is measured and how to read the results.
+import { spawn, execFileSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { createReadStream, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { mkdtemp, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { delimiter, join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { startSshd } from '../test/fixtures/sshd.mjs';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = join(ROOT, 'packages/cli/dist/main.js');
+// The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
+const { createHasher, parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
+
+const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
+
+// ---------------------------------------------------------------------------
+// Cleanup, also on Ctrl-C: everything that must be undone registers here.
+
+const cleanups = [];
+let current; // the measured child process, if one is running
+let interrupted = false;
+
+let cleaning;
+/** Undoes everything, newest first; once, however many callers (main's finally and a signal handler). */
+function cleanupAll() {
+  cleaning ??= (async () => {
+    while (cleanups.length > 0) await Promise.resolve(cleanups.pop()()).catch((err) => log(`cleanup: ${err.message}`));
+  })();
+  return cleaning;
+}
+
+/** Ends a measured command and everything it started (it runs in its own process group). */
+function killGroup(child, signal) {
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, async () => {
+    if (interrupted) return; // a second Ctrl-C while cleaning up: let the cleanup finish
+    interrupted = true;
+    log(`${sig}: stopping and cleaning up`);
+    if (current) {
+      // SIGTERM first so ferry stops its agents and nats-server itself, then no mercy.
+      const child = current;
+      killGroup(child, 'SIGTERM');
+      const t = setTimeout(() => killGroup(child, 'SIGKILL'), 5000);
+      await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', r)));
+      clearTimeout(t);
+    }
+    await cleanupAll();
+    process.exit(130);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers.
+
+function which(cmd) {
+  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
+}
+
+/** Quotes a word for the remote shell (rsync -e and --remote-cmd go through one). */
+const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
+
+function sh(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return '';
+  }
+}
+
+/** The ferry being measured: its git commit, and whether the working tree differs from it. */
+function ferryVersion() {
+  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  if (!commit) return 'unknown (not a git checkout)';
+  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
+  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
+}
+
+function machine() {
+  return {
+    nproc: Number(sh('nproc', [])),
+    cpu: /^model name\s*:\s*(.*)$/m.exec(readText('/proc/cpuinfo') ?? '')?.[1] ?? cpus()[0]?.model ?? 'unknown',
+    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    kernel: sh('uname', ['-r']) || release(),
+    node: process.version,
+    openssh: sh('sh', ['-c', 'ssh -V 2>&1']), // ssh -V writes to stderr
+  };
+}
+
+async function makeRandomFile(path, bytes) {
+  const fh = await open(path, 'w');
+  const chunk = Buffer.allocUnsafe(8 << 20);
+  try {
+    for (let at = 0; at < bytes; at += chunk.length) {
+      const n = Math.min(chunk.length, bytes - at);
+      randomFillSync(chunk, 0, n);
+      await fh.write(chunk, 0, n, at);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** xxh3 of a file (the same fast hash ferry uses; this is a copy check, not security). */
+function fileHash(path) {
+  return new Promise((resolve, reject) => {
+    const h = createHasher('xxh3');
+    createReadStream(path, { highWaterMark: 4 << 20 })
+      .on('data', (d) => h.update(d))
+      .on('end', () => resolve(h.digest()))
+      .on('error', reject);
+  });
+}
+
+/** Flushes dirty pages; returns how long that took (seconds). */
+function syncDisks() {
+  const t0 = performance.now();
+  execFileSync('sync');
+  return (performance.now() - t0) / 1000;
+}
+
+// ---------------------------------------------------------------------------
+// CPU and memory from /proc. utime/stime are in clock ticks (USER_HZ).
+
+const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
+const SAMPLE_MS = 100;
+
+function readStat(pid) {
+  try {
+    const s = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // comm (field 2) is in parentheses and may contain spaces: split after the last ')'.
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return { pid: Number(pid), state: f[0], ppid: Number(f[1]), ticks: Number(f[11]) + Number(f[12]), start: f[19] };
+  } catch {
+    return undefined; // exited between readdir and read
+  }
+}
+
+function readText(path) {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return undefined;
+  }
+}
+
+/** ferry role from a command line: the word after .../main.js. */
+function ferryRole(argv) {
+  const i = argv.findIndex((a) => a.endsWith('main.js'));
+  const role = i >= 0 ? argv[i + 1] : undefined;
+  return { cp: 'coordinator', agent: 'agent', serve: 'helper' }[role];
+}
+
+/**
+ * Follows every process below some root pids, remembering for each (keyed by
+ * pid + start time, so a reused pid is a new process) its CPU ticks and peak
+ * RSS at the last sample in which it was alive.
+ */
+class ProcessTracker {
+  constructor(roots) {
+    this.roots = new Set(roots);
+    this.procs = new Map();
+  }
+
+  addRoot(pid) {
+    this.roots.add(pid);
+  }
+
+  /** Reads /proc once; returns how many tracked processes other than the roots are alive. */
+  sample() {
+    const all = new Map();
+    for (const name of readdirSync('/proc')) {
+      if (name.charCodeAt(0) > 57) continue; // not a pid directory
+      const st = readStat(name);
+      if (st) all.set(st.pid, st);
+    }
+    // Ours: below a root, or below a process once seen below one (an agent whose coordinator
+    // exited first is re-parented to init but still works for this run).
+    const inTree = (pid) => {
+      for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+        if (this.roots.has(p) || this.procs.has(`${p}:${all.get(p)?.start}`)) return true;
+        p = all.get(p)?.ppid ?? 0;
+      }
+      return false;
+    };
+    // Kernel threads (children of kthreadd, pid 2), for what the kernel did meanwhile.
+    let kernelTicks = 0;
+    for (const st of all.values()) if (st.pid === 2 || st.ppid === 2) kernelTicks += st.ticks;
+    this.kernelTicksFirst ??= kernelTicks;
+    this.kernelTicksLast = kernelTicks;
+    let live = 0;
+    for (const st of all.values()) {
+      if (!inTree(st.pid)) continue;
+      if (!this.roots.has(st.pid) && st.state !== 'Z') live++; // a zombie has finished its work
+      const key = `${st.pid}:${st.start}`;
+      let rec = this.procs.get(key);
+      if (!rec) {
+        // A process already running at the first sample (the sshd daemon) only counts from then on.
+        rec = { pid: st.pid, ppid: st.ppid, baseTicks: this.sampled ? 0 : st.ticks, ticks: 0, argv: [], hwmKiB: 0 };
+        this.procs.set(key, rec);
+      }
+      rec.ticks = st.ticks;
+      // The command line changes at exec (fork first shows the parent's): keep the latest.
+      const cmdline = readText(`/proc/${st.pid}/cmdline`);
+      if (cmdline) rec.argv = cmdline.split('\0').filter(Boolean);
+      const hwm = /VmHWM:\s+(\d+) kB/.exec(readText(`/proc/${st.pid}/status`) ?? '');
+      if (hwm) rec.hwmKiB = Number(hwm[1]);
+    }
+    this.sampled = true;
+    return live;
+  }
+
+  /** CPU of kernel threads between the first and the last sample (threads that exit meanwhile are missed). */
+  kernelThreadSeconds() {
+    return Math.max(0, this.kernelTicksLast - this.kernelTicksFirst) / CLK_TCK;
+  }
+
+  result() {
+    const processes = [...this.procs.values()].map((r) => ({
+      pid: r.pid,
+      ppid: r.ppid,
+      command: r.argv.slice(0, 4).join(' ').slice(0, 160),
+      role: ferryRole(r.argv),
+      cpuSeconds: (r.ticks - r.baseTicks) / CLK_TCK,
+      peakRssMiB: r.hwmKiB / 1024,
+    }));
+    const peakRssMiB = {};
+    for (const p of processes) if (p.role) peakRssMiB[p.role] = Math.max(peakRssMiB[p.role] ?? 0, p.peakRssMiB);
+    return { cpuSeconds: processes.reduce((s, p) => s + p.cpuSeconds, 0), peakRssMiB, processes };
+  }
+}
+
+/**
+ * The machine's CPU ticks from /proc/stat's cpu line, in three parts: time in tasks (user, nice,
+ * system: what processes' utime+stime add up to), interrupts (irq, softirq: loopback TCP runs
+ * there), and steal (the hypervisor ran someone else on our virtual CPU).
+ */
+function machineTicks() {
+  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  return { tasks: user + nice + system, irq: irq + softirq, steal };
+}
+
+/**
+ * Waits, at most maxMs, until the machine has been quiet (under a tenth of a core busy) for five
+ * seconds in a row: on a shared machine a neighbour's build or test run would otherwise land in
+ * the numbers, and test suites have short lulls. Returns the seconds waited.
+ */
+async function waitForIdle(maxMs = 300_000) {
+  const t0 = Date.now();
+  for (let quiet = 0; quiet < 5; ) {
+    const before = machineTicks();
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = machineTicks();
+    quiet = (after.tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
+    if (Date.now() - t0 > maxMs) {
+      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
+      break;
+    }
+  }
+  return (Date.now() - t0) / 1000;
+}
+
+/** utime+stime of the reaped children of a process (fields 16, 17): exact, where sampling may miss some. */
+function reapedTicks(pid) {
+  const s = readText(`/proc/${pid}/stat`) ?? '';
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  return Number(f[13]) + Number(f[14]);
+}
+
+/**
+ * Runs one command and measures it: wall time from spawn to exit, CPU of the
+ * command's process tree and of everything the sshd daemon forks meanwhile.
+ * Keeps sampling after the exit until the sshd sessions are gone, since the
+ * server side may still be closing the file.
+ */
+async function measure(argv, { sshdPid, timeoutMs }) {
+  const tracker = new ProcessTracker([sshdPid]);
+  tracker.sample(); // baseline of the daemon
+  const reapedBefore = reapedTicks('self') + reapedTicks(sshdPid);
+  const machineBefore = machineTicks();
+  const selfBefore = process.cpuUsage();
+
+  const t0 = performance.now();
+  // detached: its own process group, so a timeout or Ctrl-C can end ferry's agents and nats-server too.
+  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  current = child;
+  tracker.addRoot(child.pid);
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  const closed = new Promise((r) => child.once('close', r));
+  const timer = setInterval(() => tracker.sample(), SAMPLE_MS);
+  let timedOut = false;
+  const killer = setTimeout(() => {
+    timedOut = true;
+    killGroup(child, 'SIGKILL');
+  }, timeoutMs);
+  const { code, signal, spawnError } = await new Promise((resolve) => {
+    child.once('error', (err) => resolve({ code: null, signal: null, spawnError: err }));
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  clearTimeout(killer);
+  current = undefined;
+  // The last words on stderr may arrive after the exit; a grandchild holding the pipe must not hang us.
+  await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
+
+  // Sessions serving the transfer may outlive the client by a moment: sample until they are gone.
+  const quietBy = Date.now() + 10_000;
+  while (tracker.sample() > 0 && Date.now() < quietBy) await new Promise((r) => setTimeout(r, SAMPLE_MS));
+  clearInterval(timer);
+  // Machine counters over the same span as the samples: from spawn until the sessions are gone.
+  const machineAfter = machineTicks();
+  const self = process.cpuUsage(selfBefore);
+  const harnessCpuSeconds = (self.user + self.system) / 1e6;
+  const reapedSeconds = (reapedTicks('self') + reapedTicks(sshdPid) - reapedBefore) / CLK_TCK;
+
+  let error;
+  if (spawnError) error = `spawn: ${spawnError.message}`;
+  else if (timedOut) error = `timed out after ${timeoutMs / 1000} s`;
+  else if (code !== 0) error = `exit ${code ?? signal}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`;
+  const r = tracker.result();
+  const delta = (k) => (machineAfter[k] - machineBefore[k]) / CLK_TCK;
+  // Kernel threads (writeback, journal) and interrupts: work the transfer causes in the kernel, not
+  // in its processes. Reported, not counted in the run's CPU.
+  const kernelCpuSeconds = tracker.kernelThreadSeconds() + delta('irq');
+  const stealSeconds = delta('steal');
+  // Task CPU of anything else: a neighbour, and our own processes too short-lived to be sampled.
+  const otherCpuSeconds = Math.max(0, delta('tasks') - r.cpuSeconds - harnessCpuSeconds - tracker.kernelThreadSeconds());
+  return { seconds, error, cpuReapedSeconds: reapedSeconds, otherCpuSeconds, stealSeconds, kernelCpuSeconds, harnessCpuSeconds, ...r };
+}
+
+/**
+ * A heuristic: quiet runs show a little other task CPU (our own processes too short-lived to be
+ * sampled, such as a remote shell's startup files), well under half a second plus a tenth of a
+ * core; more means a neighbour on this machine was busy. Steal is not counted: on a virtual
+ * machine it rises with our own load, so it hits every run and is reported instead.
+ */
+const isNoisy = (m) => m.otherCpuSeconds > 0.5 + 0.1 * m.seconds;
+
+// ---------------------------------------------------------------------------
+// Tables.
+
+function markdownTable(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+// ---------------------------------------------------------------------------
+// Scenario: loopback. Every tool against one sshd on 127.0.0.1.
+
+const LOOPBACK_DEFAULT_CONFIGS = ['scp', 'sftp', 'rsync', '-a 1 -s 1', '-a 1 -s 2', '-a 2 -s 1', '-a 2 -s 2', '-a 4 -s 1', '--mode sftp -a 2 -s 2'];
+
+const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
+
+  --size <size>        file size (default 2GiB)
+  --runs <n>           rounds; each round runs every tool once (default 3)
+  --configs <list>     comma-separated; scp, sftp, rsync, or ferry flags, optionally
+                       after the word ferry (a list starting with a dash needs
+                       --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2')
+                       (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
+  --direction <d>      push, pull or both (default push)
+  --out <dir>          where loopback.md and loopback.json go (default bench/results)
+  --retry-noisy <n>    repeat a run disturbed by other load up to n times (default 2)
+`;
+
+/** One entry of --configs as a tool: a name, and argv for a direction given the endpoints. */
+function loopbackTool(entry, ctx) {
+  const { userKey, knownHosts, port, user } = ctx;
+  const host = '127.0.0.1';
+  // The same ssh options for every OpenSSH tool: no user or system ssh_config (-F /dev/null), key
+  // auth only, and AES-128-GCM, the cipher ferry's ssh2 picks first on CPUs with AES-NI.
+  const sshOpts = [
+    '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com',
+  ];
+  // Each argv builder gets the local and remote side of one run: { src, dstDir, dstFile, push }.
+  if (entry === 'scp') {
+    return { name: 'scp', needs: 'scp', argv: ({ src, dstFile, push }) => ['scp', '-q', ...sshOpts, '-P', String(port), ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
+  }
+  if (entry === 'sftp') {
+    return {
+      name: 'sftp',
+      needs: 'sftp',
+      argv: async ({ src, dstFile, push, work }) => {
+        const batch = join(work, 'sftp-batch');
+        await writeFile(batch, push ? `put "${src}" "${dstFile}"\n` : `get "${src}" "${dstFile}"\n`);
+        return ['sftp', '-q', '-b', batch, ...sshOpts, '-P', String(port), `${user}@${host}`];
+      },
+    };
+  }
+  if (entry === 'rsync') {
+    const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
+    return { name: 'rsync', needs: 'rsync', argv: ({ src, dstFile, push }) => ['rsync', '--whole-file', '-e', e, ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
+  }
+  const flags = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
+  return {
+    name: `ferry ${flags.join(' ')}`.trim(),
+    needs: null,
+    // A fresh state directory per run: ferry resumes a job it finds in its journal.
+    argv: ({ src, dstDir, push, stateDir }) => [
+      process.execPath, CLI, 'cp',
+      ...(push ? [src, `${user}@${host}:${port}:${dstDir}/`] : [`${user}@${host}:${port}:${src}`, `${dstDir}/`]),
+      '-i', userKey, '--known-hosts', knownHosts,
+      '--remote-cmd', [process.execPath, CLI, 'serve'].map(shq).join(' '),
+      '--state-dir', stateDir, '--quiet', ...flags,
+    ],
+  };
+}
+
+async function loopback(argv) {
+  const { values: o } = parseArgs({
+    args: argv,
+    options: {
+      size: { type: 'string', default: '2GiB' },
+      runs: { type: 'string', default: '3' },
+      configs: { type: 'string', default: LOOPBACK_DEFAULT_CONFIGS.join(',') },
+      direction: { type: 'string', default: 'push' },
+      out: { type: 'string', default: 'bench/results' },
+      'retry-noisy': { type: 'string', default: '2' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (o.help) return void process.stdout.write(LOOPBACK_HELP);
+  const size = parseSize(o.size);
+  const runs = Number(o.runs);
+  if (!size) throw new Error(`--size: not a size: ${o.size}`);
+  if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs: not a positive integer: ${o.runs}`);
+  if (!['push', 'pull', 'both'].includes(o.direction)) throw new Error(`--direction: push, pull or both, not ${o.direction}`);
+  const retryNoisy = Number(o['retry-noisy']);
+  if (!Number.isInteger(retryNoisy) || retryNoisy < 0) throw new Error(`--retry-noisy: not a count: ${o['retry-noisy']}`);
+  const directions = o.direction === 'both' ? ['push', 'pull'] : [o.direction];
+  const outDir = resolve(o.out);
+  if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs`);
+
+  // Source and destination in one temporary directory: one filesystem, as the tools would see on a site.
+  const work = await mkdtemp(join(tmpdir(), 'ferry-bench-'));
+  cleanups.push(() => rm(work, { recursive: true, force: true }));
+  const sshd = await startSshd({ dir: join(work, 'sshd') });
+  cleanups.push(() => sshd.stop());
+  log(`sshd on ${sshd.host}:${sshd.port} (pid ${sshd.pid}), work dir ${work}`);
+  const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, port: sshd.port, user: sshd.user };
+
+  const tools = o.configs.split(',').map((s) => s.trim()).filter(Boolean).map((e) => loopbackTool(e, ctx));
+  const skipped = tools.filter((t) => t.needs && !which(t.needs)).map((t) => ({ tool: t.name, reason: `${t.needs} not installed` }));
+  const active = tools.filter((t) => !skipped.some((s) => s.tool === t.name));
+  for (const s of skipped) log(`skipping ${s.tool}: ${s.reason}`);
+
+  const src = join(work, 'src', 'source.bin');
+  const dstDir = join(work, 'dst');
+  const dstFile = join(dstDir, 'source.bin');
+  await mkdir(join(work, 'src'));
+  await mkdir(dstDir);
+  log(`writing ${formatBytes(size)} of random data to ${src}`);
+  await makeRandomFile(src, size);
+  syncDisks(); // the source's writeback must not land in the first run
+  const srcHash = await fileHash(src); // also reads it once, so every run finds it in the page cache
+  // Generous: a run slower than 5 MB/s is broken, not slow.
+  const timeoutMs = Math.max(300_000, (size / 5e6) * 1000);
+
+  /** One measured run of one tool, verified; returns its record. */
+  async function runOnce(round, direction, tool) {
+    const push = direction === 'push';
+    // A fresh destination each run, nothing dirty left to flush from the previous one.
+    for (const name of await readdir(dstDir)) await rm(join(dstDir, name), { recursive: true, force: true });
+    syncDisks();
+    const idleWaitSeconds = await waitForIdle();
+    if (idleWaitSeconds > 6) log(`waited ${idleWaitSeconds.toFixed(0)} s for the machine to become idle`);
+    const stateDir = join(work, 'state');
+    await rm(stateDir, { recursive: true, force: true });
+    const argv = await tool.argv({ src, dstDir, dstFile, push, work, stateDir });
+    const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs });
+    // Not part of the time: ferry fsyncs the destination before it exits, scp, sftp and rsync do not.
+    const syncSeconds = syncDisks();
+    if (!m.error && !interrupted) {
+      const st = existsSync(dstFile) ? statSync(dstFile) : undefined;
+      if (!st) m.error = 'destination file missing';
+      else if (st.size !== size) m.error = `destination has ${st.size} bytes, expected ${size}`;
+      else if ((await fileHash(dstFile)) !== srcHash) m.error = 'destination content differs from source';
+    }
+    const ok = !m.error;
+    return {
+      round,
+      direction,
+      tool: tool.name,
+      argv,
+      ok,
+      error: m.error,
+      seconds: m.seconds,
+      mbps: ok ? size / 1e6 / m.seconds : NaN,
+      syncSeconds,
+      mbpsWithSync: ok ? size / 1e6 / (m.seconds + syncSeconds) : NaN,
+      cpuSeconds: m.cpuSeconds,
+      cpuReapedSeconds: m.cpuReapedSeconds,
+      otherCpuSeconds: m.otherCpuSeconds,
+      stealSeconds: m.stealSeconds,
+      kernelCpuSeconds: m.kernelCpuSeconds,
+      noisy: isNoisy(m),
+      harnessCpuSeconds: m.harnessCpuSeconds,
+      idleWaitSeconds,
+      peakRssMiB: m.peakRssMiB,
+      processes: m.processes,
+    };
+  }
+
+  const results = [];
+  // Every round runs every tool once, so slow drift (writeback, other tenants) hits all alike; the
+  // order rotates by one each round so that no tool always runs right after the same other one.
+  const jobs = directions.flatMap((direction) => active.map((tool) => ({ direction, tool })));
+  for (let round = 1; round <= runs; round++) {
+    const order = jobs.map((_, i) => jobs[(i + round - 1) % jobs.length]);
+    for (const { direction, tool } of order) {
+      // A run disturbed by other load is repeated (its record is kept, marked discarded).
+      for (let attempt = 1; ; attempt++) {
+        if (interrupted) return;
+        const rec = await runOnce(round, direction, tool);
+        if (interrupted) return;
+        rec.attempt = attempt;
+        rec.discarded = rec.ok && rec.noisy && attempt <= retryNoisy;
+        results.push(rec);
+        log(
+          `[${round}/${runs}] ${direction} ${tool.name}: ` +
+            (rec.ok
+              ? `${rec.seconds.toFixed(2)} s, ${rec.mbps.toFixed(0)} MB/s, CPU ${rec.cpuSeconds.toFixed(2)} s, kernel ${rec.kernelCpuSeconds.toFixed(2)} s, other ${rec.otherCpuSeconds.toFixed(2)} s, steal ${rec.stealSeconds.toFixed(2)} s, sync ${rec.syncSeconds.toFixed(2)} s`
+              : `FAILED: ${rec.error}`) +
+            (rec.discarded ? ' -- other load on the machine, repeating' : rec.noisy ? ' (noisy)' : ''),
+        );
+        if (!rec.discarded) break;
+      }
+    }
+  }
+  const kept = results.filter((r) => !r.discarded);
+
+  // Summary per direction and tool.
+  const gb = size / 1e9;
+  const summary = [];
+  for (const direction of directions) {
+    const scpRuns = kept.filter((r) => r.direction === direction && r.tool === 'scp' && r.ok);
+    const scpMedian = median(scpRuns.map((r) => r.mbps));
+    for (const tool of tools) {
+      const skip = skipped.find((s) => s.tool === tool.name);
+      const mine = kept.filter((r) => r.direction === direction && r.tool === tool.name);
+      const good = mine.filter((r) => r.ok);
+      const rates = good.map((r) => r.mbps);
+      const rss = {};
+      for (const r of good) for (const [role, v] of Object.entries(r.peakRssMiB)) rss[role] = Math.max(rss[role] ?? 0, v);
+      summary.push({
+        direction,
+        tool: tool.name,
+        skipped: skip?.reason,
+        ok: good.length,
+        runs: mine.length,
+        medianMBps: median(rates),
+        minMBps: Math.min(...rates),
+        maxMBps: Math.max(...rates),
+        vsScp: median(rates) / scpMedian,
+        cpuSecondsPerGB: median(good.map((r) => r.cpuSeconds / gb)),
+        medianMBpsWithSync: median(good.map((r) => r.mbpsWithSync)),
+        peakRssMiB: rss,
+      });
+    }
+  }
+
+  const header = ['direction', 'tool', 'ok', 'median MB/s', 'min-max MB/s', 'vs scp', 'CPU s/GB', 'MB/s incl. sync', 'RSS cp MiB', 'RSS agent MiB', 'RSS serve MiB'];
+  const rows = summary.map((s) =>
+    s.skipped
+      ? [s.direction, s.tool, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '']
+      : [
+          s.direction,
+          s.tool,
+          `${s.ok}/${s.runs}`,
+          fmt(s.medianMBps),
+          s.ok ? `${fmt(s.minMBps)}-${fmt(s.maxMBps)}` : '-',
+          Number.isFinite(s.vsScp) ? `${s.vsScp.toFixed(2)}x` : '-',
+          fmt(s.cpuSecondsPerGB, 2),
+          fmt(s.medianMBpsWithSync),
+          fmt(s.peakRssMiB.coordinator),
+          fmt(s.peakRssMiB.agent),
+          fmt(s.peakRssMiB.helper),
+        ],
+  );
+  const table = markdownTable(header, rows);
+  const failures = kept.filter((r) => !r.ok);
+  const noisy = kept.filter((r) => r.ok && r.noisy);
+  const discarded = results.filter((r) => r.discarded);
+  const m = machine();
+  const date = new Date().toISOString();
+
+  process.stdout.write(`\n${table}\n`);
+  if (noisy.length > 0) process.stdout.write(`\n${noisy.length} run(s) with other load on the machine (see ${join(o.out, 'loopback.md')})\n`);
+  if (failures.length > 0) process.stdout.write(`\n${failures.length} failed run(s):\n${failures.map((f) => `  round ${f.round} ${f.direction} ${f.tool}: ${f.error}`).join('\n')}\n`);
+
+  const md = [
+    '# Benchmark: loopback',
+    '',
+    'One throwaway sshd on 127.0.0.1; source and destination on the same filesystem; source in the page cache.',
+    'Generated by `npm run bench -- loopback` (see bench/README.md).',
+    '',
+    `- Date: ${date}`,
+    `- Machine: ${m.nproc} CPUs (nproc), ${m.cpu}, ${m.ramGiB} GiB RAM`,
+    `- Kernel: ${m.kernel}; Node ${m.node}; ${m.openssh}`,
+    `- ferry: ${ferryVersion()}`,
+    `- File: ${size} bytes (${formatBytes(size)}), random`,
+    `- Runs: ${runs} per tool and direction, in rounds (every tool once per round)`,
+    `- Command: \`${['node bench/run.mjs loopback', ...argv.map(shq)].join(' ')}\``,
+    '',
+    table,
+    '',
+    '- MB/s: 1e6 bytes per second of wall-clock time from spawn to exit; median and range over successful runs.',
+    '- vs scp: median MB/s divided by scp\'s median MB/s in the same direction.',
+    '- CPU s/GB: user+system CPU seconds of the client process tree and of the sshd sessions serving it, per 1e9 bytes (median over runs; sampled from /proc every 100 ms).',
+    '- MB/s incl. sync: wall time plus a `sync` run right after the exit; ferry fsyncs the destination before exiting, scp, sftp and rsync leave it in the page cache.',
+    `- Kernel CPU (not in CPU s/GB): kernel threads and interrupts while a run was measured, e.g. writeback and loopback TCP: median ${fmt(median(kept.map((r) => r.kernelCpuSeconds)), 2)} s per run.`,
+    `- Other load: task CPU outside the measured processes and this harness while a run was measured: median ${fmt(median(kept.map((r) => r.otherCpuSeconds)), 2)} s, at most ${fmt(Math.max(...kept.map((r) => r.otherCpuSeconds)), 2)} s per counted run. The harness itself (sampling /proc) used median ${fmt(median(kept.map((r) => r.harnessCpuSeconds)), 2)} s per run.`,
+    `- Steal: the hypervisor took median ${fmt(median(kept.map((r) => r.stealSeconds / r.seconds)) * 100)}% of one CPU during runs (at most ${fmt(Math.max(...kept.map((r) => r.stealSeconds / r.seconds)) * 100)}%); on a virtual machine with busy neighbours on the host, all tools get less than full cores.`,
+    ...(discarded.length > 0 ? [`- Repeated: ${discarded.length} run(s) disturbed by other load were run again (\`--retry-noisy\`); they are in loopback.json with \`discarded: true\`.`] : []),
+    '- RSS: peak VmHWM of ferry\'s coordinator (`cp`), agent and helper (`serve`) processes, the largest of each role over all runs.',
+    ...(noisy.length > 0
+      ? ['', '## Runs with other load on the machine', '', 'Other task CPU above 0.5 s + a tenth of a core during the run (still counted in the table):', '', ...noisy.map((r) => `- round ${r.round} ${r.direction} ${r.tool}: ${fmt(r.mbps)} MB/s, other CPU ${fmt(r.otherCpuSeconds, 2)} s in ${fmt(r.seconds, 2)} s`)]
+      : []),
+    ...(failures.length > 0 ? ['', '## Failed runs', '', ...failures.map((f) => `- round ${f.round} ${f.direction} ${f.tool}: ${f.error}`)] : []),
+    '',
+  ].join('\n');
+  await mkdir(outDir, { recursive: true });
+  await writeFile(join(outDir, 'loopback.md'), md);
+  await writeFile(
+    join(outDir, 'loopback.json'),
+    JSON.stringify({ scenario: 'loopback', date, ferry: ferryVersion(), machine: m, options: { size, runs, directions, retryNoisy, configs: tools.map((t) => t.name) }, clockTicks: CLK_TCK, sampleMs: SAMPLE_MS, skipped, summary, runs: results }, null, 1) + '\n',
+  );
+  log(`wrote ${join(outDir, 'loopback.md')} and loopback.json`);
+  if (failures.length > 0) process.exitCode = 1;
+}
+
+// ---------------------------------------------------------------------------
+
+/** Scenario name -> async function(argv). Add new scenarios here. */
+const SCENARIOS = { loopback };
+
+const [name, ...rest] = process.argv.slice(2);
+if (!name || name === '-h' || name === '--help' || !SCENARIOS[name]) {
+  if (name && !name.startsWith('-')) log(`unknown scenario "${name}"`);
+  process.stdout.write(`usage: npm run bench -- <scenario> [options]\n\nscenarios: ${Object.keys(SCENARIOS).join(', ')}\n(npm run bench -- <scenario> --help for its options)\n`);
+  process.exit(name && !name.startsWith('-') ? 2 : 0);
+}
+try {
+  await SCENARIOS[name](rest);
+} catch (err) {
+  log(`error: ${err.message}`);
+  process.exitCode = 1;
+} finally {
+  await cleanupAll();
+}
