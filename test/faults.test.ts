@@ -249,6 +249,27 @@ describe('fault tolerance', () => {
     expect(Number(resumed.rangesDone)).toBe(doneEvents(first).length - 1);
   });
 
+  it('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
+    const dir = join(work.path, 't9b');
+    await mkdir(dir);
+    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 4);
+    first.child.kill('SIGINT');
+    expect((await first.result).code).toBe(130);
+    // Keep only the journal's first record (the job); every range record is gone.
+    const journal = join(String(start.stateDir), 'journal');
+    const data = await readFile(journal);
+    await writeFile(journal, data.subarray(0, 8 + data.readUInt32BE(0)));
+    const second = startFerry(args);
+    const done = await finish(second, join(dir, 'src.bin'));
+    expect(second.events.find((e) => e.type === 'job.start')!.rangesDone).toBe(0);
+    const recovered = second.events.find((e) => e.type === 'log' && /^recovered \d+ ranges/.test(String(e.message)));
+    expect(Number(/^recovered (\d+)/.exec(String(recovered?.message))?.[1])).toBeGreaterThanOrEqual(doneEvents(first).length);
+    expect(Number(done.movedBytes)).toBeLessThanOrEqual(SIZE - doneEvents(first).length * 16 * MiB);
+  });
+
   it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
     const dir = join(work.path, 't10');
     await mkdir(dir);

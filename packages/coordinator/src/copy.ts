@@ -21,6 +21,7 @@ import {
   IntervalSet,
   JOURNAL_VERSION,
   MESSAGE_VERSION,
+  decode,
   decodeAgentEvent,
   decodeCompletion,
   decodeHeartbeat,
@@ -131,6 +132,34 @@ async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, job
     await jsm.consumers.delete(s.doneStream, name).catch(() => false);
   }
   return out;
+}
+
+/** Ranges the job's KV bucket records as done, with their hashes (empty when there is no bucket). */
+async function readKvMirror(nc: NatsConnection, jobId: string, plan: RangePlan): Promise<Array<[number, string]>> {
+  const s = jobSubjects(jobId);
+  let kv: KV;
+  try {
+    kv = await new Kvm(nc).open(s.kvBucket);
+    const done = await kv.get('done');
+    if (!done || done.length === 0) return [];
+    const { runs } = decode(done.value) as { runs: Array<[number, number]> };
+    const out: Array<[number, string]> = [];
+    const blocks = new Map<number, string[]>();
+    for (const [start, end] of runs) {
+      for (let i = start; i < Math.min(end, plan.count); i++) {
+        const b = Math.floor(i / KV_HASH_BLOCK);
+        if (!blocks.has(b)) {
+          const e = await kv.get(`hashes.${b}`);
+          blocks.set(b, e && e.length > 0 ? (decode(e.value) as string[]) : []);
+        }
+        const h = blocks.get(b)![i - b * KV_HASH_BLOCK];
+        if (h) out.push([i, h]);
+      }
+    }
+    return out;
+  } catch {
+    return [];
+  }
 }
 
 /** Streams, consumers and KV bucket of a run. Each run starts them afresh (an earlier run's state was read first). */
@@ -373,7 +402,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, fingerprint, saveStatus });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, fingerprint, saveStatus, resumed });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -466,6 +495,8 @@ interface TransferContext {
   hash: string;
   fingerprint: SourceFingerprint;
   saveStatus: (extra?: Partial<JobStatus>) => Promise<void>;
+  /** Continuing an earlier run (its NATS state may hold completions to recover). */
+  resumed: boolean;
 }
 
 /** The part with NATS and agents; returns once every range is durable and verified. */
@@ -494,15 +525,28 @@ async function transfer(ctx: TransferContext): Promise<void> {
       state.hashes[c.range] = c.srcHash;
       await journal.append({ t: 'range', range: c.range, attempt: c.attempt, hash: c.srcHash, bytes: c.length, durable: true, agent: c.agent, host: c.remoteHost, at: Date.now() });
     };
-    let recovered = 0;
-    for (const c of await recoverCompletions(nc, jsm, prep.jobId)) {
-      if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
-      await journalRange(c);
-      recovered++;
-    }
-    if (recovered > 0) {
-      emit({ type: 'log', message: `recovered ${recovered} ranges an earlier run completed but had not journaled` });
-      state.resumedBytes = rangeBytesOf(plan, state.done);
+    if (ctx.resumed) {
+      let recovered = 0;
+      for (const c of await recoverCompletions(nc, jsm, prep.jobId)) {
+        if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
+        await journalRange(c);
+        recovered++;
+      }
+      // The KV mirror can stand in for a lost journal (it lags the journal by a second).
+      for (const [range, hash] of await readKvMirror(nc, prep.jobId, plan)) {
+        if (state.done.has(range)) continue;
+        state.done.add(range);
+        state.hashes[range] = hash;
+        await journal.append({ t: 'range', range, attempt: 0, hash, bytes: rangeAt(plan, range).length, durable: true, agent: 'kv-mirror', host: '', at: Date.now() });
+        recovered++;
+      }
+      if (recovered > 0) {
+        emit({ type: 'log', message: `recovered ${recovered} ranges an earlier run completed but had not journaled` });
+        state.resumedBytes = rangeBytesOf(plan, state.done);
+      }
+    } else {
+      // A fresh job on an external server: nothing of an earlier run of the same id may leak in.
+      await jsm.streams.delete(`KV_${subjects.kvBucket}`).catch(() => false);
     }
 
     const spec: JobSpec = {
