@@ -9,8 +9,14 @@ export interface LaunchSpec {
   count: number;
   /** argv of the agent command, e.g. [node, cli.js, 'agent', '--job', id]. */
   command: string[];
-  /** Extra environment for every agent (secrets go here, never on argv). */
+  /** Extra environment for every agent. */
   env: Record<string, string>;
+  /**
+   * Environment that must not show on a command line (the NATS token). Local,
+   * srun and mpirun agents get it in their environment; ssh-launched agents
+   * read it from stdin (`--secrets-stdin`).
+   */
+  secretEnv?: Record<string, string>;
   /** Arguments appended for agent `index`. */
   argsFor?: (index: number) => string[];
   /** Each line an agent writes on stderr, tagged with its index. */
@@ -23,6 +29,9 @@ export interface AgentExit {
   signal: string | null;
   /** Last lines the agent wrote on stderr. */
   stderrTail: string;
+  /** The launcher and the command line that started it, for error messages. */
+  launcher: string;
+  commandLine: string;
 }
 
 export interface LaunchedAgents {

@@ -49,6 +49,8 @@ export interface AgentOptions {
   corruptRanges?: ReadonlySet<number>;
   /** Stop when this process is no longer our parent (agents started as local children). */
   parentPid?: number;
+  /** Resolves when whoever launched this agent is gone (ssh launcher: stdin closed). */
+  launcherGone?: Promise<void>;
 }
 
 export interface AgentSummary {
@@ -69,6 +71,8 @@ const NEXT_EXPIRES_MS = 2_000;
 /** With unsynced ranges waiting, poll for work briefly and fsync when none comes. */
 const NEXT_EXPIRES_PENDING_MS = 1_000;
 const CHUNK_BYTES = 1024 * 1024;
+/** NATS unreachable this long: the job is gone, stop. (A restarting server is back within seconds.) */
+const NATS_GONE_MS = 120_000;
 /** How long a completion may fail to publish (NATS down) before the agent gives up. */
 const PUBLISH_DEADLINE_MS = 5 * 60_000;
 /** Consecutive rounds over every remote host without one connection before the agent gives up. */
@@ -152,6 +156,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const js = jetstream(nc);
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };
   let inFlight = 0;
+  const pendingCounts = new Map<number, () => number>();
+  const pendingRanges = () => [...pendingCounts.values()].reduce((n, f) => n + f(), 0);
   let stopping = false;
   let fatal: FerryError | undefined;
   const abort = new AbortController();
@@ -179,6 +185,28 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }, 500);
     parentWatch.unref();
   }
+
+  // Without NATS this agent can report nothing; when it stays away (the coordinator and its
+  // embedded server are gone), stop rather than linger on a compute node.
+  let disconnectedSince: number | undefined;
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === 'disconnect') disconnectedSince ??= Date.now();
+      else if (status.type === 'reconnect') disconnectedSince = undefined;
+    }
+  })().catch(() => {});
+  const lonely = setInterval(() => {
+    if (disconnectedSince !== undefined && Date.now() - disconnectedSince > NATS_GONE_MS) {
+      stop(`no NATS for ${NATS_GONE_MS / 1000} s`);
+      setTimeout(() => process.exit(1), 10_000).unref();
+    }
+  }, 5000);
+  lonely.unref();
+
+  void options.launcherGone?.then(() => {
+    stop('the launcher connection closed');
+    setTimeout(() => process.exit(1), 10_000).unref();
+  });
 
   const publishEvent = (event: AgentEvent) => nc.publish(subjects.events, encodeMessage(event));
 
@@ -223,6 +251,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       bytes: summary.bytes,
       rangesDone: summary.ranges,
       inFlight,
+      pending: pendingRanges(),
       errors: summary.errors,
       at: Date.now(),
     };
@@ -372,6 +401,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     const settleDurable = async () => {
       while (flushing) await flushing;
     };
+    pendingCounts.set(slot, () => pending.length + inFlush.size);
+    // Stagger the first connections: many agents opening many connections at once would
+    // trip sshd's MaxStartups (10 unauthenticated connections by default) and be dropped.
+    const stagger = Math.floor(((index * spec.streams + slot) % 256) / 8) * 500;
+    if (stagger > 0) await Promise.race([sleep(stagger), stopped]);
 
     try {
       while (!stopping && !fatal) {
@@ -497,6 +531,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }
   } finally {
     clearInterval(hbTimer);
+    clearInterval(lonely);
     if (parentWatch) clearInterval(parentWatch);
     heartbeat();
     await local.close().catch(() => {});

@@ -5,34 +5,16 @@
 import { Command, CommanderError, Option } from 'commander';
 import { createWriteStream, fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { EXIT_CODES, FerryError, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
-import { createRenderer } from './render.js';
+import { copy, readSecretsLine, reportError } from './actions.js';
+import type { CliIo, LaunchOptions } from './actions.js';
+import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
-import type { Output } from './render.js';
+
+export type { CliIo } from './actions.js';
 
 export const VERSION = '0.1.0';
-
-export interface CliIo {
-  stdout: Output;
-  stderr: Output;
-  /** Set by a command to the exit status the process should end with. */
-  exitCode: number;
-  /** Aborted on SIGINT/SIGTERM. */
-  signal?: AbortSignal;
-  /** argv of this program, for starting agents. @default [node, this script] */
-  selfCommand?: string[];
-}
-
-/**
- * How this program starts itself (for agents). FERRY_PROFILE_DIR=DIR makes
- * every agent write a V8 CPU profile there (`node --cpu-prof`), for bench/.
- */
-function selfCommand(): string[] {
-  const profileDir = process.env.FERRY_PROFILE_DIR;
-  return [process.execPath, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), fileURLToPath(new URL('./main.js', import.meta.url))];
-}
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -56,57 +38,66 @@ export function createCli(io: CliIo): Command {
     .showHelpAfterError('(run ferry --help for usage)')
     .exitOverride();
 
-  program
+  const cp = program
     .command('cp')
     .description('copy SOURCE to DESTINATION; exactly one of them is remote, written [user@]host[:port]:path')
     .argument('<source>', 'local path or [user@]host[:port]:path')
-    .argument('<destination>', 'local or remote path; a directory gets the source file name')
-    .option('-a, --agents <n>', 'agent processes to start', '2')
-    .option('-s, --streams <n>', 'SSH connections per agent', '2')
-    .option('-r, --range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
-    .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, or what a resumed job used)').choices(['xxh3', 'sha256']))
-    .addOption(new Option('--mode <mode>', 'data path: helper runs `ferry serve` remotely, sftp needs nothing remote').choices(['auto', 'helper', 'sftp']).default('auto'))
-    .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
-    .option('-p, --preserve', 'preserve mode and modification time')
-    .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
-    .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
-    .option('-i, --identity <file>', 'private key file (repeatable; default: ssh-agent, ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', collect, [])
-    .option('--nats <url>', 'use this NATS server (JetStream enabled) instead of starting one; token from FERRY_NATS_TOKEN')
-    .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
-    .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
-    .option('--window <size>', 'bytes in flight per connection', '8MiB')
-    .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
-    .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
-    .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
-    .option('--restart', 'start over instead of resuming an earlier run of the same copy')
-    .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
-    .option('-q, --quiet', 'print nothing but errors')
-    .option('-v, --verbose', 'print agent diagnostics')
+    .argument('<destination>', 'local or remote path; a directory gets the source file name');
+  addCopyOptions(cp);
+  cp.addOption(new Option('--launcher <name>', 'how agents are started').choices(['local', 'ssh', 'srun', 'mpirun']).default('local'))
+    .option('--hosts <hostlist>', 'ssh and mpirun launchers: hosts to start agents on, e.g. node[01-04] or n1,n2')
+    .option('--hosts-file <file>', 'ssh and mpirun launchers: a file with one host per line')
+    .option('--nodes <n>', 'srun launcher: nodes to spread the agents over')
+    .option('--agents-per-node <n>', 'srun launcher: agents per node')
+    .option('--agent-cmd <command>', 'how the launched nodes start ferry (default: this node\'s node binary and ferry)')
+    .option('--ssh-option <option>', 'ssh launcher: an ssh -o option, e.g. IdentityFile=~/.ssh/id_cluster (repeatable)', collect, [])
+    .option('--nats-listen <address>', 'address the embedded nats-server listens on (default: 127.0.0.1 for local agents, else 0.0.0.0)')
+    .option('--nats-advertise <address>', 'address agents on other nodes reach it by (default: this node\'s first non-loopback IPv4)')
+    .option('--sbatch [submit]', 'print a Slurm batch script that runs this copy with srun ferry run (or submit it: --sbatch submit)')
+    .option('--time <limit>', 'with --sbatch: the job\'s time limit', '1-00:00:00')
     .addHelpText('after', describeExitCodes())
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
-      const copyOptions: CopyOptions = {
-        agents: opts.agents as string,
-        streams: opts.streams as string,
-        mode: opts.mode as string,
-        remoteCmd: opts.remoteCmd as string,
-        preserve: opts.preserve === true,
-        acceptNewHostKey: opts.acceptNewHostKey === true,
-        identity: opts.identity as string[],
-        ackWait: opts.ackWait as string,
-        window: opts.window as string,
-        maxResends: opts.maxResends as string,
-        connectTimeout: opts.connectTimeout as string,
-        json: opts.json === true,
-        quiet: opts.quiet === true,
+      const copyOptions = copyOptionsFrom(opts);
+      if (opts.sbatch !== undefined) {
+        try {
+          const script = sbatchScript(source, destination, opts);
+          if (opts.sbatch === 'submit') await submitSbatch(io, script);
+          else io.stdout.write(script);
+          io.exitCode = 0;
+        } catch (err) {
+          reportError(io, toFerryError(err));
+        }
+        return;
+      }
+      const launch: LaunchOptions = {
+        launcher: opts.launcher as LaunchOptions['launcher'],
+        ...(opts.hosts !== undefined ? { hosts: opts.hosts as string } : {}),
+        ...(opts.hostsFile !== undefined ? { hostsFile: opts.hostsFile as string } : {}),
+        ...(opts.nodes !== undefined ? { nodes: opts.nodes as string } : {}),
+        ...(opts.agentsPerNode !== undefined ? { agentsPerNode: opts.agentsPerNode as string } : {}),
+        ...(opts.agentCmd !== undefined ? { agentCmd: opts.agentCmd as string } : {}),
+        sshOptions: opts.sshOption as string[],
+        ...(opts.natsListen !== undefined ? { natsListen: opts.natsListen as string } : {}),
+        ...(opts.natsAdvertise !== undefined ? { natsAdvertise: opts.natsAdvertise as string } : {}),
       };
-      if (opts.rangeSize !== undefined) copyOptions.rangeSize = opts.rangeSize as string;
-      if (opts.hash !== undefined) copyOptions.hash = opts.hash as string;
-      if (opts.restart === true) copyOptions.restart = true;
-      if (opts.limitRate !== undefined) copyOptions.limitRate = opts.limitRate as string;
-      if (opts.knownHosts !== undefined) copyOptions.knownHosts = opts.knownHosts as string;
-      if (opts.nats !== undefined) copyOptions.nats = opts.nats as string;
-      if (opts.stateDir !== undefined) copyOptions.stateDir = opts.stateDir as string;
-      await copy(io, source, destination, copyOptions, opts.verbose === true);
+      await copy(io, source, destination, copyOptions, opts.verbose === true, launch);
+    });
+
+  const run = program
+    .command('run')
+    .description('SPMD entry for srun/mpirun: rank 0 coordinates (and runs an agent), every other rank is an agent')
+    .argument('<source>', 'local path or [user@]host[:port]:path')
+    .argument('<destination>', 'local or remote path; a directory gets the source file name');
+  addCopyOptions(run);
+  run
+    .option('--rendezvous <file>', 'file on a filesystem all ranks share where rank 0 says how to join (default: <state-dir>/rendezvous/<launch id>.json)')
+    .option('--no-rank0-agent', 'rank 0 only coordinates')
+    .option('--nats-listen <address>', 'address rank 0\'s nats-server listens on', '0.0.0.0')
+    .option('--nats-advertise <address>', 'address the other ranks reach it by (default: rank 0\'s first non-loopback IPv4)')
+    .option('--rendezvous-timeout <duration>', 'how long ranks other than 0 wait for rank 0', '10m')
+    .addHelpText('after', describeExitCodes())
+    .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
+      await runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
     });
 
   program
@@ -124,7 +115,7 @@ export function createCli(io: CliIo): Command {
         const { job } = await loadJob(stateDir, id);
         const options: CopyOptions = { ...job.options, stateDir, json: opts.json === true, quiet: opts.quiet === true };
         delete options.restart;
-        await copy(io, job.source, job.destination, options, opts.verbose === true);
+        await copy(io, job.source, job.destination, options, opts.verbose === true, (job.launch as LaunchOptions | undefined) ?? { launcher: 'local' });
       } catch (err) {
         reportError(io, toFerryError(err));
       }
@@ -175,17 +166,30 @@ export function createCli(io: CliIo): Command {
     .description('run one agent of a job (started by the coordinator\'s launcher)')
     .requiredOption('--job <id>', 'job id')
     .requiredOption('--nats <url>', 'NATS URL; token from FERRY_NATS_TOKEN')
-    .option('--index <n>', 'index of this agent', '0')
+    .option('--index <n>', 'index of this agent (default: the rank from SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK, else 0)')
     .option('--id <name>', 'agent name (default: hostname-pid)')
-    .action(async (opts: { job: string; nats: string; index: string; id?: string }) => {
+    .option('--secrets-stdin', 'read secret environment (the NATS token) as a JSON line on stdin, and stop when stdin closes')
+    .action(async (opts: { job: string; nats: string; index?: string; id?: string; secretsStdin?: boolean }) => {
       const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
       try {
         const { runAgent } = await import('@ferry/agent');
+        const { rankFromEnv } = await import('@ferry/launcher');
+        let launcherGone: Promise<void> | undefined;
+        if (opts.secretsStdin) {
+          const secrets = await readSecretsLine();
+          for (const [k, v] of Object.entries(secrets)) process.env[k] = v;
+          launcherGone = new Promise<void>((resolve) => {
+            process.stdin.once('end', () => resolve());
+            process.stdin.once('close', () => resolve());
+            process.stdin.resume();
+          });
+        }
         await runAgent({
           jobId: opts.job,
           natsUrl: opts.nats,
           natsToken: process.env.FERRY_NATS_TOKEN,
-          index: Number(opts.index),
+          index: opts.index !== undefined ? Number(opts.index) : rankFromEnv().rank,
+          ...(launcherGone ? { launcherGone } : {}),
           ...(opts.id ? { agentId: opts.id } : {}),
           ...(io.signal ? { signal: io.signal } : {}),
           log: (line) => io.stderr.write(`${line}\n`),
@@ -201,32 +205,56 @@ export function createCli(io: CliIo): Command {
   return program;
 }
 
-async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean): Promise<void> {
-  const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
-  const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
-  try {
-    // Each command loads only what it needs: `ferry serve` starts on every remote connection.
-    const { runCopy } = await import('@ferry/coordinator');
-    await runCopy({
-      source,
-      destination,
-      options: copyOptions,
-      agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
-      onEvent: (e) => renderer.onEvent(e),
-      ...(io.signal ? { signal: io.signal } : {}),
-    });
-    io.exitCode = 0;
-  } catch (err) {
-    renderer.finish();
-    const e = toFerryError(err);
-    if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
-    reportError(io, e);
-  }
+/** The options `ferry cp` and `ferry run` share. */
+function addCopyOptions(cmd: Command): Command {
+  return cmd
+    .option('-a, --agents <n>', 'agent processes to start', '2')
+    .option('-s, --streams <n>', 'SSH connections per agent', '2')
+    .option('-r, --range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
+    .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, or what a resumed job used)').choices(['xxh3', 'sha256']))
+    .addOption(new Option('--mode <mode>', 'data path: helper runs `ferry serve` remotely, sftp needs nothing remote').choices(['auto', 'helper', 'sftp']).default('auto'))
+    .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
+    .option('-p, --preserve', 'preserve mode and modification time')
+    .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
+    .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
+    .option('-i, --identity <file>', 'private key file (repeatable; default: ssh-agent, ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', collect, [])
+    .option('--nats <url>', 'use this NATS server (JetStream enabled) instead of starting one; token from FERRY_NATS_TOKEN')
+    .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
+    .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
+    .option('--window <size>', 'bytes in flight per connection', '8MiB')
+    .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
+    .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
+    .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
+    .option('--restart', 'start over instead of resuming an earlier run of the same copy')
+    .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('-v, --verbose', 'print agent diagnostics');
 }
 
-function reportError(io: CliIo, e: FerryError): void {
-  io.stderr.write(`ferry: error: ${e.message}\n`);
-  io.exitCode = e.exitCode;
+function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
+  const o: CopyOptions = {
+    agents: opts.agents as string,
+    streams: opts.streams as string,
+    mode: opts.mode as string,
+    remoteCmd: opts.remoteCmd as string,
+    preserve: opts.preserve === true,
+    acceptNewHostKey: opts.acceptNewHostKey === true,
+    identity: opts.identity as string[],
+    ackWait: opts.ackWait as string,
+    window: opts.window as string,
+    maxResends: opts.maxResends as string,
+    connectTimeout: opts.connectTimeout as string,
+    json: opts.json === true,
+    quiet: opts.quiet === true,
+  };
+  if (opts.rangeSize !== undefined) o.rangeSize = opts.rangeSize as string;
+  if (opts.hash !== undefined) o.hash = opts.hash as string;
+  if (opts.restart === true) o.restart = true;
+  if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
+  if (opts.knownHosts !== undefined) o.knownHosts = opts.knownHosts as string;
+  if (opts.nats !== undefined) o.nats = opts.nats as string;
+  if (opts.stateDir !== undefined) o.stateDir = opts.stateDir as string;
+  return o;
 }
 
 /** Runs the program on argv; resolves with the exit code. */

@@ -54,9 +54,12 @@ export function formatJob(v: JobView): string {
   if (s && v.phase === 'running') {
     const eta = s.rate > 0 ? formatDuration((v.job.fileBytes - s.bytesDone) / s.rate) : '--';
     lines.push(`  rate ${formatRate(s.rate)}, ETA ${eta}, ${s.agents.length} agents, ${s.errors} errors, ${s.resends} re-sent`);
+    for (const n of s.nodes ?? []) lines.push(`    node ${n.node}: ${formatRate(n.rate)}, ${n.agents} agents, ${formatBytes(n.bytes)} moved`);
     for (const a of s.agents) lines.push(`    agent ${a.agent} on ${a.node}: ${formatRate(a.rate)}, ${a.inFlight} in flight, ${formatBytes(a.bytes)} moved, ${a.errors} errors`);
   }
-  if (s && s.hosts.length > 0) for (const h of s.hosts) lines.push(`    remote host ${h.host}: ${formatBytes(h.bytes)} written`);
+  if (s && s.hosts.length > 0) {
+    for (const h of s.hosts) lines.push(`    remote host ${h.host}: ${formatBytes(h.bytes)} written${v.phase === 'running' ? `, ${formatRate(h.rate ?? 0)}` : ''}`);
+  }
   if (s?.error) lines.push(`  stopped by ${s.error.code}: ${s.error.message}`);
   if (v.phase !== 'done' && v.phase !== 'running') lines.push(`  resume with: ferry resume ${v.job.jobId}   (or rerun the same ferry cp command)`);
   if (s) lines.push(`  updated ${new Date(s.updatedAt).toISOString()}`);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createRenderer, formatSummary, progressLine, runCli } from '../src/index.js';
+import { splitCommand } from '../src/actions.js';
 import type { CliIo } from '../src/index.js';
 import type { CopySummary } from '@ferry/coordinator';
 
@@ -111,5 +112,27 @@ describe('output', () => {
     r.onEvent({ type: 'done', ...summary });
     const lines = s.out.trim().split('\n').map((l) => JSON.parse(l) as { type: string });
     expect(lines.map((l) => l.type)).toEqual(['range.resend', 'done']);
+  });
+});
+
+describe('launching beyond this machine', () => {
+  it('prints a batch script that runs the copy with srun ferry run, keeping copy options and dropping launcher ones', async () => {
+    const s = io();
+    const argv = ['cp', '/lustre/big.h5', 'me@dtn[1-2]:/in/', '--sbatch', '--nodes', '4', '--agents-per-node', '2', '--streams', '3', '-p', '--launcher', 'srun', '--state-dir', '/home/me/ferry-state', '--agent-cmd', '/opt/ferry/bin/ferry'];
+    expect(await runCli(argv, s)).toBe(0);
+    expect(s.out).toContain('#SBATCH --nodes=4\n#SBATCH --ntasks-per-node=2\n#SBATCH --time=1-00:00:00\n');
+    expect(s.out).toContain("srun --kill-on-bad-exit=0 /opt/ferry/bin/ferry run /lustre/big.h5 'me@dtn[1-2]:/in/' --streams 3 -p --state-dir /home/me/ferry-state\n");
+    expect(s.out).not.toContain('--launcher');
+  });
+
+  it('splits an agent command like a shell would', () => {
+    expect(splitCommand(`/opt/node "/path with space/main.js" --x 'a b'`)).toEqual(['/opt/node', '/path with space/main.js', '--x', 'a b']);
+    expect(() => splitCommand('   ')).toThrow('--agent-cmd must not be empty');
+  });
+
+  it('refuses the ssh launcher without hosts before connecting anywhere', async () => {
+    const s = io();
+    expect(await runCli(['cp', '/etc/hostname', 'nohost.invalid:/x', '--launcher', 'ssh'], s)).toBe(2);
+    expect(s.err).toBe('ferry: error: --launcher ssh needs --hosts (e.g. node[01-04]) or --hosts-file\n');
   });
 });

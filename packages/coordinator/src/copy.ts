@@ -5,7 +5,7 @@
  * agents, journals what they made durable, and leaves a job a rerun can resume.
  */
 import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
+import { homedir, hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
@@ -74,7 +74,23 @@ export interface CopyRequest {
   launcher?: Launcher;
   onEvent?: (event: CopyEvent) => void;
   signal?: AbortSignal;
+  /**
+   * Agents started by someone else (the other ranks of `ferry run`) that will
+   * join this job; they are told the job through `onRendezvous`.
+   */
+  externalAgents?: number;
+  /** Address the embedded nats-server listens on. @default 127.0.0.1, or 0.0.0.0 when agents run elsewhere */
+  natsListen?: string;
+  /** Address agents on other nodes use to reach the embedded nats-server. @default this node's first non-loopback IPv4 */
+  natsAdvertise?: string;
+  /** How agents were launched (CLI options), kept in job.json so `ferry resume` launches them the same way. */
+  launchOptions?: Record<string, unknown>;
+  /** Called once NATS is ready, before agents are launched: where and how agents join. */
+  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined }) => Promise<void>;
 }
+
+/** An agent silent this long counts as gone (agents heartbeat every second). */
+const AGENT_SILENCE_MS = 60_000;
 
 /** Publishes at most this many ranges before waiting for their acks. */
 const PUBLISH_BATCH = 512;
@@ -82,6 +98,14 @@ const PUBLISH_BATCH = 512;
 const AGENT_STOP_GRACE_MS = 15_000;
 /** Range hashes are mirrored to KV in blocks of this many ranges. */
 const KV_HASH_BLOCK = 4096;
+
+/** This node's first non-internal IPv4 address: what agents on other nodes can reach. */
+function firstExternalAddress(): string {
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return hostname();
+}
 
 export function defaultStateDir(): string {
   const base = process.env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
@@ -324,6 +348,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         rangeCount: plan.count,
         hash: options.hash,
         fingerprint,
+        ...(request.launchOptions ? { launch: request.launchOptions } : {}),
       };
       await writeJobFile(jobDir, job);
       const opened = await JournalFile.open(join(jobDir, 'journal'));
@@ -353,7 +378,8 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       movedBytes: 0,
     };
     for (const [i, h] of folded?.hashes ?? []) state.hashes[i] = h;
-    const agents = Math.min(options.agents, Math.max(1, plan.count - state.done.size));
+    // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by the work left.
+    const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, plan.count - state.done.size)));
     const resumed = folded !== undefined;
     state.resumedBytes = rangeBytesOf(plan, state.done);
 
@@ -390,6 +416,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       ranges: plan.count,
       rate: 0,
       agents: [],
+      nodes: [],
       hosts: [],
       errors: 0,
       resends: state.resends,
@@ -402,7 +429,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, fingerprint, saveStatus, resumed });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -493,7 +520,6 @@ interface TransferContext {
   emit: (e: CopyEvent) => void;
   journal: JournalFile;
   hash: string;
-  fingerprint: SourceFingerprint;
   saveStatus: (extra?: Partial<JobStatus>) => Promise<void>;
   /** Continuing an earlier run (its NATS state may hold completions to recover). */
   resumed: boolean;
@@ -511,7 +537,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
     let url = options.natsUrl;
     let token = process.env.FERRY_NATS_TOKEN;
     if (!url) {
-      nats = await startEmbeddedNats({ storeDir: join(ctx.jobDir, 'nats') });
+      const remoteAgents = (request.externalAgents ?? 0) > 0 || (request.launcher !== undefined && request.launcher.name !== 'local');
+      const listen = request.natsListen ?? (remoteAgents ? '0.0.0.0' : '127.0.0.1');
+      const advertise = request.natsAdvertise ?? (listen === '0.0.0.0' ? firstExternalAddress() : listen);
+      nats = await startEmbeddedNats({ storeDir: join(ctx.jobDir, 'nats'), host: listen, advertiseHost: advertise });
       url = nats.url;
       token = nats.token;
     }
@@ -599,7 +628,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
     // Agent reports: heartbeats for progress and status, events for errors.
-    const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; errors: number; rate: number; at: number }>();
+    const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; at: number; seenAt: number }>();
     let lastAgentError: FerryError | undefined;
     const hbSub = nc.subscribe(`${subjects.heartbeat}.*`, {
       callback: (err, msg) => {
@@ -608,7 +637,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
           const hb = decodeHeartbeat(msg.data, prep.jobId);
           const prev = heartbeats.get(hb.agent);
           const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
-          heartbeats.set(hb.agent, { node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, errors: hb.errors, rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate, at: hb.at });
+          heartbeats.set(hb.agent, { node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, pending: hb.pending ?? 0, errors: hb.errors, rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate, at: hb.at, seenAt: Date.now() });
         } catch {
           // a stray or foreign message: ignore
         }
@@ -661,6 +690,18 @@ async function transfer(ctx: TransferContext): Promise<void> {
     let lastAt = Date.now();
     let rate = 0;
     const hostBytes = new Map<string, number>();
+    const hostRecent = new Map<string, Array<{ at: number; bytes: number }>>();
+    const perNode = () => {
+      const nodes = new Map<string, { node: string; agents: number; bytes: number; rate: number }>();
+      for (const hb of heartbeats.values()) {
+        const n = nodes.get(hb.node) ?? { node: hb.node, agents: 0, bytes: 0, rate: 0 };
+        n.agents++;
+        n.bytes += hb.bytes;
+        n.rate += hb.rate;
+        nodes.set(hb.node, n);
+      }
+      return [...nodes.values()];
+    };
     let kvRuns = '';
     const dirtyBlocks = new Set<number>();
     const mirror = async () => {
@@ -710,7 +751,13 @@ async function transfer(ctx: TransferContext): Promise<void> {
         rate,
         errors,
         agents: [...heartbeats.entries()].map(([agent, hb]) => ({ agent, node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, errors: hb.errors, rate: hb.rate })),
-        hosts: [...hostBytes.entries()].map(([host, bytes]) => ({ host, bytes })),
+        nodes: perNode(),
+        hosts: [...hostBytes.entries()].map(([host, bytes]) => {
+          // Rate per remote host over the last 10 s of durable ranges.
+          const recent = (hostRecent.get(host) ?? []).filter((x) => now - x.at < 10_000);
+          hostRecent.set(host, recent);
+          return { host, bytes, rate: recent.reduce((n, x) => n + x.bytes, 0) / 10 };
+        }),
       });
       void mirror();
     };
@@ -754,6 +801,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       await journalRange(c);
       state.movedBytes += c.length;
       hostBytes.set(c.remoteHost, (hostBytes.get(c.remoteHost) ?? 0) + c.length);
+      hostRecent.set(c.remoteHost, [...(hostRecent.get(c.remoteHost) ?? []), { at: Date.now(), bytes: c.length }]);
       dirtyBlocks.add(Math.floor(c.range / KV_HASH_BLOCK));
       emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000 });
       if (state.done.size === plan.count) succeed();
@@ -774,31 +822,53 @@ async function transfer(ctx: TransferContext): Promise<void> {
       }
     })();
 
-    // Agents.
+    await request.onRendezvous?.({ jobId: prep.jobId, url, token });
+
+    // Agents: those this coordinator launches, and those that join on their own (ferry run).
+    const external = request.externalAgents ?? 0;
+    const ownAgents = ctx.agents - external;
     const launcher = request.launcher ?? new LocalLauncher();
     const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
-    const launched: LaunchedAgents = await launcher.launch({
-      count: ctx.agents,
-      command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
-      env: { ...(token ? { FERRY_NATS_TOKEN: token } : {}), ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) },
-      argsFor: (i) => ['--index', String(i)],
-      onStderr: (i, line) => emit({ type: 'log', message: `agent ${i}: ${line}` }),
-    });
+    const launched: LaunchedAgents | undefined =
+      ownAgents > 0
+        ? await launcher.launch({
+            count: ownAgents,
+            command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
+            env: { ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) },
+            ...(token ? { secretEnv: { FERRY_NATS_TOKEN: token } } : {}),
+            argsFor: launcher.name === 'local' || launcher.name === 'ssh' ? (i) => ['--index', String(external + i)] : undefined,
+            onStderr: (i, line) => emit({ type: 'log', message: `agent ${i}: ${line}` }),
+          })
+        : undefined;
     const exits: AgentExit[] = [];
-    launched.onExit((exit) => {
+    const agentsGone = (why: string) => {
+      const failed = exits.filter((e) => e.code !== 0);
+      if (failed.length === exits.length && failed.length > 0 && !lastAgentError) {
+        // Nothing ever worked: most likely the launch itself (wrong path on the nodes, no allocation).
+        const last = failed.at(-1)!;
+        return new FerryError('AGENTS_FAILED', `agent launch via ${last.launcher} failed (exit ${last.code ?? last.signal}): ${last.commandLine}${last.stderrTail ? `\n${last.stderrTail}` : ''}`);
+      }
+      const last = failed.at(-1);
+      return (
+        lastAgentError ??
+        new FerryError('AGENTS_FAILED', `${why} with ${plan.count - state.done.size} of ${plan.count} ranges left${last ? ` (last: exit ${last.code ?? last.signal})${last.stderrTail ? `:\n${last.stderrTail}` : ''}` : ''}`)
+      );
+    };
+    launched?.onExit((exit) => {
       exits.push(exit);
       emit({ type: 'agent.exit', index: exit.index, code: exit.code, signal: exit.signal });
-      if (exits.length === ctx.agents && !finished) {
-        const last = exits.filter((e) => e.code !== 0).pop() ?? exit;
-        fail(
-          lastAgentError ??
-            new FerryError(
-              'AGENTS_FAILED',
-              `all ${ctx.agents} agents exited with ${plan.count - state.done.size} of ${plan.count} ranges left (last: exit ${last.code ?? last.signal})${last.stderrTail ? `:\n${last.stderrTail}` : ''}`,
-            ),
-        );
-      }
+      if (exits.length === ownAgents && external === 0 && !finished) fail(agentsGone(`all ${ownAgents} agents exited`));
     });
+    if (external > 0) {
+      // Agents this coordinator did not start: gone when none has been heard of for a while.
+      const started = Date.now();
+      const watchdog = setInterval(() => {
+        const newest = Math.max(started, ...[...heartbeats.values()].map((h) => h.seenAt));
+        const ownDone = exits.length === ownAgents;
+        if (ownDone && Date.now() - newest > AGENT_SILENCE_MS && !finished) fail(agentsGone(`no agent has reported for ${AGENT_SILENCE_MS / 1000} s`));
+      }, 1000);
+      cleanup.push(() => clearInterval(watchdog));
+    }
 
     let failure: FerryError | undefined;
     try {
@@ -810,9 +880,15 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const reason = failure ? (failure.code === 'INTERRUPTED' ? 'interrupted' : `job failed: ${failure.code}`) : 'job done';
     nc.publish(subjects.control, encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason }));
     await nc.flush().catch(() => {});
-    const killTimer = setTimeout(() => void launched.stop(1000), AGENT_STOP_GRACE_MS);
-    await launched.exited;
-    clearTimeout(killTimer);
+    if (launched) {
+      const killTimer = setTimeout(() => void launched.stop(1000), AGENT_STOP_GRACE_MS);
+      await launched.exited;
+      clearTimeout(killTimer);
+    } else {
+      // Joined agents leave on the stop message; give them a moment to report what they made durable.
+      const deadline = Date.now() + AGENT_STOP_GRACE_MS;
+      while (Date.now() < deadline && [...heartbeats.values()].some((h) => Date.now() - h.seenAt < 2500 && h.inFlight + h.pending > 0)) await sleep(200);
+    }
     // Journal what the agents reported on their way out.
     for (let i = 0; i < 50; i++) {
       const info = await doneConsumer.info(false).catch(() => undefined);

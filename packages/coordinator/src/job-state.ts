@@ -35,6 +35,8 @@ export interface JobFile {
   rangeCount: number;
   hash: HashAlgorithm;
   fingerprint: SourceFingerprint;
+  /** How the agents were launched (the CLI's launcher options). */
+  launch?: Record<string, unknown>;
 }
 
 export type JobPhase =
@@ -64,7 +66,10 @@ export interface JobStatus {
   /** Bytes per second over the last seconds. */
   rate: number;
   agents: Array<{ agent: string; node: string; bytes: number; inFlight: number; errors: number; rate: number }>;
-  hosts: Array<{ host: string; bytes: number }>;
+  /** Per compute node: its agents together. */
+  nodes: Array<{ node: string; agents: number; bytes: number; rate: number }>;
+  /** Per remote host: bytes of durable ranges written through it, and the recent rate. */
+  hosts: Array<{ host: string; bytes: number; rate: number }>;
   errors: number;
   resends: number;
   error?: { code: string; message: string };

@@ -112,6 +112,8 @@ export interface Heartbeat {
   bytes: number;
   rangesDone: number;
   inFlight: number;
+  /** Ranges written and waiting to be made durable. */
+  pending?: number;
   errors: number;
   at: number;
 }

@@ -231,9 +231,7 @@ class HelperConnection implements RemoteConnection {
   }
 }
 
-/** How the destination side of an SFTP range is verified. */
-type RemoteHashTool = { algorithm: HashAlgorithm; command: (path: string, offset: number, length: number) => string; parse: (out: string) => string | undefined };
-
+/** Standard tools that hash a remote range in SFTP mode, by algorithm: how to find them, run them and read their output. */
 const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (out: string) => string | undefined }> = {
   xxh3: { probe: 'xxhsum', pipe: 'xxhsum -H3', parse: (out) => /([0-9a-f]{16})\s*$/.exec(out.trim())?.[1] },
   sha256: { probe: 'sha256sum', pipe: 'sha256sum', parse: (out) => /^([0-9a-f]{64})\b/.exec(out.trim())?.[1] },
@@ -316,6 +314,7 @@ class SftpConnection implements RemoteConnection {
     const chunkBytes = this.chunkBytes;
     const readBack = (offset: number, length: number, algorithm: HashAlgorithm) => this.readHash(handle, offset, length, algorithm);
     const toolHash = (offset: number, length: number, algorithm: HashAlgorithm) => this.toolHash(path, offset, length, algorithm);
+    let ring: Buffer[] | undefined;
     return {
       headroom: 0,
       beginWrite: (offset, length, algorithm): RangeWrite => {
@@ -372,8 +371,9 @@ class SftpConnection implements RemoteConnection {
       read: async (offset, length, algorithm, sink) => {
         // Reads run ahead up to the window into a ring of buffers; chunks are
         // handed to the sink in order, and a buffer is reused once the sink is done with it.
-        const depth = Math.max(2, Math.ceil(windowBytes / chunkBytes));
-        const free: Buffer[] = Array.from({ length: depth }, () => Buffer.allocUnsafe(chunkBytes));
+        // The ring belongs to the file: one range at a time is read through it.
+        ring ??= Array.from({ length: Math.max(2, Math.ceil(windowBytes / chunkBytes)) }, () => Buffer.allocUnsafe(chunkBytes));
+        const free: Buffer[] = [...ring];
         const queue: Array<{ buf: Buffer; n: number; done: Promise<void> }> = [];
         let next = 0;
         const received = createHasher(algorithm);

@@ -1,0 +1,85 @@
+/**
+ * Shared plumbing of the launchers: start processes, keep the tail of their
+ * stderr, report exits, stop them gracefully then forcibly.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import type { AgentExit, LaunchedAgents } from './types.js';
+
+const TAIL_LINES = 20;
+
+/** Quotes a word for a POSIX shell (remote commands, printed command lines). */
+export function shellQuote(word: string): string {
+  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
+}
+
+export interface Started {
+  child: ChildProcess;
+  /** Agent indices this process stands for (srun and mpirun start many with one process). */
+  indices: number[];
+  commandLine: string;
+}
+
+export interface StartOptions {
+  launcher: string;
+  /** Called with each stderr line and the first index of the process that wrote it. */
+  onStderr?: (index: number, line: string) => void;
+  signal?: AbortSignal;
+}
+
+/** Wraps started processes as LaunchedAgents: one exit per agent index. */
+export function track(processes: Started[], options: StartOptions): LaunchedAgents {
+  const listeners: Array<(exit: AgentExit) => void> = [];
+  const exits: Array<Promise<AgentExit[]>> = processes.map(({ child, indices, commandLine }) => {
+    const tail: string[] = [];
+    let partial = '';
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (text: string) => {
+      const lines = (partial + text).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        tail.push(line);
+        if (tail.length > TAIL_LINES) tail.shift();
+        options.onStderr?.(indices[0] ?? 0, line);
+      }
+    });
+    return new Promise<AgentExit[]>((resolve) => {
+      let spawnError: Error | undefined;
+      child.once('error', (err) => {
+        spawnError = err;
+      });
+      child.once('close', (code, signal) => {
+        if (partial) tail.push(partial);
+        if (spawnError) tail.push(`cannot run ${commandLine.split(' ')[0]}: ${spawnError.message}`);
+        const out = indices.map((index) => ({ index, code: spawnError ? 127 : code, signal, stderrTail: tail.join('\n'), launcher: options.launcher, commandLine }));
+        for (const exit of out) for (const l of listeners) l(exit);
+        resolve(out);
+      });
+    });
+  });
+  const exited = Promise.all(exits).then((all) => all.flat().sort((a, b) => a.index - b.index));
+  const running = () => processes.filter(({ child }) => child.exitCode === null && child.signalCode === null);
+  const stop = async (graceMs = 5000) => {
+    for (const { child } of running()) child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      for (const { child } of running()) child.kill('SIGKILL');
+    }, graceMs);
+    try {
+      return await exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  options.signal?.addEventListener('abort', () => void stop(), { once: true });
+  return {
+    count: processes.reduce((n, p) => n + p.indices.length, 0),
+    exited,
+    pids: processes.map(({ child }) => child.pid),
+    onExit: (l) => listeners.push(l),
+    stop,
+  };
+}
+
+export function startProcess(file: string, args: string[], env: NodeJS.ProcessEnv, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
+  return spawn(file, args, { env, stdio: [stdin, 'ignore', 'pipe'] });
+}

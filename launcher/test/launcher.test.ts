@@ -1,0 +1,69 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { LocalLauncher, SshLauncher, rankFromEnv, shellQuote } from '../src/index.js';
+
+describe('rankFromEnv', () => {
+  it('reads Slurm, Open MPI and PMI ranks, in that order of preference', () => {
+    expect(rankFromEnv({ SLURM_PROCID: '3', SLURM_NTASKS: '8', SLURM_JOB_ID: '42', SLURM_STEP_ID: '1' })).toEqual({ rank: 3, size: 8, source: 'slurm', launchId: 'slurm-42.1' });
+    expect(rankFromEnv({ OMPI_COMM_WORLD_RANK: '2', OMPI_COMM_WORLD_SIZE: '3', PMIX_NAMESPACE: 'prterun-x-123@1' })).toEqual({ rank: 2, size: 3, source: 'openmpi', launchId: 'ompi-prterun-x-123@1' });
+    expect(rankFromEnv({ PMI_RANK: '0', PMI_SIZE: '4', PMI_KVSNAME: 'kvs_99_0' })).toEqual({ rank: 0, size: 4, source: 'pmi', launchId: 'pmi-kvs_99_0' });
+    expect(rankFromEnv({ SLURM_PROCID: '1', SLURM_NTASKS: '2', OMPI_COMM_WORLD_RANK: '0', OMPI_COMM_WORLD_SIZE: '1' }).source).toBe('slurm');
+  });
+
+  it('is rank 0 of 1 outside any launcher, and ignores garbage', () => {
+    expect(rankFromEnv({})).toEqual({ rank: 0, size: 1, source: 'none', launchId: undefined });
+    expect(rankFromEnv({ SLURM_PROCID: 'x', SLURM_NTASKS: '2' })).toEqual({ rank: 0, size: 1, source: 'none', launchId: undefined });
+  });
+});
+
+describe('shellQuote', () => {
+  it('leaves plain words alone and single-quotes the rest', () => {
+    expect(shellQuote('/usr/bin/node')).toBe('/usr/bin/node');
+    expect(shellQuote('a b')).toBe("'a b'");
+    expect(shellQuote("it's")).toBe("'it'\\''s'");
+  });
+});
+
+describe('launchers', () => {
+  it('reports each local agent exit with its index, code and stderr tail', async () => {
+    const launched = await new LocalLauncher().launch({
+      count: 2,
+      command: [process.execPath, '-e', 'console.error("agent " + process.argv[1] + " parent " + (process.env.FERRY_AGENT_PARENT_PID === String(process.ppid))); process.exit(Number(process.argv[1]) + 3)'],
+      env: {},
+      argsFor: (i) => [String(i)],
+    });
+    const exits = await launched.exited;
+    expect(exits.map((e) => [e.index, e.code, e.stderrTail, e.launcher])).toEqual([
+      [0, 3, 'agent 0 parent true', 'local'],
+      [1, 4, 'agent 1 parent true', 'local'],
+    ]);
+  });
+
+  it('hands secrets to ssh-launched agents on stdin, never on the command line', async () => {
+    // A stand-in for ssh that prints its arguments and the first line of its stdin.
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-fake-ssh-'));
+    const fakeSsh = join(dir, 'ssh');
+    writeFileSync(fakeSsh, '#!/bin/sh\nread line\nprintf "%s|" "$@" >&2\necho " $line" >&2\n', { mode: 0o755 });
+    try {
+      const launched = await new SshLauncher({ hosts: ['n1', 'n2'], ssh: fakeSsh, sshArgs: ['-o', 'Port=2222'] }).launch({
+        count: 2,
+        command: ['ferry', 'agent', '--job', 'abc'],
+        env: { FERRY_TEST: 'x y' },
+        secretEnv: { FERRY_NATS_TOKEN: 'sekret' },
+        argsFor: (i) => ['--index', String(i)],
+      });
+      const exits = await launched.exited;
+      expect(exits[0]!.stderrTail).toBe(`-T|-o|BatchMode=yes|-o|Port=2222|n1|env 'FERRY_TEST=x y' ferry agent --job abc --index 0 --secrets-stdin| {"FERRY_NATS_TOKEN":"sekret"}`);
+      expect(exits[1]!.stderrTail).toContain('|n2|');
+      expect(exits[0]!.commandLine).not.toContain('sekret');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses an ssh launcher without hosts', () => {
+    expect(() => new SshLauncher({ hosts: [] })).toThrow('the ssh launcher needs hosts: pass --hosts node[01-04] or --hosts-file FILE');
+  });
+});

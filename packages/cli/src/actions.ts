@@ -1,0 +1,154 @@
+/**
+ * What the commands share: the process I/O they write to, starting a copy
+ * with its launcher, reporting errors.
+ */
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { FerryError, expandHostlist, toFerryError } from '@ferry/core';
+import type { CopyOptions } from '@ferry/core';
+import type { CopyRequest } from '@ferry/coordinator';
+import type { Launcher } from '@ferry/launcher';
+import { createRenderer } from './render.js';
+import type { Output } from './render.js';
+
+export interface CliIo {
+  stdout: Output;
+  stderr: Output;
+  /** Set by a command to the exit status the process should end with. */
+  exitCode: number;
+  /** Aborted on SIGINT/SIGTERM. */
+  signal?: AbortSignal;
+  /** argv of this program, for starting agents. @default [node, this script] */
+  selfCommand?: string[];
+}
+
+/**
+ * How this program starts itself (for agents). FERRY_PROFILE_DIR=DIR makes
+ * every agent write a V8 CPU profile there (`node --cpu-prof`), for bench/.
+ */
+export function selfCommand(): string[] {
+  const profileDir = process.env.FERRY_PROFILE_DIR;
+  return [process.execPath, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), fileURLToPath(new URL('./main.js', import.meta.url))];
+}
+
+export interface LaunchOptions {
+  launcher: 'local' | 'ssh' | 'srun' | 'mpirun';
+  hosts?: string;
+  hostsFile?: string;
+  nodes?: string;
+  agentsPerNode?: string;
+  agentCmd?: string;
+  sshOptions?: string[];
+  natsListen?: string;
+  natsAdvertise?: string;
+}
+
+/** Splits a command line on blanks, honouring single and double quotes. */
+export function splitCommand(text: string): string[] {
+  const words: string[] = [];
+  const re = /"([^"]*)"|'([^']*)'|(\S+)/g;
+  for (let m = re.exec(text); m; m = re.exec(text)) words.push(m[1] ?? m[2] ?? m[3]!);
+  if (words.length === 0) throw new FerryError('USAGE', '--agent-cmd must not be empty');
+  return words;
+}
+
+async function hostsOf(launch: LaunchOptions): Promise<string[] | undefined> {
+  if (launch.hosts) return expandHostlist(launch.hosts);
+  if (launch.hostsFile) {
+    let text: string;
+    try {
+      text = await readFile(launch.hostsFile, 'utf8');
+    } catch (err) {
+      throw new FerryError('USAGE', `--hosts-file ${launch.hostsFile} cannot be read: ${(err as Error).message}`);
+    }
+    const hosts = text.split('\n').map((l) => l.replace(/#.*/, '').trim()).filter(Boolean).flatMap(expandHostlist);
+    if (hosts.length === 0) throw new FerryError('USAGE', `--hosts-file ${launch.hostsFile} names no host`);
+    return hosts;
+  }
+  return undefined;
+}
+
+function positive(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new FerryError('USAGE', `${name} must be a whole number of at least 1, got '${value}'`);
+  return n;
+}
+
+export async function makeLauncher(launch: LaunchOptions): Promise<Launcher | undefined> {
+  const { MpirunLauncher, SrunLauncher, SshLauncher } = await import('@ferry/launcher');
+  switch (launch.launcher) {
+    case 'local':
+      return undefined;
+    case 'ssh': {
+      const hosts = await hostsOf(launch);
+      if (!hosts) throw new FerryError('USAGE', '--launcher ssh needs --hosts (e.g. node[01-04]) or --hosts-file');
+      return new SshLauncher({ hosts, sshArgs: (launch.sshOptions ?? []).flatMap((o) => ['-o', o]) });
+    }
+    case 'srun': {
+      const nodes = positive('--nodes', launch.nodes);
+      const agentsPerNode = positive('--agents-per-node', launch.agentsPerNode);
+      return new SrunLauncher({ ...(nodes ? { nodes } : {}), ...(agentsPerNode ? { agentsPerNode } : {}) });
+    }
+    case 'mpirun': {
+      const hosts = await hostsOf(launch);
+      return new MpirunLauncher(hosts ? { hosts } : {});
+    }
+  }
+}
+
+export async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}): Promise<void> {
+  const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
+  const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
+  try {
+    // Each command loads only what it needs: `ferry serve` starts on every remote connection.
+    const { runCopy } = await import('@ferry/coordinator');
+    const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
+    await runCopy({
+      source,
+      destination,
+      options: copyOptions,
+      agentCommand,
+      launcher: await makeLauncher(launch),
+      launchOptions: launch as unknown as Record<string, unknown>,
+      onEvent: (e) => renderer.onEvent(e),
+      ...(launch.natsListen ? { natsListen: launch.natsListen } : {}),
+      ...(launch.natsAdvertise ? { natsAdvertise: launch.natsAdvertise } : {}),
+      ...(io.signal ? { signal: io.signal } : {}),
+      ...extra,
+    });
+    io.exitCode = 0;
+  } catch (err) {
+    renderer.finish();
+    const e = toFerryError(err);
+    if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
+    reportError(io, e);
+  }
+}
+
+/** The first line of stdin, a JSON object of environment variables (the ssh launcher sends it). */
+export function readSecretsLine(): Promise<Record<string, string>> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer) => {
+      buf += d.toString('utf8');
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      process.stdin.off('data', onData);
+      process.stdin.pause();
+      try {
+        resolve(JSON.parse(buf.slice(0, nl)) as Record<string, string>);
+      } catch {
+        reject(new FerryError('USAGE', '--secrets-stdin: the first line of stdin is not a JSON object'));
+      }
+    };
+    process.stdin.on('data', onData);
+    process.stdin.once('end', () => reject(new FerryError('USAGE', '--secrets-stdin: stdin ended before the secrets line')));
+  });
+}
+
+export function reportError(io: CliIo, e: FerryError): void {
+  io.stderr.write(`ferry: error: ${e.message}\n`);
+  io.exitCode = e.exitCode;
+}
+

@@ -1,0 +1,180 @@
+/**
+ * Launching agents beyond this machine: the launcher options of `ferry cp`,
+ * the SPMD entry `ferry run` (started once per task by srun or mpirun), and
+ * `ferry cp --sbatch`.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
+import { FerryError, parseDuration, toFerryError } from '@ferry/core';
+import type { CopyOptions } from '@ferry/core';
+import { shellQuote } from '@ferry/launcher';
+import { copy, reportError, selfCommand } from './actions.js';
+import type { CliIo } from './actions.js';
+
+interface Rendezvous {
+  launchId: string;
+  jobId?: string;
+  url?: string;
+  token?: string;
+  /** Set by rank 0 when the copy is over, so late ranks do not wait. */
+  finished?: boolean;
+  exitCode?: number;
+  at: number;
+}
+
+async function writeRendezvous(file: string, value: Rendezvous): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  await writeFile(tmp, JSON.stringify(value) + '\n', { mode: 0o600 });
+  await rename(tmp, file);
+}
+
+async function readRendezvous(file: string): Promise<Rendezvous | undefined> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Rendezvous;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * `ferry run`: rank 0 runs the coordinator (and, unless --no-rank0-agent, one
+ * agent); it publishes how to join in a rendezvous file on a filesystem all
+ * ranks share (the token in it is readable by the user only). Every other rank
+ * waits for that file and runs an agent.
+ */
+export async function runSpmd(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, opts: Record<string, unknown>): Promise<void> {
+  try {
+    const { rankFromEnv } = await import('@ferry/launcher');
+    const { defaultStateDir } = await import('@ferry/coordinator');
+    const rank = rankFromEnv();
+    const stateDir = copyOptions.stateDir ?? defaultStateDir();
+    const launchId = rank.launchId ?? `args-${createHash('sha256').update(`${source}\0${destination}`).digest('hex').slice(0, 16)}`;
+    const file = (opts.rendezvous as string | undefined) ?? join(stateDir, 'rendezvous', `${launchId}.json`);
+    const rank0Agent = opts.rank0Agent !== false;
+    if (rank.rank === 0) {
+      await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+      await rm(file, { force: true });
+      const external = rank.size - 1;
+      const agents = Math.max(1, external + (rank0Agent ? 1 : 0));
+      try {
+        await copy(
+          io,
+          source,
+          destination,
+          { ...copyOptions, stateDir, agents: String(agents) },
+          opts.verbose === true,
+          { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) },
+          {
+            externalAgents: external,
+            onRendezvous: async ({ jobId, url, token }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), at: Date.now() }),
+          },
+        );
+      } finally {
+        await writeRendezvous(file, { launchId, finished: true, exitCode: io.exitCode, at: Date.now() }).catch(() => {});
+      }
+      return;
+    }
+    const timeoutMs = parseDuration(String(opts.rendezvousTimeout ?? '10m')) ?? 600_000;
+    const deadline = Date.now() + timeoutMs;
+    let rv: Rendezvous | undefined;
+    for (;;) {
+      rv = await readRendezvous(file);
+      if (rv && (rv.finished || rv.url)) break;
+      if (Date.now() > deadline) throw new FerryError('AGENTS_FAILED', `rank ${rank.rank}: rank 0 did not publish ${file} within ${timeoutMs / 1000} s: is the state directory on a filesystem every node shares (--state-dir or --rendezvous)?`, { path: file });
+      if (io.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted while waiting for rank 0');
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    if (rv.finished) {
+      io.exitCode = rv.exitCode === 0 ? 0 : 0;
+      return;
+    }
+    const { runAgent } = await import('@ferry/agent');
+    try {
+      await runAgent({
+        jobId: rv.jobId!,
+        natsUrl: rv.url!,
+        natsToken: rv.token,
+        index: rank.rank - 1,
+        agentId: `${hostname()}-r${rank.rank}`,
+        ...(io.signal ? { signal: io.signal } : {}),
+        log: (line) => io.stderr.write(`ferry rank ${rank.rank}: ${line}\n`),
+      });
+    } catch (err) {
+      // Too late to join: the copy finished while this rank was starting.
+      const after = await readRendezvous(file);
+      if (after?.finished && after.exitCode === 0) {
+        io.exitCode = 0;
+        return;
+      }
+      throw err;
+    }
+    io.exitCode = 0;
+  } catch (err) {
+    reportError(io, toFerryError(err));
+  }
+}
+
+/** The `ferry run` flags for the copy options given (launcher options do not apply inside the job). */
+function runFlags(opts: Record<string, unknown>): string[] {
+  const out: string[] = ['--streams', String(opts.streams ?? '2')];
+  const valued: Array<[string, string, string | undefined]> = [
+    ['rangeSize', '--range-size', undefined],
+    ['hash', '--hash', undefined],
+    ['mode', '--mode', 'auto'],
+    ['remoteCmd', '--remote-cmd', 'ferry serve'],
+    ['knownHosts', '--known-hosts', undefined],
+    ['nats', '--nats', undefined],
+    ['ackWait', '--ack-wait', '30s'],
+    ['window', '--window', '8MiB'],
+    ['limitRate', '--limit-rate', undefined],
+    ['maxResends', '--max-resends', '3'],
+    ['connectTimeout', '--connect-timeout', '20s'],
+  ];
+  for (const [key, flag, fallback] of valued) {
+    const v = opts[key];
+    if (v !== undefined && v !== fallback) out.push(flag, String(v));
+  }
+  for (const id of (opts.identity as string[] | undefined) ?? []) out.push('-i', id);
+  const flags: Array<[string, string]> = [['preserve', '-p'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
+  for (const [key, flag] of flags) if (opts[key] === true) out.push(flag);
+  return out;
+}
+
+/** A batch script that runs this copy as `srun ferry run`, one agent per task. */
+export function sbatchScript(source: string, destination: string, opts: Record<string, unknown>): string {
+  const nodes = (opts.nodes as string | undefined) ?? '2';
+  const perNode = (opts.agentsPerNode as string | undefined) ?? '2';
+  const ferry = opts.agentCmd ? (opts.agentCmd as string) : selfCommand().map(shellQuote).join(' ');
+  const stateDir = opts.stateDir ? shellQuote(opts.stateDir as string) : '"$HOME/.local/state/ferry"';
+  return [
+    '#!/bin/bash',
+    '# Made by ferry cp --sbatch. Each task is one agent; task 0 also coordinates.',
+    '# The job state is in the --state-dir below (a filesystem every node shares): submit it again to resume.',
+    '#SBATCH --job-name=ferry',
+    `#SBATCH --nodes=${nodes}`,
+    `#SBATCH --ntasks-per-node=${perNode}`,
+    `#SBATCH --time=${String(opts.time ?? '1-00:00:00')}`,
+    '#SBATCH --output=ferry-%j.out',
+    'set -euo pipefail',
+    `srun --kill-on-bad-exit=0 ${ferry} run ${[source, destination, ...runFlags(opts)].map(shellQuote).join(' ')} --state-dir ${stateDir}`,
+    '',
+  ].join('\n');
+}
+
+export async function submitSbatch(io: CliIo, script: string): Promise<void> {
+  const child = spawn('sbatch', [], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  child.stdin.end(script);
+  const code = await new Promise<number | null>((resolve) => {
+    child.once('error', () => resolve(127));
+    child.once('close', resolve);
+  });
+  if (code !== 0) throw new FerryError('AGENTS_FAILED', `sbatch failed (exit ${code}): ${err.trim() || 'is Slurm installed and configured here?'}`);
+  io.stdout.write(out);
+}
