@@ -401,29 +401,35 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       bytesDone: state.resumedBytes,
     });
 
-    const statusOf = (extra: Partial<JobStatus>): JobStatus => ({
-      jobId: prep.jobId,
-      phase,
-      pid: process.pid,
-      updatedAt: Date.now(),
-      source: prep.sourceLabel,
-      destination: prep.destinationLabel,
-      fileBytes: prep.fileBytes,
-      bytesDone: rangeBytesOf(plan, state.done),
-      rangesDone: state.done.size,
-      rangesInFlight: 0,
-      rangesPending: plan.count - state.done.size,
-      ranges: plan.count,
-      rate: 0,
-      agents: [],
-      nodes: [],
-      hosts: [],
-      errors: 0,
-      resends: state.resends,
-      ...extra,
-    });
+    // Counters that follow from the journal are recomputed on every save; what the agents
+    // report (rates, per node and host) is kept from the last save that had it.
     const saveStatus = async (extra: Partial<JobStatus> = {}) => {
-      lastStatus = { ...(lastStatus ?? statusOf({})), ...statusOf(extra) };
+      lastStatus = {
+        jobId: prep.jobId,
+        source: prep.sourceLabel,
+        destination: prep.destinationLabel,
+        fileBytes: prep.fileBytes,
+        ranges: plan.count,
+        rangesInFlight: 0,
+        rate: 0,
+        agents: [],
+        nodes: [],
+        hosts: [],
+        errors: 0,
+        ...lastStatus,
+        ...extra,
+        phase,
+        pid: process.pid,
+        updatedAt: Date.now(),
+        bytesDone: rangeBytesOf(plan, state.done),
+        rangesDone: state.done.size,
+        rangesPending: extra.rangesPending ?? Math.max(0, plan.count - state.done.size - (extra.rangesInFlight ?? 0)),
+        resends: state.resends,
+      };
+      if (phase !== 'running') {
+        lastStatus.rangesInFlight = 0;
+        lastStatus.rate = 0;
+      }
       await writeStatus(jobDir, lastStatus).catch(() => {});
     };
     await saveStatus();

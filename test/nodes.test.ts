@@ -1,0 +1,131 @@
+/**
+ * Many nodes, for real: a Slurm cluster of two compute-node network namespaces
+ * (slurmctld, one slurmd per node, munge) and two data transfer nodes running
+ * sshd, built by the test. Agents run on the compute nodes and connect from
+ * their own addresses to both remote hosts.
+ */
+import { readFile, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startCluster } from './fixtures/cluster.mjs';
+import type { Cluster } from './fixtures/cluster.mjs';
+import { CLI, ROOT, fileHash, makeRandomFile, parseEvents, runFerry } from './helpers.js';
+
+const isRoot = process.getuid?.() === 0;
+if (!isRoot) console.warn('test/nodes.test.ts skipped: building network namespaces and a Slurm cluster needs root (CI runs as root)');
+
+const MiB = 1024 * 1024;
+const FERRY = join(ROOT, 'bin', 'ferry');
+
+describe.skipIf(!isRoot)('many nodes', () => {
+  let cluster: Cluster;
+  let src: string;
+  let srcHash: string;
+
+  const dtnLog = async (i: number) => readFile(cluster.dtns[i]!.sshd.log, 'utf8');
+  const connectedFrom = async (i: number) => new Set([...(await dtnLog(i)).matchAll(/Accepted publickey for \S+ from (\S+)/g)].map((m) => m[1]));
+  const common = (dir: string) => ['-i', cluster.userKey, '--known-hosts', cluster.knownHosts, '--remote-cmd', `${FERRY} serve`, '--state-dir', join(dir, 'state'), '--range-size', '16MiB'];
+  const dst = (dir: string) => `root@${cluster.dtns.map((d) => d.name).join(',')}:${dir}/`;
+
+  beforeAll(async () => {
+    cluster = await startCluster({ prefix: 'fyn', subnet: '10.77.3' });
+    src = join(cluster.dir, 'src.bin');
+    await makeRandomFile(src, 256 * MiB);
+    srcHash = await fileHash(src);
+  }, 120_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  it('sbatch --wait slurm/ferry.sbatch moves a file from both compute nodes to both remote hosts', async () => {
+    const dir = join(cluster.dir, 'sbatch');
+    await mkdir(dir);
+    const r = await cluster.run('sbatch', ['--wait', '--nodes=2', '--ntasks-per-node=2', `--output=${join(dir, 'job.out')}`, join(ROOT, 'slurm', 'ferry.sbatch')], {
+      cwd: dir,
+      timeoutMs: 240_000,
+      env: {
+        FERRY: FERRY,
+        FERRY_SRC: src,
+        FERRY_DST: dst(dir),
+        FERRY_STATE: join(dir, 'state'),
+        FERRY_REMOTE_CMD: `${FERRY} serve`,
+        FERRY_OPTS: `-i ${cluster.userKey} --known-hosts ${cluster.knownHosts} --range-size 16MiB --json`,
+      },
+    });
+    const out = await readFile(join(dir, 'job.out'), 'utf8').catch(() => '');
+    expect(r.code, `${r.stderr}\n${out}`).toBe(0);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+    // Every compute node reached both remote hosts from its own address.
+    const nodeIps = cluster.computeNodes.map((n) => n.ip);
+    for (let i = 0; i < cluster.dtns.length; i++) for (const ip of nodeIps) expect(await connectedFrom(i)).toContain(ip);
+    // And ferry's own report says which agents on which nodes did the work.
+    const events = parseEvents(out.split('\n').filter((l) => l.startsWith('{')).join('\n'));
+    const nodes = new Set(events.filter((e) => e.type === 'agent.start').map((e) => e.node));
+    expect([...nodes].sort()).toEqual(cluster.computeNodes.map((n) => n.name).sort());
+    expect(events.filter((e) => e.type === 'agent.start')).toHaveLength(4);
+    const status = JSON.parse((await runFerry(['status', '--state-dir', join(dir, 'state'), '--json'])).stdout)[0];
+    expect(status.phase).toBe('done');
+    expect(status.nodes.map((n: { node: string }) => n.node).sort()).toEqual(cluster.computeNodes.map((n) => n.name).sort());
+    expect(status.hosts.map((h: { host: string }) => h.host).sort()).toEqual(cluster.dtns.map((d) => d.name).sort());
+  });
+
+  it('mpirun -np 3 ferry run moves a file byte-identically', async () => {
+    const dir = join(cluster.dir, 'mpirun');
+    await mkdir(dir);
+    const r = await cluster.run(
+      'mpirun',
+      ['--oversubscribe', '-np', '3', process.execPath, CLI, 'run', src, dst(dir), ...common(dir), '--nats-listen', '127.0.0.1', '--json'],
+      { timeoutMs: 180_000, env: { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1' } },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+    const events = parseEvents(r.stdout.split('\n').filter((l) => l.startsWith('{')).join('\n'));
+    expect(events.filter((e) => e.type === 'agent.start')).toHaveLength(3);
+    expect(events.at(-1)).toMatchObject({ type: 'done', bytes: 256 * MiB });
+  });
+
+  it('the ssh launcher starts agents in the compute nodes through their sshd', async () => {
+    const dir = join(cluster.dir, 'ssh');
+    await mkdir(dir);
+    const r = await runFerry([
+      'cp', src, dst(dir), ...common(dir), '--json',
+      '--launcher', 'ssh', '--hosts', cluster.computeNodes.map((n) => n.name).join(','), '-a', '2',
+      '--ssh-option', `IdentityFile=${cluster.userKey}`, '--ssh-option', `UserKnownHostsFile=${cluster.knownHosts}`, '--ssh-option', 'User=root',
+      '--agent-cmd', FERRY, '--nats-listen', cluster.bridgeIp, '--nats-advertise', cluster.bridgeIp,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+    const nodes = parseEvents(r.stdout).filter((e) => e.type === 'agent.start').map((e) => e.node);
+    expect(nodes.sort()).toEqual(cluster.computeNodes.map((n) => n.name).sort());
+    for (const n of cluster.computeNodes) expect(await readFile(n.sshd.log, 'utf8')).toMatch(new RegExp(`Accepted publickey for root from ${cluster.bridgeIp.replace(/\./g, '\\.')}`));
+  });
+
+  it('the srun launcher starts agents on the nodes, and a wrong binary path names the launcher, command and stderr', async () => {
+    const dir = join(cluster.dir, 'srun');
+    await mkdir(dir);
+    const args = ['cp', src, dst(dir), ...common(dir), '--launcher', 'srun', '--nodes', '2', '--agents-per-node', '1', '-a', '2', '--nats-listen', cluster.bridgeIp, '--nats-advertise', cluster.bridgeIp];
+    const bad = await runFerry([...args, '--agent-cmd', '/nonexistent/bin/ferry'], { env: cluster.env });
+    expect(bad.code).toBe(70);
+    expect(bad.stderr).toMatch(/^ferry: error: agent launch via srun failed \(exit \d+\): srun --ntasks 2 --nodes 2 --ntasks-per-node 1 --kill-on-bad-exit=0 --export=ALL \/nonexistent\/bin\/ferry agent --job [0-9a-f]{16} --nats nats:\/\/10\.77\.3\.1:\d+\n/);
+    expect(bad.stderr).toMatch(/\/nonexistent\/bin\/ferry.*No such file or directory/);
+    const good = await runFerry([...args, '--agent-cmd', FERRY, '--json'], { env: cluster.env });
+    expect(good.code, good.stderr).toBe(0);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+    const nodes = parseEvents(good.stdout).filter((e) => e.type === 'agent.start').map((e) => e.node);
+    expect(nodes.sort()).toEqual(cluster.computeNodes.map((n) => n.name).sort());
+  });
+
+  it('ferry cp --sbatch submit hands Slurm a job that copies the file', async () => {
+    const dir = join(cluster.dir, 'sbatch-submit');
+    await mkdir(dir);
+    await writeFile(join(dir, '.keep'), '');
+    const r = await runFerry(['cp', src, dst(dir), ...common(dir), '--sbatch', '--nodes', '2', '--agents-per-node', '1', '--agent-cmd', FERRY]);
+    expect(r.code).toBe(0);
+    const script = join(dir, 'job.sbatch');
+    await writeFile(script, r.stdout);
+    const run = await cluster.run('sbatch', ['--wait', `--output=${join(dir, 'job.out')}`, script], { cwd: dir, timeoutMs: 240_000 });
+    expect(run.code, `${run.stderr}\n${await readFile(join(dir, 'job.out'), 'utf8').catch(() => '')}`).toBe(0);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+  });
+});
