@@ -2,7 +2,7 @@
  * ferry cp end to end against a real sshd on loopback and a real nats-server
  * (embedded, started by ferry), in both directions and both data paths.
  */
-import { chmod, mkdir, stat, truncate, utimes, writeFile, open } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -189,6 +189,19 @@ describe('ferry cp edge cases', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('sftp mode');
     expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+  });
+
+  it('opens no more connections to a remote host than --max-per-host', async () => {
+    const dir = join(work.path, 'maxperhost');
+    await mkdir(dir);
+    const accepted = async () => ((await readFile(sshd.log, 'utf8')).match(/Accepted publickey/g) ?? []).length;
+    const before = await accepted();
+    const r = await runFerry(['cp', src256, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--max-per-host', '1', '-v', ...common()]);
+    expect(r.code).toBe(0);
+    expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+    // The coordinator's own connection plus one agent connection.
+    expect((await accepted()) - before).toBe(2);
+    expect(r.stderr).toContain('stays idle: 1 hosts x --max-per-host 1 connections are taken by lower slots');
   });
 
   it('overwrites an existing destination only when the copy is complete', async () => {

@@ -300,7 +300,14 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   };
 
   const worker = async (slot: number) => {
-    const preferred = (index * spec.streams + slot) % hosts.length;
+    // Slots are numbered across the job; slot g uses host g mod H, so a cap of C per
+    // host leaves slots g >= C*H idle and no host ever gets more than C connections.
+    const global = index * spec.streams + slot;
+    if (spec.maxConnectionsPerHost > 0 && global >= spec.maxConnectionsPerHost * hosts.length) {
+      log(`slot ${slot} stays idle: ${hosts.length} hosts x --max-per-host ${spec.maxConnectionsPerHost} connections are taken by lower slots`);
+      return;
+    }
+    const preferred = global % hosts.length;
     let hostIndex = preferred;
     let conn: RemoteConnection | undefined;
     let file: RemoteFile | undefined;

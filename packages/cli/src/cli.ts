@@ -223,6 +223,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
     .option('--window <size>', 'bytes in flight per connection', '8MiB')
     .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
+    .option('--max-per-host <n>', 'connections each remote host gets from the whole copy, at most (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
     .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
     .option('--restart', 'start over instead of resuming an earlier run of the same copy')
@@ -251,6 +252,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
+  if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;
   if (opts.knownHosts !== undefined) o.knownHosts = opts.knownHosts as string;
   if (opts.nats !== undefined) o.nats = opts.nats as string;
   if (opts.stateDir !== undefined) o.stateDir = opts.stateDir as string;

@@ -130,6 +130,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['ackWait', '--ack-wait', '30s'],
     ['window', '--window', '8MiB'],
     ['limitRate', '--limit-rate', undefined],
+    ['maxPerHost', '--max-per-host', undefined],
     ['maxResends', '--max-resends', '3'],
     ['connectTimeout', '--connect-timeout', '20s'],
   ];

@@ -600,6 +600,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
       streams: options.streams,
       windowBytes: options.windowBytes,
       connectionBytesPerSec: options.limitBytesPerSec ? Math.max(1, Math.floor(options.limitBytesPerSec / (ctx.agents * options.streams))) : 0,
+      maxConnectionsPerHost: options.maxConnectionsPerHost,
+      agentCount: ctx.agents,
       ackWaitMs: options.ackWaitMs,
       maxDeliver: DEFAULT_MAX_DELIVER,
       durableEveryRanges: Math.max(1, Math.ceil(DEFAULT_DURABLE_BYTES / plan.rangeBytes)),

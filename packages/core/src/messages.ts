@@ -60,6 +60,10 @@ export interface JobSpec {
   windowBytes: number;
   /** Rate cap of one connection in bytes per second, 0 for none. */
   connectionBytesPerSec: number;
+  /** Connections one remote host gets from the whole job at most, 0 for no cap. */
+  maxConnectionsPerHost: number;
+  /** Agents in the job (with `streams`, how many connection slots there are). */
+  agentCount: number;
   ackWaitMs: number;
   /** Deliveries of one work item before it is given up (JetStream max_deliver). */
   maxDeliver: number;

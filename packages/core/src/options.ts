@@ -60,6 +60,8 @@ export interface CopyOptions {
   window?: number | string;
   /** Cap on the whole job's rate in bytes per second, e.g. `500MB` (shared equally by all connections). @default no cap */
   limitRate?: number | string;
+  /** Connections per remote host from the whole job, at most (stay under sshd's MaxSessions/MaxStartups). @default no cap */
+  maxPerHost?: number | string;
   /** Re-sends of one range after hash mismatches before the job fails. @default 3 */
   maxResends?: number | string;
   /** NDJSON events on stdout. @default false */
@@ -92,6 +94,8 @@ export interface ResolvedCopyOptions {
   windowBytes: number;
   /** Bytes per second for the whole job; undefined: no cap. */
   limitBytesPerSec: number | undefined;
+  /** Connections per remote host at most; 0: no cap. */
+  maxConnectionsPerHost: number;
   maxResends: number;
   output: OutputStyle;
   connectTimeoutMs: number;
@@ -158,6 +162,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     ackWaitMs,
     windowBytes: sizeOption('--window', options.window, '8MiB') ?? DEFAULT_WINDOW_BYTES,
     limitBytesPerSec: sizeOption('--limit-rate', options.limitRate, '500MB'),
+    maxConnectionsPerHost: intOption('--max-per-host', options.maxPerHost, 0, 0, 100_000),
     maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),
     output: options.json ? 'json' : options.quiet ? 'quiet' : 'human',
     connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),
