@@ -811,7 +811,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       hostBytes.set(c.remoteHost, (hostBytes.get(c.remoteHost) ?? 0) + c.length);
       hostRecent.set(c.remoteHost, [...(hostRecent.get(c.remoteHost) ?? []), { at: Date.now(), bytes: c.length }]);
       dirtyBlocks.add(Math.floor(c.range / KV_HASH_BLOCK));
-      emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000 });
+      emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000, finishedAt: c.finishedAt });
       if (state.done.size === plan.count) succeed();
     };
     const consuming = (async () => {

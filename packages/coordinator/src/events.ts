@@ -45,7 +45,7 @@ export type CopyEvent =
       rangesDone: number;
       bytesDone: number;
     }
-  | { type: 'range.done'; range: number; bytes: number; agent: string; host: string; hash: string; seconds: number }
+  | { type: 'range.done'; range: number; bytes: number; agent: string; host: string; hash: string; seconds: number; /** Epoch ms at which the agent had the range verified. */ finishedAt: number }
   | { type: 'range.resend'; range: number; attempt: number; reason: string }
   | { type: 'progress'; bytes: number; total: number; rangesDone: number; ranges: number; rate: number; etaSeconds: number | null; agentsBusy: number; agents: number }
   | { type: 'agent.start'; agent: string; node: string; pid: number; index: number }
