@@ -66,6 +66,27 @@ describe.each([
   });
 });
 
+describe('ferry cp over --transport openssh (an ssh process per connection)', () => {
+  it('pushes and pulls a random 256 MiB file byte-identically, ssh reading a config file given with --ssh-cmd', async () => {
+    const dir = join(work.path, 'openssh');
+    await mkdir(dir);
+    // Port, user, key and known_hosts come from the config file only: ferry passes its own, which agree.
+    const config = join(dir, 'ssh_config');
+    await writeFile(config, `Host ferry-test-dtn\n  HostName ${sshd.host}\n  Ciphers aes128-gcm@openssh.com\n`);
+    const alias = `${sshd.user}@ferry-test-dtn:${sshd.port}`;
+    const push = await runFerry(['cp', src256, `${alias}:${dir}/`, '--transport', 'openssh', '--ssh-cmd', `ssh -F ${config}`, '--agents', '2', '--streams', '2', '--range-size', '16MiB', ...common(), '--known-hosts', join(dir, 'kh'), '--accept-new-host-key']);
+    expect(push.stderr).toBe('');
+    expect(push.code).toBe(0);
+    expect(push.stdout).toContain('16 ranges, 0 re-sent, 2 agents x 2 streams, helper mode');
+    expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+    const pulled = join(dir, 'pulled.bin');
+    const pull = await runFerry(['cp', `${alias}:${dir}/random256.bin`, pulled, '--transport', 'openssh', '--ssh-cmd', `ssh -F ${config}`, ...common(), '--known-hosts', join(dir, 'kh')]);
+    expect(pull.stderr).toBe('');
+    expect(pull.code).toBe(0);
+    expect(await fileHash(pulled)).toBe(src256Hash);
+  });
+});
+
 describe('ferry cp edge cases', () => {
   it('moves a sparse 6 GiB file with data past 4 GiB both ways and keeps it sparse', async () => {
     const dir = join(work.path, 'sparse');

@@ -183,3 +183,80 @@ describe('ferry cp error cases', () => {
     expect(missing.stderr).toContain("error: missing required argument 'destination'");
   });
 });
+
+describe('ferry cp error cases with --transport openssh (ssh itself checks keys and authenticates)', () => {
+  const openssh = ['--transport', 'openssh'];
+
+  it('exits 31 when the host key is unknown, and --accept-new-host-key records it', async () => {
+    const kh = join(work.path, 'openssh_empty_known_hosts');
+    await writeFile(kh, '');
+    const dir = join(work.path, 'openssh-accept');
+    await mkdir(dir);
+    const r = await runFerry(['cp', src, remote(`${dir}/`), ...openssh, ...common({ knownHosts: kh })]);
+    expect(r.code).toBe(31);
+    expect(r.stderr).toBe(
+      `ferry: error: host key of ${sshd.host}:${sshd.port} is not in ${kh}: check its fingerprint with the host's admins, then rerun with --accept-new-host-key (or add it with ssh-keyscan)\n`,
+    );
+    expect(await readdir(dir)).toEqual([]);
+    const ok = await runFerry(['cp', src, remote(`${dir}/`), '--accept-new-host-key', ...openssh, ...common({ knownHosts: kh })]);
+    expect(ok.stderr).toBe('');
+    expect(ok.code).toBe(0);
+    // ssh wrote the key (hashed or not, as its configuration says); a strict rerun now passes.
+    expect((await readFile(kh, 'utf8')).trim()).toContain(sshd.hostKeyLine.split(' ').slice(1).join(' '));
+    const again = await runFerry(['cp', src, remote(`${dir}/again.bin`), ...openssh, ...common({ knownHosts: kh })]);
+    expect(again.code).toBe(0);
+  });
+
+  it('exits 32 when the host key has changed', async () => {
+    const kh = join(work.path, 'openssh_wrong_known_hosts');
+    const other = join(work.path, 'openssh_otherhostkey');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', other]);
+    const pub = (await readFile(`${other}.pub`, 'utf8')).trim().split(/\s+/);
+    await writeFile(kh, `[${sshd.host}]:${sshd.port} ${pub[0]} ${pub[1]}\n`);
+    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common({ knownHosts: kh })]);
+    expect(r.code).toBe(32);
+    expect(r.stderr).toBe(
+      `ferry: error: host key of ${sshd.host}:${sshd.port} differs from the one in ${kh}: this may be an attack; if the host was reinstalled, remove the old key with 'ssh-keygen -R [${sshd.host}]:${sshd.port} -f ${kh}'\n`,
+    );
+  });
+
+  it('exits 30 when authentication fails, quoting ssh', async () => {
+    const stranger = join(work.path, 'openssh_strangerkey');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', stranger]);
+    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common({ key: stranger })], { env: { SSH_AUTH_SOCK: undefined } });
+    expect(r.code).toBe(30);
+    expect(r.stderr).toMatch(new RegExp(`^ferry: error: authentication as ${sshd.user}@${sshd.host}:${sshd.port} failed \\(ssh said: .*Permission denied.*\\): add your public key`));
+  });
+
+  it('exits 40 when the host is unreachable', async () => {
+    const closed = await freePort();
+    const r = await runFerry(['cp', src, remote('/tmp/', closed), ...openssh, ...common()]);
+    expect(r.code).toBe(40);
+    expect(r.stderr).toMatch(new RegExp(`^ferry: error: cannot reach ${sshd.host}:${closed} over SSH \\(ssh said: .*Connection refused\\): check the host name`));
+  });
+
+  it('exits 61 when the helper is missing', async () => {
+    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common(), '--remote-cmd', 'ferry-not-installed-here serve']);
+    expect(r.code).toBe(61);
+    expect(r.stderr).toBe(
+      `ferry: error: cannot start 'ferry-not-installed-here serve' on ${sshd.host}:${sshd.port} (command not found): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)\n`,
+    );
+  });
+
+  it('exits 63 when the ssh program cannot be run', async () => {
+    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, '--ssh-cmd', '/nonexistent/ssh -v', ...common()]);
+    expect(r.code).toBe(63);
+    expect(r.stderr).toBe(
+      "ferry: error: cannot run '/nonexistent/ssh' for --transport openssh (ENOENT): install OpenSSH's client, point --ssh-cmd at it, or use --transport ssh2\n",
+    );
+  });
+
+  it('exits 2 when the options do not fit together', async () => {
+    const sftp = await runFerry(['cp', src, remote('/tmp/'), ...openssh, '--mode', 'sftp', ...common()]);
+    expect(sftp.code).toBe(2);
+    expect(sftp.stderr).toBe('ferry: error: --transport openssh carries the helper protocol only: drop --mode sftp, or use --transport ssh2 for SFTP\n');
+    const cmd = await runFerry(['cp', src, remote('/tmp/'), '--ssh-cmd', 'ssh -4', ...common()]);
+    expect(cmd.code).toBe(2);
+    expect(cmd.stderr).toBe('ferry: error: --ssh-cmd is used by --transport openssh only: add --transport openssh\n');
+  });
+});

@@ -214,6 +214,8 @@ function addCopyOptions(cmd: Command): Command {
     .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, or what a resumed job used)').choices(['xxh3', 'sha256']))
     .addOption(new Option('--mode <mode>', 'data path: helper runs `ferry serve` remotely, sftp needs nothing remote').choices(['auto', 'helper', 'sftp']).default('auto'))
     .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
+    .addOption(new Option('--transport <client>', 'SSH client of the data connections: ssh2 (embedded) or openssh (an ssh process per connection: ~/.ssh/config applies, helper mode only)').choices(['ssh2', 'openssh']).default('ssh2'))
+    .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
     .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
     .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
@@ -238,6 +240,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
     streams: opts.streams as string,
     mode: opts.mode as string,
     remoteCmd: opts.remoteCmd as string,
+    transport: opts.transport as string,
     preserve: opts.preserve === true,
     acceptNewHostKey: opts.acceptNewHostKey === true,
     identity: opts.identity as string[],
@@ -254,6 +257,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;
   if (opts.knownHosts !== undefined) o.knownHosts = opts.knownHosts as string;
+  if (opts.sshCmd !== undefined) o.sshCmd = opts.sshCmd as string;
   if (opts.nats !== undefined) o.nats = opts.nats as string;
   if (opts.stateDir !== undefined) o.stateDir = opts.stateDir as string;
   return o;

@@ -125,6 +125,8 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['hash', '--hash', undefined],
     ['mode', '--mode', 'auto'],
     ['remoteCmd', '--remote-cmd', 'ferry serve'],
+    ['transport', '--transport', 'ssh2'],
+    ['sshCmd', '--ssh-cmd', undefined],
     ['knownHosts', '--known-hosts', undefined],
     ['nats', '--nats', undefined],
     ['ackWait', '--ack-wait', '30s'],

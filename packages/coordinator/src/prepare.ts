@@ -71,7 +71,8 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
       throw new FerryError('USAGE', `identity file ${f} (-i) does not exist`, { path: f });
     }
   }
-  if (identityFiles.length === 0) {
+  // OpenSSH finds the default keys itself (and those ~/.ssh/config names).
+  if (identityFiles.length === 0 && options.transport !== 'openssh') {
     identityFiles = [];
     for (const name of DEFAULT_IDENTITY_FILES) {
       const f = join(sshDir, name);
@@ -87,7 +88,11 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
     knownHostsFile: resolve(options.knownHostsFile ?? join(sshDir, 'known_hosts')),
     identityFiles,
     connectTimeoutMs: options.connectTimeoutMs,
+    transport: options.transport,
+    sshCommand: options.sshCommand,
   };
+  // OpenSSH reads the known_hosts files its configuration names unless --known-hosts says otherwise.
+  if (options.knownHostsFile !== undefined) settings.knownHostsGiven = true;
   // With explicit -i keys, ssh-agent is still offered first, as ssh does.
   if (process.env.SSH_AUTH_SOCK) settings.agentSocket = process.env.SSH_AUTH_SOCK;
   return settings;

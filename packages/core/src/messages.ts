@@ -31,12 +31,24 @@ export interface RemoteHost {
 
 export interface SshSettings {
   knownHostsFile: string;
+  /** Whether knownHostsFile came from --known-hosts (the openssh transport otherwise leaves it to ssh's configuration). */
+  knownHostsGiven?: boolean;
   /** Private key files to offer, in order. */
   identityFiles: string[];
   /** ssh-agent socket, when one is to be used. */
   agentSocket?: string;
   connectTimeoutMs: number;
+  /**
+   * 'ssh2': the embedded client. 'openssh': each connection is an `ssh` process
+   * (sshCommand) running the helper, so ~/.ssh/config, ProxyJump, GSSAPI and
+   * OpenSSH's own crypto apply. Absent: 'ssh2'.
+   */
+  transport?: SshTransport;
+  /** The ssh program and leading arguments, for the openssh transport. */
+  sshCommand?: string[];
 }
+
+export type SshTransport = 'ssh2' | 'openssh';
 
 /** Everything an agent needs to work on a job; stored in the job's KV bucket under `spec`. */
 export interface JobSpec {

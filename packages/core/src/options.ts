@@ -8,6 +8,7 @@ import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
 import type { HashAlgorithm } from './hash.js';
 import { RANGE_ALIGN_BYTES } from './ranges.js';
 import { MiB, parseDuration, parseSize } from './units.js';
+import type { SshTransport } from './messages.js';
 
 export const DEFAULT_AGENTS = 2;
 export const DEFAULT_STREAMS = 2;
@@ -42,6 +43,8 @@ export interface CopyOptions {
   mode?: string;
   /** Command that starts the helper on the remote host. @default 'ferry serve' */
   remoteCmd?: string;
+  transport?: string;
+  sshCmd?: string;
   /** Preserve mode and modification time. @default false */
   preserve?: boolean;
   /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
@@ -84,6 +87,9 @@ export interface ResolvedCopyOptions {
   hashGiven: boolean;
   mode: ModeChoice;
   remoteCommand: string;
+  transport: SshTransport;
+  /** The ssh program and its leading arguments (openssh transport). */
+  sshCommand: string[];
   preserve: boolean;
   knownHostsFile: string | undefined;
   acceptNewHostKey: boolean;
@@ -139,6 +145,12 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
   const mode = options.mode ?? 'auto';
   if (mode !== 'auto' && mode !== 'helper' && mode !== 'sftp') throw usage(`--mode must be auto, helper or sftp, got '${mode}'`);
   if (options.remoteCmd !== undefined && options.remoteCmd.trim() === '') throw usage('--remote-cmd must not be empty');
+  const transport = options.transport ?? 'ssh2';
+  if (transport !== 'ssh2' && transport !== 'openssh') throw usage(`--transport must be ssh2 or openssh, got '${transport}'`);
+  if (transport === 'openssh' && mode === 'sftp') throw usage('--transport openssh carries the helper protocol only: drop --mode sftp, or use --transport ssh2 for SFTP');
+  const sshCommand = (options.sshCmd ?? 'ssh').trim().split(/\s+/).filter(Boolean);
+  if (sshCommand.length === 0) throw usage('--ssh-cmd must not be empty');
+  if (options.sshCmd !== undefined && transport !== 'openssh') throw usage('--ssh-cmd is used by --transport openssh only: add --transport openssh');
   if (options.json && options.quiet) throw usage('--json and --quiet cannot be used together');
   if (options.nats !== undefined && !/^(nats|tls|ws|wss):\/\/\S+$/.test(options.nats)) {
     throw usage(`--nats must be a URL like nats://host:4222, got '${options.nats}'`);
@@ -153,6 +165,8 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     hashGiven: options.hash !== undefined,
     mode,
     remoteCommand: options.remoteCmd ?? DEFAULT_REMOTE_COMMAND,
+    transport,
+    sshCommand,
     preserve: options.preserve ?? false,
     knownHostsFile: options.knownHosts,
     acceptNewHostKey: options.acceptNewHostKey ?? false,

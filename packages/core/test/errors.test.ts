@@ -30,6 +30,7 @@ describe('exit codes', () => {
       NATS_SERVER_MISSING: 60,
       HELPER_UNAVAILABLE: 61,
       PROTOCOL: 62,
+      SSH_CLIENT_MISSING: 63,
       AGENTS_FAILED: 70,
       RANGE_FAILED: 71,
       INTERRUPTED: 130,

@@ -15,6 +15,7 @@ export { HelperClient } from './helper-client.js';
 export type { HelperStreams, RangeWrite } from './helper-client.js';
 export { SftpSession, sftpErrno } from './sftp-session.js';
 export { connectRemote } from './remote.js';
+export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
 export type { RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
 export { execCapture } from './exec.js';
 export type { ExecResult } from './exec.js';

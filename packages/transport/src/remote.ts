@@ -7,6 +7,8 @@ import type { Client } from 'ssh2';
 import { FerryError, createHasher, destinationError, errnoOf, hostLabel, toFerryError } from '@ferry/core';
 import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { execCapture } from './exec.js';
+import { connectOpenSsh } from './openssh.js';
+import type { ExecResult } from './exec.js';
 import { HelperClient } from './helper-client.js';
 import type { RangeWrite } from './helper-client.js';
 import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
@@ -38,7 +40,6 @@ export interface RemoteConnection {
   /** False once the SSH connection (or the helper session) has ended. */
   readonly alive: boolean;
   readonly mode: TransferMode;
-  readonly client: Client;
   stat(path: string): Promise<StatResult | undefined>;
   /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
   createSized(path: string, size: number, mode?: number): Promise<void>;
@@ -90,13 +91,19 @@ async function startHelper(client: Client, command: string, label: string): Prom
 
 /** Opens an SSH connection and a data session in the requested mode; 'auto' tries the helper first. */
 export async function connectRemote(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
+  if (ssh.transport === 'openssh') return connectOpenSsh(target, ssh, options);
   const client = await connectSsh(target, ssh, options);
   const label = hostLabel(target);
   try {
     if (options.mode !== 'sftp') {
       try {
         const helper = await startHelper(client, options.remoteCommand, label);
-        return new HelperConnection(client, helper, label);
+        const watch = watchClient(client);
+        return new HelperConnection(
+          { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) },
+          helper,
+          label,
+        );
       } catch (err) {
         if (options.mode === 'helper') throw err;
       }
@@ -121,19 +128,24 @@ function watchClient(client: Client): { readonly ended: boolean } {
   return state;
 }
 
-class HelperConnection implements RemoteConnection {
+/** What a helper session runs over: an ssh2 connection or an `ssh` subprocess. */
+export interface HelperCarrier {
+  readonly ended: boolean;
+  end(): void;
+  /** Runs a short command on the remote host. */
+  exec(command: string): Promise<ExecResult>;
+}
+
+export class HelperConnection implements RemoteConnection {
   readonly mode = 'helper' as const;
-  private readonly watch: { readonly ended: boolean };
   constructor(
-    readonly client: Client,
+    private readonly carrier: HelperCarrier,
     private readonly helper: HelperClient,
     readonly label: string,
-  ) {
-    this.watch = watchClient(client);
-  }
+  ) {}
 
   get alive(): boolean {
-    return !this.watch.ended && !this.helper.closed;
+    return !this.carrier.ended && !this.helper.closed;
   }
 
   async stat(path: string): Promise<StatResult | undefined> {
@@ -220,14 +232,14 @@ class HelperConnection implements RemoteConnection {
 
   async realpath(path: string): Promise<string> {
     if (path.startsWith('/')) return path;
-    const res = await execCapture(this.client, 'pwd', this.label);
+    const res = await this.carrier.exec('pwd');
     const home = res.stdout.trim();
     return path === '.' ? home : `${home}/${path}`;
   }
 
   close(): void {
     this.helper.close();
-    this.client.end();
+    this.carrier.end();
   }
 }
 

@@ -1,0 +1,148 @@
+/**
+ * The OpenSSH-subprocess transport: each connection is an `ssh host ferry serve`
+ * process and the helper protocol runs over its stdin/stdout. The user's
+ * ~/.ssh/config applies (ProxyJump, GSSAPI, ControlMaster, ciphers), and the
+ * encryption runs in OpenSSH's C code instead of Node's event loop. Host keys are
+ * checked by ssh itself against the same known_hosts file ferry would use.
+ */
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { FerryError, hostLabel } from '@ferry/core';
+import type { RemoteHost, SshSettings } from '@ferry/core';
+import type { ExecResult } from './exec.js';
+import { HelperClient } from './helper-client.js';
+import { HelperConnection } from './remote.js';
+import type { RemoteConnection, RemoteOptions } from './remote.js';
+
+const HELPER_HELLO_TIMEOUT_MS = 20_000;
+const STDERR_TAIL_BYTES = 4000;
+
+/** The `ssh` argument vector for one connection running `command` on `target`. */
+export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { acceptNewHostKey?: boolean }, command: string): { file: string; args: string[] } {
+  const [file = 'ssh', ...leading] = ssh.sshCommand ?? ['ssh'];
+  const args = [
+    ...leading,
+    '-T',
+    '-x',
+    '-o', 'BatchMode=yes',
+    '-o', `ConnectTimeout=${Math.max(1, Math.ceil(ssh.connectTimeoutMs / 1000))}`,
+    '-o', 'ServerAliveInterval=15',
+    '-o', 'ServerAliveCountMax=4',
+    ...(ssh.knownHostsGiven ? ['-o', `UserKnownHostsFile="${ssh.knownHostsFile}"`] : []),
+    '-o', `StrictHostKeyChecking=${options.acceptNewHostKey ? 'accept-new' : 'yes'}`,
+    '-p', String(target.port),
+    '-l', target.user,
+  ];
+  for (const identity of ssh.identityFiles) args.push('-i', identity);
+  args.push('--', target.host, command);
+  return { file, args };
+}
+
+/** Turns what a failed `ssh` printed into the error a user can act on. */
+export function classifySshFailure(stderr: string, exitCode: number | null, target: RemoteHost, ssh: SshSettings, command: string): FerryError {
+  const label = hostLabel(target);
+  const said = stderr.trim().split('\n').filter((l) => l.trim() && !/^\s*(@+|Warning: Permanently added)/.test(l)).slice(-3).join('; ');
+  if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/i.test(stderr)) {
+    return new FerryError(
+      'HOST_KEY_CHANGED',
+      `host key of ${label} differs from the one in ${ssh.knownHostsFile}: this may be an attack; if the host was reinstalled, remove the old key with 'ssh-keygen -R ${target.port === 22 ? target.host : `[${target.host}]:${target.port}`} -f ${ssh.knownHostsFile}'`,
+      { host: label },
+    );
+  }
+  if (/Host key verification failed|No .*host key is known/i.test(stderr)) {
+    return new FerryError(
+      'HOST_KEY_UNKNOWN',
+      `host key of ${label} is not in ${ssh.knownHostsFile}: check its fingerprint with the host's admins, then rerun with --accept-new-host-key (or add it with ssh-keyscan)`,
+      { host: label },
+    );
+  }
+  if (/Permission denied|Too many authentication failures|no more authentication methods/i.test(stderr)) {
+    return new FerryError(
+      'SSH_AUTH_FAILED',
+      `authentication as ${target.user}@${label} failed (ssh said: ${said}): add your public key to ~${target.user}/.ssh/authorized_keys on ${target.host}, load it into ssh-agent, or pass -i KEYFILE`,
+      { host: label },
+    );
+  }
+  if (exitCode === 255 || /Connection refused|No route to host|timed out|Could not resolve hostname|Network is unreachable|kex_exchange_identification|Connection closed by/i.test(stderr)) {
+    return new FerryError(
+      'HOST_UNREACHABLE',
+      `cannot reach ${label} over SSH (ssh said: ${said || `exit ${exitCode}`}): check the host name and port, the network path, and that sshd runs there`,
+      { host: label },
+    );
+  }
+  const why = exitCode === 127 || /not found/i.test(stderr) ? 'command not found' : said || `exit ${exitCode}`;
+  return new FerryError(
+    'HELPER_UNAVAILABLE',
+    `cannot start '${command}' on ${label} (${why}): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)`,
+    { host: label },
+  );
+}
+
+function missingClient(file: string, err: Error): FerryError {
+  return new FerryError('SSH_CLIENT_MISSING', `cannot run '${file}' for --transport openssh (${(err as NodeJS.ErrnoException).code ?? err.message}): install OpenSSH's client, point --ssh-cmd at it, or use --transport ssh2`, { cause: err });
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('close', () => resolve()));
+}
+
+/** Runs one short command over a fresh `ssh` process and captures its output. */
+function runOnce(target: RemoteHost, ssh: SshSettings, options: RemoteOptions, command: string): Promise<ExecResult> {
+  const { file, args } = opensshArgs(target, ssh, options, command);
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
+    child.once('error', (err) => reject(missingClient(file, err)));
+    child.once('close', (code, signal) => {
+      if (code === 255) return reject(classifySshFailure(stderr, code, target, ssh, command));
+      resolve({ code, signal: signal ?? undefined, stdout, stderr });
+    });
+  });
+}
+
+/** Starts `ssh target remoteCommand` and speaks the helper protocol over it. */
+export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
+  const label = hostLabel(target);
+  if (options.mode === 'sftp') {
+    throw new FerryError('USAGE', '--transport openssh carries the helper protocol only: use --mode helper (or auto), or --transport ssh2 for --mode sftp');
+  }
+  if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
+  const { file, args } = opensshArgs(target, ssh, options, options.remoteCommand);
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
+  const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(missingClient(file, err))));
+  spawnError.catch(() => {});
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  };
+  const helper = new HelperClient({ input: child.stdin, output: child.stdout, close: kill }, label);
+  const onAbort = () => kill();
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.race([helper.handshake(ssh.connectTimeoutMs + HELPER_HELLO_TIMEOUT_MS), spawnError]);
+  } catch (err) {
+    kill();
+    if (err instanceof FerryError && err.code === 'SSH_CLIENT_MISSING') throw err;
+    await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
+    if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
+    throw classifySshFailure(stderr, child.exitCode, target, ssh, options.remoteCommand);
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  return new HelperConnection(
+    {
+      get ended() {
+        return child.exitCode !== null || child.signalCode !== null;
+      },
+      end: kill,
+      exec: (command) => runOnce(target, ssh, options, command),
+    },
+    helper,
+    label,
+  );
+}
