@@ -50,6 +50,8 @@ describe('resolveCopyOptions: defaults', () => {
       hashGiven: false,
       mode: 'auto',
       remoteCommand: 'ferry serve',
+      transport: 'ssh2',
+      sshCommand: ['ssh'],
       preserve: false,
       knownHostsFile: undefined,
       acceptNewHostKey: false,
@@ -103,6 +105,8 @@ describe('resolveCopyOptions: valid values', () => {
       hashGiven: true,
       mode: 'sftp',
       remoteCommand: '/opt/ferry/bin/ferry serve',
+      transport: 'ssh2',
+      sshCommand: ['ssh'],
       preserve: true,
       knownHostsFile: '/etc/ssh/known',
       acceptNewHostKey: true,
@@ -118,6 +122,16 @@ describe('resolveCopyOptions: valid values', () => {
       connectTimeoutMs: 5000,
       restart: false,
     });
+  });
+
+  it('takes --transport openssh with an --ssh-cmd split at spaces, and refuses combinations that cannot work', () => {
+    const r = resolveCopyOptions({ transport: 'openssh', sshCmd: '  /opt/hpnssh/bin/ssh  -F /etc/ssh/hpc ' });
+    expect(r.transport).toBe('openssh');
+    expect(r.sshCommand).toEqual(['/opt/hpnssh/bin/ssh', '-F', '/etc/ssh/hpc']);
+    expect(() => resolveCopyOptions({ transport: 'scp' })).toThrow("--transport must be ssh2 or openssh, got 'scp'");
+    expect(() => resolveCopyOptions({ transport: 'openssh', mode: 'sftp' })).toThrow('--transport openssh carries the helper protocol only');
+    expect(() => resolveCopyOptions({ transport: 'openssh', sshCmd: '   ' })).toThrow('--ssh-cmd must not be empty');
+    expect(() => resolveCopyOptions({ sshCmd: 'ssh' })).toThrow('--ssh-cmd is used by --transport openssh only');
   });
 
   it('accepts numbers for the numeric options', () => {
