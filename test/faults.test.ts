@@ -115,6 +115,22 @@ describe('fault tolerance', () => {
     expect(run.events.some((e) => e.type === 'agent.error' && e.code === 'CONNECTION_LOST' && e.fatal === false)).toBe(true);
   });
 
+  it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {
+    const dir = join(work.path, 't3b');
+    await mkdir(dir);
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--transport', 'openssh', '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done', 4);
+    // ferry cp -> agents -> one ssh process per connection.
+    const agents = (await Promise.all((await childPids(run.child.pid!)).map(async (pid) => ((await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes('\0agent\0') ? [pid] : [])))).flat();
+    expect(agents.length).toBe(2);
+    const ssh = (await Promise.all(agents.map((pid) => childPids(pid)))).flat();
+    expect(ssh.length).toBe(4);
+    process.kill(ssh[0]!, 'SIGKILL');
+    await finish(run, join(dir, 'src.bin'));
+    expect(run.events.some((e) => e.type === 'agent.error' && e.code === 'CONNECTION_LOST' && e.fatal === false)).toBe(true);
+  });
+
   it('4. finishes on the other host when one of two remote hosts goes down', async () => {
     const dir = join(work.path, 't4');
     await mkdir(dir);
