@@ -10,8 +10,9 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { jetstream } from '@nats-io/jetstream';
-import type { Consumer, JetStreamClient, JsMsg } from '@nats-io/jetstream';
+import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BufferPool,
@@ -33,6 +34,9 @@ import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
 import { pullRange, pushRange } from './pump.js';
+import { discardConnection, discardRange } from './discard.js';
+import { forEachLimit, prefetchCount } from './concurrency.js';
+import { JetStreamPublisher } from './publisher.js';
 
 export interface AgentOptions {
   jobId: string;
@@ -68,9 +72,12 @@ const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE
 const HOST_TROUBLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
 
 const NEXT_EXPIRES_MS = 2_000;
-/** With unsynced ranges waiting, poll for work briefly and fsync when none comes. */
-const NEXT_EXPIRES_PENDING_MS = 1_000;
+/** With unsynced ranges waiting, this long without new work starts their fsync. */
+const QUIET_BEFORE_DURABLE_MS = 100;
+const QUIET = Symbol('quiet');
 const CHUNK_BYTES = 1024 * 1024;
+/** Completions of one durable batch being published (and their items acked) at once, at most. */
+const REPORTS_IN_FLIGHT = 64;
 /** NATS unreachable this long: the job is gone, stop. (A restarting server is back within seconds.) */
 const NATS_GONE_MS = 120_000;
 /** How long a completion may fail to publish (NATS down) before the agent gives up. */
@@ -115,11 +122,11 @@ async function openLocal(spec: JobSpec): Promise<FileHandle> {
 }
 
 /** Publishes to JetStream, retrying through NATS outages (the server restarting) until a deadline. */
-async function publishDurably(js: JetStreamClient, subject: string, data: Uint8Array, isStopping: () => boolean): Promise<void> {
+async function publishDurably(publisher: JetStreamPublisher, subject: string, data: Uint8Array, isStopping: () => boolean): Promise<void> {
   const deadline = Date.now() + PUBLISH_DEADLINE_MS;
   for (let attempt = 0; ; attempt++) {
     try {
-      await js.publish(subject, data, { timeout: 10_000 });
+      await publisher.publish(subject, data);
       return;
     } catch (err) {
       if (Date.now() > deadline || (isStopping() && attempt > 20)) {
@@ -128,18 +135,6 @@ async function publishDurably(js: JetStreamClient, subject: string, data: Uint8A
       await sleep(Math.min(2000, 100 * 2 ** attempt));
     }
   }
-}
-
-async function ackDurably(msg: JsMsg): Promise<void> {
-  for (let attempt = 0; attempt < 10; attempt++) {
-    try {
-      if (await msg.ackAck({ timeout: 5000 })) return;
-    } catch {
-      // retried below
-    }
-    await sleep(Math.min(2000, 100 * 2 ** attempt));
-  }
-  // Not fatal: the item comes back and is done again, and its completion is already stored.
 }
 
 interface HostHealth {
@@ -154,6 +149,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const subjects = jobSubjects(options.jobId);
   const nc: NatsConnection = await connectBus({ url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}` });
   const js = jetstream(nc);
+  const publisher = new JetStreamPublisher(nc);
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };
   let inFlight = 0;
   const pendingCounts = new Map<number, () => number>();
@@ -165,12 +161,36 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const stopped = new Promise<void>((resolve) => {
     wake = resolve;
   });
+  /** Waits cut short by a stop (see orStop). */
+  const wakeOnStop = new Set<() => void>();
   const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
     log(`stopping: ${why}`);
     abort.abort(new Error(why));
     wake();
+    for (const w of wakeOnStop) w();
+  };
+  /**
+   * `p`, or null as soon as the agent stops. (Not `Promise.race([p, stopped])`: each
+   * race leaves a reaction on `stopped` until the end, one per range.)
+   */
+  const orStop = <T>(p: Promise<T>): Promise<T | null> => {
+    if (stopping) return Promise.resolve(null);
+    return new Promise<T | null>((resolve, reject) => {
+      const w = () => resolve(null);
+      wakeOnStop.add(w);
+      p.then(
+        (v) => {
+          wakeOnStop.delete(w);
+          resolve(v);
+        },
+        (err: unknown) => {
+          wakeOnStop.delete(w);
+          reject(err);
+        },
+      );
+    });
   };
   const onSignal = () => stop('interrupted');
   options.signal?.addEventListener('abort', onSignal, { once: true });
@@ -212,33 +232,47 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
 
   let spec: JobSpec;
   let consumer: Consumer;
-  let local: FileHandle;
+  /** The local file; none in a discard job (the benchmark reads nothing). */
+  let local: FileHandle | undefined;
+  let kv: KV;
   try {
-    const kv = await new Kvm(nc).open(subjects.kvBucket);
+    kv = await new Kvm(nc).open(subjects.kvBucket);
     const entry = await kv.get('spec');
     if (!entry || entry.length === 0) throw new FerryError('PROTOCOL', `job ${options.jobId} has no spec in NATS: is the coordinator running?`);
     spec = decodeJobSpec(entry.value, options.jobId);
     consumer = await js.consumers.get(subjects.workStream, subjects.workConsumer);
-    local = await openLocal(spec);
+    if (!spec.discard) local = await openLocal(spec);
   } catch (err) {
     const e = toFerryError(err);
     publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
+    publisher.close();
     await nc.drain().catch(() => {});
     if (parentWatch) clearInterval(parentWatch);
     throw e;
   }
 
+  const onControl = (data: Uint8Array) => {
+    try {
+      const control = decodeControl(data, options.jobId);
+      if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
+    } catch (e) {
+      log(`ignoring control message: ${(e as Error).message}`);
+    }
+  };
   nc.subscribe(subjects.control, {
     callback: (err, msg) => {
-      if (err) return;
-      try {
-        const control = decodeControl(msg.data, options.jobId);
-        if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
-      } catch (e) {
-        log(`ignoring control message: ${(e as Error).message}`);
-      }
+      if (!err) onControl(msg.data);
     },
   });
+  // A stop sent before this agent subscribed (a short job, an agent that started late) is
+  // also in the job's bucket: read it once the subscription is in place.
+  try {
+    await nc.flush();
+    const said = await kv.get('stop');
+    if (said && said.operation === 'PUT' && said.length > 0) onControl(said.value);
+  } catch (err) {
+    log(`cannot read the job's stop flag: ${(err as Error).message}`);
+  }
   publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node, pid: process.pid, index: options.index ?? 0 });
 
   const heartbeat = () => {
@@ -261,6 +295,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   heartbeat();
 
   const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5);
+  const prefetch = prefetchCount(spec.rangeBytes);
   const hosts = spec.remoteHosts;
   const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;
@@ -319,9 +354,57 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     const pace = spec.connectionBytesPerSec > 0 ? makePacer(spec.connectionBytesPerSec) : undefined;
     const ticker = setInterval(() => {
       current?.working();
+      for (const m of queued) m.working();
       for (const p of pending) p.msg.working();
       for (const p of inFlush) p.msg.working();
     }, Math.max(1000, Math.floor(spec.ackWaitMs / 3)));
+
+    /**
+     * Work items pulled but not started. Small ranges are pulled several at a time
+     * (prefetchCount: a pull request per range would cost more than the range); a
+     * range of 16 MiB or more is pulled alone, when the worker is ready for it.
+     */
+    const queued: JsMsg[] = [];
+    let pulling: { done: Promise<boolean>; messages?: ConsumerMessages } | undefined;
+    let arrived: (() => void) | undefined;
+    /** Starts a pull unless one is open; resolves when it ends, true when it brought all it asked for. */
+    const pull = (): Promise<boolean> => {
+      if (pulling) return pulling.done;
+      const p: { done: Promise<boolean>; messages?: ConsumerMessages } = { done: Promise.resolve(false) };
+      p.done = (async () => {
+        let got = 0;
+        try {
+          p.messages = await consumer.fetch({ max_messages: prefetch, expires: NEXT_EXPIRES_MS });
+          if (stopping) p.messages.stop();
+          for await (const m of p.messages) {
+            got++;
+            queued.push(m);
+            arrived?.();
+          }
+          return got >= prefetch;
+        } finally {
+          if (pulling === p) pulling = undefined;
+        }
+      })();
+      pulling = p;
+      return p.done;
+    };
+    /** The next work item: a queued one, else the first a pull brings; null when a pull ends empty. */
+    const takeWork = async (): Promise<JsMsg | null> => {
+      for (;;) {
+        if (queued.length > 0) return queued.shift()!;
+        const came = new Promise<undefined>((resolve) => (arrived = () => resolve(undefined)));
+        const full = await Promise.race([pull(), came]);
+        arrived = undefined;
+        if (queued.length > 0) return queued.shift()!;
+        if (full === false) return null;
+      }
+    };
+    /** Work pulled and not started goes back at once when the worker leaves. */
+    const giveBackQueued = () => {
+      pulling?.messages?.stop();
+      for (const m of queued.splice(0)) m.nak();
+    };
 
     /** Ranges written through a connection that is gone may not be on disk: give them back. */
     const giveBackPending = () => {
@@ -339,7 +422,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         hostIndex = await pickHost(hostIndex);
         const host = hosts[hostIndex]!;
         try {
-          conn = await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal });
+          conn = spec.discard ? discardConnection(hostLabel(host)) : await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal });
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;
@@ -377,7 +460,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         if (previous) await previous;
         try {
           if (spec.direction === 'push') await f.fsync();
-          else await local.sync();
+          else await local!.sync();
         } catch (err) {
           log(`fsync on ${hostLabel(hosts[hostIndex]!)} failed, ${batch.length} ranges go back: ${(err as Error).message}`);
           for (const b of batch) {
@@ -386,11 +469,15 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
           return;
         }
-        for (const b of batch) {
+        // Each work item is acked only after its completion is stored; the ranges of a
+        // batch are reported side by side, not one round trip after the other. The ack
+        // itself is not waited for: if it is lost, the item comes back after ack_wait and
+        // is done again, and the coordinator ignores the second completion.
+        await forEachLimit(batch, REPORTS_IN_FLIGHT, async (b) => {
           b.completion.durable = true;
           try {
-            await publishDurably(js, subjects.doneSubject, encodeMessage(b.completion), () => stopping);
-            await ackDurably(b.msg);
+            await publishDurably(publisher, subjects.doneSubject, encodeMessage(b.completion), () => stopping);
+            b.msg.ack();
             summary.ranges++;
           } catch (err) {
             // NATS gone for good: the item comes back after ack_wait and is done again.
@@ -398,7 +485,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           } finally {
             inFlush.delete(b);
           }
-        }
+        });
+        // The acks are on their way to the server before the batch counts as reported.
+        await nc.flush().catch(() => {});
       })();
       flushing = run;
       void run.finally(() => {
@@ -413,12 +502,33 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     // trip sshd's MaxStartups (10 unauthenticated connections by default) and be dropped.
     const stagger = Math.floor(((index * spec.streams + slot) % 256) / 8) * 500;
     if (stagger > 0) await Promise.race([sleep(stagger), stopped]);
+    // Connect while the first work item is on its way, not after it arrives; its
+    // failure (if fatal) surfaces where a range would have connected.
+    let early: Promise<void> | undefined = stopping ? undefined : connect();
+    early?.catch(() => {});
 
     try {
       while (!stopping && !fatal) {
         let msg: JsMsg | null;
         try {
-          msg = await Promise.race([consumer.next({ expires: pending.length > 0 ? NEXT_EXPIRES_PENDING_MS : NEXT_EXPIRES_MS }), stopped.then(() => null)]);
+          // Pulled already: no waiting (and no timer) for it.
+          const next = queued.length > 0 ? Promise.resolve(queued.shift()!) : takeWork();
+          if (pending.length > 0 && queued.length === 0) {
+            // Written ranges wait for an fsync: when no work comes within a moment (the
+            // queue is empty, the copy is ending), make them durable now, keeping the
+            // same pull request open so nothing it brings is lost.
+            const first = await orStop(Promise.race([next, sleep(QUIET_BEFORE_DURABLE_MS).then((): typeof QUIET => QUIET)]));
+            if (first === QUIET) {
+              startDurable();
+              msg = await orStop(next);
+            } else {
+              msg = first;
+            }
+          } else {
+            msg = await orStop(next);
+          }
+          // An item that arrives after the stop goes back rather than wait out its ack_wait.
+          if (msg === null && stopping) void next.then((m) => m?.nak(), () => {});
         } catch (err) {
           if (stopping) break;
           log(`waiting for work: ${(err as Error).message}`);
@@ -443,6 +553,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         const startedAt = Date.now();
         let moved = 0;
         try {
+          if (early) {
+            const e = early;
+            early = undefined;
+            await e;
+          }
           if (!file) await connect();
           const job = {
             offset: item.offset,
@@ -456,12 +571,16 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
               summary.bytes += n;
             },
           };
-          const result = spec.direction === 'push' ? await pushRange(local, spec.localPath, file!, pool, job) : await pullRange(local, spec.localPath, file!, pool, job);
+          const result = spec.discard
+            ? discardRange(job)
+            : spec.direction === 'push'
+              ? await pushRange(local!, spec.localPath, file!, pool, job)
+              : await pullRange(local!, spec.localPath, file!, pool, job);
           const completion = completionOf(item, hosts[hostIndex]!, startedAt, { srcHash: result.srcHash, dstHash: result.dstHash });
           current = undefined;
           if (result.srcHash !== result.dstHash) {
             // Report at once; the coordinator re-sends it as a new attempt.
-            await publishDurably(js, subjects.doneSubject, encodeMessage(completion), () => stopping);
+            await publishDurably(publisher, subjects.doneSubject, encodeMessage(completion), () => stopping);
             msg.term('hash mismatch');
           } else {
             if (pending.length === 0) oldestPending = Date.now();
@@ -492,7 +611,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
               FATAL_FOR_JOB.has(e.code) || e.code === 'RANGE_FAILED'
                 ? e
                 : new FerryError('RANGE_FAILED', `range ${item.range} (bytes ${item.offset}-${item.offset + item.length}) failed ${deliveries} times; last on ${hostLabel(hosts[hostIndex]!)} from ${agentId}: ${e.message}`, { range: item.range, host: hostLabel(hosts[hostIndex]!) });
-            await publishDurably(js, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
+            await publishDurably(publisher, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
             msg.term(e.code);
             // The connection is fine (the disk is full, say): keep what was written before.
             if (conn?.alive) startDurable();
@@ -520,10 +639,13 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         }
       }
       // Stopping: what is written is made durable and reported before the agent leaves.
+      giveBackQueued();
       if (conn?.alive) startDurable();
       await settleDurable();
       giveBackPending();
     } finally {
+      giveBackQueued();
+      await early?.catch(() => {});
       await settleDurable();
       clearInterval(ticker);
       drop();
@@ -541,7 +663,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     clearInterval(lonely);
     if (parentWatch) clearInterval(parentWatch);
     heartbeat();
-    await local.close().catch(() => {});
+    await local?.close().catch(() => {});
+    publisher.close();
     await nc.drain().catch(() => {});
     options.signal?.removeEventListener('abort', onSignal);
   }

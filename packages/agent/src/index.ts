@@ -11,4 +11,5 @@ export type { AgentOptions, AgentSummary } from './agent.js';
 export { pushRange, pullRange } from './pump.js';
 export type { RangeJob, RangeResult } from './pump.js';
 export { connectBus } from './bus.js';
+export { JetStreamPublisher, PublishError, pubAckError } from './publisher.js';
 export type { BusOptions } from './bus.js';

@@ -8,18 +8,20 @@ import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from
 import { homedir, hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import { nanos } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  BENCH_DISCARD_ENV,
   DEFAULT_DURABLE_BYTES,
   DEFAULT_DURABLE_INTERVAL_MS,
   DEFAULT_MAX_DELIVER,
   FerryError,
   IntervalSet,
   JOURNAL_VERSION,
+  RangeHashes,
   MESSAGE_VERSION,
   decode,
   decodeAgentEvent,
@@ -32,6 +34,8 @@ import {
   formatBytes,
   jobSubjects,
   makeWorkItem,
+  benchDiscardRequested,
+  parseLocation,
   planRanges,
   rangeAt,
   resolveCopyOptions,
@@ -40,7 +44,7 @@ import {
   workItemId,
 } from '@ferry/core';
 import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint } from '@ferry/core';
-import { connectBus } from '@ferry/agent';
+import { JetStreamPublisher, connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
@@ -96,6 +100,8 @@ const AGENT_SILENCE_MS = 60_000;
 const PUBLISH_BATCH = 512;
 /** Agents get this long to make their ranges durable and leave before they are killed. */
 const AGENT_STOP_GRACE_MS = 15_000;
+/** Completions being journaled at once, at most (their records share fsyncs). */
+const COMPLETIONS_IN_FLIGHT = 4096;
 /** Range hashes are mirrored to KV in blocks of this many ranges. */
 const KV_HASH_BLOCK = 4096;
 
@@ -114,11 +120,12 @@ export function defaultStateDir(): string {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function publishRanges(js: JetStreamClient, subject: string, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number): Promise<void> {
+async function publishRanges(publisher: JetStreamPublisher, subject: string, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false): Promise<void> {
   let batch: Array<Promise<unknown>> = [];
   for (const i of indices) {
+    if (stopped()) break;
     const item = makeWorkItem(jobId, rangeAt(plan, i), attemptOf(i));
-    batch.push(js.publish(subject, encodeMessage(item), { msgID: `${workItemId(item)}:${runTag}` }));
+    batch.push(publisher.publish(subject, encodeMessage(item), `${workItemId(item)}:${runTag}`));
     if (batch.length >= PUBLISH_BATCH) {
       await Promise.all(batch);
       batch = [];
@@ -215,6 +222,8 @@ async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: 
   });
   const kv = await new Kvm(nc).create(s.kvBucket, { history: 1 });
   await kv.put('spec', encodeMessage(spec));
+  // A resumed job's bucket may hold the previous run's stop.
+  await kv.delete('stop');
   return kv;
 }
 
@@ -254,6 +263,7 @@ async function finalizeRemoteOn(conn: RemoteConnection, prep: PreparedCopy, pres
 }
 
 async function tempFileSize(prep: PreparedCopy): Promise<number | undefined> {
+  if (prep.discard) return prep.fileBytes; // a discard job's destination is always "there"
   if (prep.direction === 'push') return (await withRemote(prep, (c) => c.stat(prep.tempPath)))?.size;
   try {
     return (await stat(prep.tempPath)).size;
@@ -271,7 +281,7 @@ async function clearJobDir(dir: string): Promise<void> {
 interface RunState {
   plan: RangePlan;
   done: IntervalSet;
-  hashes: Array<string | undefined>;
+  hashes: RangeHashes;
   attempts: Map<number, number>;
   resends: number;
   /** Bytes of ranges already done when this run started. */
@@ -290,7 +300,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   const options: ResolvedCopyOptions = resolveCopyOptions(request.options);
   const emit = request.onEvent ?? (() => {});
   const started = Date.now();
-  const prep = await prepareCopy(request.source, request.destination, options, request.signal);
+  const discard = benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(request.source), parseLocation(request.destination));
+  if (discard) emit({ type: 'log', message: `${BENCH_DISCARD_ENV}=1: control-plane benchmark, no byte is read, moved or written and nothing is created at the destination` });
+  const prep = await prepareCopy(request.source, request.destination, options, request.signal, discard);
   const stateDir = options.stateDir ?? defaultStateDir();
   const jobDir = jobDirOf(stateDir, prep.jobId);
   let unlock: (() => Promise<void>) | undefined;
@@ -325,7 +337,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     } else {
       plan = planRanges(prep.fileBytes, options.rangeBytes);
       await clearJobDir(jobDir);
-      if (prep.direction === 'push') {
+      if (prep.discard) {
+        // No destination file: the benchmark's agents write nothing.
+      } else if (prep.direction === 'push') {
         await prep.conn.createSized(prep.tempPath, prep.fileBytes, 0o600).catch((err: unknown) => {
           throw destinationError(err, { host: prep.conn.label, path: prep.tempPath });
         });
@@ -371,13 +385,13 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     const state: RunState = {
       plan,
       done: folded?.done ?? new IntervalSet(),
-      hashes: new Array<string | undefined>(plan.count),
+      hashes: new RangeHashes(plan.count, job.hash),
       attempts: folded?.attempts ?? new Map(),
       resends: folded?.resends ?? 0,
       resumedBytes: 0,
       movedBytes: 0,
     };
-    for (const [i, h] of folded?.hashes ?? []) state.hashes[i] = h;
+    for (const [i, h] of folded?.hashes ?? []) if (i < plan.count) state.hashes.set(i, h);
     // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by the work left.
     const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, plan.count - state.done.size)));
     const resumed = folded !== undefined;
@@ -449,10 +463,12 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       );
     }
 
-    if (prep.direction === 'push') await finalizeRemote(prep, options.preserve);
+    if (prep.discard) {
+      // Nothing was written, so nothing is renamed into place.
+    } else if (prep.direction === 'push') await finalizeRemote(prep, options.preserve);
     else await finalizeLocal(prep, options.preserve);
 
-    const root = rootHash(hash, state.hashes as string[]);
+    const root = rootHash(hash, state.hashes.values());
     await journal!.append({ t: 'final', rootHash: root, at: Date.now() });
     const seconds = (Date.now() - started) / 1000;
     const summary: CopySummary = {
@@ -553,11 +569,13 @@ async function transfer(ctx: TransferContext): Promise<void> {
     nc = await connectBus({ url, token, name: `ferry-coordinator-${prep.jobId}` });
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
+    const publisher = new JetStreamPublisher(nc);
+    cleanup.push(() => publisher.close());
 
     // Completions an earlier run stored but did not journal (its coordinator died first).
     const journalRange = async (c: Completion) => {
       state.done.add(c.range);
-      state.hashes[c.range] = c.srcHash;
+      state.hashes.set(c.range, c.srcHash);
       await journal.append({ t: 'range', range: c.range, attempt: c.attempt, hash: c.srcHash, bytes: c.length, durable: true, agent: c.agent, host: c.remoteHost, at: Date.now() });
     };
     if (ctx.resumed) {
@@ -571,7 +589,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       for (const [range, hash] of await readKvMirror(nc, prep.jobId, plan)) {
         if (state.done.has(range)) continue;
         state.done.add(range);
-        state.hashes[range] = hash;
+        state.hashes.set(range, hash);
         await journal.append({ t: 'range', range, attempt: 0, hash, bytes: rangeAt(plan, range).length, durable: true, agent: 'kv-mirror', host: '', at: Date.now() });
         recovered++;
       }
@@ -608,11 +626,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
       durableIntervalMs: DEFAULT_DURABLE_INTERVAL_MS,
       ssh: prep.ssh,
       createdAt: Date.now(),
+      ...(prep.discard ? { discard: true } : {}),
     };
     const kv = await setupJobStreams(nc, jsm, spec);
     if (state.done.size === plan.count) return;
-    const missing = [...state.done.missing(plan.count)];
-    await publishRanges(js, subjects.workSubject, prep.jobId, runTag, plan, missing, (i) => state.attempts.get(i) ?? 0);
 
     let settle!: { resolve: () => void; reject: (err: FerryError) => void };
     const outcome = new Promise<void>((resolve, reject) => {
@@ -720,7 +737,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       }
       for (const b of [...dirtyBlocks]) {
         dirtyBlocks.delete(b);
-        const slice = state.hashes.slice(b * KV_HASH_BLOCK, (b + 1) * KV_HASH_BLOCK).map((h) => h ?? '');
+        const slice = state.hashes.slice(b * KV_HASH_BLOCK, (b + 1) * KV_HASH_BLOCK);
         await kv.put(`hashes.${b}`, encode(slice)).catch(() => {});
       }
     };
@@ -785,7 +802,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       if (c.srcHash !== c.dstHash) {
         // Whatever attempt it was, its bytes may be the last ones written: the range is suspect again.
         const wasDone = state.done.delete(c.range);
-        if (wasDone) state.hashes[c.range] = undefined;
+        if (wasDone) state.hashes.delete(c.range);
         else if (c.attempt < current) return; // a newer attempt is already on its way
         if (current >= options.maxResends) {
           fail(
@@ -802,33 +819,66 @@ async function transfer(ctx: TransferContext): Promise<void> {
         state.resends++;
         emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, destination ${c.dstHash}) via ${c.agent}` });
         await journal.append({ t: 'resend', range: c.range, attempt, reason: 'hash mismatch', at: Date.now() });
-        await publishRanges(js, subjects.workSubject, prep.jobId, runTag, plan, [c.range], () => attempt);
+        await publishRanges(publisher, subjects.workSubject, prep.jobId, runTag, plan, [c.range], () => attempt);
         return;
       }
       if (!c.durable || state.done.has(c.range)) return;
       await journalRange(c);
       state.movedBytes += c.length;
       hostBytes.set(c.remoteHost, (hostBytes.get(c.remoteHost) ?? 0) + c.length);
-      hostRecent.set(c.remoteHost, [...(hostRecent.get(c.remoteHost) ?? []), { at: Date.now(), bytes: c.length }]);
+      // Per host, one entry per second of durable ranges (not one per range: there may be thousands a second).
+      const recent = hostRecent.get(c.remoteHost) ?? [];
+      const last = recent.at(-1);
+      const at = Date.now();
+      if (last && at - last.at < 1000) last.bytes += c.length;
+      else recent.push({ at, bytes: c.length });
+      hostRecent.set(c.remoteHost, recent);
       dirtyBlocks.add(Math.floor(c.range / KV_HASH_BLOCK));
       emit({ type: 'range.done', range: c.range, bytes: c.length, agent: c.agent, host: c.remoteHost, hash: c.srcHash, seconds: (c.finishedAt - c.startedAt) / 1000, finishedAt: c.finishedAt });
       if (state.done.size === plan.count) succeed();
     };
+    // Completions are handled in arrival order, but not one at a time: each one's decisions
+    // (done, re-send) are taken at once and its journal record queued, and the next one is
+    // taken while the record is written, so the journal's group commit writes many records
+    // per fsync. A completion's message is acked once its record is on disk.
+    /** A completion that could not be handled: a malformed one is skipped (and acked), anything else fails the job. */
+    const unhandled = (m: JsMsg, err: unknown) => {
+      if (err instanceof FerryError && err.code === 'PROTOCOL') {
+        emit({ type: 'log', message: `ignoring a malformed completion: ${err.message}` });
+        m.ack();
+      } else fail(toFerryError(err));
+    };
     const consuming = (async () => {
+      const window: Array<Promise<void>> = [];
       try {
         for await (const m of messages) {
+          let c: Completion;
           try {
-            await handle(decodeCompletion(m.data, prep.jobId));
+            c = decodeCompletion(m.data, prep.jobId);
           } catch (err) {
-            if (err instanceof FerryError && err.code === 'PROTOCOL') emit({ type: 'log', message: `ignoring a malformed completion: ${err.message}` });
-            else throw err;
+            unhandled(m, err);
+            continue;
           }
-          m.ack();
+          window.push(handle(c).then(() => m.ack(), (err: unknown) => unhandled(m, err)));
+          if (window.length >= COMPLETIONS_IN_FLIGHT) await window.shift();
         }
       } catch (err) {
         fail(toFerryError(err));
+      } finally {
+        await Promise.all(window);
       }
     })();
+
+    // The plan is published while the agents start and work: they take ranges as they come,
+    // rather than wait for a million-range plan to be stored first. (The ranges missing now:
+    // a snapshot, since completions change the done set meanwhile.)
+    let stopPublishing = false;
+    const missing = IntervalSet.from(state.done.toArray()).missing(plan.count);
+    const publishing = publishRanges(publisher, subjects.workSubject, prep.jobId, runTag, plan, missing, (i) => state.attempts.get(i) ?? 0, () => stopPublishing || finished).catch((err: unknown) => fail(toFerryError(err)));
+    cleanup.push(async () => {
+      stopPublishing = true;
+      await publishing;
+    });
 
     await request.onRendezvous?.({ jobId: prep.jobId, url, token });
 
@@ -886,7 +936,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
     }
     // However it ended: agents make what they wrote durable, report it, and leave.
     const reason = failure ? (failure.code === 'INTERRUPTED' ? 'interrupted' : `job failed: ${failure.code}`) : 'job done';
-    nc.publish(subjects.control, encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason }));
+    const stopMessage = encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason });
+    // In the bucket first, for agents not subscribed yet (they read it after subscribing).
+    await kv.put('stop', stopMessage).catch(() => {});
+    nc.publish(subjects.control, stopMessage);
     await nc.flush().catch(() => {});
     if (launched) {
       const killTimer = setTimeout(() => void launched.stop(1000), AGENT_STOP_GRACE_MS);

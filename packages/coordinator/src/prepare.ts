@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { homedir, userInfo } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { FerryError, destinationError, errnoOf, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { DISCARD_HOST, FerryError, destinationError, errnoOf, formatLocation, hostLabel, parseLocation } from '@ferry/core';
 import type { Direction, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
@@ -39,6 +39,11 @@ export interface PreparedCopy {
   targetPath: string;
   /** Temporary file next to the target, renamed into place at the end. */
   tempPath: string;
+  /**
+   * Control-plane benchmark (FERRY_BENCH_DISCARD=1, destination discard:PATH): no
+   * remote host exists, nothing is created, written or renamed; `conn` refuses every use.
+   */
+  discard: boolean;
 }
 
 /**
@@ -212,7 +217,18 @@ export async function createLocalSized(path: string, size: number): Promise<void
   }
 }
 
-export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal): Promise<PreparedCopy> {
+/** The coordinator's connection in a discard job: there is no remote host, so any use is a bug. */
+function discardConnection(): RemoteConnection {
+  const none = () => Promise.reject(new FerryError('INTERNAL', `a discard job (FERRY_BENCH_DISCARD) has no remote host to talk to`));
+  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, close: () => {} };
+}
+
+/**
+ * `discard`: a control-plane benchmark job (see core's discard.ts; the caller
+ * has checked the command line). The source is checked as usual; the
+ * destination is never contacted.
+ */
+export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal, discard = false): Promise<PreparedCopy> {
   const src = parseLocation(source);
   const dst = parseLocation(destination);
   if (src.kind === 'local' && dst.kind === 'local') {
@@ -233,6 +249,36 @@ export async function prepareCopy(source: string, destination: string, options: 
     acceptNewHostKey: options.acceptNewHostKey,
     ...(signal ? { signal } : {}),
   };
+
+  if (discard) {
+    if (src.kind !== 'local') throw new FerryError('USAGE', 'a discard job needs a local source');
+    const sourcePath = resolve(src.path);
+    const info = await statLocalSource(sourcePath);
+    const targetPath = remoteLoc.path.endsWith('/') ? posix.join(remoteLoc.path, basename(sourcePath)) : remoteLoc.path;
+    // Never the id of a real copy, whatever a host called "discard" might hold.
+    const jobId = makeJobId('push', sourcePath, `discard\0${targetPath}`);
+    const tempPath = tempNameFor(targetPath, jobId);
+    return {
+      direction: 'push',
+      jobId,
+      sourceLabel: sourcePath,
+      destinationLabel: formatLocation({ ...remoteLoc, path: targetPath }),
+      fileBytes: info.size,
+      sourceMode: info.mode,
+      sourceMtimeMs: info.mtimeMs,
+      remoteHost: remoteHosts[0]!,
+      remoteHosts,
+      ssh,
+      conn: discardConnection(),
+      connectOptions: { ...connectOptions, mode: 'helper' },
+      mode: 'helper',
+      localPath: sourcePath,
+      remotePath: tempPath,
+      targetPath,
+      tempPath,
+      discard: true,
+    };
+  }
 
   if (src.kind === 'local') {
     const sourcePath = resolve(src.path);
@@ -260,6 +306,7 @@ export async function prepareCopy(source: string, destination: string, options: 
         remotePath: tempPath,
         targetPath,
         tempPath,
+        discard: false,
       };
     } catch (err) {
       conn.close();
@@ -302,6 +349,7 @@ export async function prepareCopy(source: string, destination: string, options: 
       remotePath,
       targetPath,
       tempPath,
+      discard: false,
     };
   } catch (err) {
     conn.close();

@@ -26,3 +26,5 @@ export * from './options.js';
 export { encodeRecord, replayJournal, JOURNAL_VERSION } from './journal.js';
 export type { JournalRecord, ReplayResult, SourceFingerprint } from './journal.js';
 export { BufferPool } from './pool.js';
+export { RangeHashes } from './range-hashes.js';
+export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } from './discard.js';

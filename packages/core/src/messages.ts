@@ -85,6 +85,12 @@ export interface JobSpec {
   durableIntervalMs: number;
   ssh: SshSettings;
   createdAt: number;
+  /**
+   * Control-plane benchmark only (FERRY_BENCH_DISCARD=1, see discard.ts): agents
+   * open no connection and move no byte; each range completes at once with
+   * `discardHash()` as both hashes, through the usual report and ack path.
+   */
+  discard?: boolean;
 }
 
 export interface WorkItem {
