@@ -74,6 +74,7 @@ if (import.meta.url === pathToFileURL(resolve(process.argv[1] ?? '')).href) {
     process.exit(2);
   }
   const json = JSON.parse(await readFile(file, 'utf8'));
+  for (const row of json.summary) row.direction ??= 'push';
   const out = file.replace(/\.json$/, '.svg');
   await plotThroughput(json.summary, `${json.scenario}: ${json.options?.size ? `${(json.options.size / 2 ** 30).toFixed(1)} GiB, ` : ''}${json.date ?? ''}`, out);
   process.stdout.write(`${out}\n`);

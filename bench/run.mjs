@@ -17,6 +17,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
+import { coordinator } from './coordinator.mjs';
+import { hash } from './hash.mjs';
+import { wan } from './wan.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -759,7 +762,7 @@ async function nodes(argv) {
 }
 
 /** Scenario name -> async function(argv). Add new scenarios here. */
-const SCENARIOS = { loopback, nodes };
+const SCENARIOS = { loopback, nodes, wan, hash, coordinator };
 
 const [name, ...rest] = process.argv.slice(2);
 if (!name || name === '-h' || name === '--help' || !SCENARIOS[name]) {

@@ -1,0 +1,761 @@
+// Benchmark scenario `wan`: an emulated long fat network between two network namespaces.
+//
+// `export async function wan(argv)`, in the style of the scenarios in bench/run.mjs (register it
+// in its SCENARIOS map), or standalone: `node bench/wan.mjs [options]`. Needs root.
+//
+// A client namespace (runs scp, sftp, rsync and ferry) and a server namespace (runs a throwaway
+// sshd, test/fixtures/sshd.mjs) hang off a private bridge. netem is absent on these machines, so
+// the link is emulated by its effect, not its delay (/work/shared/TESTBED.md): the client's
+// egress goes through htb with one class per bucket of TCP source ports, each capped at the
+// per-stream rate that RTT and windows would impose on one TCP stream (default 200 Mbit/s), all
+// under a parent class with the link's total rate (default 2 Gbit/s). See
+// bench/README.md for what runs and how to read the results.
+import { spawn, execFileSync } from 'node:child_process';
+import { createReadStream, existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { mkdtemp, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { randomFillSync } from 'node:crypto';
+import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { delimiter, join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { startSshd } from '../test/fixtures/sshd.mjs';
+import { plotThroughput } from './plot.mjs';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = join(ROOT, 'packages/cli/dist/main.js');
+// The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
+const { createHasher, parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
+
+const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
+
+// Everything this scenario creates is named after this prefix, so a later run removes the
+// leftovers of a crashed one. Nothing else on the machine is touched.
+const NS_C = 'fwan-c'; // client namespace; its host-side veth has the same name
+const NS_S = 'fwan-s'; // server namespace (sshd)
+const BRIDGE = 'fwanbr0';
+const SUBNET = '10.77.50';
+const BRIDGE_IP = `${SUBNET}.1`; // the host's address on the bridge (startSshd checks readiness from here)
+const CLIENT_IP = `${SUBNET}.10`;
+const SERVER_IP = `${SUBNET}.20`;
+const NETNS_DIR = '/var/run/netns';
+// One htb class per bucket of source ports (low 6 bits), as in TESTBED.md. The client's ephemeral
+// ports are confined to one aligned block of BUCKETS ports, so two concurrent connections never
+// share a bucket (with the full default range, 16 streams in 64 buckets collide 85% of the time).
+const BUCKETS = 64;
+const PORT_BASE = 32768; // a multiple of BUCKETS
+const CHECK_PORT = 5201;
+
+const DEFAULT_CONFIGS = [
+  'scp',
+  'sftp',
+  'rsync',
+  '-a 1 -s 1',
+  '-a 1 -s 4',
+  '-a 2 -s 4',
+  '-a 2 -s 8',
+  '-a 4 -s 4',
+  '--transport openssh -a 1 -s 1',
+  '--transport openssh -a 1 -s 4',
+  '--transport openssh -a 2 -s 4',
+  '--transport openssh -a 2 -s 8',
+];
+
+const HELP = `usage: npm run bench -- wan [options]         (needs root)
+
+  --size <size>         file size (default 512MiB)
+  --runs <n>            rounds; each round runs every tool once (default 2)
+  --configs <list>      comma-separated; scp, sftp, rsync, or ferry flags, optionally
+                        after the word ferry (a list starting with a dash needs
+                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2')
+                        (default "${DEFAULT_CONFIGS.join(',')}")
+  --link-mbit <n>       the link's total rate, Mbit/s (default 2000)
+  --stream-mbit <n>     the cap of one TCP stream, Mbit/s (default 200)
+  --out <dir>           where wan.md and wan.json go (default bench/results)
+`;
+
+// ---------------------------------------------------------------------------
+// A few helpers, as in bench/run.mjs (which does not export them).
+
+function which(cmd) {
+  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
+}
+const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+const median = (xs) => {
+  const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
+function sh(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return '';
+  }
+}
+function readText(path) {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return undefined;
+  }
+}
+function ferryVersion() {
+  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  if (!commit) return 'unknown (not a git checkout)';
+  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
+  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
+}
+function machine() {
+  return {
+    nproc: Number(sh('nproc', [])),
+    cpu: /^model name\s*:\s*(.*)$/m.exec(readText('/proc/cpuinfo') ?? '')?.[1] ?? cpus()[0]?.model ?? 'unknown',
+    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
+    kernel: sh('uname', ['-r']) || release(),
+    node: process.version,
+    openssh: sh('sh', ['-c', 'ssh -V 2>&1']),
+  };
+}
+function markdownTable(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+async function makeRandomFile(path, bytes) {
+  const fh = await open(path, 'w');
+  const chunk = Buffer.allocUnsafe(8 << 20);
+  try {
+    for (let at = 0; at < bytes; at += chunk.length) {
+      const n = Math.min(chunk.length, bytes - at);
+      randomFillSync(chunk, 0, n);
+      await fh.write(chunk, 0, n, at);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+function fileHash(path) {
+  return new Promise((resolveHash, reject) => {
+    const h = createHasher('xxh3');
+    createReadStream(path, { highWaterMark: 4 << 20 })
+      .on('data', (d) => h.update(d))
+      .on('end', () => resolveHash(h.digest()))
+      .on('error', reject);
+  });
+}
+function syncDisks() {
+  const t0 = performance.now();
+  execFileSync('sync');
+  return (performance.now() - t0) / 1000;
+}
+const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
+function machineTicks() {
+  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  return { tasks: user + nice + system, irq: irq + softirq, steal };
+}
+/** Waits (at most maxMs) until the machine has used under a tenth of a core for 3 s in a row. */
+const IDLE_MAX_MS = 30_000;
+async function waitForIdle(maxMs = IDLE_MAX_MS) {
+  const t0 = Date.now();
+  for (let quiet = 0; quiet < 3; ) {
+    const before = machineTicks();
+    await new Promise((r) => setTimeout(r, 1000));
+    quiet = (machineTicks().tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
+    if (Date.now() - t0 > maxMs) {
+      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
+      break;
+    }
+  }
+  return (Date.now() - t0) / 1000;
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Blocks the thread (used only while tearing down from a signal handler, which must not await). */
+const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+// ---------------------------------------------------------------------------
+// Namespaces, shaping, teardown.
+
+/** Pids of the processes in a named network namespace (as in test/fixtures/cluster.mjs). */
+function netnsPids(name) {
+  let ino;
+  try {
+    ino = statSync(join(NETNS_DIR, name)).ino;
+  } catch {
+    return [];
+  }
+  const link = `net:[${ino}]`;
+  const out = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readlinkSync(`/proc/${e}/ns/net`) === link) out.push(Number(e));
+    } catch {
+      // exited, or a kernel thread
+    }
+  }
+  return out;
+}
+function pidAlive(pid) {
+  const s = readText(`/proc/${pid}/stat`);
+  return s !== undefined && s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3) !== 'Z';
+}
+function killSync(pids, graceMs) {
+  const signal = (sig) => pids.forEach((p) => {
+    try {
+      process.kill(p, sig);
+    } catch {
+      // gone
+    }
+  });
+  signal('SIGTERM');
+  for (const deadline = Date.now() + graceMs; pids.some(pidAlive) && Date.now() < deadline; ) sleepSync(25);
+  signal('SIGKILL');
+  for (const deadline = Date.now() + 3000; pids.some(pidAlive) && Date.now() < deadline; ) sleepSync(25);
+}
+function run(cmd, args) {
+  try {
+    execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
+  } catch (err) {
+    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr ?? err.message).trim()}`);
+  }
+}
+
+let current; // the measured child process, if one is running
+let workDir;
+/**
+ * Removes everything this scenario makes: the processes in its namespaces (the measured tool,
+ * ferry's agents and nats-server, ssh, sshd and its sessions), the veths (with their qdiscs), the
+ * bridge, the namespaces and the work directory. Synchronous and idempotent: it also runs from the
+ * SIGINT handler, before bench/run.mjs's own handler (which knows nothing of this) exits.
+ */
+function teardownSync() {
+  if (current) {
+    try {
+      process.kill(-current.pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+  const pids = [NS_C, NS_S].flatMap(netnsPids);
+  if (pids.length > 0) killSync(pids, 2000);
+  for (const dev of [NS_C, NS_S, BRIDGE]) if (existsSync(`/sys/class/net/${dev}`)) sh('ip', ['link', 'del', dev]);
+  for (const ns of [NS_C, NS_S]) if (existsSync(join(NETNS_DIR, ns))) sh('ip', ['netns', 'del', ns]);
+  if (workDir) rmSync(workDir, { recursive: true, force: true });
+  workDir = undefined;
+}
+function onSignal(sig) {
+  log(`${sig}: stopping and cleaning up`);
+  teardownSync();
+  if (process.listenerCount(sig) === 1) process.exit(130); // standalone; under run.mjs its handler exits
+}
+
+/** htb burst: 10 ms at the rate, at least 64 KiB (one GSO packet must fit). */
+const burst = (mbit) => `${Math.max(64, Math.ceil((mbit * 1e6) / 8 / 100 / 1024))}k`;
+
+/**
+ * The shaping on one end's egress. An htb parent class with the link's total rate; under it one
+ * class per bucket of ports (matched by `portField`: sport on the client, dport on the server)
+ * with ceil = the per-stream cap. The buckets' own guaranteed rate is the link's share
+ * (link / BUCKETS), not the stream cap: htb never holds back a class sending below its own rate,
+ * so 16 classes of `rate 200mbit` under a 2 Gbit/s parent would let 3.2 Gbit/s through.
+ */
+function shape(ns, portField, linkMbit, streamMbit) {
+  const tc = (...args) => run('tc', ['-n', ns, ...args]);
+  tc('qdisc', 'replace', 'dev', 'eth0', 'root', 'handle', '1:', 'htb');
+  tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', `${linkMbit}mbit`, 'ceil', `${linkMbit}mbit`, 'burst', burst(linkMbit), 'cburst', burst(linkMbit), 'quantum', '65536');
+  const share = `${Math.floor((linkMbit * 1000) / BUCKETS)}kbit`;
+  for (let i = 0; i < BUCKETS; i++) {
+    const id = `1:${(0x100 + i).toString(16)}`;
+    tc('class', 'add', 'dev', 'eth0', 'parent', '1:1', 'classid', id, 'htb', 'rate', share, 'ceil', `${streamMbit}mbit`, 'burst', burst(streamMbit), 'cburst', burst(streamMbit), 'quantum', '65536');
+    tc('filter', 'add', 'dev', 'eth0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', portField, String(i), `0x${(BUCKETS - 1).toString(16)}`, 'flowid', id); // tc reads the mask as hex
+  }
+}
+
+/** Bytes sent so far by each bucket class on the client's egress. */
+function classBytes() {
+  const text = sh('tc', ['-n', NS_C, '-s', 'class', 'show', 'dev', 'eth0']);
+  const out = {};
+  for (const m of text.matchAll(/class htb (1:[0-9a-f]+) [^\n]*\n\s*Sent (\d+) bytes/g)) out[m[1]] = Number(m[2]);
+  return out;
+}
+
+function buildNetwork(linkMbit, streamMbit) {
+  run('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
+  run('ip', ['addr', 'add', `${BRIDGE_IP}/24`, 'dev', BRIDGE]);
+  run('ip', ['link', 'set', BRIDGE, 'up']);
+  for (const [ns, ip] of [
+    [NS_C, CLIENT_IP],
+    [NS_S, SERVER_IP],
+  ]) {
+    run('ip', ['netns', 'add', ns]);
+    run('ip', ['link', 'add', ns, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+    run('ip', ['link', 'set', ns, 'master', BRIDGE]);
+    run('ip', ['link', 'set', ns, 'up']);
+    run('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
+    run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']); // ferry's nats-server listens on 127.0.0.1
+  }
+  // Per-namespace sysctls: the client's connections get ports from one aligned block of BUCKETS
+  // (distinct buckets), and may reuse a port whose last connection to the sshd is in TIME_WAIT.
+  run('nsenter', [`--net=${join(NETNS_DIR, NS_C)}`, 'sysctl', '-q', '-w', `net.ipv4.ip_local_port_range=${PORT_BASE} ${PORT_BASE + BUCKETS - 1}`, 'net.ipv4.tcp_tw_reuse=1']);
+  // Push data leaves the client by its source port; the server's replies (ACKs) and any data it
+  // sends leave by the client's port as destination: the same caps both ways.
+  shape(NS_C, 'sport', linkMbit, streamMbit);
+  shape(NS_S, 'dport', linkMbit, streamMbit);
+}
+
+// ---------------------------------------------------------------------------
+// The quick check of the shaping: plain TCP, no ssh, n streams for a few seconds.
+
+const SINK = `const net=require('net');const [host,port,n]=process.argv.slice(1);let done=0,total=0,first=0,last=0;const per=[];
+net.createServer((s)=>{let b=0;s.on('data',(d)=>{const t=performance.now();if(!first)first=t;last=t;b+=d.length;total+=d.length});
+s.on('error',()=>{});s.on('close',()=>{per.push(b);if(++done===Number(n)){console.log(JSON.stringify({bytes:total,seconds:(last-first)/1000,perConnection:per}));process.exit(0)}})})
+.listen(Number(port),host,()=>console.log('listening'));`;
+const SOURCE = `const net=require('net');const [host,port,n,ms]=process.argv.slice(1);const buf=Buffer.alloc(1<<20);let stop=false;const socks=[];
+setTimeout(()=>{stop=true;for(const s of socks)s.end()},Number(ms));
+for(let i=0;i<Number(n);i++){const s=net.connect(Number(port),host,()=>{const pump=()=>{while(!stop&&s.write(buf));if(!stop)s.once('drain',pump)};pump()});
+s.on('error',(e)=>{console.error(e.message);process.exit(1)});socks.push(s)}`;
+
+async function checkShaping(streams, seconds) {
+  const nsenter = (ns) => ['nsenter', `--net=${join(NETNS_DIR, ns)}`];
+  const sink = spawn(nsenter(NS_S)[0], [...nsenter(NS_S).slice(1), process.execPath, '-e', SINK, SERVER_IP, String(CHECK_PORT), String(streams)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    let out = '';
+    sink.stdout.on('data', (d) => (out += d));
+    for (const deadline = Date.now() + 10_000; !out.includes('listening'); await sleep(20)) {
+      if (sink.exitCode !== null || Date.now() > deadline) throw new Error('shaping check: the sink did not start');
+    }
+    const before = classBytes();
+    const source = spawn(nsenter(NS_C)[0], [...nsenter(NS_C).slice(1), process.execPath, '-e', SOURCE, SERVER_IP, String(CHECK_PORT), String(streams), String(seconds * 1000)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    source.stderr.on('data', (d) => (err += d));
+    const sinkDone = new Promise((r) => sink.once('close', r));
+    const killer = setTimeout(() => {
+      source.kill('SIGKILL');
+      sink.kill('SIGKILL');
+    }, (seconds + 30) * 1000);
+    await Promise.all([new Promise((r) => source.once('close', r)), sinkDone]);
+    clearTimeout(killer);
+    const line = out.split('\n').find((l) => l.startsWith('{'));
+    if (!line) throw new Error(`shaping check with ${streams} stream(s) failed: ${err.trim() || 'no result from the sink'}`);
+    const r = JSON.parse(line);
+    const after = classBytes();
+    const buckets = Object.keys(after).filter((k) => k !== '1:1' && after[k] - (before[k] ?? 0) > 1e6).length;
+    return { streams, seconds: r.seconds, MBps: r.bytes / 1e6 / r.seconds, perConnectionMB: r.perConnection.map((b) => Math.round(b / 1e5) / 10), buckets };
+  } finally {
+    if (sink.exitCode === null) sink.kill('SIGKILL');
+  }
+}
+
+// ---------------------------------------------------------------------------
+// The tools.
+
+/** One entry of --configs as a tool (argv built like loopbackTool in bench/run.mjs, run in the client namespace). */
+function wanTool(entry, ctx) {
+  const { userKey, knownHosts, user } = ctx;
+  const host = SERVER_IP;
+  const port = 22;
+  const inClient = ['nsenter', `--net=${join(NETNS_DIR, NS_C)}`];
+  // The same ssh options for every OpenSSH tool as in the loopback scenario.
+  const sshOpts = [
+    '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com',
+  ];
+  if (entry === 'scp') return { name: 'scp', needs: 'scp', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'scp', '-q', ...sshOpts, '-P', String(port), src, `${user}@${host}:${dstFile}`] };
+  if (entry === 'sftp') {
+    return {
+      name: 'sftp',
+      needs: 'sftp',
+      streams: 1,
+      argv: async ({ src, dstFile, work }) => {
+        const batch = join(work, 'sftp-batch');
+        await writeFile(batch, `put "${src}" "${dstFile}"\n`);
+        return [...inClient, 'sftp', '-q', '-b', batch, ...sshOpts, '-P', String(port), `${user}@${host}`];
+      },
+    };
+  }
+  if (entry === 'rsync') {
+    const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
+    return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
+  }
+  const flags = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
+  // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
+  const flag = (short, long, dflt) => {
+    const i = flags.findIndex((f) => f === short || f === long);
+    const eq = flags.find((f) => f.startsWith(`${long}=`));
+    return Number(i >= 0 ? flags[i + 1] : eq ? eq.split('=')[1] : dflt);
+  };
+  const streams = flag('-a', '--agents', 2) * flag('-s', '--streams', 2);
+  const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
+  const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
+  return {
+    name: `ferry ${flags.join(' ')}`.trim(),
+    needs: null,
+    streams,
+    // A fresh state directory per run: ferry resumes a job it finds in its journal.
+    argv: ({ src, dstDir, stateDir }) => [
+      ...inClient, process.execPath, CLI, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
+      '-i', userKey, '--known-hosts', knownHosts,
+      '--remote-cmd', [process.execPath, CLI, 'serve'].map(shq).join(' '),
+      '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
+    ],
+  };
+}
+
+/** Where a cumulative byte counter, sampled as [seconds, bytes], passed `bytes` (linear between samples). */
+function crossing(samples, bytes) {
+  for (let i = 1; i < samples.length; i++) {
+    const [t0, b0] = samples[i - 1];
+    const [t1, b1] = samples[i];
+    if (b1 >= bytes) return b1 === b0 ? t1 : t0 + ((bytes - b0) / (b1 - b0)) * (t1 - t0);
+  }
+  return NaN;
+}
+
+/** Runs one command in its own process group; samples the client's wire bytes meanwhile. */
+async function measure(argv, timeoutMs) {
+  const rxPath = `/sys/class/net/${NS_C}/statistics/rx_bytes`; // host end of the client's veth: what the client sent
+  const rx = () => Number(readText(rxPath)) || 0;
+  const rx0 = rx();
+  const m0 = machineTicks();
+  const samples = [[0, 0]];
+  const t0 = performance.now();
+  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  current = child;
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  const sampler = setInterval(() => samples.push([(performance.now() - t0) / 1000, rx() - rx0]), 50);
+  let timedOut = false;
+  const killer = setTimeout(() => {
+    timedOut = true;
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }, timeoutMs);
+  const { code, signal, spawnError } = await new Promise((r) => {
+    child.once('error', (err) => r({ spawnError: err }));
+    child.once('exit', (c, s) => r({ code: c, signal: s }));
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  samples.push([seconds, rx() - rx0]);
+  clearInterval(sampler);
+  clearTimeout(killer);
+  current = undefined;
+  const m1 = machineTicks();
+  let error;
+  if (spawnError) error = `spawn: ${spawnError.message}`;
+  else if (timedOut) error = `timed out after ${timeoutMs / 1000} s`;
+  else if (code !== 0) error = `exit ${code ?? signal}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`;
+  return {
+    seconds,
+    error,
+    wireBytes: samples.at(-1)[1],
+    samples,
+    cpuBusy: (m1.tasks + m1.irq - m0.tasks - m0.irq) / CLK_TCK / seconds, // cores busy, whole machine
+    stealSeconds: (m1.steal - m0.steal) / CLK_TCK,
+  };
+}
+
+/** After a run: waits (at most 10 s) until the tool's processes are gone from both namespaces; kills what remains. */
+async function settle(sshdPid) {
+  const ours = () => [...netnsPids(NS_C), ...netnsPids(NS_S).filter((p) => p !== sshdPid)].filter(pidAlive);
+  for (const deadline = Date.now() + 10_000; ours().length > 0 && Date.now() < deadline; ) await sleep(100);
+  const left = ours();
+  if (left.length > 0) {
+    const names = left.map((p) => (readText(`/proc/${p}/cmdline`) ?? '').split('\0').slice(0, 3).join(' '));
+    killSync(left, 1000);
+    return names;
+  }
+  return [];
+}
+
+export async function wan(argv) {
+  const { values: o } = parseArgs({
+    args: argv,
+    options: {
+      size: { type: 'string', default: '512MiB' },
+      runs: { type: 'string', default: '2' },
+      configs: { type: 'string', default: DEFAULT_CONFIGS.join(',') },
+      'link-mbit': { type: 'string', default: '2000' },
+      'stream-mbit': { type: 'string', default: '200' },
+      out: { type: 'string', default: 'bench/results' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (o.help) return void process.stdout.write(HELP);
+  if (process.getuid?.() !== 0) throw new Error('the wan scenario builds network namespaces: run it as root');
+  const size = parseSize(o.size);
+  const runs = Number(o.runs);
+  const linkMbit = Number(o['link-mbit']);
+  const streamMbit = Number(o['stream-mbit']);
+  if (!size) throw new Error(`--size: not a size: ${o.size}`);
+  if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs: not a positive integer: ${o.runs}`);
+  if (!(linkMbit > 0) || !(streamMbit > 0) || streamMbit > linkMbit) throw new Error('--link-mbit and --stream-mbit: positive, stream <= link');
+  for (const bin of ['ip', 'tc', 'nsenter', 'sysctl']) if (!which(bin) && !existsSync(`/usr/sbin/${bin}`) && !existsSync(`/sbin/${bin}`)) throw new Error(`${bin} not found (apt-get install -y iproute2 util-linux procps)`);
+  if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs`);
+  const outDir = resolve(o.out);
+  const linkMBps = linkMbit / 8;
+  const streamMBps = streamMbit / 8;
+
+  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, onSignal);
+  let sshd;
+  try {
+    teardownSync(); // leftovers of a crashed run (same names)
+    buildNetwork(linkMbit, streamMbit);
+    log(`namespaces ${NS_C} (${CLIENT_IP}) and ${NS_S} (${SERVER_IP}): link ${linkMbit} Mbit/s, ${streamMbit} Mbit/s per TCP stream (${BUCKETS} port buckets)`);
+
+    // The quick check: plain TCP, one stream and 16 (or as many as fill the link), through the shaping.
+    const many = Math.min(BUCKETS, Math.max(16, Math.ceil(linkMbit / streamMbit)));
+    const check = [];
+    for (const n of [1, many]) {
+      await waitForIdle();
+      const c = await checkShaping(n, 4);
+      c.expectedMBps = Math.min(linkMBps, n * streamMBps);
+      c.ratio = c.MBps / c.expectedMBps;
+      check.push(c);
+      log(`shaping check, ${n} TCP stream(s): ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s (${c.buckets} bucket(s) used)`);
+    }
+    const shapingWarnings = [];
+    for (const c of check) {
+      // TCP/IP headers take ~4.5% of each 1514-byte frame: payload above the cap means no shaping.
+      if (c.buckets !== c.streams) throw new Error(`shaping check: ${c.streams} stream(s) used ${c.buckets} port bucket(s): the per-stream classes do not work here`);
+      if (c.ratio > 1.02) throw new Error(`shaping check: ${c.streams} stream(s) moved ${fmt(c.MBps, 1)} MB/s, more than the ${fmt(c.expectedMBps)} MB/s cap: the shaping does not work here`);
+      if (c.ratio < 0.85) shapingWarnings.push(`${c.streams} TCP stream(s) reached only ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s in the shaping check (machine busy?)`);
+    }
+    for (const w of shapingWarnings) log(`warning: ${w}`);
+
+    workDir = await mkdtemp(join(tmpdir(), 'ferry-bench-wan-'));
+    const work = workDir;
+    sshd = await startSshd({ dir: join(work, 'sshd'), netns: NS_S, listen: SERVER_IP, port: 22 });
+    log(`sshd in ${NS_S} on ${SERVER_IP}:22 (pid ${sshd.pid}), work dir ${work}`);
+    const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, user: sshd.user };
+
+    const tools = o.configs.split(',').map((s) => s.trim()).filter(Boolean).map((e) => wanTool(e, ctx));
+    const skipped = tools.filter((t) => t.needs && !which(t.needs)).map((t) => ({ tool: t.name, reason: `${t.needs} not installed` }));
+    const active = tools.filter((t) => !skipped.some((s) => s.tool === t.name));
+    for (const s of skipped) log(`skipping ${s.tool}: ${s.reason}`);
+
+    const src = join(work, 'src', 'source.bin');
+    const dstDir = join(work, 'dst');
+    const dstFile = join(dstDir, 'source.bin');
+    await mkdir(join(work, 'src'));
+    await mkdir(dstDir);
+    log(`writing ${formatBytes(size)} of random data to ${src}`);
+    await makeRandomFile(src, size);
+    syncDisks();
+    const srcHash = await fileHash(src); // also puts it in the page cache
+    // A run slower than a quarter of one stream's cap is broken, not slow.
+    const timeoutMs = Math.max(120_000, (size / 1e6 / (streamMBps / 4)) * 1000);
+
+    async function runOnce(round, tool) {
+      for (const name of await readdir(dstDir)) await rm(join(dstDir, name), { recursive: true, force: true });
+      syncDisks();
+      const idleWaitSeconds = await waitForIdle();
+      const stateDir = join(work, 'state');
+      await rm(stateDir, { recursive: true, force: true });
+      const argv = await tool.argv({ src, dstDir, dstFile, work, stateDir });
+      const before = classBytes();
+      const m = await measure(argv, timeoutMs);
+      const leftovers = await settle(sshd.pid);
+      const after = classBytes();
+      const bucketMB = Object.fromEntries(
+        Object.keys(after)
+          .filter((k) => k !== '1:1' && after[k] - (before[k] ?? 0) > 1e6)
+          .map((k) => [k, Math.round((after[k] - (before[k] ?? 0)) / 1e5) / 10]),
+      );
+      const syncSeconds = syncDisks();
+      if (!m.error) {
+        const st = existsSync(dstFile) ? statSync(dstFile) : undefined;
+        if (!st) m.error = 'destination file missing';
+        else if (st.size !== size) m.error = `destination has ${st.size} bytes, expected ${size}`;
+        else if ((await fileHash(dstFile)) !== srcHash) m.error = 'destination content differs from source';
+      }
+      const ok = !m.error;
+      // The wire view (bytes the client sent, headers included): how long until data flowed (1% of
+      // the file), and the rate between 10% and 90% of the run's wire bytes.
+      const firstDataSeconds = crossing(m.samples, 0.01 * size);
+      const t10 = crossing(m.samples, 0.1 * m.wireBytes);
+      const t90 = crossing(m.samples, 0.9 * m.wireBytes);
+      const steadyWireMBps = (0.8 * m.wireBytes) / 1e6 / (t90 - t10);
+      return {
+        round,
+        tool: tool.name,
+        streams: tool.streams,
+        argv,
+        ok,
+        error: m.error,
+        seconds: m.seconds,
+        mbps: ok ? size / 1e6 / m.seconds : NaN,
+        syncSeconds,
+        mbpsWithSync: ok ? size / 1e6 / (m.seconds + syncSeconds) : NaN,
+        wireBytes: m.wireBytes,
+        firstDataSeconds,
+        steadyWireMBps,
+        bucketsUsed: Object.keys(bucketMB).length,
+        bucketMB,
+        cpuBusyCores: m.cpuBusy,
+        stealSeconds: m.stealSeconds,
+        idleWaitSeconds,
+        busyBefore: idleWaitSeconds >= IDLE_MAX_MS / 1000,
+        leftovers,
+        wireSamples: m.samples.filter((_, i) => i % 4 === 0).map(([t, b]) => [Math.round(t * 1000) / 1000, b]),
+      };
+    }
+
+    const results = [];
+    for (let round = 1; round <= runs; round++) {
+      // Every round runs every tool once; the order rotates by one place each round.
+      const order = active.map((_, i) => active[(i + round - 1) % active.length]);
+      for (const tool of order) {
+        const rec = await runOnce(round, tool);
+        results.push(rec);
+        log(
+          `[${round}/${runs}] ${tool.name}: ` +
+            (rec.ok
+              ? `${rec.seconds.toFixed(2)} s, ${rec.mbps.toFixed(1)} MB/s (${fmt((rec.mbps / linkMBps) * 100)}% of the link), steady ${fmt(rec.steadyWireMBps)} MB/s on the wire, first data after ${fmt(rec.firstDataSeconds, 2)} s, ${rec.bucketsUsed} bucket(s), ${fmt(rec.cpuBusyCores, 2)} cores busy`
+              : `FAILED: ${rec.error}`) +
+            (rec.busyBefore ? ' (machine busy before the run)' : '') +
+            (rec.leftovers.length ? ` (killed leftovers: ${rec.leftovers.join('; ')})` : ''),
+        );
+      }
+    }
+
+    // Summary per tool.
+    const scpMedian = median(results.filter((r) => r.ok && r.tool === 'scp').map((r) => r.mbps));
+    const summary = tools.map((tool) => {
+      const skip = skipped.find((s) => s.tool === tool.name);
+      const mine = results.filter((r) => r.tool === tool.name);
+      const good = mine.filter((r) => r.ok);
+      const rates = good.map((r) => r.mbps);
+      return {
+        tool: tool.name,
+        streams: tool.streams,
+        skipped: skip?.reason,
+        ok: good.length,
+        runs: mine.length,
+        medianMBps: median(rates),
+        minMBps: Math.min(...rates),
+        maxMBps: Math.max(...rates),
+        vsLink: median(rates) / linkMBps,
+        vsScp: median(rates) / scpMedian,
+        medianSteadyWireMBps: median(good.map((r) => r.steadyWireMBps)),
+        medianFirstDataSeconds: median(good.map((r) => r.firstDataSeconds)),
+        medianMBpsWithSync: median(good.map((r) => r.mbpsWithSync)),
+        medianBucketsUsed: median(good.map((r) => r.bucketsUsed)),
+        medianCpuBusyCores: median(good.map((r) => r.cpuBusyCores)),
+      };
+    });
+
+    // The targets of issue 5.
+    const ferry = summary.filter((s) => s.tool.startsWith('ferry') && s.ok > 0);
+    const best = (xs) => xs.reduce((a, b) => (b.medianMBps > (a?.medianMBps ?? -1) ? b : a), undefined);
+    const best16 = best(ferry.filter((s) => s.streams >= 16));
+    const ferry1 = ferry.filter((s) => s.streams === 1);
+    const targets = [];
+    if (best16) targets.push({ target: `ferry at 16 streams >= 90% of the link (${fmt(0.9 * linkMBps)} MB/s)`, tool: best16.tool, value: best16.vsLink, met: best16.vsLink >= 0.9, text: `${fmt(best16.medianMBps, 1)} MB/s = ${fmt(best16.vsLink * 100)}% of the link` });
+    for (const s of ferry1) if (Number.isFinite(s.vsScp)) targets.push({ target: 'ferry at 1 stream within 10% of scp', tool: s.tool, value: s.vsScp, met: s.vsScp >= 0.9, text: `${fmt(s.medianMBps, 1)} MB/s = ${fmt(s.vsScp, 2)}x scp` });
+
+    const header = ['tool', 'streams', 'ok', 'median MB/s', 'min-max MB/s', 'vs link', 'vs scp', 'steady wire MB/s', 'first data s', 'MB/s incl. sync', 'buckets', 'cores busy'];
+    const rows = summary.map((s) =>
+      s.skipped
+        ? [s.tool, s.streams, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '', '']
+        : [
+            s.tool,
+            s.streams,
+            `${s.ok}/${s.runs}`,
+            fmt(s.medianMBps, 1),
+            s.ok ? `${fmt(s.minMBps, 1)}-${fmt(s.maxMBps, 1)}` : '-',
+            Number.isFinite(s.vsLink) ? `${fmt(s.vsLink * 100)}%` : '-',
+            Number.isFinite(s.vsScp) ? `${s.vsScp.toFixed(2)}x` : '-',
+            fmt(s.medianSteadyWireMBps),
+            fmt(s.medianFirstDataSeconds, 2),
+            fmt(s.medianMBpsWithSync, 1),
+            fmt(s.medianBucketsUsed),
+            fmt(s.medianCpuBusyCores, 2),
+          ],
+    );
+    const table = markdownTable(header, rows);
+    const failures = results.filter((r) => !r.ok);
+    const busy = results.filter((r) => r.busyBefore);
+    const m = machine();
+    const date = new Date().toISOString();
+    process.stdout.write(`\n${table}\n`);
+    for (const t of targets) process.stdout.write(`${t.met ? 'met    ' : 'NOT met'}  ${t.target}: ${t.tool}: ${t.text}\n`);
+    if (failures.length > 0) process.stdout.write(`\n${failures.length} failed run(s):\n${failures.map((f) => `  round ${f.round} ${f.tool}: ${f.error}`).join('\n')}\n`);
+
+    const md = [
+      '# Benchmark: wan',
+      '',
+      `Two network namespaces on a private bridge; the link emulated as ${linkMbit} Mbit/s (${fmt(linkMBps)} MB/s) in total with each TCP stream capped at ${streamMbit} Mbit/s (${fmt(streamMBps, 1)} MB/s), the limit that RTT and windows put on one stream of a long fat network (no added delay: netem is absent). Push from the client namespace to an sshd in the server namespace. Generated by \`npm run bench -- wan\` (see bench/README.md).`,
+      '',
+      `- Date: ${date}`,
+      `- Machine: ${m.nproc} CPUs (nproc), ${m.cpu}, ${m.ramGiB} GiB RAM; kernel ${m.kernel}; Node ${m.node}; ${m.openssh}`,
+      `- ferry: ${ferryVersion()}`,
+      `- File: ${size} bytes (${formatBytes(size)}), random, from the page cache; destination on the same filesystem (${tmpdir()})`,
+      `- Runs: ${runs} per tool, in rounds (every tool once per round, order rotating by one each round)`,
+      `- Shaping: htb on both ends' egress, parent ${linkMbit} Mbit/s, ${BUCKETS} classes by the low 6 bits of the client's port (ceil ${streamMbit} Mbit/s, guaranteed ${fmt(linkMbit / BUCKETS, 2)} Mbit/s each); the client's ephemeral ports are confined to ${PORT_BASE}-${PORT_BASE + BUCKETS - 1}, so every connection has a bucket of its own`,
+      `- Shaping check (plain TCP, 4 s): ${check.map((c) => `${c.streams} stream(s) ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s, ${c.buckets} bucket(s)`).join('; ')}`,
+      `- Command: \`${['node bench/run.mjs wan', ...argv.map(shq)].join(' ')}\``,
+      '',
+      table,
+      '',
+      ...(targets.length > 0 ? ['Targets (issue 5):', '', ...targets.map((t) => `- ${t.met ? 'met' : '**not met**'}: ${t.target}: ${t.tool}, ${t.text}`), ''] : []),
+      '- MB/s: 1e6 file bytes per second of wall-clock time from spawn to exit (including ssh handshakes and, for ferry, starting nats-server, agents and helpers); median and range over successful runs. Every destination was checked byte-identical (size and xxh3).',
+      `- vs link: median MB/s over the link's ${fmt(linkMBps)} MB/s. TCP/IP headers alone take ~4.5% of each frame, so about 95% is the most any tool can show.`,
+      "- vs scp: median MB/s over scp's median in the same run.",
+      "- steady wire MB/s: bytes the client put on the link (frames, headers included) per second between 10% and 90% of the run's wire bytes: how full the link was while data flowed, without the start and the end.",
+      '- first data s: seconds from spawn until 1% of the file size had crossed the link: connection set-up and start-up.',
+      '- MB/s incl. sync: wall time plus a `sync` right after the exit (ferry fsyncs before it exits; scp, sftp and rsync do not).',
+      "- buckets: port buckets that carried more than 1 MB in a run (median): the TCP streams that carried data.",
+      '- cores busy: CPU time of the whole machine (tasks and interrupts, both namespaces and anything else) per second of the run; the machine has ' + m.nproc + ' cores, and both ends (encryption, decryption) run on them.',
+      `- Steal: median ${fmt(median(results.map((r) => r.stealSeconds / r.seconds)) * 100)}% of one CPU during runs.`,
+      ...(shapingWarnings.length > 0 || busy.length > 0
+        ? ['', '## Warnings', '', ...shapingWarnings.map((w) => `- ${w}`), ...(busy.length > 0 ? [`- ${busy.length} run(s) started while the machine was still busy after ${IDLE_MAX_MS / 1000} s of waiting (other work on the machine; they are counted): ${busy.map((r) => `round ${r.round} ${r.tool}`).join(', ')}`] : [])]
+        : []),
+      ...(failures.length > 0 ? ['', '## Failed runs', '', ...failures.map((f) => `- round ${f.round} ${f.tool}: ${f.error}`)] : []),
+      '',
+    ].join('\n');
+    await mkdir(outDir, { recursive: true });
+    await writeFile(join(outDir, 'wan.md'), md);
+    await writeFile(
+      join(outDir, 'wan.json'),
+      JSON.stringify(
+        {
+          scenario: 'wan',
+          date,
+          ferry: ferryVersion(),
+          machine: m,
+          options: { size, runs, linkMbit, streamMbit, buckets: BUCKETS, portRange: [PORT_BASE, PORT_BASE + BUCKETS - 1], configs: tools.map((t) => t.name) },
+          shapingCheck: check,
+          skipped,
+          targets,
+          summary,
+          runs: results,
+        },
+        null,
+        1,
+      ) + '\n',
+    );
+    await plotThroughput(summary.map((r) => ({ ...r, direction: 'push' })), `wan: ${linkMbit} Mbit/s link, ${streamMbit} Mbit/s per stream, ${date}`, join(outDir, 'wan.svg'));
+    log(`wrote ${join(outDir, 'wan.md')}, wan.json and wan.svg`);
+    if (failures.length > 0) process.exitCode = 1;
+  } finally {
+    await sshd?.stop({ keepDir: true }).catch(() => {});
+    teardownSync();
+    for (const sig of ['SIGINT', 'SIGTERM']) process.off(sig, onSignal);
+  }
+}
+
+// Standalone: node bench/wan.mjs [options]
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    await wan(process.argv.slice(2));
+  } catch (err) {
+    log(`error: ${err.message}`);
+    process.exitCode = 1;
+  }
+}
