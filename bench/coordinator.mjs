@@ -19,6 +19,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { ferryVersion, markdownTable, readText, sh } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -44,21 +45,7 @@ const HELP = `usage: npm run bench -- coordinator [options]
 // ---------------------------------------------------------------------------
 // Small helpers (copied from run.mjs, which exports nothing).
 
-function sh(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return '';
-  }
-}
 
-function readText(path) {
-  try {
-    return readFileSync(path, 'latin1');
-  } catch {
-    return undefined;
-  }
-}
 
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 const median = (xs) => {
@@ -67,18 +54,7 @@ const median = (xs) => {
   return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 
-function markdownTable(header, rows) {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
-}
 
-function ferryVersion() {
-  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
-  if (!commit) return 'unknown (not a git checkout)';
-  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
-  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
-}
 
 function machine() {
   return {

@@ -17,6 +17,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { ferryVersion, machineTicks, markdownTable, readText, sh, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
@@ -36,9 +37,6 @@ const HELP = `usage: npm run bench -- hash [options]
 // ---------------------------------------------------------------------------
 // A few helpers, as in bench/run.mjs (which does not export them).
 
-function which(cmd) {
-  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
-}
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -47,36 +45,7 @@ const median = (xs) => {
 /** Quotes a word for a shell command line shown in the results. */
 const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-function sh(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return '';
-  }
-}
-function readText(path) {
-  try {
-    return readFileSync(path, 'latin1');
-  } catch {
-    return undefined;
-  }
-}
-function ferryVersion() {
-  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
-  if (!commit) return 'unknown (not a git checkout)';
-  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
-  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
-}
-function markdownTable(header, rows) {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
-}
 const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-function machineTicks() {
-  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
-  return { tasks: user + nice + system, irq: irq + softirq, steal };
-}
 /** Waits (at most maxMs) until the machine has used under a tenth of a core for 3 s in a row. */
 const IDLE_MAX_MS = 60_000;
 async function waitForIdle(maxMs = IDLE_MAX_MS) {

@@ -20,6 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
+import { ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -74,9 +75,6 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 // ---------------------------------------------------------------------------
 // Small helpers.
 
-function which(cmd) {
-  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
-}
 
 /** Quotes a word for the remote shell (rsync -e and --remote-cmd go through one). */
 const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
@@ -88,21 +86,7 @@ const median = (xs) => {
 };
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 
-function sh(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return '';
-  }
-}
 
-/** The ferry being measured: its git commit, and whether the working tree differs from it. */
-function ferryVersion() {
-  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
-  if (!commit) return 'unknown (not a git checkout)';
-  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
-  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
-}
 
 function machine() {
   return {
@@ -115,19 +99,6 @@ function machine() {
   };
 }
 
-async function makeRandomFile(path, bytes) {
-  const fh = await open(path, 'w');
-  const chunk = Buffer.allocUnsafe(8 << 20);
-  try {
-    for (let at = 0; at < bytes; at += chunk.length) {
-      const n = Math.min(chunk.length, bytes - at);
-      randomFillSync(chunk, 0, n);
-      await fh.write(chunk, 0, n, at);
-    }
-  } finally {
-    await fh.close();
-  }
-}
 
 /** xxh3 of a file (the same fast hash ferry uses; this is a copy check, not security). */
 function fileHash(path) {
@@ -140,12 +111,6 @@ function fileHash(path) {
   });
 }
 
-/** Flushes dirty pages; returns how long that took (seconds). */
-function syncDisks() {
-  const t0 = performance.now();
-  execFileSync('sync');
-  return (performance.now() - t0) / 1000;
-}
 
 // ---------------------------------------------------------------------------
 // CPU and memory from /proc. utime/stime are in clock ticks (USER_HZ).
@@ -164,13 +129,6 @@ function readStat(pid) {
   }
 }
 
-function readText(path) {
-  try {
-    return readFileSync(path, 'latin1');
-  } catch {
-    return undefined;
-  }
-}
 
 /** ferry role from a command line: the word after .../main.js. */
 function ferryRole(argv) {
@@ -258,15 +216,6 @@ class ProcessTracker {
   }
 }
 
-/**
- * The machine's CPU ticks from /proc/stat's cpu line, in three parts: time in tasks (user, nice,
- * system: what processes' utime+stime add up to), interrupts (irq, softirq: loopback TCP runs
- * there), and steal (the hypervisor ran someone else on our virtual CPU).
- */
-function machineTicks() {
-  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
-  return { tasks: user + nice + system, irq: irq + softirq, steal };
-}
 
 /**
  * Waits, at most maxMs, until the machine has been quiet (under a tenth of a core busy) for five
@@ -368,11 +317,6 @@ const isNoisy = (m) => m.otherCpuSeconds > 0.5 + 0.1 * m.seconds;
 // ---------------------------------------------------------------------------
 // Tables.
 
-function markdownTable(header, rows) {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
-}
 
 // ---------------------------------------------------------------------------
 // Scenario: loopback. Every tool against one sshd on 127.0.0.1.

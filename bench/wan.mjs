@@ -21,6 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
+import { ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -77,9 +78,6 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
 // ---------------------------------------------------------------------------
 // A few helpers, as in bench/run.mjs (which does not export them).
 
-function which(cmd) {
-  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
-}
 const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 const median = (xs) => {
   const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
@@ -87,26 +85,6 @@ const median = (xs) => {
   return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-function sh(cmd, args) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return '';
-  }
-}
-function readText(path) {
-  try {
-    return readFileSync(path, 'latin1');
-  } catch {
-    return undefined;
-  }
-}
-function ferryVersion() {
-  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
-  if (!commit) return 'unknown (not a git checkout)';
-  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
-  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
-}
 function machine() {
   return {
     nproc: Number(sh('nproc', [])),
@@ -117,24 +95,6 @@ function machine() {
     openssh: sh('sh', ['-c', 'ssh -V 2>&1']),
   };
 }
-function markdownTable(header, rows) {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
-  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
-}
-async function makeRandomFile(path, bytes) {
-  const fh = await open(path, 'w');
-  const chunk = Buffer.allocUnsafe(8 << 20);
-  try {
-    for (let at = 0; at < bytes; at += chunk.length) {
-      const n = Math.min(chunk.length, bytes - at);
-      randomFillSync(chunk, 0, n);
-      await fh.write(chunk, 0, n, at);
-    }
-  } finally {
-    await fh.close();
-  }
-}
 function fileHash(path) {
   return new Promise((resolveHash, reject) => {
     const h = createHasher('xxh3');
@@ -144,16 +104,7 @@ function fileHash(path) {
       .on('error', reject);
   });
 }
-function syncDisks() {
-  const t0 = performance.now();
-  execFileSync('sync');
-  return (performance.now() - t0) / 1000;
-}
 const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-function machineTicks() {
-  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
-  return { tasks: user + nice + system, irq: irq + softirq, steal };
-}
 /** Waits (at most maxMs) until the machine has used under a tenth of a core for 3 s in a row. */
 const IDLE_MAX_MS = 30_000;
 async function waitForIdle(maxMs = IDLE_MAX_MS) {

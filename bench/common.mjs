@@ -1,0 +1,75 @@
+// Helpers shared by the benchmark scenarios (run.mjs, wan.mjs, hash.mjs, coordinator.mjs).
+import { execFileSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+export function which(cmd) {
+  return (process.env.PATH ?? '').split(delimiter).some((d) => d && existsSync(join(d, cmd)));
+}
+
+export function sh(cmd, args) {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {
+    return '';
+  }
+}
+
+export function readText(path) {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The ferry being measured: its git commit, and whether the working tree differs from it. */
+export function ferryVersion() {
+  const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  if (!commit) return 'unknown (not a git checkout)';
+  const dirty = sh('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no', '--', 'packages', 'launcher']);
+  return dirty ? `${commit} with uncommitted changes in packages/ or launcher/` : commit;
+}
+
+export function markdownTable(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+export async function makeRandomFile(path, bytes) {
+  const fh = await open(path, 'w');
+  const chunk = Buffer.allocUnsafe(8 << 20);
+  try {
+    for (let at = 0; at < bytes; at += chunk.length) {
+      const n = Math.min(chunk.length, bytes - at);
+      randomFillSync(chunk, 0, n);
+      await fh.write(chunk, 0, n, at);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Flushes dirty pages; returns how long that took (seconds). */
+export function syncDisks() {
+  const t0 = performance.now();
+  execFileSync('sync');
+  return (performance.now() - t0) / 1000;
+}
+
+/**
+ * The machine's CPU ticks from /proc/stat's cpu line, in three parts: time in tasks (user, nice,
+ * system: what processes' utime+stime add up to), interrupts (irq, softirq: loopback TCP runs
+ * there), and steal (the hypervisor ran someone else on our virtual CPU).
+ */
+export function machineTicks() {
+  const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+  return { tasks: user + nice + system, irq: irq + softirq, steal };
+}
