@@ -321,13 +321,13 @@ const isNoisy = (m) => m.otherCpuSeconds > 0.5 + 0.1 * m.seconds;
 // ---------------------------------------------------------------------------
 // Scenario: loopback. Every tool against one sshd on 127.0.0.1.
 
-const LOOPBACK_DEFAULT_CONFIGS = ['scp', 'sftp', 'rsync', '-a 1 -s 1', '-a 1 -s 2', '-a 2 -s 2', '--transport openssh -a 1 -s 1', '--transport openssh -a 1 -s 2', '--transport openssh -a 2 -s 2', '--mode sftp -a 2 -s 2'];
+const LOOPBACK_DEFAULT_CONFIGS = ['scp', 'sftp', 'rsync', 'rclone', 'lftp', '-a 1 -s 1', '-a 1 -s 2', '-a 2 -s 2', '--transport openssh -a 1 -s 1', '--transport openssh -a 1 -s 2', '--transport openssh -a 2 -s 2', '--mode sftp -a 2 -s 2'];
 
 const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
 
   --size <size>        file size (default 2GiB)
   --runs <n>           rounds; each round runs every tool once (default 3)
-  --configs <list>     comma-separated; scp, sftp, rsync, or ferry flags, optionally
+  --configs <list>     comma-separated; scp, sftp, rsync, rclone, lftp, or ferry flags, optionally
                        after the word ferry (a list starting with a dash needs
                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2')
                        (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
@@ -365,8 +365,22 @@ function loopbackTool(entry, ctx) {
     const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
     return { name: 'rsync', needs: 'rsync', argv: ({ src, dstFile, push }) => ['rsync', '--whole-file', '-e', e, ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
   }
+  if (entry === 'rclone') {
+    // Go's SSH client (rclone's own cipher order starts with aes128-gcm); an on-the-fly sftp remote, no config file.
+    const remote = `:sftp,host=${host},port=${port},user=${user},key_file=${userKey},known_hosts_file=${knownHosts}:`;
+    return { name: 'rclone', needs: 'rclone', argv: ({ src, dstFile, push }) => ['rclone', 'copyto', '-q', ...(push ? [src, `${remote}${dstFile}`] : [`${remote}${src}`, dstFile])] };
+  }
+  if (entry === 'lftp') {
+    // lftp's sftp runs ssh with the peers' options; pull uses its segmented download (pget -n 4).
+    const connect = ['ssh', '-a', '-x', ...sshOpts].map(shq).join(' ');
+    return {
+      name: 'lftp',
+      needs: 'lftp',
+      argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
+    };
+  }
   const flags = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
-  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, or ferry flags such as "-a 2 -s 2")`);
   // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];

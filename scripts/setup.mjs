@@ -21,7 +21,7 @@ const needed = [
   ['ssh', 'openssh-client'],
   ['ssh-keygen', 'openssh-client'],
   ['nats-server', 'nats-server'],
-  ...(process.argv.includes('--bench') ? [['scp', 'openssh-client'], ['rsync', 'rsync'], ['xxhsum', 'xxhash']] : []),
+  ...(process.argv.includes('--bench') ? [['scp', 'openssh-client'], ['rsync', 'rsync'], ['xxhsum', 'xxhash'], ['rclone', 'rclone'], ['lftp', 'lftp']] : []),
 ];
 const missing = [...new Set(needed.filter(([cmd]) => !which(cmd)).map(([, pkg]) => pkg))];
 if (missing.length > 0) {
