@@ -1,11 +1,11 @@
 // Helpers shared by the benchmark scenarios (run.mjs, wan.mjs, hash.mjs, coordinator.mjs).
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -72,4 +72,37 @@ export function syncDisks() {
 export function machineTicks() {
   const [user, nice, system, , , irq, softirq, steal] = (readText('/proc/stat') ?? '').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
   return { tasks: user + nice + system, irq: irq + softirq, steal };
+}
+
+export const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
+
+/**
+ * Waits, at most maxMs, until the machine has used under a tenth of a core for
+ * quietSeconds in a row (a neighbour's build must not land in the numbers).
+ * Returns the seconds waited.
+ */
+export async function waitForIdle({ quietSeconds, maxMs, log }) {
+  const t0 = Date.now();
+  for (let quiet = 0; quiet < quietSeconds; ) {
+    const before = machineTicks();
+    await new Promise((r) => setTimeout(r, 1000));
+    quiet = (machineTicks().tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
+    if (Date.now() - t0 > maxMs) {
+      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
+      break;
+    }
+  }
+  return (Date.now() - t0) / 1000;
+}
+
+/** xxh3 of a file (the same fast hash ferry uses; this is a copy check, not security). */
+export async function fileHash(path) {
+  const { createHasher } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
+  return new Promise((resolve, reject) => {
+    const h = createHasher('xxh3');
+    createReadStream(path, { highWaterMark: 4 << 20 })
+      .on('data', (d) => h.update(d))
+      .on('end', () => resolve(h.digest()))
+      .on('error', reject);
+  });
 }

@@ -17,7 +17,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ferryVersion, machineTicks, markdownTable, readText, sh, which } from './common.mjs';
+import { CLK_TCK, waitForIdle, ferryVersion, machineTicks, markdownTable, readText, sh, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
@@ -45,22 +45,8 @@ const median = (xs) => {
 /** Quotes a word for a shell command line shown in the results. */
 const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-/** Waits (at most maxMs) until the machine has used under a tenth of a core for 3 s in a row. */
+/** The longest wait for an idle machine before a run. */
 const IDLE_MAX_MS = 60_000;
-async function waitForIdle(maxMs = IDLE_MAX_MS) {
-  const t0 = Date.now();
-  for (let quiet = 0; quiet < 3; ) {
-    const before = machineTicks();
-    await new Promise((r) => setTimeout(r, 1000));
-    quiet = (machineTicks().tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
-    if (Date.now() - t0 > maxMs) {
-      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
-      break;
-    }
-  }
-  return (Date.now() - t0) / 1000;
-}
 /** utime+stime of the waited-for children of this process (exact for a child that has been reaped). */
 function reapedTicks() {
   const s = readText('/proc/self/stat') ?? '';
@@ -218,7 +204,7 @@ export async function hash(argv) {
       // Every round runs every tool once; the order rotates so that no tool always follows the same one.
       const order = tools.map((_, i) => tools[(i + round - 1) % tools.length]);
       for (const t of order) {
-        const idleWaitSeconds = await waitForIdle();
+        const idleWaitSeconds = await waitForIdle({ quietSeconds: 3, maxMs: IDLE_MAX_MS, log });
         const r = await t.run();
         const rec = { round, tool: t.name, algorithm: t.algorithm, kind: t.kind, idleWaitSeconds, busyBefore: idleWaitSeconds >= IDLE_MAX_MS / 1000, ...r };
         results.push(rec);

@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, fileHash, waitForIdle, ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -100,22 +100,11 @@ function machine() {
 }
 
 
-/** xxh3 of a file (the same fast hash ferry uses; this is a copy check, not security). */
-function fileHash(path) {
-  return new Promise((resolve, reject) => {
-    const h = createHasher('xxh3');
-    createReadStream(path, { highWaterMark: 4 << 20 })
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolve(h.digest()))
-      .on('error', reject);
-  });
-}
 
 
 // ---------------------------------------------------------------------------
 // CPU and memory from /proc. utime/stime are in clock ticks (USER_HZ).
 
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
 const SAMPLE_MS = 100;
 
 function readStat(pid) {
@@ -217,25 +206,6 @@ class ProcessTracker {
 }
 
 
-/**
- * Waits, at most maxMs, until the machine has been quiet (under a tenth of a core busy) for five
- * seconds in a row: on a shared machine a neighbour's build or test run would otherwise land in
- * the numbers, and test suites have short lulls. Returns the seconds waited.
- */
-async function waitForIdle(maxMs = 300_000) {
-  const t0 = Date.now();
-  for (let quiet = 0; quiet < 5; ) {
-    const before = machineTicks();
-    await new Promise((r) => setTimeout(r, 1000));
-    const after = machineTicks();
-    quiet = (after.tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
-    if (Date.now() - t0 > maxMs) {
-      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
-      break;
-    }
-  }
-  return (Date.now() - t0) / 1000;
-}
 
 /** utime+stime of the reaped children of a process (fields 16, 17): exact, where sampling may miss some. */
 function reapedTicks(pid) {
@@ -454,7 +424,7 @@ async function loopback(argv) {
     // A fresh destination each run, nothing dirty left to flush from the previous one.
     for (const name of await readdir(dstDir)) await rm(join(dstDir, name), { recursive: true, force: true });
     syncDisks();
-    const idleWaitSeconds = await waitForIdle();
+    const idleWaitSeconds = await waitForIdle({ quietSeconds: 5, maxMs: 300_000, log });
     if (idleWaitSeconds > 6) log(`waited ${idleWaitSeconds.toFixed(0)} s for the machine to become idle`);
     const stateDir = join(work, 'state');
     await rm(stateDir, { recursive: true, force: true });

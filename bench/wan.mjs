@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, fileHash, waitForIdle, ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -95,31 +95,7 @@ function machine() {
     openssh: sh('sh', ['-c', 'ssh -V 2>&1']),
   };
 }
-function fileHash(path) {
-  return new Promise((resolveHash, reject) => {
-    const h = createHasher('xxh3');
-    createReadStream(path, { highWaterMark: 4 << 20 })
-      .on('data', (d) => h.update(d))
-      .on('end', () => resolveHash(h.digest()))
-      .on('error', reject);
-  });
-}
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-/** Waits (at most maxMs) until the machine has used under a tenth of a core for 3 s in a row. */
 const IDLE_MAX_MS = 30_000;
-async function waitForIdle(maxMs = IDLE_MAX_MS) {
-  const t0 = Date.now();
-  for (let quiet = 0; quiet < 3; ) {
-    const before = machineTicks();
-    await new Promise((r) => setTimeout(r, 1000));
-    quiet = (machineTicks().tasks - before.tasks) / CLK_TCK < 0.1 ? quiet + 1 : 0;
-    if (Date.now() - t0 > maxMs) {
-      log(`machine still busy after ${maxMs / 1000} s, measuring anyway`);
-      break;
-    }
-  }
-  return (Date.now() - t0) / 1000;
-}
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Blocks the thread (used only while tearing down from a signal handler, which must not await). */
 const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
@@ -463,7 +439,7 @@ export async function wan(argv) {
     const many = Math.min(BUCKETS, Math.max(16, Math.ceil(linkMbit / streamMbit)));
     const check = [];
     for (const n of [1, many]) {
-      await waitForIdle();
+      await waitForIdle({ quietSeconds: 3, maxMs: IDLE_MAX_MS, log });
       const c = await checkShaping(n, 4);
       c.expectedMBps = Math.min(linkMBps, n * streamMBps);
       c.ratio = c.MBps / c.expectedMBps;
@@ -505,7 +481,7 @@ export async function wan(argv) {
     async function runOnce(round, tool) {
       for (const name of await readdir(dstDir)) await rm(join(dstDir, name), { recursive: true, force: true });
       syncDisks();
-      const idleWaitSeconds = await waitForIdle();
+      const idleWaitSeconds = await waitForIdle({ quietSeconds: 3, maxMs: IDLE_MAX_MS, log });
       const stateDir = join(work, 'state');
       await rm(stateDir, { recursive: true, force: true });
       const argv = await tool.argv({ src, dstDir, dstFile, work, stateDir });
