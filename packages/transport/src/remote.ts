@@ -94,7 +94,12 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
   if (ssh.transport === 'openssh') return connectOpenSsh(target, ssh, options);
   const client = await connectSsh(target, ssh, options);
   const label = hostLabel(target);
+  // Cancelling also while the remote side starts (shell start-up files, the helper loading):
+  // ending the client fails the step in progress at once.
+  const onAbort = () => client.destroy();
+  options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
+    if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     if (options.mode !== 'sftp') {
       try {
         const helper = await startHelper(client, options.remoteCommand, label);
@@ -112,7 +117,10 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024);
   } catch (err) {
     client.end();
+    if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     throw err;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
   }
 }
 
