@@ -27,6 +27,8 @@ import {
   errnoOf,
   hostLabel,
   jobSubjects,
+  slotHost,
+  slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
 import type { AgentEvent, Completion, ErrorCode, Heartbeat, JobSpec, RemoteHost, WorkItem } from '@ferry/core';
@@ -37,6 +39,7 @@ import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit, prefetchCount } from './concurrency.js';
 import { JetStreamPublisher } from './publisher.js';
+import type { Preconnected } from './preconnect.js';
 
 export interface AgentOptions {
   jobId: string;
@@ -55,6 +58,8 @@ export interface AgentOptions {
   parentPid?: number;
   /** Resolves when whoever launched this agent is gone (ssh launcher: stdin closed). */
   launcherGone?: Promise<void>;
+  /** Connections opened ahead of the job (`ferry agent --warm`), taken by the slots whose host they reach. */
+  preconnected?: Preconnected;
 }
 
 export interface AgentSummary {
@@ -337,12 +342,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const worker = async (slot: number) => {
     // Slots are numbered across the job; slot g uses host g mod H, so a cap of C per
     // host leaves slots g >= C*H idle and no host ever gets more than C connections.
-    const global = index * spec.streams + slot;
-    if (spec.maxConnectionsPerHost > 0 && global >= spec.maxConnectionsPerHost * hosts.length) {
+    const preferred = slotHost(index, slot, spec.streams, hosts.length, spec.maxConnectionsPerHost);
+    if (preferred === undefined) {
       log(`slot ${slot} stays idle: ${hosts.length} hosts x --max-per-host ${spec.maxConnectionsPerHost} connections are taken by lower slots`);
       return;
     }
-    const preferred = global % hosts.length;
     let hostIndex = preferred;
     let conn: RemoteConnection | undefined;
     let file: RemoteFile | undefined;
@@ -422,7 +426,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         hostIndex = await pickHost(hostIndex);
         const host = hosts[hostIndex]!;
         try {
-          conn = spec.discard ? discardConnection(hostLabel(host)) : await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal });
+          const ready = spec.discard ? undefined : await options.preconnected?.take(host, spec);
+          if (ready) log(`slot ${slot}: using the connection to ${hostLabel(host)} opened while the coordinator prepared`);
+          conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal })));
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;
@@ -500,8 +506,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     pendingCounts.set(slot, () => pending.length + inFlush.size);
     // Stagger the first connections: many agents opening many connections at once would
     // trip sshd's MaxStartups (10 unauthenticated connections by default) and be dropped.
-    const stagger = Math.floor(((index * spec.streams + slot) % 256) / 8) * 500;
-    if (stagger > 0) await Promise.race([sleep(stagger), stopped]);
+    // A connection opened ahead of the job (warm start) has waited already.
+    const stagger = slotStaggerMs(index, slot, spec.streams);
+    if (stagger > 0 && !options.preconnected?.has(hosts[preferred]!)) await Promise.race([sleep(stagger), stopped]);
     // Connect while the first work item is on its way, not after it arrives; its
     // failure (if fatal) surfaces where a range would have connected.
     let early: Promise<void> | undefined = stopping ? undefined : connect();

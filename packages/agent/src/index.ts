@@ -7,6 +7,7 @@
  * ```
  */
 export { runAgent } from './agent.js';
+export { Preconnected } from './preconnect.js';
 export type { AgentOptions, AgentSummary } from './agent.js';
 export { pushRange, pullRange } from './pump.js';
 export type { RangeJob, RangeResult } from './pump.js';

@@ -50,6 +50,34 @@ export interface SshSettings {
 
 export type SshTransport = 'ssh2' | 'openssh';
 
+/**
+ * What a local agent started ahead of its job (`ferry agent --warm`) may do
+ * while the coordinator still prepares: open the SSH connections its slots
+ * will use. Sent as the first line of the agent's stdin; the job itself
+ * (id, NATS URL) follows on the second. Everything here comes from the command
+ * line, before any remote host has been contacted, so the agent uses a
+ * connection only if the job's spec agrees (see the agent's preconnect.ts).
+ */
+export interface WarmHint {
+  v: number;
+  /** One entry per slot that will connect, in slot order: the host and how long to wait first (sshd MaxStartups). */
+  connections: Array<{ host: RemoteHost; delayMs: number }>;
+  ssh: SshSettings;
+  /** As given (auto tries the helper first): the spec's resolved mode must match the connection's. */
+  mode: TransferMode | 'auto';
+  remoteCommand: string;
+  windowBytes: number;
+}
+
+/** What a warm agent reads as its second stdin line: the job to join. */
+export interface WarmGo {
+  job: string;
+  nats: string;
+  index: number;
+  /** Environment to add before the agent starts (the NATS token, test switches). */
+  env: Record<string, string>;
+}
+
 /** Everything an agent needs to work on a job; stored in the job's KV bucket under `spec`. */
 export interface JobSpec {
   v: number;

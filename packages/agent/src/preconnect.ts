@@ -1,0 +1,102 @@
+/**
+ * Warm start: a local agent is started while the coordinator still prepares
+ * the copy (connects, checks the destination, creates the job), and opens the
+ * SSH connections its slots will use in the meantime. On a fresh connection
+ * most of the wait is the remote side: sshd, the user's shell start-up files,
+ * then `ferry serve` loading; doing it alongside the coordinator's own takes
+ * that off the time to the first byte.
+ *
+ * The hint comes from the command line only, so a connection is used only if
+ * the job's spec, once it arrives, asks for the same thing: same SSH settings,
+ * remote command and window, and the mode the connection ended up in.
+ * Anything else is closed and the slot connects as usual.
+ */
+import { FerryError, hostLabel, toFerryError } from '@ferry/core';
+import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
+import { connectRemote } from '@ferry/transport';
+import type { RemoteConnection } from '@ferry/transport';
+
+/** Failures of a connection opened ahead that the slot's own connect would only repeat, after the same wait. */
+const FINAL_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
+
+type Opening = Promise<RemoteConnection>;
+
+export class Preconnected {
+  private readonly byHost = new Map<string, Opening[]>();
+  private readonly abort = new AbortController();
+  private closed = false;
+
+  constructor(private readonly hint: WarmHint) {
+    for (const { host, delayMs } of hint.connections) {
+      const opening = this.open(host, delayMs);
+      // Nobody may ever take it: its failure is reported (or not) by take().
+      opening.catch(() => {});
+      const key = hostLabel(host);
+      this.byHost.set(key, [...(this.byHost.get(key) ?? []), opening]);
+    }
+  }
+
+  private async open(host: RemoteHost, delayMs: number): Promise<RemoteConnection> {
+    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+    if (this.closed) throw new FerryError('INTERRUPTED', 'warm start ended');
+    const conn = await connectRemote(host, this.hint.ssh, { mode: this.hint.mode, remoteCommand: this.hint.remoteCommand, windowBytes: this.hint.windowBytes, signal: this.abort.signal });
+    if (this.closed) {
+      conn.close();
+      throw new FerryError('INTERRUPTED', 'warm start ended');
+    }
+    return conn;
+  }
+
+  /** Whether a connection to `host` was opened ahead (and not taken yet). */
+  has(host: RemoteHost): boolean {
+    return (this.byHost.get(hostLabel(host))?.length ?? 0) > 0;
+  }
+
+  /**
+   * A connection to `host` opened ahead, if there is one and it suits `spec`;
+   * undefined when the slot is to connect itself. Throws the connection's
+   * failure when connecting again would fail the same way (host unreachable).
+   */
+  async take(host: RemoteHost, spec: JobSpec): Promise<RemoteConnection | undefined> {
+    const list = this.byHost.get(hostLabel(host));
+    const opening = list?.shift();
+    if (!opening) return undefined;
+    const suits = this.suits(host, spec);
+    let conn: RemoteConnection;
+    try {
+      conn = await opening;
+    } catch (err) {
+      // Refusals the coordinator may have cleared meanwhile (it adds a new host key with
+      // --accept-new-host-key) or that the slot should report itself: connect again.
+      if (suits && FINAL_FAILURES.has(toFerryError(err).code)) throw err;
+      return undefined;
+    }
+    if (!suits || conn.mode !== spec.mode || !conn.alive) {
+      conn.close();
+      return undefined;
+    }
+    return conn;
+  }
+
+  private suits(host: RemoteHost, spec: JobSpec): boolean {
+    return (
+      this.hint.remoteCommand === spec.remoteCommand &&
+      this.hint.windowBytes === spec.windowBytes &&
+      (this.hint.mode === 'auto' || this.hint.mode === spec.mode) &&
+      sshKey(this.hint.ssh) === sshKey(spec.ssh) &&
+      spec.remoteHosts.some((h) => hostLabel(h) === hostLabel(host) && h.user === host.user)
+    );
+  }
+
+  /** Closes every connection not taken (and stops those still opening). */
+  close(): void {
+    this.closed = true;
+    this.abort.abort();
+    for (const list of this.byHost.values()) for (const opening of list.splice(0)) opening.then((c) => c.close(), () => {});
+  }
+}
+
+/** SSH settings as a comparable string (absent and default fields alike, whatever encoding carried them). */
+function sshKey(s: SshSettings): string {
+  return JSON.stringify([s.knownHostsFile, s.knownHostsGiven ?? false, s.identityFiles, s.agentSocket ?? '', s.connectTimeoutMs, s.transport ?? 'ssh2', s.sshCommand ?? []]);
+}
