@@ -43,18 +43,12 @@ export function track(processes: Started[], options: StartOptions): LaunchedAgen
         options.onStderr?.(indices[0] ?? 0, line);
       }
     });
-    return new Promise<AgentExit[]>((resolve) => {
-      let spawnError: Error | undefined;
-      child.once('error', (err) => {
-        spawnError = err;
-      });
-      child.once('close', (code, signal) => {
-        if (partial) tail.push(partial);
-        if (spawnError) tail.push(`cannot run ${commandLine.split(' ')[0]}: ${spawnError.message}`);
-        const out = indices.map((index) => ({ index, code: spawnError ? 127 : code, signal, stderrTail: tail.join('\n'), launcher: options.launcher, commandLine }));
-        for (const exit of out) for (const l of listeners) l(exit);
-        resolve(out);
-      });
+    return watchExit(child).then(({ code, signal, spawnError }) => {
+      if (partial) tail.push(partial);
+      if (spawnError) tail.push(`cannot run ${commandLine.split(' ')[0]}: ${spawnError.message}`);
+      const out = indices.map((index) => ({ index, code: spawnError ? 127 : code, signal, stderrTail: tail.join('\n'), launcher: options.launcher, commandLine }));
+      for (const exit of out) for (const l of listeners) l(exit);
+      return out;
     });
   });
   const exited = Promise.all(exits).then((all) => all.flat().sort((a, b) => a.index - b.index));
@@ -78,6 +72,34 @@ export function track(processes: Started[], options: StartOptions): LaunchedAgen
     onExit: (l) => listeners.push(l),
     stop,
   };
+}
+
+interface ProcessEnd {
+  code: number | null;
+  signal: string | null;
+  spawnError?: Error;
+}
+
+const ends = new WeakMap<ChildProcess, Promise<ProcessEnd>>();
+
+/**
+ * How `child` ended, once all its output is read. The first call starts
+ * watching; a process started ahead of being tracked (warm agents) is watched
+ * from its start, so an early death is not missed.
+ */
+export function watchExit(child: ChildProcess): Promise<ProcessEnd> {
+  let end = ends.get(child);
+  if (!end) {
+    end = new Promise<ProcessEnd>((resolve) => {
+      let spawnError: Error | undefined;
+      child.once('error', (err) => {
+        spawnError = err;
+      });
+      child.once('close', (code, signal) => resolve({ code, signal, ...(spawnError ? { spawnError } : {}) }));
+    });
+    ends.set(child, end);
+  }
+  return end;
 }
 
 export function startProcess(file: string, args: string[], env: NodeJS.ProcessEnv, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {

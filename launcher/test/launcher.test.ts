@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LocalLauncher, SshLauncher, rankFromEnv, shellQuote } from '../src/index.js';
+import { LocalLauncher, SshLauncher, WarmAgents, rankFromEnv, shellQuote } from '../src/index.js';
 
 describe('rankFromEnv', () => {
   it('reads Slurm, Open MPI and PMI ranks, in that order of preference', () => {
@@ -65,5 +65,47 @@ describe('launchers', () => {
 
   it('refuses an ssh launcher without hosts', () => {
     expect(() => new SshLauncher({ hosts: [] })).toThrow('the ssh launcher needs hosts: pass --hosts node[01-04] or --hosts-file FILE');
+  });
+});
+
+describe('warm agents', () => {
+  // A stand-in agent: echoes the flag it got and each stdin line to stderr, exits when stdin ends.
+  const echo = [process.execPath, '-e', 'process.stderr.write("argv " + process.argv.slice(1).join(" ") + "\\n"); require("readline").createInterface({ input: process.stdin }).on("line", (l) => process.stderr.write("line " + l + "\\n")).on("close", () => process.exit(0))', '--'];
+  const hint = (i: number) => ({ v: 1, connections: [], ssh: { knownHostsFile: `/k${i}`, identityFiles: [], connectTimeoutMs: 1 }, mode: 'auto' as const, remoteCommand: 'ferry serve', windowBytes: 1 });
+
+  it('get their hint at once and their job later; the ones not needed leave when dismissed', async () => {
+    const warm = new WarmAgents({ count: 3, command: echo, env: {}, hintFor: hint });
+    expect(warm.count).toBe(3);
+    const lines: Array<[number, string]> = [];
+    const launched = warm.go(2, (i) => ({ job: 'j1', nats: 'nats://x', index: i, env: { FERRY_NATS_TOKEN: 't' } }), { launcher: 'local', onStderr: (i, l) => lines.push([i, l]) });
+    expect(launched.count).toBe(2);
+    await warm.dismiss();
+    // The agents handed a job keep running (stdin open) until stopped.
+    const exits = await launched.stop(2000);
+    expect(exits.map((e) => e.index)).toEqual([0, 1]);
+    for (const i of [0, 1]) {
+      expect(lines.filter(([k]) => k === i).map(([, l]) => l)).toEqual([
+        'argv --warm',
+        `line ${JSON.stringify(hint(i))}`,
+        `line ${JSON.stringify({ job: 'j1', nats: 'nats://x', index: i, env: { FERRY_NATS_TOKEN: 't' } })}`,
+      ]);
+    }
+    expect(exits[0]!.commandLine).toMatch(/--warm$/);
+  });
+
+  it('report an agent that died before its job like any failed launch', async () => {
+    const warm = new WarmAgents({ count: 1, command: ['/nonexistent/ferry', 'agent'], env: {}, hintFor: hint });
+    await new Promise((r) => setTimeout(r, 200));
+    const launched = warm.go(1, (i) => ({ job: 'j', nats: 'n', index: i, env: {} }), { launcher: 'local' });
+    const exits = await launched.exited;
+    expect(exits[0]!.code).toBe(127);
+    expect(exits[0]!.stderrTail).toContain('cannot run /nonexistent/ferry');
+  });
+
+  it('all leave when dismissed before any job exists', async () => {
+    const warm = new WarmAgents({ count: 2, command: echo, env: {}, hintFor: hint });
+    // They leave by themselves when stdin closes, not by the SIGKILL after the grace time.
+    expect(await warm.dismiss(30_000)).toEqual([{ code: 0, signal: null }, { code: 0, signal: null }]);
+    expect(() => warm.go(1, () => ({ job: 'j', nats: 'n', index: 0, env: {} }), { launcher: 'local' })).toThrow(/cannot hand/);
   });
 });
