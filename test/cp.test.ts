@@ -225,6 +225,38 @@ describe('ferry cp edge cases', () => {
     expect(r.stderr).toContain('stays idle: 1 hosts x --max-per-host 1 connections are taken by lower slots');
   });
 
+  it('starts local agents while it prepares, so their connections are open when the job exists (warm start)', async () => {
+    const accepted = async () => ((await readFile(sshd.log, 'utf8')).match(/Accepted publickey/g) ?? []).length;
+    for (const warm of ['1', '0']) {
+      const dir = join(work.path, `warm-${warm}`);
+      await mkdir(dir);
+      const before = await accepted();
+      const r = await runFerry(['cp', src256, remote(`${dir}/`), '--agents', '1', '--streams', '2', '-v', ...common()], { env: { FERRY_WARM_START: warm } });
+      expect(r.code).toBe(0);
+      expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+      const used = r.stderr.match(/slot \d: using the connection to \S+ opened while the coordinator prepared/g) ?? [];
+      // Warm: both slots take the connection opened ahead, and none is opened twice.
+      expect(used.length).toBe(warm === '1' ? 2 : 0);
+      expect((await accepted()) - before).toBe(3);
+    }
+  });
+
+  it('leaves no agent behind when the copy cannot start', async () => {
+    const warmAgents = async () => {
+      const { readdir } = await import('node:fs/promises');
+      const found: string[] = [];
+      for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
+        const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+        if (cmd.includes('\0agent\0--warm')) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
+      }
+      return found;
+    };
+    const r = await runFerry(['cp', src256, remote(join(work.path, 'no-such-dir') + '/'), '--agents', '3', ...common()]);
+    expect(r.code).toBe(20);
+    expect(r.stderr).toContain('does not exist: create it first');
+    expect(await warmAgents()).toEqual([]);
+  });
+
   it('overwrites an existing destination only when the copy is complete', async () => {
     const dir = join(work.path, 'overwrite');
     await mkdir(dir);

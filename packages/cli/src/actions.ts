@@ -3,6 +3,7 @@
  * with its launcher, reporting errors.
  */
 import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { FerryError, expandHostlist, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
@@ -145,6 +146,35 @@ export function readSecretsLine(): Promise<Record<string, string>> {
     process.stdin.on('data', onData);
     process.stdin.once('end', () => reject(new FerryError('USAGE', '--secrets-stdin: stdin ended before the secrets line')));
   });
+}
+
+/**
+ * Lines of stdin one at a time (a warm agent's hint and job). `next()` gives
+ * undefined once stdin has ended; `ended` resolves then. `release()` lets the
+ * process exit with stdin still open.
+ */
+export function stdinLines(): { next(): Promise<string | undefined>; ended: Promise<void>; release(): void } {
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity });
+  const queue: string[] = [];
+  const waiting: Array<(line: string | undefined) => void> = [];
+  let closed = false;
+  let onEnd!: () => void;
+  const ended = new Promise<void>((resolve) => (onEnd = resolve));
+  rl.on('line', (line) => {
+    const w = waiting.shift();
+    if (w) w(line);
+    else queue.push(line);
+  });
+  rl.on('close', () => {
+    closed = true;
+    onEnd();
+    for (const w of waiting.splice(0)) w(undefined);
+  });
+  return {
+    next: () => (queue.length > 0 ? Promise.resolve(queue.shift()) : closed ? Promise.resolve(undefined) : new Promise((resolve) => waiting.push(resolve))),
+    ended,
+    release: () => (process.stdin as { unref?: () => void }).unref?.(),
+  };
 }
 
 export function reportError(io: CliIo, e: FerryError): void {

@@ -6,8 +6,8 @@ import { Command, CommanderError, Option } from 'commander';
 import { createWriteStream, fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { EXIT_CODES, FerryError, toFerryError } from '@ferry/core';
-import type { CopyOptions } from '@ferry/core';
-import { copy, readSecretsLine, reportError } from './actions.js';
+import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
+import { copy, readSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
@@ -164,18 +164,35 @@ export function createCli(io: CliIo): Command {
   program
     .command('agent', { hidden: true })
     .description('run one agent of a job (started by the coordinator\'s launcher)')
-    .requiredOption('--job <id>', 'job id')
-    .requiredOption('--nats <url>', 'NATS URL; token from FERRY_NATS_TOKEN')
+    .option('--job <id>', 'job id (required unless --warm)')
+    .option('--nats <url>', 'NATS URL; token from FERRY_NATS_TOKEN (required unless --warm)')
     .option('--index <n>', 'index of this agent (default: the rank from SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK, else 0)')
     .option('--id <name>', 'agent name (default: hostname-pid)')
     .option('--secrets-stdin', 'read secret environment (the NATS token) as a JSON line on stdin, and stop when stdin closes')
-    .action(async (opts: { job: string; nats: string; index?: string; id?: string; secretsStdin?: boolean }) => {
-      const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
+    .option('--warm', 'started ahead of the job (local launcher): read what to connect to, then the job, as JSON lines on stdin; stop when stdin closes')
+    .action(async (opts: { job?: string; nats?: string; index?: string; id?: string; secretsStdin?: boolean; warm?: boolean }) => {
+      let preconnected: import('@ferry/agent').Preconnected | undefined;
       try {
-        const { runAgent } = await import('@ferry/agent');
+        const { runAgent, Preconnected } = await import('@ferry/agent');
         const { rankFromEnv } = await import('@ferry/launcher');
         let launcherGone: Promise<void> | undefined;
-        if (opts.secretsStdin) {
+        let job = opts.job;
+        let nats = opts.nats;
+        let index = opts.index !== undefined ? Number(opts.index) : undefined;
+        if (opts.warm) {
+          const lines = stdinLines();
+          const hint = await lines.next();
+          if (hint === undefined) return;
+          preconnected = new Preconnected(JSON.parse(hint) as WarmHint);
+          const go = await Promise.race([lines.next(), new Promise<undefined>((resolve) => io.signal?.addEventListener('abort', () => resolve(undefined), { once: true }))]);
+          // No job for this agent (the copy failed to start, or needs fewer agents): leave quietly.
+          if (go === undefined) return;
+          const g = JSON.parse(go) as WarmGo;
+          for (const [k, v] of Object.entries(g.env)) process.env[k] = v;
+          ({ job, nats, index } = g);
+          launcherGone = lines.ended;
+          lines.release();
+        } else if (opts.secretsStdin) {
           const secrets = await readSecretsLine();
           for (const [k, v] of Object.entries(secrets)) process.env[k] = v;
           launcherGone = new Promise<void>((resolve) => {
@@ -184,12 +201,15 @@ export function createCli(io: CliIo): Command {
             process.stdin.resume();
           });
         }
+        if (job === undefined || nats === undefined) throw new FerryError('USAGE', 'ferry agent needs --job and --nats (or --warm)');
+        const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
         await runAgent({
-          jobId: opts.job,
-          natsUrl: opts.nats,
+          jobId: job,
+          natsUrl: nats,
           natsToken: process.env.FERRY_NATS_TOKEN,
-          index: opts.index !== undefined ? Number(opts.index) : rankFromEnv().rank,
+          index: index ?? rankFromEnv().rank,
           ...(launcherGone ? { launcherGone } : {}),
+          ...(preconnected ? { preconnected } : {}),
           ...(opts.id ? { agentId: opts.id } : {}),
           ...(io.signal ? { signal: io.signal } : {}),
           log: (line) => io.stderr.write(`${line}\n`),
@@ -199,6 +219,8 @@ export function createCli(io: CliIo): Command {
         io.exitCode = 0;
       } catch (err) {
         reportError(io, toFerryError(err));
+      } finally {
+        preconnected?.close();
       }
     });
 

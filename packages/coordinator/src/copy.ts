@@ -46,7 +46,7 @@ import {
 import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint } from '@ferry/core';
 import { JetStreamPublisher, connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
-import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
+import type { AgentExit, LaunchedAgents, Launcher, WarmAgents } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
@@ -66,6 +66,7 @@ import type { JobFile, JobPhase, JobStatus, JournalState } from './job-state.js'
 import { startEmbeddedNats, stopStale } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
 import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
+import { startWarmAgents } from './warm.js';
 import type { PreparedCopy } from './prepare.js';
 
 export interface CopyRequest {
@@ -302,7 +303,15 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   const started = Date.now();
   const discard = benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(request.source), parseLocation(request.destination));
   if (discard) emit({ type: 'log', message: `${BENCH_DISCARD_ENV}=1: control-plane benchmark, no byte is read, moved or written and nothing is created at the destination` });
-  const prep = await prepareCopy(request.source, request.destination, options, request.signal, discard);
+  // Local agents start now and connect while the copy is prepared (warm.ts).
+  const warm = await startWarmAgents(request, options, discard);
+  let prep: PreparedCopy;
+  try {
+    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard);
+  } catch (err) {
+    await warm?.dismiss();
+    throw err;
+  }
   const stateDir = options.stateDir ?? defaultStateDir();
   const jobDir = jobDirOf(stateDir, prep.jobId);
   let unlock: (() => Promise<void>) | undefined;
@@ -449,7 +458,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -501,6 +510,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     }
     throw e;
   } finally {
+    await warm?.dismiss().catch(() => {});
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     prep.conn.close();
@@ -545,6 +555,8 @@ interface TransferContext {
   saveStatus: (extra?: Partial<JobStatus>) => Promise<void>;
   /** Continuing an earlier run (its NATS state may hold completions to recover). */
   resumed: boolean;
+  /** Local agents started ahead of the job, waiting to be handed it. */
+  warm: WarmAgents | undefined;
 }
 
 /** The part with NATS and agents; returns once every range is durable and verified. */
@@ -887,17 +899,23 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const ownAgents = ctx.agents - external;
     const launcher = request.launcher ?? new LocalLauncher();
     const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
-    const launched: LaunchedAgents | undefined =
-      ownAgents > 0
+    const env = { ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) };
+    const secretEnv = token ? { FERRY_NATS_TOKEN: token } : undefined;
+    const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
+    const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 && ownAgents <= ctx.warm.count ? ctx.warm : undefined;
+    const launched: LaunchedAgents | undefined = warm
+      ? warm.go(ownAgents, (i) => ({ job: prep.jobId, nats: url, index: external + i, env: { ...env, ...secretEnv } }), { launcher: launcher.name, onStderr })
+      : ownAgents > 0
         ? await launcher.launch({
             count: ownAgents,
             command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
-            env: { ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) },
-            ...(token ? { secretEnv: { FERRY_NATS_TOKEN: token } } : {}),
+            env,
+            ...(secretEnv ? { secretEnv } : {}),
             argsFor: launcher.name === 'local' || launcher.name === 'ssh' ? (i) => ['--index', String(external + i)] : undefined,
-            onStderr: (i, line) => emit({ type: 'log', message: `agent ${i}: ${line}` }),
+            onStderr,
           })
         : undefined;
+    if (!warm) await ctx.warm?.dismiss();
     const exits: AgentExit[] = [];
     const agentsGone = (why: string) => {
       const failed = exits.filter((e) => e.code !== 0);

@@ -103,7 +103,7 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
   return settings;
 }
 
-function remoteHostsOf(loc: RemoteLocation): RemoteHost[] {
+export function remoteHostsOf(loc: RemoteLocation): RemoteHost[] {
   return loc.hosts.map((host) => ({ host, port: loc.port ?? 22, user: loc.user ?? userInfo().username }));
 }
 
