@@ -299,7 +299,9 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
   --runs <n>           rounds; each round runs every tool once (default 3)
   --configs <list>     comma-separated; scp, sftp, rsync, rclone, lftp, or ferry flags, optionally
                        after the word ferry (a list starting with a dash needs
-                       --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2')
+                       --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); ferry
+                       flags may follow NAME=value environment words, as in
+                       'ferry FERRY_WARM_START=0 -a 1 -s 1'
                        (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
   --direction <d>      push, pull or both (default push)
   --out <dir>          where loopback.md and loopback.json go (default bench/results)
@@ -349,16 +351,21 @@ function loopbackTool(entry, ctx) {
       argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
     };
   }
-  const flags = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  const words = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  // Leading NAME=value words are environment for ferry (e.g. FERRY_WARM_START=0), run through env(1).
+  const envWords = [];
+  while (words.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) envWords.push(words.shift());
+  const flags = words;
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, or ferry flags such as "-a 2 -s 2")`);
   // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `ferry ${flags.join(' ')}`.trim(),
+    name: `ferry ${[...envWords, ...flags].join(' ')}`.trim(),
     needs: null,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, push, stateDir }) => [
+      ...(envWords.length > 0 ? ['env', ...envWords] : []),
       process.execPath, CLI, 'cp',
       ...(push ? [src, `${user}@${host}:${port}:${dstDir}/`] : [`${user}@${host}:${port}:${src}`, `${dstDir}/`]),
       '-i', userKey, '--known-hosts', knownHosts,
