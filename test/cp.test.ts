@@ -2,6 +2,7 @@
  * ferry cp end to end against a real sshd on loopback and a real nats-server
  * (embedded, started by ferry), in both directions and both data paths.
  */
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -238,6 +239,18 @@ describe('ferry cp edge cases', () => {
       // Warm: both slots take the connection opened ahead, and none is opened twice.
       expect(used.length).toBe(warm === '1' ? 2 : 0);
       expect((await accepted()) - before).toBe(3);
+    }
+    // A file of one range: the second slot would get no work, so it opens no connection, warm or not.
+    const small = join(work.path, 'one-range.bin');
+    await writeFile(small, randomBytes(100_000));
+    for (const warm of ['1', '0']) {
+      const dir = join(work.path, `warm-small-${warm}`);
+      await mkdir(dir);
+      const before = await accepted();
+      const r = await runFerry(['cp', small, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common()], { env: { FERRY_WARM_START: warm } });
+      expect(r.code).toBe(0);
+      expect(await readFile(join(dir, 'one-range.bin'))).toEqual(await readFile(small));
+      expect((await accepted()) - before).toBe(2);
     }
   });
 

@@ -510,8 +510,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     const stagger = slotStaggerMs(index, slot, spec.streams);
     if (stagger > 0 && !options.preconnected?.has(hosts[preferred]!)) await Promise.race([sleep(stagger), stopped]);
     // Connect while the first work item is on its way, not after it arrives; its
-    // failure (if fatal) surfaces where a range would have connected.
-    let early: Promise<void> | undefined = stopping ? undefined : connect();
+    // failure (if fatal) surfaces where a range would have connected. A slot beyond
+    // the plan's range count (a small file, more slots than ranges) will most likely
+    // get no work: it connects only if some arrives.
+    const likelyIdle = index * spec.streams + slot >= spec.rangeCount;
+    let early: Promise<void> | undefined = stopping || likelyIdle ? undefined : connect();
     early?.catch(() => {});
 
     try {

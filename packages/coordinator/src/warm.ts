@@ -15,10 +15,15 @@ import { remoteHostsOf, sshSettings } from './prepare.js';
 
 export const WARM_START_ENV = 'FERRY_WARM_START';
 
-/** The connections agent `index` will open: one per slot that is not idle, with its first wait. */
-export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>): WarmHint {
+/**
+ * The connections agent `index` will open: one per slot that is not idle, with
+ * its first wait; with `rangeCount` known (a push), none for slots beyond it
+ * (they connect only if work reaches them).
+ */
+export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, rangeCount = Infinity): WarmHint {
   const connections: WarmHint['connections'] = [];
   for (let slot = 0; slot < options.streams; slot++) {
+    if (index * options.streams + slot >= rangeCount) break;
     const h = slotHost(index, slot, options.streams, hosts.length, options.maxConnectionsPerHost);
     if (h !== undefined) connections.push({ host: hosts[h]!, delayMs: slotStaggerMs(index, slot, options.streams) });
   }
@@ -45,16 +50,18 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   if (!remote) return undefined;
   let ssh: SshSettings;
   let count = options.agents;
+  let ranges = Infinity;
   try {
     ssh = await sshSettings(options);
     if (src.kind === 'local') {
       const size = (await stat(resolve(src.path))).size;
-      count = Math.min(count, Math.max(1, Math.ceil(size / (options.rangeBytes ?? chooseRangeBytes(size)))));
+      ranges = Math.max(1, Math.ceil(size / (options.rangeBytes ?? chooseRangeBytes(size))));
+      count = Math.min(count, ranges);
     }
   } catch {
     // prepareCopy says what is wrong.
     return undefined;
   }
   const hosts = remoteHostsOf(remote);
-  return new WarmAgents({ count, command: request.agentCommand, env: {}, hintFor: (i) => warmHint(i, hosts, ssh, options) });
+  return new WarmAgents({ count, command: request.agentCommand, env: {}, hintFor: (i) => warmHint(i, hosts, ssh, options, ranges) });
 }
