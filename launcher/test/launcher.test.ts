@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { LocalLauncher, SshLauncher, WarmAgents, rankFromEnv, shellQuote } from '../src/index.js';
 
 describe('rankFromEnv', () => {
@@ -80,9 +80,13 @@ describe('warm agents', () => {
     const launched = warm.go(2, (i) => ({ job: 'j1', nats: 'nats://x', index: i, env: { FERRY_NATS_TOKEN: 't' } }), { launcher: 'local', onStderr: (i, l) => lines.push([i, l]) });
     expect(launched.count).toBe(2);
     await warm.dismiss();
-    // The agents handed a job keep running (stdin open) until stopped.
+    // The agents handed a job keep running (stdin open) until stopped; stop them only once
+    // they have echoed both lines (a slow start would otherwise be killed before it wrote).
+    await vi.waitFor(() => expect(lines.length).toBe(6), { timeout: 20_000, interval: 50 });
     const exits = await launched.stop(2000);
     expect(exits.map((e) => e.index)).toEqual([0, 1]);
+    // Still running when stopped: ended by the SIGTERM, not by themselves.
+    expect(exits.map((e) => e.signal)).toEqual(['SIGTERM', 'SIGTERM']);
     for (const i of [0, 1]) {
       expect(lines.filter(([k]) => k === i).map(([, l]) => l)).toEqual([
         'argv --warm',
