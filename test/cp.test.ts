@@ -252,6 +252,17 @@ describe('ferry cp edge cases', () => {
       expect(await readFile(join(dir, 'one-range.bin'))).toEqual(await readFile(small));
       expect((await accepted()) - before).toBe(2);
     }
+    // A pull does not know its size before it starts: one connection is opened ahead,
+    // the other slots and agents start with the job and connect only if work reaches them.
+    for (const warm of ['1', '0']) {
+      const target = join(work.path, `warm-small-pulled-${warm}.bin`);
+      const before = await accepted();
+      const r = await runFerry(['cp', remote(small), target, '--agents', '2', '--streams', '2', '-v', ...common()], { env: { FERRY_WARM_START: warm } });
+      expect(r.code).toBe(0);
+      expect(await readFile(target)).toEqual(await readFile(small));
+      expect((await accepted()) - before).toBe(2);
+      expect((r.stderr.match(/opened while the coordinator prepared/g) ?? []).length).toBe(warm === '1' ? 1 : 0);
+    }
   });
 
   it('leaves no agent behind when the copy cannot start', async () => {

@@ -4,8 +4,9 @@
  * their start-up (loading Node modules, opening SSH connections, the remote
  * shell and helper starting) overlaps its own. Each agent runs
  * `<command> --warm` and reads two JSON lines on stdin: a WarmHint (what it
- * may open ahead) at once, and a WarmGo (the job to join) once the job
- * exists. An agent whose stdin closes before the second line leaves quietly.
+ * may open ahead) once the coordinator's own connection is up (connect()),
+ * and a WarmGo (the job to join) once the job exists. An agent whose stdin
+ * closes before a line it waits for leaves quietly.
  */
 import { FerryError } from '@ferry/core';
 import type { WarmGo, WarmHint } from '@ferry/core';
@@ -28,21 +29,39 @@ export class WarmAgents {
   /** Set once go() or dismiss() has run: the agents have their orders. */
   private settled = false;
 
-  constructor(spec: WarmSpec) {
-    const [file, ...args] = spec.command;
-    if (!file) throw new FerryError('USAGE', 'local launcher: empty agent command');
+  /** Set once the hints are written: the agents may connect. */
+  private hinted = false;
+
+  constructor(private readonly spec: WarmSpec) {
+    if (!spec.command[0]) throw new FerryError('USAGE', 'local launcher: empty agent command');
+    this.processes = Array.from({ length: spec.count }, (_, index) => this.spawn(index));
+  }
+
+  /**
+   * Lets the agents open their connections (writes each its hint). Until then
+   * they only load: the coordinator calls this once its own connection is up,
+   * so that theirs do not compete with it for the remote host's logins.
+   */
+  connect(): void {
+    if (this.hinted || this.settled) return;
+    this.hinted = true;
+    for (const [index, p] of this.processes.entries()) this.writeHint(p, index);
+  }
+
+  private writeHint({ child }: Started, index: number): void {
+    child.stdin?.write(JSON.stringify(this.spec.hintFor(index)) + '\n');
+  }
+
+  private spawn(index: number): Started {
+    const [file, ...args] = this.spec.command as [string, ...string[]];
     // As with launched agents: they watch this pid and stop when the coordinator is gone.
-    const env = { ...process.env, ...spec.env, FERRY_AGENT_PARENT_PID: String(process.pid) };
+    const env = { ...process.env, ...this.spec.env, FERRY_AGENT_PARENT_PID: String(process.pid) };
     const argv = [...args, '--warm'];
-    const commandLine = [file, ...argv].map(shellQuote).join(' ');
-    this.processes = Array.from({ length: spec.count }, (_, index) => {
-      const child = startProcess(file, argv, env, 'pipe');
-      void watchExit(child);
-      // An agent that died early (a wrong command) shows in its exit status, not as EPIPE here.
-      child.stdin?.on('error', () => {});
-      child.stdin?.write(JSON.stringify(spec.hintFor(index)) + '\n');
-      return { child, indices: [index], commandLine };
-    });
+    const child = startProcess(file, argv, env, 'pipe');
+    void watchExit(child);
+    // An agent that died early (a wrong command) shows in its exit status, not as EPIPE here.
+    child.stdin?.on('error', () => {});
+    return { child, indices: [index], commandLine: [file, ...argv].map(shellQuote).join(' ') };
   }
 
   get count(): number {
@@ -50,11 +69,18 @@ export class WarmAgents {
   }
 
   /**
-   * Hands the first `count` agents their job and tracks them as launched
-   * agents; the others are told to leave.
+   * Hands `count` agents their job and tracks them as launched agents: the
+   * warm ones first, then as many more as needed, started now (with their
+   * hint and job at once); warm ones beyond `count` are told to leave.
    */
   go(count: number, goFor: (index: number) => WarmGo, options: StartOptions): LaunchedAgents {
-    if (this.settled || count > this.processes.length) throw new FerryError('INTERNAL', `cannot hand ${count} of ${this.processes.length} warm agents their job`);
+    if (this.settled) throw new FerryError('INTERNAL', `cannot hand warm agents a job: they were ${this.handed > 0 ? 'handed one' : 'dismissed'} already`);
+    this.connect();
+    for (let i = this.processes.length; i < count; i++) {
+      const p = this.spawn(i);
+      this.writeHint(p, i);
+      this.processes.push(p);
+    }
     const used = this.processes.slice(0, count);
     for (const [i, { child }] of used.entries()) child.stdin?.write(JSON.stringify(goFor(i)) + '\n');
     this.handed = count;

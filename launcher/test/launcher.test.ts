@@ -97,6 +97,18 @@ describe('warm agents', () => {
     expect(exits[0]!.commandLine).toMatch(/--warm$/);
   });
 
+  it('start more agents when the job needs more than were started ahead', async () => {
+    const warm = new WarmAgents({ count: 1, command: echo, env: {}, hintFor: hint });
+    const lines: Array<[number, string]> = [];
+    const goFor = (i: number) => ({ job: 'j2', nats: 'nats://y', index: i, env: {} });
+    const launched = warm.go(3, goFor, { launcher: 'local', onStderr: (i, l) => lines.push([i, l]) });
+    expect(launched.count).toBe(3);
+    await vi.waitFor(() => expect(lines.length).toBe(9), { timeout: 20_000, interval: 50 });
+    const exits = await launched.stop(2000);
+    expect(exits.map((e) => e.signal)).toEqual(['SIGTERM', 'SIGTERM', 'SIGTERM']);
+    for (const i of [0, 1, 2]) expect(lines.filter(([k]) => k === i).map(([, l]) => l)).toEqual(['argv --warm', `line ${JSON.stringify(hint(i))}`, `line ${JSON.stringify(goFor(i))}`]);
+  });
+
   it('report an agent that died before its job like any failed launch', async () => {
     const warm = new WarmAgents({ count: 1, command: ['/nonexistent/ferry', 'agent'], env: {}, hintFor: hint });
     await new Promise((r) => setTimeout(r, 200));

@@ -307,7 +307,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   const warm = await startWarmAgents(request, options, discard);
   let prep: PreparedCopy;
   try {
-    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard);
+    // The warm agents connect once the coordinator's own connection is up, not alongside it:
+    // many logins at once slow each other (sshd, the remote shell's start-up files).
+    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard, () => warm?.connect());
   } catch (err) {
     await warm?.dismiss();
     throw err;
@@ -902,7 +904,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const env = { ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) };
     const secretEnv = token ? { FERRY_NATS_TOKEN: token } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
-    const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 && ownAgents <= ctx.warm.count ? ctx.warm : undefined;
+    const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;
     const launched: LaunchedAgents | undefined = warm
       ? warm.go(ownAgents, (i) => ({ job: prep.jobId, nats: url, index: external + i, env: { ...env, ...secretEnv } }), { launcher: launcher.name, onStderr })
       : ownAgents > 0

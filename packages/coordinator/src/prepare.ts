@@ -228,7 +228,8 @@ function discardConnection(): RemoteConnection {
  * has checked the command line). The source is checked as usual; the
  * destination is never contacted.
  */
-export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal, discard = false): Promise<PreparedCopy> {
+/** `onConnected` runs once the coordinator's own connection to the remote host is up. */
+export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal, discard = false, onConnected?: () => void): Promise<PreparedCopy> {
   const src = parseLocation(source);
   const dst = parseLocation(destination);
   if (src.kind === 'local' && dst.kind === 'local') {
@@ -284,6 +285,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     const sourcePath = resolve(src.path);
     const info = await statLocalSource(sourcePath);
     const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
+    onConnected?.();
     try {
       const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
       const jobId = makeJobId('push', sourcePath, `${hostsKey}:${targetPath}`);
@@ -315,6 +317,7 @@ export async function prepareCopy(source: string, destination: string, options: 
   }
 
   const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
+    onConnected?.();
   try {
     const label = conn.label;
     const st = await conn.stat(remoteLoc.path);

@@ -34,7 +34,8 @@ export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, o
  * Starts the local agents of a copy ahead of its preparation, or returns
  * undefined where that does not apply (another launcher, agents that join by
  * themselves, a discard benchmark, a command line prepare will refuse anyway).
- * A push starts no more agents than the file has ranges.
+ * A push starts no more agents than its ranges need, a pull one (its size is
+ * not known yet); the job's launch adds the rest (WarmAgents.go).
  */
 export async function startWarmAgents(request: CopyRequest, options: ResolvedCopyOptions, discard: boolean): Promise<WarmAgents | undefined> {
   if (process.env[WARM_START_ENV] === '0' || discard) return undefined;
@@ -49,19 +50,22 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   const remote = src.kind === 'remote' && dst.kind === 'local' ? src : src.kind === 'local' && dst.kind === 'remote' ? dst : undefined;
   if (!remote) return undefined;
   let ssh: SshSettings;
-  let count = options.agents;
-  let ranges = Infinity;
+  // Connections opened ahead: one per slot that will have a range. A pull does not know
+  // the size yet: only the first slot, which every copy uses (the others connect once the
+  // job exists, as without warm start, so a small file costs no connection it won't use).
+  let ahead = 1;
   try {
     ssh = await sshSettings(options);
     if (src.kind === 'local') {
       const size = (await stat(resolve(src.path))).size;
-      ranges = Math.max(1, Math.ceil(size / (options.rangeBytes ?? chooseRangeBytes(size))));
-      count = Math.min(count, ranges);
+      ahead = Math.max(1, Math.ceil(size / (options.rangeBytes ?? chooseRangeBytes(size))));
     }
   } catch {
     // prepareCopy says what is wrong.
     return undefined;
   }
   const hosts = remoteHostsOf(remote);
-  return new WarmAgents({ count, command: request.agentCommand, env: {}, hintFor: (i) => warmHint(i, hosts, ssh, options, ranges) });
+  // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
+  const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
+  return new WarmAgents({ count, command: request.agentCommand, env: {}, hintFor: (i) => warmHint(i, hosts, ssh, options, ahead) });
 }
