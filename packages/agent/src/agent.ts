@@ -27,6 +27,7 @@ import {
   errnoOf,
   hostLabel,
   jobSubjects,
+  globalSlot,
   slotHost,
   slotStaggerMs,
   toFerryError,
@@ -513,7 +514,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     // failure (if fatal) surfaces where a range would have connected. A slot beyond
     // the plan's range count (a small file, more slots than ranges) will most likely
     // get no work: it connects only if some arrives.
-    const likelyIdle = index * spec.streams + slot >= spec.rangeCount;
+    const likelyIdle = globalSlot(index, slot, spec.streams) >= spec.rangeCount;
     let early: Promise<void> | undefined = stopping || likelyIdle ? undefined : connect();
     early?.catch(() => {});
 

@@ -317,7 +317,7 @@ export async function prepareCopy(source: string, destination: string, options: 
   }
 
   const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
-    onConnected?.();
+  onConnected?.();
   try {
     const label = conn.label;
     const st = await conn.stat(remoteLoc.path);

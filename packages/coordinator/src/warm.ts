@@ -7,7 +7,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { MESSAGE_VERSION, chooseRangeBytes, parseLocation, slotHost, slotStaggerMs } from '@ferry/core';
+import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, parseLocation, slotHost, slotStaggerMs } from '@ferry/core';
 import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmHint } from '@ferry/core';
 import { WarmAgents } from '@ferry/launcher';
 import type { CopyRequest } from './copy.js';
@@ -23,7 +23,7 @@ export const WARM_START_ENV = 'FERRY_WARM_START';
 export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, rangeCount = Infinity): WarmHint {
   const connections: WarmHint['connections'] = [];
   for (let slot = 0; slot < options.streams; slot++) {
-    if (index * options.streams + slot >= rangeCount) break;
+    if (globalSlot(index, slot, options.streams) >= rangeCount) break;
     const h = slotHost(index, slot, options.streams, hosts.length, options.maxConnectionsPerHost);
     if (h !== undefined) connections.push({ host: hosts[h]!, delayMs: slotStaggerMs(index, slot, options.streams) });
   }

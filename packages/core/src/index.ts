@@ -28,4 +28,4 @@ export type { JournalRecord, ReplayResult, SourceFingerprint } from './journal.j
 export { BufferPool } from './pool.js';
 export { RangeHashes } from './range-hashes.js';
 export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } from './discard.js';
-export { slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
+export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
