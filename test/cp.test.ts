@@ -221,12 +221,13 @@ describe('ferry cp edge cases', () => {
     const r = await runFerry(['cp', src256, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--max-per-host', '1', '-v', ...common()]);
     expect(r.code).toBe(0);
     expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
-    // The coordinator's own connection plus one agent connection.
-    expect((await accepted()) - before).toBe(2);
+    // One login: the one connection allowed is the coordinator's own, which agent 0
+    // (running in the coordinator's process, warm start) moves the data over.
+    expect((await accepted()) - before).toBe(1);
     expect(r.stderr).toContain('stays idle: 1 hosts x --max-per-host 1 connections are taken by lower slots');
   });
 
-  it('starts local agents while it prepares, so their connections are open when the job exists (warm start)', async () => {
+  it('starts local agents while it prepares, so their connections are open when the job exists, and lends agent 0 its own (warm start)', async () => {
     const accepted = async () => ((await readFile(sshd.log, 'utf8')).match(/Accepted publickey/g) ?? []).length;
     for (const warm of ['1', '0']) {
       const dir = join(work.path, `warm-${warm}`);
@@ -235,12 +236,15 @@ describe('ferry cp edge cases', () => {
       const r = await runFerry(['cp', src256, remote(`${dir}/`), '--agents', '1', '--streams', '2', '-v', ...common()], { env: { FERRY_WARM_START: warm } });
       expect(r.code).toBe(0);
       expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
-      const used = r.stderr.match(/slot \d: using the connection to \S+ opened while the coordinator prepared/g) ?? [];
-      // Warm: both slots take the connection opened ahead, and none is opened twice.
-      expect(used.length).toBe(warm === '1' ? 2 : 0);
-      expect((await accepted()) - before).toBe(3);
+      const used = r.stderr.match(/slot \d: using the connection to \S+, opened while the coordinator prepared/g) ?? [];
+      const lent = r.stderr.match(/slot \d: using the coordinator's connection to \S+, opened while the coordinator prepared/g) ?? [];
+      // Warm: agent 0 runs in the coordinator's process; one slot uses the coordinator's
+      // connection, the other the connection opened ahead; none is opened twice.
+      expect([used.length, lent.length]).toEqual(warm === '1' ? [1, 1] : [0, 0]);
+      expect((await accepted()) - before).toBe(warm === '1' ? 2 : 3);
     }
-    // A file of one range: the second slot would get no work, so it opens no connection, warm or not.
+    // A file of one range: the second slot would get no work, so it opens no connection,
+    // and warm, the one that works uses the coordinator's.
     const small = join(work.path, 'one-range.bin');
     await writeFile(small, randomBytes(100_000));
     for (const warm of ['1', '0']) {
@@ -250,18 +254,18 @@ describe('ferry cp edge cases', () => {
       const r = await runFerry(['cp', small, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common()], { env: { FERRY_WARM_START: warm } });
       expect(r.code).toBe(0);
       expect(await readFile(join(dir, 'one-range.bin'))).toEqual(await readFile(small));
-      expect((await accepted()) - before).toBe(2);
+      expect((await accepted()) - before).toBe(warm === '1' ? 1 : 2);
     }
-    // A pull does not know its size before it starts: one connection is opened ahead,
-    // the other slots and agents start with the job and connect only if work reaches them.
+    // A pull does not know its size before it starts: agent 0 uses the coordinator's
+    // connection, the other slots and agents start with the job and connect only if work reaches them.
     for (const warm of ['1', '0']) {
       const target = join(work.path, `warm-small-pulled-${warm}.bin`);
       const before = await accepted();
       const r = await runFerry(['cp', remote(small), target, '--agents', '2', '--streams', '2', '-v', ...common()], { env: { FERRY_WARM_START: warm } });
       expect(r.code).toBe(0);
       expect(await readFile(target)).toEqual(await readFile(small));
-      expect((await accepted()) - before).toBe(2);
-      expect((r.stderr.match(/opened while the coordinator prepared/g) ?? []).length).toBe(warm === '1' ? 1 : 0);
+      expect((await accepted()) - before).toBe(warm === '1' ? 1 : 2);
+      expect((r.stderr.match(/using the coordinator's connection to \S+, opened while the coordinator prepared/g) ?? []).length).toBe(warm === '1' ? 1 : 0);
     }
   });
 

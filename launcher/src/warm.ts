@@ -20,6 +20,8 @@ export interface WarmSpec {
   command: string[];
   /** Extra environment for every agent (as LaunchSpec.env). */
   env: Record<string, string>;
+  /** The agent index of the first process (the coordinator may run agent 0 itself). @default 0 */
+  firstIndex?: number;
   hintFor(index: number): WarmHint;
 }
 
@@ -34,7 +36,7 @@ export class WarmAgents {
 
   constructor(private readonly spec: WarmSpec) {
     if (!spec.command[0]) throw new FerryError('USAGE', 'local launcher: empty agent command');
-    this.processes = Array.from({ length: spec.count }, (_, index) => this.spawn(index));
+    this.processes = Array.from({ length: spec.count }, (_, i) => this.spawn(this.indexOf(i)));
   }
 
   /**
@@ -45,7 +47,12 @@ export class WarmAgents {
   connect(): void {
     if (this.hinted || this.settled) return;
     this.hinted = true;
-    for (const [index, p] of this.processes.entries()) this.writeHint(p, index);
+    for (const [i, p] of this.processes.entries()) this.writeHint(p, this.indexOf(i));
+  }
+
+  /** The agent index of the i-th process. */
+  private indexOf(i: number): number {
+    return (this.spec.firstIndex ?? 0) + i;
   }
 
   private writeHint({ child }: Started, index: number): void {
@@ -72,17 +79,18 @@ export class WarmAgents {
    * Hands `count` agents their job and tracks them as launched agents: the
    * warm ones first, then as many more as needed, started now (with their
    * hint and job at once); warm ones beyond `count` are told to leave.
+   * `goFor` gets the agent index (from firstIndex on).
    */
   go(count: number, goFor: (index: number) => WarmGo, options: StartOptions): LaunchedAgents {
     if (this.settled) throw new FerryError('INTERNAL', `cannot hand warm agents a job: they were ${this.handed > 0 ? 'handed one' : 'dismissed'} already`);
     this.connect();
     for (let i = this.processes.length; i < count; i++) {
-      const p = this.spawn(i);
-      this.writeHint(p, i);
+      const p = this.spawn(this.indexOf(i));
+      this.writeHint(p, this.indexOf(i));
       this.processes.push(p);
     }
     const used = this.processes.slice(0, count);
-    for (const [i, { child }] of used.entries()) child.stdin?.write(JSON.stringify(goFor(i)) + '\n');
+    for (const [i, { child }] of used.entries()) child.stdin?.write(JSON.stringify(goFor(this.indexOf(i))) + '\n');
     this.handed = count;
     void this.dismiss();
     return track(used, options);

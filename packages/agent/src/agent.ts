@@ -59,8 +59,17 @@ export interface AgentOptions {
   parentPid?: number;
   /** Resolves when whoever launched this agent is gone (ssh launcher: stdin closed). */
   launcherGone?: Promise<void>;
-  /** Connections opened ahead of the job (`ferry agent --warm`), taken by the slots whose host they reach. */
+  /**
+   * Connections opened ahead of the job (`ferry agent --warm`, or the agent in
+   * the coordinator's process), taken by the slots whose host they reach.
+   */
   preconnected?: Preconnected;
+  /**
+   * Runs inside another program (the coordinator's process, see the
+   * coordinator's warm.ts): it stops when NATS stays away, but never ends the
+   * process. @default false
+   */
+  inProcess?: boolean;
 }
 
 export interface AgentSummary {
@@ -224,14 +233,18 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const lonely = setInterval(() => {
     if (disconnectedSince !== undefined && Date.now() - disconnectedSince > NATS_GONE_MS) {
       stop(`no NATS for ${NATS_GONE_MS / 1000} s`);
-      setTimeout(() => process.exit(1), 10_000).unref();
+      exitSoon();
     }
   }, 5000);
   lonely.unref();
+  /** Ends this process a while after a stop that nobody else will end it for (not when in-process). */
+  const exitSoon = () => {
+    if (!options.inProcess) setTimeout(() => process.exit(1), 10_000).unref();
+  };
 
   void options.launcherGone?.then(() => {
     stop('the launcher connection closed');
-    setTimeout(() => process.exit(1), 10_000).unref();
+    exitSoon();
   });
 
   const publishEvent = (event: AgentEvent) => nc.publish(subjects.events, encodeMessage(event));
@@ -254,6 +267,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     publisher.close();
     await nc.drain().catch(() => {});
     if (parentWatch) clearInterval(parentWatch);
+    clearInterval(lonely);
+    options.signal?.removeEventListener('abort', onSignal);
     throw e;
   }
 
@@ -418,6 +433,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     };
     const drop = () => {
       giveBackPending();
+      // A lent connection stays open (Preconnected.lend): its remote file must not.
+      file?.close().catch(() => {});
       conn?.close();
       conn = undefined;
       file = undefined;
@@ -428,7 +445,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         const host = hosts[hostIndex]!;
         try {
           const ready = spec.discard ? undefined : await options.preconnected?.take(host, spec);
-          if (ready) log(`slot ${slot}: using the connection to ${hostLabel(host)} opened while the coordinator prepared`);
+          if (ready) {
+            const whose = options.preconnected?.isLent(ready) ? "the coordinator's connection" : 'the connection';
+            log(`slot ${slot}: using ${whose} to ${hostLabel(host)}, opened while the coordinator prepared`);
+          }
           conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal })));
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
           health[hostIndex]!.failures = 0;

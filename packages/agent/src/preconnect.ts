@@ -10,6 +10,10 @@
  * the job's spec, once it arrives, asks for the same thing: same SSH settings,
  * remote command and window, and the mode the connection ended up in.
  * Anything else is closed and the slot connects as usual.
+ *
+ * The agent that runs inside the coordinator's process is also lent the
+ * coordinator's own connection (lend()): one slot uses it instead of logging
+ * in again, and leaves it open when done, for the coordinator still needs it.
  */
 import { FerryError, hostLabel, toFerryError } from '@ferry/core';
 import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
@@ -25,6 +29,8 @@ export class Preconnected {
   private readonly byHost = new Map<string, Opening[]>();
   private readonly abort = new AbortController();
   private closed = false;
+  private lent: { host: RemoteHost; conn: RemoteConnection } | undefined;
+  private readonly borrowedOut = new WeakSet<RemoteConnection>();
 
   constructor(private readonly hint: WarmHint) {
     for (const { host, delayMs } of hint.connections) {
@@ -47,9 +53,23 @@ export class Preconnected {
     return conn;
   }
 
-  /** Whether a connection to `host` was opened ahead (and not taken yet). */
+  /** Offers `conn`, the coordinator's connection to `host`, to the first slot that goes there. */
+  lend(host: RemoteHost, conn: RemoteConnection): void {
+    this.lent = { host, conn };
+  }
+
+  /** Whether a connection to `host` was opened ahead or lent (and not taken yet). */
   has(host: RemoteHost): boolean {
-    return (this.byHost.get(hostLabel(host))?.length ?? 0) > 0;
+    return this.lentTo(host) || (this.byHost.get(hostLabel(host))?.length ?? 0) > 0;
+  }
+
+  /** Whether `conn` (from take()) is the coordinator's connection, lent. */
+  isLent(conn: RemoteConnection): boolean {
+    return this.borrowedOut.has(conn);
+  }
+
+  private lentTo(host: RemoteHost): boolean {
+    return this.lent !== undefined && hostLabel(this.lent.host) === hostLabel(host) && this.lent.host.user === host.user;
   }
 
   /**
@@ -58,6 +78,15 @@ export class Preconnected {
    * failure when connecting again would fail the same way (host unreachable).
    */
   async take(host: RemoteHost, spec: JobSpec): Promise<RemoteConnection | undefined> {
+    if (this.lentTo(host)) {
+      const { conn } = this.lent!;
+      this.lent = undefined;
+      if (this.suits(host, spec) && conn.mode === spec.mode && conn.alive) {
+        const b = borrowed(conn);
+        this.borrowedOut.add(b);
+        return b;
+      }
+    }
     const list = this.byHost.get(hostLabel(host));
     const opening = list?.shift();
     if (!opening) return undefined;
@@ -91,9 +120,21 @@ export class Preconnected {
   /** Closes every connection not taken (and stops those still opening). */
   close(): void {
     this.closed = true;
+    this.lent = undefined;
     this.abort.abort();
     for (const list of this.byHost.values()) for (const opening of list.splice(0)) opening.then((c) => c.close(), () => {});
   }
+}
+
+/** `conn` for a borrower: the same connection, except that close() leaves it open for its owner. */
+function borrowed(conn: RemoteConnection): RemoteConnection {
+  return new Proxy(conn, {
+    get(target, key) {
+      if (key === 'close') return () => {};
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
 }
 
 /** SSH settings as a comparable string (absent and default fields alike, whatever encoding carried them). */

@@ -46,7 +46,7 @@ import {
 import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint } from '@ferry/core';
 import { JetStreamPublisher, connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
-import type { AgentExit, LaunchedAgents, Launcher, WarmAgents } from '@ferry/launcher';
+import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
@@ -67,6 +67,7 @@ import { startEmbeddedNats, stopStale } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
 import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
 import { startWarmAgents } from './warm.js';
+import type { WarmStart } from './warm.js';
 import type { PreparedCopy } from './prepare.js';
 
 export interface CopyRequest {
@@ -309,7 +310,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   try {
     // The warm agents connect once the coordinator's own connection is up, not alongside it:
     // many logins at once slow each other (sshd, the remote shell's start-up files).
-    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard, () => warm?.connect());
+    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard, (conn, host) => warm?.connect(conn, host));
   } catch (err) {
     await warm?.dismiss();
     throw err;
@@ -558,7 +559,7 @@ interface TransferContext {
   /** Continuing an earlier run (its NATS state may hold completions to recover). */
   resumed: boolean;
   /** Local agents started ahead of the job, waiting to be handed it. */
-  warm: WarmAgents | undefined;
+  warm: WarmStart | undefined;
 }
 
 /** The part with NATS and agents; returns once every range is durable and verified. */
@@ -906,7 +907,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
     const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;
     const launched: LaunchedAgents | undefined = warm
-      ? warm.go(ownAgents, (i) => ({ job: prep.jobId, nats: url, index: external + i, env: { ...env, ...secretEnv } }), { launcher: launcher.name, onStderr })
+      ? await warm.go(ownAgents, (i) => ({ job: prep.jobId, nats: url, index: external + i, env: { ...env, ...secretEnv } }), { launcher: launcher.name, onStderr })
       : ownAgents > 0
         ? await launcher.launch({
             count: ownAgents,

@@ -229,7 +229,14 @@ function discardConnection(): RemoteConnection {
  * destination is never contacted.
  */
 /** `onConnected` runs once the coordinator's own connection to the remote host is up. */
-export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, signal?: AbortSignal, discard = false, onConnected?: () => void): Promise<PreparedCopy> {
+export async function prepareCopy(
+  source: string,
+  destination: string,
+  options: ResolvedCopyOptions,
+  signal?: AbortSignal,
+  discard = false,
+  onConnected?: (conn: RemoteConnection, host: RemoteHost) => void,
+): Promise<PreparedCopy> {
   const src = parseLocation(source);
   const dst = parseLocation(destination);
   if (src.kind === 'local' && dst.kind === 'local') {
@@ -285,7 +292,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     const sourcePath = resolve(src.path);
     const info = await statLocalSource(sourcePath);
     const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
-    onConnected?.();
+    onConnected?.(conn, remoteHost);
     try {
       const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
       const jobId = makeJobId('push', sourcePath, `${hostsKey}:${targetPath}`);
@@ -317,7 +324,7 @@ export async function prepareCopy(source: string, destination: string, options: 
   }
 
   const { conn, host: remoteHost } = await connectAny(remoteHosts, ssh, connectOptions);
-  onConnected?.();
+  onConnected?.(conn, remoteHost);
   try {
     const label = conn.label;
     const st = await conn.stat(remoteLoc.path);

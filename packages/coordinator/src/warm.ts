@@ -2,15 +2,22 @@
  * Warm start (see @ferry/launcher's warm.ts): with local agents, the
  * coordinator starts them before it prepares the copy, and tells each which
  * connections its slots will open, so their start-up overlaps the
- * coordinator's own instead of following it. FERRY_WARM_START=0 turns it off
- * (agents then start once the job exists, as with every other launcher).
+ * coordinator's own instead of following it. Agent 0 runs inside the
+ * coordinator's process and one of its slots uses the coordinator's own
+ * connection: a copy with one agent and one stream starts no process and
+ * logs in once. FERRY_WARM_START=0 turns all this off (agents then start as
+ * processes once the job exists, as with every other launcher).
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, parseLocation, slotHost, slotStaggerMs } from '@ferry/core';
-import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmHint } from '@ferry/core';
+import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs } from '@ferry/core';
+import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
+import type { Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
+import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
+import type { RemoteConnection } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
+import { mergeLaunched, runAgentInProcess } from './in-process.js';
 import { remoteHostsOf, sshSettings } from './prepare.js';
 
 export const WARM_START_ENV = 'FERRY_WARM_START';
@@ -31,13 +38,72 @@ export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, o
 }
 
 /**
+ * The local agents of a copy, started ahead of its preparation: agent 0 in
+ * this process, the others as `ferry agent --warm` processes.
+ */
+export class WarmStart {
+  /** Agent 0's connections, from connect() until go() or dismiss(). */
+  private preconnected: Promise<Preconnected> | undefined;
+  private settled = false;
+
+  constructor(
+    readonly processes: WarmAgents,
+    private readonly agentModule: Promise<typeof import('@ferry/agent')>,
+    private readonly hintFor: (index: number) => WarmHint,
+  ) {
+    // A failed import shows where it is awaited.
+    agentModule.catch(() => {});
+  }
+
+  /**
+   * The coordinator's connection (`conn`, to `host`) is up: the agent
+   * processes may connect, and agent 0 opens what its other slots need and is
+   * lent `conn` for the first slot that goes to `host`.
+   */
+  connect(conn: RemoteConnection, host: RemoteHost): void {
+    this.processes.connect();
+    if (this.settled || this.preconnected) return;
+    this.preconnected = this.agentModule.then(({ Preconnected }) => {
+      const hint = this.hintFor(0);
+      const mine = hint.connections.findIndex((c) => hostLabel(c.host) === hostLabel(host) && c.host.user === host.user);
+      const pre = new Preconnected({ ...hint, connections: hint.connections.filter((_, i) => i !== mine) });
+      pre.lend(host, conn);
+      return pre;
+    });
+    this.preconnected.catch(() => {});
+  }
+
+  /**
+   * Hands `count` agents their job: agent 0 runs here, the rest are the warm
+   * processes (and more started now if needed). Tracked as launched agents.
+   */
+  async go(count: number, goFor: (index: number) => WarmGo, options: StartOptions): Promise<LaunchedAgents> {
+    this.settled = true;
+    const { runAgent } = await this.agentModule;
+    const preconnected = await this.preconnected;
+    this.preconnected = undefined;
+    const inProcess = runAgentInProcess(runAgent, goFor(0), preconnected, options);
+    const processes = this.processes.go(count - 1, goFor, options);
+    return mergeLaunched([inProcess, processes]);
+  }
+
+  /** Dismisses what was not handed a job (see WarmAgents.dismiss). */
+  async dismiss(): Promise<void> {
+    this.settled = true;
+    void this.preconnected?.then((pre) => pre.close(), () => {});
+    this.preconnected = undefined;
+    await this.processes.dismiss();
+  }
+}
+
+/**
  * Starts the local agents of a copy ahead of its preparation, or returns
  * undefined where that does not apply (another launcher, agents that join by
  * themselves, a discard benchmark, a command line prepare will refuse anyway).
  * A push starts no more agents than its ranges need, a pull one (its size is
- * not known yet); the job's launch adds the rest (WarmAgents.go).
+ * not known yet); the job's launch adds the rest (WarmStart.go).
  */
-export async function startWarmAgents(request: CopyRequest, options: ResolvedCopyOptions, discard: boolean): Promise<WarmAgents | undefined> {
+export async function startWarmAgents(request: CopyRequest, options: ResolvedCopyOptions, discard: boolean): Promise<WarmStart | undefined> {
   if (process.env[WARM_START_ENV] === '0' || discard) return undefined;
   if ((request.externalAgents ?? 0) > 0 || (request.launcher && request.launcher.name !== 'local')) return undefined;
   let src, dst;
@@ -67,5 +133,7 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   const hosts = remoteHostsOf(remote);
   // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
   const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
-  return new WarmAgents({ count, command: request.agentCommand, env: {}, hintFor: (i) => warmHint(i, hosts, ssh, options, ahead) });
+  const hintFor = (i: number) => warmHint(i, hosts, ssh, options, ahead);
+  const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
+  return new WarmStart(processes, import('@ferry/agent'), hintFor);
 }

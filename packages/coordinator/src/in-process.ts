@@ -1,0 +1,95 @@
+/**
+ * The agent that runs inside the coordinator's process (warm start, local
+ * launcher): the same runAgent as `ferry agent`, given the job the way a warm
+ * agent process gets it (a WarmGo), and tracked like launched agents.
+ */
+import { FerryError, toFerryError } from '@ferry/core';
+import type { WarmGo } from '@ferry/core';
+import type { Preconnected, runAgent as RunAgent } from '@ferry/agent';
+import type { AgentExit, LaunchedAgents, StartOptions } from '@ferry/launcher';
+
+const TAIL_LINES = 20;
+
+export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconnected: Preconnected | undefined, options: StartOptions): LaunchedAgents {
+  const abort = new AbortController();
+  const signal = options.signal ? AbortSignal.any([abort.signal, options.signal]) : abort.signal;
+  const tail: string[] = [];
+  const log = (line: string) => {
+    tail.push(line);
+    if (tail.length > TAIL_LINES) tail.shift();
+    options.onStderr?.(go.index, line);
+  };
+  const corrupt = go.env.FERRY_TEST_CORRUPT_RANGES;
+  const listeners: Array<(exit: AgentExit) => void> = [];
+  const exitOf = (code: number | null, signalName: string | null): AgentExit => ({
+    index: go.index,
+    code,
+    signal: signalName,
+    stderrTail: tail.join('\n'),
+    launcher: options.launcher,
+    commandLine: '(agent in the coordinator process)',
+  });
+  let settled: AgentExit | undefined;
+  let settle!: (exit: AgentExit) => void;
+  const done = new Promise<AgentExit>((resolve) => (settle = resolve));
+  const finish = (exit: AgentExit) => {
+    if (settled) return;
+    settled = exit;
+    for (const l of listeners) l(exit);
+    settle(exit);
+  };
+  void (async () => {
+    try {
+      await runAgent({
+        jobId: go.job,
+        natsUrl: go.nats,
+        natsToken: go.env.FERRY_NATS_TOKEN,
+        index: go.index,
+        inProcess: true,
+        signal,
+        log,
+        ...(preconnected ? { preconnected } : {}),
+        ...(corrupt ? { corruptRanges: new Set(corrupt.split(',').map(Number)) } : {}),
+      });
+      finish(exitOf(0, null));
+    } catch (err) {
+      const e = toFerryError(err);
+      log(`ferry agent: ${e.message}`);
+      finish(exitOf(e.exitCode, null));
+    } finally {
+      preconnected?.close();
+    }
+  })();
+  const exited = done.then((exit) => [exit]);
+  return {
+    count: 1,
+    exited,
+    pids: [process.pid],
+    onExit: (listener) => {
+      listeners.push(listener);
+    },
+    /** Stops the agent; one that has not finished after `graceMs` is left behind and reported gone. */
+    stop: async (graceMs = 5000) => {
+      abort.abort(new FerryError('INTERRUPTED', 'the coordinator stopped its agents'));
+      const timer = setTimeout(() => finish(exitOf(null, 'SIGKILL')), graceMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+/** Several groups of launched agents as one. */
+export function mergeLaunched(parts: LaunchedAgents[]): LaunchedAgents {
+  return {
+    count: parts.reduce((n, p) => n + p.count, 0),
+    exited: Promise.all(parts.map((p) => p.exited)).then((all) => all.flat().sort((a, b) => a.index - b.index)),
+    pids: parts.flatMap((p) => p.pids),
+    onExit: (listener) => {
+      for (const p of parts) p.onExit(listener);
+    },
+    stop: async (graceMs) => (await Promise.all(parts.map((p) => p.stop(graceMs)))).flat().sort((a, b) => a.index - b.index),
+  };
+}
