@@ -116,6 +116,26 @@ describe('fault tolerance', () => {
     expect(run.events.some((e) => e.type === 'agent.error' && e.code === 'CONNECTION_LOST' && e.fatal === false)).toBe(true);
   });
 
+  it('3c. retries an agent connection whose helper stays silent past its start timeout', async () => {
+    const dir = join(work.path, 't3c');
+    await mkdir(dir);
+    // The second helper start (the agent's first connection; the coordinator's is the
+    // first) hangs past the 20 s hello timeout without a word, like a login stuck in
+    // slow shell start-up files; every other start is the real helper.
+    const starts = join(dir, 'starts');
+    const script = join(dir, 'slow-serve.sh');
+    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 2 ]; then sleep 22; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'), ['--remote-cmd', script])], { env: { FERRY_WARM_START: '0' } });
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await finish(run, join(dir, 'src.bin'));
+    const slow = run.events.filter((e) => e.type === 'agent.error');
+    expect(slow.length).toBeGreaterThan(0);
+    expect(slow.every((e) => e.code === 'HELPER_UNAVAILABLE' && e.fatal === false)).toBe(true);
+    expect(String(slow[0]!.message)).toContain('started but did not answer within 20s, without exiting or a word on stderr');
+    // Coordinator, two slots, and the slow slot's retry.
+    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(4);
+  });
+
   it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {
     const dir = join(work.path, 't3b');
     await mkdir(dir);

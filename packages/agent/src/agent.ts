@@ -33,7 +33,7 @@ import {
   toFerryError,
 } from '@ferry/core';
 import type { AgentEvent, Completion, ErrorCode, Heartbeat, JobSpec, RemoteHost, WorkItem } from '@ferry/core';
-import { connectRemote } from '@ferry/transport';
+import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
 import { pullRange, pushRange } from './pump.js';
@@ -338,10 +338,12 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   });
 
   /** The next host to try for a worker: its own first, others while it is down. */
+  let lastHostError: FerryError | undefined;
   const pickHost = async (preferred: number): Promise<number> => {
     for (;;) {
       if (health.every((h) => h.failures >= HOST_ROUNDS_BEFORE_GIVING_UP)) {
-        fatal ??= new FerryError('HOST_UNREACHABLE', `no remote host is reachable (${hosts.map(hostLabel).join(', ')}; ${HOST_ROUNDS_BEFORE_GIVING_UP} attempts each): check that sshd runs there and the network path`);
+        const last = lastHostError ? `; last: ${lastHostError.message}` : '';
+        fatal ??= new FerryError('HOST_UNREACHABLE', `no remote host is reachable (${hosts.map(hostLabel).join(', ')}; ${HOST_ROUNDS_BEFORE_GIVING_UP} attempts each${last}): check that sshd runs there and the network path`);
         throw fatal;
       }
       const now = Date.now();
@@ -458,7 +460,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           conn?.close();
           conn = undefined;
           const e = toFerryError(err);
-          if (!HOST_TROUBLE.has(e.code)) throw e;
+          // A helper that started but stayed silent past its timeout: the coordinator has just
+          // run the same helper there, so this is a slow remote side (many logins at once,
+          // heavy shell start-up files); back off and try again like a lost connection.
+          if (!HOST_TROUBLE.has(e.code) && !isSlowHelperStart(err)) throw e;
+          lastHostError = e;
           const h = health[hostIndex]!;
           h.failures++;
           h.downUntil = Date.now() + backoffMs(h.failures);

@@ -177,7 +177,11 @@ export class HelperClient {
     const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'] });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new FerryError('HELPER_UNAVAILABLE', `no answer from the helper on ${this.label} within ${timeoutMs / 1000}s`, { host: this.label })), timeoutMs);
+      timer = setTimeout(() => {
+        const e = new FerryError('HELPER_UNAVAILABLE', `no answer from the helper on ${this.label} within ${timeoutMs / 1000}s`, { host: this.label });
+        helloTimeouts.add(e);
+        reject(e);
+      }, timeoutMs);
     });
     try {
       const ok = await Promise.race([reply, timeout]);
@@ -291,4 +295,34 @@ export class HelperClient {
   resume(): void {
     this.streams.output.resume();
   }
+}
+
+/** The handshake timeouts (HelperClient.handshake), told apart from a helper that answered wrongly. */
+const helloTimeouts = new WeakSet<object>();
+/** Helper starts that timed out with no exit status and nothing on stderr (slowStart()). */
+const slowStarts = new WeakSet<object>();
+
+export function isHelloTimeout(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && helloTimeouts.has(err);
+}
+
+/**
+ * The error for a helper that was started but neither answered nor exited nor
+ * said anything within the timeout: most likely a slow remote side (heavy
+ * shell start-up files, many logins at once, a loaded host), which another
+ * attempt may not meet. Agents retry it (isSlowHelperStart); the coordinator,
+ * whose connection is the first, reports it.
+ */
+export function slowStart(command: string, label: string, timeoutMs: number, cause: unknown): FerryError {
+  const e = new FerryError(
+    'HELPER_UNAVAILABLE',
+    `'${command}' on ${label} started but did not answer within ${timeoutMs / 1000}s, without exiting or a word on stderr: the remote side is slow to start (shell start-up files in ~/.bashrc, many logins at once, a loaded host), or --remote-cmd does not run ferry serve`,
+    { host: label, cause },
+  );
+  slowStarts.add(e);
+  return e;
+}
+
+export function isSlowHelperStart(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && slowStarts.has(err);
 }

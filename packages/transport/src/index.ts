@@ -11,7 +11,7 @@
  */
 export { connectSsh, shellQuote } from './ssh.js';
 export type { ConnectOptions } from './ssh.js';
-export { HelperClient } from './helper-client.js';
+export { HelperClient, isSlowHelperStart } from './helper-client.js';
 export type { HelperStreams, RangeWrite } from './helper-client.js';
 export { SftpSession, sftpErrno } from './sftp-session.js';
 export { connectRemote } from './remote.js';

@@ -10,7 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { FerryError, hostLabel } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import type { ExecResult } from './exec.js';
-import { HelperClient } from './helper-client.js';
+import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
 import { HelperConnection } from './remote.js';
 import type { RemoteConnection, RemoteOptions } from './remote.js';
 
@@ -126,10 +126,14 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
   try {
     await Promise.race([helper.handshake(ssh.connectTimeoutMs + HELPER_HELLO_TIMEOUT_MS), spawnError]);
   } catch (err) {
+    // Before the kill: ssh may say something about being killed.
+    const silent = !stderr.trim();
     kill();
     if (err instanceof FerryError && err.code === 'SSH_CLIENT_MISSING') throw err;
     await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
+    // No word from ssh or the remote side, only silence: a slow start, not a missing helper.
+    if (isHelloTimeout(err) && silent) throw slowStart(options.remoteCommand, label, ssh.connectTimeoutMs + HELPER_HELLO_TIMEOUT_MS, err);
     throw classifySshFailure(stderr, child.exitCode, target, ssh, options.remoteCommand);
   } finally {
     options.signal?.removeEventListener('abort', onAbort);

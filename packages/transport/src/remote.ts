@@ -9,7 +9,7 @@ import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode }
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
 import type { ExecResult } from './exec.js';
-import { HelperClient } from './helper-client.js';
+import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
 import type { RangeWrite } from './helper-client.js';
 import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
 import { connectSsh, shellQuote } from './ssh.js';
@@ -79,6 +79,7 @@ async function startHelper(client: Client, command: string, label: string): Prom
   } catch (err) {
     helper.close();
     const tail = helper.stderr;
+    if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(command, label, HELPER_HELLO_TIMEOUT_MS, err);
     const why = exitCode === 127 || /not found/i.test(tail) ? 'command not found' : tail || (err as Error).message;
     throw new FerryError(
       'HELPER_UNAVAILABLE',
