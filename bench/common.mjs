@@ -2,7 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -105,4 +105,16 @@ export async function fileHash(path) {
       .on('end', () => resolve(h.digest()))
       .on('error', reject);
   });
+}
+
+/**
+ * sshd_config lines for --lean-login: sessions get HOME set to an empty
+ * directory under `work`, so `bash -c` reads no ~/.bashrc. (sshd applies SetEnv
+ * after HOME; authorized keys come from the bench's own file, not from HOME.)
+ */
+export async function leanLogin(lean, work) {
+  if (!lean) return [];
+  const home = join(work, 'lean-home');
+  await mkdir(home, { recursive: true });
+  return [`SetEnv HOME=${home}`];
 }

@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, fileHash, waitForIdle, ferryVersion, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -307,6 +307,10 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
   --out <dir>          where loopback.md and loopback.json go (default bench/results)
   --name <name>        base name of the result files instead of loopback (e.g. startup)
   --retry-noisy <n>    repeat a run disturbed by other load up to n times (default 2)
+  --lean-login         sessions of the bench's sshd get HOME set to an empty directory
+                       (sshd_config SetEnv), so the remote shell reads no start-up files
+                       (~/.bashrc): every tool's login costs what sshd and the tool cost,
+                       not the machine's shell set-up (see "Heavy shell start-up files")
 `;
 
 /** One entry of --configs as a tool: a name, and argv for a direction given the endpoints. */
@@ -387,6 +391,7 @@ async function loopback(argv) {
       out: { type: 'string', default: 'bench/results' },
       name: { type: 'string', default: 'loopback' },
       'retry-noisy': { type: 'string', default: '2' },
+      'lean-login': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -405,7 +410,7 @@ async function loopback(argv) {
   // Source and destination in one temporary directory: one filesystem, as the tools would see on a site.
   const work = await mkdtemp(join(tmpdir(), 'ferry-bench-'));
   cleanups.push(() => rm(work, { recursive: true, force: true }));
-  const sshd = await startSshd({ dir: join(work, 'sshd') });
+  const sshd = await startSshd({ dir: join(work, 'sshd'), extraConfig: await leanLogin(o['lean-login'], work) });
   cleanups.push(() => sshd.stop());
   log(`sshd on ${sshd.host}:${sshd.port} (pid ${sshd.pid}), work dir ${work}`);
   const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, port: sshd.port, user: sshd.user };
@@ -575,6 +580,7 @@ async function loopback(argv) {
     `- ferry: ${ferryVersion()}`,
     `- File: ${size} bytes (${formatBytes(size)}), random`,
     `- Runs: ${runs} per tool and direction, in rounds (every tool once per round)`,
+    `- Logins: ${o['lean-login'] ? 'lean (--lean-login: HOME is an empty directory, the remote shell reads no start-up files)' : `the remote user's own shell start-up files (~/.bashrc) run on every login`}`,
     `- Command: \`${['node bench/run.mjs loopback', ...argv.map(shq)].join(' ')}\``,
     '',
     table,
@@ -718,3 +724,4 @@ try {
 } finally {
   await cleanupAll();
 }
+
