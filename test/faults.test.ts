@@ -120,18 +120,19 @@ describe('fault tolerance', () => {
     const dir = join(work.path, 't3c');
     await mkdir(dir);
     // The second helper start (the agent's first connection; the coordinator's is the
-    // first) hangs past the 20 s hello timeout without a word, like a login stuck in
-    // slow shell start-up files; every other start is the real helper.
+    // first) hangs past the agents' helper timeout (4x --connect-timeout: 32 s here)
+    // without a word, like a login stuck in slow shell start-up files; every other
+    // start is the real helper.
     const starts = join(dir, 'starts');
     const script = join(dir, 'slow-serve.sh');
-    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 2 ]; then sleep 22; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'), ['--remote-cmd', script])], { env: { FERRY_WARM_START: '0' } });
+    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 2 ]; then sleep 34; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '8s'])], { env: { FERRY_WARM_START: '0' } });
     cleanups.push(() => run.child.kill('SIGKILL'));
     await finish(run, join(dir, 'src.bin'));
     const slow = run.events.filter((e) => e.type === 'agent.error');
     expect(slow.length).toBeGreaterThan(0);
     expect(slow.every((e) => e.code === 'HELPER_UNAVAILABLE' && e.fatal === false)).toBe(true);
-    expect(String(slow[0]!.message)).toContain('started but did not answer within 20s, without exiting or a word on stderr');
+    expect(String(slow[0]!.message)).toContain('started but did not answer within 32s, without exiting or a word on stderr');
     // Coordinator, two slots, and the slow slot's retry.
     expect(Number((await readFile(starts, 'utf8')).trim())).toBe(4);
   });

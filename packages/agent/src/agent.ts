@@ -32,7 +32,7 @@ import {
   slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
-import type { AgentEvent, Completion, ErrorCode, Heartbeat, JobSpec, RemoteHost, WorkItem } from '@ferry/core';
+import type { AgentEvent, Completion, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
@@ -97,6 +97,17 @@ const REPORTS_IN_FLIGHT = 64;
 const NATS_GONE_MS = 120_000;
 /** How long a completion may fail to publish (NATS down) before the agent gives up. */
 const PUBLISH_DEADLINE_MS = 5 * 60_000;
+/**
+ * How long an agent waits for a helper it started: 4x the connect timeout (80 s by
+ * default) where the coordinator waits 1x. The coordinator has just run the same
+ * helper on that host, so silence means a slow start (heavy shell start-up files,
+ * many logins at once: pyenv's rehash lock serialises them), and waiting for it
+ * costs less than giving up and adding one more login to the queue.
+ */
+export function agentHelperTimeoutMs(ssh: SshSettings): number {
+  return 4 * ssh.connectTimeoutMs;
+}
+
 /** Consecutive rounds over every remote host without one connection before the agent gives up. */
 const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
 
@@ -451,7 +462,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             const whose = options.preconnected?.isLent(ready) ? "the coordinator's connection" : 'the connection';
             log(`slot ${slot}: using ${whose} to ${hostLabel(host)}, opened while the coordinator prepared`);
           }
-          conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, signal: abort.signal })));
+          conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh), signal: abort.signal })));
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;

@@ -18,6 +18,7 @@
 import { FerryError, hostLabel, toFerryError } from '@ferry/core';
 import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
+import { agentHelperTimeoutMs } from './agent.js';
 import type { RemoteConnection } from '@ferry/transport';
 
 /** Failures of a connection opened ahead that the slot's own connect would only repeat, after the same wait. */
@@ -45,7 +46,13 @@ export class Preconnected {
   private async open(host: RemoteHost, delayMs: number): Promise<RemoteConnection> {
     if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
     if (this.closed) throw new FerryError('INTERRUPTED', 'warm start ended');
-    const conn = await connectRemote(host, this.hint.ssh, { mode: this.hint.mode, remoteCommand: this.hint.remoteCommand, windowBytes: this.hint.windowBytes, signal: this.abort.signal });
+    const conn = await connectRemote(host, this.hint.ssh, {
+      mode: this.hint.mode,
+      remoteCommand: this.hint.remoteCommand,
+      windowBytes: this.hint.windowBytes,
+      helperTimeoutMs: agentHelperTimeoutMs(this.hint.ssh),
+      signal: this.abort.signal,
+    });
     if (this.closed) {
       conn.close();
       throw new FerryError('INTERRUPTED', 'warm start ended');

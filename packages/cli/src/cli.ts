@@ -249,7 +249,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
     .option('--max-per-host <n>', 'connections each remote host gets from the whole copy, at most (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
-    .option('--connect-timeout <duration>', 'SSH connection timeout', '20s')
+    .option('--connect-timeout <duration>', 'SSH connection timeout, and how long the coordinator waits for the remote helper to answer (agents wait 4x as long)', '20s')
     .option('--restart', 'start over instead of resuming an earlier run of the same copy')
     .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
     .option('-q, --quiet', 'print nothing but errors')

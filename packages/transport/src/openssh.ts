@@ -14,7 +14,6 @@ import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
 import { HelperConnection } from './remote.js';
 import type { RemoteConnection, RemoteOptions } from './remote.js';
 
-const HELPER_HELLO_TIMEOUT_MS = 20_000;
 const STDERR_TAIL_BYTES = 4000;
 
 /** The `ssh` argument vector for one connection running `command` on `target`. */
@@ -112,6 +111,7 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
   }
   if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
   const { file, args } = opensshArgs(target, ssh, options, options.remoteCommand);
+  const helperTimeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
   const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
@@ -124,7 +124,7 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
   const onAbort = () => kill();
   options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    await Promise.race([helper.handshake(ssh.connectTimeoutMs + HELPER_HELLO_TIMEOUT_MS), spawnError]);
+    await Promise.race([helper.handshake(ssh.connectTimeoutMs + helperTimeoutMs), spawnError]);
   } catch (err) {
     // Before the kill: ssh may say something about being killed.
     const silent = !stderr.trim();
@@ -133,7 +133,7 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
     await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     // No word from ssh or the remote side, only silence: a slow start, not a missing helper.
-    if (isHelloTimeout(err) && silent) throw slowStart(options.remoteCommand, label, ssh.connectTimeoutMs + HELPER_HELLO_TIMEOUT_MS, err);
+    if (isHelloTimeout(err) && silent) throw slowStart(options.remoteCommand, label, ssh.connectTimeoutMs + helperTimeoutMs, err);
     throw classifySshFailure(stderr, child.exitCode, target, ssh, options.remoteCommand);
   } finally {
     options.signal?.removeEventListener('abort', onAbort);

@@ -61,11 +61,15 @@ export interface RemoteOptions extends ConnectOptions {
   windowBytes: number;
   /** Bytes per read/write call on the data path. */
   chunkBytes?: number;
+  /**
+   * How long a started helper may take to answer (the remote shell's start-up
+   * files, Node loading), on top of the SSH handshake. @default the SSH
+   * connect timeout (--connect-timeout, 20 s)
+   */
+  helperTimeoutMs?: number;
 }
 
-const HELPER_HELLO_TIMEOUT_MS = 20_000;
-
-async function startHelper(client: Client, command: string, label: string): Promise<HelperClient> {
+async function startHelper(client: Client, command: string, label: string, timeoutMs: number): Promise<HelperClient> {
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
@@ -75,11 +79,11 @@ async function startHelper(client: Client, command: string, label: string): Prom
   });
   const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
   try {
-    await helper.handshake(HELPER_HELLO_TIMEOUT_MS);
+    await helper.handshake(timeoutMs);
   } catch (err) {
     helper.close();
     const tail = helper.stderr;
-    if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(command, label, HELPER_HELLO_TIMEOUT_MS, err);
+    if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(command, label, timeoutMs, err);
     const why = exitCode === 127 || /not found/i.test(tail) ? 'command not found' : tail || (err as Error).message;
     throw new FerryError(
       'HELPER_UNAVAILABLE',
@@ -103,7 +107,7 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     if (options.mode !== 'sftp') {
       try {
-        const helper = await startHelper(client, options.remoteCommand, label);
+        const helper = await startHelper(client, options.remoteCommand, label, options.helperTimeoutMs ?? ssh.connectTimeoutMs);
         const watch = watchClient(client);
         return new HelperConnection(
           { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) },
