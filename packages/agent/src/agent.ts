@@ -232,6 +232,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     parentWatch.unref();
   }
 
+  /** Ends this process a while after a stop that nobody else will end it for (not when in-process). */
+  const exitSoon = () => {
+    if (!options.inProcess) setTimeout(() => process.exit(1), 10_000).unref();
+  };
+
   // Without NATS this agent can report nothing; when it stays away (the coordinator and its
   // embedded server are gone), stop rather than linger on a compute node.
   let disconnectedSince: number | undefined;
@@ -248,10 +253,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }
   }, 5000);
   lonely.unref();
-  /** Ends this process a while after a stop that nobody else will end it for (not when in-process). */
-  const exitSoon = () => {
-    if (!options.inProcess) setTimeout(() => process.exit(1), 10_000).unref();
-  };
 
   void options.launcherGone?.then(() => {
     stop('the launcher connection closed');

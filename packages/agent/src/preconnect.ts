@@ -18,8 +18,8 @@
 import { FerryError, hostLabel, toFerryError } from '@ferry/core';
 import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
-import { agentHelperTimeoutMs } from './agent.js';
 import type { RemoteConnection } from '@ferry/transport';
+import { agentHelperTimeoutMs } from './agent.js';
 
 /** Failures of a connection opened ahead that the slot's own connect would only repeat, after the same wait. */
 const FINAL_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
