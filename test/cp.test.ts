@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { REMOTE_CMD, makeRandomFile, parseEvents, runFerry, fileHash, tempDir } from './helpers.js';
+import { fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -35,6 +35,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Whatever a failed test left running under the work directory (nats-server, agents).
+  if (work) await killStrays(work.path);
   await sshd?.stop();
   await work?.remove();
 });

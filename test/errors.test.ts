@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { REMOTE_CMD, makeRandomFile, runFerry, tempDir } from './helpers.js';
+import { killStrays, makeRandomFile, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 let sshd: Sshd;
 let work: { path: string; remove(): Promise<void> };
@@ -30,6 +30,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // Whatever a failed test left running under the work directory (nats-server, agents).
+  if (work) await killStrays(work.path);
   await sshd?.stop();
   await work?.remove();
 });

@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { formatBytes } from '@ferry/core';
-import { REMOTE_CMD, childPids, fileHash, isAlive, makeRandomFile, startFerry, tempDir } from './helpers.js';
+import { childPids, fileHash, isAlive, killStrays, makeRandomFile, REMOTE_CMD, startFerry, tempDir } from './helpers.js';
 import type { FerryEvent, LiveRun } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -48,6 +48,8 @@ afterEach(async () => {
 });
 
 afterAll(async () => {
+  // Whatever a failed test left running under the work directory (nats-server, agents).
+  if (work) await killStrays(work.path);
   await sshd?.stop();
   await work?.remove();
 });

@@ -188,3 +188,26 @@ export function isAlive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * SIGKILLs every process whose command line mentions `dir` (a test's work
+ * directory): what a failed or timed-out test left behind, such as the
+ * nats-server of a coordinator killed with SIGKILL (kept alive on purpose for
+ * a rerun) or agents whose coordinator vanished. Returns their command lines.
+ */
+export async function killStrays(dir: string): Promise<string[]> {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const killed: string[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    const cmd = (await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).replace(/\0/g, ' ').trim();
+    if (!(cmd.includes(`${dir}/`) || cmd.includes(`${dir} `) || cmd.endsWith(dir))) continue;
+    try {
+      process.kill(Number(name), 'SIGKILL');
+      killed.push(cmd);
+    } catch {
+      // gone already
+    }
+  }
+  return killed;
+}
