@@ -19,5 +19,5 @@ export { MpirunLauncher, detectMpiStyle } from './mpirun.js';
 export type { MpirunLauncherOptions, MpiStyle } from './mpirun.js';
 export { rankFromEnv } from './rank.js';
 export type { RankInfo } from './rank.js';
-export { shellQuote } from './process-group.js';
+export { StderrTail, shellQuote } from './process-group.js';
 export type { AgentExit, LaunchSpec, LaunchedAgents, Launcher } from './types.js';

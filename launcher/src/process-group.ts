@@ -6,7 +6,18 @@ import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import type { AgentExit, LaunchedAgents } from './types.js';
 
-const TAIL_LINES = 20;
+/** The last lines an agent wrote to stderr, kept for the report of its exit. */
+export class StderrTail {
+  private readonly lines: string[] = [];
+  constructor(private readonly limit = 20) {}
+  push(line: string): void {
+    this.lines.push(line);
+    if (this.lines.length > this.limit) this.lines.shift();
+  }
+  text(): string {
+    return this.lines.join('\n');
+  }
+}
 
 /** Quotes a word for a POSIX shell (remote commands, printed command lines). */
 export function shellQuote(word: string): string {
@@ -31,7 +42,7 @@ export interface StartOptions {
 export function track(processes: Started[], options: StartOptions): LaunchedAgents {
   const listeners: Array<(exit: AgentExit) => void> = [];
   const exits: Array<Promise<AgentExit[]>> = processes.map(({ child, indices, commandLine }) => {
-    const tail: string[] = [];
+    const tail = new StderrTail();
     let partial = '';
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (text: string) => {
@@ -39,14 +50,13 @@ export function track(processes: Started[], options: StartOptions): LaunchedAgen
       partial = lines.pop() ?? '';
       for (const line of lines) {
         tail.push(line);
-        if (tail.length > TAIL_LINES) tail.shift();
         options.onStderr?.(indices[0] ?? 0, line);
       }
     });
     return watchExit(child).then(({ code, signal, spawnError }) => {
       if (partial) tail.push(partial);
       if (spawnError) tail.push(`cannot run ${commandLine.split(' ')[0]}: ${spawnError.message}`);
-      const out = indices.map((index) => ({ index, code: spawnError ? 127 : code, signal, stderrTail: tail.join('\n'), launcher: options.launcher, commandLine }));
+      const out = indices.map((index) => ({ index, code: spawnError ? 127 : code, signal, stderrTail: tail.text(), launcher: options.launcher, commandLine }));
       for (const exit of out) for (const l of listeners) l(exit);
       return out;
     });

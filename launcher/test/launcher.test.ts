@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { LocalLauncher, SshLauncher, WarmAgents, rankFromEnv, shellQuote } from '../src/index.js';
+import { LocalLauncher, SshLauncher, StderrTail, WarmAgents, rankFromEnv, shellQuote } from '../src/index.js';
 
 describe('rankFromEnv', () => {
   it('reads Slurm, Open MPI and PMI ranks, in that order of preference', () => {
@@ -123,5 +123,17 @@ describe('warm agents', () => {
     // They leave by themselves when stdin closes, not by the SIGKILL after the grace time.
     expect(await warm.dismiss(30_000)).toEqual([{ code: 0, signal: null }, { code: 0, signal: null }]);
     expect(() => warm.go(1, () => ({ job: 'j', nats: 'n', index: 0, env: {} }), { launcher: 'local' })).toThrow(/cannot hand/);
+  });
+});
+
+describe('StderrTail', () => {
+  it('keeps the last lines only, oldest first', () => {
+    const tail = new StderrTail(3);
+    expect(tail.text()).toBe('');
+    for (const line of ['a', 'b', 'c', 'd', 'e']) tail.push(line);
+    expect(tail.text()).toBe('c\nd\ne');
+    const wide = new StderrTail();
+    for (let i = 0; i < 25; i++) wide.push(`line ${i}`);
+    expect(wide.text().split('\n')).toEqual(Array.from({ length: 20 }, (_, i) => `line ${i + 5}`));
   });
 });

@@ -5,7 +5,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { createWriteStream, fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
-import { EXIT_CODES, FerryError, toFerryError } from '@ferry/core';
+import { CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
 import { copy, readSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
@@ -202,7 +202,7 @@ export function createCli(io: CliIo): Command {
           });
         }
         if (job === undefined || nats === undefined) throw new FerryError('USAGE', 'ferry agent needs --job and --nats (or --warm)');
-        const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
+        const corruptRanges = corruptRangesFrom(process.env[CORRUPT_RANGES_ENV]);
         await runAgent({
           jobId: job,
           natsUrl: nats,
@@ -213,7 +213,7 @@ export function createCli(io: CliIo): Command {
           ...(opts.id ? { agentId: opts.id } : {}),
           ...(io.signal ? { signal: io.signal } : {}),
           log: (line) => io.stderr.write(`${line}\n`),
-          ...(corrupt ? { corruptRanges: new Set(corrupt.split(',').map(Number)) } : {}),
+          ...(corruptRanges ? { corruptRanges } : {}),
           ...(process.env.FERRY_AGENT_PARENT_PID ? { parentPid: Number(process.env.FERRY_AGENT_PARENT_PID) } : {}),
         });
         io.exitCode = 0;

@@ -23,6 +23,7 @@ import {
   JOURNAL_VERSION,
   RangeHashes,
   MESSAGE_VERSION,
+  CORRUPT_RANGES_ENV,
   decode,
   decodeAgentEvent,
   decodeCompletion,
@@ -901,8 +902,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const external = request.externalAgents ?? 0;
     const ownAgents = ctx.agents - external;
     const launcher = request.launcher ?? new LocalLauncher();
-    const corrupt = process.env.FERRY_TEST_CORRUPT_RANGES;
-    const env = { ...(corrupt ? { FERRY_TEST_CORRUPT_RANGES: corrupt } : {}) };
+    const corrupt = process.env[CORRUPT_RANGES_ENV];
+    const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
     const secretEnv = token ? { FERRY_NATS_TOKEN: token } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
     const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;

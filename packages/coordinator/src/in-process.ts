@@ -3,29 +3,27 @@
  * launcher): the same runAgent as `ferry agent`, given the job the way a warm
  * agent process gets it (a WarmGo), and tracked like launched agents.
  */
-import { FerryError, toFerryError } from '@ferry/core';
+import { CORRUPT_RANGES_ENV, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
 import type { WarmGo } from '@ferry/core';
 import type { Preconnected, runAgent as RunAgent } from '@ferry/agent';
+import { StderrTail } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, StartOptions } from '@ferry/launcher';
-
-const TAIL_LINES = 20;
 
 export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconnected: Preconnected | undefined, options: StartOptions): LaunchedAgents {
   const abort = new AbortController();
   const signal = options.signal ? AbortSignal.any([abort.signal, options.signal]) : abort.signal;
-  const tail: string[] = [];
+  const tail = new StderrTail();
   const log = (line: string) => {
     tail.push(line);
-    if (tail.length > TAIL_LINES) tail.shift();
     options.onStderr?.(go.index, line);
   };
-  const corrupt = go.env.FERRY_TEST_CORRUPT_RANGES;
+  const corruptRanges = corruptRangesFrom(go.env[CORRUPT_RANGES_ENV]);
   const listeners: Array<(exit: AgentExit) => void> = [];
   const exitOf = (code: number | null, signalName: string | null): AgentExit => ({
     index: go.index,
     code,
     signal: signalName,
-    stderrTail: tail.join('\n'),
+    stderrTail: tail.text(),
     launcher: options.launcher,
     commandLine: '(agent in the coordinator process)',
   });
@@ -49,7 +47,7 @@ export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconn
         signal,
         log,
         ...(preconnected ? { preconnected } : {}),
-        ...(corrupt ? { corruptRanges: new Set(corrupt.split(',').map(Number)) } : {}),
+        ...(corruptRanges ? { corruptRanges } : {}),
       });
       finish(exitOf(0, null));
     } catch (err) {
