@@ -5,7 +5,7 @@
  * the destination hash by the receiving side.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, ZERO_CHUNK, createHasher, destinationError, isAllZero } from '@ferry/core';
+import { FerryError, SerialQueue, ZERO_CHUNK, createHasher, destinationError, isAllZero } from '@ferry/core';
 import type { BufferPool, HashAlgorithm } from '@ferry/core';
 import type { RemoteFile } from '@ferry/transport';
 
@@ -21,6 +21,15 @@ export interface RangeJob {
   signal?: AbortSignal;
   /** Rate cap: resolves when `n` more bytes may go. */
   pace?: (n: number) => Promise<void>;
+}
+
+/** One write queue per open local file: every slot of an agent writes through the same handle (see SerialQueue). */
+const writeQueues = new WeakMap<FileHandle, SerialQueue>();
+
+function writeQueueOf(local: FileHandle): SerialQueue {
+  let q = writeQueues.get(local);
+  if (!q) writeQueues.set(local, (q = new SerialQueue()));
+  return q;
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
@@ -122,6 +131,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
   let writeError: FerryError | undefined;
   const writes = new Set<Promise<void>>();
   let corrupt = job.corrupt === true;
+  const queue = writeQueueOf(local);
 
   const flush = () => {
     const b = buf!;
@@ -132,11 +142,13 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
     fill = 0;
     const p = (async () => {
       try {
-        let done = 0;
-        while (done < n) {
-          const { bytesWritten } = await local.write(b, done, n - done, at + done);
-          done += bytesWritten;
-        }
+        await queue.run(async () => {
+          let done = 0;
+          while (done < n) {
+            const { bytesWritten } = await local.write(b, done, n - done, at + done);
+            done += bytesWritten;
+          }
+        });
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });
@@ -156,14 +168,16 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
       // collected) made a sparse pull 3x slower and unbounded in memory.
       const b = await pool.acquire();
       try {
-        const { bytesRead } = await local.read(b, 0, n, at);
-        if (bytesRead < n || !isAllZero(b.subarray(0, n))) {
-          let done = 0;
-          while (done < n) {
-            const { bytesWritten } = await local.write(ZERO_CHUNK, done, n - done, at + done);
-            done += bytesWritten;
+        await queue.run(async () => {
+          const { bytesRead } = await local.read(b, 0, n, at);
+          if (bytesRead < n || !isAllZero(b.subarray(0, n))) {
+            let done = 0;
+            while (done < n) {
+              const { bytesWritten } = await local.write(ZERO_CHUNK, done, n - done, at + done);
+              done += bytesWritten;
+            }
           }
-        }
+        });
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });

@@ -30,3 +30,4 @@ export { RangeHashes } from './range-hashes.js';
 export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } from './discard.js';
 export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
 export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
+export { SerialQueue } from './serial.js';

@@ -15,6 +15,7 @@ import {
   FrameDecoder,
   FrameType,
   PROTOCOL_VERSION,
+  SerialQueue,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
@@ -41,6 +42,8 @@ interface OpenFile {
   path: string;
   size: number;
   writable: boolean;
+  /** This file's pwrites, one at a time (see SerialQueue). */
+  writes: SerialQueue;
 }
 
 interface Upload {
@@ -162,11 +165,13 @@ export async function serve(options: ServeOptions): Promise<void> {
     setPending(n);
     const p = (async () => {
       try {
-        let done = 0;
-        while (done < n) {
-          const { bytesWritten } = await u.file.fh.write(buf, done, n - done, at + done);
-          done += bytesWritten;
-        }
+        await u.file.writes.run(async () => {
+          let done = 0;
+          while (done < n) {
+            const { bytesWritten } = await u.file.fh.write(buf, done, n - done, at + done);
+            done += bytesWritten;
+          }
+        });
       } catch (err) {
         failUpload(u, err);
       } finally {
@@ -186,14 +191,16 @@ export async function serve(options: ServeOptions): Promise<void> {
     const p = (async () => {
       const buf = await pool.acquire();
       try {
-        const { bytesRead } = await u.file.fh.read(buf, 0, n, at);
-        if (bytesRead < n || !isAllZero(buf.subarray(0, n))) {
-          let done = 0;
-          while (done < n) {
-            const { bytesWritten } = await u.file.fh.write(ZERO_CHUNK, done, n - done, at + done);
-            done += bytesWritten;
+        await u.file.writes.run(async () => {
+          const { bytesRead } = await u.file.fh.read(buf, 0, n, at);
+          if (bytesRead < n || !isAllZero(buf.subarray(0, n))) {
+            let done = 0;
+            while (done < n) {
+              const { bytesWritten } = await u.file.fh.write(ZERO_CHUNK, done, n - done, at + done);
+              done += bytesWritten;
+            }
           }
-        }
+        });
       } catch (err) {
         failUpload(u, err);
       } finally {
@@ -316,7 +323,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       throw new FerryError('PROTOCOL', `${body.path} is not a regular file`, { path: body.path });
     }
     const handle = nextHandle++;
-    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read' });
+    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writes: new SerialQueue() });
     return { handle, size: st.size };
   };
 
