@@ -139,6 +139,22 @@ describe('fault tolerance', () => {
     expect(Number((await readFile(starts, 'utf8')).trim())).toBe(4);
   });
 
+  it('3d. in auto mode, gives the coordinator\'s helper a second, longer chance before falling back to SFTP', async () => {
+    const dir = join(work.path, 't3d');
+    await mkdir(dir);
+    // The first helper start (the coordinator's) stays silent past --connect-timeout (4 s);
+    // the retry, on the same connection with twice the time, is the real helper.
+    const starts = join(dir, 'starts');
+    const script = join(dir, 'slow-serve.sh');
+    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 1 ]; then sleep 6; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '1', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '4s'])], { env: { FERRY_WARM_START: '0' } });
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await finish(run, join(dir, 'src.bin'));
+    expect(run.events.find((e) => e.type === 'job.start')?.mode).toBe('helper');
+    // The coordinator's slow start, its retry, and the agent's one connection.
+    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(3);
+  });
+
   it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {
     const dir = join(work.path, 't3b');
     await mkdir(dir);

@@ -9,7 +9,7 @@ import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode }
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
 import type { ExecResult } from './exec.js';
-import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
+import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './helper-client.js';
 import type { RangeWrite } from './helper-client.js';
 import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
 import { connectSsh, shellQuote } from './ssh.js';
@@ -107,7 +107,16 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     if (options.mode !== 'sftp') {
       try {
-        const helper = await startHelper(client, options.remoteCommand, label, options.helperTimeoutMs ?? ssh.connectTimeoutMs);
+        const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
+        let helper: HelperClient;
+        try {
+          helper = await startHelper(client, options.remoteCommand, label, timeoutMs);
+        } catch (err) {
+          // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
+          // one more chance, with twice the time, before the slower SFTP path is chosen.
+          if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
+          helper = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs);
+        }
         const watch = watchClient(client);
         return new HelperConnection(
           { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) },
