@@ -32,6 +32,18 @@ function common(stateDir: string, extra: string[] = []): string[] {
   return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', stateDir, '--json', '--range-size', '16MiB', ...extra];
 }
 
+/**
+ * A --remote-cmd that counts helper starts in `starts` and makes start number `slowStart`
+ * sleep `seconds` without a word before it runs the real helper (a login stuck in slow
+ * shell start-up files); every other start is the real helper at once.
+ */
+async function slowHelperScript(dir: string, slowStart: number, seconds: number): Promise<{ script: string; starts: string }> {
+  const starts = join(dir, 'starts');
+  const script = join(dir, 'slow-serve.sh');
+  await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = ${slowStart} ]; then sleep ${seconds}; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+  return { script, starts };
+}
+
 const doneEvents = (run: LiveRun) => run.events.filter((e) => e.type === 'range.done');
 const lastEvent = (run: { events: FerryEvent[] }, type: string) => run.events.filter((e) => e.type === type).pop();
 
@@ -125,9 +137,7 @@ describe('fault tolerance', () => {
     // first) hangs past the agents' helper timeout (4x --connect-timeout: 32 s here)
     // without a word, like a login stuck in slow shell start-up files; every other
     // start is the real helper.
-    const starts = join(dir, 'starts');
-    const script = join(dir, 'slow-serve.sh');
-    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 2 ]; then sleep 34; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+    const { script, starts } = await slowHelperScript(dir, 2, 34);
     const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '8s'])], { env: { FERRY_WARM_START: '0' } });
     cleanups.push(() => run.child.kill('SIGKILL'));
     await finish(run, join(dir, 'src.bin'));
@@ -144,9 +154,7 @@ describe('fault tolerance', () => {
     await mkdir(dir);
     // The first helper start (the coordinator's) stays silent past --connect-timeout (4 s);
     // the retry, on the same connection with twice the time, is the real helper.
-    const starts = join(dir, 'starts');
-    const script = join(dir, 'slow-serve.sh');
-    await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = 1 ]; then sleep 6; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
+    const { script, starts } = await slowHelperScript(dir, 1, 6);
     const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '1', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '4s'])], { env: { FERRY_WARM_START: '0' } });
     cleanups.push(() => run.child.kill('SIGKILL'));
     await finish(run, join(dir, 'src.bin'));
