@@ -16,6 +16,7 @@ import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BufferPool,
+  COMPLETIONS_PER_MESSAGE,
   FerryError,
   FRAME_HEADER_BYTES,
   MESSAGE_VERSION,
@@ -27,6 +28,7 @@ import {
   errnoOf,
   hostLabel,
   jobSubjects,
+  makeCompletionBatch,
   globalSlot,
   slotHost,
   slotStaggerMs,
@@ -91,8 +93,8 @@ const NEXT_EXPIRES_MS = 2_000;
 const QUIET_BEFORE_DURABLE_MS = 100;
 const QUIET = Symbol('quiet');
 const CHUNK_BYTES = 1024 * 1024;
-/** Completions of one durable batch being published (and their items acked) at once, at most. */
-const REPORTS_IN_FLIGHT = 64;
+/** Messages of one durable batch's completions being published (and their items acked) at once, at most. */
+const REPORTS_IN_FLIGHT = 8;
 /** NATS unreachable this long: the job is gone, stop. (A restarting server is back within seconds.) */
 const NATS_GONE_MS = 120_000;
 /** How long a completion may fail to publish (NATS down) before the agent gives up. */
@@ -514,21 +516,25 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
           return;
         }
-        // Each work item is acked only after its completion is stored; the ranges of a
-        // batch are reported side by side, not one round trip after the other. The ack
-        // itself is not waited for: if it is lost, the item comes back after ack_wait and
-        // is done again, and the coordinator ignores the second completion.
-        await forEachLimit(batch, REPORTS_IN_FLIGHT, async (b) => {
-          b.completion.durable = true;
+        // Each work item is acked only after its completion is stored. The batch's completions
+        // go in messages of up to COMPLETIONS_PER_MESSAGE (one publish and one stored message
+        // for many ranges), sent side by side. The ack itself is not waited for: if it is
+        // lost, the item comes back after ack_wait and is done again, and the coordinator
+        // ignores the second completion.
+        const parts: Array<typeof batch> = [];
+        for (let i = 0; i < batch.length; i += COMPLETIONS_PER_MESSAGE) parts.push(batch.slice(i, i + COMPLETIONS_PER_MESSAGE));
+        await forEachLimit(parts, REPORTS_IN_FLIGHT, async (part) => {
+          for (const b of part) b.completion.durable = true;
           try {
-            await publishDurably(publisher, subjects.doneSubject, encodeMessage(b.completion), () => stopping);
-            b.msg.ack();
-            summary.ranges++;
+            const data = part.length === 1 ? encodeMessage(part[0]!.completion) : encodeMessage(makeCompletionBatch(options.jobId, part.map((b) => b.completion)));
+            await publishDurably(publisher, subjects.doneSubject, data, () => stopping);
+            for (const b of part) b.msg.ack();
+            summary.ranges += part.length;
           } catch (err) {
-            // NATS gone for good: the item comes back after ack_wait and is done again.
-            log(`cannot report range ${b.completion.range}: ${(err as Error).message}`);
+            // NATS gone for good: the items come back after ack_wait and are done again.
+            log(`cannot report ranges ${part[0]!.completion.range}..${part.at(-1)!.completion.range}: ${(err as Error).message}`);
           } finally {
-            inFlush.delete(b);
+            for (const b of part) inFlush.delete(b);
           }
         });
         // The acks are on their way to the server before the batch counts as reported.

@@ -26,7 +26,7 @@ import {
   CORRUPT_RANGES_ENV,
   decode,
   decodeAgentEvent,
-  decodeCompletion,
+  decodeCompletions,
   decodeHeartbeat,
   decodeWorkItem,
   destinationError,
@@ -155,7 +155,7 @@ async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, job
         got++;
         seen++;
         try {
-          out.push(decodeCompletion(m.data, jobId));
+          out.push(...decodeCompletions(m.data, jobId));
         } catch {
           // not ours or damaged: ignore
         }
@@ -197,7 +197,7 @@ async function readKvMirror(nc: NatsConnection, jobId: string, plan: RangePlan):
 }
 
 /** Streams, consumers and KV bucket of a run. Each run starts them afresh (an earlier run's state was read first). */
-async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: JobSpec): Promise<KV> {
+export async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: JobSpec): Promise<KV> {
   const s = jobSubjects(spec.jobId);
   for (const name of [s.workStream, s.doneStream]) await jsm.streams.delete(name).catch(() => false);
   await jsm.streams.add({
@@ -865,23 +865,32 @@ async function transfer(ctx: TransferContext): Promise<void> {
       } else fail(toFerryError(err));
     };
     const consuming = (async () => {
-      const window: Array<Promise<void>> = [];
+      // Messages being handled, oldest first, with how many completions each carries.
+      const window: Array<{ done: Promise<void>; count: number }> = [];
+      let inWindow = 0;
       try {
         for await (const m of messages) {
-          let c: Completion;
+          let cs: Completion[];
           try {
-            c = decodeCompletion(m.data, prep.jobId);
+            cs = decodeCompletions(m.data, prep.jobId);
           } catch (err) {
             unhandled(m, err);
             continue;
           }
-          window.push(handle(c).then(() => m.ack(), (err: unknown) => unhandled(m, err)));
-          if (window.length >= COMPLETIONS_IN_FLIGHT) await window.shift();
+          // A batch message is acked once every one of its completions is handled.
+          const done = cs.length === 1 ? handle(cs[0]!) : Promise.all(cs.map(handle));
+          window.push({ done: done.then(() => m.ack(), (err: unknown) => unhandled(m, err)), count: cs.length });
+          inWindow += cs.length;
+          while (inWindow >= COMPLETIONS_IN_FLIGHT) {
+            const oldest = window.shift()!;
+            await oldest.done;
+            inWindow -= oldest.count;
+          }
         }
       } catch (err) {
         fail(toFerryError(err));
       } finally {
-        await Promise.all(window);
+        await Promise.all(window.map((w) => w.done));
       }
     })();
 

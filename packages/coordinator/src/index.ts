@@ -5,7 +5,7 @@
  * const summary = await runCopy({ source: '/data/big.h5', destination: 'dtn:/lustre/in/', agentCommand: [process.execPath, cli, 'agent'] });
  * ```
  */
-export { runCopy, defaultStateDir } from './copy.js';
+export { runCopy, defaultStateDir, setupJobStreams } from './copy.js';
 export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary } from './events.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';

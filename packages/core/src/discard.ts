@@ -12,7 +12,7 @@
  * is just a host called `discard`.
  */
 import { FerryError } from './errors.js';
-import { createHasher } from './hash.js';
+import { hashBytes } from './hash.js';
 import type { HashAlgorithm } from './hash.js';
 import type { Location } from './location.js';
 import type { ByteRange } from './ranges.js';
@@ -48,7 +48,5 @@ export function discardHash(algorithm: HashAlgorithm, range: Pick<ByteRange, 'of
   const b = Buffer.allocUnsafe(16);
   b.writeDoubleBE(range.offset, 0);
   b.writeDoubleBE(range.length, 8);
-  const h = createHasher(algorithm);
-  h.update(b);
-  return h.digest();
+  return hashBytes(algorithm, b);
 }

@@ -37,10 +37,11 @@ export function createHasher(algorithm: HashAlgorithm): Hasher {
   };
 }
 
+/** One buffer's hash, the same as a hasher fed that buffer gives. */
 export function hashBytes(algorithm: HashAlgorithm, data: Uint8Array): string {
-  const h = createHasher(algorithm);
-  h.update(data);
-  return h.digest();
+  // One call, no hasher object: creating an Xxh3 state costs some 4 us, hashing a short buffer 0.1.
+  if (algorithm === 'xxh3') return xxh3.xxh64(data).toString(16).padStart(16, '0');
+  return createHash('sha256').update(data).digest('hex');
 }
 
 /**

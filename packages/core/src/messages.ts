@@ -152,6 +152,25 @@ export interface Completion {
   error?: ErrorData;
 }
 
+/**
+ * The completions of one durable batch in one message: an agent reports the
+ * ranges an fsync made durable together, one publish (and one stored message)
+ * for up to `COMPLETIONS_PER_MESSAGE` ranges rather than one each.
+ */
+export interface CompletionBatch {
+  v: number;
+  job: string;
+  /** Complete completions, each with its own `v` and `job` (equal to the batch's). */
+  completions: Completion[];
+}
+
+/** Completions in one batch message, at most: some 250 bytes each, well under NATS's 1 MiB payload limit. */
+export const COMPLETIONS_PER_MESSAGE = 256;
+
+export function makeCompletionBatch(job: string, completions: Completion[]): CompletionBatch {
+  return { v: MESSAGE_VERSION, job, completions };
+}
+
 export interface Heartbeat {
   v: number;
   job: string;
@@ -212,33 +231,62 @@ export function makeWorkItem(job: string, range: { index: number; offset: number
   return { v: MESSAGE_VERSION, job, range: range.index, offset: range.offset, length: range.length, attempt };
 }
 
-export function encodeMessage(message: WorkItem | Completion | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {
+export function encodeMessage(message: WorkItem | Completion | CompletionBatch | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {
   return encode(message);
+}
+
+function decodeRecord(what: string, data: Uint8Array): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = decode(data);
+  } catch (err) {
+    throw new FerryError('PROTOCOL', `${what} message is not valid msgpack: ${(err as Error).message}`);
+  }
+  if (value === null || typeof value !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
+  return value as Record<string, unknown>;
+}
+
+function checkRecord(what: string, rec: Record<string, unknown>, required: readonly string[], job: string | undefined): void {
+  if (rec === null || typeof rec !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
+  if (rec.v !== MESSAGE_VERSION) throw new FerryError('PROTOCOL', `${what} message has version ${String(rec.v)}, this ferry speaks ${MESSAGE_VERSION}: run the same ferry version everywhere`);
+  for (const k of required) {
+    // msgpack has no undefined: other encoders write an absent field as nil.
+    if (rec[k] === undefined || rec[k] === null) throw new FerryError('PROTOCOL', `${what} message lacks '${k}'`);
+  }
+  const msgJob = rec.job ?? rec.jobId;
+  if (job !== undefined && msgJob !== job) throw new FerryError('PROTOCOL', `${what} message belongs to job ${String(msgJob)}, not ${job}`);
 }
 
 function decodeOf<T>(what: string, required: readonly string[]) {
   return (data: Uint8Array, job?: string): T => {
-    let value: unknown;
-    try {
-      value = decode(data);
-    } catch (err) {
-      throw new FerryError('PROTOCOL', `${what} message is not valid msgpack: ${(err as Error).message}`);
-    }
-    if (value === null || typeof value !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
-    const rec = value as Record<string, unknown>;
-    if (rec.v !== MESSAGE_VERSION) throw new FerryError('PROTOCOL', `${what} message has version ${String(rec.v)}, this ferry speaks ${MESSAGE_VERSION}: run the same ferry version everywhere`);
-    for (const k of required) {
-      // msgpack has no undefined: other encoders write an absent field as nil.
-      if (rec[k] === undefined || rec[k] === null) throw new FerryError('PROTOCOL', `${what} message lacks '${k}'`);
-    }
-    const msgJob = rec.job ?? rec.jobId;
-    if (job !== undefined && msgJob !== job) throw new FerryError('PROTOCOL', `${what} message belongs to job ${String(msgJob)}, not ${job}`);
-    return value as T;
+    const rec = decodeRecord(what, data);
+    checkRecord(what, rec, required, job);
+    return rec as T;
   };
 }
 
 export const decodeWorkItem = decodeOf<WorkItem>('work item', ['job', 'range', 'offset', 'length', 'attempt']);
-export const decodeCompletion = decodeOf<Completion>('completion', ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent']);
+const COMPLETION_FIELDS = ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent'] as const;
+export const decodeCompletion = decodeOf<Completion>('completion', COMPLETION_FIELDS);
+/**
+ * The completions one message on a job's done subject carries: a single
+ * completion (reported at once: a hash mismatch, a failed range) or a
+ * `CompletionBatch` (the ranges of one durable batch). A malformed entry makes
+ * the whole message malformed.
+ */
+export function decodeCompletions(data: Uint8Array, job?: string): Completion[] {
+  const rec = decodeRecord('completion', data);
+  if (!('completions' in rec)) {
+    checkRecord('completion', rec, COMPLETION_FIELDS, job);
+    return [rec as unknown as Completion];
+  }
+  checkRecord('completion batch', rec, ['job', 'completions'], job);
+  const list = rec.completions;
+  if (!Array.isArray(list)) throw new FerryError('PROTOCOL', 'completion batch message has no list of completions');
+  for (const c of list) checkRecord('completion', c as Record<string, unknown>, COMPLETION_FIELDS, job);
+  return list as Completion[];
+}
+
 export const decodeHeartbeat = decodeOf<Heartbeat>('heartbeat', ['job', 'agent', 'bytes']);
 export const decodeControl = decodeOf<ControlMessage>('control', ['job', 'type']);
 export const decodeAgentEvent = decodeOf<AgentEvent>('agent event', ['job', 'type', 'agent']);

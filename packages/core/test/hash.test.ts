@@ -62,6 +62,23 @@ describe('xxh3', () => {
   });
 });
 
+describe('hashBytes and a streaming hasher', () => {
+  it('agree for every algorithm, whatever the length and however the bytes are fed', () => {
+    // Lengths around xxh3's internal boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB blocks).
+    const lengths = [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 1025, 65_536, 65_537, 1_048_583];
+    const data = new Uint8Array(1_048_583);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 2_654_435_761) >>> 24;
+    for (const algorithm of HASH_ALGORITHMS) {
+      for (const n of lengths) {
+        const bytes = data.subarray(0, n);
+        const h = createHasher(algorithm);
+        for (let at = 0; at < n; at += 7_001) h.update(bytes.subarray(at, Math.min(n, at + 7_001)));
+        expect(hashBytes(algorithm, bytes), `${algorithm}, ${n} bytes`).toBe(h.digest());
+      }
+    }
+  });
+});
+
 describe('sha256', () => {
   it('gives the FIPS 180-2 digest of "abc"', () => {
     expect(hashBytes('sha256', text('abc'))).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');

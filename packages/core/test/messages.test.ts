@@ -3,7 +3,9 @@ import {
   FerryError,
   MESSAGE_VERSION,
   decodeAgentEvent,
+  COMPLETIONS_PER_MESSAGE,
   decodeCompletion,
+  decodeCompletions,
   decodeControl,
   decodeHeartbeat,
   decodeJobSpec,
@@ -11,6 +13,7 @@ import {
   encode,
   encodeMessage,
   jobSubjects,
+  makeCompletionBatch,
   makeWorkItem,
   planRanges,
   rangeAt,
@@ -83,6 +86,8 @@ type Decoder = (data: Uint8Array, job?: string) => unknown;
 const kinds: Array<{ what: string; decode: Decoder; sample: Record<string, unknown>; required: string[] }> = [
   { what: 'work item', decode: decodeWorkItem, sample: { ...workItem }, required: ['job', 'range', 'offset', 'length', 'attempt'] },
   { what: 'completion', decode: decodeCompletion, sample: { ...completion }, required: ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent'] },
+  // decodeCompletions takes a single completion as decodeCompletion does.
+  { what: 'completion', decode: decodeCompletions, sample: { ...completion }, required: ['job', 'range', 'attempt', 'srcHash', 'dstHash', 'agent'] },
   { what: 'heartbeat', decode: decodeHeartbeat, sample: { ...heartbeat }, required: ['job', 'agent', 'bytes'] },
   { what: 'control', decode: decodeControl, sample: { ...control }, required: ['job', 'type'] },
   { what: 'agent event', decode: decodeAgentEvent, sample: { ...agentEvent }, required: ['job', 'type', 'agent'] },
@@ -259,6 +264,46 @@ describe('message decoders reject bad messages with PROTOCOL errors', () => {
   it('rejects an array in place of a message', () => {
     expect(protocolMessage(() => decodeHeartbeat(encode([1, JOB])))).toBe(
       'heartbeat message has version undefined, this ferry speaks 1: run the same ferry version everywhere',
+    );
+  });
+});
+
+describe('completion batches', () => {
+  const batchOf = (n: number): Completion[] => Array.from({ length: n }, (_, i) => ({ ...completion, range: i, offset: i * 16 * 2 ** 20 }));
+
+  it('decodes a single completion as a list of one', () => {
+    expect(decodeCompletions(encodeMessage(completion), JOB)).toEqual([completion]);
+  });
+
+  it("round-trips a full batch well within NATS's default 1 MiB payload", () => {
+    const list = batchOf(COMPLETIONS_PER_MESSAGE).map((c) => ({ ...c, agent: 'a-long-node-name.cluster.example.org-123456-7', remoteHost: 'dtn-01.remote-site.example.org:2222' }));
+    const data = encodeMessage(makeCompletionBatch(JOB, list));
+    expect(data.length).toBeLessThan(256 * 1024);
+    expect(decodeCompletions(data, JOB)).toEqual(list);
+  });
+
+  it('rejects a batch of another job or version', () => {
+    expect(protocolMessage(() => decodeCompletions(encodeMessage(makeCompletionBatch(JOB, batchOf(2))), 'deadbeef'))).toBe(
+      'completion batch message belongs to job c0ffee01, not deadbeef',
+    );
+    expect(protocolMessage(() => decodeCompletions(encode({ ...makeCompletionBatch(JOB, batchOf(2)), v: 2 }), JOB))).toBe(
+      'completion batch message has version 2, this ferry speaks 1: run the same ferry version everywhere',
+    );
+  });
+
+  it('rejects the whole batch when one entry is malformed or of another job', () => {
+    const list: unknown[] = batchOf(3);
+    list[1] = without(completion, 'dstHash');
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe("completion message lacks 'dstHash'");
+    list[1] = { ...completion, job: 'deadbeef' };
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe('completion message belongs to job deadbeef, not c0ffee01');
+    list[1] = 7;
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe('completion message is not a map');
+  });
+
+  it('rejects a batch whose completions are not a list', () => {
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: { 0: completion } }), JOB))).toBe(
+      'completion batch message has no list of completions',
     );
   });
 });
