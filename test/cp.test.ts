@@ -160,6 +160,28 @@ describe('ferry cp edge cases', () => {
     expect(await fileHash(pulled)).toBe(src256Hash);
   });
 
+  it('moves ranges below 16 MiB in runs of up to 16 per work item, re-sending a corrupted range from the middle of a run, both ways', async () => {
+    const dir = join(work.path, 'runs');
+    await mkdir(dir);
+    // 256 ranges of 1 MiB: 16 work items of 16 ranges; ranges 5 and 37 arrive corrupted once.
+    const env = { FERRY_TEST_CORRUPT_RANGES: '5,37' };
+    const target = join(dir, 'pushed.bin');
+    const push = await runFerry(['cp', src256, remote(target), '--agents', '2', '--streams', '2', '--range-size', '1MiB', '--json', ...common()], { env });
+    expect(push.code).toBe(0);
+    const pulled = join(dir, 'pulled.bin');
+    const pull = await runFerry(['cp', remote(src256), pulled, '--agents', '2', '--streams', '2', '--range-size', '1MiB', '--json', ...common()], { env });
+    expect(pull.code).toBe(0);
+    for (const r of [push, pull]) {
+      const events = parseEvents(r.stdout);
+      expect(events.filter((e) => e.type === 'range.resend').map((e) => Number(e.range)).sort((a, b) => a - b)).toEqual([5, 37]);
+      const done = events.filter((e) => e.type === 'range.done').map((e) => Number(e.range));
+      expect(new Set(done).size).toBe(256);
+      expect(events.find((e) => e.type === 'done')).toMatchObject({ ranges: 256, resends: 2 });
+    }
+    expect(await fileHash(target)).toBe(src256Hash);
+    expect(await fileHash(pulled)).toBe(src256Hash);
+  });
+
   it('fails with a verification error when a range keeps arriving corrupted', async () => {
     const dir = join(work.path, 'corrupt-always');
     await mkdir(dir);

@@ -89,6 +89,27 @@ describe('fault tolerance', () => {
     expect(done.ranges).toBe(32);
   });
 
+  it('1b. with ranges of 1 MiB (work items of 16 ranges), finishes byte-identical when an agent is killed and an agent connection is cut', async () => {
+    const dir = join(work.path, 't1b');
+    await mkdir(dir);
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '3', '--streams', '1', '--ack-wait', '3s', '--limit-rate', '60MB', ...common(join(dir, 'state'), ['--range-size', '1MiB'])]);
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    const victim = await run.waitFor((e) => e.type === 'agent.start' && e.index === 1);
+    await run.waitFor((e) => e.type === 'range.done', 40);
+    // Agent 1 dies holding part of a run: the whole item comes back after ack_wait.
+    process.kill(Number(victim.pid), 'SIGKILL');
+    await run.waitFor((e) => e.type === 'range.done', 120);
+    // An agent's connection dies: its written, unsynced ranges and the rest of its run go back.
+    // (The oldest session is the coordinator's, shared by agent 0; the newest is agent 2's.)
+    const sessions = await childPids(sshd.pid!);
+    expect(sessions.length).toBeGreaterThanOrEqual(2);
+    process.kill(sessions.at(-1)!, 'SIGKILL');
+    const done = await finish(run, join(dir, 'src.bin'));
+    expect(run.events.some((e) => e.type === 'agent.exit' && e.signal === 'SIGKILL')).toBe(true);
+    expect(done.ranges).toBe(512);
+    expect(new Set(doneEvents(run).map((e) => Number(e.range))).size).toBe(512);
+  });
+
   it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
     const dir = join(work.path, 't2');
     await mkdir(dir);

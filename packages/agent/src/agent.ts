@@ -10,7 +10,7 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { jetstream } from '@nats-io/jetstream';
-import type { Consumer, ConsumerMessages, JsMsg } from '@nats-io/jetstream';
+import type { Consumer, ConsumerMessages } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
@@ -29,6 +29,7 @@ import {
   hostLabel,
   jobSubjects,
   makeCompletionBatch,
+  splitWorkItem,
   globalSlot,
   slotHost,
   slotStaggerMs,
@@ -40,7 +41,9 @@ import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
 import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
-import { forEachLimit, prefetchCount } from './concurrency.js';
+import { forEachLimit } from './concurrency.js';
+import { workParts } from './work.js';
+import type { WorkPart } from './work.js';
 import { JetStreamPublisher } from './publisher.js';
 import type { Preconnected } from './preconnect.js';
 
@@ -330,7 +333,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   heartbeat();
 
   const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5);
-  const prefetch = prefetchCount(spec.rangeBytes);
   const hosts = spec.remoteHosts;
   const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;
@@ -383,9 +385,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     let conn: RemoteConnection | undefined;
     let file: RemoteFile | undefined;
     /** Written and verified, waiting for an fsync before they are reported and acked. */
-    let pending: Array<{ msg: JsMsg; completion: Completion }> = [];
+    let pending: Array<{ msg: WorkPart; completion: Completion }> = [];
     let oldestPending = 0;
-    let current: JsMsg | undefined;
+    let current: WorkPart | undefined;
     let failures = 0;
     const pace = spec.connectionBytesPerSec > 0 ? makePacer(spec.connectionBytesPerSec) : undefined;
     const ticker = setInterval(() => {
@@ -396,28 +398,36 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }, Math.max(1000, Math.floor(spec.ackWaitMs / 3)));
 
     /**
-     * Work items pulled but not started. Small ranges are pulled several at a time
-     * (prefetchCount: a pull request per range would cost more than the range); a
-     * range of 16 MiB or more is pulled alone, when the worker is ready for it.
+     * Ranges pulled but not started. A worker pulls one work item at a time, when
+     * it is ready for it; an item holds up to 16 MiB of consecutive ranges (core's
+     * rangesPerWorkItem), so a pull request stands for many small ranges.
      */
-    const queued: JsMsg[] = [];
+    const queued: WorkPart[] = [];
     let pulling: { done: Promise<boolean>; messages?: ConsumerMessages } | undefined;
     let arrived: (() => void) | undefined;
-    /** Starts a pull unless one is open; resolves when it ends, true when it brought all it asked for. */
+    /** Starts a pull unless one is open; resolves when it ends, true when it brought an item. */
     const pull = (): Promise<boolean> => {
       if (pulling) return pulling.done;
       const p: { done: Promise<boolean>; messages?: ConsumerMessages } = { done: Promise.resolve(false) };
       p.done = (async () => {
         let got = 0;
         try {
-          p.messages = await consumer.fetch({ max_messages: prefetch, expires: NEXT_EXPIRES_MS });
+          p.messages = await consumer.fetch({ max_messages: 1, expires: NEXT_EXPIRES_MS });
           if (stopping) p.messages.stop();
           for await (const m of p.messages) {
             got++;
-            queued.push(m);
+            let items: WorkItem[];
+            try {
+              items = splitWorkItem(decodeWorkItem(m.data, options.jobId), spec.rangeBytes);
+            } catch (err) {
+              log(`dropping malformed work item: ${(err as Error).message}`);
+              m.term();
+              continue;
+            }
+            queued.push(...workParts(m, items));
             arrived?.();
           }
-          return got >= prefetch;
+          return got > 0;
         } finally {
           if (pulling === p) pulling = undefined;
         }
@@ -425,8 +435,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       pulling = p;
       return p.done;
     };
-    /** The next work item: a queued one, else the first a pull brings; null when a pull ends empty. */
-    const takeWork = async (): Promise<JsMsg | null> => {
+    /** The next range: a queued one, else the first a pull brings; null when a pull ends empty. */
+    const takeWork = async (): Promise<WorkPart | null> => {
       for (;;) {
         if (queued.length > 0) return queued.shift()!;
         const came = new Promise<undefined>((resolve) => (arrived = () => resolve(undefined)));
@@ -490,7 +500,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     };
     /** Batches being made durable in the background (fsync, report, ack), in order. */
     let flushing: Promise<void> | undefined;
-    const inFlush = new Set<{ msg: JsMsg; completion: Completion }>();
+    const inFlush = new Set<{ msg: WorkPart; completion: Completion }>();
     /**
      * Starts making the pending ranges durable without waiting: the fsync runs
      * while the connection moves the next range. If the fsync fails (the
@@ -564,7 +574,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
 
     try {
       while (!stopping && !fatal) {
-        let msg: JsMsg | null;
+        let msg: WorkPart | null;
         try {
           // Pulled already: no waiting (and no timer) for it.
           const next = queued.length > 0 ? Promise.resolve(queued.shift()!) : takeWork();
@@ -595,14 +605,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           if (!stopping) startDurable();
           continue;
         }
-        let item: WorkItem;
-        try {
-          item = decodeWorkItem(msg.data, options.jobId);
-        } catch (err) {
-          log(`dropping malformed work item: ${(err as Error).message}`);
-          msg.term();
-          continue;
-        }
+        const item = msg.item;
         current = msg;
         inFlight++;
         const startedAt = Date.now();
@@ -646,7 +649,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         } catch (err) {
           summary.bytes -= moved;
           const e = toFerryError(err);
-          const deliveries = msg.info.deliveryCount;
+          const deliveries = msg.deliveries;
           if (fatal) {
             msg.nak();
           } else if (current === undefined) {

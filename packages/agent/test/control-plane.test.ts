@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { pubAckError } from '@ferry/agent';
-import { forEachLimit, prefetchCount } from '../src/concurrency.js';
+import { forEachLimit } from '../src/concurrency.js';
 import { discardRange } from '../src/discard.js';
+import { workParts } from '../src/work.js';
+import type { WorkItem } from '@ferry/core';
 
 const text = (s: string) => new TextEncoder().encode(s);
 
@@ -43,25 +45,6 @@ describe('forEachLimit', () => {
   });
 });
 
-describe('prefetchCount', () => {
-  const MiB = 1024 * 1024;
-  it('pulls ranges of 16 MiB and more one at a time', () => {
-    expect(prefetchCount(16 * MiB)).toBe(1);
-    expect(prefetchCount(64 * MiB)).toBe(1);
-    expect(prefetchCount(1024 * MiB)).toBe(1);
-  });
-  it('pulls smaller ranges up to 16 MiB (at most 16) at a time', () => {
-    expect(prefetchCount(MiB)).toBe(16);
-    expect(prefetchCount(2 * MiB)).toBe(8);
-    expect(prefetchCount(5 * MiB)).toBe(3);
-    expect(prefetchCount(8 * MiB)).toBe(2);
-  });
-  it('falls back to one for nonsense', () => {
-    expect(prefetchCount(0)).toBe(1);
-    expect(prefetchCount(Number.NaN)).toBe(1);
-  });
-});
-
 describe('pubAckError', () => {
   it('accepts a stored message and a duplicate', () => {
     expect(pubAckError(text('{"stream":"FERRY_WORK_ab","seq":12}'))).toBeUndefined();
@@ -84,5 +67,72 @@ describe('discardRange', () => {
     expect(r.srcHash).toMatch(/^[0-9a-f]{16}$/);
     expect(r.bytes).toBe(1 << 20);
     expect(bytes).toBe(1 << 20);
+  });
+});
+
+describe('workParts', () => {
+  const item = (range: number): WorkItem => ({ v: 2, job: 'j', range, offset: range * 10, length: 10, attempt: 0 });
+  const message = (deliveryCount = 1) => {
+    const calls: string[] = [];
+    return {
+      calls,
+      msg: {
+        ack: () => void calls.push('ack'),
+        nak: (d?: number) => void calls.push(d === undefined ? 'nak' : `nak ${d}`),
+        term: (r?: string) => void calls.push(r === undefined ? 'term' : `term ${r}`),
+        working: () => void calls.push('working'),
+        info: { deliveryCount },
+      },
+    };
+  };
+
+  it('acks the message once every part of a run is done, in any order', () => {
+    const { msg, calls } = message();
+    const parts = workParts(msg, [item(0), item(1), item(2)]);
+    expect(parts.map((p) => p.item.range)).toEqual([0, 1, 2]);
+    parts[2]!.ack();
+    parts[0]!.ack();
+    parts[0]!.ack(); // twice counts once
+    expect(calls).toEqual([]);
+    parts[1]!.ack();
+    expect(calls).toEqual(['ack']);
+  });
+
+  it('gives the whole run back at the first nak, and acks nothing afterwards', () => {
+    const { msg, calls } = message();
+    const parts = workParts(msg, [item(0), item(1), item(2)]);
+    parts[0]!.ack();
+    parts[1]!.nak(500);
+    parts[2]!.ack();
+    parts[2]!.nak();
+    expect(calls).toEqual(['nak 500']);
+  });
+
+  it('terminates a single range, but counts a term in a run as done', () => {
+    const one = message();
+    workParts(one.msg, [item(7)])[0]!.term('hash mismatch');
+    expect(one.calls).toEqual(['term hash mismatch']);
+    const run = message();
+    const parts = workParts(run.msg, [item(0), item(1)]);
+    parts[0]!.term('hash mismatch');
+    parts[1]!.ack();
+    expect(run.calls).toEqual(['ack']);
+  });
+
+  it('passes working() on at most once a second per message, and not once settled', () => {
+    const { msg, calls } = message(3);
+    const parts = workParts(msg, [item(0), item(1)]);
+    expect(parts[1]!.deliveries).toBe(3);
+    parts[0]!.working();
+    parts[1]!.working();
+    expect(calls).toEqual(['working']);
+    parts[0]!.nak();
+    calls.length = 0;
+    parts[1]!.working();
+    expect(calls).toEqual([]);
+  });
+
+  it('makes no parts of no items', () => {
+    expect(workParts(message().msg, [])).toEqual([]);
   });
 });

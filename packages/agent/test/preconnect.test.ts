@@ -6,7 +6,7 @@ import { Preconnected } from '../src/preconnect.js';
 const ssh: SshSettings = { knownHostsFile: '/kh', identityFiles: ['/id'], connectTimeoutMs: 20_000 };
 const dtn1: RemoteHost = { host: 'dtn1', port: 22, user: 'alice' };
 const dtn2: RemoteHost = { host: 'dtn2', port: 22, user: 'alice' };
-const hint: WarmHint = { v: 1, connections: [], ssh, mode: 'auto', remoteCommand: 'ferry serve', windowBytes: 8 << 20 };
+const hint: WarmHint = { v: 2, connections: [], ssh, mode: 'auto', remoteCommand: 'ferry serve', windowBytes: 8 << 20 };
 const spec = { mode: 'helper', remoteCommand: 'ferry serve', windowBytes: 8 << 20, ssh, remoteHosts: [dtn1, dtn2] } as unknown as JobSpec;
 
 /** The coordinator's connection, as far as lending goes: it counts its close() calls. */

@@ -34,17 +34,18 @@ import {
   encodeMessage,
   formatBytes,
   jobSubjects,
-  makeWorkItem,
   benchDiscardRequested,
   parseLocation,
   planRanges,
   rangeAt,
   resolveCopyOptions,
   rootHash,
+  splitWorkItem,
   toFerryError,
   workItemId,
+  workItemsOf,
 } from '@ferry/core';
-import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint } from '@ferry/core';
+import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, WorkItem } from '@ferry/core';
 import { JetStreamPublisher, connectBus } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
@@ -125,9 +126,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 async function publishRanges(publisher: JetStreamPublisher, subject: string, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false): Promise<void> {
   let batch: Array<Promise<unknown>> = [];
-  for (const i of indices) {
+  for (const item of workItemsOf(jobId, plan, indices, attemptOf)) {
     if (stopped()) break;
-    const item = makeWorkItem(jobId, rangeAt(plan, i), attemptOf(i));
     batch.push(publisher.publish(subject, encodeMessage(item), `${workItemId(item)}:${runTag}`));
     if (batch.length >= PUBLISH_BATCH) {
       await Promise.all(batch);
@@ -706,10 +706,15 @@ async function transfer(ctx: TransferContext): Promise<void> {
         void (async () => {
           const adv = msg.json<{ stream_seq: number; deliveries: number }>();
           const stored = await jsm.streams.getMessage(subjects.workStream, { seq: adv.stream_seq }).catch(() => null);
-          const item = stored ? decodeWorkItem(stored.data, prep.jobId) : undefined;
+          let item: WorkItem | undefined;
+          try {
+            item = stored ? decodeWorkItem(stored.data, prep.jobId) : undefined;
+          } catch {
+            // not ours: report without it
+          }
           // Give the agent's own report (with the cause) a moment to arrive first.
           await sleep(2000);
-          if (item && state.done.has(item.range)) return;
+          if (item && splitWorkItem(item, plan.rangeBytes).every((r) => state.done.has(r.range))) return;
           fail(
             new FerryError(
               'RANGE_FAILED',

@@ -2,7 +2,8 @@
  * How an agent reports: against a real nats-server with JetStream, an agent
  * running a discard job (no bytes, the control plane alone) stores the
  * completions of each durable batch in a few batch messages, not one message
- * per range, and acks every work item once its completion is stored.
+ * per range, takes work items that carry runs of ranges, and acks every work
+ * item once the completions of all its ranges are stored.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,7 +13,7 @@ import { AckPolicy, DeliverPolicy, jetstreamManager, jetstream } from '@nats-io/
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { runAgent } from '@ferry/agent';
-import { COMPLETIONS_PER_MESSAGE, decodeCompletions, encodeMessage, jobSubjects, makeWorkItem, MESSAGE_VERSION } from '@ferry/core';
+import { COMPLETIONS_PER_MESSAGE, decodeCompletions, encodeMessage, jobSubjects, MESSAGE_VERSION, planRanges, workItemsOf } from '@ferry/core';
 import type { Completion, JobSpec } from '@ferry/core';
 import { setupJobStreams, startEmbeddedNats } from '@ferry/coordinator';
 import type { EmbeddedNats } from '@ferry/coordinator';
@@ -84,14 +85,18 @@ async function doneMessages(): Promise<Uint8Array[]> {
 }
 
 describe('agent reports', () => {
-  it('stores the completions of a durable batch in batch messages and acks every work item', async () => {
+  it('takes runs of ranges, stores the completions of a durable batch in batch messages and acks every work item', async () => {
     const source = join(dir, 'source');
     await writeFile(source, '');
     const jsm = await jetstreamManager(nc);
     await setupJobStreams(nc, jsm, discardSpec(source));
     const s = jobSubjects(JOB);
     const js = jetstream(nc);
-    for (let i = 0; i < RANGES; i++) await js.publish(s.workSubject, encodeMessage(makeWorkItem(JOB, { index: i, offset: i * MiB, length: MiB })));
+    // As the coordinator publishes them: runs of 16 consecutive ranges of 1 MiB, one re-send alone.
+    const items = [...workItemsOf(JOB, planRanges(RANGES * MiB, MiB), [...Array(RANGES).keys()], (i) => (i === 100 ? 1 : 0))];
+    expect(items.map((w) => w.count ?? 1)).toContain(16);
+    expect(items.length).toBe(40);
+    for (const item of items) await js.publish(s.workSubject, encodeMessage(item));
 
     const abort = new AbortController();
     const lines: string[] = [];
@@ -117,5 +122,6 @@ describe('agent reports', () => {
     for (const d of messages) expect(decodeCompletions(d, JOB).length).toBeLessThanOrEqual(COMPLETIONS_PER_MESSAGE);
     expect(completions.map((c) => c.range).sort((a, b) => a - b)).toEqual([...Array(RANGES).keys()]);
     expect(completions.every((c) => c.durable && c.srcHash === c.dstHash && c.agent === 'reporter' && c.length === MiB)).toBe(true);
+    expect(completions.find((c) => c.range === 100)?.attempt).toBe(1);
   });
 });

@@ -8,8 +8,10 @@ import { decode, encode } from './codec.js';
 import type { ErrorData } from './errors.js';
 import { FerryError } from './errors.js';
 import type { HashAlgorithm } from './hash.js';
+import { rangeAt } from './ranges.js';
+import type { ByteRange, RangePlan } from './ranges.js';
 
-export const MESSAGE_VERSION = 1;
+export const MESSAGE_VERSION = 2;
 
 export type Direction =
   /** Local source, remote destination. */
@@ -129,6 +131,12 @@ export interface WorkItem {
   length: number;
   /** 0 for the first send; incremented by the coordinator for each re-send. */
   attempt: number;
+  /**
+   * Consecutive ranges this item carries, `range` the first: small ranges travel
+   * in runs (see `rangesPerWorkItem`), `offset` and `length` then cover the
+   * whole run. Absent for one range.
+   */
+  count?: number;
 }
 
 export interface Completion {
@@ -229,6 +237,79 @@ export function workItemId(item: Pick<WorkItem, 'job' | 'range' | 'attempt'>): s
 
 export function makeWorkItem(job: string, range: { index: number; offset: number; length: number }, attempt = 0): WorkItem {
   return { v: MESSAGE_VERSION, job, range: range.index, offset: range.offset, length: range.length, attempt };
+}
+
+/** A work item's run of ranges covers this many bytes at most... */
+export const WORK_ITEM_BYTES = 16 * 1024 * 1024;
+/** ...and at most this many ranges. */
+export const MAX_RANGES_PER_WORK_ITEM = 16;
+
+/**
+ * Ranges one first-attempt work item carries: one for ranges of 16 MiB and more,
+ * up to 16 consecutive ones for smaller ranges. Each message, pull and ack of
+ * the control plane then stands for up to 16 MiB, whatever the range size;
+ * every range is still hashed, reported and journaled on its own.
+ */
+export function rangesPerWorkItem(rangeBytes: number): number {
+  if (!(rangeBytes > 0)) return 1;
+  return Math.max(1, Math.min(MAX_RANGES_PER_WORK_ITEM, Math.floor(WORK_ITEM_BYTES / rangeBytes)));
+}
+
+/** One work item for consecutive ranges (`ranges[i].index === ranges[0].index + i`), all of one attempt. */
+export function makeWorkRun(job: string, ranges: readonly { index: number; offset: number; length: number }[], attempt = 0): WorkItem {
+  const first = ranges[0];
+  if (!first) throw new FerryError('INTERNAL', 'a work item needs at least one range');
+  if (ranges.length === 1) return makeWorkItem(job, first, attempt);
+  const last = ranges[ranges.length - 1]!;
+  return { v: MESSAGE_VERSION, job, range: first.index, offset: first.offset, length: last.offset + last.length - first.offset, attempt, count: ranges.length };
+}
+
+/**
+ * The work items for ranges `indices` (ascending) of a plan: first attempts of
+ * consecutive ranges in runs of up to `rangesPerWorkItem`, a re-send
+ * (attempt > 0) alone.
+ */
+export function* workItemsOf(job: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (index: number) => number): Generator<WorkItem> {
+  const perItem = rangesPerWorkItem(plan.rangeBytes);
+  let run: ByteRange[] = [];
+  let runAttempt = 0;
+  for (const i of indices) {
+    const attempt = attemptOf(i);
+    const last = run[run.length - 1];
+    if (last && (attempt !== 0 || runAttempt !== 0 || last.index + 1 !== i || run.length >= perItem)) {
+      yield makeWorkRun(job, run, runAttempt);
+      run = [];
+    }
+    if (run.length === 0) runAttempt = attempt;
+    run.push(rangeAt(plan, i));
+  }
+  if (run.length > 0) yield makeWorkRun(job, run, runAttempt);
+}
+
+/**
+ * The ranges of a work item, one item each, given the plan's range size. A run
+ * that does not fit the plan's ranges is malformed (PROTOCOL).
+ */
+export function splitWorkItem(item: WorkItem, rangeBytes: number): WorkItem[] {
+  const count = item.count ?? 1;
+  if (count === 1) return [item];
+  const fits =
+    Number.isInteger(count) &&
+    count > 1 &&
+    count <= MAX_RANGES_PER_WORK_ITEM &&
+    item.offset === item.range * rangeBytes &&
+    item.length > (count - 1) * rangeBytes &&
+    item.length <= count * rangeBytes;
+  if (!fits) {
+    throw new FerryError('PROTOCOL', `work item of ${String(count)} ranges from range ${item.range} (bytes ${item.offset}-${item.offset + item.length}) does not fit ranges of ${rangeBytes} bytes`);
+  }
+  const end = item.offset + item.length;
+  const out: WorkItem[] = [];
+  for (let i = 0; i < count; i++) {
+    const offset = item.offset + i * rangeBytes;
+    out.push({ v: item.v, job: item.job, range: item.range + i, offset, length: Math.min(rangeBytes, end - offset), attempt: item.attempt });
+  }
+  return out;
 }
 
 export function encodeMessage(message: WorkItem | Completion | CompletionBatch | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {

@@ -15,17 +15,21 @@ import {
   jobSubjects,
   makeCompletionBatch,
   makeWorkItem,
+  makeWorkRun,
   planRanges,
   rangeAt,
+  rangesPerWorkItem,
+  splitWorkItem,
   workItemId,
+  workItemsOf,
 } from '@ferry/core';
 import type { AgentEvent, Completion, ControlMessage, Heartbeat, JobSpec, WorkItem } from '@ferry/core';
 
 const JOB = 'c0ffee01';
 
-const workItem: WorkItem = { v: 1, job: JOB, range: 256, offset: 2 ** 32, length: 16 * 2 ** 20, attempt: 2 };
+const workItem: WorkItem = { v: 2, job: JOB, range: 256, offset: 2 ** 32, length: 16 * 2 ** 20, attempt: 2 };
 const completion: Completion = {
-  v: 1,
+  v: 2,
   job: JOB,
   range: 256,
   attempt: 2,
@@ -40,7 +44,7 @@ const completion: Completion = {
   finishedAt: 1_700_000_000_500,
 };
 const heartbeat: Heartbeat = {
-  v: 1,
+  v: 2,
   job: JOB,
   agent: 'agent-1',
   node: 'node7',
@@ -51,9 +55,9 @@ const heartbeat: Heartbeat = {
   errors: 0,
   at: 1_700_000_000_000,
 };
-const control: ControlMessage = { v: 1, job: JOB, type: 'cancel', reason: 'user pressed ^C' };
+const control: ControlMessage = { v: 2, job: JOB, type: 'cancel', reason: 'user pressed ^C' };
 const agentEvent: AgentEvent = {
-  v: 1,
+  v: 2,
   job: JOB,
   type: 'agent.error',
   agent: 'agent-2',
@@ -62,7 +66,7 @@ const agentEvent: AgentEvent = {
   fatal: true,
 };
 const jobSpec: JobSpec = {
-  v: 1,
+  v: 2,
   jobId: JOB,
   direction: 'push',
   mode: 'helper',
@@ -157,18 +161,18 @@ describe('job subjects', () => {
 });
 
 describe('work items', () => {
-  it('uses message version 1', () => {
-    expect(MESSAGE_VERSION).toBe(1);
+  it('uses message version 2 (work items may carry runs of ranges)', () => {
+    expect(MESSAGE_VERSION).toBe(2);
   });
 
   it('builds a first-attempt work item from a planned range', () => {
     const plan = planRanges(6 * 2 ** 30 + 1);
-    expect(makeWorkItem(JOB, rangeAt(plan, 384))).toEqual({ v: 1, job: JOB, range: 384, offset: 6 * 2 ** 30, length: 1, attempt: 0 });
+    expect(makeWorkItem(JOB, rangeAt(plan, 384))).toEqual({ v: 2, job: JOB, range: 384, offset: 6 * 2 ** 30, length: 1, attempt: 0 });
   });
 
   it('builds a re-send with the given attempt number', () => {
     expect(makeWorkItem(JOB, { index: 3, offset: 48 * 2 ** 20, length: 16 * 2 ** 20 }, 2)).toEqual({
-      v: 1,
+      v: 2,
       job: JOB,
       range: 3,
       offset: 50331648,
@@ -202,9 +206,9 @@ describe('message round trips', () => {
   });
 
   it('round-trips an agent.started event and a stop message without a reason', () => {
-    const started: AgentEvent = { v: 1, job: JOB, type: 'agent.started', agent: 'a', node: 'n', pid: 1 };
+    const started: AgentEvent = { v: 2, job: JOB, type: 'agent.started', agent: 'a', node: 'n', pid: 1 };
     expect(decodeAgentEvent(encodeMessage(started))).toEqual(started);
-    const stop: ControlMessage = { v: 1, job: JOB, type: 'stop' };
+    const stop: ControlMessage = { v: 2, job: JOB, type: 'stop' };
     expect(decodeControl(encodeMessage(stop))).toEqual(stop);
   });
 
@@ -215,20 +219,20 @@ describe('message round trips', () => {
 
 describe('message decoders reject bad messages with PROTOCOL errors', () => {
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s of another version', (what, kind) => {
-    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: 2 }), JOB))).toBe(
-      `${what} message has version 2, this ferry speaks 1: run the same ferry version everywhere`,
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: 1 }), JOB))).toBe(
+      `${what} message has version 1, this ferry speaks 2: run the same ferry version everywhere`,
     );
   });
 
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s without a version', (what, kind) => {
     expect(protocolMessage(() => kind.decode(encode(without(kind.sample, 'v'))))).toBe(
-      `${what} message has version undefined, this ferry speaks 1: run the same ferry version everywhere`,
+      `${what} message has version undefined, this ferry speaks 2: run the same ferry version everywhere`,
     );
   });
 
-  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "1"', (what, kind) => {
-    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '1' })))).toBe(
-      `${what} message has version 1, this ferry speaks 1: run the same ferry version everywhere`,
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "2"', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '2' })))).toBe(
+      `${what} message has version 2, this ferry speaks 2: run the same ferry version everywhere`,
     );
   });
 
@@ -256,14 +260,14 @@ describe('message decoders reject bad messages with PROTOCOL errors', () => {
   });
 
   it('checks the version before the fields', () => {
-    expect(protocolMessage(() => decodeWorkItem(encode({ v: 2 })))).toBe(
-      'work item message has version 2, this ferry speaks 1: run the same ferry version everywhere',
+    expect(protocolMessage(() => decodeWorkItem(encode({ v: 1 })))).toBe(
+      'work item message has version 1, this ferry speaks 2: run the same ferry version everywhere',
     );
   });
 
   it('rejects an array in place of a message', () => {
     expect(protocolMessage(() => decodeHeartbeat(encode([1, JOB])))).toBe(
-      'heartbeat message has version undefined, this ferry speaks 1: run the same ferry version everywhere',
+      'heartbeat message has version undefined, this ferry speaks 2: run the same ferry version everywhere',
     );
   });
 });
@@ -286,24 +290,100 @@ describe('completion batches', () => {
     expect(protocolMessage(() => decodeCompletions(encodeMessage(makeCompletionBatch(JOB, batchOf(2))), 'deadbeef'))).toBe(
       'completion batch message belongs to job c0ffee01, not deadbeef',
     );
-    expect(protocolMessage(() => decodeCompletions(encode({ ...makeCompletionBatch(JOB, batchOf(2)), v: 2 }), JOB))).toBe(
-      'completion batch message has version 2, this ferry speaks 1: run the same ferry version everywhere',
+    expect(protocolMessage(() => decodeCompletions(encode({ ...makeCompletionBatch(JOB, batchOf(2)), v: 1 }), JOB))).toBe(
+      'completion batch message has version 1, this ferry speaks 2: run the same ferry version everywhere',
     );
   });
 
   it('rejects the whole batch when one entry is malformed or of another job', () => {
     const list: unknown[] = batchOf(3);
     list[1] = without(completion, 'dstHash');
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe("completion message lacks 'dstHash'");
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 2, job: JOB, completions: list }), JOB))).toBe("completion message lacks 'dstHash'");
     list[1] = { ...completion, job: 'deadbeef' };
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe('completion message belongs to job deadbeef, not c0ffee01');
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 2, job: JOB, completions: list }), JOB))).toBe('completion message belongs to job deadbeef, not c0ffee01');
     list[1] = 7;
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: list }), JOB))).toBe('completion message is not a map');
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 2, job: JOB, completions: list }), JOB))).toBe('completion message is not a map');
   });
 
   it('rejects a batch whose completions are not a list', () => {
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 1, job: JOB, completions: { 0: completion } }), JOB))).toBe(
+    expect(protocolMessage(() => decodeCompletions(encode({ v: 2, job: JOB, completions: { 0: completion } }), JOB))).toBe(
       'completion batch message has no list of completions',
     );
+  });
+});
+
+describe('work items carrying runs of ranges', () => {
+  const MiB = 2 ** 20;
+
+  it('carries up to 16 MiB and 16 ranges in one item', () => {
+    expect(rangesPerWorkItem(16 * MiB)).toBe(1);
+    expect(rangesPerWorkItem(64 * MiB)).toBe(1);
+    expect(rangesPerWorkItem(1024 * MiB)).toBe(1);
+    expect(rangesPerWorkItem(MiB)).toBe(16);
+    expect(rangesPerWorkItem(2 * MiB)).toBe(8);
+    expect(rangesPerWorkItem(5 * MiB)).toBe(3);
+    expect(rangesPerWorkItem(8 * MiB)).toBe(2);
+    expect(rangesPerWorkItem(4096)).toBe(16);
+    expect(rangesPerWorkItem(0)).toBe(1);
+    expect(rangesPerWorkItem(Number.NaN)).toBe(1);
+  });
+
+  it('builds a run over consecutive ranges, the last one short, and splits it back', () => {
+    const plan = planRanges(10 * MiB + 5, MiB);
+    const ranges = [8, 9, 10].map((i) => rangeAt(plan, i));
+    const run = makeWorkRun(JOB, ranges);
+    expect(run).toEqual({ v: MESSAGE_VERSION, job: JOB, range: 8, offset: 8 * MiB, length: 2 * MiB + 5, attempt: 0, count: 3 });
+    expect(decodeWorkItem(encodeMessage(run), JOB)).toEqual(run);
+    expect(splitWorkItem(run, MiB)).toEqual(ranges.map((r) => makeWorkItem(JOB, r)));
+  });
+
+  it('makes a single range an ordinary item, which splits into itself', () => {
+    const plan = planRanges(10 * MiB, MiB);
+    const one = makeWorkRun(JOB, [rangeAt(plan, 4)], 3);
+    expect(one).toEqual(makeWorkItem(JOB, rangeAt(plan, 4), 3));
+    expect(one.count).toBeUndefined();
+    expect(splitWorkItem(one, MiB)).toEqual([one]);
+    expect(() => makeWorkRun(JOB, [])).toThrow(FerryError);
+  });
+
+  it('rejects a run that does not fit the plan as malformed', () => {
+    const run = makeWorkRun(JOB, [0, 1, 2].map((i) => rangeAt(planRanges(8 * MiB, MiB), i)));
+    const bad = [
+      { ...run, offset: run.offset + 1 },
+      { ...run, length: 2 * MiB },
+      { ...run, length: 3 * MiB + 1 },
+      { ...run, count: 2.5 },
+      { ...run, count: 0 },
+      { ...run, count: 17, length: 17 * MiB },
+    ];
+    for (const item of bad) expect(protocolMessage(() => splitWorkItem(item, MiB))).toContain('does not fit ranges of 1048576 bytes');
+  });
+});
+
+describe('workItemsOf', () => {
+  const MiB = 2 ** 20;
+  const summary = (items: Iterable<WorkItem>) => [...items].map((w) => `${w.range}${w.count ? `+${w.count}` : ''}@${w.attempt}`);
+
+  it('groups consecutive first attempts in runs of rangesPerWorkItem, the last run short', () => {
+    const plan = planRanges(40 * MiB, 4 * MiB); // 10 ranges, 4 per item
+    expect(summary(workItemsOf(JOB, plan, [...Array(10).keys()], () => 0))).toEqual(['0+4@0', '4+4@0', '8+2@0']);
+  });
+
+  it('breaks runs at gaps and sends re-sends alone', () => {
+    const plan = planRanges(40 * MiB, 4 * MiB);
+    const attempts = new Map([[5, 2]]);
+    expect(summary(workItemsOf(JOB, plan, [0, 1, 3, 4, 5, 6, 7, 9], (i) => attempts.get(i) ?? 0))).toEqual(['0+2@0', '3+2@0', '5@2', '6+2@0', '9@0']);
+  });
+
+  it('sends ranges of 16 MiB and more one per item', () => {
+    const plan = planRanges(64 * MiB, 16 * MiB);
+    expect(summary(workItemsOf(JOB, plan, [0, 1, 2, 3], () => 0))).toEqual(['0@0', '1@0', '2@0', '3@0']);
+  });
+
+  it('covers every range exactly once, split back by the plan', () => {
+    const plan = planRanges(100 * MiB + 12_345, MiB);
+    const items = [...workItemsOf(JOB, plan, [...Array(plan.count).keys()], () => 0)];
+    expect(items.length).toBe(Math.ceil(plan.count / 16));
+    expect(items.flatMap((w) => splitWorkItem(w, plan.rangeBytes))).toEqual([...Array(plan.count).keys()].map((i) => makeWorkItem(JOB, rangeAt(plan, i))));
   });
 });
