@@ -812,7 +812,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
 
     // Completions: verify, journal, re-send.
     const doneConsumer = await js.consumers.get(subjects.doneStream, subjects.doneConsumer);
-    const messages = await doneConsumer.consume({ max_messages: 1000 });
+    // Messages, not completions: a batch message holds up to 256, so this buffers at most ~16,000.
+    const messages = await doneConsumer.consume({ max_messages: 64 });
     cleanup.push(() => messages.stop());
     const handle = async (c: Completion) => {
       if (c.error) {
