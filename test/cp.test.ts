@@ -180,6 +180,13 @@ describe('ferry cp edge cases', () => {
     }
     expect(await fileHash(target)).toBe(src256Hash);
     expect(await fileHash(pulled)).toBe(src256Hash);
+    // 8 ranges of 1 MiB are one work item: one agent, however many were asked for.
+    const small = join(dir, 'small.bin');
+    await makeRandomFile(small, 8 * MiB);
+    const one = await runFerry(['cp', small, remote(join(dir, 'small-copy.bin')), '--agents', '3', '--streams', '2', '--range-size', '1MiB', '--json', ...common()]);
+    expect(one.code).toBe(0);
+    expect(parseEvents(one.stdout).find((e) => e.type === 'done')).toMatchObject({ ranges: 8, agents: 1 });
+    expect(await fileHash(join(dir, 'small-copy.bin'))).toBe(await fileHash(small));
   });
 
   it('fails with a verification error when a range keeps arriving corrupted', async () => {

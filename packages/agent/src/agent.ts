@@ -30,6 +30,7 @@ import {
   jobSubjects,
   makeCompletionBatch,
   splitWorkItem,
+  workItemCount,
   globalSlot,
   slotHost,
   slotStaggerMs,
@@ -567,8 +568,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     // Connect while the first work item is on its way, not after it arrives; its
     // failure (if fatal) surfaces where a range would have connected. A slot beyond
     // the plan's range count (a small file, more slots than ranges) will most likely
-    // get no work: it connects only if some arrives.
-    const likelyIdle = globalSlot(index, slot, spec.streams) >= spec.rangeCount;
+    // get no work: it connects only if some arrives. (Counted in work items: small ranges
+    // travel 16 to an item.)
+    const likelyIdle = globalSlot(index, slot, spec.streams) >= workItemCount(spec.rangeCount, spec.rangeBytes);
     let early: Promise<void> | undefined = stopping || likelyIdle ? undefined : connect();
     early?.catch(() => {});
 

@@ -43,6 +43,7 @@ import {
   splitWorkItem,
   toFerryError,
   workItemId,
+  workItemCount,
   workItemsOf,
 } from '@ferry/core';
 import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, WorkItem } from '@ferry/core';
@@ -405,8 +406,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       movedBytes: 0,
     };
     for (const [i, h] of folded?.hashes ?? []) if (i < plan.count) state.hashes.set(i, h);
-    // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by the work left.
-    const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, plan.count - state.done.size)));
+    // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by
+    // the work items left (small ranges travel up to 16 to an item).
+    const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, workItemCount(plan.count - state.done.size, plan.rangeBytes))));
     const resumed = folded !== undefined;
     state.resumedBytes = rangeBytesOf(plan, state.done);
 

@@ -10,7 +10,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs } from '@ferry/core';
+import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs, workItemCount } from '@ferry/core';
 import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
 import type { Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
@@ -24,13 +24,13 @@ export const WARM_START_ENV = 'FERRY_WARM_START';
 
 /**
  * The connections agent `index` will open: one per slot that is not idle, with
- * its first wait; with `rangeCount` known (a push), none for slots beyond it
- * (they connect only if work reaches them).
+ * its first wait; with the number of work items known (`itemCount`: a push),
+ * none for slots beyond it (they connect only if work reaches them).
  */
-export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, rangeCount = Infinity): WarmHint {
+export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, itemCount = Infinity): WarmHint {
   const connections: WarmHint['connections'] = [];
   for (let slot = 0; slot < options.streams; slot++) {
-    if (globalSlot(index, slot, options.streams) >= rangeCount) break;
+    if (globalSlot(index, slot, options.streams) >= itemCount) break;
     const h = slotHost(index, slot, options.streams, hosts.length, options.maxConnectionsPerHost);
     if (h !== undefined) connections.push({ host: hosts[h]!, delayMs: slotStaggerMs(index, slot, options.streams) });
   }
@@ -116,7 +116,7 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   const remote = src.kind === 'remote' && dst.kind === 'local' ? src : src.kind === 'local' && dst.kind === 'remote' ? dst : undefined;
   if (!remote) return undefined;
   let ssh: SshSettings;
-  // Connections opened ahead: one per slot that will have a range. A pull does not know
+  // Connections opened ahead: one per slot that will have a work item. A pull does not know
   // the size yet: only the first slot, which every copy uses (the others connect once the
   // job exists, as without warm start, so a small file costs no connection it won't use).
   let ahead = 1;
@@ -124,7 +124,8 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
     ssh = await sshSettings(options);
     if (src.kind === 'local') {
       const size = (await stat(resolve(src.path))).size;
-      ahead = Math.max(1, Math.ceil(size / (options.rangeBytes ?? chooseRangeBytes(size))));
+      const rangeBytes = options.rangeBytes ?? chooseRangeBytes(size);
+      ahead = Math.max(1, workItemCount(Math.ceil(size / rangeBytes), rangeBytes));
     }
   } catch {
     // prepareCopy says what is wrong.

@@ -21,8 +21,8 @@ describe('warmHint', () => {
     expect(warmHint(3, hosts, ssh, options).connections.map((c) => c.delayMs)).toEqual([500, 500, 500]);
   });
 
-  it('opens nothing ahead for slots beyond the range count (they connect only if work reaches them)', () => {
-    // 4 ranges, 3 streams per agent: agent 0 has slots 0-2, agent 1 only slot 3.
+  it('opens nothing ahead for slots beyond the work item count (they connect only if work reaches them)', () => {
+    // 4 work items, 3 streams per agent: agent 0 has slots 0-2, agent 1 only slot 3.
     expect(warmHint(0, hosts, ssh, options, 4).connections).toHaveLength(3);
     expect(warmHint(1, hosts, ssh, options, 4).connections.map((c) => c.host.host)).toEqual(['dtn2']);
     expect(warmHint(2, hosts, ssh, options, 4).connections).toEqual([]);

@@ -255,6 +255,11 @@ export function rangesPerWorkItem(rangeBytes: number): number {
   return Math.max(1, Math.min(MAX_RANGES_PER_WORK_ITEM, Math.floor(WORK_ITEM_BYTES / rangeBytes)));
 }
 
+/** Work items of a plan of `rangeCount` ranges published at once (consecutive first attempts). */
+export function workItemCount(rangeCount: number, rangeBytes: number): number {
+  return Math.ceil(rangeCount / rangesPerWorkItem(rangeBytes));
+}
+
 /** One work item for consecutive ranges (`ranges[i].index === ranges[0].index + i`), all of one attempt. */
 export function makeWorkRun(job: string, ranges: readonly { index: number; offset: number; length: number }[], attempt = 0): WorkItem {
   const first = ranges[0];

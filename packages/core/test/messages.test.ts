@@ -20,6 +20,7 @@ import {
   rangeAt,
   rangesPerWorkItem,
   splitWorkItem,
+  workItemCount,
   workItemId,
   workItemsOf,
 } from '@ferry/core';
@@ -373,6 +374,13 @@ describe('workItemsOf', () => {
     const plan = planRanges(40 * MiB, 4 * MiB);
     const attempts = new Map([[5, 2]]);
     expect(summary(workItemsOf(JOB, plan, [0, 1, 3, 4, 5, 6, 7, 9], (i) => attempts.get(i) ?? 0))).toEqual(['0+2@0', '3+2@0', '5@2', '6+2@0', '9@0']);
+  });
+
+  it('counts the work items of a plan as workItemCount does', () => {
+    for (const [bytes, rangeBytes] of [[40 * MiB, 4 * MiB], [100 * MiB + 1, MiB], [64 * MiB, 16 * MiB], [MiB, MiB], [0, MiB]] as const) {
+      const plan = planRanges(bytes, rangeBytes);
+      expect(workItemCount(plan.count, plan.rangeBytes), `${bytes} in ${rangeBytes}`).toBe([...workItemsOf(JOB, plan, [...Array(plan.count).keys()], () => 0)].length);
+    }
   });
 
   it('sends ranges of 16 MiB and more one per item', () => {
