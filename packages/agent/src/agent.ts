@@ -436,13 +436,22 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       pulling = p;
       return p.done;
     };
+    /**
+     * Drops queued ranges whose work item went back already (another of its ranges
+     * failed here): the whole item is handed out again, so they would be moved twice.
+     */
+    const dropGivenBack = () => {
+      while (queued.length > 0 && queued[0]!.givenBack) queued.shift();
+    };
     /** The next range: a queued one, else the first a pull brings; null when a pull ends empty. */
     const takeWork = async (): Promise<WorkPart | null> => {
       for (;;) {
+        dropGivenBack();
         if (queued.length > 0) return queued.shift()!;
         const came = new Promise<undefined>((resolve) => (arrived = () => resolve(undefined)));
         const full = await Promise.race([pull(), came]);
         arrived = undefined;
+        dropGivenBack();
         if (queued.length > 0) return queued.shift()!;
         if (full === false) return null;
       }
@@ -579,6 +588,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         let msg: WorkPart | null;
         try {
           // Pulled already: no waiting (and no timer) for it.
+          dropGivenBack();
           const next = queued.length > 0 ? Promise.resolve(queued.shift()!) : takeWork();
           if (pending.length > 0 && queued.length === 0) {
             // Written ranges wait for an fsync: when no work comes within a moment (the

@@ -32,6 +32,8 @@ export interface WorkPart {
   term(reason?: string): void;
   /** Keeps the message from being handed out again while the range is worked on. */
   working(): void;
+  /** True once the message went back (a nak of any of its parts): it will be handed out again whole. */
+  readonly givenBack: boolean;
 }
 
 /** working() reaches the server at most this often per message (several parts of one run call it). */
@@ -41,6 +43,7 @@ export function workParts(msg: WorkMessage, items: readonly WorkItem[]): WorkPar
   if (items.length === 0) return [];
   let open = items.length;
   let settled = false;
+  let givenBack = false;
   let lastWorking = 0;
   const done = () => {
     if (settled) return;
@@ -62,12 +65,16 @@ export function workParts(msg: WorkMessage, items: readonly WorkItem[]): WorkPar
       get deliveries() {
         return msg.info.deliveryCount;
       },
+      get givenBack() {
+        return givenBack;
+      },
       ack: once(done),
       nak(delayMs?: number) {
         if (finished) return;
         finished = true;
         if (settled) return;
         settled = true;
+        givenBack = true;
         msg.nak(delayMs);
       },
       term(reason?: string) {

@@ -96,13 +96,17 @@ describe('workParts', () => {
     expect(calls).toEqual([]);
     parts[1]!.ack();
     expect(calls).toEqual(['ack']);
+    expect(parts.some((p) => p.givenBack)).toBe(false);
   });
 
   it('gives the whole run back at the first nak, and acks nothing afterwards', () => {
     const { msg, calls } = message();
     const parts = workParts(msg, [item(0), item(1), item(2)]);
     parts[0]!.ack();
+    expect(parts.some((p) => p.givenBack)).toBe(false);
     parts[1]!.nak(500);
+    // Every part knows: a worker skips the queued ones rather than move them twice.
+    expect(parts.every((p) => p.givenBack)).toBe(true);
     parts[2]!.ack();
     parts[2]!.nak();
     expect(calls).toEqual(['nak 500']);
