@@ -39,7 +39,11 @@ const HELP = `usage: npm run bench -- coordinator [options]
   --idle-wait <s>      before each run, wait up to this long for 5 idle seconds (default 300, 0: no wait)
   --profile <dir>      write V8 CPU profiles of the coordinator and the agents there
   --keep               keep the temporary directory (state dir, journal, NATS store)
-  --out <dir>          where coordinator.md and coordinator.json go (default bench/results)
+  --baseline <dir>     another built ferry checkout (e.g. a git worktree of an older commit):
+                       each run runs it and this one, alternating which goes first, and the
+                       results give this build's ranges/s as a ratio of the baseline's
+  --name <name>        results file name (default coordinator, or coordinator-ab with --baseline)
+  --out <dir>          where NAME.md and NAME.json go (default bench/results)
 `;
 
 // ---------------------------------------------------------------------------
@@ -184,13 +188,13 @@ function onSignal(sig) {
 // ---------------------------------------------------------------------------
 
 /** One run: spawn ferry, sample until it exits, check the journal. */
-async function runOnce({ src, stateDir, ranges, rangeBytes, agents, streams, timeoutMs, profileDir, idleWaitMs }) {
+async function runOnce({ cli, src, stateDir, ranges, rangeBytes, agents, streams, timeoutMs, profileDir, idleWaitMs }) {
   rmSync(stateDir, { recursive: true, force: true });
   const idleWaitSeconds = idleWaitMs > 0 ? await waitForIdle(idleWaitMs) : 0;
   const argv = [
     process.execPath,
     ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []),
-    CLI, 'cp', src, 'discard:/bench/',
+    cli, 'cp', src, 'discard:/bench/',
     '--range-size', `${rangeBytes / 2 ** 20}MiB`, '-a', String(agents), '-s', String(streams),
     '--state-dir', stateDir, '--quiet',
   ];
@@ -303,6 +307,8 @@ export async function coordinator(argv) {
       'idle-wait': { type: 'string', default: '300' },
       profile: { type: 'string' },
       keep: { type: 'boolean', default: false },
+      baseline: { type: 'string' },
+      name: { type: 'string' },
       out: { type: 'string', default: 'bench/results' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -323,6 +329,12 @@ export async function coordinator(argv) {
   if (!(timeoutMs > 0)) throw new Error(`--timeout: not a number of seconds: ${o.timeout}`);
   if (!(idleWaitMs >= 0)) throw new Error(`--idle-wait: not a number of seconds: ${o['idle-wait']}`);
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs`);
+  const baselineDir = o.baseline ? resolve(o.baseline) : undefined;
+  const baselineCli = baselineDir ? join(baselineDir, 'packages/cli/dist/main.js') : undefined;
+  if (baselineCli && !existsSync(baselineCli)) throw new Error(`--baseline: ${baselineCli} missing: build that checkout first (npm ci or a copy of node_modules, then npx tsc -b)`);
+  const baselineVersion = baselineDir ? sh('git', ['-C', baselineDir, 'rev-parse', '--short', 'HEAD']) || baselineDir : undefined;
+  const name = o.name ?? (baselineDir ? 'coordinator-ab' : 'coordinator');
+  if (!/^[\w.-]+$/.test(name)) throw new Error(`--name: letters, digits, '.', '_' and '-' only: ${name}`);
   const outDir = resolve(o.out);
   const profileDir = o.profile ? resolve(o.profile) : undefined;
   if (profileDir) await mkdir(profileDir, { recursive: true });
@@ -339,18 +351,25 @@ export async function coordinator(argv) {
     await fh.truncate(ranges * rangeBytes);
     await fh.close();
     log(`sparse source of ${formatBytes(ranges * rangeBytes)} (${ranges} x ${formatBytes(rangeBytes)}), work dir ${workDir}`);
+    // With a baseline, each run measures both builds, alternating which goes first (the
+    // machine drifts: a fixed order would favour one).
+    const builds = baselineCli ? [{ build: 'baseline', cli: baselineCli }, { build: 'this', cli: CLI }] : [{ build: 'this', cli: CLI }];
     for (let run = 1; run <= runs; run++) {
-      const r = await runOnce({ src, stateDir: join(workDir, 'state'), ranges, rangeBytes, agents, streams, timeoutMs, profileDir, idleWaitMs });
-      r.run = run;
-      results.push(r);
-      log(
-        `[${run}/${runs}] ` +
-          (r.ok
-            ? `${ranges} ranges in ${r.seconds.toFixed(1)} s: ${fmt(r.rangesPerSecond)} ranges/s end to end, ${fmt(r.journalRangesPerSecond)} ranges/s first to last journaled; ` +
-              `RSS coordinator ${fmt(r.peakRssMiB.coordinator)} MiB, nats-server ${fmt(r.peakRssMiB.natsServer)} MiB, agent max ${fmt(r.peakRssMiB.agentMax)} MiB; ` +
-              `CPU coordinator ${fmt(r.cpuSeconds.coordinator, 1)} s, nats-server ${fmt(r.cpuSeconds.natsServer, 1)} s, agents ${fmt(r.cpuSeconds.agents, 1)} s; other load ${fmt(r.otherCpuSeconds, 1)} s`
-            : `FAILED: ${r.error}`),
-      );
+      const order = run % 2 === 1 ? builds : [...builds].reverse();
+      for (const { build, cli } of order) {
+        const r = await runOnce({ cli, src, stateDir: join(workDir, 'state'), ranges, rangeBytes, agents, streams, timeoutMs, profileDir, idleWaitMs });
+        r.run = run;
+        r.build = build;
+        results.push(r);
+        log(
+          `[${run}/${runs}${baselineCli ? ` ${build}` : ''}] ` +
+            (r.ok
+              ? `${ranges} ranges in ${r.seconds.toFixed(1)} s: ${fmt(r.rangesPerSecond)} ranges/s end to end, ${fmt(r.journalRangesPerSecond)} ranges/s first to last journaled; ` +
+                `RSS coordinator ${fmt(r.peakRssMiB.coordinator)} MiB, nats-server ${fmt(r.peakRssMiB.natsServer)} MiB, agent max ${fmt(r.peakRssMiB.agentMax)} MiB; ` +
+                `CPU coordinator ${fmt(r.cpuSeconds.coordinator, 1)} s, nats-server ${fmt(r.cpuSeconds.natsServer, 1)} s, agents ${fmt(r.cpuSeconds.agents, 1)} s; other load ${fmt(r.otherCpuSeconds, 1)} s`
+              : `FAILED: ${r.error}`),
+        );
+      }
     }
   } finally {
     if (keepWork && workDir) log(`kept ${workDir}`);
@@ -359,16 +378,30 @@ export async function coordinator(argv) {
   }
 
   const good = results.filter((r) => r.ok);
-  const header = ['run', 'ok', 'wall s', 'ranges/s', 'ranges/s journaling', 'first range s', 'RSS coord MiB', 'RSS nats MiB', 'RSS agent max MiB', 'CPU coord s', 'CPU nats s', 'CPU agents s', 'other load s'];
+  const header = ['run', ...(baselineCli ? ['build'] : []), 'ok', 'wall s', 'ranges/s', 'ranges/s journaling', 'first range s', 'RSS coord MiB', 'RSS nats MiB', 'RSS agent max MiB', 'CPU coord s', 'CPU nats s', 'CPU agents s', 'other load s'];
   const rows = results.map((r) => [
-    r.run, r.ok ? 'yes' : 'no', fmt(r.seconds, 1), fmt(r.rangesPerSecond), fmt(r.journalRangesPerSecond), fmt(r.journal?.firstRangeAfterSeconds, 1),
+    r.run, ...(baselineCli ? [r.build === 'this' ? ferryVersion() : `${baselineVersion} (baseline)`] : []), r.ok ? 'yes' : 'no', fmt(r.seconds, 1), fmt(r.rangesPerSecond), fmt(r.journalRangesPerSecond), fmt(r.journal?.firstRangeAfterSeconds, 1),
     fmt(r.peakRssMiB.coordinator), fmt(r.peakRssMiB.natsServer), fmt(r.peakRssMiB.agentMax),
     fmt(r.cpuSeconds.coordinator, 1), fmt(r.cpuSeconds.natsServer, 1), fmt(r.cpuSeconds.agents, 1), fmt(r.otherCpuSeconds, 1),
   ]);
   const table = markdownTable(header, rows);
-  const agentRows = results.flatMap((r) => r.agents.map((a) => [r.run, a.index ?? '?', a.pid, fmt(a.peakRssMiB), fmt(a.cpuSeconds, 1)]));
-  const agentTable = markdownTable(['run', 'agent', 'pid', 'peak RSS MiB', 'CPU s'], agentRows);
-  process.stdout.write(`\n${table}\n`);
+  const agentRows = results.flatMap((r) => r.agents.map((a) => [r.run, ...(baselineCli ? [r.build] : []), a.index ?? '?', a.pid, fmt(a.peakRssMiB), fmt(a.cpuSeconds, 1)]));
+  const agentTable = markdownTable(['run', ...(baselineCli ? ['build'] : []), 'agent', 'pid', 'peak RSS MiB', 'CPU s'], agentRows);
+  // Medians per build; with a baseline, this build's as a ratio of the baseline's.
+  const medianOf = (build, f) => median(good.filter((r) => r.build === build).map(f));
+  const comparison = baselineCli
+    ? [
+        `- This build against the baseline (${baselineVersion}), medians of the successful runs: ` +
+          `ranges/s ${fmt(medianOf('this', (r) => r.rangesPerSecond))} against ${fmt(medianOf('baseline', (r) => r.rangesPerSecond))} ` +
+          `(**${fmt(medianOf('this', (r) => r.rangesPerSecond) / medianOf('baseline', (r) => r.rangesPerSecond), 2)}x**); ` +
+          `journaling ${fmt(medianOf('this', (r) => r.journalRangesPerSecond))} against ${fmt(medianOf('baseline', (r) => r.journalRangesPerSecond))}; ` +
+          `CPU s coordinator / nats-server / agents ${['coordinator', 'natsServer', 'agents'].map((k) => fmt(medianOf('this', (r) => r.cpuSeconds[k]), 1)).join(' / ')} ` +
+          `against ${['coordinator', 'natsServer', 'agents'].map((k) => fmt(medianOf('baseline', (r) => r.cpuSeconds[k]), 1)).join(' / ')}; ` +
+          `peak RSS MiB coordinator / nats-server ${fmt(medianOf('this', (r) => r.peakRssMiB.coordinator))} / ${fmt(medianOf('this', (r) => r.peakRssMiB.natsServer))} ` +
+          `against ${fmt(medianOf('baseline', (r) => r.peakRssMiB.coordinator))} / ${fmt(medianOf('baseline', (r) => r.peakRssMiB.natsServer))}.`,
+      ]
+    : [];
+  process.stdout.write(`\n${table}\n${comparison.length > 0 ? `\n${comparison.join('\n')}\n` : ''}`);
   const failures = results.filter((r) => !r.ok);
   if (failures.length > 0) process.stdout.write(`\n${failures.length} failed run(s):\n${failures.map((f) => `  run ${f.run}: ${f.error}`).join('\n')}\n`);
 
@@ -383,12 +416,13 @@ export async function coordinator(argv) {
     `- Date: ${date}`,
     `- Machine: ${m.nproc} CPUs (nproc), ${m.cpu}, ${m.ramGiB} GiB RAM`,
     `- Kernel: ${m.kernel}; Node ${m.node}; ${m.natsServer}`,
-    `- ferry: ${ferryVersion()}`,
+    `- ferry: ${ferryVersion()}${baselineCli ? `; baseline: ${baselineVersion} (${baselineDir})` : ''}`,
     `- Plan: ${ranges} ranges of ${formatBytes(rangeBytes)}; ${agents} agents x ${streams} streams; ${runs} run(s)`,
     `- Command: \`node bench/coordinator.mjs ${argv.join(' ')}\``,
     '',
     table,
     '',
+    ...comparison,
     '- ranges/s: ranges / wall seconds from spawning `ferry cp` until it exited (nats-server start, publishing the plan, agents, journaling, manifest).',
     '- ranges/s journaling: ranges / seconds between the first and the last range record of the journal (the steady state, without startup and publishing).',
     '- first range s: seconds from spawn until the first range was journaled (nats-server start, agents starting while the plan is being published).',
@@ -402,26 +436,26 @@ export async function coordinator(argv) {
     '',
   ].join('\n');
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'coordinator.md'), md);
+  await writeFile(join(outDir, `${name}.md`), md);
   await writeFile(
-    join(outDir, 'coordinator.json'),
+    join(outDir, `${name}.json`),
     JSON.stringify(
       {
         scenario: 'coordinator',
         date,
         ferry: ferryVersion(),
         machine: m,
-        options: { ranges, rangeBytes, agents, streams, runs },
+        options: { ranges, rangeBytes, agents, streams, runs, ...(baselineDir ? { baseline: baselineDir, baselineVersion } : {}) },
         clockTicks: CLK_TCK,
         sampleMs: SAMPLE_MS,
-        summary: { okRuns: good.length, runs: results.length, medianRangesPerSecond: median(good.map((r) => r.rangesPerSecond)), medianJournalRangesPerSecond: median(good.map((r) => r.journalRangesPerSecond)) },
+        summary: { okRuns: good.length, runs: results.length, medianRangesPerSecond: medianOf('this', (r) => r.rangesPerSecond), medianJournalRangesPerSecond: medianOf('this', (r) => r.journalRangesPerSecond), ...(baselineCli ? { baselineMedianRangesPerSecond: medianOf('baseline', (r) => r.rangesPerSecond), baselineMedianJournalRangesPerSecond: medianOf('baseline', (r) => r.journalRangesPerSecond) } : {}) },
         runs: results,
       },
       null,
       1,
     ) + '\n',
   );
-  log(`wrote ${join(outDir, 'coordinator.md')} and coordinator.json`);
+  log(`wrote ${join(outDir, `${name}.md`)} and ${name}.json`);
   if (failures.length > 0) process.exitCode = 1;
 }
 
