@@ -709,18 +709,22 @@ async function transfer(ctx: TransferContext): Promise<void> {
           const adv = msg.json<{ stream_seq: number; deliveries: number }>();
           const stored = await jsm.streams.getMessage(subjects.workStream, { seq: adv.stream_seq }).catch(() => null);
           let item: WorkItem | undefined;
+          let ranges: WorkItem[] = [];
           try {
             item = stored ? decodeWorkItem(stored.data, prep.jobId) : undefined;
+            ranges = item ? splitWorkItem(item, plan.rangeBytes) : [];
           } catch {
-            // not ours: report without it
+            // not ours, or malformed: report with what there is
           }
           // Give the agent's own report (with the cause) a moment to arrive first.
           await sleep(2000);
-          if (item && splitWorkItem(item, plan.rangeBytes).every((r) => state.done.has(r.range))) return;
+          if (ranges.length > 0 && ranges.every((r) => state.done.has(r.range))) return;
+          const count = item?.count ?? 1;
+          const what = !item ? 'range ?' : `${count > 1 ? `ranges ${item.range}-${item.range + count - 1}` : `range ${item.range}`} (bytes ${item.offset}-${item.offset + item.length})`;
           fail(
             new FerryError(
               'RANGE_FAILED',
-              `range ${item?.range ?? '?'}${item ? ` (bytes ${item.offset}-${item.offset + item.length})` : ''} was handed out ${adv.deliveries} times without completing (agents crashing or losing their connections on it): see the agents' messages with -v`,
+              `${what} ${count > 1 ? 'were' : 'was'} handed out ${adv.deliveries} times without completing (agents crashing or losing their connections on it): see the agents' messages with -v`,
               item ? { range: item.range } : {},
             ),
           );
