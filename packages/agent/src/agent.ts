@@ -691,6 +691,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             // Connection trouble or a helper failure: another try, here or on another host, after a pause.
             summary.errors++;
             failures++;
+            // The range goes back after a pause, before drop() hands back the written ones at
+            // once: in a run of ranges the first nak decides when the whole item returns.
+            msg.nak(backoffMs(failures));
             drop();
             if (HOST_TROUBLE.has(e.code)) {
               const h = health[hostIndex]!;
@@ -698,7 +701,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
               h.downUntil = Date.now() + backoffMs(h.failures);
               hostIndex = (hostIndex + 1) % hosts.length;
             }
-            msg.nak(backoffMs(failures));
             log(`range ${item.range}: ${e.code}: ${e.message}`);
             publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: false });
             if (!stopping) await Promise.race([sleep(backoffMs(failures)), stopped]);
