@@ -127,25 +127,22 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
   }
 }
 
-/** The first line of stdin, a JSON object of environment variables (the ssh launcher sends it). */
-export function readSecretsLine(): Promise<Record<string, string>> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString('utf8');
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      process.stdin.off('data', onData);
-      process.stdin.pause();
-      try {
-        resolve(JSON.parse(buf.slice(0, nl)) as Record<string, string>);
-      } catch {
-        reject(new FerryError('USAGE', '--secrets-stdin: the first line of stdin is not a JSON object'));
-      }
-    };
-    process.stdin.on('data', onData);
-    process.stdin.once('end', () => reject(new FerryError('USAGE', '--secrets-stdin: stdin ended before the secrets line')));
-  });
+/**
+ * The secrets line the ssh launcher sends first on an agent's stdin: a JSON
+ * object of environment variables (the NATS token), never on a command line.
+ */
+export function parseSecretsLine(line: string | undefined): Record<string, string> {
+  if (line === undefined) throw new FerryError('USAGE', '--secrets-stdin: stdin ended before the secrets line');
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch {
+    value = undefined;
+  }
+  const isStrings = (v: unknown): v is Record<string, string> =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
+  if (!isStrings(value)) throw new FerryError('USAGE', '--secrets-stdin: the first line of stdin is not a JSON object of strings');
+  return value;
 }
 
 /**

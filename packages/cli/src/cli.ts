@@ -7,7 +7,7 @@ import { createWriteStream, fstatSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
-import { copy, readSecretsLine, reportError, stdinLines } from './actions.js';
+import { copy, parseSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
@@ -193,13 +193,10 @@ export function createCli(io: CliIo): Command {
           launcherGone = lines.ended;
           lines.release();
         } else if (opts.secretsStdin) {
-          const secrets = await readSecretsLine();
-          for (const [k, v] of Object.entries(secrets)) process.env[k] = v;
-          launcherGone = new Promise<void>((resolve) => {
-            process.stdin.once('end', () => resolve());
-            process.stdin.once('close', () => resolve());
-            process.stdin.resume();
-          });
+          // The first line holds the secrets; stdin ending later means the launcher is gone.
+          const lines = stdinLines();
+          for (const [k, v] of Object.entries(parseSecretsLine(await lines.next()))) process.env[k] = v;
+          launcherGone = lines.ended;
         }
         if (job === undefined || nats === undefined) throw new FerryError('USAGE', 'ferry agent needs --job and --nats (or --warm)');
         const corruptRanges = corruptRangesFrom(process.env[CORRUPT_RANGES_ENV]);

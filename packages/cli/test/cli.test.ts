@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createRenderer, formatSummary, progressLine, runCli } from '../src/index.js';
-import { splitCommand } from '../src/actions.js';
+import { parseSecretsLine, splitCommand } from '../src/actions.js';
 import type { CliIo } from '../src/index.js';
 import type { CopySummary } from '@ferry/coordinator';
 
@@ -134,5 +134,25 @@ describe('launching beyond this machine', () => {
     const s = io();
     expect(await runCli(['cp', '/etc/hostname', 'nohost.invalid:/x', '--launcher', 'ssh'], s)).toBe(2);
     expect(s.err).toBe('ferry: error: --launcher ssh needs --hosts (e.g. node[01-04]) or --hosts-file\n');
+  });
+});
+
+describe('parseSecretsLine', () => {
+  it('reads the JSON object of environment variables the ssh launcher sends', () => {
+    expect(parseSecretsLine('{"FERRY_NATS_TOKEN":"sekret","FERRY_TEST":"x y"}')).toEqual({ FERRY_NATS_TOKEN: 'sekret', FERRY_TEST: 'x y' });
+    expect(parseSecretsLine('{}')).toEqual({});
+  });
+
+  it('refuses anything else with a usage error that names the option', () => {
+    for (const line of [undefined, '', 'sekret', '[]', 'null', '"x"', '{"FERRY_NATS_TOKEN":1}']) {
+      let err: unknown;
+      try {
+        parseSecretsLine(line);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, String(line)).toMatchObject({ code: 'USAGE' });
+      expect((err as Error).message).toMatch(/^--secrets-stdin: /);
+    }
   });
 });
