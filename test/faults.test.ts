@@ -44,6 +44,21 @@ async function slowHelperScript(dir: string, slowStart: number, seconds: number)
   return { script, starts };
 }
 
+/**
+ * Copies the source into work/`name` through slowHelperScript's --remote-cmd (warm start off,
+ * so the starts are counted in order), checks the result, and returns the run and how many
+ * helpers were started.
+ */
+async function copyWithSlowHelper(name: string, slowStart: number, seconds: number, flags: string[]): Promise<{ run: LiveRun; starts: number }> {
+  const dir = join(work.path, name);
+  await mkdir(dir);
+  const { script, starts } = await slowHelperScript(dir, slowStart, seconds);
+  const run = startFerry(['cp', src, remote(`${dir}/`), ...flags, ...common(join(dir, 'state'), ['--remote-cmd', script])], { env: { FERRY_WARM_START: '0' } });
+  cleanups.push(() => run.child.kill('SIGKILL'));
+  await finish(run, join(dir, 'src.bin'));
+  return { run, starts: Number((await readFile(starts, 'utf8')).trim()) };
+}
+
 const doneEvents = (run: LiveRun) => run.events.filter((e) => e.type === 'range.done');
 const lastEvent = (run: { events: FerryEvent[] }, type: string) => run.events.filter((e) => e.type === type).pop();
 
@@ -152,36 +167,26 @@ describe('fault tolerance', () => {
   });
 
   it('3c. retries an agent connection whose helper stays silent past its start timeout', async () => {
-    const dir = join(work.path, 't3c');
-    await mkdir(dir);
     // The second helper start (the agent's first connection; the coordinator's is the
     // first) hangs past the agents' helper timeout (4x --connect-timeout: 32 s here)
     // without a word, like a login stuck in slow shell start-up files; every other
     // start is the real helper.
-    const { script, starts } = await slowHelperScript(dir, 2, 34);
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '8s'])], { env: { FERRY_WARM_START: '0' } });
-    cleanups.push(() => run.child.kill('SIGKILL'));
-    await finish(run, join(dir, 'src.bin'));
+    const { run, starts } = await copyWithSlowHelper('t3c', 2, 34, ['--agents', '1', '--streams', '2', '--connect-timeout', '8s']);
     const slow = run.events.filter((e) => e.type === 'agent.error');
     expect(slow.length).toBeGreaterThan(0);
     expect(slow.every((e) => e.code === 'HELPER_UNAVAILABLE' && e.fatal === false)).toBe(true);
     expect(String(slow[0]!.message)).toContain('started but did not answer within 32s, without exiting or a word on stderr');
     // Coordinator, two slots, and the slow slot's retry.
-    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(4);
+    expect(starts).toBe(4);
   });
 
   it('3d. in auto mode, gives the coordinator\'s helper a second, longer chance before falling back to SFTP', async () => {
-    const dir = join(work.path, 't3d');
-    await mkdir(dir);
     // The first helper start (the coordinator's) stays silent past --connect-timeout (4 s);
     // the retry, on the same connection with twice the time, is the real helper.
-    const { script, starts } = await slowHelperScript(dir, 1, 6);
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '1', ...common(join(dir, 'state'), ['--remote-cmd', script, '--connect-timeout', '4s'])], { env: { FERRY_WARM_START: '0' } });
-    cleanups.push(() => run.child.kill('SIGKILL'));
-    await finish(run, join(dir, 'src.bin'));
+    const { run, starts } = await copyWithSlowHelper('t3d', 1, 6, ['--agents', '1', '--streams', '1', '--connect-timeout', '4s']);
     expect(run.events.find((e) => e.type === 'job.start')?.mode).toBe('helper');
     // The coordinator's slow start, its retry, and the agent's one connection.
-    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(3);
+    expect(starts).toBe(3);
   });
 
   it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {

@@ -5,7 +5,7 @@
  * the destination hash by the receiving side.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, SerialQueue, ZERO_CHUNK, createHasher, destinationError, isAllZero } from '@ferry/core';
+import { FerryError, SerialQueue, createHasher, destinationError, ensureZeroed, isAllZero, pwriteAll } from '@ferry/core';
 import type { BufferPool, HashAlgorithm } from '@ferry/core';
 import type { RemoteFile } from '@ferry/transport';
 
@@ -142,13 +142,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
     fill = 0;
     const p = (async () => {
       try {
-        await queue.run(async () => {
-          let done = 0;
-          while (done < n) {
-            const { bytesWritten } = await local.write(b, done, n - done, at + done);
-            done += bytesWritten;
-          }
-        });
+        await queue.run(() => pwriteAll(local, b, n, at));
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });
@@ -168,16 +162,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
       // collected) made a sparse pull 3x slower and unbounded in memory.
       const b = await pool.acquire();
       try {
-        await queue.run(async () => {
-          const { bytesRead } = await local.read(b, 0, n, at);
-          if (bytesRead < n || !isAllZero(b.subarray(0, n))) {
-            let done = 0;
-            while (done < n) {
-              const { bytesWritten } = await local.write(ZERO_CHUNK, done, n - done, at + done);
-              done += bytesWritten;
-            }
-          }
-        });
+        await queue.run(() => ensureZeroed(local, b, n, at));
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });

@@ -5,7 +5,7 @@
  */
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { encodeRecord, replayJournal } from '@ferry/core';
+import { encodeRecord, pwriteAll, replayJournal } from '@ferry/core';
 import type { JournalRecord, ReplayResult } from '@ferry/core';
 
 export class JournalFile {
@@ -51,11 +51,7 @@ export class JournalFile {
         const batch = this.queue.splice(0);
         const data = Buffer.concat(batch.map((b) => b.data));
         try {
-          let done = 0;
-          while (done < data.length) {
-            const { bytesWritten } = await this.fh.write(data, done, data.length - done, this.position + done);
-            done += bytesWritten;
-          }
+          await pwriteAll(this.fh, data, data.length, this.position);
           this.position += data.length;
           await this.fh.sync();
           for (const b of batch) b.resolve();

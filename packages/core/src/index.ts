@@ -31,3 +31,4 @@ export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } f
 export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
 export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
 export { SerialQueue } from './serial.js';
+export { ensureZeroed, pwriteAll } from './pwrite.js';

@@ -21,7 +21,9 @@ import {
   isAllZero,
   destinationError,
   encodeControl,
+  ensureZeroed,
   errnoOf,
+  pwriteAll,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
@@ -165,13 +167,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     setPending(n);
     const p = (async () => {
       try {
-        await u.file.writes.run(async () => {
-          let done = 0;
-          while (done < n) {
-            const { bytesWritten } = await u.file.fh.write(buf, done, n - done, at + done);
-            done += bytesWritten;
-          }
-        });
+        await u.file.writes.run(() => pwriteAll(u.file.fh, buf, n, at));
       } catch (err) {
         failUpload(u, err);
       } finally {
@@ -191,16 +187,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     const p = (async () => {
       const buf = await pool.acquire();
       try {
-        await u.file.writes.run(async () => {
-          const { bytesRead } = await u.file.fh.read(buf, 0, n, at);
-          if (bytesRead < n || !isAllZero(buf.subarray(0, n))) {
-            let done = 0;
-            while (done < n) {
-              const { bytesWritten } = await u.file.fh.write(ZERO_CHUNK, done, n - done, at + done);
-              done += bytesWritten;
-            }
-          }
-        });
+        await u.file.writes.run(() => ensureZeroed(u.file.fh, buf, n, at));
       } catch (err) {
         failUpload(u, err);
       } finally {
