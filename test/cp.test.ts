@@ -5,12 +5,15 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
+const execFileP = promisify(execFile);
 const GiB = 1024 * MiB;
 
 let sshd: Sshd;
@@ -314,6 +317,35 @@ describe('ferry cp edge cases', () => {
     expect(r.code).toBe(20);
     expect(r.stderr).toContain('does not exist: create it first');
     expect(await warmAgents()).toEqual([]);
+  });
+
+  it('writes the destination around the page cache with --direct-io, both ways, a file ending mid-page included', async () => {
+    const dir = join(work.path, 'direct');
+    await mkdir(dir);
+    // 3 ranges of 16 MiB; the last ends 1234 bytes into a page, which goes through the page cache.
+    const src = join(dir, 'src.bin');
+    await makeRandomFile(src, 40 * MiB + 1234);
+    const srcHash = await fileHash(src);
+    const pushed = join(dir, 'pushed.bin');
+    const pulled = join(dir, 'pulled.bin');
+    const buffered = join(dir, 'buffered.bin');
+    const flags = ['--agents', '1', '--streams', '2', '--range-size', '16MiB', '-v', ...common()];
+    const push = await runFerry(['cp', src, remote(pushed), '--direct-io', ...flags]);
+    const pull = await runFerry(['cp', remote(src), pulled, '--direct-io', ...flags]);
+    const plain = await runFerry(['cp', remote(src), buffered, ...flags]);
+    for (const r of [push, pull, plain]) {
+      expect(r.code).toBe(0);
+      expect(r.stderr).not.toContain('page cache');
+    }
+    // fincore: bytes of the file in the page cache. Direct writes leave none behind
+    // but the tail's page; buffered writes leave the whole file.
+    const resident = async (path: string) => Number((await execFileP('fincore', ['--bytes', '--noheadings', '--output', 'RES', path])).stdout.trim());
+    for (const path of [pushed, pulled]) {
+      expect(await resident(path)).toBeLessThanOrEqual(64 * 1024);
+      expect(await fileHash(path)).toBe(srcHash);
+    }
+    expect(await resident(buffered)).toBeGreaterThan(32 * MiB);
+    expect(await fileHash(buffered)).toBe(srcHash);
   });
 
   it('overwrites an existing destination only when the copy is complete', async () => {

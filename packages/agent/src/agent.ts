@@ -18,6 +18,7 @@ import {
   BufferPool,
   COMPLETIONS_PER_MESSAGE,
   FerryError,
+  FileWriter,
   FRAME_HEADER_BYTES,
   MESSAGE_VERSION,
   decodeControl,
@@ -29,6 +30,7 @@ import {
   hostLabel,
   jobSubjects,
   makeCompletionBatch,
+  openDirect,
   splitWorkItem,
   workItemCount,
   globalSlot,
@@ -153,6 +155,15 @@ async function openLocal(spec: JobSpec): Promise<FileHandle> {
   }
 }
 
+/** Pull: the local file's writer, with an O_DIRECT handle under --direct-io where the file system has it. */
+async function localWriterOf(local: FileHandle, spec: JobSpec, log: (line: string) => void): Promise<FileWriter> {
+  if (spec.directIo !== true) return new FileWriter(local);
+  const d = await openDirect(spec.localPath);
+  if ('fh' in d) return new FileWriter(local, d.fh);
+  log(`--direct-io: writing through the page cache: ${d.reason}`);
+  return new FileWriter(local);
+}
+
 /** Publishes to JetStream, retrying through NATS outages (the server restarting) until a deadline. */
 async function publishDurably(publisher: JetStreamPublisher, subject: string, data: Uint8Array, isStopping: () => boolean): Promise<void> {
   const deadline = Date.now() + PUBLISH_DEADLINE_MS;
@@ -271,6 +282,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   let consumer: Consumer;
   /** The local file; none in a discard job (the benchmark reads nothing). */
   let local: FileHandle | undefined;
+  /** Pull: the writes of the local file. */
+  let localWriter: FileWriter | undefined;
   let kv: KV;
   try {
     kv = await new Kvm(nc).open(subjects.kvBucket);
@@ -279,6 +292,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     spec = decodeJobSpec(entry.value, options.jobId);
     consumer = await js.consumers.get(subjects.workStream, subjects.workConsumer);
     if (!spec.discard) local = await openLocal(spec);
+    if (local && spec.direction === 'pull') localWriter = await localWriterOf(local, spec, log);
   } catch (err) {
     const e = toFerryError(err);
     publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
@@ -333,7 +347,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const hbTimer = setInterval(heartbeat, 1000);
   heartbeat();
 
-  const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5);
+  let directNoted = false;
+  const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5, { aligned: localWriter?.direct === true });
   const hosts = spec.remoteHosts;
   const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;
@@ -486,7 +501,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             log(`slot ${slot}: using ${whose} to ${hostLabel(host)}, opened while the coordinator prepared`);
           }
           conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh), signal: abort.signal })));
-          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read');
+          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', { direct: spec.directIo === true });
+          if (file.direct === false && !directNoted) {
+            directNoted = true;
+            log(`--direct-io: ${hostLabel(host)} writes through its page cache: ${file.directReason ?? 'not supported there'}`);
+          }
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;
           return;
@@ -645,7 +664,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             ? discardRange(job)
             : spec.direction === 'push'
               ? await pushRange(local!, spec.localPath, file!, pool, job)
-              : await pullRange(local!, spec.localPath, file!, pool, job);
+              : await pullRange(localWriter!, spec.localPath, file!, pool, job);
           const completion = completionOf(item, hosts[hostIndex]!, startedAt, { srcHash: result.srcHash, dstHash: result.dstHash });
           current = undefined;
           if (result.srcHash !== result.dstHash) {
@@ -735,6 +754,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     clearInterval(lonely);
     if (parentWatch) clearInterval(parentWatch);
     heartbeat();
+    await localWriter?.close().catch(() => {});
     await local?.close().catch(() => {});
     publisher.close();
     await nc.drain().catch(() => {});

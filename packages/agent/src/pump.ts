@@ -5,8 +5,8 @@
  * the destination hash by the receiving side.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { FerryError, SerialQueue, createHasher, destinationError, ensureZeroed, isAllZero, pwriteAll } from '@ferry/core';
-import type { BufferPool, HashAlgorithm } from '@ferry/core';
+import { DIRECT_ALIGNMENT, FerryError, createHasher, destinationError, isAllZero } from '@ferry/core';
+import type { BufferPool, FileWriter, HashAlgorithm } from '@ferry/core';
 import type { RemoteFile } from '@ferry/transport';
 
 export interface RangeJob {
@@ -21,15 +21,6 @@ export interface RangeJob {
   signal?: AbortSignal;
   /** Rate cap: resolves when `n` more bytes may go. */
   pace?: (n: number) => Promise<void>;
-}
-
-/** One write queue per open local file: every slot of an agent writes through the same handle (see SerialQueue). */
-const writeQueues = new WeakMap<FileHandle, SerialQueue>();
-
-function writeQueueOf(local: FileHandle): SerialQueue {
-  let q = writeQueues.get(local);
-  if (!q) writeQueues.set(local, (q = new SerialQueue()));
-  return q;
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
@@ -118,10 +109,12 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
  * Remote file -> local file. Pieces are copied, as they arrive, into pool
  * buffers that are pwritten when full; when more than the pool is waiting for
  * the disk, the sink returns a promise and the transport stops reading, which
- * holds the sender through SSH flow control.
+ * holds the sender through SSH flow control. Every slot of an agent writes
+ * through the one FileWriter of the local file (one write at a time, aligned
+ * ones with O_DIRECT under --direct-io), in chunks of whole pages.
  */
-export async function pullRange(local: FileHandle, localPath: string, remote: RemoteFile, pool: BufferPool, job: RangeJob): Promise<RangeResult> {
-  const chunk = pool.bufferBytes;
+export async function pullRange(local: FileWriter, localPath: string, remote: RemoteFile, pool: BufferPool, job: RangeJob): Promise<RangeResult> {
+  const chunk = pool.bufferBytes - (pool.bufferBytes % DIRECT_ALIGNMENT);
   const dst = createHasher(job.algorithm);
   let buf: Buffer | undefined;
   let pooled = false;
@@ -131,7 +124,6 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
   let writeError: FerryError | undefined;
   const writes = new Set<Promise<void>>();
   let corrupt = job.corrupt === true;
-  const queue = writeQueueOf(local);
 
   const flush = () => {
     const b = buf!;
@@ -142,7 +134,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
     fill = 0;
     const p = (async () => {
       try {
-        await queue.run(() => pwriteAll(local, b, n, at));
+        await local.write(b, n, at);
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });
@@ -162,7 +154,7 @@ export async function pullRange(local: FileHandle, localPath: string, remote: Re
       // collected) made a sparse pull 3x slower and unbounded in memory.
       const b = await pool.acquire();
       try {
-        await queue.run(() => ensureZeroed(local, b, n, at));
+        await local.zero(b, n, at);
         job.onBytes?.(n);
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });

@@ -1,8 +1,9 @@
-import { mkdtemp, open, rm, truncate, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { BufferPool, FRAME_HEADER_BYTES, ZERO_CHUNK, createHasher } from '@ferry/core';
+import { BufferPool, DIRECT_ALIGNMENT, FRAME_HEADER_BYTES, FileWriter, ZERO_CHUNK, createHasher, openDirect } from '@ferry/core';
 import type { RemoteFile } from '@ferry/transport';
 import { pullRange } from '../src/pump.js';
 
@@ -52,7 +53,7 @@ describe('pullRange with runs of zeros', () => {
       await fh.write(Buffer.from('stale'), 0, 5, 100 * MiB + 7);
       const pool = new BufferPool(FRAME_HEADER_BYTES + MiB, 4);
       const allocUnsafe = vi.spyOn(Buffer, 'allocUnsafe');
-      const r = await pullRange(fh, path, zerosRemote(256), pool, { offset: 0, length: size, algorithm: 'xxh3' });
+      const r = await pullRange(new FileWriter(fh), path, zerosRemote(256), pool, { offset: 0, length: size, algorithm: 'xxh3' });
       // No buffer of the data path's size was allocated outside the pool
       // (one per ZEROS frame made a sparse pull slow and unbounded in memory).
       expect(allocUnsafe.mock.calls.filter(([n]) => n >= MiB)).toEqual([]);
@@ -65,5 +66,73 @@ describe('pullRange with runs of zeros', () => {
     } finally {
       await fh.close();
     }
+  });
+});
+
+/** A remote whose read() hands `data`'s range to the sink in pieces of `piece` bytes, waiting when the sink asks. */
+function dataRemote(data: Buffer, piece: number): RemoteFile {
+  return {
+    headroom: 0,
+    beginWrite: () => {
+      throw new Error('not used');
+    },
+    read: async (offset, length, algorithm, sink) => {
+      const h = createHasher(algorithm);
+      for (let at = offset; at < offset + length; at += piece) {
+        const chunk = data.subarray(at, Math.min(at + piece, offset + length));
+        h.update(chunk);
+        await sink(chunk, false);
+      }
+      return { hash: h.digest() };
+    },
+    fsync: async () => {},
+    close: async () => {},
+  };
+}
+
+describe('pullRange under --direct-io', () => {
+  let dir: string | undefined;
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('writes whole pages from aligned pool buffers with O_DIRECT and the unaligned tail through the page cache', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+    const path = join(dir, 'dst.bin');
+    // Two ranges of 3 MiB; the file ends 1000 bytes into the second range's last page.
+    const data = randomBytes(3 * MiB + 2 * MiB + 1000);
+    await writeFile(path, '');
+    await truncate(path, data.length);
+    const fh = await open(path, 'r+');
+    const opened = await openDirect(path);
+    if (!('fh' in opened)) throw new Error(`this test needs a file system with direct I/O for ${tmpdir()}: ${opened.reason}`);
+    const direct = opened.fh;
+    const directWrites: Array<[number, number]> = [];
+    const write = direct.write.bind(direct) as (b: Uint8Array, o: number, l: number, p: number) => Promise<unknown>;
+    vi.spyOn(direct, 'write').mockImplementation(((b: Uint8Array, o: number, l: number, p: number) => {
+      directWrites.push([p, l]);
+      return write(b, o, l, p);
+    }) as typeof direct.write);
+    const writer = new FileWriter(fh, direct);
+    try {
+      const pool = new BufferPool(FRAME_HEADER_BYTES + MiB, 8, { aligned: true });
+      // Pieces of an odd size, as SSH channel reads come.
+      for (const [offset, length] of [[0, 3 * MiB], [3 * MiB, data.length - 3 * MiB]] as const) {
+        const r = await pullRange(writer, path, dataRemote(data, 32_749), pool, { offset, length, algorithm: 'xxh3' });
+        expect(r.dstHash).toBe(r.srcHash);
+      }
+      expect(pool.inUse).toBe(0);
+      expect(writer.direct).toBe(true);
+      // Every direct write is whole pages at a page boundary; together with the page-cache tail they cover the file.
+      for (const [p, l] of directWrites) expect([p % DIRECT_ALIGNMENT, l % DIRECT_ALIGNMENT]).toEqual([0, 0]);
+      const directBytes = directWrites.reduce((n, [, l]) => n + l, 0);
+      expect(directBytes).toBe(data.length - (data.length % DIRECT_ALIGNMENT));
+      await fh.sync();
+    } finally {
+      await writer.close();
+      await fh.close();
+    }
+    expect((await readFile(path)).equals(data)).toBe(true);
   });
 });

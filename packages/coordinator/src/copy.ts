@@ -645,6 +645,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       ssh: prep.ssh,
       createdAt: Date.now(),
       ...(prep.discard ? { discard: true } : {}),
+      ...(options.directIo ? { directIo: true } : {}),
     };
     const kv = await setupJobStreams(nc, jsm, spec);
     if (state.done.size === plan.count) return;

@@ -115,6 +115,8 @@ export interface JobSpec {
   durableIntervalMs: number;
   ssh: SshSettings;
   createdAt: number;
+  /** --direct-io: aligned writes of the destination bypass its page cache (O_DIRECT). */
+  directIo?: boolean;
   /**
    * Control-plane benchmark only (FERRY_BENCH_DISCARD=1, see discard.ts): agents
    * open no connection and move no byte; each range completes at once with

@@ -47,6 +47,8 @@ export interface CopyOptions {
   sshCmd?: string;
   /** Preserve mode and modification time. @default false */
   preserve?: boolean;
+  /** Write the destination with O_DIRECT where aligned (helper mode). @default false */
+  directIo?: boolean;
   /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
   knownHosts?: string;
   /** Add an unknown host key to known_hosts instead of failing. @default false */
@@ -91,6 +93,7 @@ export interface ResolvedCopyOptions {
   /** The ssh program and its leading arguments (openssh transport). */
   sshCommand: string[];
   preserve: boolean;
+  directIo: boolean;
   knownHostsFile: string | undefined;
   acceptNewHostKey: boolean;
   identityFiles: string[];
@@ -168,6 +171,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     transport,
     sshCommand,
     preserve: options.preserve ?? false,
+    directIo: options.directIo ?? false,
     knownHostsFile: options.knownHosts,
     acceptNewHostKey: options.acceptNewHostKey ?? false,
     identityFiles: options.identity ?? [],

@@ -1,3 +1,5 @@
+import { allocAligned } from './direct.js';
+
 /**
  * A fixed pool of equal buffers for the data path. `acquire()` waits when all
  * are out, which is what bounds an agent's memory whatever the file size: a
@@ -9,12 +11,18 @@ export class BufferPool {
   readonly bufferBytes: number;
   readonly count: number;
 
-  constructor(bufferBytes: number, count: number) {
+  /** Whether every buffer starts page-aligned, as O_DIRECT writes need (see allocAligned). */
+  readonly aligned: boolean;
+
+  constructor(bufferBytes: number, count: number, options: { aligned?: boolean } = {}) {
     if (!Number.isInteger(bufferBytes) || bufferBytes <= 0) throw new RangeError(`buffer size must be positive, got ${bufferBytes}`);
     if (!Number.isInteger(count) || count <= 0) throw new RangeError(`buffer count must be positive, got ${count}`);
     this.bufferBytes = bufferBytes;
     this.count = count;
-    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(bufferBytes));
+    const aligned = options.aligned === true ? allocAligned(count, bufferBytes) : undefined;
+    this.aligned = aligned !== undefined;
+    if (aligned) this.free.push(...aligned);
+    else for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(bufferBytes));
   }
 
   /** Buffers currently handed out. */

@@ -70,7 +70,14 @@ export type OpenPolicy =
   | 'read';
 
 export interface HelloBody { version: number; software: string; capabilities: string[] }
-export interface OpenBody { path: string; policy: OpenPolicy; size?: number; mode?: number }
+export interface OpenBody {
+  path: string;
+  policy: OpenPolicy;
+  size?: number;
+  mode?: number;
+  /** With policy 'write': write aligned data with O_DIRECT (the OK says whether the file system allows it). */
+  direct?: boolean;
+}
 export interface WriteBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface ReadBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface HashBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
@@ -97,6 +104,10 @@ export interface OkBody {
   hash?: string;
   stat?: StatResult;
   hello?: HelloBody;
+  /** OPEN with `direct`: whether aligned writes bypass the page cache... */
+  direct?: boolean;
+  /** ...and if not, why. */
+  directReason?: string;
 }
 
 export type ErrorBody = ErrorData;
@@ -184,6 +195,7 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.policy !== 'create' && b.policy !== 'write' && b.policy !== 'read') throw protocolError('OPEN.policy must be create, write or read');
       if (b.size !== undefined) int('size');
       if (b.mode !== undefined) int('mode');
+      if (b.direct !== undefined && typeof b.direct !== 'boolean') throw protocolError('OPEN.direct must be a boolean');
       break;
     case 'WRITE':
     case 'READ':

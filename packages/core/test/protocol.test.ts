@@ -361,6 +361,13 @@ describe('FrameDecoder on valid streams', () => {
     expect(decodeOne(encodeControl('OPEN', 1, { path: 'rel/x', policy: 'write' }))).toEqual([{ type: 'OPEN', id: 1, body: { path: 'rel/x', policy: 'write' } }]);
     expect(decodeOne(encodeControl('OPEN', 2, { path: '/x', policy: 'read' }))).toEqual([{ type: 'OPEN', id: 2, body: { path: '/x', policy: 'read' } }]);
   });
+
+  it('accepts OPEN with direct true or false and refuses any other direct', () => {
+    expect(decodeOne(encodeControl('OPEN', 1, { path: '/x', policy: 'write', direct: true }))).toEqual([{ type: 'OPEN', id: 1, body: { path: '/x', policy: 'write', direct: true } }]);
+    expect(decodeOne(encodeControl('OPEN', 2, { path: '/x', policy: 'write', direct: false }))[0]).toMatchObject({ body: { direct: false } });
+    const err = protocolError(() => decodeOne(encodeControl('OPEN', 3, { path: '/x', policy: 'write', direct: 1 } as never)));
+    expect(err.message).toBe('helper protocol: OPEN.direct must be a boolean');
+  });
 });
 
 describe('FrameDecoder on invalid headers', () => {

@@ -13,17 +13,16 @@ import {
   FRAME_HEADER_BYTES,
   FerryError,
   FrameDecoder,
+  FileWriter,
   FrameType,
   PROTOCOL_VERSION,
-  SerialQueue,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
   destinationError,
   encodeControl,
-  ensureZeroed,
   errnoOf,
-  pwriteAll,
+  openDirect,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
@@ -44,8 +43,8 @@ interface OpenFile {
   path: string;
   size: number;
   writable: boolean;
-  /** This file's pwrites, one at a time (see SerialQueue). */
-  writes: SerialQueue;
+  /** This file's writes, one at a time, aligned ones with O_DIRECT when OPEN asked for it. */
+  writer: FileWriter;
 }
 
 interface Upload {
@@ -86,7 +85,8 @@ export async function serve(options: ServeOptions): Promise<void> {
   const { input, output } = options;
   const chunkBytes = options.chunkBytes ?? 1024 * 1024;
   const maxPendingBytes = options.maxPendingBytes ?? 16 * 1024 * 1024;
-  const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + 4);
+  // Aligned, so that a file opened with `direct` can take the gathered chunks with O_DIRECT.
+  const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + 4, { aligned: true });
   const files = new Map<number, OpenFile>();
   const uploads = new Map<number, Upload>();
   const discarded = new Set<number>();
@@ -167,7 +167,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     setPending(n);
     const p = (async () => {
       try {
-        await u.file.writes.run(() => pwriteAll(u.file.fh, buf, n, at));
+        await u.file.writer.write(buf, n, at);
       } catch (err) {
         failUpload(u, err);
       } finally {
@@ -187,7 +187,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     const p = (async () => {
       const buf = await pool.acquire();
       try {
-        await u.file.writes.run(() => ensureZeroed(u.file.fh, buf, n, at));
+        await u.file.writer.zero(buf, n, at);
       } catch (err) {
         failUpload(u, err);
       } finally {
@@ -309,9 +309,17 @@ export async function serve(options: ServeOptions): Promise<void> {
       await fh.close();
       throw new FerryError('PROTOCOL', `${body.path} is not a regular file`, { path: body.path });
     }
+    let writer = new FileWriter(fh);
+    let directReason: string | undefined;
+    if (body.direct === true && body.policy === 'write') {
+      const d = await openDirect(body.path);
+      if ('fh' in d) writer = new FileWriter(fh, d.fh);
+      else directReason = d.reason;
+    }
     const handle = nextHandle++;
-    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writes: new SerialQueue() });
-    return { handle, size: st.size };
+    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer });
+    if (body.direct !== true) return { handle, size: st.size };
+    return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}) };
   };
 
   const onControl = (frame: ControlFrame) => {
@@ -370,6 +378,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const f = fileOf(frame.body.handle);
         files.delete(frame.body.handle);
         run(async () => {
+          await f.writer.close().catch(() => {});
           await f.fh.close();
           return {};
         });
@@ -449,7 +458,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     input.on('error', resolve);
   });
   while (work.size > 0) await Promise.allSettled([...work]);
-  for (const f of files.values()) await f.fh.close().catch(() => {});
+  for (const f of files.values()) {
+    await f.writer.close().catch(() => {});
+    await f.fh.close().catch(() => {});
+  }
   files.clear();
   if (fatal) throw fatal;
 }

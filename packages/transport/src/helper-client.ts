@@ -194,12 +194,16 @@ export class HelperClient {
     }
   }
 
-  async open(path: string, policy: OpenPolicy, size?: number, mode?: number): Promise<{ handle: number; size: number }> {
+  async open(path: string, policy: OpenPolicy, size?: number, mode?: number, direct = false): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string }> {
     const body: Record<string, unknown> = { path, policy };
     if (size !== undefined) body.size = size;
     if (mode !== undefined) body.mode = mode;
+    if (direct) body.direct = true;
     const ok = await this.request('OPEN', body).reply;
-    return { handle: ok.handle!, size: ok.size ?? 0 };
+    const out: { handle: number; size: number; direct?: boolean; directReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };
+    if (typeof ok.direct === 'boolean') out.direct = ok.direct;
+    if (typeof ok.directReason === 'string') out.directReason = ok.directReason;
+    return out;
   }
 
   async stat(path: string): Promise<StatResult> {

@@ -16,7 +16,7 @@ export type { HelperStreams, RangeWrite } from './helper-client.js';
 export { SftpSession, sftpErrno } from './sftp-session.js';
 export { connectRemote } from './remote.js';
 export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
-export type { RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
+export type { OpenFileOptions, RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
 export { execCapture } from './exec.js';
 export type { ExecResult } from './exec.js';
 export {

@@ -33,6 +33,14 @@ export interface RemoteFile {
   read(offset: number, length: number, algorithm: HashAlgorithm, sink: RangeSink): Promise<{ hash: string }>;
   fsync(): Promise<void>;
   close(): Promise<void>;
+  /** Opened for writing with `direct`: whether aligned writes bypass the remote page cache, and if not, why. */
+  readonly direct?: boolean;
+  readonly directReason?: string;
+}
+
+export interface OpenFileOptions {
+  /** policy 'write': have the helper write aligned data with O_DIRECT (--direct-io). */
+  direct?: boolean;
 }
 
 export interface RemoteConnection {
@@ -43,7 +51,7 @@ export interface RemoteConnection {
   stat(path: string): Promise<StatResult | undefined>;
   /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
   createSized(path: string, size: number, mode?: number): Promise<void>;
-  openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile>;
+  openFile(path: string, policy: 'write' | 'read', options?: OpenFileOptions): Promise<RemoteFile>;
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
@@ -184,11 +192,14 @@ export class HelperConnection implements RemoteConnection {
     await this.helper.closeFile(handle);
   }
 
-  async openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile> {
-    const { handle } = await this.helper.open(path, policy);
+  async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
+    const direct = options.direct === true && policy === 'write';
+    const opened = await this.helper.open(path, policy, undefined, undefined, direct);
+    const { handle } = opened;
     const helper = this.helper;
     return {
       headroom: 12,
+      ...(direct ? { direct: opened.direct === true, directReason: opened.directReason ?? (opened.direct ? undefined : 'the remote helper does not know --direct-io: run the same ferry version everywhere') } : {}),
       beginWrite: (offset, length, algorithm) => helper.writeRange(handle, offset, length, algorithm),
       read: async (offset, length, algorithm, sink) => {
         // Pieces arrive as views of the channel's buffers; a sink that returns a
@@ -335,7 +346,8 @@ class SftpConnection implements RemoteConnection {
     return tool.parse(res.stdout);
   }
 
-  async openFile(path: string, policy: 'write' | 'read'): Promise<RemoteFile> {
+  async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
+    const direct = options.direct === true && policy === 'write' ? { direct: false, directReason: 'sftp mode writes through the remote sftp-server, which has no direct I/O' } : {};
     let handle: Buffer;
     try {
       handle = await this.session.open(path, policy === 'write' ? 'r+' : 'r');
@@ -351,6 +363,7 @@ class SftpConnection implements RemoteConnection {
     let ring: Buffer[] | undefined;
     return {
       headroom: 0,
+      ...direct,
       beginWrite: (offset, length, algorithm): RangeWrite => {
         let inFlight = 0;
         let error: unknown;

@@ -1,0 +1,139 @@
+/**
+ * Direct I/O for the destination file (`ferry cp --direct-io`).
+ *
+ * A buffered write copies into the page cache and, on a machine whose free
+ * memory goes back to the hypervisor, faults every fresh page in from the
+ * host: on the benchmark VM that cost 3 s of system CPU per GB, and ext4 holds
+ * the file's inode lock for all of it, so one destination file took one
+ * writer at a time. O_DIRECT writes go from the buffer to the device: no page
+ * cache, no fault, and the data is on the device when the write returns.
+ *
+ * O_DIRECT needs the buffer's address, the file position and the length to be
+ * multiples of the device's block size. Node has no aligned allocation, but a
+ * WebAssembly.Memory is page-aligned (V8 maps it with its page allocator), so
+ * `allocAligned` carves buffers out of one and remembers which ArrayBuffers
+ * are such memories; `FileWriter` writes through a second, O_DIRECT handle
+ * only what is aligned (a file's unaligned tail, an unaligned buffer, a file
+ * system that refuses O_DIRECT all go through the page cache), so `--direct-io`
+ * changes speed, never the bytes.
+ */
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { errnoOf } from './errors.js';
+import { ensureZeroed, pwriteAll } from './pwrite.js';
+import { SerialQueue } from './serial.js';
+
+/** Alignment of address, position and length for an O_DIRECT write: a page, which covers 512- and 4096-byte sectors. */
+export const DIRECT_ALIGNMENT = 4096;
+
+const WASM_PAGE = 65536;
+
+/** The part of the WebAssembly API used here (TypeScript's node lib does not declare it). */
+declare const WebAssembly: { Memory: new (descriptor: { initial: number; maximum?: number }) => { readonly buffer: ArrayBuffer } };
+
+/** ArrayBuffers whose first byte is page-aligned (WebAssembly memories made by allocAligned). */
+const alignedMemories = new WeakSet<ArrayBufferLike>();
+
+/**
+ * `count` buffers of `bytes` each, every one starting on a DIRECT_ALIGNMENT
+ * boundary, or undefined when no WebAssembly memory could be had (a tight
+ * `ulimit -v`): the caller then uses ordinary buffers and writes buffered.
+ */
+export function allocAligned(count: number, bytes: number): Buffer[] | undefined {
+  const stride = Math.ceil(bytes / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
+  const pages = Math.ceil((stride * count) / WASM_PAGE);
+  let memory: { readonly buffer: ArrayBuffer };
+  try {
+    memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
+  } catch {
+    return undefined;
+  }
+  alignedMemories.add(memory.buffer);
+  const out: Buffer[] = [];
+  for (let i = 0; i < count; i++) out.push(Buffer.from(memory.buffer, i * stride, bytes));
+  return out;
+}
+
+/** Whether `buf` starts on a DIRECT_ALIGNMENT boundary of memory (only buffers of allocAligned are known to). */
+export function isAligned(buf: Uint8Array): boolean {
+  return alignedMemories.has(buf.buffer) && buf.byteOffset % DIRECT_ALIGNMENT === 0;
+}
+
+/**
+ * Opens `path` a second time with O_DIRECT for writing, or says why not.
+ * Local file systems that refuse O_DIRECT (tmpfs before Linux 6.6, some FUSE
+ * file systems) fail the open with EINVAL.
+ */
+export async function openDirect(path: string): Promise<{ fh: FileHandle } | { reason: string }> {
+  if (constants.O_DIRECT === undefined) return { reason: 'this platform has no O_DIRECT' };
+  try {
+    return { fh: await open(path, constants.O_WRONLY | constants.O_DIRECT) };
+  } catch (err) {
+    const errno = errnoOf(err);
+    if (errno === 'EINVAL') return { reason: `the file system of ${path} does not support direct I/O (O_DIRECT: EINVAL)` };
+    return { reason: `${path} cannot be opened with O_DIRECT: ${errno ?? (err as Error).message}` };
+  }
+}
+
+/**
+ * The writes of one open destination file, one at a time (see SerialQueue),
+ * through `direct` where the write is aligned and through `fh` otherwise.
+ * A direct write the file system refuses (EINVAL) is done again through `fh`,
+ * and direct writing stops for this file.
+ */
+export class FileWriter {
+  private readonly queue = new SerialQueue();
+  private directFh: FileHandle | undefined;
+  /** Why direct writing stopped, once it has (for diagnostics). */
+  fallbackReason: string | undefined;
+
+  constructor(
+    readonly fh: FileHandle,
+    direct?: FileHandle,
+  ) {
+    this.directFh = direct;
+  }
+
+  /** Whether aligned writes still go around the page cache. */
+  get direct(): boolean {
+    return this.directFh !== undefined;
+  }
+
+  /** Writes `length` bytes of `data` (from its start) at `position`. */
+  write(data: Uint8Array, length: number, position: number): Promise<void> {
+    return this.queue.run(() => this.put(data, length, position));
+  }
+
+  /** Makes `length` bytes at `position` read as zeros (see ensureZeroed), through the page cache. */
+  zero(scratch: Buffer, length: number, position: number): Promise<void> {
+    return this.queue.run(() => ensureZeroed(this.fh, scratch, length, position));
+  }
+
+  /** Closes the O_DIRECT handle; `fh` belongs to the caller. */
+  async close(): Promise<void> {
+    const d = this.directFh;
+    this.directFh = undefined;
+    await d?.close();
+  }
+
+  private async put(data: Uint8Array, length: number, position: number): Promise<void> {
+    const d = this.directFh;
+    const head = length - (length % DIRECT_ALIGNMENT);
+    if (d === undefined || head === 0 || position % DIRECT_ALIGNMENT !== 0 || !isAligned(data)) {
+      await pwriteAll(this.fh, data, length, position);
+      return;
+    }
+    try {
+      await pwriteAll(d, data, head, position);
+    } catch (err) {
+      if (errnoOf(err) !== 'EINVAL') throw err;
+      this.fallbackReason = `the file system refused a direct write (EINVAL): writing through the page cache`;
+      this.directFh = undefined;
+      await d.close().catch(() => {});
+      await pwriteAll(this.fh, data, length, position);
+      return;
+    }
+    if (head < length) await pwriteAll(this.fh, data.subarray(head), length - head, position + head);
+  }
+}
