@@ -665,6 +665,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             : spec.direction === 'push'
               ? await pushRange(local!, spec.localPath, file!, pool, job)
               : await pullRange(localWriter!, spec.localPath, file!, pool, job);
+          if (localWriter?.fallbackReason !== undefined && !directNoted) {
+            directNoted = true;
+            log(`--direct-io: ${localWriter.fallbackReason}`);
+          }
           const completion = completionOf(item, hosts[hostIndex]!, startedAt, { srcHash: result.srcHash, dstHash: result.dstHash });
           current = undefined;
           if (result.srcHash !== result.dstHash) {
