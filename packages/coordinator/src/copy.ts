@@ -312,7 +312,12 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   try {
     // The warm agents connect once the coordinator's own connection is up, not alongside it:
     // many logins at once slow each other (sshd, the remote shell's start-up files).
-    prep = await prepareCopy(request.source, request.destination, options, request.signal, discard, (conn, host) => warm?.connect(conn, host));
+    prep = await prepareCopy(request.source, request.destination, options, {
+      ...(request.signal ? { signal: request.signal } : {}),
+      discard,
+      onConnected: (conn, host) => warm?.connect(conn, host),
+      ...(warm ? { ssh: warm.ssh } : {}),
+    });
   } catch (err) {
     await warm?.dismiss();
     throw err;

@@ -223,20 +223,22 @@ function discardConnection(): RemoteConnection {
   return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, close: () => {} };
 }
 
-/**
- * `discard`: a control-plane benchmark job (see core's discard.ts; the caller
- * has checked the command line). The source is checked as usual; the
- * destination is never contacted.
- */
-/** `onConnected` runs once the coordinator's own connection to the remote host is up. */
-export async function prepareCopy(
-  source: string,
-  destination: string,
-  options: ResolvedCopyOptions,
-  signal?: AbortSignal,
-  discard = false,
-  onConnected?: (conn: RemoteConnection, host: RemoteHost) => void,
-): Promise<PreparedCopy> {
+export interface PrepareOptions {
+  signal?: AbortSignal;
+  /**
+   * A control-plane benchmark job (see core's discard.ts; the caller has
+   * checked the command line). The source is checked as usual; the
+   * destination is never contacted.
+   */
+  discard?: boolean;
+  /** Runs once the coordinator's own connection to the remote host is up. */
+  onConnected?: (conn: RemoteConnection, host: RemoteHost) => void;
+  /** The SSH settings, when the caller has worked them out already (warm start hands its agents the same). */
+  ssh?: SshSettings;
+}
+
+export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, prepare: PrepareOptions = {}): Promise<PreparedCopy> {
+  const { signal, discard = false, onConnected } = prepare;
   const src = parseLocation(source);
   const dst = parseLocation(destination);
   if (src.kind === 'local' && dst.kind === 'local') {
@@ -245,7 +247,7 @@ export async function prepareCopy(
   if (src.kind === 'remote' && dst.kind === 'remote') {
     throw new FerryError('USAGE', `both ${source} and ${destination} are remote: ferry copies between this site and one remote host`);
   }
-  const ssh = await sshSettings(options);
+  const ssh = prepare.ssh ?? (await sshSettings(options));
   const remoteLoc = (src.kind === 'remote' ? src : dst) as RemoteLocation;
   const remoteHosts = remoteHostsOf(remoteLoc);
   // The job id names the hosts as given, so it does not change with the host that answered.

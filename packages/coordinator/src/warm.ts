@@ -50,6 +50,8 @@ export class WarmStart {
     readonly processes: WarmAgents,
     private readonly agentModule: Promise<typeof import('@ferry/agent')>,
     private readonly hintFor: (index: number) => WarmHint,
+    /** The SSH settings the hints carry, which the copy then uses too. */
+    readonly ssh: SshSettings,
   ) {
     // A failed import shows where it is awaited.
     agentModule.catch(() => {});
@@ -136,5 +138,5 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
   const hintFor = (i: number) => warmHint(i, hosts, ssh, options, ahead);
   const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
-  return new WarmStart(processes, import('@ferry/agent'), hintFor);
+  return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh);
 }
