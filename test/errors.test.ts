@@ -239,10 +239,11 @@ describe('ferry cp error cases with --transport openssh (ssh itself checks keys 
 
   it('exits 61 when the helper is missing', async () => {
     const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common(), '--remote-cmd', 'ferry-not-installed-here serve']);
-    expect(r.code).toBe(61);
-    expect(r.stderr).toBe(
-      `ferry: error: cannot start 'ferry-not-installed-here serve' on ${sshd.host}:${sshd.port} (command not found): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)\n`,
-    );
+    // Code and message together, so that a failure shows what ssh said.
+    expect({ code: r.code, stderr: r.stderr }).toEqual({
+      code: 61,
+      stderr: `ferry: error: cannot start 'ferry-not-installed-here serve' on ${sshd.host}:${sshd.port} (command not found): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)\n`,
+    });
   });
 
   it('exits 63 when the ssh program cannot be run', async () => {
