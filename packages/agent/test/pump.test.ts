@@ -9,38 +9,57 @@ import { pullRange } from '../src/pump.js';
 
 const MiB = 1024 * 1024;
 
+/** A remote file that is only read from, by `read`. */
+function readOnlyRemote(read: RemoteFile['read']): RemoteFile {
+  return {
+    headroom: 0,
+    beginWrite: () => {
+      throw new Error('not used');
+    },
+    read,
+    fsync: async () => {},
+    close: async () => {},
+  };
+}
+
 /**
  * A remote whose read() delivers a whole range of ZEROS frames in one go,
  * ignoring the sink's promises, as the helper client does with the frames of
  * one socket read (thousands of ZEROS frames fit in 64 KiB).
  */
 function zerosRemote(pieces: number): RemoteFile {
-  return {
-    headroom: 0,
-    beginWrite: () => {
-      throw new Error('not used');
-    },
-    read: async (_offset, length, algorithm, sink) => {
-      const h = createHasher(algorithm);
-      for (let i = 0; i < pieces; i++) {
-        const piece = ZERO_CHUNK.subarray(0, length / pieces);
-        h.update(piece);
-        void sink(piece, true);
-      }
-      return { hash: h.digest() };
-    },
-    fsync: async () => {},
-    close: async () => {},
-  };
+  return readOnlyRemote(async (_offset, length, algorithm, sink) => {
+    const h = createHasher(algorithm);
+    for (let i = 0; i < pieces; i++) {
+      const piece = ZERO_CHUNK.subarray(0, length / pieces);
+      h.update(piece);
+      void sink(piece, true);
+    }
+    return { hash: h.digest() };
+  });
 }
 
-describe('pullRange with runs of zeros', () => {
-  let dir: string | undefined;
-  afterEach(async () => {
-    vi.restoreAllMocks();
-    if (dir) await rm(dir, { recursive: true, force: true });
+/** A remote whose read() hands `data`'s range to the sink in pieces of `piece` bytes, waiting when the sink asks. */
+function dataRemote(data: Buffer, piece: number): RemoteFile {
+  return readOnlyRemote(async (offset, length, algorithm, sink) => {
+    const h = createHasher(algorithm);
+    for (let at = offset; at < offset + length; at += piece) {
+      const chunk = data.subarray(at, Math.min(at + piece, offset + length));
+      h.update(chunk);
+      await sink(chunk, false);
+    }
+    return { hash: h.digest() };
   });
+}
 
+let dir: string | undefined;
+afterEach(async () => {
+  vi.restoreAllMocks();
+  if (dir) await rm(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+describe('pullRange with runs of zeros', () => {
   it('checks the destination through pool buffers only, and zeroes what is not zero', async () => {
     dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
     const path = join(dir, 'dst.bin');
@@ -69,34 +88,7 @@ describe('pullRange with runs of zeros', () => {
   });
 });
 
-/** A remote whose read() hands `data`'s range to the sink in pieces of `piece` bytes, waiting when the sink asks. */
-function dataRemote(data: Buffer, piece: number): RemoteFile {
-  return {
-    headroom: 0,
-    beginWrite: () => {
-      throw new Error('not used');
-    },
-    read: async (offset, length, algorithm, sink) => {
-      const h = createHasher(algorithm);
-      for (let at = offset; at < offset + length; at += piece) {
-        const chunk = data.subarray(at, Math.min(at + piece, offset + length));
-        h.update(chunk);
-        await sink(chunk, false);
-      }
-      return { hash: h.digest() };
-    },
-    fsync: async () => {},
-    close: async () => {},
-  };
-}
-
 describe('pullRange under --direct-io', () => {
-  let dir: string | undefined;
-  afterEach(async () => {
-    vi.restoreAllMocks();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  });
-
   it('writes whole pages from aligned pool buffers with O_DIRECT and the unaligned tail through the page cache', async () => {
     dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
     const path = join(dir, 'dst.bin');

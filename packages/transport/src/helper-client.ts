@@ -194,11 +194,8 @@ export class HelperClient {
     }
   }
 
-  async open(path: string, policy: OpenPolicy, size?: number, mode?: number, direct = false): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string }> {
-    const body: Record<string, unknown> = { path, policy };
-    if (size !== undefined) body.size = size;
-    if (mode !== undefined) body.mode = mode;
-    if (direct) body.direct = true;
+  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string }> {
+    const body: Record<string, unknown> = { path, policy, ...extra };
     const ok = await this.request('OPEN', body).reply;
     const out: { handle: number; size: number; direct?: boolean; directReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };
     if (typeof ok.direct === 'boolean') out.direct = ok.direct;

@@ -188,13 +188,13 @@ export class HelperConnection implements RemoteConnection {
   }
 
   async createSized(path: string, size: number, mode?: number): Promise<void> {
-    const { handle } = await this.helper.open(path, 'create', size, mode);
+    const { handle } = await this.helper.open(path, 'create', mode === undefined ? { size } : { size, mode });
     await this.helper.closeFile(handle);
   }
 
   async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
     const direct = options.direct === true && policy === 'write';
-    const opened = await this.helper.open(path, policy, undefined, undefined, direct);
+    const opened = await this.helper.open(path, policy, direct ? { direct } : {});
     const { handle } = opened;
     const helper = this.helper;
     return {
