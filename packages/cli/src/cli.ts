@@ -3,18 +3,18 @@
  * parse argv without a process exit; `main()` wires it to the process.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { createWriteStream, fstatSync } from 'node:fs';
-import { Socket } from 'node:net';
 import { CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
 import { copy, parseSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
+import { runServe } from './serve-command.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
+import { VERSION } from './version.js';
 
 export type { CliIo } from './actions.js';
 
-export const VERSION = '0.1.0';
+export { VERSION };
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -148,17 +148,7 @@ export function createCli(io: CliIo): Command {
     .command('serve')
     .description('helper for the remote side: speaks ferry\'s framed protocol on stdin/stdout (started by ferry over SSH)')
     .action(async () => {
-      // A pipe or socket (as under sshd) gets an asynchronous stream; anything else a file stream.
-      const st = fstatSync(1);
-      const output = st.isFIFO() || st.isSocket() ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
-      try {
-        const { serve } = await import('@ferry/serve');
-        await serve({ input: process.stdin, output, software: `ferry ${VERSION}` });
-        await new Promise<void>((resolve) => output.end(() => resolve()));
-        io.exitCode = 0;
-      } catch (err) {
-        reportError(io, toFerryError(err));
-      }
+      await runServe(io);
     });
 
   program

@@ -3,7 +3,6 @@
  * Entry point of the `ferry` command.
  */
 import { EXIT_CODES } from '@ferry/core';
-import { runCli } from './cli.js';
 
 const controller = new AbortController();
 let interrupts = 0;
@@ -27,7 +26,12 @@ const io = {
   signal: controller.signal,
 };
 
-const code = await runCli(process.argv.slice(2), io);
+const args = process.argv.slice(2);
+// sshd starts a bare `ferry serve` for every stream: it skips loading the rest of the CLI.
+const code =
+  args.length === 1 && args[0] === 'serve'
+    ? await (await import('./serve-command.js')).runServe(io)
+    : await (await import('./cli.js')).runCli(args, io);
 process.exitCode = code;
 // Agents and helpers may hold handles (sockets in teardown); do not linger once done.
 setTimeout(() => process.exit(code), 2000).unref();

@@ -1,5 +1,9 @@
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { createRenderer, formatSummary, progressLine, runCli } from '../src/index.js';
+import { FrameDecoder, PROTOCOL_VERSION, encodeControl } from '@ferry/core';
+import type { DecodedFrame } from '@ferry/core';
+import { VERSION, createRenderer, formatSummary, progressLine, runCli } from '../src/index.js';
 import { parseSecretsLine, splitCommand } from '../src/actions.js';
 import type { CliIo } from '../src/index.js';
 import type { CopySummary } from '@ferry/coordinator';
@@ -64,6 +68,39 @@ describe('the ferry command line', () => {
       '{"type":"error","code":"USAGE","message":"--json and --quiet cannot be used together","exitCode":2}\n',
     );
     expect(s.err).toBe('ferry: error: --json and --quiet cannot be used together\n');
+  });
+});
+
+const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+
+/** Runs the built `ferry` with `args`, stdin closed; resolves with its exit code, stdout and stderr. */
+function runFerry(args: string[], input?: Buffer): Promise<{ code: number | null; out: Buffer; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, out: Buffer.concat(out), err }));
+    child.stdin.end(input);
+  });
+}
+
+describe('ferry serve as sshd starts it', () => {
+  it('answers HELLO with its version and exits 0 when its input ends (the short path past commander)', async () => {
+    const r = await runFerry(['serve'], encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const frames: DecodedFrame[] = [];
+    new FrameDecoder((f) => frames.push(f)).push(r.out);
+    expect(frames[0]).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION, software: `ferry ${VERSION}` } } });
+  });
+
+  it('still has the whole command line for serve with options', async () => {
+    const r = await runFerry(['serve', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.out.toString()).toContain('Usage: ferry serve');
   });
 });
 

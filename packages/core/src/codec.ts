@@ -3,7 +3,11 @@
  * messages, helper control frames, journal records). Plain maps, no record
  * structures, so two processes of different builds always agree.
  */
-import { Packr } from 'msgpackr';
+import { createRequire } from 'node:module';
+
+// The CommonJS build, loaded with require(): one file instead of msgpackr's five ES modules, ~7 ms
+// less start-up per process (Node 20), which every helper pays.
+const { Packr } = createRequire(import.meta.url)('msgpackr') as typeof import('msgpackr');
 
 const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number' });
 

@@ -1,0 +1,27 @@
+/**
+ * `ferry serve`: the helper's end of one connection, on stdin/stdout. sshd
+ * starts one per stream, so its start-up is paid once per connection (16
+ * times for 16 streams): `main.ts` runs a bare `ferry serve` through here
+ * without loading commander, the launchers or the other commands.
+ */
+import { createWriteStream, fstatSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { toFerryError } from '@ferry/core';
+import { reportError } from './actions.js';
+import type { CliIo } from './actions.js';
+import { VERSION } from './version.js';
+
+export async function runServe(io: CliIo): Promise<number> {
+  // A pipe or socket (as under sshd) gets an asynchronous stream; anything else a file stream.
+  const st = fstatSync(1);
+  const output = st.isFIFO() || st.isSocket() ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
+  try {
+    const { serve } = await import('@ferry/serve');
+    await serve({ input: process.stdin, output, software: `ferry ${VERSION}` });
+    await new Promise<void>((resolve) => output.end(() => resolve()));
+    io.exitCode = 0;
+  } catch (err) {
+    reportError(io, toFerryError(err));
+  }
+  return io.exitCode;
+}
