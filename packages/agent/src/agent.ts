@@ -45,7 +45,7 @@ import { connectBus } from './bus.js';
 import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit } from './concurrency.js';
-import { workParts } from './work.js';
+import { QueueWatch, workParts } from './work.js';
 import type { WorkPart } from './work.js';
 import { JetStreamPublisher } from './publisher.js';
 import type { Preconnected } from './preconnect.js';
@@ -389,6 +389,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }
   };
 
+  /** Whether more work is on its way, from what the deliveries said (shared by the slots). */
+  const queue = new QueueWatch();
+
   const worker = async (slot: number) => {
     // Slots are numbered across the job; slot g uses host g mod H, so a cap of C per
     // host leaves slots g >= C*H idle and no host ever gets more than C connections.
@@ -440,6 +443,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
               m.term();
               continue;
             }
+            queue.delivered(m.info.pending);
             queued.push(...workParts(m, items));
             arrived?.();
           }
@@ -610,10 +614,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           dropGivenBack();
           const next = queued.length > 0 ? Promise.resolve(queued.shift()!) : takeWork();
           if (pending.length > 0 && queued.length === 0) {
-            // Written ranges wait for an fsync: when no work comes within a moment (the
-            // queue is empty, the copy is ending), make them durable now, keeping the
+            // Written ranges wait for an fsync: when no work comes within a moment, or the
+            // queue has run dry (the copy is ending), make them durable now, keeping the
             // same pull request open so nothing it brings is lost.
-            const first = await orStop(Promise.race([next, sleep(QUIET_BEFORE_DURABLE_MS).then((): typeof QUIET => QUIET)]));
+            const quiet = queue.quiet(QUIET_BEFORE_DURABLE_MS);
+            const first = await orStop(Promise.race([next, quiet.done.then((): typeof QUIET => QUIET)])).finally(quiet.cancel);
             if (first === QUIET) {
               startDurable();
               msg = await orStop(next);

@@ -97,3 +97,51 @@ export function workParts(msg: WorkMessage, items: readonly WorkItem[]): WorkPar
     };
   });
 }
+
+/**
+ * Whether the job's work queue has run dry, as far as this agent can tell.
+ * Every JetStream delivery says how many messages the consumer had left
+ * undelivered behind it (`info.pending`). A worker with written ranges that
+ * wait for an fsync first waits a moment for more work, so that one fsync
+ * covers several ranges; once a delivery left nothing behind, no more work is
+ * on its way and the wait ends at once. (Work may still come: a range another
+ * agent gives back, or a re-send. It is moved and made durable like any other;
+ * only the batching of fsyncs is lost.)
+ */
+export class QueueWatch {
+  private left = Number.POSITIVE_INFINITY;
+  private readonly waiters = new Set<() => void>();
+
+  /** A work item arrived with `pending` messages left behind it. */
+  delivered(pending: number): void {
+    this.left = pending;
+    if (!this.drained) return;
+    for (const wake of this.waiters) wake();
+    this.waiters.clear();
+  }
+
+  /** The last delivery left nothing behind it. */
+  get drained(): boolean {
+    return this.left === 0;
+  }
+
+  /**
+   * Resolves after `ms`, or as soon as the queue is drained (at once if it is
+   * already); `cancel` drops the timer when the wait is no longer needed.
+   */
+  quiet(ms: number): { done: Promise<void>; cancel(): void } {
+    if (this.drained) return { done: Promise.resolve(), cancel: () => {} };
+    let timer: NodeJS.Timeout | undefined;
+    let wake!: () => void;
+    const done = new Promise<void>((resolve) => {
+      wake = () => {
+        clearTimeout(timer);
+        this.waiters.delete(wake);
+        resolve();
+      };
+      timer = setTimeout(wake, ms);
+      this.waiters.add(wake);
+    });
+    return { done, cancel: wake };
+  }
+}

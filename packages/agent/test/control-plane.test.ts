@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { pubAckError } from '@ferry/agent';
 import { forEachLimit } from '../src/concurrency.js';
 import { discardRange } from '../src/discard.js';
-import { workParts } from '../src/work.js';
+import { QueueWatch, workParts } from '../src/work.js';
 import type { WorkItem } from '@ferry/core';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -138,5 +138,48 @@ describe('workParts', () => {
 
   it('makes no parts of no items', () => {
     expect(workParts(message().msg, [])).toEqual([]);
+  });
+});
+
+describe('QueueWatch', () => {
+  const settled = async (p: Promise<void>, withinMs: number) => Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), withinMs))]);
+
+  it('waits the quiet time while deliveries say work is left', async () => {
+    const q = new QueueWatch();
+    expect(q.drained).toBe(false);
+    q.delivered(3);
+    expect(q.drained).toBe(false);
+    const t = Date.now();
+    await q.quiet(60).done;
+    expect(Date.now() - t).toBeGreaterThanOrEqual(55);
+  });
+
+  it('ends the wait at once when the last delivery left nothing behind, and again when work came back', async () => {
+    const q = new QueueWatch();
+    q.delivered(0);
+    expect(q.drained).toBe(true);
+    expect(await settled(q.quiet(60_000).done, 20)).toBe(true);
+    q.delivered(2);
+    expect(q.drained).toBe(false);
+    expect(await settled(q.quiet(200).done, 20)).toBe(false);
+  });
+
+  it('wakes a wait in progress when a delivery drains the queue (another slot took the last item)', async () => {
+    const q = new QueueWatch();
+    q.delivered(1);
+    const a = q.quiet(60_000);
+    const b = q.quiet(60_000);
+    expect(await settled(a.done, 20)).toBe(false);
+    q.delivered(0);
+    expect(await settled(a.done, 20)).toBe(true);
+    expect(await settled(b.done, 20)).toBe(true);
+  });
+
+  it('cancel ends the wait and leaves no timer or waiter behind', async () => {
+    const q = new QueueWatch();
+    const w = q.quiet(60_000);
+    w.cancel();
+    expect(await settled(w.done, 20)).toBe(true);
+    expect((q as unknown as { waiters: Set<unknown> }).waiters.size).toBe(0);
   });
 });

@@ -84,6 +84,27 @@ async function doneMessages(): Promise<Uint8Array[]> {
   return out;
 }
 
+describe('the work queue as agents see it', () => {
+  it("says with each delivery how many work items are left behind it, down to 0 for the last (the agent's QueueWatch)", async () => {
+    const jsm = await jetstreamManager(nc);
+    await setupJobStreams(nc, jsm, discardSpec(join(dir, 'source')));
+    const s = jobSubjects(JOB);
+    const js = jetstream(nc);
+    const items = [...workItemsOf(JOB, planRanges(48 * MiB, MiB), [...Array(48).keys()], () => 0)];
+    expect(items.length).toBe(3);
+    for (const item of items) await js.publish(s.workSubject, encodeMessage(item));
+    const consumer = await js.consumers.get(s.workStream, s.workConsumer);
+    const left: number[] = [];
+    for (let i = 0; i < items.length; i++) {
+      for await (const m of await consumer.fetch({ max_messages: 1, expires: 2000 })) {
+        left.push(m.info.pending);
+        m.ack();
+      }
+    }
+    expect(left).toEqual([2, 1, 0]);
+  });
+});
+
 describe('agent reports', () => {
   it('takes runs of ranges, stores the completions of a durable batch in batch messages and acks every work item', async () => {
     const source = join(dir, 'source');
