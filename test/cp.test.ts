@@ -3,7 +3,7 @@
  * (embedded, started by ferry), in both directions and both data paths.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -137,6 +137,23 @@ describe('ferry cp edge cases', () => {
     const pull = await runFerry(['cp', remote(empty), join(dir, 'pulled.bin'), ...common()]);
     expect(pull.code).toBe(0);
     expect((await stat(join(dir, 'pulled.bin'))).size).toBe(0);
+  });
+
+  it("removes the job's NATS store once every range is journaled, and leaves no nats-server running", async () => {
+    const dir = join(work.path, 'nats-store');
+    await mkdir(dir);
+    const src = join(dir, 'src.bin');
+    await makeRandomFile(src, 40 * MiB + 1234);
+    const state = join(dir, 'state');
+    const r = await runFerry(['cp', src, remote(`${dir}/dst.bin`), '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', state, '-a', '1', '-s', '2', '--range-size', '8MiB']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(await fileHash(join(dir, 'dst.bin'))).toBe(await fileHash(src));
+    const jobs = await readdir(join(state, 'jobs'));
+    expect(jobs.length).toBe(1);
+    // The journal and manifest stay (status, resume, verification); the store they make redundant goes.
+    expect((await readdir(join(state, 'jobs', jobs[0]!))).sort()).toEqual(['job.json', 'journal', 'manifest.json', 'status.json']);
+    expect(await killStrays(state)).toEqual([]);
   });
 
   it('detects a range corrupted in transit and re-sends it', async () => {

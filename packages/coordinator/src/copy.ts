@@ -7,11 +7,8 @@
 import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { homedir, hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
-import { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { JetStreamManager, JsMsg } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
-import { nanos } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BENCH_DISCARD_ENV,
@@ -47,7 +44,7 @@ import {
   workItemsOf,
 } from '@ferry/core';
 import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, WorkItem } from '@ferry/core';
-import { JetStreamPublisher, connectBus } from '@ferry/agent';
+import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
@@ -70,6 +67,9 @@ import { startEmbeddedNats, stopStale } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
 import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
 import { startWarmAgents } from './warm.js';
+
+/** NATS, loaded once runCopy has started connecting (bus.ts). */
+const loadBus = () => import('./bus.js');
 import type { WarmStart } from './warm.js';
 import type { PreparedCopy } from './prepare.js';
 
@@ -140,6 +140,7 @@ async function publishRanges(publisher: JetStreamPublisher, subject: string, job
 
 /** Completions an earlier run's agents stored but its coordinator never journaled. */
 async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, jobId: string): Promise<Completion[]> {
+  const { AckPolicy, DeliverPolicy, jetstream, nanos } = await loadBus();
   const s = jobSubjects(jobId);
   const info = await jsm.streams.info(s.doneStream).catch(() => undefined);
   if (!info || info.state.messages === 0) return [];
@@ -171,6 +172,7 @@ async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, job
 
 /** Ranges the job's KV bucket records as done, with their hashes (empty when there is no bucket). */
 async function readKvMirror(nc: NatsConnection, jobId: string, plan: RangePlan): Promise<Array<[number, string]>> {
+  const { Kvm } = await loadBus();
   const s = jobSubjects(jobId);
   let kv: KV;
   try {
@@ -199,6 +201,7 @@ async function readKvMirror(nc: NatsConnection, jobId: string, plan: RangePlan):
 
 /** Streams, consumers and KV bucket of a run. Each run starts them afresh (an earlier run's state was read first). */
 export async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: JobSpec): Promise<KV> {
+  const { AckPolicy, DeliverPolicy, Kvm, RetentionPolicy, StorageType, nanos } = await loadBus();
   const s = jobSubjects(spec.jobId);
   for (const name of [s.workStream, s.doneStream]) await jsm.streams.delete(name).catch(() => false);
   await jsm.streams.add({
@@ -312,12 +315,15 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   try {
     // The warm agents connect once the coordinator's own connection is up, not alongside it:
     // many logins at once slow each other (sshd, the remote shell's start-up files).
-    prep = await prepareCopy(request.source, request.destination, options, {
+    const preparing = prepareCopy(request.source, request.destination, options, {
       ...(request.signal ? { signal: request.signal } : {}),
       discard,
       onConnected: (conn, host) => warm?.connect(conn, host),
       ...(warm ? { ssh: warm.ssh } : {}),
     });
+    // While the remote side logs in and starts its helper (an error shows where transfer() loads it).
+    loadBus().catch(() => {});
+    prep = await preparing;
   } catch (err) {
     await warm?.dismiss();
     throw err;
@@ -328,6 +334,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   let journal: JournalFile | undefined;
   let phase: JobPhase = 'running';
   let lastStatus: JobStatus | undefined;
+  const shutdowns: Array<Promise<unknown>> = [];
   try {
     await mkdir(jobDir, { recursive: true, mode: 0o700 });
     unlock = await lockJob(jobDir);
@@ -469,7 +476,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm, shutdowns });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -522,6 +529,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     throw e;
   } finally {
     await warm?.dismiss().catch(() => {});
+    await Promise.all(shutdowns);
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     prep.conn.close();
@@ -568,6 +576,12 @@ interface TransferContext {
   resumed: boolean;
   /** Local agents started ahead of the job, waiting to be handed it. */
   warm: WarmStart | undefined;
+  /**
+   * Shutdowns that may end after transfer() returns (the embedded nats-server's
+   * exit, ~70 ms, overlaps the destination's finalization); awaited before the
+   * job's lock is released.
+   */
+  shutdowns: Array<Promise<unknown>>;
 }
 
 /** The part with NATS and agents; returns once every range is durable and verified. */
@@ -578,6 +592,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
   const runTag = Date.now().toString(36);
   let nats: EmbeddedNats | undefined;
   let nc: NatsConnection | undefined;
+  /** Every range is done and journaled (transfer() returns normally). */
+  let journaled = false;
   try {
     let url = options.natsUrl;
     let token = process.env.FERRY_NATS_TOKEN;
@@ -589,6 +605,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       url = nats.url;
       token = nats.token;
     }
+    const { JetStreamPublisher, connectBus, jetstream, jetstreamManager } = await loadBus();
     nc = await connectBus({ url, token, name: `ferry-coordinator-${prep.jobId}` });
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
@@ -653,7 +670,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
       ...(options.directIo ? { directIo: true } : {}),
     };
     const kv = await setupJobStreams(nc, jsm, spec);
-    if (state.done.size === plan.count) return;
+    if (state.done.size === plan.count) {
+      journaled = true;
+      return;
+    }
 
     let settle!: { resolve: () => void; reject: (err: FerryError) => void };
     const outcome = new Promise<void>((resolve, reject) => {
@@ -1018,9 +1038,11 @@ async function transfer(ctx: TransferContext): Promise<void> {
       }
       throw failure;
     }
+    journaled = true;
   } finally {
     for (const fn of cleanup.reverse()) await Promise.resolve(fn()).catch(() => {});
     if (nc) await nc.close().catch(() => {});
-    if (nats) await nats.stop().catch(() => {});
+    // Once every range is in the journal, the store holds nothing the journal lacks.
+    if (nats) ctx.shutdowns.push(nats.stop({ discard: journaled }).catch(() => {}));
   }
 }

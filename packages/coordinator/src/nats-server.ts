@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { access, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { createServer, connect as netConnect } from 'node:net';
 import { delimiter, join } from 'node:path';
@@ -15,7 +15,13 @@ export interface EmbeddedNats {
   url: string;
   token: string;
   pid: number | undefined;
-  stop(): Promise<void>;
+  /**
+   * Stops the server: SIGTERM (it closes its store cleanly), SIGKILL after 5 s.
+   * With `discard`, for a store whose contents are no longer needed (every
+   * completion is in the journal), SIGKILL at once and the store is removed:
+   * a clean JetStream shutdown syncs every stream's files (~60 ms here).
+   */
+  stop(options?: { discard?: boolean }): Promise<void>;
 }
 
 /** Finds an executable on PATH (or the FERRY_NATS_SERVER override). */
@@ -154,16 +160,20 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
         up = true;
         break;
       }
-      await new Promise((r) => setTimeout(r, 50));
+      // nats-server is up ~20-40 ms after it starts: a shorter poll than 50 ms saves a copy ~20 ms.
+      await new Promise((r) => setTimeout(r, 10));
     }
     if (up) {
       await writeFile(join(options.storeDir, 'nats.pid'), String(child.pid), { mode: 0o600 });
-      const stop = async () => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(timer);
+      const storeDir = options.storeDir;
+      const stop = async ({ discard = false } = {}) => {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill(discard ? 'SIGKILL' : 'SIGTERM');
+          const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+          await exited;
+          clearTimeout(timer);
+        }
+        if (discard) await rm(storeDir, { recursive: true, force: true });
       };
       return { url: `nats://${options.advertiseHost ?? host}:${port}`, token, pid: child.pid, stop };
     }
