@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import { mkdir, open } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
+import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -30,6 +30,21 @@ export function readText(path) {
 }
 
 /** The ferry being measured: its git commit, and whether the working tree differs from it. */
+/**
+ * The ferry build a --configs entry names: `ferry` (or bare flags) is this
+ * checkout; `ferry@<dir>` another built checkout (a git worktree of an older
+ * commit, say), so that two builds alternate in one run (an A/B). Returns the
+ * CLI to run (`cli`, also for the remote `serve`), the name's prefix and the
+ * rest of the entry (environment words and flags).
+ */
+export function ferryBuild(entry, defaultCli) {
+  const m = /^ferry@(\S+)/.exec(entry);
+  if (!m) return { cli: defaultCli, prefix: 'ferry', rest: entry.replace(/^ferry\b/, '') };
+  const cli = join(resolve(m[1]), 'packages/cli/dist/main.js');
+  if (!existsSync(cli)) throw new Error(`--configs: "${entry}": ${cli} missing: build that checkout first (npm ci or a copy of node_modules, then npx tsc -b)`);
+  return { cli, prefix: `ferry@${m[1]}`, rest: entry.slice(m[0].length) };
+}
+
 export function ferryVersion() {
   const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   if (!commit) return 'unknown (not a git checkout)';

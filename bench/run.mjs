@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -305,7 +305,8 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
                        after the word ferry (a list starting with a dash needs
                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); ferry
                        flags may follow NAME=value environment words, as in
-                       'ferry FERRY_WARM_START=0 -a 1 -s 1'
+                       'ferry FERRY_WARM_START=0 -a 1 -s 1'; 'ferry@<dir> <flags>' runs the
+                       build in another checkout <dir> (an A/B of two builds in one run)
                        (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
   --direction <d>      push, pull or both (default push)
   --out <dir>          where loopback.md and loopback.json go (default bench/results)
@@ -360,7 +361,8 @@ function loopbackTool(entry, ctx) {
       argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
     };
   }
-  const words = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  const { cli, prefix, rest } = ferryBuild(entry, CLI);
+  const words = rest.trim().split(/\s+/).filter(Boolean);
   // Leading NAME=value words are environment for ferry (e.g. FERRY_WARM_START=0), run through env(1).
   const envWords = [];
   while (words.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) envWords.push(words.shift());
@@ -370,15 +372,15 @@ function loopbackTool(entry, ctx) {
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `ferry ${[...envWords, ...flags].join(' ')}`.trim(),
+    name: `${prefix} ${[...envWords, ...flags].join(' ')}`.trim(),
     needs: null,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, push, stateDir }) => [
       ...(envWords.length > 0 ? ['env', ...envWords] : []),
-      process.execPath, CLI, 'cp',
+      process.execPath, cli, 'cp',
       ...(push ? [src, `${user}@${host}:${port}:${dstDir}/`] : [`${user}@${host}:${port}:${src}`, `${dstDir}/`]),
       '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [process.execPath, CLI, 'serve'].map(shq).join(' '),
+      '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
       '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
     ],
   };

@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -68,7 +68,8 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
   --runs <n>            rounds; each round runs every tool once (default 2)
   --configs <list>      comma-separated; scp, sftp, rsync, or ferry flags, optionally
                         after the word ferry (a list starting with a dash needs
-                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2')
+                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); 'ferry@<dir>
+                        <flags>' runs the build in another checkout <dir> (an A/B in one run)
                         (default "${DEFAULT_CONFIGS.join(',')}")
   --link-mbit <n>       the link's total rate, Mbit/s (default 2000)
   --stream-mbit <n>     the cap of one TCP stream, Mbit/s (default 200)
@@ -311,7 +312,8 @@ function wanTool(entry, ctx) {
     const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
     return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
   }
-  const flags = entry.replace(/^ferry\b/, '').trim().split(/\s+/).filter(Boolean);
+  const { cli, prefix, rest } = ferryBuild(entry, CLI);
+  const flags = rest.trim().split(/\s+/).filter(Boolean);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
   // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
   const flag = (short, long, dflt) => {
@@ -323,14 +325,14 @@ function wanTool(entry, ctx) {
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `ferry ${flags.join(' ')}`.trim(),
+    name: `${prefix} ${flags.join(' ')}`.trim(),
     needs: null,
     streams,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, stateDir }) => [
-      ...inClient, process.execPath, CLI, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
+      ...inClient, process.execPath, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
       '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [process.execPath, CLI, 'serve'].map(shq).join(' '),
+      '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
       '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
     ],
   };
