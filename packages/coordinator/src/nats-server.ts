@@ -165,15 +165,14 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
     }
     if (up) {
       await writeFile(join(options.storeDir, 'nats.pid'), String(child.pid), { mode: 0o600 });
-      const storeDir = options.storeDir;
       const stop = async ({ discard = false } = {}) => {
         if (child.exitCode === null && child.signalCode === null) {
           child.kill(discard ? 'SIGKILL' : 'SIGTERM');
-          const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+          const timer = discard ? undefined : setTimeout(() => child.kill('SIGKILL'), 5000);
           await exited;
           clearTimeout(timer);
         }
-        if (discard) await rm(storeDir, { recursive: true, force: true });
+        if (discard) await rm(options.storeDir, { recursive: true, force: true });
       };
       return { url: `nats://${options.advertiseHost ?? host}:${port}`, token, pid: child.pid, stop };
     }
