@@ -48,6 +48,11 @@ export interface SshSettings {
   transport?: SshTransport;
   /** The ssh program and leading arguments, for the openssh transport. */
   sshCommand?: string[];
+  /**
+   * Most bytes sent on one SSH channel and not yet read by an OpenSSH server
+   * (--send-window; ssh2 transport). Absent or 0: the server's whole window.
+   */
+  sendWindowBytes?: number;
 }
 
 export type SshTransport = 'ssh2' | 'openssh';

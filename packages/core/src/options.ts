@@ -16,6 +16,13 @@ export const DEFAULT_HASH: HashAlgorithm = 'xxh3';
 export const DEFAULT_REMOTE_COMMAND = 'ferry serve';
 export const DEFAULT_ACK_WAIT_MS = 30_000;
 export const DEFAULT_WINDOW_BYTES = 8 * MiB;
+/**
+ * Unread bytes an OpenSSH server may hold per channel (its window is 2 MiB):
+ * its buffers cost more per packet the more they hold (send-window.ts).
+ */
+export const DEFAULT_SEND_WINDOW_BYTES = 512 * 1024;
+/** Smallest non-zero --send-window: four of OpenSSH's 32 KiB packets, above where it re-opens its window. */
+export const MIN_SEND_WINDOW_BYTES = 128 * 1024;
 export const DEFAULT_MAX_RESENDS = 3;
 export const DEFAULT_CONNECT_TIMEOUT_MS = 20_000;
 /** Deliveries of one range (agent crashes, lost connections, naks) before the job fails. */
@@ -63,6 +70,8 @@ export interface CopyOptions {
   ackWait?: string;
   /** Bytes kept in flight per connection. @default '8MiB' */
   window?: number | string;
+  /** Most bytes sent on one SSH channel and not yet read by an OpenSSH server; 0: its whole window. @default '512KiB' */
+  sendWindow?: number | string;
   /** Cap on the whole job's rate in bytes per second, e.g. `500MB` (shared equally by all connections). @default no cap */
   limitRate?: number | string;
   /** Connections per remote host from the whole job, at most (stay under sshd's MaxSessions/MaxStartups). @default no cap */
@@ -101,6 +110,8 @@ export interface ResolvedCopyOptions {
   stateDir: string | undefined;
   ackWaitMs: number;
   windowBytes: number;
+  /** 0: the server's whole window. */
+  sendWindowBytes: number;
   /** Bytes per second for the whole job; undefined: no cap. */
   limitBytesPerSec: number | undefined;
   /** Connections per remote host at most; 0: no cap. */
@@ -128,6 +139,16 @@ function sizeOption(name: string, value: number | string | undefined, example: s
   if (value === undefined) return undefined;
   const n = typeof value === 'number' ? value : parseSize(value);
   if (n === undefined || !Number.isSafeInteger(n) || n <= 0) throw usage(`${name} must be a positive size like ${example}, got '${value}'`);
+  return n;
+}
+
+function sendWindowOption(value: number | string | undefined): number {
+  if (value === undefined) return DEFAULT_SEND_WINDOW_BYTES;
+  const n = typeof value === 'number' ? value : /^\s*0+\s*$/.test(value) ? 0 : parseSize(value);
+  if (n === 0) return 0;
+  if (n === undefined || !Number.isSafeInteger(n) || n < MIN_SEND_WINDOW_BYTES) {
+    throw usage(`--send-window must be 0 (the server's whole window) or a size of at least 128KiB like 512KiB, got '${value}'`);
+  }
   return n;
 }
 
@@ -179,6 +200,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     stateDir: options.stateDir,
     ackWaitMs,
     windowBytes: sizeOption('--window', options.window, '8MiB') ?? DEFAULT_WINDOW_BYTES,
+    sendWindowBytes: sendWindowOption(options.sendWindow),
     limitBytesPerSec: sizeOption('--limit-rate', options.limitRate, '500MB'),
     maxConnectionsPerHost: intOption('--max-per-host', options.maxPerHost, 0, 0, 100_000),
     maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),

@@ -8,6 +8,8 @@ import {
   DEFAULT_REMOTE_COMMAND,
   DEFAULT_STREAMS,
   DEFAULT_WINDOW_BYTES,
+  DEFAULT_SEND_WINDOW_BYTES,
+  MIN_SEND_WINDOW_BYTES,
   FerryError,
   MAX_AGENTS,
   MAX_STREAMS,
@@ -35,6 +37,8 @@ describe('resolveCopyOptions: defaults', () => {
     expect(DEFAULT_REMOTE_COMMAND).toBe('ferry serve');
     expect(DEFAULT_ACK_WAIT_MS).toBe(30_000);
     expect(DEFAULT_WINDOW_BYTES).toBe(8 * 1048576);
+    expect(DEFAULT_SEND_WINDOW_BYTES).toBe(512 * 1024);
+    expect(MIN_SEND_WINDOW_BYTES).toBe(128 * 1024);
     expect(DEFAULT_MAX_RESENDS).toBe(3);
     expect(DEFAULT_CONNECT_TIMEOUT_MS).toBe(20_000);
     expect(MAX_AGENTS).toBe(4096);
@@ -61,6 +65,7 @@ describe('resolveCopyOptions: defaults', () => {
       stateDir: undefined,
       ackWaitMs: 30_000,
       windowBytes: 8388608,
+      sendWindowBytes: 524288,
       limitBytesPerSec: undefined,
       maxConnectionsPerHost: 0,
       maxResends: 3,
@@ -94,6 +99,7 @@ describe('resolveCopyOptions: valid values', () => {
         stateDir: '/var/lib/ferry',
         ackWait: '2m',
         window: '32MiB',
+        sendWindow: '2MiB',
         limitRate: '100MB',
         maxResends: '0',
         json: true,
@@ -118,6 +124,7 @@ describe('resolveCopyOptions: valid values', () => {
       stateDir: '/var/lib/ferry',
       ackWaitMs: 120_000,
       windowBytes: 33554432,
+      sendWindowBytes: 2097152,
       limitBytesPerSec: 100_000_000,
       maxConnectionsPerHost: 0,
       maxResends: 0,
@@ -144,6 +151,12 @@ describe('resolveCopyOptions: valid values', () => {
     expect(r.rangeBytes).toBe(1073741824);
     expect(r.windowBytes).toBe(1);
     expect(r.maxResends).toBe(100);
+  });
+
+  it('takes --send-window 0 as the whole server window, and the smallest cap', () => {
+    expect(resolveCopyOptions({ sendWindow: '0' }).sendWindowBytes).toBe(0);
+    expect(resolveCopyOptions({ sendWindow: 0 }).sendWindowBytes).toBe(0);
+    expect(resolveCopyOptions({ sendWindow: '128KiB' }).sendWindowBytes).toBe(131072);
   });
 
   it('accepts the smallest allowed values', () => {
@@ -211,6 +224,9 @@ describe('resolveCopyOptions: invalid values are USAGE errors naming the option 
     ['ack-wait below a second', { ackWait: '999ms' }, "--ack-wait must be at least 1s, got '999ms'"],
     ['window zero', { window: 0 }, "--window must be a positive size like 8MiB, got '0'"],
     ['window not a size', { window: '8 furlongs' }, "--window must be a positive size like 8MiB, got '8 furlongs'"],
+    ['send-window below four OpenSSH packets', { sendWindow: '64KiB' }, "--send-window must be 0 (the server's whole window) or a size of at least 128KiB like 512KiB, got '64KiB'"],
+    ['send-window not a size', { sendWindow: 'big' }, "--send-window must be 0 (the server's whole window) or a size of at least 128KiB like 512KiB, got 'big'"],
+    ['send-window negative', { sendWindow: -1 }, "--send-window must be 0 (the server's whole window) or a size of at least 128KiB like 512KiB, got '-1'"],
     ['connect-timeout in days', { connectTimeout: '1d' }, "--connect-timeout must be a positive duration like 20s, got '1d'"],
     ['connect-timeout zero', { connectTimeout: '0' }, "--connect-timeout must be a positive duration like 20s, got '0'"],
   ];

@@ -13,6 +13,8 @@ import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './he
 import type { RangeWrite } from './helper-client.js';
 import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
 import { connectSsh, shellQuote } from './ssh.js';
+import { limitSendWindow, serverSoftware } from './send-window.js';
+import type { SendWindow } from './send-window.js';
 import type { ConnectOptions } from './ssh.js';
 
 export type { RangeWrite } from './helper-client.js';
@@ -48,6 +50,8 @@ export interface RemoteConnection {
   /** False once the SSH connection (or the helper session) has ended. */
   readonly alive: boolean;
   readonly mode: TransferMode;
+  /** The cap on unread data in the server on the data channel, when one applies (see send-window.ts). */
+  readonly sendWindow?: SendWindow;
   stat(path: string): Promise<StatResult | undefined>;
   /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
   createSized(path: string, size: number, mode?: number): Promise<void>;
@@ -77,10 +81,11 @@ export interface RemoteOptions extends ConnectOptions {
   helperTimeoutMs?: number;
 }
 
-async function startHelper(client: Client, command: string, label: string, timeoutMs: number): Promise<HelperClient> {
+async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number): Promise<{ helper: HelperClient; sendWindow: SendWindow | undefined }> {
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
+  const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
   let exitCode: number | null | undefined;
   channel.on('exit', (code: number | null) => {
     exitCode = code;
@@ -99,7 +104,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
       { host: label, cause: err },
     );
   }
-  return helper;
+  return { helper, sendWindow };
 }
 
 /** Opens an SSH connection and a data session in the requested mode; 'auto' tries the helper first. */
@@ -116,26 +121,28 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode !== 'sftp') {
       try {
         const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
-        let helper: HelperClient;
+        const sendWindowBytes = ssh.sendWindowBytes ?? 0;
+        let started: Awaited<ReturnType<typeof startHelper>>;
         try {
-          helper = await startHelper(client, options.remoteCommand, label, timeoutMs);
+          started = await startHelper(client, options.remoteCommand, label, timeoutMs, sendWindowBytes);
         } catch (err) {
           // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
           // one more chance, with twice the time, before the slower SFTP path is chosen.
           if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
-          helper = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs);
+          started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes);
         }
         const watch = watchClient(client);
         return new HelperConnection(
           { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) },
-          helper,
+          started.helper,
           label,
+          started.sendWindow,
         );
       } catch (err) {
         if (options.mode === 'helper') throw err;
       }
     }
-    const session = await SftpSession.open(client, label);
+    const session = await SftpSession.open(client, label, ssh.sendWindowBytes ?? 0);
     return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024);
   } catch (err) {
     client.end();
@@ -172,6 +179,7 @@ export class HelperConnection implements RemoteConnection {
     private readonly carrier: HelperCarrier,
     private readonly helper: HelperClient,
     readonly label: string,
+    readonly sendWindow?: SendWindow,
   ) {}
 
   get alive(): boolean {
@@ -284,6 +292,7 @@ const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (o
 
 class SftpConnection implements RemoteConnection {
   readonly mode = 'sftp' as const;
+  readonly sendWindow: SendWindow | undefined;
   private tools: Promise<Set<string>> | undefined;
   private readonly watch: { readonly ended: boolean };
 
@@ -295,6 +304,7 @@ class SftpConnection implements RemoteConnection {
     private readonly chunkBytes: number,
   ) {
     this.watch = watchClient(client);
+    this.sendWindow = session.sendWindow;
   }
 
   get alive(): boolean {

@@ -7,6 +7,8 @@
 import type { Client, SFTPWrapper, Stats } from 'ssh2';
 import { FerryError, destinationError } from '@ferry/core';
 import type { StatResult } from '@ferry/core';
+import { limitSendWindow, serverSoftware } from './send-window.js';
+import type { SendWindow } from './send-window.js';
 
 /** SFTP status codes (draft-ietf-secsh-filexfer-02) that ferry distinguishes. */
 const SFTP_NO_SUCH_FILE = 2;
@@ -63,9 +65,16 @@ export class SftpSession {
     this.maxReadBytes = internal._maxReadLen ?? 32 * 1024;
   }
 
-  static async open(client: Client, label: string): Promise<SftpSession> {
+  /** What `limitSendWindow` applied to the SFTP channel, if anything. */
+  sendWindow: SendWindow | undefined;
+
+  /** Starts the SFTP subsystem; `sendWindowBytes` caps the data in flight to the server (0: its whole window). */
+  static async open(client: Client, label: string, sendWindowBytes = 0): Promise<SftpSession> {
     try {
-      return new SftpSession(await openSftp(client), label);
+      const sftp = await openSftp(client);
+      const session = new SftpSession(sftp, label);
+      session.sendWindow = limitSendWindow(sftp, serverSoftware(client), sendWindowBytes);
+      return session;
     } catch (err) {
       throw new FerryError('CONNECTION_LOST', `cannot start the SFTP subsystem on ${label}: ${(err as Error).message} (is 'Subsystem sftp' enabled in its sshd_config?)`, { host: label, cause: err });
     }
