@@ -16,8 +16,10 @@ export async function runServe(io: CliIo): Promise<number> {
   const st = fstatSync(1);
   const output = st.isFIFO() || st.isSocket() ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
   try {
-    const { serve } = await import('@ferry/serve');
-    await serve({ input: process.stdin, output, software: `ferry ${VERSION}` });
+    const { reusedBufferInput, serve } = await import('@ferry/serve');
+    // Under sshd stdin is a pipe: read it into one reused buffer (serve/src/input.ts).
+    const input = fstatSync(0).isFIFO() || fstatSync(0).isSocket() ? reusedBufferInput(0) : process.stdin;
+    await serve({ input, output, software: `ferry ${VERSION}` });
     await new Promise<void>((resolve) => output.end(() => resolve()));
     io.exitCode = 0;
   } catch (err) {

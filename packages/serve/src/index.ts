@@ -6,4 +6,5 @@
  * ```
  */
 export { serve, statOf } from './serve.js';
+export { reusedBufferInput } from './input.js';
 export type { ServeOptions } from './serve.js';
