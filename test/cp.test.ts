@@ -125,6 +125,17 @@ describe('ferry cp edge cases', () => {
     expect((await stat(pulled)).blocks * 512).toBeLessThan(64 * MiB);
   }, 240_000); // 12 GiB read, hashed and checked for zeros on a 2-core machine
 
+  it('pushes byte-identically with the smallest --send-window, in helper and SFTP mode', async () => {
+    for (const mode of ['helper', 'sftp']) {
+      const dir = join(work.path, `send-window-${mode}`);
+      await mkdir(dir);
+      const r = await runFerry(['cp', src256, remote(`${dir}/`), '--mode', mode, '--send-window', '128KiB', '--agents', '2', '--streams', '2', ...common()]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
+    }
+  });
+
   it('copies a 0-byte file both ways', async () => {
     const dir = join(work.path, 'empty');
     await mkdir(dir);

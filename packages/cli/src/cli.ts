@@ -234,7 +234,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
     .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
     .option('--window <size>', 'bytes in flight per connection', '8MiB')
-    .option('--send-window <size>', "unread bytes an OpenSSH server may hold per connection: small keeps its buffers cheap; raise to rate x RTT per stream on long links, 0 for the server's whole window", '512KiB')
+    .option('--send-window <size>', "cap the unread bytes an OpenSSH server holds per connection, e.g. 512KiB: cheaper for a CPU-bound sshd on a short link, but limits each stream to size/RTT (0: the server's whole window)", '0')
     .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
     .option('--max-per-host <n>', 'connections each remote host gets from the whole copy, at most (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')

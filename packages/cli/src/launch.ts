@@ -131,7 +131,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['nats', '--nats', undefined],
     ['ackWait', '--ack-wait', '30s'],
     ['window', '--window', '8MiB'],
-    ['sendWindow', '--send-window', '512KiB'],
+    ['sendWindow', '--send-window', '0'],
     ['limitRate', '--limit-rate', undefined],
     ['maxPerHost', '--max-per-host', undefined],
     ['maxResends', '--max-resends', '3'],

@@ -17,10 +17,12 @@ export const DEFAULT_REMOTE_COMMAND = 'ferry serve';
 export const DEFAULT_ACK_WAIT_MS = 30_000;
 export const DEFAULT_WINDOW_BYTES = 8 * MiB;
 /**
- * Unread bytes an OpenSSH server may hold per channel (its window is 2 MiB):
- * its buffers cost more per packet the more they hold (send-window.ts).
+ * Unread bytes an OpenSSH server may hold per channel; 0: its whole window (2
+ * MiB). A cap keeps a CPU-bound sshd's buffers cheap (send-window.ts) but also
+ * limits a stream to cap / RTT, so it is for short links and busy servers, not
+ * a default.
  */
-export const DEFAULT_SEND_WINDOW_BYTES = 512 * 1024;
+export const DEFAULT_SEND_WINDOW_BYTES = 0;
 /** Smallest non-zero --send-window: four of OpenSSH's 32 KiB packets, above where it re-opens its window. */
 export const MIN_SEND_WINDOW_BYTES = 128 * 1024;
 export const DEFAULT_MAX_RESENDS = 3;
@@ -70,7 +72,7 @@ export interface CopyOptions {
   ackWait?: string;
   /** Bytes kept in flight per connection. @default '8MiB' */
   window?: number | string;
-  /** Most bytes sent on one SSH channel and not yet read by an OpenSSH server; 0: its whole window. @default '512KiB' */
+  /** Most bytes sent on one SSH channel and not yet read by an OpenSSH server; 0: its whole window. @default 0 */
   sendWindow?: number | string;
   /** Cap on the whole job's rate in bytes per second, e.g. `500MB` (shared equally by all connections). @default no cap */
   limitRate?: number | string;

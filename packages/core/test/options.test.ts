@@ -37,7 +37,7 @@ describe('resolveCopyOptions: defaults', () => {
     expect(DEFAULT_REMOTE_COMMAND).toBe('ferry serve');
     expect(DEFAULT_ACK_WAIT_MS).toBe(30_000);
     expect(DEFAULT_WINDOW_BYTES).toBe(8 * 1048576);
-    expect(DEFAULT_SEND_WINDOW_BYTES).toBe(512 * 1024);
+    expect(DEFAULT_SEND_WINDOW_BYTES).toBe(0);
     expect(MIN_SEND_WINDOW_BYTES).toBe(128 * 1024);
     expect(DEFAULT_MAX_RESENDS).toBe(3);
     expect(DEFAULT_CONNECT_TIMEOUT_MS).toBe(20_000);
@@ -65,7 +65,7 @@ describe('resolveCopyOptions: defaults', () => {
       stateDir: undefined,
       ackWaitMs: 30_000,
       windowBytes: 8388608,
-      sendWindowBytes: 524288,
+      sendWindowBytes: 0,
       limitBytesPerSec: undefined,
       maxConnectionsPerHost: 0,
       maxResends: 3,

@@ -7,7 +7,9 @@
  * consumed, so the cost of every packet grows with the backlog: with a full
  * window queued, sshd spends most of its time in memmove. On the 2-core test
  * machine a single stream ran at half the speed it reaches with a small
- * backlog, and 16 streams collapsed to a third (bench/README.md, "What limits").
+ * backlog, and 16 streams collapsed to a third (bench/README.md, "The remote
+ * sshd's backlog"). Opt-in (--send-window, default 0): the cap also limits a
+ * stream to cap / RTT.
  *
  * ssh2 sends while `channel.outgoing.window` (the peer's unused window) is
  * positive and adds each WINDOW_ADJUST to it, so leaving only `capBytes` of the
