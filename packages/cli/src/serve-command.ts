@@ -13,12 +13,11 @@ import { VERSION } from './version.js';
 
 export async function runServe(io: CliIo): Promise<number> {
   // A pipe or socket (as under sshd) gets an asynchronous stream; anything else a file stream.
-  const st = fstatSync(1);
-  const output = st.isFIFO() || st.isSocket() ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
+  const output = isPipeOrSocket(1) ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
   try {
     const { reusedBufferInput, serve } = await import('@ferry/serve');
     // Under sshd stdin is a pipe: read it into one reused buffer (serve/src/input.ts).
-    const input = fstatSync(0).isFIFO() || fstatSync(0).isSocket() ? reusedBufferInput(0) : process.stdin;
+    const input = isPipeOrSocket(0) ? reusedBufferInput(0) : process.stdin;
     await serve({ input, output, software: `ferry ${VERSION}` });
     await new Promise<void>((resolve) => output.end(() => resolve()));
     io.exitCode = 0;
@@ -26,4 +25,9 @@ export async function runServe(io: CliIo): Promise<number> {
     reportError(io, toFerryError(err));
   }
   return io.exitCode;
+}
+
+function isPipeOrSocket(fd: number): boolean {
+  const st = fstatSync(fd);
+  return st.isFIFO() || st.isSocket();
 }

@@ -18,7 +18,6 @@ export { connectRemote } from './remote.js';
 export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
 export type { OpenFileOptions, RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
 export { execCapture } from './exec.js';
-export { isOpenSshServer, limitSendWindow, serverSoftware } from './send-window.js';
 export type { SendWindow } from './send-window.js';
 export type { ExecResult } from './exec.js';
 export {

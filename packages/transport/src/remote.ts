@@ -112,6 +112,7 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
   if (ssh.transport === 'openssh') return connectOpenSsh(target, ssh, options);
   const client = await connectSsh(target, ssh, options);
   const label = hostLabel(target);
+  const sendWindowBytes = ssh.sendWindowBytes ?? 0;
   // Cancelling also while the remote side starts (shell start-up files, the helper loading):
   // ending the client fails the step in progress at once.
   const onAbort = () => client.destroy();
@@ -121,7 +122,6 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode !== 'sftp') {
       try {
         const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
-        const sendWindowBytes = ssh.sendWindowBytes ?? 0;
         let started: Awaited<ReturnType<typeof startHelper>>;
         try {
           started = await startHelper(client, options.remoteCommand, label, timeoutMs, sendWindowBytes);
@@ -142,7 +142,7 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
         if (options.mode === 'helper') throw err;
       }
     }
-    const session = await SftpSession.open(client, label, ssh.sendWindowBytes ?? 0);
+    const session = await SftpSession.open(client, label, sendWindowBytes);
     return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024);
   } catch (err) {
     client.end();
@@ -292,7 +292,6 @@ const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (o
 
 class SftpConnection implements RemoteConnection {
   readonly mode = 'sftp' as const;
-  readonly sendWindow: SendWindow | undefined;
   private tools: Promise<Set<string>> | undefined;
   private readonly watch: { readonly ended: boolean };
 
@@ -304,7 +303,10 @@ class SftpConnection implements RemoteConnection {
     private readonly chunkBytes: number,
   ) {
     this.watch = watchClient(client);
-    this.sendWindow = session.sendWindow;
+  }
+
+  get sendWindow(): SendWindow | undefined {
+    return this.session.sendWindow;
   }
 
   get alive(): boolean {
