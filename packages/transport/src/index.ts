@@ -19,6 +19,8 @@ export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
 export type { OpenFileOptions, RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
 export { execCapture } from './exec.js';
 export type { SendWindow } from './send-window.js';
+export { packetRingStats, usePacketRing } from './packet-ring.js';
+export type { PacketRingStats } from './packet-ring.js';
 export type { ExecResult } from './exec.js';
 export {
   appendKnownHost,
