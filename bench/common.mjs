@@ -45,6 +45,17 @@ export function ferryBuild(entry, defaultCli) {
   return { cli, prefix: `ferry@${m[1]}`, rest: entry.slice(m[0].length) };
 }
 
+/**
+ * Splits the rest of a ferry entry into leading NAME=value words, environment
+ * for ferry (e.g. FERRY_WARM_START=0, run through env(1)), and ferry's flags.
+ */
+export function ferryWords(rest) {
+  const flags = rest.trim().split(/\s+/).filter(Boolean);
+  const env = [];
+  while (flags.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(flags[0])) env.push(flags.shift());
+  return { env, flags };
+}
+
 export function ferryVersion() {
   const commit = sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   if (!commit) return 'unknown (not a git checkout)';

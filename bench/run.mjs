@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, ferryBuild, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -362,11 +362,7 @@ function loopbackTool(entry, ctx) {
     };
   }
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const words = rest.trim().split(/\s+/).filter(Boolean);
-  // Leading NAME=value words are environment for ferry (e.g. FERRY_WARM_START=0), run through env(1).
-  const envWords = [];
-  while (words.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(words[0])) envWords.push(words.shift());
-  const flags = words;
+  const { env: envWords, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, or ferry flags such as "-a 2 -s 2")`);
   // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');

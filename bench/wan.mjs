@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryBuild, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -313,7 +313,7 @@ function wanTool(entry, ctx) {
     return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
   }
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const flags = rest.trim().split(/\s+/).filter(Boolean);
+  const { env: envWords, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
   // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
   const flag = (short, long, dflt) => {
@@ -325,12 +325,12 @@ function wanTool(entry, ctx) {
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `${prefix} ${flags.join(' ')}`.trim(),
+    name: `${prefix} ${[...envWords, ...flags].join(' ')}`.trim(),
     needs: null,
     streams,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, stateDir }) => [
-      ...inClient, process.execPath, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
+      ...inClient, ...(envWords.length > 0 ? ['env', ...envWords] : []), process.execPath, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
       '-i', userKey, '--known-hosts', knownHosts,
       '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
       '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
