@@ -91,6 +91,27 @@ describe('packets from a reused slab', () => {
     expect(stats.fresh).toBeGreaterThan(0);
   });
 
+  it('keeps every byte across key re-exchanges while packets come from the slab', async () => {
+    // The server re-keys every MiB: ssh2 queues packets during each exchange and sends them under new keys.
+    const rekeying = await startSshd({ extraConfig: ['RekeyLimit 1M'] });
+    try {
+      const client = await connectSsh({ host: rekeying.host, port: rekeying.port, user: rekeying.user }, { knownHostsFile: rekeying.knownHosts, identityFiles: [rekeying.userKey], connectTimeoutMs: 20_000 });
+      clients.push(client);
+      let rekeys = 0;
+      client.on('handshake', () => rekeys++); // ssh2 emits it for every key exchange after the first
+      const stats = packetRingStats(client)!;
+      const data = randomBytes(24 * MiB);
+      const dest = join(work.path, 'rekeyed.bin');
+      await push(client, dest, data);
+      expect((await readFile(dest)).equals(data)).toBe(true);
+      expect(stats.ring).toBeGreaterThanOrEqual(700);
+      expect(rekeys).toBeGreaterThanOrEqual(10);
+    } finally {
+      for (const c of clients.splice(0)) c.end();
+      await rekeying.stop();
+    }
+  });
+
   it('leaves packets of another cipher to ssh2', async () => {
     const client = new ssh2.Client();
     clients.push(client);

@@ -100,13 +100,23 @@ export interface PacketRingStats {
   fresh: number;
 }
 
+interface PacketWriterLike {
+  constructor?: { name?: string };
+  alloc?: unknown;
+}
+
 interface Ssh2Internals {
   _protocol?: {
     _kexinit?: unknown;
     _cipher?: { constructor?: { name?: string } };
-    _packetRW?: { write?: { constructor?: { name?: string }; alloc?: unknown } };
+    _packetRW?: { write?: PacketWriterLike };
   };
   _sock?: { write?: unknown };
+}
+
+/** ssh2's writer without compression, whose alloc() returns the very packet that is sent. */
+function isPlainWriter(writer: PacketWriterLike | undefined): writer is PacketWriterLike & { alloc: (this: unknown, payloadBytes: number, force?: boolean) => Buffer } {
+  return writer !== undefined && writer.constructor?.name === 'PacketWriter' && typeof writer.alloc === 'function';
 }
 
 export const DEFAULT_PACKET_RING_BYTES = 4 * 1024 * 1024;
@@ -126,42 +136,54 @@ export function packetRingStats(client: object): PacketRingStats | undefined {
 export function usePacketRing(client: object, bytes = DEFAULT_PACKET_RING_BYTES): PacketRingStats | undefined {
   const proto = (client as Ssh2Internals)._protocol;
   const sock = (client as Ssh2Internals)._sock;
-  const writer = proto?._packetRW?.write;
-  // PacketWriter is ssh2's writer without compression; its alloc() returns the packet that is sent.
-  if (!proto || !sock || !writer || writer.constructor?.name !== 'PacketWriter' || typeof writer.alloc !== 'function' || typeof sock.write !== 'function') {
-    return undefined;
-  }
+  const rw = proto?._packetRW;
+  if (!proto || !sock || !rw || !isPlainWriter(rw.write) || typeof sock.write !== 'function') return undefined;
   const ring = new SlotRing(bytes);
   const stats: PacketRingStats = { ring: 0, fresh: 0 };
-  const ownAlloc = writer.alloc as (this: unknown, payloadBytes: number, force?: boolean) => Buffer;
   const sockWrite = sock.write as (this: unknown, data: unknown, ...rest: unknown[]) => boolean;
   /** The slot handed out last and not yet seen by the socket. */
   let unsent: { buf: Buffer; slot: Slot } | undefined;
 
-  writer.alloc = function (this: unknown, payloadBytes: number, force?: boolean): Buffer {
-    if (unsent) {
-      // ssh2 sends a packet in the same call that allocates it: one not written by now never
-      // will be (the cipher was freed, the socket closed), and nothing refers to it.
-      ring.release(unsent.slot);
-      unsent = undefined;
-    }
-    if ((proto._kexinit === undefined || force === true) && proto._cipher?.constructor?.name === 'AESGCMCipherBinding') {
-      const total = gcmPacketBytes(payloadBytes);
-      const taken = ring.take(total);
-      if (taken) {
-        const packet = taken.buf;
-        const padding = total - GCM_TAG - 5 - payloadBytes;
-        packet.writeUInt32BE(total - GCM_TAG - 4, 0);
-        packet[4] = padding;
-        randomFillSync(packet, 5 + payloadBytes, padding);
-        unsent = taken;
-        stats.ring++;
-        return packet;
+  const wrap = (writer: PacketWriterLike | undefined): void => {
+    if (!isPlainWriter(writer)) return;
+    const ownAlloc = writer.alloc;
+    writer.alloc = function (this: unknown, payloadBytes: number, force?: boolean): Buffer {
+      if (unsent) {
+        // ssh2 sends a packet in the same call that allocates it: one not written by now never
+        // will be (the cipher was freed, the socket closed), and nothing refers to it.
+        ring.release(unsent.slot);
+        unsent = undefined;
       }
-      stats.fresh++;
-    }
-    return ownAlloc.call(this, payloadBytes, force);
+      if ((proto._kexinit === undefined || force === true) && proto._cipher?.constructor?.name === 'AESGCMCipherBinding') {
+        const total = gcmPacketBytes(payloadBytes);
+        const taken = ring.take(total);
+        if (taken) {
+          const packet = taken.buf;
+          const padding = total - GCM_TAG - 5 - payloadBytes;
+          packet.writeUInt32BE(total - GCM_TAG - 4, 0);
+          packet[4] = padding;
+          randomFillSync(packet, 5 + payloadBytes, padding);
+          unsent = taken;
+          stats.ring++;
+          return packet;
+        }
+        stats.fresh++;
+      }
+      return ownAlloc.call(this, payloadBytes, force);
+    };
   };
+  // Every key exchange installs a new writer (kex.js): wrap each one as it is set.
+  let writer: PacketWriterLike | undefined = rw.write;
+  wrap(writer);
+  Object.defineProperty(rw, 'write', {
+    configurable: true,
+    enumerable: true,
+    get: () => writer,
+    set: (next: PacketWriterLike) => {
+      writer = next;
+      wrap(next);
+    },
+  });
 
   sock.write = function (this: unknown, data: unknown, ...rest: unknown[]): boolean {
     if (unsent && data === unsent.buf && rest.length === 0) {
