@@ -35,6 +35,32 @@ export function gcmPacketBytes(payloadBytes: number): number {
   return 4 + 1 + payloadBytes + padding + GCM_TAG;
 }
 
+/**
+ * Random bytes drawn in bulk: one `randomFillSync` per pool instead of one per
+ * packet for its 4-19 bytes of padding (that call was 11% of the sending
+ * thread's time in a loopback push, twice the encryption's). Every byte handed
+ * out is fresh; none is used twice.
+ */
+export class RandomPool {
+  private readonly pool: Buffer;
+  private at: number;
+
+  constructor(bytes = 64 * 1024) {
+    this.pool = Buffer.allocUnsafe(bytes);
+    this.at = bytes;
+  }
+
+  /** Fills `target[start, start + n)` with random bytes; `n` must not exceed the pool's size. */
+  fill(target: Buffer, start: number, n: number): void {
+    if (this.at + n > this.pool.length) {
+      randomFillSync(this.pool);
+      this.at = 0;
+    }
+    this.pool.copy(target, start, this.at, this.at + n);
+    this.at += n;
+  }
+}
+
 interface Slot {
   start: number;
   end: number;
@@ -139,6 +165,7 @@ export function usePacketRing(client: object, bytes = DEFAULT_PACKET_RING_BYTES)
   const rw = proto?._packetRW;
   if (!proto || !sock || !rw || !isPlainWriter(rw.write) || typeof sock.write !== 'function') return undefined;
   const ring = new SlotRing(bytes);
+  const random = new RandomPool();
   const stats: PacketRingStats = { ring: 0, fresh: 0 };
   const sockWrite = sock.write as (this: unknown, data: unknown, ...rest: unknown[]) => boolean;
   /** The slot handed out last and not yet seen by the socket. */
@@ -162,7 +189,7 @@ export function usePacketRing(client: object, bytes = DEFAULT_PACKET_RING_BYTES)
           const padding = total - GCM_TAG - 5 - payloadBytes;
           packet.writeUInt32BE(total - GCM_TAG - 4, 0);
           packet[4] = padding;
-          randomFillSync(packet, 5 + payloadBytes, padding);
+          random.fill(packet, 5 + payloadBytes, padding);
           unsent = taken;
           stats.ring++;
           return packet;

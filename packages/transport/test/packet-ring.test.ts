@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SlotRing, gcmPacketBytes, usePacketRing } from '../src/packet-ring.js';
+import { RandomPool, SlotRing, gcmPacketBytes, usePacketRing } from '../src/packet-ring.js';
 
 describe('gcmPacketBytes', () => {
   it('pads length byte, payload and padding to whole 16-byte blocks with 4-19 bytes of padding, plus the tag', () => {
@@ -58,6 +58,18 @@ describe('SlotRing', () => {
     expect(ring.take(5)!.buf.byteOffset - ring.slab.byteOffset).toBe(25);
     expect(ring.take(200)).toBeUndefined();
     void b;
+  });
+});
+
+describe('RandomPool', () => {
+  it('hands out each random byte once, refilling when the pool runs out', () => {
+    const pool = new RandomPool(64);
+    const out = Buffer.alloc(19 * 40);
+    for (let i = 0; i < 40; i++) pool.fill(out, 19 * i, 19); // crosses many refills
+    const seen = new Set<string>();
+    for (let i = 0; i < 40; i++) seen.add(out.subarray(19 * i, 19 * i + 19).toString('hex'));
+    expect(seen.size).toBe(40); // no run of padding repeats another
+    expect(new Set(out).size).toBeGreaterThan(200); // bytes of all kinds, not a constant fill
   });
 });
 
