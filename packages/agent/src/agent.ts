@@ -185,6 +185,19 @@ interface HostHealth {
   failures: number;
 }
 
+/**
+ * Counts a failure against a host and rests it for a back-off, unless it is
+ * resting already: connections that fail together (a helper serving several
+ * of them killed, a restarted sshd, a network blip) are one failure, not one
+ * per connection, so a single outage cannot use up every round at once.
+ */
+function hostFailed(h: HostHealth): void {
+  const now = Date.now();
+  if (h.downUntil > now) return;
+  h.failures++;
+  h.downUntil = now + backoffMs(h.failures);
+}
+
 export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const agentId = options.agentId ?? `${hostname()}-${process.pid}`;
   const node = hostname();
@@ -505,6 +518,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             log(`slot ${slot}: using ${whose} to ${hostLabel(host)}, opened while the coordinator prepared`);
           }
           conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh), signal: abort.signal })));
+          if (conn.sharedHelper === 'joined') log(`slot ${slot}: joined the shared helper on ${hostLabel(host)}`);
           file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', { direct: spec.directIo === true });
           if (file.direct === false && !directNoted) {
             directNoted = true;
@@ -522,9 +536,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           // heavy shell start-up files); back off and try again like a lost connection.
           if (!HOST_TROUBLE.has(e.code) && !isSlowHelperStart(err)) throw e;
           lastHostError = e;
-          const h = health[hostIndex]!;
-          h.failures++;
-          h.downUntil = Date.now() + backoffMs(h.failures);
+          hostFailed(health[hostIndex]!);
           log(`cannot use ${hostLabel(host)}: ${e.message}`);
           publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: false });
           hostIndex = (hostIndex + 1) % hosts.length;
@@ -724,9 +736,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             msg.nak(backoffMs(failures));
             drop();
             if (HOST_TROUBLE.has(e.code)) {
-              const h = health[hostIndex]!;
-              h.failures++;
-              h.downUntil = Date.now() + backoffMs(h.failures);
+              hostFailed(health[hostIndex]!);
               hostIndex = (hostIndex + 1) % hosts.length;
             }
             log(`range ${item.range}: ${e.code}: ${e.message}`);

@@ -146,5 +146,5 @@ function borrowed(conn: RemoteConnection): RemoteConnection {
 
 /** SSH settings as a comparable string (absent and default fields alike, whatever encoding carried them). */
 function sshKey(s: SshSettings): string {
-  return JSON.stringify([s.knownHostsFile, s.knownHostsGiven ?? false, s.identityFiles, s.agentSocket ?? '', s.connectTimeoutMs, s.transport ?? 'ssh2', s.sshCommand ?? [], s.sendWindowBytes ?? 0]);
+  return JSON.stringify([s.knownHostsFile, s.knownHostsGiven ?? false, s.identityFiles, s.agentSocket ?? '', s.connectTimeoutMs, s.transport ?? 'ssh2', s.sshCommand ?? [], s.sendWindowBytes ?? 0, s.sharedHelper ?? false]);
 }

@@ -227,6 +227,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache (helper mode; falls back to buffered writes where the file system refuses)')
+    .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
     .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
     .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
     .option('-i, --identity <file>', 'private key file (repeatable; default: ssh-agent, ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', collect, [])
@@ -267,6 +268,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
   if (opts.directIo === true) o.directIo = true;
+  if (opts.sharedHelper === true) o.sharedHelper = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;
   if (opts.knownHosts !== undefined) o.knownHosts = opts.knownHosts as string;

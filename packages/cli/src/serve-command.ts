@@ -10,15 +10,28 @@ import { toFerryError } from '@ferry/core';
 import { reportError } from './actions.js';
 import type { CliIo } from './actions.js';
 import { VERSION } from './version.js';
+import type { Hub } from '@ferry/serve';
 
 export async function runServe(io: CliIo): Promise<number> {
   // A pipe or socket (as under sshd) gets an asynchronous stream; anything else a file stream.
   const output = isPipeOrSocket(1) ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
   try {
-    const { reusedBufferInput, serve } = await import('@ferry/serve');
+    const { openHub, reusedBufferInput, serve } = await import('@ferry/serve');
     // Under sshd stdin is a pipe: read it into one reused buffer (serve/src/input.ts).
     const input = isPipeOrSocket(0) ? reusedBufferInput(0) : process.stdin;
-    await serve({ input, output, software: `ferry ${VERSION}` });
+    const software = `ferry ${VERSION}`;
+    // A client may ask this helper to take its other connections' sessions too (serve/src/hub.ts).
+    let hub: Promise<Hub> | undefined;
+    const share = () => {
+      hub ??= openHub((socket) => serve({ input: socket, output: socket, software }));
+      return hub.then((h) => h.path);
+    };
+    try {
+      await serve({ input, output, software, openHub: share });
+    } finally {
+      // The opening session is over: no new sessions; the joined ones run to their end.
+      await hub?.then((h) => h.close(), () => {});
+    }
     await new Promise<void>((resolve) => output.end(() => resolve()));
     io.exitCode = 0;
   } catch (err) {

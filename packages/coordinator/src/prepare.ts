@@ -97,6 +97,7 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
     sshCommand: options.sshCommand,
   };
   if (options.sendWindowBytes > 0) settings.sendWindowBytes = options.sendWindowBytes;
+  if (options.sharedHelper) settings.sharedHelper = true;
   // OpenSSH reads the known_hosts files its configuration names unless --known-hosts says otherwise.
   if (options.knownHostsFile !== undefined) settings.knownHostsGiven = true;
   // With explicit -i keys, ssh-agent is still offered first, as ssh does.

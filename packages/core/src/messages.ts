@@ -53,6 +53,12 @@ export interface SshSettings {
    * (--send-window; ssh2 transport). Absent or 0: the server's whole window.
    */
   sendWindowBytes?: number;
+  /**
+   * Connections of one process to one host share a helper (--shared-helper;
+   * ssh2 transport, helper mode): the first starts it, the others reach it
+   * over `direct-streamlocal` channels. Absent: a helper per connection.
+   */
+  sharedHelper?: boolean;
 }
 
 export type SshTransport = 'ssh2' | 'openssh';

@@ -58,6 +58,8 @@ export interface CopyOptions {
   preserve?: boolean;
   /** Write the destination with O_DIRECT where aligned (helper mode). @default false */
   directIo?: boolean;
+  /** Connections of a process to one host share a helper (ssh2 transport, helper mode). @default false */
+  sharedHelper?: boolean;
   /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
   knownHosts?: string;
   /** Add an unknown host key to known_hosts instead of failing. @default false */
@@ -105,6 +107,7 @@ export interface ResolvedCopyOptions {
   sshCommand: string[];
   preserve: boolean;
   directIo: boolean;
+  sharedHelper: boolean;
   knownHostsFile: string | undefined;
   acceptNewHostKey: boolean;
   identityFiles: string[];
@@ -195,6 +198,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     sshCommand,
     preserve: options.preserve ?? false,
     directIo: options.directIo ?? false,
+    sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,
     acceptNewHostKey: options.acceptNewHostKey ?? false,
     identityFiles: options.identity ?? [],

@@ -69,7 +69,16 @@ export type OpenPolicy =
   /** Opened read-only. */
   | 'read';
 
-export interface HelloBody { version: number; software: string; capabilities: string[] }
+export interface HelloBody {
+  version: number;
+  software: string;
+  capabilities: string[];
+  /**
+   * Request: also take further sessions on a Unix socket (a shared helper, see
+   * serve's hub.ts). Answer: that socket's path, when the helper opened one.
+   */
+  hub?: boolean | string;
+}
 export interface OpenBody {
   path: string;
   policy: OpenPolicy;
@@ -189,6 +198,7 @@ function validate(frame: ControlFrame): ControlFrame {
   switch (frame.type) {
     case 'HELLO':
       int('version');
+      if (b.hub !== undefined && typeof b.hub !== 'boolean') throw protocolError('HELLO.hub must be a boolean');
       break;
     case 'OPEN':
       str('path');

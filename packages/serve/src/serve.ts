@@ -36,6 +36,12 @@ export interface ServeOptions {
   /** Bytes of pwrites pending before input is paused. @default 16 MiB */
   maxPendingBytes?: number;
   software?: string;
+  /**
+   * Asked for in HELLO (`hub: true`): opens, once, a socket for further
+   * sessions (hub.ts) and resolves with its path, which HELLO's answer carries.
+   * Absent: HELLO's `hub` is ignored.
+   */
+  openHub?: () => Promise<string>;
 }
 
 interface OpenFile {
@@ -326,9 +332,17 @@ export async function serve(options: ServeOptions): Promise<void> {
     const { id } = frame;
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
     switch (frame.type) {
-      case 'HELLO':
-        reply(id, { hello: { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] } });
+      case 'HELLO': {
+        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] };
+        const openHub = options.openHub;
+        if (frame.body.hub !== true || !openHub) {
+          reply(id, { hello });
+          return;
+        }
+        // No hub (a temporary directory that refuses one): this session works alone.
+        run(async () => ({ hello: { ...hello, ...(await openHub().then((hub) => ({ hub }), () => ({}))) } }));
         return;
+      }
       case 'OPEN':
         run(() => openFile(frame.body));
         return;

@@ -173,8 +173,9 @@ export class HelperClient {
     return { id, reply };
   }
 
-  async handshake(timeoutMs: number): Promise<void> {
-    const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'] });
+  /** `hub`: ask the helper to take other sessions on a socket too (its path is then in `hello.hub`). */
+  async handshake(timeoutMs: number, hub = false): Promise<void> {
+    const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'], ...(hub ? { hub: true } : {}) });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

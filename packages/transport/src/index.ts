@@ -14,7 +14,7 @@ export type { ConnectOptions } from './ssh.js';
 export { HelperClient, isSlowHelperStart } from './helper-client.js';
 export type { HelperStreams, RangeWrite } from './helper-client.js';
 export { SftpSession, sftpErrno } from './sftp-session.js';
-export { connectRemote } from './remote.js';
+export { connectRemote, MAX_SHARED_JOINS } from './remote.js';
 export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
 export type { OpenFileOptions, RangeSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
 export { execCapture } from './exec.js';

@@ -52,6 +52,8 @@ export interface RemoteConnection {
   readonly mode: TransferMode;
   /** The cap on unread data in the server on the data channel, when one applies (see send-window.ts). */
   readonly sendWindow?: SendWindow;
+  /** With --shared-helper: whether this connection started its helper for others to join, or joined one. */
+  readonly sharedHelper?: 'started' | 'joined';
   stat(path: string): Promise<StatResult | undefined>;
   /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
   createSized(path: string, size: number, mode?: number): Promise<void>;
@@ -81,7 +83,94 @@ export interface RemoteOptions extends ConnectOptions {
   helperTimeoutMs?: number;
 }
 
-async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number): Promise<{ helper: HelperClient; sendWindow: SendWindow | undefined }> {
+/**
+ * A helper that the connections of this process to one host share (serve's
+ * hub.ts): the connection that starts it asks it for a socket, up to
+ * MAX_SHARED_JOINS others open `direct-streamlocal` channels to that socket
+ * instead of starting helpers of their own.
+ */
+interface SharedHelper {
+  /** The socket's path once the helper has answered; undefined when there is none to join. */
+  readonly path: Promise<string | undefined>;
+  joined: number;
+}
+
+/** Connections joining one shared helper besides the one that started it: 8 streams per helper at most. */
+export const MAX_SHARED_JOINS = 7;
+
+const sharedHelpers = new Map<string, SharedHelper>();
+/** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
+const refusedSharing = new Set<string>();
+
+type StartedHelper = { helper: HelperClient; sendWindow: SendWindow | undefined; sharing?: 'started' | 'joined' };
+
+/**
+ * Joins this process's shared helper on the host of `key`: a session over a
+ * `direct-streamlocal` channel. Undefined when there is none to join, it is
+ * full, or the join fails; the caller then starts a helper (its own).
+ */
+async function joinSharedHelper(client: Client, key: string, label: string, timeoutMs: number, sendWindowBytes: number): Promise<StartedHelper | undefined> {
+  const shared = sharedHelpers.get(key);
+  if (!shared || shared.joined >= MAX_SHARED_JOINS) return undefined;
+  shared.joined++;
+  let helper: HelperClient | undefined;
+  try {
+    const path = await shared.path;
+    if (path === undefined || refusedSharing.has(key)) throw new Error('no shared helper');
+    const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
+      client.openssh_forwardOutStreamLocal(path, (err, ch) => {
+        if (err) {
+          // OpenSSH says "open failed" alike when it forbids streamlocal forwarding
+          // (AllowStreamLocalForwarding, DisableForwarding) and when the socket is not on
+          // the node this connection reached (a host name spread over several nodes):
+          // either way, later joins would fail too.
+          refusedSharing.add(key);
+          reject(err);
+        } else resolve(ch);
+      }),
+    );
+    const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
+    helper = new HelperClient({ input: channel, output: channel, close: () => channel.close() }, label);
+    await helper.handshake(timeoutMs);
+    client.once('close', () => shared.joined--);
+    return { helper, sendWindow, sharing: 'joined' };
+  } catch {
+    helper?.close();
+    shared.joined--;
+    return undefined;
+  }
+}
+
+/**
+ * Starts a helper over exec. With `share`, asks it for a socket and offers it to
+ * this process's later connections to the same host (until this one closes).
+ */
+async function startHelperFor(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, share: string | undefined): Promise<StartedHelper> {
+  if (share === undefined || refusedSharing.has(share)) return startHelper(client, command, label, timeoutMs, sendWindowBytes, false);
+  let found!: (path: string | undefined) => void;
+  const shared: SharedHelper = { path: new Promise((resolve) => (found = resolve)), joined: 0 };
+  sharedHelpers.set(share, shared);
+  const forget = () => {
+    if (sharedHelpers.get(share) === shared) sharedHelpers.delete(share);
+  };
+  try {
+    const started = await startHelper(client, command, label, timeoutMs, sendWindowBytes, true);
+    const hub = started.helper.hello?.hub;
+    found(typeof hub === 'string' ? hub : undefined);
+    if (typeof hub !== 'string') {
+      forget();
+      return started;
+    }
+    client.once('close', forget);
+    return { ...started, sharing: 'started' };
+  } catch (err) {
+    found(undefined);
+    forget();
+    throw err;
+  }
+}
+
+async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, hub: boolean): Promise<StartedHelper> {
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
@@ -92,7 +181,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
   });
   const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
   try {
-    await helper.handshake(timeoutMs);
+    await helper.handshake(timeoutMs, hub);
   } catch (err) {
     helper.close();
     const tail = helper.stderr;
@@ -122,14 +211,15 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode !== 'sftp') {
       try {
         const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
-        let started: Awaited<ReturnType<typeof startHelper>>;
+        const share = ssh.sharedHelper === true ? `${label}\0${options.remoteCommand}` : undefined;
+        let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
-          started = await startHelper(client, options.remoteCommand, label, timeoutMs, sendWindowBytes);
+          started ??= await startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
         } catch (err) {
           // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
           // one more chance, with twice the time, before the slower SFTP path is chosen.
           if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
-          started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes);
+          started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes, false);
         }
         const watch = watchClient(client);
         return new HelperConnection(
@@ -137,6 +227,7 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
           started.helper,
           label,
           started.sendWindow,
+          started.sharing,
         );
       } catch (err) {
         if (options.mode === 'helper') throw err;
@@ -180,6 +271,7 @@ export class HelperConnection implements RemoteConnection {
     private readonly helper: HelperClient,
     readonly label: string,
     readonly sendWindow?: SendWindow,
+    readonly sharedHelper?: 'started' | 'joined',
   ) {}
 
   get alive(): boolean {

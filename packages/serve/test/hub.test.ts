@@ -1,0 +1,81 @@
+import { existsSync, statSync } from 'node:fs';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { FrameDecoder, PROTOCOL_VERSION, encodeControl } from '@ferry/core';
+import type { DecodedFrame } from '@ferry/core';
+import { openHub } from '../src/hub.js';
+import { serve } from '../src/serve.js';
+
+/** Sends HELLO (with `hub` when given) to a serve() session over `input`/`output` and returns the answer's hello. */
+async function hello(input: PassThrough | Socket, output: PassThrough | Socket, hub?: boolean): Promise<Record<string, unknown>> {
+  const answer = new Promise<DecodedFrame>((resolve) => {
+    const decoder = new FrameDecoder(resolve);
+    output.on('data', (chunk: Buffer) => decoder.push(chunk));
+  });
+  input.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [], ...(hub === undefined ? {} : { hub }) }));
+  const frame = await answer;
+  expect(frame.type).toBe('OK');
+  return (frame as { body: { hello: Record<string, unknown> } }).body.hello;
+}
+
+describe('shared helper socket (hub)', () => {
+  it('takes sessions on a socket in a private directory, and on close waits for them and removes it', async () => {
+    let served = 0;
+    const hub = await openHub(async (socket) => {
+      served++;
+      await serve({ input: socket, output: socket });
+    });
+    const dir = hub.path.slice(0, hub.path.lastIndexOf('/'));
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    const socket = connect(hub.path);
+    await new Promise((r) => socket.once('connect', r));
+    expect((await hello(socket, socket)).version).toBe(PROTOCOL_VERSION);
+    expect(hub.sessions).toBe(1);
+    let closed = false;
+    const closing = hub.close().then(() => (closed = true));
+    // No new sessions once closing; the joined one goes on until it ends.
+    await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(hub.path)).toBe(false);
+    expect(closed).toBe(false);
+    socket.end();
+    await closing;
+    expect(existsSync(dir)).toBe(false);
+    expect(served).toBe(1);
+  });
+
+  it('refuses sessions beyond its limit', async () => {
+    const hub = await openHub((socket) => serve({ input: socket, output: socket }), 1);
+    const first = connect(hub.path);
+    await hello(first, first);
+    const second = connect(hub.path);
+    await new Promise((r) => second.once('close', r));
+    expect(hub.sessions).toBe(1);
+    first.end();
+    await hub.close();
+  });
+
+  it("answers HELLO's hub request with the socket's path only when the helper can open one", async () => {
+    const input = new PassThrough();
+    const output = new PassThrough();
+    const session = serve({ input, output, openHub: async () => '/run/x/s' });
+    expect((await hello(input, output, true)).hub).toBe('/run/x/s');
+    input.end();
+    await session;
+
+    const plainIn = new PassThrough();
+    const plainOut = new PassThrough();
+    const plain = serve({ input: plainIn, output: plainOut });
+    expect((await hello(plainIn, plainOut, true)).hub).toBeUndefined();
+    plainIn.end();
+    await plain;
+
+    const failingIn = new PassThrough();
+    const failingOut = new PassThrough();
+    const failing = serve({ input: failingIn, output: failingOut, openHub: () => Promise.reject(new Error('EACCES')) });
+    expect((await hello(failingIn, failingOut, true)).hub).toBeUndefined();
+    failingIn.end();
+    await failing;
+  });
+});
