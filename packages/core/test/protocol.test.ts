@@ -445,6 +445,7 @@ describe('FrameDecoder on invalid bodies', () => {
   const invalid: Array<[string, number, unknown, string]> = [
     ['HELLO without a version', FrameType.HELLO, { software: 'x', capabilities: [] }, 'HELLO.version must be a non-negative integer'],
     ['HELLO with a text version', FrameType.HELLO, { version: '1' }, 'HELLO.version must be a non-negative integer'],
+    ['HELLO asking for a hub with a path', FrameType.HELLO, { version: 1, hub: '/tmp/s' }, 'HELLO.hub must be a boolean'],
     ['OPEN with an unknown policy', FrameType.OPEN, { path: '/x', policy: 'append' }, 'OPEN.policy must be create, write or read'],
     ['OPEN without a policy', FrameType.OPEN, { path: '/x' }, 'OPEN.policy must be create, write or read'],
     ['OPEN without a path', FrameType.OPEN, { policy: 'read' }, 'OPEN.path must be a non-empty string without NUL'],

@@ -120,11 +120,12 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
     const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
       client.openssh_forwardOutStreamLocal(path, (err, ch) => {
         if (err) {
+          // The server refused the channel (a numeric reason; not a connection lost meanwhile).
           // OpenSSH says "open failed" alike when it forbids streamlocal forwarding
           // (AllowStreamLocalForwarding, DisableForwarding) and when the socket is not on
           // the node this connection reached (a host name spread over several nodes):
           // either way, later joins would fail too.
-          refusedSharing.add(key);
+          if (typeof (err as { reason?: unknown }).reason === 'number') refusedSharing.add(key);
           reject(err);
         } else resolve(ch);
       }),
