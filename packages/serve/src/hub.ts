@@ -11,6 +11,7 @@
  * client starts a helper of its own. The socket closes when the session that
  * opened it ends; sessions already joined run to their end.
  */
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import type { Server, Socket } from 'node:net';
@@ -60,6 +61,13 @@ export async function openHub(session: (socket: Socket) => Promise<void>, maxSes
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+  // A helper ended by a signal (sshd's session torn down, a batch job's end) removes the directory too.
+  const onSignal = (signal: NodeJS.Signals) => {
+    rmSync(dir, { recursive: true, force: true });
+    process.kill(process.pid, signal);
+  };
+  const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGINT'];
+  for (const s of signals) process.once(s, onSignal);
   let closing: Promise<void> | undefined;
   return {
     path,
@@ -68,8 +76,10 @@ export async function openHub(session: (socket: Socket) => Promise<void>, maxSes
     },
     close() {
       closing ??= (async () => {
-        await new Promise<void>((resolve) => server.close(() => resolve()));
+        // close() stops new sessions at once; its callback would wait for the joined ones.
+        server.close();
         await rm(dir, { recursive: true, force: true });
+        for (const s of signals) process.off(s, onSignal);
         while (running.size > 0) await Promise.allSettled([...running]);
       })();
       return closing;

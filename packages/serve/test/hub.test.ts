@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { PassThrough } from 'node:stream';
@@ -35,14 +37,27 @@ describe('shared helper socket (hub)', () => {
     expect(hub.sessions).toBe(1);
     let closed = false;
     const closing = hub.close().then(() => (closed = true));
-    // No new sessions once closing; the joined one goes on until it ends.
+    // No new sessions once closing, and the directory goes at once; the joined session goes on until it ends.
     await new Promise((r) => setTimeout(r, 100));
-    expect(existsSync(hub.path)).toBe(false);
+    expect(existsSync(dir)).toBe(false);
     expect(closed).toBe(false);
+    expect((await hello(socket, socket)).version).toBe(PROTOCOL_VERSION);
     socket.end();
     await closing;
     expect(existsSync(dir)).toBe(false);
     expect(served).toBe(1);
+  });
+
+  it('removes its directory when the helper is ended by SIGTERM', async () => {
+    const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `import { openHub } from ${JSON.stringify(dist)}; const h = await openHub(async () => {}); console.log(h.path); setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const path = await new Promise<string>((resolve) => child.stdout.once('data', (d: Buffer) => resolve(d.toString().trim())));
+    const dir = path.slice(0, path.lastIndexOf('/'));
+    expect(existsSync(path)).toBe(true);
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe('SIGTERM');
+    expect(existsSync(dir)).toBe(false);
   });
 
   it('refuses sessions beyond its limit', async () => {
