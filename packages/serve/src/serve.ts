@@ -103,13 +103,27 @@ export async function serve(options: ServeOptions): Promise<void> {
   let drainWaiters: Array<() => void> = [];
   const work = new Set<Promise<unknown>>();
 
-  output.on('drain', () => {
+  const wake = () => {
     const w = drainWaiters;
     drainWaiters = [];
     for (const f of w) f();
-  });
+  };
+  output.on('drain', wake);
+  // A client gone mid-answer: nothing more can be sent, and nothing may wait for a drain
+  // that will not come (a shared helper would otherwise keep its socket open for good).
+  let outputGone = false;
+  const gone = () => {
+    outputGone = true;
+    wake();
+  };
+  output.on('close', gone);
+  output.on('error', gone);
 
   const send = (buf: Buffer, done?: () => void): Promise<void> => {
+    if (outputGone) {
+      done?.();
+      return Promise.resolve();
+    }
     const ok = output.write(buf, done ? () => done() : undefined);
     return ok ? Promise.resolve() : new Promise((resolve) => drainWaiters.push(resolve));
   };

@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { FrameDecoder, PROTOCOL_VERSION, encodeControl } from '@ferry/core';
 import type { DecodedFrame } from '@ferry/core';
@@ -69,6 +71,29 @@ describe('shared helper socket (hub)', () => {
     expect(hub.sessions).toBe(1);
     first.end();
     await hub.close();
+  });
+
+  it('ends a session whose client went away in the middle of a READ', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-gone-'));
+    try {
+      const file = join(dir, 'src.bin');
+      writeFileSync(file, Buffer.alloc(8 * 1024 * 1024, 7));
+      const input = new PassThrough();
+      // A client that stopped reading: nothing it is sent ever drains.
+      const output = new Writable({ highWaterMark: 1024, write: () => {} });
+      const session = serve({ input, output });
+      input.write(encodeControl('OPEN', 1, { path: file, policy: 'read' }));
+      // The OPEN is answered (into the stuck output) before the READ names its handle.
+      await new Promise((r) => setTimeout(r, 200));
+      input.write(encodeControl('READ', 2, { handle: 1, offset: 0, length: 8 * 1024 * 1024, algorithm: 'xxh3' }));
+      await new Promise((r) => setTimeout(r, 200));
+      output.destroy();
+      input.end();
+      const ended = await Promise.race([session.then(() => 'ended'), new Promise((r) => setTimeout(() => r('still waiting'), 5000))]);
+      expect(ended).toBe('ended');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("answers HELLO's hub request with the socket's path only when the helper can open one", async () => {
