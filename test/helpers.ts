@@ -5,6 +5,8 @@
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createHasher } from '@ferry/core';
+import type { HashAlgorithm } from '@ferry/core';
+import type { RemoteConnection } from '@ferry/transport';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -210,4 +212,27 @@ export async function killStrays(dir: string): Promise<string[]> {
     }
   }
   return killed;
+}
+
+/**
+ * Writes `data` as one range through a connection (createSized, openFile, one
+ * range write in pieces of 1 MiB); resolves with the destination's hash.
+ */
+export async function writeRange(conn: RemoteConnection, path: string, data: Buffer, algorithm: HashAlgorithm = 'sha256'): Promise<string> {
+  const piece = 1024 * 1024;
+  await conn.createSized(path, data.length);
+  const file = await conn.openFile(path, 'write');
+  try {
+    const w = file.beginWrite(0, data.length, algorithm);
+    const h = w.headroom;
+    for (let at = 0; at < data.length; at += piece) {
+      const part = data.subarray(at, Math.min(data.length, at + piece));
+      const buf = Buffer.allocUnsafe(h + part.length);
+      part.copy(buf, h);
+      await Promise.race([w.write(buf, h, buf.length, () => {}), w.failed]);
+    }
+    return (await Promise.race([w.end(), w.failed])).hash;
+  } finally {
+    await file.close();
+  }
 }

@@ -14,7 +14,7 @@ import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { REMOTE_CMD, tempDir } from './helpers.js';
+import { REMOTE_CMD, tempDir, writeRange } from './helpers.js';
 
 const MiB = 1024 * 1024;
 let sshd: Sshd;
@@ -38,25 +38,6 @@ function settings(sendWindowBytes?: number): SshSettings {
 
 function connect(mode: 'helper' | 'sftp', sendWindowBytes?: number): Promise<RemoteConnection> {
   return connectRemote({ host: sshd.host, port: sshd.port, user: sshd.user }, settings(sendWindowBytes), { mode, remoteCommand: REMOTE_CMD, windowBytes: 8 * MiB });
-}
-
-/** Writes `data` as one range through `conn` in pieces of 1 MiB; resolves with the destination's hash. */
-async function writeRange(conn: RemoteConnection, path: string, data: Buffer): Promise<string> {
-  await conn.createSized(path, data.length);
-  const file = await conn.openFile(path, 'write');
-  try {
-    const w = file.beginWrite(0, data.length, 'sha256');
-    const h = w.headroom;
-    for (let at = 0; at < data.length; at += MiB) {
-      const piece = data.subarray(at, Math.min(data.length, at + MiB));
-      const buf = Buffer.allocUnsafe(h + piece.length);
-      piece.copy(buf, h);
-      await Promise.race([w.write(buf, h, buf.length, () => {}), w.failed]);
-    }
-    return (await Promise.race([w.end(), w.failed])).hash;
-  } finally {
-    await file.close();
-  }
 }
 
 describe.each(['helper', 'sftp'] as const)('--send-window in %s mode', (mode) => {

@@ -18,7 +18,7 @@ import { connectRemote, MAX_SHARED_JOINS } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { childPids, fileHash, killStrays, makeRandomFile, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
+import { childPids, fileHash, killStrays, makeRandomFile, REMOTE_CMD, runFerry, startFerry, tempDir, writeRange } from './helpers.js';
 
 const MiB = 1024 * 1024;
 let work: { path: string; remove(): Promise<void> };
@@ -59,23 +59,10 @@ async function helperOf(conn: RemoteConnection): Promise<number> {
 /** Writes `bytes` random bytes as one range through `conn` and checks the destination's hash and content. */
 async function writeChecked(conn: RemoteConnection, path: string, bytes: number): Promise<void> {
   const data = randomBytes(bytes);
-  await conn.createSized(path, data.length);
-  const file = await conn.openFile(path, 'write');
-  try {
-    const w = file.beginWrite(0, data.length, 'xxh3');
-    for (let at = 0; at < data.length; at += MiB) {
-      const piece = data.subarray(at, Math.min(data.length, at + MiB));
-      const buf = Buffer.allocUnsafe(w.headroom + piece.length);
-      piece.copy(buf, w.headroom);
-      await Promise.race([w.write(buf, w.headroom, buf.length, () => {}), w.failed]);
-    }
-    const { hash } = await Promise.race([w.end(), w.failed]);
-    const want = createHasher('xxh3');
-    want.update(data);
-    expect(hash).toBe(want.digest());
-  } finally {
-    await file.close();
-  }
+  const hash = await writeRange(conn, path, data, 'xxh3');
+  const want = createHasher('xxh3');
+  want.update(data);
+  expect(hash).toBe(want.digest());
   expect((await readFile(path)).equals(data)).toBe(true);
 }
 
