@@ -79,6 +79,8 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
                         (sshd_config SetEnv), so the remote shell reads no start-up files
                         (~/.bashrc): every tool's login costs what sshd and the tool cost,
                         not the machine's shell set-up (see "Heavy shell start-up files")
+  --timeline            run ferry with --json -v instead of --quiet and write <name>-timeline.txt:
+                        each run's events and agent messages, in seconds from spawn
 `;
 
 // ---------------------------------------------------------------------------
@@ -286,7 +288,7 @@ async function checkShaping(streams, seconds) {
 
 /** One entry of --configs as a tool (argv built like loopbackTool in bench/run.mjs, run in the client namespace). */
 function wanTool(entry, ctx) {
-  const { userKey, knownHosts, user } = ctx;
+  const { userKey, knownHosts, user, timeline } = ctx;
   const host = SERVER_IP;
   const port = 22;
   const inClient = ['nsenter', `--net=${join(NETNS_DIR, NS_C)}`];
@@ -327,13 +329,14 @@ function wanTool(entry, ctx) {
   return {
     name: `${prefix} ${[...envWords, ...flags].join(' ')}`.trim(),
     needs: null,
+    events: timeline,
     streams,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, stateDir }) => [
       ...inClient, ...(envWords.length > 0 ? ['env', ...envWords] : []), process.execPath, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
       '-i', userKey, '--known-hosts', knownHosts,
       '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
-      '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
+      '--state-dir', stateDir, ...(timeline ? ['--json', '-v'] : ['--quiet']), ...flags, ...opensshFlags,
     ],
   };
 }
@@ -348,18 +351,42 @@ function crossing(samples, bytes) {
   return NaN;
 }
 
-/** Runs one command in its own process group; samples the client's wire bytes meanwhile. */
-async function measure(argv, timeoutMs) {
+/**
+ * Runs one command in its own process group; samples the client's wire bytes
+ * meanwhile. With `events`, its stdout is ferry's --json stream: the events
+ * other than progress and range.done are kept, as [seconds from spawn, text].
+ */
+async function measure(argv, timeoutMs, events = false) {
   const rxPath = `/sys/class/net/${NS_C}/statistics/rx_bytes`; // host end of the client's veth: what the client sent
   const rx = () => Number(readText(rxPath)) || 0;
   const rx0 = rx();
   const m0 = machineTicks();
   const samples = [[0, 0]];
   const t0 = performance.now();
-  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', events ? 'pipe' : 'ignore', 'pipe'] });
   current = child;
   let stderr = '';
   child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  const timeline = [];
+  if (events) {
+    let partial = '';
+    child.stdout.on('data', (d) => {
+      const t = Math.round(performance.now() - t0) / 1000;
+      const lines = (partial + d).split('\n');
+      partial = lines.pop();
+      for (const line of lines) {
+        let e;
+        try {
+          e = JSON.parse(line);
+        } catch {
+          timeline.push([t, line]);
+          continue;
+        }
+        if (e.type === 'progress' || e.type === 'range.done') continue;
+        timeline.push([t, e.type === 'log' ? e.message : e.type === 'agent.start' ? `agent.start ${e.index} (pid ${e.pid})` : e.type === 'agent.exit' ? `agent.exit ${e.index} code ${e.code}` : e.type]);
+      }
+    });
+  }
   const sampler = setInterval(() => samples.push([(performance.now() - t0) / 1000, rx() - rx0]), 50);
   let timedOut = false;
   const killer = setTimeout(() => {
@@ -389,6 +416,7 @@ async function measure(argv, timeoutMs) {
     error,
     wireBytes: samples.at(-1)[1],
     samples,
+    ...(events ? { timeline } : {}),
     cpuBusy: (m1.tasks + m1.irq - m0.tasks - m0.irq) / CLK_TCK / seconds, // cores busy, whole machine
     stealSeconds: (m1.steal - m0.steal) / CLK_TCK,
   };
@@ -419,6 +447,7 @@ export async function wan(argv) {
       out: { type: 'string', default: 'bench/results' },
       name: { type: 'string', default: 'wan' },
       'lean-login': { type: 'boolean', default: false },
+      timeline: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -468,7 +497,7 @@ export async function wan(argv) {
     const work = workDir;
     sshd = await startSshd({ dir: join(work, 'sshd'), netns: NS_S, listen: SERVER_IP, port: 22, extraConfig: await leanLogin(o['lean-login'], work) });
     log(`sshd in ${NS_S} on ${SERVER_IP}:22 (pid ${sshd.pid}), work dir ${work}`);
-    const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, user: sshd.user };
+    const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, user: sshd.user, timeline: o.timeline };
 
     const tools = o.configs.split(',').map((s) => s.trim()).filter(Boolean).map((e) => wanTool(e, ctx));
     const skipped = tools.filter((t) => t.needs && !which(t.needs)).map((t) => ({ tool: t.name, reason: `${t.needs} not installed` }));
@@ -495,7 +524,7 @@ export async function wan(argv) {
       await rm(stateDir, { recursive: true, force: true });
       const argv = await tool.argv({ src, dstDir, dstFile, work, stateDir });
       const before = classBytes();
-      const m = await measure(argv, timeoutMs);
+      const m = await measure(argv, timeoutMs, tool.events === true);
       const leftovers = await settle(sshd.pid);
       const after = classBytes();
       const bucketMB = Object.fromEntries(
@@ -539,6 +568,7 @@ export async function wan(argv) {
         busyBefore: idleWaitSeconds >= IDLE_MAX_MS / 1000,
         leftovers,
         wireSamples: m.samples.filter((_, i) => i % 4 === 0).map(([t, b]) => [Math.round(t * 1000) / 1000, b]),
+        ...(m.timeline ? { timeline: m.timeline } : {}),
       };
     }
 
@@ -631,7 +661,7 @@ export async function wan(argv) {
       `- Date: ${date}`,
       `- Machine: ${m.nproc} CPUs (nproc), ${m.cpu}, ${m.ramGiB} GiB RAM; kernel ${m.kernel}; Node ${m.node}; ${m.openssh}`,
       `- ferry: ${ferryVersion()}`,
-      `- File: ${size} bytes (${formatBytes(size)}), random, from the page cache; destination on the same filesystem (${tmpdir()})`,
+      `- File: ${size} bytes (${formatBytes(size)}), random, ${size * 2 <= totalmem() ? 'from the page cache' : 'larger than half the RAM, so partly read from the disk during the runs'}; destination on the same filesystem (${tmpdir()})`,
       `- Logins: ${o['lean-login'] ? 'lean (--lean-login: HOME is an empty directory, the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
       `- Runs: ${runs} per tool, in rounds (every tool once per round, order rotating by one each round)`,
       `- Shaping: htb on both ends' egress, parent ${linkMbit} Mbit/s, ${BUCKETS} classes by the low 6 bits of the client's port (ceil ${streamMbit} Mbit/s, guaranteed ${fmt(linkMbit / BUCKETS, 2)} Mbit/s each); the client's ephemeral ports are confined to ${PORT_BASE}-${PORT_BASE + BUCKETS - 1}, so every connection has a bucket of its own`,
@@ -677,6 +707,21 @@ export async function wan(argv) {
         1,
       ) + '\n',
     );
+    const timelines = results.filter((r) => r.timeline);
+    if (timelines.length > 0) {
+      // Each run's events next to the link's rate in the same half second, to see what the start waits on.
+      const rateAt = (r, t) => {
+        const s = r.wireSamples;
+        const i = s.findIndex(([ts]) => ts >= t);
+        if (i <= 0) return '';
+        const j = s.findIndex(([ts]) => ts >= t - 0.5);
+        const [ta, ba] = s[Math.max(0, Math.min(j, i - 1))];
+        const [tb, bb] = s[i];
+        return tb > ta ? ` [${fmt((bb - ba) / 1e6 / (tb - ta))} MB/s on the wire]` : '';
+      };
+      const text = timelines.flatMap((r) => [`round ${r.round}: ${r.tool} (${fmt(r.seconds, 2)} s)`, ...r.timeline.map(([t, what]) => `  ${t.toFixed(3)}  ${what}${rateAt(r, t)}`), '']).join('\n');
+      await writeFile(join(outDir, `${o.name}-timeline.txt`), text);
+    }
     await plotThroughput(summary.map((r) => ({ ...r, direction: 'push' })), `wan: ${linkMbit} Mbit/s link, ${streamMbit} Mbit/s per stream, ${date}`, join(outDir, `${o.name}.svg`));
     log(`wrote ${join(outDir, `${o.name}.md`)}, ${o.name}.json and ${o.name}.svg`);
     if (failures.length > 0) process.exitCode = 1;
