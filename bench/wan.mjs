@@ -383,7 +383,8 @@ async function measure(argv, timeoutMs, events = false) {
           continue;
         }
         if (e.type === 'progress' || e.type === 'range.done') continue;
-        timeline.push([t, e.type === 'log' ? e.message : e.type === 'agent.start' ? `agent.start ${e.index} (pid ${e.pid})` : e.type === 'agent.exit' ? `agent.exit ${e.index} code ${e.code}` : e.type]);
+        const why = e.error?.message ?? e.message;
+        timeline.push([t, e.type === 'log' ? e.message : e.type === 'agent.start' ? `agent.start ${e.index} (pid ${e.pid})` : e.type === 'agent.exit' ? `agent.exit ${e.index} code ${e.code}` : why ? `${e.type}: ${why}` : e.type]);
       }
     });
   }
@@ -663,6 +664,7 @@ export async function wan(argv) {
       `- ferry: ${ferryVersion()}`,
       `- File: ${size} bytes (${formatBytes(size)}), random, ${size * 2 <= totalmem() ? 'from the page cache' : 'larger than half the RAM, so partly read from the disk during the runs'}; destination on the same filesystem (${tmpdir()})`,
       `- Logins: ${o['lean-login'] ? 'lean (--lean-login: HOME is an empty directory, the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
+      ...(o.timeline ? [`- Timeline: ferry ran with --json -v instead of --quiet (a little more CPU); its events are in ${o.name}-timeline.txt`] : []),
       `- Runs: ${runs} per tool, in rounds (every tool once per round, order rotating by one each round)`,
       `- Shaping: htb on both ends' egress, parent ${linkMbit} Mbit/s, ${BUCKETS} classes by the low 6 bits of the client's port (ceil ${streamMbit} Mbit/s, guaranteed ${fmt(linkMbit / BUCKETS, 2)} Mbit/s each); the client's ephemeral ports are confined to ${PORT_BASE}-${PORT_BASE + BUCKETS - 1}, so every connection has a bucket of its own`,
       `- Shaping check (plain TCP, 4 s): ${check.map((c) => `${c.streams} stream(s) ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s, ${c.buckets} bucket(s)`).join('; ')}`,
@@ -709,7 +711,7 @@ export async function wan(argv) {
     );
     const timelines = results.filter((r) => r.timeline);
     if (timelines.length > 0) {
-      // Each run's events next to the link's rate in the same half second, to see what the start waits on.
+      // Each run's events, each with the link's rate over the half second before it: what the start waits on.
       const rateAt = (r, t) => {
         const s = r.wireSamples;
         const i = s.findIndex(([ts]) => ts >= t);
