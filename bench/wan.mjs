@@ -351,6 +351,15 @@ function crossing(samples, bytes) {
   return NaN;
 }
 
+/** One line of a --timeline: an agent's message as it is, other events by type with what names them. */
+function eventText(e) {
+  if (e.type === 'log') return e.message;
+  if (e.type === 'agent.start') return `agent.start ${e.index} (pid ${e.pid})`;
+  if (e.type === 'agent.exit') return `agent.exit ${e.index} code ${e.code}`;
+  const why = e.error?.message ?? e.message;
+  return why ? `${e.type}: ${why}` : e.type;
+}
+
 /**
  * Runs one command in its own process group; samples the client's wire bytes
  * meanwhile. With `events`, its stdout is ferry's --json stream: the events
@@ -382,9 +391,7 @@ async function measure(argv, timeoutMs, events = false) {
           timeline.push([t, line]);
           continue;
         }
-        if (e.type === 'progress' || e.type === 'range.done') continue;
-        const why = e.error?.message ?? e.message;
-        timeline.push([t, e.type === 'log' ? e.message : e.type === 'agent.start' ? `agent.start ${e.index} (pid ${e.pid})` : e.type === 'agent.exit' ? `agent.exit ${e.index} code ${e.code}` : why ? `${e.type}: ${why}` : e.type]);
+        if (e.type !== 'progress' && e.type !== 'range.done') timeline.push([t, eventText(e)]);
       }
     });
   }

@@ -7,6 +7,6 @@
  */
 export { serve, statOf } from './serve.js';
 export { reusedBufferInput } from './input.js';
-export { MAX_HUB_SESSIONS, openHub } from './hub.js';
+export { openHub } from './hub.js';
 export type { Hub } from './hub.js';
 export type { ServeOptions } from './serve.js';
