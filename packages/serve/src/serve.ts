@@ -51,13 +51,6 @@ interface OpenFile {
   writable: boolean;
   /** This file's writes, one at a time, aligned ones with O_DIRECT when OPEN asked for it. */
   writer: FileWriter;
-  /** Writes (and zeroings) handed to `writer` and not finished: FSYNC and CLOSE wait for them. */
-  writing: Set<Promise<void>>;
-  /**
-   * The first write that failed after its WRITE was answered: every later WRITE, FSYNC and
-   * CLOSE of this handle fails with it, so no range written through it can become durable.
-   */
-  writeError: FerryError | undefined;
 }
 
 interface Upload {
@@ -71,9 +64,8 @@ interface Upload {
   buf: Buffer | undefined;
   fill: number;
   bufOffset: number;
+  writes: number;
   error: FerryError | undefined;
-  /** OK sent: every byte arrived and was hashed, and its writes are on their way (FSYNC waits for them). */
-  answered: boolean;
 }
 
 function sourceError(err: unknown, path: string): FerryError {
@@ -167,50 +159,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
   };
 
-  // A WRITE is answered once its bytes are in and hashed, not once they are written: the
-  // client's next range starts while the disk catches up (a virtual disk's flush can hold
-  // writes for most of a second, and a stream waiting at each range end for it would stop).
-  // Nothing is lost by it: a range counts as done only after the FSYNC that follows it, which
-  // waits for these writes and fails if one of them did (writeError).
   const finishUpload = (u: Upload) => {
-    if (u.answered || u.error || u.received < u.length || u.buf !== undefined) return;
-    u.answered = true;
+    if (u.error || u.received < u.length || u.writes > 0) return;
     uploads.delete(u.id);
     reply(u.id, { bytes: u.received, hash: u.hasher.digest() });
-  };
-
-  /** A write of `u` failed: its WRITE fails, or, if already answered, the file's later FSYNC does. */
-  const failWrite = (u: Upload, err: unknown) => {
-    if (!u.answered) return failUpload(u, err);
-    u.file.writeError ??= err instanceof FerryError ? err : destinationError(err, { path: u.file.path });
-  };
-
-  /** Runs `write`, one of `u`'s writes of `n` bytes, counted as pending until it ends. */
-  const trackWrite = (u: Upload, n: number, write: () => Promise<void>) => {
-    setPending(n);
-    const p = (async () => {
-      try {
-        await write();
-      } catch (err) {
-        failWrite(u, err);
-      } finally {
-        setPending(-n);
-      }
-    })();
-    const { writing } = u.file;
-    writing.add(p);
-    void p.finally(() => writing.delete(p));
-    track(p);
-  };
-
-  /**
-   * Waits for the writes of `f` in progress now (those of every WRITE answered so far; not
-   * those started later, or a stream that never pauses would hold an FSYNC back for good);
-   * throws if a write failed after its WRITE was answered.
-   */
-  const settleWrites = async (f: OpenFile) => {
-    await Promise.allSettled([...f.writing]);
-    if (f.writeError) throw f.writeError;
   };
 
   const failUpload = (u: Upload, err: unknown) => {
@@ -231,25 +183,41 @@ export async function serve(options: ServeOptions): Promise<void> {
     const at = u.bufOffset;
     u.buf = undefined;
     u.fill = 0;
-    trackWrite(u, n, async () => {
+    u.writes++;
+    setPending(n);
+    const p = (async () => {
       try {
         await u.file.writer.write(buf, n, at);
+      } catch (err) {
+        failUpload(u, err);
       } finally {
         pool.release(buf);
+        setPending(-n);
+        u.writes--;
       }
-    });
+      finishUpload(u);
+    })();
+    track(p);
   };
 
   /** A run of zeros: written only where the file does not already read as zeros (a fresh sparse file does). */
   const ensureZeros = (u: Upload, at: number, n: number) => {
-    trackWrite(u, n, async () => {
+    u.writes++;
+    setPending(n);
+    const p = (async () => {
       const buf = await pool.acquire();
       try {
         await u.file.writer.zero(buf, n, at);
+      } catch (err) {
+        failUpload(u, err);
       } finally {
         pool.release(buf);
+        setPending(-n);
+        u.writes--;
       }
-    });
+      finishUpload(u);
+    })();
+    track(p);
   };
 
   const onZeros = (id: number, n: number) => {
@@ -266,7 +234,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     const at = u.offset + u.received;
     u.received += n;
     if (n > 0) ensureZeros(u, at, n);
-    finishUpload(u);
+    else finishUpload(u);
   };
 
   const onData = (frame: Extract<DecodedFrame, { type: 'DATA' }>) => {
@@ -369,7 +337,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       else directReason = d.reason;
     }
     const handle = nextHandle++;
-    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer, writing: new Set(), writeError: undefined });
+    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer });
     if (body.direct !== true) return { handle, size: st.size };
     return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}) };
   };
@@ -397,12 +365,6 @@ export async function serve(options: ServeOptions): Promise<void> {
         if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
         checkBounds(f, frame.body.offset, frame.body.length);
         if (uploads.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
-        if (f.writeError) {
-          // The stream carries this WRITE's DATA all the same: it is dropped (see onData).
-          discarded.add(id);
-          replyError(id, f.writeError);
-          return;
-        }
         const u: Upload = {
           id,
           file: f,
@@ -413,8 +375,8 @@ export async function serve(options: ServeOptions): Promise<void> {
           buf: undefined,
           fill: 0,
           bufOffset: frame.body.offset,
+          writes: 0,
           error: undefined,
-          answered: false,
         };
         uploads.set(id, u);
         if (u.length === 0) finishUpload(u);
@@ -431,7 +393,6 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'FSYNC': {
         const f = fileOf(frame.body.handle);
         run(async () => {
-          await settleWrites(f);
           try {
             await f.fh.sync();
           } catch (err) {
@@ -445,12 +406,8 @@ export async function serve(options: ServeOptions): Promise<void> {
         const f = fileOf(frame.body.handle);
         files.delete(frame.body.handle);
         run(async () => {
-          try {
-            await settleWrites(f);
-          } finally {
-            await f.writer.close().catch(() => {});
-            await f.fh.close();
-          }
+          await f.writer.close().catch(() => {});
+          await f.fh.close();
           return {};
         });
         return;
