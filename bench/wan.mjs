@@ -80,7 +80,10 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
                         (~/.bashrc): every tool's login costs what sshd and the tool cost,
                         not the machine's shell set-up (see "Heavy shell start-up files")
   --timeline            run ferry with --json -v instead of --quiet and write <name>-timeline.txt:
-                        each run's events and agent messages, in seconds from spawn
+                        each run's events and agent messages, in seconds from spawn, and every
+                        0.1 s when the destination's disk was held (no write completed while
+                        some waited) or 3 threads or more of ferry, sshd and nats-server waited
+                        in the kernel: which, and where (wchan)
 `;
 
 // ---------------------------------------------------------------------------
@@ -360,12 +363,83 @@ function eventText(e) {
   return why ? `${e.type}: ${why}` : e.type;
 }
 
+/** A reader of the write counters in /proc/diskstats of the disk with device number `dev` (a file system's st_dev). */
+function diskOf(dev) {
+  const major = Math.floor(dev / 256) & 0xfff;
+  const minor = (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00);
+  return () => {
+    const line = (readText('/proc/diskstats') ?? '')
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/))
+      .find((f) => Number(f[0]) === major && Number(f[1]) === minor);
+    return line ? { writtenSectors: Number(line[9]), inFlight: Number(line[11]) } : undefined;
+  };
+}
+
+/** What a process is, for the blocking watch: a ferry command, sshd or nats-server; undefined for the rest. */
+function processKind(pid) {
+  const argv = (readText(`/proc/${pid}/cmdline`) ?? '').split('\0');
+  const main = argv.findIndex((a) => a.endsWith('/cli/dist/main.js'));
+  if (main >= 0) return `ferry ${argv[main + 1] ?? ''}`.trim();
+  if (argv[0].startsWith('sshd') || argv[0].endsWith('/sshd')) return 'sshd'; // "sshd: user@notty" once running
+  if (argv[0].endsWith('nats-server')) return 'nats-server';
+  return undefined;
+}
+
+/**
+ * With --timeline: every 100 ms, whether the destination's disk completed no
+ * write while requests waited on it (a flush holding it), and which threads of
+ * ferry, sshd and nats-server waited in the kernel (state D) and where
+ * (wchan). Samples with a held disk or 3 blocked threads or more become
+ * timeline lines, as [seconds from `t0`, text]: what a dip coincides with.
+ */
+function watchBlocking(disk, t0) {
+  const lines = [];
+  const kinds = new Map();
+  let last = disk();
+  const timer = setInterval(() => {
+    const now = disk();
+    const blocked = new Map();
+    for (const pid of readdirSync('/proc')) {
+      if (!/^\d+$/.test(pid)) continue;
+      if (!kinds.has(pid)) kinds.set(pid, processKind(pid));
+      const kind = kinds.get(pid);
+      if (!kind) continue;
+      let tasks = [];
+      try {
+        tasks = readdirSync(`/proc/${pid}/task`);
+      } catch {
+        continue; // gone
+      }
+      for (const tid of tasks) {
+        const stat = readText(`/proc/${pid}/task/${tid}/stat`) ?? '';
+        if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'D') continue;
+        const key = `${kind} (${readText(`/proc/${pid}/task/${tid}/wchan`) || '?'})`;
+        blocked.set(key, (blocked.get(key) ?? 0) + 1);
+      }
+    }
+    const held = last && now && now.writtenSectors === last.writtenSectors && now.inFlight > 0;
+    const count = [...blocked.values()].reduce((a, b) => a + b, 0);
+    if (held || count >= 3) {
+      const who = [...blocked].map(([k, n]) => (n > 1 ? `${n}x ${k}` : k)).join(', ');
+      const diskText = held ? `disk held (no write done in 0.1 s, ${now.inFlight} waiting)` : 'disk moving';
+      lines.push([Math.round(performance.now() - t0) / 1000, `${diskText}; blocked: ${who || 'none'}`]);
+    }
+    last = now;
+  }, 100);
+  return () => {
+    clearInterval(timer);
+    return lines;
+  };
+}
+
 /**
  * Runs one command in its own process group; samples the client's wire bytes
  * meanwhile. With `events`, its stdout is ferry's --json stream: the events
- * other than progress and range.done are kept, as [seconds from spawn, text].
+ * other than progress and range.done are kept, as [seconds from spawn, text],
+ * and so are the samples of watchBlocking() on `disk`.
  */
-async function measure(argv, timeoutMs, events = false) {
+async function measure(argv, timeoutMs, events = false, disk = undefined) {
   const rxPath = `/sys/class/net/${NS_C}/statistics/rx_bytes`; // host end of the client's veth: what the client sent
   const rx = () => Number(readText(rxPath)) || 0;
   const rx0 = rx();
@@ -396,6 +470,7 @@ async function measure(argv, timeoutMs, events = false) {
     });
   }
   const sampler = setInterval(() => samples.push([(performance.now() - t0) / 1000, rx() - rx0]), 50);
+  const stopWatch = events && disk ? watchBlocking(disk, t0) : undefined;
   let timedOut = false;
   const killer = setTimeout(() => {
     timedOut = true;
@@ -412,6 +487,8 @@ async function measure(argv, timeoutMs, events = false) {
   const seconds = (performance.now() - t0) / 1000;
   samples.push([seconds, rx() - rx0]);
   clearInterval(sampler);
+  if (stopWatch) timeline.push(...stopWatch());
+  timeline.sort((a, b) => a[0] - b[0]);
   clearTimeout(killer);
   current = undefined;
   const m1 = machineTicks();
@@ -517,6 +594,7 @@ export async function wan(argv) {
     const dstFile = join(dstDir, 'source.bin');
     await mkdir(join(work, 'src'));
     await mkdir(dstDir);
+    const dstDisk = diskOf(statSync(dstDir).dev);
     log(`writing ${formatBytes(size)} of random data to ${src}`);
     await makeRandomFile(src, size);
     syncDisks();
@@ -532,7 +610,7 @@ export async function wan(argv) {
       await rm(stateDir, { recursive: true, force: true });
       const argv = await tool.argv({ src, dstDir, dstFile, work, stateDir });
       const before = classBytes();
-      const m = await measure(argv, timeoutMs, tool.events === true);
+      const m = await measure(argv, timeoutMs, tool.events === true, dstDisk);
       const leftovers = await settle(sshd.pid);
       const after = classBytes();
       const bucketMB = Object.fromEntries(
