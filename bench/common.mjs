@@ -100,6 +100,13 @@ export function machineTicks() {
   return { tasks: user + nice + system, irq: irq + softirq, steal };
 }
 
+/** ferry role from a command line: the word after .../main.js (undefined for anything else). */
+export function ferryRole(argv) {
+  const i = argv.findIndex((a) => a.endsWith('main.js'));
+  const role = i >= 0 ? argv[i + 1] : undefined;
+  return { cp: 'coordinator', agent: 'agent', serve: 'helper' }[role];
+}
+
 export const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
 
 /**

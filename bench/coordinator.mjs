@@ -19,7 +19,7 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ferryVersion, markdownTable, readText, sh } from './common.mjs';
+import { ferryRole, ferryVersion, markdownTable, readText, sh } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -87,9 +87,7 @@ function readStat(pid) {
 
 function roleOf(argv) {
   if (argv[0]?.endsWith('nats-server')) return 'nats-server';
-  const i = argv.findIndex((a) => a.endsWith('main.js'));
-  const word = i >= 0 ? argv[i + 1] : undefined;
-  return { cp: 'coordinator', agent: 'agent' }[word] ?? 'other';
+  return ferryRole(argv) ?? 'other'; // no helper runs in this scenario
 }
 
 class GroupTracker {

@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, ferryBuild, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -118,13 +118,6 @@ function readStat(pid) {
   }
 }
 
-
-/** ferry role from a command line: the word after .../main.js. */
-function ferryRole(argv) {
-  const i = argv.findIndex((a) => a.endsWith('main.js'));
-  const role = i >= 0 ? argv[i + 1] : undefined;
-  return { cp: 'coordinator', agent: 'agent', serve: 'helper' }[role];
-}
 
 /**
  * Follows every process below some root pids, remembering for each (keyed by

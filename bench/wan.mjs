@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryBuild, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -376,11 +376,11 @@ function diskOf(dev) {
   };
 }
 
-/** What a process is, for the blocking watch: a ferry command, sshd or nats-server; undefined for the rest. */
+/** What a process is, for the blocking watch: a ferry role, sshd or nats-server; undefined for the rest. */
 function processKind(pid) {
   const argv = (readText(`/proc/${pid}/cmdline`) ?? '').split('\0');
-  const main = argv.findIndex((a) => a.endsWith('/cli/dist/main.js'));
-  if (main >= 0) return `ferry ${argv[main + 1] ?? ''}`.trim();
+  const role = ferryRole(argv);
+  if (role) return role;
   if (argv[0].startsWith('sshd') || argv[0].endsWith('/sshd')) return 'sshd'; // "sshd: user@notty" once running
   if (argv[0].endsWith('nats-server')) return 'nats-server';
   return undefined;
@@ -413,7 +413,7 @@ function watchBlocking(disk, t0) {
       }
       for (const tid of tasks) {
         const stat = readText(`/proc/${pid}/task/${tid}/stat`) ?? '';
-        if (stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'D') continue;
+        if (stat[stat.lastIndexOf(')') + 2] !== 'D') continue; // the state follows "(comm) "
         const key = `${kind} (${readText(`/proc/${pid}/task/${tid}/wchan`) || '?'})`;
         blocked.set(key, (blocked.get(key) ?? 0) + 1);
       }
@@ -749,7 +749,7 @@ export async function wan(argv) {
       `- ferry: ${ferryVersion()}`,
       `- File: ${size} bytes (${formatBytes(size)}), random, ${size * 2 <= totalmem() ? 'from the page cache' : 'larger than half the RAM, so partly read from the disk during the runs'}; destination on the same filesystem (${tmpdir()})`,
       `- Logins: ${o['lean-login'] ? 'lean (--lean-login: HOME is an empty directory, the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
-      ...(o.timeline ? [`- Timeline: ferry ran with --json -v instead of --quiet (a little more CPU); its events are in ${o.name}-timeline.txt`] : []),
+      ...(o.timeline ? [`- Timeline: ferry ran with --json -v instead of --quiet (a little more CPU); its events, with the moments the destination's disk was held or threads were blocked in the kernel, are in ${o.name}-timeline.txt`] : []),
       `- Runs: ${runs} per tool, in rounds (every tool once per round, order rotating by one each round)`,
       `- Shaping: htb on both ends' egress, parent ${linkMbit} Mbit/s, ${BUCKETS} classes by the low 6 bits of the client's port (ceil ${streamMbit} Mbit/s, guaranteed ${fmt(linkMbit / BUCKETS, 2)} Mbit/s each); the client's ephemeral ports are confined to ${PORT_BASE}-${PORT_BASE + BUCKETS - 1}, so every connection has a bucket of its own`,
       `- Shaping check (plain TCP, 4 s): ${check.map((c) => `${c.streams} stream(s) ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s, ${c.buckets} bucket(s)`).join('; ')}`,
