@@ -151,3 +151,26 @@ export async function leanLogin(lean, work) {
   await mkdir(home, { recursive: true });
   return [`SetEnv HOME=${home}`];
 }
+
+/** A word for a POSIX shell: as it is when it is safe, else in single quotes. */
+export const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+/**
+ * The `ssh-dd:<n>` peer: what a user without ferry types to get n streams. The
+ * file is cut into n slices of whole MiB; each goes through its own OpenSSH login,
+ * `dd` at both ends at the slice's offset, all n at once. No hashing, journal,
+ * resume or fsync; the first error shows only in the exit code. `ssh` is the ssh
+ * command up to and including user@host, as shell words. Returns the argv of a
+ * bash that runs them and fails when any slice fails.
+ */
+export function sshDdArgv({ streams, size, src, dstFile, ssh, push = true }) {
+  if (!(Number.isInteger(streams) && streams >= 1 && streams <= 64)) throw new Error(`--configs: ssh-dd:${streams}: the stream count must be 1-64`);
+  const slice = Math.max(1, Math.ceil(size / 2 ** 20 / streams)); // MiB per stream
+  const lines = Array.from({ length: streams }, (_, i) => {
+    const read = `dd if=${shq(src)} bs=1M skip=${i * slice} count=${slice} status=none`;
+    const write = `dd of=${shq(dstFile)} bs=1M seek=${i * slice} conv=notrunc status=none`;
+    const pipe = push ? `${read} | ${ssh} ${shq(write)}` : `${ssh} ${shq(read)} | ${write}`;
+    return `${pipe} & pids="$pids $!"`;
+  });
+  return ['bash', '-c', ['pids=""', ...lines, 'rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc'].join('\n')];
+}

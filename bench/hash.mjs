@@ -17,7 +17,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CLK_TCK, waitForIdle, ferryVersion, machineTicks, markdownTable, readText, sh, which } from './common.mjs';
+import { CLK_TCK, waitForIdle, ferryVersion, machineTicks, markdownTable, readText, sh, shq, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
@@ -42,8 +42,6 @@ const median = (xs) => {
   const m = s.length >> 1;
   return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-/** Quotes a word for a shell command line shown in the results. */
-const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 /** The longest wait for an idle machine before a run. */
 const IDLE_MAX_MS = 60_000;

@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdArgv, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -74,10 +74,6 @@ for (const sig of ['SIGINT', 'SIGTERM']) {
 
 // ---------------------------------------------------------------------------
 // Small helpers.
-
-
-/** Quotes a word for the remote shell (rsync -e and --remote-cmd go through one). */
-const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -294,7 +290,8 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
 
   --size <size>        file size (default 2GiB)
   --runs <n>           rounds; each round runs every tool once (default 3)
-  --configs <list>     comma-separated; scp, sftp, rsync, rclone, lftp, or ferry flags, optionally
+  --configs <list>     comma-separated; scp, sftp, rsync, rclone, lftp, ssh-dd:<n> (the file in n
+                       slices, each through its own ssh login with dd at both ends), or ferry flags, optionally
                        after the word ferry (a list starting with a dash needs
                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); ferry
                        flags may follow NAME=value environment words, as in
@@ -354,9 +351,15 @@ function loopbackTool(entry, ctx) {
       argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
     };
   }
+  const dd = /^ssh-dd:(\d+)$/.exec(entry);
+  if (dd) {
+    const ssh = ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ');
+    const streams = Number(dd[1]);
+    return { name: entry, needs: 'ssh', argv: ({ src, dstFile, push }) => sshDdArgv({ streams, size: statSync(src).size, src, dstFile, ssh, push }) };
+  }
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);
-  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, or ferry flags such as "-a 2 -s 2")`);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
   // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];

@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdArgv, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -66,7 +66,8 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
 
   --size <size>         file size (default 512MiB)
   --runs <n>            rounds; each round runs every tool once (default 2)
-  --configs <list>      comma-separated; scp, sftp, rsync, or ferry flags, optionally
+  --configs <list>      comma-separated; scp, sftp, rsync, ssh-dd:<n> (the file in n slices, each
+                        piped by dd through its own ssh login), or ferry flags, optionally
                         after the word ferry (a list starting with a dash needs
                         --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); 'ferry@<dir>
                         <flags>' runs the build in another checkout <dir> (an A/B in one run)
@@ -89,7 +90,6 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
 // ---------------------------------------------------------------------------
 // A few helpers, as in bench/run.mjs (which does not export them).
 
-const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 const median = (xs) => {
   const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -317,9 +317,15 @@ function wanTool(entry, ctx) {
     const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
     return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
   }
+  const dd = /^ssh-dd:(\d+)$/.exec(entry);
+  if (dd) {
+    const ssh = ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ');
+    const streams = Number(dd[1]);
+    return { name: entry, needs: 'ssh', streams, argv: ({ src, dstFile }) => [...inClient, ...sshDdArgv({ streams, size: statSync(src).size, src, dstFile, ssh })] };
+  }
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);
-  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, or ferry flags such as "-a 2 -s 2")`);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
   // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
   const flag = (short, long, dflt) => {
     const i = flags.findIndex((f) => f === short || f === long);
