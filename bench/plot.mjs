@@ -11,8 +11,10 @@ import { pathToFileURL } from 'node:url';
 import * as vega from 'vega';
 import { compile } from 'vega-lite';
 
-/** Connections a configuration uses: agents x streams for ferry, 1 for the OpenSSH peers. */
+/** Connections a configuration uses: agents x streams for ferry, N for ssh-dd:N, 1 for the other peers. */
 export function connectionsOf(tool) {
+  const dd = /^ssh-dd:(\d+)$/.exec(tool);
+  if (dd) return Number(dd[1]);
   if (!tool.startsWith('ferry')) return 1;
   const flag = (short, long, fallback) => {
     const m = new RegExp(`(?:^|\\s)(?:${short}|${long})\\s+(\\d+)`).exec(tool);
@@ -21,8 +23,9 @@ export function connectionsOf(tool) {
   return flag('-a', '--agents', 2) * flag('-s', '--streams', 2);
 }
 
-/** The series a configuration belongs to: the peer's name, or ferry with its transport and mode. */
+/** The series a configuration belongs to: the peer's name (ssh-dd for every N), or ferry with its transport and mode. */
 export function seriesOf(tool) {
+  if (tool.startsWith('ssh-dd:')) return 'ssh-dd';
   if (!tool.startsWith('ferry')) return tool;
   const transport = /--transport\s+openssh/.test(tool) ? 'openssh' : 'ssh2';
   const mode = /--mode\s+sftp/.test(tool) ? 'sftp' : 'helper';
