@@ -1,7 +1,7 @@
 // Helpers shared by the benchmark scenarios (run.mjs, wan.mjs, hash.mjs, coordinator.mjs).
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, open } from 'node:fs/promises';
 import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -156,21 +156,29 @@ export async function leanLogin(lean, work) {
 export const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 /**
- * The `ssh-dd:<n>` peer: what a user without ferry types to get n streams. The
- * file is cut into n slices of whole MiB; each goes through its own OpenSSH login,
- * `dd` at both ends at the slice's offset, all n at once. No hashing, journal,
- * resume or fsync; the first error shows only in the exit code. `ssh` is the ssh
- * command up to and including user@host, as shell words. Returns the argv of a
- * bash that runs them and fails when any slice fails.
+ * The `ssh-dd:<n>` peer, or undefined when `entry` is something else: what a user
+ * without ferry types to get n streams. The file is cut into n slices of whole MiB;
+ * each goes through its own OpenSSH login, `dd` at both ends at the slice's offset,
+ * all n at once. No hashing, journal, resume or fsync; a failed slice shows only in
+ * the exit code. `ssh` is the ssh command up to and including user@host, as shell
+ * words; `prefix` goes before the bash that runs them (nsenter, for wan).
  */
-export function sshDdArgv({ streams, size, src, dstFile, ssh, push = true }) {
-  if (!(Number.isInteger(streams) && streams >= 1 && streams <= 64)) throw new Error(`--configs: ssh-dd:${streams}: the stream count must be 1-64`);
-  const slice = Math.max(1, Math.ceil(size / 2 ** 20 / streams)); // MiB per stream
-  const lines = Array.from({ length: streams }, (_, i) => {
-    const read = `dd if=${shq(src)} bs=1M skip=${i * slice} count=${slice} status=none`;
-    const write = `dd of=${shq(dstFile)} bs=1M seek=${i * slice} conv=notrunc status=none`;
-    const pipe = push ? `${read} | ${ssh} ${shq(write)}` : `${ssh} ${shq(read)} | ${write}`;
-    return `${pipe} & pids="$pids $!"`;
-  });
-  return ['bash', '-c', ['pids=""', ...lines, 'rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc'].join('\n')];
+export function sshDdTool(entry, { ssh, prefix = [] }) {
+  const m = /^ssh-dd:(\d+)$/.exec(entry);
+  if (!m) return undefined;
+  const streams = Number(m[1]);
+  if (!(streams >= 1 && streams <= 64)) throw new Error(`--configs: ${entry}: the stream count must be 1-64`);
+  const argv = ({ src, dstFile, push = true }) => {
+    const slice = Math.max(1, Math.ceil(statSync(src).size / 2 ** 20 / streams)); // MiB per stream
+    const lines = Array.from({ length: streams }, (_, i) => {
+      const read = `dd if=${shq(src)} bs=1M skip=${i * slice} count=${slice} status=none`;
+      const write = `dd of=${shq(dstFile)} bs=1M seek=${i * slice} conv=notrunc status=none`;
+      const pipe = push ? `${read} | ${ssh} ${shq(write)}` : `${ssh} ${shq(read)} | ${write}`;
+      return `${pipe} & pids="$pids $!"`;
+    });
+    // pipefail: a slice fails when either of its dd's or its ssh does.
+    const script = ['set -o pipefail', 'pids=""', ...lines, 'rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc'];
+    return [...prefix, 'bash', '-c', script.join('\n')];
+  };
+  return { name: entry, needs: 'ssh', streams, argv };
 }

@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdArgv, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -351,12 +351,8 @@ function loopbackTool(entry, ctx) {
       argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
     };
   }
-  const dd = /^ssh-dd:(\d+)$/.exec(entry);
-  if (dd) {
-    const ssh = ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ');
-    const streams = Number(dd[1]);
-    return { name: entry, needs: 'ssh', argv: ({ src, dstFile, push }) => sshDdArgv({ streams, size: statSync(src).size, src, dstFile, ssh, push }) };
-  }
+  const dd = sshDdTool(entry, { ssh: ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ') });
+  if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);

@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdArgv, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -317,12 +317,8 @@ function wanTool(entry, ctx) {
     const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
     return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
   }
-  const dd = /^ssh-dd:(\d+)$/.exec(entry);
-  if (dd) {
-    const ssh = ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ');
-    const streams = Number(dd[1]);
-    return { name: entry, needs: 'ssh', streams, argv: ({ src, dstFile }) => [...inClient, ...sshDdArgv({ streams, size: statSync(src).size, src, dstFile, ssh })] };
-  }
+  const dd = sshDdTool(entry, { ssh: ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' '), prefix: inClient });
+  if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
