@@ -318,6 +318,8 @@ function loopbackTool(entry, ctx) {
     '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
     '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com',
   ];
+  // ssh with those options, as one shell line (rsync -e, ssh-dd).
+  const sshCmdLine = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
   // Each argv builder gets the local and remote side of one run: { src, dstDir, dstFile, push }.
   if (entry === 'scp') {
     return { name: 'scp', needs: 'scp', argv: ({ src, dstFile, push }) => ['scp', '-q', ...sshOpts, '-P', String(port), ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
@@ -334,8 +336,7 @@ function loopbackTool(entry, ctx) {
     };
   }
   if (entry === 'rsync') {
-    const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
-    return { name: 'rsync', needs: 'rsync', argv: ({ src, dstFile, push }) => ['rsync', '--whole-file', '-e', e, ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
+    return { name: 'rsync', needs: 'rsync', argv: ({ src, dstFile, push }) => ['rsync', '--whole-file', '-e', sshCmdLine, ...(push ? [src, `${user}@${host}:${dstFile}`] : [`${user}@${host}:${src}`, dstFile])] };
   }
   if (entry === 'rclone') {
     // Go's SSH client (rclone's own cipher order starts with aes128-gcm); an on-the-fly sftp remote, no config file.
@@ -351,7 +352,7 @@ function loopbackTool(entry, ctx) {
       argv: ({ src, dstFile, push }) => ['lftp', '-c', `set sftp:connect-program ${shq(connect)}; open sftp://${user}:x@${host}:${port}; ${push ? `put ${shq(src)} -o ${shq(dstFile)}` : `pget -n 4 ${shq(src)} -o ${shq(dstFile)}`}`],
     };
   }
-  const dd = sshDdTool(entry, { ssh: ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' ') });
+  const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}` });
   if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);

@@ -300,6 +300,8 @@ function wanTool(entry, ctx) {
     '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
     '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com',
   ];
+  // ssh with those options, as one shell line (rsync -e, ssh-dd).
+  const sshCmdLine = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
   if (entry === 'scp') return { name: 'scp', needs: 'scp', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'scp', '-q', ...sshOpts, '-P', String(port), src, `${user}@${host}:${dstFile}`] };
   if (entry === 'sftp') {
     return {
@@ -314,10 +316,9 @@ function wanTool(entry, ctx) {
     };
   }
   if (entry === 'rsync') {
-    const e = ['ssh', ...sshOpts, '-p', String(port)].map(shq).join(' ');
-    return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', e, src, `${user}@${host}:${dstFile}`] };
+    return { name: 'rsync', needs: 'rsync', streams: 1, argv: ({ src, dstFile }) => [...inClient, 'rsync', '--whole-file', '-e', sshCmdLine, src, `${user}@${host}:${dstFile}`] };
   }
-  const dd = sshDdTool(entry, { ssh: ['ssh', ...sshOpts, '-p', String(port), `${user}@${host}`].map(shq).join(' '), prefix: inClient });
+  const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}`, prefix: inClient });
   if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
   const { env: envWords, flags } = ferryWords(rest);
