@@ -27,13 +27,25 @@ import {
   writeHeader,
 } from '@ferry/core';
 import type { ControlFrame, DecodedFrame, ErrorBody, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
+import { PendingLimit } from './pending.js';
+
+const MiB = 1024 * 1024;
+/** Pending writes a session may always hold, and holds before it knows its rate (pending.ts). */
+const MIN_PENDING_BYTES = 16 * MiB;
+/** Pending writes a fast session may hold: ~0.6 s of a 200 MB/s stream, the length of a long storage stall. */
+const MAX_PENDING_BYTES = 128 * MiB;
+/** Seconds of a session's input rate its pending writes may stand for. */
+const PENDING_SECONDS = 1;
 
 export interface ServeOptions {
   input: Readable;
   output: Writable;
   /** Size of the buffers writes are gathered into before each pwrite. @default 1 MiB */
   chunkBytes?: number;
-  /** Bytes of pwrites pending before input is paused. @default 16 MiB */
+  /**
+   * Most bytes of pwrites pending before input is paused; the limit follows the
+   * session's input rate between 16 MiB and this (pending.ts). @default 128 MiB
+   */
   maxPendingBytes?: number;
   software?: string;
   /**
@@ -51,6 +63,13 @@ interface OpenFile {
   writable: boolean;
   /** This file's writes, one at a time, aligned ones with O_DIRECT when OPEN asked for it. */
   writer: FileWriter;
+  /** Writes (and zeroings) handed to `writer` and not finished: FSYNC and CLOSE wait for them. */
+  writing: Set<Promise<void>>;
+  /**
+   * The first write that failed after its WRITE was answered: every later WRITE, FSYNC and
+   * CLOSE of this handle fails with it, so no range written through it can become durable.
+   */
+  writeError: FerryError | undefined;
 }
 
 interface Upload {
@@ -64,8 +83,9 @@ interface Upload {
   buf: Buffer | undefined;
   fill: number;
   bufOffset: number;
-  writes: number;
   error: FerryError | undefined;
+  /** OK sent: every byte arrived and was hashed, and its writes are on their way (FSYNC waits for them). */
+  answered: boolean;
 }
 
 function sourceError(err: unknown, path: string): FerryError {
@@ -90,8 +110,10 @@ export function statOf(st: import('node:fs').Stats): StatResult {
 export async function serve(options: ServeOptions): Promise<void> {
   const { input, output } = options;
   const chunkBytes = options.chunkBytes ?? 1024 * 1024;
-  const maxPendingBytes = options.maxPendingBytes ?? 16 * 1024 * 1024;
+  const maxPendingBytes = options.maxPendingBytes ?? MAX_PENDING_BYTES;
+  const pendingLimit = new PendingLimit(Math.min(MIN_PENDING_BYTES, maxPendingBytes), maxPendingBytes, PENDING_SECONDS, performance.now());
   // Aligned, so that a file opened with `direct` can take the gathered chunks with O_DIRECT.
+  // Only the buffers in use at once are ever touched: a slow session's stay untouched.
   const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + 4, { aligned: true });
   const files = new Map<number, OpenFile>();
   const uploads = new Map<number, Upload>();
@@ -150,19 +172,60 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const setPending = (delta: number) => {
     pendingBytes += delta;
-    if (!paused && pendingBytes >= maxPendingBytes) {
+    const limit = pendingLimit.bytes;
+    if (!paused && pendingBytes >= limit) {
       paused = true;
       input.pause();
-    } else if (paused && pendingBytes < maxPendingBytes / 2) {
+    } else if (paused && pendingBytes < limit / 2) {
       paused = false;
       input.resume();
     }
   };
 
+  // A WRITE is answered once its bytes are in and hashed, not once they are written: the
+  // client's next range starts while the disk catches up (a virtual disk's flush can hold
+  // writes for most of a second, and a stream waiting at each range end for it would stop).
+  // Nothing is lost by it: a range counts as done only after the FSYNC that follows it, which
+  // waits for these writes and fails if one of them did (writeError).
   const finishUpload = (u: Upload) => {
-    if (u.error || u.received < u.length || u.writes > 0) return;
+    if (u.answered || u.error || u.received < u.length || u.buf !== undefined) return;
+    u.answered = true;
     uploads.delete(u.id);
     reply(u.id, { bytes: u.received, hash: u.hasher.digest() });
+  };
+
+  /** A write of `u` failed: its WRITE fails, or, if already answered, the file's later FSYNC does. */
+  const failWrite = (u: Upload, err: unknown) => {
+    if (!u.answered) return failUpload(u, err);
+    u.file.writeError ??= err instanceof FerryError ? err : destinationError(err, { path: u.file.path });
+  };
+
+  /** Runs `write`, one of `u`'s writes of `n` bytes, counted as pending until it ends. */
+  const trackWrite = (u: Upload, n: number, write: () => Promise<void>) => {
+    setPending(n);
+    const p = (async () => {
+      try {
+        await write();
+      } catch (err) {
+        failWrite(u, err);
+      } finally {
+        setPending(-n);
+      }
+    })();
+    const { writing } = u.file;
+    writing.add(p);
+    void p.finally(() => writing.delete(p));
+    track(p);
+  };
+
+  /**
+   * Waits for the writes of `f` in progress now (those of every WRITE answered so far; not
+   * those started later, or a stream that never pauses would hold an FSYNC back for good);
+   * throws if a write failed after its WRITE was answered.
+   */
+  const settleWrites = async (f: OpenFile) => {
+    await Promise.allSettled([...f.writing]);
+    if (f.writeError) throw f.writeError;
   };
 
   const failUpload = (u: Upload, err: unknown) => {
@@ -183,41 +246,25 @@ export async function serve(options: ServeOptions): Promise<void> {
     const at = u.bufOffset;
     u.buf = undefined;
     u.fill = 0;
-    u.writes++;
-    setPending(n);
-    const p = (async () => {
+    trackWrite(u, n, async () => {
       try {
         await u.file.writer.write(buf, n, at);
-      } catch (err) {
-        failUpload(u, err);
       } finally {
         pool.release(buf);
-        setPending(-n);
-        u.writes--;
       }
-      finishUpload(u);
-    })();
-    track(p);
+    });
   };
 
   /** A run of zeros: written only where the file does not already read as zeros (a fresh sparse file does). */
   const ensureZeros = (u: Upload, at: number, n: number) => {
-    u.writes++;
-    setPending(n);
-    const p = (async () => {
+    trackWrite(u, n, async () => {
       const buf = await pool.acquire();
       try {
         await u.file.writer.zero(buf, n, at);
-      } catch (err) {
-        failUpload(u, err);
       } finally {
         pool.release(buf);
-        setPending(-n);
-        u.writes--;
       }
-      finishUpload(u);
-    })();
-    track(p);
+    });
   };
 
   const onZeros = (id: number, n: number) => {
@@ -226,6 +273,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (!u) throw new FerryError('PROTOCOL', `ZEROS for unknown request ${id}`);
     if (u.received + n > u.length) throw new FerryError('PROTOCOL', `ZEROS for request ${id} overruns its length ${u.length}`);
     u.hasher.update(ZERO_CHUNK.subarray(0, n));
+    pendingLimit.received(n, performance.now());
     if (u.buf && u.fill > 0) flush(u);
     else if (u.buf) {
       pool.release(u.buf);
@@ -234,7 +282,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     const at = u.offset + u.received;
     u.received += n;
     if (n > 0) ensureZeros(u, at, n);
-    else finishUpload(u);
+    finishUpload(u);
   };
 
   const onData = (frame: Extract<DecodedFrame, { type: 'DATA' }>) => {
@@ -250,11 +298,12 @@ export async function serve(options: ServeOptions): Promise<void> {
     let piece = frame.chunk;
     if (u.received + piece.length > u.length) throw new FerryError('PROTOCOL', `DATA for request ${frame.id} overruns its length ${u.length}`);
     u.hasher.update(piece);
+    pendingLimit.received(piece.length, performance.now());
     while (piece.length > 0) {
       if (!u.buf) {
         const b = pool.tryAcquire();
         if (!b) {
-          // Pool exhausted although input is paused at maxPendingBytes: gather into a fresh buffer.
+          // Pool exhausted although input is paused at the pending limit: gather into a fresh buffer.
           u.buf = Buffer.allocUnsafe(pool.bufferBytes);
         } else u.buf = b;
         u.bufOffset = u.offset + u.received;
@@ -337,7 +386,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       else directReason = d.reason;
     }
     const handle = nextHandle++;
-    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer });
+    files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer, writing: new Set(), writeError: undefined });
     if (body.direct !== true) return { handle, size: st.size };
     return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}) };
   };
@@ -365,6 +414,12 @@ export async function serve(options: ServeOptions): Promise<void> {
         if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
         checkBounds(f, frame.body.offset, frame.body.length);
         if (uploads.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
+        if (f.writeError) {
+          // The stream carries this WRITE's DATA all the same: it is dropped (see onData).
+          discarded.add(id);
+          replyError(id, f.writeError);
+          return;
+        }
         const u: Upload = {
           id,
           file: f,
@@ -375,8 +430,8 @@ export async function serve(options: ServeOptions): Promise<void> {
           buf: undefined,
           fill: 0,
           bufOffset: frame.body.offset,
-          writes: 0,
           error: undefined,
+          answered: false,
         };
         uploads.set(id, u);
         if (u.length === 0) finishUpload(u);
@@ -393,6 +448,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'FSYNC': {
         const f = fileOf(frame.body.handle);
         run(async () => {
+          await settleWrites(f);
           try {
             await f.fh.sync();
           } catch (err) {
@@ -406,8 +462,12 @@ export async function serve(options: ServeOptions): Promise<void> {
         const f = fileOf(frame.body.handle);
         files.delete(frame.body.handle);
         run(async () => {
-          await f.writer.close().catch(() => {});
-          await f.fh.close();
+          try {
+            await settleWrites(f);
+          } finally {
+            await f.writer.close().catch(() => {});
+            await f.fh.close();
+          }
           return {};
         });
         return;
