@@ -155,6 +155,12 @@ export async function leanLogin(lean, work) {
 /** A word for a POSIX shell: as it is when it is safe, else in single quotes. */
 export const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
+/** n of an `ssh-dd:<n>` entry or tool name, else undefined. */
+export function sshDdStreams(entry) {
+  const m = /^ssh-dd:(\d+)$/.exec(entry);
+  return m ? Number(m[1]) : undefined;
+}
+
 /**
  * The `ssh-dd:<n>` peer, or undefined when `entry` is something else: what a user
  * without ferry types to get n streams. The file is cut into n slices of whole MiB;
@@ -164,9 +170,8 @@ export const shq = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, 
  * words; `prefix` goes before the bash that runs them (nsenter, for wan).
  */
 export function sshDdTool(entry, { ssh, prefix = [] }) {
-  const m = /^ssh-dd:(\d+)$/.exec(entry);
-  if (!m) return undefined;
-  const streams = Number(m[1]);
+  const streams = sshDdStreams(entry);
+  if (streams === undefined) return undefined;
   if (!(streams >= 1 && streams <= 64)) throw new Error(`--configs: ${entry}: the stream count must be 1-64`);
   const argv = ({ src, dstFile, push = true }) => {
     const slice = Math.max(1, Math.ceil(statSync(src).size / 2 ** 20 / streams)); // MiB per stream

@@ -10,11 +10,12 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as vega from 'vega';
 import { compile } from 'vega-lite';
+import { sshDdStreams } from './common.mjs';
 
 /** Connections a configuration uses: agents x streams for ferry, N for ssh-dd:N, 1 for the other peers. */
 export function connectionsOf(tool) {
-  const dd = /^ssh-dd:(\d+)$/.exec(tool);
-  if (dd) return Number(dd[1]);
+  const dd = sshDdStreams(tool);
+  if (dd !== undefined) return dd;
   if (!tool.startsWith('ferry')) return 1;
   const flag = (short, long, fallback) => {
     const m = new RegExp(`(?:^|\\s)(?:${short}|${long})\\s+(\\d+)`).exec(tool);
