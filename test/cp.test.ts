@@ -4,16 +4,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, open, readdir, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDirect } from '@ferry/core';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+import { CLI, fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
+const HOLD_FIRST_WRITE = fileURLToPath(new URL('./fixtures/hold-first-write.mjs', import.meta.url));
 const execFileP = promisify(execFile);
 const GiB = 1024 * MiB;
 
@@ -190,6 +193,24 @@ describe('ferry cp edge cases', () => {
     expect(r.code).toBe(0);
     expect(parseEvents(r.stdout).filter((e) => e.type === 'range.resend').map((e) => e.range)).toEqual([5]);
     expect(await fileHash(pulled)).toBe(src256Hash);
+  });
+
+  it('keeps a re-sent range when the write of its corrupted first attempt is held until after the re-send', async () => {
+    // The helper answers a WRITE before its bytes are written (serve.ts). Here the disk holds
+    // the first attempt's write of range 2 (corrupted in transit) for 3 s, long enough for the
+    // other stream to send the range again and write it; the held bytes must not land last.
+    const dir = join(work.path, 'held');
+    await mkdir(dir);
+    const target = join(dir, 'x.bin');
+    const marker = join(dir, 'held-once');
+    const hold = `FERRY_TEST_HOLD_AT=${2 * 16 * MiB} FERRY_TEST_HOLD_MS=3000 FERRY_TEST_HOLD_MARKER=${marker} ${process.execPath} --import ${HOLD_FIRST_WRITE} ${CLI} serve`;
+    const r = await runFerry(['cp', src256, remote(target), '-a', '1', '-s', '2', '--range-size', '16MiB', '--json', ...common(['--remote-cmd', hold])], {
+      env: { FERRY_TEST_CORRUPT_RANGES: '2' },
+    });
+    expect(r.code).toBe(0);
+    expect(existsSync(marker)).toBe(true);
+    expect(parseEvents(r.stdout).filter((e) => e.type === 'range.resend').map((e) => e.range)).toEqual([2]);
+    expect(await fileHash(target)).toBe(src256Hash);
   });
 
   it('moves ranges below 16 MiB in runs of up to 16 per work item, re-sending a corrupted range from the middle of a run, both ways', async () => {

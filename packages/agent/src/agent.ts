@@ -686,6 +686,13 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             directNoted = true;
             log(`--direct-io: ${localWriter.fallbackReason}`);
           }
+          if (result.srcHash !== result.dstHash && spec.direction === 'push') {
+            // The helper answers a WRITE before its bytes are written (serve.ts). The bad bytes
+            // must be on disk before the range is sent again, or they could land after the new
+            // attempt's: FSYNC waits for them. If it fails, the range goes back like any other
+            // failure on this connection.
+            await file!.fsync();
+          }
           const completion = completionOf(item, hosts[hostIndex]!, startedAt, { srcHash: result.srcHash, dstHash: result.dstHash });
           current = undefined;
           if (result.srcHash !== result.dstHash) {
