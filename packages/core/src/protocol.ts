@@ -267,26 +267,6 @@ export class FrameDecoder {
     return this.headerFill === 0 && this.bodyLeft === 0;
   }
 
-  /** Bytes of a frame header the next bytes complete (0 inside a body). */
-  get headerLeft(): number {
-    return this.bodyLeft === 0 ? FRAME_HEADER_BYTES - this.headerFill : 0;
-  }
-
-  /** Inside a DATA body: the bytes of it still to come (0 anywhere else); `frameId` is its request. */
-  get dataLeft(): number {
-    return this.type === FrameType.DATA ? this.bodyLeft : 0;
-  }
-
-  /** Inside a control frame's body: the bytes of it still to come (0 anywhere else). */
-  get controlLeft(): number {
-    return this.type === FrameType.DATA ? 0 : this.bodyLeft;
-  }
-
-  /** The request id of the frame being received. */
-  get frameId(): number {
-    return this.id;
-  }
-
   push(chunk: Buffer): void {
     let at = 0;
     while (at < chunk.length) {

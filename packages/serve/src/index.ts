@@ -6,8 +6,7 @@
  * ```
  */
 export { serve, statOf } from './serve.js';
-export { ReusedBufferInput, reusedBufferInput } from './input.js';
-export type { ReadTarget } from './input.js';
+export { reusedBufferInput } from './input.js';
 export { openHub } from './hub.js';
 export type { Hub } from './hub.js';
 export type { ServeOptions } from './serve.js';

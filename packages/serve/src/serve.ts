@@ -27,7 +27,6 @@ import {
   writeHeader,
 } from '@ferry/core';
 import type { ControlFrame, DecodedFrame, ErrorBody, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
-import { ReusedBufferInput } from './input.js';
 import { PendingLimit } from './pending.js';
 
 const MiB = 1024 * 1024;
@@ -233,9 +232,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (u.error) return;
     u.error = err instanceof FerryError ? err : destinationError(err, { path: u.file.path });
     if (u.buf) {
-      // A buffer the next read is aimed at goes back to the pool once that read is in.
-      if (aimed?.buf === u.buf) aimed.orphaned = true;
-      else pool.release(u.buf);
+      pool.release(u.buf);
       u.buf = undefined;
     }
     uploads.delete(u.id);
@@ -302,13 +299,6 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (u.received + piece.length > u.length) throw new FerryError('PROTOCOL', `DATA for request ${frame.id} overruns its length ${u.length}`);
     u.hasher.update(piece);
     pendingLimit.received(piece.length, performance.now());
-    if (u.buf && piece.buffer === u.buf.buffer && piece.byteOffset === u.buf.byteOffset + u.fill) {
-      // Read straight into place (readTarget): nothing to copy.
-      u.fill += piece.length;
-      u.received += piece.length;
-      if (u.fill === chunkBytes || u.received === u.length) flush(u);
-      piece = piece.subarray(piece.length);
-    }
     while (piece.length > 0) {
       if (!u.buf) {
         const b = pool.tryAcquire();
@@ -539,44 +529,11 @@ export async function serve(options: ServeOptions): Promise<void> {
     else onControl(frame);
   });
 
-  /**
-   * Where the next read of a ReusedBufferInput goes (input.ts): a DATA body straight into its
-   * upload's write buffer; a frame's header, or a control frame's body, alone into the reused
-   * buffer, so that no DATA after it comes along to be copied. The buffer aimed at stays the
-   * upload's until that read is in.
-   */
-  let aimed: { buf: Buffer; orphaned: boolean } | undefined;
-  const readTarget = (reused: Buffer): Buffer => {
-    const headerLeft = decoder.headerLeft;
-    if (headerLeft > 0) return reused.subarray(0, headerLeft);
-    const controlLeft = decoder.controlLeft;
-    if (controlLeft > 0) return reused.subarray(0, Math.min(controlLeft, reused.length));
-    const left = decoder.dataLeft;
-    const u = left > 0 && !discarded.has(decoder.frameId) ? uploads.get(decoder.frameId) : undefined;
-    if (!u || u.error || fatal) return reused;
-    if (!u.buf) {
-      const b = pool.tryAcquire();
-      if (!b) return reused;
-      u.buf = b;
-      u.bufOffset = u.offset + u.received;
-      u.fill = 0;
-    }
-    const room = Math.min(left, chunkBytes - u.fill, u.length - u.received);
-    if (room <= 0) return reused;
-    aimed = { buf: u.buf, orphaned: false };
-    return u.buf.subarray(u.fill, u.fill + room);
-  };
-  if (input instanceof ReusedBufferInput) input.target = readTarget;
-
   await new Promise<void>((resolve) => {
     input.on('data', (chunk: Buffer) => {
-      const landed = aimed;
-      aimed = undefined;
       if (fatal) return;
       try {
         decoder.push(chunk);
-        // Its upload failed while this read was on its way: the bytes were dropped (onData).
-        if (landed?.orphaned) pool.release(landed.buf);
       } catch (err) {
         // A malformed stream cannot be resynchronised: say why and stop.
         fatal = toFerryError(err);
