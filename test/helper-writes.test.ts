@@ -17,9 +17,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FrameDecoder, PROTOCOL_VERSION, createHasher, encodeControl, encodeDataHeader } from '@ferry/core';
-import type { DecodedFrame } from '@ferry/core';
-import { CLI } from './helpers.js';
+import { PROTOCOL_VERSION, createHasher, encodeControl, encodeDataHeader } from '@ferry/core';
+import { CLI, repliesById } from './helpers.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -27,25 +26,12 @@ const isRoot = process.getuid?.() === 0;
 function helperAfter(setup: string) {
   const script = `${setup} && exec '${process.execPath}' '${CLI}' serve`;
   const child: ChildProcessWithoutNullStreams = spawn('unshare', ['-m', 'sh', '-c', script]);
-  const replies = new Map<number, DecodedFrame>();
-  const waiting = new Map<number, (f: DecodedFrame) => void>();
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d));
-  const decoder = new FrameDecoder((f) => {
-    const w = waiting.get(f.id);
-    if (w) {
-      waiting.delete(f.id);
-      w(f);
-    } else replies.set(f.id, f);
-  });
-  child.stdout.on('data', (d: Buffer) => decoder.push(d));
-  const reply = (id: number) =>
-    new Promise<DecodedFrame>((resolve, reject) => {
-      const r = replies.get(id);
-      if (r) return resolve(r);
-      waiting.set(id, resolve);
-      child.once('close', () => reject(new Error(`helper exited before answering ${id}: ${stderr}`)));
-    });
+  const answer = repliesById(child.stdout);
+  const exited = new Promise<never>((_resolve, reject) => child.once('close', () => reject(new Error(`helper exited: ${stderr}`))));
+  exited.catch(() => {});
+  const reply = (id: number) => Promise.race([answer(id), exited]);
   const hello = async () => {
     child.stdin.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
     expect(await reply(1)).toMatchObject({ type: 'OK' });

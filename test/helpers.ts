@@ -4,8 +4,9 @@
  */
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { createHasher } from '@ferry/core';
-import type { HashAlgorithm } from '@ferry/core';
+import type { Readable } from 'node:stream';
+import { FrameDecoder, createHasher } from '@ferry/core';
+import type { DecodedFrame, HashAlgorithm } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,21 @@ export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const CLI = join(ROOT, 'packages/cli/dist/main.js');
 /** How the remote side starts the helper in tests: the same build, on the same machine. */
 export const REMOTE_CMD = `${process.execPath} ${CLI} serve`;
+
+/** Decodes a helper's answers from `output`; the returned function waits for the answer to request `id`. */
+export function repliesById(output: Readable): (id: number) => Promise<DecodedFrame> {
+  const replies = new Map<number, DecodedFrame>();
+  const waiting = new Map<number, (f: DecodedFrame) => void>();
+  const decoder = new FrameDecoder((f) => {
+    const w = waiting.get(f.id);
+    if (w) {
+      waiting.delete(f.id);
+      w(f);
+    } else replies.set(f.id, f);
+  });
+  output.on('data', (chunk: Buffer) => decoder.push(chunk));
+  return (id) => new Promise((resolve) => (replies.has(id) ? resolve(replies.get(id)!) : waiting.set(id, resolve)));
+}
 
 export interface RunResult {
   code: number | null;

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FrameDecoder, PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
-import type { DecodedFrame } from '@ferry/core';
+import { PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
+import { repliesById } from '../../../test/helpers.js';
 import { serve } from '../src/serve.js';
 
 const dirs: string[] = [];
@@ -17,18 +17,8 @@ afterEach(() => {
 function session() {
   const input = new PassThrough();
   const output = new PassThrough();
-  const replies = new Map<number, DecodedFrame>();
-  const waiting = new Map<number, (f: DecodedFrame) => void>();
-  const decoder = new FrameDecoder((f) => {
-    const w = waiting.get(f.id);
-    if (w) {
-      waiting.delete(f.id);
-      w(f);
-    } else replies.set(f.id, f);
-  });
-  output.on('data', (chunk: Buffer) => decoder.push(chunk));
+  const reply = repliesById(output);
   const done = serve({ input, output });
-  const reply = (id: number) => new Promise<DecodedFrame>((resolve) => (replies.has(id) ? resolve(replies.get(id)!) : waiting.set(id, resolve)));
   return { send: (b: Buffer) => input.write(b), reply, end: () => input.end(), done };
 }
 
