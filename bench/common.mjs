@@ -6,6 +6,7 @@ import { mkdir, open } from 'node:fs/promises';
 import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { NODE_FLAGS } from '../packages/cli/dist/node-flags.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -46,14 +47,21 @@ export function ferryBuild(entry, defaultCli) {
 }
 
 /**
- * Splits the rest of a ferry entry into leading NAME=value words, environment
- * for ferry (e.g. FERRY_WARM_START=0, run through env(1)), and ferry's flags.
+ * Splits the rest of a ferry entry into leading NAME=value words and ferry's
+ * flags. The words are environment for ferry (e.g. FERRY_WARM_START=0, run
+ * through env(1)), except NODE_FLAGS=<flag>,<flag>... (empty: none), which
+ * replaces the node flags ferry runs with: by default bin/ferry's
+ * (packages/cli/src/node-flags.ts), so that every ferry run here, ferry@<dir>
+ * builds included, runs as an installed ferry would. Returns `words` (all of
+ * them, for the entry's name), `env`, `node` (node and its flags) and `flags`.
  */
 export function ferryWords(rest) {
   const flags = rest.trim().split(/\s+/).filter(Boolean);
-  const env = [];
-  while (flags.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(flags[0])) env.push(flags.shift());
-  return { env, flags };
+  const words = [];
+  while (flags.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(flags[0])) words.push(flags.shift());
+  const nodeWord = words.find((w) => w.startsWith('NODE_FLAGS='));
+  const nodeFlags = nodeWord === undefined ? NODE_FLAGS : nodeWord.slice('NODE_FLAGS='.length).split(',').filter(Boolean);
+  return { words, env: words.filter((w) => w !== nodeWord), node: [process.execPath, ...nodeFlags], flags };
 }
 
 export function ferryVersion() {

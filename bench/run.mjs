@@ -295,8 +295,10 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
                        after the word ferry (a list starting with a dash needs
                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); ferry
                        flags may follow NAME=value environment words, as in
-                       'ferry FERRY_WARM_START=0 -a 1 -s 1'; 'ferry@<dir> <flags>' runs the
-                       build in another checkout <dir> (an A/B of two builds in one run)
+                       'ferry FERRY_WARM_START=0 -a 1 -s 1', and NODE_FLAGS=<flag>,... (empty:
+                       none) replaces the node flags of bin/ferry that ferry and its helpers
+                       run with; 'ferry@<dir> <flags>' runs the build in another checkout
+                       <dir> (an A/B of two builds in one run)
                        (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
   --direction <d>      push, pull or both (default push)
   --out <dir>          where loopback.md and loopback.json go (default bench/results)
@@ -355,21 +357,21 @@ function loopbackTool(entry, ctx) {
   const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}` });
   if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const { env: envWords, flags } = ferryWords(rest);
+  const { words, env: envWords, node, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
   // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `${prefix} ${[...envWords, ...flags].join(' ')}`.trim(),
+    name: `${prefix} ${[...words, ...flags].join(' ')}`.trim(),
     needs: null,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, push, stateDir }) => [
       ...(envWords.length > 0 ? ['env', ...envWords] : []),
-      process.execPath, cli, 'cp',
+      ...node, cli, 'cp',
       ...(push ? [src, `${user}@${host}:${port}:${dstDir}/`] : [`${user}@${host}:${port}:${src}`, `${dstDir}/`]),
       '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
+      '--remote-cmd', [...node, cli, 'serve'].map(shq).join(' '),
       '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
     ],
   };

@@ -69,8 +69,10 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
   --configs <list>      comma-separated; scp, sftp, rsync, ssh-dd:<n> (the file in n slices, each
                         piped by dd through its own ssh login), or ferry flags, optionally
                         after the word ferry (a list starting with a dash needs
-                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); 'ferry@<dir>
-                        <flags>' runs the build in another checkout <dir> (an A/B in one run)
+                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'), after any
+                        NAME=value environment words (NODE_FLAGS=<flag>,... replaces bin/ferry's
+                        node flags; empty: none); 'ferry@<dir> <flags>' runs the build in
+                        another checkout <dir> (an A/B in one run)
                         (default "${DEFAULT_CONFIGS.join(',')}")
   --link-mbit <n>       the link's total rate, Mbit/s (default 2000)
   --stream-mbit <n>     the cap of one TCP stream, Mbit/s (default 200)
@@ -321,7 +323,7 @@ function wanTool(entry, ctx) {
   const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}`, prefix: inClient });
   if (dd) return dd;
   const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const { env: envWords, flags } = ferryWords(rest);
+  const { words, env: envWords, node, flags } = ferryWords(rest);
   if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
   // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
   const flag = (short, long, dflt) => {
@@ -333,15 +335,15 @@ function wanTool(entry, ctx) {
   const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
   const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `${prefix} ${[...envWords, ...flags].join(' ')}`.trim(),
+    name: `${prefix} ${[...words, ...flags].join(' ')}`.trim(),
     needs: null,
     events: timeline,
     streams,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, stateDir }) => [
-      ...inClient, ...(envWords.length > 0 ? ['env', ...envWords] : []), process.execPath, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
+      ...inClient, ...(envWords.length > 0 ? ['env', ...envWords] : []), ...node, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
       '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [process.execPath, cli, 'serve'].map(shq).join(' '),
+      '--remote-cmd', [...node, cli, 'serve'].map(shq).join(' '),
       '--state-dir', stateDir, ...(timeline ? ['--json', '-v'] : ['--quiet']), ...flags, ...opensshFlags,
     ],
   };

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startSshd } from '../test/fixtures/sshd.mjs';
+import { NODE_FLAGS } from '../packages/cli/dist/node-flags.js';
 
 const args = process.argv.slice(2);
 const opt = (name, fallback) => {
@@ -57,11 +58,11 @@ try {
     cli, 'cp', src, `${sshd.user}@${sshd.host}:${sshd.port}:${dst}/`,
     '--agents', agents, '--streams', streams,
     '-i', sshd.userKey, '--known-hosts', sshd.knownHosts,
-    '--remote-cmd', `${process.execPath} ${cli} serve`,
+    '--remote-cmd', `${[process.execPath, ...NODE_FLAGS, cli].join(' ')} serve`,
     '--state-dir', join(work, 'state'),
   ];
   console.log(`demo: made ${src} (${size} random bytes); running:\n  ferry ${argv.slice(1).join(' ')}\n`);
-  code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit' }).once('close', (c) => resolve(c ?? 1)));
+  code = await new Promise((resolve) => spawn(process.execPath, [...NODE_FLAGS, ...argv], { stdio: 'inherit' }).once('close', (c) => resolve(c ?? 1)));
   if (code === 0) {
     const [a, b] = await Promise.all([hashFile(src), hashFile(join(dst, 'big.bin'))]);
     console.log(a === b ? `\ndemo: copy verified independently, sha256 ${a}` : `\ndemo: MISMATCH ${a} != ${b}`);

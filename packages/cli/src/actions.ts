@@ -9,6 +9,7 @@ import { FerryError, expandHostlist, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import type { CopyRequest } from '@ferry/coordinator';
 import type { Launcher } from '@ferry/launcher';
+import { NODE_FLAGS } from './node-flags.js';
 import { createRenderer } from './render.js';
 import type { Output } from './render.js';
 
@@ -24,12 +25,13 @@ export interface CliIo {
 }
 
 /**
- * How this program starts itself (for agents). FERRY_PROFILE_DIR=DIR makes
- * every agent write a V8 CPU profile there (`node --cpu-prof`), for bench/.
+ * How this program starts itself (for agents): node with NODE_FLAGS, then
+ * main.js. FERRY_PROFILE_DIR=DIR makes every agent write a V8 CPU profile
+ * there (`node --cpu-prof`), for bench/.
  */
 export function selfCommand(): string[] {
   const profileDir = process.env.FERRY_PROFILE_DIR;
-  return [process.execPath, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), fileURLToPath(new URL('./main.js', import.meta.url))];
+  return [process.execPath, ...NODE_FLAGS, ...(profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : []), fileURLToPath(new URL('./main.js', import.meta.url))];
 }
 
 export interface LaunchOptions {

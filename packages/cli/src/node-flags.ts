@@ -1,0 +1,16 @@
+/**
+ * V8 flags every ferry process starts with: `bin/ferry` passes them to node,
+ * and so does `selfCommand()` for the agents ferry starts itself
+ * (packages/cli/test/node-flags.test.ts keeps the two in step).
+ *
+ * `--initial-heap-size=64`: a pull receives every byte through ssh2, and Node
+ * gives each socket read a fresh buffer. With ferry's small heap (~9 MB after
+ * loading NATS) V8 kept the old generation's limit only ~12 MB above it, less
+ * than the young generation may hold, so it started incremental marking over
+ * and over: 50-60 mark-compacts per GiB received, 1 with a 64 MB initial heap.
+ * A 2-stream loopback pull moved 1.26x the bytes per second on 0.78x the CPU
+ * (bench/README.md, "The pull's garbage collector"); peak RSS did not grow.
+ * V8 reads the flag only when the heap is set up, so it cannot be set from
+ * inside the process, and Node does not accept it in NODE_OPTIONS.
+ */
+export const NODE_FLAGS: readonly string[] = ['--initial-heap-size=64'];
