@@ -106,6 +106,17 @@ const NATS_GONE_MS = 120_000;
 /** How long a completion may fail to publish (NATS down) before the agent gives up. */
 const PUBLISH_DEADLINE_MS = 5 * 60_000;
 /**
+ * The agent's 1 MiB buffers. A push reads up to 3 chunks ahead per slot, so
+ * 5 per slot. A pull needs one filling per slot and a queue for the file's
+ * writer, shared by the slots: 8 more. At 16 streams that is 24 MiB rather
+ * than 80, which kept a 16-stream pull near the 256 MiB an agent should stay
+ * under (peak RSS 259 against 290 MiB; no slower at 4 or 16 streams).
+ */
+export function poolBuffers(direction: 'push' | 'pull', streams: number): number {
+  return direction === 'push' ? streams * 5 : streams + 8;
+}
+
+/**
  * How long an agent waits for a helper it started: 4x the connect timeout (80 s by
  * default) where the coordinator waits 1x. The coordinator has just run the same
  * helper on that host, so silence means a slow start (heavy shell start-up files,
@@ -361,7 +372,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   heartbeat();
 
   let directNoted = false;
-  const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, spec.streams * 5, { aligned: localWriter?.direct === true });
+  const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, poolBuffers(spec.direction, spec.streams), { aligned: localWriter?.direct === true });
   const hosts = spec.remoteHosts;
   const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;

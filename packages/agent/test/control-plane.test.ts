@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { pubAckError } from '@ferry/agent';
 import { forEachLimit } from '../src/concurrency.js';
+import { poolBuffers } from '../src/agent.js';
 import { discardRange } from '../src/discard.js';
 import { QueueWatch, workParts } from '../src/work.js';
 import type { WorkItem } from '@ferry/core';
@@ -181,5 +182,14 @@ describe('QueueWatch', () => {
     w.cancel();
     expect(await settled(w.done, 20)).toBe(true);
     expect((q as unknown as { waiters: Set<unknown> }).waiters.size).toBe(0);
+  });
+});
+
+describe('the agent buffer pool', () => {
+  it('reads ahead 3 chunks per slot in a push; a pull gets one buffer per slot plus a shared write queue', () => {
+    expect(poolBuffers('push', 2)).toBe(10);
+    expect(poolBuffers('push', 16)).toBe(80);
+    expect(poolBuffers('pull', 2)).toBe(10);
+    expect(poolBuffers('pull', 16)).toBe(24);
   });
 });

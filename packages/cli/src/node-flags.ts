@@ -11,7 +11,8 @@
  * A 4 GiB loopback pull (2 streams) moved 1.20x the bytes per second on 0.77x
  * the CPU (bench/README.md, "The pull's garbage collector"). The cost is the
  * garbage held until the rarer collections: none at 2 streams, ~35 MiB of
- * peak RSS in a 16-stream pull (~290 against ~257 MiB), nothing in pushes.
+ * peak RSS in a 16-stream pull (~290 against ~257 MiB, before a pull's pool
+ * shrank: see poolBuffers() in @ferry/agent), nothing in pushes.
  * V8 reads the flag only when the heap is set up, so it cannot be set from
  * inside the process, and Node does not accept it in NODE_OPTIONS.
  */
