@@ -38,7 +38,7 @@ import {
   slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
-import type { AgentEvent, Completion, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
+import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
@@ -112,7 +112,7 @@ const PUBLISH_DEADLINE_MS = 5 * 60_000;
  * than 80, which kept a 16-stream pull near the 256 MiB an agent should stay
  * under (peak RSS 259 against 290 MiB; no slower at 4 or 16 streams).
  */
-export function poolBuffers(direction: 'push' | 'pull', streams: number): number {
+export function poolBuffers(direction: Direction, streams: number): number {
   return direction === 'push' ? streams * 5 : streams + 8;
 }
 
