@@ -13,6 +13,7 @@ import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './he
 import type { RangeWrite } from './helper-client.js';
 import { SftpSession, sftpErrno, sftpWriteError } from './sftp-session.js';
 import { connectSsh, shellQuote } from './ssh.js';
+import { limitReadBuffer } from './read-buffer.js';
 import { limitSendWindow, serverSoftware } from './send-window.js';
 import type { SendWindow } from './send-window.js';
 import type { ConnectOptions } from './ssh.js';
@@ -131,6 +132,7 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
       }),
     );
     const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
+    limitReadBuffer(channel);
     helper = new HelperClient({ input: channel, output: channel, close: () => channel.close() }, label);
     await helper.handshake(timeoutMs);
     client.once('close', () => shared.joined--);
@@ -176,6 +178,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
   const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
+  limitReadBuffer(channel);
   let exitCode: number | null | undefined;
   channel.on('exit', (code: number | null) => {
     exitCode = code;
