@@ -106,28 +106,36 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
 }
 
 /**
- * Remote file -> local file. Pieces are copied, as they arrive, into pool
- * buffers that are pwritten when full; when more than the pool is waiting for
- * the disk, the sink returns a promise and the transport stops reading, which
- * holds the sender through SSH flow control. Every slot of an agent writes
- * through the one FileWriter of the local file (one write at a time, aligned
- * ones with O_DIRECT under --direct-io), in chunks of whole pages.
+ * Remote file -> local file. Pieces are hashed as they arrive and copied into
+ * pool buffers that are pwritten when full. A piece that finds no free pool
+ * buffer (the disk lags) is held, as the transport's view, until a write
+ * gives one back; meanwhile the sink returns a promise and the transport
+ * stops reading, which holds the sender through SSH flow control. So the
+ * pool bounds the memory: nothing is allocated when the disk lags. Every slot
+ * of an agent writes through the one FileWriter of the local file (one write
+ * at a time, aligned ones with O_DIRECT under --direct-io), in chunks of
+ * whole pages.
  */
 export async function pullRange(local: FileWriter, localPath: string, remote: RemoteFile, pool: BufferPool, job: RangeJob): Promise<RangeResult> {
   const chunk = pool.bufferBytes - (pool.bufferBytes % DIRECT_ALIGNMENT);
   const dst = createHasher(job.algorithm);
   let buf: Buffer | undefined;
-  let pooled = false;
   let fill = 0;
   let bufOffset = job.offset;
+  /** Bytes the transport has handed over (hashed). */
+  let arrived = 0;
+  /** Bytes placed: copied into a buffer or written as a run of zeros. */
   let received = 0;
   let writeError: FerryError | undefined;
   const writes = new Set<Promise<void>>();
   let corrupt = job.corrupt === true;
+  /** Pieces, or the rest of one, that arrived while no pool buffer was free: placed in order once one is. */
+  const held: Array<{ piece: Buffer; zero: boolean }> = [];
+  let placing: Promise<void> | undefined;
+  let finished = false;
 
   const flush = () => {
     const b = buf!;
-    const fromPool = pooled;
     const n = fill;
     const at = bufOffset;
     buf = undefined;
@@ -139,7 +147,7 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
       } catch (err) {
         writeError ??= destinationError(err, { path: localPath });
       } finally {
-        if (fromPool) pool.release(b);
+        pool.release(b);
       }
     })();
     writes.add(p);
@@ -166,34 +174,20 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
     void p.finally(() => writes.delete(p));
   };
 
-  const sink = (piece: Buffer, zero: boolean): void | Promise<void> => {
-    if (writeError) throw writeError;
-    checkAbort(job.signal);
-    if (received + piece.length > job.length) throw new FerryError('PROTOCOL', `remote sent more than the ${job.length} bytes of the range`);
-    if (zero && !corrupt) {
-      dst.update(piece);
+  /** Places what it can of a piece; returns the part that found no free pool buffer. */
+  const place = (piece: Buffer, zero: boolean): Buffer | undefined => {
+    if (zero) {
       if (buf && fill > 0) flush();
       const at = job.offset + received;
       received += piece.length;
       if (piece.length > 0) ensureZeros(at, piece.length);
-      if (pool.inUse >= pool.count && writes.size > 0) return Promise.race([...writes]);
-      return;
+      return undefined;
     }
-    if (corrupt && piece.length > 0) {
-      // Copy before flipping: the piece is a view of the transport's buffer.
-      piece = Buffer.from(piece);
-      piece[piece.length >> 1]! ^= 0x01;
-      corrupt = false;
-    }
-    dst.update(piece);
     let rest = piece;
     while (rest.length > 0) {
       if (!buf) {
-        const b = pool.tryAcquire();
-        // The pool is empty only while the disk lags; the overflow buffer is bounded by
-        // what the transport had already received before it saw the backpressure below.
-        pooled = b !== undefined;
-        buf = b ?? Buffer.allocUnsafe(chunk);
+        buf = pool.tryAcquire();
+        if (!buf) return rest;
         bufOffset = job.offset + received;
         fill = 0;
       }
@@ -204,16 +198,75 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
       rest = rest.subarray(n);
       if (fill === chunk || received === job.length) flush();
     }
-    if (job.pace) return job.pace(piece.length);
+    return undefined;
+  };
+
+  /** Waits for pool buffers and places the held pieces, then lets the transport read on. */
+  const placeHeld = async (): Promise<void> => {
+    let placed = 0;
+    try {
+      while (held.length > 0) {
+        if (!buf) {
+          const b = await pool.acquire();
+          if (finished) return void pool.release(b);
+          buf = b;
+          bufOffset = job.offset + received;
+          fill = 0;
+        }
+        const item = held[0]!;
+        const rest = place(item.piece, item.zero);
+        if (!item.zero) placed += item.piece.length - (rest?.length ?? 0);
+        if (rest) item.piece = rest;
+        else held.shift();
+      }
+    } finally {
+      placing = undefined;
+    }
+    if (job.pace && placed > 0) await job.pace(placed);
+  };
+
+  const sink = (piece: Buffer, zero: boolean): void | Promise<void> => {
+    if (writeError) throw writeError;
+    checkAbort(job.signal);
+    if (arrived + piece.length > job.length) throw new FerryError('PROTOCOL', `remote sent more than the ${job.length} bytes of the range`);
+    arrived += piece.length;
+    const asZeros = zero && !corrupt;
+    if (corrupt && !zero && piece.length > 0) {
+      // Copy before flipping: the piece is a view of the transport's buffer.
+      piece = Buffer.from(piece);
+      piece[piece.length >> 1]! ^= 0x01;
+      corrupt = false;
+    }
+    dst.update(piece);
+    // Pieces of the socket read the transport was in when it paused still come: keep their order.
+    if (placing) {
+      held.push({ piece, zero: asZeros });
+      return placing;
+    }
+    const rest = place(piece, asZeros);
+    if (rest) {
+      held.push({ piece: rest, zero: false });
+      return (placing = placeHeld());
+    }
+    if (!asZeros && job.pace) return job.pace(piece.length);
     if (pool.inUse >= pool.count && writes.size > 0) return Promise.race([...writes]);
   };
 
-  const { hash } = await remote.read(job.offset, job.length, job.algorithm, sink);
-  if (buf && fill > 0) flush();
-  while (writes.size > 0) await Promise.all([...writes]);
-  if (writeError) throw writeError;
-  if (received !== job.length) {
-    throw new FerryError('PROTOCOL', `received ${received} bytes for a range of ${job.length}`);
+  try {
+    const { hash } = await remote.read(job.offset, job.length, job.algorithm, sink);
+    // The reply can come in the same socket read as the last pieces, before they are placed.
+    while (placing) await placing;
+    if (buf && fill > 0) flush();
+    while (writes.size > 0) await Promise.all([...writes]);
+    if (writeError) throw writeError;
+    if (received !== job.length) {
+      throw new FerryError('PROTOCOL', `received ${received} bytes for a range of ${job.length}`);
+    }
+    return { srcHash: hash, dstHash: dst.digest(), bytes: job.length };
+  } finally {
+    finished = true;
+    // A buffer taken but not handed to a write (a failed range, or a zero run placed after it).
+    if (buf) pool.release(buf);
+    buf = undefined;
   }
-  return { srcHash: hash, dstHash: dst.digest(), bytes: job.length };
 }

@@ -134,3 +134,85 @@ describe('pullRange under --direct-io', () => {
     expect((await readFile(path)).equals(data)).toBe(true);
   });
 });
+
+/**
+ * A remote whose read() hands `data`'s range to the sink in socket reads of
+ * `perRead` pieces: the pieces of one read come one after another whatever the
+ * sink answers (as the helper client decodes a whole socket read), and only
+ * then does it wait for the last answer. With `failAfter`, the connection is
+ * lost after that many bytes.
+ */
+function burstRemote(data: Buffer, piece: number, perRead: number, failAfter?: number): RemoteFile {
+  return readOnlyRemote(async (offset, length, algorithm, sink) => {
+    const h = createHasher(algorithm);
+    let at = offset;
+    while (at < offset + length) {
+      let answer: void | Promise<void> = undefined;
+      for (let i = 0; i < perRead && at < offset + length; i++) {
+        if (failAfter !== undefined && at - offset >= failAfter) throw new Error('connection lost');
+        const chunk = data.subarray(at, Math.min(at + piece, offset + length));
+        h.update(chunk);
+        answer = sink(chunk, false) ?? answer;
+        at += chunk.length;
+      }
+      await answer;
+    }
+    // The reply comes in the same read as the last pieces, before the sink has placed them.
+    return { hash: h.digest() };
+  });
+}
+
+/** The local file's writer, each write held back for `ms` (a disk that lags the network). */
+function slowWriter(fh: Awaited<ReturnType<typeof open>>, ms: number): FileWriter {
+  const writer = new FileWriter(fh);
+  const write = writer.write.bind(writer);
+  vi.spyOn(writer, 'write').mockImplementation(async (b, n, at) => {
+    await new Promise((r) => setTimeout(r, ms));
+    return write(b, n, at);
+  });
+  return writer;
+}
+
+describe('pullRange when the disk lags', () => {
+  const chunk = 256 * 1024;
+
+  it('holds what arrives until a pool buffer is free, and allocates none of its own', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+    const path = join(dir, 'dst.bin');
+    const data = randomBytes(6 * MiB + 12_345);
+    await writeFile(path, '');
+    await truncate(path, data.length);
+    const fh = await open(path, 'r+');
+    try {
+      const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
+      const allocUnsafe = vi.spyOn(Buffer, 'allocUnsafe');
+      const r = await pullRange(slowWriter(fh, 5), path, burstRemote(data, 32_749, 12), pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
+      expect(allocUnsafe.mock.calls.filter(([n]) => n >= chunk)).toEqual([]);
+      expect(r.dstHash).toBe(r.srcHash);
+      expect(pool.inUse).toBe(0);
+    } finally {
+      await fh.close();
+    }
+    expect((await readFile(path)).equals(data)).toBe(true);
+  });
+
+  it('gives every pool buffer back when the connection is lost while pieces are held', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+    const path = join(dir, 'dst.bin');
+    const data = randomBytes(4 * MiB);
+    await writeFile(path, '');
+    await truncate(path, data.length);
+    const fh = await open(path, 'r+');
+    try {
+      const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
+      const job = { offset: 0, length: data.length, algorithm: 'xxh3' as const };
+      await expect(pullRange(slowWriter(fh, 20), path, burstRemote(data, 32_749, 40, 2 * MiB), pool, job)).rejects.toThrow(/connection lost/);
+      // Writes still running hand their buffers back as they end; none is kept.
+      for (let i = 0; i < 100 && pool.inUse > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(pool.inUse).toBe(0);
+      expect(pool.tryAcquire()).toBeDefined();
+    } finally {
+      await fh.close();
+    }
+  });
+});
