@@ -418,3 +418,18 @@ describe('ferry cp edge cases', () => {
     expect(await fileHash(target)).toBe(src256Hash);
   });
 });
+
+describe('ferry cp with many streams in one agent', () => {
+  it('pulls through 12 connections with nothing on stderr', async () => {
+    // 12 connection attempts at once share one abort signal: past 10 listeners Node
+    // printed a MaxListenersExceededWarning into the user's terminal.
+    const dir = join(work.path, 'pull-12');
+    await mkdir(dir);
+    const target = join(dir, 'pulled.bin');
+    const r = await runFerry(['cp', remote(src256), target, '--agents', '1', '--streams', '12', '--range-size', '16MiB', '--direct-io', ...common()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('16 ranges, 0 re-sent, 1 agents x 12 streams');
+    expect(await fileHash(target)).toBe(src256Hash);
+  });
+});

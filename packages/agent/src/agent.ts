@@ -6,6 +6,7 @@
  * them) and only then acks the work items. A range whose connection is lost
  * before its fsync is handed back, never reported.
  */
+import { setMaxListeners } from 'node:events';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -44,7 +45,7 @@ import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
 import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
-import { forEachLimit } from './concurrency.js';
+import { forEachLimit, signalListeners } from './concurrency.js';
 import { QueueWatch, workParts } from './work.js';
 import type { WorkPart } from './work.js';
 import { JetStreamPublisher } from './publisher.js';
@@ -109,8 +110,9 @@ const PUBLISH_DEADLINE_MS = 5 * 60_000;
  * The agent's 1 MiB buffers. A push reads up to 3 chunks ahead per slot, so
  * 5 per slot. A pull needs one filling per slot and a queue for the file's
  * writer, shared by the slots: 8 more. At 16 streams that is 24 MiB rather
- * than 80, which kept a 16-stream pull near the 256 MiB an agent should stay
- * under (peak RSS 259 against 290 MiB; no slower at 4 or 16 streams).
+ * than 80 (peak RSS 259 against 290 MiB then; no slower at 4 or 16 streams).
+ * A pull waits for these buffers, never allocates beyond them (pump.ts), so
+ * the 8 also guarantee progress: a slot holds at most one partly filled.
  */
 export function poolBuffers(direction: Direction, streams: number): number {
   return direction === 'push' ? streams * 5 : streams + 8;
@@ -373,6 +375,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
 
   let directNoted = false;
   const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, poolBuffers(spec.direction, spec.streams), { aligned: localWriter?.direct === true });
+  // Every slot's connection attempt listens on this signal while it runs.
+  setMaxListeners(signalListeners(spec.streams), abort.signal);
   const hosts = spec.remoteHosts;
   const health: HostHealth[] = hosts.map(() => ({ downUntil: 0, failures: 0 }));
   const index = options.index ?? 0;

@@ -15,11 +15,13 @@
  * coordinator's own connection (lend()): one slot uses it instead of logging
  * in again, and leaves it open when done, for the coordinator still needs it.
  */
+import { setMaxListeners } from 'node:events';
 import { FerryError, hostLabel, toFerryError } from '@ferry/core';
 import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import { agentHelperTimeoutMs } from './agent.js';
+import { signalListeners } from './concurrency.js';
 
 /** Failures of a connection opened ahead that the slot's own connect would only repeat, after the same wait. */
 const FINAL_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
@@ -34,6 +36,7 @@ export class Preconnected {
   private readonly borrowedOut = new WeakSet<RemoteConnection>();
 
   constructor(private readonly hint: WarmHint) {
+    setMaxListeners(signalListeners(hint.connections.length), this.abort.signal);
     for (const { host, delayMs } of hint.connections) {
       const opening = this.open(host, delayMs);
       // Nobody may ever take it: its failure is reported (or not) by take().
