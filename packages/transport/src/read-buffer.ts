@@ -7,8 +7,7 @@
  * whose disk lags, pump.ts) therefore leaves up to 2 MiB queued in the
  * channel plus what was left of the window, 3 MiB in practice, held as views
  * of ssh2's packet buffers. One agent pulling with 16 streams held ~60 MiB
- * that way and peaked at 255-275 MiB (bench/README.md, "The pull's garbage
- * collector").
+ * that way and peaked at 250-274 MiB (bench/README.md, "A pull's memory").
  *
  * With a small mark ssh2 stops re-opening the window as soon as the reader
  * pauses, so a paused channel holds at most the window plus the mark. A
