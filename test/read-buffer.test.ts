@@ -31,12 +31,17 @@ function exec(command: string): Promise<ClientChannel> {
   return new Promise((resolve, reject) => client.exec(command, (err, ch) => (err ? reject(err) : resolve(ch))));
 }
 
-/** Waits until the paused channel's backlog has begun and then stopped growing for 300 ms, and returns it. */
+/**
+ * Waits until the paused channel's backlog has begun and then not grown for
+ * 900 ms (a loaded machine can hold the sender up for a moment), and returns it.
+ */
 async function settledBacklog(channel: ClientChannel): Promise<number> {
   let last = -1;
+  let same = 0;
   for (let i = 0; i < 100; i++) {
     await new Promise((r) => setTimeout(r, 300));
-    if (last > 0 && channel.readableLength === last) return last;
+    same = last > 0 && channel.readableLength === last ? same + 1 : 0;
+    if (same === 3) return last;
     last = channel.readableLength;
   }
   throw new Error(`backlog still growing after 30 s: ${last} bytes`);
