@@ -188,9 +188,9 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
       if (!buf) {
         buf = pool.tryAcquire();
         if (!buf) return rest;
-        bufOffset = job.offset + received;
-        fill = 0;
       }
+      // A buffer is empty when taken (flush() empties it): it starts where the range stands.
+      if (fill === 0) bufOffset = job.offset + received;
       const n = Math.min(chunk - fill, rest.length);
       rest.copy(buf, fill, 0, n);
       fill += n;
@@ -206,14 +206,12 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
     let placed = 0;
     try {
       while (held.length > 0) {
-        if (!buf) {
+        const item = held[0]!;
+        if (!buf && !item.zero) {
           const b = await pool.acquire();
           if (finished) return void pool.release(b);
           buf = b;
-          bufOffset = job.offset + received;
-          fill = 0;
         }
-        const item = held[0]!;
         const rest = place(item.piece, item.zero);
         if (!item.zero) placed += item.piece.length - (rest?.length ?? 0);
         if (rest) item.piece = rest;
@@ -265,7 +263,7 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
     return { srcHash: hash, dstHash: dst.digest(), bytes: job.length };
   } finally {
     finished = true;
-    // A buffer taken but not handed to a write (a failed range, or a zero run placed after it).
+    // A buffer taken but not handed to a write: the range failed.
     if (buf) pool.release(buf);
     buf = undefined;
   }

@@ -196,6 +196,44 @@ describe('pullRange when the disk lags', () => {
     expect((await readFile(path)).equals(data)).toBe(true);
   });
 
+  it('places runs of zeros that arrive among held pieces at their own offsets', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+    const path = join(dir, 'dst.bin');
+    // Data, then two ZEROS pieces in a row, then data, over and over: the second
+    // run of zeros comes while no buffer is taken.
+    const pieces: Array<{ piece: Buffer; zero: boolean }> = [];
+    for (let i = 0; i < 24; i++) {
+      pieces.push({ piece: randomBytes(50_000), zero: false });
+      pieces.push({ piece: ZERO_CHUNK.subarray(0, 12_288), zero: true }, { piece: ZERO_CHUNK.subarray(0, 8_192), zero: true });
+    }
+    const data = Buffer.concat(pieces.map((p) => p.piece));
+    // Stale bytes everywhere: a piece written at a wrong offset, or a run of zeros not written, shows.
+    await writeFile(path, randomBytes(data.length));
+    const fh = await open(path, 'r+');
+    try {
+      const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
+      const remote = readOnlyRemote(async (_offset, _length, algorithm, sink) => {
+        const h = createHasher(algorithm);
+        // Socket reads of 9 pieces, delivered whatever the sink answers.
+        for (let at = 0; at < pieces.length; at += 9) {
+          let answer: void | Promise<void> = undefined;
+          for (const { piece, zero } of pieces.slice(at, at + 9)) {
+            h.update(piece);
+            answer = sink(piece, zero) ?? answer;
+          }
+          await answer;
+        }
+        return { hash: h.digest() };
+      });
+      const r = await pullRange(slowWriter(fh, 5), path, remote, pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
+      expect(r.dstHash).toBe(r.srcHash);
+      expect(pool.inUse).toBe(0);
+    } finally {
+      await fh.close();
+    }
+    expect((await readFile(path)).equals(data)).toBe(true);
+  });
+
   it('gives every pool buffer back when the connection is lost while pieces are held', async () => {
     dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
     const path = join(dir, 'dst.bin');
