@@ -135,25 +135,33 @@ describe('pullRange under --direct-io', () => {
   });
 });
 
+type Piece = { piece: Buffer; zero: boolean };
+
+/** `data` in pieces of `size` bytes, as DATA frames bring them. */
+function dataPieces(data: Buffer, size: number): Piece[] {
+  const out: Piece[] = [];
+  for (let at = 0; at < data.length; at += size) out.push({ piece: data.subarray(at, at + size), zero: false });
+  return out;
+}
+
 /**
- * A remote whose read() hands `data`'s range to the sink in socket reads of
- * `perRead` pieces: the pieces of one read come one after another whatever the
- * sink answers (as the helper client decodes a whole socket read), and only
- * then does it wait for the last answer. With `failAfter`, the connection is
- * lost after that many bytes.
+ * A remote whose read() hands `pieces` (the whole range) to the sink in socket
+ * reads of `perRead` pieces: the pieces of one read come one after another
+ * whatever the sink answers (as the helper client decodes a whole socket
+ * read), and only then does it wait for the last answer. With `failAfter`, the
+ * connection is lost after that many bytes.
  */
-function burstRemote(data: Buffer, piece: number, perRead: number, failAfter?: number): RemoteFile {
-  return readOnlyRemote(async (offset, length, algorithm, sink) => {
+function burstRemote(pieces: Piece[], perRead: number, failAfter?: number): RemoteFile {
+  return readOnlyRemote(async (_offset, _length, algorithm, sink) => {
     const h = createHasher(algorithm);
-    let at = offset;
-    while (at < offset + length) {
+    let sent = 0;
+    for (let at = 0; at < pieces.length; at += perRead) {
       let answer: void | Promise<void> = undefined;
-      for (let i = 0; i < perRead && at < offset + length; i++) {
-        if (failAfter !== undefined && at - offset >= failAfter) throw new Error('connection lost');
-        const chunk = data.subarray(at, Math.min(at + piece, offset + length));
-        h.update(chunk);
-        answer = sink(chunk, false) ?? answer;
-        at += chunk.length;
+      for (const { piece, zero } of pieces.slice(at, at + perRead)) {
+        if (failAfter !== undefined && sent >= failAfter) throw new Error('connection lost');
+        h.update(piece);
+        answer = sink(piece, zero) ?? answer;
+        sent += piece.length;
       }
       await answer;
     }
@@ -186,7 +194,7 @@ describe('pullRange when the disk lags', () => {
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
       const allocUnsafe = vi.spyOn(Buffer, 'allocUnsafe');
-      const r = await pullRange(slowWriter(fh, 5), path, burstRemote(data, 32_749, 12), pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
+      const r = await pullRange(slowWriter(fh, 5), path, burstRemote(dataPieces(data, 32_749), 12), pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
       expect(allocUnsafe.mock.calls.filter(([n]) => n >= chunk)).toEqual([]);
       expect(r.dstHash).toBe(r.srcHash);
       expect(pool.inUse).toBe(0);
@@ -201,7 +209,7 @@ describe('pullRange when the disk lags', () => {
     const path = join(dir, 'dst.bin');
     // Data, then two ZEROS pieces in a row, then data, over and over: the second
     // run of zeros comes while no buffer is taken.
-    const pieces: Array<{ piece: Buffer; zero: boolean }> = [];
+    const pieces: Piece[] = [];
     for (let i = 0; i < 24; i++) {
       pieces.push({ piece: randomBytes(50_000), zero: false });
       pieces.push({ piece: ZERO_CHUNK.subarray(0, 12_288), zero: true }, { piece: ZERO_CHUNK.subarray(0, 8_192), zero: true });
@@ -212,20 +220,8 @@ describe('pullRange when the disk lags', () => {
     const fh = await open(path, 'r+');
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
-      const remote = readOnlyRemote(async (_offset, _length, algorithm, sink) => {
-        const h = createHasher(algorithm);
-        // Socket reads of 9 pieces, delivered whatever the sink answers.
-        for (let at = 0; at < pieces.length; at += 9) {
-          let answer: void | Promise<void> = undefined;
-          for (const { piece, zero } of pieces.slice(at, at + 9)) {
-            h.update(piece);
-            answer = sink(piece, zero) ?? answer;
-          }
-          await answer;
-        }
-        return { hash: h.digest() };
-      });
-      const r = await pullRange(slowWriter(fh, 5), path, remote, pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
+      // Socket reads of 9 pieces.
+      const r = await pullRange(slowWriter(fh, 5), path, burstRemote(pieces, 9), pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
       expect(r.dstHash).toBe(r.srcHash);
       expect(pool.inUse).toBe(0);
     } finally {
@@ -244,7 +240,7 @@ describe('pullRange when the disk lags', () => {
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
       const job = { offset: 0, length: data.length, algorithm: 'xxh3' as const };
-      await expect(pullRange(slowWriter(fh, 20), path, burstRemote(data, 32_749, 40, 2 * MiB), pool, job)).rejects.toThrow(/connection lost/);
+      await expect(pullRange(slowWriter(fh, 20), path, burstRemote(dataPieces(data, 32_749), 40, 2 * MiB), pool, job)).rejects.toThrow(/connection lost/);
       // Writes still running hand their buffers back as they end; none is kept.
       for (let i = 0; i < 100 && pool.inUse > 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(pool.inUse).toBe(0);

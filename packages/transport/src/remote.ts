@@ -103,6 +103,16 @@ const sharedHelpers = new Map<string, SharedHelper>();
 /** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
 const refusedSharing = new Set<string>();
 
+/**
+ * Sizes a fresh helper channel's buffers: what it may leave unread in the
+ * server (send-window.ts) and what it holds while its reader is paused
+ * (read-buffer.ts). Returns what was done to the send side.
+ */
+function fitChannel(client: Client, channel: object, sendWindowBytes: number): SendWindow | undefined {
+  limitReadBuffer(channel);
+  return limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
+}
+
 type StartedHelper = { helper: HelperClient; sendWindow: SendWindow | undefined; sharing?: 'started' | 'joined' };
 
 /**
@@ -131,8 +141,7 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
         } else resolve(ch);
       }),
     );
-    const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
-    limitReadBuffer(channel);
+    const sendWindow = fitChannel(client, channel, sendWindowBytes);
     helper = new HelperClient({ input: channel, output: channel, close: () => channel.close() }, label);
     await helper.handshake(timeoutMs);
     client.once('close', () => shared.joined--);
@@ -177,8 +186,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
-  const sendWindow = limitSendWindow(channel, serverSoftware(client), sendWindowBytes);
-  limitReadBuffer(channel);
+  const sendWindow = fitChannel(client, channel, sendWindowBytes);
   let exitCode: number | null | undefined;
   channel.on('exit', (code: number | null) => {
     exitCode = code;
