@@ -38,7 +38,7 @@ export function readText(path) {
  * CLI to run (`cli`, also for the remote `serve`), the name's prefix and the
  * rest of the entry (environment words and flags).
  */
-export function ferryBuild(entry, defaultCli) {
+function ferryBuild(entry, defaultCli) {
   const m = /^ferry@(\S+)/.exec(entry);
   if (!m) return { cli: defaultCli, prefix: 'ferry', rest: entry.replace(/^ferry\b/, '') };
   const cli = join(resolve(m[1]), 'packages/cli/dist/main.js');
@@ -55,13 +55,41 @@ export function ferryBuild(entry, defaultCli) {
  * builds included, runs as an installed ferry would. Returns `words` (all of
  * them, for the entry's name), `env`, `node` (node and its flags) and `flags`.
  */
-export function ferryWords(rest) {
+function ferryWords(rest) {
   const flags = rest.trim().split(/\s+/).filter(Boolean);
   const words = [];
   while (flags.length > 0 && /^[A-Z_][A-Z0-9_]*=/.test(flags[0])) words.push(flags.shift());
   const nodeWord = words.find((w) => w.startsWith('NODE_FLAGS='));
   const nodeFlags = nodeWord === undefined ? NODE_FLAGS : nodeWord.slice('NODE_FLAGS='.length).split(',').filter(Boolean);
   return { words, env: words.filter((w) => w !== nodeWord), node: [process.execPath, ...nodeFlags], flags };
+}
+
+/**
+ * A ferry entry of --configs (`[ferry[@dir]] [NAME=value ...] <flags>`): its
+ * name, its flags, and `cp()`, the argv of one `ferry cp` run. That argv runs
+ * the entry's build with its node flags (environment words through env(1)),
+ * starts the remote helper with the same node flags, and gives ferry's ssh
+ * processes under `--transport openssh` the peers' OpenSSH options (key and
+ * known_hosts come from ferry's own flags). `peers` lists the scenario's other
+ * tools, for the error about an entry that is none of them.
+ */
+export function ferryTool(entry, defaultCli, peers) {
+  const { cli, prefix, rest } = ferryBuild(entry, defaultCli);
+  const { words, env, node, flags } = ferryWords(rest);
+  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (${peers}, or ferry flags such as "-a 2 -s 2")`);
+  const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
+  const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
+  return {
+    name: `${prefix} ${[...words, ...flags].join(' ')}`.trim(),
+    flags,
+    /** `output`: --quiet, or what the scenario reads instead. */
+    cp: ({ from, to, userKey, knownHosts, stateDir, output }) => [
+      ...(env.length > 0 ? ['env', ...env] : []), ...node, cli, 'cp', from, to,
+      '-i', userKey, '--known-hosts', knownHosts,
+      '--remote-cmd', [...node, cli, 'serve'].map(shq).join(' '),
+      '--state-dir', stateDir, ...output, ...flags, ...opensshFlags,
+    ],
+  };
 }
 
 export function ferryVersion() {

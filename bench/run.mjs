@@ -20,7 +20,7 @@ import { plotThroughput } from './plot.mjs';
 import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryTool, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -356,24 +356,16 @@ function loopbackTool(entry, ctx) {
   }
   const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}` });
   if (dd) return dd;
-  const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const { words, env: envWords, node, flags } = ferryWords(rest);
-  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, rclone, lftp, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
-  // ferry's ssh processes get the peers' ssh options (key and known_hosts come from ferry's own flags).
-  const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
-  const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
+  const ferry = ferryTool(entry, CLI, 'scp, sftp, rsync, rclone, lftp, ssh-dd:<n>');
   return {
-    name: `${prefix} ${[...words, ...flags].join(' ')}`.trim(),
+    name: ferry.name,
     needs: null,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
-    argv: ({ src, dstDir, push, stateDir }) => [
-      ...(envWords.length > 0 ? ['env', ...envWords] : []),
-      ...node, cli, 'cp',
-      ...(push ? [src, `${user}@${host}:${port}:${dstDir}/`] : [`${user}@${host}:${port}:${src}`, `${dstDir}/`]),
-      '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [...node, cli, 'serve'].map(shq).join(' '),
-      '--state-dir', stateDir, '--quiet', ...flags, ...opensshFlags,
-    ],
+    argv: ({ src, dstDir, push, stateDir }) =>
+      ferry.cp({
+        ...(push ? { from: src, to: `${user}@${host}:${port}:${dstDir}/` } : { from: `${user}@${host}:${port}:${src}`, to: `${dstDir}/` }),
+        userKey, knownHosts, stateDir, output: ['--quiet'],
+      }),
   };
 }
 

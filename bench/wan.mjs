@@ -21,7 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryBuild, ferryRole, ferryWords, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryTool, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -322,9 +322,8 @@ function wanTool(entry, ctx) {
   }
   const dd = sshDdTool(entry, { ssh: `${sshCmdLine} ${shq(`${user}@${host}`)}`, prefix: inClient });
   if (dd) return dd;
-  const { cli, prefix, rest } = ferryBuild(entry, CLI);
-  const { words, env: envWords, node, flags } = ferryWords(rest);
-  if (flags.length > 0 && !flags[0].startsWith('-')) throw new Error(`--configs: unknown tool "${entry}" (scp, sftp, rsync, ssh-dd:<n>, or ferry flags such as "-a 2 -s 2")`);
+  const ferry = ferryTool(entry, CLI, 'scp, sftp, rsync, ssh-dd:<n>');
+  const { flags } = ferry;
   // Streams = agents x connections per agent (ferry's defaults: 2 and 2).
   const flag = (short, long, dflt) => {
     const i = flags.findIndex((f) => f === short || f === long);
@@ -332,19 +331,15 @@ function wanTool(entry, ctx) {
     return Number(i >= 0 ? flags[i + 1] : eq ? eq.split('=')[1] : dflt);
   };
   const streams = flag('-a', '--agents', 2) * flag('-s', '--streams', 2);
-  const sshCmd = ['ssh', '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-o', 'Ciphers=aes128-gcm@openssh.com'].join(' ');
-  const opensshFlags = flags.join(' ').includes('--transport openssh') ? ['--ssh-cmd', sshCmd] : [];
   return {
-    name: `${prefix} ${[...words, ...flags].join(' ')}`.trim(),
+    name: ferry.name,
     needs: null,
     events: timeline,
     streams,
     // A fresh state directory per run: ferry resumes a job it finds in its journal.
     argv: ({ src, dstDir, stateDir }) => [
-      ...inClient, ...(envWords.length > 0 ? ['env', ...envWords] : []), ...node, cli, 'cp', src, `${user}@${host}:${port}:${dstDir}/`,
-      '-i', userKey, '--known-hosts', knownHosts,
-      '--remote-cmd', [...node, cli, 'serve'].map(shq).join(' '),
-      '--state-dir', stateDir, ...(timeline ? ['--json', '-v'] : ['--quiet']), ...flags, ...opensshFlags,
+      ...inClient,
+      ...ferry.cp({ from: src, to: `${user}@${host}:${port}:${dstDir}/`, userKey, knownHosts, stateDir, output: timeline ? ['--json', '-v'] : ['--quiet'] }),
     ],
   };
 }
