@@ -229,7 +229,7 @@ export async function pullRange(local: FileWriter, localPath: string, remote: Re
     if (arrived + piece.length > job.length) throw new FerryError('PROTOCOL', `remote sent more than the ${job.length} bytes of the range`);
     arrived += piece.length;
     const asZeros = zero && !corrupt;
-    if (corrupt && !zero && piece.length > 0) {
+    if (corrupt && piece.length > 0) {
       // Copy before flipping: the piece is a view of the transport's buffer.
       piece = Buffer.from(piece);
       piece[piece.length >> 1]! ^= 0x01;
