@@ -43,7 +43,7 @@ import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, 
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
-import { pullRange, pushRange } from './pump.js';
+import { hashStoredLocal, pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit, signalListeners } from './concurrency.js';
 import { QueueWatch, workParts } from './work.js';
@@ -561,10 +561,13 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     /** Batches being made durable in the background (fsync, report, ack), in order. */
     let flushing: Promise<void> | undefined;
     const inFlush = new Set<{ msg: WorkPart; completion: Completion }>();
+    /** --verify reads every fsynced range back, except where a write's hash is a read-back already (SFTP push). */
+    const readsBack = (f: RemoteFile) => spec.verify === true && !(spec.direction === 'push' && f.writeHashIsStored === true);
     /**
-     * Starts making the pending ranges durable without waiting: the fsync runs
-     * while the connection moves the next range. If the fsync fails (the
-     * connection died), the batch is handed back, never reported.
+     * Starts making the pending ranges durable without waiting: the fsync (and
+     * with --verify the read-back) runs while the connection moves the next
+     * range. If either fails (the connection died), the batch is handed back,
+     * never reported.
      */
     const startDurable = () => {
       if (pending.length === 0 || !file) return;
@@ -575,11 +578,19 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       for (const b of batch) inFlush.add(b);
       const run = (async () => {
         if (previous) await previous;
+        let step = 'fsync';
         try {
           if (spec.direction === 'push') await f.fsync();
           else await local!.sync();
+          if (readsBack(f)) {
+            // --verify: what counts is the hash of what the storage now holds, not of what came in.
+            step = 'reading back';
+            for (const { completion: c } of batch) {
+              c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredLocal(local!, spec.localPath, pool, c.offset, c.length, spec.hash);
+            }
+          }
         } catch (err) {
-          log(`fsync on ${hostLabel(hosts[hostIndex]!)} failed, ${batch.length} ranges go back: ${(err as Error).message}`);
+          log(`${step} on ${hostLabel(hosts[hostIndex]!)} failed, ${batch.length} ranges go back: ${(err as Error).message}`);
           for (const b of batch) {
             b.msg.nak();
             inFlush.delete(b);
@@ -598,8 +609,13 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           try {
             const data = part.length === 1 ? encodeMessage(part[0]!.completion) : encodeMessage(makeCompletionBatch(options.jobId, part.map((b) => b.completion)));
             await publishDurably(publisher, subjects.doneSubject, data, () => stopping);
-            for (const b of part) b.msg.ack();
-            summary.ranges += part.length;
+            for (const b of part) {
+              // A range that read back differently is reported all the same: the coordinator sends it again.
+              if (b.completion.srcHash === b.completion.dstHash) {
+                b.msg.ack();
+                summary.ranges++;
+              } else b.msg.term('hash mismatch on reading back');
+            }
           } catch (err) {
             // NATS gone for good: the items come back after ack_wait and are done again.
             log(`cannot report ranges ${part[0]!.completion.range}..${part.at(-1)!.completion.range}: ${(err as Error).message}`);

@@ -20,6 +20,7 @@ export function discardConnection(label: string): RemoteConnection {
     beginWrite: noData,
     read: noData,
     fsync: () => Promise.resolve(),
+    hashStored: noData,
     close: () => Promise.resolve(),
   };
   const none = () => Promise.reject(new FerryError('INTERNAL', 'a discard job has no remote host'));

@@ -45,6 +45,29 @@ async function readFully(fh: FileHandle, buf: Buffer, start: number, length: num
   }
 }
 
+/**
+ * `--verify` on a pull: the hash of [offset, offset + length) of the local
+ * destination as its storage holds it now, read back one pool buffer at a
+ * time. A file that ends early hashes short, and so differs.
+ */
+export async function hashStoredLocal(fh: FileHandle, path: string, pool: BufferPool, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+  const hasher = createHasher(algorithm);
+  const buf = await pool.acquire();
+  try {
+    for (let at = 0; at < length; ) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(pool.bufferBytes, length - at), offset + at);
+      if (bytesRead === 0) break;
+      hasher.update(buf.subarray(0, bytesRead));
+      at += bytesRead;
+    }
+  } catch (err) {
+    throw destinationError(err, { path });
+  } finally {
+    pool.release(buf);
+  }
+  return hasher.digest();
+}
+
 const READ_AHEAD = 3;
 
 /** Local file -> remote file. */

@@ -227,6 +227,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache (helper mode; falls back to buffered writes where the file system refuses)')
+    .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
     .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
     .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
@@ -268,6 +269,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
   if (opts.directIo === true) o.directIo = true;
+  if (opts.verify === true) o.verify = true;
   if (opts.sharedHelper === true) o.sharedHelper = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;

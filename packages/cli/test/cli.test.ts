@@ -155,10 +155,10 @@ describe('output', () => {
 describe('launching beyond this machine', () => {
   it('prints a batch script that runs the copy with srun ferry run, keeping copy options and dropping launcher ones', async () => {
     const s = io();
-    const argv = ['cp', '/lustre/big.h5', 'me@dtn[1-2]:/in/', '--sbatch', '--nodes', '4', '--agents-per-node', '2', '--streams', '3', '-p', '--launcher', 'srun', '--state-dir', '/home/me/ferry-state', '--agent-cmd', '/opt/ferry/bin/ferry'];
+    const argv = ['cp', '/lustre/big.h5', 'me@dtn[1-2]:/in/', '--sbatch', '--nodes', '4', '--agents-per-node', '2', '--streams', '3', '-p', '--verify', '--launcher', 'srun', '--state-dir', '/home/me/ferry-state', '--agent-cmd', '/opt/ferry/bin/ferry'];
     expect(await runCli(argv, s)).toBe(0);
     expect(s.out).toContain('#SBATCH --nodes=4\n#SBATCH --ntasks-per-node=2\n#SBATCH --time=1-00:00:00\n');
-    expect(s.out).toContain("srun --kill-on-bad-exit=0 /opt/ferry/bin/ferry run /lustre/big.h5 'me@dtn[1-2]:/in/' --streams 3 -p --state-dir /home/me/ferry-state\n");
+    expect(s.out).toContain("srun --kill-on-bad-exit=0 /opt/ferry/bin/ferry run /lustre/big.h5 'me@dtn[1-2]:/in/' --streams 3 -p --verify --state-dir /home/me/ferry-state\n");
     expect(s.out).not.toContain('--launcher');
   });
 

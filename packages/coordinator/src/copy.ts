@@ -668,6 +668,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       createdAt: Date.now(),
       ...(prep.discard ? { discard: true } : {}),
       ...(options.directIo ? { directIo: true } : {}),
+      ...(options.verify ? { verify: true } : {}),
     };
     const kv = await setupJobStreams(nc, jsm, spec);
     if (state.done.size === plan.count) {

@@ -129,6 +129,11 @@ export interface JobSpec {
   /** --direct-io: aligned writes of the destination bypass its page cache (O_DIRECT). */
   directIo?: boolean;
   /**
+   * --verify: after its fsync, every range is read back from the destination's
+   * storage and hashed again; the hash as received is not enough to count it done.
+   */
+  verify?: boolean;
+  /**
    * Control-plane benchmark only (FERRY_BENCH_DISCARD=1, see discard.ts): agents
    * open no connection and move no byte; each range completes at once with
    * `discardHash()` as both hashes, through the usual report and ack path.

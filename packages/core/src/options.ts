@@ -58,6 +58,8 @@ export interface CopyOptions {
   preserve?: boolean;
   /** Write the destination with O_DIRECT where aligned (helper mode). @default false */
   directIo?: boolean;
+  /** Read every range back from the destination's storage after its fsync and hash it again. @default false */
+  verify?: boolean;
   /** Connections of a process to one host share a helper (ssh2 transport, helper mode). @default false */
   sharedHelper?: boolean;
   /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
@@ -107,6 +109,7 @@ export interface ResolvedCopyOptions {
   sshCommand: string[];
   preserve: boolean;
   directIo: boolean;
+  verify: boolean;
   sharedHelper: boolean;
   knownHostsFile: string | undefined;
   acceptNewHostKey: boolean;
@@ -198,6 +201,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
     sshCommand,
     preserve: options.preserve ?? false,
     directIo: options.directIo ?? false,
+    verify: options.verify ?? false,
     sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,
     acceptNewHostKey: options.acceptNewHostKey ?? false,

@@ -35,6 +35,10 @@ export interface RemoteFile {
    */
   read(offset: number, length: number, algorithm: HashAlgorithm, sink: RangeSink): Promise<{ hash: string }>;
   fsync(): Promise<void>;
+  /** Hash of [offset, offset + length) as the remote file holds it now, read back from its storage (`--verify`). */
+  hashStored(offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
+  /** True when the hash a write reports is already one read back from storage (SFTP mode), not of the bytes as received. */
+  readonly writeHashIsStored?: boolean;
   close(): Promise<void>;
   /** Opened for writing with `direct`: whether aligned writes bypass the remote page cache, and if not, why. */
   readonly direct?: boolean;
@@ -350,6 +354,7 @@ export class HelperConnection implements RemoteConnection {
         }
       },
       fsync: () => helper.fsync(handle),
+      hashStored: (offset, length, algorithm) => helper.hash(handle, offset, length, algorithm),
       close: () => helper.closeFile(handle),
     };
   }
@@ -476,6 +481,8 @@ class SftpConnection implements RemoteConnection {
     const chunkBytes = this.chunkBytes;
     const readBack = (offset: number, length: number, algorithm: HashAlgorithm) => this.readHash(handle, offset, length, algorithm);
     const toolHash = (offset: number, length: number, algorithm: HashAlgorithm) => this.toolHash(path, offset, length, algorithm);
+    /** A written range's hash, read back: by a remote tool where the host has one, else over SFTP. */
+    const storedHash = async (offset: number, length: number, algorithm: HashAlgorithm) => (await toolHash(offset, length, algorithm)) ?? (await readBack(offset, length, algorithm));
     let ring: Buffer[] | undefined;
     return {
       headroom: 0,
@@ -526,8 +533,7 @@ class SftpConnection implements RemoteConnection {
           end: async () => {
             await Promise.all(all);
             if (error !== undefined) throw error;
-            const hash = (await toolHash(offset, length, algorithm)) ?? (await readBack(offset, length, algorithm));
-            return { bytes: sent, hash };
+            return { bytes: sent, hash: await storedHash(offset, length, algorithm) };
           },
         };
       },
@@ -566,6 +572,8 @@ class SftpConnection implements RemoteConnection {
         return { hash: (await toolHash(offset, length, algorithm)) ?? received.digest() };
       },
       fsync: () => session.fsync(handle),
+      hashStored: storedHash,
+      writeHashIsStored: true,
       close: () => session.close(handle),
     };
   }
