@@ -102,13 +102,16 @@ describe('ferry cp --verify', () => {
     expect(await fileHash(target)).toBe(srcHash);
   });
 
-  it.each(['helper', 'sftp'])('pull, %s mode: reads every range back from the local file and re-sends the one stored wrong', async (mode) => {
+  it.each([
+    ['helper', ['--direct-io']],
+    ['sftp', []],
+  ])('pull, %s mode %j: reads every range back from the local file and re-sends the one stored wrong', async (mode, flags) => {
     const dir = join(work.path, `pull-${mode}`);
     await mkdir(dir);
     const marker = join(dir, 'torn');
     const target = join(dir, 'dst.bin');
     // One agent, inside `ferry cp`: the fixture reaches its writes through NODE_OPTIONS.
-    const r = await runFerry(['cp', remote(src), target, '--mode', mode, '-a', '1', '-s', '2', '--verify', ...common()], {
+    const r = await runFerry(['cp', remote(src), target, '--mode', mode, '-a', '1', '-s', '2', '--verify', ...flags, ...common()], {
       env: { ...tearEnv(marker), NODE_OPTIONS: `--import ${TEAR_FIRST_WRITE}` },
     });
     expect(r.stderr).toBe('');

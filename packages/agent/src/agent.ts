@@ -586,7 +586,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             // --verify: what counts is the hash of what the storage now holds, not of what came in.
             step = 'reading back';
             for (const { completion: c } of batch) {
-              c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredLocal(local!, spec.localPath, pool, c.offset, c.length, spec.hash);
+              c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredLocal(localWriter!, spec.localPath, pool, c.offset, c.length, spec.hash);
             }
           }
         } catch (err) {

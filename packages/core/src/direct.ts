@@ -61,14 +61,15 @@ export function isAligned(buf: Uint8Array): boolean {
 }
 
 /**
- * Opens `path` a second time with O_DIRECT for writing, or says why not.
+ * Opens `path` a second time with O_DIRECT for writing (and reading back,
+ * `FileWriter.readStored`), or says why not.
  * Local file systems that refuse O_DIRECT (tmpfs before Linux 6.6, some FUSE
  * file systems) fail the open with EINVAL.
  */
 export async function openDirect(path: string): Promise<{ fh: FileHandle } | { reason: string }> {
   if (constants.O_DIRECT === undefined) return { reason: 'this platform has no O_DIRECT' };
   try {
-    return { fh: await open(path, constants.O_WRONLY | constants.O_DIRECT) };
+    return { fh: await open(path, constants.O_RDWR | constants.O_DIRECT) };
   } catch (err) {
     const errno = errnoOf(err);
     if (errno === 'EINVAL') return { reason: `the file system of ${path} does not support direct I/O (O_DIRECT: EINVAL)` };
@@ -108,6 +109,33 @@ export class FileWriter {
   /** Makes `length` bytes at `position` read as zeros (see ensureZeroed), through the page cache. */
   zero(scratch: Buffer, length: number, position: number): Promise<void> {
     return this.queue.run(() => ensureZeroed(this.fh, scratch, length, position));
+  }
+
+  /**
+   * Reads up to `length` bytes at `position` into `buf` (from its start) as the
+   * storage holds them (`--verify`): the aligned part through the O_DIRECT
+   * handle, so they come from the device and fill no page cache, the rest
+   * through `fh`. Fewer bytes only at the end of the file.
+   */
+  async readStored(buf: Buffer, length: number, position: number): Promise<number> {
+    const d = this.directFh;
+    const head = length - (length % DIRECT_ALIGNMENT);
+    let n = 0;
+    if (d !== undefined && head > 0 && position % DIRECT_ALIGNMENT === 0 && isAligned(buf)) {
+      try {
+        // One read: O_DIRECT returns fewer bytes only at the end of the file.
+        n = (await d.read(buf, 0, head, position)).bytesRead;
+      } catch (err) {
+        if (errnoOf(err) !== 'EINVAL') throw err;
+      }
+      if (n > 0 && n < head) return n;
+    }
+    while (n < length) {
+      const { bytesRead } = await this.fh.read(buf, n, length - n, position + n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    return n;
   }
 
   /** Closes the O_DIRECT handle; `fh` belongs to the caller. */

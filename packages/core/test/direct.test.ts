@@ -17,9 +17,10 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** A FileHandle stand-in for the O_DIRECT handle: records each write, then does it on `real`. */
-function recordingHandle(real: FileHandle, fail?: string): { fh: FileHandle; writes: Array<[number, number]>; closed: () => boolean } {
+/** A FileHandle stand-in for the O_DIRECT handle: records each write and read, then does it on `real`. */
+function recordingHandle(real: FileHandle, fail?: string): { fh: FileHandle; writes: Array<[number, number]>; reads: Array<[number, number]>; closed: () => boolean } {
   const writes: Array<[number, number]> = [];
+  const reads: Array<[number, number]> = [];
   let closed = false;
   const fh = {
     write: async (data: Uint8Array, offset: number, length: number, position: number) => {
@@ -27,11 +28,16 @@ function recordingHandle(real: FileHandle, fail?: string): { fh: FileHandle; wri
       writes.push([position, length]);
       return real.write(data, offset, length, position);
     },
+    read: async (buf: Buffer, offset: number, length: number, position: number) => {
+      if (fail) throw Object.assign(new Error(`${fail}: refused`), { code: fail });
+      reads.push([position, length]);
+      return real.read(buf, offset, length, position);
+    },
     close: async () => {
       closed = true;
     },
   } as unknown as FileHandle;
-  return { fh, writes, closed: () => closed };
+  return { fh, writes, reads, closed: () => closed };
 }
 
 describe('allocAligned', () => {
@@ -125,6 +131,45 @@ describe('FileWriter', () => {
     await fh.close();
   });
 
+  it('reads back the aligned part through the direct handle and the rest through the page cache, up to the end of the file', async () => {
+    const path = join(dir, 'f.bin');
+    const data = randomBytes(3 * DIRECT_ALIGNMENT + 100);
+    await writeFile(path, data);
+    const fh = await open(path, 'r+');
+    const d = recordingHandle(fh);
+    const w = new FileWriter(fh, d.fh);
+    const [buf] = allocAligned(1, 4 * DIRECT_ALIGNMENT)!;
+    // Aligned head directly, the 100-byte tail through fh.
+    expect(await w.readStored(buf!, 2 * DIRECT_ALIGNMENT + 100, DIRECT_ALIGNMENT)).toBe(2 * DIRECT_ALIGNMENT + 100);
+    expect(buf!.subarray(0, 2 * DIRECT_ALIGNMENT + 100).equals(data.subarray(DIRECT_ALIGNMENT))).toBe(true);
+    expect(d.reads).toEqual([[DIRECT_ALIGNMENT, 2 * DIRECT_ALIGNMENT]]);
+    // Past the end of the file: what there is, and no further read.
+    d.reads.length = 0;
+    expect(await w.readStored(buf!, 4 * DIRECT_ALIGNMENT, 0)).toBe(data.length);
+    expect(buf!.subarray(0, data.length).equals(data)).toBe(true);
+    expect(d.reads).toEqual([[0, 4 * DIRECT_ALIGNMENT]]);
+    // An unaligned position or an ordinary buffer: all through the page cache.
+    d.reads.length = 0;
+    const plain = Buffer.alloc(DIRECT_ALIGNMENT);
+    expect(await w.readStored(plain, DIRECT_ALIGNMENT, 0)).toBe(DIRECT_ALIGNMENT);
+    expect(await w.readStored(buf!, DIRECT_ALIGNMENT, 512)).toBe(DIRECT_ALIGNMENT);
+    expect(d.reads).toEqual([]);
+    expect(buf!.subarray(0, DIRECT_ALIGNMENT).equals(data.subarray(512, 512 + DIRECT_ALIGNMENT))).toBe(true);
+    await fh.close();
+  });
+
+  it('reads back through the page cache when the direct handle refuses (EINVAL)', async () => {
+    const path = join(dir, 'f.bin');
+    const data = randomBytes(2 * DIRECT_ALIGNMENT);
+    await writeFile(path, data);
+    const fh = await open(path, 'r+');
+    const w = new FileWriter(fh, recordingHandle(fh, 'EINVAL').fh);
+    const [buf] = allocAligned(1, 2 * DIRECT_ALIGNMENT)!;
+    expect(await w.readStored(buf!, 2 * DIRECT_ALIGNMENT, 0)).toBe(2 * DIRECT_ALIGNMENT);
+    expect(buf!.equals(data)).toBe(true);
+    await fh.close();
+  });
+
   it('says why a file cannot be opened for direct writing', async () => {
     const missing = join(dir, 'missing.bin');
     const opened = await openDirect(missing);
@@ -155,6 +200,12 @@ describe('FileWriter', () => {
     await Promise.all(writes);
     expect(w.direct).toBe(true);
     await fh.sync();
+    // Read back through the same O_DIRECT handle (which refuses anything unaligned).
+    const [back] = allocAligned(1, 1024 * 1024)!;
+    for (let i = 0; i < 3; i++) {
+      const n = await w.readStored(back!, 1024 * 1024, i * 1024 * 1024);
+      expect(back!.subarray(0, n).equals(data.subarray(i * 1024 * 1024, i * 1024 * 1024 + n))).toBe(true);
+    }
     await w.close();
     await fh.close();
     expect((await readFile(path)).equals(data)).toBe(true);

@@ -351,6 +351,28 @@ export async function serve(options: ServeOptions): Promise<void> {
     reply(id, { bytes: length, hash: hasher.digest() });
   };
 
+  /**
+   * HASH of a file open for writing (`--verify`): its bytes as the storage
+   * holds them, read back around the page cache where the file is written with
+   * O_DIRECT (FileWriter.readStored). A file that ends early hashes short, and so differs.
+   */
+  const hashStored = async (id: number, f: OpenFile, offset: number, length: number, hasher: Hasher) => {
+    const buf = await pool.acquire();
+    try {
+      for (let at = 0; at < length; ) {
+        const n = await f.writer.readStored(buf, Math.min(chunkBytes, length - at), offset + at);
+        if (n === 0) break;
+        hasher.update(buf.subarray(0, n));
+        at += n;
+      }
+    } catch (err) {
+      throw destinationError(err, { path: f.path });
+    } finally {
+      pool.release(buf);
+    }
+    reply(id, { bytes: length, hash: hasher.digest() });
+  };
+
   const openFile = async (body: OpenBody): Promise<OkBody> => {
     let fh: FileHandle;
     if (body.policy === 'create') {
@@ -443,7 +465,9 @@ export async function serve(options: ServeOptions): Promise<void> {
         const f = fileOf(frame.body.handle);
         checkBounds(f, frame.body.offset, frame.body.length);
         const hasher = createHasher(frame.body.algorithm);
-        track(doRead(id, f, frame.body.offset, frame.body.length, hasher, frame.type === 'READ').catch((err: unknown) => replyError(id, err)));
+        const reading =
+          frame.type === 'HASH' && f.writable ? hashStored(id, f, frame.body.offset, frame.body.length, hasher) : doRead(id, f, frame.body.offset, frame.body.length, hasher, frame.type === 'READ');
+        track(reading.catch((err: unknown) => replyError(id, err)));
         return;
       }
       case 'FSYNC': {
