@@ -561,8 +561,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     /** Batches being made durable in the background (fsync, report, ack), in order. */
     let flushing: Promise<void> | undefined;
     const inFlush = new Set<{ msg: WorkPart; completion: Completion }>();
-    /** --verify reads every fsynced range back, except where a write's hash is a read-back already (SFTP push). */
-    const readsBack = (f: RemoteFile) => spec.verify === true && !(spec.direction === 'push' && f.writeHashIsStored === true);
+    /** --verify reads every fsynced range back, except where a write's hash is a read-back already (SFTP push) or nothing is written (a discard job). */
+    const readsBack = (f: RemoteFile) => spec.verify === true && spec.discard !== true && !(spec.direction === 'push' && f.writeHashIsStored === true);
     /**
      * Starts making the pending ranges durable without waiting: the fsync (and
      * with --verify the read-back) runs while the connection moves the next
