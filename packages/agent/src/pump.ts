@@ -47,27 +47,18 @@ async function readFully(fh: FileHandle, buf: Buffer, start: number, length: num
 
 /**
  * `--verify` on a pull: the hash of [offset, offset + length) of the local
- * destination as its storage holds it now, read back one pool buffer at a
- * time (around the page cache under --direct-io, FileWriter.readStored). A
- * file that ends early hashes short, and so differs.
+ * destination as its storage holds it now (FileWriter.hashStored), through
+ * one pool buffer.
  */
 export async function hashStoredLocal(local: FileWriter, path: string, pool: BufferPool, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
-  const hasher = createHasher(algorithm);
-  const step = pool.bufferBytes - (pool.bufferBytes % DIRECT_ALIGNMENT);
   const buf = await pool.acquire();
   try {
-    for (let at = 0; at < length; ) {
-      const n = await local.readStored(buf, Math.min(step, length - at), offset + at);
-      if (n === 0) break;
-      hasher.update(buf.subarray(0, n));
-      at += n;
-    }
+    return await local.hashStored(buf, offset, length, algorithm);
   } catch (err) {
     throw destinationError(err, { path });
   } finally {
     pool.release(buf);
   }
-  return hasher.digest();
 }
 
 const READ_AHEAD = 3;

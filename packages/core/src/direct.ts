@@ -21,6 +21,8 @@ import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { errnoOf } from './errors.js';
+import { createHasher } from './hash.js';
+import type { HashAlgorithm } from './hash.js';
 import { ensureZeroed, pwriteAll } from './pwrite.js';
 import { SerialQueue } from './serial.js';
 
@@ -136,6 +138,23 @@ export class FileWriter {
       n += bytesRead;
     }
     return n;
+  }
+
+  /**
+   * The hash of [offset, offset + length) as the storage holds it (`--verify`),
+   * read back through `buf` with readStored. A file that ends early hashes
+   * short, and so differs.
+   */
+  async hashStored(buf: Buffer, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    const hasher = createHasher(algorithm);
+    const step = buf.length - (buf.length % DIRECT_ALIGNMENT);
+    for (let at = 0; at < length; ) {
+      const n = await this.readStored(buf, Math.min(step, length - at), offset + at);
+      if (n === 0) break;
+      hasher.update(buf.subarray(0, n));
+      at += n;
+    }
+    return hasher.digest();
   }
 
   /** Closes the O_DIRECT handle; `fh` belongs to the caller. */

@@ -5,7 +5,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BufferPool, DIRECT_ALIGNMENT, FileWriter, allocAligned, isAligned, openDirect } from '../src/index.js';
+import { BufferPool, DIRECT_ALIGNMENT, FileWriter, allocAligned, hashBytes, isAligned, openDirect } from '../src/index.js';
 
 const EXT4_MAGIC = 0xef53;
 
@@ -167,6 +167,24 @@ describe('FileWriter', () => {
     const [buf] = allocAligned(1, 2 * DIRECT_ALIGNMENT)!;
     expect(await w.readStored(buf!, 2 * DIRECT_ALIGNMENT, 0)).toBe(2 * DIRECT_ALIGNMENT);
     expect(buf!.equals(data)).toBe(true);
+    await fh.close();
+  });
+
+  it('hashes a range as stored through a buffer smaller than it, and a file that ends early short', async () => {
+    const path = join(dir, 'f.bin');
+    const data = randomBytes(5 * DIRECT_ALIGNMENT + 7);
+    await writeFile(path, data);
+    const fh = await open(path, 'r+');
+    const d = recordingHandle(fh);
+    const w = new FileWriter(fh, d.fh);
+    // A buffer of two pages and a bit: read in steps of two pages.
+    const [buf] = allocAligned(1, 2 * DIRECT_ALIGNMENT + 12)!;
+    expect(await w.hashStored(buf!, DIRECT_ALIGNMENT, 4 * DIRECT_ALIGNMENT + 7, 'xxh3')).toBe(hashBytes('xxh3', data.subarray(DIRECT_ALIGNMENT)));
+    expect(d.reads).toEqual([
+      [DIRECT_ALIGNMENT, 2 * DIRECT_ALIGNMENT],
+      [3 * DIRECT_ALIGNMENT, 2 * DIRECT_ALIGNMENT],
+    ]);
+    expect(await w.hashStored(buf!, 0, 8 * DIRECT_ALIGNMENT, 'sha256')).toBe(hashBytes('sha256', data));
     await fh.close();
   });
 

@@ -26,7 +26,7 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { ControlFrame, DecodedFrame, ErrorBody, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
+import type { ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
 import { PendingLimit } from './pending.js';
 
 const MiB = 1024 * 1024;
@@ -354,23 +354,17 @@ export async function serve(options: ServeOptions): Promise<void> {
   /**
    * HASH of a file open for writing (`--verify`): its bytes as the storage
    * holds them, read back around the page cache where the file is written with
-   * O_DIRECT (FileWriter.readStored). A file that ends early hashes short, and so differs.
+   * O_DIRECT (FileWriter.hashStored).
    */
-  const hashStored = async (id: number, f: OpenFile, offset: number, length: number, hasher: Hasher) => {
+  const hashStored = async (id: number, f: OpenFile, offset: number, length: number, algorithm: HashAlgorithm) => {
     const buf = await pool.acquire();
     try {
-      for (let at = 0; at < length; ) {
-        const n = await f.writer.readStored(buf, Math.min(chunkBytes, length - at), offset + at);
-        if (n === 0) break;
-        hasher.update(buf.subarray(0, n));
-        at += n;
-      }
+      reply(id, { bytes: length, hash: await f.writer.hashStored(buf, offset, length, algorithm) });
     } catch (err) {
       throw destinationError(err, { path: f.path });
     } finally {
       pool.release(buf);
     }
-    reply(id, { bytes: length, hash: hasher.digest() });
   };
 
   const openFile = async (body: OpenBody): Promise<OkBody> => {
@@ -464,9 +458,10 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'HASH': {
         const f = fileOf(frame.body.handle);
         checkBounds(f, frame.body.offset, frame.body.length);
-        const hasher = createHasher(frame.body.algorithm);
         const reading =
-          frame.type === 'HASH' && f.writable ? hashStored(id, f, frame.body.offset, frame.body.length, hasher) : doRead(id, f, frame.body.offset, frame.body.length, hasher, frame.type === 'READ');
+          frame.type === 'HASH' && f.writable
+            ? hashStored(id, f, frame.body.offset, frame.body.length, frame.body.algorithm)
+            : doRead(id, f, frame.body.offset, frame.body.length, createHasher(frame.body.algorithm), frame.type === 'READ');
         track(reading.catch((err: unknown) => replyError(id, err)));
         return;
       }
