@@ -587,6 +587,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             step = 'reading back';
             for (const { completion: c } of batch) {
               c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredLocal(localWriter!, spec.localPath, pool, c.offset, c.length, spec.hash);
+              c.readBack = true;
             }
           }
         } catch (err) {

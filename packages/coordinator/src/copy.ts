@@ -855,6 +855,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
       }
       const current = state.attempts.get(c.range) ?? 0;
       if (c.srcHash !== c.dstHash) {
+        // What differed: the bytes as they arrived (transit), or as the storage gave them back (--verify).
+        const found = c.readBack === true ? `destination ${c.dstHash} as read back from storage` : `destination ${c.dstHash}`;
         // Whatever attempt it was, its bytes may be the last ones written: the range is suspect again.
         const wasDone = state.done.delete(c.range);
         if (wasDone) state.hashes.delete(c.range);
@@ -863,7 +865,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
           fail(
             new FerryError(
               'VERIFY_FAILED',
-              `range ${c.range} (bytes ${c.offset}-${c.offset + c.length}) failed verification ${current + 1} time${current === 0 ? '' : 's'} via ${c.remoteHost} (source ${c.srcHash}, destination ${c.dstHash}): check memory, disks and network of ${c.agent} and ${c.remoteHost}`,
+              `range ${c.range} (bytes ${c.offset}-${c.offset + c.length}) failed verification ${current + 1} time${current === 0 ? '' : 's'} via ${c.remoteHost} (source ${c.srcHash}, ${found}): check memory, disks and network of ${c.agent} and ${c.remoteHost}`,
               { range: c.range, host: c.remoteHost },
             ),
           );
@@ -872,8 +874,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
         const attempt = current + 1;
         state.attempts.set(c.range, attempt);
         state.resends++;
-        emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, destination ${c.dstHash}) via ${c.agent}` });
-        await journal.append({ t: 'resend', range: c.range, attempt, reason: 'hash mismatch', at: Date.now() });
+        emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, ${found}) via ${c.agent}` });
+        await journal.append({ t: 'resend', range: c.range, attempt, reason: c.readBack === true ? 'hash mismatch on reading back' : 'hash mismatch', at: Date.now() });
         await publishRanges(publisher, subjects.workSubject, prep.jobId, runTag, plan, [c.range], () => attempt);
         return;
       }

@@ -168,6 +168,8 @@ export interface Completion {
   srcHash: string;
   /** Hash of the bytes as received (or read back) at the destination. */
   dstHash: string;
+  /** True when `dstHash` was read back from the destination's storage after its fsync (--verify). */
+  readBack?: boolean;
   /** True once the destination has fsynced the range. */
   durable: boolean;
   agent: string;
