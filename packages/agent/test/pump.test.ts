@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -18,6 +19,9 @@ function readOnlyRemote(read: RemoteFile['read']): RemoteFile {
     },
     read,
     fsync: async () => {},
+    hashStored: () => {
+      throw new Error('not used');
+    },
     close: async () => {},
   };
 }
@@ -59,14 +63,21 @@ afterEach(async () => {
   dir = undefined;
 });
 
+/** A destination in a fresh temporary directory: a sparse file of `initial` bytes, or one holding `initial`; open for writing. */
+async function destination(initial: number | Buffer): Promise<{ path: string; fh: FileHandle }> {
+  dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+  const path = join(dir, 'dst.bin');
+  if (typeof initial === 'number') {
+    await writeFile(path, '');
+    await truncate(path, initial);
+  } else await writeFile(path, initial);
+  return { path, fh: await open(path, 'r+') };
+}
+
 describe('pullRange with runs of zeros', () => {
   it('checks the destination through pool buffers only, and zeroes what is not zero', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
-    const path = join(dir, 'dst.bin');
     const size = 256 * MiB;
-    await writeFile(path, '');
-    await truncate(path, size);
-    const fh = await open(path, 'r+');
+    const { path, fh } = await destination(size);
     try {
       // Stale bytes from an earlier attempt, inside the run of zeros.
       await fh.write(Buffer.from('stale'), 0, 5, 100 * MiB + 7);
@@ -90,13 +101,9 @@ describe('pullRange with runs of zeros', () => {
 
 describe('pullRange under --direct-io', () => {
   it('writes whole pages from aligned pool buffers with O_DIRECT and the unaligned tail through the page cache', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
-    const path = join(dir, 'dst.bin');
     // Two ranges of 3 MiB; the file ends 1000 bytes into the second range's last page.
     const data = randomBytes(3 * MiB + 2 * MiB + 1000);
-    await writeFile(path, '');
-    await truncate(path, data.length);
-    const fh = await open(path, 'r+');
+    const { path, fh } = await destination(data.length);
     const opened = await openDirect(path);
     if (!('fh' in opened)) {
       // No direct I/O in this temporary directory (tmpfs before Linux 6.6): the cp
@@ -185,12 +192,8 @@ describe('pullRange when the disk lags', () => {
   const chunk = 256 * 1024;
 
   it('holds what arrives until a pool buffer is free, and allocates none of its own', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
-    const path = join(dir, 'dst.bin');
     const data = randomBytes(6 * MiB + 12_345);
-    await writeFile(path, '');
-    await truncate(path, data.length);
-    const fh = await open(path, 'r+');
+    const { path, fh } = await destination(data.length);
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
       const allocUnsafe = vi.spyOn(Buffer, 'allocUnsafe');
@@ -205,8 +208,6 @@ describe('pullRange when the disk lags', () => {
   });
 
   it('places runs of zeros that arrive among held pieces at their own offsets', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
-    const path = join(dir, 'dst.bin');
     // Data, then two ZEROS pieces in a row, then data, over and over: the second
     // run of zeros comes while no buffer is taken.
     const pieces: Piece[] = [];
@@ -216,8 +217,7 @@ describe('pullRange when the disk lags', () => {
     }
     const data = Buffer.concat(pieces.map((p) => p.piece));
     // Stale bytes everywhere: a piece written at a wrong offset, or a run of zeros not written, shows.
-    await writeFile(path, randomBytes(data.length));
-    const fh = await open(path, 'r+');
+    const { path, fh } = await destination(randomBytes(data.length));
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
       // Socket reads of 9 pieces.
@@ -231,12 +231,8 @@ describe('pullRange when the disk lags', () => {
   });
 
   it('gives every pool buffer back when the connection is lost while pieces are held', async () => {
-    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
-    const path = join(dir, 'dst.bin');
     const data = randomBytes(4 * MiB);
-    await writeFile(path, '');
-    await truncate(path, data.length);
-    const fh = await open(path, 'r+');
+    const { path, fh } = await destination(data.length);
     try {
       const pool = new BufferPool(FRAME_HEADER_BYTES + chunk, 2);
       const job = { offset: 0, length: data.length, algorithm: 'xxh3' as const };

@@ -40,6 +40,15 @@ function recordingHandle(real: FileHandle, fail?: string): { fh: FileHandle; wri
   return { fh, writes, reads, closed: () => closed };
 }
 
+/** A file in the test's directory holding `data`, and a FileWriter over it whose direct handle records (or refuses with `fail`). */
+async function writerOver(data: Buffer, fail?: string): Promise<{ fh: FileHandle; direct: ReturnType<typeof recordingHandle>; w: FileWriter }> {
+  const path = join(dir, 'f.bin');
+  await writeFile(path, data);
+  const fh = await open(path, 'r+');
+  const direct = recordingHandle(fh, fail);
+  return { fh, direct, w: new FileWriter(fh, direct.fh) };
+}
+
 describe('allocAligned', () => {
   it('hands out page-aligned, separate buffers of the asked size', () => {
     const bufs = allocAligned(5, 1024 * 1024 + 12)!;
@@ -132,12 +141,8 @@ describe('FileWriter', () => {
   });
 
   it('reads back the aligned part through the direct handle and the rest through the page cache, up to the end of the file', async () => {
-    const path = join(dir, 'f.bin');
     const data = randomBytes(3 * DIRECT_ALIGNMENT + 100);
-    await writeFile(path, data);
-    const fh = await open(path, 'r+');
-    const d = recordingHandle(fh);
-    const w = new FileWriter(fh, d.fh);
+    const { fh, direct: d, w } = await writerOver(data);
     const [buf] = allocAligned(1, 4 * DIRECT_ALIGNMENT)!;
     // Aligned head directly, the 100-byte tail through fh.
     expect(await w.readStored(buf!, 2 * DIRECT_ALIGNMENT + 100, DIRECT_ALIGNMENT)).toBe(2 * DIRECT_ALIGNMENT + 100);
@@ -159,11 +164,8 @@ describe('FileWriter', () => {
   });
 
   it('reads back through the page cache when the direct handle refuses (EINVAL)', async () => {
-    const path = join(dir, 'f.bin');
     const data = randomBytes(2 * DIRECT_ALIGNMENT);
-    await writeFile(path, data);
-    const fh = await open(path, 'r+');
-    const w = new FileWriter(fh, recordingHandle(fh, 'EINVAL').fh);
+    const { fh, w } = await writerOver(data, 'EINVAL');
     const [buf] = allocAligned(1, 2 * DIRECT_ALIGNMENT)!;
     expect(await w.readStored(buf!, 2 * DIRECT_ALIGNMENT, 0)).toBe(2 * DIRECT_ALIGNMENT);
     expect(buf!.equals(data)).toBe(true);
@@ -171,12 +173,8 @@ describe('FileWriter', () => {
   });
 
   it('hashes a range as stored through a buffer smaller than it, and a file that ends early short', async () => {
-    const path = join(dir, 'f.bin');
     const data = randomBytes(5 * DIRECT_ALIGNMENT + 7);
-    await writeFile(path, data);
-    const fh = await open(path, 'r+');
-    const d = recordingHandle(fh);
-    const w = new FileWriter(fh, d.fh);
+    const { fh, direct: d, w } = await writerOver(data);
     // A buffer of two pages and a bit: read in steps of two pages.
     const [buf] = allocAligned(1, 2 * DIRECT_ALIGNMENT + 12)!;
     expect(await w.hashStored(buf!, DIRECT_ALIGNMENT, 4 * DIRECT_ALIGNMENT + 7, 'xxh3')).toBe(hashBytes('xxh3', data.subarray(DIRECT_ALIGNMENT)));
