@@ -21,6 +21,8 @@ const needed = [
   ['ssh', 'openssh-client'],
   ['ssh-keygen', 'openssh-client'],
   ['nats-server', 'nats-server'],
+  // A test runs the helper's pipe resizing through python3 (perl is always there: perl-base).
+  ['python3', 'python3-minimal'],
   ...(process.argv.includes('--bench') ? [['scp', 'openssh-client'], ['rsync', 'rsync'], ['xxhsum', 'xxhash'], ['rclone', 'rclone'], ['lftp', 'lftp']] : []),
 ];
 const missing = [...new Set(needed.filter(([cmd]) => !which(cmd)).map(([, pkg]) => pkg))];

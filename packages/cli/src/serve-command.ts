@@ -16,7 +16,9 @@ export async function runServe(io: CliIo): Promise<number> {
   // A pipe or socket (as under sshd) gets an asynchronous stream; anything else a file stream.
   const output = isPipeOrSocket(1) ? new Socket({ fd: 1, readable: false }) : createWriteStream('', { fd: 1 });
   try {
-    const { openHub, reusedBufferInput, serve } = await import('@ferry/serve');
+    const { growPipes, openHub, reusedBufferInput, serve } = await import('@ferry/serve');
+    // sshd's 64 KiB pipes to and from this helper, 1 MiB where Linux lets us (serve/src/pipes.ts); meanwhile serve.
+    const pipes = growPipes();
     // Under sshd stdin is a pipe: read it into one reused buffer (serve/src/input.ts).
     const input = isPipeOrSocket(0) ? reusedBufferInput(0) : process.stdin;
     const software = `ferry ${VERSION}`;
@@ -33,6 +35,7 @@ export async function runServe(io: CliIo): Promise<number> {
       await hub?.then((h) => h.close(), () => {});
     }
     await new Promise<void>((resolve) => output.end(() => resolve()));
+    await pipes;
     io.exitCode = 0;
   } catch (err) {
     reportError(io, toFerryError(err));
