@@ -22,14 +22,14 @@ function pipeSize(pid: number, fd: number): number {
 }
 
 /**
- * Runs `cat | ferry serve | cat`, so that the helper's stdin and stdout are
- * pipes; `path` is the PATH the helper gets. Once `check(pid)` has returned,
- * sends HELLO and ends the input.
+ * Runs `cat | ferry serve | cat` (or `cat | node ARGS | cat`), so that the
+ * helper's stdin and stdout are pipes; `path` is the PATH the helper gets.
+ * Once `check(pid)` has returned, sends HELLO and ends the input.
  */
-function serveBetweenPipes(path: string, check: (pid: number) => Promise<void>): Promise<{ code: number | null; out: Buffer; err: string }> {
+function serveBetweenPipes(path: string, check: (pid: number) => Promise<void>, args = [MAIN, 'serve']): Promise<{ code: number | null; out: Buffer; err: string }> {
   return new Promise((resolve, reject) => {
-    const script = 'cat | sh -c \'echo "pid $$" >&2; exec env PATH="$2" "$0" "$1" serve\' "$0" "$1" "$2" | cat';
-    const child = spawn('sh', ['-c', script, process.execPath, MAIN, path], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const script = 'cat | sh -c \'echo "pid $$" >&2; p="$1"; shift; exec env PATH="$p" "$@"\' sh "$@" | cat';
+    const child = spawn('sh', ['-c', script, 'sh', path, process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     let err = '';
     let checked = false;
@@ -89,6 +89,23 @@ describe('ferry serve on sshd-style pipes', () => {
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     expect(firstFrame(r.out)).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION } } });
+  });
+
+  it.each(['perl', 'python3'])('never shrinks a pipe (%s)', async (program) => {
+    // growPipes asked for less than the default 64 KiB: nothing to do, and a success. The script lives until its input ends.
+    const serveDist = fileURLToPath(new URL('../../serve/dist/index.js', import.meta.url));
+    const script = `import(${JSON.stringify(serveDist)}).then((m) => m.growPipes(16384)).then((r) => process.stderr.write('grown ' + r)); process.stdin.resume()`;
+    let sizes: number[] = [];
+    const r = await serveBetweenPipes(
+      pathWithOnly(program),
+      async (pid) => {
+        await new Promise((res) => setTimeout(res, 1000));
+        sizes = [pipeSize(pid, 0), pipeSize(pid, 1)];
+      },
+      ['-e', script],
+    );
+    expect(r.err).toBe('grown true');
+    expect(sizes).toEqual([DEFAULT_PIPE, DEFAULT_PIPE]);
   });
 
   it('keeps the default pipes and works where neither perl nor python3 is on PATH', async () => {

@@ -9,6 +9,5 @@ export { serve, statOf } from './serve.js';
 export { reusedBufferInput } from './input.js';
 export { openHub } from './hub.js';
 export { growPipes, PIPE_BYTES } from './pipes.js';
-export type { PipeGrowth } from './pipes.js';
 export type { Hub } from './hub.js';
 export type { ServeOptions } from './serve.js';
