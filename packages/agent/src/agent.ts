@@ -28,6 +28,7 @@ import {
   destinationError,
   encodeMessage,
   errnoOf,
+  hashStoredThrough,
   hostLabel,
   jobSubjects,
   makeCompletionBatch,
@@ -43,7 +44,7 @@ import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, 
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import { connectBus } from './bus.js';
-import { hashStoredLocal, pullRange, pushRange } from './pump.js';
+import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit, signalListeners } from './concurrency.js';
 import { QueueWatch, workParts } from './work.js';
@@ -586,7 +587,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             // --verify: what counts is the hash of what the storage now holds, not of what came in.
             step = 'reading back';
             for (const { completion: c } of batch) {
-              c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredLocal(localWriter!, spec.localPath, pool, c.offset, c.length, spec.hash);
+              c.dstHash = spec.direction === 'push' ? await f.hashStored(c.offset, c.length, spec.hash) : await hashStoredThrough(localWriter!, pool, spec.localPath, c.offset, c.length, spec.hash);
               c.readBack = true;
             }
           }

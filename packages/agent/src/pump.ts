@@ -45,22 +45,6 @@ async function readFully(fh: FileHandle, buf: Buffer, start: number, length: num
   }
 }
 
-/**
- * `--verify` on a pull: the hash of [offset, offset + length) of the local
- * destination as its storage holds it now (FileWriter.hashStored), through
- * one pool buffer.
- */
-export async function hashStoredLocal(local: FileWriter, path: string, pool: BufferPool, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
-  const buf = await pool.acquire();
-  try {
-    return await local.hashStored(buf, offset, length, algorithm);
-  } catch (err) {
-    throw destinationError(err, { path });
-  } finally {
-    pool.release(buf);
-  }
-}
-
 const READ_AHEAD = 3;
 
 /** Local file -> remote file. */

@@ -20,9 +20,10 @@
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { errnoOf } from './errors.js';
+import { destinationError, errnoOf } from './errors.js';
 import { createHasher } from './hash.js';
 import type { HashAlgorithm } from './hash.js';
+import type { BufferPool } from './pool.js';
 import { ensureZeroed, pwriteAll } from './pwrite.js';
 import { SerialQueue } from './serial.js';
 
@@ -182,5 +183,21 @@ export class FileWriter {
       return;
     }
     if (head < length) await pwriteAll(this.fh, data.subarray(head), length - head, position + head);
+  }
+}
+
+/**
+ * `--verify`: FileWriter.hashStored of [offset, offset + length) through one
+ * buffer of `pool`; a failure is the destination's, naming `path`. The helper
+ * (a push) and the pulling agent both read back this way.
+ */
+export async function hashStoredThrough(writer: FileWriter, pool: BufferPool, path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+  const buf = await pool.acquire();
+  try {
+    return await writer.hashStored(buf, offset, length, algorithm);
+  } catch (err) {
+    throw destinationError(err, { path });
+  } finally {
+    pool.release(buf);
   }
 }

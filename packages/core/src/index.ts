@@ -32,4 +32,4 @@ export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS
 export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
 export { SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
-export { DIRECT_ALIGNMENT, FileWriter, allocAligned, isAligned, openDirect } from './direct.js';
+export { DIRECT_ALIGNMENT, FileWriter, allocAligned, hashStoredThrough, isAligned, openDirect } from './direct.js';

@@ -22,6 +22,7 @@ import {
   destinationError,
   encodeControl,
   errnoOf,
+  hashStoredThrough,
   openDirect,
   toFerryError,
   writeHeader,
@@ -357,14 +358,7 @@ export async function serve(options: ServeOptions): Promise<void> {
    * O_DIRECT (FileWriter.hashStored).
    */
   const hashStored = async (id: number, f: OpenFile, offset: number, length: number, algorithm: HashAlgorithm) => {
-    const buf = await pool.acquire();
-    try {
-      reply(id, { bytes: length, hash: await f.writer.hashStored(buf, offset, length, algorithm) });
-    } catch (err) {
-      throw destinationError(err, { path: f.path });
-    } finally {
-      pool.release(buf);
-    }
+    reply(id, { bytes: length, hash: await hashStoredThrough(f.writer, pool, f.path, offset, length, algorithm) });
   };
 
   const openFile = async (body: OpenBody): Promise<OkBody> => {
