@@ -20,6 +20,8 @@ export type { OpenFileOptions, RangeSink, RemoteConnection, RemoteFile, RemoteOp
 export { execCapture } from './exec.js';
 export type { SendWindow } from './send-window.js';
 export { packetRingStats, usePacketRing } from './packet-ring.js';
+export { gatherStats, gatherWrites } from './gather-writes.js';
+export type { GatherStats } from './gather-writes.js';
 export { CHANNEL_READ_BUFFER_BYTES, limitReadBuffer } from './read-buffer.js';
 export type { PacketRingStats } from './packet-ring.js';
 export type { ExecResult } from './exec.js';

@@ -11,6 +11,7 @@ import type { AnyAuthMethod, Client, ConnectConfig } from 'ssh2';
 const { Client: SshClient, utils } = ssh2;
 import { FerryError, hostLabel } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
+import { gatherWrites } from './gather-writes.js';
 import { usePacketRing } from './packet-ring.js';
 import { appendKnownHost, checkHostKey, hostKeyAlgorithmsFor, knownKeyTypes, readKnownHostsFiles } from './known-hosts.js';
 
@@ -145,6 +146,8 @@ export async function connectSsh(target: RemoteHost, ssh: SshSettings, options: 
       settled = true;
       // FERRY_PACKET_RING=0 keeps ssh2's buffer per packet (for A/B benchmarks).
       if (process.env.FERRY_PACKET_RING !== '0') usePacketRing(client);
+      // FERRY_GATHER_WRITES=0 writes every packet to the socket on its own (for A/B benchmarks).
+      if (process.env.FERRY_GATHER_WRITES !== '0') gatherWrites(client);
       options.signal?.removeEventListener('abort', onAbort);
       client.removeAllListeners('error');
       // Later errors surface on the channels; keep one listener so they never crash the process.
