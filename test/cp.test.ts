@@ -385,6 +385,8 @@ describe('ferry cp edge cases', () => {
     const pull = await runFerry(['cp', remote(src), pulled, '--direct-io', ...flags]);
     const plain = await runFerry(['cp', remote(src), buffered, ...flags]);
     for (const r of [push, pull, plain]) expect(r.code).toBe(0);
+    // perl is on this machine's PATH: the helper grew sshd's pipes and -v has nothing to say of them.
+    for (const r of [push, pull, plain]) expect(r.stderr).not.toContain("sshd's pipes");
     // Hashing reads the copies into the page cache: after fincore, below.
     const identical = async () => {
       for (const path of [pushed, pulled, buffered]) expect(await fileHash(path)).toBe(srcHash);
@@ -407,6 +409,17 @@ describe('ferry cp edge cases', () => {
     for (const path of [pushed, pulled]) expect(await resident(path)).toBeLessThanOrEqual(64 * 1024);
     expect(await resident(buffered)).toBeGreaterThan(32 * MiB);
     await identical();
+  });
+
+  it("says with -v when the helper cannot grow sshd's pipes, and copies all the same", async () => {
+    const dir = join(work.path, 'small-pipes');
+    await mkdir(dir);
+    const target = join(dir, 'target.bin');
+    // No perl or python3 on the helper's PATH: node itself is named by its absolute path.
+    const r = await runFerry(['cp', src256, remote(target), '-a', '1', '-s', '2', '-v', ...common(['--remote-cmd', `env PATH=/nonexistent ${REMOTE_CMD}`])]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("sshd's pipes to the helper stay at 64 KiB (neither perl nor python3 is on its PATH): with perl or python3 there, copies run up to 1.2x faster");
+    expect(await fileHash(target)).toBe(src256Hash);
   });
 
   it('overwrites an existing destination only when the copy is complete', async () => {

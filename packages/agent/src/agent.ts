@@ -375,6 +375,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   heartbeat();
 
   let directNoted = false;
+  let pipesNoted = false;
   const pool = new BufferPool(FRAME_HEADER_BYTES + CHUNK_BYTES, poolBuffers(spec.direction, spec.streams), { aligned: localWriter?.direct === true });
   // Every slot's connection attempt listens on this signal while it runs.
   setMaxListeners(signalListeners(spec.streams), abort.signal);
@@ -539,6 +540,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           if (file.direct === false && !directNoted) {
             directNoted = true;
             log(`--direct-io: ${hostLabel(host)} writes through its page cache: ${file.directReason ?? 'not supported there'}`);
+          }
+          if (file.pipesReason !== undefined && !pipesNoted) {
+            pipesNoted = true;
+            log(`${hostLabel(host)}: sshd's pipes to the helper stay at 64 KiB (${file.pipesReason}): with perl or python3 there, copies run up to 1.2x faster`);
           }
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;

@@ -29,7 +29,7 @@ export async function runServe(io: CliIo): Promise<number> {
       return hub.then((h) => h.path);
     };
     try {
-      await serve({ input, output, software, openHub: share });
+      await serve({ input, output, software, openHub: share, pipes });
     } finally {
       // The opening session is over: no new sessions; the joined ones run to their end.
       await hub?.then((h) => h.close(), () => {});

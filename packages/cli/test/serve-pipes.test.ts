@@ -1,7 +1,8 @@
 /**
  * `ferry serve` between real pipes, as sshd starts it (anonymous pipes on
  * stdin and stdout): it resizes them to 1 MiB (serve/src/pipes.ts), keeps its
- * protocol stream clean meanwhile, and works as before where it cannot.
+ * protocol stream clean meanwhile, and works as before where it cannot,
+ * saying why in OPEN's answer.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
@@ -24,7 +25,8 @@ function pipeSize(pid: number, fd: number): number {
 /**
  * Runs `cat | ferry serve | cat` (or `cat | node ARGS | cat`), so that the
  * helper's stdin and stdout are pipes; `path` is the PATH the helper gets.
- * Once `check(pid)` has returned, sends HELLO and ends the input.
+ * Once `check(pid)` has returned, sends HELLO and an OPEN (for reading) of
+ * this test's own file, and ends the input.
  */
 function serveBetweenPipes(path: string, check: (pid: number) => Promise<void>, args = [MAIN, 'serve']): Promise<{ code: number | null; out: Buffer; err: string }> {
   return new Promise((resolve, reject) => {
@@ -41,7 +43,10 @@ function serveBetweenPipes(path: string, check: (pid: number) => Promise<void>, 
       checked = true;
       err = err.slice(m[0].length);
       check(Number(m[1])).then(
-        () => child.stdin.end(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] })),
+        () => {
+          child.stdin.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
+          child.stdin.end(encodeControl('OPEN', 2, { path: fileURLToPath(import.meta.url), policy: 'read' }));
+        },
         (e: unknown) => {
           child.kill();
           reject(e);
@@ -60,10 +65,10 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
   }
 }
 
-function firstFrame(out: Buffer): DecodedFrame | undefined {
+function decodeFrames(out: Buffer): DecodedFrame[] {
   const frames: DecodedFrame[] = [];
   new FrameDecoder((f) => frames.push(f)).push(out);
-  return frames[0];
+  return frames;
 }
 
 const dirs: string[] = [];
@@ -88,13 +93,16 @@ describe('ferry serve on sshd-style pipes', () => {
     expect(sizes).toEqual([PIPE_BYTES, PIPE_BYTES]);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
-    expect(firstFrame(r.out)).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION } } });
+    const [hello, open] = decodeFrames(r.out);
+    expect(hello).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION } } });
+    expect(open).toMatchObject({ type: 'OK', id: 2 });
+    expect(open!.body).not.toHaveProperty('pipesReason');
   });
 
   it.each(['perl', 'python3'])('never shrinks a pipe (%s)', async (program) => {
     // growPipes asked for less than the default 64 KiB: nothing to do, and a success. The script lives until its input ends.
     const serveDist = fileURLToPath(new URL('../../serve/dist/index.js', import.meta.url));
-    const script = `import(${JSON.stringify(serveDist)}).then((m) => m.growPipes(16384)).then((r) => process.stderr.write('grown ' + r)); process.stdin.resume()`;
+    const script = `import(${JSON.stringify(serveDist)}).then((m) => m.growPipes(16384)).then((r) => process.stderr.write(r === undefined ? 'grown' : 'not grown: ' + r)); process.stdin.resume()`;
     let sizes: number[] = [];
     const r = await serveBetweenPipes(
       pathWithOnly(program),
@@ -104,11 +112,11 @@ describe('ferry serve on sshd-style pipes', () => {
       },
       ['-e', script],
     );
-    expect(r.err).toBe('grown true');
+    expect(r.err).toBe('grown');
     expect(sizes).toEqual([DEFAULT_PIPE, DEFAULT_PIPE]);
   });
 
-  it('keeps the default pipes and works where neither perl nor python3 is on PATH', async () => {
+  it('keeps the default pipes, works, and says why where neither perl nor python3 is on PATH', async () => {
     let sizes: number[] = [];
     const r = await serveBetweenPipes('/nonexistent', async (pid) => {
       // Long enough for a resize to have happened, had it been possible (the test above sees it well within this).
@@ -118,6 +126,8 @@ describe('ferry serve on sshd-style pipes', () => {
     expect(sizes).toEqual([DEFAULT_PIPE, DEFAULT_PIPE]);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
-    expect(firstFrame(r.out)).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION } } });
+    const [hello, open] = decodeFrames(r.out);
+    expect(hello).toMatchObject({ type: 'OK', id: 1, body: { hello: { version: PROTOCOL_VERSION } } });
+    expect(open).toMatchObject({ type: 'OK', id: 2, body: { pipesReason: 'neither perl nor python3 is on its PATH' } });
   });
 });

@@ -117,6 +117,8 @@ export interface OkBody {
   direct?: boolean;
   /** ...and if not, why. */
   directReason?: string;
+  /** OPEN: set when sshd's pipes to the helper stay at the kernel's default size, and why (a slower session). */
+  pipesReason?: string;
 }
 
 export type ErrorBody = ErrorData;

@@ -15,7 +15,8 @@
  *
  * Best effort: without perl and python3, or over the user's pipe quota
  * (/proc/sys/fs/pipe-user-pages-soft), the pipes stay as they were and the
- * helper works as before.
+ * helper works as before; it tells the client why in OPEN's answer
+ * (`pipesReason`), and the agent says so with -v.
  */
 import { spawn } from 'node:child_process';
 import { fstatSync } from 'node:fs';
@@ -52,14 +53,15 @@ function isFifo(fd: number): boolean {
 
 /**
  * Grows the pipes on the helper's stdin and stdout (those that are pipes) to
- * `bytes`; whether they are that large now. Never throws; the helper need not
- * wait for it.
+ * `bytes`. Resolves with undefined when they are that large now (or there are
+ * none, or the system is not Linux), else with why not. Never throws; the
+ * helper need not wait for it.
  */
-export async function growPipes(bytes = PIPE_BYTES): Promise<boolean> {
-  if (process.platform !== 'linux') return false;
+export async function growPipes(bytes = PIPE_BYTES): Promise<string | undefined> {
+  if (process.platform !== 'linux') return undefined;
   const stdin = isFifo(0);
   const stdout = isFifo(1);
-  if (!stdin && !stdout) return false;
+  if (!stdin && !stdout) return undefined;
   const stdio: Array<number | 'ignore'> = [stdin ? 0 : 'ignore', stdout ? 1 : 'ignore', 'ignore'];
   for (const [program, args] of resizers(bytes)) {
     const code = await new Promise<number | string | null>((resolve) => {
@@ -67,8 +69,9 @@ export async function growPipes(bytes = PIPE_BYTES): Promise<boolean> {
       child.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? null));
       child.on('close', resolve);
     });
+    if (code === 0) return undefined;
     // Not there: try the next; there but failed (over pipe-max-size or the user's pipe quota): give up.
-    if (code !== 'ENOENT') return code === 0;
+    if (code !== 'ENOENT') return `${program} could not resize them (over /proc/sys/fs/pipe-max-size, or the user's pipe quota is spent)`;
   }
-  return false;
+  return 'neither perl nor python3 is on its PATH';
 }

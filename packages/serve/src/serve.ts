@@ -55,6 +55,13 @@ export interface ServeOptions {
    * Absent: HELLO's `hub` is ignored.
    */
   openHub?: () => Promise<string>;
+  /**
+   * Why sshd's pipes to this helper stay smaller than asked (growPipes in
+   * pipes.ts), or undefined once they have grown. OPEN's answer carries the
+   * reason (`pipesReason`) for the client to report. Absent for sessions not
+   * on sshd's pipes (the joined sessions of a shared helper).
+   */
+  pipes?: Promise<string | undefined>;
 }
 
 interface OpenFile {
@@ -398,8 +405,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
     const handle = nextHandle++;
     files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer, writing: new Set(), writeError: undefined });
-    if (body.direct !== true) return { handle, size: st.size };
-    return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}) };
+    const pipesReason = await options.pipes;
+    const pipes = pipesReason === undefined ? {} : { pipesReason };
+    if (body.direct !== true) return { handle, size: st.size, ...pipes };
+    return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}), ...pipes };
   };
 
   const onControl = (frame: ControlFrame) => {

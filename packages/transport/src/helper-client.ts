@@ -195,12 +195,13 @@ export class HelperClient {
     }
   }
 
-  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string }> {
+  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string }> {
     const body: Record<string, unknown> = { path, policy, ...extra };
     const ok = await this.request('OPEN', body).reply;
-    const out: { handle: number; size: number; direct?: boolean; directReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };
+    const out: { handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };
     if (typeof ok.direct === 'boolean') out.direct = ok.direct;
     if (typeof ok.directReason === 'string') out.directReason = ok.directReason;
+    if (typeof ok.pipesReason === 'string') out.pipesReason = ok.pipesReason;
     return out;
   }
 

@@ -43,6 +43,8 @@ export interface RemoteFile {
   /** Opened for writing with `direct`: whether aligned writes bypass the remote page cache, and if not, why. */
   readonly direct?: boolean;
   readonly directReason?: string;
+  /** Helper mode: set when sshd's pipes to the helper stay at the kernel's default 64 KiB, and why. */
+  readonly pipesReason?: string;
 }
 
 export interface OpenFileOptions {
@@ -316,6 +318,7 @@ export class HelperConnection implements RemoteConnection {
     return {
       headroom: 12,
       ...(direct ? { direct: opened.direct === true, directReason: opened.directReason ?? (opened.direct ? undefined : 'the remote helper does not know --direct-io: run the same ferry version everywhere') } : {}),
+      ...(opened.pipesReason === undefined ? {} : { pipesReason: opened.pipesReason }),
       beginWrite: (offset, length, algorithm) => helper.writeRange(handle, offset, length, algorithm),
       read: async (offset, length, algorithm, sink) => {
         // Pieces arrive as views of the channel's buffers; a sink that returns a
