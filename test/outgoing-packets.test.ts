@@ -46,8 +46,12 @@ async function connect(): Promise<Client> {
   return client;
 }
 
-/** Sends `data` in 1 MiB writes into `cat > path` on the server; resolves once cat has exited 0. */
-function push(client: Client, path: string, data: Buffer): Promise<void> {
+/**
+ * Sends `data` in 1 MiB writes into `cat > path` on the server; resolves once
+ * cat has exited 0. With `beforeFirstWrite`, it first lets the exec's own
+ * packets leave, so that the socket is idle, then calls it.
+ */
+function push(client: Client, path: string, data: Buffer, beforeFirstWrite?: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     client.exec(`cat > ${shellQuote(path)}`, (err, channel) => {
       if (err) return reject(err);
@@ -62,7 +66,11 @@ function push(client: Client, path: string, data: Buffer): Promise<void> {
         }
         channel.end();
       };
-      more();
+      if (!beforeFirstWrite) return more();
+      setTimeout(() => {
+        beforeFirstWrite();
+        more();
+      }, 50);
     });
   });
 }
@@ -165,23 +173,6 @@ function watchSocket(client: Client): Calls {
   return seen;
 }
 
-/** Opens `cat > path`, then writes `data` with one channel.write; resolves once cat has exited 0. */
-function pushOnce(client: Client, path: string, data: Buffer, beforeWrite: () => void): Promise<void> {
-  return new Promise((resolve, reject) => {
-    client.exec(`cat > ${shellQuote(path)}`, (err, channel) => {
-      if (err) return reject(err);
-      channel.on('exit', (code: number | null) => (code === 0 ? resolve() : reject(new Error(`cat exited ${code}`))));
-      channel.resume();
-      // Let the exec's own packets leave first, so that the socket is idle.
-      setTimeout(() => {
-        beforeWrite();
-        channel.write(data);
-        channel.end();
-      }, 50);
-    });
-  });
-}
-
 describe('socket writes gathered per turn of the event loop', () => {
   it('hands a 1 MiB channel write (32 SSH packets) to the kernel in one writev, byte-identically', async () => {
     const client = await connect();
@@ -190,7 +181,7 @@ describe('socket writes gathered per turn of the event loop', () => {
     const data = randomBytes(MiB);
     const dest = join(work.path, 'gathered.bin');
     let seen: Calls | undefined;
-    await pushOnce(client, dest, data, () => (seen = watchSocket(client)));
+    await push(client, dest, data, () => (seen = watchSocket(client)));
     expect((await readFile(dest)).equals(data)).toBe(true);
     // One call carries all of the megabyte's packets (plus their headers, padding and tags).
     const biggest = seen!.calls.reduce((a, b) => (b.bytes > a.bytes ? b : a));
@@ -206,7 +197,7 @@ describe('socket writes gathered per turn of the event loop', () => {
     const data = randomBytes(MiB);
     const dest = join(work.path, 'ungathered.bin');
     let seen: Calls | undefined;
-    await pushOnce(client, dest, data, () => (seen = watchSocket(client)));
+    await push(client, dest, data, () => (seen = watchSocket(client)));
     expect((await readFile(dest)).equals(data)).toBe(true);
     // Without gathering, the idle socket takes each packet as it comes: no call near a megabyte.
     expect(seen!.calls.length).toBeGreaterThanOrEqual(32);

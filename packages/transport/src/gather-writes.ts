@@ -17,8 +17,6 @@
  * JavaScript returns to the event loop, so it adds no latency that a timer or
  * network round trip would notice.
  */
-import type { Socket } from 'node:net';
-
 /** What a gathering socket did (for tests and the benchmark notes). */
 export interface GatherStats {
   /** Turns of the event loop in which something was written (each ends in one uncork). */
@@ -40,27 +38,31 @@ export function gatherStats(client: object): GatherStats | undefined {
   return statsOf.get(client);
 }
 
+function isCorkable(sock: Partial<Corkable> | undefined): sock is Corkable {
+  return sock !== undefined && typeof sock.write === 'function' && typeof sock.cork === 'function' && typeof sock.uncork === 'function';
+}
+
 /**
  * Makes the socket of an ssh2 client (its `_sock`) gather each turn's writes
  * into one. Returns the counters, or undefined (nothing changed) when the
  * client has no socket that can be corked.
  */
 export function gatherWrites(client: object): GatherStats | undefined {
-  const sock = (client as { _sock?: Partial<Socket> })._sock as Partial<Corkable> | undefined;
-  if (!sock || typeof sock.write !== 'function' || typeof sock.cork !== 'function' || typeof sock.uncork !== 'function') return undefined;
+  const sock = (client as { _sock?: Partial<Corkable> })._sock;
+  if (!isCorkable(sock)) return undefined;
   const write = sock.write;
   const stats: GatherStats = { turns: 0, writes: 0 };
   let corked = false;
   const flush = (): void => {
     corked = false;
     // After end() or destroy() this is a no-op: end() has uncorked already.
-    (sock as Corkable).uncork();
+    sock.uncork();
   };
   sock.write = function (this: unknown, ...args: unknown[]): boolean {
     if (!corked) {
       corked = true;
       stats.turns++;
-      (sock as Corkable).cork();
+      sock.cork();
       process.nextTick(flush);
     }
     stats.writes++;
