@@ -58,7 +58,7 @@ describe('the ferry command line', () => {
     expect(a.err).toContain("error: unknown option '--bogus'");
     const b = io();
     expect(await runCli(['cp', 'a', 'h:b', '--hash', 'md5'], b)).toBe(2);
-    expect(b.err).toContain("error: option '--hash <algorithm>' argument 'md5' is invalid. Allowed choices are xxh3, sha256.");
+    expect(b.err).toContain("error: option '--hash <algorithm>' argument 'md5' is invalid. Allowed choices are xxh3, crc32, sha256.");
   });
 
   it('rejects --json with --quiet before touching the network', async () => {

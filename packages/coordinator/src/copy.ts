@@ -16,6 +16,7 @@ import {
   DEFAULT_DURABLE_INTERVAL_MS,
   DEFAULT_MAX_DELIVER,
   FerryError,
+  HASH_ALGORITHMS,
   IntervalSet,
   JOURNAL_VERSION,
   RangeHashes,
@@ -43,7 +44,7 @@ import {
   workItemCount,
   workItemsOf,
 } from '@ferry/core';
-import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, WorkItem } from '@ferry/core';
+import type { Completion, CopyOptions, HashAlgorithm, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, TransferMode, WorkItem } from '@ferry/core';
 import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
@@ -328,6 +329,8 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await warm?.dismiss();
     throw err;
   }
+  const fallback = fallbackWarning(prep.conn);
+  if (fallback) emit({ type: 'warning', message: fallback, host: prep.conn.label });
   const stateDir = options.stateDir ?? defaultStateDir();
   const jobDir = jobDirOf(stateDir, prep.jobId);
   let unlock: (() => Promise<void>) | undefined;
@@ -386,7 +389,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         fileBytes: prep.fileBytes,
         rangeBytes: plan.rangeBytes,
         rangeCount: plan.count,
-        hash: options.hash,
+        hash: rangeHashFor(options, prep.conn),
         fingerprint,
         ...(request.launchOptions ? { launch: request.launchOptions } : {}),
       };
@@ -402,12 +405,13 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         fileBytes: prep.fileBytes,
         rangeBytes: plan.rangeBytes,
         rangeCount: plan.count,
-        hash: options.hash,
+        hash: job.hash,
         fingerprint,
         at: Date.now(),
       });
     }
     const hash = job.hash;
+    checkRemoteHashes(hash, prep.conn, options.hashGiven);
     const state: RunState = {
       plan,
       done: folded?.done ?? new IntervalSet(),
@@ -534,6 +538,48 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await unlock?.().catch(() => {});
     prep.conn.close();
   }
+}
+
+/**
+ * The range hash of a new job: --hash if given; else xxh3, or where the remote
+ * side cannot compute it (ferry's Python helper), the first of core's
+ * HASH_ALGORITHMS it can (crc32: zlib's, native in Node and Python alike).
+ */
+function rangeHashFor(options: ResolvedCopyOptions, conn: RemoteConnection): HashAlgorithm {
+  if (options.hashGiven || !conn.hashes || conn.hashes.includes(options.hash)) return options.hash;
+  return HASH_ALGORITHMS.find((h) => conn.hashes!.includes(h)) ?? options.hash;
+}
+
+/** Refuses a job whose range hash the remote side cannot compute (a resumed xxh3 job on a host now without ferry serve). */
+function checkRemoteHashes(hash: HashAlgorithm, conn: RemoteConnection, given: boolean): void {
+  if (!conn.hashes || conn.hashes.includes(hash)) return;
+  const can = conn.hashes.join(', ');
+  throw new FerryError(
+    'USAGE',
+    given
+      ? `--hash ${hash} needs 'ferry serve' on ${conn.label}; its ${conn.mode} path hashes ${can}: drop --hash, or pass one of those`
+      : `this job hashes its ranges with ${hash}, which the ${conn.mode} path on ${conn.label} cannot compute (it has ${can}): install ferry there to resume it, or add --restart to start over`,
+    { host: conn.label },
+  );
+}
+
+/** What the data path cost: how much slower each fallback is than the path it replaces, as measured (bench/README.md, first-contact). */
+const FALLBACK_COST: Record<TransferMode, string> = {
+  helper: '',
+  python: "ferry's python helper",
+  sftp: 'SFTP, typically a third as fast as ferry serve',
+};
+
+/**
+ * One line for a connection that took a slower data path than the best
+ * (`--mode auto`): the host, what was missing, what it costs and the fix.
+ */
+export function fallbackWarning(conn: RemoteConnection): string | undefined {
+  const tried = conn.fallbacks ?? [];
+  if (tried.length === 0) return undefined;
+  const missing = tried.map((f) => f.reason).join('; ');
+  const fix = conn.mode === 'sftp' ? "install ferry there, or python3, or pass --remote-cmd" : 'install ferry there or pass --remote-cmd';
+  return `${conn.label}: ${missing}; using ${FALLBACK_COST[conn.mode]}: ${fix}`;
 }
 
 /** Why an earlier run cannot be resumed (start over), or undefined. Throws when it must not be overwritten silently. */

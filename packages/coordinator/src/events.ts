@@ -2,7 +2,7 @@
  * What a running copy reports: the CLI renders these as a progress bar, a
  * summary, or NDJSON (`--json`), one object per line.
  */
-import type { ErrorCode } from '@ferry/core';
+import type { ErrorCode, TransferMode } from '@ferry/core';
 
 export interface CopySummary {
   jobId: string;
@@ -21,7 +21,8 @@ export interface CopySummary {
   resends: number;
   hash: string;
   rootHash: string;
-  mode: 'helper' | 'sftp' | 'none';
+  /** The data path that ran: helper (`ferry serve`), python (ferry's helper on the remote python3), sftp; none for an empty file. */
+  mode: TransferMode | 'none';
   agents: number;
   streams: number;
 }
@@ -37,7 +38,7 @@ export type CopyEvent =
       rangeBytes: number;
       agents: number;
       streams: number;
-      mode: 'helper' | 'sftp' | 'none';
+      mode: TransferMode | 'none';
       hash: string;
       stateDir: string;
       /** True when an earlier run of the same copy is being continued. */
@@ -52,4 +53,6 @@ export type CopyEvent =
   | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
   | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
   | { type: 'log'; message: string }
+  /** Something the user should know even without -v: a slower path taken, and why (printed unless -q). */
+  | { type: 'warning'; message: string; host?: string }
   | ({ type: 'done' } & CopySummary);

@@ -11,7 +11,7 @@
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs, workItemCount } from '@ferry/core';
-import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
+import type { ModeChoice, RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
 import type { Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
 import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
@@ -52,6 +52,8 @@ export class WarmStart {
     private readonly hintFor: (index: number) => WarmHint,
     /** The SSH settings the hints carry, which the copy then uses too. */
     readonly ssh: SshSettings,
+    /** The data path the hints ask for: the one the coordinator's connection ended up in, once it is up. */
+    private readonly resolved: { mode: ModeChoice } = { mode: 'auto' },
   ) {
     // A failed import shows where it is awaited.
     agentModule.catch(() => {});
@@ -63,6 +65,8 @@ export class WarmStart {
    * lent `conn` for the first slot that goes to `host`.
    */
   connect(conn: RemoteConnection, host: RemoteHost): void {
+    // With --mode auto the agents need not try the paths the coordinator found missing.
+    this.resolved.mode = conn.mode;
     this.processes.connect();
     if (this.settled || this.preconnected) return;
     this.preconnected = this.agentModule.then(({ Preconnected }) => {
@@ -136,7 +140,8 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   const hosts = remoteHostsOf(remote);
   // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
   const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
-  const hintFor = (i: number) => warmHint(i, hosts, ssh, options, ahead);
+  const resolved: { mode: ModeChoice } = { mode: options.mode };
+  const hintFor = (i: number) => warmHint(i, hosts, ssh, { ...options, mode: resolved.mode }, ahead);
   const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
-  return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh);
+  return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh, resolved);
 }

@@ -174,3 +174,19 @@ export function destinationError(err: unknown, where: { host?: string; path: str
     }
   }
 }
+
+/**
+ * Maps a system error met while reading the source to a FerryError naming
+ * where it happened. (ENOENT: gone or never there; EACCES/EPERM: unreadable.)
+ */
+export function sourceError(err: unknown, where: { host?: string; path: string }): FerryError {
+  if (err instanceof FerryError) return err;
+  const errno = errnoOf(err);
+  const at = where.host ? `${where.host}:${where.path}` : where.path;
+  const fields: FerryErrorFields = { path: where.path, cause: err };
+  if (errno !== undefined) fields.errno = errno;
+  if (where.host !== undefined) fields.host = where.host;
+  if (errno === 'ENOENT') return new FerryError('SOURCE_NOT_FOUND', `no such file: ${at}`, fields);
+  if (errno === 'EACCES' || errno === 'EPERM') return new FerryError('SOURCE_UNREADABLE', `permission denied reading ${at}`, fields);
+  return new FerryError('DEST_IO', `${err instanceof Error ? err.message : String(err)}`, fields);
+}

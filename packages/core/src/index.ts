@@ -12,7 +12,7 @@ export { parseSize, parseDuration, formatBytes, formatRate, formatDuration, KiB,
 export { planRanges, rangeAt, chooseRangeBytes, RANGE_ALIGN_BYTES, MIN_AUTO_RANGE_BYTES, MAX_AUTO_RANGE_BYTES, TARGET_RANGE_COUNT } from './ranges.js';
 export type { RangePlan, ByteRange } from './ranges.js';
 export { IntervalSet } from './intervals.js';
-export { FerryError, EXIT_CODES, toFerryError, exitCodeOf, isErrorCode, errnoOf, destinationError } from './errors.js';
+export { FerryError, EXIT_CODES, toFerryError, exitCodeOf, isErrorCode, errnoOf, destinationError, sourceError } from './errors.js';
 export type { ErrorCode, ErrorData, FerryErrorFields } from './errors.js';
 export { parseLocation, formatLocation, hostLabel } from './location.js';
 export { expandHostlist } from './hostlist.js';

@@ -22,8 +22,16 @@ export type Direction =
 export type TransferMode =
   /** `ferry serve` on the remote host, framed helper protocol. */
   | 'helper'
+  /**
+   * Nothing of ferry installed remotely: the same protocol, spoken by a small
+   * Python helper that each connection sends to the remote host's own python3
+   * (transport/remote/helper.py).
+   */
+  | 'python'
   /** Plain SFTP, nothing installed remotely. */
   | 'sftp';
+
+export const TRANSFER_MODES: readonly TransferMode[] = ['helper', 'python', 'sftp'];
 
 export interface RemoteHost {
   host: string;

@@ -36,7 +36,7 @@ export const DEFAULT_DURABLE_BYTES = 256 * MiB;
 export const MAX_AGENTS = 4096;
 export const MAX_STREAMS = 64;
 
-export type ModeChoice = 'auto' | 'helper' | 'sftp';
+export type ModeChoice = 'auto' | 'helper' | 'python' | 'sftp';
 export type OutputStyle = 'human' | 'json' | 'quiet';
 
 export interface CopyOptions {
@@ -48,7 +48,7 @@ export interface CopyOptions {
   rangeSize?: number | string;
   /** Range hash algorithm. @default 'xxh3' */
   hash?: string;
-  /** Data path: helper (`ferry serve` remotely), sftp, or auto (helper when it can be started). @default 'auto' */
+  /** Data path: helper (`ferry serve` remotely), python (a helper sent to the remote python3), sftp, or auto (the first of those that starts). @default 'auto' */
   mode?: string;
   /** Command that starts the helper on the remote host. @default 'ferry serve' */
   remoteCmd?: string;
@@ -175,7 +175,7 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
   const hash = options.hash ?? DEFAULT_HASH;
   if (!isHashAlgorithm(hash)) throw usage(`--hash must be one of ${HASH_ALGORITHMS.join(', ')}, got '${hash}'`);
   const mode = options.mode ?? 'auto';
-  if (mode !== 'auto' && mode !== 'helper' && mode !== 'sftp') throw usage(`--mode must be auto, helper or sftp, got '${mode}'`);
+  if (mode !== 'auto' && mode !== 'helper' && mode !== 'python' && mode !== 'sftp') throw usage(`--mode must be auto, helper, python or sftp, got '${mode}'`);
   if (options.remoteCmd !== undefined && options.remoteCmd.trim() === '') throw usage('--remote-cmd must not be empty');
   const transport = options.transport ?? 'ssh2';
   if (transport !== 'ssh2' && transport !== 'openssh') throw usage(`--transport must be ssh2 or openssh, got '${transport}'`);

@@ -23,6 +23,7 @@
 import { decode, encode } from './codec.js';
 import { FerryError } from './errors.js';
 import type { ErrorData } from './errors.js';
+import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
 import type { HashAlgorithm } from './hash.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -195,7 +196,7 @@ function validate(frame: ControlFrame): ControlFrame {
     }
   };
   const algo = () => {
-    if (b.algorithm !== 'xxh3' && b.algorithm !== 'sha256') throw protocolError(`${frame.type}.algorithm must be xxh3 or sha256`);
+    if (!isHashAlgorithm(b.algorithm)) throw protocolError(`${frame.type}.algorithm must be one of ${HASH_ALGORITHMS.join(', ')}`);
   };
   switch (frame.type) {
     case 'HELLO':

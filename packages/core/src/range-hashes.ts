@@ -7,7 +7,7 @@
  */
 import type { HashAlgorithm } from './hash.js';
 
-const DIGEST_BYTES: Record<HashAlgorithm, number> = { xxh3: 8, sha256: 32 };
+const DIGEST_BYTES: Record<HashAlgorithm, number> = { xxh3: 8, sha256: 32, crc32: 4 };
 
 export class RangeHashes {
   private readonly width: number;

@@ -21,18 +21,40 @@ function bytes(n: number, seed: number): Buffer {
 const text = (s: string) => Buffer.from(s, 'utf8');
 
 describe('hash algorithms', () => {
-  it('lists xxh3 and sha256', () => {
-    expect(HASH_ALGORITHMS).toEqual(['xxh3', 'sha256']);
+  it('lists xxh3, crc32 and sha256, in the order a job prefers them', () => {
+    expect(HASH_ALGORITHMS).toEqual(['xxh3', 'crc32', 'sha256']);
   });
 
   it('recognises exactly the supported algorithm names', () => {
     expect(isHashAlgorithm('xxh3')).toBe(true);
     expect(isHashAlgorithm('sha256')).toBe(true);
+    expect(isHashAlgorithm('crc32')).toBe(true);
     expect(isHashAlgorithm('XXH3')).toBe(false);
+    expect(isHashAlgorithm('crc32c')).toBe(false);
     expect(isHashAlgorithm('md5')).toBe(false);
     expect(isHashAlgorithm('')).toBe(false);
     expect(isHashAlgorithm(undefined)).toBe(false);
     expect(isHashAlgorithm(3)).toBe(false);
+  });
+});
+
+describe('crc32', () => {
+  it('gives the standard check value of "123456789" (zlib, cksum -a crc32b, Python zlib.crc32)', () => {
+    expect(hashBytes('crc32', text('123456789'))).toBe('cbf43926');
+    expect(hashBytes('crc32', new Uint8Array(0))).toBe('00000000');
+  });
+
+  it('keeps leading zeros so every digest is 8 hex digits', () => {
+    const digests = Array.from({ length: 2000 }, (_, i) => hashBytes('crc32', text(`ferry-${i}`)));
+    for (const d of digests) expect(d).toMatch(/^[0-9a-f]{8}$/);
+    expect(digests.some((d) => d.startsWith('0'))).toBe(true);
+  });
+
+  it('streams to the same digest as one buffer, whatever the pieces', () => {
+    const data = bytes(3 * 65536 + 17, 7);
+    const h = createHasher('crc32');
+    for (let at = 0; at < data.length; at += 10007) h.update(data.subarray(at, at + 10007));
+    expect(h.digest()).toBe(hashBytes('crc32', data));
   });
 });
 

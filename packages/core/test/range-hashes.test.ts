@@ -3,7 +3,7 @@ import { RangeHashes, hashBytes, rootHash } from '@ferry/core';
 
 describe('RangeHashes', () => {
   it('stores and returns xxh3 and sha256 digests as the same hex', () => {
-    for (const algorithm of ['xxh3', 'sha256'] as const) {
+    for (const algorithm of ['xxh3', 'sha256', 'crc32'] as const) {
       const h = new RangeHashes(5, algorithm);
       const digests = [0, 1, 2, 3, 4].map((i) => hashBytes(algorithm, Buffer.from([i])));
       digests.forEach((d, i) => h.set(i, d));

@@ -15,11 +15,13 @@ import {
   FrameDecoder,
   FileWriter,
   FrameType,
+  HASH_ALGORITHMS,
   PROTOCOL_VERSION,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
   destinationError,
+  sourceError,
   encodeControl,
   errnoOf,
   hashStoredThrough,
@@ -96,12 +98,6 @@ interface Upload {
   answered: boolean;
 }
 
-function sourceError(err: unknown, path: string): FerryError {
-  const errno = errnoOf(err);
-  if (errno === 'ENOENT') return new FerryError('SOURCE_NOT_FOUND', `no such file: ${path}`, { path, errno, cause: err });
-  if (errno === 'EACCES' || errno === 'EPERM') return new FerryError('SOURCE_UNREADABLE', `permission denied reading ${path}`, { path, errno, cause: err });
-  return new FerryError('DEST_IO', `${(err as Error).message}`, { path, cause: err, ...(errno ? { errno } : {}) });
-}
 
 export function statOf(st: import('node:fs').Stats): StatResult {
   return {
@@ -343,7 +339,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         }
       } catch (err) {
         pool.release(buf);
-        throw err instanceof FerryError ? err : sourceError(err, f.path);
+        throw err instanceof FerryError ? err : sourceError(err, { path: f.path });
       }
       const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
       hasher.update(data);
@@ -388,7 +384,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       try {
         fh = await open(body.path, 'r');
       } catch (err) {
-        throw sourceError(err, body.path);
+        throw sourceError(err, { path: body.path });
       }
     }
     const st = await fh.stat();
@@ -416,7 +412,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
     switch (frame.type) {
       case 'HELLO': {
-        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] };
+        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', ...HASH_ALGORITHMS.map((h) => `hash:${h}`)] };
         const openHub = options.openHub;
         if (frame.body.hub !== true || !openHub) {
           reply(id, { hello });
@@ -500,7 +496,7 @@ export async function serve(options: ServeOptions): Promise<void> {
           try {
             return { stat: statOf(await stat(frame.body.path)) };
           } catch (err) {
-            throw sourceError(err, frame.body.path);
+            throw sourceError(err, { path: frame.body.path });
           }
         });
         return;

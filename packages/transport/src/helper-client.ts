@@ -11,7 +11,9 @@ import {
   FrameType,
   PROTOCOL_VERSION,
   ZERO_CHUNK,
+  destinationError,
   encodeControl,
+  sourceError,
   writeHeader,
 } from '@ferry/core';
 import type { ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, StatResult } from '@ferry/core';
@@ -145,6 +147,13 @@ export class HelperClient {
 
   /** The helper names paths only; messages here name them as host:path. */
   private errorFrom(body: ErrorBody): FerryError {
+    // ferry's Python helper leaves the wording of file errors to core, so the texts live in one place.
+    if (this.hello?.software.startsWith('ferry-python') && body.errno && body.path) {
+      const cause = Object.assign(new Error(body.message), { code: body.errno });
+      const where = { host: body.host ?? this.label, path: body.path };
+      if (body.code.startsWith('SOURCE_')) return sourceError(cause, where);
+      if (body.code.startsWith('DEST_')) return destinationError(cause, where);
+    }
     let message = body.message;
     if (body.path && !message.includes(`${this.label}:`)) message = message.split(body.path).join(`${this.label}:${body.path}`);
     return FerryError.fromData({ ...body, message, host: body.host ?? this.label });

@@ -10,9 +10,10 @@ import type { ChildProcess } from 'node:child_process';
 import { FerryError, hostLabel } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import type { ExecResult } from './exec.js';
-import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
+import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './helper-client.js';
+import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { HelperConnection } from './remote.js';
-import type { RemoteConnection, RemoteOptions } from './remote.js';
+import type { Fallback, RemoteConnection, RemoteOptions } from './remote.js';
 
 const STDERR_TAIL_BYTES = 4000;
 
@@ -103,24 +104,22 @@ function runOnce(target: RemoteHost, ssh: SshSettings, options: RemoteOptions, c
   });
 }
 
-/** Starts `ssh target remoteCommand` and speaks the helper protocol over it. */
-export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
+/** One `ssh target command` process speaking the helper protocol; `preamble` goes to its stdin first. */
+async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: RemoteOptions, command: string, shown: string, preamble?: Buffer): Promise<{ helper: HelperClient; child: ChildProcess }> {
   const label = hostLabel(target);
-  if (options.mode === 'sftp') {
-    throw new FerryError('USAGE', '--transport openssh carries the helper protocol only: use --mode helper (or auto), or --transport ssh2 for --mode sftp');
-  }
   if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
-  const { file, args } = opensshArgs(target, ssh, options, options.remoteCommand);
+  const { file, args } = opensshArgs(target, ssh, options, command);
   const helperTimeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
   const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(missingClient(file, err))));
   spawnError.catch(() => {});
   const kill = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
   };
-  const helper = new HelperClient({ input: child.stdin, output: child.stdout, close: kill }, label);
+  const helper = new HelperClient({ input: child.stdin!, output: child.stdout!, close: kill }, label);
+  if (preamble) child.stdin!.write(preamble);
   const onAbort = () => kill();
   options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
@@ -133,11 +132,45 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
     await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     // No word from ssh or the remote side, only silence: a slow start, not a missing helper.
-    if (isHelloTimeout(err) && silent) throw slowStart(options.remoteCommand, label, ssh.connectTimeoutMs + helperTimeoutMs, err);
-    throw classifySshFailure(stderr, child.exitCode, target, ssh, options.remoteCommand);
+    if (isHelloTimeout(err) && silent) throw slowStart(shown, label, ssh.connectTimeoutMs + helperTimeoutMs, err);
+    throw classifySshFailure(stderr, child.exitCode, target, ssh, shown);
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
   }
+  return { helper, child };
+}
+
+/**
+ * Starts `ssh target remoteCommand` and speaks the helper protocol over it;
+ * with --mode auto, where that helper is missing, ferry's Python helper
+ * (python-helper.ts) over a second `ssh` process.
+ */
+export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
+  const label = hostLabel(target);
+  if (options.mode === 'sftp') {
+    throw new FerryError('USAGE', '--transport openssh carries the helper protocol only: use --mode helper (or auto), or --transport ssh2 for --mode sftp');
+  }
+  const fallbacks: Fallback[] = [];
+  let started: { helper: HelperClient; child: ChildProcess } | undefined;
+  let mode: 'helper' | 'python' = 'helper';
+  if (options.mode !== 'python') {
+    try {
+      started = await startOverSsh(target, ssh, options, options.remoteCommand, options.remoteCommand);
+    } catch (err) {
+      // Only a helper that is not there makes the Python one worth a try; a refused key or host key would fail it too.
+      if (options.mode !== 'auto' || !(err instanceof FerryError) || err.code !== 'HELPER_UNAVAILABLE' || isSlowHelperStart(err)) throw err;
+      fallbacks.push({ mode: 'helper', reason: `'${options.remoteCommand}' ${/command not found/.test(err.message) ? 'not found (exit 127)' : `failed: ${err.message}`}` });
+    }
+  }
+  if (!started) {
+    const script = pythonHelperScript();
+    started = await startOverSsh(target, ssh, options, pythonHelperCommand(script.length), "python3 (ferry's python helper)", script);
+    mode = 'python';
+  }
+  const { helper, child } = started;
+  const kill = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+  };
   return new HelperConnection(
     {
       get ended() {
@@ -148,5 +181,9 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
     },
     helper,
     label,
+    undefined,
+    undefined,
+    mode,
+    fallbacks,
   );
 }

@@ -4,8 +4,9 @@
  * and range transfers for the agents. `connectRemote()` picks the mode.
  */
 import type { Client } from 'ssh2';
-import { FerryError, createHasher, destinationError, errnoOf, hostLabel, toFerryError } from '@ferry/core';
+import { FerryError, createHasher, destinationError, errnoOf, hostLabel, isHashAlgorithm, toFerryError } from '@ferry/core';
 import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
 import type { ExecResult } from './exec.js';
@@ -52,11 +53,22 @@ export interface OpenFileOptions {
   direct?: boolean;
 }
 
+/** A faster data path that `--mode auto` tried on a host and could not use, and why. */
+export interface Fallback {
+  mode: TransferMode;
+  /** What was missing, e.g. `'ferry serve' not found (exit 127)`. */
+  reason: string;
+}
+
 export interface RemoteConnection {
   readonly label: string;
   /** False once the SSH connection (or the helper session) has ended. */
   readonly alive: boolean;
   readonly mode: TransferMode;
+  /** The faster paths `--mode auto` tried before this one, in order (none when the first worked). */
+  readonly fallbacks?: readonly Fallback[];
+  /** Hash algorithms the remote side computes itself; others are computed here from what it sends. */
+  readonly hashes?: readonly HashAlgorithm[];
   /** The cap on unread data in the server on the data channel, when one applies (see send-window.ts). */
   readonly sendWindow?: SendWindow;
   /** With --shared-helper: whether this connection started its helper for others to join, or joined one. */
@@ -188,7 +200,20 @@ async function startHelperFor(client: Client, command: string, label: string, ti
   }
 }
 
-async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, hub: boolean): Promise<StartedHelper> {
+/** Why a helper could not start, in a few words for the fallback line: `not found (exit 127)`. */
+const helperFailures = new WeakMap<object, string>();
+
+/** What `err` (from startHelper) says was missing, for a fallback line; its message otherwise. */
+export function helperFailureReason(err: unknown): string {
+  return (typeof err === 'object' && err !== null && helperFailures.get(err)) || (err as Error).message;
+}
+
+/**
+ * Starts a helper over an exec channel and waits for its HELLO. `preamble` is
+ * written before any frame (the Python helper's source, which the remote
+ * command reads first).
+ */
+async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, hub: boolean, preamble?: Buffer, shown = command): Promise<StartedHelper> {
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
@@ -198,23 +223,46 @@ async function startHelper(client: Client, command: string, label: string, timeo
     exitCode = code;
   });
   const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
+  if (preamble) channel.write(preamble);
   try {
     await helper.handshake(timeoutMs, hub);
   } catch (err) {
     helper.close();
     const tail = helper.stderr;
-    if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(command, label, timeoutMs, err);
-    const why = exitCode === 127 || /not found/i.test(tail) ? 'command not found' : tail || (err as Error).message;
-    throw new FerryError(
+    if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(shown, label, timeoutMs, err);
+    const missing = exitCode === 127 || /not found/i.test(tail);
+    const why = missing ? 'command not found' : tail || (err as Error).message;
+    const e = new FerryError(
       'HELPER_UNAVAILABLE',
-      `cannot start '${command}' on ${label} (${why}): install ferry there, point --remote-cmd at it, or use --mode sftp`,
+      preamble
+        ? `cannot start ferry's python helper on ${label} (${why}): the host needs python3 (3.6 or later) or /usr/libexec/platform-python, or use --mode sftp`
+        : `cannot start '${command}' on ${label} (${why}): install ferry there, point --remote-cmd at it, or use --mode sftp`,
       { host: label, cause: err },
     );
+    helperFailures.set(e, missing ? `not found (exit ${exitCode ?? 127})` : `failed: ${tail.split('\n').at(-1) || (err as Error).message}`);
+    throw e;
   }
   return { helper, sendWindow };
 }
 
-/** Opens an SSH connection and a data session in the requested mode; 'auto' tries the helper first. */
+/** Starts ferry's Python helper (python-helper.ts) over an exec channel. */
+function startPythonHelper(client: Client, label: string, timeoutMs: number, sendWindowBytes: number): Promise<StartedHelper> {
+  const script = pythonHelperScript();
+  return startHelper(client, pythonHelperCommand(script.length), label, timeoutMs, sendWindowBytes, false, script, 'python3 (ferry\'s python helper)');
+}
+
+/** The hash algorithms a helper computes itself, from its HELLO (`hash:NAME` capabilities; older helpers: xxh3 and sha256). */
+export function helperHashes(capabilities: readonly string[] | undefined): HashAlgorithm[] {
+  const named = (capabilities ?? []).filter((c) => c.startsWith('hash:')).map((c) => c.slice(5)).filter(isHashAlgorithm);
+  return named.length > 0 ? named : ['xxh3', 'sha256'];
+}
+
+/**
+ * Opens an SSH connection and a data session in the requested mode. 'auto'
+ * takes the first that starts of `ferry serve` (helper), ferry's Python helper
+ * (python) and SFTP, and records on the connection (`fallbacks`) what it tried
+ * and why that failed, for the caller to say so.
+ */
 export async function connectRemote(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
   if (ssh.transport === 'openssh') return connectOpenSsh(target, ssh, options);
   const client = await connectSsh(target, ssh, options);
@@ -224,35 +272,43 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
   // ending the client fails the step in progress at once.
   const onAbort = () => client.destroy();
   options.signal?.addEventListener('abort', onAbort, { once: true });
+  const fallbacks: Fallback[] = [];
+  const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
+  const carrier = (): HelperCarrier => {
+    const watch = watchClient(client);
+    return { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) };
+  };
   try {
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
-    if (options.mode !== 'sftp') {
+    if (options.mode === 'helper' || options.mode === 'auto') {
       try {
-        const timeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
         const share = ssh.sharedHelper === true ? `${label}\0${options.remoteCommand}` : undefined;
         let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
           started ??= await startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
         } catch (err) {
           // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
-          // one more chance, with twice the time, before the slower SFTP path is chosen.
+          // one more chance, with twice the time, before a slower path is chosen.
           if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
           started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes, false);
         }
-        const watch = watchClient(client);
-        return new HelperConnection(
-          { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) },
-          started.helper,
-          label,
-          started.sendWindow,
-          started.sharing,
-        );
+        return new HelperConnection(carrier(), started.helper, label, started.sendWindow, started.sharing, 'helper', fallbacks);
       } catch (err) {
-        if (options.mode === 'helper') throw err;
+        if (options.mode === 'helper' || options.signal?.aborted) throw err;
+        fallbacks.push({ mode: 'helper', reason: `'${options.remoteCommand}' ${helperFailureReason(err)}` });
+      }
+    }
+    if (options.mode === 'python' || options.mode === 'auto') {
+      try {
+        const started = await startPythonHelper(client, label, timeoutMs, sendWindowBytes);
+        return new HelperConnection(carrier(), started.helper, label, started.sendWindow, undefined, 'python', fallbacks);
+      } catch (err) {
+        if (options.mode === 'python' || options.signal?.aborted) throw err;
+        fallbacks.push({ mode: 'python', reason: `python3 ${helperFailureReason(err)}` });
       }
     }
     const session = await SftpSession.open(client, label, sendWindowBytes);
-    return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024);
+    return new SftpConnection(client, session, label, options.windowBytes, options.chunkBytes ?? 1024 * 1024, fallbacks);
   } catch (err) {
     client.end();
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
@@ -283,14 +339,18 @@ export interface HelperCarrier {
 }
 
 export class HelperConnection implements RemoteConnection {
-  readonly mode = 'helper' as const;
+  readonly hashes: readonly HashAlgorithm[];
   constructor(
     private readonly carrier: HelperCarrier,
     private readonly helper: HelperClient,
     readonly label: string,
     readonly sendWindow?: SendWindow,
     readonly sharedHelper?: 'started' | 'joined',
-  ) {}
+    readonly mode: 'helper' | 'python' = 'helper',
+    readonly fallbacks: readonly Fallback[] = [],
+  ) {
+    this.hashes = helperHashes(helper.hello?.capabilities);
+  }
 
   get alive(): boolean {
     return !this.carrier.ended && !this.helper.closed;
@@ -377,7 +437,11 @@ export class HelperConnection implements RemoteConnection {
   async hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
     const { handle } = await this.helper.open(path, 'read');
     try {
-      return await this.helper.hash(handle, offset, length, algorithm);
+      if (this.hashes.includes(algorithm)) return await this.helper.hash(handle, offset, length, algorithm);
+      // A helper without this algorithm (the Python one has no xxh3) sends the bytes instead.
+      const h = createHasher(algorithm);
+      await this.helper.readRange(handle, offset, length, this.hashes[0]!, (chunk) => h.update(chunk)).done;
+      return h.digest();
     } finally {
       await this.helper.closeFile(handle).catch(() => {});
     }
@@ -397,7 +461,7 @@ export class HelperConnection implements RemoteConnection {
 }
 
 /** Standard tools that hash a remote range in SFTP mode, by algorithm: how to find them, run them and read their output. */
-const HASH_TOOLS: Record<HashAlgorithm, { probe: string; pipe: string; parse: (out: string) => string | undefined }> = {
+const HASH_TOOLS: Partial<Record<HashAlgorithm, { probe: string; pipe: string; parse: (out: string) => string | undefined }>> = {
   xxh3: { probe: 'xxhsum', pipe: 'xxhsum -H3', parse: (out) => /([0-9a-f]{16})\s*$/.exec(out.trim())?.[1] },
   sha256: { probe: 'sha256sum', pipe: 'sha256sum', parse: (out) => /^([0-9a-f]{64})\b/.exec(out.trim())?.[1] },
 };
@@ -413,6 +477,7 @@ class SftpConnection implements RemoteConnection {
     readonly label: string,
     private readonly windowBytes: number,
     private readonly chunkBytes: number,
+    readonly fallbacks: readonly Fallback[] = [],
   ) {
     this.watch = watchClient(client);
   }
@@ -462,6 +527,7 @@ class SftpConnection implements RemoteConnection {
   /** Hash of a remote range by a standard tool over exec, or undefined when the host lacks one. */
   private async toolHash(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string | undefined> {
     const tool = HASH_TOOLS[algorithm];
+    if (!tool) return undefined;
     const tools = await this.remoteTools();
     if (!tools.has('dd') || !tools.has(tool.probe)) return undefined;
     const cmd = `dd if=${shellQuote(path)} bs=1M iflag=skip_bytes,count_bytes skip=${offset} count=${length} status=none | ${tool.pipe}`;

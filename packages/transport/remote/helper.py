@@ -1,0 +1,673 @@
+# ferry's helper for hosts where ferry is not installed.
+#
+# The agent sends this file over an SSH exec channel to a python3 that the
+# remote host already has (`python3`, or RHEL 8's /usr/libexec/platform-python),
+# and then speaks the helper protocol of @ferry/core (protocol.ts) with it on
+# stdin/stdout, exactly as with `ferry serve`: a 12-byte header
+# (u8 type | u8 flags | u16 reserved | u32 id | u32 length, big-endian), msgpack
+# bodies for control frames, raw bytes for DATA. It pwrites ranges at their
+# offsets, hashes what it received (crc32 or sha256: what Python computes
+# natively; no xxh3), streams ranges it is asked to read, and touches only the
+# files it was asked to OPEN (writes go by handle, within the size the file had
+# at OPEN).
+#
+# It runs single-threaded with blocking I/O: sshd's pipes and the SSH window
+# are the flow control. Errors are sent as {code, message, path, errno}; the
+# client words the message (core's destinationError / sourceError), so the
+# texts live in one place.
+#
+# Python 3.6 or later (RHEL 8's platform-python is 3.6): no walrus operator,
+# no dataclasses, os.preadv only where it exists.
+import errno as errno_names
+import fcntl
+import hashlib
+import os
+import stat as stat_mod
+import struct
+import sys
+import zlib
+
+if sys.version_info < (3, 6):
+    sys.stderr.write('ferry: the remote python is %d.%d; the helper needs 3.6 or later\n' % sys.version_info[:2])
+    sys.exit(127)
+
+PROTOCOL_VERSION = 1
+SOFTWARE = 'ferry-python/1 (Python %d.%d.%d)' % sys.version_info[:3]
+HEADER = struct.Struct('>BBHII')
+HEADER_BYTES = 12
+MAX_CONTROL_BYTES = 64 * 1024
+MAX_DATA_FRAME_BYTES = 16 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+PIPE_BYTES = 1024 * 1024
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
+
+HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS = range(1, 14)
+OK, ERROR = 64, 65
+NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
+         9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 64: 'OK', 65: 'ERROR'}
+ZERO_CHUNK = bytes(CHUNK_BYTES)
+
+
+class Failure(Exception):
+    """
+    An error that travels to the client as an ERROR frame. A PROTOCOL failure
+    ends the session (the client broke the protocol) unless `fatal` is False.
+    """
+
+    def __init__(self, code, message, path=None, errno=None, fatal=None):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+        self.path = path
+        self.errno = errno
+        self.fatal = code == 'PROTOCOL' if fatal is None else fatal
+
+    def body(self):
+        b = {'code': self.code, 'message': self.message}
+        if self.path is not None:
+            b['path'] = self.path
+        if self.errno is not None:
+            b['errno'] = self.errno
+        return b
+
+
+def protocol_error(message):
+    return Failure('PROTOCOL', 'helper protocol: ' + message)
+
+
+def os_failure(err, path, side):
+    """An OSError as the client expects it: the code by errno and side, the wording left to the client."""
+    name = errno_names.errorcode.get(err.errno, 'EIO')
+    if side == 'source':
+        code = 'SOURCE_NOT_FOUND' if name == 'ENOENT' else 'SOURCE_UNREADABLE'
+    else:
+        code = {'ENOSPC': 'DEST_NO_SPACE', 'EDQUOT': 'DEST_NO_SPACE', 'EACCES': 'DEST_NOT_WRITABLE', 'EPERM': 'DEST_NOT_WRITABLE',
+                'EROFS': 'DEST_NOT_WRITABLE', 'ENOENT': 'DEST_DIR_MISSING', 'ENOTDIR': 'DEST_DIR_MISSING'}.get(name, 'DEST_IO')
+    return Failure(code, '%s: %s' % (os.strerror(err.errno), path), path, name)
+
+
+# --- msgpack, the subset the protocol uses -----------------------------------------------
+
+def unpack(data):
+    value, at = _unpack(data, 0, 0)
+    if at != len(data):
+        raise protocol_error('control body has %d bytes after its value' % (len(data) - at))
+    return value
+
+
+def _unpack(b, i, depth):
+    if depth > 16:
+        raise protocol_error('control body nested too deeply')
+    if i >= len(b):
+        raise protocol_error('control body ends early')
+    t = b[i]
+    i += 1
+    if t <= 0x7f:
+        return t, i
+    if t >= 0xe0:
+        return t - 0x100, i
+    if 0x80 <= t <= 0x8f:
+        return _map(b, i, t & 0x0f, depth)
+    if 0x90 <= t <= 0x9f:
+        return _array(b, i, t & 0x0f, depth)
+    if 0xa0 <= t <= 0xbf:
+        return _text(b, i, t & 0x1f)
+    if t == 0xc0:
+        return None, i
+    if t == 0xc2:
+        return False, i
+    if t == 0xc3:
+        return True, i
+    fixed = {0xcc: '>B', 0xcd: '>H', 0xce: '>I', 0xcf: '>Q', 0xd0: '>b', 0xd1: '>h', 0xd2: '>i', 0xd3: '>q', 0xca: '>f', 0xcb: '>d'}
+    if t in fixed:
+        s = struct.Struct(fixed[t])
+        if i + s.size > len(b):
+            raise protocol_error('control body ends early')
+        v = s.unpack_from(b, i)[0]
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        return v, i + s.size
+    sized = {0xc4: ('>B', 'bin'), 0xc5: ('>H', 'bin'), 0xc6: ('>I', 'bin'), 0xd9: ('>B', 'str'), 0xda: ('>H', 'str'),
+             0xdb: ('>I', 'str'), 0xdc: ('>H', 'array'), 0xdd: ('>I', 'array'), 0xde: ('>H', 'map'), 0xdf: ('>I', 'map')}
+    if t in sized:
+        fmt, kind = sized[t]
+        s = struct.Struct(fmt)
+        if i + s.size > len(b):
+            raise protocol_error('control body ends early')
+        n = s.unpack_from(b, i)[0]
+        i += s.size
+        if kind == 'str':
+            return _text(b, i, n)
+        if kind == 'bin':
+            if i + n > len(b):
+                raise protocol_error('control body ends early')
+            return bytes(b[i:i + n]), i + n
+        if kind == 'array':
+            return _array(b, i, n, depth)
+        return _map(b, i, n, depth)
+    raise protocol_error('unsupported msgpack type 0x%02x' % t)
+
+
+def _text(b, i, n):
+    if i + n > len(b):
+        raise protocol_error('control body ends early')
+    try:
+        return bytes(b[i:i + n]).decode('utf-8'), i + n
+    except UnicodeDecodeError:
+        raise protocol_error('a string is not UTF-8')
+
+
+def _array(b, i, n, depth):
+    out = []
+    for _ in range(n):
+        v, i = _unpack(b, i, depth + 1)
+        out.append(v)
+    return out, i
+
+
+def _map(b, i, n, depth):
+    out = {}
+    for _ in range(n):
+        k, i = _unpack(b, i, depth + 1)
+        if not isinstance(k, str):
+            raise protocol_error('a map key is not a string')
+        v, i = _unpack(b, i, depth + 1)
+        out[k] = v
+    return out, i
+
+
+def pack(v, out):
+    if v is None:
+        out.append(0xc0)
+    elif v is True:
+        out.append(0xc3)
+    elif v is False:
+        out.append(0xc2)
+    elif isinstance(v, int):
+        if 0 <= v <= 0x7f:
+            out.append(v)
+        elif -32 <= v < 0:
+            out.append(v + 0x100)
+        elif 0 <= v <= 0xffffffff:
+            out += struct.pack('>BI', 0xce, v)
+        elif 0 <= v < 1 << 64:
+            out += struct.pack('>BQ', 0xcf, v)
+        else:
+            out += struct.pack('>Bq', 0xd3, v)
+    elif isinstance(v, float):
+        out += struct.pack('>Bd', 0xcb, v)
+    elif isinstance(v, str):
+        e = v.encode('utf-8')
+        out += struct.pack('>BI', 0xdb, len(e))
+        out += e
+    elif isinstance(v, (bytes, bytearray)):
+        out += struct.pack('>BI', 0xc6, len(v))
+        out += v
+    elif isinstance(v, (list, tuple)):
+        out += struct.pack('>BI', 0xdd, len(v))
+        for x in v:
+            pack(x, out)
+    elif isinstance(v, dict):
+        out += struct.pack('>BI', 0xdf, len(v))
+        for k, x in v.items():
+            pack(k, out)
+            pack(x, out)
+    else:
+        raise TypeError('cannot pack %r' % (v,))
+
+
+# --- hashes ---------------------------------------------------------------------------------
+
+class Crc32(object):
+    def __init__(self):
+        self.value = 0
+
+    def update(self, data):
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self):
+        return '%08x' % (self.value & 0xffffffff)
+
+
+class Sha256(object):
+    def __init__(self):
+        self.h = hashlib.sha256()
+
+    def update(self, data):
+        self.h.update(data)
+
+    def digest(self):
+        return self.h.hexdigest()
+
+
+HASHERS = {'crc32': Crc32, 'sha256': Sha256}
+
+
+def hasher(name):
+    if name not in HASHERS:
+        raise protocol_error('this helper (python) cannot hash %s; it has %s' % (name, ', '.join(sorted(HASHERS))))
+    return HASHERS[name]()
+
+
+# --- the session ----------------------------------------------------------------------------
+
+def grow_pipes():
+    """sshd's 64 KiB pipes to 1 MiB (see serve/src/pipes.ts): None when done, else why not."""
+    reason = None
+    for fd in (0, 1):
+        try:
+            if not stat_mod.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            if fcntl.fcntl(fd, F_GETPIPE_SZ) < PIPE_BYTES:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            reason = "the pipes could not grow (over /proc/sys/fs/pipe-max-size, or the user's pipe quota is spent)"
+    return reason
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while len(view) > 0:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def pwrite_all(fd, data, offset):
+    view = memoryview(data)
+    while len(view) > 0:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno_names.EIO, 'short write')
+        view = view[n:]
+        offset += n
+
+
+class OpenFile(object):
+    def __init__(self, fd, path, size, writable):
+        self.fd = fd
+        self.path = path
+        self.size = size
+        self.writable = writable
+
+
+class Upload(object):
+    def __init__(self, file, offset, length, h):
+        self.file = file
+        self.offset = offset
+        self.length = length
+        self.received = 0
+        self.hasher = h
+
+
+class Session(object):
+    def __init__(self, pipes_reason):
+        self.pipes_reason = pipes_reason
+        self.files = {}
+        self.next_handle = 1
+        self.uploads = {}
+        # WRITEs that failed before all their DATA arrived: what still comes for them is dropped.
+        self.discarded = set()
+        self.read_buf = bytearray(HEADER_BYTES + CHUNK_BYTES)
+        self.read_view = memoryview(self.read_buf)
+
+    # Output ----------------------------------------------------------------------------------
+
+    def send_control(self, ftype, fid, body):
+        payload = bytearray()
+        pack(body, payload)
+        write_all(1, HEADER.pack(ftype, 0, 0, fid, len(payload)) + payload)
+
+    def reply(self, fid, body):
+        self.send_control(OK, fid, body)
+
+    def reply_error(self, fid, failure):
+        self.send_control(ERROR, fid, failure.body())
+
+    # Checks ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def need_int(body, name, key):
+        v = body.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > (1 << 53):
+            raise protocol_error('%s.%s must be a non-negative integer' % (name, key))
+        return v
+
+    @staticmethod
+    def need_str(body, name, key):
+        v = body.get(key)
+        if not isinstance(v, str) or v == '' or '\0' in v:
+            raise protocol_error('%s.%s must be a non-empty string without NUL' % (name, key))
+        return v
+
+    def file_of(self, body, name):
+        handle = self.need_int(body, name, 'handle')
+        f = self.files.get(handle)
+        if f is None:
+            raise Failure('PROTOCOL', 'unknown file handle %d' % handle)
+        return f
+
+    def bounded(self, f, body, name):
+        offset = self.need_int(body, name, 'offset')
+        length = self.need_int(body, name, 'length')
+        if offset + length > f.size:
+            raise Failure('PROTOCOL', 'range [%d, %d) lies beyond the end (%d) of %s' % (offset, offset + length, f.size, f.path), f.path)
+        return offset, length
+
+    # Requests ----------------------------------------------------------------------------------
+
+    def on_control(self, ftype, fid, body):
+        if not isinstance(body, dict):
+            raise protocol_error('%s body is not a map' % NAMES[ftype])
+        if ftype == ZEROS:
+            self.on_zeros(fid, self.need_int(body, 'ZEROS', 'length'))
+            return
+        if ftype in (OK, ERROR):
+            raise Failure('PROTOCOL', 'unexpected %s frame from the client' % NAMES[ftype])
+        try:
+            handler = {HELLO: self.hello, OPEN: self.open, WRITE: self.write, READ: self.read, HASH: self.hash,
+                       FSYNC: self.fsync, SETSTAT: self.setstat, CLOSE: self.close, STAT: self.stat,
+                       RENAME: self.rename, UNLINK: self.unlink}[ftype]
+        except KeyError:
+            raise protocol_error('unknown frame type %d' % ftype)
+        try:
+            answer = handler(fid, body)
+        except Failure as failure:
+            if failure.fatal:
+                raise
+            self.reply_error(fid, failure)
+            return
+        if answer is not None:
+            self.reply(fid, answer)
+
+    def hello(self, fid, body):
+        self.need_int(body, 'HELLO', 'version')
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] + ['hash:' + h for h in sorted(HASHERS)]
+        return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps}}
+
+    def open(self, fid, body):
+        path = self.need_str(body, 'OPEN', 'path')
+        policy = body.get('policy')
+        if policy not in ('create', 'write', 'read'):
+            raise protocol_error('OPEN.policy must be create, write or read')
+        size = self.need_int(body, 'OPEN', 'size') if body.get('size') is not None else 0
+        mode = self.need_int(body, 'OPEN', 'mode') if body.get('mode') is not None else 0o644
+        try:
+            if policy == 'create':
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    os.close(fd)
+                    raise
+            elif policy == 'write':
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            else:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise os_failure(err, path, 'source' if policy == 'read' else 'destination')
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise Failure('PROTOCOL', '%s is not a regular file' % path, path, fatal=False)
+        handle = self.next_handle
+        self.next_handle += 1
+        self.files[handle] = OpenFile(fd, path, st.st_size, policy != 'read')
+        answer = {'handle': handle, 'size': st.st_size}
+        if body.get('direct') is True:
+            answer['direct'] = False
+            answer['directReason'] = 'the python helper writes through the page cache'
+        if self.pipes_reason is not None:
+            answer['pipesReason'] = self.pipes_reason
+        return answer
+
+    def write(self, fid, body):
+        f = self.file_of(body, 'WRITE')
+        if not f.writable:
+            raise Failure('PROTOCOL', 'WRITE to %s, which was opened read-only' % f.path, f.path)
+        offset, length = self.bounded(f, body, 'WRITE')
+        h = hasher(body.get('algorithm'))
+        if fid in self.uploads:
+            raise protocol_error('request id %d is already in use' % fid)
+        self.discarded.discard(fid)
+        u = Upload(f, offset, length, h)
+        if length == 0:
+            return {'bytes': 0, 'hash': h.digest()}
+        self.uploads[fid] = u
+        return None
+
+    def upload_of(self, fid, what):
+        u = self.uploads.get(fid)
+        if u is None:
+            raise protocol_error('%s for unknown request %d' % (what, fid))
+        return u
+
+    def fail_upload(self, fid, u, failure):
+        del self.uploads[fid]
+        if u.received < u.length:
+            self.discarded.add(fid)
+        self.reply_error(fid, failure)
+
+    def finish_upload(self, fid, u):
+        if u.received == u.length:
+            del self.uploads[fid]
+            self.reply(fid, {'bytes': u.received, 'hash': u.hasher.digest()})
+
+    def on_data(self, fid, view):
+        if fid in self.discarded:
+            return
+        u = self.upload_of(fid, 'DATA')
+        n = len(view)
+        if u.received + n > u.length:
+            raise protocol_error('DATA for request %d overruns its length %d' % (fid, u.length))
+        u.hasher.update(view)
+        try:
+            pwrite_all(u.file.fd, view, u.offset + u.received)
+        except OSError as err:
+            u.received += n
+            self.fail_upload(fid, u, os_failure(err, u.file.path, 'destination'))
+            return
+        u.received += n
+        self.finish_upload(fid, u)
+
+    def on_zeros(self, fid, n):
+        if fid in self.discarded:
+            return
+        u = self.upload_of(fid, 'ZEROS')
+        if n > CHUNK_BYTES:
+            raise protocol_error('ZEROS of %d bytes exceeds %d' % (n, CHUNK_BYTES))
+        if u.received + n > u.length:
+            raise protocol_error('ZEROS for request %d overruns its length %d' % (fid, u.length))
+        u.hasher.update(ZERO_CHUNK[:n])
+        at = u.offset + u.received
+        u.received += n
+        try:
+            # Zeros are written only where the file does not read as zeros (a fresh sparse file does).
+            if n > 0 and os.pread(u.file.fd, n, at) != ZERO_CHUNK[:n]:
+                pwrite_all(u.file.fd, ZERO_CHUNK[:n], at)
+        except OSError as err:
+            self.fail_upload(fid, u, os_failure(err, u.file.path, 'destination'))
+            return
+        self.finish_upload(fid, u)
+
+    def read_chunk(self, f, offset, n):
+        """n bytes at offset into the reusable buffer, after room for a frame header: a view of them."""
+        view = self.read_view[HEADER_BYTES:HEADER_BYTES + n]
+        got = 0
+        try:
+            while got < n:
+                if hasattr(os, 'preadv'):
+                    k = os.preadv(f.fd, [view[got:]], offset + got)
+                else:
+                    data = os.pread(f.fd, n - got, offset + got)
+                    k = len(data)
+                    view[got:got + k] = data
+                if k == 0:
+                    raise Failure('SOURCE_CHANGED', '%s ended at %d, before the end of the range: the file shrank' % (f.path, offset + got), f.path)
+                got += k
+        except OSError as err:
+            raise os_failure(err, f.path, 'source' if not f.writable else 'destination')
+        return view
+
+    def stream(self, fid, f, offset, length, h, send):
+        at = 0
+        while at < length:
+            n = min(CHUNK_BYTES, length - at)
+            data = self.read_chunk(f, offset + at, n)
+            h.update(data)
+            at += n
+            if not send:
+                continue
+            if data == ZERO_CHUNK[:n]:
+                self.send_control(ZEROS, fid, {'length': n})
+            else:
+                HEADER.pack_into(self.read_buf, 0, DATA, 0, 0, fid, n)
+                write_all(1, self.read_view[:HEADER_BYTES + n])
+        return {'bytes': length, 'hash': h.digest()}
+
+    def read(self, fid, body):
+        f = self.file_of(body, 'READ')
+        offset, length = self.bounded(f, body, 'READ')
+        return self.stream(fid, f, offset, length, hasher(body.get('algorithm')), True)
+
+    def hash(self, fid, body):
+        f = self.file_of(body, 'HASH')
+        offset, length = self.bounded(f, body, 'HASH')
+        return self.stream(fid, f, offset, length, hasher(body.get('algorithm')), False)
+
+    def fsync(self, fid, body):
+        f = self.file_of(body, 'FSYNC')
+        try:
+            os.fsync(f.fd)
+        except OSError as err:
+            raise os_failure(err, f.path, 'destination')
+        return {}
+
+    def close(self, fid, body):
+        handle = self.need_int(body, 'CLOSE', 'handle')
+        f = self.files.pop(handle, None)
+        if f is None:
+            raise Failure('PROTOCOL', 'unknown file handle %d' % handle)
+        os.close(f.fd)
+        return {}
+
+    def stat(self, fid, body):
+        path = self.need_str(body, 'STAT', 'path')
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            self.reply_error(fid, os_failure(err, path, 'source'))
+            return None
+        kind = 'file' if stat_mod.S_ISREG(st.st_mode) else 'directory' if stat_mod.S_ISDIR(st.st_mode) else 'other'
+        return {'stat': {'type': kind, 'size': st.st_size, 'mode': st.st_mode & 0o7777, 'mtimeMs': st.st_mtime_ns // 1000000,
+                         'ino': st.st_ino, 'dev': st.st_dev}}
+
+    def setstat(self, fid, body):
+        path = self.need_str(body, 'SETSTAT', 'path')
+        try:
+            if body.get('mode') is not None:
+                os.chmod(path, self.need_int(body, 'SETSTAT', 'mode'))
+            if body.get('mtimeMs') is not None:
+                mtime = self.need_int(body, 'SETSTAT', 'mtimeMs') * 1000000
+                atime = self.need_int(body, 'SETSTAT', 'atimeMs') * 1000000 if body.get('atimeMs') is not None else mtime
+                os.utime(path, ns=(atime, mtime))
+        except OSError as err:
+            self.reply_error(fid, os_failure(err, path, 'destination'))
+            return None
+        return {}
+
+    def rename(self, fid, body):
+        src = self.need_str(body, 'RENAME', 'from')
+        dst = self.need_str(body, 'RENAME', 'to')
+        try:
+            os.rename(src, dst)
+        except OSError as err:
+            self.reply_error(fid, os_failure(err, dst, 'destination'))
+            return None
+        return {}
+
+    def unlink(self, fid, body):
+        path = self.need_str(body, 'UNLINK', 'path')
+        try:
+            os.unlink(path)
+        except OSError as err:
+            if err.errno != errno_names.ENOENT:
+                self.reply_error(fid, os_failure(err, path, 'destination'))
+                return None
+        return {}
+
+
+class Input(object):
+    """stdin read into one growing buffer; frames are taken whole from it."""
+
+    def __init__(self):
+        self.buf = bytearray(4 * CHUNK_BYTES)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def fill(self, need):
+        """At least `need` unread bytes in the buffer; False at end of input."""
+        while self.end - self.start < need:
+            if len(self.buf) - self.start < need:
+                have = self.end - self.start
+                if need > len(self.buf):
+                    grown = bytearray(need + CHUNK_BYTES)
+                    grown[:have] = self.view[self.start:self.end]
+                    self.view.release()
+                    self.buf = grown
+                    self.view = memoryview(self.buf)
+                else:
+                    self.view[:have] = self.view[self.start:self.end]
+                self.start = 0
+                self.end = have
+            n = os.readv(0, [self.view[self.end:]])
+            if n == 0:
+                return False
+            self.end += n
+        return True
+
+    def take(self, n):
+        v = self.view[self.start:self.start + n]
+        self.start += n
+        return v
+
+
+def main():
+    session = Session(grow_pipes())
+    inp = Input()
+    while True:
+        if not inp.fill(HEADER_BYTES):
+            break
+        ftype, flags, reserved, fid, length = HEADER.unpack(inp.take(HEADER_BYTES))
+        try:
+            if ftype not in NAMES:
+                raise protocol_error('unknown frame type %d' % ftype)
+            if flags != 0 or reserved != 0:
+                raise protocol_error('reserved header bits set in %s frame' % NAMES[ftype])
+            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_CONTROL_BYTES
+            if length > limit:
+                raise protocol_error('%s frame body of %d bytes exceeds %d' % (NAMES[ftype], length, limit))
+            if ftype != DATA and length == 0:
+                raise protocol_error('%s frame has an empty body' % NAMES[ftype])
+            if not inp.fill(length):
+                break
+            body = inp.take(length)
+            if ftype == DATA:
+                session.on_data(fid, body)
+            else:
+                session.on_control(ftype, fid, unpack(body))
+        except Failure as failure:
+            # A malformed stream cannot be resynchronised: say why and stop.
+            session.reply_error(0, failure)
+            break
+    for f in session.files.values():
+        os.close(f.fd)
+
+
+try:
+    main()
+except BrokenPipeError:
+    pass
+except KeyboardInterrupt:
+    pass
