@@ -159,7 +159,8 @@ describe('ferry cp edge cases', () => {
     const src = join(dir, 'src.bin');
     await makeRandomFile(src, 40 * MiB + 1234);
     const state = join(dir, 'state');
-    const r = await runFerry(['cp', src, remote(`${dir}/dst.bin`), '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', state, '-a', '1', '-s', '2', '--range-size', '8MiB']);
+    // Two agents: the second is a process of its own, so the job runs on an embedded nats-server.
+    const r = await runFerry(['cp', src, remote(`${dir}/dst.bin`), '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', state, '-a', '2', '-s', '1', '--range-size', '8MiB']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(await fileHash(join(dir, 'dst.bin'))).toBe(await fileHash(src));
@@ -168,6 +169,24 @@ describe('ferry cp edge cases', () => {
     // The journal and manifest stay (status, resume, verification); the store they make redundant goes.
     expect((await readdir(join(state, 'jobs', jobs[0]!))).sort()).toEqual(['job.json', 'journal', 'manifest.json', 'status.json']);
     expect(await killStrays(state)).toEqual([]);
+  });
+
+  it('runs a job of one agent without NATS: its agent is in ferry\'s own process, on a control plane in memory', async () => {
+    const dir = join(work.path, 'local-bus');
+    await mkdir(dir);
+    const src = join(dir, 'src.bin');
+    await makeRandomFile(src, 40 * MiB + 1234);
+    const state = join(dir, 'state');
+    for (const target of [remote(`${dir}/pushed.bin`), join(dir, 'pulled.bin')]) {
+      const from = target.startsWith('/') ? remote(`${dir}/pushed.bin`) : src;
+      const r = await runFerry(['cp', from, target, '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', state, '-a', '1', '-s', '2', '--range-size', '8MiB'], {
+        env: { FERRY_NATS_SERVER: '/nonexistent/nats-server' },
+      });
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+    }
+    expect(await fileHash(join(dir, 'pushed.bin'))).toBe(await fileHash(src));
+    expect(await fileHash(join(dir, 'pulled.bin'))).toBe(await fileHash(src));
   });
 
   it('detects a range corrupted in transit and re-sends it', async () => {
@@ -261,10 +280,11 @@ describe('ferry cp edge cases', () => {
     const r = await runFerry(['cp', src256, remote(`${dir}/`), '--json', '--range-size', '64MiB', ...common()]);
     expect(r.code).toBe(0);
     const events = parseEvents(r.stdout);
-    expect(events[0]).toMatchObject({ type: 'job.start', bytes: 256 * MiB, ranges: 4, rangeBytes: 64 * MiB, agents: 2, streams: 2, mode: 'helper', hash: 'xxh3' });
+    // No --agents or --streams: one agent on this 2-core machine, its streams tuned from 1 up to 16.
+    expect(events[0]).toMatchObject({ type: 'job.start', bytes: 256 * MiB, ranges: 4, rangeBytes: 64 * MiB, agents: 1, streams: 1, maxStreams: 16, tuning: true, mode: 'helper', hash: 'xxh3' });
     expect(events.filter((e) => e.type === 'range.done').map((e) => e.range).sort()).toEqual([0, 1, 2, 3]);
     const done = events.at(-1)!;
-    expect(done).toMatchObject({ type: 'done', bytes: 256 * MiB, ranges: 4, resends: 0, destination: remote(join(dir, 'random256.bin')) });
+    expect(done).toMatchObject({ type: 'done', bytes: 256 * MiB, ranges: 4, resends: 0, destination: remote(join(dir, 'random256.bin')), mode: 'helper', agents: 1, tuned: true });
     expect(String(done.rootHash)).toMatch(/^[0-9a-f]{16}$/);
   });
 
@@ -289,12 +309,13 @@ describe('ferry cp edge cases', () => {
     }
   });
 
-  it('falls back to SFTP in auto mode when the helper cannot be started', async () => {
+  it('falls back to the python helper in auto mode when ferry serve cannot be started, and says so', async () => {
     const dir = join(work.path, 'fallback');
     await mkdir(dir);
     const r = await runFerry(['cp', src256, remote(`${dir}/`), ...common(['--remote-cmd', 'ferry-not-installed-here serve'])]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain('sftp mode');
+    expect(r.stdout).toContain('python mode');
+    expect(r.stderr).toBe(`ferry: ${sshd.host}:${sshd.port}: 'ferry-not-installed-here serve' not found (exit 127); using ferry's python helper: install ferry there or pass --remote-cmd\n`);
     expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
   });
 
@@ -360,7 +381,8 @@ describe('ferry cp edge cases', () => {
       const found: string[] = [];
       for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
         const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-        if (cmd.includes('\0agent\0--warm')) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
+        // This checkout's agents only: other checkouts' tests may run on the same machine.
+        if (cmd.includes(`${CLI}\0agent\0--warm`)) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
       }
       return found;
     };
@@ -443,7 +465,7 @@ describe('ferry cp with many streams in one agent', () => {
     const r = await runFerry(['cp', remote(src256), target, '--agents', '1', '--streams', '12', '--range-size', '16MiB', '--direct-io', ...common()]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain('16 ranges, 0 re-sent, 1 agents x 12 streams');
+    expect(r.stdout).toContain('16 ranges, 0 re-sent, 1 agent x 12 streams, helper mode');
     expect(await fileHash(target)).toBe(src256Hash);
   });
 });

@@ -152,10 +152,11 @@ describe('ferry cp error cases', () => {
     );
   });
 
-  it('exits 60 when nats-server is not installed', async () => {
+  it('exits 60 when a job needs nats-server (agents in processes of their own) and it is not installed', async () => {
     const dir = join(work.path, 'nonats');
     await mkdir(dir);
-    const r = await runFerry(['cp', src, remote(`${dir}/`), ...common()], { env: { FERRY_NATS_SERVER: '/nonexistent/nats-server' } });
+    // One agent in ferry's own process needs no NATS; FERRY_LOCAL_BUS=0 asks for it all the same.
+    const r = await runFerry(['cp', src, remote(`${dir}/`), ...common()], { env: { FERRY_NATS_SERVER: '/nonexistent/nats-server', FERRY_LOCAL_BUS: '0' } });
     expect(r.code).toBe(60);
     expect(r.stderr).toBe(
       'ferry: error: nats-server is not installed (FERRY_NATS_SERVER=/nonexistent/nats-server is not an executable): install it (Debian/Ubuntu: apt-get install nats-server), set FERRY_NATS_SERVER to its path, or pass --nats URL of a running server with JetStream\n',
@@ -237,12 +238,12 @@ describe('ferry cp error cases with --transport openssh (ssh itself checks keys 
     expect(r.stderr).toMatch(new RegExp(`^ferry: error: cannot reach ${sshd.host}:${closed} over SSH \\(ssh said: .*Connection refused\\): check the host name`));
   });
 
-  it('exits 61 when the helper is missing', async () => {
-    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common(), '--remote-cmd', 'ferry-not-installed-here serve']);
+  it('exits 61 when --mode helper is forced and the helper is missing', async () => {
+    const r = await runFerry(['cp', src, remote('/tmp/'), ...openssh, ...common(), '--mode', 'helper', '--remote-cmd', 'ferry-not-installed-here serve']);
     // Code and message together, so that a failure shows what ssh said.
     expect({ code: r.code, stderr: r.stderr }).toEqual({
       code: 61,
-      stderr: `ferry: error: cannot start 'ferry-not-installed-here serve' on ${sshd.host}:${sshd.port} (command not found): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)\n`,
+      stderr: `ferry: error: cannot start 'ferry-not-installed-here serve' on ${sshd.host}:${sshd.port} (command not found): install ferry there, point --remote-cmd at it, or leave --mode at auto (ferry's python helper; --transport ssh2 can also fall back to SFTP)\n`,
     });
   });
 

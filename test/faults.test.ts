@@ -3,9 +3,14 @@
  * a whole remote host and nats-server are killed mid-transfer; the disk fills
  * up; the source changes; the journal is torn; Ctrl-C. Each time the copy ends
  * byte-identical, or stops with a clear error and resumes after the fix.
+ *
+ * Every test runs twice: against a remote host with `ferry serve`, and against
+ * one where nothing of ferry (and no node) is installed, where the copy goes
+ * through ferry's python helper (the no-install path).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { appendFile, copyFile, mkdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -18,6 +23,24 @@ import type { FerryEvent, LiveRun } from './helpers.js';
 const MiB = 1024 * 1024;
 const SIZE = 512 * MiB;
 
+/** The remote host of a run of the suite: what is installed there, and the data path it leads to. */
+interface Variant {
+  name: string;
+  /** Programs the remote sessions do not find. */
+  without: Array<'node' | 'python3'>;
+  /** How ferry is told to reach its helper (nothing: it finds no ferry serve and sends its python helper). */
+  flags: string[];
+  mode: 'helper' | 'python';
+  /** What identifies a start of this variant's helper in the remote command line. */
+  startPattern: string;
+}
+
+const VARIANTS: Variant[] = [
+  { name: 'ferry serve on the remote host', without: [], flags: ['--remote-cmd', REMOTE_CMD], mode: 'helper', startPattern: '*main.js serve*' },
+  { name: 'nothing installed on the remote host (python helper)', without: ['node'], flags: [], mode: 'python', startPattern: '*platform-python*' },
+];
+
+let variant: Variant;
 let sshd: Sshd;
 let work: { path: string; remove(): Promise<void> };
 let src: string;
@@ -28,42 +51,48 @@ function remote(path: string, host = sshd.host, port = sshd.port): string {
   return `${sshd.user}@${host}:${port}:${path}`;
 }
 
-function common(stateDir: string, extra: string[] = []): string[] {
-  return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', stateDir, '--json', '--range-size', '16MiB', ...extra];
+function common(stateDir: string, extra: string[] = [], on: Sshd = sshd): string[] {
+  return ['-i', on.userKey, '--known-hosts', on.knownHosts, ...variant.flags, '--state-dir', stateDir, '--json', '--range-size', '16MiB', ...extra];
 }
 
 /**
- * A --remote-cmd that counts helper starts in `starts` and makes start number `slowStart`
- * sleep `seconds` without a word before it runs the real helper (a login stuck in slow
- * shell start-up files); every other start is the real helper at once.
+ * An sshd of the variant's kind whose ForceCommand counts the starts of the variant's
+ * helper in `starts` and makes start number `slowStart` sleep `seconds` without a word
+ * before it runs (a login stuck in slow shell start-up files); every other command runs
+ * at once, as given.
  */
-async function slowHelperScript(dir: string, slowStart: number, seconds: number): Promise<{ script: string; starts: string }> {
+async function slowHelperSshd(dir: string, slowStart: number, seconds: number): Promise<{ sshd: Sshd; starts: string }> {
   const starts = join(dir, 'starts');
-  const script = join(dir, 'slow-serve.sh');
-  await writeFile(script, `#!/bin/sh\nn=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\nif [ "$n" = ${slowStart} ]; then sleep ${seconds}; fi\nexec ${REMOTE_CMD}\n`, { mode: 0o755 });
-  return { script, starts };
+  const script = join(dir, 'slow-start.sh');
+  await writeFile(
+    script,
+    `#!/bin/sh\ncase "$SSH_ORIGINAL_COMMAND" in ${variant.startPattern})\n  n=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\n  if [ "$n" = ${slowStart} ]; then sleep ${seconds}; fi;;\nesac\nexec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n`,
+    { mode: 0o755 },
+  );
+  const slow = await startSshd({ dir: join(dir, 'sshd'), without: variant.without, extraConfig: [`ForceCommand ${script}`] });
+  cleanups.push(() => slow.stop());
+  return { sshd: slow, starts };
 }
 
 /**
- * Copies the source into work/`name` through slowHelperScript's --remote-cmd (warm start off,
- * so the starts are counted in order), checks the result, and returns the run and how many
- * helpers were started.
+ * Copies the source into work/`name` through slowHelperSshd (warm start off, so the starts
+ * are counted in order), checks the result, and returns the run and how many helpers were
+ * started.
  */
 async function copyWithSlowHelper(name: string, slowStart: number, seconds: number, flags: string[]): Promise<{ run: LiveRun; starts: number }> {
   const dir = join(work.path, name);
   await mkdir(dir);
-  const { script, starts } = await slowHelperScript(dir, slowStart, seconds);
-  const run = startFerry(['cp', src, remote(`${dir}/`), ...flags, ...common(join(dir, 'state'), ['--remote-cmd', script])], { env: { FERRY_WARM_START: '0' } });
+  const slow = await slowHelperSshd(dir, slowStart, seconds);
+  const run = startFerry(['cp', src, remote(`${dir}/`, slow.sshd.host, slow.sshd.port), ...flags, ...common(join(dir, 'state'), [], slow.sshd)], { env: { FERRY_WARM_START: '0' } });
   cleanups.push(() => run.child.kill('SIGKILL'));
   await finish(run, join(dir, 'src.bin'));
-  return { run, starts: Number((await readFile(starts, 'utf8')).trim()) };
+  return { run, starts: Number((await readFile(slow.starts, 'utf8')).trim()) };
 }
 
 const doneEvents = (run: LiveRun) => run.events.filter((e) => e.type === 'range.done');
 const lastEvent = (run: { events: FerryEvent[] }, type: string) => run.events.filter((e) => e.type === type).pop();
 
 beforeAll(async () => {
-  sshd = await startSshd();
   work = await tempDir('ferry-faults-');
   src = join(work.path, 'src.bin');
   await makeRandomFile(src, SIZE);
@@ -77,7 +106,6 @@ afterEach(async () => {
 afterAll(async () => {
   // Whatever a failed test left running under the work directory (nats-server, agents).
   if (work) await killStrays(work.path);
-  await sshd?.stop();
   await work?.remove();
 });
 
@@ -90,10 +118,26 @@ async function finish(run: LiveRun, target: string, want = srcHash): Promise<Fer
   return lastEvent(run, 'done')!;
 }
 
-describe('fault tolerance', () => {
-  it('1. finishes byte-identical when one of 3 agents is killed with SIGKILL', async () => {
-    const dir = join(work.path, 't1');
+describe.each(VARIANTS)('fault tolerance with $name', (v) => {
+  beforeAll(async () => {
+    variant = v;
+    sshd = await startSshd({ without: v.without });
+  });
+
+  afterAll(async () => {
+    if (work) await killStrays(work.path);
+    await sshd?.stop();
+  });
+
+  /** A directory for one test, apart from the other variant's. */
+  const testDir = async (name: string) => {
+    const dir = join(work.path, `${v.mode}-${name}`);
     await mkdir(dir);
+    return dir;
+  };
+
+  it('1. finishes byte-identical when one of 3 agents is killed with SIGKILL', async () => {
+    const dir = await testDir('t1');
     const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '3', '--streams', '1', '--ack-wait', '3s', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     const victim = await run.waitFor((e) => e.type === 'agent.start' && e.index === 1);
@@ -105,8 +149,7 @@ describe('fault tolerance', () => {
   });
 
   it('1b. with ranges of 1 MiB (work items of 16 ranges), finishes byte-identical when an agent is killed and an agent connection is cut', async () => {
-    const dir = join(work.path, 't1b');
-    await mkdir(dir);
+    const dir = await testDir('t1b');
     const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '3', '--streams', '1', '--ack-wait', '3s', '--limit-rate', '60MB', ...common(join(dir, 'state'), ['--range-size', '1MiB'])]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     const victim = await run.waitFor((e) => e.type === 'agent.start' && e.index === 1);
@@ -126,8 +169,7 @@ describe('fault tolerance', () => {
   });
 
   it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
-    const dir = join(work.path, 't2');
-    await mkdir(dir);
+    const dir = await testDir('t2');
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
     cleanups.push(() => first.child.kill('SIGKILL'));
@@ -151,9 +193,28 @@ describe('fault tolerance', () => {
     console.log(`test 2: the rerun moved ${(Number(done.movedBytes) / SIZE).toFixed(3)} of the file (${durableAtKill / MiB} MiB were journaled at the kill)`);
   });
 
+  it('2b. resumes after the coordinator of a one-agent job (no NATS) is killed, moving only what was not durable', async () => {
+    const dir = await testDir('t2b');
+    const args = ['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    cleanups.push(() => first.child.kill('SIGKILL'));
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 8);
+    first.child.kill('SIGKILL');
+    await first.result;
+    expect(existsSync(join(String(start.stateDir), 'nats'))).toBe(false);
+    const durableAtKill = doneEvents(first).reduce((n, e) => n + Number(e.bytes), 0);
+    const second = startFerry(args);
+    cleanups.push(() => second.child.kill('SIGKILL'));
+    const done = await finish(second, join(dir, 'src.bin'));
+    expect(second.events.find((e) => e.type === 'job.start')!.resumed).toBe(true);
+    // What the journal had is not moved again.
+    expect(Number(done.resumedBytes)).toBeGreaterThanOrEqual(durableAtKill);
+    expect(Number(done.movedBytes) + Number(done.resumedBytes)).toBe(SIZE);
+  });
+
   it('3. reconnects when the sshd process serving an agent connection is killed', async () => {
-    const dir = join(work.path, 't3');
-    await mkdir(dir);
+    const dir = await testDir('t3');
     const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done', 4);
@@ -171,7 +232,7 @@ describe('fault tolerance', () => {
     // first) hangs past the agents' helper timeout (4x --connect-timeout: 32 s here)
     // without a word, like a login stuck in slow shell start-up files; every other
     // start is the real helper.
-    const { run, starts } = await copyWithSlowHelper('t3c', 2, 34, ['--agents', '1', '--streams', '2', '--connect-timeout', '8s']);
+    const { run, starts } = await copyWithSlowHelper(`${v.mode}-t3c`, 2, 34, ['--agents', '1', '--streams', '2', '--connect-timeout', '8s']);
     const slow = run.events.filter((e) => e.type === 'agent.error');
     expect(slow.length).toBeGreaterThan(0);
     expect(slow.every((e) => e.code === 'HELPER_UNAVAILABLE' && e.fatal === false)).toBe(true);
@@ -183,15 +244,14 @@ describe('fault tolerance', () => {
   it('3d. in auto mode, gives the coordinator\'s helper a second, longer chance before falling back to SFTP', async () => {
     // The first helper start (the coordinator's) stays silent past --connect-timeout (4 s);
     // the retry, on the same connection with twice the time, is the real helper.
-    const { run, starts } = await copyWithSlowHelper('t3d', 1, 6, ['--agents', '1', '--streams', '1', '--connect-timeout', '4s']);
-    expect(run.events.find((e) => e.type === 'job.start')?.mode).toBe('helper');
+    const { run, starts } = await copyWithSlowHelper(`${v.mode}-t3d`, 1, 6, ['--agents', '1', '--streams', '1', '--connect-timeout', '4s']);
+    expect(run.events.find((e) => e.type === 'job.start')?.mode).toBe(v.mode);
     // The coordinator's slow start, its retry, and the agent's one connection.
     expect(starts).toBe(3);
   });
 
   it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {
-    const dir = join(work.path, 't3b');
-    await mkdir(dir);
+    const dir = await testDir('t3b');
     const run = startFerry(['cp', src, remote(`${dir}/`), '--transport', 'openssh', '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done', 4);
@@ -206,22 +266,21 @@ describe('fault tolerance', () => {
   });
 
   it('4. finishes on the other host when one of two remote hosts goes down', async () => {
-    const dir = join(work.path, 't4');
-    await mkdir(dir);
+    const dir = await testDir('t4');
     // A second sshd on 127.0.0.2 and the same port, accepting the same user key.
     const second = join(dir, 'sshd2');
     await mkdir(second);
-    const first = await startSshd({ dir: join(dir, 'sshd1'), listen: '127.0.0.1' });
+    const first = await startSshd({ dir: join(dir, 'sshd1'), listen: '127.0.0.1', without: v.without });
     cleanups.push(() => first.stop());
     await copyFile(first.userKey, join(second, 'userkey'));
     await copyFile(`${first.userKey}.pub`, join(second, 'userkey.pub'));
-    const other = await startSshd({ dir: second, listen: '127.0.0.2', port: first.port });
+    const other = await startSshd({ dir: second, listen: '127.0.0.2', port: first.port, without: v.without });
     cleanups.push(() => other.stop());
     const kh = join(dir, 'known_hosts');
     await writeFile(kh, `${first.hostKeyLine}\n${other.hostKeyLine}\n`);
     const run = startFerry([
       'cp', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dir}/`,
-      '-i', first.userKey, '--known-hosts', kh, '--remote-cmd', REMOTE_CMD, '--state-dir', join(dir, 'state'),
+      '-i', first.userKey, '--known-hosts', kh, ...v.flags, '--state-dir', join(dir, 'state'),
       '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '60MB',
     ]);
     cleanups.push(() => run.child.kill('SIGKILL'));
@@ -241,8 +300,7 @@ describe('fault tolerance', () => {
   });
 
   it('5. rides out a restart of an external nats-server', async () => {
-    const dir = join(work.path, 't5');
-    await mkdir(dir);
+    const dir = await testDir('t5');
     const port = await freePort();
     const token = 'ferrytesttoken';
     const natsArgs = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js'), '--auth', token];
@@ -263,19 +321,22 @@ describe('fault tolerance', () => {
   });
 
   it('6. stops with a clear error when the destination fills up, and resumes once there is space', async () => {
-    const dir = join(work.path, 't6');
-    await mkdir(dir);
+    const dir = await testDir('t6');
     const small = join(dir, 'small-fs');
     await mkdir(small);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', small]);
     cleanups.push(() => execFileSync('umount', ['-l', small]));
-    const args = ['cp', src, remote(`${small}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
+    // An sshd started after the mount: one in a mount namespace of its own (nothing installed)
+    // sees only the mounts made before it started.
+    const host = await startSshd({ dir: join(dir, 'sshd'), without: v.without });
+    cleanups.push(() => host.stop());
+    const args = ['cp', src, remote(`${small}/`, host.host, host.port), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'), [], host)];
     // Slow enough that connections make ranges durable (every 5 s) before the disk is full.
     const full = startFerry([...args, '--limit-rate', '30MB']);
     const r = await full.result;
     expect(r.code).toBe(22);
     expect(r.stderr).toMatch(
-      new RegExp(`^ferry: error: no space left on the destination filesystem writing ${sshd.host}:${sshd.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
+      new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
     );
     const durable = doneEvents(full).length;
     execFileSync('mount', ['-o', 'remount,size=600m', small]);
@@ -286,8 +347,7 @@ describe('fault tolerance', () => {
   });
 
   it('7. detects a source appended to during the copy and renames nothing into place', async () => {
-    const dir = join(work.path, 't7');
-    await mkdir(dir);
+    const dir = await testDir('t7');
     const growing = join(dir, 'growing.bin');
     await copyFile(src, growing);
     const run = startFerry(['cp', growing, remote(`${dir}/out.bin`), '--limit-rate', '80MB', ...common(join(dir, 'state'))]);
@@ -301,8 +361,7 @@ describe('fault tolerance', () => {
   });
 
   it('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
-    const dir = join(work.path, 't8');
-    await mkdir(dir);
+    const dir = await testDir('t8');
     const file = join(dir, 'data.bin');
     await copyFile(src, file);
     const args = ['cp', file, remote(`${dir}/out/`), ...common(join(dir, 'state'))];
@@ -322,8 +381,7 @@ describe('fault tolerance', () => {
   });
 
   it('9. resumes from a journal whose last record was torn', async () => {
-    const dir = join(work.path, 't9');
-    await mkdir(dir);
+    const dir = await testDir('t9');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');
@@ -342,9 +400,9 @@ describe('fault tolerance', () => {
   });
 
   it('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
-    const dir = join(work.path, 't9b');
-    await mkdir(dir);
-    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
+    const dir = await testDir('t9b');
+    // Two agents: a job on NATS (a job of one local agent keeps no mirror: its journal is all there is).
+    const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '1', ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 4);
@@ -363,8 +421,7 @@ describe('fault tolerance', () => {
   });
 
   it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
-    const dir = join(work.path, 't10');
-    await mkdir(dir);
+    const dir = await testDir('t10');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');

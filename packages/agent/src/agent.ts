@@ -10,11 +10,6 @@ import { setMaxListeners } from 'node:events';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { jetstream } from '@nats-io/jetstream';
-import type { Consumer, ConsumerMessages } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
-import type { KV } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
 import {
   BufferPool,
   COMPLETIONS_PER_MESSAGE,
@@ -23,14 +18,12 @@ import {
   FRAME_HEADER_BYTES,
   MESSAGE_VERSION,
   decodeControl,
-  decodeJobSpec,
   decodeWorkItem,
   destinationError,
   encodeMessage,
   errnoOf,
   hashStoredThrough,
   hostLabel,
-  jobSubjects,
   makeCompletionBatch,
   openDirect,
   splitWorkItem,
@@ -43,19 +36,22 @@ import {
 import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
-import { connectBus } from './bus.js';
+import type { AgentBus, WorkFetch } from './agent-bus.js';
 import { pullRange, pushRange } from './pump.js';
 import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit, signalListeners } from './concurrency.js';
+import { LoadMeter } from './load.js';
 import { QueueWatch, workParts } from './work.js';
 import type { WorkPart } from './work.js';
-import { JetStreamPublisher } from './publisher.js';
 import type { Preconnected } from './preconnect.js';
 
 export interface AgentOptions {
   jobId: string;
-  natsUrl: string;
+  /** The job's NATS server... */
+  natsUrl?: string;
   natsToken?: string | undefined;
+  /** ...or a control plane given in memory (the coordinator's local bus: a job whose only agent runs in its process). */
+  bus?: AgentBus;
   /** Name in reports and heartbeats. @default `<hostname>-<pid>` */
   agentId?: string;
   /** Index of this agent among the job's agents, used to spread connections over remote hosts. @default 0 */
@@ -136,7 +132,7 @@ const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Holds one connection to `bytesPerSec` on average (a token bucket that forgets idle time). */
-function makePacer(bytesPerSec: number): (n: number) => Promise<void> {
+function makePacer(rate: () => number): (n: number) => Promise<void> {
   let start = Date.now();
   let sent = 0;
   let last = start;
@@ -148,7 +144,7 @@ function makePacer(bytesPerSec: number): (n: number) => Promise<void> {
     }
     last = now;
     sent += n;
-    const ahead = (sent / bytesPerSec) * 1000 - (now - start);
+    const ahead = (sent / rate()) * 1000 - (now - start);
     if (ahead > 0) await sleep(ahead);
     last = Date.now();
   };
@@ -178,12 +174,12 @@ async function localWriterOf(local: FileHandle, spec: JobSpec, log: (line: strin
   return new FileWriter(local);
 }
 
-/** Publishes to JetStream, retrying through NATS outages (the server restarting) until a deadline. */
-async function publishDurably(publisher: JetStreamPublisher, subject: string, data: Uint8Array, isStopping: () => boolean): Promise<void> {
+/** Stores completions, retrying through NATS outages (the server restarting) until a deadline. */
+async function publishDurably(bus: AgentBus, data: Uint8Array, isStopping: () => boolean): Promise<void> {
   const deadline = Date.now() + PUBLISH_DEADLINE_MS;
   for (let attempt = 0; ; attempt++) {
     try {
-      await publisher.publish(subject, data);
+      await bus.storeCompletions(data);
       return;
     } catch (err) {
       if (Date.now() > deadline || (isStopping() && attempt > 20)) {
@@ -216,10 +212,16 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const agentId = options.agentId ?? `${hostname()}-${process.pid}`;
   const node = hostname();
   const log = options.log ?? (() => {});
-  const subjects = jobSubjects(options.jobId);
-  const nc: NatsConnection = await connectBus({ url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}` });
-  const js = jetstream(nc);
-  const publisher = new JetStreamPublisher(nc);
+  const failureEvent = (e: FerryError): AgentEvent => ({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
+  let bus: AgentBus;
+  if (options.bus) bus = options.bus;
+  else {
+    if (options.natsUrl === undefined) throw new FerryError('USAGE', 'an agent needs --nats URL (or a bus given in process)');
+    // NATS is loaded only here: the agent in the coordinator's process of a one-agent job never needs it.
+    const { openNatsAgentBus } = await import('./nats-agent-bus.js');
+    bus = await openNatsAgentBus({ jobId: options.jobId, url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}`, failureEvent });
+  }
+  const spec: JobSpec = bus.spec;
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };
   let inFlight = 0;
   const pendingCounts = new Map<number, () => number>();
@@ -283,14 +285,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
 
   // Without NATS this agent can report nothing; when it stays away (the coordinator and its
   // embedded server are gone), stop rather than linger on a compute node.
-  let disconnectedSince: number | undefined;
-  void (async () => {
-    for await (const status of nc.status()) {
-      if (status.type === 'disconnect') disconnectedSince ??= Date.now();
-      else if (status.type === 'reconnect') disconnectedSince = undefined;
-    }
-  })().catch(() => {});
   const lonely = setInterval(() => {
+    const disconnectedSince = bus.disconnectedSince();
     if (disconnectedSince !== undefined && Date.now() - disconnectedSince > NATS_GONE_MS) {
       stop(`no NATS for ${NATS_GONE_MS / 1000} s`);
       exitSoon();
@@ -303,59 +299,55 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     exitSoon();
   });
 
-  const publishEvent = (event: AgentEvent) => nc.publish(subjects.events, encodeMessage(event));
+  const publishEvent = (event: AgentEvent) => bus.publishEvent(event);
 
-  let spec: JobSpec;
-  let consumer: Consumer;
   /** The local file; none in a discard job (the benchmark reads nothing). */
   let local: FileHandle | undefined;
   /** Pull: the writes of the local file. */
   let localWriter: FileWriter | undefined;
-  let kv: KV;
   try {
-    kv = await new Kvm(nc).open(subjects.kvBucket);
-    const entry = await kv.get('spec');
-    if (!entry || entry.length === 0) throw new FerryError('PROTOCOL', `job ${options.jobId} has no spec in NATS: is the coordinator running?`);
-    spec = decodeJobSpec(entry.value, options.jobId);
-    consumer = await js.consumers.get(subjects.workStream, subjects.workConsumer);
     if (!spec.discard) local = await openLocal(spec);
     if (local && spec.direction === 'pull') localWriter = await localWriterOf(local, spec, log);
   } catch (err) {
     const e = toFerryError(err);
-    publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: e.toData(), fatal: true });
-    publisher.close();
-    await nc.drain().catch(() => {});
+    publishEvent(failureEvent(e));
+    await bus.close();
     if (parentWatch) clearInterval(parentWatch);
     clearInterval(lonely);
     options.signal?.removeEventListener('abort', onSignal);
     throw e;
   }
 
+  /** Connection slots working now: the first `active` of the spec's `streams` (the coordinator may change it, see setActive). */
+  let active = Math.max(1, Math.min(spec.streams, spec.activeStreams ?? spec.streams));
+  let setActive: (n: number) => void = (n) => {
+    active = n;
+  };
   const onControl = (data: Uint8Array) => {
     try {
       const control = decodeControl(data, options.jobId);
       if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
+      else if (control.type === 'streams') {
+        const n = control.streams;
+        if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) throw new FerryError('PROTOCOL', `control 'streams' needs a positive integer, got ${String(n)}`);
+        setActive(Math.min(spec.streams, n));
+      }
     } catch (e) {
       log(`ignoring control message: ${(e as Error).message}`);
     }
   };
-  nc.subscribe(subjects.control, {
-    callback: (err, msg) => {
-      if (!err) onControl(msg.data);
-    },
-  });
-  // A stop sent before this agent subscribed (a short job, an agent that started late) is
-  // also in the job's bucket: read it once the subscription is in place.
   try {
-    await nc.flush();
-    const said = await kv.get('stop');
-    if (said && said.operation === 'PUT' && said.length > 0) onControl(said.value);
+    await bus.listenControl(onControl);
   } catch (err) {
     log(`cannot read the job's stop flag: ${(err as Error).message}`);
   }
   publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.started', agent: agentId, node, pid: process.pid, index: options.index ?? 0 });
 
+  const load = new LoadMeter();
   const heartbeat = () => {
+    // How busy this agent and its node were since the last heartbeat: the stream tuner tells
+    // a link that holds each stream back (idle agents, idle cores) from busy CPUs.
+    const { utilization, idleCores } = load.sample();
     const hb: Heartbeat = {
       v: MESSAGE_VERSION,
       job: options.jobId,
@@ -367,10 +359,16 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       inFlight,
       pending: pendingRanges(),
       errors: summary.errors,
+      streams: active,
+      connected: connectedSlots.size,
+      utilization,
+      idleCores,
       at: Date.now(),
     };
-    nc.publish(`${subjects.heartbeat}.${agentId}`, encodeMessage(hb));
+    bus.publishHeartbeat(hb);
   };
+  /** Slots with a connection up now (the coordinator's stream tuning waits for them). */
+  const connectedSlots = new Set<number>();
   const hbTimer = setInterval(heartbeat, 1000);
   heartbeat();
 
@@ -425,7 +423,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const worker = async (slot: number) => {
     // Slots are numbered across the job; slot g uses host g mod H, so a cap of C per
     // host leaves slots g >= C*H idle and no host ever gets more than C connections.
-    const preferred = slotHost(index, slot, spec.streams, hosts.length, spec.maxConnectionsPerHost);
+    const preferred = slotHost(index, slot, spec.agentCount, hosts.length, spec.maxConnectionsPerHost);
     if (preferred === undefined) {
       log(`slot ${slot} stays idle: ${hosts.length} hosts x --max-per-host ${spec.maxConnectionsPerHost} connections are taken by lower slots`);
       return;
@@ -438,7 +436,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     let oldestPending = 0;
     let current: WorkPart | undefined;
     let failures = 0;
-    const pace = spec.connectionBytesPerSec > 0 ? makePacer(spec.connectionBytesPerSec) : undefined;
+    // --limit-rate: the job's cap shared by the connections working now (the tuner changes how many).
+    const pace = spec.connectionBytesPerSec > 0 ? makePacer(() => (spec.connectionBytesPerSec * spec.streams) / active) : undefined;
     const ticker = setInterval(() => {
       current?.working();
       for (const m of queued) m.working();
@@ -452,18 +451,18 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
      * rangesPerWorkItem), so a pull request stands for many small ranges.
      */
     const queued: WorkPart[] = [];
-    let pulling: { done: Promise<boolean>; messages?: ConsumerMessages } | undefined;
+    let pulling: { done: Promise<boolean>; messages?: WorkFetch } | undefined;
     let arrived: (() => void) | undefined;
     /** Starts a pull unless one is open; resolves when it ends, true when it brought an item. */
     const pull = (): Promise<boolean> => {
       if (pulling) return pulling.done;
-      const p: { done: Promise<boolean>; messages?: ConsumerMessages } = { done: Promise.resolve(false) };
+      const p: { done: Promise<boolean>; messages?: WorkFetch } = { done: Promise.resolve(false) };
       p.done = (async () => {
         let got = 0;
         try {
-          p.messages = await consumer.fetch({ max_messages: 1, expires: NEXT_EXPIRES_MS });
+          p.messages = await bus.fetchWork(NEXT_EXPIRES_MS);
           if (stopping) p.messages.stop();
-          for await (const m of p.messages) {
+          for await (const m of p.messages.messages) {
             got++;
             let items: WorkItem[];
             try {
@@ -517,6 +516,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       pending = [];
     };
     const drop = () => {
+      connectedSlots.delete(slot);
       giveBackPending();
       // A lent connection stays open (Preconnected.lend): its remote file must not.
       file?.close().catch(() => {});
@@ -547,6 +547,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
           health[hostIndex]!.failures = 0;
           health[hostIndex]!.downUntil = 0;
+          connectedSlots.add(slot);
           return;
         } catch (err) {
           conn?.close();
@@ -615,7 +616,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           for (const b of part) b.completion.durable = true;
           try {
             const data = part.length === 1 ? encodeMessage(part[0]!.completion) : encodeMessage(makeCompletionBatch(options.jobId, part.map((b) => b.completion)));
-            await publishDurably(publisher, subjects.doneSubject, data, () => stopping);
+            await publishDurably(bus, data, () => stopping);
             for (const b of part) {
               // A range that read back differently is reported all the same: the coordinator sends it again.
               if (b.completion.srcHash === b.completion.dstHash) {
@@ -631,7 +632,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
         });
         // The acks are on their way to the server before the batch counts as reported.
-        await nc.flush().catch(() => {});
+        await bus.flush().catch(() => {});
       })();
       flushing = run;
       void run.finally(() => {
@@ -645,19 +646,20 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     // Stagger the first connections: many agents opening many connections at once would
     // trip sshd's MaxStartups (10 unauthenticated connections by default) and be dropped.
     // A connection opened ahead of the job (warm start) has waited already.
-    const stagger = slotStaggerMs(index, slot, spec.streams);
+    const stagger = slotStaggerMs(index, slot, spec.agentCount);
     if (stagger > 0 && !options.preconnected?.has(hosts[preferred]!)) await Promise.race([sleep(stagger), stopped]);
     // Connect while the first work item is on its way, not after it arrives; its
     // failure (if fatal) surfaces where a range would have connected. A slot beyond
     // the plan's range count (a small file, more slots than ranges) will most likely
     // get no work: it connects only if some arrives. (Counted in work items: small ranges
     // travel 16 to an item.)
-    const likelyIdle = globalSlot(index, slot, spec.streams) >= workItemCount(spec.rangeCount, spec.rangeBytes);
+    const likelyIdle = globalSlot(index, slot, spec.agentCount) >= workItemCount(spec.rangeCount, spec.rangeBytes);
     let early: Promise<void> | undefined = stopping || likelyIdle ? undefined : connect();
     early?.catch(() => {});
 
     try {
-      while (!stopping && !fatal) {
+      // A slot beyond `active` retires: what it wrote is made durable and reported below.
+      while (!stopping && !fatal && slot < active) {
         let msg: WorkPart | null;
         try {
           // Pulled already: no waiting (and no timer) for it.
@@ -735,7 +737,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           current = undefined;
           if (result.srcHash !== result.dstHash) {
             // Report at once; the coordinator re-sends it as a new attempt.
-            await publishDurably(publisher, subjects.doneSubject, encodeMessage(completion), () => stopping);
+            await publishDurably(bus, encodeMessage(completion), () => stopping);
             msg.term('hash mismatch');
           } else {
             if (pending.length === 0) oldestPending = Date.now();
@@ -766,7 +768,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
               FATAL_FOR_JOB.has(e.code) || e.code === 'RANGE_FAILED'
                 ? e
                 : new FerryError('RANGE_FAILED', `range ${item.range} (bytes ${item.offset}-${item.offset + item.length}) failed ${deliveries} times; last on ${hostLabel(hosts[hostIndex]!)} from ${agentId}: ${e.message}`, { range: item.range, host: hostLabel(hosts[hostIndex]!) });
-            await publishDurably(publisher, subjects.doneSubject, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
+            await publishDurably(bus, encodeMessage(completionOf(item, hosts[hostIndex]!, startedAt, { error: error.toData() })), () => stopping).catch(() => {});
             msg.term(e.code);
             // The connection is fine (the disk is full, say): keep what was written before.
             if (conn?.alive) startDurable();
@@ -793,7 +795,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           inFlight--;
         }
       }
-      // Stopping: what is written is made durable and reported before the agent leaves.
+      // Stopping (or retiring): what is written is made durable and reported before the slot ends.
       giveBackQueued();
       if (conn?.alive) startDurable();
       await settleDurable();
@@ -804,12 +806,34 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       await settleDurable();
       clearInterval(ticker);
       drop();
+      pendingCounts.delete(slot);
     }
   };
 
+  /** Running workers by slot; a slot retired by a lower `active` leaves once its ranges are reported. */
+  const workers = new Map<number, Promise<void>>();
+  const startWorker = (slot: number) => {
+    const p = worker(slot).then(
+      () => {},
+      (err: unknown) => {
+        if (!fatal) fatal = toFerryError(err);
+      },
+    );
+    workers.set(slot, p);
+    void p.finally(() => {
+      if (workers.get(slot) === p) workers.delete(slot);
+    });
+  };
+  setActive = (n: number) => {
+    if (n === active || stopping) return;
+    log(`connections: ${active} -> ${n}`);
+    active = n;
+    for (let slot = 0; slot < active; slot++) if (!workers.has(slot)) startWorker(slot);
+  };
+
   try {
-    const results = await Promise.allSettled(Array.from({ length: spec.streams }, (_, slot) => worker(slot)));
-    for (const r of results) if (r.status === 'rejected' && !fatal) fatal = toFerryError(r.reason);
+    for (let slot = 0; slot < active; slot++) startWorker(slot);
+    while (workers.size > 0) await Promise.allSettled([...workers.values()]);
     if (fatal && fatal.code === 'HOST_UNREACHABLE') {
       publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.error', agent: agentId, node, error: fatal.toData(), fatal: true });
     }
@@ -820,8 +844,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     heartbeat();
     await localWriter?.close().catch(() => {});
     await local?.close().catch(() => {});
-    publisher.close();
-    await nc.drain().catch(() => {});
+    await bus.close();
     options.signal?.removeEventListener('abort', onSignal);
   }
   if (fatal && !(stopping && fatal.code === 'INTERRUPTED')) throw fatal;

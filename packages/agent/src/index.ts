@@ -7,6 +7,7 @@
  * ```
  */
 export { runAgent } from './agent.js';
+export type { AgentBus, WorkDelivery, WorkFetch } from './agent-bus.js';
 export { Preconnected } from './preconnect.js';
 export type { AgentOptions, AgentSummary } from './agent.js';
 export { pushRange, pullRange } from './pump.js';

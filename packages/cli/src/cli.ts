@@ -217,8 +217,8 @@ export function createCli(io: CliIo): Command {
 /** The options `ferry cp` and `ferry run` share. */
 function addCopyOptions(cmd: Command): Command {
   return cmd
-    .option('-a, --agents <n>', 'agent processes to start', '2')
-    .option('-s, --streams <n>', 'SSH connections per agent', '2')
+    .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8)')
+    .option('-s, --streams <n>', 'SSH connections per agent (default: tuned during the copy, 1 to 16)')
     .option('-r, --range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
     .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, crc32 where the remote side has no ferry, or what a resumed job used)').choices(['xxh3', 'crc32', 'sha256']))
     .addOption(new Option('--mode <mode>', "data path: helper runs `ferry serve` remotely, python sends ferry's helper to the remote python3, sftp needs nothing remote; auto takes the first that starts").choices(['auto', 'helper', 'python', 'sftp']).default('auto'))
@@ -249,8 +249,6 @@ function addCopyOptions(cmd: Command): Command {
 
 function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   const o: CopyOptions = {
-    agents: opts.agents as string,
-    streams: opts.streams as string,
     mode: opts.mode as string,
     remoteCmd: opts.remoteCmd as string,
     transport: opts.transport as string,
@@ -265,6 +263,8 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
     json: opts.json === true,
     quiet: opts.quiet === true,
   };
+  if (opts.agents !== undefined) o.agents = opts.agents as string;
+  if (opts.streams !== undefined) o.streams = opts.streams as string;
   if (opts.rangeSize !== undefined) o.rangeSize = opts.rangeSize as string;
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;

@@ -119,7 +119,8 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
 
 /** The `ferry run` flags for the copy options given (launcher options do not apply inside the job). */
 function runFlags(opts: Record<string, unknown>): string[] {
-  const out: string[] = ['--streams', String(opts.streams ?? '2')];
+  // Without --streams each rank's agent tunes its own count, as a local copy does.
+  const out: string[] = opts.streams === undefined ? [] : ['--streams', String(opts.streams)];
   const valued: Array<[string, string, string | undefined]> = [
     ['rangeSize', '--range-size', undefined],
     ['hash', '--hash', undefined],

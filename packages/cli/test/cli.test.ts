@@ -165,7 +165,7 @@ describe('launching beyond this machine', () => {
   it('keeps a --send-window other than the default in the batch script', async () => {
     const s = io();
     expect(await runCli(['cp', '/lustre/big.h5', 'me@dtn1:/in/', '--sbatch', '--nodes', '2', '--send-window', '512KiB', '--state-dir', '/s'], s)).toBe(0);
-    expect(s.out).toContain(" run /lustre/big.h5 me@dtn1:/in/ --streams 2 --send-window 512KiB --state-dir /s\n");
+    expect(s.out).toContain(" run /lustre/big.h5 me@dtn1:/in/ --send-window 512KiB --state-dir /s\n");
     const d = io();
     expect(await runCli(['cp', '/lustre/big.h5', 'me@dtn1:/in/', '--sbatch', '--nodes', '2', '--send-window', '0', '--state-dir', '/s'], d)).toBe(0);
     expect(d.out).not.toContain('--send-window');

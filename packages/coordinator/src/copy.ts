@@ -5,7 +5,7 @@
  * agents, journals what they made durable, and leaves a job a rerun can resume.
  */
 import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from 'node:fs/promises';
-import { homedir, hostname, networkInterfaces } from 'node:os';
+import { availableParallelism, homedir, hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { JetStreamManager, JsMsg } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
@@ -30,8 +30,9 @@ import {
   destinationError,
   encode,
   encodeMessage,
+  StreamTuner,
   formatBytes,
-  jobSubjects,
+  formatRate,
   benchDiscardRequested,
   parseLocation,
   planRanges,
@@ -64,13 +65,19 @@ import {
   writeStatus,
 } from './job-state.js';
 import type { JobFile, JobPhase, JobStatus, JournalState } from './job-state.js';
-import { startEmbeddedNats, stopStale } from './nats-server.js';
-import type { EmbeddedNats } from './nats-server.js';
+import { stopStale } from './nats-server.js';
+import { runAgentInProcess } from './in-process.js';
+import type { CompletionMessage, JobBus } from './job-bus.js';
+import { LocalBus } from './local-bus.js';
+import { KV_HASH_BLOCK } from './nats-job-bus.js';
 import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
 import { startWarmAgents } from './warm.js';
 
-/** NATS, loaded once runCopy has started connecting (bus.ts). */
-const loadBus = () => import('./bus.js');
+/** NATS, loaded once runCopy has started connecting, where a job needs it (bus.ts). */
+const loadBus = () => import('./nats-job-bus.js');
+
+/** `0`: a job of one local agent uses NATS all the same, instead of its control plane in memory (A/B benchmarks, tests of the NATS path). */
+export const LOCAL_BUS_ENV = 'FERRY_LOCAL_BUS';
 import type { WarmStart } from './warm.js';
 import type { PreparedCopy } from './prepare.js';
 
@@ -108,8 +115,6 @@ const PUBLISH_BATCH = 512;
 const AGENT_STOP_GRACE_MS = 15_000;
 /** Completions being journaled at once, at most (their records share fsyncs). */
 const COMPLETIONS_IN_FLIGHT = 4096;
-/** Range hashes are mirrored to KV in blocks of this many ranges. */
-const KV_HASH_BLOCK = 4096;
 
 /** This node's first non-internal IPv4 address: what agents on other nodes can reach. */
 function firstExternalAddress(): string {
@@ -126,113 +131,17 @@ export function defaultStateDir(): string {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function publishRanges(publisher: JetStreamPublisher, subject: string, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false): Promise<void> {
+async function publishRanges(bus: JobBus, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false): Promise<void> {
   let batch: Array<Promise<unknown>> = [];
   for (const item of workItemsOf(jobId, plan, indices, attemptOf)) {
     if (stopped()) break;
-    batch.push(publisher.publish(subject, encodeMessage(item), `${workItemId(item)}:${runTag}`));
+    batch.push(bus.publishWork(item, encodeMessage(item), `${workItemId(item)}:${runTag}`));
     if (batch.length >= PUBLISH_BATCH) {
       await Promise.all(batch);
       batch = [];
     }
   }
   await Promise.all(batch);
-}
-
-/** Completions an earlier run's agents stored but its coordinator never journaled. */
-async function recoverCompletions(nc: NatsConnection, jsm: JetStreamManager, jobId: string): Promise<Completion[]> {
-  const { AckPolicy, DeliverPolicy, jetstream, nanos } = await loadBus();
-  const s = jobSubjects(jobId);
-  const info = await jsm.streams.info(s.doneStream).catch(() => undefined);
-  if (!info || info.state.messages === 0) return [];
-  const name = `recover_${process.pid}_${Date.now()}`;
-  await jsm.consumers.add(s.doneStream, { name, ack_policy: AckPolicy.None, deliver_policy: DeliverPolicy.All, inactive_threshold: nanos(60_000) });
-  const consumer = await jetstream(nc).consumers.get(s.doneStream, name);
-  const out: Completion[] = [];
-  let seen = 0;
-  try {
-    while (seen < info.state.messages) {
-      const batch = await consumer.fetch({ max_messages: 1000, expires: 2000 });
-      let got = 0;
-      for await (const m of batch) {
-        got++;
-        seen++;
-        try {
-          out.push(...decodeCompletions(m.data, jobId));
-        } catch {
-          // not ours or damaged: ignore
-        }
-      }
-      if (got === 0) break;
-    }
-  } finally {
-    await jsm.consumers.delete(s.doneStream, name).catch(() => false);
-  }
-  return out;
-}
-
-/** Ranges the job's KV bucket records as done, with their hashes (empty when there is no bucket). */
-async function readKvMirror(nc: NatsConnection, jobId: string, plan: RangePlan): Promise<Array<[number, string]>> {
-  const { Kvm } = await loadBus();
-  const s = jobSubjects(jobId);
-  let kv: KV;
-  try {
-    kv = await new Kvm(nc).open(s.kvBucket);
-    const done = await kv.get('done');
-    if (!done || done.length === 0) return [];
-    const { runs } = decode(done.value) as { runs: Array<[number, number]> };
-    const out: Array<[number, string]> = [];
-    const blocks = new Map<number, string[]>();
-    for (const [start, end] of runs) {
-      for (let i = start; i < Math.min(end, plan.count); i++) {
-        const b = Math.floor(i / KV_HASH_BLOCK);
-        if (!blocks.has(b)) {
-          const e = await kv.get(`hashes.${b}`);
-          blocks.set(b, e && e.length > 0 ? (decode(e.value) as string[]) : []);
-        }
-        const h = blocks.get(b)![i - b * KV_HASH_BLOCK];
-        if (h) out.push([i, h]);
-      }
-    }
-    return out;
-  } catch {
-    return [];
-  }
-}
-
-/** Streams, consumers and KV bucket of a run. Each run starts them afresh (an earlier run's state was read first). */
-export async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager, spec: JobSpec): Promise<KV> {
-  const { AckPolicy, DeliverPolicy, Kvm, RetentionPolicy, StorageType, nanos } = await loadBus();
-  const s = jobSubjects(spec.jobId);
-  for (const name of [s.workStream, s.doneStream]) await jsm.streams.delete(name).catch(() => false);
-  await jsm.streams.add({
-    name: s.workStream,
-    subjects: [s.workSubject],
-    retention: RetentionPolicy.Workqueue,
-    storage: StorageType.File,
-    duplicate_window: nanos(10 * 60_000),
-  });
-  await jsm.consumers.add(s.workStream, {
-    durable_name: s.workConsumer,
-    ack_policy: AckPolicy.Explicit,
-    ack_wait: nanos(spec.ackWaitMs),
-    max_deliver: spec.maxDeliver,
-    max_ack_pending: 100_000,
-    max_waiting: 4096,
-  });
-  await jsm.streams.add({ name: s.doneStream, subjects: [s.doneSubject], retention: RetentionPolicy.Limits, storage: StorageType.File });
-  await jsm.consumers.add(s.doneStream, {
-    durable_name: s.doneConsumer,
-    ack_policy: AckPolicy.Explicit,
-    deliver_policy: DeliverPolicy.All,
-    ack_wait: nanos(60_000),
-    max_ack_pending: 100_000,
-  });
-  const kv = await new Kvm(nc).create(s.kvBucket, { history: 1 });
-  await kv.put('spec', encodeMessage(spec));
-  // A resumed job's bucket may hold the previous run's stop.
-  await kv.delete('stop');
-  return kv;
 }
 
 async function finalizeLocal(prep: PreparedCopy, preserve: boolean): Promise<void> {
@@ -305,7 +214,7 @@ function rangeBytesOf(plan: RangePlan, set: IntervalSet): number {
 }
 
 export async function runCopy(request: CopyRequest): Promise<CopySummary> {
-  const options: ResolvedCopyOptions = resolveCopyOptions(request.options);
+  const options: ResolvedCopyOptions = resolveCopyOptions(request.options, { cores: availableParallelism() });
   const emit = request.onEvent ?? (() => {});
   const started = Date.now();
   const discard = benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(request.source), parseLocation(request.destination));
@@ -322,8 +231,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       onConnected: (conn, host) => warm?.connect(conn, host),
       ...(warm ? { ssh: warm.ssh } : {}),
     });
-    // While the remote side logs in and starts its helper (an error shows where transfer() loads it).
-    loadBus().catch(() => {});
+    // While the remote side logs in and starts its helper (an error shows where transfer() loads it),
+    // where the job will use NATS: agents in other processes or elsewhere.
+    if (options.agents > 1 || options.natsUrl !== undefined || (request.externalAgents ?? 0) > 0 || (request.launcher && request.launcher.name !== 'local') || process.env[LOCAL_BUS_ENV] === '0') loadBus().catch(() => {});
     prep = await preparing;
   } catch (err) {
     await warm?.dismiss();
@@ -425,6 +335,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by
     // the work items left (small ranges travel up to 16 to an item).
     const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, workItemCount(plan.count - state.done.size, plan.rangeBytes))));
+    const shape = { streams: options.firstStreams };
     const resumed = folded !== undefined;
     state.resumedBytes = rangeBytesOf(plan, state.done);
 
@@ -437,7 +348,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       ranges: plan.count,
       rangeBytes: plan.rangeBytes,
       agents: plan.count === 0 ? 0 : agents,
-      streams: options.streams,
+      streams: options.firstStreams,
+      maxStreams: options.streams,
+      tuning: options.tuneStreams,
       mode: prep.mode,
       hash,
       stateDir: jobDir,
@@ -480,7 +393,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm, shutdowns });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm, shutdowns, shape });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -517,7 +430,8 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       rootHash: root,
       mode: plan.count === 0 ? 'none' : prep.mode,
       agents: plan.count === 0 ? 0 : agents,
-      streams: options.streams,
+      streams: shape.streams,
+      tuned: options.tuneStreams,
     };
     await writeFile(join(jobDir, 'manifest.json'), JSON.stringify({ ...summary, rangeBytes: plan.rangeBytes, rangeHashes: state.hashes }, null, 1) + '\n', { mode: 0o600 });
     phase = 'done';
@@ -628,51 +542,65 @@ interface TransferContext {
    * job's lock is released.
    */
   shutdowns: Array<Promise<unknown>>;
+  /** Streams per agent in use now (the tuner changes it): what the summary reports. */
+  shape: { streams: number };
 }
 
-/** The part with NATS and agents; returns once every range is durable and verified. */
+/** The control plane a transfer uses: memory when its one agent runs in this process, else NATS. */
+async function openJobBus(ctx: TransferContext): Promise<JobBus> {
+  const { request, options } = ctx;
+  if (useLocalBus(ctx)) return new LocalBus();
+  const remoteAgents = (request.externalAgents ?? 0) > 0 || (request.launcher !== undefined && request.launcher.name !== 'local');
+  const listen = request.natsListen ?? (remoteAgents ? '0.0.0.0' : '127.0.0.1');
+  const advertise = request.natsAdvertise ?? (listen === '0.0.0.0' ? firstExternalAddress() : listen);
+  const { openNatsJobBus } = await import('./nats-job-bus.js');
+  return openNatsJobBus({
+    jobId: ctx.prep.jobId,
+    jobDir: ctx.jobDir,
+    url: options.natsUrl,
+    token: options.natsUrl ? process.env.FERRY_NATS_TOKEN : undefined,
+    listen,
+    advertise,
+    fresh: !ctx.resumed,
+  });
+}
+
+/**
+ * A job's one agent runs in this process (local launcher, nobody joining, no
+ * --nats): its control plane can be memory. FERRY_LOCAL_BUS=0 asks for NATS
+ * all the same (for A/B benchmarks and tests of the NATS path).
+ */
+export function useLocalBus(ctx: Pick<TransferContext, 'agents' | 'request' | 'options'>): boolean {
+  if (process.env[LOCAL_BUS_ENV] === '0') return false;
+  const { request, options } = ctx;
+  return ctx.agents === 1 && (request.externalAgents ?? 0) === 0 && (request.launcher === undefined || request.launcher.name === 'local') && options.natsUrl === undefined && !request.onRendezvous;
+}
+
+/** The part with the control plane and agents; returns once every range is durable and verified. */
 async function transfer(ctx: TransferContext): Promise<void> {
   const { prep, plan, options, state, request, emit, journal } = ctx;
-  const subjects = jobSubjects(prep.jobId);
   const cleanup: Array<() => Promise<unknown> | unknown> = [];
   const runTag = Date.now().toString(36);
-  let nats: EmbeddedNats | undefined;
-  let nc: NatsConnection | undefined;
+  const bus = await openJobBus(ctx);
   /** Every range is done and journaled (transfer() returns normally). */
   let journaled = false;
   try {
-    let url = options.natsUrl;
-    let token = process.env.FERRY_NATS_TOKEN;
-    if (!url) {
-      const remoteAgents = (request.externalAgents ?? 0) > 0 || (request.launcher !== undefined && request.launcher.name !== 'local');
-      const listen = request.natsListen ?? (remoteAgents ? '0.0.0.0' : '127.0.0.1');
-      const advertise = request.natsAdvertise ?? (listen === '0.0.0.0' ? firstExternalAddress() : listen);
-      nats = await startEmbeddedNats({ storeDir: join(ctx.jobDir, 'nats'), host: listen, advertiseHost: advertise });
-      url = nats.url;
-      token = nats.token;
-    }
-    const { JetStreamPublisher, connectBus, jetstream, jetstreamManager } = await loadBus();
-    nc = await connectBus({ url, token, name: `ferry-coordinator-${prep.jobId}` });
-    const js = jetstream(nc);
-    const jsm = await jetstreamManager(nc);
-    const publisher = new JetStreamPublisher(nc);
-    cleanup.push(() => publisher.close());
-
-    // Completions an earlier run stored but did not journal (its coordinator died first).
     const journalRange = async (c: Completion) => {
       state.done.add(c.range);
       state.hashes.set(c.range, c.srcHash);
       await journal.append({ t: 'range', range: c.range, attempt: c.attempt, hash: c.srcHash, bytes: c.length, durable: true, agent: c.agent, host: c.remoteHost, at: Date.now() });
     };
     if (ctx.resumed) {
+      // Completions an earlier run stored but did not journal (its coordinator died first),
+      // and ranges only its KV mirror has (it lags the journal by a second).
+      const { completions, mirrored } = await bus.recover(plan);
       let recovered = 0;
-      for (const c of await recoverCompletions(nc, jsm, prep.jobId)) {
+      for (const c of completions) {
         if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
         await journalRange(c);
         recovered++;
       }
-      // The KV mirror can stand in for a lost journal (it lags the journal by a second).
-      for (const [range, hash] of await readKvMirror(nc, prep.jobId, plan)) {
+      for (const [range, hash] of mirrored) {
         if (state.done.has(range)) continue;
         state.done.add(range);
         state.hashes.set(range, hash);
@@ -683,9 +611,6 @@ async function transfer(ctx: TransferContext): Promise<void> {
         emit({ type: 'log', message: `recovered ${recovered} ranges an earlier run completed but had not journaled` });
         state.resumedBytes = rangeBytesOf(plan, state.done);
       }
-    } else {
-      // A fresh job on an external server: nothing of an earlier run of the same id may leak in.
-      await jsm.streams.delete(`KV_${subjects.kvBucket}`).catch(() => false);
     }
 
     const spec: JobSpec = {
@@ -702,6 +627,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       rangeCount: plan.count,
       hash: ctx.hash as JobSpec['hash'],
       streams: options.streams,
+      activeStreams: options.firstStreams,
       windowBytes: options.windowBytes,
       connectionBytesPerSec: options.limitBytesPerSec ? Math.max(1, Math.floor(options.limitBytesPerSec / (ctx.agents * options.streams))) : 0,
       maxConnectionsPerHost: options.maxConnectionsPerHost,
@@ -716,7 +642,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       ...(options.directIo ? { directIo: true } : {}),
       ...(options.verify ? { verify: true } : {}),
     };
-    const kv = await setupJobStreams(nc, jsm, spec);
+    await bus.start(spec);
     if (state.done.size === plan.count) {
       journaled = true;
       return;
@@ -743,74 +669,89 @@ async function transfer(ctx: TransferContext): Promise<void> {
     request.signal?.addEventListener('abort', onAbort, { once: true });
     cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
-    // Agent reports: heartbeats for progress and status, events for errors.
-    const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; at: number; seenAt: number }>();
+    // Agent reports: heartbeats for progress, status and stream tuning, events for errors.
+    const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; connected: number; utilization: number | undefined; idleCores: number | undefined; at: number; seenAt: number }>();
     let lastAgentError: FerryError | undefined;
-    const hbSub = nc.subscribe(`${subjects.heartbeat}.*`, {
-      callback: (err, msg) => {
-        if (err) return;
-        try {
-          const hb = decodeHeartbeat(msg.data, prep.jobId);
-          const prev = heartbeats.get(hb.agent);
-          const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
-          heartbeats.set(hb.agent, { node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, pending: hb.pending ?? 0, errors: hb.errors, rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate, at: hb.at, seenAt: Date.now() });
-        } catch {
-          // a stray or foreign message: ignore
-        }
-      },
+    bus.onHeartbeat((data: Uint8Array) => {
+      try {
+        const hb = decodeHeartbeat(data, prep.jobId);
+        const prev = heartbeats.get(hb.agent);
+        const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
+        heartbeats.set(hb.agent, {
+          node: hb.node,
+          bytes: hb.bytes,
+          inFlight: hb.inFlight,
+          pending: hb.pending ?? 0,
+          errors: hb.errors,
+          rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate,
+          connected: hb.connected ?? 0,
+          utilization: hb.utilization,
+          idleCores: hb.idleCores,
+          at: hb.at,
+          seenAt: Date.now(),
+        });
+      } catch {
+        // a stray or foreign message: ignore
+      }
     });
-    const evSub = nc.subscribe(subjects.events, {
-      callback: (err, msg) => {
-        if (err) return;
-        try {
-          const ev = decodeAgentEvent(msg.data, prep.jobId);
-          if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
-          if (ev.type === 'agent.error') {
-            emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
-            if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
-          }
-        } catch {
-          // ignore
+    bus.onEvent((data: Uint8Array) => {
+      try {
+        const ev = decodeAgentEvent(data, prep.jobId);
+        if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
+        if (ev.type === 'agent.error') {
+          emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
+          if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
         }
-      },
+      } catch {
+        // ignore
+      }
     });
     // A range whose deliveries ran out without any agent reporting why (agents crashing on it).
-    const maxDeliverSub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${subjects.workStream}.${subjects.workConsumer}`, {
-      callback: (err, msg) => {
-        if (err) return;
-        void (async () => {
-          const adv = msg.json<{ stream_seq: number; deliveries: number }>();
-          const stored = await jsm.streams.getMessage(subjects.workStream, { seq: adv.stream_seq }).catch(() => null);
-          let item: WorkItem | undefined;
-          let ranges: WorkItem[] = [];
-          try {
-            item = stored ? decodeWorkItem(stored.data, prep.jobId) : undefined;
-            ranges = item ? splitWorkItem(item, plan.rangeBytes) : [];
-          } catch {
-            // not ours, or malformed: report with what there is
-          }
-          // Give the agent's own report (with the cause) a moment to arrive first.
-          await sleep(2000);
-          if (ranges.length > 0 && ranges.every((r) => state.done.has(r.range))) return;
-          const count = item?.count ?? 1;
-          const what = !item ? 'range ?' : `${count > 1 ? `ranges ${item.range}-${item.range + count - 1}` : `range ${item.range}`} (bytes ${item.offset}-${item.offset + item.length})`;
-          fail(
-            new FerryError(
-              'RANGE_FAILED',
-              `${what} ${count > 1 ? 'were' : 'was'} handed out ${adv.deliveries} times without completing (agents crashing or losing their connections on it): see the agents' messages with -v`,
-              item ? { range: item.range } : {},
-            ),
-          );
-        })().catch(() => {});
-      },
-    });
-    cleanup.push(() => {
-      hbSub.unsubscribe();
-      evSub.unsubscribe();
-      maxDeliverSub.unsubscribe();
+    bus.onMaxDeliveries((item: WorkItem | undefined, deliveries: number) => {
+      void (async () => {
+        let ranges: WorkItem[] = [];
+        try {
+          ranges = item ? splitWorkItem(item, plan.rangeBytes) : [];
+        } catch {
+          // malformed: report with what there is
+        }
+        // Give the agent's own report (with the cause) a moment to arrive first.
+        await sleep(2000);
+        if (ranges.length > 0 && ranges.every((r) => state.done.has(r.range))) return;
+        const count = item?.count ?? 1;
+        const what = !item ? 'range ?' : `${count > 1 ? `ranges ${item.range}-${item.range + count - 1}` : `range ${item.range}`} (bytes ${item.offset}-${item.offset + item.length})`;
+        fail(
+          new FerryError(
+            'RANGE_FAILED',
+            `${what} ${count > 1 ? 'were' : 'was'} handed out ${deliveries} times without completing (agents crashing or losing their connections on it): see the agents' messages with -v`,
+            item ? { range: item.range } : {},
+          ),
+        );
+      })().catch(() => {});
     });
 
-    // Progress and status, once a second; the KV mirror of the journal too.
+    // Stream tuning: the tuner watches the rate as connections are added (core's tuner.ts).
+    const tuner = options.tuneStreams ? new StreamTuner({ first: options.firstStreams, max: options.streams, agents: ctx.agents }) : undefined;
+    ctx.shape.streams = options.firstStreams;
+    const tune = (now: number, moved: number) => {
+      if (!tuner || finished) return;
+      let connected = 0;
+      let utilization: number | undefined;
+      let idleCores: number | undefined;
+      for (const hb of heartbeats.values()) {
+        connected += hb.connected;
+        if (hb.utilization !== undefined) utilization = Math.max(utilization ?? 0, hb.utilization);
+        if (hb.idleCores !== undefined) idleCores = Math.min(idleCores ?? Infinity, hb.idleCores);
+      }
+      const next = tuner.sample({ at: now, bytes: moved, connected, ...(utilization === undefined ? {} : { utilization }), ...(idleCores === undefined ? {} : { idleCores }) });
+      if (next === undefined) return;
+      const rates = tuner.steps.map((step) => `${step.streams}: ${formatRate(step.rate)}`).join(', ');
+      emit({ type: 'log', message: `streams per agent ${ctx.shape.streams} -> ${next} (measured ${rates})` });
+      ctx.shape.streams = next;
+      void bus.control(encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'streams', streams: next }), 'streams');
+    };
+
+    // Progress and status, once a second; the journal's mirror too where the bus keeps one.
     let lastBytes = 0;
     let lastAt = Date.now();
     let rate = 0;
@@ -830,15 +771,15 @@ async function transfer(ctx: TransferContext): Promise<void> {
     let kvRuns = '';
     const dirtyBlocks = new Set<number>();
     const mirror = async () => {
+      if (!bus.keep) return;
       const runs = JSON.stringify(state.done.toArray());
       if (runs !== kvRuns) {
         kvRuns = runs;
-        await kv.put('done', encode({ runs: state.done.toArray(), at: Date.now() })).catch(() => {});
+        await bus.keep('done', encode({ runs: state.done.toArray(), at: Date.now() }));
       }
       for (const b of [...dirtyBlocks]) {
         dirtyBlocks.delete(b);
-        const slice = state.hashes.slice(b * KV_HASH_BLOCK, (b + 1) * KV_HASH_BLOCK);
-        await kv.put(`hashes.${b}`, encode(slice)).catch(() => {});
+        await bus.keep(`hashes.${b}`, encode(state.hashes.slice(b * KV_HASH_BLOCK, (b + 1) * KV_HASH_BLOCK)));
       }
     };
     const tick = () => {
@@ -857,6 +798,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       rate = rate === 0 ? instant : 0.7 * rate + 0.3 * instant;
       lastBytes = moved;
       lastAt = now;
+      tune(now, moved);
       const done = rangeBytesOf(plan, state.done);
       const shown = Math.min(plan.fileBytes, Math.max(done, state.resumedBytes + moved));
       emit({
@@ -890,10 +832,9 @@ async function transfer(ctx: TransferContext): Promise<void> {
     cleanup.push(() => clearInterval(progressTimer));
 
     // Completions: verify, journal, re-send.
-    const doneConsumer = await js.consumers.get(subjects.doneStream, subjects.doneConsumer);
-    // Messages, not completions: a batch message holds up to 256, so this buffers at most ~16,000.
-    const messages = await doneConsumer.consume({ max_messages: 64 });
-    cleanup.push(() => messages.stop());
+    const feed = await bus.completions();
+    cleanup.push(() => feed.stop());
+    const publishWork = (indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false) => publishRanges(bus, prep.jobId, runTag, plan, indices, attemptOf, stopped);
     const handle = async (c: Completion) => {
       if (c.error) {
         fail(FerryError.fromData({ ...c.error, range: c.range }));
@@ -922,7 +863,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
         state.resends++;
         emit({ type: 'range.resend', range: c.range, attempt, reason: `hash mismatch (source ${c.srcHash}, ${found}) via ${c.agent}` });
         await journal.append({ t: 'resend', range: c.range, attempt, reason: c.readBack === true ? 'hash mismatch on reading back' : 'hash mismatch', at: Date.now() });
-        await publishRanges(publisher, subjects.workSubject, prep.jobId, runTag, plan, [c.range], () => attempt);
+        await publishWork([c.range], () => attempt);
         return;
       }
       if (!c.durable || state.done.has(c.range)) return;
@@ -945,7 +886,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // taken while the record is written, so the journal's group commit writes many records
     // per fsync. A completion's message is acked once its record is on disk.
     /** A completion that could not be handled: a malformed one is skipped (and acked), anything else fails the job. */
-    const unhandled = (m: JsMsg, err: unknown) => {
+    const unhandled = (m: CompletionMessage, err: unknown) => {
       if (err instanceof FerryError && err.code === 'PROTOCOL') {
         emit({ type: 'log', message: `ignoring a malformed completion: ${err.message}` });
         m.ack();
@@ -956,7 +897,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       const window: Array<{ done: Promise<void>; count: number }> = [];
       let inWindow = 0;
       try {
-        for await (const m of messages) {
+        for await (const m of feed.messages) {
           let cs: Completion[];
           try {
             cs = decodeCompletions(m.data, prep.jobId);
@@ -986,13 +927,13 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // a snapshot, since completions change the done set meanwhile.)
     let stopPublishing = false;
     const missing = IntervalSet.from(state.done.toArray()).missing(plan.count);
-    const publishing = publishRanges(publisher, subjects.workSubject, prep.jobId, runTag, plan, missing, (i) => state.attempts.get(i) ?? 0, () => stopPublishing || finished).catch((err: unknown) => fail(toFerryError(err)));
+    const publishing = publishWork(missing, (i) => state.attempts.get(i) ?? 0, () => stopPublishing || finished).catch((err: unknown) => fail(toFerryError(err)));
     cleanup.push(async () => {
       stopPublishing = true;
       await publishing;
     });
 
-    await request.onRendezvous?.({ jobId: prep.jobId, url, token });
+    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token });
 
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
@@ -1000,21 +941,27 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const launcher = request.launcher ?? new LocalLauncher();
     const corrupt = process.env[CORRUPT_RANGES_ENV];
     const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
-    const secretEnv = token ? { FERRY_NATS_TOKEN: token } : undefined;
+    const secretEnv = bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
     const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;
-    const launched: LaunchedAgents | undefined = warm
-      ? await warm.go(ownAgents, (i) => ({ job: prep.jobId, nats: url, index: external + i, env: { ...env, ...secretEnv } }), { launcher: launcher.name, onStderr })
-      : ownAgents > 0
-        ? await launcher.launch({
-            count: ownAgents,
-            command: [...request.agentCommand, '--job', prep.jobId, '--nats', url],
-            env,
-            ...(secretEnv ? { secretEnv } : {}),
-            argsFor: launcher.name === 'local' || launcher.name === 'ssh' ? (i) => ['--index', String(external + i)] : undefined,
-            onStderr,
-          })
-        : undefined;
+    const goFor = (i: number) => ({ job: prep.jobId, nats: bus.join?.url ?? '', index: external + i, env: { ...env, ...secretEnv } });
+    const agentBus = bus instanceof LocalBus ? bus.agentBus() : undefined;
+    let launched: LaunchedAgents | undefined;
+    if (agentBus) {
+      // The job's one agent, in this process, on the bus in memory (with the connections warm start opened).
+      launched = warm ? await warm.go(1, goFor, { launcher: launcher.name, onStderr }, agentBus) : runAgentInProcess((await import('@ferry/agent')).runAgent, goFor(0), undefined, { launcher: launcher.name, onStderr }, agentBus);
+    } else if (warm) {
+      launched = await warm.go(ownAgents, goFor, { launcher: launcher.name, onStderr });
+    } else if (ownAgents > 0) {
+      launched = await launcher.launch({
+        count: ownAgents,
+        command: [...request.agentCommand, '--job', prep.jobId, '--nats', bus.join!.url],
+        env,
+        ...(secretEnv ? { secretEnv } : {}),
+        argsFor: launcher.name === 'local' || launcher.name === 'ssh' ? (i) => ['--index', String(external + i)] : undefined,
+        onStderr,
+      });
+    }
     if (!warm) await ctx.warm?.dismiss();
     const exits: AgentExit[] = [];
     const agentsGone = (why: string) => {
@@ -1054,11 +1001,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     }
     // However it ended: agents make what they wrote durable, report it, and leave.
     const reason = failure ? (failure.code === 'INTERRUPTED' ? 'interrupted' : `job failed: ${failure.code}`) : 'job done';
-    const stopMessage = encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason });
-    // In the bucket first, for agents not subscribed yet (they read it after subscribing).
-    await kv.put('stop', stopMessage).catch(() => {});
-    nc.publish(subjects.control, stopMessage);
-    await nc.flush().catch(() => {});
+    await bus.control(encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'stop', reason }), 'stop');
     if (launched) {
       const killTimer = setTimeout(() => void launched.stop(1000), AGENT_STOP_GRACE_MS);
       await launched.exited;
@@ -1069,12 +1012,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
       while (Date.now() < deadline && [...heartbeats.values()].some((h) => Date.now() - h.seenAt < 2500 && h.inFlight + h.pending > 0)) await sleep(200);
     }
     // Journal what the agents reported on their way out.
-    for (let i = 0; i < 50; i++) {
-      const info = await doneConsumer.info(false).catch(() => undefined);
-      if (!info || (info.num_pending === 0 && info.num_ack_pending === 0)) break;
-      await sleep(100);
-    }
-    messages.stop();
+    await bus.settle();
+    feed.stop();
     await consuming;
     await mirror();
     tick();
@@ -1090,8 +1029,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     journaled = true;
   } finally {
     for (const fn of cleanup.reverse()) await Promise.resolve(fn()).catch(() => {});
-    if (nc) await nc.close().catch(() => {});
-    // Once every range is in the journal, the store holds nothing the journal lacks.
-    if (nats) ctx.shutdowns.push(nats.stop({ discard: journaled }).catch(() => {}));
+    const { after } = await bus.close(journaled).catch(() => ({ after: undefined }));
+    if (after) ctx.shutdowns.push(after);
   }
 }

@@ -24,7 +24,10 @@ export interface CopySummary {
   /** The data path that ran: helper (`ferry serve`), python (ferry's helper on the remote python3), sftp; none for an empty file. */
   mode: TransferMode | 'none';
   agents: number;
+  /** Connections per agent at the end (with tuning, what the tuner kept). */
   streams: number;
+  /** Whether the number of streams was tuned during the copy (no --streams given). */
+  tuned: boolean;
 }
 
 export type CopyEvent =
@@ -37,7 +40,12 @@ export type CopyEvent =
       ranges: number;
       rangeBytes: number;
       agents: number;
+      /** Connections per agent at the start... */
       streams: number;
+      /** ...and at most (the tuner's cap, or --streams). */
+      maxStreams: number;
+      /** Whether the number of streams is tuned during the copy (no --streams given). */
+      tuning: boolean;
       mode: TransferMode | 'none';
       hash: string;
       stateDir: string;

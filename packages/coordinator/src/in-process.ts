@@ -5,11 +5,12 @@
  */
 import { CORRUPT_RANGES_ENV, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
 import type { WarmGo } from '@ferry/core';
-import type { Preconnected, runAgent as RunAgent } from '@ferry/agent';
+import type { AgentBus, Preconnected, runAgent as RunAgent } from '@ferry/agent';
 import { StderrTail } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, StartOptions } from '@ferry/launcher';
 
-export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconnected: Preconnected | undefined, options: StartOptions): LaunchedAgents {
+/** `bus`: the job's control plane in memory (a job of this one agent); absent: NATS at `go.nats`. */
+export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconnected: Preconnected | undefined, options: StartOptions, bus?: AgentBus): LaunchedAgents {
   const abort = new AbortController();
   const signal = options.signal ? AbortSignal.any([abort.signal, options.signal]) : abort.signal;
   const tail = new StderrTail();
@@ -40,8 +41,7 @@ export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconn
     try {
       await runAgent({
         jobId: go.job,
-        natsUrl: go.nats,
-        natsToken: go.env.FERRY_NATS_TOKEN,
+        ...(bus ? { bus } : { natsUrl: go.nats, natsToken: go.env.FERRY_NATS_TOKEN }),
         index: go.index,
         inProcess: true,
         signal,

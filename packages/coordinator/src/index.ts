@@ -5,7 +5,8 @@
  * const summary = await runCopy({ source: '/data/big.h5', destination: 'dtn:/lustre/in/', agentCommand: [process.execPath, cli, 'agent'] });
  * ```
  */
-export { runCopy, defaultStateDir, setupJobStreams } from './copy.js';
+export { runCopy, defaultStateDir, LOCAL_BUS_ENV } from './copy.js';
+export { setupJobStreams } from './nats-job-bus.js';
 export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary } from './events.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';

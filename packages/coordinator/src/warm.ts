@@ -12,7 +12,7 @@ import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs, workItemCount } from '@ferry/core';
 import type { ModeChoice, RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
-import type { Preconnected } from '@ferry/agent';
+import type { AgentBus, Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
 import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
@@ -27,12 +27,13 @@ export const WARM_START_ENV = 'FERRY_WARM_START';
  * its first wait; with the number of work items known (`itemCount`: a push),
  * none for slots beyond it (they connect only if work reaches them).
  */
-export function warmHint(index: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'streams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, itemCount = Infinity): WarmHint {
+export function warmHint(index: number, agents: number, hosts: RemoteHost[], ssh: SshSettings, options: Pick<ResolvedCopyOptions, 'firstStreams' | 'maxConnectionsPerHost' | 'mode' | 'remoteCommand' | 'windowBytes'>, itemCount = Infinity): WarmHint {
   const connections: WarmHint['connections'] = [];
-  for (let slot = 0; slot < options.streams; slot++) {
-    if (globalSlot(index, slot, options.streams) >= itemCount) break;
-    const h = slotHost(index, slot, options.streams, hosts.length, options.maxConnectionsPerHost);
-    if (h !== undefined) connections.push({ host: hosts[h]!, delayMs: slotStaggerMs(index, slot, options.streams) });
+  // The connections the job starts with (the stream tuner may add more later; they connect then).
+  for (let slot = 0; slot < options.firstStreams; slot++) {
+    if (globalSlot(index, slot, agents) >= itemCount) break;
+    const h = slotHost(index, slot, agents, hosts.length, options.maxConnectionsPerHost);
+    if (h !== undefined) connections.push({ host: hosts[h]!, delayMs: slotStaggerMs(index, slot, agents) });
   }
   return { v: MESSAGE_VERSION, connections, ssh, mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes };
 }
@@ -83,12 +84,12 @@ export class WarmStart {
    * Hands `count` agents their job: agent 0 runs here, the rest are the warm
    * processes (and more started now if needed). Tracked as launched agents.
    */
-  async go(count: number, goFor: (index: number) => WarmGo, options: StartOptions): Promise<LaunchedAgents> {
+  async go(count: number, goFor: (index: number) => WarmGo, options: StartOptions, bus?: AgentBus): Promise<LaunchedAgents> {
     this.settled = true;
     const { runAgent } = await this.agentModule;
     const preconnected = await this.preconnected;
     this.preconnected = undefined;
-    const inProcess = runAgentInProcess(runAgent, goFor(0), preconnected, options);
+    const inProcess = runAgentInProcess(runAgent, goFor(0), preconnected, options, bus);
     const processes = this.processes.go(count - 1, goFor, options);
     return mergeLaunched([inProcess, processes]);
   }
@@ -139,9 +140,11 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   }
   const hosts = remoteHostsOf(remote);
   // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
-  const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
+  const count = Math.min(options.agents, Math.ceil(ahead / options.firstStreams));
+  // The job's agents, as runCopy will count them: no more than its work items.
+  const agents = Math.min(options.agents, ahead);
   const resolved: { mode: ModeChoice } = { mode: options.mode };
-  const hintFor = (i: number) => warmHint(i, hosts, ssh, { ...options, mode: resolved.mode }, ahead);
+  const hintFor = (i: number) => warmHint(i, agents, hosts, ssh, { ...options, mode: resolved.mode }, ahead);
   const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
   return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh, resolved);
 }

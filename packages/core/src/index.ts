@@ -23,6 +23,8 @@ export { encode, decode } from './codec.js';
 export * from './protocol.js';
 export * from './messages.js';
 export * from './options.js';
+export { StreamTuner } from './tuner.js';
+export type { TunerOptions, TunerPhase, TunerSample, TunerStep } from './tuner.js';
 export { encodeRecord, replayJournal, JOURNAL_VERSION } from './journal.js';
 export type { JournalRecord, ReplayResult, SourceFingerprint } from './journal.js';
 export { BufferPool } from './pool.js';

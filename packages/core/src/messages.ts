@@ -11,7 +11,12 @@ import type { HashAlgorithm } from './hash.js';
 import { rangeAt } from './ranges.js';
 import type { ByteRange, RangePlan } from './ranges.js';
 
-export const MESSAGE_VERSION = 2;
+/**
+ * 3: a spec's `streams` is the most slots an agent may use, `activeStreams`
+ * how many it starts with, and a `streams` control message changes that; an
+ * agent of version 2 would open every slot.
+ */
+export const MESSAGE_VERSION = 3;
 
 export type Direction =
   /** Local source, remote destination. */
@@ -116,10 +121,21 @@ export interface JobSpec {
   rangeBytes: number;
   rangeCount: number;
   hash: HashAlgorithm;
+  /** Connection slots per agent, at most. */
   streams: number;
+  /**
+   * Slots each agent works with from the start (absent: all `streams`); the
+   * coordinator changes it during the copy with a `streams` control message
+   * (stream tuning, coordinator's tuner.ts).
+   */
+  activeStreams?: number;
   /** Bytes of one range kept in flight on one connection. */
   windowBytes: number;
-  /** Rate cap of one connection in bytes per second, 0 for none. */
+  /**
+   * Rate cap of one connection in bytes per second when every agent uses all
+   * `streams` slots, 0 for none; with fewer slots working, each gets
+   * `connectionBytesPerSec x streams / active`, so the job's cap holds.
+   */
   connectionBytesPerSec: number;
   /** Connections one remote host gets from the whole job at most, 0 for no cap. */
   maxConnectionsPerHost: number;
@@ -220,10 +236,21 @@ export interface Heartbeat {
   /** Ranges written and waiting to be made durable. */
   pending?: number;
   errors: number;
+  /** Connection slots the agent works with now... */
+  streams?: number;
+  /** ...and how many of them have a connection up. */
+  connected?: number;
+  /** Share of one core the agent used since its last heartbeat, 0..1 (stream tuning)... */
+  utilization?: number;
+  /** ...and how many cores of its node were idle meanwhile. */
+  idleCores?: number;
   at: number;
 }
 
-export type ControlMessage = { v: number; job: string; type: 'stop' | 'cancel'; reason?: string };
+export type ControlMessage =
+  | { v: number; job: string; type: 'stop' | 'cancel'; reason?: string }
+  /** Work with this many connection slots from now on (at most the spec's `streams`). */
+  | { v: number; job: string; type: 'streams'; streams: number };
 
 export type AgentEvent =
   | { v: number; job: string; type: 'agent.started'; agent: string; node: string; pid: number; index: number }

@@ -10,8 +10,20 @@ import { RANGE_ALIGN_BYTES } from './ranges.js';
 import { MiB, parseDuration, parseSize } from './units.js';
 import type { SshTransport } from './messages.js';
 
-export const DEFAULT_AGENTS = 2;
-export const DEFAULT_STREAMS = 2;
+/**
+ * Agents without --agents: one per four cores of this node, 1 to 8. Each agent
+ * is a process whose one thread does the SSH encryption (300-500 MB/s on the
+ * test machine), so a node's cores set how much one node can move; a quarter of
+ * them leaves room for the remote side's sshd on a small machine and for other
+ * users on a shared login node.
+ */
+export function defaultAgents(cores: number): number {
+  return Math.max(1, Math.min(8, Math.floor(cores / 4)));
+}
+/** Connections per agent without --streams: the tuner starts with this many... */
+export const AUTO_FIRST_STREAMS = 1;
+/** ...and goes up to this many (the number a long link with per-stream limits needed on the wan testbed). */
+export const AUTO_MAX_STREAMS = 16;
 export const DEFAULT_HASH: HashAlgorithm = 'xxh3';
 export const DEFAULT_REMOTE_COMMAND = 'ferry serve';
 export const DEFAULT_ACK_WAIT_MS = 30_000;
@@ -40,9 +52,9 @@ export type ModeChoice = 'auto' | 'helper' | 'python' | 'sftp';
 export type OutputStyle = 'human' | 'json' | 'quiet';
 
 export interface CopyOptions {
-  /** Agent processes to start. @default 2 */
+  /** Agent processes to start. @default one per 4 cores, 1 to 8 (defaultAgents) */
   agents?: number | string;
-  /** SSH connections per agent. @default 2 */
+  /** SSH connections per agent. @default tuned during the copy, 1 to 16 (StreamTuner) */
   streams?: number | string;
   /** Range size, e.g. `64MiB`; a multiple of 1 MiB. @default chosen from the file size */
   rangeSize?: number | string;
@@ -96,7 +108,12 @@ export interface CopyOptions {
 
 export interface ResolvedCopyOptions {
   agents: number;
+  /** Connections per agent, at most (with tuning, the tuner's cap). */
   streams: number;
+  /** Connections per agent at the start. */
+  firstStreams: number;
+  /** Whether the coordinator tunes the number of streams (no --streams given). */
+  tuneStreams: boolean;
   /** undefined: chosen from the file size when the ranges are planned. */
   rangeBytes: number | undefined;
   hash: HashAlgorithm;
@@ -167,7 +184,13 @@ function durationOption(name: string, value: string | undefined, fallback: numbe
   return n;
 }
 
-export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptions {
+/** What resolveCopyOptions needs to know of the machine. */
+export interface MachineFacts {
+  /** CPUs this process may use. @default 2 */
+  cores?: number;
+}
+
+export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFacts = {}): ResolvedCopyOptions {
   const rangeBytes = sizeOption('--range-size', options.rangeSize, '64MiB');
   if (rangeBytes !== undefined && rangeBytes % RANGE_ALIGN_BYTES !== 0) {
     throw usage(`--range-size must be a multiple of 1MiB (ranges are aligned to 1 MiB), got '${options.rangeSize}'`);
@@ -189,9 +212,12 @@ export function resolveCopyOptions(options: CopyOptions = {}): ResolvedCopyOptio
   }
   const ackWaitMs = durationOption('--ack-wait', options.ackWait, DEFAULT_ACK_WAIT_MS, '30s');
   if (ackWaitMs < 1000) throw usage(`--ack-wait must be at least 1s, got '${options.ackWait}'`);
+  const streams = options.streams === undefined ? undefined : intOption('--streams', options.streams, 1, 1, MAX_STREAMS);
   return {
-    agents: intOption('--agents', options.agents, DEFAULT_AGENTS, 1, MAX_AGENTS),
-    streams: intOption('--streams', options.streams, DEFAULT_STREAMS, 1, MAX_STREAMS),
+    agents: intOption('--agents', options.agents, defaultAgents(machine.cores ?? 2), 1, MAX_AGENTS),
+    streams: streams ?? AUTO_MAX_STREAMS,
+    firstStreams: streams ?? AUTO_FIRST_STREAMS,
+    tuneStreams: streams === undefined,
     rangeBytes,
     hash,
     hashGiven: options.hash !== undefined,

@@ -1,18 +1,19 @@
 import { describe, expect, it } from 'vitest';
 import {
+  AUTO_FIRST_STREAMS,
+  AUTO_MAX_STREAMS,
   DEFAULT_ACK_WAIT_MS,
-  DEFAULT_AGENTS,
   DEFAULT_CONNECT_TIMEOUT_MS,
   DEFAULT_HASH,
   DEFAULT_MAX_RESENDS,
   DEFAULT_REMOTE_COMMAND,
-  DEFAULT_STREAMS,
   DEFAULT_WINDOW_BYTES,
   DEFAULT_SEND_WINDOW_BYTES,
   MIN_SEND_WINDOW_BYTES,
   FerryError,
   MAX_AGENTS,
   MAX_STREAMS,
+  defaultAgents,
   resolveCopyOptions,
 } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
@@ -31,8 +32,8 @@ function usageMessage(options: CopyOptions): string {
 
 describe('resolveCopyOptions: defaults', () => {
   it('exports the documented defaults and limits', () => {
-    expect(DEFAULT_AGENTS).toBe(2);
-    expect(DEFAULT_STREAMS).toBe(2);
+    expect(AUTO_FIRST_STREAMS).toBe(1);
+    expect(AUTO_MAX_STREAMS).toBe(16);
     expect(DEFAULT_HASH).toBe('xxh3');
     expect(DEFAULT_REMOTE_COMMAND).toBe('ferry serve');
     expect(DEFAULT_ACK_WAIT_MS).toBe(30_000);
@@ -45,10 +46,23 @@ describe('resolveCopyOptions: defaults', () => {
     expect(MAX_STREAMS).toBe(64);
   });
 
+  it('takes one agent per four cores of the node, from 1 to 8', () => {
+    expect([1, 2, 3, 4, 7, 8, 16, 31, 32, 64, 256].map(defaultAgents)).toEqual([1, 1, 1, 1, 1, 2, 4, 7, 8, 8, 8]);
+    expect(resolveCopyOptions({}, { cores: 16 }).agents).toBe(4);
+    expect(resolveCopyOptions({ agents: '3' }, { cores: 16 }).agents).toBe(3);
+  });
+
+  it('tunes the streams unless --streams is given, which fixes them', () => {
+    expect(resolveCopyOptions({})).toMatchObject({ streams: 16, firstStreams: 1, tuneStreams: true });
+    expect(resolveCopyOptions({ streams: '4' })).toMatchObject({ streams: 4, firstStreams: 4, tuneStreams: false });
+  });
+
   it('resolves no options to the defaults', () => {
     expect(resolveCopyOptions()).toEqual({
-      agents: 2,
-      streams: 2,
+      agents: 1,
+      streams: 16,
+      firstStreams: 1,
+      tuneStreams: true,
       rangeBytes: undefined,
       hash: 'xxh3',
       hashGiven: false,
@@ -112,6 +126,8 @@ describe('resolveCopyOptions: valid values', () => {
     ).toEqual({
       agents: 16,
       streams: 4,
+      firstStreams: 4,
+      tuneStreams: false,
       rangeBytes: 67108864,
       hash: 'sha256',
       hashGiven: true,

@@ -11,10 +11,15 @@
 # files it was asked to OPEN (writes go by handle, within the size the file had
 # at OPEN).
 #
-# It runs single-threaded with blocking I/O: sshd's pipes and the SSH window
-# are the flow control. Errors are sent as {code, message, path, errno}; the
-# client words the message (core's destinationError / sourceError), so the
-# texts live in one place.
+# The main thread reads frames and hashes what arrives; a writer thread
+# pwrites it. A WRITE is answered once its bytes are in and hashed, as
+# `ferry serve` does, so a stream runs on while the disk flushes; FSYNC waits
+# for the file's writes and fails if one did, so nothing unwritten is ever
+# counted durable. The writes waiting are bounded (PENDING_BYTES): when they
+# are all taken, the main thread stops reading, and sshd's pipe and the SSH
+# window hold the sender. Errors are sent as {code, message, path, errno};
+# the client words the message (core's destinationError / sourceError), so
+# the texts live in one place.
 #
 # Python 3.6 or later (RHEL 8's platform-python is 3.6): no walrus operator,
 # no dataclasses, os.preadv only where it exists.
@@ -25,6 +30,7 @@ import os
 import stat as stat_mod
 import struct
 import sys
+import threading
 import zlib
 
 if sys.version_info < (3, 6):
@@ -41,6 +47,8 @@ CHUNK_BYTES = 1024 * 1024
 PIPE_BYTES = 1024 * 1024
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
+# Bytes of pwrites that may wait for the disk: ~0.3 s of a fast stream, the length of a flush.
+PENDING_BYTES = 64 * 1024 * 1024
 
 HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS = range(1, 14)
 OK, ERROR = 64, 65
@@ -289,6 +297,74 @@ class OpenFile(object):
         self.path = path
         self.size = size
         self.writable = writable
+        # Writes queued and not finished, and the first that failed (every later WRITE, FSYNC and CLOSE fails with it).
+        self.writing = 0
+        self.error = None
+
+
+class Writer(object):
+    """
+    The pwrites, on a thread of their own, in the order they were queued, from
+    a fixed set of buffers: taking a buffer waits while they are all queued.
+    """
+
+    def __init__(self, buffers):
+        self.free = [bytearray(CHUNK_BYTES) for _ in range(buffers)]
+        self.jobs = []
+        self.lock = threading.Condition()
+        thread = threading.Thread(target=self.run, name='ferry-writer')
+        thread.daemon = True
+        thread.start()
+
+    def buffer(self):
+        with self.lock:
+            while not self.free:
+                self.lock.wait()
+            return self.free.pop()
+
+    def write(self, f, buf, n, offset):
+        """Queues buf[:n] for offset of f; buf comes from buffer()."""
+        with self.lock:
+            f.writing += 1
+            self.jobs.append((f, buf, n, offset))
+            self.lock.notify_all()
+
+    def zeros(self, f, n, offset):
+        """Queues making n bytes at offset read as zeros (written only where they do not already)."""
+        with self.lock:
+            f.writing += 1
+            self.jobs.append((f, None, n, offset))
+            self.lock.notify_all()
+
+    def settle(self, f):
+        """Waits for f's queued writes; raises the first that failed."""
+        with self.lock:
+            while f.writing > 0:
+                self.lock.wait()
+        if f.error is not None:
+            raise f.error
+
+    def run(self):
+        while True:
+            with self.lock:
+                while not self.jobs:
+                    self.lock.wait()
+                f, buf, n, offset = self.jobs.pop(0)
+            try:
+                if f.error is None:
+                    if buf is None:
+                        if os.pread(f.fd, n, offset) != ZERO_CHUNK[:n]:
+                            pwrite_all(f.fd, ZERO_CHUNK[:n], offset)
+                    else:
+                        pwrite_all(f.fd, memoryview(buf)[:n], offset)
+            except OSError as err:
+                if f.error is None:
+                    f.error = os_failure(err, f.path, 'destination')
+            with self.lock:
+                if buf is not None:
+                    self.free.append(buf)
+                f.writing -= 1
+                self.lock.notify_all()
 
 
 class Upload(object):
@@ -310,6 +386,7 @@ class Session(object):
         self.discarded = set()
         self.read_buf = bytearray(HEADER_BYTES + CHUNK_BYTES)
         self.read_view = memoryview(self.read_buf)
+        self.writer = Writer(PENDING_BYTES // CHUNK_BYTES)
 
     # Output ----------------------------------------------------------------------------------
 
@@ -430,6 +507,11 @@ class Session(object):
         if fid in self.uploads:
             raise protocol_error('request id %d is already in use' % fid)
         self.discarded.discard(fid)
+        if f.error is not None:
+            # The stream carries this WRITE's DATA all the same: it is dropped (see on_data).
+            if length > 0:
+                self.discarded.add(fid)
+            raise Failure(f.error.code, f.error.message, f.error.path, f.error.errno, fatal=False)
         u = Upload(f, offset, length, h)
         if length == 0:
             return {'bytes': 0, 'hash': h.digest()}
@@ -441,12 +523,6 @@ class Session(object):
         if u is None:
             raise protocol_error('%s for unknown request %d' % (what, fid))
         return u
-
-    def fail_upload(self, fid, u, failure):
-        del self.uploads[fid]
-        if u.received < u.length:
-            self.discarded.add(fid)
-        self.reply_error(fid, failure)
 
     def finish_upload(self, fid, u):
         if u.received == u.length:
@@ -461,12 +537,13 @@ class Session(object):
         if u.received + n > u.length:
             raise protocol_error('DATA for request %d overruns its length %d' % (fid, u.length))
         u.hasher.update(view)
-        try:
-            pwrite_all(u.file.fd, view, u.offset + u.received)
-        except OSError as err:
-            u.received += n
-            self.fail_upload(fid, u, os_failure(err, u.file.path, 'destination'))
-            return
+        at = 0
+        while at < n:
+            k = min(CHUNK_BYTES, n - at)
+            buf = self.writer.buffer()
+            buf[:k] = view[at:at + k]
+            self.writer.write(u.file, buf, k, u.offset + u.received + at)
+            at += k
         u.received += n
         self.finish_upload(fid, u)
 
@@ -479,15 +556,10 @@ class Session(object):
         if u.received + n > u.length:
             raise protocol_error('ZEROS for request %d overruns its length %d' % (fid, u.length))
         u.hasher.update(ZERO_CHUNK[:n])
-        at = u.offset + u.received
+        # Zeros are written only where the file does not read as zeros (a fresh sparse file does).
+        if n > 0:
+            self.writer.zeros(u.file, n, u.offset + u.received)
         u.received += n
-        try:
-            # Zeros are written only where the file does not read as zeros (a fresh sparse file does).
-            if n > 0 and os.pread(u.file.fd, n, at) != ZERO_CHUNK[:n]:
-                pwrite_all(u.file.fd, ZERO_CHUNK[:n], at)
-        except OSError as err:
-            self.fail_upload(fid, u, os_failure(err, u.file.path, 'destination'))
-            return
         self.finish_upload(fid, u)
 
     def read_chunk(self, f, offset, n):
@@ -533,10 +605,15 @@ class Session(object):
     def hash(self, fid, body):
         f = self.file_of(body, 'HASH')
         offset, length = self.bounded(f, body, 'HASH')
-        return self.stream(fid, f, offset, length, hasher(body.get('algorithm')), False)
+        h = hasher(body.get('algorithm'))
+        # A file being written (--verify reads it back): after the writes queued so far.
+        if f.writable:
+            self.writer.settle(f)
+        return self.stream(fid, f, offset, length, h, False)
 
     def fsync(self, fid, body):
         f = self.file_of(body, 'FSYNC')
+        self.writer.settle(f)
         try:
             os.fsync(f.fd)
         except OSError as err:
@@ -548,7 +625,10 @@ class Session(object):
         f = self.files.pop(handle, None)
         if f is None:
             raise Failure('PROTOCOL', 'unknown file handle %d' % handle)
-        os.close(f.fd)
+        try:
+            self.writer.settle(f)
+        finally:
+            os.close(f.fd)
         return {}
 
     def stat(self, fid, body):
@@ -662,6 +742,10 @@ def main():
             session.reply_error(0, failure)
             break
     for f in session.files.values():
+        try:
+            session.writer.settle(f)
+        except Failure:
+            pass
         os.close(f.fd)
 
 

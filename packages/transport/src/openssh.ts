@@ -16,6 +16,8 @@ import { HelperConnection } from './remote.js';
 import type { Fallback, RemoteConnection, RemoteOptions } from './remote.js';
 
 const STDERR_TAIL_BYTES = 4000;
+/** How messages name the python helper's remote command (the command itself is a long one-liner). */
+const PYTHON_HELPER_SHOWN = "python3 (ferry's python helper)";
 
 /** The `ssh` argument vector for one connection running `command` on `target`. */
 export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { acceptNewHostKey?: boolean }, command: string): { file: string; args: string[] } {
@@ -73,7 +75,9 @@ export function classifySshFailure(stderr: string, exitCode: number | null, targ
   const why = exitCode === 127 || /not found/i.test(stderr) ? 'command not found' : said || `exit ${exitCode}`;
   return new FerryError(
     'HELPER_UNAVAILABLE',
-    `cannot start '${command}' on ${label} (${why}): install ferry there or point --remote-cmd at it (--transport openssh needs the helper; --transport ssh2 can fall back to SFTP)`,
+    command === PYTHON_HELPER_SHOWN
+      ? `cannot start ferry's python helper on ${label} (${why}): the host needs python3 (3.6 or later) or /usr/libexec/platform-python, or use --transport ssh2, which can fall back to SFTP`
+      : `cannot start '${command}' on ${label} (${why}): install ferry there, point --remote-cmd at it, or leave --mode at auto (ferry's python helper; --transport ssh2 can also fall back to SFTP)`,
     { host: label },
   );
 }
@@ -115,7 +119,9 @@ async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: Remot
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(missingClient(file, err))));
   spawnError.catch(() => {});
+  let killed = false;
   const kill = () => {
+    killed = true;
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
   };
   const helper = new HelperClient({ input: child.stdin!, output: child.stdout!, close: kill }, label);
@@ -127,10 +133,16 @@ async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: Remot
   } catch (err) {
     // Before the kill: ssh may say something about being killed.
     const silent = !stderr.trim();
+    const killedElsewhere = !killed && child.signalCode !== null;
     kill();
     if (err instanceof FerryError && err.code === 'SSH_CLIENT_MISSING') throw err;
     await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
+    // The ssh process was killed by someone else while the helper started (ferry itself sends SIGTERM):
+    // a lost connection, not a missing helper.
+    if (killedElsewhere || (child.signalCode !== null && child.signalCode !== 'SIGTERM')) {
+      throw new FerryError('CONNECTION_LOST', `the ssh process for ${label} was killed (${child.signalCode}) while the helper started`, { host: label, cause: err });
+    }
     // No word from ssh or the remote side, only silence: a slow start, not a missing helper.
     if (isHelloTimeout(err) && silent) throw slowStart(shown, label, ssh.connectTimeoutMs + helperTimeoutMs, err);
     throw classifySshFailure(stderr, child.exitCode, target, ssh, shown);
@@ -164,7 +176,7 @@ export async function connectOpenSsh(target: RemoteHost, ssh: SshSettings, optio
   }
   if (!started) {
     const script = pythonHelperScript();
-    started = await startOverSsh(target, ssh, options, pythonHelperCommand(script.length), "python3 (ferry's python helper)", script);
+    started = await startOverSsh(target, ssh, options, pythonHelperCommand(script.length), PYTHON_HELPER_SHOWN, script);
     mode = 'python';
   }
   const { helper, child } = started;

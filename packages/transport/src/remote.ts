@@ -245,8 +245,17 @@ async function startHelper(client: Client, command: string, label: string, timeo
   return { helper, sendWindow };
 }
 
-/** Starts ferry's Python helper (python-helper.ts) over an exec channel. */
-function startPythonHelper(client: Client, label: string, timeoutMs: number, sendWindowBytes: number): Promise<StartedHelper> {
+/** Starts ferry's Python helper (python-helper.ts) over an exec channel; `slowRetry`: a start that is only slow gets a second one with twice the time. */
+async function startPythonHelper(client: Client, label: string, timeoutMs: number, sendWindowBytes: number, slowRetry = false): Promise<StartedHelper> {
+  try {
+    return await startPythonHelperOnce(client, label, timeoutMs, sendWindowBytes);
+  } catch (err) {
+    if (!slowRetry || !isSlowHelperStart(err)) throw err;
+    return startPythonHelperOnce(client, label, 2 * timeoutMs, sendWindowBytes);
+  }
+}
+
+function startPythonHelperOnce(client: Client, label: string, timeoutMs: number, sendWindowBytes: number): Promise<StartedHelper> {
   const script = pythonHelperScript();
   return startHelper(client, pythonHelperCommand(script.length), label, timeoutMs, sendWindowBytes, false, script, 'python3 (ferry\'s python helper)');
 }
@@ -300,7 +309,8 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     }
     if (options.mode === 'python' || options.mode === 'auto') {
       try {
-        const started = await startPythonHelper(client, label, timeoutMs, sendWindowBytes);
+        // In auto mode, as for ferry serve: a start that is only slow gets one more chance before SFTP.
+        const started = await startPythonHelper(client, label, timeoutMs, sendWindowBytes, options.mode === 'auto' && !options.signal?.aborted);
         return new HelperConnection(carrier(), started.helper, label, started.sendWindow, undefined, 'python', fallbacks);
       } catch (err) {
         if (options.mode === 'python' || options.signal?.aborted) throw err;
