@@ -10,6 +10,10 @@
  * ```
  */
 export { connectSsh, shellQuote } from './ssh.js';
+export { EMPTY_SSH_CONFIG, evaluateSshConfig, loadSshConfig, parseSshConfig } from './ssh-config.js';
+export type { ConfigSource, HostConfig, SshConfig } from './ssh-config.js';
+export { DEFAULT_KEEPALIVE_COUNT_MAX, DEFAULT_KEEPALIVE_INTERVAL_MS, resolveRemoteHost } from './ssh-route.js';
+export type { CommandLineSsh, LocalFacts, ResolvedRemoteHost, RouteDefaults } from './ssh-route.js';
 export type { ConnectOptions } from './ssh.js';
 export { HelperClient, isSlowHelperStart } from './helper-client.js';
 export type { HelperStreams, RangeWrite } from './helper-client.js';
@@ -35,5 +39,6 @@ export {
   matchHost,
   parseKnownHosts,
   readKnownHostsFiles,
+  readKnownHostsSources,
 } from './known-hosts.js';
 export type { KnownHostEntry } from './known-hosts.js';
