@@ -258,7 +258,8 @@ export async function prepareCopy(source: string, destination: string, options: 
     mode: options.mode,
     remoteCommand: options.remoteCommand,
     windowBytes: options.windowBytes,
-    acceptNewHostKey: options.acceptNewHostKey,
+    // The coordinator's own connections may record a new host key (--accept-new-host-key); agents never do.
+    recordNewHostKeys: options.acceptNewHostKey,
     ...(signal ? { signal } : {}),
   };
 
