@@ -67,6 +67,10 @@ export function createRenderer(style: OutputStyle, stdout: Output, stderr: Outpu
           clear();
           if (style !== 'quiet' && (event.fatal || verbose)) stderr.write(`ferry: agent ${event.agent}: ${event.message}\n`);
           return;
+        case 'warning':
+          clear();
+          if (style !== 'quiet') stderr.write(`ferry: warning: ${event.message}\n`);
+          return;
         case 'log':
           if (verbose) {
             clear();

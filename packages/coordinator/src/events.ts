@@ -52,4 +52,6 @@ export type CopyEvent =
   | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
   | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
   | { type: 'log'; message: string }
+  /** Something the user should know whatever the verbosity, e.g. what of ~/.ssh/config the embedded client does not honour. */
+  | { type: 'warning'; message: string }
   | ({ type: 'done' } & CopySummary);
