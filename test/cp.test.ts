@@ -315,7 +315,7 @@ describe('ferry cp edge cases', () => {
     const r = await runFerry(['cp', src256, remote(`${dir}/`), ...common(['--remote-cmd', 'ferry-not-installed-here serve'])]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('python mode');
-    expect(r.stderr).toBe(`ferry: ${sshd.host}:${sshd.port}: 'ferry-not-installed-here serve' not found (exit 127); using ferry's python helper: install ferry there or pass --remote-cmd\n`);
+    expect(r.stderr).toBe(`ferry: warning: ${sshd.host}:${sshd.port}: 'ferry-not-installed-here serve' not found (exit 127); using ferry's python helper: install ferry there or pass --remote-cmd\n`);
     expect(await fileHash(join(dir, 'random256.bin'))).toBe(src256Hash);
   });
 

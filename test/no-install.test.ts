@@ -29,7 +29,7 @@ function keys(sshd: Sshd, extra: string[] = []): string[] {
   return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--state-dir', join(work.path, 'state'), ...extra];
 }
 
-const fallbackLine = (sshd: Sshd) => `ferry: ${sshd.host}:${sshd.port}: 'ferry serve' not found (exit 127); using ferry's python helper: install ferry there or pass --remote-cmd\n`;
+const fallbackLine = (sshd: Sshd) => `ferry: warning: ${sshd.host}:${sshd.port}: 'ferry serve' not found (exit 127); using ferry's python helper: install ferry there or pass --remote-cmd\n`;
 
 beforeAll(async () => {
   bare = await startSshd({ without: ['node'] });
@@ -86,7 +86,7 @@ describe('a remote host without ferry (no node on it)', () => {
     expect(r.code, r.stderr).toBe(0);
     const events = parseEvents(r.stdout);
     const warning = events.find((e) => e.type === 'warning');
-    expect(warning?.message).toBe(fallbackLine(bare).slice('ferry: '.length, -1));
+    expect(warning?.message).toBe(fallbackLine(bare).slice('ferry: warning: '.length, -1));
     const start = events.find((e) => e.type === 'job.start')!;
     expect(start).toMatchObject({ mode: 'python', hash: 'crc32', ranges: 10 });
     const done = events.find((e) => e.type === 'done')!;
@@ -167,7 +167,7 @@ describe('a remote host without ferry (no node on it)', () => {
     const r = await runFerry(['cp', src, remote(noPython, `${dir}/copy.bin`), ...keys(noPython)]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toBe(
-      `ferry: ${noPython.host}:${noPython.port}: 'ferry serve' not found (exit 127); python3 not found (exit 127); using SFTP, typically a third as fast as ferry serve: install ferry there, or python3, or pass --remote-cmd\n`,
+      `ferry: warning: ${noPython.host}:${noPython.port}: 'ferry serve' not found (exit 127); python3 not found (exit 127); using SFTP, typically a third as fast as ferry serve: install ferry there, or python3, or pass --remote-cmd\n`,
     );
     expect(r.stdout).toContain('sftp mode');
     expect(await fileHash(join(dir, 'copy.bin'))).toBe(await fileHash(src));

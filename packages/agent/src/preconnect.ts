@@ -6,9 +6,11 @@
  * then `ferry serve` loading; doing it alongside the coordinator's own takes
  * that off the time to the first byte.
  *
- * The hint comes from the command line only, so a connection is used only if
- * the job's spec, once it arrives, asks for the same thing: same SSH settings,
- * remote command and window, and the mode the connection ended up in.
+ * The hint comes from the command line and ssh_config (resolved by the
+ * coordinator before any remote host was contacted), so a connection is used
+ * only if the job's spec, once it arrives, asks for the same thing: the same
+ * host reached the same way (its whole route), the same SSH settings, remote
+ * command and window, and the mode the connection ended up in.
  * Anything else is closed and the slot connects as usual.
  *
  * The agent that runs inside the coordinator's process is also lent the
@@ -16,7 +18,7 @@
  * in again, and leaves it open when done, for the coordinator still needs it.
  */
 import { setMaxListeners } from 'node:events';
-import { FerryError, hostLabel, toFerryError } from '@ferry/core';
+import { FerryError, remoteHostKey, toFerryError } from '@ferry/core';
 import type { ErrorCode, JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
@@ -41,7 +43,7 @@ export class Preconnected {
       const opening = this.open(host, delayMs);
       // Nobody may ever take it: its failure is reported (or not) by take().
       opening.catch(() => {});
-      const key = hostLabel(host);
+      const key = remoteHostKey(host);
       this.byHost.set(key, [...(this.byHost.get(key) ?? []), opening]);
     }
   }
@@ -70,7 +72,7 @@ export class Preconnected {
 
   /** Whether a connection to `host` was opened ahead or lent (and not taken yet). */
   has(host: RemoteHost): boolean {
-    return this.lentTo(host) || (this.byHost.get(hostLabel(host))?.length ?? 0) > 0;
+    return this.lentTo(host) || (this.byHost.get(remoteHostKey(host))?.length ?? 0) > 0;
   }
 
   /** Whether `conn` (from take()) is the coordinator's connection, lent. */
@@ -79,7 +81,7 @@ export class Preconnected {
   }
 
   private lentTo(host: RemoteHost): boolean {
-    return this.lent !== undefined && hostLabel(this.lent.host) === hostLabel(host) && this.lent.host.user === host.user;
+    return this.lent !== undefined && remoteHostKey(this.lent.host) === remoteHostKey(host);
   }
 
   /**
@@ -97,7 +99,7 @@ export class Preconnected {
         return b;
       }
     }
-    const list = this.byHost.get(hostLabel(host));
+    const list = this.byHost.get(remoteHostKey(host));
     const opening = list?.shift();
     if (!opening) return undefined;
     const suits = this.suits(host, spec);
@@ -123,7 +125,8 @@ export class Preconnected {
       this.hint.windowBytes === spec.windowBytes &&
       (this.hint.mode === 'auto' || this.hint.mode === spec.mode) &&
       sshKey(this.hint.ssh) === sshKey(spec.ssh) &&
-      spec.remoteHosts.some((h) => hostLabel(h) === hostLabel(host) && h.user === host.user)
+      // The same host reached the same way: its route (ssh_config's answer) included.
+      spec.remoteHosts.some((h) => remoteHostKey(h) === remoteHostKey(host))
     );
   }
 
@@ -149,5 +152,5 @@ function borrowed(conn: RemoteConnection): RemoteConnection {
 
 /** SSH settings as a comparable string (absent and default fields alike, whatever encoding carried them). */
 function sshKey(s: SshSettings): string {
-  return JSON.stringify([s.knownHostsFile, s.knownHostsGiven ?? false, s.identityFiles, s.agentSocket ?? '', s.connectTimeoutMs, s.transport ?? 'ssh2', s.sshCommand ?? [], s.sendWindowBytes ?? 0, s.sharedHelper ?? false]);
+  return JSON.stringify([s.knownHostsFile, s.knownHostsGiven ?? false, s.identityFiles, s.agentSocket ?? '', s.connectTimeoutMs, s.transport ?? 'ssh2', s.sshCommand ?? [], s.sendWindowBytes ?? 0, s.sharedHelper ?? false, s.configFile ?? '']);
 }

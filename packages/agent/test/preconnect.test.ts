@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { JobSpec, RemoteHost, SshSettings, WarmHint } from '@ferry/core';
+import type { JobSpec, RemoteHost, SshRoute, SshSettings, WarmHint } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 import { Preconnected } from '../src/preconnect.js';
 
@@ -65,5 +65,24 @@ describe('Preconnected.lend (agent 0 in the coordinator process)', () => {
     const elsewhere = new Preconnected(hint);
     elsewhere.lend(dtn1, ownerConnection());
     expect(await elsewhere.take({ ...dtn1, user: 'bob' }, spec)).toBeUndefined();
+  });
+
+  it('lends a connection only to a slot that would reach the host the same way (its whole ssh_config route), in whatever field order it travelled', async () => {
+    const route: SshRoute = { hostName: '10.1.2.3', identityFiles: ['/k/dtn'], knownHostsFiles: ['/kh'], globalKnownHostsFiles: [], connectTimeoutMs: 20_000, keepaliveIntervalMs: 15_000, keepaliveCountMax: 4 };
+    const viaConfig: RemoteHost = { host: 'dtn1', port: 2222, user: 'alice', label: 'dtn1', route };
+    const reordered = JSON.parse(JSON.stringify({ route: { ...route, hostName: '10.1.2.3' }, label: 'dtn1', user: 'alice', port: 2222, host: 'dtn1' })) as RemoteHost;
+    const same = new Preconnected(hint);
+    same.lend(viaConfig, ownerConnection());
+    expect(await same.take(reordered, { ...spec, remoteHosts: [reordered] } as JobSpec)).toBeDefined();
+
+    const otherKey: RemoteHost = { ...viaConfig, route: { ...route, identityFiles: ['/k/other'] } };
+    const differs = new Preconnected(hint);
+    differs.lend(viaConfig, ownerConnection());
+    expect(differs.has(otherKey)).toBe(false);
+    expect(await differs.take(otherKey, { ...spec, remoteHosts: [otherKey] } as JobSpec)).toBeUndefined();
+    const throughJump: RemoteHost = { ...viaConfig, route: { ...route, jumps: [{ host: 'gw', port: 22, user: 'alice' }] } };
+    const jumped = new Preconnected(hint);
+    jumped.lend(viaConfig, ownerConnection());
+    expect(await jumped.take(throughJump, { ...spec, remoteHosts: [throughJump] } as JobSpec)).toBeUndefined();
   });
 });

@@ -229,9 +229,10 @@ function addCopyOptions(cmd: Command): Command {
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache (helper mode; falls back to buffered writes where the file system refuses)')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
-    .option('--known-hosts <file>', 'known_hosts file (default: ~/.ssh/known_hosts)')
+    .option('-F, --ssh-config <file>', "ssh client configuration to read instead of ~/.ssh/config and /etc/ssh/ssh_config, as ssh -F ('none': none)")
+    .option('--known-hosts <file>', "known_hosts file (default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts and known_hosts2; /etc/ssh/ssh_known_hosts is read too)")
     .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
-    .option('-i, --identity <file>', 'private key file (repeatable; default: ssh-agent, ~/.ssh/id_ed25519, id_ecdsa, id_rsa)', collect, [])
+    .option('-i, --identity <file>', "private key file (repeatable; default: ssh-agent, then ssh_config's IdentityFile, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa)", collect, [])
     .option('--nats <url>', 'use this NATS server (JetStream enabled) instead of starting one; token from FERRY_NATS_TOKEN')
     .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
     .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
@@ -240,7 +241,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
     .option('--max-per-host <n>', 'connections each remote host gets from the whole copy, at most (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
-    .option('--connect-timeout <duration>', 'SSH connection timeout, and how long the coordinator waits for the remote helper to answer (agents wait 4x as long)', '20s')
+    .option('--connect-timeout <duration>', "SSH connection timeout (default: ssh_config's ConnectTimeout, else 20s), and how long the coordinator waits for the remote helper to answer (agents wait 4x as long; default 20s)")
     .option('--restart', 'start over instead of resuming an earlier run of the same copy')
     .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
     .option('-q, --quiet', 'print nothing but errors')
@@ -259,7 +260,6 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
     window: opts.window as string,
     sendWindow: opts.sendWindow as string,
     maxResends: opts.maxResends as string,
-    connectTimeout: opts.connectTimeout as string,
     json: opts.json === true,
     quiet: opts.quiet === true,
   };
@@ -274,6 +274,8 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;
   if (opts.knownHosts !== undefined) o.knownHosts = opts.knownHosts as string;
+  if (opts.sshConfig !== undefined) o.sshConfig = opts.sshConfig as string;
+  if (opts.connectTimeout !== undefined) o.connectTimeout = opts.connectTimeout as string;
   if (opts.sshCmd !== undefined) o.sshCmd = opts.sshCmd as string;
   if (opts.nats !== undefined) o.nats = opts.nats as string;
   if (opts.stateDir !== undefined) o.stateDir = opts.stateDir as string;

@@ -129,6 +129,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['transport', '--transport', 'ssh2'],
     ['sshCmd', '--ssh-cmd', undefined],
     ['knownHosts', '--known-hosts', undefined],
+    ['sshConfig', '-F', undefined],
     ['nats', '--nats', undefined],
     ['ackWait', '--ack-wait', '30s'],
     ['window', '--window', '8MiB'],
@@ -136,7 +137,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['limitRate', '--limit-rate', undefined],
     ['maxPerHost', '--max-per-host', undefined],
     ['maxResends', '--max-resends', '3'],
-    ['connectTimeout', '--connect-timeout', '20s'],
+    ['connectTimeout', '--connect-timeout', undefined],
   ];
   for (const [key, flag, fallback] of valued) {
     const v = opts[key];

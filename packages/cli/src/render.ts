@@ -69,7 +69,7 @@ export function createRenderer(style: OutputStyle, stdout: Output, stderr: Outpu
           return;
         case 'warning':
           clear();
-          if (style !== 'quiet') stderr.write(`ferry: ${event.message}\n`);
+          if (style !== 'quiet') stderr.write(`ferry: warning: ${event.message}\n`);
           return;
         case 'log':
           if (verbose) {

@@ -171,6 +171,15 @@ describe('launching beyond this machine', () => {
     expect(d.out).not.toContain('--send-window');
   });
 
+  it('keeps -F and a given --connect-timeout in the batch script, and no --connect-timeout when none was given', async () => {
+    const s = io();
+    expect(await runCli(['cp', '/lustre/big.h5', 'dtn1:/in/', '--sbatch', '-F', '/home/me/hpc_config', '--connect-timeout', '45s', '--state-dir', '/s'], s)).toBe(0);
+    expect(s.out).toContain(" run /lustre/big.h5 dtn1:/in/ -F /home/me/hpc_config --connect-timeout 45s --state-dir /s\n");
+    const d = io();
+    expect(await runCli(['cp', '/lustre/big.h5', 'dtn1:/in/', '--sbatch', '--state-dir', '/s'], d)).toBe(0);
+    expect(d.out).not.toContain('--connect-timeout');
+  });
+
   it('splits an agent command like a shell would', () => {
     expect(splitCommand(`/opt/node "/path with space/main.js" --x 'a b'`)).toEqual(['/opt/node', '/path with space/main.js', '--x', 'a b']);
     expect(() => splitCommand('   ')).toThrow('--agent-cmd must not be empty');

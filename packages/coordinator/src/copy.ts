@@ -70,7 +70,7 @@ import { runAgentInProcess } from './in-process.js';
 import type { CompletionMessage, JobBus } from './job-bus.js';
 import { LocalBus } from './local-bus.js';
 import { KV_HASH_BLOCK } from './nats-job-bus.js';
-import { createLocalSized, prepareCopy, withRemote } from './prepare.js';
+import { createLocalSized, prepareCopy, remoteSideOf, resolveRemote, withRemote } from './prepare.js';
 import { startWarmAgents } from './warm.js';
 
 /** NATS, loaded once runCopy has started connecting, where a job needs it (bus.ts). */
@@ -219,8 +219,12 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
   const started = Date.now();
   const discard = benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(request.source), parseLocation(request.destination));
   if (discard) emit({ type: 'log', message: `${BENCH_DISCARD_ENV}=1: control-plane benchmark, no byte is read, moved or written and nothing is created at the destination` });
+  // ~/.ssh/config is read once per copy, here: the coordinator, the warm agents and the job's agents all use the result.
+  const remoteSide = remoteSideOf(request.source, request.destination);
+  const remote = remoteSide ? await resolveRemote(remoteSide, options) : undefined;
+  for (const message of remote?.warnings ?? []) emit({ type: 'warning', message });
   // Local agents start now and connect while the copy is prepared (warm.ts).
-  const warm = await startWarmAgents(request, options, discard);
+  const warm = await startWarmAgents(request, options, discard, remote);
   let prep: PreparedCopy;
   try {
     // The warm agents connect once the coordinator's own connection is up, not alongside it:
@@ -229,7 +233,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       ...(request.signal ? { signal: request.signal } : {}),
       discard,
       onConnected: (conn, host) => warm?.connect(conn, host),
-      ...(warm ? { ssh: warm.ssh } : {}),
+      ...(remote ? { remote } : {}),
     });
     // While the remote side logs in and starts its helper (an error shows where transfer() loads it),
     // where the job will use NATS: agents in other processes or elsewhere.

@@ -61,6 +61,9 @@ export type CopyEvent =
   | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
   | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
   | { type: 'log'; message: string }
-  /** Something the user should know even without -v: a slower path taken, and why (printed unless -q). */
+  /**
+   * Something the user should know whatever the verbosity (printed unless -q): a slower
+   * data path taken and why, what of ~/.ssh/config the embedded client does not honour.
+   */
   | { type: 'warning'; message: string; host?: string }
   | ({ type: 'done' } & CopySummary);

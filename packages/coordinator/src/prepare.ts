@@ -5,12 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
-import { homedir, userInfo } from 'node:os';
+import { homedir, hostname, userInfo } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
 import { DISCARD_HOST, FerryError, destinationError, errnoOf, formatLocation, hostLabel, parseLocation } from '@ferry/core';
 import type { Direction, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
-import { connectRemote } from '@ferry/transport';
-import type { RemoteConnection } from '@ferry/transport';
+import { DEFAULT_KEEPALIVE_COUNT_MAX, DEFAULT_KEEPALIVE_INTERVAL_MS, connectRemote, loadSshConfig, resolveRemoteHost } from '@ferry/transport';
+import type { ConfigSource, LocalFacts, RemoteConnection } from '@ferry/transport';
 
 export interface PreparedCopy {
   direction: Direction;
@@ -66,6 +66,13 @@ export async function withRemote<T>(prep: PreparedCopy, fn: (conn: RemoteConnect
 
 export const DEFAULT_IDENTITY_FILES = ['id_ed25519', 'id_ecdsa', 'id_rsa'];
 
+/**
+ * Where the system's ssh files are (ssh_config, ssh_known_hosts): /etc/ssh, or
+ * this variable's directory. For ferry's own tests, which must not depend on
+ * (or touch) the machine's.
+ */
+export const SSH_SYSTEM_DIR_ENV = 'FERRY_TEST_SSH_ETC';
+
 export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSettings> {
   const sshDir = join(homedir(), '.ssh');
   let identityFiles = options.identityFiles.map((f) => resolve(f));
@@ -100,13 +107,80 @@ export async function sshSettings(options: ResolvedCopyOptions): Promise<SshSett
   if (options.sharedHelper) settings.sharedHelper = true;
   // OpenSSH reads the known_hosts files its configuration names unless --known-hosts says otherwise.
   if (options.knownHostsFile !== undefined) settings.knownHostsGiven = true;
+  if (options.sshConfigFile !== undefined) settings.configFile = options.sshConfigFile === 'none' ? 'none' : resolve(options.sshConfigFile);
   // With explicit -i keys, ssh-agent is still offered first, as ssh does.
   if (process.env.SSH_AUTH_SOCK) settings.agentSocket = process.env.SSH_AUTH_SOCK;
   return settings;
 }
 
-export function remoteHostsOf(loc: RemoteLocation): RemoteHost[] {
-  return loc.hosts.map((host) => ({ host, port: loc.port ?? 22, user: loc.user ?? userInfo().username }));
+/** The remote side of a copy, when exactly one side is remote (prepareCopy says what is wrong otherwise). */
+export function remoteSideOf(source: string, destination: string): RemoteLocation | undefined {
+  try {
+    const src = parseLocation(source);
+    const dst = parseLocation(destination);
+    if (src.kind === 'remote' && dst.kind === 'local') return src;
+    if (src.kind === 'local' && dst.kind === 'remote') return dst;
+  } catch {
+    // prepareCopy says what is wrong.
+  }
+  return undefined;
+}
+
+/** A copy's SSH settings and remote hosts, each resolved through ssh_config once, for the coordinator and every agent. */
+export interface ResolvedRemote {
+  ssh: SshSettings;
+  /** Every remote host given (they must see the same filesystem), with its route. */
+  hosts: RemoteHost[];
+  /**
+   * What ssh would do with these hosts that the embedded client will not: one
+   * line per host (hosts that share the same lines, together), to show once.
+   */
+  warnings: string[];
+}
+
+/**
+ * Works out how to reach each host of `loc`: ~/.ssh/config then
+ * /etc/ssh/ssh_config (or the one -F names), with the command line winning,
+ * as ssh would (see the transport's ssh-route.ts). Done once per copy, by the
+ * coordinator: agents get the result in the job's spec and read no
+ * configuration of their own.
+ */
+export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOptions, ssh?: SshSettings): Promise<ResolvedRemote> {
+  const settings = ssh ?? (await sshSettings(options));
+  const home = homedir();
+  const systemDir = process.env[SSH_SYSTEM_DIR_ENV] || '/etc/ssh';
+  const local: LocalFacts = { home, user: userInfo().username, uid: process.getuid?.() ?? 0, hostname: hostname(), cwd: process.cwd(), env: process.env, systemDir };
+  const file = options.sshConfigFile;
+  const sources: ConfigSource[] =
+    file === 'none' ? [] : file !== undefined ? [{ path: resolve(file), system: false, required: true }] : [{ path: join(home, '.ssh', 'config'), system: false, checkPermissions: true }, { path: join(systemDir, 'ssh_config'), system: true }];
+  const config = await loadSshConfig(sources, { home, uid: local.uid, systemDir });
+  const defaultIdentityFiles: string[] = [];
+  for (const name of DEFAULT_IDENTITY_FILES) {
+    const f = join(home, '.ssh', name);
+    if (await stat(f).then(() => true, () => false)) defaultIdentityFiles.push(f);
+  }
+  const cli = {
+    identityFiles: options.identityFiles.map((f) => resolve(f)),
+    ...(options.knownHostsFile !== undefined ? { knownHostsFile: resolve(options.knownHostsFile) } : {}),
+    ...(options.connectTimeoutGiven ? { connectTimeoutMs: options.connectTimeoutMs } : {}),
+    acceptNewHostKey: options.acceptNewHostKey,
+  };
+  const defaults = { defaultIdentityFiles, connectTimeoutMs: options.connectTimeoutMs, keepaliveIntervalMs: DEFAULT_KEEPALIVE_INTERVAL_MS, keepaliveCountMax: DEFAULT_KEEPALIVE_COUNT_MAX };
+  const hosts: RemoteHost[] = [];
+  const byItems = new Map<string, string[]>();
+  for (const host of loc.hosts) {
+    const resolved = resolveRemoteHost(config, { host, user: loc.user, port: loc.port }, cli, local, defaults);
+    hosts.push(resolved.host);
+    if (resolved.unsupported.length === 0) continue;
+    const items = resolved.unsupported.join(', ');
+    byItems.set(items, [...(byItems.get(items) ?? []), hostLabel(resolved.host)]);
+  }
+  // ssh itself applies the configuration with --transport openssh: nothing is left out.
+  const warnings =
+    settings.transport === 'openssh'
+      ? []
+      : [...byItems].map(([items, labels]) => `${labels.join(', ')}: the embedded SSH client does not honour ${items}: use --transport openssh to have ssh apply ${items.includes('), ') ? 'them' : 'it'}`);
+  return { ssh: settings, hosts, warnings };
 }
 
 /** Connects to the first host of the list that answers; the last error when none does. */
@@ -235,8 +309,8 @@ export interface PrepareOptions {
   discard?: boolean;
   /** Runs once the coordinator's own connection to the remote host is up. */
   onConnected?: (conn: RemoteConnection, host: RemoteHost) => void;
-  /** The SSH settings, when the caller has worked them out already (warm start hands its agents the same). */
-  ssh?: SshSettings;
+  /** The SSH settings and hosts, when the caller has resolved them already (warm start hands its agents the same). */
+  remote?: ResolvedRemote;
 }
 
 export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, prepare: PrepareOptions = {}): Promise<PreparedCopy> {
@@ -249,16 +323,16 @@ export async function prepareCopy(source: string, destination: string, options: 
   if (src.kind === 'remote' && dst.kind === 'remote') {
     throw new FerryError('USAGE', `both ${source} and ${destination} are remote: ferry copies between this site and one remote host`);
   }
-  const ssh = prepare.ssh ?? (await sshSettings(options));
   const remoteLoc = (src.kind === 'remote' ? src : dst) as RemoteLocation;
-  const remoteHosts = remoteHostsOf(remoteLoc);
+  const { ssh, hosts: remoteHosts } = prepare.remote ?? (await resolveRemote(remoteLoc, options));
   // The job id names the hosts as given, so it does not change with the host that answered.
   const hostsKey = `${remoteLoc.hosts.join(',')}:${remoteLoc.port ?? 22}`;
   const connectOptions = {
     mode: options.mode,
     remoteCommand: options.remoteCommand,
     windowBytes: options.windowBytes,
-    acceptNewHostKey: options.acceptNewHostKey,
+    // The coordinator's own connections record new host keys where the host's route allows (--accept-new-host-key, StrictHostKeyChecking accept-new).
+    recordNewHostKeys: true,
     ...(signal ? { signal } : {}),
   };
 

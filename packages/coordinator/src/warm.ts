@@ -10,7 +10,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, hostLabel, parseLocation, slotHost, slotStaggerMs, workItemCount } from '@ferry/core';
+import { MESSAGE_VERSION, chooseRangeBytes, globalSlot, parseLocation, remoteHostKey, slotHost, slotStaggerMs, workItemCount } from '@ferry/core';
 import type { ModeChoice, RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } from '@ferry/core';
 import type { AgentBus, Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
@@ -18,7 +18,7 @@ import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
 import { mergeLaunched, runAgentInProcess } from './in-process.js';
-import { remoteHostsOf, sshSettings } from './prepare.js';
+import type { ResolvedRemote } from './prepare.js';
 
 export const WARM_START_ENV = 'FERRY_WARM_START';
 
@@ -51,8 +51,6 @@ export class WarmStart {
     readonly processes: WarmAgents,
     private readonly agentModule: Promise<typeof import('@ferry/agent')>,
     private readonly hintFor: (index: number) => WarmHint,
-    /** The SSH settings the hints carry, which the copy then uses too. */
-    readonly ssh: SshSettings,
     /** The data path the hints ask for: the one the coordinator's connection ended up in, once it is up. */
     private readonly resolved: { mode: ModeChoice } = { mode: 'auto' },
   ) {
@@ -72,7 +70,7 @@ export class WarmStart {
     if (this.settled || this.preconnected) return;
     this.preconnected = this.agentModule.then(({ Preconnected }) => {
       const hint = this.hintFor(0);
-      const mine = hint.connections.findIndex((c) => hostLabel(c.host) === hostLabel(host) && c.host.user === host.user);
+      const mine = hint.connections.findIndex((c) => remoteHostKey(c.host) === remoteHostKey(host));
       const pre = new Preconnected({ ...hint, connections: hint.connections.filter((_, i) => i !== mine) });
       pre.lend(host, conn);
       return pre;
@@ -110,25 +108,15 @@ export class WarmStart {
  * A push starts no more agents than its ranges need, a pull one (its size is
  * not known yet); the job's launch adds the rest (WarmStart.go).
  */
-export async function startWarmAgents(request: CopyRequest, options: ResolvedCopyOptions, discard: boolean): Promise<WarmStart | undefined> {
-  if (process.env[WARM_START_ENV] === '0' || discard) return undefined;
+export async function startWarmAgents(request: CopyRequest, options: ResolvedCopyOptions, discard: boolean, remote: ResolvedRemote | undefined): Promise<WarmStart | undefined> {
+  if (process.env[WARM_START_ENV] === '0' || discard || !remote) return undefined;
   if ((request.externalAgents ?? 0) > 0 || (request.launcher && request.launcher.name !== 'local')) return undefined;
-  let src, dst;
-  try {
-    src = parseLocation(request.source);
-    dst = parseLocation(request.destination);
-  } catch {
-    return undefined;
-  }
-  const remote = src.kind === 'remote' && dst.kind === 'local' ? src : src.kind === 'local' && dst.kind === 'remote' ? dst : undefined;
-  if (!remote) return undefined;
-  let ssh: SshSettings;
+  const src = parseLocation(request.source);
   // Connections opened ahead: one per slot that will have a work item. A pull does not know
   // the size yet: only the first slot, which every copy uses (the others connect once the
   // job exists, as without warm start, so a small file costs no connection it won't use).
   let ahead = 1;
   try {
-    ssh = await sshSettings(options);
     if (src.kind === 'local') {
       const size = (await stat(resolve(src.path))).size;
       const rangeBytes = options.rangeBytes ?? chooseRangeBytes(size);
@@ -138,13 +126,14 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
     // prepareCopy says what is wrong.
     return undefined;
   }
-  const hosts = remoteHostsOf(remote);
   // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
   const count = Math.min(options.agents, Math.ceil(ahead / options.firstStreams));
   // The job's agents, as runCopy will count them: no more than its work items.
   const agents = Math.min(options.agents, ahead);
+  // The hosts and settings resolved for the copy itself, so a connection opened ahead suits its spec;
+  // the data path the coordinator's connection finds (WarmStart.connect).
   const resolved: { mode: ModeChoice } = { mode: options.mode };
-  const hintFor = (i: number) => warmHint(i, agents, hosts, ssh, { ...options, mode: resolved.mode }, ahead);
+  const hintFor = (i: number) => warmHint(i, agents, remote.hosts, remote.ssh, { ...options, mode: resolved.mode }, ahead);
   const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
-  return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh, resolved);
+  return new WarmStart(processes, import('@ferry/agent'), hintFor, resolved);
 }

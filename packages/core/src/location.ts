@@ -5,6 +5,7 @@
  */
 import { FerryError } from './errors.js';
 import { expandHostlist } from './hostlist.js';
+import type { RemoteHost } from './messages.js';
 
 export interface LocalLocation {
   readonly kind: 'local';
@@ -53,7 +54,40 @@ export function formatLocation(loc: Location): string {
   return `${loc.user ? `${loc.user}@` : ''}${host}${loc.port ? `:${loc.port}` : ''}:${loc.path}`;
 }
 
-/** `host` or `host:port`, how messages name a remote host. */
-export function hostLabel(loc: { host: string; port?: number | undefined }): string {
+/** `host` or `host:port`, how messages name a remote host (a RemoteHost's `label` when it has one). */
+export function hostLabel(loc: { host: string; port?: number | undefined; label?: string | undefined }): string {
+  if (loc.label !== undefined) return loc.label;
   return loc.port && loc.port !== 22 ? `${loc.host}:${loc.port}` : loc.host;
+}
+
+/**
+ * A host as SSH errors name it: its label, and where it really is when
+ * ssh_config sent it elsewhere, e.g. `mydtn (10.1.2.3:2222)`.
+ */
+export function describeHost(h: RemoteHost): string {
+  const label = hostLabel(h);
+  if (!h.route) return label;
+  const name = h.route.hostName.includes(':') ? `[${h.route.hostName}]` : h.route.hostName;
+  const address = h.port === 22 ? name : `${name}:${h.port}`;
+  return address === label ? label : `${label} (${address})`;
+}
+
+/**
+ * A host and every setting of its route as one string, so two descriptions of
+ * a host (a warm start's hint, a job's spec) compare equal exactly when they
+ * would connect the same way, whatever order the fields travelled in.
+ */
+export function remoteHostKey(h: RemoteHost): string {
+  return stableJson(h);
+}
+
+function stableJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined && v !== null)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
 }

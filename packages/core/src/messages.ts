@@ -39,9 +39,65 @@ export type TransferMode =
 export const TRANSFER_MODES: readonly TransferMode[] = ['helper', 'python', 'sftp'];
 
 export interface RemoteHost {
+  /** The host as the user wrote it: messages, status and job ids name it so. */
   host: string;
+  /** Port to connect to: the location's, else ssh_config's Port, else 22. */
   port: number;
+  /** User to log in as: the location's, else ssh_config's User, else the local user. */
   user: string;
+  /** How messages name the host when that is not `host[:port]` (the port came from ssh_config). */
+  label?: string;
+  /**
+   * How to reach the host, resolved from ssh_config and the command line by the
+   * coordinator, once: agents, which may run on nodes without the user's
+   * configuration, connect with this alone. Absent: `host` itself, with the
+   * job's SshSettings.
+   */
+  route?: SshRoute;
+}
+
+/**
+ * Everything the embedded client needs to reach one host, as ssh would with the
+ * same configuration (see the transport's ssh-config.ts). Paths are absolute,
+ * tokens expanded.
+ */
+export interface SshRoute {
+  /** Address to connect to (HostName, `%h` expanded; else the host as written). */
+  hostName: string;
+  /** The location gave the port / the user (the openssh transport passes only those to ssh, which reads its configuration itself). */
+  portGiven?: boolean;
+  userGiven?: boolean;
+  /** Private keys to offer, in order: -i, then IdentityFile; the default keys when neither names one. */
+  identityFiles: string[];
+  /** IdentitiesOnly: ssh-agent's keys are offered only when they are one of identityFiles. */
+  identitiesOnly?: boolean;
+  /** ssh-agent socket (IdentityAgent, else SSH_AUTH_SOCK); absent: no agent. */
+  agentSocket?: string;
+  /** known_hosts files of the user (--known-hosts, UserKnownHostsFile); a new host key is recorded in the first. */
+  knownHostsFiles: string[];
+  /** System known_hosts files (GlobalKnownHostsFile), read only. */
+  globalKnownHostsFiles: string[];
+  /** HostKeyAlias: the name host keys are looked up and recorded under, instead of hostName:port. */
+  hostKeyAlias?: string;
+  /**
+   * An unknown host key may be recorded (--accept-new-host-key; StrictHostKeyChecking
+   * accept-new, or no, which ferry takes as accept-new). Only the coordinator's own
+   * connections record keys; a changed key always fails.
+   */
+  acceptNewHostKey?: boolean;
+  /** SSH handshake and login, at most (--connect-timeout, ConnectTimeout). */
+  connectTimeoutMs: number;
+  /** ServerAliveInterval (0: none) and ServerAliveCountMax. */
+  keepaliveIntervalMs: number;
+  keepaliveCountMax: number;
+  /** AddressFamily inet / inet6; absent: any. */
+  addressFamily?: 'inet' | 'inet6';
+  /** Ciphers, MACs, KexAlgorithms as ssh2 names them, in order of preference; absent: ssh2's own. */
+  algorithms?: { cipher?: string[]; hmac?: string[]; kex?: string[] };
+  /** Where GSSAPIAuthentication yes was set (`file line n`), named if a login fails on a server that takes Kerberos. */
+  gssapi?: string;
+  /** Hosts to go through first (ProxyJump), the first one connected to directly; each resolved the same way, without jumps of its own. */
+  jumps?: RemoteHost[];
 }
 
 export interface SshSettings {
@@ -61,6 +117,8 @@ export interface SshSettings {
   transport?: SshTransport;
   /** The ssh program and leading arguments, for the openssh transport. */
   sshCommand?: string[];
+  /** -F: the one ssh client configuration file read (the openssh transport passes it to ssh); 'none' for none. */
+  configFile?: string;
   /**
    * Most bytes sent on one SSH channel and not yet read by an OpenSSH server
    * (--send-window; ssh2 transport). Absent or 0: the server's whole window.
@@ -81,8 +139,8 @@ export type SshTransport = 'ssh2' | 'openssh';
  * while the coordinator still prepares: open the SSH connections its slots
  * will use. Sent as the first line of the agent's stdin; the job itself
  * (id, NATS URL) follows on the second. Everything here comes from the command
- * line, before any remote host has been contacted, so the agent uses a
- * connection only if the job's spec agrees (see the agent's preconnect.ts).
+ * line and ssh_config, before any remote host has been contacted, so the agent
+ * uses a connection only if the job's spec agrees (see the agent's preconnect.ts).
  */
 export interface WarmHint {
   v: number;

@@ -74,8 +74,10 @@ export interface CopyOptions {
   verify?: boolean;
   /** Connections of a process to one host share a helper (ssh2 transport, helper mode). @default false */
   sharedHelper?: boolean;
-  /** known_hosts file to check host keys against. @default ~/.ssh/known_hosts */
+  /** known_hosts file to check host keys against (as ssh's UserKnownHostsFile). @default ssh_config's, else ~/.ssh/known_hosts and known_hosts2 */
   knownHosts?: string;
+  /** ssh client configuration file read instead of ~/.ssh/config and /etc/ssh/ssh_config (ssh -F); 'none' for none. @default both */
+  sshConfig?: string;
   /** Add an unknown host key to known_hosts instead of failing. @default false */
   acceptNewHostKey?: boolean;
   /** Private key files. @default ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa */
@@ -129,6 +131,8 @@ export interface ResolvedCopyOptions {
   verify: boolean;
   sharedHelper: boolean;
   knownHostsFile: string | undefined;
+  /** -F: the one ssh_config file to read, 'none' for none; undefined: ~/.ssh/config then /etc/ssh/ssh_config. */
+  sshConfigFile: string | undefined;
   acceptNewHostKey: boolean;
   identityFiles: string[];
   natsUrl: string | undefined;
@@ -144,6 +148,8 @@ export interface ResolvedCopyOptions {
   maxResends: number;
   output: OutputStyle;
   connectTimeoutMs: number;
+  /** Whether --connect-timeout was given (it then wins over ssh_config's ConnectTimeout). */
+  connectTimeoutGiven: boolean;
   restart: boolean;
 }
 
@@ -207,6 +213,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
   if (sshCommand.length === 0) throw usage('--ssh-cmd must not be empty');
   if (options.sshCmd !== undefined && transport !== 'openssh') throw usage('--ssh-cmd is used by --transport openssh only: add --transport openssh');
   if (options.json && options.quiet) throw usage('--json and --quiet cannot be used together');
+  if (options.sshConfig !== undefined && options.sshConfig.trim() === '') throw usage("-F must name an ssh config file (or 'none'), got ''");
   if (options.nats !== undefined && !/^(nats|tls|ws|wss):\/\/\S+$/.test(options.nats)) {
     throw usage(`--nats must be a URL like nats://host:4222, got '${options.nats}'`);
   }
@@ -230,6 +237,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     verify: options.verify ?? false,
     sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,
+    sshConfigFile: options.sshConfig,
     acceptNewHostKey: options.acceptNewHostKey ?? false,
     identityFiles: options.identity ?? [],
     natsUrl: options.nats,
@@ -242,6 +250,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     maxResends: intOption('--max-resends', options.maxResends, DEFAULT_MAX_RESENDS, 0, 100),
     output: options.json ? 'json' : options.quiet ? 'quiet' : 'human',
     connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),
+    connectTimeoutGiven: options.connectTimeout !== undefined,
     restart: options.restart ?? false,
   };
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FerryError, expandHostlist, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { FerryError, describeHost, expandHostlist, formatLocation, hostLabel, parseLocation, remoteHostKey } from '@ferry/core';
 
 function usageError(fn: () => unknown): FerryError {
   try {
@@ -166,6 +166,25 @@ describe('formatLocation', () => {
       expect(formatLocation(loc)).toBe(text);
       expect(parseLocation(formatLocation(loc))).toEqual(loc);
     }
+  });
+});
+
+describe('describeHost and remoteHostKey', () => {
+  const route = { hostName: '10.1.2.3', identityFiles: [], knownHostsFiles: [], globalKnownHostsFiles: [], connectTimeoutMs: 1, keepaliveIntervalMs: 1, keepaliveCountMax: 1 };
+
+  it('names a host as written, and where ssh_config sent it when that differs', () => {
+    expect(describeHost({ host: 'mydtn', port: 2222, user: 'u', label: 'mydtn', route })).toBe('mydtn (10.1.2.3:2222)');
+    expect(describeHost({ host: 'mydtn', port: 22, user: 'u', route })).toBe('mydtn (10.1.2.3)');
+    expect(describeHost({ host: '10.1.2.3', port: 2222, user: 'u', route })).toBe('10.1.2.3:2222');
+    expect(describeHost({ host: 'v6', port: 2222, user: 'u', label: 'v6', route: { ...route, hostName: '::1' } })).toBe('v6 ([::1]:2222)');
+    expect(describeHost({ host: 'plain', port: 22, user: 'u' })).toBe('plain');
+  });
+
+  it('gives two descriptions of a host the same key exactly when they agree, field order and absent fields aside', () => {
+    const a = { host: 'h', port: 22, user: 'u', route };
+    const b = JSON.parse(JSON.stringify({ route: { ...route }, user: 'u', port: 22, host: 'h', label: undefined }));
+    expect(remoteHostKey(a)).toBe(remoteHostKey(b));
+    expect(remoteHostKey(a)).not.toBe(remoteHostKey({ ...a, route: { ...route, identitiesOnly: true } }));
   });
 });
 

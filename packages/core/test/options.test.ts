@@ -75,6 +75,7 @@ describe('resolveCopyOptions: defaults', () => {
       verify: false,
       sharedHelper: false,
       knownHostsFile: undefined,
+      sshConfigFile: undefined,
       acceptNewHostKey: false,
       identityFiles: [],
       natsUrl: undefined,
@@ -87,6 +88,7 @@ describe('resolveCopyOptions: defaults', () => {
       maxResends: 3,
       output: 'human',
       connectTimeoutMs: 20_000,
+      connectTimeoutGiven: false,
       restart: false,
     });
   });
@@ -111,6 +113,7 @@ describe('resolveCopyOptions: valid values', () => {
         verify: true,
         sharedHelper: true,
         knownHosts: '/etc/ssh/known',
+        sshConfig: '/home/u/.ssh/hpc_config',
         acceptNewHostKey: true,
         identity: ['/k/id_ed25519', '/k/id_rsa'],
         nats: 'nats://10.0.0.1:4222',
@@ -140,6 +143,7 @@ describe('resolveCopyOptions: valid values', () => {
       verify: true,
       sharedHelper: true,
       knownHostsFile: '/etc/ssh/known',
+      sshConfigFile: '/home/u/.ssh/hpc_config',
       acceptNewHostKey: true,
       identityFiles: ['/k/id_ed25519', '/k/id_rsa'],
       natsUrl: 'nats://10.0.0.1:4222',
@@ -152,6 +156,7 @@ describe('resolveCopyOptions: valid values', () => {
       maxResends: 0,
       output: 'json',
       connectTimeoutMs: 5000,
+      connectTimeoutGiven: true,
       restart: false,
     });
   });

@@ -1,5 +1,6 @@
 /**
- * @ferry/transport: SSH for ferry. Connections with known_hosts checking,
+ * @ferry/transport: SSH for ferry. Connections with known_hosts checking and
+ * ~/.ssh/config honoured (resolveRemoteHost: one host's SshRoute),
  * the helper-protocol client, SFTP range I/O, and `connectRemote()` which puts
  * both behind one `RemoteConnection` interface.
  *
@@ -9,7 +10,11 @@
  * const w = file.beginWrite(offset, length, 'xxh3');
  * ```
  */
-export { connectSsh, shellQuote } from './ssh.js';
+export { connectSsh, routeFromSettings, shellQuote } from './ssh.js';
+export { EMPTY_SSH_CONFIG, evaluateSshConfig, loadSshConfig, parseSshConfig } from './ssh-config.js';
+export type { ConfigSource, HostConfig, SshConfig } from './ssh-config.js';
+export { DEFAULT_KEEPALIVE_COUNT_MAX, DEFAULT_KEEPALIVE_INTERVAL_MS, resolveRemoteHost } from './ssh-route.js';
+export type { CommandLineSsh, LocalFacts, ResolvedRemoteHost, RouteDefaults } from './ssh-route.js';
 export type { ConnectOptions } from './ssh.js';
 export { HelperClient, isSlowHelperStart } from './helper-client.js';
 export type { HelperStreams, RangeWrite } from './helper-client.js';
@@ -35,5 +40,6 @@ export {
   matchHost,
   parseKnownHosts,
   readKnownHostsFiles,
+  readKnownHostsSources,
 } from './known-hosts.js';
 export type { KnownHostEntry } from './known-hosts.js';

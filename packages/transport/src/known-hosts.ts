@@ -18,6 +18,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { mkdir, open, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { matchPattern } from './patterns.js';
 
 export type KnownHostMarker = 'revoked' | 'cert-authority';
 
@@ -41,7 +42,7 @@ export interface KnownHostEntry {
 export type HostKeyCheck =
   | { status: 'known' }
   | { status: 'unknown' }
-  | { status: 'changed'; keyType: string }
+  | { status: 'changed'; keyType: string; /** The file holding the key on record, when the entries came from files. */ file?: string }
   | { status: 'revoked' };
 
 /** The name a host is looked up and recorded under: `host` on port 22, else `[host]:port`. */
@@ -137,30 +138,6 @@ function parseLine(raw: string, line: number): KnownHostEntry | null {
   return { marker, patterns, keyType, key, comment, line };
 }
 
-/** Glob match with `*` (any run) and `?` (any one char); both inputs already lower-cased. */
-function globMatch(str: string, pat: string): boolean {
-  let s = 0;
-  let p = 0;
-  let starP = -1;
-  let starS = 0;
-  while (s < str.length) {
-    if (p < pat.length && (pat[p] === '?' || pat[p] === str[s])) {
-      s++;
-      p++;
-    } else if (p < pat.length && pat[p] === '*') {
-      starP = p++;
-      starS = s;
-    } else if (starP !== -1) {
-      p = starP + 1;
-      s = ++starS;
-    } else {
-      return false;
-    }
-  }
-  while (p < pat.length && pat[p] === '*') p++;
-  return p === pat.length;
-}
-
 function hashedMatch(name: string, hashed: HashedPattern): boolean {
   const mac = createHmac('sha1', hashed.salt).update(name, 'utf8').digest();
   return timingSafeEqual(mac, hashed.hash);
@@ -183,7 +160,7 @@ export function matchHost(entry: KnownHostEntry, name: string): boolean {
       const hashed = parseHashed(body);
       hit = hashed !== null && hashedMatch(lname, hashed);
     } else {
-      hit = globMatch(lname, body.toLowerCase());
+      hit = matchPattern(lname, body.toLowerCase());
     }
     if (hit) {
       if (negated) return false;
@@ -222,13 +199,14 @@ export function checkHostKey(
   const keyType = requireBlobKeyType(keyBlob);
   if (isRevoked(entries, keyBlob)) return { status: 'revoked' };
   const name = hostKeyName(host, port);
-  let changed = false;
+  let changed: KnownHostEntry | undefined;
   for (const e of entries) {
     if (e.marker !== null || !matchHost(e, name)) continue;
     if (e.key.equals(keyBlob)) return { status: 'known' };
-    if (e.keyType === keyType) changed = true;
+    if (e.keyType === keyType) changed ??= e;
   }
-  return changed ? { status: 'changed', keyType } : { status: 'unknown' };
+  if (!changed) return { status: 'unknown' };
+  return changed.file === undefined ? { status: 'changed', keyType } : { status: 'changed', keyType, file: changed.file };
 }
 
 /**
@@ -300,7 +278,13 @@ export async function appendKnownHost(
 
 /** Reads and parses the files that exist, in order; missing files are skipped, other errors throw. */
 export async function readKnownHostsFiles(files: readonly string[]): Promise<KnownHostEntry[]> {
+  return (await readKnownHostsSources(files)).entries;
+}
+
+/** As readKnownHostsFiles, and which of the files exist (for messages that name what was checked). */
+export async function readKnownHostsSources(files: readonly string[]): Promise<{ entries: KnownHostEntry[]; found: string[] }> {
   const entries: KnownHostEntry[] = [];
+  const found: string[] = [];
   for (const file of files) {
     let text: string;
     try {
@@ -310,7 +294,8 @@ export async function readKnownHostsFiles(files: readonly string[]): Promise<Kno
       if (code === 'ENOENT' || code === 'ENOTDIR') continue;
       throw err;
     }
+    found.push(file);
     for (const e of parseKnownHosts(text)) entries.push({ ...e, file });
   }
-  return entries;
+  return { entries, found };
 }

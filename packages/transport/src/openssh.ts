@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { FerryError, hostLabel } from '@ferry/core';
+import { FerryError, describeHost, hostLabel } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import type { ExecResult } from './exec.js';
 import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './helper-client.js';
@@ -20,10 +20,12 @@ const STDERR_TAIL_BYTES = 4000;
 const PYTHON_HELPER_SHOWN = "python3 (ferry's python helper)";
 
 /** The `ssh` argument vector for one connection running `command` on `target`. */
-export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { acceptNewHostKey?: boolean }, command: string): { file: string; args: string[] } {
+export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { recordNewHostKeys?: boolean }, command: string): { file: string; args: string[] } {
   const [file = 'ssh', ...leading] = ssh.sshCommand ?? ['ssh'];
   const args = [
     ...leading,
+    // ssh reads its configuration itself: ferry passes on what the command line said, not what it resolved.
+    ...(ssh.configFile ? ['-F', ssh.configFile] : []),
     '-T',
     '-x',
     '-o', 'BatchMode=yes',
@@ -31,10 +33,10 @@ export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { acc
     '-o', 'ServerAliveInterval=15',
     '-o', 'ServerAliveCountMax=4',
     ...(ssh.knownHostsGiven ? ['-o', `UserKnownHostsFile="${ssh.knownHostsFile}"`] : []),
-    '-o', `StrictHostKeyChecking=${options.acceptNewHostKey ? 'accept-new' : 'yes'}`,
-    '-p', String(target.port),
-    '-l', target.user,
+    '-o', `StrictHostKeyChecking=${options.recordNewHostKeys && (target.route ? target.route.acceptNewHostKey === true : true) ? 'accept-new' : 'yes'}`,
   ];
+  if (!target.route || target.route.portGiven) args.push('-p', String(target.port));
+  if (!target.route || target.route.userGiven) args.push('-l', target.user);
   for (const identity of ssh.identityFiles) args.push('-i', identity);
   args.push('--', target.host, command);
   return { file, args };
@@ -43,32 +45,35 @@ export function opensshArgs(target: RemoteHost, ssh: SshSettings, options: { acc
 /** Turns what a failed `ssh` printed into the error a user can act on. */
 export function classifySshFailure(stderr: string, exitCode: number | null, target: RemoteHost, ssh: SshSettings, command: string): FerryError {
   const label = hostLabel(target);
+  // What ferry made of the configuration (ssh made its own; they agree but for Match exec and the like).
+  const name = describeHost(target);
+  const address = target.route?.hostName ?? target.host;
   const said = stderr.trim().split('\n').filter((l) => l.trim() && !/^\s*(@+|Warning: Permanently added)/.test(l)).slice(-3).join('; ');
   if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/i.test(stderr)) {
     return new FerryError(
       'HOST_KEY_CHANGED',
-      `host key of ${label} differs from the one in ${ssh.knownHostsFile}: this may be an attack; if the host was reinstalled, remove the old key with 'ssh-keygen -R ${target.port === 22 ? target.host : `[${target.host}]:${target.port}`} -f ${ssh.knownHostsFile}'`,
+      `host key of ${name} differs from the one in ${ssh.knownHostsFile}: this may be an attack; if the host was reinstalled, remove the old key with 'ssh-keygen -R ${target.port === 22 ? address : `[${address}]:${target.port}`} -f ${ssh.knownHostsFile}'`,
       { host: label },
     );
   }
   if (/Host key verification failed|No .*host key is known/i.test(stderr)) {
     return new FerryError(
       'HOST_KEY_UNKNOWN',
-      `host key of ${label} is not in ${ssh.knownHostsFile}: check its fingerprint with the host's admins, then rerun with --accept-new-host-key (or add it with ssh-keyscan)`,
+      `host key of ${name} is not in ${ssh.knownHostsFile}: check its fingerprint with the host's admins, then rerun with --accept-new-host-key (or add it with ssh-keyscan)`,
       { host: label },
     );
   }
   if (/Permission denied|Too many authentication failures|no more authentication methods/i.test(stderr)) {
     return new FerryError(
       'SSH_AUTH_FAILED',
-      `authentication as ${target.user}@${label} failed (ssh said: ${said}): add your public key to ~${target.user}/.ssh/authorized_keys on ${target.host}, load it into ssh-agent, or pass -i KEYFILE`,
+      `authentication as ${target.user}@${name} failed (ssh said: ${said}): add your public key to ~${target.user}/.ssh/authorized_keys on ${address}, load it into ssh-agent, or pass -i KEYFILE`,
       { host: label },
     );
   }
   if (exitCode === 255 || /Connection refused|No route to host|timed out|Could not resolve hostname|Network is unreachable|kex_exchange_identification|Connection closed by/i.test(stderr)) {
     return new FerryError(
       'HOST_UNREACHABLE',
-      `cannot reach ${label} over SSH (ssh said: ${said || `exit ${exitCode}`}): check the host name and port, the network path, and that sshd runs there`,
+      `cannot reach ${name} over SSH (ssh said: ${said || `exit ${exitCode}`}): check the host name and port, the network path, and that sshd runs there`,
       { host: label },
     );
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import type { RemoteHost, SshSettings } from '@ferry/core';
+import type { RemoteHost, SshRoute, SshSettings } from '@ferry/core';
 import { classifySshFailure, opensshArgs } from '../src/openssh.js';
 
 const target: RemoteHost = { host: 'dtn1.example.org', port: 2222, user: 'alice' };
@@ -18,8 +18,24 @@ describe('opensshArgs', () => {
     expect(args.join(' ')).toContain('-p 2222 -l alice -i /home/alice/.ssh/id_hpc');
   });
 
+  it('passes -F on, and leaves to ssh the port and user its configuration gives (only those the location gave go on the command line)', () => {
+    const route: SshRoute = { hostName: '10.1.2.3', identityFiles: [], knownHostsFiles: [], globalKnownHostsFiles: [], connectTimeoutMs: 20_000, keepaliveIntervalMs: 15_000, keepaliveCountMax: 4 };
+    const fromConfig: RemoteHost = { host: 'mydtn', port: 2222, user: 'alice', label: 'mydtn', route };
+    const { args } = opensshArgs(fromConfig, { ...ssh, sshCommand: ['ssh'], configFile: '/home/alice/hpc_config' }, {}, 'ferry serve');
+    expect(args.slice(0, 2)).toEqual(['-F', '/home/alice/hpc_config']);
+    expect(args).not.toContain('-p');
+    expect(args).not.toContain('-l');
+    expect(args.slice(-3)).toEqual(['--', 'mydtn', 'ferry serve']);
+    const given = opensshArgs({ ...fromConfig, route: { ...route, portGiven: true, userGiven: true } }, ssh, {}, 'pwd').args.join(' ');
+    expect(given).toContain('-p 2222 -l alice');
+    // The coordinator may record a new key only where the host's route says so.
+    expect(opensshArgs(fromConfig, ssh, { recordNewHostKeys: true }, 'pwd').args).toContain('StrictHostKeyChecking=yes');
+    expect(opensshArgs({ ...fromConfig, route: { ...route, acceptNewHostKey: true } }, ssh, { recordNewHostKeys: true }, 'pwd').args).toContain('StrictHostKeyChecking=accept-new');
+    expect(opensshArgs({ ...fromConfig, route: { ...route, acceptNewHostKey: true } }, ssh, {}, 'pwd').args).toContain('StrictHostKeyChecking=yes');
+  });
+
   it('leaves known_hosts to ssh\'s configuration unless --known-hosts was given, and accepts new keys only when asked', () => {
-    const { args } = opensshArgs(target, ssh, { acceptNewHostKey: true }, 'pwd');
+    const { args } = opensshArgs(target, ssh, { recordNewHostKeys: true }, 'pwd');
     expect(args.some((a) => a.startsWith('UserKnownHostsFile'))).toBe(false);
     expect(args).toContain('StrictHostKeyChecking=accept-new');
   });
