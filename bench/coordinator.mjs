@@ -19,14 +19,12 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ferryRole, ferryVersion, markdownTable, readText, sh } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryVersion, fmt, log, markdownTable, median, readText, sh } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes, replayJournal } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
-
-const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
 
 const HELP = `usage: npm run bench -- coordinator [options]
 
@@ -47,18 +45,6 @@ const HELP = `usage: npm run bench -- coordinator [options]
 `;
 
 // ---------------------------------------------------------------------------
-// Small helpers (copied from run.mjs, which exports nothing).
-
-
-
-const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-
 
 function machine() {
   return {
@@ -75,7 +61,6 @@ function machine() {
 // /proc sampling: every process of the measured command's process group (the coordinator is
 // spawned detached, so the group is its pid; agents and nats-server inherit it).
 
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
 const SAMPLE_MS = 200;
 
 function readStat(pid) {
