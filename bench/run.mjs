@@ -30,15 +30,18 @@ stopOnSignals();
 // ---------------------------------------------------------------------------
 // Scenario: loopback. Every tool against one sshd on 127.0.0.1.
 
-const LOOPBACK_DEFAULT_CONFIGS = ['scp', 'sftp', 'rsync', 'rclone', 'lftp', '-a 1 -s 1', '-a 1 -s 2', '-a 2 -s 2', '--transport openssh -a 1 -s 1', '--transport openssh -a 1 -s 2', '--transport openssh -a 2 -s 2', '--mode sftp -a 2 -s 2'];
+// Every peer, ferry as a user gets it (no flags), and ferry's best shapes: one stream for the
+// push, two for the pull (bench/results/loopback.md).
+const LOOPBACK_DEFAULT_CONFIGS = ['scp', 'sftp', 'rsync', 'rclone', 'lftp', 'ssh-dd:2', 'ferry', '-a 1 -s 1 --direct-io', '-a 1 -s 2 --direct-io --send-window 512KiB'];
 
 const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
 
-  --size <size>        file size (default 2GiB)
+  --size <size>        file size (default 4GiB)
   --runs <n>           rounds; each round runs every tool once (default 3)
   --configs <list>     comma-separated; scp, sftp, rsync, rclone, lftp, ssh-dd:<n> (the file in n
-                       slices, each through its own ssh login with dd at both ends), or ferry flags, optionally
-                       after the word ferry (a list starting with a dash needs
+                       slices, each through its own ssh login with dd at both ends), ferry
+                       alone (no flags: what a user gets), or ferry flags, optionally after
+                       the word ferry (a list starting with a dash needs
                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'); ferry
                        flags may follow NAME=value environment words, as in
                        'ferry FERRY_WARM_START=0 -a 1 -s 1', and NODE_FLAGS=<flag>,... (empty:
@@ -46,7 +49,7 @@ const LOOPBACK_HELP = `usage: npm run bench -- loopback [options]
                        run with; 'ferry@<dir> <flags>' runs the build in another checkout
                        <dir> (an A/B of two builds in one run)
                        (default "${LOOPBACK_DEFAULT_CONFIGS.join(',')}")
-  --direction <d>      push, pull or both (default push)
+  --direction <d>      push, pull or both (default both)
   --out <dir>          where loopback.md and loopback.json go (default bench/results)
   --name <name>        base name of the result files instead of loopback (e.g. startup)
   --retry-noisy <n>    repeat a run disturbed by other load or steal up to n times (default 2)
@@ -121,10 +124,10 @@ async function loopback(argv) {
   const { values: o } = parseArgs({
     args: argv,
     options: {
-      size: { type: 'string', default: '2GiB' },
+      size: { type: 'string', default: '4GiB' },
       runs: { type: 'string', default: '3' },
       configs: { type: 'string', default: LOOPBACK_DEFAULT_CONFIGS.join(',') },
-      direction: { type: 'string', default: 'push' },
+      direction: { type: 'string', default: 'both' },
       out: { type: 'string', default: 'bench/results' },
       name: { type: 'string', default: 'loopback' },
       'retry-noisy': { type: 'string', default: '2' },

@@ -44,29 +44,20 @@ const BUCKETS = 64;
 const PORT_BASE = 32768; // a multiple of BUCKETS
 const CHECK_PORT = 5201;
 
-const DEFAULT_CONFIGS = [
-  'scp',
-  'sftp',
-  'rsync',
-  '-a 1 -s 1',
-  '-a 1 -s 4',
-  '-a 2 -s 4',
-  '-a 2 -s 8',
-  '-a 4 -s 4',
-  '--transport openssh -a 1 -s 1',
-  '--transport openssh -a 1 -s 4',
-  '--transport openssh -a 2 -s 4',
-  '--transport openssh -a 2 -s 8',
-];
+// The peers that matter on a long fat link (one stream, and what a user hand-rolls to fill it),
+// ferry as a user gets it (no flags), and ferry's best shapes: one stream (against scp) and 16
+// (the link; bench/README.md, "One agent, sixteen streams").
+const DEFAULT_CONFIGS = ['scp', 'rsync', 'ssh-dd:16', 'ferry', '-a 1 -s 1 --direct-io', '-a 1 -s 16 --shared-helper --send-window 512KiB --direct-io'];
 
 const HELP = `usage: npm run bench -- wan [options]         (needs root)
 
-  --size <size>         file size (default 512MiB)
+  --size <size>         file size (default 2GiB)
   --runs <n>            rounds; each round runs every tool once (default 2)
   --configs <list>      comma-separated; scp, sftp, rsync, ssh-dd:<n> (the file in n slices, each
-                        piped by dd through its own ssh login), or ferry flags, optionally
-                        after the word ferry (a list starting with a dash needs
-                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'), after any
+                        piped by dd through its own ssh login), ferry alone (no flags: what a
+                        user gets), or ferry flags, optionally after the word ferry (a list
+                        starting with a dash needs --configs='-a 2 -s 2' or --configs
+                        'ferry -a 2 -s 2'), after any
                         NAME=value environment words (NODE_FLAGS=<flag>,... replaces bin/ferry's
                         node flags; empty: none); 'ferry@<dir> <flags>' runs the build in
                         another checkout <dir> (an A/B in one run)
@@ -502,7 +493,7 @@ export async function wan(argv) {
   const { values: o } = parseArgs({
     args: argv,
     options: {
-      size: { type: 'string', default: '512MiB' },
+      size: { type: 'string', default: '2GiB' },
       runs: { type: 'string', default: '2' },
       configs: { type: 'string', default: DEFAULT_CONFIGS.join(',') },
       'link-mbit': { type: 'string', default: '2000' },
