@@ -1,11 +1,11 @@
-// Helpers shared by the benchmark scenarios (run.mjs, wan.mjs, hash.mjs,
+// Helpers shared by the benchmark scenarios (run.mjs, wan.mjs, first-contact.mjs, hash.mjs,
 // coordinator.mjs): cleanup on exit and Ctrl-C, one measured run of a command (CPU and RSS from
 // /proc), the ferry under test, tables.
 import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { createReadStream, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
-import { mkdir, open, readdir, rm } from 'node:fs/promises';
-import { cpus, release, totalmem } from 'node:os';
+import { createReadStream, existsSync, readFileSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
+import { cpus, release, totalmem, userInfo } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -641,4 +641,89 @@ export function copyProblems(results) {
       : []),
     ...(failures.length > 0 ? ['', '## Failed runs', '', ...failures.map((f) => `- round ${f.round} ${f.direction} ${f.tool}: ${f.error}`)] : []),
   ];
+}
+
+// ---------------------------------------------------------------------------
+// A remote host as a new user meets it (first-contact): no Node.js there, and named by an alias
+// in the user's ~/.ssh/config.
+
+/**
+ * A `wrap` for startSshd() (test/fixtures/sshd.mjs): sshd in a mount namespace of its own where
+ * every `node` and `ferry` on this machine's usual and current PATH is a stand-in that says
+ * "command not found" and exits 127, as on a data transfer node without Node.js
+ * (TESTBED.md, "A remote host without Node.js"). Its sessions inherit the namespace; the rest of
+ * the machine keeps node. Returns the wrap and the paths hidden.
+ */
+export async function withoutNode(dir) {
+  const stub = join(dir, 'not-installed');
+  await writeFile(stub, '#!/bin/sh\necho "${0##*/}: command not found" >&2\nexit 127\n', { mode: 0o755 });
+  const dirs = [...(process.env.PATH ?? '').split(delimiter), '/usr/local/bin', '/usr/bin', '/bin'].filter(Boolean);
+  const found = [process.execPath, ...dirs.flatMap((d) => ['node', 'ferry'].map((p) => join(d, p)))].filter((p) => existsSync(p));
+  const hidden = [...new Set([...found, ...found.map((p) => realpathSync(p))])];
+  const script = `for p in ${hidden.map(shq).join(' ')}; do mount --bind ${shq(stub)} "$p" || exit 1; done; exec "$@"`;
+  return { wrap: ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', script, 'sh'], hidden };
+}
+
+/**
+ * A user's home for the measured tools: ~/.ssh with the sshd's user key as id_ed25519, its host
+ * key in known_hosts (as ssh records it: [127.0.0.1]:PORT), and a config that names the host
+ * `alias` with HostName, Port, User, IdentityFile and UserKnownHostsFile. ferry (Node) finds ~ in
+ * HOME, OpenSSH in the password database: the tools run in a mount namespace where /etc/passwd
+ * is a copy giving the current user this home, and with HOME set to it. Nothing of the real user's
+ * is read or changed. Returns { home, config, env, wrap (the argv prefix that runs a command
+ * there), stop() }.
+ */
+export async function sshUserHome(dir, sshd, alias) {
+  const home = join(dir, 'home');
+  const ssh = join(home, '.ssh');
+  await mkdir(ssh, { recursive: true, mode: 0o700 });
+  const key = join(ssh, 'id_ed25519');
+  await writeFile(key, readFileSync(sshd.userKey), { mode: 0o600 });
+  await writeFile(`${key}.pub`, readFileSync(`${sshd.userKey}.pub`));
+  await writeFile(join(ssh, 'known_hosts'), `${sshd.hostKeyLine}\n`);
+  const config = [
+    `Host ${alias}`,
+    `  HostName ${sshd.host}`,
+    `  Port ${sshd.port}`,
+    `  User ${sshd.user}`,
+    `  IdentityFile ${key}`,
+    `  UserKnownHostsFile ${join(ssh, 'known_hosts')}`,
+    // Never a prompt in a benchmark: a question would hang the run instead of failing it.
+    '  BatchMode yes',
+    '',
+  ].join('\n');
+  await writeFile(join(ssh, 'config'), config, { mode: 0o600 });
+
+  const uid = process.getuid();
+  const passwd = (readText('/etc/passwd') ?? '').split('\n').filter(Boolean);
+  const mine = passwd.findIndex((l) => Number(l.split(':')[2]) === uid);
+  const me = userInfo();
+  const entry = mine >= 0 ? passwd[mine].split(':') : [me.username, 'x', String(uid), String(process.getgid()), '', '', me.shell ?? '/bin/sh'];
+  entry[5] = home;
+  if (mine >= 0) passwd[mine] = entry.join(':');
+  else passwd.push(entry.join(':'));
+  const copy = join(dir, 'passwd');
+  await writeFile(copy, `${passwd.join('\n')}\n`);
+
+  // A process that holds the namespace; each tool joins it with nsenter (which execs the tool).
+  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$1" /etc/passwd && echo ready && exec sleep 2147483647', 'sh', copy], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let said = '';
+  holder.stdout.on('data', (d) => (said += d));
+  holder.stderr.on('data', (d) => (said += d));
+  for (const deadline = Date.now() + 10_000; !said.includes('ready'); await new Promise((r) => setTimeout(r, 20))) {
+    if (holder.exitCode !== null || Date.now() > deadline) {
+      holder.kill('SIGKILL');
+      throw new Error(`could not give the tools their own home (unshare and mount --bind of /etc/passwd; needs root): ${said.trim()}`);
+    }
+  }
+  const env = { ...process.env, HOME: home };
+  // As a user runs them: no ssh-agent of the caller's, no state or config directory of theirs, no FERRY_ settings.
+  for (const k of Object.keys(env)) if (k === 'SSH_AUTH_SOCK' || k.startsWith('XDG_') || k.startsWith('FERRY_')) delete env[k];
+  return {
+    home,
+    config,
+    env,
+    wrap: ['nsenter', `--target=${holder.pid}`, '--mount', '--'],
+    stop: () => holder.kill('SIGKILL'),
+  };
 }
