@@ -1,16 +1,43 @@
 /**
  * The benchmark harness's own pieces that a benchmark run cannot check for
- * itself: first-contact's remote host really lacks node while its user's
- * tools find the host by its ssh_config alias. No benchmark runs here.
+ * itself: each scenario's --help is what bench/README.md documents, and
+ * first-contact's remote host really lacks node while its user's tools find
+ * the host by its ssh_config alias. No benchmark runs here.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { sshUserHome, withoutNode } from '../bench/common.mjs';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const SCENARIOS = ['loopback', 'first-contact', 'wan', 'nodes', 'coordinator', 'hash'];
+
+describe('npm run bench -- <scenario> --help', () => {
+  const readme = readFileSync(join(ROOT, 'bench', 'README.md'), 'utf8');
+
+  it('lists every scenario, each with its own section in bench/README.md', () => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'bench', 'run.mjs'), '--help'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain(`scenarios: ${SCENARIOS.join(', ')}`);
+    for (const s of SCENARIOS) expect(readme).toContain(`\n## ${s}\n`);
+  });
+
+  it.each(SCENARIOS)('%s: every option of its --help is in its section of bench/README.md', (scenario) => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'bench', 'run.mjs'), scenario, '--help'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const options = [...r.stdout.matchAll(/^ {2}(--[a-z-]+)/gm)].map((m) => m[1]!);
+    expect(options.length).toBeGreaterThan(3);
+    const start = readme.indexOf(`\n## ${scenario}\n`);
+    const section = readme.slice(start, readme.indexOf('\n## ', start + 1));
+    expect(options.filter((o) => !section.includes(`\`${o}`))).toEqual([]);
+  });
+});
 
 describe("first-contact's remote host and user", () => {
   let work: string;
