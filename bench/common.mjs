@@ -613,6 +613,18 @@ export function summarizeCopies(kept, { directions, tools, size }) {
   });
 }
 
+/** The cells every copy scenario's table has for a summary row: ok, median s, median MB/s, min-max MB/s, vs scp, CPU s/GB. */
+export function copyCells(s) {
+  return [
+    `${s.ok}/${s.runs}`,
+    fmt(s.medianSeconds, 2),
+    fmt(s.medianMBps),
+    s.ok ? `${fmt(s.minMBps)}-${fmt(s.maxMBps)}` : '-',
+    Number.isFinite(s.vsScp) ? `${s.vsScp.toFixed(2)}x` : '-',
+    fmt(s.cpuSecondsPerGB, 2),
+  ];
+}
+
 /** The notes under a copy scenario's table that every copy scenario shares: how to read the columns and how quiet the machine was. */
 export function copyNotes(results, name) {
   const kept = results.filter((r) => !r.discarded);

@@ -14,12 +14,12 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, writeFile } from 'node:fs/promises';
-import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CLK_TCK, ferryRole, ferryVersion, fmt, log, markdownTable, median, readText, sh } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryVersion, fmt, log, machine as commonMachine, markdownTable, median, readText, sh } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -46,16 +46,7 @@ const HELP = `usage: npm run bench -- coordinator [options]
 
 // ---------------------------------------------------------------------------
 
-function machine() {
-  return {
-    nproc: Number(sh('nproc', [])),
-    cpu: /^model name\s*:\s*(.*)$/m.exec(readText('/proc/cpuinfo') ?? '')?.[1] ?? cpus()[0]?.model ?? 'unknown',
-    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
-    kernel: sh('uname', ['-r']) || release(),
-    node: process.version,
-    natsServer: sh('sh', ['-c', 'nats-server --version 2>&1']),
-  };
-}
+const machine = () => ({ ...commonMachine(), natsServer: sh('sh', ['-c', 'nats-server --version 2>&1']) });
 
 // ---------------------------------------------------------------------------
 // /proc sampling: every process of the measured command's process group (the coordinator is

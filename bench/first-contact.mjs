@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
 import {
-  CLK_TCK, ROOT, SAMPLE_MS, copyNotes, copyProblems, ferryVersion, fmt, leanLogin, log, machine, markdownTable, measureCopy, onCleanup,
+  CLK_TCK, ROOT, SAMPLE_MS, copyCells, copyNotes, copyProblems, ferryVersion, fmt, leanLogin, log, machine, markdownTable, measureCopy, onCleanup,
   prepareCopy, runRounds, shq, sshUserHome, summarizeCopies, which, withoutNode,
 } from './common.mjs';
 
@@ -219,12 +219,7 @@ export async function firstContact(argv) {
   const rows = summary.map((s) => [
     s.direction,
     s.tool,
-    `${s.ok}/${s.runs}`,
-    fmt(s.medianSeconds, 2),
-    fmt(s.medianMBps),
-    s.ok ? `${fmt(s.minMBps)}-${fmt(s.maxMBps)}` : '-',
-    Number.isFinite(s.vsScp) ? `${s.vsScp.toFixed(2)}x` : '-',
-    fmt(s.cpuSecondsPerGB, 2),
+    ...copyCells(s),
     Number.isFinite(s.cpuVsScp) ? `${s.cpuVsScp.toFixed(2)}x` : '-',
     fmt(s.medianMBpsWithSync),
     s.tool === 'ferry' ? (s.path ?? '-') : '',

@@ -19,7 +19,7 @@ import { coordinator } from './coordinator.mjs';
 import { hash } from './hash.mjs';
 import { wan } from './wan.mjs';
 import { firstContact } from './first-contact.mjs';
-import { CLK_TCK, SAMPLE_MS, cleanupAll, copyNotes, copyProblems, ferryTool, fileHash, fmt, log, ferryVersion, leanLogin, machine, makeRandomFile, markdownTable, measureCopy, median, onCleanup, prepareCopy, runRounds, shq, sshDdTool, stopOnSignals, summarizeCopies, which } from './common.mjs';
+import { CLK_TCK, SAMPLE_MS, cleanupAll, copyCells, copyNotes, copyProblems, ferryTool, fileHash, fmt, log, ferryVersion, leanLogin, machine, makeRandomFile, markdownTable, measureCopy, median, onCleanup, prepareCopy, runRounds, shq, sshDdTool, stopOnSignals, summarizeCopies, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
@@ -193,20 +193,7 @@ async function loopback(argv) {
   const rows = summary.map((s) =>
     s.skipped
       ? [s.direction, s.tool, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '', '']
-      : [
-          s.direction,
-          s.tool,
-          `${s.ok}/${s.runs}`,
-          fmt(s.medianSeconds, 2),
-          fmt(s.medianMBps),
-          s.ok ? `${fmt(s.minMBps)}-${fmt(s.maxMBps)}` : '-',
-          Number.isFinite(s.vsScp) ? `${s.vsScp.toFixed(2)}x` : '-',
-          fmt(s.cpuSecondsPerGB, 2),
-          fmt(s.medianMBpsWithSync),
-          fmt(s.peakRssMiB.coordinator),
-          fmt(s.peakRssMiB.agent),
-          fmt(s.peakRssMiB.helper),
-        ],
+      : [s.direction, s.tool, ...copyCells(s), fmt(s.medianMBpsWithSync), fmt(s.peakRssMiB.coordinator), fmt(s.peakRssMiB.agent), fmt(s.peakRssMiB.helper)],
   );
   const table = markdownTable(header, rows);
   const failures = kept.filter((r) => !r.ok);
