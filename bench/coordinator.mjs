@@ -14,19 +14,17 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, open, readFile, writeFile } from 'node:fs/promises';
-import { cpus, release, tmpdir, totalmem } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ferryRole, ferryVersion, markdownTable, readText, sh } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryVersion, fmt, log, machine as commonMachine, markdownTable, median, readText, sh } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes, replayJournal } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
-
-const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
 
 const HELP = `usage: npm run bench -- coordinator [options]
 
@@ -47,35 +45,13 @@ const HELP = `usage: npm run bench -- coordinator [options]
 `;
 
 // ---------------------------------------------------------------------------
-// Small helpers (copied from run.mjs, which exports nothing).
 
-
-
-const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-
-
-
-function machine() {
-  return {
-    nproc: Number(sh('nproc', [])),
-    cpu: /^model name\s*:\s*(.*)$/m.exec(readText('/proc/cpuinfo') ?? '')?.[1] ?? cpus()[0]?.model ?? 'unknown',
-    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
-    kernel: sh('uname', ['-r']) || release(),
-    node: process.version,
-    natsServer: sh('sh', ['-c', 'nats-server --version 2>&1']),
-  };
-}
+const machine = () => ({ ...commonMachine(), natsServer: sh('sh', ['-c', 'nats-server --version 2>&1']) });
 
 // ---------------------------------------------------------------------------
 // /proc sampling: every process of the measured command's process group (the coordinator is
 // spawned detached, so the group is its pid; agents and nats-server inherit it).
 
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
 const SAMPLE_MS = 200;
 
 function readStat(pid) {

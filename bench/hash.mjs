@@ -17,13 +17,11 @@ import { delimiter, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CLK_TCK, waitForIdle, ferryVersion, machineTicks, markdownTable, readText, sh, shq, which } from './common.mjs';
+import { CLK_TCK, fmt, log, median, waitForIdle, ferryVersion, machineTicks, markdownTable, readText, sh, shq, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { createHasher, parseSize, formatBytes, HASH_ALGORITHMS } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
-
-const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
 
 const HELP = `usage: npm run bench -- hash [options]
 
@@ -35,14 +33,7 @@ const HELP = `usage: npm run bench -- hash [options]
 `;
 
 // ---------------------------------------------------------------------------
-// A few helpers, as in bench/run.mjs (which does not export them).
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
 /** The longest wait for an idle machine before a run. */
 const IDLE_MAX_MS = 60_000;
 /** utime+stime of the waited-for children of this process (exact for a child that has been reaped). */

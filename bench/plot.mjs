@@ -35,12 +35,13 @@ export function seriesOf(tool) {
 
 /**
  * The Vega-Lite spec: median MB/s (points, min-max as error bars) against connections,
- * one colour per series, one panel per direction.
+ * one colour per series, one panel per direction. Rows may carry `series` and `connections`.
  */
 export function throughputSpec(summary, title) {
   const values = summary
     .filter((s) => Number.isFinite(s.medianMBps))
-    .map((s) => ({ tool: s.tool, series: seriesOf(s.tool), connections: connectionsOf(s.tool), direction: s.direction, median: s.medianMBps, min: s.minMBps, max: s.maxMBps }));
+    // A row may say what its tool did (first-contact reads ferry's own report), else its name tells.
+    .map((s) => ({ tool: s.tool, series: s.series ?? seriesOf(s.tool), connections: s.connections ?? connectionsOf(s.tool), direction: s.direction, median: s.medianMBps, min: s.minMBps, max: s.maxMBps }));
   const x = { field: 'connections', type: 'quantitative', title: 'SSH connections (agents x streams)', scale: { type: 'log', base: 2 }, axis: { values: [1, 2, 4, 8, 16] } };
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',

@@ -11,24 +11,21 @@
 // under a parent class with the link's total rate (default 2 Gbit/s). See
 // bench/README.md for what runs and how to read the results.
 import { spawn, execFileSync } from 'node:child_process';
-import { createReadStream, existsSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
-import { mkdtemp, mkdir, open, readdir, rm, writeFile } from 'node:fs/promises';
-import { randomFillSync } from 'node:crypto';
-import { cpus, release, tmpdir, totalmem } from 'node:os';
-import { delimiter, join, resolve } from 'node:path';
+import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { mkdtemp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryRole, ferryTool, fileHash, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryTool, fileHash, fmt, log, machine, median, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
-const { createHasher, parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
-
-const log = (msg) => process.stderr.write(`bench: ${msg}\n`);
+const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 
 // Everything this scenario creates is named after this prefix, so a later run removes the
 // leftovers of a crashed one. Nothing else on the machine is touched.
@@ -47,29 +44,20 @@ const BUCKETS = 64;
 const PORT_BASE = 32768; // a multiple of BUCKETS
 const CHECK_PORT = 5201;
 
-const DEFAULT_CONFIGS = [
-  'scp',
-  'sftp',
-  'rsync',
-  '-a 1 -s 1',
-  '-a 1 -s 4',
-  '-a 2 -s 4',
-  '-a 2 -s 8',
-  '-a 4 -s 4',
-  '--transport openssh -a 1 -s 1',
-  '--transport openssh -a 1 -s 4',
-  '--transport openssh -a 2 -s 4',
-  '--transport openssh -a 2 -s 8',
-];
+// The peers that matter on a long fat link (one stream, and what a user hand-rolls to fill it),
+// ferry as a user gets it (no flags), and ferry's best shapes: one stream (against scp) and 16
+// (the link; bench/README.md, "One agent, sixteen streams").
+const DEFAULT_CONFIGS = ['scp', 'rsync', 'ssh-dd:16', 'ferry', '-a 1 -s 1 --direct-io', '-a 1 -s 16 --shared-helper --send-window 512KiB --direct-io'];
 
 const HELP = `usage: npm run bench -- wan [options]         (needs root)
 
-  --size <size>         file size (default 512MiB)
+  --size <size>         file size (default 2GiB)
   --runs <n>            rounds; each round runs every tool once (default 2)
   --configs <list>      comma-separated; scp, sftp, rsync, ssh-dd:<n> (the file in n slices, each
-                        piped by dd through its own ssh login), or ferry flags, optionally
-                        after the word ferry (a list starting with a dash needs
-                        --configs='-a 2 -s 2' or --configs 'ferry -a 2 -s 2'), after any
+                        piped by dd through its own ssh login), ferry alone (no flags: what a
+                        user gets), or ferry flags, optionally after the word ferry (a list
+                        starting with a dash needs --configs='-a 2 -s 2' or --configs
+                        'ferry -a 2 -s 2'), after any
                         NAME=value environment words (NODE_FLAGS=<flag>,... replaces bin/ferry's
                         node flags; empty: none); 'ferry@<dir> <flags>' runs the build in
                         another checkout <dir> (an A/B in one run)
@@ -81,7 +69,7 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
   --lean-login          sessions of the bench's sshd get HOME set to an empty directory
                         (sshd_config SetEnv), so the remote shell reads no start-up files
                         (~/.bashrc): every tool's login costs what sshd and the tool cost,
-                        not the machine's shell set-up (see "Heavy shell start-up files")
+                        not the machine's shell set-up (bench/README.md, "Heavy shell start-up files")
   --timeline            run ferry with --json -v instead of --quiet and write <name>-timeline.txt:
                         each run's events and agent messages, in seconds from spawn, and every
                         0.1 s when the destination's disk was held (no write completed while
@@ -89,25 +77,6 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
                         in the kernel: which, and where (wchan)
 `;
 
-// ---------------------------------------------------------------------------
-// A few helpers, as in bench/run.mjs (which does not export them).
-
-const median = (xs) => {
-  const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-};
-const fmt = (x, digits = 0) => (Number.isFinite(x) ? x.toFixed(digits) : '-');
-function machine() {
-  return {
-    nproc: Number(sh('nproc', [])),
-    cpu: /^model name\s*:\s*(.*)$/m.exec(readText('/proc/cpuinfo') ?? '')?.[1] ?? cpus()[0]?.model ?? 'unknown',
-    ramGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
-    kernel: sh('uname', ['-r']) || release(),
-    node: process.version,
-    openssh: sh('sh', ['-c', 'ssh -V 2>&1']),
-  };
-}
 const IDLE_MAX_MS = 30_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** Blocks the thread (used only while tearing down from a signal handler, which must not await). */
@@ -524,7 +493,7 @@ export async function wan(argv) {
   const { values: o } = parseArgs({
     args: argv,
     options: {
-      size: { type: 'string', default: '512MiB' },
+      size: { type: 'string', default: '2GiB' },
       runs: { type: 'string', default: '2' },
       configs: { type: 'string', default: DEFAULT_CONFIGS.join(',') },
       'link-mbit': { type: 'string', default: '2000' },

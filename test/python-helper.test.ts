@@ -160,7 +160,8 @@ describe('the remote command', () => {
     await mkdir(bin);
     await symlink('/bin/sh', join(bin, 'sh'));
     expect(existsSync('/usr/libexec/platform-python')).toBe(false);
-    const child = spawn('/bin/sh', ['-c', pythonHelperCommand(10)], { env: { PATH: bin }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // `sh` is found on that PATH (Node looks the program up in the child's PATH).
+    const child = spawn('sh', ['-c', pythonHelperCommand(10)], { env: { PATH: bin }, stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
     child.stderr.on('data', (d: Buffer) => (err += d.toString()));
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
