@@ -33,3 +33,5 @@ export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
 export { SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, allocAligned, hashStoredThrough, isAligned, openDirect } from './direct.js';
+export { firstBadDirectory, pathPrefixes } from './paths.js';
+export type { BadComponent, PathKind } from './paths.js';
