@@ -46,14 +46,28 @@ export function parseLocation(text: string): Location {
   return { kind: 'remote', user: m[1], host: hosts[0]!, hosts, port, path: m[4] === '' ? '.' : m[4]! };
 }
 
-/** `user@host:port:path` back from a location, for messages. */
+/** `user@host:port:path` back from a location, for messages: text that parses to the same location. */
 export function formatLocation(loc: Location): string {
   if (loc.kind === 'local') return loc.path;
-  const host = loc.hosts.length > 1 ? loc.hosts.join(',') : loc.host.includes(':') ? `[${loc.host}]` : loc.host;
+  const host = loc.hosts.length > 1 ? loc.hosts.join(',') : hostName(loc.host);
   return `${loc.user ? `${loc.user}@` : ''}${host}${loc.port ? `:${loc.port}` : ''}:${loc.path}`;
 }
 
-/** `host` or `host:port`, how messages name a remote host. */
-export function hostLabel(loc: { host: string; port?: number | undefined }): string {
-  return loc.port && loc.port !== 22 ? `${loc.host}:${loc.port}` : loc.host;
+/**
+ * A host as it is typed: an IPv6 address in brackets (`[::1]`), so that what
+ * follows it (`:2222`, `:/path`) reads as it would on a command line.
+ */
+export function hostName(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
 }
+
+/**
+ * `host`, `host:port`, `[::1]` or `[::1]:2222`: how messages name a remote
+ * host, as it is typed. `${hostLabel(h)}:${path}` is then a location a user
+ * can paste.
+ */
+export function hostLabel(loc: { host: string; port?: number | undefined }): string {
+  const host = hostName(loc.host);
+  return loc.port && loc.port !== 22 ? `${host}:${loc.port}` : host;
+}
+

@@ -179,6 +179,20 @@ describe('hostLabel', () => {
   it('adds a port other than 22', () => {
     expect(hostLabel({ host: 'dtn01', port: 2222 })).toBe('dtn01:2222');
   });
+
+  it('brackets an IPv6 address, with or without a port, as it is typed', () => {
+    expect(hostLabel({ host: '::1' })).toBe('[::1]');
+    expect(hostLabel({ host: '::1', port: 22 })).toBe('[::1]');
+    expect(hostLabel({ host: '::1', port: 2222 })).toBe('[::1]:2222');
+    expect(hostLabel({ host: 'fe80::1:2', port: 2022 })).toBe('[fe80::1:2]:2022');
+  });
+
+  it('makes `label:path` a location that parses back to the same host, port and path', () => {
+    for (const text of ['[::1]:/tmp/x', '[::1]:2222:/tmp/x', 'dtn01:2222:/x', 'dtn01:rel']) {
+      const loc = parseLocation(text) as Extract<ReturnType<typeof parseLocation>, { kind: 'remote' }>;
+      expect(`${hostLabel(loc)}:${loc.path}`).toBe(text);
+    }
+  });
 });
 
 describe('host lists', () => {

@@ -7,7 +7,7 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { FerryError, hostLabel } from '@ferry/core';
+import { FerryError, hostLabel, hostName } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import type { ExecResult } from './exec.js';
 import { HelperClient, isHelloTimeout, slowStart } from './helper-client.js';
@@ -58,7 +58,7 @@ export function classifySshFailure(stderr: string, exitCode: number | null, targ
   if (/Permission denied|Too many authentication failures|no more authentication methods/i.test(stderr)) {
     return new FerryError(
       'SSH_AUTH_FAILED',
-      `authentication as ${target.user}@${label} failed (ssh said: ${said}): add your public key to ~${target.user}/.ssh/authorized_keys on ${target.host}, load it into ssh-agent, or pass -i KEYFILE`,
+      `authentication as ${target.user}@${label} failed (ssh said: ${said}): add your public key to ~${target.user}/.ssh/authorized_keys on ${hostName(target.host)}, load it into ssh-agent, or pass -i KEYFILE`,
       { host: label },
     );
   }

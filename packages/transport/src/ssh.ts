@@ -9,7 +9,7 @@ import ssh2 from 'ssh2';
 import type { AnyAuthMethod, Client, ConnectConfig } from 'ssh2';
 
 const { Client: SshClient, utils } = ssh2;
-import { FerryError, hostLabel } from '@ferry/core';
+import { FerryError, hostLabel, hostName } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import { gatherWrites } from './gather-writes.js';
 import { usePacketRing } from './packet-ring.js';
@@ -160,7 +160,7 @@ export async function connectSsh(target: RemoteHost, ssh: SshSettings, options: 
         return fail(
           new FerryError(
             'SSH_AUTH_FAILED',
-            `authentication as ${target.user}@${label} failed (tried ${tried.join(', ')}): add your public key to ~${target.user}/.ssh/authorized_keys on ${target.host}, or pass -i KEYFILE` +
+            `authentication as ${target.user}@${label} failed (tried ${tried.join(', ')}): add your public key to ~${target.user}/.ssh/authorized_keys on ${hostName(target.host)}, or pass -i KEYFILE` +
               (skipped.length ? `; skipped ${skipped.join(', ')}` : ''),
             { host: label, cause: err },
           ),
