@@ -59,6 +59,96 @@ afterAll(async () => {
   await work?.remove();
 });
 
+describe.each([
+  ['helper', 'ssh2'],
+  ['sftp', 'ssh2'],
+  ['helper', 'openssh'],
+] as const)('~ on the remote side in %s mode over %s', (mode, transport) => {
+  const opts = () => common(['--mode', mode, '--transport', transport]);
+
+  it('pushes to ~/, ~ and ~/name: the login directory', async () => {
+    const dir = join(home, `push-${mode}-${transport}`);
+    await mkdir(dir);
+    await chown(dir, ...(await ownerOf(home)));
+    const r = await runFerry(['cp', src, at(user, `~/push-${mode}-${transport}/`), ...opts()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    // The summary names where the file went, ~ worked out.
+    expect(r.stdout).toContain(`-> ${at(user, `${dir}/src.bin`)}\n`);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+
+    const bare = await runFerry(['cp', src, at(user, '~'), ...opts()]);
+    expect(bare.stderr).toBe('');
+    expect(bare.code).toBe(0);
+    expect(await fileHash(join(home, 'src.bin'))).toBe(srcHash);
+
+    const named = await runFerry(['cp', src, at(user, `~/push-${mode}-${transport}/named.bin`), ...opts()]);
+    expect(named.stderr).toBe('');
+    expect(named.code).toBe(0);
+    expect(await fileHash(join(dir, 'named.bin'))).toBe(srcHash);
+    // Nothing called `~` was made anywhere.
+    expect((await readdir(home)).filter((n) => n.includes('~'))).toEqual([]);
+  });
+
+  it('pulls from ~/path', async () => {
+    const dir = join(work.path, `pull-${mode}-${transport}`);
+    await mkdir(dir);
+    const r = await runFerry(['cp', at(user, `~/push-${mode}-${transport}/src.bin`), `${dir}/`, ...opts()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`ferry: copied ${at(user, `${home}/push-${mode}-${transport}/src.bin`)} -> ${dir}/src.bin\n`);
+    expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+  });
+
+  it("pushes to and pulls from ~user/path: that user's home", async () => {
+    const r = await runFerry(['cp', src, at('root', `~${user}/push-${mode}-${transport}/as-root.bin`), ...opts()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(await fileHash(join(home, `push-${mode}-${transport}`, 'as-root.bin'))).toBe(srcHash);
+    const pulled = join(work.path, `pulled-user-${mode}-${transport}.bin`);
+    const p = await runFerry(['cp', at('root', `~${user}/push-${mode}-${transport}/as-root.bin`), pulled, ...opts()]);
+    expect(p.stderr).toBe('');
+    expect(p.code).toBe(0);
+    expect(await fileHash(pulled)).toBe(srcHash);
+  });
+
+  it('fails with exit 20 (push) and 10 (pull) for a ~user that does not exist, naming it', async () => {
+    const label = `${sshd.host}:${sshd.port}`;
+    const push = await runFerry(['cp', src, at('root', '~nosuchuser4711/in/'), ...opts()]);
+    expect({ code: push.code, stderr: push.stderr }).toEqual({
+      code: 20,
+      stderr: `ferry: error: destination ${label}:~nosuchuser4711/in/ cannot be created: there is no user nosuchuser4711 on ${label}: check the name after ~, or write the path out in full\n`,
+    });
+    const pull = await runFerry(['cp', at('root', '~nosuchuser4711/x.bin'), join(work.path, 'never.bin'), ...opts()]);
+    expect({ code: pull.code, stderr: pull.stderr }).toEqual({
+      code: 10,
+      stderr: `ferry: error: source ${label}:~nosuchuser4711/x.bin does not exist: there is no user nosuchuser4711 on ${label}; check the name after ~\n`,
+    });
+  });
+
+  it('never lets a remote path or a ~user name reach a shell unquoted', async () => {
+    const odd = `it's $(touch pwned-${mode}-${transport}) ;x`;
+    await mkdir(join(home, odd));
+    await chown(join(home, odd), ...(await ownerOf(home)));
+    const r = await runFerry(['cp', src, at(user, `~/${odd}/`), ...opts()]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(await fileHash(join(home, odd, 'src.bin'))).toBe(srcHash);
+    const name = `$(touch${'${IFS}'}pwned-${mode}-${transport})'x`;
+    const bad = await runFerry(['cp', src, at(user, `~${name}/x.bin`), ...opts()]);
+    expect(bad.code).toBe(20);
+    expect(bad.stderr).toContain(`there is no user ${name} on`);
+    // Neither ran: no such file where a shell would have made it (the login directory).
+    expect((await readdir(home)).filter((n) => n.startsWith('pwned'))).toEqual([]);
+  });
+});
+
+async function ownerOf(path: string): Promise<[number, number]> {
+  const { stat } = await import('node:fs/promises');
+  const st = await stat(path);
+  return [st.uid, st.gid];
+}
+
 /** Whether this machine can listen on the IPv6 loopback address (containers often cannot). */
 async function hasIpv6Loopback(): Promise<boolean> {
   return new Promise((resolve) => {

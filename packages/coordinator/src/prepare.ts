@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { homedir, userInfo } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { DISCARD_HOST, FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { DISCARD_HOST, FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation, tildePrefix, underHome } from '@ferry/core';
 import type { BadComponent, Direction, PathKind, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
@@ -196,6 +196,22 @@ function destinationDirError(host: string | undefined, given: string, dir: strin
   return new FerryError('DEST_DIR_MISSING', `destination directory ${placeOf(host, dir)} does not exist${first} create it first (ferry does not create directories)`, fields);
 }
 
+/**
+ * A remote path with scp's `~` and `~user` replaced by that directory (the
+ * login directory, or the user's home); other paths unchanged.
+ */
+async function expandHome(conn: RemoteConnection, path: string, role: 'source' | 'destination'): Promise<string> {
+  const tilde = tildePrefix(path);
+  if (!tilde) return path;
+  const home = await conn.homeDirectory(tilde.user);
+  if (home !== undefined) return underHome(home, tilde.rest);
+  const label = conn.label;
+  const fields = { host: label, path };
+  throw role === 'source'
+    ? new FerryError('SOURCE_NOT_FOUND', `source ${label}:${path} does not exist: there is no user ${tilde.user} on ${label}; check the name after ~`, fields)
+    : new FerryError('DEST_DIR_MISSING', `destination ${label}:${path} cannot be created: there is no user ${tilde.user} on ${label}: check the name after ~, or write the path out in full`, fields);
+}
+
 async function statLocalSource(path: string): Promise<{ size: number; mode: number; mtimeMs: number }> {
   let st;
   try {
@@ -219,7 +235,7 @@ async function statLocalSource(path: string): Promise<{ size: number; mode: numb
 /** Final remote path for a push: a directory gets the source's name; the parent must exist. */
 async function remoteTarget(conn: RemoteConnection, loc: RemoteLocation, sourceName: string): Promise<string> {
   const label = conn.label;
-  const given = loc.path;
+  const given = await expandHome(conn, loc.path, 'destination');
   let st: StatResult | undefined;
   try {
     st = await remoteStat(conn, given);
@@ -294,7 +310,7 @@ export async function createLocalSized(path: string, size: number): Promise<void
 /** The coordinator's connection in a discard job: there is no remote host, so any use is a bug. */
 function discardConnection(): RemoteConnection {
   const none = () => Promise.reject(new FerryError('INTERNAL', `a discard job (FERRY_BENCH_DISCARD) has no remote host to talk to`));
-  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, close: () => {} };
+  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, homeDirectory: none, close: () => {} };
 }
 
 export interface PrepareOptions {
@@ -403,7 +419,7 @@ export async function prepareCopy(source: string, destination: string, options: 
   onConnected?.(conn, remoteHost);
   try {
     const label = conn.label;
-    const given = remoteLoc.path;
+    const given = await expandHome(conn, remoteLoc.path, 'source');
     const st = await remoteStat(conn, given);
     if (!st) throw await sourceMissing(label, given, remoteKind(conn));
     if (st.type === 'directory') throw new FerryError('USAGE', `source ${label}:${given} is a directory: ferry cp copies one file`, { host: label, path: given });

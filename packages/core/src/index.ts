@@ -14,7 +14,7 @@ export type { RangePlan, ByteRange } from './ranges.js';
 export { IntervalSet } from './intervals.js';
 export { FerryError, EXIT_CODES, toFerryError, exitCodeOf, isErrorCode, errnoOf, destinationError } from './errors.js';
 export type { ErrorCode, ErrorData, FerryErrorFields } from './errors.js';
-export { parseLocation, formatLocation, hostLabel, hostName } from './location.js';
+export { parseLocation, formatLocation, hostLabel, hostName, tildePrefix, underHome } from './location.js';
 export { expandHostlist } from './hostlist.js';
 export type { Location, LocalLocation, RemoteLocation } from './location.js';
 export { createHasher, hashBytes, rootHash, isHashAlgorithm, HASH_ALGORITHMS } from './hash.js';

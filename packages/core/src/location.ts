@@ -71,3 +71,20 @@ export function hostLabel(loc: { host: string; port?: number | undefined }): str
   return loc.port && loc.port !== 22 ? `${host}:${loc.port}` : host;
 }
 
+/**
+ * The `~` or `~user` a remote path starts with, as scp reads it: the login
+ * directory, or that user's home directory; `rest` is what follows the first
+ * `/`. Undefined for any other path. (A local `~` is the shell's business.)
+ */
+export function tildePrefix(path: string): { user: string | undefined; rest: string } | undefined {
+  if (!path.startsWith('~')) return undefined;
+  const slash = path.indexOf('/');
+  const name = slash < 0 ? path.slice(1) : path.slice(1, slash);
+  return { user: name === '' ? undefined : name, rest: slash < 0 ? '' : path.slice(slash + 1) };
+}
+
+/** `rest` (from tildePrefix) under the directory `home`; a trailing `/` of `rest` stays. */
+export function underHome(home: string, rest: string): string {
+  if (rest === '') return home;
+  return `${home.replace(/\/+$/, '')}/${rest}`;
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FerryError, expandHostlist, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { FerryError, expandHostlist, formatLocation, hostLabel, parseLocation, tildePrefix, underHome } from '@ferry/core';
 
 function usageError(fn: () => unknown): FerryError {
   try {
@@ -212,5 +212,34 @@ describe('host lists', () => {
     expect(() => expandHostlist('dtn[1-2')).toThrow("unbalanced '[' in host list 'dtn[1-2'");
     expect(() => expandHostlist('dtn[a]')).toThrow("bad range 'a' in host list 'dtn[a]': use forms like node[1-4,7] or node[01-16]");
     expect(() => expandHostlist('a,,b')).toThrow("empty host name in host list 'a,,b'");
+  });
+});
+
+describe('tildePrefix and underHome (scp\'s ~ on the remote side)', () => {
+  it('reads ~ and ~/path as the login directory', () => {
+    expect(tildePrefix('~')).toEqual({ user: undefined, rest: '' });
+    expect(tildePrefix('~/')).toEqual({ user: undefined, rest: '' });
+    expect(tildePrefix('~/data/x')).toEqual({ user: undefined, rest: 'data/x' });
+    expect(tildePrefix('~/in/')).toEqual({ user: undefined, rest: 'in/' });
+  });
+
+  it('reads ~user and ~user/path as that user\'s home', () => {
+    expect(tildePrefix('~bob')).toEqual({ user: 'bob', rest: '' });
+    expect(tildePrefix('~bob/in/x')).toEqual({ user: 'bob', rest: 'in/x' });
+    // Whatever follows ~ up to the slash is the name, to be looked up quoted.
+    expect(tildePrefix("~a;b'c/x")).toEqual({ user: "a;b'c", rest: 'x' });
+  });
+
+  it('leaves other paths alone, a ~ inside a path included', () => {
+    expect(tildePrefix('/data/~x')).toBeUndefined();
+    expect(tildePrefix('data/~')).toBeUndefined();
+    expect(tildePrefix('.')).toBeUndefined();
+  });
+
+  it('puts the rest under the home directory, keeping a trailing slash', () => {
+    expect(underHome('/home/u', '')).toBe('/home/u');
+    expect(underHome('/home/u', 'in/')).toBe('/home/u/in/');
+    expect(underHome('/home/u/', 'x')).toBe('/home/u/x');
+    expect(underHome('/', 'x')).toBe('/x');
   });
 });
