@@ -47,6 +47,7 @@ import type { Completion, CopyOptions, JobSpec, RangePlan, ResolvedCopyOptions, 
 import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
+import { diesWithThisProcess } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
@@ -951,7 +952,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
     const ownAgents = ctx.agents - external;
-    const launcher = request.launcher ?? new LocalLauncher();
+    const launcher = request.launcher ?? new LocalLauncher({ wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
     const corrupt = process.env[CORRUPT_RANGES_ENV];
     const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
     const secretEnv = token ? { FERRY_NATS_TOKEN: token } : undefined;

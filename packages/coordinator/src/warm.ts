@@ -15,6 +15,7 @@ import type { RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, WarmHint } f
 import type { Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
 import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
+import { diesWithThisProcess } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
 import { mergeLaunched, runAgentInProcess } from './in-process.js';
@@ -137,6 +138,7 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   // Agents that will be needed whatever the job turns out to be; go() starts any more it needs.
   const count = Math.min(options.agents, Math.ceil(ahead / options.streams));
   const hintFor = (i: number) => warmHint(i, hosts, ssh, options, ahead);
-  const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
+  // Agents die with this process: without it (and NATS) they can do nothing useful.
+  const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor, wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
   return new WarmStart(processes, import('@ferry/agent'), hintFor, ssh);
 }

@@ -37,3 +37,5 @@ export {
   readKnownHostsFiles,
 } from './known-hosts.js';
 export type { KnownHostEntry } from './known-hosts.js';
+export { diesWithThisProcess, pdeathsigTool } from './parent-death.js';
+export type { DeathSignal } from './parent-death.js';
