@@ -16,6 +16,7 @@ import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  AgentPacer,
   BufferPool,
   COMPLETIONS_PER_MESSAGE,
   FerryError,
@@ -130,29 +131,13 @@ export function agentHelperTimeoutMs(ssh: SshSettings): number {
   return 4 * ssh.connectTimeoutMs;
 }
 
+/** How often an agent looks whether its connections moving data have become fewer (--limit-rate; AgentPacer.tick). */
+const RATE_TICK_MS = 100;
+
 /** Consecutive rounds over every remote host without one connection before the agent gives up. */
 const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Holds one connection to `bytesPerSec` on average (a token bucket that forgets idle time). */
-function makePacer(bytesPerSec: number): (n: number) => Promise<void> {
-  let start = Date.now();
-  let sent = 0;
-  let last = start;
-  return async (n) => {
-    const now = Date.now();
-    if (now - last > 1000) {
-      start = now;
-      sent = 0;
-    }
-    last = now;
-    sent += n;
-    const ahead = (sent / bytesPerSec) * 1000 - (now - start);
-    if (ahead > 0) await sleep(ahead);
-    last = Date.now();
-  };
-}
 
 function backoffMs(attempt: number): number {
   return Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
@@ -331,10 +316,27 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     throw e;
   }
 
+  // --limit-rate: one bucket for all this agent's connections, at the coordinator's share per
+  // connection moving data times their number (core's pacer.ts). Its count goes to the
+  // coordinator as it changes, and with every heartbeat.
+  const pacing = spec.connectionBytesPerSec > 0 ? new AgentPacer(spec.connectionBytesPerSec, Date.now()) : undefined;
+  const announce = (active: number | undefined) => {
+    if (active !== undefined) publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.active', agent: agentId, node, active });
+  };
+  const pace = pacing
+    ? (n: number): Promise<void> | undefined => {
+        const waitMs = pacing.take(n, Date.now());
+        return waitMs > 0 ? sleep(waitMs) : undefined;
+      }
+    : undefined;
+  const rateTicker = pacing ? setInterval(() => announce(pacing.tick()), RATE_TICK_MS) : undefined;
+  rateTicker?.unref();
+
   const onControl = (data: Uint8Array) => {
     try {
       const control = decodeControl(data, options.jobId);
       if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
+      else if (control.type === 'rate' && pacing && control.connectionBytesPerSec > 0 && Number.isFinite(control.connectionBytesPerSec)) pacing.setConnectionRate(control.connectionBytesPerSec, Date.now());
     } catch (e) {
       log(`ignoring control message: ${(e as Error).message}`);
     }
@@ -366,6 +368,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       rangesDone: summary.ranges,
       inFlight,
       pending: pendingRanges(),
+      ...(pacing ? { active: pacing.announced } : {}),
       errors: summary.errors,
       at: Date.now(),
     };
@@ -438,7 +441,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     let oldestPending = 0;
     let current: WorkPart | undefined;
     let failures = 0;
-    const pace = spec.connectionBytesPerSec > 0 ? makePacer(spec.connectionBytesPerSec) : undefined;
     const ticker = setInterval(() => {
       current?.working();
       for (const m of queued) m.working();
@@ -703,6 +705,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             await e;
           }
           if (!file) await connect();
+          // Connected, it moves data from now on: its agent's rate grows by a share (--limit-rate).
+          if (pacing) announce(pacing.start(slot, Date.now()));
           const job = {
             offset: item.offset,
             length: item.length,
@@ -791,6 +795,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         } finally {
           current = undefined;
           inFlight--;
+          // Nothing more to move here for now; with the queue drained, nothing more at all: the
+          // other connections get its share at once (--limit-rate).
+          if (pacing && queued.length === 0) announce(pacing.stop(slot, Date.now(), queue.drained));
         }
       }
       // Stopping: what is written is made durable and reported before the agent leaves.
@@ -799,6 +806,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       await settleDurable();
       giveBackPending();
     } finally {
+      announce(pacing?.stop(slot, Date.now(), true));
       giveBackQueued();
       await early?.catch(() => {});
       await settleDurable();
@@ -815,6 +823,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }
   } finally {
     clearInterval(hbTimer);
+    if (rateTicker) clearInterval(rateTicker);
     clearInterval(lonely);
     if (parentWatch) clearInterval(parentWatch);
     heartbeat();

@@ -19,6 +19,7 @@ import {
   IntervalSet,
   JOURNAL_VERSION,
   RangeHashes,
+  RateShares,
   MESSAGE_VERSION,
   CORRUPT_RANGES_ENV,
   decode,
@@ -698,6 +699,18 @@ async function transfer(ctx: TransferContext): Promise<void> {
     request.signal?.addEventListener('abort', onAbort, { once: true });
     cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
+    // --limit-rate: the cap over the connections moving data across the job, sent to every agent
+    // whenever an agent's count changes it, and once a second for agents that joined late.
+    const shares = options.limitBytesPerSec ? new RateShares(options.limitBytesPerSec) : undefined;
+    let sharePublished = spec.connectionBytesPerSec;
+    const publishShare = (always = false) => {
+      if (!shares) return;
+      const share = shares.perConnection(Date.now());
+      if (share === sharePublished && !always) return;
+      sharePublished = share;
+      nc!.publish(subjects.control, encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'rate', connectionBytesPerSec: share }));
+    };
+
     // Agent reports: heartbeats for progress and status, events for errors.
     const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; at: number; seenAt: number }>();
     let lastAgentError: FerryError | undefined;
@@ -709,6 +722,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
           const prev = heartbeats.get(hb.agent);
           const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
           heartbeats.set(hb.agent, { node: hb.node, bytes: hb.bytes, inFlight: hb.inFlight, pending: hb.pending ?? 0, errors: hb.errors, rate: prev ? 0.5 * prev.rate + 0.5 * rate : rate, at: hb.at, seenAt: Date.now() });
+          if (shares && typeof hb.active === 'number') {
+            shares.report(hb.agent, hb.active, Date.now());
+            publishShare();
+          }
         } catch {
           // a stray or foreign message: ignore
         }
@@ -720,6 +737,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
         try {
           const ev = decodeAgentEvent(msg.data, prep.jobId);
           if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
+          if (ev.type === 'agent.active' && shares && typeof ev.active === 'number') {
+            shares.report(ev.agent, ev.active, Date.now());
+            publishShare();
+          }
           if (ev.type === 'agent.error') {
             emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
             if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
@@ -840,6 +861,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
         }),
       });
       void mirror();
+      publishShare(true);
     };
     const progressTimer = setInterval(tick, 1000);
     cleanup.push(() => clearInterval(progressTimer));

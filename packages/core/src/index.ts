@@ -35,3 +35,4 @@ export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, allocAligned, hashStoredThrough, isAligned, openDirect } from './direct.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export type { BadComponent, PathKind } from './paths.js';
+export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';
