@@ -360,7 +360,8 @@ describe('ferry cp edge cases', () => {
       const found: string[] = [];
       for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
         const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-        if (cmd.includes('\0agent\0--warm')) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
+        // This checkout's agents only: other copies of ferry may be testing on the same machine.
+        if (cmd.includes(`${CLI}\0agent\0--warm`)) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
       }
       return found;
     };

@@ -159,7 +159,8 @@ describe('fault tolerance', () => {
   it('3. reconnects when the sshd process serving an agent connection is killed', async () => {
     const dir = join(work.path, 't3');
     await mkdir(dir);
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
+    // Slow enough that work is left for the connection killed below (see 3b).
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', '--limit-rate', '20MB', ...common(join(dir, 'state'))]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done', 4);
     // The newest session belongs to an agent (the coordinator connected first; agent 0,
@@ -197,7 +198,9 @@ describe('fault tolerance', () => {
   it('3b. with --transport openssh, reconnects when an agent\'s ssh process is killed', async () => {
     const dir = join(work.path, 't3b');
     await mkdir(dir);
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--transport', 'openssh', '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))]);
+    // Slow enough that work is left for the connection killed below: while agent 1's ssh
+    // processes log in, agent 0's first connection alone may take the whole cap.
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--transport', 'openssh', '--agents', '2', '--streams', '2', '--limit-rate', '20MB', ...common(join(dir, 'state'))]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done', 4);
     // ferry cp (running agent 0 itself) -> agent 1 -> one ssh process per connection.
