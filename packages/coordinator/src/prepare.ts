@@ -187,8 +187,8 @@ async function sourceMissing(host: string | undefined, path: string, probe: (pat
  * write in, naming the component at fault: the first one missing (to create),
  * or one that is a file. `given` is the destination as it was resolved.
  */
-function destinationDirError(host: string | undefined, given: string, dir: string, bad: BadComponent | undefined, cause?: unknown): FerryError {
-  const fields = { ...(host === undefined ? {} : { host }), path: bad?.path ?? dir, ...(cause === undefined ? {} : { cause }) };
+function destinationDirError(host: string | undefined, given: string, dir: string, bad: BadComponent | undefined): FerryError {
+  const fields = { ...(host === undefined ? {} : { host }), path: bad?.path ?? dir };
   if (bad?.problem === 'not-directory') {
     return new FerryError('DEST_DIR_MISSING', `destination ${placeOf(host, given)} cannot be created: ${bad.path} is not a directory: choose a destination in an existing directory`, fields);
   }

@@ -11,10 +11,10 @@
  * thread, which lives as long as the process; ferry starts no child from a
  * worker thread.
  *
- * Where setpriv is missing or too old for --pdeathsig (util-linux before 2.33;
- * macOS), children start as before and the other guards remain: agents watch
- * their parent pid, ssh ends when its stdin closes, and a rerun stops a stale
- * nats-server by its pid file.
+ * Where setpriv is missing (macOS, minimal containers) or older than
+ * util-linux 2.33, which added --pdeathsig, children start as before and the
+ * other guards remain: agents watch their parent pid, ssh ends when its stdin
+ * closes, and a rerun stops a stale nats-server by its pid file.
  */
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
@@ -28,7 +28,7 @@ let setprivPath: string | null | undefined;
  * for once per process. Its binary is searched for the option's name rather
  * than run: a probe run costs 10-15 ms on the 2-core test machine, on every
  * copy's critical path, and the option's name is in the binary exactly when
- * setpriv has it (util-linux 2.33 and later; RHEL 8's 2.32 does not).
+ * setpriv has it.
  */
 export function pdeathsigTool(): string | undefined {
   if (setprivPath === undefined) {
