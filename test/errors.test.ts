@@ -44,10 +44,26 @@ describe('ferry cp error cases', () => {
     expect(r.stderr).toBe(`ferry: error: source ${missing} does not exist: check the path\n`);
   });
 
-  it('exits 10 when the remote source does not exist, naming the host', async () => {
+  it('exits 10 when the remote source does not exist, naming the host and the first missing directory', async () => {
     const r = await runFerry(['cp', remote('/no/such/remote/file'), join(work.path, 'x'), ...common()]);
     expect(r.code).toBe(10);
-    expect(r.stderr).toBe(`ferry: error: source ${sshd.host}:${sshd.port}:/no/such/remote/file does not exist: check the path\n`);
+    expect(r.stderr).toBe(`ferry: error: source ${sshd.host}:${sshd.port}:/no/such/remote/file does not exist: /no is missing; check the path\n`);
+    const r2 = await runFerry(['cp', remote(join(work.path, 'no-such-file')), join(work.path, 'x'), ...common()]);
+    expect(r2.code).toBe(10);
+    expect(r2.stderr).toBe(`ferry: error: source ${sshd.host}:${sshd.port}:${work.path}/no-such-file does not exist: check the path\n`);
+  });
+
+  it.each(['helper', 'sftp'])('exits 10 naming a file that stands where a directory of the remote source should be (%s mode)', async (mode) => {
+    const r = await runFerry(['cp', remote(`${src}/inner.bin`), join(work.path, 'x'), '--mode', mode, ...common()]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({
+      code: 10,
+      stderr: `ferry: error: source ${sshd.host}:${sshd.port}:${src}/inner.bin does not exist: ${src} is not a directory; check the path\n`,
+    });
+  });
+
+  it('exits 10 naming a file that stands where a directory of the local source should be', async () => {
+    const r = await runFerry(['cp', `${src}/inner.bin`, remote(`${work.path}/`), ...common()]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 10, stderr: `ferry: error: source ${src}/inner.bin does not exist: ${src} is not a directory; check the path\n` });
   });
 
   it('exits 11 when the source cannot be read', async () => {
@@ -61,13 +77,47 @@ describe('ferry cp error cases', () => {
     expect(r.stderr).toBe(`ferry: error: cannot read source ${secret} (EACCES): check its permissions\n`);
   });
 
-  it('exits 20 when the remote directory is missing', async () => {
+  it('exits 20 when the remote directory is missing, naming the first missing one', async () => {
     const r = await runFerry(['cp', src, remote('/no/such/dir/'), ...common()]);
     expect(r.code).toBe(20);
-    expect(r.stderr).toBe(`ferry: error: destination directory ${sshd.host}:${sshd.port}:/no/such/dir/ does not exist: create it first (ferry does not create directories)\n`);
+    expect(r.stderr).toBe(`ferry: error: destination directory ${sshd.host}:${sshd.port}:/no/such/dir/ does not exist: /no is missing; create it first (ferry does not create directories)\n`);
     const r2 = await runFerry(['cp', src, remote('/no/such/dir/file.bin'), ...common()]);
     expect(r2.code).toBe(20);
-    expect(r2.stderr).toBe(`ferry: error: destination directory ${sshd.host}:${sshd.port}:/no/such/dir does not exist: create it first (ferry does not create directories)\n`);
+    expect(r2.stderr).toBe(`ferry: error: destination directory ${sshd.host}:${sshd.port}:/no/such/dir does not exist: /no is missing; create it first (ferry does not create directories)\n`);
+    const r3 = await runFerry(['cp', src, remote(`${work.path}/new-dir/file.bin`), ...common()]);
+    expect(r3.code).toBe(20);
+    expect(r3.stderr).toBe(`ferry: error: destination directory ${sshd.host}:${sshd.port}:${work.path}/new-dir does not exist: create it first (ferry does not create directories)\n`);
+  });
+
+  it.each(['helper', 'sftp'])('exits 20 naming a file that stands where a directory of the remote destination should be (%s mode)', async (mode) => {
+    // `src` is a regular file: `src/x` and `src/` cannot be written.
+    for (const [dest, under] of [[`${src}/x.bin`, src], [`${src}/`, src], [`${src}/deeper/x.bin`, src]] as const) {
+      const r = await runFerry(['cp', src, remote(dest), '--mode', mode, ...common()]);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({
+        code: 20,
+        stderr: `ferry: error: destination ${sshd.host}:${sshd.port}:${dest} cannot be created: ${under} is not a directory: choose a destination in an existing directory\n`,
+      });
+    }
+  });
+
+  it('exits 20 on a pull whose local destination is under a file or a missing directory, naming it', async () => {
+    const source = remote(src);
+    const underFile = await runFerry(['cp', source, `${src}/x.bin`, ...common()]);
+    expect({ code: underFile.code, stderr: underFile.stderr }).toEqual({
+      code: 20,
+      stderr: `ferry: error: destination ${src}/x.bin cannot be created: ${src} is not a directory: choose a destination in an existing directory\n`,
+    });
+    const missing = join(work.path, 'gone', 'deeper');
+    const under = await runFerry(['cp', source, `${missing}/x.bin`, ...common()]);
+    expect({ code: under.code, stderr: under.stderr }).toEqual({
+      code: 20,
+      stderr: `ferry: error: destination directory ${missing} does not exist: ${join(work.path, 'gone')} is missing; create it first (ferry does not create directories)\n`,
+    });
+    const slash = await runFerry(['cp', source, `${missing}/`, ...common()]);
+    expect({ code: slash.code, stderr: slash.stderr }).toEqual({
+      code: 20,
+      stderr: `ferry: error: destination directory ${missing}/ does not exist: ${join(work.path, 'gone')} is missing; create it first (ferry does not create directories)\n`,
+    });
   });
 
   it.each(['helper', 'sftp'])('exits 21 when the remote directory is not writable (%s mode)', async (mode) => {

@@ -45,6 +45,8 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Run under another uid/gid with setpriv (for permission tests as root). */
   asUser?: { uid: number; gid: number };
+  /** startFerry: in a process group of its own, as a shell runs a job (signal it with kill(-pid)). */
+  detached?: boolean;
 }
 
 export function runFerry(args: string[], options: RunOptions = {}): Promise<RunResult> {
@@ -134,7 +136,7 @@ export interface LiveRun {
 export function startFerry(args: string[], options: RunOptions = {}): LiveRun {
   const env = { ...process.env, ...options.env };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
-  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: options.detached === true });
   const events: FerryEvent[] = [];
   const waiters: Array<() => void> = [];
   let out = '';
@@ -196,6 +198,53 @@ export async function childPids(pid: number): Promise<number[]> {
     if (Number(rest[1]) === pid) out.push(Number(name));
   }
   return out.sort((a, b) => a - b);
+}
+
+export interface ProcessInfo {
+  pid: number;
+  /** Start time in clock ticks since boot (field 22 of /proc/PID/stat): a pid reused later has another. */
+  startedAt: number;
+  cmdline: string;
+}
+
+async function processInfo(pid: number): Promise<(ProcessInfo & { state: string; ppid: number }) | undefined> {
+  const { readFile } = await import('node:fs/promises');
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  if (!stat) return undefined;
+  // After the parenthesised command: state (3), ppid (4), ... starttime (22).
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).replace(/\0/g, ' ').trim();
+  return { pid, state: rest[0]!, ppid: Number(rest[1]), startedAt: Number(rest[19]), cmdline };
+}
+
+/** Every process below `pid` (children, their children, ...), as they are now. */
+export async function processTree(pid: number): Promise<ProcessInfo[]> {
+  const out: ProcessInfo[] = [];
+  let parents = [pid];
+  while (parents.length > 0) {
+    const next: number[] = [];
+    for (const parent of parents) {
+      for (const child of await childPids(parent)) {
+        const info = await processInfo(child);
+        if (info && info.state !== 'Z') {
+          out.push({ pid: info.pid, startedAt: info.startedAt, cmdline: info.cmdline });
+          next.push(child);
+        }
+      }
+    }
+    parents = next;
+  }
+  return out;
+}
+
+/** Those of `processes` still running (the same process, not a reused pid; a zombie has ended). */
+export async function stillRunning(processes: ProcessInfo[]): Promise<ProcessInfo[]> {
+  const out: ProcessInfo[] = [];
+  for (const p of processes) {
+    const now = await processInfo(p.pid);
+    if (now && now.state !== 'Z' && now.startedAt === p.startedAt) out.push(p);
+  }
+  return out;
 }
 
 export function isAlive(pid: number): boolean {

@@ -8,9 +8,10 @@
  * ```
  */
 export { LocalLauncher } from './local.js';
+export type { LocalLauncherOptions } from './local.js';
 export { WarmAgents } from './warm.js';
 export type { WarmSpec } from './warm.js';
-export type { StartOptions } from './process-group.js';
+export type { StartOptions, WrapCommand } from './process-group.js';
 export { SshLauncher } from './ssh.js';
 export type { SshLauncherOptions } from './ssh.js';
 export { SrunLauncher } from './srun.js';

@@ -112,6 +112,14 @@ export function watchExit(child: ChildProcess): Promise<ProcessEnd> {
   return end;
 }
 
-export function startProcess(file: string, args: string[], env: NodeJS.ProcessEnv, stdin: 'ignore' | 'pipe' = 'ignore'): ChildProcess {
-  return spawn(file, args, { env, stdio: [stdin, 'ignore', 'pipe'] });
+/**
+ * How a launcher's caller wants a local child's command line changed before
+ * it starts, e.g. so that it dies with this process (the coordinator passes
+ * transport's diesWithThisProcess; the launcher itself knows nothing of it).
+ */
+export type WrapCommand = (argv: string[]) => string[];
+
+export function startProcess(file: string, args: string[], env: NodeJS.ProcessEnv, stdin: 'ignore' | 'pipe' = 'ignore', wrap?: WrapCommand): ChildProcess {
+  const [run, ...runArgs] = wrap ? wrap([file, ...args]) : [file, ...args];
+  return spawn(run!, runArgs, { env, stdio: [stdin, 'ignore', 'pipe'] });
 }

@@ -11,7 +11,7 @@
 import { FerryError } from '@ferry/core';
 import type { WarmGo, WarmHint } from '@ferry/core';
 import { shellQuote, startProcess, track, watchExit } from './process-group.js';
-import type { Started, StartOptions } from './process-group.js';
+import type { Started, StartOptions, WrapCommand } from './process-group.js';
 import type { LaunchedAgents } from './types.js';
 
 export interface WarmSpec {
@@ -22,6 +22,8 @@ export interface WarmSpec {
   env: Record<string, string>;
   /** The agent index of the first process (the coordinator may run agent 0 itself). @default 0 */
   firstIndex?: number;
+  /** Changes each agent's command line before it starts (see WrapCommand). */
+  wrapCommand?: WrapCommand;
   hintFor(index: number): WarmHint;
 }
 
@@ -64,7 +66,7 @@ export class WarmAgents {
     // As with launched agents: they watch this pid and stop when the coordinator is gone.
     const env = { ...process.env, ...this.spec.env, FERRY_AGENT_PARENT_PID: String(process.pid) };
     const argv = [...args, '--warm'];
-    const child = startProcess(file, argv, env, 'pipe');
+    const child = startProcess(file, argv, env, 'pipe', this.spec.wrapCommand);
     void watchExit(child);
     // An agent that died early (a wrong command) shows in its exit status, not as EPIPE here.
     child.stdin?.on('error', () => {});

@@ -11,6 +11,7 @@ import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import {
+  AgentPacer,
   BufferPool,
   COMPLETIONS_PER_MESSAGE,
   FerryError,
@@ -126,29 +127,13 @@ export function agentHelperTimeoutMs(ssh: SshSettings): number {
   return 4 * ssh.connectTimeoutMs;
 }
 
+/** How often an agent looks whether its connections moving data have become fewer (--limit-rate; AgentPacer.tick). */
+const RATE_TICK_MS = 100;
+
 /** Consecutive rounds over every remote host without one connection before the agent gives up. */
 const HOST_ROUNDS_BEFORE_GIVING_UP = 4;
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Holds one connection to `bytesPerSec` on average (a token bucket that forgets idle time). */
-function makePacer(rate: () => number): (n: number) => Promise<void> {
-  let start = Date.now();
-  let sent = 0;
-  let last = start;
-  return async (n) => {
-    const now = Date.now();
-    if (now - last > 1000) {
-      start = now;
-      sent = 0;
-    }
-    last = now;
-    sent += n;
-    const ahead = (sent / rate()) * 1000 - (now - start);
-    if (ahead > 0) await sleep(ahead);
-    last = Date.now();
-  };
-}
 
 function backoffMs(attempt: number): number {
   return Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
@@ -323,6 +308,22 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   let setActive: (n: number) => void = (n) => {
     active = n;
   };
+  // --limit-rate: one bucket for all this agent's connections, at the coordinator's share per
+  // connection moving data times their number (core's pacer.ts). Its count goes to the
+  // coordinator as it changes, and with every heartbeat.
+  const pacing = spec.connectionBytesPerSec > 0 ? new AgentPacer(spec.connectionBytesPerSec, Date.now()) : undefined;
+  const announce = (moving: number | undefined) => {
+    if (moving !== undefined) publishEvent({ v: MESSAGE_VERSION, job: options.jobId, type: 'agent.active', agent: agentId, node, active: moving });
+  };
+  const pace = pacing
+    ? (n: number): Promise<void> | undefined => {
+        const waitMs = pacing.take(n, Date.now());
+        return waitMs > 0 ? sleep(waitMs) : undefined;
+      }
+    : undefined;
+  const rateTicker = pacing ? setInterval(() => announce(pacing.tick()), RATE_TICK_MS) : undefined;
+  rateTicker?.unref();
+
   const onControl = (data: Uint8Array) => {
     try {
       const control = decodeControl(data, options.jobId);
@@ -332,6 +333,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) throw new FerryError('PROTOCOL', `control 'streams' needs a positive integer, got ${String(n)}`);
         setActive(Math.min(spec.streams, n));
       }
+      else if (control.type === 'rate' && pacing && control.connectionBytesPerSec > 0 && Number.isFinite(control.connectionBytesPerSec)) pacing.setConnectionRate(control.connectionBytesPerSec, Date.now());
     } catch (e) {
       log(`ignoring control message: ${(e as Error).message}`);
     }
@@ -358,6 +360,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       rangesDone: summary.ranges,
       inFlight,
       pending: pendingRanges(),
+      ...(pacing ? { active: pacing.announced } : {}),
       errors: summary.errors,
       streams: active,
       connected: connectedSlots.size,
@@ -436,8 +439,6 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     let oldestPending = 0;
     let current: WorkPart | undefined;
     let failures = 0;
-    // --limit-rate: the job's cap shared by the connections working now (the tuner changes how many).
-    const pace = spec.connectionBytesPerSec > 0 ? makePacer(() => (spec.connectionBytesPerSec * spec.streams) / active) : undefined;
     const ticker = setInterval(() => {
       current?.working();
       for (const m of queued) m.working();
@@ -705,6 +706,8 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             await e;
           }
           if (!file) await connect();
+          // Connected, it moves data from now on: its agent's rate grows by a share (--limit-rate).
+          if (pacing) announce(pacing.start(slot, Date.now()));
           const job = {
             offset: item.offset,
             length: item.length,
@@ -793,6 +796,9 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
         } finally {
           current = undefined;
           inFlight--;
+          // Nothing more to move here for now; with the queue drained, nothing more at all: the
+          // other connections get its share at once (--limit-rate).
+          if (pacing && queued.length === 0) announce(pacing.stop(slot, Date.now(), queue.drained));
         }
       }
       // Stopping (or retiring): what is written is made durable and reported before the slot ends.
@@ -801,6 +807,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
       await settleDurable();
       giveBackPending();
     } finally {
+      announce(pacing?.stop(slot, Date.now(), true));
       giveBackQueued();
       await early?.catch(() => {});
       await settleDurable();
@@ -839,6 +846,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     }
   } finally {
     clearInterval(hbTimer);
+    if (rateTicker) clearInterval(rateTicker);
     clearInterval(lonely);
     if (parentWatch) clearInterval(parentWatch);
     heartbeat();

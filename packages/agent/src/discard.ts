@@ -38,6 +38,7 @@ export function discardConnection(label: string): RemoteConnection {
     unlink: none,
     hashRange: none,
     realpath: none,
+    homeDirectory: none,
     close: () => {
       alive = false;
     },

@@ -56,11 +56,20 @@ class NatsAgentBus implements AgentBus {
   }
 
   publishEvent(event: AgentEvent): void {
-    this.nc.publish(this.subjects.events, encodeMessage(event));
+    this.tell(this.subjects.events, encodeMessage(event));
   }
 
   publishHeartbeat(heartbeat: Heartbeat): void {
-    this.nc.publish(`${this.subjects.heartbeat}.${heartbeat.agent}`, encodeMessage(heartbeat));
+    this.tell(`${this.subjects.heartbeat}.${heartbeat.agent}`, encodeMessage(heartbeat));
+  }
+
+  /** Fire and forget: once the connection is closing (the agent is leaving), nobody is listening. */
+  private tell(subject: string, data: Uint8Array): void {
+    try {
+      this.nc.publish(subject, data);
+    } catch {
+      // closed
+    }
   }
 
   async listenControl(onControl: (data: Uint8Array) => void): Promise<void> {
@@ -72,7 +81,7 @@ class NatsAgentBus implements AgentBus {
     // A stop or stream count sent before this agent subscribed (a short job, an agent that
     // started late) is also in the job's bucket: read them once the subscription is in place.
     await this.nc.flush();
-    for (const key of ['streams', 'stop']) {
+    for (const key of ['streams', 'rate', 'stop']) {
       const said = await this.kv.get(key);
       if (said && said.operation === 'PUT' && said.length > 0) onControl(said.value);
     }

@@ -19,8 +19,8 @@ export interface RangeJob {
   onBytes?: (n: number) => void;
   /** Abandons the range between chunks (Ctrl-C, stop). */
   signal?: AbortSignal;
-  /** Rate cap: resolves when `n` more bytes may go. */
-  pace?: (n: number) => Promise<void>;
+  /** Rate cap: resolves when `n` more bytes may go (undefined: at once). Runs of zeros do not count: they cross as a few bytes. */
+  pace?: (n: number) => Promise<void> | undefined;
 }
 
 function checkAbort(signal: AbortSignal | undefined): void {
@@ -88,13 +88,14 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
         flipped = true;
       }
       job.onBytes?.(n);
-      if (job.pace) await job.pace(n);
       if (writer.zeros && !flipped && isAllZero(buf.subarray(head, head + n))) {
         // A run of zeros (a sparse region): a few bytes on the wire instead of n.
         pool.release(buf);
         await Promise.race([writer.zeros(n), writer.failed]);
         continue;
       }
+      const paced = job.pace?.(n);
+      if (paced) await paced;
       await Promise.race([writer.write(buf, head, head + n, () => pool.release(buf)), writer.failed]);
     }
     const { hash } = await writer.end();

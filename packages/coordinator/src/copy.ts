@@ -20,6 +20,7 @@ import {
   IntervalSet,
   JOURNAL_VERSION,
   RangeHashes,
+  RateShares,
   MESSAGE_VERSION,
   CORRUPT_RANGES_ENV,
   decode,
@@ -49,6 +50,7 @@ import type { Completion, CopyOptions, HashAlgorithm, JobSpec, RangePlan, Resolv
 import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
+import { diesWithThisProcess } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyEvent, CopySummary } from './events.js';
 import { JournalFile } from './journal-file.js';
@@ -673,7 +675,20 @@ async function transfer(ctx: TransferContext): Promise<void> {
     request.signal?.addEventListener('abort', onAbort, { once: true });
     cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
-    // Agent reports: heartbeats for progress, status and stream tuning, events for errors.
+    // --limit-rate: the cap over the connections moving data across the job, sent to every agent
+    // whenever an agent's count changes it (and kept for agents that join late), and once a
+    // second in case a message was lost.
+    const shares = options.limitBytesPerSec ? new RateShares(options.limitBytesPerSec) : undefined;
+    let sharePublished = spec.connectionBytesPerSec;
+    const publishShare = (always = false) => {
+      if (!shares) return;
+      const share = shares.perConnection(Date.now());
+      if (share === sharePublished && !always) return;
+      sharePublished = share;
+      void bus.control(encodeMessage({ v: MESSAGE_VERSION, job: prep.jobId, type: 'rate', connectionBytesPerSec: share }), 'rate');
+    };
+
+    // Agent reports: heartbeats for progress, status, stream tuning and rate shares, events for errors.
     const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; connected: number; utilization: number | undefined; idleCores: number | undefined; at: number; seenAt: number }>();
     let lastAgentError: FerryError | undefined;
     bus.onHeartbeat((data: Uint8Array) => {
@@ -694,6 +709,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
           at: hb.at,
           seenAt: Date.now(),
         });
+        if (shares && typeof hb.active === 'number') {
+          shares.report(hb.agent, hb.active, Date.now());
+          publishShare();
+        }
       } catch {
         // a stray or foreign message: ignore
       }
@@ -702,6 +721,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
       try {
         const ev = decodeAgentEvent(data, prep.jobId);
         if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
+        if (ev.type === 'agent.active' && shares && typeof ev.active === 'number') {
+          shares.report(ev.agent, ev.active, Date.now());
+          publishShare();
+        }
         if (ev.type === 'agent.error') {
           emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
           if (ev.fatal) lastAgentError = FerryError.fromData(ev.error);
@@ -831,6 +854,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
         }),
       });
       void mirror();
+      publishShare(true);
     };
     const progressTimer = setInterval(tick, 1000);
     cleanup.push(() => clearInterval(progressTimer));
@@ -942,7 +966,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
     const ownAgents = ctx.agents - external;
-    const launcher = request.launcher ?? new LocalLauncher();
+    const launcher = request.launcher ?? new LocalLauncher({ wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
     const corrupt = process.env[CORRUPT_RANGES_ENV];
     const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
     const secretEnv = bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : undefined;

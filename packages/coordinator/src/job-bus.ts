@@ -46,9 +46,10 @@ export interface JobBus {
   onMaxDeliveries(handler: (item: WorkItem | undefined, deliveries: number) => void): void;
   /**
    * Sends a control message to every agent; `key` also keeps it for agents
-   * that listen later ('stop', or the current 'streams').
+   * that listen later ('stop', the current 'streams' and 'rate'). Best
+   * effort: it never rejects (a bus closing takes no more messages).
    */
-  control(data: Uint8Array, key: 'stop' | 'streams'): Promise<void>;
+  control(data: Uint8Array, key: 'stop' | 'streams' | 'rate'): Promise<void>;
   /** Waits (a few seconds at most) until every completion stored so far has been handed over and acknowledged. */
   settle(): Promise<void>;
   /**

@@ -64,7 +64,7 @@ export class LocalBus implements JobBus {
   private event: (data: Uint8Array) => void = () => {};
   private maxDeliveries: (item: WorkItem | undefined, deliveries: number) => void = () => {};
   private readonly controls = new Set<(data: Uint8Array) => void>();
-  private readonly kept = new Map<'stop' | 'streams', Uint8Array>();
+  private readonly kept = new Map<'stop' | 'streams' | 'rate', Uint8Array>();
   private closed = false;
 
   async recover(_plan: RangePlan): Promise<Recovered> {
@@ -174,7 +174,7 @@ export class LocalBus implements JobBus {
     this.maxDeliveries = handler;
   }
 
-  async control(data: Uint8Array, key: 'stop' | 'streams'): Promise<void> {
+  async control(data: Uint8Array, key: 'stop' | 'streams' | 'rate'): Promise<void> {
     this.kept.set(key, data);
     for (const c of this.controls) c(data);
   }

@@ -122,9 +122,8 @@ export async function setupJobStreams(nc: NatsConnection, jsm: JetStreamManager,
   });
   const kv = await new Kvm(nc).create(s.kvBucket, { history: 1 });
   await kv.put('spec', encodeMessage(spec));
-  // A resumed job's bucket may hold the previous run's stop and stream count.
-  await kv.delete('stop');
-  await kv.delete('streams');
+  // A resumed job's bucket may hold the previous run's stop, stream count and rate share.
+  for (const key of ['stop', 'streams', 'rate']) await kv.delete(key);
   return kv;
 }
 
@@ -199,10 +198,15 @@ class NatsJobBus implements JobBus {
     );
   }
 
-  async control(data: Uint8Array, key: 'stop' | 'streams'): Promise<void> {
+  async control(data: Uint8Array, key: 'stop' | 'streams' | 'rate'): Promise<void> {
     // In the bucket first, for agents not subscribed yet (they read it after subscribing).
     await this.kv?.put(key, data).catch(() => {});
-    this.nc.publish(this.subjects.control, data);
+    try {
+      this.nc.publish(this.subjects.control, data);
+    } catch {
+      // The connection is closing (the job is over): nobody is left to tell.
+      return;
+    }
     await this.nc.flush().catch(() => {});
   }
 

@@ -10,6 +10,7 @@ import { constants } from 'node:fs';
 import { createServer, connect as netConnect } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { FerryError } from '@ferry/core';
+import { diesWithThisProcess } from '@ferry/transport';
 
 export interface EmbeddedNats {
   url: string;
@@ -140,9 +141,15 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
       [`listen: ${JSON.stringify(`${host}:${port}`)}`, `jetstream { store_dir: ${JSON.stringify(join(options.storeDir, 'jetstream'))} }`, 'authorization { token: $FERRY_NATS_TOKEN }', ''].join('\n'),
       { mode: 0o600 },
     );
-    const child: ChildProcess = spawn(bin, ['-c', config], {
+    // It dies with the coordinator, even one killed with SIGKILL (SIGTERM: it closes its store
+    // cleanly; a rerun finds the journal and that store). In a process group of its own: a
+    // Ctrl-C or a closed terminal must not stop it before the agents have reported what they
+    // made durable; the coordinator stops it once they have.
+    const [file, ...args] = diesWithThisProcess([bin, '-c', config], 'TERM');
+    const child: ChildProcess = spawn(file!, args, {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, FERRY_NATS_TOKEN: token },
+      detached: true,
     });
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {

@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { homedir, hostname, userInfo } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { DISCARD_HOST, FerryError, destinationError, errnoOf, formatLocation, hostLabel, parseLocation } from '@ferry/core';
-import type { Direction, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { DISCARD_HOST, FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation, tildePrefix, underHome } from '@ferry/core';
+import type { BadComponent, Direction, PathKind, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { DEFAULT_KEEPALIVE_COUNT_MAX, DEFAULT_KEEPALIVE_INTERVAL_MS, connectRemote, loadSshConfig, resolveRemoteHost } from '@ferry/transport';
 import type { ConfigSource, LocalFacts, RemoteConnection } from '@ferry/transport';
 
@@ -209,13 +209,90 @@ export function makeJobId(direction: Direction, source: string, target: string):
   return createHash('sha256').update(`${direction}\0${source}\0${target}`).digest('hex').slice(0, 16);
 }
 
+/** What a local path is, for firstBadDirectory: a missing one and one under a file alike are missing. */
+async function localKind(path: string): Promise<PathKind> {
+  try {
+    return (await stat(path)).isDirectory() ? 'directory' : 'other';
+  } catch (err) {
+    const errno = errnoOf(err);
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') return 'missing';
+    throw err;
+  }
+}
+
+/** A remote stat that answers undefined for a path under a file too (the helper says ENOTDIR, sftp-server "no such file"). */
+async function remoteStat(conn: RemoteConnection, path: string): Promise<StatResult | undefined> {
+  try {
+    return await conn.stat(path);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOTDIR') return undefined;
+    throw err;
+  }
+}
+
+function remoteKind(conn: RemoteConnection): (path: string) => Promise<PathKind> {
+  return async (path) => {
+    const st = await remoteStat(conn, path);
+    return !st ? 'missing' : st.type === 'directory' ? 'directory' : 'other';
+  };
+}
+
+/** `host:path`, or `path` for a local one. */
+function placeOf(host: string | undefined, path: string): string {
+  return host === undefined ? path : `${host}:${path}`;
+}
+
+/**
+ * Why a source that is not there is not there: the first directory on its way
+ * that is missing or is not a directory, when it is one of those, named.
+ */
+async function sourceMissing(host: string | undefined, path: string, probe: (path: string) => Promise<PathKind>, cause?: unknown): Promise<FerryError> {
+  const bad = await firstBadDirectory(posix.dirname(path), probe).catch(() => undefined);
+  const why = !bad ? '' : bad.problem === 'missing' ? ` ${bad.path} is missing;` : ` ${bad.path} is not a directory;`;
+  return new FerryError('SOURCE_NOT_FOUND', `source ${placeOf(host, path)} does not exist:${why} check the path`, {
+    ...(host === undefined ? {} : { host }),
+    path,
+    ...(cause === undefined ? {} : { cause }),
+  });
+}
+
+/**
+ * The error for a destination whose directory `dir` is not a directory one can
+ * write in, naming the component at fault: the first one missing (to create),
+ * or one that is a file. `given` is the destination as it was resolved.
+ */
+function destinationDirError(host: string | undefined, given: string, dir: string, bad: BadComponent | undefined): FerryError {
+  const fields = { ...(host === undefined ? {} : { host }), path: bad?.path ?? dir };
+  if (bad?.problem === 'not-directory') {
+    return new FerryError('DEST_DIR_MISSING', `destination ${placeOf(host, given)} cannot be created: ${bad.path} is not a directory: choose a destination in an existing directory`, fields);
+  }
+  const first = bad && bad.path.replace(/\/+$/, '') !== dir.replace(/\/+$/, '') ? `: ${bad.path} is missing;` : ':';
+  return new FerryError('DEST_DIR_MISSING', `destination directory ${placeOf(host, dir)} does not exist${first} create it first (ferry does not create directories)`, fields);
+}
+
+/**
+ * A remote path with scp's `~` and `~user` replaced by that directory (the
+ * login directory, or the user's home); other paths unchanged.
+ */
+async function expandHome(conn: RemoteConnection, path: string, role: 'source' | 'destination'): Promise<string> {
+  const tilde = tildePrefix(path);
+  if (!tilde) return path;
+  const home = await conn.homeDirectory(tilde.user);
+  if (home !== undefined) return underHome(home, tilde.rest);
+  const label = conn.label;
+  const fields = { host: label, path };
+  throw role === 'source'
+    ? new FerryError('SOURCE_NOT_FOUND', `source ${label}:${path} does not exist: there is no user ${tilde.user} on ${label}; check the name after ~`, fields)
+    : new FerryError('DEST_DIR_MISSING', `destination ${label}:${path} cannot be created: there is no user ${tilde.user} on ${label}: check the name after ~, or write the path out in full`, fields);
+}
+
 async function statLocalSource(path: string): Promise<{ size: number; mode: number; mtimeMs: number }> {
   let st;
   try {
     st = await stat(path);
   } catch (err) {
     const errno = errnoOf(err);
-    if (errno === 'ENOENT' || errno === 'ENOTDIR') throw new FerryError('SOURCE_NOT_FOUND', `source ${path} does not exist: check the path`, { path, cause: err });
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') throw await sourceMissing(undefined, path, localKind, err);
     throw new FerryError('SOURCE_UNREADABLE', `cannot access source ${path} (${errno ?? (err as Error).message}): check its permissions`, { path, cause: err });
   }
   if (st.isDirectory()) throw new FerryError('USAGE', `source ${path} is a directory: ferry cp copies one file`, { path });
@@ -232,27 +309,30 @@ async function statLocalSource(path: string): Promise<{ size: number; mode: numb
 /** Final remote path for a push: a directory gets the source's name; the parent must exist. */
 async function remoteTarget(conn: RemoteConnection, loc: RemoteLocation, sourceName: string): Promise<string> {
   const label = conn.label;
-  const given = loc.path;
+  const given = await expandHome(conn, loc.path, 'destination');
   let st: StatResult | undefined;
   try {
-    st = await conn.stat(given);
+    st = await remoteStat(conn, given);
   } catch (err) {
     throw destinationError(err, { host: label, path: given });
   }
-  let target: string;
-  if (st?.type === 'directory') target = posix.join(given, sourceName);
-  else if (given.endsWith('/')) {
-    throw new FerryError('DEST_DIR_MISSING', `destination directory ${label}:${given} does not exist: create it first (ferry does not create directories)`, { host: label, path: given });
-  } else target = given;
-  if (st?.type !== 'directory') {
-    const parent = posix.dirname(target);
-    const pst = await conn.stat(parent).catch((err: unknown) => {
-      throw destinationError(err, { host: label, path: parent });
-    });
-    if (!pst || pst.type !== 'directory') {
-      throw new FerryError('DEST_DIR_MISSING', `destination directory ${label}:${parent} does not exist: create it first (ferry does not create directories)`, { host: label, path: parent });
+  // The directory the file goes into must be there: `dir/` itself, or the parent of a file name.
+  const dir = st?.type === 'directory' ? undefined : given.endsWith('/') ? given : posix.dirname(given);
+  if (dir !== undefined) {
+    let dirStat: StatResult | undefined;
+    try {
+      dirStat = await remoteStat(conn, dir);
+    } catch (err) {
+      throw destinationError(err, { host: label, path: dir });
+    }
+    if (dirStat?.type !== 'directory') {
+      const bad = await firstBadDirectory(dir, remoteKind(conn)).catch((err: unknown) => {
+        throw destinationError(err, { host: label, path: dir });
+      });
+      throw destinationDirError(label, given, dir, bad);
     }
   }
+  const target = st?.type === 'directory' ? posix.join(given, sourceName) : given;
   const existing = st?.type === 'directory' ? await conn.stat(target) : st;
   if (existing && existing.type !== 'file') {
     throw new FerryError('USAGE', `destination ${label}:${target} exists and is not a regular file`, { host: label, path: target });
@@ -266,17 +346,25 @@ async function localTarget(given: string, sourceName: string): Promise<string> {
   try {
     st = await stat(abs);
   } catch (err) {
-    if (errnoOf(err) !== 'ENOENT') throw destinationError(err, { path: abs });
+    const errno = errnoOf(err);
+    if (errno !== 'ENOENT' && errno !== 'ENOTDIR') throw destinationError(err, { path: abs });
   }
   if (st?.isDirectory()) return join(abs, sourceName);
-  if (given.endsWith('/')) throw new FerryError('DEST_DIR_MISSING', `destination directory ${given} does not exist: create it first (ferry does not create directories)`, { path: given });
-  if (st && !st.isFile()) throw new FerryError('USAGE', `destination ${given} exists and is not a regular file`, { path: given });
-  const parent = dirname(abs);
+  if (st && !st.isFile() && !given.endsWith('/')) throw new FerryError('USAGE', `destination ${given} exists and is not a regular file`, { path: given });
+  // The directory the file goes into must be there: `dir/` itself, or the parent of a file
+  // name (as given: relative paths are looked at, and named, relative to here).
+  const dir = given.endsWith('/') ? given : dirname(given);
+  let kind: PathKind;
   try {
-    const pst = await stat(parent);
-    if (!pst.isDirectory()) throw Object.assign(new Error('not a directory'), { code: 'ENOTDIR' });
+    kind = await localKind(dir);
   } catch (err) {
-    throw destinationError(err, { path: parent });
+    throw destinationError(err, { path: resolve(dir) });
+  }
+  if (kind !== 'directory') {
+    const bad = await firstBadDirectory(dir, localKind).catch((err: unknown) => {
+      throw destinationError(err, { path: resolve(dir) });
+    });
+    throw destinationDirError(undefined, given, dir, bad);
   }
   return abs;
 }
@@ -296,7 +384,7 @@ export async function createLocalSized(path: string, size: number): Promise<void
 /** The coordinator's connection in a discard job: there is no remote host, so any use is a bug. */
 function discardConnection(): RemoteConnection {
   const none = () => Promise.reject(new FerryError('INTERNAL', `a discard job (FERRY_BENCH_DISCARD) has no remote host to talk to`));
-  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, close: () => {} };
+  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, homeDirectory: none, close: () => {} };
 }
 
 export interface PrepareOptions {
@@ -405,11 +493,12 @@ export async function prepareCopy(source: string, destination: string, options: 
   onConnected?.(conn, remoteHost);
   try {
     const label = conn.label;
-    const st = await conn.stat(remoteLoc.path);
-    if (!st) throw new FerryError('SOURCE_NOT_FOUND', `source ${label}:${remoteLoc.path} does not exist: check the path`, { host: label, path: remoteLoc.path });
-    if (st.type === 'directory') throw new FerryError('USAGE', `source ${label}:${remoteLoc.path} is a directory: ferry cp copies one file`, { host: label, path: remoteLoc.path });
-    if (st.type !== 'file') throw new FerryError('USAGE', `source ${label}:${remoteLoc.path} is not a regular file`, { host: label, path: remoteLoc.path });
-    const remotePath = await conn.realpath(remoteLoc.path).catch(() => remoteLoc.path);
+    const given = await expandHome(conn, remoteLoc.path, 'source');
+    const st = await remoteStat(conn, given);
+    if (!st) throw await sourceMissing(label, given, remoteKind(conn));
+    if (st.type === 'directory') throw new FerryError('USAGE', `source ${label}:${given} is a directory: ferry cp copies one file`, { host: label, path: given });
+    if (st.type !== 'file') throw new FerryError('USAGE', `source ${label}:${given} is not a regular file`, { host: label, path: given });
+    const remotePath = await conn.realpath(given).catch(() => given);
     try {
       const f = await conn.openFile(remotePath, 'read');
       await f.close();

@@ -15,6 +15,7 @@ import type { ModeChoice, RemoteHost, ResolvedCopyOptions, SshSettings, WarmGo, 
 import type { AgentBus, Preconnected } from '@ferry/agent';
 import { WarmAgents } from '@ferry/launcher';
 import type { LaunchedAgents, StartOptions } from '@ferry/launcher';
+import { diesWithThisProcess } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
 import { mergeLaunched, runAgentInProcess } from './in-process.js';
@@ -134,6 +135,7 @@ export async function startWarmAgents(request: CopyRequest, options: ResolvedCop
   // the data path the coordinator's connection finds (WarmStart.connect).
   const resolved: { mode: ModeChoice } = { mode: options.mode };
   const hintFor = (i: number) => warmHint(i, agents, remote.hosts, remote.ssh, { ...options, mode: resolved.mode }, ahead);
-  const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor });
+  // Agents die with this process: without it (and NATS) they can do nothing useful.
+  const processes = new WarmAgents({ count: count - 1, firstIndex: 1, command: request.agentCommand, env: {}, hintFor, wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
   return new WarmStart(processes, import('@ferry/agent'), hintFor, resolved);
 }

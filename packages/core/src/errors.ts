@@ -166,8 +166,9 @@ export function destinationError(err: unknown, where: { host?: string; path: str
     case 'EROFS':
       return new FerryError('DEST_NOT_WRITABLE', `permission denied writing ${at}: choose a directory you can write to, or fix its permissions`, fields);
     case 'ENOENT':
-    case 'ENOTDIR':
       return new FerryError('DEST_DIR_MISSING', `destination directory of ${at} does not exist: create it first (ferry does not create directories)`, fields);
+    case 'ENOTDIR':
+      return new FerryError('DEST_DIR_MISSING', `destination ${at} cannot be written: a component of its directory is not a directory: choose a destination in an existing directory`, fields);
     default: {
       const detail = err instanceof Error ? err.message : String(err);
       return new FerryError('DEST_IO', `I/O error writing ${at}: ${detail}`, fields);

@@ -47,17 +47,49 @@ export function parseLocation(text: string): Location {
   return { kind: 'remote', user: m[1], host: hosts[0]!, hosts, port, path: m[4] === '' ? '.' : m[4]! };
 }
 
-/** `user@host:port:path` back from a location, for messages. */
+/** `user@host:port:path` back from a location, for messages: text that parses to the same location. */
 export function formatLocation(loc: Location): string {
   if (loc.kind === 'local') return loc.path;
-  const host = loc.hosts.length > 1 ? loc.hosts.join(',') : loc.host.includes(':') ? `[${loc.host}]` : loc.host;
+  const host = loc.hosts.length > 1 ? loc.hosts.join(',') : hostName(loc.host);
   return `${loc.user ? `${loc.user}@` : ''}${host}${loc.port ? `:${loc.port}` : ''}:${loc.path}`;
 }
 
-/** `host` or `host:port`, how messages name a remote host (a RemoteHost's `label` when it has one). */
+/**
+ * A host as it is typed: an IPv6 address in brackets (`[::1]`), so that what
+ * follows it (`:2222`, `:/path`) reads as it would on a command line.
+ */
+export function hostName(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/**
+ * `host`, `host:port`, `[::1]` or `[::1]:2222`: how messages name a remote
+ * host, as it is typed (a RemoteHost's `label`, the alias from the command
+ * line, when it has one). `${hostLabel(h)}:${path}` is then a location a user
+ * can paste.
+ */
 export function hostLabel(loc: { host: string; port?: number | undefined; label?: string | undefined }): string {
   if (loc.label !== undefined) return loc.label;
-  return loc.port && loc.port !== 22 ? `${loc.host}:${loc.port}` : loc.host;
+  const host = hostName(loc.host);
+  return loc.port && loc.port !== 22 ? `${host}:${loc.port}` : host;
+}
+
+/**
+ * The `~` or `~user` a remote path starts with, as scp reads it: the login
+ * directory, or that user's home directory; `rest` is what follows the first
+ * `/`. Undefined for any other path. (A local `~` is the shell's business.)
+ */
+export function tildePrefix(path: string): { user: string | undefined; rest: string } | undefined {
+  if (!path.startsWith('~')) return undefined;
+  const slash = path.indexOf('/');
+  const name = slash < 0 ? path.slice(1) : path.slice(1, slash);
+  return { user: name === '' ? undefined : name, rest: slash < 0 ? '' : path.slice(slash + 1) };
+}
+
+/** `rest` (from tildePrefix) under the directory `home`; a trailing `/` of `rest` stays. */
+export function underHome(home: string, rest: string): string {
+  if (rest === '') return home;
+  return `${home.replace(/\/+$/, '')}/${rest}`;
 }
 
 /**

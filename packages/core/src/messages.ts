@@ -190,9 +190,9 @@ export interface JobSpec {
   /** Bytes of one range kept in flight on one connection. */
   windowBytes: number;
   /**
-   * Rate cap of one connection in bytes per second when every agent uses all
-   * `streams` slots, 0 for none; with fewer slots working, each gets
-   * `connectionBytesPerSec x streams / active`, so the job's cap holds.
+   * Rate cap of one connection moving data in bytes per second at the start,
+   * 0 for none: the cap over every connection slot of the job. The
+   * coordinator sends the share as it changes (a `rate` control message).
    */
   connectionBytesPerSec: number;
   /** Connections one remote host gets from the whole job at most, 0 for no cap. */
@@ -293,6 +293,8 @@ export interface Heartbeat {
   inFlight: number;
   /** Ranges written and waiting to be made durable. */
   pending?: number;
+  /** --limit-rate: its connections moving data, as last announced (see AgentPacer). */
+  active?: number;
   errors: number;
   /** Connection slots the agent works with now... */
   streams?: number;
@@ -308,11 +310,18 @@ export interface Heartbeat {
 export type ControlMessage =
   | { v: number; job: string; type: 'stop' | 'cancel'; reason?: string }
   /** Work with this many connection slots from now on (at most the spec's `streams`). */
-  | { v: number; job: string; type: 'streams'; streams: number };
+  | { v: number; job: string; type: 'streams'; streams: number }
+  /**
+   * --limit-rate: what each connection moving data may use from now on (the
+   * cap over the job's connections moving data; core's RateShares).
+   */
+  | { v: number; job: string; type: 'rate'; connectionBytesPerSec: number };
 
 export type AgentEvent =
   | { v: number; job: string; type: 'agent.started'; agent: string; node: string; pid: number; index: number }
-  | { v: number; job: string; type: 'agent.error'; agent: string; node: string; error: ErrorData; fatal: boolean };
+  | { v: number; job: string; type: 'agent.error'; agent: string; node: string; error: ErrorData; fatal: boolean }
+  /** --limit-rate: the agent's connections moving data changed (AgentPacer says when). */
+  | { v: number; job: string; type: 'agent.active'; agent: string; node: string; active: number };
 
 export interface JobSubjects {
   workStream: string;

@@ -214,12 +214,16 @@ describe('destinationError', () => {
     }
   });
 
-  it('maps ENOENT and ENOTDIR to DEST_DIR_MISSING', () => {
-    for (const errno of ['ENOENT', 'ENOTDIR']) {
-      const err = destinationError(sysError(errno), { host: 'h', path: '/no/such/f' });
-      expect(err.code).toBe('DEST_DIR_MISSING');
-      expect(err.message).toBe('destination directory of h:/no/such/f does not exist: create it first (ferry does not create directories)');
-    }
+  it('maps ENOENT to DEST_DIR_MISSING', () => {
+    const err = destinationError(sysError('ENOENT'), { host: 'h', path: '/no/such/f' });
+    expect(err.code).toBe('DEST_DIR_MISSING');
+    expect(err.message).toBe('destination directory of h:/no/such/f does not exist: create it first (ferry does not create directories)');
+  });
+
+  it('maps ENOTDIR to DEST_DIR_MISSING, saying that something on the way is not a directory', () => {
+    const err = destinationError(sysError('ENOTDIR'), { host: 'h', path: '/file/f' });
+    expect(err.code).toBe('DEST_DIR_MISSING');
+    expect(err.message).toBe('destination h:/file/f cannot be written: a component of its directory is not a directory: choose a destination in an existing directory');
   });
 
   it('maps any other error to DEST_IO with the original message', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FerryError, describeHost, expandHostlist, formatLocation, hostLabel, parseLocation, remoteHostKey } from '@ferry/core';
+import { FerryError, describeHost, expandHostlist, formatLocation, hostLabel, parseLocation, remoteHostKey, tildePrefix, underHome } from '@ferry/core';
 
 function usageError(fn: () => unknown): FerryError {
   try {
@@ -198,6 +198,20 @@ describe('hostLabel', () => {
   it('adds a port other than 22', () => {
     expect(hostLabel({ host: 'dtn01', port: 2222 })).toBe('dtn01:2222');
   });
+
+  it('brackets an IPv6 address, with or without a port, as it is typed', () => {
+    expect(hostLabel({ host: '::1' })).toBe('[::1]');
+    expect(hostLabel({ host: '::1', port: 22 })).toBe('[::1]');
+    expect(hostLabel({ host: '::1', port: 2222 })).toBe('[::1]:2222');
+    expect(hostLabel({ host: 'fe80::1:2', port: 2022 })).toBe('[fe80::1:2]:2022');
+  });
+
+  it('makes `label:path` a location that parses back to the same host, port and path', () => {
+    for (const text of ['[::1]:/tmp/x', '[::1]:2222:/tmp/x', 'dtn01:2222:/x', 'dtn01:rel']) {
+      const loc = parseLocation(text) as Extract<ReturnType<typeof parseLocation>, { kind: 'remote' }>;
+      expect(`${hostLabel(loc)}:${loc.path}`).toBe(text);
+    }
+  });
 });
 
 describe('host lists', () => {
@@ -217,5 +231,34 @@ describe('host lists', () => {
     expect(() => expandHostlist('dtn[1-2')).toThrow("unbalanced '[' in host list 'dtn[1-2'");
     expect(() => expandHostlist('dtn[a]')).toThrow("bad range 'a' in host list 'dtn[a]': use forms like node[1-4,7] or node[01-16]");
     expect(() => expandHostlist('a,,b')).toThrow("empty host name in host list 'a,,b'");
+  });
+});
+
+describe('tildePrefix and underHome (scp\'s ~ on the remote side)', () => {
+  it('reads ~ and ~/path as the login directory', () => {
+    expect(tildePrefix('~')).toEqual({ user: undefined, rest: '' });
+    expect(tildePrefix('~/')).toEqual({ user: undefined, rest: '' });
+    expect(tildePrefix('~/data/x')).toEqual({ user: undefined, rest: 'data/x' });
+    expect(tildePrefix('~/in/')).toEqual({ user: undefined, rest: 'in/' });
+  });
+
+  it('reads ~user and ~user/path as that user\'s home', () => {
+    expect(tildePrefix('~bob')).toEqual({ user: 'bob', rest: '' });
+    expect(tildePrefix('~bob/in/x')).toEqual({ user: 'bob', rest: 'in/x' });
+    // Whatever follows ~ up to the slash is the name, to be looked up quoted.
+    expect(tildePrefix("~a;b'c/x")).toEqual({ user: "a;b'c", rest: 'x' });
+  });
+
+  it('leaves other paths alone, a ~ inside a path included', () => {
+    expect(tildePrefix('/data/~x')).toBeUndefined();
+    expect(tildePrefix('data/~')).toBeUndefined();
+    expect(tildePrefix('.')).toBeUndefined();
+  });
+
+  it('puts the rest under the home directory, keeping a trailing slash', () => {
+    expect(underHome('/home/u', '')).toBe('/home/u');
+    expect(underHome('/home/u', 'in/')).toBe('/home/u/in/');
+    expect(underHome('/home/u/', 'x')).toBe('/home/u/x');
+    expect(underHome('/', 'x')).toBe('/x');
   });
 });

@@ -17,6 +17,9 @@ export function execCapture(client: Client, command: string, label: string, maxO
   return new Promise((resolve, reject) => {
     client.exec(command, (err, channel) => {
       if (err) return reject(new FerryError('CONNECTION_LOST', `cannot run a command on ${label}: ${err.message}`, { host: label, cause: err }));
+      // Nothing is written to a command: its stdin ends at once, so that one that reads it (an
+      // SFTP-only account runs sftp-server for every command) sees EOF and ends too.
+      channel.end();
       let stdout = '';
       let stderr = '';
       let code: number | null = null;

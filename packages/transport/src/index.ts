@@ -43,3 +43,5 @@ export {
   readKnownHostsSources,
 } from './known-hosts.js';
 export type { KnownHostEntry } from './known-hosts.js';
+export { diesWithThisProcess, pdeathsigTool } from './parent-death.js';
+export type { DeathSignal } from './parent-death.js';

@@ -6,11 +6,13 @@
  * checked by ssh itself against the same known_hosts file ferry would use.
  */
 import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { FerryError, describeHost, hostLabel } from '@ferry/core';
+import type { ChildProcess, ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
+import { FerryError, describeHost, hostLabel, hostName } from '@ferry/core';
 import type { RemoteHost, SshSettings } from '@ferry/core';
 import type { ExecResult } from './exec.js';
 import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './helper-client.js';
+import { diesWithThisProcess } from './parent-death.js';
 import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { HelperConnection } from './remote.js';
 import type { Fallback, RemoteConnection, RemoteOptions } from './remote.js';
@@ -47,7 +49,7 @@ export function classifySshFailure(stderr: string, exitCode: number | null, targ
   const label = hostLabel(target);
   // What ferry made of the configuration (ssh made its own; they agree but for Match exec and the like).
   const name = describeHost(target);
-  const address = target.route?.hostName ?? target.host;
+  const address = hostName(target.route?.hostName ?? target.host);
   const said = stderr.trim().split('\n').filter((l) => l.trim() && !/^\s*(@+|Warning: Permanently added)/.test(l)).slice(-3).join('; ');
   if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/i.test(stderr)) {
     return new FerryError(
@@ -96,11 +98,24 @@ function exited(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('close', () => resolve()));
 }
 
+/**
+ * Starts an `ssh` process that dies with this one (see parent-death.ts) and
+ * sits in a process group of its own: a Ctrl-C or a closed terminal signals
+ * the terminal's foreground group, and ssh would end at once, before the
+ * agent has made what it wrote through it durable. The agent ends it itself.
+ */
+function spawnSsh(file: string, args: string[], stdin: 'pipe'): ChildProcessByStdio<Writable, Readable, Readable>;
+function spawnSsh(file: string, args: string[], stdin: 'ignore'): ChildProcessByStdio<null, Readable, Readable>;
+function spawnSsh(file: string, args: string[], stdin: 'pipe' | 'ignore'): ChildProcess {
+  const [tied, ...tiedArgs] = diesWithThisProcess([file, ...args], 'KILL');
+  return spawn(tied!, tiedArgs, { stdio: [stdin, 'pipe', 'pipe'], detached: true });
+}
+
 /** Runs one short command over a fresh `ssh` process and captures its output. */
 function runOnce(target: RemoteHost, ssh: SshSettings, options: RemoteOptions, command: string): Promise<ExecResult> {
   const { file, args } = opensshArgs(target, ssh, options, command);
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawnSsh(file, args, 'ignore');
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
@@ -119,7 +134,7 @@ async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: Remot
   if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
   const { file, args } = opensshArgs(target, ssh, options, command);
   const helperTimeoutMs = options.helperTimeoutMs ?? ssh.connectTimeoutMs;
-  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawnSsh(file, args, 'pipe');
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-STDERR_TAIL_BYTES)));
   const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(missingClient(file, err))));

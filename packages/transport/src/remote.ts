@@ -84,6 +84,12 @@ export interface RemoteConnection {
   hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
   /** Absolute form of a remote path (relative paths are relative to the login directory). */
   realpath(path: string): Promise<string>;
+  /**
+   * The login directory (no `user`), or the home directory of `user` in the
+   * remote host's user database: what scp makes of `~` and `~user`.
+   * Undefined when there is no such user.
+   */
+  homeDirectory(user?: string): Promise<string | undefined>;
   close(): void;
 }
 
@@ -340,6 +346,29 @@ function watchClient(client: Client): { readonly ended: boolean } {
   return state;
 }
 
+/**
+ * The home directory of `user` from the remote host's user database (NSS:
+ * files, LDAP, ...) by `getent passwd`, the name quoted for the shell.
+ * Undefined when there is no such user.
+ */
+async function lookupHome(exec: (command: string) => Promise<ExecResult>, user: string, label: string): Promise<string | undefined> {
+  const res = await exec(`getent passwd -- ${shellQuote(user)}`);
+  // getent: 2 means the key is not in the database.
+  if (res.code === 2) return undefined;
+  if (res.code !== 0) {
+    const why = res.code === 127 || /not found/i.test(res.stderr) ? 'getent is not installed there' : `getent passwd exited with ${res.code ?? res.signal}${res.stderr.trim() ? `: ${res.stderr.trim()}` : ''}`;
+    throw new FerryError('USAGE', `cannot look up the home directory of ${user} on ${label} (${why}): write the path out in full instead of ~${user}`, { host: label });
+  }
+  // A numeric key is looked up as a uid; the shell's ~user means a name only. Lines a
+  // chatty shell start-up file printed are skipped the same way.
+  for (const line of res.stdout.split('\n')) {
+    const fields = line.split(':');
+    if (fields.length >= 7 && fields[0] === user && fields[5]) return fields[5];
+  }
+  // Success without the entry: not getent answering (an SFTP-only account runs sftp-server for any command).
+  throw new FerryError('USAGE', `cannot look up the home directory of ${user} on ${label} (getent passwd gave no entry for it): write the path out in full instead of ~${user}`, { host: label });
+}
+
 /** What a helper session runs over: an ssh2 connection or an `ssh` subprocess. */
 export interface HelperCarrier {
   readonly ended: boolean;
@@ -459,9 +488,24 @@ export class HelperConnection implements RemoteConnection {
 
   async realpath(path: string): Promise<string> {
     if (path.startsWith('/')) return path;
-    const res = await this.carrier.exec('pwd');
-    const home = res.stdout.trim();
+    const home = await this.loginDirectory();
     return path === '.' ? home : `${home}/${path}`;
+  }
+
+  /** Where sshd starts remote commands (and the helper): the login directory. */
+  private async loginDirectory(): Promise<string> {
+    const res = await this.carrier.exec('pwd');
+    // The last line: a chatty shell start-up file may have printed before.
+    const home = res.stdout.trim().split('\n').pop()?.trim() ?? '';
+    if (res.code !== 0 || !home.startsWith('/')) {
+      throw new FerryError('PROTOCOL', `cannot tell the login directory on ${this.label}: 'pwd' ${res.code === 0 ? `printed '${home}'` : `exited with ${res.code ?? res.signal}`}: write the remote path out in full`, { host: this.label });
+    }
+    return home;
+  }
+
+  async homeDirectory(user?: string): Promise<string | undefined> {
+    if (user === undefined) return this.loginDirectory();
+    return lookupHome((command) => this.carrier.exec(command), user, this.label);
   }
 
   close(): void {
@@ -709,6 +753,14 @@ class SftpConnection implements RemoteConnection {
 
   realpath(path: string): Promise<string> {
     return this.session.realpath(path);
+  }
+
+  async homeDirectory(user?: string): Promise<string | undefined> {
+    if (user === undefined) return this.session.realpath('.');
+    // Not SFTP's own extensions: OpenSSH before 9.5 answers `home-directory` with the
+    // login user's home whoever is asked for, and ssh2 1.17 sends `expand-path@openssh.com`
+    // malformed (the server drops the session).
+    return lookupHome((command) => execCapture(this.client, command, this.label), user, this.label);
   }
 
   close(): void {

@@ -14,7 +14,7 @@ import ssh2 from 'ssh2';
 import type { AnyAuthMethod, Client, ConnectConfig, ParsedKey } from 'ssh2';
 
 const { Client: SshClient, OpenSSHAgent, utils } = ssh2;
-import { FerryError, describeHost, hostLabel } from '@ferry/core';
+import { FerryError, describeHost, hostLabel, hostName } from '@ferry/core';
 import type { RemoteHost, SshRoute, SshSettings } from '@ferry/core';
 import { gatherWrites } from './gather-writes.js';
 import { usePacketRing } from './packet-ring.js';
@@ -308,7 +308,7 @@ async function login(hop: Hop, label: string, sock: Duplex | undefined, options:
         return fail(
           new FerryError(
             'SSH_AUTH_FAILED',
-            `authentication as ${target.user}@${name} failed (tried ${tried.join(', ')}): add your public key to ~${target.user}/.ssh/authorized_keys on ${route.hostName}, or pass -i KEYFILE` +
+            `authentication as ${target.user}@${name} failed (tried ${tried.join(', ')}): add your public key to ~${target.user}/.ssh/authorized_keys on ${hostName(route.hostName)}, or pass -i KEYFILE` +
               (skipped.length ? `; skipped ${skipped.join(', ')}` : '') +
               (kerberos ? `; the server also takes Kerberos (gssapi-with-mic), which GSSAPIAuthentication asks for (${route.gssapi}) and the embedded client cannot do: use --transport openssh` : ''),
             { host: label, cause: err },
