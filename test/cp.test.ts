@@ -3,14 +3,14 @@
  * (embedded, started by ferry), in both directions and both data paths.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdir, open, readdir, readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, stat, statfs, truncate, utimes, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openDirect } from '@ferry/core';
+import { LOCAL_DISK_FILESYSTEMS, openDirect } from '@ferry/core';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { CLI, fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
@@ -402,17 +402,35 @@ describe('ferry cp edge cases', () => {
     const pushed = join(dir, 'pushed.bin');
     const pulled = join(dir, 'pulled.bin');
     const buffered = join(dir, 'buffered.bin');
+    const autoPushed = join(dir, 'auto-pushed.bin');
+    const autoPulled = join(dir, 'auto-pulled.bin');
     const flags = ['--agents', '1', '--streams', '2', '--range-size', '16MiB', '-v', ...common()];
     const push = await runFerry(['cp', src, remote(pushed), '--direct-io', ...flags]);
     const pull = await runFerry(['cp', remote(src), pulled, '--direct-io', ...flags]);
-    const plain = await runFerry(['cp', remote(src), buffered, ...flags]);
-    for (const r of [push, pull, plain]) expect(r.code).toBe(0);
+    const plain = await runFerry(['cp', remote(src), buffered, '--no-direct-io', ...flags]);
+    // No flag: direct I/O where the destination is on a local disk file system (ext4, xfs, btrfs, f2fs).
+    const autoPush = await runFerry(['cp', src, remote(autoPushed), ...flags]);
+    const autoPull = await runFerry(['cp', remote(src), autoPulled, ...flags]);
+    for (const r of [push, pull, plain, autoPush, autoPull]) expect(r.code).toBe(0);
     // perl is on this machine's PATH: the helper grew sshd's pipes and -v has nothing to say of them.
     for (const r of [push, pull, plain]) expect(r.stderr).not.toContain("sshd's pipes");
     // Hashing reads the copies into the page cache: after fincore, below.
     const identical = async () => {
-      for (const path of [pushed, pulled, buffered]) expect(await fileHash(path)).toBe(srcHash);
+      for (const path of [pushed, pulled, buffered, autoPushed, autoPulled]) expect(await fileHash(path)).toBe(srcHash);
     };
+    // fincore: bytes of the file in the page cache. Direct writes leave none behind
+    // but the tail's page; buffered writes leave the whole file.
+    const resident = async (path: string) => Number((await execFileP('fincore', ['--bytes', '--noheadings', '--output', 'RES', path])).stdout.trim());
+    const localDisk = LOCAL_DISK_FILESYSTEMS.has((await statfs(dir)).type);
+    expect(await resident(buffered)).toBeGreaterThan(32 * MiB);
+    for (const path of [autoPushed, autoPulled]) {
+      if (localDisk) expect(await resident(path)).toBeLessThanOrEqual(64 * 1024);
+      else expect(await resident(path)).toBeGreaterThan(32 * MiB);
+    }
+    if (!localDisk) {
+      expect(autoPush.stderr).toContain('direct I/O: 127.0.0.1');
+      expect(autoPush.stderr).toContain('is not a local disk file system ferry writes around the page cache by default');
+    }
     // Both ends write into this directory's file system. Where it has no direct I/O
     // (tmpfs before Linux 6.6), the copies must still be right and -v must say so.
     const probe = await openDirect(src);
@@ -425,11 +443,7 @@ describe('ferry cp edge cases', () => {
     }
     await probe.fh.close();
     for (const r of [push, pull, plain]) expect(r.stderr).not.toContain('page cache');
-    // fincore: bytes of the file in the page cache. Direct writes leave none behind
-    // but the tail's page; buffered writes leave the whole file.
-    const resident = async (path: string) => Number((await execFileP('fincore', ['--bytes', '--noheadings', '--output', 'RES', path])).stdout.trim());
     for (const path of [pushed, pulled]) expect(await resident(path)).toBeLessThanOrEqual(64 * 1024);
-    expect(await resident(buffered)).toBeGreaterThan(32 * MiB);
     await identical();
   });
 

@@ -8,15 +8,18 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { readFile, stat, statfs, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FRAME_HEADER_BYTES, FerryError, hashBytes } from '@ferry/core';
+import { FRAME_HEADER_BYTES, FerryError, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, hashBytes } from '@ferry/core';
 import { HelperClient } from '@ferry/transport';
 import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
 import { tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
+const execFileP = promisify(execFile);
 
 /** Directories whose python3 the helper is run with: the system's, and pyenv's 3.6 where a developer has it. */
 const PYTHONS = [{ name: 'the system python3', dir: '/usr/bin' }, ...['3.6.15'].map((v) => ({ name: `python ${v}`, dir: `/root/.pyenv/versions/${v}/bin` })).filter((p) => existsSync(join(p.dir, 'python3')))];
@@ -100,6 +103,29 @@ describe.each(PYTHONS)("ferry's python helper under $name", ({ dir }) => {
     helper.close();
   });
 
+  it("writes whole pages around the page cache where OPEN asks for direct I/O ('auto': on a local disk file system), the rest buffered", async () => {
+    const { helper } = await startHelper(dir);
+    const path = join(work.path, `${dir.replace(/\W/g, '_')}-direct.bin`);
+    const size = 3 * MiB + 1234;
+    const data = randomBytes(size);
+    const { handle: created } = await helper.open(path, 'create', { size });
+    await helper.closeFile(created);
+    const opened = await helper.open(path, 'write', { direct: 'auto' });
+    const fsType = (await statfs(work.path)).type;
+    const local = LOCAL_DISK_FILESYSTEMS.has(fsType);
+    expect(opened.direct).toBe(local);
+    if (!local) expect(opened.directReason).toMatch(/is not a local disk file system ferry writes around the page cache by default/);
+    expect(await writeRange(helper, opened.handle, 0, data, 'crc32')).toBe(hashBytes('crc32', data));
+    await helper.fsync(opened.handle);
+    await helper.closeFile(opened.handle);
+    // Direct writes leave nothing in the page cache; the buffered tail (1234 bytes) leaves its page.
+    const resident = Number((await execFileP('fincore', ['--bytes', '--noheadings', '--output', 'RES', path])).stdout.trim());
+    if (local) expect(resident).toBeLessThanOrEqual(4096);
+    else expect(resident).toBeGreaterThan(3 * MiB);
+    expect((await readFile(path)).equals(data)).toBe(true);
+    helper.close();
+  });
+
   it('sets mode and times, renames, stats and unlinks', async () => {
     const { helper } = await startHelper(dir);
     const a = join(work.path, `${dir.replace(/\W/g, '_')}-a`);
@@ -148,6 +174,13 @@ describe.each(PYTHONS)("ferry's python helper under $name", ({ dir }) => {
     const w = helper.writeRange(handle, 5, 10, 'crc32');
     await expect(w.end()).rejects.toMatchObject({ code: 'PROTOCOL', message: `range [5, 15) lies beyond the end (10) of here:${path}` });
     expect((await stat(path)).size).toBe(10);
+  });
+});
+
+describe('the helper source', () => {
+  it("names the same local disk file systems as core (direct I/O by default there)", () => {
+    const listed = /^LOCAL_DISK_FILESYSTEMS = \(([^)]*)\)$/m.exec(pythonHelperScript().toString('utf8'))?.[1];
+    expect(listed?.split(',').map((s) => s.trim().replace(/'/g, ''))).toEqual([...LOCAL_DISK_FILESYSTEM_NAMES]);
   });
 });
 

@@ -26,7 +26,7 @@ import {
   hashStoredThrough,
   hostLabel,
   makeCompletionBatch,
-  openDirect,
+  openDirectAuto,
   splitWorkItem,
   workItemCount,
   globalSlot,
@@ -150,12 +150,15 @@ async function openLocal(spec: JobSpec): Promise<FileHandle> {
   }
 }
 
-/** Pull: the local file's writer, with an O_DIRECT handle under --direct-io where the file system has it. */
+/**
+ * Pull: the local file's writer, with an O_DIRECT handle where the file system
+ * has it (--direct-io) or is a local disk one (the default).
+ */
 async function localWriterOf(local: FileHandle, spec: JobSpec, log: (line: string) => void): Promise<FileWriter> {
-  if (spec.directIo !== true) return new FileWriter(local);
-  const d = await openDirect(spec.localPath);
+  if (spec.directIo === undefined) return new FileWriter(local);
+  const d = await openDirectAuto(spec.localPath, spec.directIo);
   if ('fh' in d) return new FileWriter(local, d.fh);
-  log(`--direct-io: writing through the page cache: ${d.reason}`);
+  log(`${spec.directIo === true ? '--direct-io' : 'direct I/O'}: writing through the page cache: ${d.reason}`);
   return new FileWriter(local);
 }
 
@@ -537,10 +540,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
           conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh), signal: abort.signal })));
           if (conn.sharedHelper === 'joined') log(`slot ${slot}: joined the shared helper on ${hostLabel(host)}`);
-          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', { direct: spec.directIo === true });
+          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', spec.directIo === undefined ? {} : { direct: spec.directIo });
           if (file.direct === false && !directNoted) {
             directNoted = true;
-            log(`--direct-io: ${hostLabel(host)} writes through its page cache: ${file.directReason ?? 'not supported there'}`);
+            log(`${spec.directIo === true ? '--direct-io' : 'direct I/O'}: ${hostLabel(host)} writes through its page cache: ${file.directReason ?? 'not supported there'}`);
           }
           if (file.pipesReason !== undefined && !pipesNoted) {
             pipesNoted = true;

@@ -226,7 +226,8 @@ function addCopyOptions(cmd: Command): Command {
     .addOption(new Option('--transport <client>', 'SSH client of the data connections: ssh2 (embedded) or openssh (an ssh process per connection: ~/.ssh/config applies, helper mode only)').choices(['ssh2', 'openssh']).default('ssh2'))
     .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
-    .option('--direct-io', 'write the destination with O_DIRECT, around the page cache (helper mode; falls back to buffered writes where the file system refuses)')
+    .option('--direct-io', 'write the destination with O_DIRECT, around the page cache, on any file system (default: only on a local disk file system: ext4, xfs, btrfs, f2fs; falls back to buffered writes where the file system refuses)')
+    .option('--no-direct-io', 'write the destination through the page cache, even on a local disk file system')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
     .option('-F, --ssh-config <file>', "ssh client configuration to read instead of ~/.ssh/config and /etc/ssh/ssh_config, as ssh -F ('none': none)")
@@ -268,7 +269,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.rangeSize !== undefined) o.rangeSize = opts.rangeSize as string;
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
-  if (opts.directIo === true) o.directIo = true;
+  if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;
   if (opts.verify === true) o.verify = true;
   if (opts.sharedHelper === true) o.sharedHelper = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;

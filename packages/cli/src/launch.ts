@@ -146,6 +146,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
   for (const id of (opts.identity as string[] | undefined) ?? []) out.push('-i', id);
   const flags: Array<[string, string]> = [['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
   for (const [key, flag] of flags) if (opts[key] === true) out.push(flag);
+  if (opts.directIo === false) out.push('--no-direct-io');
   return out;
 }
 

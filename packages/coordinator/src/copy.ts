@@ -645,7 +645,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       ssh: prep.ssh,
       createdAt: Date.now(),
       ...(prep.discard ? { discard: true } : {}),
-      ...(options.directIo ? { directIo: true } : {}),
+      ...(options.directIo === 'off' ? {} : { directIo: options.directIo === 'on' ? true : ('auto' as const) }),
       ...(options.verify ? { verify: true } : {}),
     };
     await bus.start(spec);

@@ -18,7 +18,7 @@
  * changes speed, never the bytes.
  */
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, statfs } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { destinationError, errnoOf } from './errors.js';
 import { createHasher } from './hash.js';
@@ -29,6 +29,41 @@ import { SerialQueue } from './serial.js';
 
 /** Alignment of address, position and length for an O_DIRECT write: a page, which covers 512- and 4096-byte sectors. */
 export const DIRECT_ALIGNMENT = 4096;
+
+/**
+ * Whether the destination is written with O_DIRECT: always (`--direct-io`),
+ * never (`--no-direct-io`), or `auto` (the default): where it sits on a local
+ * disk file system (LOCAL_DISK_FILESYSTEMS), through the page cache elsewhere.
+ */
+export type DirectIoChoice = 'auto' | 'on' | 'off';
+
+/**
+ * File systems on a local block device, by statfs f_type, that take ferry's
+ * aligned 1 MiB O_DIRECT writes well: `auto` writes around the page cache
+ * there. Not network or parallel file systems (NFS, Lustre, GPFS, CephFS,
+ * BeeGFS): there a direct write is a synchronous round trip to a server, which
+ * the client's write-behind would have overlapped; nor tmpfs (no device) or
+ * unknown ones.
+ */
+export const LOCAL_DISK_FILESYSTEMS: ReadonlyMap<number, string> = new Map([
+  [0xef53, 'ext4'],
+  [0x58465342, 'xfs'],
+  [0x9123683e, 'btrfs'],
+  [0xf2f52010, 'f2fs'],
+]);
+
+/** The same file systems as /proc/self/mountinfo names them (ext2 and ext3 share ext4's f_type). */
+export const LOCAL_DISK_FILESYSTEM_NAMES: readonly string[] = ['ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs'];
+
+/**
+ * For `auto`: whether to write a file on a file system of statfs type
+ * `fsType` with O_DIRECT, and if not, why not (for -v).
+ */
+export function directIoFits(fsType: number): { direct: true; fs: string } | { direct: false; reason: string } {
+  const fs = LOCAL_DISK_FILESYSTEMS.get(fsType >>> 0);
+  if (fs) return { direct: true, fs };
+  return { direct: false, reason: `its file system (statfs type 0x${(fsType >>> 0).toString(16)}) is not a local disk file system ferry writes around the page cache by default (${[...new Set(LOCAL_DISK_FILESYSTEMS.values())].join(', ')}); --direct-io forces it` };
+}
 
 const WASM_PAGE = 65536;
 
@@ -78,6 +113,24 @@ export async function openDirect(path: string): Promise<{ fh: FileHandle } | { r
     if (errno === 'EINVAL') return { reason: `the file system of ${path} does not support direct I/O (O_DIRECT: EINVAL)` };
     return { reason: `${path} cannot be opened with O_DIRECT: ${errno ?? (err as Error).message}` };
   }
+}
+
+/**
+ * openDirect for `--direct-io` (`true`) or its default (`auto`: only where the
+ * file sits on a local disk file system, directIoFits), or why not.
+ */
+export async function openDirectAuto(path: string, choice: true | 'auto'): Promise<{ fh: FileHandle } | { reason: string }> {
+  if (choice === 'auto') {
+    let type: number;
+    try {
+      type = (await statfs(path)).type;
+    } catch (err) {
+      return { reason: `the file system of ${path} cannot be told (statfs: ${errnoOf(err) ?? (err as Error).message})` };
+    }
+    const fits = directIoFits(type);
+    if (!fits.direct) return { reason: fits.reason };
+  }
+  return openDirect(path);
 }
 
 /**

@@ -34,7 +34,8 @@ export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS
 export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
 export { SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
-export { DIRECT_ALIGNMENT, FileWriter, allocAligned, hashStoredThrough, isAligned, openDirect } from './direct.js';
+export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';
+export type { DirectIoChoice } from './direct.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';

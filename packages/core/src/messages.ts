@@ -208,8 +208,12 @@ export interface JobSpec {
   durableIntervalMs: number;
   ssh: SshSettings;
   createdAt: number;
-  /** --direct-io: aligned writes of the destination bypass its page cache (O_DIRECT). */
-  directIo?: boolean;
+  /**
+   * Aligned writes of the destination bypass its page cache (O_DIRECT): `true`
+   * (--direct-io), `auto` (the default: where the destination is on a local
+   * disk file system, core's directIoFits); absent: never (--no-direct-io).
+   */
+  directIo?: true | 'auto';
   /**
    * --verify: after its fsync, every range is read back from the destination's
    * storage and hashed again; the hash as received is not enough to count it done.

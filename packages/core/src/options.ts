@@ -3,6 +3,7 @@
  * resolved once into `ResolvedCopyOptions` (numbers with units in their names).
  * All defaults live here.
  */
+import type { DirectIoChoice } from './direct.js';
 import { FerryError } from './errors.js';
 import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
 import type { HashAlgorithm } from './hash.js';
@@ -68,7 +69,10 @@ export interface CopyOptions {
   sshCmd?: string;
   /** Preserve mode and modification time. @default false */
   preserve?: boolean;
-  /** Write the destination with O_DIRECT where aligned (helper mode). @default false */
+  /**
+   * Write the destination with O_DIRECT where aligned: true always, false never.
+   * @default where the destination is on a local disk file system (ext4, xfs, btrfs, f2fs)
+   */
   directIo?: boolean;
   /** Read every range back from the destination's storage after its fsync and hash it again. @default false */
   verify?: boolean;
@@ -127,7 +131,7 @@ export interface ResolvedCopyOptions {
   /** The ssh program and its leading arguments (openssh transport). */
   sshCommand: string[];
   preserve: boolean;
-  directIo: boolean;
+  directIo: DirectIoChoice;
   verify: boolean;
   sharedHelper: boolean;
   knownHostsFile: string | undefined;
@@ -233,7 +237,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     transport,
     sshCommand,
     preserve: options.preserve ?? false,
-    directIo: options.directIo ?? false,
+    directIo: options.directIo === undefined ? 'auto' : options.directIo ? 'on' : 'off',
     verify: options.verify ?? false,
     sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,

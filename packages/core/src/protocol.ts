@@ -85,8 +85,12 @@ export interface OpenBody {
   policy: OpenPolicy;
   size?: number;
   mode?: number;
-  /** With policy 'write': write aligned data with O_DIRECT (the OK says whether the file system allows it). */
-  direct?: boolean;
+  /**
+   * With policy 'write': write aligned data with O_DIRECT (the OK says whether
+   * the file system allows it); `auto`: only where the file is on a local disk
+   * file system (core's directIoFits), through the page cache elsewhere.
+   */
+  direct?: boolean | 'auto';
 }
 export interface WriteBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface ReadBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
@@ -208,7 +212,7 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.policy !== 'create' && b.policy !== 'write' && b.policy !== 'read') throw protocolError('OPEN.policy must be create, write or read');
       if (b.size !== undefined) int('size');
       if (b.mode !== undefined) int('mode');
-      if (b.direct !== undefined && typeof b.direct !== 'boolean') throw protocolError('OPEN.direct must be a boolean');
+      if (b.direct !== undefined && typeof b.direct !== 'boolean' && b.direct !== 'auto') throw protocolError("OPEN.direct must be a boolean or 'auto'");
       break;
     case 'WRITE':
     case 'READ':

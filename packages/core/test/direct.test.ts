@@ -5,7 +5,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { BufferPool, DIRECT_ALIGNMENT, FileWriter, allocAligned, hashBytes, isAligned, openDirect } from '../src/index.js';
+import { BufferPool, DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashBytes, isAligned, openDirect } from '../src/index.js';
 
 const EXT4_MAGIC = 0xef53;
 
@@ -225,5 +225,23 @@ describe('FileWriter', () => {
     await w.close();
     await fh.close();
     expect((await readFile(path)).equals(data)).toBe(true);
+  });
+});
+
+describe('directIoFits (--direct-io by default)', () => {
+  it('writes around the page cache on local disk file systems only', () => {
+    expect(directIoFits(0xef53)).toEqual({ direct: true, fs: 'ext4' });
+    expect(directIoFits(0x58465342)).toEqual({ direct: true, fs: 'xfs' });
+    expect(directIoFits(0x9123683e)).toEqual({ direct: true, fs: 'btrfs' });
+    // NFS, Lustre, GPFS, tmpfs: through the page cache, saying why.
+    for (const type of [0x6969, 0x0bd00bd0, 0x47504653, 0x01021994]) {
+      const fits = directIoFits(type);
+      expect(fits.direct).toBe(false);
+      expect(fits).toMatchObject({ reason: `its file system (statfs type 0x${type.toString(16)}) is not a local disk file system ferry writes around the page cache by default (ext4, xfs, btrfs, f2fs); --direct-io forces it` });
+    }
+  });
+
+  it('names the same file systems for the python helper, which reads /proc/self/mountinfo', () => {
+    expect(new Set(LOCAL_DISK_FILESYSTEM_NAMES)).toEqual(new Set(['ext2', 'ext3', ...LOCAL_DISK_FILESYSTEMS.values()]));
   });
 });

@@ -52,6 +52,12 @@ describe('resolveCopyOptions: defaults', () => {
     expect(resolveCopyOptions({ agents: '3' }, { cores: 16 }).agents).toBe(3);
   });
 
+  it('writes with direct I/O by the destination file system unless --direct-io or --no-direct-io says', () => {
+    expect(resolveCopyOptions({}).directIo).toBe('auto');
+    expect(resolveCopyOptions({ directIo: true }).directIo).toBe('on');
+    expect(resolveCopyOptions({ directIo: false }).directIo).toBe('off');
+  });
+
   it('tunes the streams unless --streams is given, which fixes them', () => {
     expect(resolveCopyOptions({})).toMatchObject({ streams: 16, firstStreams: 1, tuneStreams: true });
     expect(resolveCopyOptions({ streams: '4' })).toMatchObject({ streams: 4, firstStreams: 4, tuneStreams: false });
@@ -71,7 +77,7 @@ describe('resolveCopyOptions: defaults', () => {
       transport: 'ssh2',
       sshCommand: ['ssh'],
       preserve: false,
-      directIo: false,
+      directIo: 'auto',
       verify: false,
       sharedHelper: false,
       knownHostsFile: undefined,
@@ -139,7 +145,7 @@ describe('resolveCopyOptions: valid values', () => {
       transport: 'ssh2',
       sshCommand: ['ssh'],
       preserve: true,
-      directIo: true,
+      directIo: 'on',
       verify: true,
       sharedHelper: true,
       knownHostsFile: '/etc/ssh/known',

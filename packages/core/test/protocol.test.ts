@@ -362,11 +362,14 @@ describe('FrameDecoder on valid streams', () => {
     expect(decodeOne(encodeControl('OPEN', 2, { path: '/x', policy: 'read' }))).toEqual([{ type: 'OPEN', id: 2, body: { path: '/x', policy: 'read' } }]);
   });
 
-  it('accepts OPEN with direct true or false and refuses any other direct', () => {
+  it("accepts OPEN with direct true, false or 'auto' and refuses any other direct", () => {
     expect(decodeOne(encodeControl('OPEN', 1, { path: '/x', policy: 'write', direct: true }))).toEqual([{ type: 'OPEN', id: 1, body: { path: '/x', policy: 'write', direct: true } }]);
     expect(decodeOne(encodeControl('OPEN', 2, { path: '/x', policy: 'write', direct: false }))[0]).toMatchObject({ body: { direct: false } });
-    const err = protocolError(() => decodeOne(encodeControl('OPEN', 3, { path: '/x', policy: 'write', direct: 1 } as never)));
-    expect(err.message).toBe('helper protocol: OPEN.direct must be a boolean');
+    expect(decodeOne(encodeControl('OPEN', 4, { path: '/x', policy: 'write', direct: 'auto' }))[0]).toMatchObject({ body: { direct: 'auto' } });
+    for (const direct of [1, 'AUTO', 'yes']) {
+      const err = protocolError(() => decodeOne(encodeControl('OPEN', 3, { path: '/x', policy: 'write', direct } as never)));
+      expect(err.message).toBe("helper protocol: OPEN.direct must be a boolean or 'auto'");
+    }
   });
 });
 

@@ -25,7 +25,7 @@ import {
   encodeControl,
   errnoOf,
   hashStoredThrough,
-  openDirect,
+  openDirectAuto,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
@@ -39,6 +39,8 @@ const MIN_PENDING_BYTES = 16 * MiB;
 const MAX_PENDING_BYTES = 128 * MiB;
 /** Seconds of a session's input rate its pending writes may stand for. */
 const PENDING_SECONDS = 1;
+/** Chunks a READ reads ahead of what it has sent. */
+const READ_AHEAD = 3;
 
 export interface ServeOptions {
   input: Readable;
@@ -323,9 +325,14 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (u.received === u.length && u.buf === undefined) finishUpload(u);
   };
 
+  /**
+   * READ (and HASH of a file opened for reading): the range in chunks, each
+   * hashed and sent in order. Reads run up to READ_AHEAD chunks ahead of the
+   * sending, so the disk (or the page cache's copy) works while the pipe to
+   * sshd drains, instead of each waiting for the other.
+   */
   const doRead = async (id: number, f: OpenFile, offset: number, length: number, hasher: Hasher, sendData: boolean) => {
-    let at = 0;
-    while (at < length) {
+    const readChunk = async (at: number): Promise<{ buf: Buffer; n: number }> => {
       const buf = await pool.acquire();
       const want = Math.min(chunkBytes, length - at);
       let n = 0;
@@ -341,16 +348,36 @@ export async function serve(options: ServeOptions): Promise<void> {
         pool.release(buf);
         throw err instanceof FerryError ? err : sourceError(err, { path: f.path });
       }
-      const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
-      hasher.update(data);
-      at += n;
-      if (sendData && isAllZero(data)) {
-        pool.release(buf);
-        await send(encodeControl('ZEROS', id, { length: n }));
-      } else if (sendData) {
-        writeHeader(buf, 0, FrameType.DATA, id, n);
-        await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
-      } else pool.release(buf);
+      return { buf, n };
+    };
+    const ahead: Array<Promise<{ buf: Buffer; n: number }>> = [];
+    let next = 0;
+    const fill = () => {
+      while (ahead.length < READ_AHEAD && next < length) {
+        const p = readChunk(next);
+        p.catch(() => {});
+        ahead.push(p);
+        next += Math.min(chunkBytes, length - next);
+      }
+    };
+    try {
+      fill();
+      while (ahead.length > 0) {
+        const { buf, n } = await ahead.shift()!;
+        fill();
+        const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
+        hasher.update(data);
+        if (sendData && isAllZero(data)) {
+          pool.release(buf);
+          await send(encodeControl('ZEROS', id, { length: n }));
+        } else if (sendData) {
+          writeHeader(buf, 0, FrameType.DATA, id, n);
+          await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
+        } else pool.release(buf);
+      }
+    } finally {
+      // A failed range: the reads still on their way give their buffers back.
+      for (const p of ahead.splice(0)) void p.then(({ buf }) => pool.release(buf), () => {});
     }
     reply(id, { bytes: length, hash: hasher.digest() });
   };
@@ -394,8 +421,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
     let writer = new FileWriter(fh);
     let directReason: string | undefined;
-    if (body.direct === true && body.policy === 'write') {
-      const d = await openDirect(body.path);
+    if ((body.direct === true || body.direct === 'auto') && body.policy === 'write') {
+      const d = await openDirectAuto(body.path, body.direct);
       if ('fh' in d) writer = new FileWriter(fh, d.fh);
       else directReason = d.reason;
     }
@@ -403,7 +430,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer, writing: new Set(), writeError: undefined });
     const pipesReason = await options.pipes;
     const pipes = pipesReason === undefined ? {} : { pipesReason };
-    if (body.direct !== true) return { handle, size: st.size, ...pipes };
+    if (body.direct === undefined || body.direct === false) return { handle, size: st.size, ...pipes };
     return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}), ...pipes };
   };
 

@@ -26,7 +26,9 @@
 import errno as errno_names
 import fcntl
 import hashlib
+import mmap
 import os
+import re
 import stat as stat_mod
 import struct
 import sys
@@ -49,6 +51,11 @@ F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
 # Bytes of pwrites that may wait for the disk: ~0.3 s of a fast stream, the length of a flush.
 PENDING_BYTES = 64 * 1024 * 1024
+# O_DIRECT writes: position and length in whole pages, from page-aligned buffers (mmap's).
+DIRECT_ALIGNMENT = 4096
+# File systems written around the page cache by default (OPEN direct 'auto'): local disk ones,
+# as core's LOCAL_DISK_FILESYSTEM_NAMES (direct.ts) says and why.
+LOCAL_DISK_FILESYSTEMS = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs')
 
 HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS = range(1, 14)
 OK, ERROR = 64, 65
@@ -291,15 +298,78 @@ def pwrite_all(fd, data, offset):
         offset += n
 
 
+def mounted_fs_type(path):
+    """The type of the file system `path` is on, from /proc/self/mountinfo (its longest mount point)."""
+    real = os.path.realpath(path)
+    best, kind = '', None
+    unescape = lambda m: chr(int(m.group(1), 8))
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            parts = line.split()
+            if '-' not in parts[6:]:
+                continue
+            point = re.sub(r'\\([0-7]{3})', unescape, parts[4])
+            fstype = parts[parts.index('-', 6) + 1]
+            inside = real == point or real.startswith(point.rstrip('/') + '/')
+            # A later mount on the same point hides the earlier: >=.
+            if inside and len(point) >= len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def open_direct(path, choice):
+    """A second descriptor of path with O_DIRECT (choice True, or 'auto' on a local disk file system), or why not."""
+    if not hasattr(os, 'O_DIRECT'):
+        return None, 'this platform has no O_DIRECT'
+    if choice == 'auto':
+        try:
+            kind = mounted_fs_type(path)
+        except (OSError, ValueError, IndexError) as err:
+            return None, 'the file system of %s cannot be told (/proc/self/mountinfo: %s)' % (path, err)
+        if kind not in LOCAL_DISK_FILESYSTEMS:
+            return None, 'its file system (%s) is not a local disk file system ferry writes around the page cache by default (%s); --direct-io forces it' % (kind, ', '.join(LOCAL_DISK_FILESYSTEMS))
+    try:
+        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC), None
+    except OSError as err:
+        if err.errno == errno_names.EINVAL:
+            return None, 'the file system of %s does not support direct I/O (O_DIRECT: EINVAL)' % path
+        return None, '%s cannot be opened with O_DIRECT: %s' % (path, os.strerror(err.errno))
+
+
 class OpenFile(object):
-    def __init__(self, fd, path, size, writable):
+    def __init__(self, fd, path, size, writable, direct_fd=None):
         self.fd = fd
         self.path = path
         self.size = size
         self.writable = writable
+        # The O_DIRECT descriptor whole pages are written through, while the file system takes them.
+        self.direct_fd = direct_fd
         # Writes queued and not finished, and the first that failed (every later WRITE, FSYNC and CLOSE fails with it).
         self.writing = 0
         self.error = None
+
+    def write(self, view, offset):
+        """pwrites view at offset: its whole pages through direct_fd where it can, the rest buffered."""
+        n = len(view)
+        whole = n - n % DIRECT_ALIGNMENT
+        if self.direct_fd is not None and whole > 0 and offset % DIRECT_ALIGNMENT == 0:
+            try:
+                pwrite_all(self.direct_fd, view[:whole], offset)
+                view, offset = view[whole:], offset + whole
+            except OSError as err:
+                if err.errno != errno_names.EINVAL:
+                    raise
+                # Refused after all (a file system that takes the open but not the write): buffered from now on.
+                os.close(self.direct_fd)
+                self.direct_fd = None
+        if len(view) > 0:
+            pwrite_all(self.fd, view, offset)
+
+    def close(self):
+        if self.direct_fd is not None:
+            os.close(self.direct_fd)
+            self.direct_fd = None
+        os.close(self.fd)
 
 
 class Writer(object):
@@ -309,7 +379,8 @@ class Writer(object):
     """
 
     def __init__(self, buffers):
-        self.free = [bytearray(CHUNK_BYTES) for _ in range(buffers)]
+        # mmap: page-aligned, as O_DIRECT needs; only the buffers in use at once are ever touched.
+        self.free = [mmap.mmap(-1, CHUNK_BYTES) for _ in range(buffers)]
         self.jobs = []
         self.lock = threading.Condition()
         thread = threading.Thread(target=self.run, name='ferry-writer')
@@ -356,7 +427,7 @@ class Writer(object):
                         if os.pread(f.fd, n, offset) != ZERO_CHUNK[:n]:
                             pwrite_all(f.fd, ZERO_CHUNK[:n], offset)
                     else:
-                        pwrite_all(f.fd, memoryview(buf)[:n], offset)
+                        f.write(memoryview(buf)[:n], offset)
             except OSError as err:
                 if f.error is None:
                     f.error = os_failure(err, f.path, 'destination')
@@ -487,13 +558,21 @@ class Session(object):
         if not stat_mod.S_ISREG(st.st_mode):
             os.close(fd)
             raise Failure('PROTOCOL', '%s is not a regular file' % path, path, fatal=False)
+        direct = body.get('direct')
+        if direct not in (None, True, False, 'auto'):
+            os.close(fd)
+            raise protocol_error("OPEN.direct must be a boolean or 'auto'")
         handle = self.next_handle
         self.next_handle += 1
-        self.files[handle] = OpenFile(fd, path, st.st_size, policy != 'read')
+        direct_fd, reason = (None, None)
+        if direct in (True, 'auto') and policy == 'write':
+            direct_fd, reason = open_direct(path, direct)
+        self.files[handle] = OpenFile(fd, path, st.st_size, policy != 'read', direct_fd)
         answer = {'handle': handle, 'size': st.st_size}
-        if body.get('direct') is True:
-            answer['direct'] = False
-            answer['directReason'] = 'the python helper writes through the page cache'
+        if direct in (True, 'auto'):
+            answer['direct'] = direct_fd is not None
+            if reason is not None:
+                answer['directReason'] = reason
         if self.pipes_reason is not None:
             answer['pipesReason'] = self.pipes_reason
         return answer
@@ -628,7 +707,7 @@ class Session(object):
         try:
             self.writer.settle(f)
         finally:
-            os.close(f.fd)
+            f.close()
         return {}
 
     def stat(self, fid, body):
@@ -746,7 +825,7 @@ def main():
             session.writer.settle(f)
         except Failure:
             pass
-        os.close(f.fd)
+        f.close()
 
 
 try:

@@ -204,7 +204,7 @@ export class HelperClient {
     }
   }
 
-  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string }> {
+  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean | 'auto' } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string }> {
     const body: Record<string, unknown> = { path, policy, ...extra };
     const ok = await this.request('OPEN', body).reply;
     const out: { handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };

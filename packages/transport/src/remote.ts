@@ -49,8 +49,8 @@ export interface RemoteFile {
 }
 
 export interface OpenFileOptions {
-  /** policy 'write': have the helper write aligned data with O_DIRECT (--direct-io). */
-  direct?: boolean;
+  /** policy 'write': have the helper write aligned data with O_DIRECT (true: --direct-io; auto: on a local disk file system). */
+  direct?: boolean | 'auto';
 }
 
 /** A faster data path that `--mode auto` tried on a host and could not use, and why. */
@@ -410,8 +410,8 @@ export class HelperConnection implements RemoteConnection {
   }
 
   async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
-    const direct = options.direct === true && policy === 'write';
-    const opened = await this.helper.open(path, policy, direct ? { direct } : {});
+    const direct = (options.direct === true || options.direct === 'auto') && policy === 'write';
+    const opened = await this.helper.open(path, policy, direct ? { direct: options.direct! } : {});
     const { handle } = opened;
     const helper = this.helper;
     return {
