@@ -74,6 +74,10 @@ export const PROGRAMS = {
     dd: 'coreutils',
     truncate: 'coreutils',
     mkfifo: 'coreutils',
+    id: 'coreutils',
+    // A second Unix user whose home ~user names (test/scp-habits.test.ts).
+    useradd: 'passwd',
+    userdel: 'passwd',
     // test/setup.test.ts asks dpkg which package ships each program above.
     dpkg: 'dpkg',
     'dpkg-query': 'dpkg',

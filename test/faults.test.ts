@@ -31,12 +31,12 @@ interface Variant {
   /** How ferry is told to reach its helper (nothing: it finds no ferry serve and sends its python helper). */
   flags: string[];
   mode: 'helper' | 'python';
-  /** What identifies a start of this variant's helper in the remote command line. */
+  /** A sh case pattern matching a start of this variant's helper in the remote command line. */
   startPattern: string;
 }
 
 const VARIANTS: Variant[] = [
-  { name: 'ferry serve on the remote host', without: [], flags: ['--remote-cmd', REMOTE_CMD], mode: 'helper', startPattern: '*main.js serve*' },
+  { name: 'ferry serve on the remote host', without: [], flags: ['--remote-cmd', REMOTE_CMD], mode: 'helper', startPattern: '*"main.js serve"*' },
   { name: 'nothing installed on the remote host (python helper)', without: ['node'], flags: [], mode: 'python', startPattern: '*platform-python*' },
 ];
 
@@ -332,7 +332,10 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const dir = await testDir('t6');
     const small = join(dir, 'small-fs');
     await mkdir(small);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', small]);
+    // Room for well over the first durable batch (5 s at the rate below): a connection whose
+    // write failed cannot fsync what it wrote before (the helpers' write errors are sticky),
+    // so only what was made durable before the disk filled is resumed.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=320m', 'tmpfs', small]);
     cleanups.push(() => execFileSync('umount', ['-l', small]));
     // An sshd started after the mount: one in a mount namespace of its own (nothing installed)
     // sees only the mounts made before it started.
