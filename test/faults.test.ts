@@ -4,9 +4,11 @@
  * up; the source changes; the journal is torn; Ctrl-C. Each time the copy ends
  * byte-identical, or stops with a clear error and resumes after the fix.
  *
- * Every test runs twice: against a remote host with `ferry serve`, and against
- * one where nothing of ferry (and no node) is installed, where the copy goes
- * through ferry's python helper (the no-install path).
+ * Every test of the data path runs twice: against a remote host with `ferry
+ * serve`, and against one where nothing of ferry (and no node) is installed,
+ * where the copy goes through ferry's python helper (the no-install path). Those
+ * of the coordinator's side alone (its death, NATS, the journal, a changed
+ * source) run against the first.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -129,6 +131,12 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     await sshd?.stop();
   });
 
+  /**
+   * A test of what the coordinator and the journal do, whatever serves the remote side: run
+   * against the first variant only (the suite runs long enough twice over).
+   */
+  const coordinatorSide = it.runIf(v === VARIANTS[0]);
+
   /** A directory for one test, apart from the other variant's. */
   const testDir = async (name: string) => {
     const dir = join(work.path, `${v.mode}-${name}`);
@@ -168,7 +176,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(new Set(doneEvents(run).map((e) => Number(e.range))).size).toBe(512);
   });
 
-  it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
+  coordinatorSide('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
     const dir = await testDir('t2');
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
@@ -307,7 +315,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(after.every((e) => String(e.host).startsWith('127.0.0.2'))).toBe(true);
   });
 
-  it('5. rides out a restart of an external nats-server', async () => {
+  coordinatorSide('5. rides out a restart of an external nats-server', async () => {
     const dir = await testDir('t5');
     const port = await freePort();
     const token = 'ferrytesttoken';
@@ -357,7 +365,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(Number(done.resumedBytes)).toBeGreaterThan(0);
   });
 
-  it('7. detects a source appended to during the copy and renames nothing into place', async () => {
+  coordinatorSide('7. detects a source appended to during the copy and renames nothing into place', async () => {
     const dir = await testDir('t7');
     const growing = join(dir, 'growing.bin');
     await copyFile(src, growing);
@@ -371,7 +379,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     await expect(stat(join(dir, 'out.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
-  it('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
+  coordinatorSide('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
     const dir = await testDir('t8');
     const file = join(dir, 'data.bin');
     await copyFile(src, file);
@@ -391,7 +399,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(done.resumedBytes).toBe(0);
   });
 
-  it('9. resumes from a journal whose last record was torn', async () => {
+  coordinatorSide('9. resumes from a journal whose last record was torn', async () => {
     const dir = await testDir('t9');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
@@ -410,7 +418,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(Number(resumed.rangesDone)).toBe(doneEvents(first).length - 1);
   });
 
-  it('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
+  coordinatorSide('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
     const dir = await testDir('t9b');
     // Two agents: a job on NATS (a job of one local agent keeps no mirror: its journal is all there is).
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '1', ...common(join(dir, 'state'))];
