@@ -4,11 +4,9 @@
  * up; the source changes; the journal is torn; Ctrl-C. Each time the copy ends
  * byte-identical, or stops with a clear error and resumes after the fix.
  *
- * Every test of the data path runs twice: against a remote host with `ferry
- * serve`, and against one where nothing of ferry (and no node) is installed,
- * where the copy goes through ferry's python helper (the no-install path). Those
- * of the coordinator's side alone (its death, NATS, the journal, a changed
- * source) run against the first.
+ * Every test runs twice: against a remote host with `ferry serve`, and against
+ * one where nothing of ferry (and no node) is installed, where the copy goes
+ * through ferry's python helper (the no-install path).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -23,7 +21,9 @@ import { childPids, fileHash, isAlive, killStrays, makeRandomFile, REMOTE_CMD, s
 import type { FerryEvent, LiveRun } from './helpers.js';
 
 const MiB = 1024 * 1024;
-const SIZE = 512 * MiB;
+const SIZE = 256 * MiB;
+/** Ranges of the source at --range-size 16MiB. */
+const RANGES = SIZE / (16 * MiB);
 
 /** The remote host of a run of the suite: what is installed there, and the data path it leads to. */
 interface Variant {
@@ -111,9 +111,19 @@ afterAll(async () => {
   await work?.remove();
 });
 
+/** How long finish() waits for a copy: less than the test's timeout, so that a hang says what it hung in. */
+const FINISH_MS = 100_000;
+
 /** Runs a copy to completion and checks the result. */
 async function finish(run: LiveRun, target: string, want = srcHash): Promise<FerryEvent> {
-  const r = await run.result;
+  let timer: NodeJS.Timeout | undefined;
+  const hung = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const last = run.events.filter((e) => e.type !== 'progress').slice(-40).map((e) => JSON.stringify(e));
+      reject(new Error(`the copy did not end within ${FINISH_MS / 1000}s; its last events:\n${last.join('\n')}\nstderr: ${run.stderr()}`));
+    }, FINISH_MS);
+  });
+  const r = await Promise.race([run.result, hung]).finally(() => clearTimeout(timer));
   expect(r.stderr).not.toMatch(/error:/);
   expect(r.code).toBe(0);
   expect(await fileHash(target)).toBe(want);
@@ -131,12 +141,6 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     await sshd?.stop();
   });
 
-  /**
-   * A test of what the coordinator and the journal do, whatever serves the remote side: run
-   * against the first variant only (the suite runs long enough twice over).
-   */
-  const coordinatorSide = it.runIf(v === VARIANTS[0]);
-
   /** A directory for one test, apart from the other variant's. */
   const testDir = async (name: string) => {
     const dir = join(work.path, `${v.mode}-${name}`);
@@ -153,7 +157,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     process.kill(Number(victim.pid), 'SIGKILL');
     const done = await finish(run, join(dir, 'src.bin'));
     expect(run.events.some((e) => e.type === 'agent.exit' && e.signal === 'SIGKILL')).toBe(true);
-    expect(done.ranges).toBe(32);
+    expect(done.ranges).toBe(RANGES);
   });
 
   it('1b. with ranges of 1 MiB (work items of 16 ranges), finishes byte-identical when an agent is killed and an agent connection is cut', async () => {
@@ -172,11 +176,11 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     process.kill(sessions.at(-1)!, 'SIGKILL');
     const done = await finish(run, join(dir, 'src.bin'));
     expect(run.events.some((e) => e.type === 'agent.exit' && e.signal === 'SIGKILL')).toBe(true);
-    expect(done.ranges).toBe(512);
-    expect(new Set(doneEvents(run).map((e) => Number(e.range))).size).toBe(512);
+    expect(done.ranges).toBe(SIZE / MiB);
+    expect(new Set(doneEvents(run).map((e) => Number(e.range))).size).toBe(SIZE / MiB);
   });
 
-  coordinatorSide('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
+  it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
     const dir = await testDir('t2');
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
@@ -243,14 +247,14 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
 
   it('3c. retries an agent connection whose helper stays silent past its start timeout', async () => {
     // The second helper start (the agent's first connection; the coordinator's is the
-    // first) hangs past the agents' helper timeout (4x --connect-timeout: 32 s here)
+    // first) hangs past the agents' helper timeout (4x --connect-timeout: 16 s here)
     // without a word, like a login stuck in slow shell start-up files; every other
     // start is the real helper.
-    const { run, starts } = await copyWithSlowHelper(`${v.mode}-t3c`, 2, 34, ['--agents', '1', '--streams', '2', '--connect-timeout', '8s']);
+    const { run, starts } = await copyWithSlowHelper(`${v.mode}-t3c`, 2, 18, ['--agents', '1', '--streams', '2', '--connect-timeout', '4s']);
     const slow = run.events.filter((e) => e.type === 'agent.error');
     expect(slow.length).toBeGreaterThan(0);
     expect(slow.every((e) => e.code === 'HELPER_UNAVAILABLE' && e.fatal === false)).toBe(true);
-    expect(String(slow[0]!.message)).toContain('started but did not answer within 32s, without exiting or a word on stderr');
+    expect(String(slow[0]!.message)).toContain('started but did not answer within 16s, without exiting or a word on stderr');
     // Coordinator, two slots, and the slow slot's retry.
     expect(starts).toBe(4);
   });
@@ -297,7 +301,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const run = startFerry([
       'cp', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dir}/`,
       '-i', first.userKey, '--known-hosts', kh, ...v.flags, '--state-dir', join(dir, 'state'),
-      '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '60MB',
+      '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '30MB',
     ]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done' && String(e.host).startsWith('127.0.0.1'), 2);
@@ -306,7 +310,13 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const sessions = await childPids(first.pid!);
     const killedAt = Date.now();
     process.kill(first.pid!, 'SIGKILL');
-    for (const pid of sessions) process.kill(pid, 'SIGKILL');
+    for (const pid of sessions) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // That session ended with its listener.
+      }
+    }
     await finish(run, join(dir, 'src.bin'));
     // A range whose hash reply left 127.0.0.1 just before the kill may be processed and
     // reported after it; once that grace has passed, every range went to 127.0.0.2.
@@ -315,7 +325,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(after.every((e) => String(e.host).startsWith('127.0.0.2'))).toBe(true);
   });
 
-  coordinatorSide('5. rides out a restart of an external nats-server', async () => {
+  it('5. rides out a restart of an external nats-server', async () => {
     const dir = await testDir('t5');
     const port = await freePort();
     const token = 'ferrytesttoken';
@@ -343,29 +353,29 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     // Room for well over the first durable batch (5 s at the rate below): a connection whose
     // write failed cannot fsync what it wrote before (the helpers' write errors are sticky),
     // so only what was made durable before the disk filled is resumed.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=320m', 'tmpfs', small]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=160m', 'tmpfs', small]);
     cleanups.push(() => execFileSync('umount', ['-l', small]));
     // An sshd started after the mount: one in a mount namespace of its own (nothing installed)
     // sees only the mounts made before it started.
     const host = await startSshd({ dir: join(dir, 'sshd'), without: v.without });
     cleanups.push(() => host.stop());
     const args = ['cp', src, remote(`${small}/`, host.host, host.port), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'), [], host)];
-    // Slow enough that connections make ranges durable (every 5 s) before the disk is full.
-    const full = startFerry([...args, '--limit-rate', '30MB']);
+    // Slow enough that connections make ranges durable (every 5 s) well before the disk is full (11 s).
+    const full = startFerry([...args, '--limit-rate', '15MB']);
     const r = await full.result;
     expect(r.code).toBe(22);
     expect(r.stderr).toMatch(
       new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
     );
     const durable = doneEvents(full).length;
-    execFileSync('mount', ['-o', 'remount,size=600m', small]);
+    execFileSync('mount', ['-o', 'remount,size=400m', small]);
     const again = startFerry(args);
     const done = await finish(again, join(small, 'src.bin'));
     expect(again.events.find((e) => e.type === 'job.start')!.rangesDone).toBeGreaterThanOrEqual(durable);
     expect(Number(done.resumedBytes)).toBeGreaterThan(0);
   });
 
-  coordinatorSide('7. detects a source appended to during the copy and renames nothing into place', async () => {
+  it('7. detects a source appended to during the copy and renames nothing into place', async () => {
     const dir = await testDir('t7');
     const growing = join(dir, 'growing.bin');
     await copyFile(src, growing);
@@ -379,7 +389,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     await expect(stat(join(dir, 'out.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
-  coordinatorSide('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
+  it('8. refuses to resume with a different file under the same name, and --restart copies the new one', async () => {
     const dir = await testDir('t8');
     const file = join(dir, 'data.bin');
     await copyFile(src, file);
@@ -399,7 +409,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(done.resumedBytes).toBe(0);
   });
 
-  coordinatorSide('9. resumes from a journal whose last record was torn', async () => {
+  it('9. resumes from a journal whose last record was torn', async () => {
     const dir = await testDir('t9');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
     const first = startFerry([...args, '--limit-rate', '60MB']);
@@ -418,7 +428,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(Number(resumed.rangesDone)).toBe(doneEvents(first).length - 1);
   });
 
-  coordinatorSide('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
+  it('9b. rebuilds the done ranges from the KV mirror when the journal lost them', async () => {
     const dir = await testDir('t9b');
     // Two agents: a job on NATS (a job of one local agent keeps no mirror: its journal is all there is).
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '1', ...common(join(dir, 'state'))];
@@ -450,7 +460,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(r.code).toBe(130);
     const done = doneEvents(first).length;
     expect(r.stderr).toBe(
-      `ferry: error: interrupted: ${done} of 32 ranges (${formatBytes(done * 16 * MiB)} of 512 MiB) are done and journaled; rerun the same command, or 'ferry resume ${String(start.jobId)}', to continue\n`,
+      `ferry: error: interrupted: ${done} of ${RANGES} ranges (${formatBytes(done * 16 * MiB)} of ${formatBytes(SIZE)}) are done and journaled; rerun the same command, or 'ferry resume ${String(start.jobId)}', to continue\n`,
     );
     expect(lastEvent(first, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
     // No agent outlives the coordinator.
