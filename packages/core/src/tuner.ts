@@ -8,9 +8,14 @@
  * The tuner starts with `first` connections per agent and measures the copy's
  * rate once they are all up. It then tries a larger count: the cap at once
  * when the agents were mostly idle on nodes with CPU to spare (the streams,
- * not the CPUs, were the limit), else twice as many. It keeps the larger count while it moves at
+ * not the CPUs, were the limit) and each stream moved little (below
+ * `jumpBelow`, 100 MB/s: a stream held back by the round trip or a per-flow
+ * cap), else twice as many. It keeps the larger count while it moves at
  * least `minGain` more (10%), and goes back to the previous count, and stops,
- * when it does not. It stops at `max` too.
+ * when it does not. It stops at `max` too. A jump to the cap that did not pay
+ * is not the end: idle agents also wait on a pipeline that is short of a
+ * second stream (a loopback pull, both ends on the same two cores), so the
+ * tuner goes back and doubles from where it jumped.
  *
  * Pure logic: fed samples (time, bytes moved, connections up, the agents' CPU
  * and their nodes' idle cores), it answers with the count to ask the agents for.
@@ -33,6 +38,8 @@ export interface TunerOptions {
   idleBelow?: number;
   /** Cores a node must have idle for its agents to count as idle (a busy machine starves them too). @default 0.5 */
   spareCores?: number;
+  /** Bytes per second per connection below which idle agents jump to the cap. @default 100e6 */
+  jumpBelow?: number;
   /** Longest wait for the connections of a new count to come up before measuring anyway. @default 10000 */
   connectWaitMs?: number;
 }
@@ -76,6 +83,7 @@ export class StreamTuner {
   private readonly idleBelow: number;
   private readonly spareCores: number;
   private readonly connectWaitMs: number;
+  private readonly jumpBelow: number;
   private count: number;
   private state: TunerPhase = 'connecting';
   private since = Number.NaN;
@@ -84,6 +92,10 @@ export class StreamTuner {
   private busiest = 0;
   private spare = Number.POSITIVE_INFINITY;
   private best: TunerStep | undefined;
+  /** The count a jump to the cap started from, until that jump is measured. */
+  private jumpedFrom: number | undefined;
+  /** A jump to the cap did not pay: only doubling from now on. */
+  private jumpFailed = false;
   /** Every count measured, in order: what the tuner saw, for reports. */
   readonly steps: TunerStep[] = [];
 
@@ -97,6 +109,7 @@ export class StreamTuner {
     this.idleBelow = options.idleBelow ?? 0.5;
     this.spareCores = options.spareCores ?? 0.5;
     this.connectWaitMs = options.connectWaitMs ?? 10_000;
+    this.jumpBelow = options.jumpBelow ?? 100e6;
     this.count = this.first;
     if (this.first >= this.max) this.state = 'done';
   }
@@ -136,7 +149,16 @@ export class StreamTuner {
     const rate = ((s.bytes - this.startBytes) * 1000) / elapsed;
     const step: TunerStep = { streams: this.count, rate };
     this.steps.push(step);
+    const jumpedFrom = this.jumpedFrom;
+    this.jumpedFrom = undefined;
     if (this.best && rate < this.best.rate * (1 + this.minGain)) {
+      if (jumpedFrom !== undefined && jumpedFrom * 2 < this.max) {
+        // The cap did not pay: try the next step up instead, as a busy agent would.
+        this.jumpFailed = true;
+        this.count = jumpedFrom * 2;
+        this.enter('connecting', s);
+        return this.count;
+      }
       // More did not pay: back to what did, and stay there.
       this.state = 'done';
       this.count = this.best.streams;
@@ -147,7 +169,9 @@ export class StreamTuner {
       this.state = 'done';
       return undefined;
     }
-    const idle = this.busiest > 0 && this.busiest < this.idleBelow && this.spare !== Number.POSITIVE_INFINITY && this.spare >= this.spareCores;
+    const slowStreams = rate / (this.count * this.agents) < this.jumpBelow;
+    const idle = !this.jumpFailed && slowStreams && this.busiest > 0 && this.busiest < this.idleBelow && this.spare !== Number.POSITIVE_INFINITY && this.spare >= this.spareCores;
+    if (idle && this.count * 2 < this.max) this.jumpedFrom = this.count;
     this.count = idle ? this.max : Math.min(this.max, this.count * 2);
     this.enter('connecting', s);
     return this.count;

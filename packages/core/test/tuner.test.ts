@@ -41,6 +41,31 @@ describe('StreamTuner', () => {
     expect(run.asked[0]!.at).toBeLessThanOrEqual(3000);
   });
 
+  it('where a jump to the cap does not pay, doubles from where it jumped (a loopback pull: idle agents, a pipeline short of a second stream)', () => {
+    // One stream 80 MB/s, two 140, four 150; sixteen logins and helpers on the same cores: 70.
+    const rates: Record<number, number> = { 1: 80e6, 2: 140e6, 4: 150e6, 16: 70e6 };
+    const tuner = new StreamTuner({ first: 1, max: 16, agents: 1 });
+    const run = drive(tuner, (n) => rates[n]!, { utilization: () => 0.3, idleCores: () => 0.8 });
+    expect(run.asked.map((a) => a.streams)).toEqual([16, 2, 4, 2]);
+    expect(run.final).toBe(2);
+    expect(tuner.steps.map((s) => s.streams)).toEqual([1, 16, 2, 4]);
+  });
+
+  it('doubles, not jumps, where one stream already moves 100 MB/s or more, idle agents or not', () => {
+    const rates: Record<number, number> = { 1: 250e6, 2: 340e6, 4: 350e6, 16: 230e6 };
+    const tuner = new StreamTuner({ first: 1, max: 16, agents: 1 });
+    const run = drive(tuner, (n) => rates[n]!, { utilization: () => 0.3, idleCores: () => 0.8 });
+    expect(run.asked.map((a) => a.streams)).toEqual([2, 4, 2]);
+    expect(run.final).toBe(2);
+  });
+
+  it('a jump that does not pay where the next doubling is the cap stops at what paid', () => {
+    const tuner = new StreamTuner({ first: 1, max: 2, agents: 1 });
+    const run = drive(tuner, (n) => (n === 1 ? 30e6 : 29e6), { utilization: () => 0.3, idleCores: () => 0.8 });
+    expect(run.asked.map((a) => a.streams)).toEqual([2, 1]);
+    expect(run.final).toBe(1);
+  });
+
   it('doubles instead where the agent idles on a node without idle cores (a loaded machine starves everything)', () => {
     const tuner = new StreamTuner({ first: 1, max: 16, agents: 1 });
     const run = drive(tuner, (n) => 20e6 * n, { utilization: () => 0.1, idleCores: () => 0.1 });
