@@ -37,5 +37,7 @@ export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';
 export type { DirectIoChoice } from './direct.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
+export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAULT_SMALL_FILE_BYTES, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES } from './tree-plan.js';
+export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry } from './tree-plan.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';

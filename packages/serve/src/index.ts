@@ -11,3 +11,5 @@ export { openHub } from './hub.js';
 export { growPipes, PIPE_BYTES } from './pipes.js';
 export type { Hub } from './hub.js';
 export type { ServeOptions } from './serve.js';
+export { walkTree } from './walk.js';
+export type { WalkError, WalkItem, WalkOptions } from './walk.js';
