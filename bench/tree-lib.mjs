@@ -1,6 +1,6 @@
 // The `tree` benchmark's tree (issue 31): a generated project tree that looks like a real
-// one, and a comparison of two trees by content, type, mode, size, mtime, link target and
-// link count. Used by the benchmark and by integration tests.
+// one, and a comparison of two trees by content, type, mode, size, mtime, link target,
+// hard links and sparseness. Used by the benchmark and by integration tests.
 //
 //   node bench/tree-lib.mjs gen DIR [--files 200000] [--big 4] [--big-bytes 1GiB] [--seed 1]
 //   node bench/tree-lib.mjs compare SRC DST [--no-times] [--no-owner]
@@ -151,7 +151,7 @@ async function listTree(root) {
     const abs = rel === '' ? root : join(root, rel);
     const st = await lstat(abs);
     const type = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'special';
-    out.set(rel, { type, size: type === 'file' ? st.size : 0, mode: st.mode & 0o7777, mtime: Math.floor(st.mtimeMs / 1000), uid: st.uid, gid: st.gid, ino: `${st.dev}:${st.ino}`, nlink: st.nlink, target: type === 'symlink' ? await readlink(abs) : undefined });
+    out.set(rel, { type, size: type === 'file' ? st.size : 0, mode: st.mode & 0o7777, mtime: Math.floor(st.mtimeMs / 1000), uid: st.uid, gid: st.gid, ino: `${st.dev}:${st.ino}`, nlink: st.nlink, allocated: st.blocks * 512, target: type === 'symlink' ? await readlink(abs) : undefined });
     if (type === 'dir') for (const name of (await readdir(abs)).sort()) await walk(rel === '' ? name : `${rel}/${name}`);
   };
   await walk('');
@@ -176,7 +176,7 @@ async function contentHash(path) {
 
 /**
  * Compares `dst` with `src`. Returns { same, differences: { kind: [paths] }, entries } where kind is
- * one of missing, extra, type, content, size, mode, mtime, target, hardlink, owner. Directory mtimes
+ * one of missing, extra, type, content, size, mode, mtime, dir-mtime, target, hardlink, sparse, owner. Directory mtimes
  * and symlink modes are not compared (Linux ignores a symlink's mode).
  */
 export async function compareTrees(src, dst, options = {}) {
@@ -210,6 +210,8 @@ export async function compareTrees(src, dst, options = {}) {
       if (e.size !== f.size) add('size', p);
       else if ((await contentHash(join(src, p))) !== (await contentHash(join(dst, p)))) add('content', p);
       if ((ga.get(p) ?? p) !== (gb.get(p) ?? p)) add('hardlink', p);
+      // Sparse in the source (under half allocated) and filled in the copy.
+      if (e.allocated < e.size / 2 && f.allocated > Math.max(2 * e.allocated, e.allocated + 2 ** 20)) add('sparse', p);
     }
     if (e.type === 'symlink' && e.target !== f.target) add('target', p);
     if (e.type !== 'symlink' && e.mode !== f.mode) add('mode', p);

@@ -76,6 +76,11 @@ describe('bench/tree-lib.mjs', () => {
     await rm(join(dst, files[4]!)); // missing
     await writeFile(join(dst, 'stray'), ''); // extra
     await link(join(dst, files[5]!), join(dst, 'stray2')); // extra, and files[5] gained a name
+    const img = paths.find((p) => p.endsWith('.img'))!;
+    const imgSt = await lstat(join(src, img));
+    await rm(join(dst, img));
+    execFileSync('cp', ['--sparse=never', '--preserve=mode,timestamps', join(src, img), join(dst, img)]); // filled in
+    expect((await lstat(join(dst, img))).size).toBe(imgSt.size);
 
     const r = await compareTrees(src, dst, { times: true });
     expect(r.same).toBe(false);
@@ -87,5 +92,6 @@ describe('bench/tree-lib.mjs', () => {
     expect(r.differences.hardlink).toEqual(expect.arrayContaining([hard, files[5]]));
     expect(r.differences.missing).toEqual([files[4]]);
     expect(r.differences.extra.sort()).toEqual(['stray', 'stray2']);
+    expect(r.differences.sparse).toEqual([img]);
   });
 });
