@@ -36,6 +36,8 @@ export { SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';
 export type { DirectIoChoice } from './direct.js';
+export { SAFE_FILES_CAPABILITY, TEMP_TOKEN_ENV, copyMode, identityOf, identityProblem, replacedError, tempNameFor } from './dest-file.js';
+export type { FileIdentity, FoundFile } from './dest-file.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';
