@@ -202,7 +202,7 @@ describe.each(cases)('%s in %s mode, in a group-writable project directory', (di
       const running = runVictim(args);
       // The attacker lists the directory until the temporary file shows, then swaps it.
       let name: string | undefined;
-      for (let i = 0; i < 400 && !name; i++) {
+      for (let i = 0; i < 2400 && !name; i++) {
         name = (await readdir(dir)).find((n) => n.endsWith('.part'));
         if (!name) await new Promise((r) => setTimeout(r, 25));
       }
