@@ -81,7 +81,7 @@ export function identityProblem(expected: FileIdentity, found: FoundFile): strin
 export function replacedError(place: string, problem: string, fields: FerryErrorFields = {}): FerryError {
   return new FerryError(
     'DEST_REPLACED',
-    `the partial file ${place} is not the file ferry created: found ${problem} there. Another user who can write in its directory may have replaced it; nothing was renamed into place and the job is kept. Check who can write in that directory, move the file away, and rerun with --restart`,
+    `the partial file ${place} is not the file ferry created: found ${problem}. Another user who can write in its directory may have replaced it; nothing was renamed into place and the job is kept. Check who can write in that directory, move the file away, and rerun with --restart`,
     { path: place, ...fields },
   );
 }

@@ -47,7 +47,7 @@ describe('replacedError', () => {
     expect(EXIT_CODES.DEST_REPLACED).toBe(24);
     expect(e.host).toBe('dtn');
     expect(e.message).toBe(
-      'the partial file dtn:/proj/.x.ferry-ab.part is not the file ferry created: found a symbolic link there. Another user who can write in its directory may have replaced it; nothing was renamed into place and the job is kept. Check who can write in that directory, move the file away, and rerun with --restart',
+      'the partial file dtn:/proj/.x.ferry-ab.part is not the file ferry created: found a symbolic link. Another user who can write in its directory may have replaced it; nothing was renamed into place and the job is kept. Check who can write in that directory, move the file away, and rerun with --restart',
     );
   });
 });

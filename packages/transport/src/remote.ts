@@ -543,7 +543,10 @@ export class HelperConnection implements RemoteConnection {
         try {
           await helper.rename(from, to, this.safeFiles ? handle : undefined);
         } catch (err) {
-          if (err instanceof FerryError && err.code === 'DEST_REPLACED') throw replacedError(`${this.label}:${err.path ?? from}`, err.message.replace(/^found /, ''), { host: this.label });
+          // The helper says "found X at PATH before|after the rename": worded here as every DEST_REPLACED is.
+          if (err instanceof FerryError && err.code === 'DEST_REPLACED') {
+            throw replacedError(`${this.label}:${err.path ?? from}`, err.message.replace(/^found (.*) at .* ((before|after) the rename)$/, '$1 $2'), { host: this.label });
+          }
           throw err;
         }
       },
