@@ -128,7 +128,7 @@ describe('ferry cp error cases', () => {
     try {
       const r = await runFerry(['cp', src, remote(`${ro}/`), '--mode', mode, ...common()]);
       expect(r.code).toBe(21);
-      expect(r.stderr).toMatch(new RegExp(`^ferry: error: permission denied writing ${sshd.host}:${sshd.port}:${ro}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: choose a directory you can write to, or fix its permissions\\n$`));
+      expect(r.stderr).toMatch(new RegExp(`^ferry: error: permission denied writing ${sshd.host}:${sshd.port}:${ro}/\\.src\\.bin\\.ferry-[0-9a-f]{24}\\.part: choose a directory you can write to, or fix its permissions\\n$`));
     } finally {
       execFileSync('umount', [ro]);
     }

@@ -370,7 +370,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const r = await full.result;
     expect(r.code).toBe(22);
     expect(r.stderr).toMatch(
-      new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{8}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
+      new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${small}/\\.src\\.bin\\.ferry-[0-9a-f]{24}\\.part: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`),
     );
     const durable = doneEvents(full).length;
     execFileSync('mount', ['-o', 'remount,size=400m', small]);

@@ -7,11 +7,14 @@
  * before its fsync is handed back, never reported.
  */
 import { setMaxListeners } from 'node:events';
+import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import {
   AgentPacer,
+  identityProblem,
+  replacedError,
   BufferPool,
   COMPLETIONS_PER_MESSAGE,
   FerryError,
@@ -89,7 +92,7 @@ export interface AgentSummary {
 /** Errors after which this agent cannot do anything useful: it reports them and exits. */
 const FATAL_FOR_AGENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'HELPER_UNAVAILABLE', 'SOURCE_NOT_FOUND', 'SOURCE_UNREADABLE']);
 /** Errors that end the job: every agent would meet them. Reported in a completion. */
-const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE', 'DEST_NOT_WRITABLE', 'DEST_DIR_MISSING', 'SOURCE_CHANGED']);
+const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE', 'DEST_NOT_WRITABLE', 'DEST_DIR_MISSING', 'DEST_REPLACED', 'SOURCE_CHANGED']);
 /** Errors that mean "this host, right now": try another host. */
 const HOST_TROUBLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
 
@@ -141,7 +144,8 @@ function backoffMs(attempt: number): number {
 
 async function openLocal(spec: JobSpec): Promise<FileHandle> {
   try {
-    return await open(spec.localPath, spec.direction === 'push' ? 'r' : 'r+');
+    if (spec.direction === 'pull') return await openDestination(spec);
+    return await open(spec.localPath, 'r');
   } catch (err) {
     if (spec.direction === 'pull') throw destinationError(err, { path: spec.localPath });
     const errno = errnoOf(err);
@@ -151,12 +155,40 @@ async function openLocal(spec: JobSpec): Promise<FileHandle> {
 }
 
 /**
+ * Pull: the temporary destination file, never through a link planted at its
+ * name, and only if it is the file the coordinator created (DEST_REPLACED,
+ * before anything is written, when it is not).
+ */
+async function openDestination(spec: JobSpec): Promise<FileHandle> {
+  let fh: FileHandle;
+  try {
+    fh = await open(spec.localPath, constants.O_RDWR | constants.O_NOFOLLOW);
+  } catch (err) {
+    if (errnoOf(err) === 'ELOOP') throw replacedError(spec.localPath, 'a symbolic link');
+    throw err;
+  }
+  if (spec.tempFile) {
+    const st = await fh.stat();
+    const problem = identityProblem(
+      { ino: spec.tempFile.ino, uid: spec.tempFile.uid, ...(spec.tempFile.size === undefined ? {} : { size: spec.tempFile.size }) },
+      { type: st.isFile() ? 'file' : st.isDirectory() ? 'directory' : 'other', ino: st.ino, dev: st.dev, uid: st.uid, nlink: st.nlink, size: st.size },
+    );
+    if (problem) {
+      await fh.close();
+      throw replacedError(spec.localPath, problem);
+    }
+  }
+  return fh;
+}
+
+/**
  * Pull: the local file's writer, with an O_DIRECT handle where the file system
  * has it (--direct-io) or is a local disk one (the default).
  */
 async function localWriterOf(local: FileHandle, spec: JobSpec, log: (line: string) => void): Promise<FileWriter> {
   if (spec.directIo === undefined) return new FileWriter(local);
-  const d = await openDirectAuto(spec.localPath, spec.directIo);
+  // The open file a second time (through /proc/self/fd), not its name again.
+  const d = await openDirectAuto(spec.localPath, spec.directIo, local);
   if ('fh' in d) return new FileWriter(local, d.fh);
   log(`${spec.directIo === true ? '--direct-io' : 'direct I/O'}: writing through the page cache: ${d.reason}`);
   return new FileWriter(local);
@@ -540,7 +572,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
           }
           conn = spec.discard ? discardConnection(hostLabel(host)) : (ready ?? (await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh), signal: abort.signal })));
           if (conn.sharedHelper === 'joined') log(`slot ${slot}: joined the shared helper on ${hostLabel(host)}`);
-          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', spec.directIo === undefined ? {} : { direct: spec.directIo });
+          file = await conn.openFile(spec.remotePath, spec.direction === 'push' ? 'write' : 'read', {
+            ...(spec.directIo === undefined ? {} : { direct: spec.directIo }),
+            ...(spec.tempFile && spec.direction === 'push' ? { expect: spec.tempFile } : {}),
+          });
           if (file.direct === false && !directNoted) {
             directNoted = true;
             log(`${spec.directIo === true ? '--direct-io' : 'direct I/O'}: ${hostLabel(host)} writes through its page cache: ${file.directReason ?? 'not supported there'}`);

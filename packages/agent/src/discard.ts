@@ -22,6 +22,8 @@ export function discardConnection(label: string): RemoteConnection {
     fsync: () => Promise.resolve(),
     hashStored: noData,
     close: () => Promise.resolve(),
+    setstat: noData,
+    renameTo: noData,
   };
   const none = () => Promise.reject(new FerryError('INTERNAL', 'a discard job has no remote host'));
   return {
@@ -32,6 +34,8 @@ export function discardConnection(label: string): RemoteConnection {
     mode: 'helper',
     stat: none,
     createSized: none,
+    createNew: none,
+    umask: none,
     openFile: () => Promise.resolve(file),
     setstat: none,
     rename: none,

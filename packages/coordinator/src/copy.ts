@@ -4,7 +4,7 @@
  * re-send), finalize. Every way out (done, failed, interrupted) stops the
  * agents, journals what they made durable, and leaves a job a rerun can resume.
  */
-import { mkdir, open, readdir, rm, chmod, rename, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { availableParallelism, homedir, hostname, networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import type { JetStreamManager, JsMsg } from '@nats-io/jetstream';
@@ -28,7 +28,6 @@ import {
   decodeCompletions,
   decodeHeartbeat,
   decodeWorkItem,
-  destinationError,
   encode,
   encodeMessage,
   StreamTuner,
@@ -46,7 +45,7 @@ import {
   workItemCount,
   workItemsOf,
 } from '@ferry/core';
-import type { Completion, CopyOptions, HashAlgorithm, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, TransferMode, WorkItem } from '@ferry/core';
+import type { Completion, CopyOptions, FileIdentity, HashAlgorithm, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, TransferMode, WorkItem } from '@ferry/core';
 import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
@@ -72,7 +71,8 @@ import { runAgentInProcess } from './in-process.js';
 import type { CompletionMessage, JobBus } from './job-bus.js';
 import { LocalBus } from './local-bus.js';
 import { KV_HASH_BLOCK } from './nats-job-bus.js';
-import { createLocalSized, prepareCopy, remoteSideOf, resolveRemote, withRemote } from './prepare.js';
+import { prepareCopy, remoteSideOf, resolveRemote, withRemote } from './prepare.js';
+import { checkTemp, createTemp, finalizeLocal, finalizeRemote, useTempPath } from './temp-file.js';
 import { startWarmAgents } from './warm.js';
 
 /** NATS, loaded once runCopy has started connecting, where a job needs it (bus.ts). */
@@ -146,49 +146,10 @@ async function publishRanges(bus: JobBus, jobId: string, runTag: string, plan: R
   await Promise.all(batch);
 }
 
-async function finalizeLocal(prep: PreparedCopy, preserve: boolean): Promise<void> {
-  try {
-    const fh = await open(prep.tempPath, 'r+');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await chmod(prep.tempPath, preserve ? prep.sourceMode : 0o666 & ~process.umask());
-    if (preserve) await utimes(prep.tempPath, prep.sourceMtimeMs / 1000, prep.sourceMtimeMs / 1000);
-    await rename(prep.tempPath, prep.targetPath);
-  } catch (err) {
-    throw destinationError(err, { path: prep.targetPath });
-  }
-}
-
-async function finalizeRemote(prep: PreparedCopy, preserve: boolean): Promise<void> {
-  await withRemote(prep, (conn) => finalizeRemoteOn(conn, prep, preserve));
-}
-
-async function finalizeRemoteOn(conn: RemoteConnection, prep: PreparedCopy, preserve: boolean): Promise<void> {
-  if (prep.fileBytes > 0) {
-    const f = await conn.openFile(prep.tempPath, 'write');
-    try {
-      await f.fsync();
-    } finally {
-      await f.close();
-    }
-  }
-  // Without -p the file gets the usual mode of a new file (0666 less a umask of 022), as scp does.
-  const attrs = preserve ? { mode: prep.sourceMode, mtimeMs: Math.floor(prep.sourceMtimeMs) } : { mode: 0o644 };
-  await conn.setstat(prep.tempPath, attrs);
-  await conn.rename(prep.tempPath, prep.targetPath);
-}
-
-async function tempFileSize(prep: PreparedCopy): Promise<number | undefined> {
-  if (prep.discard) return prep.fileBytes; // a discard job's destination is always "there"
-  if (prep.direction === 'push') return (await withRemote(prep, (c) => c.stat(prep.tempPath)))?.size;
-  try {
-    return (await stat(prep.tempPath)).size;
-  } catch {
-    return undefined;
-  }
+/** Removes the name of an earlier run's temporary file (unlink: a link there is removed, not followed). */
+async function removeTemp(prep: PreparedCopy, path: string): Promise<void> {
+  if (prep.direction === 'push') await withRemote(prep, (c) => c.unlink(path)).catch(() => {});
+  else await unlink(path).catch(() => {});
 }
 
 /** Everything under the job directory except the lock, for a fresh start. */
@@ -261,8 +222,13 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
 
     // Resume or start afresh.
     let job = await readJobFile(jobDir);
+    const previous = job;
+    /** A new job's temporary file: a fresh random name (prepareCopy drew it). */
+    const freshTemp = prep.tempPath;
     let folded: JournalState | undefined;
     if (job && !options.restart) {
+      // The resumed job's own temporary file, whose name was random: its job file has it.
+      if (!prep.discard) useTempPath(prep, job.tempPath);
       const opened = await JournalFile.open(join(jobDir, 'journal'));
       journal = opened.journal;
       folded = foldJournal(opened.replay.records);
@@ -276,19 +242,19 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         folded = undefined;
       }
     }
+    let temp: FileIdentity | undefined = job?.temp;
     let plan: RangePlan;
     if (job && folded) {
       plan = planRanges(job.fileBytes, job.rangeBytes);
     } else {
       plan = planRanges(prep.fileBytes, options.rangeBytes);
       await clearJobDir(jobDir);
-      if (prep.discard) {
-        // No destination file: the benchmark's agents write nothing.
-      } else if (prep.direction === 'push') {
-        await prep.conn.createSized(prep.tempPath, prep.fileBytes, 0o600).catch((err: unknown) => {
-          throw destinationError(err, { host: prep.conn.label, path: prep.tempPath });
-        });
-      } else await createLocalSized(prep.tempPath, prep.fileBytes);
+      if (!prep.discard) {
+        useTempPath(prep, freshTemp);
+        // The earlier run's partial file goes (only its name is removed: whatever it names now is not touched).
+        if (previous && previous.tempPath !== freshTemp) await removeTemp(prep, previous.tempPath);
+        temp = await createTemp(prep);
+      }
       job = {
         v: JOB_FILE_VERSION,
         jobId: prep.jobId,
@@ -307,6 +273,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         rangeCount: plan.count,
         hash: rangeHashFor(options, prep.conn),
         fingerprint,
+        ...(temp ? { temp } : {}),
         ...(request.launchOptions ? { launch: request.launchOptions } : {}),
       };
       await writeJobFile(jobDir, job);
@@ -323,6 +290,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         rangeCount: plan.count,
         hash: job.hash,
         fingerprint,
+        ...(temp ? { tempPath: prep.tempPath, temp } : {}),
         at: Date.now(),
       });
     }
@@ -399,7 +367,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     await saveStatus();
 
     if (state.done.size < plan.count) {
-      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm, shutdowns, shape });
+      await transfer({ prep, plan, options, agents, jobDir, state, request, emit, journal: journal!, hash, saveStatus, resumed, warm, shutdowns, shape, temp });
     }
 
     // The source must be what it was when the job started, or the copy mixes two versions.
@@ -415,8 +383,8 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
 
     if (prep.discard) {
       // Nothing was written, so nothing is renamed into place.
-    } else if (prep.direction === 'push') await finalizeRemote(prep, options.preserve);
-    else await finalizeLocal(prep, options.preserve);
+    } else if (prep.direction === 'push') await finalizeRemote(prep, temp!, options.preserve);
+    else await finalizeLocal(prep, temp!, options.preserve);
 
     const root = rootHash(hash, state.hashes.values());
     await journal!.append({ t: 'final', rootHash: root, at: Date.now() });
@@ -520,9 +488,12 @@ async function resumeBlocker(job: JobFile, folded: JournalState, fingerprint: So
       { path: prep.sourceLabel },
     );
   }
-  const size = await tempFileSize(prep);
-  if (size === undefined) return `its partial file ${prep.tempPath} is gone`;
-  if (size !== job.fileBytes) return `its partial file ${prep.tempPath} has ${size} bytes, not ${job.fileBytes}`;
+  if (prep.discard) return undefined; // a discard job's destination is always "there"
+  if (!job.temp) return `its partial file ${prep.tempPath} was made by an older ferry, which did not record which file it is`;
+  // DEST_REPLACED (the job kept) when something other than the file it created is at its name.
+  const found = await checkTemp(prep, job.temp);
+  if (found === 'gone') return `its partial file ${prep.tempPath} is gone`;
+  if (found.size !== job.fileBytes) return `its partial file ${prep.tempPath} has ${found.size} bytes, not ${job.fileBytes}`;
   return undefined;
 }
 
@@ -550,6 +521,8 @@ interface TransferContext {
   shutdowns: Array<Promise<unknown>>;
   /** Streams per agent in use now (the tuner changes it): what the summary reports. */
   shape: { streams: number };
+  /** The temporary destination file the job created (none in a discard job). */
+  temp: FileIdentity | undefined;
 }
 
 /** The control plane a transfer uses: memory when its one agent runs in this process, else NATS. */
@@ -626,6 +599,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       mode: prep.mode,
       localPath: prep.localPath,
       remotePath: prep.remotePath,
+      ...(ctx.temp ? { tempFile: ctx.temp } : {}),
       remoteHosts: prep.remoteHosts,
       remoteCommand: options.remoteCommand,
       fileBytes: plan.fileBytes,

@@ -11,7 +11,7 @@ export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary } from './events.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';
 export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
-export { prepareCopy, makeJobId, tempNameFor } from './prepare.js';
+export { prepareCopy, makeJobId } from './prepare.js';
 export type { PreparedCopy } from './prepare.js';
 export { JournalFile } from './journal-file.js';
 export { jobDirOf, listJobs, readJobFile, readStatus, pidAlive, foldJournal } from './job-state.js';

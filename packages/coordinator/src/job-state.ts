@@ -11,7 +11,7 @@
 import { open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError, IntervalSet, createHasher, errnoOf } from '@ferry/core';
-import type { CopyOptions, Direction, HashAlgorithm, JournalRecord, RemoteHost, SourceFingerprint } from '@ferry/core';
+import type { CopyOptions, Direction, FileIdentity, HashAlgorithm, JournalRecord, RemoteHost, SourceFingerprint } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 
 export const JOB_FILE_VERSION = 1;
@@ -28,7 +28,10 @@ export interface JobFile {
   sourceLabel: string;
   destinationLabel: string;
   targetPath: string;
+  /** The temporary destination file: a random name, next to the target. */
   tempPath: string;
+  /** What identifies it (absent from older ferry's jobs, which are then started over). */
+  temp?: FileIdentity;
   remoteHosts: RemoteHost[];
   fileBytes: number;
   rangeBytes: number;

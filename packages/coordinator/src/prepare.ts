@@ -3,11 +3,11 @@
  * read and the destination written, and create the temporary destination file
  * at full size. Every failure here names the host and path and the fix.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { homedir, hostname, userInfo } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { DISCARD_HOST, FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation, tildePrefix, underHome } from '@ferry/core';
+import { DISCARD_HOST, FerryError, TEMP_TOKEN_ENV, destinationError, tempNameFor, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation, tildePrefix, underHome } from '@ferry/core';
 import type { BadComponent, Direction, PathKind, RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { DEFAULT_KEEPALIVE_COUNT_MAX, DEFAULT_KEEPALIVE_INTERVAL_MS, connectRemote, loadSshConfig, resolveRemoteHost } from '@ferry/transport';
 import type { ConfigSource, LocalFacts, RemoteConnection } from '@ferry/transport';
@@ -201,8 +201,13 @@ async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: Parame
   throw last;
 }
 
-export function tempNameFor(targetPath: string, jobId: string, pathApi: typeof posix = posix): string {
-  return pathApi.join(pathApi.dirname(targetPath), `.${pathApi.basename(targetPath)}.ferry-${jobId.slice(0, 8)}.part`);
+/**
+ * A random part for a temporary name: 96 bits, so nobody can have a file
+ * ready at the name (`first`: the test hook FERRY_TEST_TEMP_TOKEN may choose it).
+ */
+export function newTempToken(first = false): string {
+  const hook = first ? process.env[TEMP_TOKEN_ENV] : undefined;
+  return hook || randomBytes(12).toString('hex');
 }
 
 export function makeJobId(direction: Direction, source: string, target: string): string {
@@ -369,22 +374,10 @@ async function localTarget(given: string, sourceName: string): Promise<string> {
   return abs;
 }
 
-export async function createLocalSized(path: string, size: number): Promise<void> {
-  let fh;
-  try {
-    fh = await open(path, 'w', 0o600);
-    await fh.truncate(size);
-  } catch (err) {
-    throw destinationError(err, { path });
-  } finally {
-    await fh?.close();
-  }
-}
-
 /** The coordinator's connection in a discard job: there is no remote host, so any use is a bug. */
 function discardConnection(): RemoteConnection {
   const none = () => Promise.reject(new FerryError('INTERNAL', `a discard job (FERRY_BENCH_DISCARD) has no remote host to talk to`));
-  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, homeDirectory: none, close: () => {} };
+  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, createNew: none, umask: none, openFile: none, setstat: none, rename: none, unlink: none, hashRange: none, realpath: none, homeDirectory: none, close: () => {} };
 }
 
 export interface PrepareOptions {
@@ -431,7 +424,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     const targetPath = remoteLoc.path.endsWith('/') ? posix.join(remoteLoc.path, basename(sourcePath)) : remoteLoc.path;
     // Never the id of a real copy, whatever a host called "discard" might hold.
     const jobId = makeJobId('push', sourcePath, `discard\0${targetPath}`);
-    const tempPath = tempNameFor(targetPath, jobId);
+    const tempPath = tempNameFor(targetPath, jobId.slice(0, 8));
     return {
       direction: 'push',
       jobId,
@@ -462,7 +455,8 @@ export async function prepareCopy(source: string, destination: string, options: 
     try {
       const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
       const jobId = makeJobId('push', sourcePath, `${hostsKey}:${targetPath}`);
-      const tempPath = tempNameFor(targetPath, jobId);
+      // A new job's name; a resumed job's temporary file is the one its job file names (copy.ts).
+      const tempPath = tempNameFor(targetPath, newTempToken(true));
       return {
         direction: 'push',
         jobId,
@@ -507,7 +501,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     }
     const targetPath = await localTarget(dst.path, posix.basename(remotePath));
     const jobId = makeJobId('pull', `${hostsKey}:${remotePath}`, targetPath);
-    const tempPath = tempNameFor(targetPath, jobId, posix);
+    const tempPath = tempNameFor(targetPath, newTempToken(true), posix);
     return {
       direction: 'pull',
       jobId,

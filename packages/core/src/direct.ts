@@ -104,9 +104,10 @@ export function isAligned(buf: Uint8Array): boolean {
  * Local file systems that refuse O_DIRECT (tmpfs before Linux 6.6, some FUSE
  * file systems) fail the open with EINVAL.
  */
-export async function openDirect(path: string): Promise<{ fh: FileHandle } | { reason: string }> {
+export async function openDirect(path: string, opened?: FileHandle): Promise<{ fh: FileHandle } | { reason: string }> {
   if (constants.O_DIRECT === undefined) return { reason: 'this platform has no O_DIRECT' };
   try {
+    if (opened) return await reopenDirect(opened);
     return { fh: await open(path, constants.O_RDWR | constants.O_DIRECT) };
   } catch (err) {
     const errno = errnoOf(err);
@@ -119,18 +120,33 @@ export async function openDirect(path: string): Promise<{ fh: FileHandle } | { r
  * openDirect for `--direct-io` (`true`) or its default (`auto`: only where the
  * file sits on a local disk file system, directIoFits), or why not.
  */
-export async function openDirectAuto(path: string, choice: true | 'auto'): Promise<{ fh: FileHandle } | { reason: string }> {
+export async function openDirectAuto(path: string, choice: true | 'auto', opened?: FileHandle): Promise<{ fh: FileHandle } | { reason: string }> {
   if (choice === 'auto') {
     let type: number;
     try {
-      type = (await statfs(path)).type;
+      type = (await statfs(opened ? `/proc/self/fd/${opened.fd}` : path)).type;
     } catch (err) {
       return { reason: `the file system of ${path} cannot be told (statfs: ${errnoOf(err) ?? (err as Error).message})` };
     }
     const fits = directIoFits(type);
     if (!fits.direct) return { reason: fits.reason };
   }
-  return openDirect(path);
+  return openDirect(path, opened);
+}
+
+/**
+ * `opened`'s file a second time, with O_DIRECT, through /proc/self/fd: the
+ * open file itself, not whatever its name points at by now (another user may
+ * have swapped it). The new handle is checked to be the same inode.
+ */
+async function reopenDirect(opened: FileHandle): Promise<{ fh: FileHandle } | { reason: string }> {
+  const fh = await open(`/proc/self/fd/${opened.fd}`, constants.O_RDWR | constants.O_DIRECT);
+  const [a, b] = await Promise.all([opened.stat(), fh.stat()]);
+  if (a.ino !== b.ino || a.dev !== b.dev) {
+    await fh.close();
+    return { reason: 'the file reopened through /proc/self/fd was not the same file' };
+  }
+  return { fh };
 }
 
 /**

@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'DEST_NOT_WRITABLE'
   | 'DEST_NO_SPACE'
   | 'DEST_IO'
+  | 'DEST_REPLACED'
   | 'SSH_AUTH_FAILED'
   | 'HOST_KEY_UNKNOWN'
   | 'HOST_KEY_CHANGED'
@@ -41,6 +42,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   DEST_NOT_WRITABLE: 21,
   DEST_NO_SPACE: 22,
   DEST_IO: 23,
+  DEST_REPLACED: 24,
   SSH_AUTH_FAILED: 30,
   HOST_KEY_UNKNOWN: 31,
   HOST_KEY_CHANGED: 32,

@@ -36,6 +36,8 @@ export { SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';
 export type { DirectIoChoice } from './direct.js';
+export { SAFE_FILES_CAPABILITY, TEMP_TOKEN_ENV, copyMode, identityOf, identityProblem, replacedError, tempNameFor } from './dest-file.js';
+export type { FileIdentity, FoundFile } from './dest-file.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAULT_SMALL_FILE_BYTES, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES } from './tree-plan.js';
 export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry } from './tree-plan.js';

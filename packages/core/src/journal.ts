@@ -9,6 +9,7 @@
 import { crc32 } from 'node:zlib';
 import { decode, encode } from './codec.js';
 import type { HashAlgorithm } from './hash.js';
+import type { FileIdentity } from './dest-file.js';
 
 export const JOURNAL_VERSION = 1;
 const RECORD_HEADER_BYTES = 8;
@@ -36,6 +37,9 @@ export type JournalRecord =
       rangeCount: number;
       hash: HashAlgorithm;
       fingerprint?: SourceFingerprint;
+      /** The temporary destination file (random name) and what identifies it, for a resume to find and check it. */
+      tempPath?: string;
+      temp?: FileIdentity;
       at: number;
     }
   | {

@@ -8,6 +8,7 @@ import { decode, encode } from './codec.js';
 import type { ErrorData } from './errors.js';
 import { FerryError } from './errors.js';
 import type { HashAlgorithm } from './hash.js';
+import type { FileIdentity } from './dest-file.js';
 import { rangeAt } from './ranges.js';
 import type { ByteRange, RangePlan } from './ranges.js';
 
@@ -172,6 +173,12 @@ export interface JobSpec {
   localPath: string;
   /** Remote file: the temporary destination for push, the source for pull. */
   remotePath: string;
+  /**
+   * The temporary destination file as the coordinator created it: agents
+   * open it only if it is still that file (dest-file.ts). Absent from older
+   * coordinators.
+   */
+  tempFile?: FileIdentity;
   remoteHosts: RemoteHost[];
   /** Command that starts the helper on the remote host, in helper mode. */
   remoteCommand: string;

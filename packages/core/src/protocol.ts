@@ -79,6 +79,8 @@ export interface HelloBody {
    * serve's hub.ts). Answer: that socket's path, when the helper opened one.
    */
   hub?: boolean | string;
+  /** Answer: the helper process's umask, for modes as scp sets them (a file's mode without -p). */
+  umask?: number;
 }
 export interface OpenBody {
   path: string;
@@ -91,14 +93,27 @@ export interface OpenBody {
    * file system (core's directIoFits), through the page cache elsewhere.
    */
   direct?: boolean | 'auto';
+  /**
+   * With policy 'create': create a new file only (O_CREAT|O_EXCL|O_NOFOLLOW),
+   * failing with EEXIST whatever is at `path`, a symbolic link included.
+   * Helpers with the `safe-files` capability open 'create' and 'write' with
+   * O_NOFOLLOW always, and answer OPEN with the handle's fstat (`stat`).
+   */
+  exclusive?: boolean;
 }
 export interface WriteBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface ReadBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface HashBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface HandleBody { handle: number }
-export interface SetstatBody { path: string; mode?: number; mtimeMs?: number; atimeMs?: number }
+/** By path, or (`safe-files`) by an open handle: fchmod and futimes, nothing looked up by name. */
+export interface SetstatBody { path?: string; handle?: number; mode?: number; mtimeMs?: number; atimeMs?: number }
 export interface PathBody { path: string }
-export interface RenameBody { from: string; to: string }
+/**
+ * With `handle` (`safe-files`): `from` must still be the file open as `handle`
+ * (same device and inode, not a link) just before the rename, and `to` must be
+ * it just after; DEST_REPLACED otherwise.
+ */
+export interface RenameBody { from: string; to: string; handle?: number }
 export interface ZerosBody { length: number }
 
 export interface StatResult {
@@ -108,6 +123,9 @@ export interface StatResult {
   mtimeMs: number;
   ino: number;
   dev: number;
+  /** Owner and link count (helpers with `safe-files`; SFTP gives the owner only). */
+  uid?: number;
+  nlink?: number;
 }
 
 /** Body of OK: which fields are set depends on the request it answers. */
@@ -116,6 +134,7 @@ export interface OkBody {
   size?: number;
   bytes?: number;
   hash?: string;
+  /** STAT; and OPEN (`safe-files`): fstat of the handle just opened, for the client to check it is the file it expects. */
   stat?: StatResult;
   hello?: HelloBody;
   /** OPEN with `direct`: whether aligned writes bypass the page cache... */
@@ -213,6 +232,7 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.size !== undefined) int('size');
       if (b.mode !== undefined) int('mode');
       if (b.direct !== undefined && typeof b.direct !== 'boolean' && b.direct !== 'auto') throw protocolError("OPEN.direct must be a boolean or 'auto'");
+      if (b.exclusive !== undefined && typeof b.exclusive !== 'boolean') throw protocolError('OPEN.exclusive must be a boolean');
       break;
     case 'WRITE':
     case 'READ':
@@ -227,7 +247,8 @@ function validate(frame: ControlFrame): ControlFrame {
       int('handle');
       break;
     case 'SETSTAT':
-      str('path');
+      if (b.handle !== undefined) int('handle');
+      else str('path');
       if (b.mode !== undefined) int('mode');
       if (b.mtimeMs !== undefined) int('mtimeMs');
       if (b.atimeMs !== undefined) int('atimeMs');
@@ -239,6 +260,7 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'RENAME':
       str('from');
       str('to');
+      if (b.handle !== undefined) int('handle');
       break;
     case 'ZEROS':
       int('length');

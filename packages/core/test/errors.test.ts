@@ -20,6 +20,7 @@ describe('exit codes', () => {
       DEST_NOT_WRITABLE: 21,
       DEST_NO_SPACE: 22,
       DEST_IO: 23,
+      DEST_REPLACED: 24,
       SSH_AUTH_FAILED: 30,
       HOST_KEY_UNKNOWN: 31,
       HOST_KEY_CHANGED: 32,

@@ -5,7 +5,8 @@
  * with their hash, and touches only files it was asked to OPEN (writes go by
  * handle, bounded by the size the file had when opened).
  */
-import { open, rename, stat, unlink, chmod, utimes } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, rename, stat, unlink, chmod, utimes } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -17,6 +18,7 @@ import {
   FrameType,
   HASH_ALGORITHMS,
   PROTOCOL_VERSION,
+  SAFE_FILES_CAPABILITY,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
@@ -109,7 +111,14 @@ export function statOf(st: import('node:fs').Stats): StatResult {
     mtimeMs: Math.floor(st.mtimeMs),
     ino: st.ino,
     dev: st.dev,
+    uid: st.uid,
+    nlink: st.nlink,
   };
+}
+
+/** The helper's umask (what a file created without an explicit mode gets), for modes as scp sets them. */
+function currentUmask(): number {
+  return process.umask();
 }
 
 /** Runs one helper session until input ends. Resolves when everything pending is written. */
@@ -393,17 +402,21 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const openFile = async (body: OpenBody): Promise<OkBody> => {
     let fh: FileHandle;
+    // Destination files are never reached through a symbolic link: in a directory others can
+    // write, one planted at the name would have ferry write (and chmod) whatever it points at.
     if (body.policy === 'create') {
       try {
         // Read as well as written: a ZEROS run is only written where the file does not read as zeros.
-        fh = await open(body.path, 'w+', body.mode ?? 0o644);
+        // `exclusive`: a new file or nothing (EEXIST), whatever another user planted at the name.
+        const how = body.exclusive === true ? constants.O_EXCL : constants.O_TRUNC;
+        fh = await open(body.path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | how, body.mode ?? (body.exclusive === true ? 0o600 : 0o644));
         await fh.truncate(body.size ?? 0);
       } catch (err) {
         throw destinationError(err, { path: body.path });
       }
     } else if (body.policy === 'write') {
       try {
-        fh = await open(body.path, 'r+');
+        fh = await open(body.path, constants.O_RDWR | constants.O_NOFOLLOW);
       } catch (err) {
         throw destinationError(err, { path: body.path });
       }
@@ -422,7 +435,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     let writer = new FileWriter(fh);
     let directReason: string | undefined;
     if ((body.direct === true || body.direct === 'auto') && body.policy === 'write') {
-      const d = await openDirectAuto(body.path, body.direct);
+      // The open file a second time (through /proc/self/fd), not its name again.
+      const d = await openDirectAuto(body.path, body.direct, fh);
       if ('fh' in d) writer = new FileWriter(fh, d.fh);
       else directReason = d.reason;
     }
@@ -430,8 +444,35 @@ export async function serve(options: ServeOptions): Promise<void> {
     files.set(handle, { fh, path: body.path, size: st.size, writable: body.policy !== 'read', writer, writing: new Set(), writeError: undefined });
     const pipesReason = await options.pipes;
     const pipes = pipesReason === undefined ? {} : { pipesReason };
-    if (body.direct === undefined || body.direct === false) return { handle, size: st.size, ...pipes };
-    return { handle, size: st.size, direct: writer.direct, ...(directReason ? { directReason } : {}), ...pipes };
+    const base = { handle, size: st.size, stat: statOf(st), ...pipes };
+    if (body.direct === undefined || body.direct === false) return base;
+    return { ...base, direct: writer.direct, ...(directReason ? { directReason } : {}) };
+  };
+
+  /**
+   * RENAME with a handle: `from` must be the handle's file just before, and
+   * `to` just after. There is no rename-if-same-inode in Linux, so a swap in
+   * between is not prevented; it is found, and reported, at once.
+   */
+  const renameChecked = async (f: OpenFile, from: string, to: string) => {
+    const mine = await f.fh.stat();
+    const sameAs = async (path: string, when: string) => {
+      let st;
+      try {
+        st = await lstat(path);
+      } catch (err) {
+        throw new FerryError('DEST_REPLACED', `${path} is gone ${when} (${errnoOf(err) ?? (err as Error).message})`, { path });
+      }
+      const problem = st.isSymbolicLink() ? 'a symbolic link' : !st.isFile() ? 'something that is not a regular file' : st.ino !== mine.ino || st.dev !== mine.dev ? `another file (inode ${st.ino}, not ${mine.ino})` : undefined;
+      if (problem) throw new FerryError('DEST_REPLACED', `found ${problem} at ${path} ${when}`, { path });
+    };
+    await sameAs(from, 'before the rename');
+    try {
+      await rename(from, to);
+    } catch (err) {
+      throw destinationError(err, { path: to });
+    }
+    await sameAs(to, 'after the rename');
   };
 
   const onControl = (frame: ControlFrame) => {
@@ -439,7 +480,12 @@ export async function serve(options: ServeOptions): Promise<void> {
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
     switch (frame.type) {
       case 'HELLO': {
-        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', ...HASH_ALGORITHMS.map((h) => `hash:${h}`)] };
+        const hello = {
+          version: PROTOCOL_VERSION,
+          software: options.software ?? 'ferry',
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', SAFE_FILES_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          umask: currentUmask(),
+        };
         const openHub = options.openHub;
         if (frame.body.hub !== true || !openHub) {
           reply(id, { hello });
@@ -529,18 +575,32 @@ export async function serve(options: ServeOptions): Promise<void> {
         return;
       case 'SETSTAT': {
         const b = frame.body;
+        // By handle: fchmod and futimes on the file itself, never a name that may point elsewhere by now.
+        const f = b.handle === undefined ? undefined : fileOf(b.handle);
+        const path = f?.path ?? b.path!;
         run(async () => {
           try {
-            if (b.mode !== undefined) await chmod(b.path, b.mode);
-            if (b.mtimeMs !== undefined) await utimes(b.path, (b.atimeMs ?? b.mtimeMs) / 1000, b.mtimeMs / 1000);
+            if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));
+            if (b.mtimeMs !== undefined) {
+              const atime = (b.atimeMs ?? b.mtimeMs) / 1000;
+              await (f ? f.fh.utimes(atime, b.mtimeMs / 1000) : utimes(path, atime, b.mtimeMs / 1000));
+            }
           } catch (err) {
-            throw destinationError(err, { path: b.path });
+            throw destinationError(err, { path });
           }
           return {};
         });
         return;
       }
-      case 'RENAME':
+      case 'RENAME': {
+        const f = frame.body.handle === undefined ? undefined : fileOf(frame.body.handle);
+        if (f) {
+          run(async () => {
+            await renameChecked(f, frame.body.from, frame.body.to);
+            return {};
+          });
+          return;
+        }
         run(async () => {
           try {
             await rename(frame.body.from, frame.body.to);
@@ -550,6 +610,7 @@ export async function serve(options: ServeOptions): Promise<void> {
           return {};
         });
         return;
+      }
       case 'UNLINK':
         run(async () => {
           try {

@@ -62,6 +62,9 @@ OK, ERROR = 64, 65
 NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
          9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 64: 'OK', 65: 'ERROR'}
 ZERO_CHUNK = bytes(CHUNK_BYTES)
+# The umask files are created with here: what a copied file's mode is limited by (HELLO says it).
+UMASK = os.umask(0o077)
+os.umask(UMASK)
 
 
 class Failure(Exception):
@@ -317,19 +320,52 @@ def mounted_fs_type(path):
     return kind
 
 
-def open_direct(path, choice):
-    """A second descriptor of path with O_DIRECT (choice True, or 'auto' on a local disk file system), or why not."""
+def stat_of(st):
+    kind = 'file' if stat_mod.S_ISREG(st.st_mode) else 'directory' if stat_mod.S_ISDIR(st.st_mode) else 'other'
+    return {'type': kind, 'size': st.st_size, 'mode': st.st_mode & 0o7777, 'mtimeMs': st.st_mtime_ns // 1000000,
+            'ino': st.st_ino, 'dev': st.st_dev, 'uid': st.st_uid, 'nlink': st.st_nlink}
+
+
+def same_as(fd, path, when):
+    """Fails with DEST_REPLACED unless `path` names the file open as fd (not a link to it)."""
+    mine = os.fstat(fd)
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise Failure('DEST_REPLACED', '%s is gone %s (%s)' % (path, when, errno_names.errorcode.get(err.errno, 'EIO')), path)
+    if stat_mod.S_ISLNK(st.st_mode):
+        problem = 'a symbolic link'
+    elif not stat_mod.S_ISREG(st.st_mode):
+        problem = 'something that is not a regular file'
+    elif (st.st_ino, st.st_dev) != (mine.st_ino, mine.st_dev):
+        problem = 'another file (inode %d, not %d)' % (st.st_ino, mine.st_ino)
+    else:
+        return
+    raise Failure('DEST_REPLACED', 'found %s at %s %s' % (problem, path, when), path)
+
+
+def open_direct(path, choice, fd):
+    """
+    A second descriptor of the file open as fd, with O_DIRECT (choice True, or 'auto' on a local disk
+    file system), or why not. Opened through /proc/self/fd: the open file itself, not whatever its
+    name points at by now.
+    """
     if not hasattr(os, 'O_DIRECT'):
         return None, 'this platform has no O_DIRECT'
     if choice == 'auto':
         try:
-            kind = mounted_fs_type(path)
+            kind = mounted_fs_type('/proc/self/fd/%d' % fd)
         except (OSError, ValueError, IndexError) as err:
             return None, 'the file system of %s cannot be told (/proc/self/mountinfo: %s)' % (path, err)
         if kind not in LOCAL_DISK_FILESYSTEMS:
             return None, 'its file system (%s) is not a local disk file system ferry writes around the page cache by default (%s); --direct-io forces it' % (kind, ', '.join(LOCAL_DISK_FILESYSTEMS))
     try:
-        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC), None
+        direct_fd = os.open('/proc/self/fd/%d' % fd, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+        a, b = os.fstat(fd), os.fstat(direct_fd)
+        if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):
+            os.close(direct_fd)
+            return None, 'the file reopened through /proc/self/fd was not the same file'
+        return direct_fd, None
     except OSError as err:
         if err.errno == errno_names.EINVAL:
             return None, 'the file system of %s does not support direct I/O (O_DIRECT: EINVAL)' % path
@@ -530,8 +566,8 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename'] + ['hash:' + h for h in sorted(HASHERS)]
-        return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps}}
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files'] + ['hash:' + h for h in sorted(HASHERS)]
+        return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK}}
 
     def open(self, fid, body):
         path = self.need_str(body, 'OPEN', 'path')
@@ -539,17 +575,23 @@ class Session(object):
         if policy not in ('create', 'write', 'read'):
             raise protocol_error('OPEN.policy must be create, write or read')
         size = self.need_int(body, 'OPEN', 'size') if body.get('size') is not None else 0
-        mode = self.need_int(body, 'OPEN', 'mode') if body.get('mode') is not None else 0o644
+        exclusive = body.get('exclusive')
+        if exclusive not in (None, True, False):
+            raise protocol_error('OPEN.exclusive must be a boolean')
+        mode = self.need_int(body, 'OPEN', 'mode') if body.get('mode') is not None else 0o600 if exclusive else 0o644
+        # Destination files are never reached through a symbolic link (O_NOFOLLOW); `exclusive`:
+        # a new file or nothing (EEXIST), whatever another user planted at the name.
         try:
             if policy == 'create':
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+                how = os.O_EXCL if exclusive else os.O_TRUNC
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | how | os.O_CLOEXEC, mode)
                 try:
                     os.ftruncate(fd, size)
                 except OSError:
                     os.close(fd)
                     raise
             elif policy == 'write':
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
             else:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as err:
@@ -566,9 +608,9 @@ class Session(object):
         self.next_handle += 1
         direct_fd, reason = (None, None)
         if direct in (True, 'auto') and policy == 'write':
-            direct_fd, reason = open_direct(path, direct)
+            direct_fd, reason = open_direct(path, direct, fd)
         self.files[handle] = OpenFile(fd, path, st.st_size, policy != 'read', direct_fd)
-        answer = {'handle': handle, 'size': st.st_size}
+        answer = {'handle': handle, 'size': st.st_size, 'stat': stat_of(st)}
         if direct in (True, 'auto'):
             answer['direct'] = direct_fd is not None
             if reason is not None:
@@ -717,19 +759,20 @@ class Session(object):
         except OSError as err:
             self.reply_error(fid, os_failure(err, path, 'source'))
             return None
-        kind = 'file' if stat_mod.S_ISREG(st.st_mode) else 'directory' if stat_mod.S_ISDIR(st.st_mode) else 'other'
-        return {'stat': {'type': kind, 'size': st.st_size, 'mode': st.st_mode & 0o7777, 'mtimeMs': st.st_mtime_ns // 1000000,
-                         'ino': st.st_ino, 'dev': st.st_dev}}
+        return {'stat': stat_of(st)}
 
     def setstat(self, fid, body):
-        path = self.need_str(body, 'SETSTAT', 'path')
+        # By handle: fchmod and futimes on the file itself, never a name that may point elsewhere by now.
+        f = self.file_of(body, 'SETSTAT') if body.get('handle') is not None else None
+        path = f.path if f is not None else self.need_str(body, 'SETSTAT', 'path')
+        target = f.fd if f is not None else path
         try:
             if body.get('mode') is not None:
-                os.chmod(path, self.need_int(body, 'SETSTAT', 'mode'))
+                os.chmod(target, self.need_int(body, 'SETSTAT', 'mode'))
             if body.get('mtimeMs') is not None:
                 mtime = self.need_int(body, 'SETSTAT', 'mtimeMs') * 1000000
                 atime = self.need_int(body, 'SETSTAT', 'atimeMs') * 1000000 if body.get('atimeMs') is not None else mtime
-                os.utime(path, ns=(atime, mtime))
+                os.utime(target, ns=(atime, mtime))
         except OSError as err:
             self.reply_error(fid, os_failure(err, path, 'destination'))
             return None
@@ -738,11 +781,18 @@ class Session(object):
     def rename(self, fid, body):
         src = self.need_str(body, 'RENAME', 'from')
         dst = self.need_str(body, 'RENAME', 'to')
+        f = self.file_of(body, 'RENAME') if body.get('handle') is not None else None
+        # With a handle: `from` must be that file just before the rename and `to` just after
+        # (Linux has no rename-if-same-inode: a swap in between is found, not prevented).
+        if f is not None:
+            same_as(f.fd, src, 'before the rename')
         try:
             os.rename(src, dst)
         except OSError as err:
             self.reply_error(fid, os_failure(err, dst, 'destination'))
             return None
+        if f is not None:
+            same_as(f.fd, dst, 'after the rename')
         return {}
 
     def unlink(self, fid, body):

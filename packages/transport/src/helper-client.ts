@@ -204,10 +204,15 @@ export class HelperClient {
     }
   }
 
-  async open(path: string, policy: OpenPolicy, extra: { size?: number; mode?: number; direct?: boolean | 'auto' } = {}): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string }> {
+  async open(
+    path: string,
+    policy: OpenPolicy,
+    extra: { size?: number; mode?: number; direct?: boolean | 'auto'; exclusive?: boolean } = {},
+  ): Promise<{ handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string; stat?: StatResult }> {
     const body: Record<string, unknown> = { path, policy, ...extra };
     const ok = await this.request('OPEN', body).reply;
-    const out: { handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string } = { handle: ok.handle!, size: ok.size ?? 0 };
+    const out: { handle: number; size: number; direct?: boolean; directReason?: string; pipesReason?: string; stat?: StatResult } = { handle: ok.handle!, size: ok.size ?? 0 };
+    if (ok.stat !== undefined) out.stat = ok.stat;
     if (typeof ok.direct === 'boolean') out.direct = ok.direct;
     if (typeof ok.directReason === 'string') out.directReason = ok.directReason;
     if (typeof ok.pipesReason === 'string') out.pipesReason = ok.pipesReason;
@@ -226,12 +231,14 @@ export class HelperClient {
     await this.request('CLOSE', { handle }).reply;
   }
 
-  async setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
-    await this.request('SETSTAT', { path, ...attrs }).reply;
+  /** `target`: a path, or (helpers with `safe-files`) an open handle, set through fchmod and futimes. */
+  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    await this.request('SETSTAT', { ...(typeof target === 'string' ? { path: target } : target), ...attrs }).reply;
   }
 
-  async rename(from: string, to: string): Promise<void> {
-    await this.request('RENAME', { from, to }).reply;
+  /** `handle` (helpers with `safe-files`): the helper checks `from` is that file before and `to` after. */
+  async rename(from: string, to: string, handle?: number): Promise<void> {
+    await this.request('RENAME', { from, to, ...(handle === undefined ? {} : { handle }) }).reply;
   }
 
   async unlink(path: string): Promise<void> {

@@ -4,8 +4,10 @@
  * and range transfers for the agents. `connectRemote()` picks the mode.
  */
 import type { Client } from 'ssh2';
-import { FerryError, createHasher, destinationError, errnoOf, hostLabel, isHashAlgorithm, toFerryError } from '@ferry/core';
-import type { HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { randomBytes } from 'node:crypto';
+import { posix } from 'node:path';
+import { FerryError, SAFE_FILES_CAPABILITY, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import type { FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
@@ -46,11 +48,23 @@ export interface RemoteFile {
   readonly directReason?: string;
   /** Helper mode: set when sshd's pipes to the helper stay at the kernel's default 64 KiB, and why. */
   readonly pipesReason?: string;
+  /** Sets the mode (and times) of this open file itself: fchmod and futimes (SFTP: fsetstat), no name looked up. */
+  setstat(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
+  /**
+   * Renames this file from `from` to `to`, checking that `from` is this file
+   * just before and `to` just after: DEST_REPLACED when another user swapped it.
+   */
+  renameTo(from: string, to: string): Promise<void>;
 }
 
 export interface OpenFileOptions {
   /** policy 'write': have the helper write aligned data with O_DIRECT (true: --direct-io; auto: on a local disk file system). */
   direct?: boolean | 'auto';
+  /**
+   * policy 'write': the file must be this one (the temporary file the job
+   * created): DEST_REPLACED, before any byte is written, when it is not.
+   */
+  expect?: FileIdentity;
 }
 
 /** A faster data path that `--mode auto` tried on a host and could not use, and why. */
@@ -76,6 +90,18 @@ export interface RemoteConnection {
   stat(path: string): Promise<StatResult | undefined>;
   /** Creates (or truncates) `path` and sizes it to `size` bytes, sparse. */
   createSized(path: string, size: number, mode?: number): Promise<void>;
+  /**
+   * Creates `path` new, mode 0600, without following a link at the name
+   * (O_CREAT|O_EXCL|O_NOFOLLOW; SFTP: its EXCL flag), sized to `size` bytes,
+   * sparse; resolves with what identifies it. Fails with errno EEXIST when
+   * anything is at `path`.
+   */
+  createNew(path: string, size: number): Promise<FileIdentity>;
+  /**
+   * The umask a file created in the directory of `nearPath` gets on the remote
+   * side (the helper's own; SFTP: found by creating an empty probe file there).
+   */
+  umask(nearPath: string): Promise<number>;
   openFile(path: string, policy: 'write' | 'read', options?: OpenFileOptions): Promise<RemoteFile>;
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
   rename(from: string, to: string): Promise<void>;
@@ -334,6 +360,16 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
   }
 }
 
+/**
+ * What a connection can check of the file a job created: not its device (it
+ * differs between the clients of a shared file system, and between the hosts
+ * of a DNS alias).
+ */
+function agentIdentity(expect: FileIdentity): FileIdentity {
+  const { dev: _dev, ...rest } = expect;
+  return rest;
+}
+
 function notFound(err: unknown): boolean {
   return errnoOf(err) === 'ENOENT' || sftpErrno(err) === 'ENOENT';
 }
@@ -409,11 +445,55 @@ export class HelperConnection implements RemoteConnection {
     await this.helper.closeFile(handle);
   }
 
+  /** The helper opens without following links, creates exclusively, and sets modes and renames by handle. */
+  private get safeFiles(): boolean {
+    return this.helper.hello?.capabilities.includes(SAFE_FILES_CAPABILITY) === true;
+  }
+
+  private needSafeFiles(path: string): void {
+    if (this.safeFiles) return;
+    throw new FerryError(
+      'HELPER_UNAVAILABLE',
+      `the helper on ${this.label} (${this.helper.hello?.software ?? 'unknown'}) is older than this ferry and cannot create or reopen ${path} safely (without following links, checked to be the file ferry created): install the same ferry version there, or use --mode python or --mode sftp`,
+      { host: this.label, path },
+    );
+  }
+
+  async createNew(path: string, size: number): Promise<FileIdentity> {
+    this.needSafeFiles(path);
+    const { handle, stat } = await this.helper.open(path, 'create', { size, mode: 0o600, exclusive: true });
+    await this.helper.closeFile(handle);
+    if (!stat) throw new FerryError('PROTOCOL', `the helper on ${this.label} created ${path} but did not say which file it is`, { host: this.label, path });
+    return { ...identityOf(stat), size };
+  }
+
+  async umask(): Promise<number> {
+    const umask = this.helper.hello?.umask;
+    return typeof umask === 'number' ? umask & 0o777 : 0o022;
+  }
+
   async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
     const direct = (options.direct === true || options.direct === 'auto') && policy === 'write';
-    const opened = await this.helper.open(path, policy, direct ? { direct: options.direct! } : {});
+    const expect = policy === 'write' ? options.expect : undefined;
+    if (expect) this.needSafeFiles(path);
+    let opened: Awaited<ReturnType<HelperClient['open']>>;
+    try {
+      opened = await this.helper.open(path, policy, direct ? { direct: options.direct! } : {});
+    } catch (err) {
+      // The helper opens destination files with O_NOFOLLOW: ELOOP is a link planted at the name.
+      if (expect && errnoOf(err) === 'ELOOP') throw replacedError(`${this.label}:${path}`, 'a symbolic link', { host: this.label });
+      throw err;
+    }
     const { handle } = opened;
     const helper = this.helper;
+    if (expect) {
+      // Checked before a byte is written: the answer to OPEN carries the handle's fstat.
+      const problem = opened.stat ? identityProblem(agentIdentity(expect), opened.stat) : 'a file the helper did not describe';
+      if (problem) {
+        await helper.closeFile(handle).catch(() => {});
+        throw replacedError(`${this.label}:${path}`, problem, { host: this.label });
+      }
+    }
     return {
       headroom: 12,
       ...(direct ? { direct: opened.direct === true, directReason: opened.directReason ?? (opened.direct ? undefined : 'the remote helper does not know --direct-io: run the same ferry version everywhere') } : {}),
@@ -458,6 +538,18 @@ export class HelperConnection implements RemoteConnection {
       fsync: () => helper.fsync(handle),
       hashStored: (offset, length, algorithm) => helper.hash(handle, offset, length, algorithm),
       close: () => helper.closeFile(handle),
+      setstat: (attrs) => (this.safeFiles ? helper.setstat({ handle }, attrs) : helper.setstat(path, attrs)),
+      renameTo: async (from, to) => {
+        try {
+          await helper.rename(from, to, this.safeFiles ? handle : undefined);
+        } catch (err) {
+          // The helper says "found X at PATH before|after the rename": worded here as every DEST_REPLACED is.
+          if (err instanceof FerryError && err.code === 'DEST_REPLACED') {
+            throw replacedError(`${this.label}:${err.path ?? from}`, err.message.replace(/^found (.*) at .* ((before|after) the rename)$/, '$1 $2'), { host: this.label });
+          }
+          throw err;
+        }
+      },
     };
   }
 
@@ -569,6 +661,51 @@ class SftpConnection implements RemoteConnection {
     }
   }
 
+  async createNew(path: string, size: number): Promise<FileIdentity> {
+    let handle: Buffer;
+    try {
+      handle = await this.session.open(path, 'wx', 0o600);
+    } catch (err) {
+      // sftp-server says only "failure" for O_EXCL's EEXIST: look at what is there.
+      if (await this.session.lstat(path).then(() => true, () => false)) throw Object.assign(new Error(`${path} exists`), { code: 'EEXIST' });
+      throw await sftpWriteError(this.session, err, path);
+    }
+    try {
+      await this.session.truncate(handle, size);
+      const st = await this.session.fstat(handle);
+      // SFTP v3 has no inode numbers: the owner and the size are what identify the file here.
+      return { ...identityOf(st), size };
+    } catch (err) {
+      throw await sftpWriteError(this.session, err, path);
+    } finally {
+      await this.session.close(handle).catch(() => {});
+    }
+  }
+
+  /**
+   * sftp-server's umask: SFTP cannot ask for it, so an empty probe file is
+   * created (EXCL, mode 0777) next to `nearPath`, its mode read and the file
+   * removed. It never holds data. 077 when that fails.
+   */
+  async umask(nearPath: string): Promise<number> {
+    const probe = posix.join(posix.dirname(nearPath), `.ferry-umask-${randomBytes(8).toString('hex')}`);
+    let handle: Buffer;
+    try {
+      handle = await this.session.open(probe, 'wx', 0o777);
+    } catch {
+      return 0o077;
+    }
+    try {
+      const st = await this.session.fstat(handle);
+      return 0o777 & ~st.mode;
+    } catch {
+      return 0o077;
+    } finally {
+      await this.session.close(handle).catch(() => {});
+      await this.session.unlink(probe).catch(() => {});
+    }
+  }
+
   /** Which hash tools the remote shell has (probed once per connection). */
   private remoteTools(): Promise<Set<string>> {
     this.tools ??= execCapture(this.client, 'command -v dd sha256sum xxhsum', this.label).then(
@@ -592,6 +729,10 @@ class SftpConnection implements RemoteConnection {
 
   async openFile(path: string, policy: 'write' | 'read', options: OpenFileOptions = {}): Promise<RemoteFile> {
     const direct = options.direct === true && policy === 'write' ? { direct: false, directReason: 'sftp mode writes through the remote sftp-server, which has no direct I/O' } : {};
+    const expect = policy === 'write' ? options.expect : undefined;
+    // SFTP has no O_NOFOLLOW: a link at the name is refused by lstat first (that leaves a race
+    // with a swap, which the fstat below narrows to a file of the same owner and size).
+    if (expect && (await this.session.lstat(path).then((st) => st.link, () => false))) throw replacedError(`${this.label}:${path}`, 'a symbolic link', { host: this.label });
     let handle: Buffer;
     try {
       handle = await this.session.open(path, policy === 'write' ? 'r+' : 'r');
@@ -600,6 +741,18 @@ class SftpConnection implements RemoteConnection {
       throw err;
     }
     const session = this.session;
+    const label = this.label;
+    if (expect) {
+      // SFTP opens follow links and its fstat has no inode: a file that is not the one
+      // created shows by its owner or size, and is closed before a byte is written.
+      // (Opening it 'r+' changed nothing in it.)
+      const st = await session.fstat(handle).catch(() => undefined);
+      const problem = st ? identityProblem({ ...agentIdentity(expect), ino: st.ino }, st) : 'a file whose attributes cannot be read';
+      if (problem) {
+        await session.close(handle).catch(() => {});
+        throw replacedError(`${label}:${path}`, problem, { host: label });
+      }
+    }
     const windowBytes = this.windowBytes;
     const chunkBytes = this.chunkBytes;
     const readBack = (offset: number, length: number, algorithm: HashAlgorithm) => this.readHash(handle, offset, length, algorithm);
@@ -698,6 +851,22 @@ class SftpConnection implements RemoteConnection {
       hashStored: storedHash,
       writeHashIsStored: true,
       close: () => session.close(handle),
+      setstat: (attrs) =>
+        session.fsetstat(handle, attrs).catch((err: unknown) => {
+          throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: label, path });
+        }),
+      renameTo: async (from, to) => {
+        // Without inode numbers: the name must not be a link, and must have this file's owner, size and time.
+        const mine = await session.fstat(handle);
+        const check = async (name: string, when: string) => {
+          const st = await session.lstat(name).catch(() => undefined);
+          const problem = !st ? `nothing ${when}` : st.link ? 'a symbolic link' : st.type !== 'file' ? 'something that is not a regular file' : st.uid !== mine.uid || st.size !== mine.size || st.mtimeMs !== mine.mtimeMs ? `another file (owner ${st.uid ?? '?'}, ${st.size} bytes)` : undefined;
+          if (problem) throw replacedError(`${label}:${name}`, `${problem} ${when}`, { host: label });
+        };
+        await check(from, 'before the rename');
+        await this.rename(from, to);
+        await check(to, 'after the rename');
+      },
     };
   }
 

@@ -17,6 +17,7 @@ const SFTP_FAILURE = 4;
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
 const S_IFDIR = 0o040000;
 
 export function openSftp(client: Client): Promise<SFTPWrapper> {
@@ -42,7 +43,22 @@ function withErrno(err: unknown): Error {
 export function statResult(stats: Stats): StatResult {
   const type = (stats.mode & S_IFMT) === S_IFREG ? 'file' : (stats.mode & S_IFMT) === S_IFDIR ? 'directory' : 'other';
   // SFTP v3 has no inode or device numbers and whole-second times.
-  return { type, size: stats.size, mode: stats.mode & 0o7777, mtimeMs: stats.mtime * 1000, ino: 0, dev: 0 };
+  return { type, size: stats.size, mode: stats.mode & 0o7777, mtimeMs: stats.mtime * 1000, ino: 0, dev: 0, ...(typeof stats.uid === 'number' ? { uid: stats.uid } : {}) };
+}
+
+/** lstat's answer: a symbolic link is its own kind here. */
+export function lstatResult(stats: Stats): StatResult & { link: boolean } {
+  return { ...statResult(stats), link: (stats.mode & S_IFMT) === S_IFLNK };
+}
+
+function sftpAttrs(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Record<string, number> {
+  const a: Record<string, number> = {};
+  if (attrs.mode !== undefined) a.mode = attrs.mode;
+  if (attrs.mtimeMs !== undefined) {
+    a.mtime = Math.floor(attrs.mtimeMs / 1000);
+    a.atime = Math.floor((attrs.atimeMs ?? attrs.mtimeMs) / 1000);
+  }
+  return a;
 }
 
 function cb<T>(fn: (done: (err: Error | null | undefined, value?: T) => void) => void): Promise<T> {
@@ -84,7 +100,21 @@ export class SftpSession {
     return cb<Stats>((d) => this.sftp.stat(path, d)).then(statResult);
   }
 
-  open(path: string, flags: 'r' | 'r+' | 'w', mode?: number): Promise<Buffer> {
+  lstat(path: string): Promise<StatResult & { link: boolean }> {
+    return cb<Stats>((d) => this.sftp.lstat(path, d)).then(lstatResult);
+  }
+
+  fstat(handle: Buffer): Promise<StatResult> {
+    return cb<Stats>((d) => this.sftp.fstat(handle, d)).then(statResult);
+  }
+
+  /** Mode and times of an open file (fsetstat): the file itself, whatever its name points at now. */
+  fsetstat(handle: Buffer, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    return cb<void>((d) => this.sftp.fsetstat(handle, sftpAttrs(attrs) as never, d));
+  }
+
+  /** 'wx': SSH_FXF_CREAT|EXCL (sftp-server: O_CREAT|O_EXCL, which also refuses a symbolic link at the name). */
+  open(path: string, flags: 'r' | 'r+' | 'w' | 'wx', mode?: number): Promise<Buffer> {
     return cb<Buffer>((d) => this.sftp.open(path, flags, mode === undefined ? {} : { mode }, d));
   }
 
@@ -101,13 +131,7 @@ export class SftpSession {
   }
 
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
-    const a: Record<string, number> = {};
-    if (attrs.mode !== undefined) a.mode = attrs.mode;
-    if (attrs.mtimeMs !== undefined) {
-      a.mtime = Math.floor(attrs.mtimeMs / 1000);
-      a.atime = Math.floor((attrs.atimeMs ?? attrs.mtimeMs) / 1000);
-    }
-    return cb<void>((d) => this.sftp.setstat(path, a as never, d));
+    return cb<void>((d) => this.sftp.setstat(path, sftpAttrs(attrs) as never, d));
   }
 
   /** Atomic replace (posix-rename@openssh.com), as rename(2); plain SFTP rename refuses to overwrite. */
