@@ -34,7 +34,7 @@ import {
   slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
-import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
+import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, NatsClientTls, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import type { AgentBus, WorkFetch } from './agent-bus.js';
@@ -51,6 +51,8 @@ export interface AgentOptions {
   /** The job's NATS server... */
   natsUrl?: string;
   natsToken?: string | undefined;
+  /** The job's NATS credential beyond loopback (FERRY_NATS_TLS). */
+  natsTls?: NatsClientTls | undefined;
   /** ...or a control plane given in memory (the coordinator's local bus: a job whose only agent runs in its process). */
   bus?: AgentBus;
   /** Name in reports and heartbeats. @default `<hostname>-<pid>` */
@@ -207,7 +209,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     if (options.natsUrl === undefined) throw new FerryError('USAGE', 'an agent needs --nats URL (or a bus given in process)');
     // NATS is loaded only here: the agent in the coordinator's process of a one-agent job never needs it.
     const { openNatsAgentBus } = await import('./nats-agent-bus.js');
-    bus = await openNatsAgentBus({ jobId: options.jobId, url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}`, failureEvent });
+    bus = await openNatsAgentBus({ jobId: options.jobId, url: options.natsUrl, token: options.natsToken, tls: options.natsTls, name: `ferry-agent-${agentId}`, failureEvent });
   }
   const spec: JobSpec = bus.spec;
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };

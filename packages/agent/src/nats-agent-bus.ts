@@ -10,7 +10,7 @@ import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { FerryError, decodeJobSpec, encodeMessage, jobSubjects, toFerryError } from '@ferry/core';
-import type { AgentEvent, Heartbeat, JobSpec } from '@ferry/core';
+import type { AgentEvent, Heartbeat, JobSpec, NatsClientTls } from '@ferry/core';
 import type { AgentBus, WorkDelivery, WorkFetch } from './agent-bus.js';
 import { connectBus } from './bus.js';
 import { JetStreamPublisher } from './publisher.js';
@@ -19,6 +19,8 @@ export interface NatsAgentBusOptions {
   jobId: string;
   url: string;
   token: string | undefined;
+  /** The job's NATS credential beyond loopback. */
+  tls?: NatsClientTls | undefined;
   /** Connection name, e.g. `ferry-agent-<id>`. */
   name: string;
   /** The event that tells the coordinator why this agent could not join (published before the error is thrown). */
@@ -103,7 +105,7 @@ class NatsAgentBus implements AgentBus {
 
 /** Connects to the job's NATS server and reads its spec. */
 export async function openNatsAgentBus(options: NatsAgentBusOptions): Promise<AgentBus> {
-  const nc = await connectBus({ url: options.url, token: options.token, name: options.name });
+  const nc = await connectBus({ url: options.url, token: options.token, tls: options.tls, name: options.name });
   try {
     const subjects = jobSubjects(options.jobId);
     const kv = await new Kvm(nc).open(subjects.kvBucket);

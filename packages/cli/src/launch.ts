@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
-import { FerryError, parseDuration, toFerryError } from '@ferry/core';
+import { FerryError, decodeClientTls, parseDuration, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import { shellQuote } from '@ferry/launcher';
 import { copy, reportError, selfCommand } from './actions.js';
@@ -19,6 +19,8 @@ interface Rendezvous {
   jobId?: string;
   url?: string;
   token?: string;
+  /** The NATS credential beyond loopback, as FERRY_NATS_TLS holds it. */
+  tls?: string;
   /** Set by rank 0 when the copy is over, so late ranks do not wait. */
   finished?: boolean;
   exitCode?: number;
@@ -69,7 +71,7 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
           { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) },
           {
             externalAgents: external,
-            onRendezvous: async ({ jobId, url, token }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), at: Date.now() }),
+            onRendezvous: async ({ jobId, url, token, tls }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), ...(tls ? { tls } : {}), at: Date.now() }),
           },
         );
       } finally {
@@ -97,6 +99,7 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
         jobId: rv.jobId!,
         natsUrl: rv.url!,
         natsToken: rv.token,
+        ...(rv.tls ? { natsTls: decodeClientTls(rv.tls) } : {}),
         index: rank.rank - 1,
         agentId: `${hostname()}-r${rank.rank}`,
         ...(io.signal ? { signal: io.signal } : {}),

@@ -22,6 +22,7 @@ import {
   RangeHashes,
   RateShares,
   MESSAGE_VERSION,
+  NATS_TLS_ENV,
   CORRUPT_RANGES_ENV,
   decode,
   decodeAgentEvent,
@@ -30,6 +31,7 @@ import {
   decodeWorkItem,
   destinationError,
   encode,
+  encodeClientTls,
   encodeMessage,
   StreamTuner,
   formatBytes,
@@ -104,8 +106,11 @@ export interface CopyRequest {
   natsAdvertise?: string;
   /** How agents were launched (CLI options), kept in job.json so `ferry resume` launches them the same way. */
   launchOptions?: Record<string, unknown>;
-  /** Called once NATS is ready, before agents are launched: where and how agents join. */
-  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined }) => Promise<void>;
+  /**
+   * Called once NATS is ready, before agents are launched: where and how agents
+   * join (`tls`: the NATS credential beyond loopback, as FERRY_NATS_TLS holds it).
+   */
+  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; tls?: string }) => Promise<void>;
 }
 
 /** An agent silent this long counts as gone (agents heartbeat every second). */
@@ -961,7 +966,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
       await publishing;
     });
 
-    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token });
+    const joinTls = bus.join?.tls ? encodeClientTls(bus.join.tls) : undefined;
+    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token, ...(joinTls ? { tls: joinTls } : {}) });
 
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
@@ -969,7 +975,8 @@ async function transfer(ctx: TransferContext): Promise<void> {
     const launcher = request.launcher ?? new LocalLauncher({ wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
     const corrupt = process.env[CORRUPT_RANGES_ENV];
     const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
-    const secretEnv = bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : undefined;
+    // Secrets reach agents in their environment (the ssh launcher: on stdin), never argv.
+    const secretEnv = bus.join?.token || joinTls ? { ...(bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : {}), ...(joinTls ? { [NATS_TLS_ENV]: joinTls } : {}) } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
     const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;
     const goFor = (i: number) => ({ job: prep.jobId, nats: bus.join?.url ?? '', index: external + i, env: { ...env, ...secretEnv } });

@@ -3,7 +3,7 @@
  * launcher): the same runAgent as `ferry agent`, given the job the way a warm
  * agent process gets it (a WarmGo), and tracked like launched agents.
  */
-import { CORRUPT_RANGES_ENV, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
+import { CORRUPT_RANGES_ENV, FerryError, NATS_TLS_ENV, corruptRangesFrom, decodeClientTls, toFerryError } from '@ferry/core';
 import type { WarmGo } from '@ferry/core';
 import type { AgentBus, Preconnected, runAgent as RunAgent } from '@ferry/agent';
 import { StderrTail } from '@ferry/launcher';
@@ -41,7 +41,7 @@ export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconn
     try {
       await runAgent({
         jobId: go.job,
-        ...(bus ? { bus } : { natsUrl: go.nats, natsToken: go.env.FERRY_NATS_TOKEN }),
+        ...(bus ? { bus } : { natsUrl: go.nats, natsToken: go.env.FERRY_NATS_TOKEN, ...(go.env[NATS_TLS_ENV] ? { natsTls: decodeClientTls(go.env[NATS_TLS_ENV]) } : {}) }),
         index: go.index,
         inProcess: true,
         signal,

@@ -20,6 +20,8 @@ export type { Location, LocalLocation, RemoteLocation } from './location.js';
 export { createHasher, hashBytes, rootHash, isHashAlgorithm, HASH_ALGORITHMS } from './hash.js';
 export type { HashAlgorithm, Hasher } from './hash.js';
 export { encode, decode } from './codec.js';
+export { NATS_TLS_ENV, decodeClientTls, encodeClientTls } from './nats-credential.js';
+export type { NatsClientTls } from './nats-credential.js';
 export * from './protocol.js';
 export * from './messages.js';
 export * from './options.js';
