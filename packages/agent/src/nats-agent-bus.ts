@@ -9,7 +9,7 @@ import type { Consumer, ConsumerMessages } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { FerryError, decodeJobSpec, encodeMessage, jobSubjects, toFerryError } from '@ferry/core';
+import { FerryError, checkSpecDigest, decodeJobSpec, encodeMessage, jobSubjects, toFerryError } from '@ferry/core';
 import type { AgentEvent, Heartbeat, JobSpec, NatsClientTls } from '@ferry/core';
 import type { AgentBus, WorkDelivery, WorkFetch } from './agent-bus.js';
 import { connectBus } from './bus.js';
@@ -21,6 +21,8 @@ export interface NatsAgentBusOptions {
   token: string | undefined;
   /** The job's NATS credential beyond loopback. */
   tls?: NatsClientTls | undefined;
+  /** SHA-256 of the spec the coordinator stored (FERRY_JOB_SPEC_SHA256, the rendezvous file): any other spec is refused. */
+  specSha256?: string | undefined;
   /** Connection name, e.g. `ferry-agent-<id>`. */
   name: string;
   /** The event that tells the coordinator why this agent could not join (published before the error is thrown). */
@@ -111,6 +113,7 @@ export async function openNatsAgentBus(options: NatsAgentBusOptions): Promise<Ag
     const kv = await new Kvm(nc).open(subjects.kvBucket);
     const entry = await kv.get('spec');
     if (!entry || entry.length === 0) throw new FerryError('PROTOCOL', `job ${options.jobId} has no spec in NATS: is the coordinator running?`);
+    checkSpecDigest(entry.value, options.specSha256, options.jobId);
     const spec = decodeJobSpec(entry.value, options.jobId);
     const consumer = await jetstream(nc).consumers.get(subjects.workStream, subjects.workConsumer);
     return new NatsAgentBus(nc, kv, consumer, spec);

@@ -19,6 +19,11 @@ import {
   HASH_ALGORITHMS,
   IntervalSet,
   JOURNAL_VERSION,
+  AGENT_EXEC_ENV,
+  JOB_SPEC_SHA256_ENV,
+  agentExecOf,
+  encodeAgentExec,
+  specDigest,
   RangeHashes,
   RateShares,
   MESSAGE_VERSION,
@@ -108,9 +113,10 @@ export interface CopyRequest {
   launchOptions?: Record<string, unknown>;
   /**
    * Called once NATS is ready, before agents are launched: where and how agents
-   * join (`tls`: the NATS credential beyond loopback, as FERRY_NATS_TLS holds it).
+   * join (`tls`: the NATS credential beyond loopback, as FERRY_NATS_TLS holds it;
+   * `specSha256`: the digest of the job spec in NATS, which agents check).
    */
-  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; tls?: string }) => Promise<void>;
+  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; specSha256: string; tls?: string }) => Promise<void>;
 }
 
 /** An agent silent this long counts as gone (agents heartbeat every second). */
@@ -967,14 +973,17 @@ async function transfer(ctx: TransferContext): Promise<void> {
     });
 
     const joinTls = bus.join?.tls ? encodeClientTls(bus.join.tls) : undefined;
-    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token, ...(joinTls ? { tls: joinTls } : {}) });
+    const specSha256 = specDigest(encodeMessage(spec));
+    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token, specSha256, ...(joinTls ? { tls: joinTls } : {}) });
 
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
     const ownAgents = ctx.agents - external;
     const launcher = request.launcher ?? new LocalLauncher({ wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
     const corrupt = process.env[CORRUPT_RANGES_ENV];
-    const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
+    // What agents run comes from their environment, set here, never from the bus; the spec's
+    // digest lets them refuse a spec someone else wrote (issue #30).
+    const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}), [AGENT_EXEC_ENV]: encodeAgentExec(agentExecOf(spec)), [JOB_SPEC_SHA256_ENV]: specSha256 };
     // Secrets reach agents in their environment (the ssh launcher: on stdin), never argv.
     const secretEnv = bus.join?.token || joinTls ? { ...(bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : {}), ...(joinTls ? { [NATS_TLS_ENV]: joinTls } : {}) } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });

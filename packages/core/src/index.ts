@@ -24,6 +24,9 @@ export { NATS_TLS_ENV, decodeClientTls, encodeClientTls } from './nats-credentia
 export type { NatsClientTls } from './nats-credential.js';
 export * from './protocol.js';
 export * from './messages.js';
+export { AGENT_EXEC_ENV, JOB_SPEC_SHA256_ENV, agentExecOf, checkSpecDigest, checkSpecExec, decodeAgentExec, defaultAgentExec, encodeAgentExec, specDigest } from './agent-exec.js';
+export type { AgentExec } from './agent-exec.js';
+export { checkControl, checkJobSpec } from './bus-checks.js';
 export * from './options.js';
 export { StreamTuner } from './tuner.js';
 export type { TunerOptions, TunerPhase, TunerSample, TunerStep } from './tuner.js';
