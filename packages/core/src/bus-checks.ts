@@ -1,14 +1,17 @@
 /**
  * Checks of what arrives over a job's bus, beyond its being well-formed
  * msgpack: the job spec and control messages an agent acts on (types and
- * bounds). The bus is shared by every process that holds the job's credential;
+ * bounds), and the claims of a completion against what the coordinator asked
+ * for. The bus is shared by every process that holds the job's credential;
  * nothing from it is taken on its word.
  */
 import { FerryError } from './errors.js';
 import { HASH_ALGORITHMS } from './hash.js';
-import type { ControlMessage, JobSpec, RemoteHost } from './messages.js';
+import type { Completion, ControlMessage, JobSpec, RemoteHost } from './messages.js';
 import { TRANSFER_MODES } from './messages.js';
 import { MAX_AGENTS, MAX_STREAMS } from './options.js';
+import { rangeAt } from './ranges.js';
+import type { RangePlan } from './ranges.js';
 
 const MAX_TEXT = 4096;
 const MAX_HOSTS = 256;
@@ -120,4 +123,54 @@ export function checkControl(control: ControlMessage, streams: number): void {
     default:
       throw new FerryError('PROTOCOL', `unknown control message type '${String((control as { type: unknown }).type)}'`);
   }
+}
+
+/** What the coordinator knows of a range when a completion for it arrives. */
+export interface RangeExpectation {
+  plan: RangePlan;
+  /** The range is done (journaled) already. */
+  isDone(range: number): boolean;
+  /** The range has been published (its first work item is out). */
+  isPublished(range: number): boolean;
+  /** The attempt the coordinator sent last for the range. */
+  attemptOf(range: number): number;
+  /** The agent has announced itself (agent.started) or sent heartbeats in this run. */
+  isKnownAgent(agent: string): boolean;
+}
+
+/**
+ * Why the coordinator must not act on a completion:
+ * - `forged`: its claims match nothing the coordinator asked for (a range not of
+ *   the plan or not handed out, another offset or length, an attempt never
+ *   sent, hashes of another form): no agent of the job sends that;
+ * - `stale`: a range done already, or an attempt older than the one out now
+ *   (a redelivered item done twice): agents send that, and it changes nothing;
+ * - `unknown agent`: the rest matches, but no agent of that name has announced
+ *   itself: the range is outstanding still, and must be done again.
+ */
+export type CompletionRejection = { kind: 'forged' | 'stale' | 'unknown agent'; reason: string };
+
+/**
+ * Why the coordinator must not act on a completion's claims, or undefined when
+ * they match a range it has outstanding: one of its plan, handed out, not done,
+ * of the attempt it sent last, with that range's offset and length, from an
+ * agent of this run, with hashes of the job's form.
+ */
+export function completionRejection(c: Completion, e: RangeExpectation, hashPattern: RegExp): CompletionRejection | undefined {
+  const forged = (reason: string): CompletionRejection => ({ kind: 'forged', reason });
+  if (!isInt(c.range, 0, e.plan.count - 1)) return forged(`range ${String(c.range)} is not one of the job's ${e.plan.count} ranges`);
+  const r = rangeAt(e.plan, c.range);
+  if (c.offset !== r.offset || c.length !== r.length) return forged(`range ${c.range} is bytes ${r.offset}-${r.offset + r.length}, the completion claims ${String(c.offset)}-${Number(c.offset) + Number(c.length)}`);
+  if (!isInt(c.attempt, 0)) return forged(`attempt ${String(c.attempt)} is not a whole number`);
+  if (!e.isPublished(c.range)) return forged(`range ${c.range} has not been handed out yet`);
+  const sent = e.attemptOf(c.range);
+  if (c.attempt > sent) return forged(`attempt ${c.attempt} of range ${c.range} was never sent (the last was ${sent})`);
+  if (c.error === undefined) {
+    if (typeof c.srcHash !== 'string' || !hashPattern.test(c.srcHash) || typeof c.dstHash !== 'string' || !hashPattern.test(c.dstHash)) return forged(`the hashes are not of the job's form`);
+  }
+  const matching = c.error === undefined && c.srcHash === c.dstHash;
+  if (e.isDone(c.range) && matching) return { kind: 'stale', reason: `range ${c.range} is done already` };
+  if (c.attempt < sent && matching) return { kind: 'stale', reason: `attempt ${c.attempt} of range ${c.range} is not outstanding (attempt ${sent} is)` };
+  if (typeof c.agent !== 'string' || !e.isKnownAgent(c.agent)) return { kind: 'unknown agent', reason: `agent '${String(c.agent)}' is not one of this job's agents` };
+  return undefined;
 }

@@ -7,13 +7,15 @@ import {
   checkJobSpec,
   checkSpecDigest,
   checkSpecExec,
+  completionRejection,
   decodeAgentExec,
   defaultAgentExec,
   encodeAgentExec,
   encodeMessage,
+  planRanges,
   specDigest,
 } from '../src/index.js';
-import type { ControlMessage, JobSpec } from '../src/index.js';
+import type { Completion, ControlMessage, JobSpec, RangeExpectation } from '../src/index.js';
 
 const MiB = 1024 * 1024;
 
@@ -125,5 +127,61 @@ describe('control messages', () => {
     expect(thrown(() => checkControl(control({ type: 'streams', streams: 5 }), 4)).message).toBe("control 'streams' needs a whole number from 1 to 4, got 5");
     expect(thrown(() => checkControl(control({ type: 'rate', connectionBytesPerSec: Infinity }), 4)).message).toBe("control 'rate' needs a positive whole number of bytes per second, got Infinity");
     expect(thrown(() => checkControl(control({ type: 'exec', argv: ['sh'] }), 4)).message).toBe("unknown control message type 'exec'");
+  });
+});
+
+describe('a completion\'s claims', () => {
+  const plan = planRanges(10 * MiB + 1, MiB);
+  const expectation = (over: Partial<RangeExpectation> = {}): RangeExpectation => ({
+    plan,
+    isDone: (r) => r === 0,
+    isPublished: (r) => r < 10,
+    attemptOf: (r) => (r === 5 ? 2 : 0),
+    isKnownAgent: (a) => a === 'node1-r1',
+    ...over,
+  });
+  const claim = (over: Partial<Completion> = {}): Completion => ({
+    v: MESSAGE_VERSION,
+    job: 'abcd1234',
+    range: 3,
+    attempt: 0,
+    offset: 3 * MiB,
+    length: MiB,
+    srcHash: '0123456789abcdef',
+    dstHash: '0123456789abcdef',
+    durable: true,
+    agent: 'node1-r1',
+    remoteHost: 'dtn1',
+    startedAt: 0,
+    finishedAt: 1,
+    ...over,
+  });
+  const HEX = /^[0-9a-f]{8,64}$/;
+
+  it('are taken when they match a range handed out and not done, of the attempt sent last', () => {
+    expect(completionRejection(claim(), expectation(), HEX)).toBeUndefined();
+    expect(completionRejection(claim({ range: 5, offset: 5 * MiB, attempt: 2 }), expectation(), HEX)).toBeUndefined();
+    // A mismatch of an older attempt is still news (the coordinator ignores it itself).
+    expect(completionRejection(claim({ range: 5, offset: 5 * MiB, attempt: 1, dstHash: 'ffffffffffffffff' }), expectation(), HEX)).toBeUndefined();
+  });
+
+  it('are refused when they do not match what the coordinator asked for', () => {
+    const cases: Array<[Partial<Completion>, string]> = [
+      [{ range: 11, offset: 11 * MiB }, 'range 11 is not one of the job\'s 11 ranges'],
+      [{ range: -1 }, 'range -1 is not one of the job\'s 11 ranges'],
+      [{ length: 2 * MiB }, `range 3 is bytes ${3 * MiB}-${4 * MiB}, the completion claims ${3 * MiB}-${5 * MiB}`],
+      [{ offset: 0 }, `range 3 is bytes ${3 * MiB}-${4 * MiB}, the completion claims 0-${MiB}`],
+      [{ range: 10, offset: 10 * MiB, length: 1 }, 'range 10 has not been handed out yet'],
+      [{ attempt: 1 }, 'attempt 1 of range 3 was never sent (the last was 0)'],
+      [{ attempt: 1, error: { code: 'DEST_NO_SPACE', message: 'disk full' } }, 'attempt 1 of range 3 was never sent (the last was 0)'],
+      [{ srcHash: 'zz', dstHash: 'zz' }, "the hashes are not of the job's form"],
+    ];
+    for (const [over, reason] of cases) expect(completionRejection(claim(over), expectation(), HEX)).toEqual({ kind: 'forged', reason });
+  });
+
+  it('of a range done already or an older attempt change nothing, and those of an unknown agent are not taken', () => {
+    expect(completionRejection(claim({ range: 0, offset: 0 }), expectation(), HEX)).toEqual({ kind: 'stale', reason: 'range 0 is done already' });
+    expect(completionRejection(claim({ range: 5, offset: 5 * MiB, attempt: 1 }), expectation(), HEX)).toEqual({ kind: 'stale', reason: 'attempt 1 of range 5 is not outstanding (attempt 2 is)' });
+    expect(completionRejection(claim({ agent: 'mallory' }), expectation(), HEX)).toEqual({ kind: 'unknown agent', reason: "agent 'mallory' is not one of this job's agents" });
   });
 });
