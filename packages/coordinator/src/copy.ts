@@ -623,7 +623,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
       const { completions, mirrored } = await bus.recover(plan);
       let recovered = 0;
       for (const c of completions) {
-        if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
+        if (c.error || !c.durable || c.srcHash !== c.dstHash || !Number.isInteger(c.range) || c.range < 0 || c.range >= plan.count || state.done.has(c.range)) continue;
+        // Its claims must match the plan's range (issue #30): a forged one would mark it done without data.
+        const r = rangeAt(plan, c.range);
+        if (c.offset !== r.offset || c.length !== r.length || typeof c.srcHash !== 'string' || !HASH_HEX.test(c.srcHash)) continue;
         await journalRange(c);
         recovered++;
       }
