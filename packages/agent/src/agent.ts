@@ -21,7 +21,11 @@ import {
   FileWriter,
   FRAME_HEADER_BYTES,
   MESSAGE_VERSION,
+  checkControl,
+  checkJobSpec,
+  checkSpecExec,
   decodeControl,
+  defaultAgentExec,
   decodeWorkItem,
   destinationError,
   encodeMessage,
@@ -37,7 +41,7 @@ import {
   slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
-import type { AgentEvent, Completion, Direction, ErrorCode, Heartbeat, JobSpec, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
+import type { AgentEvent, AgentExec, Completion, Direction, ErrorCode, Heartbeat, JobSpec, NatsClientTls, RemoteHost, SshSettings, WorkItem } from '@ferry/core';
 import { connectRemote, isSlowHelperStart } from '@ferry/transport';
 import type { RemoteConnection, RemoteFile } from '@ferry/transport';
 import type { AgentBus, WorkFetch } from './agent-bus.js';
@@ -54,6 +58,16 @@ export interface AgentOptions {
   /** The job's NATS server... */
   natsUrl?: string;
   natsToken?: string | undefined;
+  /** The job's NATS credential beyond loopback (FERRY_NATS_TLS). */
+  natsTls?: NatsClientTls | undefined;
+  /** SHA-256 of the job spec the coordinator stored (FERRY_JOB_SPEC_SHA256): a spec in NATS that differs is refused. */
+  specSha256?: string | undefined;
+  /**
+   * What this agent may run (FERRY_AGENT_EXEC, set by its launcher): its SSH
+   * client and the remote helper command. A spec that asks for anything else is
+   * refused. @default ferry's defaults (ssh2, 'ferry serve')
+   */
+  exec?: AgentExec;
   /** ...or a control plane given in memory (the coordinator's local bus: a job whose only agent runs in its process). */
   bus?: AgentBus;
   /** Name in reports and heartbeats. @default `<hostname>-<pid>` */
@@ -228,6 +242,14 @@ function hostFailed(h: HostHealth): void {
   h.downUntil = now + backoffMs(h.failures);
 }
 
+/** The spec with this agent's own SSH client and remote command in it (they agree already: belt and braces). */
+function withOwnExec(spec: JobSpec, own: AgentExec): JobSpec {
+  const ssh: SshSettings = { ...spec.ssh, transport: own.transport, sshCommand: [...own.sshCommand] };
+  if (own.configFile !== undefined) ssh.configFile = own.configFile;
+  else delete ssh.configFile;
+  return { ...spec, ssh, remoteCommand: own.remoteCommand };
+}
+
 export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const agentId = options.agentId ?? `${hostname()}-${process.pid}`;
   const node = hostname();
@@ -239,9 +261,22 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     if (options.natsUrl === undefined) throw new FerryError('USAGE', 'an agent needs --nats URL (or a bus given in process)');
     // NATS is loaded only here: the agent in the coordinator's process of a one-agent job never needs it.
     const { openNatsAgentBus } = await import('./nats-agent-bus.js');
-    bus = await openNatsAgentBus({ jobId: options.jobId, url: options.natsUrl, token: options.natsToken, name: `ferry-agent-${agentId}`, failureEvent });
+    bus = await openNatsAgentBus({ jobId: options.jobId, url: options.natsUrl, token: options.natsToken, tls: options.natsTls, specSha256: options.specSha256, name: `ferry-agent-${agentId}`, failureEvent });
   }
-  const spec: JobSpec = bus.spec;
+  // Nothing this agent runs comes from the bus: the spec must ask for what its own settings say,
+  // and its fields have the types and bounds the coordinator gives them.
+  let spec: JobSpec;
+  try {
+    checkJobSpec(bus.spec);
+    checkSpecExec(bus.spec, options.exec ?? defaultAgentExec());
+    spec = withOwnExec(bus.spec, options.exec ?? defaultAgentExec());
+  } catch (err) {
+    const e = toFerryError(err);
+    log(e.message);
+    bus.publishEvent(failureEvent(e));
+    await bus.close();
+    throw e;
+  }
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };
   let inFlight = 0;
   const pendingCounts = new Map<number, () => number>();
@@ -362,13 +397,10 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
   const onControl = (data: Uint8Array) => {
     try {
       const control = decodeControl(data, options.jobId);
+      checkControl(control, spec.streams);
       if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
-      else if (control.type === 'streams') {
-        const n = control.streams;
-        if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) throw new FerryError('PROTOCOL', `control 'streams' needs a positive integer, got ${String(n)}`);
-        setActive(Math.min(spec.streams, n));
-      }
-      else if (control.type === 'rate' && pacing && control.connectionBytesPerSec > 0 && Number.isFinite(control.connectionBytesPerSec)) pacing.setConnectionRate(control.connectionBytesPerSec, Date.now());
+      else if (control.type === 'streams') setActive(control.streams);
+      else if (control.type === 'rate' && pacing) pacing.setConnectionRate(control.connectionBytesPerSec, Date.now());
     } catch (e) {
       log(`ignoring control message: ${(e as Error).message}`);
     }

@@ -5,11 +5,17 @@
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { FerryError } from '@ferry/core';
+import type { NatsClientTls } from '@ferry/core';
 
 export interface BusOptions {
   url: string;
   token?: string | undefined;
   name: string;
+  /**
+   * The job's credential beyond loopback: the server must prove it holds a
+   * certificate of the job's CA, and this client presents its own.
+   */
+  tls?: NatsClientTls | undefined;
   /** How long the first connection may take. @default 10s */
   timeoutMs?: number;
 }
@@ -19,6 +25,8 @@ export async function connectBus(options: BusOptions): Promise<NatsConnection> {
     return await connect({
       servers: options.url,
       ...(options.token ? { token: options.token } : {}),
+      // The CA given is the only one trusted: not the system's, not one a server names.
+      ...(options.tls ? { tls: { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key } } : {}),
       name: options.name,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

@@ -9,8 +9,8 @@ import type { Consumer, ConsumerMessages } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { FerryError, decodeJobSpec, encodeMessage, jobSubjects, toFerryError } from '@ferry/core';
-import type { AgentEvent, Heartbeat, JobSpec } from '@ferry/core';
+import { FerryError, checkSpecDigest, decodeJobSpec, encodeMessage, jobSubjects, toFerryError } from '@ferry/core';
+import type { AgentEvent, Heartbeat, JobSpec, NatsClientTls } from '@ferry/core';
 import type { AgentBus, WorkDelivery, WorkFetch } from './agent-bus.js';
 import { connectBus } from './bus.js';
 import { JetStreamPublisher } from './publisher.js';
@@ -19,6 +19,10 @@ export interface NatsAgentBusOptions {
   jobId: string;
   url: string;
   token: string | undefined;
+  /** The job's NATS credential beyond loopback. */
+  tls?: NatsClientTls | undefined;
+  /** SHA-256 of the spec the coordinator stored (FERRY_JOB_SPEC_SHA256, the rendezvous file): any other spec is refused. */
+  specSha256?: string | undefined;
   /** Connection name, e.g. `ferry-agent-<id>`. */
   name: string;
   /** The event that tells the coordinator why this agent could not join (published before the error is thrown). */
@@ -103,12 +107,13 @@ class NatsAgentBus implements AgentBus {
 
 /** Connects to the job's NATS server and reads its spec. */
 export async function openNatsAgentBus(options: NatsAgentBusOptions): Promise<AgentBus> {
-  const nc = await connectBus({ url: options.url, token: options.token, name: options.name });
+  const nc = await connectBus({ url: options.url, token: options.token, tls: options.tls, name: options.name });
   try {
     const subjects = jobSubjects(options.jobId);
     const kv = await new Kvm(nc).open(subjects.kvBucket);
     const entry = await kv.get('spec');
     if (!entry || entry.length === 0) throw new FerryError('PROTOCOL', `job ${options.jobId} has no spec in NATS: is the coordinator running?`);
+    checkSpecDigest(entry.value, options.specSha256, options.jobId);
     const spec = decodeJobSpec(entry.value, options.jobId);
     const consumer = await jetstream(nc).consumers.get(subjects.workStream, subjects.workConsumer);
     return new NatsAgentBus(nc, kv, consumer, spec);

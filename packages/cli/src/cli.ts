@@ -3,7 +3,7 @@
  * parse argv without a process exit; `main()` wires it to the process.
  */
 import { Command, CommanderError, Option } from 'commander';
-import { CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
+import { AGENT_EXEC_ENV, CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, JOB_SPEC_SHA256_ENV, NATS_TLS_ENV, corruptRangesFrom, decodeAgentExec, decodeClientTls, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
 import { copy, parseSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
@@ -155,7 +155,7 @@ export function createCli(io: CliIo): Command {
     .command('agent', { hidden: true })
     .description('run one agent of a job (started by the coordinator\'s launcher)')
     .option('--job <id>', 'job id (required unless --warm)')
-    .option('--nats <url>', 'NATS URL; token from FERRY_NATS_TOKEN (required unless --warm)')
+    .option('--nats <url>', 'NATS URL; token from FERRY_NATS_TOKEN, TLS credential from FERRY_NATS_TLS (required unless --warm); what the agent runs (SSH client, remote command) from FERRY_AGENT_EXEC, never from NATS')
     .option('--index <n>', 'index of this agent (default: the rank from SLURM_PROCID, OMPI_COMM_WORLD_RANK or PMI_RANK, else 0)')
     .option('--id <name>', 'agent name (default: hostname-pid)')
     .option('--secrets-stdin', 'read secret environment (the NATS token) as a JSON line on stdin, and stop when stdin closes')
@@ -194,6 +194,10 @@ export function createCli(io: CliIo): Command {
           jobId: job,
           natsUrl: nats,
           natsToken: process.env.FERRY_NATS_TOKEN,
+          ...(process.env[NATS_TLS_ENV] ? { natsTls: decodeClientTls(process.env[NATS_TLS_ENV]) } : {}),
+          // What it runs: from its launcher, never from NATS.
+          exec: decodeAgentExec(process.env[AGENT_EXEC_ENV]),
+          ...(process.env[JOB_SPEC_SHA256_ENV] ? { specSha256: process.env[JOB_SPEC_SHA256_ENV] } : {}),
           index: index ?? rankFromEnv().rank,
           ...(launcherGone ? { launcherGone } : {}),
           ...(preconnected ? { preconnected } : {}),

@@ -7,9 +7,9 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
-import { FerryError, parseDuration, toFerryError } from '@ferry/core';
-import type { CopyOptions } from '@ferry/core';
+import { dirname, join, resolve as resolvePath } from 'node:path';
+import { FerryError, decodeClientTls, parseDuration, resolveCopyOptions, toFerryError } from '@ferry/core';
+import type { AgentExec, CopyOptions } from '@ferry/core';
 import { shellQuote } from '@ferry/launcher';
 import { copy, reportError, selfCommand } from './actions.js';
 import type { CliIo } from './actions.js';
@@ -19,6 +19,10 @@ interface Rendezvous {
   jobId?: string;
   url?: string;
   token?: string;
+  /** The NATS credential beyond loopback, as FERRY_NATS_TLS holds it. */
+  tls?: string;
+  /** SHA-256 of the job spec rank 0 stored in NATS: the other ranks refuse any other. */
+  specSha256?: string;
   /** Set by rank 0 when the copy is over, so late ranks do not wait. */
   finished?: boolean;
   exitCode?: number;
@@ -37,6 +41,17 @@ async function readRendezvous(file: string): Promise<Rendezvous | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/** What an agent started with these copy options may run: as the coordinator resolves them (prepare.ts). */
+export function agentExecFromOptions(copyOptions: CopyOptions): AgentExec {
+  const o = resolveCopyOptions(copyOptions);
+  return {
+    transport: o.transport,
+    sshCommand: o.sshCommand,
+    ...(o.sshConfigFile !== undefined ? { configFile: o.sshConfigFile === 'none' ? 'none' : resolvePath(o.sshConfigFile) } : {}),
+    remoteCommand: o.remoteCommand,
+  };
 }
 
 /**
@@ -69,7 +84,7 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
           { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) },
           {
             externalAgents: external,
-            onRendezvous: async ({ jobId, url, token }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), at: Date.now() }),
+            onRendezvous: async ({ jobId, url, token, tls, specSha256 }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), ...(tls ? { tls } : {}), specSha256, at: Date.now() }),
           },
         );
       } finally {
@@ -97,6 +112,10 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
         jobId: rv.jobId!,
         natsUrl: rv.url!,
         natsToken: rv.token,
+        ...(rv.tls ? { natsTls: decodeClientTls(rv.tls) } : {}),
+        ...(rv.specSha256 ? { specSha256: rv.specSha256 } : {}),
+        // What this rank runs comes from its own command line, the same as rank 0's.
+        exec: agentExecFromOptions(copyOptions),
         index: rank.rank - 1,
         agentId: `${hostname()}-r${rank.rank}`,
         ...(io.signal ? { signal: io.signal } : {}),

@@ -19,9 +19,17 @@ import {
   HASH_ALGORITHMS,
   IntervalSet,
   JOURNAL_VERSION,
+  MAX_AGENTS,
+  AGENT_EXEC_ENV,
+  JOB_SPEC_SHA256_ENV,
+  agentExecOf,
+  completionRejection,
+  encodeAgentExec,
+  specDigest,
   RangeHashes,
   RateShares,
   MESSAGE_VERSION,
+  NATS_TLS_ENV,
   CORRUPT_RANGES_ENV,
   decode,
   decodeAgentEvent,
@@ -29,6 +37,7 @@ import {
   decodeHeartbeat,
   decodeWorkItem,
   encode,
+  encodeClientTls,
   encodeMessage,
   StreamTuner,
   formatBytes,
@@ -45,7 +54,7 @@ import {
   workItemCount,
   workItemsOf,
 } from '@ferry/core';
-import type { Completion, CopyOptions, FileIdentity, HashAlgorithm, JobSpec, RangePlan, ResolvedCopyOptions, SourceFingerprint, TransferMode, WorkItem } from '@ferry/core';
+import type { Completion, CopyOptions, FileIdentity, HashAlgorithm, JobSpec, RangeExpectation, RangePlan, ResolvedCopyOptions, SourceFingerprint, TransferMode, WorkItem } from '@ferry/core';
 import type { JetStreamPublisher } from '@ferry/agent';
 import { LocalLauncher } from '@ferry/launcher';
 import type { AgentExit, LaunchedAgents, Launcher } from '@ferry/launcher';
@@ -104,8 +113,12 @@ export interface CopyRequest {
   natsAdvertise?: string;
   /** How agents were launched (CLI options), kept in job.json so `ferry resume` launches them the same way. */
   launchOptions?: Record<string, unknown>;
-  /** Called once NATS is ready, before agents are launched: where and how agents join. */
-  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined }) => Promise<void>;
+  /**
+   * Called once NATS is ready, before agents are launched: where and how agents
+   * join (`tls`: the NATS credential beyond loopback, as FERRY_NATS_TLS holds it;
+   * `specSha256`: the digest of the job spec in NATS, which agents check).
+   */
+  onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; specSha256: string; tls?: string }) => Promise<void>;
 }
 
 /** An agent silent this long counts as gone (agents heartbeat every second). */
@@ -115,6 +128,12 @@ const AGENT_SILENCE_MS = 60_000;
 const PUBLISH_BATCH = 512;
 /** Agents get this long to make their ranges durable and leave before they are killed. */
 const AGENT_STOP_GRACE_MS = 15_000;
+/** Agent names a run keeps (a job has at most MAX_AGENTS agents; names beyond are not ours). */
+const MAX_KNOWN_AGENTS = 4 * MAX_AGENTS;
+/** Rejected completions logged one by one, at most. */
+const MAX_REJECTIONS_SHOWN = 20;
+/** What range hashes look like, whatever the algorithm (crc32: 8 hex digits, xxh3: 16, sha256: 64). */
+const HASH_HEX = /^[0-9a-f]{8,64}$/;
 /** Completions being journaled at once, at most (their records share fsyncs). */
 const COMPLETIONS_IN_FLIGHT = 4096;
 
@@ -133,10 +152,12 @@ export function defaultStateDir(): string {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-async function publishRanges(bus: JobBus, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false): Promise<void> {
+async function publishRanges(bus: JobBus, jobId: string, runTag: string, plan: RangePlan, indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false, published?: Uint8Array): Promise<void> {
   let batch: Array<Promise<unknown>> = [];
   for (const item of workItemsOf(jobId, plan, indices, attemptOf)) {
     if (stopped()) break;
+    // Marked before it goes out: a completion can only come after.
+    if (published) published.fill(1, item.range, item.range + (item.count ?? 1));
     batch.push(bus.publishWork(item, encodeMessage(item), `${workItemId(item)}:${runTag}`));
     if (batch.length >= PUBLISH_BATCH) {
       await Promise.all(batch);
@@ -575,7 +596,10 @@ async function transfer(ctx: TransferContext): Promise<void> {
       const { completions, mirrored } = await bus.recover(plan);
       let recovered = 0;
       for (const c of completions) {
-        if (c.error || !c.durable || c.srcHash !== c.dstHash || state.done.has(c.range) || c.range >= plan.count) continue;
+        if (c.error || !c.durable || c.srcHash !== c.dstHash || !Number.isInteger(c.range) || c.range < 0 || c.range >= plan.count || state.done.has(c.range)) continue;
+        // Its claims must match the plan's range (issue #30): a forged one would mark it done without data.
+        const r = rangeAt(plan, c.range);
+        if (c.offset !== r.offset || c.length !== r.length || typeof c.srcHash !== 'string' || !HASH_HEX.test(c.srcHash)) continue;
         await journalRange(c);
         recovered++;
       }
@@ -665,9 +689,18 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // Agent reports: heartbeats for progress, status, stream tuning and rate shares, events for errors.
     const heartbeats = new Map<string, { node: string; bytes: number; inFlight: number; pending: number; errors: number; rate: number; connected: number; utilization: number | undefined; idleCores: number | undefined; at: number; seenAt: number }>();
     let lastAgentError: FerryError | undefined;
+    /**
+     * Agents of this run, as they announced themselves (agent.started, heartbeats): a
+     * completion from any other name is not acted on. Bounded: a flood of names is not ours.
+     */
+    const knownAgents = new Set<string>();
+    const knowAgent = (agent: unknown) => {
+      if (typeof agent === 'string' && agent.length > 0 && agent.length <= 256 && knownAgents.size < MAX_KNOWN_AGENTS) knownAgents.add(agent);
+    };
     bus.onHeartbeat((data: Uint8Array) => {
       try {
         const hb = decodeHeartbeat(data, prep.jobId);
+        knowAgent(hb.agent);
         const prev = heartbeats.get(hb.agent);
         const rate = prev && hb.at > prev.at ? ((hb.bytes - prev.bytes) * 1000) / (hb.at - prev.at) : 0;
         heartbeats.set(hb.agent, {
@@ -694,6 +727,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
     bus.onEvent((data: Uint8Array) => {
       try {
         const ev = decodeAgentEvent(data, prep.jobId);
+        if (ev.type === 'agent.started') knowAgent(ev.agent);
         if (ev.type === 'agent.started') emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
         if (ev.type === 'agent.active' && shares && typeof ev.active === 'number') {
           shares.report(ev.agent, ev.active, Date.now());
@@ -836,8 +870,35 @@ async function transfer(ctx: TransferContext): Promise<void> {
     // Completions: verify, journal, re-send.
     const feed = await bus.completions();
     cleanup.push(() => feed.stop());
-    const publishWork = (indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false) => publishRanges(bus, prep.jobId, runTag, plan, indices, attemptOf, stopped);
+    /** Ranges handed out in this run (their first work item published). */
+    const published = new Uint8Array(plan.count);
+    const publishWork = (indices: Iterable<number>, attemptOf: (i: number) => number, stopped: () => boolean = () => false) => publishRanges(bus, prep.jobId, runTag, plan, indices, attemptOf, stopped, published);
+    const expectation: RangeExpectation = {
+      plan,
+      isDone: (range) => state.done.has(range),
+      isPublished: (range) => published[range] === 1,
+      attemptOf: (range) => state.attempts.get(range) ?? 0,
+      isKnownAgent: (agent) => knownAgents.has(agent),
+    };
+    let rejectedClaims = 0;
     const handle = async (c: Completion) => {
+      // A completion's claims must match a range this coordinator has outstanding (issue #30):
+      // anyone who can write to the bus could otherwise mark ranges done without their data.
+      const rejection = completionRejection(c, expectation, HASH_HEX);
+      if (rejection !== undefined) {
+        // A duplicate (an item redelivered after a lost ack, an older attempt) changes nothing.
+        if (rejection.kind === 'stale') return;
+        rejectedClaims++;
+        if (rejectedClaims <= MAX_REJECTIONS_SHOWN) emit({ type: 'warning', message: `ignoring a completion from agent '${String(c.agent).slice(0, 80)}': ${rejection.reason}${rejectedClaims === MAX_REJECTIONS_SHOWN ? ' (further ones are not shown)' : ''}` });
+        if (rejection.kind === 'forged') return;
+        // The range is still outstanding, and its real completion could be this one (from an
+        // agent not heard of yet): it is done again rather than lost.
+        const attempt = (state.attempts.get(c.range) ?? 0) + 1;
+        state.attempts.set(c.range, attempt);
+        await journal.append({ t: 'resend', range: c.range, attempt, reason: 'completion from an agent not of this job', at: Date.now() });
+        await publishWork([c.range], () => attempt);
+        return;
+      }
       if (c.error) {
         fail(FerryError.fromData({ ...c.error, range: c.range }));
         return;
@@ -935,15 +996,20 @@ async function transfer(ctx: TransferContext): Promise<void> {
       await publishing;
     });
 
-    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token });
+    const joinTls = bus.join?.tls ? encodeClientTls(bus.join.tls) : undefined;
+    const specSha256 = specDigest(encodeMessage(spec));
+    if (bus.join) await request.onRendezvous?.({ jobId: prep.jobId, url: bus.join.url, token: bus.join.token, specSha256, ...(joinTls ? { tls: joinTls } : {}) });
 
     // Agents: those this coordinator launches, and those that join on their own (ferry run).
     const external = request.externalAgents ?? 0;
     const ownAgents = ctx.agents - external;
     const launcher = request.launcher ?? new LocalLauncher({ wrapCommand: (argv) => diesWithThisProcess(argv, 'KILL') });
     const corrupt = process.env[CORRUPT_RANGES_ENV];
-    const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}) };
-    const secretEnv = bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : undefined;
+    // What agents run comes from their environment, set here, never from the bus; the spec's
+    // digest lets them refuse a spec someone else wrote (issue #30).
+    const env = { ...(corrupt ? { [CORRUPT_RANGES_ENV]: corrupt } : {}), [AGENT_EXEC_ENV]: encodeAgentExec(agentExecOf(spec)), [JOB_SPEC_SHA256_ENV]: specSha256 };
+    // Secrets reach agents in their environment (the ssh launcher: on stdin), never argv.
+    const secretEnv = bus.join?.token || joinTls ? { ...(bus.join?.token ? { FERRY_NATS_TOKEN: bus.join.token } : {}), ...(joinTls ? { [NATS_TLS_ENV]: joinTls } : {}) } : undefined;
     const onStderr = (i: number, line: string) => emit({ type: 'log', message: `agent ${i}: ${line}` });
     const warm = ctx.warm && launcher.name === 'local' && ownAgents > 0 ? ctx.warm : undefined;
     const goFor = (i: number) => ({ job: prep.jobId, nats: bus.join?.url ?? '', index: external + i, env: { ...env, ...secretEnv } });

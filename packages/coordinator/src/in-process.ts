@@ -3,7 +3,7 @@
  * launcher): the same runAgent as `ferry agent`, given the job the way a warm
  * agent process gets it (a WarmGo), and tracked like launched agents.
  */
-import { CORRUPT_RANGES_ENV, FerryError, corruptRangesFrom, toFerryError } from '@ferry/core';
+import { AGENT_EXEC_ENV, CORRUPT_RANGES_ENV, FerryError, JOB_SPEC_SHA256_ENV, NATS_TLS_ENV, corruptRangesFrom, decodeAgentExec, decodeClientTls, toFerryError } from '@ferry/core';
 import type { WarmGo } from '@ferry/core';
 import type { AgentBus, Preconnected, runAgent as RunAgent } from '@ferry/agent';
 import { StderrTail } from '@ferry/launcher';
@@ -41,8 +41,10 @@ export function runAgentInProcess(runAgent: typeof RunAgent, go: WarmGo, preconn
     try {
       await runAgent({
         jobId: go.job,
-        ...(bus ? { bus } : { natsUrl: go.nats, natsToken: go.env.FERRY_NATS_TOKEN }),
+        ...(bus ? { bus } : { natsUrl: go.nats, natsToken: go.env.FERRY_NATS_TOKEN, ...(go.env[NATS_TLS_ENV] ? { natsTls: decodeClientTls(go.env[NATS_TLS_ENV]) } : {}) }),
         index: go.index,
+        exec: decodeAgentExec(go.env[AGENT_EXEC_ENV]),
+        ...(go.env[JOB_SPEC_SHA256_ENV] ? { specSha256: go.env[JOB_SPEC_SHA256_ENV] } : {}),
         inProcess: true,
         signal,
         log,

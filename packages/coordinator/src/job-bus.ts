@@ -7,7 +7,7 @@
  * agent runs in the coordinator's own process: no nats-server to start, no
  * streams to create, no round trip per completion.
  */
-import type { Completion, JobSpec, RangePlan, WorkItem } from '@ferry/core';
+import type { Completion, JobSpec, NatsClientTls, RangePlan, WorkItem } from '@ferry/core';
 
 /** A completion message as it arrived; `ack()` once its completions are handled (journaled). */
 export interface CompletionMessage {
@@ -32,7 +32,7 @@ export interface Recovered {
 export interface JobBus {
   readonly kind: 'nats' | 'local';
   /** Where agents in other processes join (NATS), undefined for a local bus. */
-  readonly join: { url: string; token: string | undefined } | undefined;
+  readonly join: BusJoin | undefined;
   /** What an earlier run of the job left in the control plane. */
   recover(plan: RangePlan): Promise<Recovered>;
   /** Creates the job's queues and stores its spec; nothing of an earlier run is kept. */
@@ -64,4 +64,11 @@ export interface JobBus {
    * can go). Resolves with what may finish after (`after`: a server's exit).
    */
   close(journaled: boolean): Promise<{ after?: Promise<unknown> }>;
+}
+
+/** How agents in other processes join a job's NATS: its URL, token and, beyond loopback, TLS credential. */
+export interface BusJoin {
+  url: string;
+  token: string | undefined;
+  tls?: NatsClientTls;
 }

@@ -12,7 +12,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { decode, decodeCompletions, decodeWorkItem, encodeMessage, jobSubjects } from '@ferry/core';
 import type { Completion, JobSpec, RangePlan, WorkItem } from '@ferry/core';
 import { AckPolicy, DeliverPolicy, JetStreamPublisher, Kvm, RetentionPolicy, StorageType, connectBus, jetstream, jetstreamManager, nanos } from './bus.js';
-import type { CompletionFeed, JobBus, Recovered } from './job-bus.js';
+import type { BusJoin, CompletionFeed, JobBus, Recovered } from './job-bus.js';
 import { startEmbeddedNats } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
 
@@ -139,7 +139,7 @@ class NatsJobBus implements JobBus {
     private readonly nc: NatsConnection,
     private readonly jsm: JetStreamManager,
     private readonly nats: EmbeddedNats | undefined,
-    readonly join: { url: string; token: string | undefined },
+    readonly join: BusJoin,
   ) {
     this.subjects = jobSubjects(jobId);
     this.publisher = new JetStreamPublisher(nc);
@@ -234,16 +234,17 @@ export async function openNatsJobBus(o: NatsJobBusOptions): Promise<JobBus> {
   let url = o.url;
   let token = o.token;
   if (!url) {
-    nats = await startEmbeddedNats({ storeDir: join(o.jobDir, 'nats'), host: o.listen, advertiseHost: o.advertise });
+    nats = await startEmbeddedNats({ storeDir: join(o.jobDir, 'nats'), host: o.listen, advertiseHost: o.advertise, jobId: o.jobId });
     url = nats.url;
     token = nats.token;
   }
+  const tls = nats?.tls;
   try {
-    const nc = await connectBus({ url, token, name: `ferry-coordinator-${o.jobId}` });
+    const nc = await connectBus({ url, token, tls, name: `ferry-coordinator-${o.jobId}` });
     const jsm = await jetstreamManager(nc);
     // A fresh job on an external server: nothing of an earlier run of the same id may leak in.
     if (o.fresh) await jsm.streams.delete(`KV_${jobSubjects(o.jobId).kvBucket}`).catch(() => false);
-    return new NatsJobBus(o.jobId, nc, jsm, nats, { url, token });
+    return new NatsJobBus(o.jobId, nc, jsm, nats, { url, token, ...(tls ? { tls } : {}) });
   } catch (err) {
     await nats?.stop({ discard: false }).catch(() => {});
     throw err;

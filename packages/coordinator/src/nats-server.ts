@@ -1,6 +1,9 @@
 /**
  * The embedded control plane: a `nats-server -js` per job, on a free port, with
  * its store in the job's state directory and a random token, stopped at the end.
+ * Beyond loopback it speaks TLS only, with certificates of a CA made for the
+ * run, and takes only clients that present the run's client certificate (and
+ * the token): see nats-tls.ts and docs/security.md.
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -10,11 +13,15 @@ import { constants } from 'node:fs';
 import { createServer, connect as netConnect } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { FerryError } from '@ferry/core';
+import type { NatsClientTls } from '@ferry/core';
 import { diesWithThisProcess } from '@ferry/transport';
+import { createJobTls } from './nats-tls.js';
 
 export interface EmbeddedNats {
   url: string;
   token: string;
+  /** Set when the server listens beyond loopback: what a client must present (and trust) besides the token. */
+  tls: NatsClientTls | undefined;
   pid: number | undefined;
   /**
    * Stops the server: SIGTERM (it closes its store cleanly), SIGKILL after 5 s.
@@ -80,12 +87,19 @@ function canConnect(host: string, port: number): Promise<boolean> {
   });
 }
 
+/** Addresses only this node can reach: there the token alone guards the server (the user's own processes hold it). */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
 export interface EmbeddedNatsOptions {
   storeDir: string;
   /** Address to listen on. @default 127.0.0.1 */
   host?: string;
   /** Address agents use to reach it. @default host */
   advertiseHost?: string;
+  /** The job it serves (its certificates name it). */
+  jobId?: string;
   /** How long nats-server may take to start. @default 15s */
   startTimeoutMs?: number;
 }
@@ -131,6 +145,12 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
   // nats-server parses the variable's value as config: a leading letter keeps it a string ("7e3..." would be a number).
   const token = `ferry${randomBytes(24).toString('hex')}`;
   const startTimeoutMs = options.startTimeoutMs ?? 15_000;
+  // Beyond loopback, nothing secret may cross the network in clear text, and the token alone
+  // (which anyone on the path could have read before) no longer lets a client in.
+  const tls = isLoopback(host) ? undefined : await createJobTls(join(options.storeDir, 'tls'), options.jobId ?? 'job', [host, options.advertiseHost ?? host]);
+  const tlsBlock = tls
+    ? [`tls { cert_file: ${JSON.stringify(tls.server.certFile)}, key_file: ${JSON.stringify(tls.server.keyFile)}, ca_file: ${JSON.stringify(tls.server.caFile)}, verify: true, timeout: 5 }`]
+    : [];
   for (let attempt = 0; ; attempt++) {
     const port = await freePort(host);
     // The token reaches nats-server through its environment (the config refers to it), never
@@ -138,7 +158,7 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
     const config = join(options.storeDir, 'nats-server.conf');
     await writeFile(
       config,
-      [`listen: ${JSON.stringify(`${host}:${port}`)}`, `jetstream { store_dir: ${JSON.stringify(join(options.storeDir, 'jetstream'))} }`, 'authorization { token: $FERRY_NATS_TOKEN }', ''].join('\n'),
+      [`listen: ${JSON.stringify(`${host}:${port}`)}`, `jetstream { store_dir: ${JSON.stringify(join(options.storeDir, 'jetstream'))} }`, ...tlsBlock, 'authorization { token: $FERRY_NATS_TOKEN }', ''].join('\n'),
       { mode: 0o600 },
     );
     // It dies with the coordinator, even one killed with SIGKILL (SIGTERM: it closes its store
@@ -181,7 +201,7 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
         }
         if (discard) await rm(options.storeDir, { recursive: true, force: true });
       };
-      return { url: `nats://${options.advertiseHost ?? host}:${port}`, token, pid: child.pid, stop };
+      return { url: `nats://${options.advertiseHost ?? host}:${port}`, token, tls: tls?.client, pid: child.pid, stop };
     }
     child.kill('SIGKILL');
     await exited;

@@ -46,7 +46,7 @@ function discardSpec(localPath: string): JobSpec {
     mode: 'helper',
     localPath,
     remotePath: '/bench/file',
-    remoteHosts: [{ host: 'discard' }],
+    remoteHosts: [{ host: 'discard', port: 22, user: 'bench' }],
     remoteCommand: 'ferry serve',
     fileBytes: RANGES * MiB,
     rangeBytes: MiB,

@@ -1,0 +1,138 @@
+/**
+ * The control plane beyond loopback (issue #30, finding 4): the embedded
+ * nats-server that listens on 0.0.0.0 speaks TLS with a per-run CA and takes
+ * only clients with the run's certificate. A TCP proxy between a client and
+ * the server records every byte, as someone on the cluster network would.
+ */
+import { createServer, connect as netConnect } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import { readdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { connectBus } from '@ferry/agent';
+import { startEmbeddedNats } from '@ferry/coordinator';
+import type { EmbeddedNats } from '@ferry/coordinator';
+import { tempDir } from './helpers.js';
+
+interface Tap {
+  port: number;
+  /** Everything each direction carried, concatenated. */
+  toServer: () => Buffer;
+  toClient: () => Buffer;
+  close: () => Promise<void>;
+}
+
+/** A TCP proxy on loopback to `port` that keeps a copy of every byte. */
+async function tap(port: number): Promise<Tap> {
+  const up: Buffer[] = [];
+  const down: Buffer[] = [];
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = netConnect({ host: '127.0.0.1', port });
+    sockets.add(client).add(upstream);
+    client.on('data', (d: Buffer) => {
+      up.push(Buffer.from(d));
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      down.push(Buffer.from(d));
+      client.write(d);
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('close', end).on('error', end);
+    upstream.on('close', end).on('error', end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  if (!address || typeof address !== 'object') throw new Error('proxy has no port');
+  return {
+    port: address.port,
+    toServer: () => Buffer.concat(up),
+    toClient: () => Buffer.concat(down),
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+const portOf = (url: string) => Number(new URL(url).port);
+
+describe('the embedded nats-server beyond loopback', () => {
+  const cleanup: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn().catch(() => {});
+  });
+
+  async function start(): Promise<EmbeddedNats> {
+    const dir = await tempDir('ferry-bus-tls-');
+    cleanup.push(() => dir.remove());
+    const nats = await startEmbeddedNats({ storeDir: join(dir.path, 'job', 'nats'), host: '0.0.0.0', advertiseHost: '127.0.0.1', jobId: 'abcd1234' });
+    cleanup.push(() => nats.stop({ discard: true }));
+    return nats;
+  }
+
+  it('speaks TLS: a proxy on the path sees neither the token nor a CONNECT, nor what a client publishes', async () => {
+    const nats = await start();
+    expect(nats.tls).toBeDefined();
+    const proxy = await tap(portOf(nats.url));
+    cleanup.push(() => proxy.close());
+    const nc = await connectBus({ url: `nats://127.0.0.1:${proxy.port}`, token: nats.token, tls: nats.tls, name: 'ferry-agent-test' });
+    const kv = await new Kvm(nc).create('ferry_abcd1234', { history: 1 });
+    await kv.put('spec', new TextEncoder().encode('secret-spec-marker'));
+    expect(new TextDecoder().decode((await kv.get('spec'))!.value)).toBe('secret-spec-marker');
+    await nc.close();
+    const sent = proxy.toServer().toString('latin1');
+    const received = proxy.toClient().toString('latin1');
+    expect(sent.length).toBeGreaterThan(0);
+    expect(sent).not.toContain(nats.token);
+    expect(received).not.toContain(nats.token);
+    expect(sent).not.toContain('CONNECT');
+    expect(sent).not.toContain('auth_token');
+    expect(sent).not.toContain('secret-spec-marker');
+    expect(received).not.toContain('secret-spec-marker');
+    // The only clear text is the server's INFO, which asks for TLS before anything else.
+    expect(received).toMatch(/^INFO \{[^\n]*"tls_required":true/);
+  });
+
+  it('refuses a client that has the token but not the run\'s certificate, and one that does not trust the run\'s CA', async () => {
+    const nats = await start();
+    const url = `nats://127.0.0.1:${portOf(nats.url)}`;
+    // The token alone, in clear text (today's scheme): the server wants TLS.
+    await expect(connect({ servers: url, token: nats.token, reconnect: false, timeout: 5000 })).rejects.toThrow();
+    // The token inside TLS, trusting the job's CA, without a client certificate.
+    await expect(connect({ servers: url, token: nats.token, tls: { ca: nats.tls!.ca }, reconnect: false, timeout: 5000 })).rejects.toThrow();
+    // Another run's credential (another CA): the server refuses it, and the client refuses the server.
+    const other = await start();
+    await expect(connect({ servers: url, token: nats.token, tls: other.tls!, reconnect: false, timeout: 5000 })).rejects.toThrow();
+    // With everything, it connects.
+    const nc = await connect({ servers: url, token: nats.token, tls: nats.tls!, reconnect: false, timeout: 5000 });
+    await nc.close();
+  });
+
+  it('keeps the certificates\' keys readable by the user only, and the CA key nowhere', async () => {
+    const dir = await tempDir('ferry-bus-tls-files-');
+    cleanup.push(() => dir.remove());
+    const store = join(dir.path, 'job', 'nats');
+    const second = await startEmbeddedNats({ storeDir: store, host: '0.0.0.0', advertiseHost: '127.0.0.1', jobId: 'abcd1234' });
+    cleanup.push(() => second.stop({ discard: true }));
+    expect((await stat(join(store, 'tls'))).mode & 0o777).toBe(0o700);
+    for (const f of ['ca.pem', 'server-cert.pem', 'server-key.pem']) expect((await stat(join(store, 'tls', f))).mode & 0o777).toBe(0o600);
+    expect((await readdir(join(store, 'tls'))).sort()).toEqual(['ca.pem', 'server-cert.pem', 'server-key.pem']);
+  });
+
+  it('keeps the token scheme on loopback', async () => {
+    const dir = await tempDir('ferry-bus-loopback-');
+    cleanup.push(() => dir.remove());
+    const nats = await startEmbeddedNats({ storeDir: join(dir.path, 'nats'), host: '127.0.0.1' });
+    cleanup.push(() => nats.stop({ discard: true }));
+    expect(nats.tls).toBeUndefined();
+    const nc = await connect({ servers: nats.url, token: nats.token, reconnect: false });
+    await nc.close();
+  });
+});
