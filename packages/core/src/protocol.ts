@@ -24,6 +24,7 @@ import { decode, encode } from './codec.js';
 import { FerryError } from './errors.js';
 import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
+import { HUB_KEY_BYTES, parseHubKey } from './hub-auth.js';
 import type { HashAlgorithm } from './hash.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -79,6 +80,12 @@ export interface HelloBody {
    * serve's hub.ts). Answer: that socket's path, when the helper opened one.
    */
   hub?: boolean | string;
+  /**
+   * Request with `hub: true`: the secret (hex, HUB_KEY_BYTES) every session
+   * joining that socket must prove it knows, and the hub proves back
+   * (hub-auth.ts). A helper opens no socket without one.
+   */
+  hubKey?: string;
 }
 export interface OpenBody {
   path: string;
@@ -206,6 +213,7 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'HELLO':
       int('version');
       if (b.hub !== undefined && typeof b.hub !== 'boolean') throw protocolError('HELLO.hub must be a boolean');
+      if (b.hubKey !== undefined && parseHubKey(b.hubKey) === undefined) throw protocolError(`HELLO.hubKey must be ${2 * HUB_KEY_BYTES} hex digits`);
       break;
     case 'OPEN':
       str('path');

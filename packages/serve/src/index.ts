@@ -7,7 +7,7 @@
  */
 export { serve, statOf } from './serve.js';
 export { reusedBufferInput } from './input.js';
-export { openHub } from './hub.js';
+export { JOIN_TIMEOUT_MS, MAX_HUB_SESSIONS, openHub, privateDirProblem, socketBase } from './hub.js';
 export { growPipes, PIPE_BYTES } from './pipes.js';
-export type { Hub } from './hub.js';
+export type { Hub, HubOptions } from './hub.js';
 export type { ServeOptions } from './serve.js';

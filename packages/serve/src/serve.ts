@@ -26,6 +26,7 @@ import {
   errnoOf,
   hashStoredThrough,
   openDirectAuto,
+  parseHubKey,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
@@ -54,11 +55,11 @@ export interface ServeOptions {
   maxPendingBytes?: number;
   software?: string;
   /**
-   * Asked for in HELLO (`hub: true`): opens, once, a socket for further
-   * sessions (hub.ts) and resolves with its path, which HELLO's answer carries.
-   * Absent: HELLO's `hub` is ignored.
+   * Asked for in HELLO (`hub: true` with a `hubKey`): opens, once, a socket for
+   * further sessions that prove they know `key` (hub.ts) and resolves with its
+   * path, which HELLO's answer carries. Absent, or HELLO without a key: no socket.
    */
-  openHub?: () => Promise<string>;
+  openHub?: (key: Buffer) => Promise<string>;
   /**
    * Why sshd's pipes to this helper stay smaller than asked (growPipes in
    * pipes.ts), or undefined once they have grown. OPEN's answer carries the
@@ -439,14 +440,17 @@ export async function serve(options: ServeOptions): Promise<void> {
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
     switch (frame.type) {
       case 'HELLO': {
-        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', ...HASH_ALGORITHMS.map((h) => `hash:${h}`)] };
+        // hub-auth: joins of this helper's socket prove a key, and so does the helper (core's hub-auth.ts).
+        const hello = { version: PROTOCOL_VERSION, software: options.software ?? 'ferry', capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', ...HASH_ALGORITHMS.map((h) => `hash:${h}`)] };
         const openHub = options.openHub;
-        if (frame.body.hub !== true || !openHub) {
+        const key = parseHubKey(frame.body.hubKey);
+        // A client without a key (an older ferry) gets no socket: its joins could not be checked.
+        if (frame.body.hub !== true || !openHub || !key) {
           reply(id, { hello });
           return;
         }
         // No hub (a temporary directory that refuses one): this session works alone.
-        run(async () => ({ hello: { ...hello, ...(await openHub().then((hub) => ({ hub }), () => ({}))) } }));
+        run(async () => ({ hello: { ...hello, ...(await openHub(key).then((hub) => ({ hub }), () => ({}))) } }));
         return;
       }
       case 'OPEN':
