@@ -131,6 +131,12 @@ export const MAX_SHARED_JOINS = 7;
 const sharedHelpers = new Map<string, SharedHelper>();
 /** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
 const refusedSharing = new Set<string>();
+/**
+ * Hosts (and commands) where a shared helper's socket answered without proving
+ * the key: every later connection there fails with the same error, so that no
+ * retry turns the refusal into a copy that quietly goes on.
+ */
+const untrustedSharing = new Map<string, FerryError>();
 
 /**
  * Sizes a fresh helper channel's buffers: what it may leave unread in the
@@ -178,6 +184,7 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
       channel.close();
       // Whatever listens there did not prove the key: no connection of this process joins it again.
       refusedSharing.add(key);
+      if (err instanceof FerryError && err.code === 'HELPER_UNTRUSTED') untrustedSharing.set(key, err);
       throw err;
     }
     if (outcome !== 'joined') {
@@ -319,6 +326,8 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode === 'helper' || options.mode === 'auto') {
       try {
         const share = ssh.sharedHelper === true ? `${label}\0${options.remoteCommand}` : undefined;
+        const spoofed = share === undefined ? undefined : untrustedSharing.get(share);
+        if (spoofed) throw new FerryError('HELPER_UNTRUSTED', spoofed.message, { host: label, ...(spoofed.path === undefined ? {} : { path: spoofed.path }) });
         let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
           started ??= await startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
