@@ -19,7 +19,7 @@ export { expandHostlist } from './hostlist.js';
 export type { Location, LocalLocation, RemoteLocation } from './location.js';
 export { createHasher, hashBytes, rootHash, isHashAlgorithm, HASH_ALGORITHMS } from './hash.js';
 export type { HashAlgorithm, Hasher } from './hash.js';
-export { encode, decode } from './codec.js';
+export { encode, decode, checkPlain, MAX_DECODE_DEPTH } from './codec.js';
 export * from './protocol.js';
 export { HUB_ACCEPTED, HUB_CHALLENGE_BYTES, HUB_FULL, HUB_GO, HUB_KEY_BYTES, HUB_NONCE_BYTES, HUB_REFUSED, JOIN_MAGIC, JOIN_PROOF_BYTES, JOIN_REQUEST_BYTES, checkHubChallenge, checkJoinProof, hubChallenge, joinRequest, parseHubKey, parseJoinRequest } from './hub-auth.js';
 export * from './messages.js';

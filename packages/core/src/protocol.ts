@@ -193,18 +193,31 @@ function protocolError(message: string): FerryError {
   return new FerryError('PROTOCOL', `helper protocol: ${message}`);
 }
 
-/** Checks a decoded control body has the fields its frame type needs, so handlers can trust it. */
+/** A map as the strict codec decodes one: an object of the plain kind (not an array, a Buffer, or anything with a class). */
+export function isPlainMap(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/** Checks a decoded control body has the fields its frame type needs, with their types, so handlers can trust it (the frame's size bounds its strings). */
 function validate(frame: ControlFrame): ControlFrame {
   const b = frame.body as unknown as Record<string, unknown>;
-  if (b === null || typeof b !== 'object' || Array.isArray(b)) throw protocolError(`${frame.type} body is not a map`);
-  const int = (k: string) => {
-    const v = b[k];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw protocolError(`${frame.type}.${k} must be a non-negative integer`);
+  if (!isPlainMap(b)) throw protocolError(`${frame.type} body is not a map`);
+  const int = (k: string, from: Record<string, unknown> = b, what = k) => {
+    const v = from[k];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw protocolError(`${frame.type}.${what} must be a non-negative integer`);
   };
   const str = (k: string) => {
     if (typeof b[k] !== 'string' || (b[k] as string).length === 0 || (b[k] as string).includes('\0')) {
       throw protocolError(`${frame.type}.${k} must be a non-empty string without NUL`);
     }
+  };
+  const optional = (k: string, type: 'string' | 'boolean' | 'int') => {
+    const v = b[k];
+    if (v === undefined) return;
+    if (type === 'int') return int(k);
+    if (typeof v !== type) throw protocolError(`${frame.type}.${k} must be a ${type}`);
   };
   const algo = () => {
     if (!isHashAlgorithm(b.algorithm)) throw protocolError(`${frame.type}.algorithm must be one of ${HASH_ALGORITHMS.join(', ')}`);
@@ -252,10 +265,30 @@ function validate(frame: ControlFrame): ControlFrame {
       int('length');
       if ((b.length as number) > ZERO_CHUNK.length) throw protocolError(`ZEROS of ${String(b.length)} bytes exceeds ${ZERO_CHUNK.length}`);
       break;
-    case 'OK':
+    case 'OK': {
+      for (const k of ['handle', 'size', 'bytes'] as const) optional(k, 'int');
+      for (const k of ['hash', 'directReason', 'pipesReason'] as const) optional(k, 'string');
+      optional('direct', 'boolean');
+      if (b.stat !== undefined) {
+        const st = b.stat;
+        if (!isPlainMap(st) || (st.type !== 'file' && st.type !== 'directory' && st.type !== 'other')) throw protocolError('OK.stat must be a map with a type of file, directory or other');
+        for (const k of ['size', 'mode', 'mtimeMs', 'ino', 'dev']) int(k, st, `stat.${k}`);
+      }
+      if (b.hello !== undefined) {
+        const h = b.hello;
+        if (!isPlainMap(h)) throw protocolError('OK.hello must be a map');
+        int('version', h, 'hello.version');
+        if (typeof h.software !== 'string' || !Array.isArray(h.capabilities) || !h.capabilities.every((c) => typeof c === 'string')) throw protocolError('OK.hello needs software and a list of capabilities');
+        if (h.hub !== undefined && typeof h.hub !== 'string' && typeof h.hub !== 'boolean') throw protocolError('OK.hello.hub must be a path');
+      }
       break;
+    }
     case 'ERROR':
       if (typeof b.code !== 'string' || typeof b.message !== 'string') throw protocolError('ERROR needs code and message');
+      optional('host', 'string');
+      optional('path', 'string');
+      optional('errno', 'string');
+      optional('range', 'int');
       break;
   }
   return frame;
