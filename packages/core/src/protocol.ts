@@ -215,7 +215,8 @@ function validate(frame: ControlFrame): ControlFrame {
   };
   const optional = (k: string, type: 'string' | 'boolean' | 'int') => {
     const v = b[k];
-    if (v === undefined) return;
+    // Other encoders (the Python helper) write an absent field as nil.
+    if (v === undefined || v === null) return;
     if (type === 'int') return int(k);
     if (typeof v !== type) throw protocolError(`${frame.type}.${k} must be a ${type}`);
   };
@@ -272,7 +273,11 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.stat !== undefined) {
         const st = b.stat;
         if (!isPlainMap(st) || (st.type !== 'file' && st.type !== 'directory' && st.type !== 'other')) throw protocolError('OK.stat must be a map with a type of file, directory or other');
-        for (const k of ['size', 'mode', 'mtimeMs', 'ino', 'dev']) int(k, st, `stat.${k}`);
+        for (const k of ['size', 'mode']) int(k, st, `stat.${k}`);
+        // Times before 1970 are negative; inode and device numbers may be 64-bit (kept as the nearest number).
+        for (const k of ['mtimeMs', 'ino', 'dev']) {
+          if (typeof st[k] !== 'number' || !Number.isFinite(st[k])) throw protocolError(`OK.stat.${k} must be a number`);
+        }
       }
       if (b.hello !== undefined) {
         const h = b.hello;

@@ -466,9 +466,15 @@ describe('FrameDecoder on invalid bodies', () => {
       [{ stat: { type: 'file', size: -1, mode: 0, mtimeMs: 0, ino: 0, dev: 0 } }, 'OK.stat.size must be a non-negative integer'],
       [{ stat: [1] }, 'OK.stat must be a map with a type of file, directory or other'],
       [{ hello: { version: 1, software: 'x', capabilities: [1] } }, 'OK.hello needs software and a list of capabilities'],
+      [{ stat: { type: 'file', size: 1, mode: 0, mtimeMs: '0', ino: 0, dev: 0 } }, 'OK.stat.mtimeMs must be a number'],
     ] as const) {
       expect(protocolError(() => decodeOne(rawFrame(FrameType.OK, 1, encode(body)))).message).toBe(`helper protocol: ${why}`);
     }
+  });
+
+  it('accepts an OK with nil for absent fields, a time before 1970 and a 64-bit inode number (as the Python helper sends them)', () => {
+    const body = { handle: 1, size: 0, directReason: null, stat: { type: 'file', size: 1, mode: 0o644, mtimeMs: -86_400_000, ino: 2 ** 63, dev: 2049 } };
+    expect(decodeOne(rawFrame(FrameType.OK, 1, encode(body)))).toEqual([{ type: 'OK', id: 1, body }]);
   });
 
   const invalid: Array<[string, number, unknown, string]> = [
