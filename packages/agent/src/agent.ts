@@ -105,8 +105,13 @@ export interface AgentSummary {
 
 /** Errors after which this agent cannot do anything useful: it reports them and exits. */
 const FATAL_FOR_AGENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'HELPER_UNAVAILABLE', 'SOURCE_NOT_FOUND', 'SOURCE_UNREADABLE']);
-/** Errors that end the job: every agent would meet them. Reported in a completion. */
-const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE', 'DEST_NOT_WRITABLE', 'DEST_DIR_MISSING', 'DEST_REPLACED', 'SOURCE_CHANGED']);
+/**
+ * Errors that end the job: every agent would meet them, or the user must hear of them
+ * whatever the other connections manage (HELPER_UNTRUSTED: another user's listener where
+ * the shared helper should be; DEST_REPLACED: another user swapped the temporary file).
+ * Reported in a completion.
+ */
+const FATAL_FOR_JOB: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['DEST_NO_SPACE', 'DEST_NOT_WRITABLE', 'DEST_DIR_MISSING', 'DEST_REPLACED', 'SOURCE_CHANGED', 'HELPER_UNTRUSTED']);
 /** Errors that mean "this host, right now": try another host. */
 const HOST_TROUBLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
 

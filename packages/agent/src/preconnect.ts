@@ -26,7 +26,7 @@ import { agentHelperTimeoutMs } from './agent.js';
 import { signalListeners } from './concurrency.js';
 
 /** Failures of a connection opened ahead that the slot's own connect would only repeat, after the same wait. */
-const FINAL_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST']);
+const FINAL_FAILURES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['HOST_UNREACHABLE', 'CONNECTION_LOST', 'HELPER_UNTRUSTED']);
 
 type Opening = Promise<RemoteConnection>;
 

@@ -90,7 +90,7 @@ export function createCli(io: CliIo): Command {
     .argument('<destination>', 'local or remote path; a directory gets the source file name');
   addCopyOptions(run);
   run
-    .option('--rendezvous <file>', 'file on a filesystem all ranks share where rank 0 says how to join (default: <state-dir>/rendezvous/<launch id>.json)')
+    .option('--rendezvous <file>', 'file on a filesystem all ranks share where rank 0 says how to join, in a directory only you can write (default: <state-dir>/rendezvous/<launch id>.json)')
     .option('--no-rank0-agent', 'rank 0 only coordinates')
     .option('--nats-listen <address>', 'address rank 0\'s nats-server listens on', '0.0.0.0')
     .option('--nats-advertise <address>', 'address the other ranks reach it by (default: rank 0\'s first non-loopback IPv4)')

@@ -5,16 +5,16 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join, resolve as resolvePath } from 'node:path';
-import { FerryError, decodeClientTls, parseDuration, resolveCopyOptions, toFerryError } from '@ferry/core';
+import { FerryError, decodeClientTls, errnoOf, parseDuration, resolveCopyOptions, toFerryError } from '@ferry/core';
 import type { AgentExec, CopyOptions } from '@ferry/core';
 import { shellQuote } from '@ferry/launcher';
 import { copy, reportError, selfCommand } from './actions.js';
 import type { CliIo } from './actions.js';
 
-interface Rendezvous {
+export interface Rendezvous {
   launchId: string;
   jobId?: string;
   url?: string;
@@ -29,15 +29,37 @@ interface Rendezvous {
   at: number;
 }
 
-async function writeRendezvous(file: string, value: Rendezvous): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  await writeFile(tmp, JSON.stringify(value) + '\n', { mode: 0o600 });
-  await rename(tmp, file);
+const RENDEZVOUS_FIX = 'put --rendezvous in a directory of your own that only you can write (the default is under --state-dir)';
+
+/**
+ * Rank 0's side: the file holds the job's NATS token, so it is written only
+ * into a directory that is the user's and closed to others' writes, through
+ * an unguessable temporary name (coordinator's private-file.ts).
+ */
+export async function writeRendezvous(file: string, value: Rendezvous): Promise<void> {
+  const { checkPrivateDir, writePrivateFile } = await import('@ferry/coordinator');
+  await checkPrivateDir(dirname(file), 'rendezvous file', RENDEZVOUS_FIX);
+  await writePrivateFile(file, JSON.stringify(value) + '\n');
 }
 
-async function readRendezvous(file: string): Promise<Rendezvous | undefined> {
+/**
+ * The other ranks' side: undefined while rank 0 has not written the file;
+ * throws when the file or its directory could be another user's doing (not
+ * the user's, open to others, a link).
+ */
+export async function readRendezvous(file: string): Promise<Rendezvous | undefined> {
+  const { checkPrivateDir, readPrivateFile } = await import('@ferry/coordinator');
   try {
-    return JSON.parse(await readFile(file, 'utf8')) as Rendezvous;
+    await checkPrivateDir(dirname(file), 'rendezvous file', RENDEZVOUS_FIX);
+  } catch (err) {
+    // Not there yet: rank 0 makes it.
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  const text = await readPrivateFile(file, 'rendezvous file', RENDEZVOUS_FIX);
+  if (text === undefined) return undefined;
+  try {
+    return JSON.parse(text) as Rendezvous;
   } catch {
     return undefined;
   }
@@ -71,6 +93,9 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
     const rank0Agent = opts.rank0Agent !== false;
     if (rank.rank === 0) {
       await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+      // Before the copy starts: a directory others can write is refused now, not at the rendezvous.
+      const { checkPrivateDir } = await import('@ferry/coordinator');
+      await checkPrivateDir(dirname(file), 'rendezvous file', RENDEZVOUS_FIX);
       await rm(file, { force: true });
       const external = rank.size - 1;
       const agents = Math.max(1, external + (rank0Agent ? 1 : 0));

@@ -24,8 +24,12 @@ export async function runServe(io: CliIo): Promise<number> {
     const software = `ferry ${VERSION}`;
     // A client may ask this helper to take its other connections' sessions too (serve/src/hub.ts).
     let hub: Promise<Hub> | undefined;
-    const share = () => {
-      hub ??= openHub((socket) => serve({ input: socket, output: socket, software }));
+    let hubKey: Buffer | undefined;
+    const share = (key: Buffer) => {
+      // One socket per helper, for the key of the HELLO that asked first.
+      if (hubKey !== undefined && !hubKey.equals(key)) return Promise.reject(new Error('a shared helper socket is open for another key'));
+      hubKey = key;
+      hub ??= openHub((socket) => serve({ input: socket, output: socket, software }), { key });
       return hub.then((h) => h.path);
     };
     try {

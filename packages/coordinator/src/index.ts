@@ -14,5 +14,6 @@ export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
 export { prepareCopy, makeJobId } from './prepare.js';
 export type { PreparedCopy } from './prepare.js';
 export { JournalFile } from './journal-file.js';
+export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-file.js';
 export { jobDirOf, listJobs, readJobFile, readStatus, pidAlive, foldJournal } from './job-state.js';
 export type { JobFile, JobPhase, JobStatus } from './job-state.js';

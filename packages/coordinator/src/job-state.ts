@@ -8,11 +8,12 @@
  *   lock          pid of the coordinator running the job
  *   nats/         the embedded nats-server's store (and nats.pid)
  */
-import { open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError, IntervalSet, createHasher, errnoOf } from '@ferry/core';
 import type { CopyOptions, Direction, FileIdentity, HashAlgorithm, JournalRecord, RemoteHost, SourceFingerprint } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
+import { writePrivateFile } from './private-file.js';
 
 export const JOB_FILE_VERSION = 1;
 
@@ -82,11 +83,8 @@ export function jobDirOf(stateDir: string, jobId: string): string {
   return join(stateDir, 'jobs', jobId);
 }
 
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, text, { mode: 0o600 });
-  await rename(tmp, path);
-}
+/** Through an unguessable O_EXCL|O_NOFOLLOW temporary name and a rename (private-file.ts): never through a name planted in advance. */
+const writeAtomic = writePrivateFile;
 
 export async function writeJobFile(dir: string, job: JobFile): Promise<void> {
   await writeAtomic(join(dir, 'job.json'), JSON.stringify(job, null, 1) + '\n');

@@ -25,6 +25,8 @@ export type ErrorCode =
   | 'VERIFY_FAILED'
   | 'NATS_SERVER_MISSING'
   | 'HELPER_UNAVAILABLE'
+  /** A socket where a shared helper should be did not prove it knows the job's secret: someone else may be listening there. */
+  | 'HELPER_UNTRUSTED'
   | 'PROTOCOL'
   | 'SSH_CLIENT_MISSING'
   | 'AGENTS_FAILED'
@@ -52,6 +54,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   VERIFY_FAILED: 50,
   NATS_SERVER_MISSING: 60,
   HELPER_UNAVAILABLE: 61,
+  HELPER_UNTRUSTED: 64,
   PROTOCOL: 62,
   SSH_CLIENT_MISSING: 63,
   AGENTS_FAILED: 70,

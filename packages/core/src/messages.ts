@@ -5,6 +5,7 @@
  * sides always agree.
  */
 import { decode, encode } from './codec.js';
+import { isPlainMap } from './protocol.js';
 import type { ErrorData } from './errors.js';
 import { FerryError } from './errors.js';
 import type { HashAlgorithm } from './hash.js';
@@ -461,12 +462,12 @@ function decodeRecord(what: string, data: Uint8Array): Record<string, unknown> {
   } catch (err) {
     throw new FerryError('PROTOCOL', `${what} message is not valid msgpack: ${(err as Error).message}`);
   }
-  if (value === null || typeof value !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
-  return value as Record<string, unknown>;
+  if (!isPlainMap(value)) throw new FerryError('PROTOCOL', `${what} message is not a map`);
+  return value;
 }
 
 function checkRecord(what: string, rec: Record<string, unknown>, required: readonly string[], job: string | undefined): void {
-  if (rec === null || typeof rec !== 'object') throw new FerryError('PROTOCOL', `${what} message is not a map`);
+  if (!isPlainMap(rec)) throw new FerryError('PROTOCOL', `${what} message is not a map`);
   if (rec.v !== MESSAGE_VERSION) throw new FerryError('PROTOCOL', `${what} message has version ${String(rec.v)}, this ferry speaks ${MESSAGE_VERSION}: run the same ferry version everywhere`);
   for (const k of required) {
     // msgpack has no undefined: other encoders write an absent field as nil.

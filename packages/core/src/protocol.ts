@@ -24,6 +24,7 @@ import { decode, encode } from './codec.js';
 import { FerryError } from './errors.js';
 import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
+import { HUB_KEY_BYTES, parseHubKey } from './hub-auth.js';
 import type { HashAlgorithm } from './hash.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -81,6 +82,12 @@ export interface HelloBody {
   hub?: boolean | string;
   /** Answer: the helper process's umask, for modes as scp sets them (a file's mode without -p). */
   umask?: number;
+  /**
+   * Request with `hub: true`: the secret (hex, HUB_KEY_BYTES) every session
+   * joining that socket must prove it knows, and the hub proves back
+   * (hub-auth.ts). A helper opens no socket without one.
+   */
+  hubKey?: string;
 }
 export interface OpenBody {
   path: string;
@@ -205,18 +212,32 @@ function protocolError(message: string): FerryError {
   return new FerryError('PROTOCOL', `helper protocol: ${message}`);
 }
 
-/** Checks a decoded control body has the fields its frame type needs, so handlers can trust it. */
+/** A map as the strict codec decodes one: an object of the plain kind (not an array, a Buffer, or anything with a class). */
+export function isPlainMap(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object') return false;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/** Checks a decoded control body has the fields its frame type needs, with their types, so handlers can trust it (the frame's size bounds its strings). */
 function validate(frame: ControlFrame): ControlFrame {
   const b = frame.body as unknown as Record<string, unknown>;
-  if (b === null || typeof b !== 'object' || Array.isArray(b)) throw protocolError(`${frame.type} body is not a map`);
-  const int = (k: string) => {
-    const v = b[k];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw protocolError(`${frame.type}.${k} must be a non-negative integer`);
+  if (!isPlainMap(b)) throw protocolError(`${frame.type} body is not a map`);
+  const int = (k: string, from: Record<string, unknown> = b, what = k) => {
+    const v = from[k];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw protocolError(`${frame.type}.${what} must be a non-negative integer`);
   };
   const str = (k: string) => {
     if (typeof b[k] !== 'string' || (b[k] as string).length === 0 || (b[k] as string).includes('\0')) {
       throw protocolError(`${frame.type}.${k} must be a non-empty string without NUL`);
     }
+  };
+  const optional = (k: string, type: 'string' | 'boolean' | 'int') => {
+    const v = b[k];
+    // Other encoders (the Python helper) write an absent field as nil.
+    if (v === undefined || v === null) return;
+    if (type === 'int') return int(k);
+    if (typeof v !== type) throw protocolError(`${frame.type}.${k} must be a ${type}`);
   };
   const algo = () => {
     if (!isHashAlgorithm(b.algorithm)) throw protocolError(`${frame.type}.algorithm must be one of ${HASH_ALGORITHMS.join(', ')}`);
@@ -225,6 +246,7 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'HELLO':
       int('version');
       if (b.hub !== undefined && typeof b.hub !== 'boolean') throw protocolError('HELLO.hub must be a boolean');
+      if (b.hubKey !== undefined && parseHubKey(b.hubKey) === undefined) throw protocolError(`HELLO.hubKey must be ${2 * HUB_KEY_BYTES} hex digits`);
       break;
     case 'OPEN':
       str('path');
@@ -266,10 +288,34 @@ function validate(frame: ControlFrame): ControlFrame {
       int('length');
       if ((b.length as number) > ZERO_CHUNK.length) throw protocolError(`ZEROS of ${String(b.length)} bytes exceeds ${ZERO_CHUNK.length}`);
       break;
-    case 'OK':
+    case 'OK': {
+      for (const k of ['handle', 'size', 'bytes'] as const) optional(k, 'int');
+      for (const k of ['hash', 'directReason', 'pipesReason'] as const) optional(k, 'string');
+      optional('direct', 'boolean');
+      if (b.stat !== undefined) {
+        const st = b.stat;
+        if (!isPlainMap(st) || (st.type !== 'file' && st.type !== 'directory' && st.type !== 'other')) throw protocolError('OK.stat must be a map with a type of file, directory or other');
+        for (const k of ['size', 'mode']) int(k, st, `stat.${k}`);
+        // Times before 1970 are negative; inode and device numbers may be 64-bit (kept as the nearest number).
+        for (const k of ['mtimeMs', 'ino', 'dev']) {
+          if (typeof st[k] !== 'number' || !Number.isFinite(st[k])) throw protocolError(`OK.stat.${k} must be a number`);
+        }
+      }
+      if (b.hello !== undefined) {
+        const h = b.hello;
+        if (!isPlainMap(h)) throw protocolError('OK.hello must be a map');
+        int('version', h, 'hello.version');
+        if (typeof h.software !== 'string' || !Array.isArray(h.capabilities) || !h.capabilities.every((c) => typeof c === 'string')) throw protocolError('OK.hello needs software and a list of capabilities');
+        if (h.hub !== undefined && typeof h.hub !== 'string' && typeof h.hub !== 'boolean') throw protocolError('OK.hello.hub must be a path');
+      }
       break;
+    }
     case 'ERROR':
       if (typeof b.code !== 'string' || typeof b.message !== 'string') throw protocolError('ERROR needs code and message');
+      optional('host', 'string');
+      optional('path', 'string');
+      optional('errno', 'string');
+      optional('range', 'int');
       break;
   }
   return frame;

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { decode, encode } from '@ferry/core';
+import { createRequire } from 'node:module';
+import { MAX_DECODE_DEPTH, decode, encode } from '@ferry/core';
 
 describe('msgpack codec', () => {
   it('encodes a small map as plain msgpack bytes (map16, string key, fixint)', () => {
@@ -71,7 +72,7 @@ describe('msgpack codec', () => {
   });
 
   it('throws on truncated input', () => {
-    expect(() => decode(Buffer.from([0x81]))).toThrow('Unexpected end of MessagePack data');
+    expect(() => decode(Buffer.from([0x81]))).toThrow('data ends inside a msgpack map of 1 entries (at byte 1)');
   });
 
   it('decodes a fixmap written by other encoders', () => {
@@ -79,6 +80,49 @@ describe('msgpack codec', () => {
   });
 
   it('throws on trailing bytes after a value', () => {
-    expect(() => decode(Buffer.from('81a1610101', 'hex'))).toThrow(/^Data read, but end of buffer not reached/);
+    expect(() => decode(Buffer.from('81a1610101', 'hex'))).toThrow('1 bytes after the msgpack value');
+  });
+});
+
+describe('strict decoding', () => {
+  const { Packr } = createRequire(import.meta.url)('msgpackr') as typeof import('msgpackr');
+  const clone = new Packr({ structuredClone: true, useRecords: false });
+
+  it('refuses a cyclic body made with structured clone (it once overflowed the stack on re-encoding)', () => {
+    const body: Record<string, unknown> = { path: '/x', policy: 'read' };
+    body.self = body;
+    expect(() => decode(clone.pack(body))).toThrow(/^msgpack extension \(0xd6\) at byte \d+ is not accepted$|^msgpack extension type \d+ at byte \d+ is not accepted$/);
+  });
+
+  it("refuses msgpackr's extensions: Error, Set, Map by reference, RegExp, Date, typed arrays, BigInt, records", () => {
+    const values: unknown[] = [new Error('x'), new Set([1]), /re/g, new Date(0), new Float64Array([1]), 2n ** 70n];
+    for (const v of values) expect(() => decode(clone.pack(v)), String(v)).toThrow(/not accepted/);
+    // A record definition (fixext 1, type 0x72) and a bundled-strings header (ext 0x62).
+    expect(() => decode(Buffer.from('d47240', 'hex'))).toThrow('msgpack extension type 114 at byte 0 is not accepted');
+    expect(() => decode(Buffer.from('d66200000000', 'hex'))).toThrow('msgpack extension (0xd6) at byte 0 is not accepted');
+  });
+
+  it('takes undefined, as the encoder writes an absent optional field', () => {
+    expect(decode(encode({ a: undefined, b: 1 }))).toEqual({ a: undefined, b: 1 });
+  });
+
+  it('refuses maps whose keys are not strings, the never-used byte 0xc1, and nesting deeper than MAX_DECODE_DEPTH', () => {
+    expect(() => decode(Buffer.from('810101', 'hex'))).toThrow('msgpack map key at byte 1 is not a string');
+    expect(() => decode(Buffer.from('c1', 'hex'))).toThrow('msgpack byte 0xc1 (never used) at 0');
+    const deep = (n: number) => Buffer.concat([Buffer.alloc(n, 0x91), Buffer.from([0xc0])]);
+    expect(decode(deep(MAX_DECODE_DEPTH))).toBeDefined();
+    expect(() => decode(deep(MAX_DECODE_DEPTH + 1))).toThrow(`msgpack value nested deeper than ${MAX_DECODE_DEPTH}`);
+    expect(() => decode(deep(100_000))).toThrow(`msgpack value nested deeper than ${MAX_DECODE_DEPTH}`);
+  });
+
+  it('refuses an array or map header that claims more entries than the data holds, before anything is reserved', () => {
+    expect(() => decode(Buffer.from('ddffffffff', 'hex'))).toThrow('data ends inside a msgpack array of 4294967295 entries (at byte 5)');
+    expect(() => decode(Buffer.from('df7fffffffa161', 'hex'))).toThrow('data ends inside a msgpack map of 2147483647 entries (at byte 5)');
+  });
+
+  it('keeps a __proto__ key from changing the prototype', () => {
+    const out = decode(Buffer.from('81a95f5f70726f746f5f5f81a17801', 'hex')) as Record<string, unknown>;
+    expect(Object.getPrototypeOf(out)).toBe(Object.prototype);
+    expect((out as { x?: unknown }).x).toBeUndefined();
   });
 });

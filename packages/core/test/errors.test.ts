@@ -30,6 +30,7 @@ describe('exit codes', () => {
       VERIFY_FAILED: 50,
       NATS_SERVER_MISSING: 60,
       HELPER_UNAVAILABLE: 61,
+      HELPER_UNTRUSTED: 64,
       PROTOCOL: 62,
       SSH_CLIENT_MISSING: 63,
       AGENTS_FAILED: 70,

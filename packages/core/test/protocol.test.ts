@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import {
   FRAME_HEADER_BYTES,
@@ -428,12 +429,12 @@ describe('FrameDecoder on invalid headers', () => {
 describe('FrameDecoder on invalid bodies', () => {
   it('rejects a body that is not valid msgpack', () => {
     const err = protocolError(() => decodeOne(rawFrame(FrameType.OK, 1, Buffer.from([0x81]))));
-    expect(err.message).toBe('helper protocol: OK body is not valid msgpack (Unexpected end of MessagePack data)');
+    expect(err.message).toBe('helper protocol: OK body is not valid msgpack (data ends inside a msgpack map of 1 entries (at byte 1))');
   });
 
   it('rejects a body with bytes after the msgpack value', () => {
     const err = protocolError(() => decodeOne(rawFrame(FrameType.CLOSE, 1, Buffer.concat([encode({ handle: 1 }), Buffer.from([0])]))));
-    expect(err.message).toMatch(/^helper protocol: CLOSE body is not valid msgpack \(Data read, but end of buffer not reached/);
+    expect(err.message).toBe('helper protocol: CLOSE body is not valid msgpack (1 bytes after the msgpack value)');
   });
 
   it.each([
@@ -441,8 +442,39 @@ describe('FrameDecoder on invalid bodies', () => {
     ['a number', 5],
     ['a string', 'ok'],
     ['nil', null],
+    ['a binary', Buffer.from('path')],
   ])('rejects a body that is %s instead of a map', (_what, body) => {
     expect(protocolError(() => decodeOne(rawFrame(FrameType.OK, 1, encode(body)))).message).toBe('helper protocol: OK body is not a map');
+    expect(protocolError(() => decodeOne(rawFrame(FrameType.OPEN, 2, encode(body)))).message).toBe('helper protocol: OPEN body is not a map');
+  });
+
+  it('rejects a cyclic OPEN body, an Error and a Set as msgpack it does not accept', () => {
+    const { Packr } = createRequire(import.meta.url)('msgpackr') as typeof import('msgpackr');
+    const clone = new Packr({ structuredClone: true, useRecords: false });
+    const cyclic: Record<string, unknown> = { path: '/x', policy: 'read' };
+    cyclic.size = cyclic;
+    for (const body of [cyclic, new Error('x'), new Set([1])]) {
+      expect(protocolError(() => decodeOne(rawFrame(FrameType.OPEN, 1, clone.pack(body)))).message).toMatch(/^helper protocol: OPEN body is not valid msgpack \(msgpack extension .* is not accepted\)$/);
+    }
+  });
+
+  it('rejects an OK whose fields have the wrong types', () => {
+    for (const [body, why] of [
+      [{ handle: '1' }, 'OK.handle must be a non-negative integer'],
+      [{ hash: 5 }, 'OK.hash must be a string'],
+      [{ direct: 'yes' }, 'OK.direct must be a boolean'],
+      [{ stat: { type: 'file', size: -1, mode: 0, mtimeMs: 0, ino: 0, dev: 0 } }, 'OK.stat.size must be a non-negative integer'],
+      [{ stat: [1] }, 'OK.stat must be a map with a type of file, directory or other'],
+      [{ hello: { version: 1, software: 'x', capabilities: [1] } }, 'OK.hello needs software and a list of capabilities'],
+      [{ stat: { type: 'file', size: 1, mode: 0, mtimeMs: '0', ino: 0, dev: 0 } }, 'OK.stat.mtimeMs must be a number'],
+    ] as const) {
+      expect(protocolError(() => decodeOne(rawFrame(FrameType.OK, 1, encode(body)))).message).toBe(`helper protocol: ${why}`);
+    }
+  });
+
+  it('accepts an OK with nil for absent fields, a time before 1970 and a 64-bit inode number (as the Python helper sends them)', () => {
+    const body = { handle: 1, size: 0, directReason: null, stat: { type: 'file', size: 1, mode: 0o644, mtimeMs: -86_400_000, ino: 2 ** 63, dev: 2049 } };
+    expect(decodeOne(rawFrame(FrameType.OK, 1, encode(body)))).toEqual([{ type: 'OK', id: 1, body }]);
   });
 
   const invalid: Array<[string, number, unknown, string]> = [

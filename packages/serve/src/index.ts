@@ -5,11 +5,11 @@
  * await serve({ input: process.stdin, output: new net.Socket({ fd: 1, readable: false }) });
  * ```
  */
-export { serve, statOf } from './serve.js';
+export { MAX_GATHERING, MAX_OPEN_WRITES, serve, statOf } from './serve.js';
 export { reusedBufferInput } from './input.js';
-export { openHub } from './hub.js';
+export { JOIN_TIMEOUT_MS, MAX_HUB_SESSIONS, openHub, privateDirProblem, socketBase } from './hub.js';
 export { growPipes, PIPE_BYTES } from './pipes.js';
-export type { Hub } from './hub.js';
-export type { ServeOptions } from './serve.js';
+export type { Hub, HubOptions } from './hub.js';
+export type { ServeMemory, ServeOptions } from './serve.js';
 export { walkTree } from './walk.js';
 export type { WalkError, WalkItem, WalkOptions } from './walk.js';

@@ -28,6 +28,7 @@ import {
   errnoOf,
   hashStoredThrough,
   openDirectAuto,
+  parseHubKey,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
@@ -43,6 +44,21 @@ const MAX_PENDING_BYTES = 128 * MiB;
 const PENDING_SECONDS = 1;
 /** Chunks a READ reads ahead of what it has sent. */
 const READ_AHEAD = 3;
+/**
+ * WRITEs that may hold a gather buffer at once. Each holds up to a chunk
+ * (1 MiB) while its DATA trickles in; beyond this, the one that has held its
+ * buffer longest writes what it has now. A client streams one range at a time
+ * per session, so this only bites a client that opens writes by the thousand.
+ */
+export const MAX_GATHERING = 8;
+/**
+ * WRITEs a session may have open (announced, not all their bytes received).
+ * Each costs a hasher and a little bookkeeping; a client that opens more is
+ * not ferry's, and the session ends with a PROTOCOL error.
+ */
+export const MAX_OPEN_WRITES = 256;
+/** Ids of failed WRITEs whose DATA is still dropped; the oldest are forgotten beyond this. */
+const MAX_DISCARDED = 4096;
 
 export interface ServeOptions {
   input: Readable;
@@ -56,11 +72,13 @@ export interface ServeOptions {
   maxPendingBytes?: number;
   software?: string;
   /**
-   * Asked for in HELLO (`hub: true`): opens, once, a socket for further
-   * sessions (hub.ts) and resolves with its path, which HELLO's answer carries.
-   * Absent: HELLO's `hub` is ignored.
+   * Asked for in HELLO (`hub: true` with a `hubKey`): opens, once, a socket for
+   * further sessions that prove they know `key` (hub.ts) and resolves with its
+   * path, which HELLO's answer carries. Absent, or HELLO without a key: no socket.
    */
-  openHub?: () => Promise<string>;
+  openHub?: (key: Buffer) => Promise<string>;
+  /** Called with the session's memory accounting after each input chunk (tests). */
+  onMemory?: (memory: ServeMemory) => void;
   /**
    * Why sshd's pipes to this helper stay smaller than asked (growPipes in
    * pipes.ts), or undefined once they have grown. OPEN's answer carries the
@@ -68,6 +86,21 @@ export interface ServeOptions {
    * on sshd's pipes (the joined sessions of a shared helper).
    */
   pipes?: Promise<string | undefined>;
+}
+
+/** What a session holds in memory for writes, as it counts it. */
+export interface ServeMemory {
+  /** Bytes of writes handed to the disk and not done (what pauses input at the pending limit). */
+  pendingBytes: number;
+  /** WRITEs holding a gather buffer. */
+  gathering: number;
+  /** WRITEs open (announced, not all bytes received). */
+  openWrites: number;
+  /** Buffers of the session's pool in use, and how many it has (its memory is bufferBytes times that). */
+  poolInUse: number;
+  poolBuffers: number;
+  /** Bytes allocated outside the pool for pieces that came while every pool buffer was out; 0 once written. */
+  outsidePoolBytes: number;
 }
 
 interface OpenFile {
@@ -129,7 +162,11 @@ export async function serve(options: ServeOptions): Promise<void> {
   const pendingLimit = new PendingLimit(Math.min(MIN_PENDING_BYTES, maxPendingBytes), maxPendingBytes, PENDING_SECONDS, performance.now());
   // Aligned, so that a file opened with `direct` can take the gathered chunks with O_DIRECT.
   // Only the buffers in use at once are ever touched: a slow session's stay untouched.
-  const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + 4, { aligned: true });
+  // Room for the pending writes at the limit, the gather buffers, and a few reads.
+  const pool = new BufferPool(FRAME_HEADER_BYTES + chunkBytes, Math.ceil(maxPendingBytes / chunkBytes) + MAX_GATHERING + 4, { aligned: true });
+  /** WRITEs holding a gather buffer, the longest-holding first. */
+  const gathering = new Set<Upload>();
+  let outsidePoolBytes = 0;
   const files = new Map<number, OpenFile>();
   const uploads = new Map<number, Upload>();
   const discarded = new Set<number>();
@@ -249,9 +286,10 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (u.buf) {
       pool.release(u.buf);
       u.buf = undefined;
+      gathering.delete(u);
     }
     uploads.delete(u.id);
-    if (u.received < u.length) discarded.add(u.id);
+    if (u.received < u.length) discard(u.id);
     replyError(u.id, u.error);
   };
 
@@ -261,7 +299,9 @@ export async function serve(options: ServeOptions): Promise<void> {
     const at = u.bufOffset;
     u.buf = undefined;
     u.fill = 0;
-    trackWrite(u, n, async () => {
+    gathering.delete(u);
+    // Pending counts the buffer held, not the bytes in it: a one-byte write holds a whole chunk.
+    trackWrite(u, chunkBytes, async () => {
       try {
         await u.file.writer.write(buf, n, at);
       } finally {
@@ -293,6 +333,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     else if (u.buf) {
       pool.release(u.buf);
       u.buf = undefined;
+      gathering.delete(u);
     }
     const at = u.offset + u.received;
     u.received += n;
@@ -316,11 +357,29 @@ export async function serve(options: ServeOptions): Promise<void> {
     pendingLimit.received(piece.length, performance.now());
     while (piece.length > 0) {
       if (!u.buf) {
+        // Gather buffers are few: the write that has held one longest writes what it has now.
+        const oldest = gathering.size >= MAX_GATHERING ? gathering.values().next().value : undefined;
+        if (oldest) flush(oldest);
         const b = pool.tryAcquire();
         if (!b) {
-          // Pool exhausted although input is paused at the pending limit: gather into a fresh buffer.
-          u.buf = Buffer.allocUnsafe(pool.bufferBytes);
-        } else u.buf = b;
+          // Every pool buffer is out (reads, writes at the disk): this piece goes to the disk now,
+          // from a copy of its own size, counted as pending like any write. Never a new chunk-sized
+          // buffer: they were what let a client pile up gigabytes.
+          const copy = Buffer.from(piece);
+          const at = u.offset + u.received;
+          outsidePoolBytes += copy.length;
+          trackWrite(u, copy.length, async () => {
+            try {
+              await u.file.writer.write(copy, copy.length, at);
+            } finally {
+              outsidePoolBytes -= copy.length;
+            }
+          });
+          u.received += copy.length;
+          break;
+        }
+        u.buf = b;
+        gathering.add(u);
         u.bufOffset = u.offset + u.received;
         u.fill = 0;
       }
@@ -332,6 +391,12 @@ export async function serve(options: ServeOptions): Promise<void> {
       if (u.fill === chunkBytes || u.received === u.length) flush(u);
     }
     if (u.received === u.length && u.buf === undefined) finishUpload(u);
+  };
+
+  /** Remembers a failed WRITE whose DATA is still to be dropped; forgets the oldest beyond MAX_DISCARDED. */
+  const discard = (id: number) => {
+    discarded.add(id);
+    if (discarded.size > MAX_DISCARDED) discarded.delete(discarded.values().next().value!);
   };
 
   /**
@@ -480,19 +545,22 @@ export async function serve(options: ServeOptions): Promise<void> {
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
     switch (frame.type) {
       case 'HELLO': {
+        // hub-auth: joins of this helper's socket prove a key, and so does the helper (core's hub-auth.ts).
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', SAFE_FILES_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
         };
         const openHub = options.openHub;
-        if (frame.body.hub !== true || !openHub) {
+        const key = parseHubKey(frame.body.hubKey);
+        // A client without a key (an older ferry) gets no socket: its joins could not be checked.
+        if (frame.body.hub !== true || !openHub || !key) {
           reply(id, { hello });
           return;
         }
         // No hub (a temporary directory that refuses one): this session works alone.
-        run(async () => ({ hello: { ...hello, ...(await openHub().then((hub) => ({ hub }), () => ({}))) } }));
+        run(async () => ({ hello: { ...hello, ...(await openHub(key).then((hub) => ({ hub }), () => ({}))) } }));
         return;
       }
       case 'OPEN':
@@ -503,9 +571,10 @@ export async function serve(options: ServeOptions): Promise<void> {
         if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
         checkBounds(f, frame.body.offset, frame.body.length);
         if (uploads.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
+        if (uploads.size >= MAX_OPEN_WRITES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_WRITES} WRITEs open at once in one session`);
         if (f.writeError) {
           // The stream carries this WRITE's DATA all the same: it is dropped (see onData).
-          discarded.add(id);
+          discard(id);
           replyError(id, f.writeError);
           return;
         }
@@ -640,6 +709,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       if (fatal) return;
       try {
         decoder.push(chunk);
+        options.onMemory?.({ pendingBytes, gathering: gathering.size, openWrites: uploads.size, poolInUse: pool.inUse, poolBuffers: pool.count, outsidePoolBytes });
       } catch (err) {
         // A malformed stream cannot be resynchronised: say why and stop.
         fatal = toFerryError(err);

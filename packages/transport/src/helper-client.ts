@@ -183,8 +183,9 @@ export class HelperClient {
   }
 
   /** `hub`: ask the helper to take other sessions on a socket too (its path is then in `hello.hub`). */
-  async handshake(timeoutMs: number, hub = false): Promise<void> {
-    const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'], ...(hub ? { hub: true } : {}) });
+  /** `hubKey`: ask the helper to take this client's other connections too, joins proving this key (core's hub-auth.ts). */
+  async handshake(timeoutMs: number, hubKey?: Buffer): Promise<void> {
+    const { reply } = this.request('HELLO', { version: PROTOCOL_VERSION, software: 'ferry', capabilities: ['write', 'read', 'hash'], ...(hubKey ? { hub: true, hubKey: hubKey.toString('hex') } : {}) });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

@@ -3,14 +3,16 @@
  * interface: file operations for the coordinator (stat, create, fsync, rename)
  * and range transfers for the agents. `connectRemote()` picks the mode.
  */
-import type { Client } from 'ssh2';
 import { randomBytes } from 'node:crypto';
+import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { FerryError, SAFE_FILES_CAPABILITY, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { FerryError, HUB_KEY_BYTES, SAFE_FILES_CAPABILITY, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
+import { joinHub } from './hub-join.js';
+import type { JoinOutcome } from './hub-join.js';
 import type { ExecResult } from './exec.js';
 import { HelperClient, isHelloTimeout, isSlowHelperStart, slowStart } from './helper-client.js';
 import type { RangeWrite } from './helper-client.js';
@@ -143,6 +145,8 @@ export interface RemoteOptions extends ConnectOptions {
 interface SharedHelper {
   /** The socket's path once the helper has answered; undefined when there is none to join. */
   readonly path: Promise<string | undefined>;
+  /** The secret joins prove they know, and the helper proves back (core's hub-auth.ts); it never leaves this process but inside the SSH session that starts the helper. */
+  readonly key: Buffer;
   joined: number;
 }
 
@@ -152,6 +156,12 @@ export const MAX_SHARED_JOINS = 7;
 const sharedHelpers = new Map<string, SharedHelper>();
 /** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
 const refusedSharing = new Set<string>();
+/**
+ * Hosts (and commands) where a shared helper's socket answered without proving
+ * the key: every later connection there fails with the same error, so that no
+ * retry turns the refusal into a copy that quietly goes on.
+ */
+const untrustedSharing = new Map<string, FerryError>();
 
 /**
  * Sizes a fresh helper channel's buffers: what it may leave unread in the
@@ -192,13 +202,28 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
       }),
     );
     const sendWindow = fitChannel(client, channel, sendWindowBytes);
+    let outcome: JoinOutcome;
+    try {
+      outcome = await joinHub(channel, shared.key, timeoutMs, label, path);
+    } catch (err) {
+      channel.close();
+      // Whatever listens there did not prove the key: no connection of this process joins it again.
+      refusedSharing.add(key);
+      if (err instanceof FerryError && err.code === 'HELPER_UNTRUSTED') untrustedSharing.set(key, err);
+      throw err;
+    }
+    if (outcome !== 'joined') {
+      channel.close();
+      throw new Error(`shared helper ${outcome}`);
+    }
     helper = new HelperClient({ input: channel, output: channel, close: () => channel.close() }, label);
     await helper.handshake(timeoutMs);
     client.once('close', () => shared.joined--);
     return { helper, sendWindow, sharing: 'joined' };
-  } catch {
+  } catch (err) {
     helper?.close();
     shared.joined--;
+    if (err instanceof FerryError && err.code === 'HELPER_UNTRUSTED') throw err;
     return undefined;
   }
 }
@@ -208,18 +233,20 @@ async function joinSharedHelper(client: Client, key: string, label: string, time
  * this process's later connections to the same host (until this one closes).
  */
 async function startHelperFor(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, share: string | undefined): Promise<StartedHelper> {
-  if (share === undefined || refusedSharing.has(share)) return startHelper(client, command, label, timeoutMs, sendWindowBytes, false);
+  if (share === undefined || refusedSharing.has(share)) return startHelper(client, command, label, timeoutMs, sendWindowBytes, undefined);
   let found!: (path: string | undefined) => void;
-  const shared: SharedHelper = { path: new Promise((resolve) => (found = resolve)), joined: 0 };
+  const shared: SharedHelper = { path: new Promise((resolve) => (found = resolve)), key: randomBytes(HUB_KEY_BYTES), joined: 0 };
   sharedHelpers.set(share, shared);
   const forget = () => {
     if (sharedHelpers.get(share) === shared) sharedHelpers.delete(share);
   };
   try {
-    const started = await startHelper(client, command, label, timeoutMs, sendWindowBytes, true);
-    const hub = started.helper.hello?.hub;
-    found(typeof hub === 'string' ? hub : undefined);
-    if (typeof hub !== 'string') {
+    const started = await startHelper(client, command, label, timeoutMs, sendWindowBytes, shared.key);
+    const hello = started.helper.hello;
+    // A helper that does not check joins (an older ferry) is not shared.
+    const hub = hello?.capabilities?.includes('hub-auth') === true && typeof hello.hub === 'string' ? hello.hub : undefined;
+    found(hub);
+    if (hub === undefined) {
       forget();
       return started;
     }
@@ -245,7 +272,7 @@ export function helperFailureReason(err: unknown): string {
  * written before any frame (the Python helper's source, which the remote
  * command reads first).
  */
-async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, hub: boolean, preamble?: Buffer, shown = command): Promise<StartedHelper> {
+async function startHelper(client: Client, command: string, label: string, timeoutMs: number, sendWindowBytes: number, hubKey: Buffer | undefined, preamble?: Buffer, shown = command): Promise<StartedHelper> {
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
@@ -257,7 +284,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
   const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
   if (preamble) channel.write(preamble);
   try {
-    await helper.handshake(timeoutMs, hub);
+    await helper.handshake(timeoutMs, hubKey);
   } catch (err) {
     helper.close();
     const tail = helper.stderr;
@@ -289,7 +316,7 @@ async function startPythonHelper(client: Client, label: string, timeoutMs: numbe
 
 function startPythonHelperOnce(client: Client, label: string, timeoutMs: number, sendWindowBytes: number): Promise<StartedHelper> {
   const script = pythonHelperScript();
-  return startHelper(client, pythonHelperCommand(script.length), label, timeoutMs, sendWindowBytes, false, script, 'python3 (ferry\'s python helper)');
+  return startHelper(client, pythonHelperCommand(script.length), label, timeoutMs, sendWindowBytes, undefined, script, 'python3 (ferry\'s python helper)');
 }
 
 /** The hash algorithms a helper computes itself, from its HELLO (`hash:NAME` capabilities; older helpers: xxh3 and sha256). */
@@ -324,6 +351,8 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode === 'helper' || options.mode === 'auto') {
       try {
         const share = ssh.sharedHelper === true ? `${label}\0${options.remoteCommand}` : undefined;
+        const spoofed = share === undefined ? undefined : untrustedSharing.get(share);
+        if (spoofed) throw new FerryError('HELPER_UNTRUSTED', spoofed.message, { host: label, ...(spoofed.path === undefined ? {} : { path: spoofed.path }) });
         let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
           started ??= await startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
@@ -331,11 +360,12 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
           // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
           // one more chance, with twice the time, before a slower path is chosen.
           if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
-          started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes, false);
+          started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes, undefined);
         }
         return new HelperConnection(carrier(), started.helper, label, started.sendWindow, started.sharing, 'helper', fallbacks);
       } catch (err) {
-        if (options.mode === 'helper' || options.signal?.aborted) throw err;
+        // A spoofed shared helper is not a missing one: no slower path hides it.
+        if (options.mode === 'helper' || options.signal?.aborted || (err instanceof FerryError && err.code === 'HELPER_UNTRUSTED')) throw err;
         fallbacks.push({ mode: 'helper', reason: `'${options.remoteCommand}' ${helperFailureReason(err)}` });
       }
     }
