@@ -136,6 +136,58 @@ describe('a job spec rewritten on the bus', () => {
   }
 });
 
+describe('work items forged on the bus', () => {
+  it("whose offset is a shell command are dropped by a real agent before they reach a file or a remote command line", async () => {
+    const JOB = 'b0b0cafe';
+    const pwned = join('/tmp', `pwned-${process.pid}-${Date.now()}-item`);
+    cleanups.push(() => rm(pwned, { force: true }));
+    const spec: JobSpec = {
+      v: MESSAGE_VERSION,
+      jobId: JOB,
+      direction: 'push',
+      // SFTP mode hashes ranges with `dd ... skip=OFFSET count=LENGTH` on the remote host.
+      mode: 'sftp',
+      localPath: join(work.path, 'source-items'),
+      remotePath: '/nonexistent/.dst.part',
+      remoteHosts: [{ host: '127.0.0.1', port: 9, user: 'nobody' }],
+      remoteCommand: 'ferry serve',
+      fileBytes: 4 * MiB,
+      rangeBytes: MiB,
+      rangeCount: 4,
+      hash: 'sha256',
+      streams: 1,
+      windowBytes: MiB,
+      connectionBytesPerSec: 0,
+      maxConnectionsPerHost: 0,
+      agentCount: 1,
+      ackWaitMs: 30_000,
+      maxDeliver: 3,
+      durableEveryRanges: 4,
+      durableIntervalMs: 5000,
+      ssh: { knownHostsFile: join(work.path, 'known_hosts'), identityFiles: [], connectTimeoutMs: 2000, transport: 'ssh2', sshCommand: ['ssh'] },
+      createdAt: Date.now(),
+    };
+    await makeRandomFile(spec.localPath, 4 * MiB);
+    const jsm = await jetstreamManager(nc);
+    await setupJobStreams(nc, jsm, spec);
+    const s = jobSubjects(JOB);
+    await jetstream(nc).publish(s.workSubject, encodeMessage({ v: MESSAGE_VERSION, job: JOB, range: 0, offset: `0 count=1 status=none; touch ${pwned}; echo`, length: MiB, attempt: 0 }));
+    const agent = startFerry(['agent', '--job', JOB, '--nats', nats.url, '--id', 'victim-3'], {
+      env: { FERRY_NATS_TOKEN: nats.token, [AGENT_EXEC_ENV]: encodeAgentExec(agentExecOf(spec)), [JOB_SPEC_SHA256_ENV]: specDigest(encodeMessage(spec)) },
+      timeoutMs: 60_000,
+    });
+    cleanups.push(() => agent.child.kill('SIGKILL'));
+    for (let i = 0; i < 300 && !agent.stderr().includes('dropping malformed work item'); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(agent.stderr()).toContain(`dropping malformed work item: work item for range 0 has offset 0 count=1 status=none; touch ${pwned}; echo and length ${MiB}, not whole numbers`);
+    // Terminated, not handed out again.
+    expect((await jsm.streams.info(s.workStream)).state.messages).toBe(0);
+    await new Kvm(nc).open(s.kvBucket).then((kv) => kv.put('stop', encodeMessage({ v: MESSAGE_VERSION, job: JOB, type: 'stop', reason: 'test over' })));
+    nc.publish(s.control, encodeMessage({ v: MESSAGE_VERSION, job: JOB, type: 'stop', reason: 'test over' }));
+    await agent.result;
+    expect(existsSync(pwned)).toBe(false);
+  });
+});
+
 describe('completions forged on the bus', () => {
   let sshd: Sshd;
   beforeAll(async () => {
@@ -168,7 +220,7 @@ describe('completions forged on the bus', () => {
     for (let i = 0; i < 200 && !job; i++) {
       for await (const name of jsm.streams.names()) {
         const m = /^FERRY_DONE_([0-9a-f]+)$/.exec(name);
-        if (m && m[1] !== 'a77ac0de') job = m[1];
+        if (m && m[1] !== 'a77ac0de' && m[1] !== 'b0b0cafe') job = m[1];
       }
       if (!job) await new Promise((r) => setTimeout(r, 100));
     }

@@ -11,10 +11,13 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { connectBus } from '@ferry/agent';
-import { startEmbeddedNats } from '@ferry/coordinator';
+import { AGENT_EXEC_ENV, JOB_SPEC_SHA256_ENV, MESSAGE_VERSION, NATS_TLS_ENV, agentExecOf, decodeAgentEvent, encodeAgentExec, encodeClientTls, encodeMessage, jobSubjects, specDigest } from '@ferry/core';
+import type { AgentEvent, JobSpec } from '@ferry/core';
+import { setupJobStreams, startEmbeddedNats } from '@ferry/coordinator';
 import type { EmbeddedNats } from '@ferry/coordinator';
-import { tempDir } from './helpers.js';
+import { makeRandomFile, startFerry, tempDir } from './helpers.js';
 
 interface Tap {
   port: number;
@@ -98,6 +101,44 @@ describe('the embedded nats-server beyond loopback', () => {
     expect(received).not.toContain('secret-spec-marker');
     // The only clear text is the server's INFO, which asks for TLS before anything else.
     expect(received).toMatch(/^INFO \{[^\n]*"tls_required":true/);
+  });
+
+  it('carries a real agent process through the proxy without the token, a CONNECT or the job spec in clear text', async () => {
+    const nats = await start();
+    const proxy = await tap(portOf(nats.url));
+    cleanup.push(() => proxy.close());
+    const dir = await tempDir('ferry-bus-tls-agent-');
+    cleanup.push(() => dir.remove());
+    const JOB = 'abcd1234';
+    const marker = join(dir.path, 'marker-source-path.bin');
+    await makeRandomFile(marker, 1024 * 1024);
+    const spec: JobSpec = {
+      v: MESSAGE_VERSION, jobId: JOB, direction: 'push', mode: 'helper', localPath: marker, remotePath: '/nonexistent/.dst.part',
+      remoteHosts: [{ host: '127.0.0.1', port: 9, user: 'nobody' }], remoteCommand: 'ferry serve', fileBytes: 1024 * 1024, rangeBytes: 1024 * 1024, rangeCount: 1,
+      hash: 'xxh3', streams: 1, windowBytes: 1024 * 1024, connectionBytesPerSec: 0, maxConnectionsPerHost: 0, agentCount: 1, ackWaitMs: 30_000, maxDeliver: 3,
+      durableEveryRanges: 1, durableIntervalMs: 5000, ssh: { knownHostsFile: join(dir.path, 'known_hosts'), identityFiles: [], connectTimeoutMs: 2000, transport: 'ssh2', sshCommand: ['ssh'] }, createdAt: Date.now(),
+    };
+    // The coordinator's side, directly on the server.
+    const nc = await connectBus({ url: `nats://127.0.0.1:${portOf(nats.url)}`, token: nats.token, tls: nats.tls, name: 'ferry-coordinator-test' });
+    cleanup.push(() => nc.close());
+    await setupJobStreams(nc, await jetstreamManager(nc), spec);
+    const started = new Promise<AgentEvent>((resolve) => {
+      nc.subscribe(jobSubjects(JOB).events, { callback: (_e, m) => { const ev = decodeAgentEvent(m.data, JOB); if (ev.type === 'agent.started') resolve(ev); } });
+    });
+    // The agent, as a launcher starts it, through the proxy.
+    const agent = startFerry(['agent', '--job', JOB, '--nats', `nats://127.0.0.1:${proxy.port}`, '--id', 'sniffed-1'], {
+      env: { FERRY_NATS_TOKEN: nats.token, [NATS_TLS_ENV]: encodeClientTls(nats.tls!), [AGENT_EXEC_ENV]: encodeAgentExec(agentExecOf(spec)), [JOB_SPEC_SHA256_ENV]: specDigest(encodeMessage(spec)) },
+      timeoutMs: 60_000,
+    });
+    cleanup.push(async () => agent.child.kill('SIGKILL'));
+    expect((await started).agent).toBe('sniffed-1');
+    nc.publish(jobSubjects(JOB).control, encodeMessage({ v: MESSAGE_VERSION, job: JOB, type: 'stop', reason: 'test over' }));
+    await agent.result;
+    const sent = proxy.toServer().toString('latin1');
+    const received = proxy.toClient().toString('latin1');
+    expect(sent.length).toBeGreaterThan(1000);
+    for (const secret of [nats.token, 'CONNECT', 'auth_token', 'sniffed-1', 'ferry.abcd1234']) expect(sent).not.toContain(secret);
+    for (const secret of [nats.token, 'marker-source-path', 'ferry serve']) expect(received).not.toContain(secret);
   });
 
   it('refuses a client that has the token but not the run\'s certificate, and one that does not trust the run\'s CA', async () => {

@@ -22,6 +22,7 @@ import {
   FRAME_HEADER_BYTES,
   MESSAGE_VERSION,
   checkControl,
+  checkedWorkItem,
   checkJobSpec,
   checkSpecExec,
   decodeControl,
@@ -34,7 +35,6 @@ import {
   hostLabel,
   makeCompletionBatch,
   openDirectAuto,
-  splitWorkItem,
   workItemCount,
   globalSlot,
   slotHost,
@@ -539,7 +539,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             got++;
             let items: WorkItem[];
             try {
-              items = splitWorkItem(decodeWorkItem(m.data, options.jobId), spec.rangeBytes);
+              items = checkedWorkItem(decodeWorkItem(m.data, options.jobId), spec);
             } catch (err) {
               log(`dropping malformed work item: ${(err as Error).message}`);
               m.term();

@@ -7,8 +7,8 @@
  */
 import { FerryError } from './errors.js';
 import { HASH_ALGORITHMS } from './hash.js';
-import type { Completion, ControlMessage, JobSpec, RemoteHost } from './messages.js';
-import { TRANSFER_MODES } from './messages.js';
+import type { Completion, ControlMessage, JobSpec, RemoteHost, WorkItem } from './messages.js';
+import { MAX_RANGES_PER_WORK_ITEM, TRANSFER_MODES, splitWorkItem } from './messages.js';
 import { MAX_AGENTS, MAX_STREAMS } from './options.js';
 import { rangeAt } from './ranges.js';
 import type { RangePlan } from './ranges.js';
@@ -102,6 +102,29 @@ export function checkJobSpec(spec: JobSpec): void {
   if (ssh.configFile !== undefined && !isText(ssh.configFile)) bad('ssh.configFile', ssh.configFile, 'a path');
   if (ssh.sendWindowBytes !== undefined && !isInt(ssh.sendWindowBytes, 0, 1 << 30)) bad('ssh.sendWindowBytes', ssh.sendWindowBytes, 'a size in bytes');
   for (const k of ['knownHostsGiven', 'sharedHelper'] as const) if (!isOptionalBoolean(ssh[k])) bad(`ssh.${k}`, ssh[k], 'true or false');
+}
+
+/**
+ * The ranges of a work item an agent is about to move, each checked against the
+ * spec's plan: a range of it, at its offset, of its length, of a whole-number
+ * attempt. Offsets and lengths reach file reads and writes and, in SFTP mode,
+ * a remote `dd` command line, so nothing but the plan's own numbers passes.
+ * Throws PROTOCOL.
+ */
+export function checkedWorkItem(item: WorkItem, spec: Pick<JobSpec, 'fileBytes' | 'rangeBytes' | 'rangeCount'>): WorkItem[] {
+  const plan: RangePlan = { fileBytes: spec.fileBytes, rangeBytes: spec.rangeBytes, count: spec.rangeCount };
+  const count = item.count ?? 1;
+  if (!isInt(item.range, 0, plan.count - 1) || !isInt(count, 1, MAX_RANGES_PER_WORK_ITEM) || item.range + count > plan.count) {
+    throw new FerryError('PROTOCOL', `work item of ${String(count)} ranges from range ${String(item.range)} is not within the job's ${plan.count} ranges`);
+  }
+  if (!isInt(item.attempt, 0, 1_000_000)) throw new FerryError('PROTOCOL', `work item for range ${item.range} has attempt ${String(item.attempt)}, not a whole number`);
+  if (!isInt(item.offset, 0) || !isInt(item.length, 1)) throw new FerryError('PROTOCOL', `work item for range ${item.range} has offset ${String(item.offset)} and length ${String(item.length)}, not whole numbers`);
+  const parts = splitWorkItem(item, plan.rangeBytes);
+  for (const p of parts) {
+    const r = rangeAt(plan, p.range);
+    if (p.offset !== r.offset || p.length !== r.length) throw new FerryError('PROTOCOL', `work item for range ${p.range} says bytes ${p.offset}-${p.offset + p.length}, the job's range is ${r.offset}-${r.offset + r.length}`);
+  }
+  return parts;
 }
 
 /**

@@ -27,7 +27,7 @@ export { HUB_ACCEPTED, HUB_CHALLENGE_BYTES, HUB_FULL, HUB_GO, HUB_KEY_BYTES, HUB
 export * from './messages.js';
 export { AGENT_EXEC_ENV, JOB_SPEC_SHA256_ENV, agentExecOf, checkSpecDigest, checkSpecExec, decodeAgentExec, defaultAgentExec, encodeAgentExec, specDigest } from './agent-exec.js';
 export type { AgentExec } from './agent-exec.js';
-export { checkControl, checkJobSpec, completionRejection } from './bus-checks.js';
+export { checkControl, checkJobSpec, checkedWorkItem, completionRejection } from './bus-checks.js';
 export type { CompletionRejection, RangeExpectation } from './bus-checks.js';
 export * from './options.js';
 export { StreamTuner } from './tuner.js';

@@ -7,6 +7,7 @@ import {
   checkJobSpec,
   checkSpecDigest,
   checkSpecExec,
+  checkedWorkItem,
   completionRejection,
   decodeAgentExec,
   defaultAgentExec,
@@ -15,7 +16,7 @@ import {
   planRanges,
   specDigest,
 } from '../src/index.js';
-import type { Completion, ControlMessage, JobSpec, RangeExpectation } from '../src/index.js';
+import type { Completion, ControlMessage, JobSpec, RangeExpectation, WorkItem } from '../src/index.js';
 
 const MiB = 1024 * 1024;
 
@@ -183,5 +184,34 @@ describe('a completion\'s claims', () => {
     expect(completionRejection(claim({ range: 0, offset: 0 }), expectation(), HEX)).toEqual({ kind: 'stale', reason: 'range 0 is done already' });
     expect(completionRejection(claim({ range: 5, offset: 5 * MiB, attempt: 1 }), expectation(), HEX)).toEqual({ kind: 'stale', reason: 'attempt 1 of range 5 is not outstanding (attempt 2 is)' });
     expect(completionRejection(claim({ agent: 'mallory' }), expectation(), HEX)).toEqual({ kind: 'unknown agent', reason: "agent 'mallory' is not one of this job's agents" });
+  });
+});
+
+describe('work items an agent moves', () => {
+  const s = spec({ fileBytes: 40 * MiB + 5, rangeBytes: MiB, rangeCount: 41 });
+  const item = (over: Record<string, unknown>) => ({ v: MESSAGE_VERSION, job: 'abcd1234', range: 2, offset: 2 * MiB, length: MiB, attempt: 0, ...over }) as unknown as WorkItem;
+
+  it('are split into the plan\'s ranges when every number is the plan\'s', () => {
+    expect(checkedWorkItem(item({}), s)).toEqual([item({})]);
+    expect(checkedWorkItem(item({ range: 32, offset: 32 * MiB, length: 8 * MiB + 5, count: 9 }), s).map((w) => [w.range, w.offset, w.length])).toEqual(
+      Array.from({ length: 9 }, (_, i) => [32 + i, (32 + i) * MiB, i === 8 ? 5 : MiB]),
+    );
+  });
+
+  it('are refused when a number is not a whole number or not the plan\'s', () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ offset: '0; touch /tmp/pwned;' }, "work item for range 2 has offset 0; touch /tmp/pwned; and length 1048576, not whole numbers"],
+      [{ length: 1.5 }, `work item for range 2 has offset ${2 * MiB} and length 1.5, not whole numbers`],
+      [{ range: 41, offset: 41 * MiB }, "work item of 1 ranges from range 41 is not within the job's 41 ranges"],
+      [{ range: 40, offset: 40 * MiB, count: 2, length: 6 }, "work item of 2 ranges from range 40 is not within the job's 41 ranges"],
+      [{ attempt: -1 }, 'work item for range 2 has attempt -1, not a whole number'],
+      [{ length: 7 }, `work item for range 2 says bytes ${2 * MiB}-${2 * MiB + 7}, the job's range is ${2 * MiB}-${3 * MiB}`],
+      [{ offset: 0 }, `work item for range 2 says bytes 0-${MiB}, the job's range is ${2 * MiB}-${3 * MiB}`],
+    ];
+    for (const [over, message] of cases) {
+      const e = thrown(() => checkedWorkItem(item(over), s));
+      expect(e.code).toBe('PROTOCOL');
+      expect(e.message).toBe(message);
+    }
   });
 });
