@@ -75,7 +75,7 @@ function remote(path: string): string {
   return `${victim.name}@${sshd.host}:${sshd.port}:${path}`;
 }
 
-function common(mode: string, extra: string[] = []): string[] {
+function commonFlags(mode: string, extra: string[] = []): string[] {
   return ['-i', key, '--known-hosts', knownHosts, '-F', 'none', '--remote-cmd', REMOTE_CMD, '--mode', mode, ...extra];
 }
 
@@ -155,18 +155,20 @@ function sides(direction: 'push' | 'pull', dir: string, source: string) {
 }
 
 const cases = [
-  ['push', 'helper'],
-  ['push', 'python'],
-  ['push', 'sftp'],
-  ['pull', 'helper'],
-  ['pull', 'python'],
+  ['push', 'helper', 'ssh2'],
+  ['push', 'python', 'ssh2'],
+  ['push', 'sftp', 'ssh2'],
+  ['push', 'helper', 'openssh'],
+  ['pull', 'helper', 'ssh2'],
+  ['pull', 'python', 'ssh2'],
 ] as const;
 
-describe.each(cases)('%s in %s mode, in a group-writable project directory', (direction, mode) => {
+describe.each(cases)('%s in %s mode over %s, in a group-writable project directory', (direction, mode, transport) => {
+  const common = (m: string, extra: string[] = []) => commonFlags(m, ['--transport', transport, ...extra]);
   const tempAt = (dir: string) => join(dir, `.copy.bin.ferry-${TOKEN}.part`);
 
   it('a symbolic link planted at the temporary name is not followed: the copy lands whole, the linked file is untouched', async () => {
-    const dir = await projectDir(`plant-link-${direction}-${mode}`);
+    const dir = await projectDir(`plant-link-${direction}-${mode}-${transport}`);
     asAttacker('ln -s "$1" "$2"', secret, tempAt(dir));
     const { from, to, target } = sides(direction, dir, src);
     const r = await runVictim(['cp', from, to, ...common(mode)], { FERRY_TEST_TEMP_TOKEN: TOKEN });
@@ -182,7 +184,7 @@ describe.each(cases)('%s in %s mode, in a group-writable project directory', (di
   });
 
   it("a 0666 file planted at the temporary name gets none of the data", async () => {
-    const dir = await projectDir(`plant-file-${direction}-${mode}`);
+    const dir = await projectDir(`plant-file-${direction}-${mode}-${transport}`);
     asAttacker('umask 0; : > "$1"; chmod 666 "$1"', tempAt(dir));
     const { from, to, target } = sides(direction, dir, src);
     const r = await runVictim(['cp', from, to, ...common(mode)], { FERRY_TEST_TEMP_TOKEN: TOKEN });
@@ -196,7 +198,7 @@ describe.each(cases)('%s in %s mode, in a group-writable project directory', (di
 
   describe.each(['a symbolic link to the victim\'s 0600 file', 'a 0666 file of the attacker\'s'] as const)('the temporary file swapped mid-copy for %s', (what) => {
     it('is refused before the rename with DEST_REPLACED (exit 24), the job kept and refused again on a rerun', async () => {
-      const dir = await projectDir(`swap-${direction}-${mode}-${what.startsWith('a sym') ? 'link' : 'file'}`);
+      const dir = await projectDir(`swap-${direction}-${mode}-${transport}-${what.startsWith('a sym') ? 'link' : 'file'}`);
       const { from, to, target } = sides(direction, dir, slowSrc);
       const args = ['cp', from, to, ...common(mode, ['--limit-rate', '3MB', '--range-size', '1MiB'])];
       const running = runVictim(args);
