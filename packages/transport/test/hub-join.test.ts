@@ -9,19 +9,19 @@ import { FerryError, HUB_FULL, JOIN_REQUEST_BYTES, hubChallenge, parseJoinReques
 import { joinHub } from '../src/hub-join.js';
 
 const key = randomBytes(32);
-let dir: string | undefined;
+const dirs: string[] = [];
 let server: Server | undefined;
 
 afterEach(() => {
   server?.close();
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  dir = undefined;
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
   server = undefined;
 });
 
 /** A listener that answers a join's opening message with `answer(nonce)`; resolves with a client socket to it. */
 async function peer(answer: (joinNonce: Buffer, socket: Socket) => void): Promise<Socket> {
-  dir = mkdtempSync(join(tmpdir(), 'ferry-join-'));
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-join-'));
+  dirs.push(dir);
   const path = join(dir, 's');
   server = createServer((socket) => {
     let held = Buffer.alloc(0);
