@@ -4,6 +4,7 @@
  * only clients with the run's certificate. A TCP proxy between a client and
  * the server records every byte, as someone on the cluster network would.
  */
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createServer, connect as netConnect } from 'node:net';
 import type { Server, Socket } from 'node:net';
 import { readdir, stat } from 'node:fs/promises';
@@ -165,6 +166,48 @@ describe('the embedded nats-server beyond loopback', () => {
     expect((await stat(join(store, 'tls'))).mode & 0o777).toBe(0o700);
     for (const f of ['ca.pem', 'server-cert.pem', 'server-key.pem']) expect((await stat(join(store, 'tls', f))).mode & 0o777).toBe(0o600);
     expect((await readdir(join(store, 'tls'))).sort()).toEqual(['ca.pem', 'server-cert.pem', 'server-key.pem']);
+  });
+
+  it('gives another Unix user on the node nothing to join with: no token in process lists or environments, no key file, no way in without them', async () => {
+    const user = `ferrybus${process.pid}`;
+    // A password of '*' (none works): the user exists only to run the attacker's commands.
+    execFileSync('useradd', ['-M', '-d', '/nonexistent', '-s', '/bin/sh', '-p', '*', user]);
+    cleanup.push(async () => execFileSync('userdel', [user], { stdio: 'ignore' }));
+    const uid = execFileSync('id', ['-u', user], { encoding: 'utf8' }).trim();
+    const gid = execFileSync('id', ['-g', user], { encoding: 'utf8' }).trim();
+    const asOther = (cmd: string, ...args: string[]) => spawnSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', cmd, ...args], { encoding: 'utf8', timeout: 20_000 });
+    const dir = await tempDir('ferry-bus-other-');
+    cleanup.push(() => dir.remove());
+    const store = join(dir.path, 'job', 'nats');
+    const nats = await startEmbeddedNats({ storeDir: store, host: '0.0.0.0', advertiseHost: '127.0.0.1', jobId: 'abcd1234' });
+    cleanup.push(() => nats.stop({ discard: true }));
+    expect(nats.pid).toBeDefined();
+    // What `ps` shows every user: no token, no credential, in any process's command line.
+    const ps = asOther('ps', '-eo', 'args');
+    expect(ps.status).toBe(0);
+    expect(ps.stdout).toContain('nats-server');
+    expect(ps.stdout).not.toContain(nats.token);
+    // The server's environment (where the token is) and its key are the user's alone.
+    const environ = asOther('cat', `/proc/${nats.pid}/environ`);
+    expect(environ.status).not.toBe(0);
+    expect(environ.stdout).not.toContain(nats.token);
+    const key = asOther('cat', join(store, 'tls', 'server-key.pem'));
+    expect(key.status).not.toBe(0);
+    expect(key.stderr).toMatch(/Permission denied/);
+    // Knocking with a guessed token in clear text.
+    const knock = asOther(process.execPath, '-e', `
+      const s = require('node:net').connect(${portOf(nats.url)}, '127.0.0.1');
+      let got = '';
+      s.on('data', (d) => { got += d; if (got.includes('INFO')) s.write('CONNECT {"auth_token":"guessed","verbose":false}\\r\\nPING\\r\\n'); });
+      s.on('close', () => { process.stdout.write(got); process.exit(0); });
+      s.on('error', () => {});
+      setTimeout(() => { process.stdout.write(got); process.exit(0); }, 5000);
+    `);
+    expect(knock.stdout).toMatch(/^INFO /);
+    // Its one line of clear text asks for TLS and a client certificate, and then it hangs up: no PONG, no +OK.
+    expect(knock.stdout).toMatch(/"tls_required":true,"tls_verify":true/);
+    expect(knock.stdout.trim().split('\r\n')).toHaveLength(1);
+    expect(knock.stdout).not.toContain('PONG');
   });
 
   it('keeps the token scheme on loopback', async () => {
