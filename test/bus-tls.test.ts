@@ -182,8 +182,13 @@ describe('the embedded nats-server beyond loopback', () => {
     const nats = await startEmbeddedNats({ storeDir: store, host: '0.0.0.0', advertiseHost: '127.0.0.1', jobId: 'abcd1234' });
     cleanup.push(() => nats.stop({ discard: true }));
     expect(nats.pid).toBeDefined();
-    // What `ps` shows every user: no token, no credential, in any process's command line.
-    const ps = asOther('ps', '-eo', 'args');
+    // What `ps` shows every user (every process's command line, read as ps reads it): no token, no credential.
+    const ps = asOther(process.execPath, '-e', `
+      const fs = require('node:fs');
+      for (const pid of fs.readdirSync('/proc').filter((n) => /^[0-9]+$/.test(n))) {
+        try { process.stdout.write(fs.readFileSync('/proc/' + pid + '/cmdline', 'latin1').replace(/\\0/g, ' ') + '\\n'); } catch {}
+      }
+    `);
     expect(ps.status).toBe(0);
     expect(ps.stdout).toContain('nats-server');
     expect(ps.stdout).not.toContain(nats.token);
