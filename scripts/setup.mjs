@@ -75,9 +75,15 @@ export const PROGRAMS = {
     truncate: 'coreutils',
     mkfifo: 'coreutils',
     id: 'coreutils',
-    // A second Unix user whose home ~user names (test/scp-habits.test.ts).
+    // A second Unix user whose home ~user names (test/scp-habits.test.ts), and the other
+    // users and groups of the attack tests (test/attack-files.test.ts and others).
     useradd: 'passwd',
     userdel: 'passwd',
+    groupadd: 'passwd',
+    groupdel: 'passwd',
+    chown: 'coreutils',
+    // cp -a of a generated tree (test/tree-lib.test.ts).
+    cp: 'coreutils',
     // test/setup.test.ts asks dpkg which package ships each program above.
     dpkg: 'dpkg',
     'dpkg-query': 'dpkg',
