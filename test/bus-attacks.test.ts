@@ -55,37 +55,38 @@ afterAll(async () => {
   await work?.remove();
 });
 
+/** A job spec of 4 ranges of 1 MiB pushed to a host where nothing listens: an agent that went on would fail to connect, not copy. */
+function testSpec(fields: Pick<JobSpec, 'jobId' | 'mode' | 'localPath' | 'hash'>): JobSpec {
+  return {
+    v: MESSAGE_VERSION,
+    direction: 'push',
+    remotePath: '/nonexistent/.dst.part',
+    remoteHosts: [{ host: '127.0.0.1', port: 9, user: 'nobody' }],
+    remoteCommand: 'ferry serve',
+    fileBytes: 4 * MiB,
+    rangeBytes: MiB,
+    rangeCount: 4,
+    streams: 1,
+    windowBytes: MiB,
+    connectionBytesPerSec: 0,
+    maxConnectionsPerHost: 0,
+    agentCount: 1,
+    ackWaitMs: 30_000,
+    maxDeliver: 3,
+    durableEveryRanges: 4,
+    durableIntervalMs: 5000,
+    ssh: { knownHostsFile: join(work.path, 'known_hosts'), identityFiles: [], connectTimeoutMs: 2000, transport: 'ssh2', sshCommand: ['ssh'] },
+    createdAt: Date.now(),
+    ...fields,
+  };
+}
+
 describe('a job spec rewritten on the bus', () => {
   const JOB = 'a77ac0de';
   const pwned = join('/tmp', `pwned-${process.pid}-${Date.now()}`);
 
   function legitSpec(): JobSpec {
-    return {
-      v: MESSAGE_VERSION,
-      jobId: JOB,
-      direction: 'push',
-      mode: 'helper',
-      localPath: join(work.path, 'source'),
-      remotePath: '/nonexistent/.dst.part',
-      // Nothing listens there: an agent that went on would fail to connect, not copy.
-      remoteHosts: [{ host: '127.0.0.1', port: 9, user: 'nobody' }],
-      remoteCommand: 'ferry serve',
-      fileBytes: 4 * MiB,
-      rangeBytes: MiB,
-      rangeCount: 4,
-      hash: 'xxh3',
-      streams: 1,
-      windowBytes: MiB,
-      connectionBytesPerSec: 0,
-      maxConnectionsPerHost: 0,
-      agentCount: 1,
-      ackWaitMs: 30_000,
-      maxDeliver: 3,
-      durableEveryRanges: 4,
-      durableIntervalMs: 5000,
-      ssh: { knownHostsFile: join(work.path, 'known_hosts'), identityFiles: [], connectTimeoutMs: 2000, transport: 'ssh2', sshCommand: ['ssh'] },
-      createdAt: Date.now(),
-    };
+    return testSpec({ jobId: JOB, mode: 'helper', localPath: join(work.path, 'source'), hash: 'xxh3' });
   }
 
   /** What an attacker with the token writes over the spec: agents are to run `touch` as the victim. */
@@ -141,32 +142,8 @@ describe('work items forged on the bus', () => {
     const JOB = 'b0b0cafe';
     const pwned = join('/tmp', `pwned-${process.pid}-${Date.now()}-item`);
     cleanups.push(() => rm(pwned, { force: true }));
-    const spec: JobSpec = {
-      v: MESSAGE_VERSION,
-      jobId: JOB,
-      direction: 'push',
-      // SFTP mode hashes ranges with `dd ... skip=OFFSET count=LENGTH` on the remote host.
-      mode: 'sftp',
-      localPath: join(work.path, 'source-items'),
-      remotePath: '/nonexistent/.dst.part',
-      remoteHosts: [{ host: '127.0.0.1', port: 9, user: 'nobody' }],
-      remoteCommand: 'ferry serve',
-      fileBytes: 4 * MiB,
-      rangeBytes: MiB,
-      rangeCount: 4,
-      hash: 'sha256',
-      streams: 1,
-      windowBytes: MiB,
-      connectionBytesPerSec: 0,
-      maxConnectionsPerHost: 0,
-      agentCount: 1,
-      ackWaitMs: 30_000,
-      maxDeliver: 3,
-      durableEveryRanges: 4,
-      durableIntervalMs: 5000,
-      ssh: { knownHostsFile: join(work.path, 'known_hosts'), identityFiles: [], connectTimeoutMs: 2000, transport: 'ssh2', sshCommand: ['ssh'] },
-      createdAt: Date.now(),
-    };
+    // SFTP mode hashes ranges with `dd ... skip=OFFSET count=LENGTH` on the remote host.
+    const spec = testSpec({ jobId: JOB, mode: 'sftp', localPath: join(work.path, 'source-items'), hash: 'sha256' });
     await makeRandomFile(spec.localPath, 4 * MiB);
     const jsm = await jetstreamManager(nc);
     await setupJobStreams(nc, jsm, spec);
