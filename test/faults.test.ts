@@ -306,7 +306,9 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const run = startFerry([
       'cp', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dir}/`,
       '-i', first.userKey, '--known-hosts', kh, ...v.flags, '--state-dir', join(dir, 'state'),
-      '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '30MB',
+      // 20 MB/s: ~13 s for the file, so that when the second host's agent comes late under
+      // load, ranges are still left for it after the kill (at 30 MB/s a CI run once found none).
+      '--json', '--range-size', '16MiB', '--agents', '2', '--streams', '2', '--limit-rate', '20MB',
     ]);
     cleanups.push(() => run.child.kill('SIGKILL'));
     await run.waitFor((e) => e.type === 'range.done' && String(e.host).startsWith('127.0.0.1'), 2);
