@@ -63,6 +63,9 @@ function corpus(core) {
     encodeControl('STAT', 9, { path: '/data' }),
     encodeControl('RENAME', 10, { from: '/a', to: '/b' }),
     encodeControl('UNLINK', 11, { path: '/a' }),
+    encodeControl('BATCH', 14, { algorithm: 'xxh3', entries: [{ kind: 'dir', path: '/d' }, { kind: 'file', path: '/d/a', size: 8, mode: 0o644, mtimeMs: 1e12, atimeMs: 1e12 }, { kind: 'symlink', path: '/d/l', target: 'a' }, { kind: 'hardlink', path: '/d/h', target: '/d/a' }] }),
+    encodeControl('COMMIT', 14, { srcHashes: [null, 'ab'.repeat(8), null, null] }),
+    encodeControl('OK', 14, { results: [{ ok: true }, { ok: true, hash: 'ab'.repeat(8) }, { ok: false, error: { code: 'DEST_CONFLICT', message: 'x', path: '/d/l', errno: 'EISDIR' } }] }),
     encodeControl('OK', 12, { handle: 1, size: 10, hello: { version: 1, software: 'ferry', capabilities: ['hub-auth'], hub: '/run/s' }, stat: { type: 'file', size: 1, mode: 0o644, mtimeMs: 1, ino: 1, dev: 1 } }),
     encodeControl('ERROR', 13, { code: 'DEST_IO', message: 'x', path: '/a', errno: 'EIO', range: 3 }),
   ];
@@ -194,13 +197,13 @@ export function runFuzz(core, { seed, inputs = Infinity, seconds = Infinity, onP
       }
     };
 
-    // The helper's frame decoder, fed in random pieces.
+    // The frame decoder, fed in random pieces, as the helper (requests) or the client (answers) runs it.
     const decoder = new core.FrameDecoder((frame) => {
       stats.frames++;
       if (frame.type === 'DATA') {
         if (!Buffer.isBuffer(frame.chunk) || frame.chunk.length > frame.frameBytes || frame.remaining < 0) fail('a DATA piece is out of its frame', JSON.stringify({ n: frame.chunk.length, frameBytes: frame.frameBytes, remaining: frame.remaining }));
       } else checkOut(`FrameDecoder (${frame.type})`, frame.body);
-    });
+    }, r.int(2) ? 'helper' : 'client');
     try {
       for (let at = 0; at < input.length; ) {
         const n = 1 + r.int(Math.max(1, input.length - at));

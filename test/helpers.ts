@@ -28,7 +28,7 @@ export function repliesById(output: Readable): (id: number) => Promise<DecodedFr
       waiting.delete(f.id);
       w(f);
     } else replies.set(f.id, f);
-  });
+  }, 'client');
   output.on('data', (chunk: Buffer) => decoder.push(chunk));
   return (id) => new Promise((resolve) => (replies.has(id) ? resolve(replies.get(id)!) : waiting.set(id, resolve)));
 }

@@ -16,6 +16,8 @@ export type ErrorCode =
   | 'DEST_NO_SPACE'
   | 'DEST_IO'
   | 'DEST_REPLACED'
+  /** Something of another kind is in the way at the destination (a directory where a file goes, a file where a directory goes). */
+  | 'DEST_CONFLICT'
   | 'SSH_AUTH_FAILED'
   | 'HOST_KEY_UNKNOWN'
   | 'HOST_KEY_CHANGED'
@@ -23,6 +25,8 @@ export type ErrorCode =
   | 'CONNECTION_LOST'
   | 'NATS_UNREACHABLE'
   | 'VERIFY_FAILED'
+  /** The bytes the destination received hash differently from what was sent (corrupted on the way): sending them again may succeed. */
+  | 'HASH_MISMATCH'
   | 'NATS_SERVER_MISSING'
   | 'HELPER_UNAVAILABLE'
   /** A socket where a shared helper should be did not prove it knows the job's secret: someone else may be listening there. */
@@ -45,6 +49,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   DEST_NO_SPACE: 22,
   DEST_IO: 23,
   DEST_REPLACED: 24,
+  DEST_CONFLICT: 25,
   SSH_AUTH_FAILED: 30,
   HOST_KEY_UNKNOWN: 31,
   HOST_KEY_CHANGED: 32,
@@ -52,6 +57,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   CONNECTION_LOST: 41,
   NATS_UNREACHABLE: 42,
   VERIFY_FAILED: 50,
+  HASH_MISMATCH: 51,
   NATS_SERVER_MISSING: 60,
   HELPER_UNAVAILABLE: 61,
   HELPER_UNTRUSTED: 64,
@@ -63,7 +69,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
 };
 
 /** Errors that a later attempt (another connection, another agent, a rerun) may not see again. */
-const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CONNECTION_LOST', 'HOST_UNREACHABLE', 'NATS_UNREACHABLE', 'DEST_IO']);
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['CONNECTION_LOST', 'HOST_UNREACHABLE', 'NATS_UNREACHABLE', 'DEST_IO', 'HASH_MISMATCH']);
 
 export interface FerryErrorFields {
   host?: string;

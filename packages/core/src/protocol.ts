@@ -18,6 +18,12 @@
  * bytes: runs of zeros, as in sparse files, cost a few bytes on the wire and
  * are written only where the destination does not already read as zeros.
  *
+ * A BATCH (capability `batch`) writes many small entries in one request: the
+ * body lists directories, files, symbolic links and hard links; DATA and ZEROS
+ * frames with its id carry the files' bytes back to back in entry order; a
+ * COMMIT with the same id follows the last byte at once, with the source's
+ * hash of each file; the helper answers once, with one result per entry.
+ *
  * The decoder is a state machine: bytes in, frames out, no I/O.
  */
 import { decode, encode } from './codec.js';
@@ -31,6 +37,26 @@ export const PROTOCOL_VERSION = 1;
 export const FRAME_HEADER_BYTES = 12;
 /** Largest control body accepted: paths and small maps only. */
 export const MAX_CONTROL_BYTES = 64 * 1024;
+/**
+ * Largest BATCH and COMMIT body, and OK body as the client accepts it (the
+ * answer to a COMMIT has a result per entry). Every other control body stays
+ * within MAX_CONTROL_BYTES.
+ */
+export const MAX_BATCH_BODY_BYTES = 1024 * 1024;
+/** Most entries in one BATCH: the tree planner's DEFAULT_BATCH_ENTRIES. */
+export const MAX_BATCH_ENTRIES = 4096;
+/**
+ * Most file bytes one BATCH may declare. A batch is small files (the planner
+ * closes one at 64 MiB); this bound only keeps a client's sizes sane.
+ */
+export const MAX_BATCH_BYTES = 1024 * 1024 * 1024;
+/**
+ * BATCHes a session may have open (announced, not yet answered). Beyond it
+ * the session ends with PROTOCOL; a client keeps within it.
+ */
+export const MAX_OPEN_BATCHES = 4;
+/** HELLO capability of helpers that take BATCH and COMMIT. */
+export const BATCH_CAPABILITY = 'batch';
 /** Largest DATA frame accepted. */
 export const MAX_DATA_FRAME_BYTES = 16 * 1024 * 1024;
 
@@ -48,6 +74,8 @@ export const FrameType = {
   RENAME: 11,
   UNLINK: 12,
   ZEROS: 13,
+  BATCH: 14,
+  COMMIT: 15,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -123,6 +151,38 @@ export interface PathBody { path: string }
 export interface RenameBody { from: string; to: string; handle?: number }
 export interface ZerosBody { length: number }
 
+/** What a BATCH entry makes. */
+export type BatchEntryKind =
+  /** mkdir 0700; an existing directory (not a link to one) is fine. Its mode and times are set later, by SETSTAT. */
+  | 'dir'
+  /** A regular file of `size` bytes, created under a temporary name and renamed over `path` at COMMIT when its hashes agree. */
+  | 'file'
+  /** A symbolic link to `target` (stored as given, never followed). */
+  | 'symlink'
+  /** A further name of the file at `target` (an absolute path on the helper's side). */
+  | 'hardlink';
+
+/** One entry of a BATCH. Paths are absolute; parents come before their contents. */
+export interface BatchEntry {
+  kind: BatchEntryKind;
+  path: string;
+  /** Files: their bytes in the batch's DATA and ZEROS frames. Absent (or 0) for the other kinds. */
+  size?: number;
+  /** Files: permission bits (at most 0o7777), set through the open file before the rename. */
+  mode?: number;
+  /** Files and symlinks: times in ms since 1970; atime defaults to mtime. */
+  mtimeMs?: number;
+  atimeMs?: number;
+  /** Symlinks: the link's text. Hard links: the existing file's absolute path. */
+  target?: string;
+}
+
+export interface BatchBody { algorithm: HashAlgorithm; entries: BatchEntry[] }
+/** One per entry: the source's hash of a file's bytes, null for other kinds and for a file the client could not read consistently. */
+export interface CommitBody { srcHashes: Array<string | null> }
+/** One entry's outcome in the answer to a COMMIT; `hash` is the helper's hash of a file's bytes. */
+export type BatchEntryResult = { ok: true; hash?: string } | { ok: false; error: ErrorData };
+
 export interface StatResult {
   type: 'file' | 'directory' | 'other';
   size: number;
@@ -150,6 +210,8 @@ export interface OkBody {
   directReason?: string;
   /** OPEN: set when sshd's pipes to the helper stay at the kernel's default size, and why (a slower session). */
   pipesReason?: string;
+  /** COMMIT: one result per entry of the BATCH. */
+  results?: BatchEntryResult[];
 }
 
 export type ErrorBody = ErrorData;
@@ -167,6 +229,8 @@ export type ControlFrame =
   | { type: 'RENAME'; id: number; body: RenameBody }
   | { type: 'UNLINK'; id: number; body: PathBody }
   | { type: 'ZEROS'; id: number; body: ZerosBody }
+  | { type: 'BATCH'; id: number; body: BatchBody }
+  | { type: 'COMMIT'; id: number; body: CommitBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -217,6 +281,72 @@ export function isPlainMap(value: unknown): value is Record<string, unknown> {
   if (value === null || typeof value !== 'object') return false;
   const proto = Object.getPrototypeOf(value) as unknown;
   return proto === Object.prototype || proto === null;
+}
+
+const BATCH_KINDS: ReadonlySet<unknown> = new Set<BatchEntryKind>(['dir', 'file', 'symlink', 'hardlink']);
+const ENTRY_KEYS: ReadonlySet<string> = new Set(['kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target']);
+
+/**
+ * What is wrong with entry `index` of a BATCH, in words, or undefined: the
+ * checks the helper makes on what it decodes, and the client on what it is
+ * about to send. Absent fields may be nil (other encoders write them so).
+ */
+export function batchEntryProblem(entry: unknown, index: number): string | undefined {
+  const at = `entries[${index}]`;
+  if (!isPlainMap(entry)) return `${at} is not a map`;
+  for (const k of Object.keys(entry)) if (!ENTRY_KEYS.has(k)) return `${at} has an unknown field ${k}`;
+  const given = (k: string) => entry[k] !== undefined && entry[k] !== null;
+  const path = (v: unknown) => typeof v === 'string' && v.startsWith('/') && !v.includes('\0') && v.length > 1;
+  if (!BATCH_KINDS.has(entry.kind)) return `${at}.kind must be dir, file, symlink or hardlink`;
+  if (!path(entry.path)) return `${at}.path must be an absolute path without NUL (not /)`;
+  for (const k of ['size', 'mode', 'mtimeMs', 'atimeMs']) {
+    const v = entry[k];
+    if (given(k) && (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)) return `${at}.${k} must be a non-negative integer`;
+  }
+  if (given('mode') && (entry.mode as number) > 0o7777) return `${at}.mode must be at most 0o7777`;
+  if (entry.kind === 'file' && !given('size')) return `${at}.size is missing (a file)`;
+  if (entry.kind !== 'file' && given('size') && entry.size !== 0) return `${at}.size must be absent for a ${String(entry.kind)}`;
+  if (entry.kind === 'symlink' || entry.kind === 'hardlink') {
+    const t = entry.target;
+    if (typeof t !== 'string' || t.length === 0 || t.includes('\0')) return `${at}.target must be a non-empty string without NUL`;
+    if (entry.kind === 'hardlink' && !path(t)) return `${at}.target must be an absolute path (a hard link)`;
+  } else if (given('target')) return `${at}.target must be absent for a ${String(entry.kind)}`;
+  return undefined;
+}
+
+/** What is wrong with a BATCH's list of entries as a whole (count, each entry, the sum of sizes), or undefined. */
+export function batchEntriesProblem(entries: unknown): string | undefined {
+  if (!Array.isArray(entries)) return 'entries must be a list';
+  if (entries.length > MAX_BATCH_ENTRIES) return `${entries.length} entries exceed ${MAX_BATCH_ENTRIES}`;
+  let bytes = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const problem = batchEntryProblem(entries[i], i);
+    if (problem) return problem;
+    bytes += (entries[i] as { size?: number }).size ?? 0;
+    if (bytes > MAX_BATCH_BYTES) return `the files' sizes add up to more than ${MAX_BATCH_BYTES} bytes`;
+  }
+  return undefined;
+}
+
+/** A BATCH body as the wire carries it: entries with only the fields that are set (absent ones are not sent as nil or undefined). */
+export function batchBody(algorithm: HashAlgorithm, entries: readonly BatchEntry[]): BatchBody {
+  return {
+    algorithm,
+    entries: entries.map((e) => {
+      const out: BatchEntry = { kind: e.kind, path: e.path };
+      if (e.kind === 'file') out.size = e.size ?? 0;
+      for (const k of ['mode', 'mtimeMs', 'atimeMs'] as const) if (e[k] !== undefined) out[k] = e[k];
+      if (e.target !== undefined) out.target = e.target;
+      return out;
+    }),
+  };
+}
+
+/** Total file bytes a BATCH carries (what its DATA and ZEROS frames must add up to). */
+export function batchBytes(entries: readonly BatchEntry[]): number {
+  let n = 0;
+  for (const e of entries) if (e.kind === 'file') n += e.size ?? 0;
+  return n;
 }
 
 /** Checks a decoded control body has the fields its frame type needs, with their types, so handlers can trust it (the frame's size bounds its strings). */
@@ -288,8 +418,33 @@ function validate(frame: ControlFrame): ControlFrame {
       int('length');
       if ((b.length as number) > ZERO_CHUNK.length) throw protocolError(`ZEROS of ${String(b.length)} bytes exceeds ${ZERO_CHUNK.length}`);
       break;
+    case 'BATCH': {
+      algo();
+      const problem = batchEntriesProblem(b.entries);
+      if (problem) throw protocolError(`BATCH.${problem}`);
+      break;
+    }
+    case 'COMMIT': {
+      const h = b.srcHashes;
+      if (!Array.isArray(h) || h.length > MAX_BATCH_ENTRIES || !h.every((x) => x === null || (typeof x === 'string' && x.length > 0 && x.length <= 128))) {
+        throw protocolError(`COMMIT.srcHashes must be a list of at most ${MAX_BATCH_ENTRIES} hashes (strings of at most 128 characters) or nils`);
+      }
+      break;
+    }
     case 'OK': {
       for (const k of ['handle', 'size', 'bytes'] as const) optional(k, 'int');
+      if (b.results !== undefined) {
+        const r = b.results;
+        if (!Array.isArray(r) || r.length > MAX_BATCH_ENTRIES) throw protocolError(`OK.results must be a list of at most ${MAX_BATCH_ENTRIES} results`);
+        for (const x of r) {
+          const good = isPlainMap(x) && ((x.ok === true && (x.hash === undefined || x.hash === null || typeof x.hash === 'string')) || (x.ok === false && isPlainMap(x.error) && typeof x.error.code === 'string' && typeof x.error.message === 'string'));
+          if (!good) throw protocolError('OK.results must hold { ok: true, hash? } or { ok: false, error: { code, message } }');
+          if (x.ok === false) {
+            const e = x.error as Record<string, unknown>;
+            for (const k of ['host', 'path', 'errno']) if (e[k] !== undefined && e[k] !== null && typeof e[k] !== 'string') throw protocolError(`OK.results error.${k} must be a string`);
+          }
+        }
+      }
       for (const k of ['hash', 'directReason', 'pipesReason'] as const) optional(k, 'string');
       optional('direct', 'boolean');
       if (b.stat !== undefined) {
@@ -322,6 +477,20 @@ function validate(frame: ControlFrame): ControlFrame {
 }
 
 /**
+ * Which side decodes: the helper takes requests, of which BATCH and COMMIT
+ * may be up to MAX_BATCH_BODY_BYTES; the client takes answers, of which OK
+ * may be that large (a COMMIT's results). Everything else stays within
+ * MAX_CONTROL_BYTES.
+ */
+export type DecoderSide = 'helper' | 'client';
+
+/** Largest control body of `type` that `side` accepts. */
+export function maxControlBytes(type: FrameTypeName, side: DecoderSide): number {
+  const large = side === 'helper' ? type === 'BATCH' || type === 'COMMIT' : type === 'OK';
+  return large ? MAX_BATCH_BODY_BYTES : MAX_CONTROL_BYTES;
+}
+
+/**
  * Incremental frame decoder. Feed it whatever the stream delivers; it calls
  * `onFrame` for each control frame and for each piece of a DATA body.
  */
@@ -335,7 +504,10 @@ export class FrameDecoder {
   private control: Buffer | undefined;
   private controlFill = 0;
 
-  constructor(private readonly onFrame: (frame: DecodedFrame) => void) {}
+  constructor(
+    private readonly onFrame: (frame: DecodedFrame) => void,
+    private readonly side: DecoderSide = 'helper',
+  ) {}
 
   /** True when no frame is partially received. */
   get idle(): boolean {
@@ -385,7 +557,8 @@ export class FrameDecoder {
       }
       return;
     }
-    if (this.bodyBytes > MAX_CONTROL_BYTES) throw protocolError(`${name} frame body of ${this.bodyBytes} bytes exceeds ${MAX_CONTROL_BYTES}`);
+    const limit = maxControlBytes(name, this.side);
+    if (this.bodyBytes > limit) throw protocolError(`${name} frame body of ${this.bodyBytes} bytes exceeds ${limit}`);
     if (this.bodyBytes === 0) throw protocolError(`${name} frame has an empty body`);
     this.control = Buffer.allocUnsafe(this.bodyBytes);
     this.controlFill = 0;

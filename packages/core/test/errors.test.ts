@@ -21,6 +21,7 @@ describe('exit codes', () => {
       DEST_NO_SPACE: 22,
       DEST_IO: 23,
       DEST_REPLACED: 24,
+      DEST_CONFLICT: 25,
       SSH_AUTH_FAILED: 30,
       HOST_KEY_UNKNOWN: 31,
       HOST_KEY_CHANGED: 32,
@@ -28,6 +29,7 @@ describe('exit codes', () => {
       CONNECTION_LOST: 41,
       NATS_UNREACHABLE: 42,
       VERIFY_FAILED: 50,
+      HASH_MISMATCH: 51,
       NATS_SERVER_MISSING: 60,
       HELPER_UNAVAILABLE: 61,
       HELPER_UNTRUSTED: 64,
@@ -69,9 +71,9 @@ describe('FerryError', () => {
     expect('cause' in err).toBe(false);
   });
 
-  it('is retryable only for lost connections, unreachable hosts or NATS, and destination I/O errors', () => {
+  it('is retryable only for lost connections, unreachable hosts or NATS, destination I/O errors and hash mismatches', () => {
     const retryable = (Object.keys(EXIT_CODES) as ErrorCode[]).filter((code) => new FerryError(code, 'x').retryable);
-    expect(retryable.sort()).toEqual(['CONNECTION_LOST', 'DEST_IO', 'HOST_UNREACHABLE', 'NATS_UNREACHABLE']);
+    expect(retryable.sort()).toEqual(['CONNECTION_LOST', 'DEST_IO', 'HASH_MISMATCH', 'HOST_UNREACHABLE', 'NATS_UNREACHABLE']);
   });
 
   it('takes the errno of a system error given as cause', () => {

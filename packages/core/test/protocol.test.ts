@@ -180,7 +180,9 @@ describe('frame types and headers', () => {
     expect(frameTypeName(64)).toBe('OK');
     expect(frameTypeName(65)).toBe('ERROR');
     expect(frameTypeName(0)).toBeUndefined();
-    expect(frameTypeName(14)).toBeUndefined();
+    expect(frameTypeName(14)).toBe('BATCH');
+    expect(frameTypeName(15)).toBe('COMMIT');
+    expect(frameTypeName(16)).toBeUndefined();
     expect(frameTypeName(66)).toBeUndefined();
     for (const [name, code] of Object.entries(FrameType)) expect(frameTypeName(code)).toBe(name);
   });
@@ -375,7 +377,7 @@ describe('FrameDecoder on valid streams', () => {
 });
 
 describe('FrameDecoder on invalid headers', () => {
-  it.each([0, 14, 63, 66, 255])('rejects unknown frame type %i', (type) => {
+  it.each([0, 16, 63, 66, 255])('rejects unknown frame type %i', (type) => {
     const err = protocolError(() => decodeOne(rawFrame(type, 1, encode({ handle: 1 }))));
     expect(err.message).toBe(`helper protocol: unknown frame type ${type}`);
   });

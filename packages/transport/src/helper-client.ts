@@ -63,7 +63,7 @@ export class HelperClient {
 
   constructor(private readonly streams: HelperStreams, label: string) {
     this.label = label;
-    this.decoder = new FrameDecoder((frame) => this.onFrame(frame));
+    this.decoder = new FrameDecoder((frame) => this.onFrame(frame), 'client');
     streams.output.on('data', (chunk: Buffer) => {
       try {
         this.decoder.push(chunk);
