@@ -10,8 +10,12 @@ import { lstat, open, rename, stat, unlink, chmod, utimes } from 'node:fs/promis
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
+  BATCH_CAPABILITY,
   BufferPool,
   FRAME_HEADER_BYTES,
+  MAX_BATCH_BODY_BYTES,
+  MAX_OPEN_BATCHES,
+  batchBytes,
   FerryError,
   FrameDecoder,
   FileWriter,
@@ -19,6 +23,7 @@ import {
   HASH_ALGORITHMS,
   PROTOCOL_VERSION,
   SAFE_FILES_CAPABILITY,
+  SerialQueue,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
@@ -29,11 +34,14 @@ import {
   hashStoredThrough,
   openDirectAuto,
   parseHubKey,
+  pwriteAll,
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
+import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
 import { PendingLimit } from './pending.js';
+import { Slots, createTempFile, dirOf, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
+import type { TempFile } from './batch.js';
 
 const MiB = 1024 * 1024;
 /** Pending writes a session may always hold, and holds before it knows its rate (pending.ts). */
@@ -57,6 +65,15 @@ export const MAX_GATHERING = 8;
  * not ferry's, and the session ends with a PROTOCOL error.
  */
 export const MAX_OPEN_WRITES = 256;
+/**
+ * Temporary files of BATCHes a session holds open at once: the one receiving
+ * bytes, and those whose mode, times and data are being synced (which overlap
+ * the stream). Created in entry order, so the files receiving bytes always
+ * get theirs.
+ */
+export const MAX_BATCH_OPEN_FILES = 32;
+/** Renames, links and directory syncs of one COMMIT at once (Node's thread pool runs 4 by default). */
+const COMMIT_PARALLEL = 8;
 /** Ids of failed WRITEs whose DATA is still dropped; the oldest are forgotten beyond this. */
 const MAX_DISCARDED = 4096;
 
@@ -103,7 +120,20 @@ export interface ServeMemory {
   outsidePoolBytes: number;
 }
 
-interface OpenFile {
+/** Where an Upload's bytes go: an open file, or the temporary file of a BATCH entry. */
+interface WriteTarget {
+  path: string;
+  writer: Pick<FileWriter, 'write' | 'zero'>;
+  /** Writes (and zeroings) handed to `writer` and not finished: FSYNC and CLOSE wait for them. */
+  writing: Set<Promise<void>>;
+  /**
+   * The first write that failed after its WRITE was answered: every later WRITE, FSYNC and
+   * CLOSE of this handle fails with it, so no range written through it can become durable.
+   */
+  writeError: FerryError | undefined;
+}
+
+interface OpenFile extends WriteTarget {
   fh: FileHandle;
   path: string;
   size: number;
@@ -121,7 +151,9 @@ interface OpenFile {
 
 interface Upload {
   id: number;
-  file: OpenFile;
+  file: WriteTarget;
+  /** Set for a file of a BATCH: its end and failures go to the batch, not to an answer of their own. */
+  batchFile?: BatchFile;
   offset: number;
   length: number;
   received: number;
@@ -133,6 +165,35 @@ interface Upload {
   error: FerryError | undefined;
   /** OK sent: every byte arrived and was hashed, and its writes are on their way (FSYNC waits for them). */
   answered: boolean;
+}
+
+/** A file entry of a BATCH. */
+interface BatchFile {
+  index: number;
+  entry: BatchEntry;
+  upload: Upload;
+  /** Its temporary file, once created (in entry order, after the directories before it). */
+  temp: Promise<TempFile>;
+  /** Mode, times and data synced and the handle closed, once every byte is written; rejects with the entry's failure. */
+  finished: Promise<TempFile> | undefined;
+  error: FerryError | undefined;
+}
+
+/** A BATCH from its frame to its answer. */
+interface Batch {
+  id: number;
+  entries: BatchEntry[];
+  /** Entries that are files, in entry order: their bytes come in this order. */
+  files: BatchFile[];
+  /** Next of `files` to receive bytes. */
+  cursor: number;
+  total: number;
+  received: number;
+  /** Directories made (or failed) and every file's temporary file created (or failed). */
+  prepared: Promise<void>;
+  dirErrors: Map<number, FerryError>;
+  /** COMMIT arrived: no more bytes. */
+  committed: boolean;
 }
 
 
@@ -147,6 +208,17 @@ export function statOf(st: import('node:fs').Stats): StatResult {
     uid: st.uid,
     nlink: st.nlink,
   };
+}
+
+/**
+ * A COMMIT's results as they fit in one answer (MAX_BATCH_BODY_BYTES): a few
+ * thousand failures with long paths in their messages could not, so then
+ * each failure keeps its code, errno and a short message, and the client
+ * names the path from its own entry.
+ */
+export function fitResults(results: BatchEntryResult[]): BatchEntryResult[] {
+  if (encodeControl('OK', 0, { results }).length <= MAX_BATCH_BODY_BYTES) return results;
+  return results.map((r) => (r.ok ? r : { ok: false, error: { code: r.error.code, message: r.error.errno ?? r.error.code, ...(r.error.errno ? { errno: r.error.errno } : {}) } }));
 }
 
 /** The helper's umask (what a file created without an explicit mode gets), for modes as scp sets them. */
@@ -169,6 +241,14 @@ export async function serve(options: ServeOptions): Promise<void> {
   let outsidePoolBytes = 0;
   const files = new Map<number, OpenFile>();
   const uploads = new Map<number, Upload>();
+  /** BATCHes announced and not yet answered, and the one whose bytes are arriving (one at a time). */
+  const batches = new Map<number, Batch>();
+  let receiving: Batch | undefined;
+  const batchFileSlots = new Slots(MAX_BATCH_OPEN_FILES);
+  /** Directories and temporary files are made in the order BATCHes and their entries came, one at a time. */
+  const prepQueue = new SerialQueue();
+  /** Input ended: BATCHes still open are dropped, and their preparation stops waiting for open-file slots. */
+  let ending = false;
   const discarded = new Set<number>();
   let nextHandle = 1;
   let pendingBytes = 0;
@@ -240,6 +320,12 @@ export async function serve(options: ServeOptions): Promise<void> {
   // Nothing is lost by it: a range counts as done only after the FSYNC that follows it, which
   // waits for these writes and fails if one of them did (writeError).
   const finishUpload = (u: Upload) => {
+    if (u.batchFile) {
+      // A BATCH file ends when its last byte is in, failed or not: it still has a handle to close.
+      if (u.answered || u.received < u.length || u.buf !== undefined) return;
+      u.answered = true;
+      return finishBatchFile(u.batchFile);
+    }
     if (u.answered || u.error || u.received < u.length || u.buf !== undefined) return;
     u.answered = true;
     uploads.delete(u.id);
@@ -288,6 +374,11 @@ export async function serve(options: ServeOptions): Promise<void> {
       u.buf = undefined;
       gathering.delete(u);
     }
+    if (u.batchFile) {
+      // The rest of its bytes are dropped as they come (receive); the COMMIT's answer says why.
+      u.batchFile.error ??= u.error;
+      return;
+    }
     uploads.delete(u.id);
     if (u.received < u.length) discard(u.id);
     replyError(u.id, u.error);
@@ -324,9 +415,16 @@ export async function serve(options: ServeOptions): Promise<void> {
 
   const onZeros = (id: number, n: number) => {
     if (discarded.has(id)) return;
+    const b = batches.get(id);
+    if (b) return onBatchBytes(b, n);
     const u = uploads.get(id);
     if (!u) throw new FerryError('PROTOCOL', `ZEROS for unknown request ${id}`);
     if (u.received + n > u.length) throw new FerryError('PROTOCOL', `ZEROS for request ${id} overruns its length ${u.length}`);
+    receiveZeros(u, n);
+  };
+
+  /** A run of `n` zeros for `u`, within its length. A BATCH's file is a hole there already (sized at creation): nothing to write. */
+  const receiveZeros = (u: Upload, n: number) => {
     u.hasher.update(ZERO_CHUNK.subarray(0, n));
     pendingLimit.received(n, performance.now());
     if (u.buf && u.fill > 0) flush(u);
@@ -337,7 +435,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
     const at = u.offset + u.received;
     u.received += n;
-    if (n > 0) ensureZeros(u, at, n);
+    if (n > 0 && !u.batchFile && !u.error) ensureZeros(u, at, n);
     finishUpload(u);
   };
 
@@ -349,10 +447,23 @@ export async function serve(options: ServeOptions): Promise<void> {
       }
       return;
     }
+    const b = batches.get(frame.id);
+    if (b) return onBatchBytes(b, frame.chunk);
     const u = uploads.get(frame.id);
     if (!u) throw new FerryError('PROTOCOL', `DATA for unknown request ${frame.id}`);
-    let piece = frame.chunk;
-    if (u.received + piece.length > u.length) throw new FerryError('PROTOCOL', `DATA for request ${frame.id} overruns its length ${u.length}`);
+    if (u.received + frame.chunk.length > u.length) throw new FerryError('PROTOCOL', `DATA for request ${frame.id} overruns its length ${u.length}`);
+    receive(u, frame.chunk);
+  };
+
+  /** A piece of `u`'s bytes, within its length: hashed, gathered into pool buffers and written in chunks. */
+  const receive = (u: Upload, data: Buffer) => {
+    let piece = data;
+    if (u.error) {
+      // A BATCH file that already failed: its bytes are counted and dropped.
+      u.received += piece.length;
+      finishUpload(u);
+      return;
+    }
     u.hasher.update(piece);
     pendingLimit.received(piece.length, performance.now());
     while (piece.length > 0) {
@@ -391,6 +502,178 @@ export async function serve(options: ServeOptions): Promise<void> {
       if (u.fill === chunkBytes || u.received === u.length) flush(u);
     }
     if (u.received === u.length && u.buf === undefined) finishUpload(u);
+  };
+
+  /** Bytes of the BATCH `b` (a DATA piece, or a run of `data` zeros), split among its files in entry order. */
+  const onBatchBytes = (b: Batch, data: Buffer | number) => {
+    const n = typeof data === 'number' ? data : data.length;
+    if (b !== receiving) throw new FerryError('PROTOCOL', `${typeof data === 'number' ? 'ZEROS' : 'DATA'} for batch ${b.id} after its COMMIT`);
+    if (b.received + n > b.total) throw new FerryError('PROTOCOL', `${typeof data === 'number' ? 'ZEROS' : 'DATA'} for batch ${b.id} overruns its files' ${b.total} bytes`);
+    b.received += n;
+    let at = 0;
+    while (at < n) {
+      const f = b.files[b.cursor]!;
+      const k = Math.min(f.upload.length - f.upload.received, n - at);
+      if (k === 0) {
+        b.cursor++;
+        continue;
+      }
+      if (typeof data === 'number') receiveZeros(f.upload, k);
+      else receive(f.upload, data.subarray(at, at + k));
+      at += k;
+    }
+  };
+
+  /** Every byte of a BATCH file is in and hashed: sync its mode, times and data once its writes are done, overlapping the stream. */
+  const finishBatchFile = (f: BatchFile) => {
+    f.finished = (async () => {
+      const tmp = await f.temp;
+      try {
+        await Promise.allSettled([...f.upload.file.writing]);
+        if (f.upload.file.writeError) throw f.upload.file.writeError;
+        if (f.error) throw f.error;
+        await finishFile(tmp, f.entry);
+      } catch (err) {
+        await tmp.fh.close().catch(() => {});
+        throw err;
+      } finally {
+        batchFileSlots.release();
+      }
+      return tmp;
+    })();
+    f.finished.catch(() => {});
+  };
+
+  const startBatch = (id: number, body: BatchBody) => {
+    if (uploads.has(id) || batches.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
+    if (receiving) throw new FerryError('PROTOCOL', `BATCH ${id} before the COMMIT of batch ${receiving.id}: one batch's bytes at a time`);
+    if (batches.size >= MAX_OPEN_BATCHES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_BATCHES} BATCHes open at once in one session`);
+    const entries = body.entries;
+    const b: Batch = { id, entries, files: [], cursor: 0, total: batchBytes(entries), received: 0, prepared: Promise.resolve(), dirErrors: new Map(), committed: false };
+    const temps: Array<{ f: BatchFile; resolve: (t: TempFile) => void; reject: (e: unknown) => void }> = [];
+    entries.forEach((entry, index) => {
+      if (entry.kind !== 'file') return;
+      let resolve!: (t: TempFile) => void;
+      let reject!: (e: unknown) => void;
+      const temp = new Promise<TempFile>((res, rej) => ((resolve = res), (reject = rej)));
+      temp.catch(() => {});
+      const f: BatchFile = { index, entry, temp, finished: undefined, error: undefined, upload: undefined as unknown as Upload };
+      const target: WriteTarget = {
+        path: entry.path,
+        // Bytes may come before the file exists: each write waits for it (and fails with its creation).
+        writer: {
+          write: async (data, length, position) => pwriteAll((await temp).fh, data, length, position),
+          zero: async () => {},
+        },
+        writing: new Set(),
+        writeError: undefined,
+      };
+      f.upload = { id, file: target, batchFile: f, offset: 0, length: entry.size ?? 0, received: 0, hasher: createHasher(body.algorithm), buf: undefined, fill: 0, bufOffset: 0, error: undefined, answered: false };
+      b.files.push(f);
+      temps.push({ f, resolve, reject });
+    });
+    // Directories and temporary files in entry order (a directory before what is in it), one at a
+    // time across the session; at most MAX_BATCH_OPEN_FILES files open, freed as files finish.
+    b.prepared = prepQueue.run(async () => {
+      let t = 0;
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]!;
+        if (entry.kind === 'dir') {
+          await makeDirectory(entry.path).catch((err: unknown) => b.dirErrors.set(i, destinationError(err, { path: entry.path })));
+        } else if (entry.kind === 'file') {
+          const { f, resolve, reject } = temps[t++]!;
+          await batchFileSlots.acquire();
+          if (ending) {
+            reject(new FerryError('CONNECTION_LOST', `the client went away before batch ${id} was committed`, { path: entry.path }));
+            continue;
+          }
+          try {
+            resolve(await createTempFile(entry.path, entry.size ?? 0));
+          } catch (err) {
+            batchFileSlots.release();
+            const e = destinationError(err, { path: entry.path });
+            f.error ??= e;
+            reject(e);
+          }
+        }
+      }
+    });
+    batches.set(id, b);
+    receiving = b;
+    for (const f of b.files) if (f.upload.length === 0) finishUpload(f.upload);
+  };
+
+  /**
+   * COMMIT: each file whose hashes agree is renamed over its path, symbolic
+   * and hard links are made, and every directory that received a name is
+   * synced once; one answer with a result per entry.
+   */
+  const commitBatch = async (b: Batch, srcHashes: Array<string | null>): Promise<OkBody> => {
+    await b.prepared;
+    const results: BatchEntryResult[] = b.entries.map(() => ({ ok: true }));
+    const fail = (i: number, err: unknown) => {
+      results[i] = { ok: false, error: toFerryError(err).toData() };
+    };
+    for (const [i, err] of b.dirErrors) fail(i, err);
+    const synced = new Map<string, number[]>();
+    const landed = (i: number) => {
+      const dir = dirOf(b.entries[i]!.path);
+      synced.set(dir, [...(synced.get(dir) ?? []), i]);
+    };
+    const tempOf = async (f: BatchFile): Promise<TempFile | undefined> => {
+      try {
+        return await f.finished!;
+      } catch (err) {
+        fail(f.index, err);
+        // Created, then failed: its temporary name goes.
+        const tmp = await f.temp.catch(() => undefined);
+        if (tmp) await discardTemp(tmp.name);
+        return undefined;
+      }
+    };
+    await eachLimit(b.files, COMMIT_PARALLEL, async (f) => {
+      const tmp = await tempOf(f);
+      if (!tmp) return;
+      const path = f.entry.path;
+      const src = srcHashes[f.index];
+      const hash = f.upload.hasher.digest();
+      if (src === null || src === undefined) {
+        await discardTemp(tmp.name);
+        return fail(f.index, new FerryError('SOURCE_CHANGED', `${path} was not written: the source file changed while it was read`, { path }));
+      }
+      if (src !== hash) {
+        await discardTemp(tmp.name);
+        return fail(f.index, new FerryError('HASH_MISMATCH', `${path} was not written: its bytes arrived with hash ${hash}, sent with ${src} (corrupted on the way); send it again`, { path }));
+      }
+      try {
+        await placeFile(tmp, path);
+        results[f.index] = { ok: true, hash };
+        landed(f.index);
+      } catch (err) {
+        fail(f.index, err);
+      }
+    });
+    // Links after the files: a hard link may name a file of this batch.
+    for (const kind of ['symlink', 'hardlink'] as const) {
+      const links = b.entries.map((e, i) => ({ e, i })).filter(({ e }) => e.kind === kind);
+      await eachLimit(links, COMMIT_PARALLEL, async ({ e, i }) => {
+        try {
+          await (kind === 'symlink' ? placeSymlink(e) : placeHardlink(e));
+          landed(i);
+        } catch (err) {
+          fail(i, err);
+        }
+      });
+    }
+    // A rename is durable once its directory is synced: each directory once, several at once.
+    await eachLimit([...synced], COMMIT_PARALLEL, async ([dir, landedHere]) => {
+      try {
+        await syncDirectory(dir);
+      } catch (err) {
+        for (const i of landedHere) fail(i, err);
+      }
+    });
+    return { results: fitResults(results) };
   };
 
   /** Remembers a failed WRITE whose DATA is still to be dropped; forgets the oldest beyond MAX_DISCARDED. */
@@ -549,7 +832,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
         };
         const openHub = options.openHub;
@@ -570,7 +853,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const f = fileOf(frame.body.handle);
         if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
         checkBounds(f, frame.body.offset, frame.body.length);
-        if (uploads.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
+        if (uploads.has(id) || batches.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
         if (uploads.size >= MAX_OPEN_WRITES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_WRITES} WRITEs open at once in one session`);
         if (f.writeError) {
           // The stream carries this WRITE's DATA all the same: it is dropped (see onData).
@@ -693,6 +976,19 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'ZEROS':
         onZeros(id, frame.body.length);
         return;
+      case 'BATCH':
+        startBatch(id, frame.body);
+        return;
+      case 'COMMIT': {
+        const b = batches.get(id);
+        if (!b || b.committed) throw new FerryError('PROTOCOL', `COMMIT for unknown batch ${id}`);
+        if (b.received < b.total) throw new FerryError('PROTOCOL', `COMMIT for batch ${id} before all its bytes (${b.received} of ${b.total})`);
+        if (frame.body.srcHashes.length !== b.entries.length) throw new FerryError('PROTOCOL', `COMMIT for batch ${id} has ${frame.body.srcHashes.length} hashes for ${b.entries.length} entries`);
+        b.committed = true;
+        receiving = undefined;
+        run(() => commitBatch(b, frame.body.srcHashes).finally(() => batches.delete(id)));
+        return;
+      }
       case 'OK':
       case 'ERROR':
         throw new FerryError('PROTOCOL', `unexpected ${frame.type} frame from the client`);
@@ -723,6 +1019,20 @@ export async function serve(options: ServeOptions): Promise<void> {
     input.on('error', resolve);
   });
   while (work.size > 0) await Promise.allSettled([...work]);
+  // BATCHes never committed (the client went away): their temporary files go.
+  ending = true;
+  batchFileSlots.openAll();
+  for (const b of batches.values()) {
+    await b.prepared.catch(() => {});
+    for (const f of b.files) {
+      const tmp = await f.temp.catch(() => undefined);
+      if (!tmp) continue;
+      if (!f.finished) await tmp.fh.close().catch(() => {});
+      await f.finished?.catch(() => {});
+      await discardTemp(tmp.name);
+    }
+  }
+  batches.clear();
   for (const f of files.values()) {
     await f.writer.close().catch(() => {});
     await f.fh.close().catch(() => {});
