@@ -34,6 +34,7 @@ import struct
 import sys
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 if sys.version_info < (3, 6):
     sys.stderr.write('ferry: the remote python is %d.%d; the helper needs 3.6 or later\n' % sys.version_info[:2])
@@ -57,10 +58,21 @@ DIRECT_ALIGNMENT = 4096
 # as core's LOCAL_DISK_FILESYSTEM_NAMES (direct.ts) says and why.
 LOCAL_DISK_FILESYSTEMS = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs')
 
-HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS = range(1, 14)
+HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT = range(1, 16)
 OK, ERROR = 64, 65
 NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
-         9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 64: 'OK', 65: 'ERROR'}
+         9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 14: 'BATCH', 15: 'COMMIT', 64: 'OK', 65: 'ERROR'}
+# BATCH (core's protocol.ts): its body and COMMIT's may be this large; entries, bytes and open batches are bounded.
+MAX_BATCH_BODY_BYTES = 1024 * 1024
+MAX_BATCH_ENTRIES = 4096
+MAX_BATCH_BYTES = 1024 * 1024 * 1024
+MAX_OPEN_BATCHES = 4
+# Temporary files of batches open at once: the one receiving bytes and those being synced.
+MAX_BATCH_OPEN_FILES = 32
+# Threads that sync batch files and directories: several fsyncs at once, which is what they cost on ext4.
+SYNC_THREADS = 4
+BATCH_KINDS = ('dir', 'file', 'symlink', 'hardlink')
+ENTRY_KEYS = ('kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target')
 ZERO_CHUNK = bytes(CHUNK_BYTES)
 # The umask files are created with here: what a copied file's mode is limited by (HELLO says it).
 UMASK = os.umask(0o077)
@@ -474,6 +486,199 @@ class Writer(object):
                 self.lock.notify_all()
 
 
+def batch_entries_problem(entries):
+    """What is wrong with a BATCH's entries, in the words core's batchEntriesProblem uses, or None."""
+    if not isinstance(entries, list):
+        return 'entries must be a list'
+    if len(entries) > MAX_BATCH_ENTRIES:
+        return '%d entries exceed %d' % (len(entries), MAX_BATCH_ENTRIES)
+    total = 0
+    for i, e in enumerate(entries):
+        at = 'entries[%d]' % i
+        if not isinstance(e, dict):
+            return '%s is not a map' % at
+        for k in e:
+            if k not in ENTRY_KEYS:
+                return '%s has an unknown field %s' % (at, k)
+        kind = e.get('kind')
+        if kind not in BATCH_KINDS:
+            return '%s.kind must be dir, file, symlink or hardlink' % at
+        is_path = lambda v: isinstance(v, str) and v.startswith('/') and '\0' not in v and len(v) > 1
+        if not is_path(e.get('path')):
+            return '%s.path must be an absolute path without NUL (not /)' % at
+        for k in ('size', 'mode', 'mtimeMs', 'atimeMs'):
+            v = e.get(k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > (1 << 53) - 1):
+                return '%s.%s must be a non-negative integer' % (at, k)
+        if e.get('mode') is not None and e['mode'] > 0o7777:
+            return '%s.mode must be at most 0o7777' % at
+        if kind == 'file' and e.get('size') is None:
+            return '%s.size is missing (a file)' % at
+        if kind != 'file' and e.get('size') not in (None, 0):
+            return '%s.size must be absent for a %s' % (at, kind)
+        if kind in ('symlink', 'hardlink'):
+            t = e.get('target')
+            if not isinstance(t, str) or t == '' or '\0' in t:
+                return '%s.target must be a non-empty string without NUL' % at
+            if kind == 'hardlink' and not is_path(t):
+                return '%s.target must be an absolute path (a hard link)' % at
+        elif e.get('target') is not None:
+            return '%s.target must be absent for a %s' % (at, kind)
+        total += e.get('size') or 0
+        if total > MAX_BATCH_BYTES:
+            return "the files' sizes add up to more than %d bytes" % MAX_BATCH_BYTES
+    return None
+
+
+def temp_name(path):
+    """`.NAME.ferry-<24 hex>.part` next to path: a name nobody can know in advance."""
+    d, base = os.path.split(path)
+    return os.path.join(d, '.%s.ferry-%s.part' % (base, os.urandom(12).hex()))
+
+
+def at_fresh_name(path, make):
+    """make(name) at fresh temporary names until one is free; the name."""
+    tries = 4
+    for i in range(tries):
+        name = temp_name(path)
+        try:
+            make(name)
+            return name
+        except OSError as err:
+            if err.errno != errno_names.EEXIST or i == tries - 1:
+                raise os_failure(err, path, 'destination')
+
+
+def conflict(path, found, name):
+    return Failure('DEST_CONFLICT', '%s cannot be made: %s is in the way there: move it away and copy again' % (path, found), path, name)
+
+
+def make_directory(path):
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except OSError as err:
+        if err.errno != errno_names.EEXIST:
+            raise os_failure(err, path, 'destination')
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        raise os_failure(err, path, 'destination')
+    if stat_mod.S_ISLNK(st.st_mode):
+        raise conflict(path, 'a symbolic link', 'EEXIST')
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise conflict(path, 'a file', 'ENOTDIR')
+
+
+def rename_into(name, path, check=None):
+    """Renames name over path, or removes name and fails (a directory at path: DEST_CONFLICT)."""
+    try:
+        if check is not None:
+            st = os.lstat(name)
+            if not stat_mod.S_ISREG(st.st_mode) or (st.st_ino, st.st_dev) != check:
+                raise Failure('DEST_REPLACED', 'the temporary file %s of %s is not the file ferry created: nothing was renamed into place. Check who can write in that directory' % (name, path), path)
+        os.rename(name, path)
+    except OSError as err:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+        if err.errno in (errno_names.EISDIR, errno_names.ENOTEMPTY, errno_names.EEXIST):
+            raise conflict(path, 'a directory', 'EISDIR')
+        raise os_failure(err, path, 'destination')
+
+
+def discard(name):
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def place_symlink(e):
+    name = at_fresh_name(e['path'], lambda n: os.symlink(e['target'], n))
+    if e.get('mtimeMs') is not None:
+        mtime = e['mtimeMs'] * 1000000
+        atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
+        try:
+            os.utime(name, ns=(atime, mtime), follow_symlinks=False)
+        except OSError as err:
+            discard(name)
+            raise os_failure(err, e['path'], 'destination')
+    rename_into(name, e['path'])
+
+
+def place_hardlink(e):
+    name = at_fresh_name(e['path'], lambda n: os.link(e['target'], n, follow_symlinks=False))
+    try:
+        a, b = os.lstat(name), os.lstat(e['path'])
+        if (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev):
+            # Already a name of that file: rename(2) would do nothing and leave both names.
+            discard(name)
+            return
+    except OSError:
+        pass
+    rename_into(name, e['path'])
+
+
+def sync_directory(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise os_failure(err, path, 'destination')
+
+
+def fit_results(results):
+    """A COMMIT's results as they fit in one answer: failures keep code and errno, the client names their paths."""
+    out = bytearray()
+    pack({'results': results}, out)
+    if len(out) <= MAX_BATCH_BODY_BYTES:
+        return results
+    short = []
+    for r in results:
+        if r['ok']:
+            short.append(r)
+        else:
+            e = r['error']
+            s = {'code': e['code'], 'message': e.get('errno') or e['code']}
+            if e.get('errno') is not None:
+                s['errno'] = e['errno']
+            short.append({'ok': False, 'error': s})
+    return short
+
+
+class BatchFile(object):
+    def __init__(self, index, entry, algorithm):
+        self.index = index
+        self.entry = entry
+        self.size = entry['size']
+        self.received = 0
+        self.hasher = hasher(algorithm)
+        # Its temporary file (an OpenFile) once created, or the Failure that stopped it.
+        self.file = None
+        self.name = None
+        self.ident = None
+        self.error = None
+        self.opened = False
+        self.future = None
+
+
+class Batch(object):
+    def __init__(self, fid, entries, algorithm):
+        self.id = fid
+        self.entries = entries
+        self.files = [BatchFile(i, e, algorithm) for i, e in enumerate(entries) if e['kind'] == 'file']
+        self.cursor = 0
+        self.total = sum(f.size for f in self.files)
+        self.received = 0
+        self.dir_errors = {}
+        self.committed = False
+
+
 class Upload(object):
     def __init__(self, file, offset, length, h):
         self.file = file
@@ -494,13 +699,22 @@ class Session(object):
         self.read_buf = bytearray(HEADER_BYTES + CHUNK_BYTES)
         self.read_view = memoryview(self.read_buf)
         self.writer = Writer(PENDING_BYTES // CHUNK_BYTES)
+        # Answers may come from the thread that commits batches too: one frame at a time on stdout.
+        self.out_lock = threading.Lock()
+        self.batches = {}
+        self.receiving = None
+        self.batch_slots = threading.BoundedSemaphore(MAX_BATCH_OPEN_FILES)
+        self.syncs = ThreadPoolExecutor(SYNC_THREADS)
+        # Commits one batch at a time, in order, while the main thread reads the next one's bytes.
+        self.committer = ThreadPoolExecutor(1)
 
     # Output ----------------------------------------------------------------------------------
 
     def send_control(self, ftype, fid, body):
         payload = bytearray()
         pack(body, payload)
-        write_all(1, HEADER.pack(ftype, 0, 0, fid, len(payload)) + payload)
+        with self.out_lock:
+            write_all(1, HEADER.pack(ftype, 0, 0, fid, len(payload)) + payload)
 
     def reply(self, fid, body):
         self.send_control(OK, fid, body)
@@ -546,6 +760,12 @@ class Session(object):
         if ftype == ZEROS:
             self.on_zeros(fid, self.need_int(body, 'ZEROS', 'length'))
             return
+        if ftype == BATCH:
+            self.batch(fid, body)
+            return
+        if ftype == COMMIT:
+            self.commit(fid, body)
+            return
         if ftype in (OK, ERROR):
             raise Failure('PROTOCOL', 'unexpected %s frame from the client' % NAMES[ftype])
         try:
@@ -566,7 +786,7 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files'] + ['hash:' + h for h in sorted(HASHERS)]
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch'] + ['hash:' + h for h in sorted(HASHERS)]
         return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK}}
 
     def open(self, fid, body):
@@ -625,7 +845,7 @@ class Session(object):
             raise Failure('PROTOCOL', 'WRITE to %s, which was opened read-only' % f.path, f.path)
         offset, length = self.bounded(f, body, 'WRITE')
         h = hasher(body.get('algorithm'))
-        if fid in self.uploads:
+        if fid in self.uploads or fid in self.batches:
             raise protocol_error('request id %d is already in use' % fid)
         self.discarded.discard(fid)
         if f.error is not None:
@@ -653,6 +873,10 @@ class Session(object):
     def on_data(self, fid, view):
         if fid in self.discarded:
             return
+        b = self.batches.get(fid)
+        if b is not None:
+            self.batch_bytes(b, view, len(view), 'DATA')
+            return
         u = self.upload_of(fid, 'DATA')
         n = len(view)
         if u.received + n > u.length:
@@ -671,9 +895,13 @@ class Session(object):
     def on_zeros(self, fid, n):
         if fid in self.discarded:
             return
-        u = self.upload_of(fid, 'ZEROS')
         if n > CHUNK_BYTES:
             raise protocol_error('ZEROS of %d bytes exceeds %d' % (n, CHUNK_BYTES))
+        b = self.batches.get(fid)
+        if b is not None:
+            self.batch_bytes(b, None, n, 'ZEROS')
+            return
+        u = self.upload_of(fid, 'ZEROS')
         if u.received + n > u.length:
             raise protocol_error('ZEROS for request %d overruns its length %d' % (fid, u.length))
         u.hasher.update(ZERO_CHUNK[:n])
@@ -682,6 +910,232 @@ class Session(object):
             self.writer.zeros(u.file, n, u.offset + u.received)
         u.received += n
         self.finish_upload(fid, u)
+
+    # Batches ------------------------------------------------------------------------------------
+
+    def batch(self, fid, body):
+        if body.get('algorithm') not in ('xxh3', 'crc32', 'sha256'):
+            raise protocol_error('BATCH.algorithm must be one of xxh3, crc32, sha256')
+        problem = batch_entries_problem(body.get('entries'))
+        if problem is not None:
+            raise protocol_error('BATCH.' + problem)
+        algorithm = body['algorithm']
+        hasher(algorithm)
+        if fid in self.uploads or fid in self.batches:
+            raise protocol_error('request id %d is already in use' % fid)
+        if self.receiving is not None:
+            raise protocol_error("BATCH %d before the COMMIT of batch %d: one batch's bytes at a time" % (fid, self.receiving.id))
+        if len(self.batches) >= MAX_OPEN_BATCHES:
+            raise protocol_error('more than %d BATCHes open at once in one session' % MAX_OPEN_BATCHES)
+        b = Batch(fid, body['entries'], algorithm)
+        # Directories now, in entry order (a parent before its contents); files as their bytes come.
+        for i, e in enumerate(b.entries):
+            if e['kind'] == 'dir':
+                try:
+                    make_directory(e['path'])
+                except Failure as failure:
+                    b.dir_errors[i] = failure
+        self.batches[fid] = b
+        self.receiving = b
+        self.skip_empty(b)
+
+    def open_batch_file(self, f):
+        """Creates f's temporary file new (O_EXCL|O_NOFOLLOW, 0600), sized at once: ZEROS leave holes."""
+        if f.opened:
+            return
+        f.opened = True
+        self.batch_slots.acquire()
+        path = f.entry['path']
+        fds = []
+        try:
+            f.name = at_fresh_name(path, lambda n: fds.append(os.open(n, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)))
+            fd = fds[0]
+            try:
+                os.ftruncate(fd, f.size)
+                st = os.fstat(fd)
+            except OSError as err:
+                os.close(fd)
+                discard(f.name)
+                raise os_failure(err, path, 'destination')
+            f.ident = (st.st_ino, st.st_dev)
+            f.file = OpenFile(fd, path, f.size, True)
+        except Failure as failure:
+            f.error = failure
+            self.batch_slots.release()
+
+    def finish_batch_file(self, f):
+        """Every byte of f is in: its mode, times and data are synced on a sync thread, overlapping the stream."""
+        if f.file is not None and f.future is None:
+            f.future = self.syncs.submit(self.sync_batch_file, f)
+
+    def sync_batch_file(self, f):
+        e = f.entry
+        try:
+            self.writer.settle(f.file)
+            if f.error is not None:
+                raise f.error
+            try:
+                if e.get('mode') is not None:
+                    os.chmod(f.file.fd, e['mode'])
+                if e.get('mtimeMs') is not None:
+                    mtime = e['mtimeMs'] * 1000000
+                    atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
+                    os.utime(f.file.fd, ns=(atime, mtime))
+                os.fdatasync(f.file.fd)
+            except OSError as err:
+                raise os_failure(err, e['path'], 'destination')
+        finally:
+            f.file.close()
+            self.batch_slots.release()
+
+    def skip_empty(self, b):
+        """Files of no bytes at the cursor: created and finished as their turn comes."""
+        while b.cursor < len(b.files) and b.files[b.cursor].size == 0:
+            f = b.files[b.cursor]
+            self.open_batch_file(f)
+            self.finish_batch_file(f)
+            b.cursor += 1
+
+    def batch_bytes(self, b, view, n, what):
+        if b is not self.receiving:
+            raise protocol_error('%s for batch %d after its COMMIT' % (what, b.id))
+        if b.received + n > b.total:
+            raise protocol_error("%s for batch %d overruns its files' %d bytes" % (what, b.id, b.total))
+        b.received += n
+        at = 0
+        while at < n:
+            self.skip_empty(b)
+            f = b.files[b.cursor]
+            self.open_batch_file(f)
+            k = min(f.size - f.received, n - at)
+            if view is None:
+                f.hasher.update(ZERO_CHUNK[:k])
+            else:
+                piece = view[at:at + k]
+                f.hasher.update(piece)
+                if f.error is None:
+                    done = 0
+                    while done < k:
+                        m = min(CHUNK_BYTES, k - done)
+                        buf = self.writer.buffer()
+                        buf[:m] = piece[done:done + m]
+                        self.writer.write(f.file, buf, m, f.received + done)
+                        done += m
+            f.received += k
+            at += k
+            if f.received == f.size:
+                self.finish_batch_file(f)
+                b.cursor += 1
+        self.skip_empty(b)
+
+    def commit(self, fid, body):
+        hashes = body.get('srcHashes')
+        if not isinstance(hashes, list) or len(hashes) > MAX_BATCH_ENTRIES or not all(h is None or (isinstance(h, str) and 0 < len(h) <= 128) for h in hashes):
+            raise protocol_error('COMMIT.srcHashes must be a list of at most %d hashes (strings of at most 128 characters) or nils' % MAX_BATCH_ENTRIES)
+        b = self.batches.get(fid)
+        if b is None or b.committed:
+            raise protocol_error('COMMIT for unknown batch %d' % fid)
+        if b.received < b.total:
+            raise protocol_error('COMMIT for batch %d before all its bytes (%d of %d)' % (fid, b.received, b.total))
+        if len(hashes) != len(b.entries):
+            raise protocol_error('COMMIT for batch %d has %d hashes for %d entries' % (fid, len(hashes), len(b.entries)))
+        b.committed = True
+        self.receiving = None
+        self.skip_empty(b)
+        self.committer.submit(self.commit_batch, b, hashes)
+
+    def commit_batch(self, b, hashes):
+        try:
+            results = self.place_batch(b, hashes)
+            self.reply(b.id, {'results': fit_results(results)})
+        except Failure as failure:
+            self.reply_error(b.id, failure)
+        except Exception as err:  # a bug here must still answer, not leave the client waiting
+            self.reply_error(b.id, Failure('INTERNAL', 'batch %d: %s' % (b.id, err)))
+        finally:
+            self.batches.pop(b.id, None)
+
+    def place_batch(self, b, hashes):
+        """Files whose hashes agree renamed over their paths, then links; each directory that got a name synced once."""
+        results = [{'ok': True} for _ in b.entries]
+        for i, failure in b.dir_errors.items():
+            results[i] = {'ok': False, 'error': failure.body()}
+        landed = {}
+
+        def land(i):
+            landed.setdefault(os.path.dirname(b.entries[i]['path']), []).append(i)
+
+        for f in b.files:
+            i, path = f.index, f.entry['path']
+            try:
+                if f.future is not None:
+                    f.future.result()
+                if f.error is not None:
+                    raise f.error
+            except Failure as failure:
+                if f.name is not None:
+                    discard(f.name)
+                results[i] = {'ok': False, 'error': failure.body()}
+                continue
+            digest = f.hasher.digest()
+            src = hashes[i]
+            if src is None:
+                discard(f.name)
+                results[i] = {'ok': False, 'error': Failure('SOURCE_CHANGED', '%s was not written: the source file changed while it was read' % path, path).body()}
+            elif src != digest:
+                discard(f.name)
+                results[i] = {'ok': False, 'error': Failure('HASH_MISMATCH', '%s was not written: its bytes arrived with hash %s, sent with %s (corrupted on the way); send it again' % (path, digest, src), path).body()}
+            else:
+                try:
+                    rename_into(f.name, path, f.ident)
+                    results[i] = {'ok': True, 'hash': digest}
+                    land(i)
+                except Failure as failure:
+                    results[i] = {'ok': False, 'error': failure.body()}
+        # Links after the files: a hard link may name a file of this batch.
+        for kind, place in (('symlink', place_symlink), ('hardlink', place_hardlink)):
+            for i, e in enumerate(b.entries):
+                if e['kind'] != kind:
+                    continue
+                try:
+                    place(e)
+                    land(i)
+                except Failure as failure:
+                    results[i] = {'ok': False, 'error': failure.body()}
+
+        def sync(item):
+            try:
+                sync_directory(item[0])
+                return None
+            except Failure as failure:
+                return item[1], failure
+
+        for failed in self.syncs.map(sync, list(landed.items())):
+            if failed is not None:
+                for i in failed[0]:
+                    results[i] = {'ok': False, 'error': failed[1].body()}
+        return results
+
+    def drop_batches(self):
+        """Batches never committed (the client went away): their temporary files go."""
+        for b in list(self.batches.values()):
+            if b.committed:
+                continue
+            for f in b.files:
+                if f.future is not None:
+                    try:
+                        f.future.result()
+                    except Failure:
+                        pass
+                elif f.file is not None:
+                    try:
+                        self.writer.settle(f.file)
+                    except Failure:
+                        pass
+                    f.file.close()
+                    self.batch_slots.release()
+                if f.name is not None:
+                    discard(f.name)
 
     def read_chunk(self, f, offset, n):
         """n bytes at offset into the reusable buffer, after room for a frame header: a view of them."""
@@ -715,7 +1169,8 @@ class Session(object):
                 self.send_control(ZEROS, fid, {'length': n})
             else:
                 HEADER.pack_into(self.read_buf, 0, DATA, 0, 0, fid, n)
-                write_all(1, self.read_view[:HEADER_BYTES + n])
+                with self.out_lock:
+                    write_all(1, self.read_view[:HEADER_BYTES + n])
         return {'bytes': length, 'hash': h.digest()}
 
     def read(self, fid, body):
@@ -854,7 +1309,7 @@ def main():
                 raise protocol_error('unknown frame type %d' % ftype)
             if flags != 0 or reserved != 0:
                 raise protocol_error('reserved header bits set in %s frame' % NAMES[ftype])
-            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_CONTROL_BYTES
+            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_BATCH_BODY_BYTES if ftype in (BATCH, COMMIT) else MAX_CONTROL_BYTES
             if length > limit:
                 raise protocol_error('%s frame body of %d bytes exceeds %d' % (NAMES[ftype], length, limit))
             if ftype != DATA and length == 0:
@@ -870,6 +1325,11 @@ def main():
             # A malformed stream cannot be resynchronised: say why and stop.
             session.reply_error(0, failure)
             break
+    session.committer.shutdown(wait=True)
+    try:
+        session.drop_batches()
+    except Failure:
+        pass
     for f in session.files.values():
         try:
             session.writer.settle(f)
