@@ -7,14 +7,19 @@
  * the way, changed or corrupted failing alone.
  */
 import { spawn } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
-import type { BatchEntryResult } from '@ferry/core';
+import type { BatchEntryResult, HashAlgorithm, SshSettings } from '@ferry/core';
+import { connectRemote } from '@ferry/transport';
+import type { RemoteConnection } from '@ferry/transport';
 import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
-import { batchCase, batchFrames, leftovers } from './batch-cases.js';
-import { repliesById, tempDir } from './helpers.js';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { batchCase, batchFrames, bytesOf, leftovers } from './batch-cases.js';
+import { REMOTE_CMD, repliesById, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 let n = 0;
@@ -28,10 +33,13 @@ afterAll(async () => {
   await work?.remove();
 });
 
-/** The python helper as a connection starts it, spoken to in raw frames. */
-function python() {
+/** The system's python3, and RHEL 8's 3.6 (pyenv's) where this machine has it. */
+const PYTHONS = ['/usr/bin', ...['/root/.pyenv/versions/3.6.15/bin'].filter((d) => existsSync(join(d, 'python3')))];
+
+/** The python helper as a connection starts it (`dir`'s python3 first on PATH), spoken to in raw frames. */
+function python(dir: string) {
   const script = pythonHelperScript();
-  const child = spawn('sh', ['-c', pythonHelperCommand(script.length)], { env: { PATH: '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('sh', ['-c', pythonHelperCommand(script.length)], { env: { PATH: `${dir}:/usr/bin:/bin` }, stdio: ['pipe', 'pipe', 'pipe'] });
   const reply = repliesById(child.stdout);
   child.stdin.write(script);
   child.stdin.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
@@ -39,9 +47,9 @@ function python() {
   return { send: (b: Buffer) => child.stdin.write(b), reply, end: () => child.stdin.end(), exited, kill: () => child.kill() };
 }
 
-describe("ferry's python helper: BATCH", () => {
+describe.each(PYTHONS)("ferry's python helper (the python3 in %s): BATCH", (pythonDir) => {
   it('says it takes batches, and passes the case frame by frame (sha256 and crc32)', async () => {
-    const h = python();
+    const h = python(pythonDir);
     try {
       expect(await h.reply(1)).toMatchObject({ type: 'OK', body: { hello: { capabilities: expect.arrayContaining(['batch']) } } });
       for (const [id, algorithm] of [[7, 'sha256'], [8, 'crc32']] as const) {
@@ -62,7 +70,7 @@ describe("ferry's python helper: BATCH", () => {
   it('ends the session with PROTOCOL on bytes beyond the declared sizes, leaving no temporary file', async () => {
     const dir = fresh();
     await mkdir(dir);
-    const h = python();
+    const h = python(pythonDir);
     try {
       await h.reply(1);
       h.send(Buffer.concat([encodeControl('BATCH', 5, { algorithm: 'crc32', entries: [{ kind: 'file', path: join(dir, 'a'), size: 2 }] }), encodeDataHeader(5, 3), Buffer.from('abc')]));
@@ -72,5 +80,73 @@ describe("ferry's python helper: BATCH", () => {
     } finally {
       h.kill();
     }
+  });
+});
+
+let sshd: Sshd;
+
+describe.each(['helper', 'python', 'sftp'] as const)('RemoteConnection.writeBatch in %s mode', (mode) => {
+  let conn: RemoteConnection;
+  beforeAll(async () => {
+    sshd ??= await startSshd();
+    const ssh: SshSettings = { knownHostsFile: sshd.knownHosts, identityFiles: [sshd.userKey], connectTimeoutMs: 20_000 };
+    conn = await connectRemote({ host: sshd.host, port: sshd.port, user: sshd.user }, ssh, { mode, remoteCommand: REMOTE_CMD, windowBytes: 8 * 1024 * 1024 });
+  });
+  afterAll(async () => {
+    conn?.close();
+    if (mode === 'sftp') await sshd?.stop();
+  });
+
+  const algorithm: HashAlgorithm = mode === 'python' ? 'crc32' : 'xxh3';
+
+  it('passes the case: a source that gives fewer bytes than its size fails alone, as SOURCE_CHANGED', async () => {
+    const dir = fresh();
+    const c = await batchCase(dir, algorithm, 'client');
+    const results = await conn.writeBatch(c.entries, algorithm, async function* (i) {
+      const data = bytesOf(c.pieces[i]!);
+      // The source of `changed` shrank while it was read.
+      yield c.entries[i]!.path.endsWith('/changed') ? data.subarray(0, data.length - 2) : data;
+    });
+    await c.check(results);
+    const changed = results.find((r) => !r.ok && r.error.code === 'SOURCE_CHANGED');
+    expect(changed).toMatchObject({ ok: false, error: { message: expect.stringContaining('changed while it was read') } });
+    const ok = results.filter((r): r is Extract<typeof r, { ok: true }> => r.ok && r.srcHash !== undefined);
+    expect(ok.length).toBeGreaterThan(5);
+    for (const r of ok) expect(r.dstHash).toBe(r.srcHash);
+  });
+
+  it('takes several batches in flight at once, a longer source cut at its size', async () => {
+    const dir = fresh();
+    await mkdir(dir);
+    const batches = Array.from({ length: 6 }, (_, b) => Array.from({ length: 20 }, (_, i) => ({ kind: 'file' as const, path: join(dir, `b${b}-f${i}`), size: 1000 + i })));
+    const all = await Promise.all(
+      batches.map((entries) =>
+        conn.writeBatch(entries, algorithm, async function* (i) {
+          const body = Buffer.alloc(entries[i]!.size + (i === 3 ? 10 : 0), i + 1);
+          yield body.subarray(0, 500);
+          yield body.subarray(500);
+        }),
+      ),
+    );
+    for (const [b, results] of all.entries()) {
+      results.forEach((r, i) => {
+        if (i === 3) expect(r).toMatchObject({ ok: false, error: { code: 'SOURCE_CHANGED' } });
+        else expect({ i, r }).toMatchObject({ i, r: { ok: true } });
+      });
+      expect(await readFile(join(dir, `b${b}-f0`))).toEqual(Buffer.alloc(1000, 1));
+    }
+    expect(await leftovers(dir)).toEqual([]);
+  });
+});
+
+describe('a ferry serve without the batch capability', () => {
+  it('is refused with HELPER_UNAVAILABLE, saying to install the same version there', async () => {
+    const { HelperConnection } = await import('../packages/transport/src/remote.js');
+    const old = { hello: { version: 1, software: 'ferry 0.0.9', capabilities: ['write', 'read', 'safe-files'] }, closed: false } as unknown as import('@ferry/transport').HelperClient;
+    const conn = new HelperConnection({ ended: false, end: () => {}, exec: () => Promise.reject(new Error('no')) }, old, 'old-host');
+    await expect(conn.writeBatch([{ kind: 'dir', path: '/x' }], 'xxh3', async function* () {})).rejects.toMatchObject({
+      code: 'HELPER_UNAVAILABLE',
+      message: expect.stringContaining('install the same ferry version there'),
+    });
   });
 });

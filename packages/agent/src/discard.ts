@@ -41,6 +41,7 @@ export function discardConnection(label: string): RemoteConnection {
     rename: none,
     unlink: none,
     hashRange: none,
+    writeBatch: none,
     realpath: none,
     homeDirectory: none,
     close: () => {

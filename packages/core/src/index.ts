@@ -39,7 +39,7 @@ export { RangeHashes } from './range-hashes.js';
 export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } from './discard.js';
 export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
 export { CORRUPT_RANGES_ENV, corruptRangesFrom } from './test-hooks.js';
-export { SerialQueue } from './serial.js';
+export { Semaphore, SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';
 export type { DirectIoChoice } from './direct.js';

@@ -25,3 +25,33 @@ export class SerialQueue {
     return result;
   }
 }
+
+/** A counting semaphore, first come first served: at most `count` holders at once. */
+export class Semaphore {
+  private free: number;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(count: number) {
+    this.free = count;
+  }
+
+  acquire(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
+  }
+
+  /** Lets every waiter and every later acquire through (the holders are going away). */
+  openAll(): void {
+    this.free = Infinity;
+    for (const w of this.waiting.splice(0)) w();
+  }
+}

@@ -178,29 +178,3 @@ export async function eachLimit<T>(items: readonly T[], limit: number, fn: (item
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
-
-/** A counting semaphore, first come first served. */
-export class Slots {
-  private free: number;
-  private readonly waiting: Array<() => void> = [];
-  constructor(count: number) {
-    this.free = count;
-  }
-  acquire(): Promise<void> {
-    if (this.free > 0) {
-      this.free--;
-      return Promise.resolve();
-    }
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-  release(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.free++;
-  }
-  /** Lets every waiter and every later acquire through (a session ending). */
-  openAll(): void {
-    this.free = Infinity;
-    for (const w of this.waiting.splice(0)) w();
-  }
-}

@@ -23,6 +23,7 @@ import {
   HASH_ALGORITHMS,
   PROTOCOL_VERSION,
   SAFE_FILES_CAPABILITY,
+  Semaphore,
   SerialQueue,
   ZERO_CHUNK,
   createHasher,
@@ -40,7 +41,7 @@ import {
 } from '@ferry/core';
 import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
 import { PendingLimit } from './pending.js';
-import { Slots, createTempFile, dirOf, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
+import { createTempFile, dirOf, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
 import type { TempFile } from './batch.js';
 
 const MiB = 1024 * 1024;
@@ -244,7 +245,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   /** BATCHes announced and not yet answered, and the one whose bytes are arriving (one at a time). */
   const batches = new Map<number, Batch>();
   let receiving: Batch | undefined;
-  const batchFileSlots = new Slots(MAX_BATCH_OPEN_FILES);
+  const batchFileSlots = new Semaphore(MAX_BATCH_OPEN_FILES);
   /** Directories and temporary files are made in the order BATCHes and their entries came, one at a time. */
   const prepQueue = new SerialQueue();
   /** Input ended: BATCHes still open are dropped, and their preparation stops waiting for open-file slots. */

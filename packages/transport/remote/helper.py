@@ -1046,14 +1046,17 @@ class Session(object):
 
     def commit_batch(self, b, hashes):
         try:
-            results = self.place_batch(b, hashes)
-            self.reply(b.id, {'results': fit_results(results)})
+            answer = {'results': fit_results(self.place_batch(b, hashes))}
         except Failure as failure:
-            self.reply_error(b.id, failure)
+            answer = failure
         except Exception as err:  # a bug here must still answer, not leave the client waiting
-            self.reply_error(b.id, Failure('INTERNAL', 'batch %d: %s' % (b.id, err)))
-        finally:
-            self.batches.pop(b.id, None)
+            answer = Failure('INTERNAL', 'batch %d: %s' % (b.id, err))
+        # No longer open before the answer: the client sends its next BATCH as soon as it has it.
+        self.batches.pop(b.id, None)
+        if isinstance(answer, Failure):
+            self.reply_error(b.id, answer)
+        else:
+            self.reply(b.id, answer)
 
     def place_batch(self, b, hashes):
         """Files whose hashes agree renamed over their paths, then links; each directory that got a name synced once."""

@@ -11,12 +11,13 @@ import {
   FrameType,
   PROTOCOL_VERSION,
   ZERO_CHUNK,
+  batchBody,
   destinationError,
   encodeControl,
   sourceError,
   writeHeader,
 } from '@ferry/core';
-import type { ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, StatResult } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, StatResult } from '@ferry/core';
 
 export interface HelperStreams {
   input: Writable;
@@ -32,6 +33,20 @@ interface Pending {
   onData?: (chunk: Buffer, zero: boolean) => void;
   /** Bytes received in DATA frames of a READ. */
   received: number;
+}
+
+/** A BATCH being sent: its files' bytes in entry order, then COMMIT; `answer` settles with the helper's results. */
+export interface BatchWrite {
+  /** Sends `data` (copied: the caller may reuse it once this resolves). Resolves when more may be sent. */
+  data(data: Buffer): Promise<void>;
+  /** Sends a run of `length` zeros (at most 1 MiB) as a ZEROS frame. */
+  zeros(length: number): Promise<void>;
+  /** Sends COMMIT with the source's hash of each entry (null for non-files). */
+  commit(srcHashes: Array<string | null>): Promise<void>;
+  /** The helper's answer to the COMMIT, or its error for the whole batch (sending then fails too). */
+  readonly answer: Promise<BatchEntryResult[]>;
+  /** Set once the helper has failed the batch: nothing more is worth sending. */
+  readonly failed: boolean;
 }
 
 /** A range being written: DATA frames, then the helper's answer. */
@@ -286,6 +301,47 @@ export class HelperClient {
       end: async () => {
         const ok = await reply;
         return { bytes: ok.bytes ?? 0, hash: ok.hash! };
+      },
+    };
+  }
+
+  /** Starts a BATCH (capability `batch`): the frame now, its bytes and COMMIT through the returned writer. */
+  writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm): BatchWrite {
+    const { id, reply } = this.request('BATCH', batchBody(algorithm, entries));
+    let error: unknown;
+    const answer = reply.then((ok) => {
+      if (!Array.isArray(ok.results) || ok.results.length !== entries.length) {
+        throw new FerryError('PROTOCOL', `the helper on ${this.label} answered a batch of ${entries.length} entries with ${ok.results?.length ?? 'no'} results`, { host: this.label });
+      }
+      return ok.results;
+    });
+    answer.catch((err: unknown) => {
+      error = err;
+    });
+    const check = () => {
+      if (error !== undefined) throw error;
+    };
+    return {
+      answer,
+      get failed() {
+        return error !== undefined;
+      },
+      data: (data) => {
+        check();
+        // One write per frame, the bytes copied: the source may reuse its buffer once this resolves,
+        // while the channel may still hold this one.
+        const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + data.length);
+        writeHeader(buf, 0, FrameType.DATA, id, data.length);
+        data.copy(buf, FRAME_HEADER_BYTES);
+        return this.send(buf);
+      },
+      zeros: (length) => {
+        check();
+        return this.send(encodeControl('ZEROS', id, { length }));
+      },
+      commit: (srcHashes) => {
+        check();
+        return this.send(encodeControl('COMMIT', id, { srcHashes }));
       },
     };
   }

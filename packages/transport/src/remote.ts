@@ -6,8 +6,11 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { FerryError, HUB_KEY_BYTES, SAFE_FILES_CAPABILITY, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
-import type { FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { BATCH_CAPABILITY, FerryError, HUB_KEY_BYTES, MAX_OPEN_BATCHES, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import type { BatchEntry, FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { entryError, readExactly } from './batch.js';
+import type { BatchRead, BatchResult, SourceOutcome } from './batch.js';
+import { sftpWriteBatch } from './sftp-batch.js';
 import { pythonHelperCommand, pythonHelperScript } from './python-helper.js';
 import { execCapture } from './exec.js';
 import { connectOpenSsh } from './openssh.js';
@@ -24,6 +27,7 @@ import type { SendWindow } from './send-window.js';
 import type { ConnectOptions } from './ssh.js';
 
 export type { RangeWrite } from './helper-client.js';
+export type { BatchRead, BatchResult } from './batch.js';
 
 export type RangeSink = (chunk: Buffer, zero: boolean) => void | Promise<void>;
 
@@ -108,6 +112,18 @@ export interface RemoteConnection {
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
+  /**
+   * Writes many small entries in one request (push only): directories
+   * (mkdir 0700; an existing one will do), files (created new under a random
+   * temporary name, renamed over their path once the hashes agree), symbolic
+   * links and hard links (made at a temporary name and renamed). Paths are
+   * absolute, parents before their contents. `read(i)` gives file entry i's
+   * bytes; a source that gives more or fewer than its `size` fails that entry
+   * (SOURCE_CHANGED) and no other. Resolves with one result per entry; rejects
+   * only when the whole batch fails (the connection, the protocol). Several
+   * may run at once on one connection: their bytes follow one another.
+   */
+  writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm, read: BatchRead): Promise<BatchResult[]>;
   /** Hash of a range of a remote file as it is on disk. */
   hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
   /** Absolute form of a remote path (relative paths are relative to the login directory). */
@@ -445,6 +461,10 @@ export interface HelperCarrier {
 
 export class HelperConnection implements RemoteConnection {
   readonly hashes: readonly HashAlgorithm[];
+  /** BATCHes open at the helper (sent, not answered): it allows MAX_OPEN_BATCHES. */
+  private readonly batchSlots = new Semaphore(MAX_OPEN_BATCHES);
+  /** One batch's frames at a time: the helper takes a BATCH's bytes only until its COMMIT. */
+  private readonly batchSending = new SerialQueue();
   constructor(
     private readonly carrier: HelperCarrier,
     private readonly helper: HelperClient,
@@ -585,6 +605,52 @@ export class HelperConnection implements RemoteConnection {
 
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
     return this.helper.setstat(path, attrs);
+  }
+
+  /**
+   * A helper without `batch` (an older ferry serve) is refused rather than
+   * emulated: its frames cannot make a directory, a symbolic link or a hard
+   * link at all, and a round trip per file is what batches exist to avoid.
+   */
+  async writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm, read: BatchRead): Promise<BatchResult[]> {
+    const label = this.label;
+    if (this.helper.hello?.capabilities.includes(BATCH_CAPABILITY) !== true) {
+      throw new FerryError(
+        'HELPER_UNAVAILABLE',
+        `the helper on ${label} (${this.helper.hello?.software ?? 'unknown'}) is older than this ferry and cannot write a tree's directories, small files and links in batches: install the same ferry version there, or use --mode python or --mode sftp`,
+        { host: label },
+      );
+    }
+    if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
+    const problem = batchEntriesProblem(entries);
+    if (problem) throw new FerryError('INTERNAL', `a batch for ${label} is malformed: ${problem}`, { host: label });
+    await this.batchSlots.acquire();
+    try {
+      const outcomes: Array<SourceOutcome | undefined> = [];
+      // The next batch's bytes follow this one's COMMIT at once; its answer is awaited outside.
+      const w = await this.batchSending.run(async () => {
+        const w = this.helper.writeBatch(entries, algorithm);
+        for (let i = 0; i < entries.length && !w.failed; i++) {
+          const e = entries[i]!;
+          if (e.kind !== 'file') continue;
+          outcomes[i] = await readExactly(read(i), e.size ?? 0, algorithm, { host: label, path: e.path }, (data, zero) => (zero ? w.zeros(data.length) : w.data(data)));
+        }
+        if (!w.failed) await w.commit(entries.map((_, i) => outcomes[i]?.srcHash ?? null));
+        return w;
+      });
+      const results = await w.answer;
+      return results.map((r, i): BatchResult => {
+        const e = entries[i]!;
+        const o = outcomes[i];
+        // The client knows why it sent no hash better than the helper can.
+        if (o?.problem) return { ok: false, error: o.problem.toData() };
+        if (!r.ok) return { ok: false, error: entryError(r.error, e, label) };
+        if (e.kind !== 'file') return { ok: true };
+        return { ok: true, srcHash: o!.srcHash!, ...(r.hash === undefined || r.hash === null ? {} : { dstHash: r.hash }) };
+      });
+    } finally {
+      this.batchSlots.release();
+    }
   }
 
   rename(from: string, to: string): Promise<void> {
@@ -921,6 +987,12 @@ class SftpConnection implements RemoteConnection {
       h.update(head.buf.subarray(0, head.n));
     }
     return h.digest();
+  }
+
+  writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm, read: BatchRead): Promise<BatchResult[]> {
+    const problem = batchEntriesProblem(entries);
+    if (problem) return Promise.reject(new FerryError('INTERNAL', `a batch for ${this.label} is malformed: ${problem}`, { host: this.label }));
+    return sftpWriteBatch({ session: this.session, label: this.label, windowBytes: this.windowBytes, chunkBytes: this.chunkBytes }, entries, algorithm, read);
   }
 
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {

@@ -113,8 +113,8 @@ export class SftpSession {
     return cb<void>((d) => this.sftp.fsetstat(handle, sftpAttrs(attrs) as never, d));
   }
 
-  /** 'wx': SSH_FXF_CREAT|EXCL (sftp-server: O_CREAT|O_EXCL, which also refuses a symbolic link at the name). */
-  open(path: string, flags: 'r' | 'r+' | 'w' | 'wx', mode?: number): Promise<Buffer> {
+  /** 'wx': SSH_FXF_CREAT|EXCL (sftp-server: O_CREAT|O_EXCL, which also refuses a symbolic link at the name); 'xw+' reads too. */
+  open(path: string, flags: 'r' | 'r+' | 'w' | 'wx' | 'xw+', mode?: number): Promise<Buffer> {
     return cb<Buffer>((d) => this.sftp.open(path, flags, mode === undefined ? {} : { mode }, d));
   }
 
@@ -140,6 +140,25 @@ export class SftpSession {
       if (!/not supported/i.test((err as Error).message)) throw err;
       return cb<void>((d) => this.sftp.rename(from, to, d));
     });
+  }
+
+  mkdir(path: string, mode: number): Promise<void> {
+    return cb<void>((d) => this.sftp.mkdir(path, { mode } as never, d));
+  }
+
+  /** A symbolic link at `linkPath` holding `target` (ssh2 swaps the arguments for OpenSSH's sftp-server, which has them reversed). */
+  symlink(target: string, linkPath: string): Promise<void> {
+    return cb<void>((d) => this.sftp.symlink(target, linkPath, d));
+  }
+
+  /** A further name `newPath` of the file at `oldPath` (hardlink@openssh.com). */
+  hardlink(oldPath: string, newPath: string): Promise<void> {
+    return cb<void>((d) => this.sftp.ext_openssh_hardlink(oldPath, newPath, d));
+  }
+
+  /** Times of a symbolic link itself (lsetstat@openssh.com, OpenSSH 8.0 and later); throws where the server lacks it. */
+  lsetstat(path: string, attrs: { mtimeMs?: number; atimeMs?: number }): Promise<void> {
+    return cb<void>((d) => this.sftp.ext_openssh_lsetstat(path, sftpAttrs(attrs) as never, d));
   }
 
   unlink(path: string): Promise<void> {
