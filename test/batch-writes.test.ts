@@ -19,7 +19,7 @@ import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/s
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { batchCase, batchFrames, bytesOf, leftovers } from './batch-cases.js';
-import { REMOTE_CMD, repliesById, tempDir } from './helpers.js';
+import { CLI, REMOTE_CMD, repliesById, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 let n = 0;
@@ -148,5 +148,43 @@ describe('a ferry serve without the batch capability', () => {
       code: 'HELPER_UNAVAILABLE',
       message: expect.stringContaining('install the same ferry version there'),
     });
+  });
+});
+
+const isRoot = process.getuid?.() === 0;
+
+describe.skipIf(!isRoot)('a batch on a full disk', () => {
+  it.each(['serve', 'python'] as const)('fails the file that does not fit with DEST_NO_SPACE, as a single file would, and makes the rest (%s)', async (kind) => {
+    const dir = fresh();
+    await mkdir(dir);
+    // A 1 MiB tmpfs of its own, filled up, in a mount namespace that goes away with the helper.
+    const setup = `mount -t tmpfs -o size=1m ferry-test '${dir}' && { cat /dev/zero > '${dir}/filler' 2>/dev/null; true; }`;
+    const script = kind === 'python' ? pythonHelperScript() : undefined;
+    const run = kind === 'python' ? `exec sh -c '${pythonHelperCommand(script!.length).replace(/'/g, "'\\''")}'` : `exec '${process.execPath}' '${CLI}' serve`;
+    const child = spawn('unshare', ['-m', 'sh', '-c', `${setup} && ${run}`], { env: { PATH: '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] });
+    try {
+      const reply = repliesById(child.stdout);
+      if (script) child.stdin.write(script);
+      child.stdin.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
+      await reply(1);
+      const data = Buffer.alloc(256 * 1024, 7);
+      const entries = [
+        { kind: 'dir' as const, path: join(dir, 'd') },
+        { kind: 'file' as const, path: join(dir, 'd', 'big'), size: data.length },
+        { kind: 'symlink' as const, path: join(dir, 'd', 'link'), target: 'big' },
+      ];
+      const { createHasher } = await import('@ferry/core');
+      const h = createHasher('sha256');
+      h.update(data);
+      child.stdin.write(Buffer.concat([encodeControl('BATCH', 2, { algorithm: 'sha256', entries }), encodeDataHeader(2, data.length), data, encodeControl('COMMIT', 2, { srcHashes: [null, h.digest(), null] })]));
+      const answer = (await reply(2)) as { type: string; body: { results: BatchEntryResult[] } };
+      expect(answer.type).toBe('OK');
+      expect(answer.body.results).toEqual([{ ok: true }, { ok: false, error: expect.objectContaining({ code: 'DEST_NO_SPACE', path: join(dir, 'd', 'big'), errno: 'ENOSPC' }) }, { ok: true }]);
+      // Seen from inside the namespace (the only place the tmpfs is): the directory was made.
+      child.stdin.write(encodeControl('STAT', 3, { path: join(dir, 'd') }));
+      expect(await reply(3)).toMatchObject({ type: 'OK', body: { stat: { type: 'directory' } } });
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });
