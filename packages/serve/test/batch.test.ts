@@ -4,17 +4,18 @@
  * failure, and a frame sequence that breaks the protocol. The same case runs
  * against the python helper and through every mode in test/batch-writes.test.ts.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BATCH_CAPABILITY, MAX_OPEN_BATCHES, PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
+import { BATCH_CAPABILITY, MAX_OPEN_BATCHES, PROTOCOL_VERSION, createHasher, encodeControl, encodeDataHeader } from '@ferry/core';
 import type { BatchEntryResult } from '@ferry/core';
 import { repliesById } from '../../../test/helpers.js';
 import { batchCase, batchFrames, leftovers } from '../../../test/batch-cases.js';
-import { serve } from '../src/serve.js';
+import { MAX_BATCH_OPEN_FILES, MAX_GATHERING, serve } from '../src/serve.js';
+import type { ServeMemory } from '../src/serve.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -28,13 +29,20 @@ function fresh(): string {
 }
 
 function session() {
-  const input = new PassThrough();
+  const input = new PassThrough({ highWaterMark: 64 * 1024 });
   const output = new PassThrough();
   const reply = repliesById(output);
-  const done = serve({ input, output });
+  const worst: ServeMemory = { pendingBytes: 0, gathering: 0, openWrites: 0, poolInUse: 0, poolBuffers: 0, outsidePoolBytes: 0 };
+  const fds = { before: readdirSync('/proc/self/fd').length, most: 0 };
+  const onMemory = (m: ServeMemory) => {
+    for (const k of Object.keys(worst) as Array<keyof ServeMemory>) worst[k] = Math.max(worst[k], m[k]);
+    fds.most = Math.max(fds.most, readdirSync('/proc/self/fd').length);
+  };
+  const done = serve({ input, output, onMemory, maxPendingBytes: 16 * 1024 * 1024 });
   done.catch(() => {});
   input.write(encodeControl('HELLO', 1, { version: PROTOCOL_VERSION, software: 'test', capabilities: [] }));
-  return { send: (b: Buffer) => input.write(b), reply, end: () => input.end(), done };
+  const write = (b: Buffer) => (input.write(b) ? Promise.resolve() : new Promise<void>((r) => input.once('drain', () => r())));
+  return { send: (b: Buffer) => input.write(b), write, reply, end: () => input.end(), done, worst, fds };
 }
 
 describe('serve: BATCH', () => {
@@ -74,6 +82,63 @@ describe('serve: BATCH', () => {
     s.send(Buffer.concat(frames));
     for (let id = 10; id < 10 + MAX_OPEN_BATCHES; id++) expect(await s.reply(id)).toMatchObject({ type: 'OK', body: { results: [{ ok: true, hash: 'd8932aac' }] } });
     expect((await readdir(dir)).sort()).toEqual(['f10', 'f11', 'f12', 'f13']);
+    s.end();
+    await s.done;
+  });
+
+  it(`holds no more than a WRITE would for a batch of 600 files (at most ${MAX_GATHERING} gather buffers, ${MAX_BATCH_OPEN_FILES} open files, the pool), and writes every byte`, async () => {
+    const dir = fresh();
+    const s = session();
+    const entries = Array.from({ length: 600 }, (_, i) => ({ kind: 'file' as const, path: join(dir, `f${i}`), size: 3000 + i }));
+    const frames: Buffer[] = [encodeControl('BATCH', 9, { algorithm: 'crc32', entries })];
+    const hashes: string[] = [];
+    for (const [i, e] of entries.entries()) {
+      const data = Buffer.alloc(e.size, i % 251);
+      const h = createHasher('crc32');
+      h.update(data);
+      hashes.push(h.digest());
+      // Two DATA frames per file, as a client that reads in pieces sends them.
+      frames.push(encodeDataHeader(9, 1000), data.subarray(0, 1000), encodeDataHeader(9, e.size - 1000), data.subarray(1000));
+    }
+    frames.push(encodeControl('COMMIT', 9, { srcHashes: hashes }));
+    // In pieces of 64 KiB, as a pipe delivers them, each when the session takes more (it pauses at its pending limit).
+    const all = Buffer.concat(frames);
+    for (let at = 0; at < all.length; at += 64 * 1024) await s.write(all.subarray(at, at + 64 * 1024));
+    const answer = (await s.reply(9)) as { type: string; body: { results: BatchEntryResult[] } };
+    expect(answer.type).toBe('OK');
+    expect(answer.body.results.every((r) => r.ok)).toBe(true);
+    expect(s.worst.gathering).toBeLessThanOrEqual(MAX_GATHERING);
+    expect(s.worst.poolInUse).toBeLessThanOrEqual(s.worst.poolBuffers);
+    // Pieces that found every pool buffer out are written from copies of their own size: at most one input chunk's worth.
+    expect(s.worst.outsidePoolBytes).toBeLessThanOrEqual(64 * 1024);
+    // Temporary files open at once, as input chunks arrive (a few more descriptors may come and go beside them).
+    expect(s.fds.most - s.fds.before).toBeLessThanOrEqual(MAX_BATCH_OPEN_FILES + 4);
+    expect(s.fds.most - s.fds.before).toBeGreaterThan(0);
+    // The pool, sized for the 16 MiB pending limit, is all the chunk buffers there are.
+    expect(s.worst.poolBuffers).toBeLessThanOrEqual(16 + MAX_GATHERING + 4);
+    expect(readFileSync(join(dir, 'f599')).equals(Buffer.alloc(3599, 599 % 251))).toBe(true);
+    expect(await leftovers(dir)).toEqual([]);
+    s.end();
+    await s.done;
+  });
+
+  it('takes DATA frames that span several files', async () => {
+    const dir = fresh();
+    const s = session();
+    const entries = [
+      { kind: 'file' as const, path: join(dir, 'a'), size: 3 },
+      { kind: 'file' as const, path: join(dir, 'empty'), size: 0 },
+      { kind: 'file' as const, path: join(dir, 'b'), size: 4 },
+    ];
+    const crc = (t: string) => {
+      const h = createHasher('crc32');
+      h.update(Buffer.from(t));
+      return h.digest();
+    };
+    s.send(Buffer.concat([encodeControl('BATCH', 4, { algorithm: 'crc32', entries }), encodeDataHeader(4, 7), Buffer.from('abcdefg'), encodeControl('COMMIT', 4, { srcHashes: [crc('abc'), crc(''), crc('defg')] })]));
+    expect(await s.reply(4)).toMatchObject({ type: 'OK', body: { results: [{ ok: true }, { ok: true }, { ok: true }] } });
+    expect(readFileSync(join(dir, 'a'), 'utf8') + readFileSync(join(dir, 'b'), 'utf8')).toBe('abcdefg');
+    expect(readFileSync(join(dir, 'empty'))).toHaveLength(0);
     s.end();
     await s.done;
   });
