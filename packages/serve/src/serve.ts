@@ -619,7 +619,9 @@ export async function serve(options: ServeOptions): Promise<void> {
     const synced = new Map<string, number[]>();
     const landed = (i: number) => {
       const dir = dirOf(b.entries[i]!.path);
-      synced.set(dir, [...(synced.get(dir) ?? []), i]);
+      const here = synced.get(dir);
+      if (here) here.push(i);
+      else synced.set(dir, [i]);
     };
     const tempOf = async (f: BatchFile): Promise<TempFile | undefined> => {
       try {
