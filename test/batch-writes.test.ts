@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
@@ -113,6 +113,26 @@ describe.each(['helper', 'python', 'sftp'] as const)('RemoteConnection.writeBatc
     const ok = results.filter((r): r is Extract<typeof r, { ok: true }> => r.ok && r.srcHash !== undefined);
     expect(ok.length).toBeGreaterThan(5);
     for (const r of ok) expect(r.dstHash).toBe(r.srcHash);
+  });
+
+  it('writes a batch whose body would be over 1 MiB (long paths) in parts, and the connection goes on', async () => {
+    const dir = fresh();
+    const deep = join(dir, 'a'.repeat(200), 'b'.repeat(200));
+    const entries = [
+      { kind: 'dir' as const, path: dir },
+      { kind: 'dir' as const, path: join(dir, 'a'.repeat(200)) },
+      { kind: 'dir' as const, path: deep },
+      ...Array.from({ length: 2500 }, (_, i) => ({ kind: 'dir' as const, path: join(deep, `d${i}`) })),
+      { kind: 'file' as const, path: join(deep, 'f'), size: 2 },
+      { kind: 'hardlink' as const, path: join(deep, 'h'), target: join(deep, 'f') },
+    ];
+    const results = await conn.writeBatch(entries, algorithm, async function* () {
+      yield Buffer.from('ok');
+    });
+    expect(results).toHaveLength(entries.length);
+    expect(results.every((r) => r.ok)).toBe(true);
+    expect(await readFile(join(deep, 'h'), 'utf8')).toBe('ok');
+    expect((await readdir(deep)).length).toBe(2502);
   });
 
   it('takes several batches in flight at once, a longer source cut at its size', async () => {

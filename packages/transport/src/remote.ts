@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, FerryError, HUB_KEY_BYTES, MAX_OPEN_BATCHES, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { BATCH_CAPABILITY, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { BatchEntry, FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
 import { entryError, readExactly } from './batch.js';
 import type { BatchRead, BatchResult, SourceOutcome } from './batch.js';
@@ -624,6 +624,14 @@ export class HelperConnection implements RemoteConnection {
     if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
     const problem = batchEntriesProblem(entries);
     if (problem) throw new FerryError('INTERNAL', `a batch for ${label} is malformed: ${problem}`, { host: label });
+    const parts = partsThatFit(entries, algorithm);
+    if (parts.length > 1) {
+      // Too large a body for one BATCH (long paths): in parts, each answered before the next is
+      // sent, so that a hard link in a later part finds its file in place.
+      const results: BatchResult[] = [];
+      for (const [start, end] of parts) results.push(...(await this.writeBatch(entries.slice(start, end), algorithm, (i) => read(start + i))));
+      return results;
+    }
     await this.batchSlots.acquire();
     try {
       const outcomes: Array<SourceOutcome | undefined> = [];
@@ -700,6 +708,18 @@ export class HelperConnection implements RemoteConnection {
     this.helper.close();
     this.carrier.end();
   }
+}
+
+/**
+ * `entries` cut into runs [start, end) whose BATCH bodies fit in
+ * MAX_BATCH_BODY_BYTES: one run unless their paths are long (4,096 entries
+ * of 256 bytes are already 1 MiB).
+ */
+export function partsThatFit(entries: readonly BatchEntry[], algorithm: HashAlgorithm, start = 0, end = entries.length): Array<[number, number]> {
+  const bytes = encodeControl('BATCH', 0, batchBody(algorithm, entries.slice(start, end))).length - FRAME_HEADER_BYTES;
+  if (bytes <= MAX_BATCH_BODY_BYTES || end - start <= 1) return [[start, end]];
+  const mid = start + Math.floor((end - start) / 2);
+  return [...partsThatFit(entries, algorithm, start, mid), ...partsThatFit(entries, algorithm, mid, end)];
 }
 
 /** Standard tools that hash a remote range in SFTP mode, by algorithm: how to find them, run them and read their output. */
