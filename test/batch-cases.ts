@@ -60,6 +60,8 @@ export async function batchCase(dir: string, algorithm: HashAlgorithm, level: 'w
   await writeFile(join(dir, 'pre', 'replace'), 'old content that is longer');
   await writeFile(join(dir, 'victim'), 'never written through a link');
   await symlink(join(dir, 'victim'), join(dir, 'pre', 'oversym'));
+  await mkdir(join(dir, 'elsewhere'));
+  await symlink(join(dir, 'elsewhere'), join(dir, 'pre', 'dirlink'));
 
   const one = Buffer.from('x');
   const sparse: Piece[] = [randomBytes(MiB), MiB, MiB, randomBytes(MiB)];
@@ -79,6 +81,9 @@ export async function batchCase(dir: string, algorithm: HashAlgorithm, level: 'w
     { entry: { kind: 'hardlink', path: join(d, 'hard'), target: join(d, 'one') } },
     { entry: { kind: 'file', path: join(dir, 'pre', 'isdir'), size: 5 }, pieces: [Buffer.from('12345')] },
     { entry: { kind: 'dir', path: join(dir, 'pre', 'notdir') } },
+    // A link where a directory goes: refused, and nothing is made through it.
+    { entry: { kind: 'dir', path: join(dir, 'pre', 'dirlink') } },
+    { entry: { kind: 'file', path: join(dir, 'pre', 'dirlink', 'through'), size: 1 }, pieces: [Buffer.from('t')] },
     { entry: { kind: 'file', path: join(dir, 'pre', 'changed'), size: 4 }, pieces: [Buffer.from('abcd')] },
     { entry: { kind: 'file', path: join(d, 'badhash'), size: 4 }, pieces: [Buffer.from('wxyz')] },
     { entry: { kind: 'file', path: join(d, 'moded'), size: moded.length, mode: 0o640, mtimeMs: MTIME_MS, atimeMs: MTIME_MS + 5000 }, pieces: [moded] },
@@ -103,7 +108,10 @@ export async function batchCase(dir: string, algorithm: HashAlgorithm, level: 'w
     expect(failed('changed')).toMatchObject({ ok: false, error: { code: 'SOURCE_CHANGED', path: join(dir, 'pre', 'changed') } });
     if (level === 'wire') expect(failed('badhash')).toMatchObject({ ok: false, error: { code: 'HASH_MISMATCH', path: join(d, 'badhash') } });
     else expect(failed('badhash').ok).toBe(true);
-    const bad = new Set(['isdir', 'notdir', 'changed', ...(level === 'wire' ? ['badhash'] : [])].map(index));
+    expect(failed('dirlink')).toMatchObject({ ok: false, error: { code: 'DEST_CONFLICT', path: join(dir, 'pre', 'dirlink') } });
+    expect(failed('through')).toMatchObject({ ok: false, error: { code: 'DEST_CONFLICT', path: join(dir, 'pre', 'dirlink', 'through') } });
+    expect(await readdir(join(dir, 'elsewhere'))).toEqual([]);
+    const bad = new Set(['isdir', 'notdir', 'changed', 'dirlink', 'through', ...(level === 'wire' ? ['badhash'] : [])].map(index));
     results.forEach((r, i) => {
       if (!bad.has(i)) expect({ i, path: entries[i]!.path, r }).toEqual({ i, path: entries[i]!.path, r: expect.objectContaining({ ok: true }) });
     });

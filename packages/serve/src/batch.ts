@@ -170,6 +170,25 @@ export async function syncDirectory(dir: string): Promise<void> {
 
 export const dirOf = (path: string): string => posix.dirname(path);
 
+/**
+ * The entry of `failed` (directories of this batch that could not be made)
+ * that `path` lies under, if any: nothing is made in such a directory, since
+ * whatever is at its name (a link, say) is not what the batch made.
+ */
+export function failedAncestor(path: string, failed: ReadonlyMap<string, FerryError>): [string, FerryError] | undefined {
+  if (failed.size === 0) return undefined;
+  for (let d = posix.dirname(path); d !== '/' && d !== '.'; d = posix.dirname(d)) {
+    const err = failed.get(d);
+    if (err) return [d, err];
+  }
+  return undefined;
+}
+
+/** The error of an entry under a directory of its batch that could not be made. */
+export function underFailedError(path: string, [dir, err]: [string, FerryError]): FerryError {
+  return new FerryError(err.code, `${path} was not made: its directory ${dir} could not be (${err.message})`, { path, ...(err.errno ? { errno: err.errno } : {}) });
+}
+
 /** Runs `fn` over `items` with at most `limit` at once (the thread pool runs 4 file system calls at a time by default). */
 export async function eachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;

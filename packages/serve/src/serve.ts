@@ -41,7 +41,7 @@ import {
 } from '@ferry/core';
 import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
 import { PendingLimit } from './pending.js';
-import { createTempFile, dirOf, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
+import { createTempFile, dirOf, failedAncestor, underFailedError, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
 import type { TempFile } from './batch.js';
 
 const MiB = 1024 * 1024;
@@ -193,6 +193,8 @@ interface Batch {
   /** Directories made (or failed) and every file's temporary file created (or failed). */
   prepared: Promise<void>;
   dirErrors: Map<number, FerryError>;
+  /** The same failures by path: entries under them are not made. */
+  failedDirs: Map<string, FerryError>;
   /** COMMIT arrived: no more bytes. */
   committed: boolean;
 }
@@ -550,7 +552,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (receiving) throw new FerryError('PROTOCOL', `BATCH ${id} before the COMMIT of batch ${receiving.id}: one batch's bytes at a time`);
     if (batches.size >= MAX_OPEN_BATCHES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_BATCHES} BATCHes open at once in one session`);
     const entries = body.entries;
-    const b: Batch = { id, entries, files: [], cursor: 0, total: batchBytes(entries), received: 0, prepared: Promise.resolve(), dirErrors: new Map(), committed: false };
+    const b: Batch = { id, entries, files: [], cursor: 0, total: batchBytes(entries), received: 0, prepared: Promise.resolve(), dirErrors: new Map(), failedDirs: new Map(), committed: false };
     const temps: Array<{ f: BatchFile; resolve: (t: TempFile) => void; reject: (e: unknown) => void }> = [];
     entries.forEach((entry, index) => {
       if (entry.kind !== 'file') return;
@@ -579,10 +581,20 @@ export async function serve(options: ServeOptions): Promise<void> {
       let t = 0;
       for (let i = 0; i < entries.length; i++) {
         const entry = entries[i]!;
+        const under = failedAncestor(entry.path, b.failedDirs);
         if (entry.kind === 'dir') {
-          await makeDirectory(entry.path).catch((err: unknown) => b.dirErrors.set(i, destinationError(err, { path: entry.path })));
+          const failed = under ? underFailedError(entry.path, under) : await makeDirectory(entry.path).then(() => undefined, (err: unknown) => destinationError(err, { path: entry.path }));
+          if (failed) {
+            b.dirErrors.set(i, failed);
+            b.failedDirs.set(entry.path, failed);
+          }
         } else if (entry.kind === 'file') {
           const { f, resolve, reject } = temps[t++]!;
+          if (under) {
+            f.error ??= underFailedError(entry.path, under);
+            reject(f.error);
+            continue;
+          }
           await batchFileSlots.acquire();
           if (ending) {
             reject(new FerryError('CONNECTION_LOST', `the client went away before batch ${id} was committed`, { path: entry.path }));
@@ -660,6 +672,8 @@ export async function serve(options: ServeOptions): Promise<void> {
     for (const kind of ['symlink', 'hardlink'] as const) {
       const links = b.entries.map((e, i) => ({ e, i })).filter(({ e }) => e.kind === kind);
       await eachLimit(links, COMMIT_PARALLEL, async ({ e, i }) => {
+        const under = failedAncestor(e.path, b.failedDirs);
+        if (under) return fail(i, underFailedError(e.path, under));
         try {
           await (kind === 'symlink' ? placeSymlink(e) : placeHardlink(e));
           landed(i);

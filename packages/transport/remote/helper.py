@@ -651,6 +651,23 @@ def fit_results(results):
     return short
 
 
+def failed_ancestor(path, failed):
+    """The directory of `failed` (this batch's, not made) that path lies under, and its failure, or None."""
+    if not failed:
+        return None
+    d = os.path.dirname(path)
+    while d not in ('/', ''):
+        if d in failed:
+            return d, failed[d]
+        d = os.path.dirname(d)
+    return None
+
+
+def under_failed(path, found):
+    d, failure = found
+    return Failure(failure.code, '%s was not made: its directory %s could not be (%s)' % (path, d, failure.message), path, failure.errno)
+
+
 class BatchFile(object):
     def __init__(self, index, entry, algorithm):
         self.index = index
@@ -676,6 +693,8 @@ class Batch(object):
         self.total = sum(f.size for f in self.files)
         self.received = 0
         self.dir_errors = {}
+        # The same failures by path: nothing is made under them (whatever is at their name is not the batch's).
+        self.failed_dirs = {}
         self.committed = False
 
 
@@ -929,12 +948,24 @@ class Session(object):
             raise protocol_error('more than %d BATCHes open at once in one session' % MAX_OPEN_BATCHES)
         b = Batch(fid, body['entries'], algorithm)
         # Directories now, in entry order (a parent before its contents); files as their bytes come.
+        files_at = dict((f.index, f) for f in b.files)
         for i, e in enumerate(b.entries):
             if e['kind'] == 'dir':
                 try:
+                    under = failed_ancestor(e['path'], b.failed_dirs)
+                    if under is not None:
+                        raise under_failed(e['path'], under)
                     make_directory(e['path'])
                 except Failure as failure:
                     b.dir_errors[i] = failure
+                    b.failed_dirs[e['path']] = failure
+            elif e['kind'] == 'file':
+                under = failed_ancestor(e['path'], b.failed_dirs)
+                if under is not None:
+                    f = files_at[i]
+                    f.error = under_failed(e['path'], under)
+                    # Never created: its bytes are dropped as they come.
+                    f.opened = True
         self.batches[fid] = b
         self.receiving = b
         self.skip_empty(b)
@@ -1101,6 +1132,9 @@ class Session(object):
                 if e['kind'] != kind:
                     continue
                 try:
+                    under = failed_ancestor(e['path'], b.failed_dirs)
+                    if under is not None:
+                        raise under_failed(e['path'], under)
                     place(e)
                     land(i)
                 except Failure as failure:

@@ -52,8 +52,8 @@ class EntryFailure extends Error {
 export async function sftpWriteBatch(ctx: SftpBatchContext, entries: readonly BatchEntry[], algorithm: HashAlgorithm, read: BatchRead): Promise<BatchResult[]> {
   const { session, label } = ctx;
   const results: BatchResult[] = new Array(entries.length);
-  /** Entries of this batch by path, done when they are in place (or failed). */
-  const landed = new Map<string, Promise<void>>();
+  /** Directories and files of this batch by path: whether they were made, once done. */
+  const landed = new Map<string, Promise<boolean>>();
   const slots = new Semaphore(PARALLEL_ENTRIES);
   const fileWindow = Math.max(ctx.chunkBytes, Math.floor(ctx.windowBytes / PARALLEL_ENTRIES));
 
@@ -177,15 +177,24 @@ export async function sftpWriteBatch(ctx: SftpBatchContext, entries: readonly Ba
   };
 
   const tasks = entries.map(async (e, i) => {
-    const after = [landed.get(posix.dirname(e.path)), e.kind === 'hardlink' ? landed.get(e.target!) : undefined].filter((p): p is Promise<void> => p !== undefined);
+    const parent = posix.dirname(e.path);
+    const after = [landed.get(parent), e.kind === 'hardlink' ? landed.get(e.target!) : undefined];
     const done = (async () => {
-      await Promise.all(after);
+      const [parentMade] = await Promise.all(after);
+      if (parentMade === false) {
+        // Nothing is made in a directory of this batch that could not be: whatever is at its name is not ours.
+        const why = results[entries.findIndex((x) => x.path === parent)];
+        const cause = why && !why.ok ? why.error : undefined;
+        results[i] = { ok: false, error: new FerryError((cause?.code ?? 'DEST_CONFLICT') as ErrorData['code'], `${label}:${e.path} was not made: its directory ${parent} could not be (${cause?.message ?? 'failed'})`, { host: label, path: e.path, ...(cause?.errno ? { errno: cause.errno } : {}) }).toData() };
+        return false;
+      }
       await slots.acquire();
       try {
         results[i] = e.kind === 'dir' ? await dir(e) : e.kind === 'file' ? await file(e, i) : await link(e);
       } finally {
         slots.release();
       }
+      return results[i]!.ok;
     })();
     if (e.kind === 'dir' || e.kind === 'file') landed.set(e.path, done);
     await done;
