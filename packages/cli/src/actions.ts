@@ -100,14 +100,16 @@ export async function makeLauncher(launch: LaunchOptions): Promise<Launcher | un
   }
 }
 
-export async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}): Promise<void> {
+export async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}, recursive = false): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
   try {
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
-    const { runCopy } = await import('@ferry/coordinator');
+    const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
     const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
-    await runCopy({
+    const tree = await isLocalDirectory(source);
+    if (tree && !recursive) throw new FerryError('USAGE', `source ${source} is a directory: use ferry cp -r to copy a directory tree`, { path: source });
+    await (tree ? runTreeCopy : runCopy)({
       source,
       destination,
       options: copyOptions,

@@ -27,6 +27,11 @@ function describeExitCodes(): string {
   return `\nExit codes:\n${rows.join('\n')}\n`;
 }
 
+/** Trees move through the coordinator's own connections for now (issue 31): not yet striped over the ranks of srun or mpirun. */
+function treesOnOneNode(what: string): FerryError {
+  return new FerryError('USAGE', `${what} is not built yet: trees are copied from one node for now; run ferry cp -r there`);
+}
+
 export function createCli(io: CliIo): Command {
   const program = new Command('ferry')
     .description('Copy one huge file to or from a remote host over SSH, in parallel ranges over many agents and streams, each range verified by hash.')
@@ -40,7 +45,7 @@ export function createCli(io: CliIo): Command {
 
   const cp = program
     .command('cp')
-    .description('copy SOURCE to DESTINATION; exactly one of them is remote, written [user@]host[:port]:path')
+    .description('copy SOURCE to DESTINATION (a directory tree with -r); exactly one of them is remote, written [user@]host[:port]:path')
     .argument('<source>', 'local path or [user@]host[:port]:path')
     .argument('<destination>', 'local or remote path; a directory gets the source file name');
   addCopyOptions(cp);
@@ -59,6 +64,7 @@ export function createCli(io: CliIo): Command {
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
       const copyOptions = copyOptionsFrom(opts);
       if (opts.sbatch !== undefined) {
+        if (opts.recursive === true) return reportError(io, treesOnOneNode('--sbatch with -r'));
         try {
           const script = sbatchScript(source, destination, opts);
           if (opts.sbatch === 'submit') await submitSbatch(io, script);
@@ -80,7 +86,7 @@ export function createCli(io: CliIo): Command {
         ...(opts.natsListen !== undefined ? { natsListen: opts.natsListen as string } : {}),
         ...(opts.natsAdvertise !== undefined ? { natsAdvertise: opts.natsAdvertise as string } : {}),
       };
-      await copy(io, source, destination, copyOptions, opts.verbose === true, launch);
+      await copy(io, source, destination, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
     });
 
   const run = program
@@ -97,6 +103,7 @@ export function createCli(io: CliIo): Command {
     .option('--rendezvous-timeout <duration>', 'how long ranks other than 0 wait for rank 0', '10m')
     .addHelpText('after', describeExitCodes())
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
+      if (opts.recursive === true) return reportError(io, treesOnOneNode('ferry run -r'));
       await runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
     });
 
@@ -112,10 +119,12 @@ export function createCli(io: CliIo): Command {
       try {
         const { defaultStateDir } = await import('@ferry/coordinator');
         const stateDir = opts.stateDir ?? defaultStateDir();
-        const { job } = await loadJob(stateDir, id);
+        const view = await loadJob(stateDir, id);
+        const job = view.job;
         const options: CopyOptions = { ...job.options, stateDir, json: opts.json === true, quiet: opts.quiet === true };
         delete options.restart;
-        await copy(io, job.source, job.destination, options, opts.verbose === true, (job.launch as LaunchOptions | undefined) ?? { launcher: 'local' });
+        if (view.kind === 'tree') await copy(io, job.source, job.destination, options, opts.verbose === true, { launcher: 'local' }, {}, true);
+        else await copy(io, view.job.source, view.job.destination, options, opts.verbose === true, (view.job.launch as LaunchOptions | undefined) ?? { launcher: 'local' });
       } catch (err) {
         reportError(io, toFerryError(err));
       }
@@ -223,7 +232,10 @@ function addCopyOptions(cmd: Command): Command {
   return cmd
     .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8)')
     .option('-s, --streams <n>', 'SSH connections per agent (default: tuned during the copy, 1 to 16)')
-    .option('-r, --range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
+    .option('-r, --recursive', 'copy a whole directory tree (push only for now): an existing destination directory receives it under its own name, as scp -r')
+    .option('--range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
+    .option('--batch-files-under <size>', 'with -r: files smaller than this travel many to a batch (default: 4MiB)')
+    .option('--stripe-files-over <size>', 'with -r: files at least this big are striped over every agent and stream, each as a copy of its own (default: 256MiB)')
     .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, crc32 where the remote side has no ferry, or what a resumed job used)').choices(['xxh3', 'crc32', 'sha256']))
     .addOption(new Option('--mode <mode>', "data path: helper runs `ferry serve` remotely, python sends ferry's helper to the remote python3, sftp needs nothing remote; auto takes the first that starts").choices(['auto', 'helper', 'python', 'sftp']).default('auto'))
     .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
@@ -271,6 +283,8 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.agents !== undefined) o.agents = opts.agents as string;
   if (opts.streams !== undefined) o.streams = opts.streams as string;
   if (opts.rangeSize !== undefined) o.rangeSize = opts.rangeSize as string;
+  if (opts.batchFilesUnder !== undefined) o.batchFilesUnder = opts.batchFilesUnder as string;
+  if (opts.stripeFilesOver !== undefined) o.stripeFilesOver = opts.stripeFilesOver as string;
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
   if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;

@@ -4,7 +4,7 @@
  */
 import { formatBytes, formatDuration, formatRate } from '@ferry/core';
 import type { OutputStyle } from '@ferry/core';
-import type { CopyEvent, CopySummary } from '@ferry/coordinator';
+import type { CopyEvent, CopySummary, TreeSummary } from '@ferry/coordinator';
 
 export interface Output {
   write(text: string): void;
@@ -29,6 +29,22 @@ export function formatSummary(s: CopySummary): string {
   return lines.join('\n') + '\n';
 }
 
+export function formatTreeSummary(s: TreeSummary): string {
+  const resumed = s.resumedFiles > 0 ? `; ${s.resumedFiles} files (${formatBytes(s.resumedBytes)}) were done by an earlier run` : '';
+  const notCopied = s.failed > 0 || s.skipped > 0 ? `\n  ${s.failed} failed, ${s.skipped} skipped (listed in ${s.stateDir}/failed.ndjson and skipped.ndjson)` : '';
+  const lines = [
+    `ferry: copied ${s.source} -> ${s.destination}`,
+    `  ${s.files} files, ${formatBytes(s.bytes)} in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.bytes / s.seconds : 0)}, ${Math.round(s.filesPerSec)} files/s${resumed}`,
+    `  ${s.dirs} directories, ${s.symlinks} symlinks, ${s.hardlinks} hard links; ${s.streams} stream${s.streams === 1 ? '' : 's'}, ${s.mode} mode, ${s.hash} hashes${notCopied}`,
+  ];
+  return lines.join('\n') + '\n';
+}
+
+export function treeProgressLine(e: Extract<CopyEvent, { type: 'tree.progress' }>, rate: number): string {
+  const failed = e.failed > 0 ? `  ${e.failed} failed` : '';
+  return `${e.files} files  ${formatBytes(e.bytes)}  ${formatRate(rate)}  ${e.dirs} dirs${failed}`;
+}
+
 export function progressLine(e: Extract<CopyEvent, { type: 'progress' }>, columns = 80): string {
   const pct = e.total > 0 ? e.bytes / e.total : 1;
   const tail = ` ${(pct * 100).toFixed(1).padStart(5)}%  ${formatBytes(e.bytes)}/${formatBytes(e.total)}  ${formatRate(e.rate)}  ETA ${e.etaSeconds === null ? '--' : formatDuration(e.etaSeconds)}  agents ${e.agentsBusy}/${e.agents}`;
@@ -46,6 +62,7 @@ export function createRenderer(style: OutputStyle, stdout: Output, stderr: Outpu
   }
   const bar = style === 'human' && stderr.isTTY === true;
   let shown = false;
+  let treeStart = 0;
   const clear = () => {
     if (shown) stderr.write('\r\x1b[2K');
     shown = false;
@@ -80,6 +97,24 @@ export function createRenderer(style: OutputStyle, stdout: Output, stderr: Outpu
         case 'done':
           clear();
           if (style === 'human') stdout.write(formatSummary(event));
+          return;
+        case 'tree.start':
+          treeStart = Date.now();
+          return;
+        case 'tree.progress':
+          if (bar) {
+            const s = (Date.now() - treeStart) / 1000;
+            stderr.write(`\r\x1b[2K${treeProgressLine(event, s > 0 ? event.bytes / s : 0)}`);
+            shown = true;
+          }
+          return;
+        case 'file.failed':
+          clear();
+          if (style !== 'quiet') stderr.write(`ferry: not copied: ${event.path}: ${event.message}\n`);
+          return;
+        case 'tree.done':
+          clear();
+          if (style === 'human') stdout.write(formatTreeSummary(event));
           return;
         default:
           return;

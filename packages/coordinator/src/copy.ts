@@ -454,7 +454,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
  * side cannot compute it (ferry's Python helper), the first of core's
  * HASH_ALGORITHMS it can (crc32: zlib's, native in Node and Python alike).
  */
-function rangeHashFor(options: ResolvedCopyOptions, conn: RemoteConnection): HashAlgorithm {
+export function rangeHashFor(options: ResolvedCopyOptions, conn: RemoteConnection): HashAlgorithm {
   if (options.hashGiven || !conn.hashes || conn.hashes.includes(options.hash)) return options.hash;
   return HASH_ALGORITHMS.find((h) => conn.hashes!.includes(h)) ?? options.hash;
 }

@@ -30,6 +30,35 @@ export interface CopySummary {
   tuned: boolean;
 }
 
+/** What a tree copy (`ferry cp -r`) did. */
+export interface TreeSummary {
+  jobId: string;
+  source: string;
+  destination: string;
+  /** Files (and big files) copied by this run, and their bytes. */
+  files: number;
+  bytes: number;
+  /** Entries an earlier run of the same copy had made durable, not sent again. */
+  resumedFiles: number;
+  resumedBytes: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  /** Entries not copied: listed with their reasons in the job's failed.ndjson. */
+  failed: number;
+  /** Entries left out on purpose (fifos, sockets, devices unless root): skipped.ndjson. */
+  skipped: number;
+  seconds: number;
+  mbps: number;
+  filesPerSec: number;
+  mode: TransferMode;
+  /** Connections the batches used at most. */
+  streams: number;
+  hash: string;
+  /** The job's state directory (journal, failed.ndjson, skipped.ndjson). */
+  stateDir: string;
+}
+
 export type CopyEvent =
   | {
       type: 'job.start';
@@ -66,4 +95,9 @@ export type CopyEvent =
    * data path taken and why, what of ~/.ssh/config the embedded client does not honour.
    */
   | { type: 'warning'; message: string; host?: string }
-  | ({ type: 'done' } & CopySummary);
+  | ({ type: 'done' } & CopySummary)
+  | { type: 'tree.start'; jobId: string; source: string; destination: string; mode: TransferMode; stateDir: string; resumed: boolean; resumedEntries: number }
+  | { type: 'tree.progress'; files: number; bytes: number; failed: number; skipped: number; dirs: number; resumedFiles: number }
+  /** An entry not copied (the first 20 of a run; all of them are in failed.ndjson). */
+  | { type: 'file.failed'; path: string; code: ErrorCode; message: string }
+  | ({ type: 'tree.done' } & TreeSummary);

@@ -8,12 +8,14 @@
 export { runCopy, defaultStateDir, LOCAL_BUS_ENV } from './copy.js';
 export { setupJobStreams } from './nats-job-bus.js';
 export type { CopyRequest } from './copy.js';
-export type { CopyEvent, CopySummary } from './events.js';
+export type { CopyEvent, CopySummary, TreeSummary } from './events.js';
+export { runTreeCopy, HUGE_FILE_BYTES } from './tree-copy.js';
+export { isLocalDirectory } from './tree-target.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';
 export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
 export { prepareCopy, makeJobId } from './prepare.js';
 export type { PreparedCopy } from './prepare.js';
 export { JournalFile } from './journal-file.js';
 export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-file.js';
-export { jobDirOf, listJobs, readJobFile, readStatus, pidAlive, foldJournal } from './job-state.js';
-export type { JobFile, JobPhase, JobStatus } from './job-state.js';
+export { jobDirOf, listJobs, readJobFile, readStatus, readTreeJobFile, readTreeStatus, pidAlive, foldJournal } from './job-state.js';
+export type { JobFile, JobPhase, JobStatus, TreeJobFile, TreeJobStatus } from './job-state.js';

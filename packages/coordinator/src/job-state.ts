@@ -246,9 +246,65 @@ export async function listJobs(stateDir: string): Promise<string[]> {
   }
   const withTimes = await Promise.all(
     names.map(async (n) => {
-      const st = await stat(join(stateDir, 'jobs', n, 'job.json')).catch(() => undefined);
+      // A tree copy (`cp -r`) has tree.json instead of job.json.
+      const st = (await stat(join(stateDir, 'jobs', n, 'job.json')).catch(() => undefined)) ?? (await stat(join(stateDir, 'jobs', n, 'tree.json')).catch(() => undefined));
       return { n, t: st?.mtimeMs ?? 0, ok: st !== undefined };
     }),
   );
   return withTimes.filter((x) => x.ok).sort((a, b) => b.t - a.t).map((x) => x.n);
+}
+
+/** What a tree copy's state directory says of it (`tree.json`): the command, for `ferry resume`. */
+export interface TreeJobFile {
+  v: 1;
+  kind: 'tree';
+  jobId: string;
+  createdAt: number;
+  source: string;
+  destination: string;
+  sourceLabel: string;
+  destinationLabel: string;
+  /** The remote directory the tree became (chosen by the first run, kept by every later one). */
+  targetRoot: string;
+  options: CopyOptions;
+}
+
+/** How a tree copy stands (`tree-status.json`), rewritten every few seconds and at the end. */
+export interface TreeJobStatus {
+  phase: JobPhase | 'partial';
+  pid: number;
+  updatedAt: number;
+  files: number;
+  bytes: number;
+  resumedFiles: number;
+  dirs: number;
+  failed: number;
+  skipped: number;
+  error?: { code: string; message: string };
+}
+
+export async function writeTreeJobFile(dir: string, job: TreeJobFile): Promise<void> {
+  await writeAtomic(join(dir, 'tree.json'), JSON.stringify(job, null, 1) + '\n');
+}
+
+export async function readTreeJobFile(dir: string): Promise<TreeJobFile | undefined> {
+  try {
+    const job = JSON.parse(await readFile(join(dir, 'tree.json'), 'utf8')) as TreeJobFile;
+    return job.v === 1 && job.kind === 'tree' ? job : undefined;
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT' || err instanceof SyntaxError) return undefined;
+    throw err;
+  }
+}
+
+export async function writeTreeStatus(dir: string, status: TreeJobStatus): Promise<void> {
+  await writeAtomic(join(dir, 'tree-status.json'), JSON.stringify(status) + '\n');
+}
+
+export async function readTreeStatus(dir: string): Promise<TreeJobStatus | undefined> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'tree-status.json'), 'utf8')) as TreeJobStatus;
+  } catch {
+    return undefined;
+  }
 }

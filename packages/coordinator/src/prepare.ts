@@ -184,7 +184,7 @@ export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOp
 }
 
 /** Connects to the first host of the list that answers; the last error when none does. */
-async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: Parameters<typeof connectRemote>[2]): Promise<{ conn: RemoteConnection; host: RemoteHost }> {
+export async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: Parameters<typeof connectRemote>[2]): Promise<{ conn: RemoteConnection; host: RemoteHost }> {
   let last: unknown;
   for (const host of hosts) {
     try {
@@ -215,7 +215,7 @@ export function makeJobId(direction: Direction, source: string, target: string):
 }
 
 /** What a local path is, for firstBadDirectory: a missing one and one under a file alike are missing. */
-async function localKind(path: string): Promise<PathKind> {
+export async function localKind(path: string): Promise<PathKind> {
   try {
     return (await stat(path)).isDirectory() ? 'directory' : 'other';
   } catch (err) {
@@ -226,7 +226,7 @@ async function localKind(path: string): Promise<PathKind> {
 }
 
 /** A remote stat that answers undefined for a path under a file too (the helper says ENOTDIR, sftp-server "no such file"). */
-async function remoteStat(conn: RemoteConnection, path: string): Promise<StatResult | undefined> {
+export async function remoteStat(conn: RemoteConnection, path: string): Promise<StatResult | undefined> {
   try {
     return await conn.stat(path);
   } catch (err) {
@@ -235,7 +235,7 @@ async function remoteStat(conn: RemoteConnection, path: string): Promise<StatRes
   }
 }
 
-function remoteKind(conn: RemoteConnection): (path: string) => Promise<PathKind> {
+export function remoteKind(conn: RemoteConnection): (path: string) => Promise<PathKind> {
   return async (path) => {
     const st = await remoteStat(conn, path);
     return !st ? 'missing' : st.type === 'directory' ? 'directory' : 'other';
@@ -266,7 +266,7 @@ async function sourceMissing(host: string | undefined, path: string, probe: (pat
  * write in, naming the component at fault: the first one missing (to create),
  * or one that is a file. `given` is the destination as it was resolved.
  */
-function destinationDirError(host: string | undefined, given: string, dir: string, bad: BadComponent | undefined): FerryError {
+export function destinationDirError(host: string | undefined, given: string, dir: string, bad: BadComponent | undefined): FerryError {
   const fields = { ...(host === undefined ? {} : { host }), path: bad?.path ?? dir };
   if (bad?.problem === 'not-directory') {
     return new FerryError('DEST_DIR_MISSING', `destination ${placeOf(host, given)} cannot be created: ${bad.path} is not a directory: choose a destination in an existing directory`, fields);
@@ -279,7 +279,7 @@ function destinationDirError(host: string | undefined, given: string, dir: strin
  * A remote path with scp's `~` and `~user` replaced by that directory (the
  * login directory, or the user's home); other paths unchanged.
  */
-async function expandHome(conn: RemoteConnection, path: string, role: 'source' | 'destination'): Promise<string> {
+export async function expandHome(conn: RemoteConnection, path: string, role: 'source' | 'destination'): Promise<string> {
   const tilde = tildePrefix(path);
   if (!tilde) return path;
   const home = await conn.homeDirectory(tilde.user);

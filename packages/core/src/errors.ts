@@ -35,6 +35,8 @@ export type ErrorCode =
   | 'SSH_CLIENT_MISSING'
   | 'AGENTS_FAILED'
   | 'RANGE_FAILED'
+  /** A tree copy ended with some entries not copied (failed.ndjson lists them); the rest arrived. */
+  | 'TREE_PARTIAL'
   | 'INTERRUPTED'
   | 'INTERNAL';
 
@@ -65,6 +67,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   SSH_CLIENT_MISSING: 63,
   AGENTS_FAILED: 70,
   RANGE_FAILED: 71,
+  TREE_PARTIAL: 72,
   INTERRUPTED: 130,
 };
 

@@ -59,6 +59,10 @@ export interface CopyOptions {
   streams?: number | string;
   /** Range size, e.g. `64MiB`; a multiple of 1 MiB. @default chosen from the file size */
   rangeSize?: number | string;
+  /** Tree copies: files smaller than this travel many to a batch (--batch-files-under). */
+  batchFilesUnder?: number | string;
+  /** Tree copies: files at least this big are striped over every agent and stream as copies of their own (--stripe-files-over). */
+  stripeFilesOver?: number | string;
   /** Range hash algorithm. @default 'xxh3' */
   hash?: string;
   /** Data path: helper (`ferry serve` remotely), python (a helper sent to the remote python3), sftp, or auto (the first of those that starts). @default 'auto' */
@@ -122,6 +126,10 @@ export interface ResolvedCopyOptions {
   tuneStreams: boolean;
   /** undefined: chosen from the file size when the ranges are planned. */
   rangeBytes: number | undefined;
+  /** Tree copies: files under this many bytes go in batches; undefined: core's tree-plan default. */
+  batchFilesUnder: number | undefined;
+  /** Tree copies: files of at least this many bytes are striped; undefined: the coordinator's default. */
+  stripeFilesOver: number | undefined;
   hash: HashAlgorithm;
   /** Whether --hash was given (a resumed job keeps its own otherwise). */
   hashGiven: boolean;
@@ -230,6 +238,8 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     firstStreams: streams ?? AUTO_FIRST_STREAMS,
     tuneStreams: streams === undefined,
     rangeBytes,
+    batchFilesUnder: sizeOption('--batch-files-under', options.batchFilesUnder, '4MiB'),
+    stripeFilesOver: sizeOption('--stripe-files-over', options.stripeFilesOver, '256MiB'),
     hash,
     hashGiven: options.hash !== undefined,
     mode,

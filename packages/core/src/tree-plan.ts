@@ -137,7 +137,8 @@ export class TreePlanner {
         // must exist before any of them is written. The open batch need not close for it.
         return [{ type: 'mkdir', id, entry }];
       case 'special':
-        if (!this.asRoot) return [{ type: 'skip', id, entry, reason: 'special file (fifo, socket or device): only root can make one' }];
+        // Only root can make one, and the helpers do not make them yet.
+        if (!this.asRoot) return [{ type: 'skip', id, entry, reason: 'special file (fifo, socket or device): not copied' }];
         return this.toBatch({ id, entry }, 0);
       case 'file':
         if (entry.size >= this.thresholds.smallFileBytes && entry.size > 0) {

@@ -37,6 +37,7 @@ describe('exit codes', () => {
       SSH_CLIENT_MISSING: 63,
       AGENTS_FAILED: 70,
       RANGE_FAILED: 71,
+      TREE_PARTIAL: 72,
       INTERRUPTED: 130,
     });
   });

@@ -1,0 +1,430 @@
+/**
+ * `ferry cp -r`: a whole directory tree as one job. The stages, in order:
+ *
+ * 1. **prepare** (tree-target.ts): where the tree goes, named as `scp -r`
+ *    names it; the coordinator's connection; the job's state directory and
+ *    journal (tree-journal.ts).
+ * 2. **walk and plan** (serve's walk.ts, core's tree-plan.ts): the source is
+ *    read as a stream, so bytes move before the walk ends; directories come
+ *    out first and are made (one BATCH of `dir` entries) before anything
+ *    that lands in them is sent; small files and symlinks are grouped into
+ *    batches; a file of the journal whose size, mtime and inode are unchanged
+ *    is not sent again.
+ * 3. **send** (tree-send.ts): batches go to a pool of connections, a few in
+ *    flight on each; every file is written under a temporary name, checked by
+ *    hash, and renamed into place by the remote helper.
+ * 4. **collect**: each durable entry is journaled; a failed one is listed in
+ *    the job's failed.ndjson with its reason, a skipped one (fifo, device) in
+ *    skipped.ndjson; neither stops the others.
+ * 5. **big files**: each file of at least `HUGE_FILE_BYTES` is copied as a
+ *    single-file job of its own (copy.ts: ranges spread over every agent and
+ *    stream, journaled per range), so a huge file never forms a tail.
+ * 6. **finalize** (tree-finalize.ts): hard links, then directories' modes and
+ *    times, deepest first.
+ */
+import { mkdir } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { FerryError, TreePlanner, copyMode, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import type { BatchEntry, ErrorData, HashAlgorithm, RemoteLocation, ResolvedCopyOptions, TreeEntry, TreeStep } from '@ferry/core';
+import type { BatchResult, RemoteConnection } from '@ferry/transport';
+import { walkTree } from '@ferry/serve';
+import type { CopyRequest } from './copy.js';
+import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.js';
+import type { TreeSummary } from './events.js';
+import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
+import type { TreeJobStatus } from './job-state.js';
+import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
+import { writePrivateFile } from './private-file.js';
+import { finishDirectories, makeHardLinks } from './tree-finalize.js';
+import { TreeJournal, alreadyDone, recordOf } from './tree-journal.js';
+import type { TreeJournalState, TreeRecord } from './tree-journal.js';
+import { TreeSender } from './tree-send.js';
+import type { WireBatch } from './tree-send.js';
+import { prepareTreePush, remotePathOf } from './tree-target.js';
+import type { TreeTarget } from './tree-target.js';
+
+/** Files this big are copied as jobs of their own, striped over every agent and stream. */
+export const HUGE_FILE_BYTES = 256 * 1024 * 1024;
+/** Connections of a tree's batches when --streams is not given. */
+const DEFAULT_TREE_STREAMS = 4;
+/** Failures printed one by one (all of them go to failed.ndjson). */
+const FAILURES_SHOWN = 20;
+/** Directories made in one BATCH, at most, before a batch that needs them goes out. */
+const DIRS_PER_BATCH = 1024;
+
+interface Counters {
+  files: number;
+  bytes: number;
+  resumedFiles: number;
+  resumedBytes: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  failed: number;
+  skipped: number;
+}
+
+export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
+  const options = resolveCopyOptions(request.options, { cores: availableParallelism() });
+  const emit = request.onEvent ?? (() => {});
+  const started = Date.now();
+  const remoteLoc = remoteSideOf(request.source, request.destination);
+  const remote = remoteLoc ? await resolveRemote(remoteLoc, options) : undefined;
+  for (const message of remote?.warnings ?? []) emit({ type: 'warning', message });
+  const stateDir = options.stateDir ?? defaultStateDir();
+  const target = await prepareTreePush(request.source, request.destination, options, async (id) => (await readTreeJobFile(jobDirOf(stateDir, id)).catch(() => undefined))?.targetRoot, remote, request.signal);
+  let conn = target.conn;
+  const control = async (): Promise<RemoteConnection> => {
+    if (!conn.alive) conn = (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn;
+    return conn;
+  };
+  const jobDir = jobDirOf(stateDir, target.jobId);
+  let unlock: (() => Promise<void>) | undefined;
+  let journal: TreeJournal | undefined;
+  let run: TreeRun | undefined;
+  let phase: TreeJobStatus['phase'] = 'failed';
+  let failure: FerryError | undefined;
+  try {
+    await mkdir(jobDir, { recursive: true, mode: 0o700 });
+    unlock = await lockJob(jobDir);
+    const journalPath = join(jobDir, 'tree.ndjson');
+    if (options.restart) await writePrivateFile(journalPath, '');
+    const opened = await TreeJournal.open(journalPath);
+    journal = opened.journal;
+    const state = opened.state;
+    const resumed = state.done.size > 0;
+    const previous = await readTreeJobFile(jobDir);
+    await writeTreeJobFile(jobDir, {
+      v: 1,
+      kind: 'tree',
+      jobId: target.jobId,
+      createdAt: previous && !options.restart ? previous.createdAt : Date.now(),
+      source: request.source,
+      destination: request.destination,
+      sourceLabel: target.sourceLabel,
+      destinationLabel: target.destinationLabel,
+      targetRoot: target.targetRoot,
+      options: request.options ?? {},
+    });
+    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
+    const umask = await conn.umask(target.targetRoot);
+    emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
+    const fallback = fallbackWarning(conn);
+    if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
+    run = new TreeRun(request, options, target, journal, state, algorithm, umask, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)));
+    const onAbort = () => conn.close();
+    request.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await run.copy();
+    } catch (err) {
+      // Whatever the abort broke on its way (a closed connection, a cut walk) is an interruption.
+      if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
+      throw err;
+    } finally {
+      request.signal?.removeEventListener('abort', onAbort);
+    }
+    if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
+    const seconds = (Date.now() - started) / 1000;
+    const c = run.counters;
+    const summary: TreeSummary = {
+      jobId: target.jobId,
+      source: target.sourceLabel,
+      destination: target.destinationLabel,
+      files: c.files,
+      bytes: c.bytes,
+      resumedFiles: c.resumedFiles,
+      resumedBytes: c.resumedBytes,
+      dirs: c.dirs,
+      symlinks: c.symlinks,
+      hardlinks: c.hardlinks,
+      failed: c.failed,
+      skipped: c.skipped,
+      seconds,
+      mbps: seconds > 0 ? c.bytes / 1e6 / seconds : 0,
+      filesPerSec: seconds > 0 ? c.files / seconds : 0,
+      mode: conn.mode,
+      streams: run.streams,
+      hash: algorithm,
+      stateDir: jobDir,
+    };
+    await run.writeLists(jobDir);
+    phase = c.failed > 0 ? 'partial' : 'done';
+    emit({ type: 'tree.done', ...summary });
+    if (c.failed > 0) {
+      throw new FerryError('TREE_PARTIAL', `${c.failed} of ${c.files + c.failed + c.resumedFiles} entries were not copied (listed with their reasons in ${join(jobDir, 'failed.ndjson')}); run the same command again to retry them`);
+    }
+    return summary;
+  } catch (err) {
+    failure = toFerryError(err);
+    if (failure.code === 'INTERRUPTED') phase = 'interrupted';
+    throw err;
+  } finally {
+    if (run) await writeTreeStatus(jobDir, statusOf(run, phase, phase === 'partial' ? undefined : failure)).catch(() => {});
+    await journal?.close().catch(() => {});
+    await unlock?.().catch(() => {});
+    conn.close();
+  }
+}
+
+function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryError): TreeJobStatus {
+  const c = run.counters;
+  return {
+    phase,
+    pid: process.pid,
+    updatedAt: Date.now(),
+    files: c.files,
+    bytes: c.bytes,
+    resumedFiles: c.resumedFiles,
+    dirs: c.dirs,
+    failed: c.failed,
+    skipped: c.skipped,
+    ...(error ? { error: { code: error.code, message: error.message } } : {}),
+  };
+}
+
+/** Written this often while a tree copy runs, for `ferry status`. */
+const STATUS_EVERY_MS = 5000;
+
+/** One run of a tree copy: the stages' shared state. */
+class TreeRun {
+  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0 };
+  readonly streams: number;
+  private readonly dirs = new Map<string, TreeEntry>();
+  private pendingDirs: TreeEntry[] = [];
+  private readonly links: TreeEntry[] = [];
+  private readonly huge: TreeEntry[] = [];
+  /** Tree paths that failed (a hard link to one is not made). */
+  private readonly failedPaths = new Set<string>();
+  private readonly failures: string[] = [];
+  private readonly skips: string[] = [];
+  private lastProgress = 0;
+  private onTick: () => void = () => {};
+  private readonly sender: TreeSender;
+
+  constructor(
+    private readonly request: CopyRequest,
+    private readonly options: ResolvedCopyOptions,
+    private readonly target: TreeTarget,
+    private readonly journal: TreeJournal,
+    private readonly state: TreeJournalState,
+    private readonly algorithm: HashAlgorithm,
+    private readonly umask: number,
+    private readonly control: () => Promise<RemoteConnection>,
+    private readonly emit: NonNullable<CopyRequest['onEvent']>,
+    private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
+  ) {
+    this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
+    this.sender = new TreeSender({
+      streams: this.streams,
+      connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
+      algorithm,
+      localPath: (e) => this.localPath(e.path),
+      onResult: (batch, results) => this.collect(batch, results),
+      log: (message) => emit({ type: 'log', message }),
+      ...(request.signal ? { signal: request.signal } : {}),
+    });
+  }
+
+  async copy(): Promise<void> {
+    const planner = new TreePlanner(
+      resolveTreeThresholds({
+        ...(this.options.rangeBytes ? { rangeBytes: this.options.rangeBytes } : {}),
+        ...(this.options.batchFilesUnder !== undefined ? { smallFileBytes: this.options.batchFilesUnder } : {}),
+      }),
+    );
+    const progress = setInterval(() => this.progress(), 1000);
+    let saved = Date.now();
+    void this.saveStatus('running').catch(() => {});
+    this.onTick = () => {
+      if (Date.now() - saved < STATUS_EVERY_MS) return;
+      saved = Date.now();
+      void this.saveStatus('running').catch(() => {});
+    };
+    try {
+      try {
+        for await (const item of walkTree(this.target.sourceRoot, request(this.request))) {
+          if ('error' in item) {
+            if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceRoot}: ${item.error.message}`, { path: this.target.sourceRoot });
+            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.localPath(item.path)}: ${item.error.message}`, path: this.localPath(item.path), errno: item.error.code });
+            continue;
+          }
+          for (const step of planner.add(item.entry)) await this.publish(step);
+        }
+        for (const step of planner.finish()) await this.publish(step);
+        await this.makeDirs();
+      } finally {
+        await this.sender.close();
+      }
+      for (const entry of this.huge) await this.copyHuge(entry);
+      const ctx = {
+        conn: this.control,
+        remotePath: (p: string) => remotePathOf(this.target, p),
+        algorithm: this.algorithm,
+        preserve: this.options.preserve,
+        umask: this.umask,
+        failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
+        done: () => this.counters.hardlinks++,
+      };
+      await makeHardLinks(ctx, this.links, (p) => this.failedPaths.has(p));
+      await finishDirectories(ctx, this.dirs);
+    } finally {
+      clearInterval(progress);
+      this.progress();
+    }
+  }
+
+  /** Stage 2's output: each step of the plan, in order. */
+  private async publish(step: TreeStep): Promise<void> {
+    switch (step.type) {
+      case 'mkdir':
+        this.dirs.set(step.entry.path, step.entry);
+        this.pendingDirs.push(step.entry);
+        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
+        return;
+      case 'skip':
+        this.counters.skipped++;
+        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
+        return;
+      case 'hardlink':
+        this.links.push(step.entry);
+        return;
+      case 'file':
+        if (this.resumed(step.entry)) return;
+        if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
+          this.huge.push(step.entry);
+          return;
+        }
+        return this.send([step.entry]);
+      case 'batch':
+        return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
+    }
+  }
+
+  /** Counts an entry an earlier run made durable; true when it need not be sent. */
+  private resumed(entry: TreeEntry): boolean {
+    if (!alreadyDone(this.state, entry)) return false;
+    this.counters.resumedFiles++;
+    this.counters.resumedBytes += entry.size;
+    return true;
+  }
+
+  private async send(entries: TreeEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    // Their directories exist before any of them is written.
+    await this.makeDirs();
+    const wire = entries.map((e) => this.wireEntry(e));
+    const batch: WireBatch = { entries, wire, bytes: entries.reduce((n, e) => n + e.size, 0), attempts: 0 };
+    await this.sender.submit(batch);
+  }
+
+  private wireEntry(e: TreeEntry): BatchEntry {
+    // Whole milliseconds on the wire (scp -p keeps whole seconds).
+    const times = this.options.preserve ? { mtimeMs: Math.floor(e.mtimeMs), atimeMs: Math.floor(e.atimeMs) } : {};
+    const path = remotePathOf(this.target, e.path);
+    if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times };
+    return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, this.umask, this.options.preserve), ...times };
+  }
+
+  /** Makes the directories the walk has found so far (one BATCH); a directory that cannot be made fails the copy. */
+  private async makeDirs(): Promise<void> {
+    if (this.pendingDirs.length === 0) return;
+    const dirs = this.pendingDirs;
+    this.pendingDirs = [];
+    const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: remotePathOf(this.target, d.path) }));
+    const results = await (await this.control()).writeBatch(wire, this.algorithm, () => noBytes());
+    results.forEach((r, i) => {
+      const d = dirs[i]!;
+      if (r.ok) {
+        this.counters.dirs++;
+        return;
+      }
+      if (d.path === '') throw new FerryError(r.error.code, `cannot create ${this.target.destinationLabel}: ${r.error.message}`, { path: this.target.targetRoot });
+      this.dirs.delete(d.path);
+      this.fail(d.path, r.error);
+    });
+  }
+
+  /** Stage 4: a batch's results into the journal, the counters and the failure list. */
+  private async collect(batch: WireBatch, results: BatchResult[]): Promise<void> {
+    const records: TreeRecord[] = [];
+    const ok: TreeEntry[] = [];
+    results.forEach((r, i) => {
+      const e = batch.entries[i]!;
+      if (!r.ok) {
+        this.fail(e.path, r.error);
+        return;
+      }
+      ok.push(e);
+      records.push(recordOf(e, r.dstHash ? { hash: r.dstHash } : {}));
+    });
+    // Counted once they are on record: a crash before that sends them again.
+    await this.journal.append(records);
+    for (const e of ok) {
+      if (e.kind === 'symlink') this.counters.symlinks++;
+      else {
+        this.counters.files++;
+        this.counters.bytes += e.size;
+      }
+    }
+  }
+
+  /** Stage 5: a huge file as a job of its own (its ranges over every agent and stream, resumable per range). */
+  private async copyHuge(entry: TreeEntry): Promise<void> {
+    const loc = parseLocation(this.request.destination) as RemoteLocation;
+    const destination = formatLocation({ ...loc, path: remotePathOf(this.target, entry.path) });
+    try {
+      const summary = await runCopy({
+        ...this.request,
+        source: this.localPath(entry.path),
+        destination,
+        onEvent: (e) => {
+          if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
+          else if (e.type !== 'job.start') this.emit(e);
+        },
+      });
+      await this.journal.append([recordOf(entry, { job: summary.jobId })]);
+      this.counters.files++;
+      this.counters.bytes += summary.movedBytes;
+      this.counters.resumedBytes += summary.resumedBytes;
+    } catch (err) {
+      const e = toFerryError(err);
+      // What stops every file stops the tree: the login, the host keys, an interrupt.
+      if (['SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'INTERRUPTED', 'HELPER_UNTRUSTED'].includes(e.code)) throw e;
+      this.fail(entry.path, e.toData());
+    }
+  }
+
+  private fail(path: string, error: ErrorData): void {
+    this.counters.failed++;
+    this.failedPaths.add(path);
+    this.failures.push(JSON.stringify({ path, code: error.code, message: error.message, ...(error.errno ? { errno: error.errno } : {}) }));
+    if (this.failures.length <= FAILURES_SHOWN) this.emit({ type: 'file.failed', path, code: error.code, message: error.message });
+    else if (this.failures.length === FAILURES_SHOWN + 1) this.emit({ type: 'warning', message: `more entries failed; the job's failed.ndjson lists them all` });
+  }
+
+  private progress(): void {
+    this.onTick();
+    const now = Date.now();
+    if (now - this.lastProgress < 500) return;
+    this.lastProgress = now;
+    const c = this.counters;
+    this.emit({ type: 'tree.progress', files: c.files, bytes: c.bytes, failed: c.failed, skipped: c.skipped, dirs: c.dirs, resumedFiles: c.resumedFiles });
+  }
+
+  private localPath(treePath: string): string {
+    return treePath === '' ? this.target.sourceRoot : join(this.target.sourceRoot, treePath);
+  }
+
+  /** failed.ndjson and skipped.ndjson in the job's directory (replaced by each run). */
+  async writeLists(jobDir: string): Promise<void> {
+    await writePrivateFile(join(jobDir, 'failed.ndjson'), this.failures.map((l) => l + '\n').join(''));
+    await writePrivateFile(join(jobDir, 'skipped.ndjson'), this.skips.map((l) => l + '\n').join(''));
+  }
+}
+
+function request(req: CopyRequest): { signal?: AbortSignal } {
+  return req.signal ? { signal: req.signal } : {};
+}
+
+async function* noBytes(): AsyncGenerator<Uint8Array> {}

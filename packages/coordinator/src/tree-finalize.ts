@@ -1,0 +1,75 @@
+/**
+ * The last stage of a tree copy, once every file's content is in place: hard
+ * links (a further name needs its first name to exist), then each
+ * directory's mode and times, deepest first (making or renaming anything in a
+ * directory changes its mtime, so a parent is finished after its children).
+ */
+import { copyMode, finishOrder, toFerryError } from '@ferry/core';
+import type { BatchEntry, ErrorData, HashAlgorithm, TreeEntry } from '@ferry/core';
+import type { RemoteConnection } from '@ferry/transport';
+
+/** Entries per BATCH of links. */
+const LINKS_PER_BATCH = 1024;
+/** SETSTATs in flight at once on the coordinator's connection. */
+const SETSTATS_IN_FLIGHT = 32;
+
+export interface FinalizeContext {
+  conn: () => Promise<RemoteConnection>;
+  remotePath: (treePath: string) => string;
+  algorithm: HashAlgorithm;
+  preserve: boolean;
+  umask: number;
+  failed: (entry: TreeEntry, error: ErrorData) => void;
+  done: (entry: TreeEntry) => void;
+}
+
+/** Makes each further name of a file; one whose first name failed fails too. */
+export async function makeHardLinks(ctx: FinalizeContext, links: readonly TreeEntry[], firstNameFailed: (treePath: string) => boolean): Promise<void> {
+  for (let i = 0; i < links.length; i += LINKS_PER_BATCH) {
+    const part: TreeEntry[] = [];
+    for (const link of links.slice(i, i + LINKS_PER_BATCH)) {
+      if (firstNameFailed(link.target!)) ctx.failed(link, { code: 'SOURCE_UNREADABLE', message: `hard link ${link.path} not made: ${link.target} was not copied`, path: link.path });
+      else part.push(link);
+    }
+    if (part.length === 0) continue;
+    const wire: BatchEntry[] = part.map((l) => ({ kind: 'hardlink', path: ctx.remotePath(l.path), target: ctx.remotePath(l.target!) }));
+    const results = await (await ctx.conn()).writeBatch(wire, ctx.algorithm, () => empty());
+    results.forEach((r, j) => (r.ok ? ctx.done(part[j]!) : ctx.failed(part[j]!, r.error)));
+  }
+}
+
+/** Sets every directory's mode (and with -p its times), deepest first. */
+export async function finishDirectories(ctx: FinalizeContext, dirs: ReadonlyMap<string, TreeEntry>): Promise<void> {
+  const order = finishOrder([...dirs.keys()]);
+  const conn = await ctx.conn();
+  // Deepest first, but directories of one depth in parallel: none is inside another.
+  let i = 0;
+  while (i < order.length) {
+    const depth = depthOf(order[i]!);
+    let j = i;
+    while (j < order.length && depthOf(order[j]!) === depth) j++;
+    const level = order.slice(i, j);
+    for (let k = 0; k < level.length; k += SETSTATS_IN_FLIGHT) {
+      await Promise.all(
+        level.slice(k, k + SETSTATS_IN_FLIGHT).map(async (p) => {
+          const d = dirs.get(p)!;
+          try {
+            await conn.setstat(ctx.remotePath(p), {
+              mode: copyMode(d.mode, ctx.umask, ctx.preserve),
+              ...(ctx.preserve ? { mtimeMs: Math.floor(d.mtimeMs), atimeMs: Math.floor(d.atimeMs) } : {}),
+            });
+          } catch (err) {
+            ctx.failed(d, toFerryError(err).toData());
+          }
+        }),
+      );
+    }
+    i = j;
+  }
+}
+
+function depthOf(p: string): number {
+  return p === '' ? 0 : p.split('/').length;
+}
+
+async function* empty(): AsyncGenerator<Uint8Array> {}

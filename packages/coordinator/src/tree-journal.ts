@@ -1,0 +1,129 @@
+/**
+ * The journal of a tree copy (`ferry cp -r`): one NDJSON line per entry that is
+ * durable at the destination, appended in groups, each group fsynced before
+ * the entries in it count as done. A rerun of the same copy reads it back and
+ * sends again only what it does not list, or what changed at the source since
+ * (size, mtime or inode).
+ *
+ * A line cut short by a crash is dropped when the journal is read, and the
+ * file is truncated to the last whole line before anything is appended.
+ */
+import { open } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { pwriteAll } from '@ferry/core';
+import type { TreeEntry } from '@ferry/core';
+
+/** One durable entry: a file (with the hash of its content), a symlink, or a big file copied as a job of its own. */
+export interface TreeRecord {
+  /** Tree path (`/`-separated under the root). */
+  p: string;
+  /** Source size, mtime (ms) and inode when it was sent. */
+  s: number;
+  m: number;
+  i: number;
+  /** Content hash (files sent in batches), absent for symlinks. */
+  h?: string;
+  /** A big file: the id of the single-file job that moved it. */
+  job?: string;
+}
+
+export interface TreeJournalState {
+  /** Durable entries by tree path. */
+  done: Map<string, TreeRecord>;
+  /** Bytes of a last line cut short, removed on open. */
+  tornBytes: number;
+}
+
+export class TreeJournal {
+  private queue: Array<{ line: string; resolve: () => void; reject: (err: unknown) => void }> = [];
+  private writing: Promise<void> | undefined;
+  private failed: unknown;
+
+  private constructor(
+    private readonly fh: FileHandle,
+    private position: number,
+    readonly path: string,
+  ) {}
+
+  /** Opens (creating 0600, never through a link) and reads the journal at `path`. */
+  static async open(path: string): Promise<{ journal: TreeJournal; state: TreeJournalState }> {
+    const fh = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+    try {
+      const data = await fh.readFile();
+      const end = data.lastIndexOf(0x0a) + 1;
+      const done = new Map<string, TreeRecord>();
+      for (const line of data.subarray(0, end).toString('utf8').split('\n')) {
+        if (line === '') continue;
+        let rec: unknown;
+        try {
+          rec = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (isRecord(rec)) done.set(rec.p, rec);
+      }
+      if (end < data.length) {
+        await fh.truncate(end);
+        await fh.sync();
+      }
+      return { journal: new TreeJournal(fh, end, path), state: { done, tornBytes: data.length - end } };
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /** Resolves once the records are on stable storage (records queued meanwhile share the next fsync). */
+  append(records: readonly TreeRecord[]): Promise<void> {
+    if (records.length === 0) return Promise.resolve();
+    if (this.failed) return Promise.reject(this.failed);
+    const line = records.map((r) => JSON.stringify(r) + '\n').join('');
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ line, resolve, reject });
+      this.writing ??= this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const group = this.queue.splice(0);
+        const data = Buffer.from(group.map((g) => g.line).join(''), 'utf8');
+        try {
+          await pwriteAll(this.fh, data, data.length, this.position);
+          this.position += data.length;
+          await this.fh.sync();
+          for (const g of group) g.resolve();
+        } catch (err) {
+          this.failed = err;
+          for (const g of [...group, ...this.queue.splice(0)]) g.reject(err);
+        }
+      }
+    } finally {
+      this.writing = undefined;
+    }
+  }
+
+  async close(): Promise<void> {
+    while (this.writing) await this.writing;
+    await this.fh.close();
+  }
+}
+
+function isRecord(v: unknown): v is TreeRecord {
+  if (v === null || typeof v !== 'object') return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.p === 'string' && typeof r.s === 'number' && typeof r.m === 'number' && typeof r.i === 'number';
+}
+
+/** The journal's record for an entry sent now. */
+export function recordOf(entry: TreeEntry, extra: { hash?: string; job?: string } = {}): TreeRecord {
+  return { p: entry.path, s: entry.size, m: entry.mtimeMs, i: entry.ino, ...(extra.hash ? { h: extra.hash } : {}), ...(extra.job ? { job: extra.job } : {}) };
+}
+
+/** Whether an earlier run made this entry durable and the source has not changed since. */
+export function alreadyDone(state: TreeJournalState, entry: TreeEntry): boolean {
+  const r = state.done.get(entry.path);
+  return r !== undefined && r.s === entry.size && r.m === entry.mtimeMs && r.i === entry.ino;
+}

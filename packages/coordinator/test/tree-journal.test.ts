@@ -1,0 +1,67 @@
+import { mkdtemp, readFile, rm, symlink, writeFile, appendFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { TreeEntry } from '@ferry/core';
+import { TreeJournal, alreadyDone, recordOf } from '../src/tree-journal.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ferry-tree-journal-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function entry(path: string, size: number, mtimeMs = 1000, ino = 7): TreeEntry {
+  return { path, kind: 'file', size, mode: 0o644, uid: 0, gid: 0, mtimeMs, atimeMs: mtimeMs, dev: 1, ino, nlink: 1 };
+}
+
+describe('TreeJournal', () => {
+  it('keeps what was appended across a reopen, and tells changed entries apart', async () => {
+    const path = join(dir, 'tree.ndjson');
+    const { journal, state } = await TreeJournal.open(path);
+    expect(state.done.size).toBe(0);
+    await journal.append([recordOf(entry('a', 10), { hash: 'ab' }), recordOf(entry('d/b', 0))]);
+    await journal.append([recordOf(entry('big', 1 << 30), { job: '00ff' })]);
+    await journal.close();
+
+    const again = await TreeJournal.open(path);
+    await again.journal.close();
+    expect([...again.state.done.keys()]).toEqual(['a', 'd/b', 'big']);
+    expect(again.state.done.get('big')).toMatchObject({ job: '00ff' });
+    expect(alreadyDone(again.state, entry('a', 10))).toBe(true);
+    // Size, mtime or inode changed: sent again.
+    expect(alreadyDone(again.state, entry('a', 11))).toBe(false);
+    expect(alreadyDone(again.state, entry('a', 10, 2000))).toBe(false);
+    expect(alreadyDone(again.state, entry('a', 10, 1000, 8))).toBe(false);
+    expect(alreadyDone(again.state, entry('c', 10))).toBe(false);
+  });
+
+  it('drops a last line cut short by a crash and appends after the last whole one', async () => {
+    const path = join(dir, 'tree.ndjson');
+    await writeFile(path, JSON.stringify(recordOf(entry('a', 1))) + '\n' + '{"p":"b","s":1,"m');
+    const { journal, state } = await TreeJournal.open(path);
+    expect([...state.done.keys()]).toEqual(['a']);
+    expect(state.tornBytes).toBeGreaterThan(0);
+    await journal.append([recordOf(entry('c', 2))]);
+    await journal.close();
+    const lines = (await readFile(path, 'utf8')).trim().split('\n');
+    expect(lines.map((l) => (JSON.parse(l) as { p: string }).p)).toEqual(['a', 'c']);
+  });
+
+  it('ignores lines that are not records', async () => {
+    const path = join(dir, 'tree.ndjson');
+    await appendFile(path, 'garbage\n{"p":1}\n' + JSON.stringify(recordOf(entry('ok', 3))) + '\n');
+    const { journal, state } = await TreeJournal.open(path);
+    await journal.close();
+    expect([...state.done.keys()]).toEqual(['ok']);
+  });
+
+  it('never opens a journal through a symbolic link', async () => {
+    const target = join(dir, 'elsewhere');
+    await writeFile(target, '');
+    await symlink(target, join(dir, 'tree.ndjson'));
+    await expect(TreeJournal.open(join(dir, 'tree.ndjson'))).rejects.toMatchObject({ code: 'ELOOP' });
+  });
+});

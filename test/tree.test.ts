@@ -1,0 +1,182 @@
+/**
+ * `ferry cp -r` against a real sshd: a generated project tree (small files,
+ * directories of many modes, symlinks, hard links, a sparse file, one file big
+ * enough to be striped as a copy of its own) arrives identical in content,
+ * type, mode, times, link targets and links, through ferry serve, the python
+ * helper (no node on the remote host) and SFTP; a rerun sends nothing; a
+ * changed file alone is sent again; an entry that cannot be written fails
+ * alone, listed, with its own exit code.
+ */
+import { execFileSync } from 'node:child_process';
+import { appendFile, mkdir, readFile, readdir, rm, stat, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { killStrays, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+// A plain ES module of the benchmarks (no types).
+import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
+
+const MiB = 1024 * 1024;
+
+let sshd: Sshd;
+let bare: Sshd;
+let work: { path: string; remove(): Promise<void> };
+let src: string;
+
+function common(server: Sshd, extra: string[] = []): string[] {
+  // A 2 MiB file counts as big here (it is striped as a copy of its own), 64 KiB as small.
+  return ['-i', server.userKey, '--known-hosts', server.knownHosts, '--state-dir', join(work.path, 'state'), '--batch-files-under', '64KiB', '--stripe-files-over', '2MiB', '--json', ...extra];
+}
+
+function at(server: Sshd, path: string): string {
+  return `${server.host}:${server.port}:${path}`;
+}
+
+async function listAll(root: string, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
+    const p = rel === '' ? e.name : `${rel}/${e.name}`;
+    out.push(p);
+    if (e.isDirectory()) out.push(...(await listAll(root, p)));
+  }
+  return out;
+}
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  bare = await startSshd({ without: ['node'] });
+  work = await tempDir('ferry-tree-');
+  src = join(work.path, 'project');
+  // ~300 entries: files from a few bytes to 60 KiB (batched), a few of 100 KiB-1 MiB (a batch each), 3 MiB (striped).
+  await generateTree(src, { files: 300, big: 1, bigBytes: 3 * MiB, seed: 31, medianBytes: 4096 });
+  await appendFile(join(src, 'notes.txt'), 'first line\n');
+}, 60_000);
+
+afterAll(async () => {
+  if (work) await killStrays(work.path);
+  await sshd?.stop();
+  await bare?.stop();
+  await work?.remove();
+});
+
+describe('ferry cp -r (push)', () => {
+  it.each([
+    ['helper', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+    ['python', () => bare, []],
+    // SFTP fills the holes of a file striped as a copy of its own (its range writes send zeros): the 64 MiB sparse file goes in a batch here.
+    ['sftp', () => sshd, ['--mode', 'sftp', '--stripe-files-over', '128MiB']],
+  ] as const)('copies the tree exactly with -p (%s mode)', async (mode, server, flags) => {
+    const dst = join(work.path, `dst-${mode}`);
+    await mkdir(dst);
+    const r = await runFerry(['cp', '-r', '-p', ...common(server(), [...flags]), src, at(server(), dst + '/')]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    const done = parseEvents(r.stdout).find((e) => e.type === 'tree.done')!;
+    expect(done).toMatchObject({ mode, failed: 0, resumedFiles: 0 });
+    expect(done.files as number).toBeGreaterThan(250);
+    // An existing directory receives the tree under the source's name, as scp -r.
+    const diff = await compareTrees(src, join(dst, 'project'));
+    expect(diff.differences).toEqual({});
+    expect(diff.same).toBe(true);
+    // No temporary file is left anywhere.
+    expect((await listAll(join(dst, 'project'))).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p))).toEqual([]);
+  }, 120_000);
+
+  it('sends nothing again on a rerun, and a changed file alone', async () => {
+    const dst = join(work.path, 'dst-rerun');
+    const args = ['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), src, at(sshd, dst)];
+    const first = await runFerry(args);
+    expect(first.code).toBe(0);
+    const firstDone = parseEvents(first.stdout).find((e) => e.type === 'tree.done')!;
+    // A destination that did not exist becomes the copy itself.
+    expect((await compareTrees(src, dst)).same).toBe(true);
+
+    // ferry status knows the tree job; ferry resume runs it again (nothing left to send).
+    const status = await runFerry(['status', '--state-dir', join(work.path, 'state'), firstDone.jobId as string]);
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(new RegExp(`job ${firstDone.jobId as string} \\(tree\\): done`));
+    const resumed = await runFerry(['resume', '--state-dir', join(work.path, 'state'), '--json', firstDone.jobId as string]);
+    expect(resumed.code).toBe(0);
+    expect(parseEvents(resumed.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0 });
+
+    const again = await runFerry(args);
+    expect(again.code).toBe(0);
+    const againDone = parseEvents(again.stdout).find((e) => e.type === 'tree.done')!;
+    expect(againDone).toMatchObject({ files: 0, bytes: 0, resumedFiles: (firstDone.files as number) + (firstDone.symlinks as number) });
+
+    // One small file changes (size and mtime): it alone goes again.
+    const path = join(src, 'notes.txt');
+    await appendFile(path, 'one more line\n');
+    const t = new Date(Date.UTC(2026, 5, 1));
+    await utimes(path, t, t);
+    const third = await runFerry(args);
+    expect(third.code).toBe(0);
+    expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 25 });
+    expect((await compareTrees(src, dst)).same).toBe(true);
+  }, 180_000);
+
+  it('lists an entry it cannot write, copies the rest, and exits 72', async () => {
+    const tree = join(work.path, 'partial-src');
+    await mkdir(join(tree, 'sub'), { recursive: true });
+    for (const name of ['a.txt', 'b.txt', 'sub/c.txt']) await appendFile(join(tree, name), `${name}\n`);
+    const into = join(work.path, 'dst-partial');
+    // The existing directory receives the tree as partial-src/, where a directory stands in b.txt's way.
+    const dst = join(into, 'partial-src');
+    await mkdir(join(dst, 'b.txt'), { recursive: true });
+    const r = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, into)]);
+    expect(r.code).toBe(72);
+    expect(r.stderr).toMatch(/not copied/);
+    const events = parseEvents(r.stdout);
+    expect(events.filter((e) => e.type === 'file.failed').map((e) => e.path)).toEqual(['b.txt']);
+    const done = events.find((e) => e.type === 'tree.done')!;
+    expect(done).toMatchObject({ files: 2, failed: 1 });
+    const list = (await readFile(join(done.stateDir as string, 'failed.ndjson'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { path: string; code: string });
+    expect(list.map((l) => l.path)).toEqual(['b.txt']);
+    expect(await readFile(join(dst, 'a.txt'), 'utf8')).toBe('a.txt\n');
+    expect(await readFile(join(dst, 'sub/c.txt'), 'utf8')).toBe('sub/c.txt\n');
+    expect((await stat(join(dst, 'b.txt'))).isDirectory()).toBe(true);
+    // Once the obstacle is gone, the same command copies what failed and nothing else.
+    await rm(join(dst, 'b.txt'), { recursive: true });
+    const again = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, into)]);
+    expect(again.code).toBe(0);
+    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, resumedFiles: 2, failed: 0 });
+    expect(await readFile(join(dst, 'b.txt'), 'utf8')).toBe('b.txt\n');
+  }, 120_000);
+
+  it('says what is wrong with the command line', async () => {
+    // A directory without -r.
+    const noR = await runFerry(['cp', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), src, at(sshd, join(work.path, 'x'))]);
+    expect(noR.code).toBe(2);
+    expect(noR.stderr).toMatch(/is a directory: use ferry cp -r/);
+    // A destination ending in / that does not exist, as scp.
+    const missing = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), src, at(sshd, join(work.path, 'nowhere') + '/')]);
+    expect(missing.code).toBe(20);
+    expect(missing.stderr).toMatch(/does not exist/);
+    // A destination that is a file.
+    const file = join(work.path, 'a-file');
+    await appendFile(file, 'x');
+    const onFile = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), src, at(sshd, file)]);
+    expect(onFile.code).toBe(2);
+    expect(onFile.stderr).toMatch(/not a directory/);
+    await rm(file);
+  }, 60_000);
+});
+
+// A fifo in the tree is listed as skipped, not copied, and does not fail the copy.
+describe('special files', () => {
+  it('are skipped and listed', async () => {
+    const tree = join(work.path, 'with-fifo');
+    await mkdir(tree);
+    await appendFile(join(tree, 'a.txt'), 'hello\n');
+    execFileSync('mkfifo', [join(tree, 'pipe')]);
+    const dst = join(work.path, 'dst-fifo');
+    const r = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, dst)]);
+    expect(r.code).toBe(0);
+    const done = parseEvents(r.stdout).find((e) => e.type === 'tree.done')!;
+    expect(done).toMatchObject({ files: 1, skipped: 1, failed: 0 });
+    expect(await readFile(join(dst, 'a.txt'), 'utf8')).toBe('hello\n');
+    expect(await readFile(join(done.stateDir as string, 'skipped.ndjson'), 'utf8')).toMatch(/"path":"pipe"/);
+    await expect(stat(join(dst, 'pipe'))).rejects.toThrow();
+  }, 60_000);
+});
