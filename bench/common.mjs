@@ -427,7 +427,11 @@ export async function measure(argv, { sshdPid, timeoutMs, env, stdout: keepStdou
   current = child;
   tracker.addRoot(child.pid);
   let stderr = '';
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
+  let stderrHead = ''; // the first words too: a tool that complains per entry buries its first complaint
+  child.stderr.on('data', (d) => {
+    stderr = (stderr + d).slice(-4000);
+    if (stderrHead.length < 4000) stderrHead = (stderrHead + d).slice(0, 4000);
+  });
   let stdout = '';
   child.stdout?.on('data', (d) => (stdout += d));
   const closed = new Promise((r) => child.once('close', r));
@@ -469,7 +473,7 @@ export async function measure(argv, { sshdPid, timeoutMs, env, stdout: keepStdou
   const stealSeconds = delta('steal');
   // Task CPU of anything else: a neighbour, and our own processes too short-lived to be sampled.
   const otherCpuSeconds = Math.max(0, delta('tasks') - r.cpuSeconds - harnessCpuSeconds - tracker.kernelThreadSeconds());
-  return { seconds, error, cpuReapedSeconds: reapedSeconds, otherCpuSeconds, stealSeconds, kernelCpuSeconds, harnessCpuSeconds, ...(keepStdout ? { stdout } : {}), ...r };
+  return { seconds, error, stderrFirstLine: stderrHead.trim().split('\n')[0] ?? '', cpuReapedSeconds: reapedSeconds, otherCpuSeconds, stealSeconds, kernelCpuSeconds, harnessCpuSeconds, ...(keepStdout ? { stdout } : {}), ...r };
 }
 
 /**

@@ -94,4 +94,22 @@ describe('bench/tree-lib.mjs', () => {
     expect(r.differences.extra.sort()).toEqual(['stray', 'stray2']);
     expect(r.differences.sparse).toEqual([img]);
   });
+
+  it('reuses the source hashes it is given and still sees a changed copy', async () => {
+    const src = join(dir.path, 'src');
+    const dst = join(dir.path, 'dst');
+    await generateTree(src, { files: 100, big: 0, seed: 5 });
+    execFileSync('cp', ['-a', src, dst]);
+    const sourceHashes = new Map<string, string>();
+    expect((await compareTrees(src, dst, { sourceHashes })).same).toBe(true);
+    expect(sourceHashes.size).toBeGreaterThan(90);
+
+    const [path] = [...sourceHashes.keys()].filter((p) => !p.endsWith('.img'));
+    const st = await lstat(join(dst, path!));
+    const body = Buffer.from(await (await import('node:fs/promises')).readFile(join(dst, path!)));
+    body[0] = body[0]! ^ 1;
+    await writeFile(join(dst, path!), body);
+    await utimes(join(dst, path!), st.atime, st.mtime);
+    expect((await compareTrees(src, dst, { sourceHashes })).differences).toEqual({ content: [path] });
+  });
 });
