@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { killStrays, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+import { killStrays, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
 // A plain ES module of the benchmarks (no types).
 import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
 
@@ -114,6 +114,25 @@ describe('ferry cp -r (push)', () => {
     expect(third.code).toBe(0);
     expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 25 });
     expect((await compareTrees(src, dst)).same).toBe(true);
+  }, 180_000);
+
+  it('goes on after the coordinator is killed: the rerun sends what is not journaled and leaves no temporary file', async () => {
+    const dst = join(work.path, 'dst-kill');
+    // Python mode, one stream, batches of 16 KiB: the copy is slow enough to be caught half way.
+    const args = ['cp', '-r', '-p', ...common(bare, ['-a', '1', '-s', '1', '--batch-size', '16KiB']), src, at(bare, dst)];
+    const live = startFerry(args);
+    const start = await live.waitFor((e) => e.type === 'tree.start');
+    const journal = join(start.stateDir as string, 'tree.ndjson');
+    for (let i = 0; i < 600 && (await stat(journal).then((s) => s.size, () => 0)) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    live.child.kill('SIGKILL');
+    await live.result;
+    const again = await runFerry(args);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    const done = parseEvents(again.stdout).find((e) => e.type === 'tree.done')!;
+    expect(done.resumedFiles as number).toBeGreaterThan(0);
+    expect((await compareTrees(src, dst)).differences).toEqual({});
+    expect((await listAll(dst)).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p))).toEqual([]);
   }, 180_000);
 
   it('lists an entry it cannot write, copies the rest, and exits 72', async () => {

@@ -235,6 +235,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('-r, --recursive', 'copy a whole directory tree (push only for now): an existing destination directory receives it under its own name, as scp -r')
     .option('--range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
     .option('--batch-files-under <size>', 'with -r: files smaller than this travel many to a batch (default: 4MiB)')
+    .option('--batch-size <size>', 'with -r: bytes of small files sent as one batch, at most (default: 64MiB; 4096 files at most)')
     .option('--stripe-files-over <size>', 'with -r: files at least this big are striped over every agent and stream, each as a copy of its own (default: 256MiB)')
     .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, crc32 where the remote side has no ferry, or what a resumed job used)').choices(['xxh3', 'crc32', 'sha256']))
     .addOption(new Option('--mode <mode>', "data path: helper runs `ferry serve` remotely, python sends ferry's helper to the remote python3, sftp needs nothing remote; auto takes the first that starts").choices(['auto', 'helper', 'python', 'sftp']).default('auto'))
@@ -285,6 +286,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.rangeSize !== undefined) o.rangeSize = opts.rangeSize as string;
   if (opts.batchFilesUnder !== undefined) o.batchFilesUnder = opts.batchFilesUnder as string;
   if (opts.stripeFilesOver !== undefined) o.stripeFilesOver = opts.stripeFilesOver as string;
+  if (opts.batchSize !== undefined) o.batchSize = opts.batchSize as string;
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
   if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;

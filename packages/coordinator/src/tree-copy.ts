@@ -231,6 +231,7 @@ class TreeRun {
       resolveTreeThresholds({
         ...(this.options.rangeBytes ? { rangeBytes: this.options.rangeBytes } : {}),
         ...(this.options.batchFilesUnder !== undefined ? { smallFileBytes: this.options.batchFilesUnder } : {}),
+        ...(this.options.batchBytes !== undefined ? { batchBytes: this.options.batchBytes } : {}),
       }),
     );
     const progress = setInterval(() => this.progress(), 1000);

@@ -63,6 +63,8 @@ export interface CopyOptions {
   batchFilesUnder?: number | string;
   /** Tree copies: files at least this big are striped over every agent and stream as copies of their own (--stripe-files-over). */
   stripeFilesOver?: number | string;
+  /** Tree copies: bytes of small files in one batch, at most (--batch-size). */
+  batchSize?: number | string;
   /** Range hash algorithm. @default 'xxh3' */
   hash?: string;
   /** Data path: helper (`ferry serve` remotely), python (a helper sent to the remote python3), sftp, or auto (the first of those that starts). @default 'auto' */
@@ -130,6 +132,8 @@ export interface ResolvedCopyOptions {
   batchFilesUnder: number | undefined;
   /** Tree copies: files of at least this many bytes are striped; undefined: the coordinator's default. */
   stripeFilesOver: number | undefined;
+  /** Tree copies: bytes of one batch, at most; undefined: core's tree-plan default. */
+  batchBytes: number | undefined;
   hash: HashAlgorithm;
   /** Whether --hash was given (a resumed job keeps its own otherwise). */
   hashGiven: boolean;
@@ -240,6 +244,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     rangeBytes,
     batchFilesUnder: sizeOption('--batch-files-under', options.batchFilesUnder, '4MiB'),
     stripeFilesOver: sizeOption('--stripe-files-over', options.stripeFilesOver, '256MiB'),
+    batchBytes: sizeOption('--batch-size', options.batchSize, '64MiB'),
     hash,
     hashGiven: options.hash !== undefined,
     mode,
