@@ -42,6 +42,8 @@ export function discardConnection(label: string): RemoteConnection {
     unlink: none,
     hashRange: none,
     writeBatch: none,
+    walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }),
+    readBatch: none,
     realpath: none,
     homeDirectory: none,
     close: () => {

@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { FerryError, expandHostlist, toFerryError } from '@ferry/core';
+import { FerryError, expandHostlist, parseLocation, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import type { CopyRequest } from '@ferry/coordinator';
 import type { Launcher } from '@ferry/launcher';
@@ -107,7 +107,8 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
     const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
     const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
-    const tree = await isLocalDirectory(source);
+    // A remote source with -r is a tree pull (the coordinator checks it is a directory).
+    const tree = (await isLocalDirectory(source)) || (recursive && isRemoteSource(source));
     if (tree && !recursive) throw new FerryError('USAGE', `source ${source} is a directory: use ferry cp -r to copy a directory tree`, { path: source });
     await (tree ? runTreeCopy : runCopy)({
       source,
@@ -128,6 +129,14 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     const e = toFerryError(err);
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
     reportError(io, e);
+  }
+}
+
+function isRemoteSource(source: string): boolean {
+  try {
+    return parseLocation(source).kind === 'remote';
+  } catch {
+    return false;
   }
 }
 

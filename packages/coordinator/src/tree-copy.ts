@@ -24,9 +24,9 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { FerryError, TreePlanner, copyMode, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
-import type { BatchEntry, ErrorData, HashAlgorithm, RemoteLocation, ResolvedCopyOptions, TreeEntry, TreeStep } from '@ferry/core';
+import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import { walkTree } from '@ferry/serve';
 import type { CopyRequest } from './copy.js';
@@ -36,12 +36,14 @@ import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus }
 import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
 import { writePrivateFile } from './private-file.js';
-import { finishDirectories, makeHardLinks } from './tree-finalize.js';
+import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
+import type { TreeDestination } from './tree-finalize.js';
+import { pullTransfer } from './tree-fetch.js';
 import { TreeJournal, alreadyDone, recordOf } from './tree-journal.js';
 import type { TreeJournalState, TreeRecord } from './tree-journal.js';
-import { TreeSender } from './tree-send.js';
+import { TreeSender, pushTransfer } from './tree-send.js';
 import type { WireBatch } from './tree-send.js';
-import { prepareTreePush, remotePathOf } from './tree-target.js';
+import { prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
 
 /** Files this big are copied as jobs of their own, striped over every agent and stream. */
@@ -108,7 +110,8 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
       options: request.options ?? {},
     });
     const algorithm: HashAlgorithm = rangeHashFor(options, conn);
-    const umask = await conn.umask(target.targetRoot);
+    // Modes as scp sets them: limited by the destination side's umask (this process's, for a pull).
+    const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
@@ -201,6 +204,11 @@ class TreeRun {
   private lastProgress = 0;
   private onTick: () => void = () => {};
   private readonly sender: TreeSender;
+  private readonly dest: TreeDestination;
+  /** Directories the walk reported (each entry's directory must be one, reported before it). */
+  private readonly walkedDirs = new Set<string>();
+  /** Directories that could not be made: nothing under them is made (whatever stands at their name is not ours). */
+  private readonly failedDirs = new Set<string>();
 
   constructor(
     private readonly request: CopyRequest,
@@ -218,12 +226,45 @@ class TreeRun {
     this.sender = new TreeSender({
       streams: this.streams,
       connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
-      algorithm,
-      localPath: (e) => this.localPath(e.path),
+      transfer: target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.localPath(e.path)),
       onResult: (batch, results) => this.collect(batch, results),
       log: (message) => emit({ type: 'log', message }),
       ...(request.signal ? { signal: request.signal } : {}),
     });
+    this.dest =
+      target.direction === 'pull'
+        ? localDestination
+        : {
+            apply: async (entries) => (await control()).writeBatch(entries, algorithm, () => noBytes()),
+            setstat: async (path, attrs) => (await control()).setstat(path, attrs),
+          };
+  }
+
+  /** The source tree as a stream: walked here for a push, by the remote helper for a pull. */
+  private async walk(): Promise<AsyncIterable<WalkItem>> {
+    if (this.target.direction === 'pull') return (await this.control()).walk(this.target.sourceRoot);
+    return walkTree(this.target.sourceRoot, request(this.request));
+  }
+
+  /**
+   * Whether `entry` may be made: its directory was reported before it (a
+   * walk that broke that rule, or named a path outside the tree, is not
+   * followed: it ends the copy), and no directory above it failed.
+   */
+  private admit(entry: TreeEntry): boolean {
+    if (entry.path === '') {
+      if (entry.kind === 'dir') this.walkedDirs.add('');
+      return true;
+    }
+    const parent = posix.dirname(entry.path) === '.' ? '' : posix.dirname(entry.path);
+    if (!this.walkedDirs.has(parent)) throw new FerryError('PROTOCOL', `the walk of ${this.target.sourceLabel} reported ${entry.path} before its directory: not copied`, { path: entry.path });
+    if (entry.kind === 'dir') this.walkedDirs.add(entry.path);
+    if (this.failedDirs.has(parent)) {
+      if (entry.kind === 'dir') this.failedDirs.add(entry.path);
+      this.fail(entry.path, { code: 'DEST_CONFLICT', message: `${this.destPath(entry.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: entry.path });
+      return false;
+    }
+    return true;
   }
 
   async copy(): Promise<void> {
@@ -244,12 +285,13 @@ class TreeRun {
     };
     try {
       try {
-        for await (const item of walkTree(this.target.sourceRoot, request(this.request))) {
+        for await (const item of await this.walk()) {
           if ('error' in item) {
-            if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceRoot}: ${item.error.message}`, { path: this.target.sourceRoot });
-            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.localPath(item.path)}: ${item.error.message}`, path: this.localPath(item.path), errno: item.error.code });
+            if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceLabel}: ${item.error.message}`, { path: this.target.sourceRoot });
+            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.localPath(item.path), errno: item.error.code });
             continue;
           }
+          if (!this.admit(item.entry)) continue;
           for (const step of planner.add(item.entry)) await this.publish(step);
         }
         for (const step of planner.finish()) await this.publish(step);
@@ -259,9 +301,8 @@ class TreeRun {
       }
       for (const entry of this.huge) await this.copyHuge(entry);
       const ctx = {
-        conn: this.control,
-        remotePath: (p: string) => remotePathOf(this.target, p),
-        algorithm: this.algorithm,
+        dest: this.dest,
+        remotePath: (p: string) => this.destPath(p),
         preserve: this.options.preserve,
         umask: this.umask,
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
@@ -314,6 +355,14 @@ class TreeRun {
     if (entries.length === 0) return;
     // Their directories exist before any of them is written.
     await this.makeDirs();
+    // A directory that could not be made (found just now): nothing goes in it.
+    entries = entries.filter((e) => {
+      const parent = posix.dirname(e.path) === '.' ? '' : posix.dirname(e.path);
+      if (!this.failedDirs.has(parent)) return true;
+      this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: e.path });
+      return false;
+    });
+    if (entries.length === 0) return;
     const wire = entries.map((e) => this.wireEntry(e));
     const batch: WireBatch = { entries, wire, bytes: entries.reduce((n, e) => n + e.size, 0), attempts: 0 };
     await this.sender.submit(batch);
@@ -322,7 +371,7 @@ class TreeRun {
   private wireEntry(e: TreeEntry): BatchEntry {
     // Whole milliseconds on the wire (scp -p keeps whole seconds).
     const times = this.options.preserve ? { mtimeMs: Math.floor(e.mtimeMs), atimeMs: Math.floor(e.atimeMs) } : {};
-    const path = remotePathOf(this.target, e.path);
+    const path = this.destPath(e.path);
     if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times };
     return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, this.umask, this.options.preserve), ...times };
   }
@@ -332,8 +381,8 @@ class TreeRun {
     if (this.pendingDirs.length === 0) return;
     const dirs = this.pendingDirs;
     this.pendingDirs = [];
-    const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: remotePathOf(this.target, d.path) }));
-    const results = await (await this.control()).writeBatch(wire, this.algorithm, () => noBytes());
+    const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: this.destPath(d.path) }));
+    const results = await this.dest.apply(wire);
     results.forEach((r, i) => {
       const d = dirs[i]!;
       if (r.ok) {
@@ -342,6 +391,7 @@ class TreeRun {
       }
       if (d.path === '') throw new FerryError(r.error.code, `cannot create ${this.target.destinationLabel}: ${r.error.message}`, { path: this.target.targetRoot });
       this.dirs.delete(d.path);
+      this.failedDirs.add(d.path);
       this.fail(d.path, r.error);
     });
   }
@@ -372,12 +422,14 @@ class TreeRun {
 
   /** Stage 5: a huge file as a job of its own (its ranges over every agent and stream, resumable per range). */
   private async copyHuge(entry: TreeEntry): Promise<void> {
-    const loc = parseLocation(this.request.destination) as RemoteLocation;
-    const destination = formatLocation({ ...loc, path: remotePathOf(this.target, entry.path) });
+    const loc = this.target.remote;
+    const pull = this.target.direction === 'pull';
+    const source = pull ? formatLocation({ ...loc, path: sourcePathOf(this.target, entry.path) }) : this.localPath(entry.path);
+    const destination = pull ? this.destPath(entry.path) : formatLocation({ ...loc, path: remotePathOf(this.target, entry.path) });
     try {
       const summary = await runCopy({
         ...this.request,
-        source: this.localPath(entry.path),
+        source,
         destination,
         onEvent: (e) => {
           if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
@@ -413,8 +465,17 @@ class TreeRun {
     this.emit({ type: 'tree.progress', files: c.files, bytes: c.bytes, failed: c.failed, skipped: c.skipped, dirs: c.dirs, resumedFiles: c.resumedFiles });
   }
 
+  /** The source path of a tree path (remote for a pull). */
   private localPath(treePath: string): string {
-    return treePath === '' ? this.target.sourceRoot : join(this.target.sourceRoot, treePath);
+    return sourcePathOf(this.target, treePath);
+  }
+
+  private sourceLabelOf(treePath: string): string {
+    return this.target.direction === 'pull' ? `${targetHostOf(this.target)}:${this.localPath(treePath)}` : this.localPath(treePath);
+  }
+
+  private destPath(treePath: string): string {
+    return remotePathOf(this.target, treePath);
   }
 
   /** failed.ndjson and skipped.ndjson in the job's directory (replaced by each run). */
@@ -422,6 +483,10 @@ class TreeRun {
     await writePrivateFile(join(jobDir, 'failed.ndjson'), this.failures.map((l) => l + '\n').join(''));
     await writePrivateFile(join(jobDir, 'skipped.ndjson'), this.skips.map((l) => l + '\n').join(''));
   }
+}
+
+function targetHostOf(target: TreeTarget): string {
+  return target.hosts[0]?.host ?? target.remote.hosts[0] ?? '';
 }
 
 function request(req: CopyRequest): { signal?: AbortSignal } {

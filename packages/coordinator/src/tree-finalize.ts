@@ -4,19 +4,52 @@
  * directory's mode and times, deepest first (making or renaming anything in a
  * directory changes its mtime, so a parent is finished after its children).
  */
-import { copyMode, finishOrder, toFerryError } from '@ferry/core';
-import type { BatchEntry, ErrorData, HashAlgorithm, TreeEntry } from '@ferry/core';
-import type { RemoteConnection } from '@ferry/transport';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
+import type { BatchEntry, ErrorData, TreeEntry } from '@ferry/core';
+import type { BatchResult } from '@ferry/transport';
+import { applyEntries } from '@ferry/serve';
 
 /** Entries per BATCH of links. */
 const LINKS_PER_BATCH = 1024;
 /** SETSTATs in flight at once on the coordinator's connection. */
 const SETSTATS_IN_FLIGHT = 32;
 
+/**
+ * Where a tree lands, for the steps without bytes: the remote host through
+ * the coordinator's connection (a push), or this host (a pull), both with
+ * the same semantics (serve's batch.ts does the local ones, as the helper
+ * does the remote ones).
+ */
+export interface TreeDestination {
+  /** Directories, symbolic links and hard links, as a BATCH without files makes them. */
+  apply(entries: BatchEntry[]): Promise<BatchResult[]>;
+  /** A directory's mode and times. */
+  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
+}
+
+/** This host as a tree's destination (a pull). */
+export const localDestination: TreeDestination = {
+  apply: async (entries) => (await applyEntries(entries)).map((r) => (r.ok ? { ok: true } : { ok: false, error: r.error })),
+  // Through the directory itself, opened without following a link at its name.
+  setstat: async (path, attrs) => {
+    let fh;
+    try {
+      fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      if (attrs.mode !== undefined) await fh.chmod(attrs.mode);
+      if (attrs.mtimeMs !== undefined) await fh.utimes((attrs.atimeMs ?? attrs.mtimeMs) / 1000, attrs.mtimeMs / 1000);
+    } catch (err) {
+      throw destinationError(err, { path });
+    } finally {
+      await fh?.close().catch(() => {});
+    }
+  },
+};
+
 export interface FinalizeContext {
-  conn: () => Promise<RemoteConnection>;
+  dest: TreeDestination;
   remotePath: (treePath: string) => string;
-  algorithm: HashAlgorithm;
   preserve: boolean;
   umask: number;
   failed: (entry: TreeEntry, error: ErrorData) => void;
@@ -33,7 +66,7 @@ export async function makeHardLinks(ctx: FinalizeContext, links: readonly TreeEn
     }
     if (part.length === 0) continue;
     const wire: BatchEntry[] = part.map((l) => ({ kind: 'hardlink', path: ctx.remotePath(l.path), target: ctx.remotePath(l.target!) }));
-    const results = await (await ctx.conn()).writeBatch(wire, ctx.algorithm, () => empty());
+    const results = await ctx.dest.apply(wire);
     results.forEach((r, j) => (r.ok ? ctx.done(part[j]!) : ctx.failed(part[j]!, r.error)));
   }
 }
@@ -41,7 +74,6 @@ export async function makeHardLinks(ctx: FinalizeContext, links: readonly TreeEn
 /** Sets every directory's mode (and with -p its times), deepest first. */
 export async function finishDirectories(ctx: FinalizeContext, dirs: ReadonlyMap<string, TreeEntry>): Promise<void> {
   const order = finishOrder([...dirs.keys()]);
-  const conn = await ctx.conn();
   // Deepest first, but directories of one depth in parallel: none is inside another.
   let i = 0;
   while (i < order.length) {
@@ -54,7 +86,7 @@ export async function finishDirectories(ctx: FinalizeContext, dirs: ReadonlyMap<
         level.slice(k, k + SETSTATS_IN_FLIGHT).map(async (p) => {
           const d = dirs.get(p)!;
           try {
-            await conn.setstat(ctx.remotePath(p), {
+            await ctx.dest.setstat(ctx.remotePath(p), {
               mode: copyMode(d.mode, ctx.umask, ctx.preserve),
               ...(ctx.preserve ? { mtimeMs: Math.floor(d.mtimeMs), atimeMs: Math.floor(d.atimeMs) } : {}),
             });
@@ -72,4 +104,3 @@ function depthOf(p: string): number {
   return p === '' ? 0 : p.split('/').length;
 }
 
-async function* empty(): AsyncGenerator<Uint8Array> {}

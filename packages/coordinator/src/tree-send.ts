@@ -1,8 +1,10 @@
 /**
  * The streams of a tree copy: batches of entries (small files, symlinks, a
  * mid-sized file alone) handed to a pool of SSH connections, each keeping a
- * few batches in flight (one WRITE of a batch's bytes follows the last at
- * once; each batch costs the helper's one answer, not a round trip per file).
+ * few batches in flight (one batch's bytes follow the last at once; each
+ * batch costs the helper's one answer, not a round trip per file). What a
+ * batch does on its connection is the caller's `transfer`: a push writes it
+ * (`pushTransfer`, below), a pull reads it (tree-fetch.ts).
  *
  * A connection that dies gives its batches back: they go out again on
  * another (or a new) connection, up to `maxAttempts` times; entries of a batch
@@ -30,9 +32,8 @@ export interface SenderOptions {
   perConnection?: number;
   /** Opens a connection (the caller's hosts, settings, retries). */
   connect: () => Promise<RemoteConnection>;
-  algorithm: HashAlgorithm;
-  /** Local path of a tree entry. */
-  localPath: (entry: TreeEntry) => string;
+  /** Moves one batch over `conn`: one result per entry; rejects when the whole batch failed. */
+  transfer: (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]>;
   /** Tries of one batch before its entries count as failed. */
   maxAttempts?: number;
   /** Every batch's outcome, one result per entry (errors from reading the source replace the wire's). */
@@ -149,12 +150,11 @@ export class TreeSender {
 
   private async sendOnce(slot: number, batch: WireBatch): Promise<void> {
     batch.attempts++;
-    const readErrors = new Map<number, ErrorData>();
     let conn: RemoteConnection | undefined;
     try {
       conn = await this.connection(slot);
-      const results = await conn.writeBatch([...batch.wire], this.options.algorithm, (i) => this.read(batch.entries[i]!, i, readErrors));
-      await this.options.onResult(batch, results.map((r, i) => readErrors.get(i) ? { ok: false as const, error: readErrors.get(i)! } : r));
+      const results = await this.options.transfer(conn, batch);
+      await this.options.onResult(batch, results);
     } catch (err) {
       if (this.options.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on');
       const e = toFerryError(err);
@@ -176,38 +176,46 @@ export class TreeSender {
       this.waiters.shift()?.();
     }
   }
+}
 
-  /**
-   * A file's bytes as they are now, never through a link. A file that cannot be
-   * opened yields nothing: the batch's framing then fails just that entry, and
-   * the reason recorded here replaces the wire's.
-   */
-  private async *read(entry: TreeEntry, index: number, errors: Map<number, ErrorData>): AsyncGenerator<Uint8Array> {
-    if (entry.kind !== 'file' || entry.size === 0) return;
-    const path = this.options.localPath(entry);
-    let fh;
-    try {
-      fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-    } catch (err) {
-      const errno = errnoOf(err);
-      errors.set(index, { code: errno === 'ENOENT' ? 'SOURCE_NOT_FOUND' : 'SOURCE_UNREADABLE', message: `cannot read ${path} (${errno ?? (err as Error).message})`, path, ...(errno ? { errno } : {}) });
-      return;
+/** A push's transfer: the batch written by the helper, each file read here as it goes out. */
+export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEntry) => string): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
+  return async (conn, batch) => {
+    const readErrors = new Map<number, ErrorData>();
+    const results = await conn.writeBatch([...batch.wire], algorithm, (i) => readLocal(localPath(batch.entries[i]!), batch.entries[i]!, i, readErrors));
+    return results.map((r, i) => (readErrors.get(i) ? { ok: false as const, error: readErrors.get(i)! } : r));
+  };
+}
+
+/**
+ * A file's bytes as they are now, never through a link. A file that cannot be
+ * opened yields nothing: the batch's framing then fails just that entry, and
+ * the reason recorded here replaces the wire's.
+ */
+async function* readLocal(path: string, entry: TreeEntry, index: number, errors: Map<number, ErrorData>): AsyncGenerator<Uint8Array> {
+  if (entry.kind !== 'file' || entry.size === 0) return;
+  let fh;
+  try {
+    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (err) {
+    const errno = errnoOf(err);
+    errors.set(index, { code: errno === 'ENOENT' ? 'SOURCE_NOT_FOUND' : 'SOURCE_UNREADABLE', message: `cannot read ${path} (${errno ?? (err as Error).message})`, path, ...(errno ? { errno } : {}) });
+    return;
+  }
+  try {
+    // One byte past the size tells a file that grew since the walk.
+    let left = entry.size + 1;
+    while (left > 0) {
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      left -= bytesRead;
+      yield buf.subarray(0, bytesRead);
     }
-    try {
-      // One byte past the size tells a file that grew since the walk.
-      let left = entry.size + 1;
-      while (left > 0) {
-        const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
-        const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-        if (bytesRead === 0) break;
-        left -= bytesRead;
-        yield buf.subarray(0, bytesRead);
-      }
-    } catch (err) {
-      const errno = errnoOf(err);
-      errors.set(index, { code: 'SOURCE_UNREADABLE', message: `reading ${path} failed (${errno ?? (err as Error).message})`, path, ...(errno ? { errno } : {}) });
-    } finally {
-      await fh.close();
-    }
+  } catch (err) {
+    const errno = errnoOf(err);
+    errors.set(index, { code: 'SOURCE_UNREADABLE', message: `reading ${path} failed (${errno ?? (err as Error).message})`, path, ...(errno ? { errno } : {}) });
+  } finally {
+    await fh.close();
   }
 }

@@ -6,7 +6,7 @@
  * ending in `/` that does not exist.
  */
 import { lstat } from 'node:fs/promises';
-import { basename, posix, resolve } from 'node:path';
+import { basename, dirname, join, posix, resolve } from 'node:path';
 import { FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation } from '@ferry/core';
 import type { RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
@@ -15,10 +15,14 @@ import type { ResolvedRemote } from './prepare.js';
 
 export interface TreeTarget {
   jobId: string;
-  /** The local directory walked (absolute). */
+  /** push: a local tree goes to the remote host; pull: a remote tree comes here. */
+  direction: 'push' | 'pull';
+  /** The directory walked (absolute; local for a push, remote for a pull). */
   sourceRoot: string;
-  /** The remote directory the tree becomes (absolute). */
+  /** The directory the tree becomes (absolute; remote for a push, local for a pull). */
   targetRoot: string;
+  /** The remote side as the command named it (its path is replaced per file for big files). */
+  remote: RemoteLocation;
   sourceLabel: string;
   destinationLabel: string;
   hosts: RemoteHost[];
@@ -63,8 +67,9 @@ export async function prepareTreePush(
 ): Promise<TreeTarget> {
   const src = parseLocation(source);
   const dst = parseLocation(destination);
+  if (src.kind === 'remote' && dst.kind === 'local') return prepareTreePull(src, dst.path, options, rememberedRoot, remote, signal);
   if (src.kind !== 'local' || dst.kind !== 'remote') {
-    throw new FerryError('USAGE', `ferry cp -r copies a local directory to a remote host for now ([user@]host:DIR); pulling a tree (${source} -> ${destination}) is not built yet`);
+    throw new FerryError('USAGE', `ferry cp -r copies a directory between this host and a remote one ([user@]host:DIR on one side): ${source} -> ${destination} is not that`);
   }
   const sourceRoot = resolve(src.path);
   let st;
@@ -85,8 +90,10 @@ export async function prepareTreePush(
     const targetRoot = (await rememberedRoot(jobId)) ?? (await remoteTreeRoot(conn, loc, basename(sourceRoot)));
     return {
       jobId,
+      direction: 'push',
       sourceRoot,
       targetRoot,
+      remote: loc,
       sourceLabel: sourceRoot,
       destinationLabel: formatLocation({ ...loc, path: targetRoot }),
       hosts,
@@ -98,6 +105,75 @@ export async function prepareTreePush(
     conn.close();
     throw err;
   }
+}
+
+/**
+ * Checks both sides of a tree pull and connects: the remote source must be a
+ * directory; the local destination is named as `scp -r` names it (an existing
+ * directory receives the source under its own name, a missing one becomes
+ * the copy and its parent must exist). The job is named by the command, and
+ * a rerun keeps the directory an earlier run chose, as for a push.
+ */
+async function prepareTreePull(
+  loc: RemoteLocation,
+  destination: string,
+  options: ResolvedCopyOptions,
+  rememberedRoot: (jobId: string) => Promise<string | undefined>,
+  remote?: ResolvedRemote,
+  signal?: AbortSignal,
+): Promise<TreeTarget> {
+  const { ssh, hosts } = remote ?? (await resolveRemote(loc, options));
+  const connectOptions = { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(signal ? { signal } : {}) };
+  const { conn } = await connectAny(hosts, ssh, connectOptions);
+  try {
+    const label = conn.label;
+    const given = await expandHome(conn, loc.path, 'source');
+    const st = await remoteStat(conn, given).catch((err: unknown) => {
+      throw new FerryError('SOURCE_UNREADABLE', `source ${label}:${given} cannot be read (${(err as Error).message}): check the path`, { host: label, path: given, cause: err });
+    });
+    if (!st) throw new FerryError('SOURCE_NOT_FOUND', `source ${label}:${given} does not exist: check the path`, { host: label, path: given });
+    if (st.type !== 'directory') throw new FerryError('USAGE', `source ${label}:${given} is not a directory: copy a file without -r`, { host: label, path: given });
+    const sourceRoot = await conn.realpath(given);
+    const hostsKey = `${loc.hosts.join(',')}:${loc.port ?? 22}`;
+    const target = resolve(destination);
+    const jobId = makeJobId('pull', `${hostsKey}:tree:${loc.user ?? ''}:${loc.path}`, target);
+    const targetRoot = (await rememberedRoot(jobId)) ?? (await localTreeRoot(destination, posix.basename(sourceRoot.replace(/\/+$/, '')) || 'root'));
+    return {
+      jobId,
+      direction: 'pull',
+      sourceRoot,
+      targetRoot,
+      remote: loc,
+      sourceLabel: formatLocation({ ...loc, path: sourceRoot }),
+      destinationLabel: targetRoot,
+      hosts,
+      ssh,
+      conn,
+      connectOptions: { ...connectOptions, mode: conn.mode },
+    };
+  } catch (err) {
+    conn.close();
+    throw err;
+  }
+}
+
+async function localTreeRoot(destination: string, sourceName: string): Promise<string> {
+  const given = resolve(destination);
+  const kindOf = async (path: string) => {
+    try {
+      const st = await lstat(path);
+      return st.isDirectory() ? 'directory' : 'other';
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return undefined;
+      throw destinationError(err, { path });
+    }
+  };
+  const kind = await kindOf(given);
+  if (kind === 'directory') return join(given, sourceName);
+  if (kind) throw new FerryError('USAGE', `destination ${given} exists and is not a directory: a directory can only be copied into a directory`, { path: given });
+  if (destination.endsWith('/')) throw new FerryError('DEST_DIR_MISSING', `destination directory ${given} does not exist: create it first, or name it without the trailing /`, { path: given });
+  if ((await kindOf(dirname(given))) !== 'directory') throw new FerryError('DEST_DIR_MISSING', `destination ${given} cannot be created: ${dirname(given)} does not exist or is not a directory: create it first`, { path: dirname(given) });
+  return given;
 }
 
 async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourceName: string): Promise<string> {
@@ -135,9 +211,14 @@ async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourc
   return conn.realpath(posix.dirname(root)).then((d) => posix.join(d, posix.basename(root)), () => root);
 }
 
-/** The remote path of a tree path. */
+/** The destination path of a tree path (remote for a push, local for a pull). */
 export function remotePathOf(target: Pick<TreeTarget, 'targetRoot'>, treePath: string): string {
   return treePath === '' ? target.targetRoot : posix.join(target.targetRoot, treePath);
+}
+
+/** The source path of a tree path (local for a push, remote for a pull). */
+export function sourcePathOf(target: Pick<TreeTarget, 'sourceRoot'>, treePath: string): string {
+  return treePath === '' ? target.sourceRoot : posix.join(target.sourceRoot, treePath);
 }
 
 /** How messages name the remote host of a target. */

@@ -47,6 +47,6 @@ export { SAFE_FILES_CAPABILITY, TEMP_TOKEN_ENV, copyMode, identityOf, identityPr
 export type { FileIdentity, FoundFile } from './dest-file.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAULT_SMALL_FILE_BYTES, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES } from './tree-plan.js';
-export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry } from './tree-plan.js';
+export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry, WalkError, WalkItem } from './tree-plan.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';

@@ -24,6 +24,13 @@
  * COMMIT with the same id follows the last byte at once, with the source's
  * hash of each file; the helper answers once, with one result per entry.
  *
+ * A pull of a tree (capability `tree-read`) asks the helper to WALK a
+ * directory: ENTRIES frames with the request's id carry what it finds, a few
+ * thousand entries each, parents before their contents, and an OK ends the
+ * walk. A READ_BATCH lists files by path and size: the helper sends their
+ * bytes back to back as DATA and ZEROS frames, exactly the sum of the sizes,
+ * then one OK with a result per file (its hash, or why it failed).
+ *
  * The decoder is a state machine: bytes in, frames out, no I/O.
  */
 import { decode, encode } from './codec.js';
@@ -57,6 +64,10 @@ export const MAX_BATCH_BYTES = 1024 * 1024 * 1024;
 export const MAX_OPEN_BATCHES = 4;
 /** HELLO capability of helpers that take BATCH and COMMIT. */
 export const BATCH_CAPABILITY = 'batch';
+/** HELLO capability of helpers that take WALK and READ_BATCH (a tree pull). */
+export const TREE_READ_CAPABILITY = 'tree-read';
+/** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
+export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
 export const MAX_DATA_FRAME_BYTES = 16 * 1024 * 1024;
 
@@ -76,6 +87,9 @@ export const FrameType = {
   ZEROS: 13,
   BATCH: 14,
   COMMIT: 15,
+  WALK: 16,
+  READ_BATCH: 17,
+  ENTRIES: 18,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -183,6 +197,35 @@ export interface CommitBody { srcHashes: Array<string | null> }
 /** One entry's outcome in the answer to a COMMIT; `hash` is the helper's hash of a file's bytes. */
 export type BatchEntryResult = { ok: true; hash?: string } | { ok: false; error: ErrorData };
 
+/** WALK: the directory (or single entry) to walk, absolute. */
+export interface WalkBody { root: string }
+/** One file of a READ_BATCH: its bytes are sent as exactly `size` bytes, whatever the file holds now. */
+export interface ReadBatchEntry { path: string; size: number }
+export interface ReadBatchBody { algorithm: HashAlgorithm; entries: ReadBatchEntry[] }
+/**
+ * One item of a walk on the wire: a tree entry (core's TreeEntry fields, its
+ * `path` relative to the root, `''` the root itself), or an entry the walk
+ * could not report and why.
+ */
+export type WireWalkItem = WireTreeEntry | { path: string; error: { code: string; message: string } };
+export interface WireTreeEntry {
+  path: string;
+  kind: 'file' | 'dir' | 'symlink' | 'hardlink' | 'special';
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtimeMs: number;
+  atimeMs: number;
+  dev: number;
+  ino: number;
+  nlink: number;
+  target?: string;
+  allocated?: number;
+}
+/** ENTRIES: the next items of a WALK, in the order found. */
+export interface EntriesBody { items: WireWalkItem[] }
+
 export interface StatResult {
   type: 'file' | 'directory' | 'other';
   size: number;
@@ -231,6 +274,9 @@ export type ControlFrame =
   | { type: 'ZEROS'; id: number; body: ZerosBody }
   | { type: 'BATCH'; id: number; body: BatchBody }
   | { type: 'COMMIT'; id: number; body: CommitBody }
+  | { type: 'WALK'; id: number; body: WalkBody }
+  | { type: 'READ_BATCH'; id: number; body: ReadBatchBody }
+  | { type: 'ENTRIES'; id: number; body: EntriesBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -349,6 +395,71 @@ export function batchBytes(entries: readonly BatchEntry[]): number {
   return n;
 }
 
+/**
+ * Whether `p` is a tree path a walk may report: relative, `/`-separated,
+ * without empty, `.` or `..` components or NUL (`''` is the root). A helper
+ * that sent `../x` would otherwise have the puller write outside its target.
+ */
+export function isTreePath(p: unknown): p is string {
+  if (typeof p !== 'string') return false;
+  if (p === '') return true;
+  if (p.includes('\0')) return false;
+  return p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+}
+
+const WALK_KINDS: ReadonlySet<unknown> = new Set(['file', 'dir', 'symlink', 'hardlink', 'special']);
+const WALK_ENTRY_KEYS: ReadonlySet<string> = new Set(['path', 'kind', 'size', 'mode', 'uid', 'gid', 'mtimeMs', 'atimeMs', 'dev', 'ino', 'nlink', 'target', 'allocated']);
+
+/** What is wrong with item `index` of an ENTRIES frame, in words, or undefined. Absent optional fields may be nil. */
+export function walkItemProblem(item: unknown, index: number): string | undefined {
+  const at = `items[${index}]`;
+  if (!isPlainMap(item)) return `${at} is not a map`;
+  if (!isTreePath(item.path)) return `${at}.path must be a relative path without empty, . or .. components or NUL`;
+  if (item.error !== undefined) {
+    const e = item.error;
+    if (Object.keys(item).length !== 2 || !isPlainMap(e) || typeof e.code !== 'string' || typeof e.message !== 'string' || Object.keys(e).length !== 2) return `${at} must be { path, error: { code, message } }`;
+    return undefined;
+  }
+  for (const k of Object.keys(item)) if (!WALK_ENTRY_KEYS.has(k)) return `${at} has an unknown field ${k}`;
+  if (!WALK_KINDS.has(item.kind)) return `${at}.kind must be file, dir, symlink, hardlink or special`;
+  for (const k of ['size', 'mode', 'uid', 'gid', 'nlink']) {
+    const v = item[k];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) return `${at}.${k} must be a non-negative integer`;
+  }
+  if ((item.mode as number) > 0o7777) return `${at}.mode must be at most 0o7777`;
+  if (item.kind !== 'file' && item.size !== 0) return `${at}.size must be 0 for a ${String(item.kind)}`;
+  // Times before 1970 are negative; device and inode numbers may be 64-bit (kept as the nearest number).
+  for (const k of ['mtimeMs', 'atimeMs', 'dev', 'ino']) {
+    if (typeof item[k] !== 'number' || !Number.isFinite(item[k])) return `${at}.${k} must be a number`;
+  }
+  const given = (k: string) => item[k] !== undefined && item[k] !== null;
+  if (given('allocated') && (typeof item.allocated !== 'number' || !Number.isSafeInteger(item.allocated) || item.allocated < 0)) return `${at}.allocated must be a non-negative integer`;
+  if (item.kind === 'symlink') {
+    const t = item.target;
+    if (typeof t !== 'string' || t.length === 0 || t.includes('\0')) return `${at}.target must be a non-empty string without NUL`;
+  } else if (item.kind === 'hardlink') {
+    if (!isTreePath(item.target) || item.target === '') return `${at}.target must be a tree path (a hard link's first name)`;
+  } else if (given('target')) return `${at}.target must be absent for a ${String(item.kind)}`;
+  return undefined;
+}
+
+/** What is wrong with a READ_BATCH's list of files, or undefined. */
+export function readBatchProblem(entries: unknown): string | undefined {
+  if (!Array.isArray(entries)) return 'entries must be a list';
+  if (entries.length > MAX_BATCH_ENTRIES) return `${entries.length} entries exceed ${MAX_BATCH_ENTRIES}`;
+  let bytes = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const e: unknown = entries[i];
+    if (!isPlainMap(e)) return `entries[${i}] is not a map`;
+    for (const k of Object.keys(e)) if (k !== 'path' && k !== 'size') return `entries[${i}] has an unknown field ${k}`;
+    if (typeof e.path !== 'string' || !e.path.startsWith('/') || e.path.includes('\0')) return `entries[${i}].path must be an absolute path without NUL`;
+    if (typeof e.size !== 'number' || !Number.isSafeInteger(e.size) || e.size < 0) return `entries[${i}].size must be a non-negative integer`;
+    bytes += e.size;
+    if (bytes > MAX_BATCH_BYTES) return `the files' sizes add up to more than ${MAX_BATCH_BYTES} bytes`;
+  }
+  return undefined;
+}
+
 /** Checks a decoded control body has the fields its frame type needs, with their types, so handlers can trust it (the frame's size bounds its strings). */
 function validate(frame: ControlFrame): ControlFrame {
   const b = frame.body as unknown as Record<string, unknown>;
@@ -431,6 +542,25 @@ function validate(frame: ControlFrame): ControlFrame {
       }
       break;
     }
+    case 'WALK':
+      str('root');
+      if (!(b.root as string).startsWith('/')) throw protocolError('WALK.root must be an absolute path');
+      break;
+    case 'READ_BATCH': {
+      algo();
+      const problem = readBatchProblem(b.entries);
+      if (problem) throw protocolError(`READ_BATCH.${problem}`);
+      break;
+    }
+    case 'ENTRIES': {
+      const items = b.items;
+      if (!Array.isArray(items) || items.length > MAX_WALK_ITEMS) throw protocolError(`ENTRIES.items must be a list of at most ${MAX_WALK_ITEMS} items`);
+      for (let i = 0; i < items.length; i++) {
+        const problem = walkItemProblem(items[i], i);
+        if (problem) throw protocolError(`ENTRIES.${problem}`);
+      }
+      break;
+    }
     case 'OK': {
       for (const k of ['handle', 'size', 'bytes'] as const) optional(k, 'int');
       if (b.results !== undefined) {
@@ -477,16 +607,16 @@ function validate(frame: ControlFrame): ControlFrame {
 }
 
 /**
- * Which side decodes: the helper takes requests, of which BATCH and COMMIT
- * may be up to MAX_BATCH_BODY_BYTES; the client takes answers, of which OK
- * may be that large (a COMMIT's results). Everything else stays within
- * MAX_CONTROL_BYTES.
+ * Which side decodes: the helper takes requests, of which BATCH, COMMIT and
+ * READ_BATCH may be up to MAX_BATCH_BODY_BYTES; the client takes answers, of
+ * which OK (a COMMIT's or READ_BATCH's results) and ENTRIES (a walk's items)
+ * may be that large. Everything else stays within MAX_CONTROL_BYTES.
  */
 export type DecoderSide = 'helper' | 'client';
 
 /** Largest control body of `type` that `side` accepts. */
 export function maxControlBytes(type: FrameTypeName, side: DecoderSide): number {
-  const large = side === 'helper' ? type === 'BATCH' || type === 'COMMIT' : type === 'OK';
+  const large = side === 'helper' ? type === 'BATCH' || type === 'COMMIT' || type === 'READ_BATCH' : type === 'OK' || type === 'ENTRIES';
   return large ? MAX_BATCH_BODY_BYTES : MAX_CONTROL_BYTES;
 }
 

@@ -65,6 +65,16 @@ export interface TreeEntry {
   readonly allocated?: number;
 }
 
+/** An entry a walk could not report, and why (an unreadable directory, a name that is not UTF-8). */
+export interface WalkError {
+  /** Tree path (`/`-separated, `''` the root) of the entry or directory. */
+  readonly path: string;
+  readonly error: { readonly code: string; readonly message: string };
+}
+
+/** What a walk yields: serve's walkTree locally, `RemoteConnection.walk` remotely. */
+export type WalkItem = { readonly entry: TreeEntry } | WalkError;
+
 /** How the planner sorts files and fills batches; every field in bytes or counts. */
 export interface TreeThresholds {
   /** Files smaller than this travel in batches; the others are cut into ranges. */

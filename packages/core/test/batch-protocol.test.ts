@@ -149,3 +149,40 @@ describe('BATCH and COMMIT bodies', () => {
     }
   });
 });
+
+describe('WALK, READ_BATCH and ENTRIES bodies (a tree pull)', () => {
+  const item = { path: 'a/b', kind: 'file', size: 3, mode: 0o644, uid: 1, gid: 1, mtimeMs: 1.5, atimeMs: -2, dev: 7, ino: 2 ** 40, nlink: 1 };
+
+  it('ENTRIES and READ_BATCH may be up to 1 MiB on the side that takes them, 64 KiB on the other', () => {
+    expect(maxControlBytes('ENTRIES', 'client')).toBe(MAX_BATCH_BODY_BYTES);
+    expect(maxControlBytes('READ_BATCH', 'helper')).toBe(MAX_BATCH_BODY_BYTES);
+    expect(maxControlBytes('ENTRIES', 'helper')).toBe(MAX_CONTROL_BYTES);
+    expect(maxControlBytes('WALK', 'helper')).toBe(MAX_CONTROL_BYTES);
+  });
+
+  it('round-trips a walk item and a read batch', () => {
+    expect(decode(encodeControl('ENTRIES', 2, { items: [item as never, { path: 'x', error: { code: 'EACCES', message: 'no' } }] }), 'client')).toHaveLength(1);
+    expect(decode(encodeControl('READ_BATCH', 3, { algorithm: 'xxh3', entries: [{ path: '/a', size: 0 }] }))).toHaveLength(1);
+  });
+
+  it.each([
+    ['a path that climbs out of the tree', { ...item, path: '../x' }, 'ENTRIES.items[0].path must be a relative path without empty, . or .. components or NUL'],
+    ['an absolute path', { ...item, path: '/etc/passwd' }, 'ENTRIES.items[0].path must be a relative path without empty, . or .. components or NUL'],
+    ['a hard link to a path outside the tree', { ...item, kind: 'hardlink', size: 0, target: 'a/../../b' }, "ENTRIES.items[0].target must be a tree path (a hard link's first name)"],
+    ['a directory with a size', { ...item, kind: 'dir' }, 'ENTRIES.items[0].size must be 0 for a dir'],
+    ['an unknown field', { ...item, owner: 'me' }, 'ENTRIES.items[0] has an unknown field owner'],
+    ['an unknown kind', { ...item, kind: 'fifo' }, 'ENTRIES.items[0].kind must be file, dir, symlink, hardlink or special'],
+  ])('refuses %s in ENTRIES', (_, bad, message) => {
+    expect(protocolMessage(() => decode(encodeControl('ENTRIES', 2, { items: [bad as never] }), 'client'))).toBe(`helper protocol: ${message}`);
+  });
+
+  it.each([
+    ['4097 files', { algorithm: 'xxh3', entries: Array.from({ length: 4097 }, () => ({ path: '/a', size: 1 })) }, 'READ_BATCH.4097 entries exceed 4096'],
+    ['a relative path', { algorithm: 'xxh3', entries: [{ path: 'a', size: 1 }] }, 'READ_BATCH.entries[0].path must be an absolute path without NUL'],
+    ['sizes over 1 GiB', { algorithm: 'xxh3', entries: [{ path: '/a', size: MAX_BATCH_BYTES }, { path: '/b', size: 1 }] }, `READ_BATCH.the files' sizes add up to more than ${MAX_BATCH_BYTES} bytes`],
+    ['a WALK root that is relative', undefined, 'WALK.root must be an absolute path'],
+  ])('refuses %s', (_, body, message) => {
+    const frame = body ? encodeControl('READ_BATCH', 2, body as never) : encodeControl('WALK', 2, { root: 'a' });
+    expect(protocolMessage(() => decode(frame))).toBe(`helper protocol: ${message}`);
+  });
+});

@@ -182,7 +182,10 @@ describe('frame types and headers', () => {
     expect(frameTypeName(0)).toBeUndefined();
     expect(frameTypeName(14)).toBe('BATCH');
     expect(frameTypeName(15)).toBe('COMMIT');
-    expect(frameTypeName(16)).toBeUndefined();
+    expect(frameTypeName(16)).toBe('WALK');
+    expect(frameTypeName(17)).toBe('READ_BATCH');
+    expect(frameTypeName(18)).toBe('ENTRIES');
+    expect(frameTypeName(19)).toBeUndefined();
     expect(frameTypeName(66)).toBeUndefined();
     for (const [name, code] of Object.entries(FrameType)) expect(frameTypeName(code)).toBe(name);
   });
@@ -377,7 +380,7 @@ describe('FrameDecoder on valid streams', () => {
 });
 
 describe('FrameDecoder on invalid headers', () => {
-  it.each([0, 16, 63, 66, 255])('rejects unknown frame type %i', (type) => {
+  it.each([0, 19, 63, 66, 255])('rejects unknown frame type %i', (type) => {
     const err = protocolError(() => decodeOne(rawFrame(type, 1, encode({ handle: 1 }))));
     expect(err.message).toBe(`helper protocol: unknown frame type ${type}`);
   });

@@ -1,9 +1,11 @@
 /**
- * The file system steps of a BATCH (core's protocol.ts) in `ferry serve`:
- * making a directory, creating a file's temporary name, putting a file, a
- * symbolic link or a hard link in place, and syncing the directories that
- * received names. serve.ts feeds the bytes and orders the steps; nothing here
- * holds session state.
+ * The file system steps of a BATCH (core's protocol.ts): making a directory,
+ * creating a file's temporary name, putting a file, a symbolic link or a hard
+ * link in place, and syncing the directories that received names. One
+ * implementation for both directions of a tree copy: `ferry serve` runs it
+ * for a push (serve.ts feeds the bytes and orders the steps), the
+ * coordinator for a pull (its tree-fetch.ts feeds the bytes READ_BATCH
+ * brings). Nothing here holds session state.
  *
  * Every name is made new under a random temporary name in the target's
  * directory and renamed over the target: never a link followed at the final
@@ -14,8 +16,8 @@ import { constants } from 'node:fs';
 import { link, lstat, lutimes, mkdir, open, rename, symlink, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
-import { FerryError, destinationError, errnoOf, tempNameFor } from '@ferry/core';
-import type { BatchEntry } from '@ferry/core';
+import { FerryError, destinationError, errnoOf, tempNameFor, toFerryError } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult } from '@ferry/core';
 
 /** Tries at a fresh random name when one is taken (a planted file or link): more would mean someone is racing us. */
 const NAME_TRIES = 4;
@@ -196,4 +198,128 @@ export async function eachLimit<T>(items: readonly T[], limit: number, fn: (item
     while (next < items.length) await fn(items[next++]!);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** Renames, links and directory syncs of one commit at once (Node's thread pool runs 4 by default). */
+const COMMIT_PARALLEL = 8;
+
+/** A file of a batch whose bytes have all arrived. */
+export interface CommitFile {
+  /** Its index among the batch's entries. */
+  index: number;
+  entry: BatchEntry;
+  /** Its temporary file, once created (rejects: it could not be). */
+  temp: Promise<TempFile>;
+  /** The temporary file with mode, times and data synced and closed (finishFile), or the entry's failure. */
+  finished: Promise<TempFile>;
+  /** Hash of the bytes received. */
+  hash: string;
+}
+
+/**
+ * A batch's commit: each file whose received hash is the source's is
+ * renamed over its path (the others lose their temporary name), then
+ * symbolic links and hard links are made (a hard link may name a file of
+ * the batch), then every directory that received a name is synced once.
+ * One result per entry; `dirErrors` are the batch's directories that could
+ * not be made (by index), `failedDirs` the same by path: nothing is made under
+ * them. A null source hash: the source changed while it was read.
+ */
+export async function commitEntries(
+  entries: readonly BatchEntry[],
+  files: readonly CommitFile[],
+  srcHashes: ReadonlyArray<string | null | undefined>,
+  dirErrors: ReadonlyMap<number, FerryError> = new Map(),
+  failedDirs: ReadonlyMap<string, FerryError> = new Map(),
+): Promise<BatchEntryResult[]> {
+  const results: BatchEntryResult[] = entries.map(() => ({ ok: true }));
+  const fail = (i: number, err: unknown) => {
+    results[i] = { ok: false, error: toFerryError(err).toData() };
+  };
+  for (const [i, err] of dirErrors) fail(i, err);
+  const synced = new Map<string, number[]>();
+  const landed = (i: number) => {
+    const dir = dirOf(entries[i]!.path);
+    const here = synced.get(dir);
+    if (here) here.push(i);
+    else synced.set(dir, [i]);
+  };
+  const tempOf = async (f: CommitFile): Promise<TempFile | undefined> => {
+    try {
+      return await f.finished;
+    } catch (err) {
+      fail(f.index, err);
+      // Created, then failed: its temporary name goes.
+      const tmp = await f.temp.catch(() => undefined);
+      if (tmp) await discardTemp(tmp.name);
+      return undefined;
+    }
+  };
+  await eachLimit(files, COMMIT_PARALLEL, async (f) => {
+    const tmp = await tempOf(f);
+    if (!tmp) return;
+    const path = f.entry.path;
+    const src = srcHashes[f.index];
+    if (src === null || src === undefined) {
+      await discardTemp(tmp.name);
+      return fail(f.index, new FerryError('SOURCE_CHANGED', `${path} was not written: the source file changed while it was read`, { path }));
+    }
+    if (src !== f.hash) {
+      await discardTemp(tmp.name);
+      return fail(f.index, new FerryError('HASH_MISMATCH', `${path} was not written: its bytes arrived with hash ${f.hash}, sent with ${src} (corrupted on the way); send it again`, { path }));
+    }
+    try {
+      await placeFile(tmp, path);
+      results[f.index] = { ok: true, hash: f.hash };
+      landed(f.index);
+    } catch (err) {
+      fail(f.index, err);
+    }
+  });
+  // Links after the files: a hard link may name a file of this batch.
+  for (const kind of ['symlink', 'hardlink'] as const) {
+    const links = entries.map((e, i) => ({ e, i })).filter(({ e }) => e.kind === kind);
+    await eachLimit(links, COMMIT_PARALLEL, async ({ e, i }) => {
+      const under = failedAncestor(e.path, failedDirs);
+      if (under) return fail(i, underFailedError(e.path, under));
+      try {
+        await (kind === 'symlink' ? placeSymlink(e) : placeHardlink(e));
+        landed(i);
+      } catch (err) {
+        fail(i, err);
+      }
+    });
+  }
+  // A rename is durable once its directory is synced: each directory once, several at once.
+  await eachLimit([...synced], COMMIT_PARALLEL, async ([dir, landedHere]) => {
+    try {
+      await syncDirectory(dir);
+    } catch (err) {
+      for (const i of landedHere) fail(i, err);
+    }
+  });
+  return results;
+}
+
+/**
+ * Entries without bytes (directories, symbolic links, hard links) made at
+ * once, as a BATCH of only those would make them: directories in order
+ * (mkdir 0700, nothing made under one that could not be), then the links by
+ * temporary name and rename, then the directories that received names synced.
+ */
+export async function applyEntries(entries: readonly BatchEntry[]): Promise<BatchEntryResult[]> {
+  const dirErrors = new Map<number, FerryError>();
+  const failedDirs = new Map<string, FerryError>();
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i]!;
+    if (e.kind === 'file') throw new FerryError('INTERNAL', `applyEntries takes no files (${e.path})`);
+    if (e.kind !== 'dir') continue;
+    const under = failedAncestor(e.path, failedDirs);
+    const failed = under ? underFailedError(e.path, under) : await makeDirectory(e.path).then(() => undefined, (err: unknown) => destinationError(err, { path: e.path }));
+    if (failed) {
+      dirErrors.set(i, failed);
+      failedDirs.set(e.path, failed);
+    }
+  }
+  return commitEntries(entries, [], [], dirErrors, failedDirs);
 }

@@ -25,6 +25,7 @@ import {
   SAFE_FILES_CAPABILITY,
   Semaphore,
   SerialQueue,
+  TREE_READ_CAPABILITY,
   ZERO_CHUNK,
   createHasher,
   isAllZero,
@@ -39,9 +40,10 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, StatResult } from '@ferry/core';
+import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WireWalkItem } from '@ferry/core';
+import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
-import { createTempFile, dirOf, failedAncestor, underFailedError, discardTemp, eachLimit, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, syncDirectory } from './batch.js';
+import { commitEntries, createTempFile, failedAncestor, underFailedError, discardTemp, finishFile, makeDirectory } from './batch.js';
 import type { TempFile } from './batch.js';
 
 const MiB = 1024 * 1024;
@@ -73,8 +75,12 @@ export const MAX_OPEN_WRITES = 256;
  * get theirs.
  */
 export const MAX_BATCH_OPEN_FILES = 32;
-/** Renames, links and directory syncs of one COMMIT at once (Node's thread pool runs 4 by default). */
-const COMMIT_PARALLEL = 8;
+/** A walk's items go out in ENTRIES frames of at most this many... */
+const WALK_CHUNK_ITEMS = 1024;
+/** ...and about this many bytes (well within MAX_BATCH_BODY_BYTES: one more item never overflows it)... */
+const WALK_CHUNK_BYTES = 256 * 1024;
+/** ...or once the first item has waited this long (a slow file system still shows progress). */
+const WALK_CHUNK_MS = 100;
 /** Ids of failed WRITEs whose DATA is still dropped; the oldest are forgotten beyond this. */
 const MAX_DISCARDED = 4096;
 
@@ -199,6 +205,25 @@ interface Batch {
   committed: boolean;
 }
 
+
+/** A walk's entry as ENTRIES carries it: only the fields that are set. */
+function wireEntry(e: TreeEntry): WireWalkItem {
+  return {
+    path: e.path,
+    kind: e.kind,
+    size: e.size,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    mtimeMs: e.mtimeMs,
+    atimeMs: e.atimeMs,
+    dev: e.dev,
+    ino: e.ino,
+    nlink: e.nlink,
+    ...(e.target === undefined ? {} : { target: e.target }),
+    ...(e.allocated === undefined ? {} : { allocated: e.allocated }),
+  };
+}
 
 export function statOf(st: import('node:fs').Stats): StatResult {
   return {
@@ -623,74 +648,8 @@ export async function serve(options: ServeOptions): Promise<void> {
    */
   const commitBatch = async (b: Batch, srcHashes: Array<string | null>): Promise<OkBody> => {
     await b.prepared;
-    const results: BatchEntryResult[] = b.entries.map(() => ({ ok: true }));
-    const fail = (i: number, err: unknown) => {
-      results[i] = { ok: false, error: toFerryError(err).toData() };
-    };
-    for (const [i, err] of b.dirErrors) fail(i, err);
-    const synced = new Map<string, number[]>();
-    const landed = (i: number) => {
-      const dir = dirOf(b.entries[i]!.path);
-      const here = synced.get(dir);
-      if (here) here.push(i);
-      else synced.set(dir, [i]);
-    };
-    const tempOf = async (f: BatchFile): Promise<TempFile | undefined> => {
-      try {
-        return await f.finished!;
-      } catch (err) {
-        fail(f.index, err);
-        // Created, then failed: its temporary name goes.
-        const tmp = await f.temp.catch(() => undefined);
-        if (tmp) await discardTemp(tmp.name);
-        return undefined;
-      }
-    };
-    await eachLimit(b.files, COMMIT_PARALLEL, async (f) => {
-      const tmp = await tempOf(f);
-      if (!tmp) return;
-      const path = f.entry.path;
-      const src = srcHashes[f.index];
-      const hash = f.upload.hasher.digest();
-      if (src === null || src === undefined) {
-        await discardTemp(tmp.name);
-        return fail(f.index, new FerryError('SOURCE_CHANGED', `${path} was not written: the source file changed while it was read`, { path }));
-      }
-      if (src !== hash) {
-        await discardTemp(tmp.name);
-        return fail(f.index, new FerryError('HASH_MISMATCH', `${path} was not written: its bytes arrived with hash ${hash}, sent with ${src} (corrupted on the way); send it again`, { path }));
-      }
-      try {
-        await placeFile(tmp, path);
-        results[f.index] = { ok: true, hash };
-        landed(f.index);
-      } catch (err) {
-        fail(f.index, err);
-      }
-    });
-    // Links after the files: a hard link may name a file of this batch.
-    for (const kind of ['symlink', 'hardlink'] as const) {
-      const links = b.entries.map((e, i) => ({ e, i })).filter(({ e }) => e.kind === kind);
-      await eachLimit(links, COMMIT_PARALLEL, async ({ e, i }) => {
-        const under = failedAncestor(e.path, b.failedDirs);
-        if (under) return fail(i, underFailedError(e.path, under));
-        try {
-          await (kind === 'symlink' ? placeSymlink(e) : placeHardlink(e));
-          landed(i);
-        } catch (err) {
-          fail(i, err);
-        }
-      });
-    }
-    // A rename is durable once its directory is synced: each directory once, several at once.
-    await eachLimit([...synced], COMMIT_PARALLEL, async ([dir, landedHere]) => {
-      try {
-        await syncDirectory(dir);
-      } catch (err) {
-        for (const i of landedHere) fail(i, err);
-      }
-    });
-    return { results: fitResults(results) };
+    const files = b.files.map((f) => ({ index: f.index, entry: f.entry, temp: f.temp, finished: f.finished!, hash: f.upload.hasher.digest() }));
+    return { results: fitResults(await commitEntries(b.entries, files, srcHashes, b.dirErrors, b.failedDirs)) };
   };
 
   /** Remembers a failed WRITE whose DATA is still to be dropped; forgets the oldest beyond MAX_DISCARDED. */
@@ -840,6 +799,117 @@ export async function serve(options: ServeOptions): Promise<void> {
     await sameAs(to, 'after the rename');
   };
 
+  /**
+   * WALK: the tree under `root` (walk.ts: lstat, parents first, hard links
+   * by device and inode) in ENTRIES frames, then an OK. Each frame waits for
+   * the client to take the one before (the SSH window), and the walker for
+   * each frame, so a walk of millions of entries holds a few thousand.
+   */
+  const walkTo = async (id: number, root: string) => {
+    let items: WireWalkItem[] = [];
+    let bytes = 0;
+    let first = 0;
+    let count = 0;
+    const flush = async () => {
+      if (items.length === 0) return;
+      const out = items;
+      items = [];
+      bytes = 0;
+      await send(encodeControl('ENTRIES', id, { items: out }));
+    };
+    for await (const item of walkTree(root)) {
+      if (outputGone) return;
+      const wire: WireWalkItem = 'error' in item ? { path: item.path, error: { code: item.error.code, message: item.error.message } } : wireEntry(item.entry);
+      if (items.length === 0) first = performance.now();
+      items.push(wire);
+      count++;
+      // UTF-16 length times 3 bounds the UTF-8 bytes; the rest of an item's fields are a few dozen bytes.
+      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160;
+      if (items.length >= WALK_CHUNK_ITEMS || bytes >= WALK_CHUNK_BYTES || performance.now() - first >= WALK_CHUNK_MS) await flush();
+    }
+    await flush();
+    reply(id, { size: count });
+  };
+
+  /** READ_BATCHes queued or being sent: their bytes go out one batch after another. */
+  let readBatches = 0;
+  const readQueue = new SerialQueue();
+
+  /**
+   * READ_BATCH: each file's bytes in entry order, exactly its listed size
+   * (a file that changed since it was listed is padded or cut, and fails
+   * alone with SOURCE_CHANGED), then one OK with a result per file.
+   */
+  const readBatch = async (id: number, body: ReadBatchBody): Promise<OkBody> => {
+    const results: BatchEntryResult[] = [];
+    for (const e of body.entries) {
+      if (outputGone) break;
+      results.push(await readBatchFile(id, e, body.algorithm));
+    }
+    return { results: fitResults(results) };
+  };
+
+  const readBatchFile = async (id: number, e: ReadBatchEntry, algorithm: HashAlgorithm): Promise<BatchEntryResult> => {
+    let sent = 0;
+    const pad = async () => {
+      while (sent < e.size) {
+        const n = Math.min(ZERO_CHUNK.length, e.size - sent);
+        sent += n;
+        await send(encodeControl('ZEROS', id, { length: n }));
+      }
+    };
+    const failed = async (err: unknown): Promise<BatchEntryResult> => {
+      await pad();
+      return { ok: false, error: toFerryError(err).toData() };
+    };
+    const changed = (why: string) => new FerryError('SOURCE_CHANGED', `${e.path} changed since it was listed (${why}): not copied; copy it again`, { path: e.path });
+    let fh: FileHandle;
+    try {
+      // Never through a link at the name: what was listed as a file must still be one.
+      fh = await open(e.path, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      return failed(errnoOf(err) === 'ELOOP' ? changed('it is a symbolic link now') : sourceError(err, { path: e.path }));
+    }
+    const hasher = createHasher(algorithm);
+    try {
+      if (!(await fh.stat()).isFile()) return await failed(changed('it is no longer a regular file'));
+      while (sent < e.size) {
+        const buf = await pool.acquire();
+        const want = Math.min(chunkBytes, e.size - sent);
+        let n = 0;
+        try {
+          while (n < want) {
+            const { bytesRead } = await fh.read(buf, FRAME_HEADER_BYTES + n, want - n, sent + n);
+            if (bytesRead === 0) break;
+            n += bytesRead;
+          }
+        } catch (err) {
+          pool.release(buf);
+          return await failed(sourceError(err, { path: e.path }));
+        }
+        const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
+        hasher.update(data);
+        sent += n;
+        if (n > 0 && isAllZero(data)) {
+          pool.release(buf);
+          await send(encodeControl('ZEROS', id, { length: n }));
+        } else if (n > 0) {
+          writeHeader(buf, 0, FrameType.DATA, id, n);
+          await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
+        } else pool.release(buf);
+        if (n < want) return await failed(changed(`it ended at ${sent} of ${e.size} bytes`));
+      }
+      // One byte past the size tells a file that grew.
+      const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, e.size);
+      if (bytesRead > 0) return await failed(changed(`it holds more than ${e.size} bytes`));
+      return { ok: true, hash: hasher.digest() };
+    } catch (err) {
+      return failed(sourceError(err, { path: e.path }));
+    } finally {
+      await fh.close().catch(() => {});
+    }
+  };
+
   const onControl = (frame: ControlFrame) => {
     const { id } = frame;
     const run = (fn: () => Promise<OkBody>) => track(fn().then((body) => reply(id, body), (err: unknown) => replyError(id, err)));
@@ -849,7 +919,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
         };
         const openHub = options.openHub;
@@ -996,6 +1066,16 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'BATCH':
         startBatch(id, frame.body);
         return;
+      case 'WALK':
+        track(walkTo(id, frame.body.root).catch((err: unknown) => replyError(id, err)));
+        return;
+      case 'READ_BATCH': {
+        if (readBatches >= MAX_OPEN_BATCHES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_BATCHES} READ_BATCHes open at once in one session`);
+        readBatches++;
+        const body = frame.body;
+        run(() => readQueue.run(() => readBatch(id, body)).finally(() => readBatches--));
+        return;
+      }
       case 'COMMIT': {
         const b = batches.get(id);
         if (!b || b.committed) throw new FerryError('PROTOCOL', `COMMIT for unknown batch ${id}`);
@@ -1008,6 +1088,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       }
       case 'OK':
       case 'ERROR':
+      case 'ENTRIES':
         throw new FerryError('PROTOCOL', `unexpected ${frame.type} frame from the client`);
     }
   };

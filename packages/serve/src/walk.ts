@@ -26,7 +26,9 @@
 import { lstat, opendir, readlink } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { join } from 'node:path';
-import type { TreeEntry, TreeEntryKind } from '@ferry/core';
+import type { TreeEntry, TreeEntryKind, WalkError, WalkItem } from '@ferry/core';
+
+export type { WalkError, WalkItem };
 
 export interface WalkOptions {
   /** Directories read at once (default 8): the file system's latency is hidden by reading several. */
@@ -36,14 +38,6 @@ export interface WalkOptions {
   readonly signal?: AbortSignal;
 }
 
-/** An entry the walk could not report, and why. */
-export interface WalkError {
-  /** Tree path (`/`-separated, `''` the root) of the entry or directory. */
-  readonly path: string;
-  readonly error: { readonly code: string; readonly message: string };
-}
-
-export type WalkItem = { readonly entry: TreeEntry } | WalkError;
 
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_HIGH_WATER = 4096;

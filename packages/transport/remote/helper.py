@@ -33,6 +33,7 @@ import stat as stat_mod
 import struct
 import sys
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,10 +59,15 @@ DIRECT_ALIGNMENT = 4096
 # as core's LOCAL_DISK_FILESYSTEM_NAMES (direct.ts) says and why.
 LOCAL_DISK_FILESYSTEMS = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs')
 
-HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT = range(1, 16)
+HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT, WALK, READ_BATCH, ENTRIES = range(1, 19)
 OK, ERROR = 64, 65
 NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
-         9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 14: 'BATCH', 15: 'COMMIT', 64: 'OK', 65: 'ERROR'}
+         9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 14: 'BATCH', 15: 'COMMIT',
+         16: 'WALK', 17: 'READ_BATCH', 18: 'ENTRIES', 64: 'OK', 65: 'ERROR'}
+# WALK's items go out in ENTRIES frames of at most this many, this many bytes, or after this long (s).
+WALK_CHUNK_ITEMS = 1024
+WALK_CHUNK_BYTES = 256 * 1024
+WALK_CHUNK_SECONDS = 0.1
 # BATCH (core's protocol.ts): its body and COMMIT's may be this large; entries, bytes and open batches are bounded.
 MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_BATCH_ENTRIES = 4096
@@ -530,6 +536,35 @@ def batch_entries_problem(entries):
     return None
 
 
+def read_batch_problem(entries):
+    """What is wrong with a READ_BATCH's entries, in the words core's readBatchProblem uses, or None."""
+    if not isinstance(entries, list):
+        return 'entries must be a list'
+    if len(entries) > MAX_BATCH_ENTRIES:
+        return '%d entries exceed %d' % (len(entries), MAX_BATCH_ENTRIES)
+    total = 0
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            return 'entries[%d] is not a map' % i
+        for k in e:
+            if k not in ('path', 'size'):
+                return 'entries[%d] has an unknown field %s' % (i, k)
+        p = e.get('path')
+        if not isinstance(p, str) or not p.startswith('/') or '\0' in p:
+            return 'entries[%d].path must be an absolute path without NUL' % i
+        v = e.get('size')
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > (1 << 53) - 1:
+            return 'entries[%d].size must be a non-negative integer' % i
+        total += v
+        if total > MAX_BATCH_BYTES:
+            return "the files' sizes add up to more than %d bytes" % MAX_BATCH_BYTES
+    return None
+
+
+def walk_error(rel, err):
+    return {'path': rel, 'error': {'code': errno_names.errorcode.get(err.errno, 'EIO'), 'message': '%s: %s' % (os.strerror(err.errno), err.filename or rel)}}
+
+
 def temp_name(path):
     """`.NAME.ferry-<24 hex>.part` next to path: a name nobody can know in advance."""
     d, base = os.path.split(path)
@@ -727,6 +762,184 @@ class Session(object):
         # Commits one batch at a time, in order, while the main thread reads the next one's bytes.
         self.committer = ThreadPoolExecutor(1)
 
+    # Pulls: WALK and READ_BATCH ---------------------------------------------------------------
+
+    def walk(self, fid, body):
+        """
+        The tree under `root` in ENTRIES frames, then an OK: lstat (links are
+        reported, not followed), a directory before its contents, a further
+        name of a file with several links as a `hardlink` to the first name
+        seen (by device and inode), a sparse file with its allocated bytes.
+        Entries that cannot be read come out as errors and the walk goes on.
+        Directories still to read wait as paths; each frame is written (and
+        waits for the SSH window) before the walk goes on.
+        """
+        root = self.need_str(body, 'WALK', 'root')
+        if not root.startswith('/'):
+            raise protocol_error('WALK.root must be an absolute path')
+        first_names = {}
+        out = []
+        state = {'bytes': 0, 'since': 0.0, 'count': 0}
+
+        def flush():
+            if not out:
+                return
+            payload = bytearray(b'\x81')
+            pack('items', payload)
+            payload += struct.pack('>BI', 0xdd, len(out))
+            for item in out:
+                payload += item
+            with self.out_lock:
+                write_all(1, HEADER.pack(ENTRIES, 0, 0, fid, len(payload)) + payload)
+            del out[:]
+            state['bytes'] = 0
+
+        def emit(item):
+            packed = bytearray()
+            pack(item, packed)
+            if not out:
+                state['since'] = time.monotonic()
+            out.append(packed)
+            state['bytes'] += len(packed)
+            state['count'] += 1
+            if len(out) >= WALK_CHUNK_ITEMS or state['bytes'] >= WALK_CHUNK_BYTES or time.monotonic() - state['since'] >= WALK_CHUNK_SECONDS:
+                flush()
+
+        def describe(rel, path, st):
+            mode = st.st_mode
+            kind = 'file' if stat_mod.S_ISREG(mode) else 'dir' if stat_mod.S_ISDIR(mode) else 'symlink' if stat_mod.S_ISLNK(mode) else 'special'
+            target = None
+            if kind == 'symlink':
+                target = os.readlink(path)
+                try:
+                    target.encode('utf-8')
+                except UnicodeEncodeError:
+                    return {'path': rel, 'error': {'code': 'ENAME', 'message': 'the link target is not valid UTF-8: not copied'}}
+            if kind == 'file' and st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = first_names.get(key)
+                if first is None:
+                    first_names[key] = rel
+                else:
+                    kind = 'hardlink'
+                    target = first
+            item = {'path': rel, 'kind': kind, 'size': st.st_size if kind == 'file' else 0, 'mode': stat_mod.S_IMODE(mode),
+                    'uid': st.st_uid, 'gid': st.st_gid, 'mtimeMs': st.st_mtime_ns / 1e6, 'atimeMs': st.st_atime_ns / 1e6,
+                    'dev': st.st_dev, 'ino': st.st_ino, 'nlink': st.st_nlink}
+            if target is not None:
+                item['target'] = target
+            allocated = st.st_blocks * 512
+            if kind == 'file' and allocated < st.st_size:
+                item['allocated'] = allocated
+            return item
+
+        try:
+            st = os.lstat(root)
+            emit(describe('', root, st))
+        except OSError as err:
+            emit(walk_error('', err))
+            flush()
+            return {'size': state['count']}
+        dirs = [''] if stat_mod.S_ISDIR(st.st_mode) else []
+        while dirs:
+            rel = dirs.pop()
+            path = root if rel == '' else os.path.join(root, rel)
+            found = []
+            try:
+                # Names as bytes: one that is not UTF-8 is reported, never copied under another name.
+                with os.scandir(os.fsencode(path)) as it:
+                    for d in it:
+                        try:
+                            name = d.name.decode('utf-8')
+                        except UnicodeDecodeError:
+                            emit({'path': (rel + '/' if rel else '') + d.name.decode('latin-1'),
+                                  'error': {'code': 'ENAME', 'message': 'the name is not valid UTF-8 (bytes %s): not copied' % d.name.hex()}})
+                            continue
+                        child = rel + '/' + name if rel else name
+                        try:
+                            item = describe(child, os.path.join(path, name), os.lstat(os.path.join(path, name)))
+                        except OSError as err:
+                            item = walk_error(child, err)
+                        emit(item)
+                        if item.get('kind') == 'dir':
+                            found.append(child)
+            except OSError as err:
+                emit(walk_error(rel, err))
+            found.reverse()
+            dirs.extend(found)
+        flush()
+        return {'size': state['count']}
+
+    def read_batch(self, fid, body):
+        """
+        READ_BATCH: each file's bytes in order, exactly its listed size (one
+        that changed since it was listed is padded or cut, and fails alone
+        with SOURCE_CHANGED), runs of zeros as ZEROS frames; then one OK with
+        a result per file. Files are opened without following a link at the name.
+        """
+        algorithm = body.get('algorithm')
+        hasher(algorithm)
+        entries = body.get('entries')
+        problem = read_batch_problem(entries)
+        if problem is not None:
+            raise protocol_error('READ_BATCH.' + problem)
+        results = [self.read_batch_file(fid, e['path'], e['size'], algorithm) for e in entries]
+        return {'results': fit_results(results)}
+
+    def read_batch_file(self, fid, path, size, algorithm):
+        sent = [0]
+
+        def failed(failure):
+            while sent[0] < size:
+                n = min(CHUNK_BYTES, size - sent[0])
+                sent[0] += n
+                self.send_control(ZEROS, fid, {'length': n})
+            return {'ok': False, 'error': failure.body()}
+
+        def changed(why):
+            return Failure('SOURCE_CHANGED', '%s changed since it was listed (%s): not copied; copy it again' % (path, why), path)
+
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            return failed(changed('it is a symbolic link now') if err.errno == errno_names.ELOOP else os_failure(err, path, 'source'))
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                return failed(changed('it is no longer a regular file'))
+            h = hasher(algorithm)
+            while sent[0] < size:
+                n = min(CHUNK_BYTES, size - sent[0])
+                view = self.read_view[HEADER_BYTES:HEADER_BYTES + n]
+                got = 0
+                while got < n:
+                    if hasattr(os, 'preadv'):
+                        k = os.preadv(fd, [view[got:]], sent[0] + got)
+                    else:
+                        data = os.pread(fd, n - got, sent[0] + got)
+                        k = len(data)
+                        view[got:got + k] = data
+                    if k == 0:
+                        break
+                    got += k
+                data = view[:got]
+                h.update(data)
+                sent[0] += got
+                if got > 0 and data == ZERO_CHUNK[:got]:
+                    self.send_control(ZEROS, fid, {'length': got})
+                elif got > 0:
+                    HEADER.pack_into(self.read_buf, 0, DATA, 0, 0, fid, got)
+                    with self.out_lock:
+                        write_all(1, self.read_view[:HEADER_BYTES + got])
+                if got < n:
+                    return failed(changed('it ended at %d of %d bytes' % (sent[0], size)))
+            if os.pread(fd, 1, size):
+                return failed(changed('it holds more than %d bytes' % size))
+            return {'ok': True, 'hash': h.digest()}
+        except OSError as err:
+            return failed(os_failure(err, path, 'source'))
+        finally:
+            os.close(fd)
+
     # Output ----------------------------------------------------------------------------------
 
     def send_control(self, ftype, fid, body):
@@ -785,12 +998,12 @@ class Session(object):
         if ftype == COMMIT:
             self.commit(fid, body)
             return
-        if ftype in (OK, ERROR):
+        if ftype in (OK, ERROR, ENTRIES):
             raise Failure('PROTOCOL', 'unexpected %s frame from the client' % NAMES[ftype])
         try:
             handler = {HELLO: self.hello, OPEN: self.open, WRITE: self.write, READ: self.read, HASH: self.hash,
                        FSYNC: self.fsync, SETSTAT: self.setstat, CLOSE: self.close, STAT: self.stat,
-                       RENAME: self.rename, UNLINK: self.unlink}[ftype]
+                       RENAME: self.rename, UNLINK: self.unlink, WALK: self.walk, READ_BATCH: self.read_batch}[ftype]
         except KeyError:
             raise protocol_error('unknown frame type %d' % ftype)
         try:
@@ -805,7 +1018,7 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch'] + ['hash:' + h for h in sorted(HASHERS)]
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read'] + ['hash:' + h for h in sorted(HASHERS)]
         return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK}}
 
     def open(self, fid, body):
@@ -1346,7 +1559,7 @@ def main():
                 raise protocol_error('unknown frame type %d' % ftype)
             if flags != 0 or reserved != 0:
                 raise protocol_error('reserved header bits set in %s frame' % NAMES[ftype])
-            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_BATCH_BODY_BYTES if ftype in (BATCH, COMMIT) else MAX_CONTROL_BYTES
+            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_BATCH_BODY_BYTES if ftype in (BATCH, COMMIT, READ_BATCH) else MAX_CONTROL_BYTES
             if length > limit:
                 raise protocol_error('%s frame body of %d bytes exceeds %d' % (NAMES[ftype], length, limit))
             if ftype != DATA and length == 0:

@@ -17,7 +17,7 @@ import {
   sourceError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, StatResult } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
 
 export interface HelperStreams {
   input: Writable;
@@ -31,6 +31,8 @@ interface Pending {
   resolve(body: OkBody): void;
   reject(err: FerryError): void;
   onData?: (chunk: Buffer, zero: boolean) => void;
+  /** A WALK's items, frame by frame. */
+  onItems?: (items: WireWalkItem[]) => void;
   /** Bytes received in DATA frames of a READ. */
   received: number;
 }
@@ -146,6 +148,10 @@ export class HelperClient {
         p.received += frame.body.length;
         p.onData?.(ZERO_CHUNK.subarray(0, frame.body.length), true);
         return;
+      case 'ENTRIES':
+        if (!p.onItems) break;
+        p.onItems(frame.body.items);
+        return;
       case 'OK':
         this.pending.delete(frame.id);
         p.resolve(frame.body);
@@ -155,9 +161,9 @@ export class HelperClient {
         p.reject(this.errorFrom(frame.body));
         return;
       default:
-        this.shutdown(new FerryError('PROTOCOL', `helper on ${this.label} sent an unexpected ${frame.type} frame`, { host: this.label }));
-        this.streams.close();
     }
+    this.shutdown(new FerryError('PROTOCOL', `helper on ${this.label} sent an unexpected ${frame.type} frame`, { host: this.label }));
+    this.streams.close();
   }
 
   /** The helper names paths only; messages here name them as host:path. */
@@ -184,13 +190,14 @@ export class HelperClient {
     return new Promise<void>((resolve) => this.drainWaiters.push(resolve));
   }
 
-  private request(frame: Exclude<ControlFrame, { type: 'OK' | 'ERROR' }>['type'], body: object, onData?: (chunk: Buffer, zero: boolean) => void): { id: number; reply: Promise<OkBody> } {
+  private request(frame: Exclude<ControlFrame, { type: 'OK' | 'ERROR' | 'ENTRIES' }>['type'], body: object, onData?: (chunk: Buffer, zero: boolean) => void, onItems?: (items: WireWalkItem[]) => void): { id: number; reply: Promise<OkBody> } {
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
     const reply = new Promise<OkBody>((resolve, reject) => {
       if (this.closedError) return reject(this.closedError);
       const pending: Pending = { resolve, reject, received: 0 };
       if (onData) pending.onData = onData;
+      if (onItems) pending.onItems = onItems;
       this.pending.set(id, pending);
     });
     this.send(encodeControl(frame as never, id, body as never)).catch(() => {});
@@ -353,6 +360,27 @@ export class HelperClient {
   readRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): { id: number; done: Promise<{ bytes: number; hash: string }> } {
     const { id, reply } = this.request('READ', { handle, offset, length, algorithm }, onData);
     return { id, done: reply.then((ok) => ({ bytes: ok.bytes ?? 0, hash: ok.hash! })) };
+  }
+
+  /** Starts a WALK (capability `tree-read`): `onItems` gets each ENTRIES frame's items; `done` settles with the OK. */
+  walk(root: string, onItems: (items: WireWalkItem[]) => void): { id: number; done: Promise<void> } {
+    const { id, reply } = this.request('WALK', { root }, undefined, onItems);
+    return { id, done: reply.then(() => undefined) };
+  }
+
+  /**
+   * Starts a READ_BATCH (capability `tree-read`): `onData` gets the files'
+   * bytes back to back, as readRange's does; `done` settles with a result per file.
+   */
+  readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): { id: number; done: Promise<BatchEntryResult[]> } {
+    const { id, reply } = this.request('READ_BATCH', { algorithm, entries: entries.map((e) => ({ path: e.path, size: e.size })) }, onData);
+    const done = reply.then((ok) => {
+      if (!Array.isArray(ok.results) || ok.results.length !== entries.length) {
+        throw new FerryError('PROTOCOL', `the helper on ${this.label} answered a read batch of ${entries.length} files with ${ok.results?.length ?? 'no'} results`, { host: this.label });
+      }
+      return ok.results;
+    });
+    return { id, done };
   }
 
   /** Gives up on a request: it fails with `err` now, and what still arrives for it is dropped. */

@@ -6,8 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
-import type { BatchEntry, FileIdentity, HashAlgorithm, RemoteHost, SshSettings, StatResult, TransferMode } from '@ferry/core';
+import { BATCH_CAPABILITY, TREE_READ_CAPABILITY, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import type { BatchEntry, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
+import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
+import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
 import { entryError, readExactly } from './batch.js';
 import type { BatchRead, BatchResult, SourceOutcome } from './batch.js';
 import { sftpWriteBatch } from './sftp-batch.js';
@@ -28,6 +30,7 @@ import type { ConnectOptions } from './ssh.js';
 
 export type { RangeWrite } from './helper-client.js';
 export type { BatchRead, BatchResult } from './batch.js';
+export type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
 
 export type RangeSink = (chunk: Buffer, zero: boolean) => void | Promise<void>;
 
@@ -124,6 +127,23 @@ export interface RemoteConnection {
    * may run at once on one connection: their bytes follow one another.
    */
   writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm, read: BatchRead): Promise<BatchResult[]>;
+  /**
+   * Walks the remote tree at `root` (absolute) for a pull: lstat semantics,
+   * parents before their contents, a further name of a file as a `hardlink`
+   * to its first (not in SFTP mode: no inode numbers there), entries that
+   * cannot be read as WalkErrors. Items come as the remote side finds them;
+   * while the consumer lags, the connection stops reading (the SSH window
+   * then holds the helper back). Stop early only by closing the connection.
+   */
+  walk(root: string): AsyncIterable<WalkItem>;
+  /**
+   * Reads many files in one request (a pull): their bytes, exactly each
+   * listed size, go to `sink` in order; resolves with the remote side's hash
+   * of each file, or why it failed (one that changed since it was listed:
+   * SOURCE_CHANGED; its bytes are then padded or cut, and must be dropped).
+   * Rejects only when the whole batch fails.
+   */
+  readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, sink: ReadBatchSink): Promise<ReadBatchResult[]>;
   /** Hash of a range of a remote file as it is on disk. */
   hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
   /** Absolute form of a remote path (relative paths are relative to the login directory). */
@@ -465,6 +485,8 @@ export class HelperConnection implements RemoteConnection {
   private readonly batchSlots = new Semaphore(MAX_OPEN_BATCHES);
   /** One batch's frames at a time: the helper takes a BATCH's bytes only until its COMMIT. */
   private readonly batchSending = new SerialQueue();
+  /** READ_BATCHes open at the helper: it allows MAX_OPEN_BATCHES. */
+  private readonly readSlots = new Semaphore(MAX_OPEN_BATCHES);
   constructor(
     private readonly carrier: HelperCarrier,
     private readonly helper: HelperClient,
@@ -661,6 +683,149 @@ export class HelperConnection implements RemoteConnection {
     }
   }
 
+  private needTreeRead(): void {
+    if (this.helper.hello?.capabilities.includes(TREE_READ_CAPABILITY) === true) return;
+    throw new FerryError(
+      'HELPER_UNAVAILABLE',
+      `the helper on ${this.label} (${this.helper.hello?.software ?? 'unknown'}) is older than this ferry and cannot walk or read a tree for a pull: install the same ferry version there, or use --mode python or --mode sftp`,
+      { host: this.label },
+    );
+  }
+
+  async *walk(root: string): AsyncGenerator<WalkItem> {
+    this.needTreeRead();
+    const frames: WireWalkItem[][] = [];
+    let ended = false;
+    let failure: unknown;
+    let wake: (() => void) | undefined;
+    let paused = false;
+    const notify = () => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
+    const { id, done } = this.helper.walk(root, (items) => {
+      frames.push(items);
+      // A few frames waiting (a few thousand entries): stop reading until the consumer takes them.
+      if (frames.length >= WALK_FRAMES_AHEAD && !paused) {
+        paused = true;
+        this.helper.pause();
+      }
+      notify();
+    });
+    done.then(
+      () => {
+        ended = true;
+        notify();
+      },
+      (err: unknown) => {
+        failure = err;
+        notify();
+      },
+    );
+    try {
+      for (;;) {
+        const items = frames.shift();
+        if (items) {
+          if (paused && frames.length < WALK_FRAMES_AHEAD / 2) {
+            paused = false;
+            this.helper.resume();
+          }
+          for (const item of items) yield walkItemOf(item);
+          continue;
+        }
+        if (failure !== undefined) throw failure;
+        if (ended) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    } finally {
+      if (paused) this.helper.resume();
+      if (!ended && failure === undefined) this.helper.abandon(id, new FerryError('INTERRUPTED', `the walk of ${this.label}:${root} was given up`, { host: this.label }));
+    }
+  }
+
+  async readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, sink: ReadBatchSink): Promise<ReadBatchResult[]> {
+    const label = this.label;
+    this.needTreeRead();
+    if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
+    const problem = readBatchProblem(entries);
+    if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
+    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries] }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+      // Long paths: in two halves, one after the other.
+      const mid = Math.floor(entries.length / 2);
+      const first = await this.readBatch(entries.slice(0, mid), algorithm, sink);
+      return [...first, ...(await this.readBatch(entries.slice(mid), algorithm, (i, data, zero) => sink(mid + i, data, zero)))];
+    }
+    await this.readSlots.acquire();
+    try {
+      const helper = this.helper;
+      let index = 0;
+      let got = 0;
+      let failure: unknown;
+      let queued = 0;
+      let paused = false;
+      let tail: Promise<void> = Promise.resolve();
+      const fail = (err: unknown) => {
+        if (failure !== undefined) return;
+        failure = err;
+        helper.abandon(read.id, toFerryError(err));
+      };
+      const settle = () => {
+        queued--;
+        if (paused && queued <= SINK_QUEUE / 4) {
+          paused = false;
+          helper.resume();
+        }
+      };
+      const read = helper.readBatch(entries, algorithm, (chunk, zero) => {
+        let at = 0;
+        while (at < chunk.length && failure === undefined) {
+          while (index < entries.length && got === entries[index]!.size) {
+            index++;
+            got = 0;
+          }
+          if (index >= entries.length) {
+            fail(new FerryError('PROTOCOL', `the helper on ${label} sent more bytes than the files of a read batch hold`, { host: label }));
+            helper.close();
+            return;
+          }
+          const k = Math.min(entries[index]!.size - got, chunk.length - at);
+          // The decoder's view is valid only now: copied, as the sink may take its time.
+          const piece = zero ? ZERO_CHUNK.subarray(0, k) : Buffer.from(chunk.subarray(at, at + k));
+          const i = index;
+          got += k;
+          at += k;
+          queued++;
+          tail = tail.then(() => (failure === undefined ? sink(i, piece, zero) : undefined)).then(settle, (err: unknown) => {
+            fail(err);
+            settle();
+          });
+          if (!paused && queued >= SINK_QUEUE) {
+            paused = true;
+            helper.pause();
+          }
+        }
+      });
+      let results;
+      try {
+        results = await read.done;
+      } catch (err) {
+        await tail;
+        throw failure ?? err;
+      }
+      await tail;
+      if (failure !== undefined) throw failure;
+      while (index < entries.length && got === entries[index]!.size) {
+        index++;
+        got = 0;
+      }
+      if (index < entries.length) throw new FerryError('PROTOCOL', `the helper on ${label} answered a read batch before sending all its bytes`, { host: label });
+      return results.map((r, i): ReadBatchResult => (r.ok ? { ok: true, hash: r.hash ?? '' } : { ok: false, error: readEntryError(r.error, entries[i]!.path, label) }));
+    } finally {
+      this.readSlots.release();
+    }
+  }
+
   rename(from: string, to: string): Promise<void> {
     return this.helper.rename(from, to);
   }
@@ -709,6 +874,11 @@ export class HelperConnection implements RemoteConnection {
     this.carrier.end();
   }
 }
+
+/** ENTRIES frames a walk lets wait before the connection stops reading. */
+const WALK_FRAMES_AHEAD = 4;
+/** Pieces of a read batch waiting for the sink before the connection stops reading. */
+const SINK_QUEUE = 64;
 
 /**
  * `entries` cut into runs [start, end) whose BATCH bodies fit in
@@ -1013,6 +1183,14 @@ class SftpConnection implements RemoteConnection {
     const problem = batchEntriesProblem(entries);
     if (problem) return Promise.reject(new FerryError('INTERNAL', `a batch for ${this.label} is malformed: ${problem}`, { host: this.label }));
     return sftpWriteBatch({ session: this.session, label: this.label, windowBytes: this.windowBytes, chunkBytes: this.chunkBytes }, entries, algorithm, read);
+  }
+
+  walk(root: string): AsyncIterable<WalkItem> {
+    return sftpWalk(this.session, root);
+  }
+
+  readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, sink: ReadBatchSink): Promise<ReadBatchResult[]> {
+    return sftpReadBatch(this.session, this.label, entries, algorithm, sink);
   }
 
   setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
