@@ -233,7 +233,7 @@ describe('ferry cp error cases', () => {
     expect(agents.stderr).toBe("ferry: error: --agents must be a whole number from 1 to 4096, got 'many'\n");
     const missing = await runFerry(['cp', src]);
     expect(missing.code).toBe(2);
-    expect(missing.stderr).toContain("error: missing required argument 'destination'");
+    expect(missing.stderr).toBe('ferry: error: missing the destination: ferry cp SOURCE... DESTINATION (run ferry cp --help)\n');
   });
 });
 

@@ -162,6 +162,23 @@ describe('ferry cp -r (push)', () => {
     expect(await readFile(join(dst, 'b.txt'), 'utf8')).toBe('b.txt\n');
   }, 120_000);
 
+  it('copies several sources into one directory, as scp -r a b dir', async () => {
+    const a = join(work.path, 'multi-a');
+    await mkdir(join(a, 'sub'), { recursive: true });
+    await appendFile(join(a, 'sub', 'x.txt'), 'x\n');
+    const b = join(work.path, 'multi-b.txt');
+    await appendFile(b, 'b\n');
+    const dst = join(work.path, 'dst-multi');
+    // The destination must be a directory: a missing one is an error, not the first source's new name.
+    const missing = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), a, b, at(sshd, dst)]);
+    expect(missing.code).toBe(20);
+    await mkdir(dst);
+    const r = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), a, b, at(sshd, dst)]);
+    expect(r.code).toBe(0);
+    expect(await readFile(join(dst, 'multi-a', 'sub', 'x.txt'), 'utf8')).toBe('x\n');
+    expect(await readFile(join(dst, 'multi-b.txt'), 'utf8')).toBe('b\n');
+  }, 60_000);
+
   it('says what is wrong with the command line', async () => {
     // A directory without -r.
     const noR = await runFerry(['cp', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), src, at(sshd, join(work.path, 'x'))]);

@@ -27,6 +27,11 @@ function describeExitCodes(): string {
   return `\nExit codes:\n${rows.join('\n')}\n`;
 }
 
+/** A destination path with a trailing '/', so that it must be an existing directory (`host:`, the login directory, as it is). */
+function intoDirectory(destination: string): string {
+  return destination.endsWith('/') || destination.endsWith(':') ? destination : `${destination}/`;
+}
+
 /** Trees move through the coordinator's own connections for now (issue 31): not yet striped over the ranks of srun or mpirun. */
 function treesOnOneNode(what: string): FerryError {
   return new FerryError('USAGE', `${what} is not built yet: trees are copied from one node for now; run ferry cp -r there`);
@@ -45,9 +50,9 @@ export function createCli(io: CliIo): Command {
 
   const cp = program
     .command('cp')
-    .description('copy SOURCE to DESTINATION (a directory tree with -r); exactly one of them is remote, written [user@]host[:port]:path')
-    .argument('<source>', 'local path or [user@]host[:port]:path')
-    .argument('<destination>', 'local or remote path; a directory gets the source file name');
+    .description('copy SOURCE to DESTINATION (a directory tree with -r), or several sources into the directory DESTINATION; one side is remote, written [user@]host[:port]:path')
+    .usage('[options] SOURCE... DESTINATION')
+    .argument('<paths...>', 'SOURCE: a local path or [user@]host[:port]:path (several: each goes into DESTINATION, which must be a directory); DESTINATION, last: a local or remote path, a directory gets the source\'s name');
   addCopyOptions(cp);
   cp.addOption(new Option('--launcher <name>', 'how agents are started').choices(['local', 'ssh', 'srun', 'mpirun']).default('local'))
     .option('--hosts <hostlist>', 'ssh and mpirun launchers: hosts to start agents on, e.g. node[01-04] or n1,n2')
@@ -61,8 +66,15 @@ export function createCli(io: CliIo): Command {
     .option('--sbatch [submit]', 'print a Slurm batch script that runs this copy with srun ferry run (or submit it: --sbatch submit)')
     .option('--time <limit>', 'with --sbatch: the job\'s time limit', '1-00:00:00')
     .addHelpText('after', describeExitCodes())
-    .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
+    .action(async (paths: string[], opts: Record<string, unknown>) => {
+      if (paths.length < 2) return reportError(io, new FerryError('USAGE', `missing the destination: ferry cp SOURCE... DESTINATION (run ferry cp --help)`));
+      const sources = paths.slice(0, -1);
+      const destination = paths[paths.length - 1]!;
       const copyOptions = copyOptionsFrom(opts);
+      const source = sources[0]!;
+      if (sources.length > 1 && (opts.sbatch !== undefined || opts.launcher !== 'local')) {
+        return reportError(io, new FerryError('USAGE', `several sources go with the local launcher only for now: run one ferry cp per source with --${opts.sbatch !== undefined ? 'sbatch' : 'launcher'}`));
+      }
       if (opts.sbatch !== undefined) {
         if (opts.recursive === true) return reportError(io, treesOnOneNode('--sbatch with -r'));
         try {
@@ -86,7 +98,17 @@ export function createCli(io: CliIo): Command {
         ...(opts.natsListen !== undefined ? { natsListen: opts.natsListen as string } : {}),
         ...(opts.natsAdvertise !== undefined ? { natsAdvertise: opts.natsAdvertise as string } : {}),
       };
-      await copy(io, source, destination, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
+      if (sources.length === 1) return copy(io, source, destination, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
+      // As scp: each source goes into the destination, which must be a directory (a trailing
+      // '/' makes a missing one an error, never the first source's new name); one that fails
+      // does not stop the others, and the first failure's exit code is the command's.
+      const into = intoDirectory(destination);
+      let first = 0;
+      for (const one of sources) {
+        await copy(io, one, into, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
+        if (first === 0 && io.exitCode !== 0) first = io.exitCode;
+      }
+      io.exitCode = first;
     });
 
   const run = program
