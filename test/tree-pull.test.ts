@@ -15,6 +15,7 @@ import { FrameDecoder } from '@ferry/core';
 import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
+import { on, tempFilesUnder, treeArgs } from './tree-helpers.js';
 import { CLI, killStrays, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 // A plain ES module of the benchmarks (no types).
 import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
@@ -27,21 +28,11 @@ let work: { path: string; remove(): Promise<void> };
 let src: string;
 
 function common(server: Sshd, extra: string[] = []): string[] {
-  return ['-i', server.userKey, '--known-hosts', server.knownHosts, '--state-dir', join(work.path, 'state'), '--batch-files-under', '64KiB', '--stripe-files-over', '2MiB', '--json', ...extra];
+  return treeArgs(server, join(work.path, 'state'), extra);
 }
 
 function at(server: Sshd, path: string): string {
-  return `${server.host}:${server.port}:${path}`;
-}
-
-async function listAll(root: string, rel = ''): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
-    const p = rel === '' ? e.name : `${rel}/${e.name}`;
-    out.push(p);
-    if (e.isDirectory()) out.push(...(await listAll(root, p)));
-  }
-  return out;
+  return on(server, path);
 }
 
 beforeAll(async () => {
@@ -86,7 +77,7 @@ describe('ferry cp -r (pull)', () => {
       expect(differences).toEqual({});
       expect(diff.same).toBe(true);
     }
-    expect((await listAll(join(dst, 'remote-project'))).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p))).toEqual([]);
+    expect(await tempFilesUnder(join(dst, 'remote-project'))).toEqual([]);
   }, 120_000);
 
   it('fetches nothing again on a rerun, then a changed remote file alone', async () => {

@@ -8,11 +8,12 @@
  * alone, listed, with its own exit code.
  */
 import { execFileSync } from 'node:child_process';
-import { appendFile, mkdir, readFile, readdir, rm, stat, utimes } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
+import { on, tempFilesUnder, treeArgs } from './tree-helpers.js';
 import { killStrays, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
 // A plain ES module of the benchmarks (no types).
 import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
@@ -25,22 +26,11 @@ let work: { path: string; remove(): Promise<void> };
 let src: string;
 
 function common(server: Sshd, extra: string[] = []): string[] {
-  // A 2 MiB file counts as big here (it is striped as a copy of its own), 64 KiB as small.
-  return ['-i', server.userKey, '--known-hosts', server.knownHosts, '--state-dir', join(work.path, 'state'), '--batch-files-under', '64KiB', '--stripe-files-over', '2MiB', '--json', ...extra];
+  return treeArgs(server, join(work.path, 'state'), extra);
 }
 
 function at(server: Sshd, path: string): string {
-  return `${server.host}:${server.port}:${path}`;
-}
-
-async function listAll(root: string, rel = ''): Promise<string[]> {
-  const out: string[] = [];
-  for (const e of await readdir(join(root, rel), { withFileTypes: true })) {
-    const p = rel === '' ? e.name : `${rel}/${e.name}`;
-    out.push(p);
-    if (e.isDirectory()) out.push(...(await listAll(root, p)));
-  }
-  return out;
+  return on(server, path);
 }
 
 beforeAll(async () => {
@@ -81,7 +71,7 @@ describe('ferry cp -r (push)', () => {
     expect(diff.differences).toEqual({});
     expect(diff.same).toBe(true);
     // No temporary file is left anywhere.
-    expect((await listAll(join(dst, 'project'))).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p))).toEqual([]);
+    expect(await tempFilesUnder(join(dst, 'project'))).toEqual([]);
   }, 120_000);
 
   it('sends nothing again on a rerun, and a changed file alone', async () => {
@@ -131,7 +121,7 @@ describe('ferry cp -r (push)', () => {
     const done = parseEvents(again.stdout).find((e) => e.type === 'tree.done')!;
     expect(done.resumedFiles as number).toBeGreaterThan(0);
     expect((await compareTrees(tree, dst)).differences).toEqual({});
-    expect((await listAll(dst)).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p))).toEqual([]);
+    expect(await tempFilesUnder(dst)).toEqual([]);
   }, 180_000);
 
   it('lists an entry it cannot write, copies the rest, and exits 72', async () => {

@@ -11,7 +11,7 @@
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
-import { pwriteAll } from '@ferry/core';
+import { GroupCommit } from './journal-file.js';
 import type { TreeEntry } from '@ferry/core';
 
 /** One durable entry: a file (with the hash of its content), a symlink, or a big file copied as a job of its own. */
@@ -36,15 +36,15 @@ export interface TreeJournalState {
 }
 
 export class TreeJournal {
-  private queue: Array<{ line: string; resolve: () => void; reject: (err: unknown) => void }> = [];
-  private writing: Promise<void> | undefined;
-  private failed: unknown;
+  private readonly writer: GroupCommit;
 
   private constructor(
     private readonly fh: FileHandle,
-    private position: number,
+    position: number,
     readonly path: string,
-  ) {}
+  ) {
+    this.writer = new GroupCommit(fh, position);
+  }
 
   /** Opens (creating 0600, never through a link) and reads the journal at `path`. */
   static async open(path: string): Promise<{ journal: TreeJournal; state: TreeJournalState }> {
@@ -77,36 +77,11 @@ export class TreeJournal {
   /** Resolves once the records are on stable storage (records queued meanwhile share the next fsync). */
   append(records: readonly TreeRecord[]): Promise<void> {
     if (records.length === 0) return Promise.resolve();
-    if (this.failed) return Promise.reject(this.failed);
-    const line = records.map((r) => JSON.stringify(r) + '\n').join('');
-    return new Promise<void>((resolve, reject) => {
-      this.queue.push({ line, resolve, reject });
-      this.writing ??= this.drain();
-    });
-  }
-
-  private async drain(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const group = this.queue.splice(0);
-        const data = Buffer.from(group.map((g) => g.line).join(''), 'utf8');
-        try {
-          await pwriteAll(this.fh, data, data.length, this.position);
-          this.position += data.length;
-          await this.fh.sync();
-          for (const g of group) g.resolve();
-        } catch (err) {
-          this.failed = err;
-          for (const g of [...group, ...this.queue.splice(0)]) g.reject(err);
-        }
-      }
-    } finally {
-      this.writing = undefined;
-    }
+    return this.writer.append(Buffer.from(records.map((r) => JSON.stringify(r) + '\n').join(''), 'utf8'));
   }
 
   async close(): Promise<void> {
-    while (this.writing) await this.writing;
+    await this.writer.settle();
     await this.fh.close();
   }
 }
