@@ -226,7 +226,7 @@ class TreeRun {
     this.sender = new TreeSender({
       streams: this.streams,
       connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
-      transfer: target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.localPath(e.path)),
+      transfer: target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.sourcePath(e.path)),
       onResult: (batch, results) => this.collect(batch, results),
       log: (message) => emit({ type: 'log', message }),
       ...(request.signal ? { signal: request.signal } : {}),
@@ -288,7 +288,7 @@ class TreeRun {
         for await (const item of await this.walk()) {
           if ('error' in item) {
             if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceLabel}: ${item.error.message}`, { path: this.target.sourceRoot });
-            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.localPath(item.path), errno: item.error.code });
+            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.sourcePath(item.path), errno: item.error.code });
             continue;
           }
           if (!this.admit(item.entry)) continue;
@@ -424,7 +424,7 @@ class TreeRun {
   private async copyHuge(entry: TreeEntry): Promise<void> {
     const loc = this.target.remote;
     const pull = this.target.direction === 'pull';
-    const source = pull ? formatLocation({ ...loc, path: sourcePathOf(this.target, entry.path) }) : this.localPath(entry.path);
+    const source = pull ? formatLocation({ ...loc, path: sourcePathOf(this.target, entry.path) }) : this.sourcePath(entry.path);
     const destination = pull ? this.destPath(entry.path) : formatLocation({ ...loc, path: remotePathOf(this.target, entry.path) });
     try {
       const summary = await runCopy({
@@ -466,12 +466,12 @@ class TreeRun {
   }
 
   /** The source path of a tree path (remote for a pull). */
-  private localPath(treePath: string): string {
+  private sourcePath(treePath: string): string {
     return sourcePathOf(this.target, treePath);
   }
 
   private sourceLabelOf(treePath: string): string {
-    return this.target.direction === 'pull' ? `${targetHostOf(this.target)}:${this.localPath(treePath)}` : this.localPath(treePath);
+    return this.target.direction === 'pull' ? `${targetHostOf(this.target)}:${this.sourcePath(treePath)}` : this.sourcePath(treePath);
   }
 
   private destPath(treePath: string): string {
