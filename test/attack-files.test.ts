@@ -27,6 +27,8 @@ import type { RunResult } from './helpers.js';
 const MiB = 1024 * 1024;
 const SECRET = 'the victim keeps this to itself\n';
 const TOKEN = 'feedfacefeedfacefeedface';
+/** The slow copy's source: at 3 MB/s, 2.8 s of copying, time enough to swap its temporary file half a second in. */
+const SLOW_BYTES = 8 * MiB;
 
 let sshd: Sshd;
 let work: { path: string; remove(): Promise<void> };
@@ -123,7 +125,7 @@ beforeAll(async () => {
   await makeRandomFile(src, 3 * MiB);
   srcHash = await fileHash(src);
   slowSrc = join(vhome, 'slow.bin');
-  await makeRandomFile(slowSrc, 12 * MiB);
+  await makeRandomFile(slowSrc, SLOW_BYTES);
   slowHash = await fileHash(slowSrc);
   secret = join(vhome, 'secret.txt');
   await writeFile(secret, SECRET);
@@ -212,10 +214,10 @@ describe.each(cases)('%s in %s mode over %s, in a group-writable project directo
       const temp = join(dir, name!);
       await new Promise((r) => setTimeout(r, 500));
       if (what.startsWith('a sym')) asAttacker('mv "$1" "$2"; ln -s "$3" "$1"', temp, join(dir, 'moved-away'), secret);
-      else asAttacker('mv "$1" "$2"; umask 0; truncate -s "$3" "$1"; chmod 666 "$1"', temp, join(dir, 'moved-away'), String(12 * MiB));
+      else asAttacker('mv "$1" "$2"; umask 0; truncate -s "$3" "$1"; chmod 666 "$1"', temp, join(dir, 'moved-away'), String(SLOW_BYTES));
       const r = await running;
       expect(r.code).toBe(24);
-      expect(r.stderr).toMatch(/^ferry: error: the partial file \S+ is not the file ferry created: found (a symbolic link|a file owned by uid \d+, not uid \d+|a file of 32 bytes, not 12582912)/);
+      expect(r.stderr).toMatch(new RegExp(`^ferry: error: the partial file \\S+ is not the file ferry created: found (a symbolic link|a file owned by uid \\d+, not uid \\d+|a file of 32 bytes, not ${SLOW_BYTES})`));
       // SFTP opens follow links (no O_NOFOLLOW in SFTP v3): the link is seen by the file it reaches, opened without change.
       if (mode !== 'sftp') expect(r.stderr).not.toContain('a file of 32 bytes');
       expect(r.stderr).toContain('rerun with --restart');

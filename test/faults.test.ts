@@ -4,9 +4,13 @@
  * up; the source changes; the journal is torn; Ctrl-C. Each time the copy ends
  * byte-identical, or stops with a clear error and resumes after the fix.
  *
- * Every test runs twice: against a remote host with `ferry serve`, and against
- * one where nothing of ferry (and no node) is installed, where the copy goes
- * through ferry's python helper (the no-install path).
+ * The tests that touch the data path (agents, connections, helpers, the
+ * destination's writes and syncs) run twice: against a remote host with
+ * `ferry serve`, and against one where nothing of ferry (and no node) is
+ * installed, where the copy goes through ferry's python helper (the no-install
+ * path). The tests of the coordinator's own recovery (its journal, the KV
+ * mirror, NATS, the source check) see the same helper answers either way and
+ * run once, against `ferry serve`.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
@@ -130,7 +134,8 @@ async function finish(run: LiveRun, target: string, want = srcHash): Promise<Fer
   return lastEvent(run, 'done')!;
 }
 
-describe.each(VARIANTS)('fault tolerance with $name', (v) => {
+/** Starts the variant's sshd for the enclosing describe; returns how to make a directory for one test, apart from the other variant's. */
+function useVariant(v: Variant): (name: string) => Promise<string> {
   beforeAll(async () => {
     variant = v;
     sshd = await startSshd({ without: v.without });
@@ -141,12 +146,15 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     await sshd?.stop();
   });
 
-  /** A directory for one test, apart from the other variant's. */
-  const testDir = async (name: string) => {
+  return async (name: string) => {
     const dir = join(work.path, `${v.mode}-${name}`);
     await mkdir(dir);
     return dir;
   };
+}
+
+describe.each(VARIANTS)('fault tolerance with $name', (v) => {
+  const testDir = useVariant(v);
 
   it('1. finishes byte-identical when one of 3 agents is killed with SIGKILL', async () => {
     const dir = await testDir('t1');
@@ -213,26 +221,6 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(Number(done.movedBytes) + Number(done.resumedBytes)).toBe(SIZE);
     expect(Number(done.movedBytes)).toBeLessThanOrEqual(SIZE - durableAtKill);
     console.log(`test 2: the rerun moved ${(Number(done.movedBytes) / SIZE).toFixed(3)} of the file (${durableAtKill / MiB} MiB were journaled at the kill)`);
-  });
-
-  it('2b. resumes after the coordinator of a one-agent job (no NATS) is killed, moving only what was not durable', async () => {
-    const dir = await testDir('t2b');
-    const args = ['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
-    cleanups.push(() => first.child.kill('SIGKILL'));
-    const start = await first.waitFor((e) => e.type === 'job.start');
-    await first.waitFor((e) => e.type === 'range.done', 8);
-    first.child.kill('SIGKILL');
-    await first.result;
-    expect(existsSync(join(String(start.stateDir), 'nats'))).toBe(false);
-    const durableAtKill = doneEvents(first).reduce((n, e) => n + Number(e.bytes), 0);
-    const second = startFerry(args);
-    cleanups.push(() => second.child.kill('SIGKILL'));
-    const done = await finish(second, join(dir, 'src.bin'));
-    expect(second.events.find((e) => e.type === 'job.start')!.resumed).toBe(true);
-    // What the journal had is not moved again.
-    expect(Number(done.resumedBytes)).toBeGreaterThanOrEqual(durableAtKill);
-    expect(Number(done.movedBytes) + Number(done.resumedBytes)).toBe(SIZE);
   });
 
   it('3. reconnects when the sshd process serving an agent connection is killed', async () => {
@@ -332,27 +320,6 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     expect(after.every((e) => String(e.host).startsWith('127.0.0.2'))).toBe(true);
   });
 
-  it('5. rides out a restart of an external nats-server', async () => {
-    const dir = await testDir('t5');
-    const port = await freePort();
-    const token = 'ferrytesttoken';
-    const natsArgs = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js'), '--auth', token];
-    let nats: ChildProcess = spawn('nats-server', natsArgs, { stdio: 'ignore' });
-    cleanups.push(() => nats.kill('SIGKILL'));
-    await new Promise((r) => setTimeout(r, 700));
-    const run = startFerry(['cp', src, remote(`${dir}/`), '--nats', `nats://127.0.0.1:${port}`, '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))], {
-      env: { FERRY_NATS_TOKEN: token },
-    });
-    cleanups.push(() => run.child.kill('SIGKILL'));
-    await run.waitFor((e) => e.type === 'range.done', 4);
-    const stopped = new Promise((r) => nats.once('exit', r));
-    nats.kill('SIGTERM');
-    await stopped;
-    await new Promise((r) => setTimeout(r, 1500));
-    nats = spawn('nats-server', natsArgs, { stdio: 'ignore' });
-    await finish(run, join(dir, 'src.bin'));
-  });
-
   it('6. stops with a clear error when the destination fills up, and resumes once there is space', async () => {
     const dir = await testDir('t6');
     const small = join(dir, 'small-fs');
@@ -380,6 +347,75 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const done = await finish(again, join(small, 'src.bin'));
     expect(again.events.find((e) => e.type === 'job.start')!.rangesDone).toBeGreaterThanOrEqual(durable);
     expect(Number(done.resumedBytes)).toBeGreaterThan(0);
+  });
+
+  it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
+    const dir = await testDir('t10');
+    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 3);
+    first.child.kill('SIGINT');
+    const r = await first.result;
+    expect(r.code).toBe(130);
+    const done = doneEvents(first).length;
+    expect(r.stderr).toBe(
+      `ferry: error: interrupted: ${done} of ${RANGES} ranges (${formatBytes(done * 16 * MiB)} of ${formatBytes(SIZE)}) are done and journaled; rerun the same command, or 'ferry resume ${String(start.jobId)}', to continue\n`,
+    );
+    expect(lastEvent(first, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
+    // No agent outlives the coordinator.
+    for (const e of first.events.filter((x) => x.type === 'agent.start')) expect(isAlive(Number(e.pid))).toBe(false);
+    const second = startFerry(args);
+    const fin = await finish(second, join(dir, 'src.bin'));
+    expect(Number(fin.resumedBytes)).toBe(done * 16 * MiB);
+  });
+});
+
+// The coordinator's recovery: the journal, the KV mirror, NATS and the source check.
+// The data path answers them as it does any copy (tests 2 and 10 resume through both
+// helpers), so one variant proves as much as two.
+describe(`fault tolerance of the coordinator, with ${VARIANTS[0]!.name}`, () => {
+  const testDir = useVariant(VARIANTS[0]!);
+
+  it('2b. resumes after the coordinator of a one-agent job (no NATS) is killed, moving only what was not durable', async () => {
+    const dir = await testDir('t2b');
+    const args = ['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'))];
+    const first = startFerry([...args, '--limit-rate', '60MB']);
+    cleanups.push(() => first.child.kill('SIGKILL'));
+    const start = await first.waitFor((e) => e.type === 'job.start');
+    await first.waitFor((e) => e.type === 'range.done', 8);
+    first.child.kill('SIGKILL');
+    await first.result;
+    expect(existsSync(join(String(start.stateDir), 'nats'))).toBe(false);
+    const durableAtKill = doneEvents(first).reduce((n, e) => n + Number(e.bytes), 0);
+    const second = startFerry(args);
+    cleanups.push(() => second.child.kill('SIGKILL'));
+    const done = await finish(second, join(dir, 'src.bin'));
+    expect(second.events.find((e) => e.type === 'job.start')!.resumed).toBe(true);
+    // What the journal had is not moved again.
+    expect(Number(done.resumedBytes)).toBeGreaterThanOrEqual(durableAtKill);
+    expect(Number(done.movedBytes) + Number(done.resumedBytes)).toBe(SIZE);
+  });
+
+  it('5. rides out a restart of an external nats-server', async () => {
+    const dir = await testDir('t5');
+    const port = await freePort();
+    const token = 'ferrytesttoken';
+    const natsArgs = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js'), '--auth', token];
+    let nats: ChildProcess = spawn('nats-server', natsArgs, { stdio: 'ignore' });
+    cleanups.push(() => nats.kill('SIGKILL'));
+    await new Promise((r) => setTimeout(r, 700));
+    const run = startFerry(['cp', src, remote(`${dir}/`), '--nats', `nats://127.0.0.1:${port}`, '--agents', '2', '--streams', '2', '--limit-rate', '60MB', ...common(join(dir, 'state'))], {
+      env: { FERRY_NATS_TOKEN: token },
+    });
+    cleanups.push(() => run.child.kill('SIGKILL'));
+    await run.waitFor((e) => e.type === 'range.done', 4);
+    const stopped = new Promise((r) => nats.once('exit', r));
+    nats.kill('SIGTERM');
+    await stopped;
+    await new Promise((r) => setTimeout(r, 1500));
+    nats = spawn('nats-server', natsArgs, { stdio: 'ignore' });
+    await finish(run, join(dir, 'src.bin'));
   });
 
   it('7. detects a source appended to during the copy and renames nothing into place', async () => {
@@ -454,26 +490,5 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const recovered = second.events.find((e) => e.type === 'log' && /^recovered \d+ ranges/.test(String(e.message)));
     expect(Number(/^recovered (\d+)/.exec(String(recovered?.message))?.[1])).toBeGreaterThanOrEqual(doneEvents(first).length);
     expect(Number(done.movedBytes)).toBeLessThanOrEqual(SIZE - doneEvents(first).length * 16 * MiB);
-  });
-
-  it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
-    const dir = await testDir('t10');
-    const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
-    const start = await first.waitFor((e) => e.type === 'job.start');
-    await first.waitFor((e) => e.type === 'range.done', 3);
-    first.child.kill('SIGINT');
-    const r = await first.result;
-    expect(r.code).toBe(130);
-    const done = doneEvents(first).length;
-    expect(r.stderr).toBe(
-      `ferry: error: interrupted: ${done} of ${RANGES} ranges (${formatBytes(done * 16 * MiB)} of ${formatBytes(SIZE)}) are done and journaled; rerun the same command, or 'ferry resume ${String(start.jobId)}', to continue\n`,
-    );
-    expect(lastEvent(first, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
-    // No agent outlives the coordinator.
-    for (const e of first.events.filter((x) => x.type === 'agent.start')) expect(isAlive(Number(e.pid))).toBe(false);
-    const second = startFerry(args);
-    const fin = await finish(second, join(dir, 'src.bin'));
-    expect(Number(fin.resumedBytes)).toBe(done * 16 * MiB);
   });
 });
