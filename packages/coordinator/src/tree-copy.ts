@@ -55,17 +55,8 @@ const FAILURES_SHOWN = 20;
 /** Directories made in one BATCH, at most, before a batch that needs them goes out. */
 const DIRS_PER_BATCH = 1024;
 
-interface Counters {
-  files: number;
-  bytes: number;
-  resumedFiles: number;
-  resumedBytes: number;
-  dirs: number;
-  symlinks: number;
-  hardlinks: number;
-  failed: number;
-  skipped: number;
-}
+/** What a run counts as it goes: the summary's counts. */
+type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped'>;
 
 export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
   const options = resolveCopyOptions(request.options, { cores: availableParallelism() });
@@ -134,15 +125,7 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
       jobId: target.jobId,
       source: target.sourceLabel,
       destination: target.destinationLabel,
-      files: c.files,
-      bytes: c.bytes,
-      resumedFiles: c.resumedFiles,
-      resumedBytes: c.resumedBytes,
-      dirs: c.dirs,
-      symlinks: c.symlinks,
-      hardlinks: c.hardlinks,
-      failed: c.failed,
-      skipped: c.skipped,
+      ...c,
       seconds,
       mbps: seconds > 0 ? c.bytes / 1e6 / seconds : 0,
       filesPerSec: seconds > 0 ? c.files / seconds : 0,
