@@ -13,5 +13,4 @@ export type { Hub, HubOptions } from './hub.js';
 export type { ServeMemory, ServeOptions } from './serve.js';
 export { walkTree } from './walk.js';
 export type { WalkError, WalkItem, WalkOptions } from './walk.js';
-export { applyEntries, commitEntries, createTempFile, discardTemp, finishFile, makeDirectory, placeFile, placeHardlink, placeSymlink, randomTempName, syncDirectory } from './batch.js';
-export type { CommitFile, TempFile } from './batch.js';
+export { BatchWriter, applyEntries, discardTemp, makeDirectory, placeHardlink, placeSymlink, randomTempName, syncDirectory } from './batch.js';

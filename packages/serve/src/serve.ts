@@ -43,8 +43,7 @@ import {
 import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
-import { commitEntries, createTempFile, failedAncestor, underFailedError, discardTemp, finishFile, makeDirectory } from './batch.js';
-import type { TempFile } from './batch.js';
+import { BatchWriter, MAX_HELD_FILES } from './batch.js';
 
 const MiB = 1024 * 1024;
 /** Pending writes a session may always hold, and holds before it knows its rate (pending.ts). */
@@ -68,13 +67,8 @@ export const MAX_GATHERING = 8;
  * not ferry's, and the session ends with a PROTOCOL error.
  */
 export const MAX_OPEN_WRITES = 256;
-/**
- * Temporary files of BATCHes a session holds open at once: the one receiving
- * bytes, and those whose mode, times and data are being synced (which overlap
- * the stream). Created in entry order, so the files receiving bytes always
- * get theirs.
- */
-export const MAX_BATCH_OPEN_FILES = 32;
+/** Temporary files of a BATCH open at once, at most (written, waiting for the batch's sync). */
+export const MAX_BATCH_OPEN_FILES = MAX_HELD_FILES;
 /** A walk's items go out in ENTRIES frames of at most this many... */
 const WALK_CHUNK_ITEMS = 1024;
 /** ...and about this many bytes (well within MAX_BATCH_BODY_BYTES: one more item never overflows it)... */
@@ -159,8 +153,6 @@ interface OpenFile extends WriteTarget {
 interface Upload {
   id: number;
   file: WriteTarget;
-  /** Set for a file of a BATCH: its end and failures go to the batch, not to an answer of their own. */
-  batchFile?: BatchFile;
   offset: number;
   length: number;
   received: number;
@@ -174,37 +166,21 @@ interface Upload {
   answered: boolean;
 }
 
-/** A file entry of a BATCH. */
-interface BatchFile {
-  index: number;
-  entry: BatchEntry;
-  upload: Upload;
-  /** Its temporary file, once created (in entry order, after the directories before it). */
-  temp: Promise<TempFile>;
-  /** Mode, times and data synced and the handle closed, once every byte is written; rejects with the entry's failure. */
-  finished: Promise<TempFile> | undefined;
-  error: FerryError | undefined;
-}
-
 /** A BATCH from its frame to its answer. */
 interface Batch {
   id: number;
-  entries: BatchEntry[];
-  /** Entries that are files, in entry order: their bytes come in this order. */
-  files: BatchFile[];
-  /** Next of `files` to receive bytes. */
+  /** Its files written as their bytes come (batch.ts). */
+  writer: BatchWriter;
+  /** Sizes of its files, in entry order: their bytes come in this order. */
+  sizes: number[];
+  /** The file receiving bytes now, and what it has. */
   cursor: number;
+  cursorReceived: number;
   total: number;
   received: number;
-  /** Directories made (or failed) and every file's temporary file created (or failed). */
-  prepared: Promise<void>;
-  dirErrors: Map<number, FerryError>;
-  /** The same failures by path: entries under them are not made. */
-  failedDirs: Map<string, FerryError>;
   /** COMMIT arrived: no more bytes. */
   committed: boolean;
 }
-
 
 /** A walk's entry as ENTRIES carries it: only the fields that are set. */
 function wireEntry(e: TreeEntry): WireWalkItem {
@@ -272,11 +248,6 @@ export async function serve(options: ServeOptions): Promise<void> {
   /** BATCHes announced and not yet answered, and the one whose bytes are arriving (one at a time). */
   const batches = new Map<number, Batch>();
   let receiving: Batch | undefined;
-  const batchFileSlots = new Semaphore(MAX_BATCH_OPEN_FILES);
-  /** Directories and temporary files are made in the order BATCHes and their entries came, one at a time. */
-  const prepQueue = new SerialQueue();
-  /** Input ended: BATCHes still open are dropped, and their preparation stops waiting for open-file slots. */
-  let ending = false;
   const discarded = new Set<number>();
   let nextHandle = 1;
   let pendingBytes = 0;
@@ -348,12 +319,6 @@ export async function serve(options: ServeOptions): Promise<void> {
   // Nothing is lost by it: a range counts as done only after the FSYNC that follows it, which
   // waits for these writes and fails if one of them did (writeError).
   const finishUpload = (u: Upload) => {
-    if (u.batchFile) {
-      // A BATCH file ends when its last byte is in, failed or not: it still has a handle to close.
-      if (u.answered || u.received < u.length || u.buf !== undefined) return;
-      u.answered = true;
-      return finishBatchFile(u.batchFile);
-    }
     if (u.answered || u.error || u.received < u.length || u.buf !== undefined) return;
     u.answered = true;
     uploads.delete(u.id);
@@ -401,11 +366,6 @@ export async function serve(options: ServeOptions): Promise<void> {
       pool.release(u.buf);
       u.buf = undefined;
       gathering.delete(u);
-    }
-    if (u.batchFile) {
-      // The rest of its bytes are dropped as they come (receive); the COMMIT's answer says why.
-      u.batchFile.error ??= u.error;
-      return;
     }
     uploads.delete(u.id);
     if (u.received < u.length) discard(u.id);
@@ -463,7 +423,7 @@ export async function serve(options: ServeOptions): Promise<void> {
     }
     const at = u.offset + u.received;
     u.received += n;
-    if (n > 0 && !u.batchFile && !u.error) ensureZeros(u, at, n);
+    if (n > 0 && !u.error) ensureZeros(u, at, n);
     finishUpload(u);
   };
 
@@ -486,12 +446,6 @@ export async function serve(options: ServeOptions): Promise<void> {
   /** A piece of `u`'s bytes, within its length: hashed, gathered into pool buffers and written in chunks. */
   const receive = (u: Upload, data: Buffer) => {
     let piece = data;
-    if (u.error) {
-      // A BATCH file that already failed: its bytes are counted and dropped.
-      u.received += piece.length;
-      finishUpload(u);
-      return;
-    }
     u.hasher.update(piece);
     pendingLimit.received(piece.length, performance.now());
     while (piece.length > 0) {
@@ -538,119 +492,41 @@ export async function serve(options: ServeOptions): Promise<void> {
     if (b !== receiving) throw new FerryError('PROTOCOL', `${typeof data === 'number' ? 'ZEROS' : 'DATA'} for batch ${b.id} after its COMMIT`);
     if (b.received + n > b.total) throw new FerryError('PROTOCOL', `${typeof data === 'number' ? 'ZEROS' : 'DATA'} for batch ${b.id} overruns its files' ${b.total} bytes`);
     b.received += n;
+    pendingLimit.received(n, performance.now());
     let at = 0;
     while (at < n) {
-      const f = b.files[b.cursor]!;
-      const k = Math.min(f.upload.length - f.upload.received, n - at);
+      const k = Math.min(b.sizes[b.cursor]! - b.cursorReceived, n - at);
       if (k === 0) {
         b.cursor++;
+        b.cursorReceived = 0;
         continue;
       }
-      if (typeof data === 'number') receiveZeros(f.upload, k);
-      else receive(f.upload, data.subarray(at, at + k));
+      if (typeof data === 'number') b.writer.zeros(b.cursor, k, ZERO_CHUNK);
+      else b.writer.data(b.cursor, data.subarray(at, at + k));
+      b.cursorReceived += k;
       at += k;
     }
-  };
-
-  /** Every byte of a BATCH file is in and hashed: sync its mode, times and data once its writes are done, overlapping the stream. */
-  const finishBatchFile = (f: BatchFile) => {
-    f.finished = (async () => {
-      const tmp = await f.temp;
-      try {
-        await Promise.allSettled([...f.upload.file.writing]);
-        if (f.upload.file.writeError) throw f.upload.file.writeError;
-        if (f.error) throw f.error;
-        await finishFile(tmp, f.entry);
-      } catch (err) {
-        await tmp.fh.close().catch(() => {});
-        throw err;
-      } finally {
-        batchFileSlots.release();
-      }
-      return tmp;
-    })();
-    f.finished.catch(() => {});
   };
 
   const startBatch = (id: number, body: BatchBody) => {
     if (uploads.has(id) || batches.has(id)) throw new FerryError('PROTOCOL', `request id ${id} is already in use`);
     if (receiving) throw new FerryError('PROTOCOL', `BATCH ${id} before the COMMIT of batch ${receiving.id}: one batch's bytes at a time`);
     if (batches.size >= MAX_OPEN_BATCHES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_BATCHES} BATCHes open at once in one session`);
-    const entries = body.entries;
-    const b: Batch = { id, entries, files: [], cursor: 0, total: batchBytes(entries), received: 0, prepared: Promise.resolve(), dirErrors: new Map(), failedDirs: new Map(), committed: false };
-    const temps: Array<{ f: BatchFile; resolve: (t: TempFile) => void; reject: (e: unknown) => void }> = [];
-    entries.forEach((entry, index) => {
-      if (entry.kind !== 'file') return;
-      let resolve!: (t: TempFile) => void;
-      let reject!: (e: unknown) => void;
-      const temp = new Promise<TempFile>((res, rej) => ((resolve = res), (reject = rej)));
-      temp.catch(() => {});
-      const f: BatchFile = { index, entry, temp, finished: undefined, error: undefined, upload: undefined as unknown as Upload };
-      const target: WriteTarget = {
-        path: entry.path,
-        // Bytes may come before the file exists: each write waits for it (and fails with its creation).
-        writer: {
-          write: async (data, length, position) => pwriteAll((await temp).fh, data, length, position),
-          zero: async () => {},
-        },
-        writing: new Set(),
-        writeError: undefined,
-      };
-      f.upload = { id, file: target, batchFile: f, offset: 0, length: entry.size ?? 0, received: 0, hasher: createHasher(body.algorithm), buf: undefined, fill: 0, bufOffset: 0, error: undefined, answered: false };
-      b.files.push(f);
-      temps.push({ f, resolve, reject });
-    });
-    // Directories and temporary files in entry order (a directory before what is in it), one at a
-    // time across the session; at most MAX_BATCH_OPEN_FILES files open, freed as files finish.
-    b.prepared = prepQueue.run(async () => {
-      let t = 0;
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]!;
-        const under = failedAncestor(entry.path, b.failedDirs);
-        if (entry.kind === 'dir') {
-          const failed = under ? underFailedError(entry.path, under) : await makeDirectory(entry.path).then(() => undefined, (err: unknown) => destinationError(err, { path: entry.path }));
-          if (failed) {
-            b.dirErrors.set(i, failed);
-            b.failedDirs.set(entry.path, failed);
-          }
-        } else if (entry.kind === 'file') {
-          const { f, resolve, reject } = temps[t++]!;
-          if (under) {
-            f.error ??= underFailedError(entry.path, under);
-            reject(f.error);
-            continue;
-          }
-          await batchFileSlots.acquire();
-          if (ending) {
-            reject(new FerryError('CONNECTION_LOST', `the client went away before batch ${id} was committed`, { path: entry.path }));
-            continue;
-          }
-          try {
-            resolve(await createTempFile(entry.path, entry.size ?? 0));
-          } catch (err) {
-            batchFileSlots.release();
-            const e = destinationError(err, { path: entry.path });
-            f.error ??= e;
-            reject(e);
-          }
-        }
-      }
-    });
+    const writer = new BatchWriter(body.entries, body.algorithm);
+    const sizes = writer.files.map((f) => f.size);
+    const b: Batch = { id, writer, sizes, cursor: 0, cursorReceived: 0, total: batchBytes(body.entries), received: 0, committed: false };
     batches.set(id, b);
     receiving = b;
-    for (const f of b.files) if (f.upload.length === 0) finishUpload(f.upload);
+    // Directories first (a BATCH lists one before what lands in it); files are made as their bytes come.
+    writer.makeDirectories();
   };
 
   /**
    * COMMIT: each file whose hashes agree is renamed over its path, symbolic
-   * and hard links are made, and every directory that received a name is
-   * synced once; one answer with a result per entry.
+   * and hard links are made, and the batch is made durable; one answer with a
+   * result per entry.
    */
-  const commitBatch = async (b: Batch, srcHashes: Array<string | null>): Promise<OkBody> => {
-    await b.prepared;
-    const files = b.files.map((f) => ({ index: f.index, entry: f.entry, temp: f.temp, finished: f.finished!, hash: f.upload.hasher.digest() }));
-    return { results: fitResults(await commitEntries(b.entries, files, srcHashes, b.dirErrors, b.failedDirs)) };
-  };
+  const commitBatch = async (b: Batch, srcHashes: Array<string | null>): Promise<OkBody> => ({ results: fitResults(await b.writer.commit(srcHashes)) });
 
   /** Remembers a failed WRITE whose DATA is still to be dropped; forgets the oldest beyond MAX_DISCARDED. */
   const discard = (id: number) => {
@@ -1080,7 +956,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const b = batches.get(id);
         if (!b || b.committed) throw new FerryError('PROTOCOL', `COMMIT for unknown batch ${id}`);
         if (b.received < b.total) throw new FerryError('PROTOCOL', `COMMIT for batch ${id} before all its bytes (${b.received} of ${b.total})`);
-        if (frame.body.srcHashes.length !== b.entries.length) throw new FerryError('PROTOCOL', `COMMIT for batch ${id} has ${frame.body.srcHashes.length} hashes for ${b.entries.length} entries`);
+        if (frame.body.srcHashes.length !== b.writer.entries.length) throw new FerryError('PROTOCOL', `COMMIT for batch ${id} has ${frame.body.srcHashes.length} hashes for ${b.writer.entries.length} entries`);
         b.committed = true;
         receiving = undefined;
         run(() => commitBatch(b, frame.body.srcHashes).finally(() => batches.delete(id)));
@@ -1118,18 +994,7 @@ export async function serve(options: ServeOptions): Promise<void> {
   });
   while (work.size > 0) await Promise.allSettled([...work]);
   // BATCHes never committed (the client went away): their temporary files go.
-  ending = true;
-  batchFileSlots.openAll();
-  for (const b of batches.values()) {
-    await b.prepared.catch(() => {});
-    for (const f of b.files) {
-      const tmp = await f.temp.catch(() => undefined);
-      if (!tmp) continue;
-      if (!f.finished) await tmp.fh.close().catch(() => {});
-      await f.finished?.catch(() => {});
-      await discardTemp(tmp.name);
-    }
-  }
+  for (const b of batches.values()) if (!b.committed) b.writer.abort();
   batches.clear();
   for (const f of files.values()) {
     await f.writer.close().catch(() => {});

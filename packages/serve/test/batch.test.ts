@@ -86,7 +86,7 @@ describe('serve: BATCH', () => {
     await s.done;
   });
 
-  it(`holds no more than a WRITE would for a batch of 600 files (at most ${MAX_GATHERING} gather buffers, ${MAX_BATCH_OPEN_FILES} open files, the pool), and writes every byte`, async () => {
+  it(`holds at most ${MAX_BATCH_OPEN_FILES} files open for a batch of 600 (the rest synced early), no gather buffer beyond ${MAX_GATHERING}, and writes every byte`, async () => {
     const dir = fresh();
     const s = session();
     const entries = Array.from({ length: 600 }, (_, i) => ({ kind: 'file' as const, path: join(dir, `f${i}`), size: 3000 + i }));

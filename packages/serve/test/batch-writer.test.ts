@@ -1,0 +1,92 @@
+/**
+ * serve's BatchWriter on its own, on a real directory: the early sync past
+ * MAX_HELD_FILES, the sync of each file where there is no `sync -f`, an
+ * abandoned batch, and no descriptor left open whatever the path.
+ */
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ZERO_CHUNK, createHasher } from '@ferry/core';
+import type { BatchEntry } from '@ferry/core';
+import { BatchWriter, MAX_HELD_FILES } from '../src/batch.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function fresh(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-writer-'));
+  dirs.push(dir);
+  return dir;
+}
+
+const openFds = () => readdirSync('/proc/self/fd').length;
+const contentOf = (i: number) => Buffer.alloc(100 + (i % 50), i % 251);
+
+/** A batch of `n` files under a new directory `sub`, every file's bytes fed, the sparse one as zeros. */
+function feed(dir: string, n: number, options?: { syncfs?: boolean }) {
+  const entries: BatchEntry[] = [{ kind: 'dir', path: join(dir, 'sub') }];
+  for (let i = 0; i < n; i++) entries.push({ kind: 'file', path: join(dir, 'sub', `f${i}`), size: contentOf(i).length, mode: 0o640 });
+  entries.push({ kind: 'file', path: join(dir, 'sub', 'holes'), size: 3 << 20 });
+  entries.push({ kind: 'symlink', path: join(dir, 'sub', 'link'), target: 'f0' });
+  const writer = new BatchWriter(entries, 'crc32', options);
+  writer.makeDirectories();
+  const hashes: Array<string | null> = [null];
+  for (let i = 0; i < n; i++) {
+    writer.data(i, contentOf(i));
+    const h = createHasher('crc32');
+    h.update(contentOf(i));
+    hashes.push(h.digest());
+  }
+  writer.zeros(n, 3 << 20, ZERO_CHUNK);
+  const h = createHasher('crc32');
+  h.update(Buffer.alloc(3 << 20));
+  hashes.push(h.digest(), null);
+  return { writer, hashes };
+}
+
+describe('BatchWriter', () => {
+  for (const syncfs of [true, false]) {
+    it(`writes ${MAX_HELD_FILES + 88} files with at most ${MAX_HELD_FILES} held open, and closes every one (${syncfs ? 'one syncfs' : 'no sync -f: each file synced'})`, async () => {
+      const dir = fresh();
+      const before = openFds();
+      const n = MAX_HELD_FILES + 88;
+      const { writer, hashes } = feed(dir, n, { syncfs });
+      expect(openFds() - before).toBeLessThanOrEqual(MAX_HELD_FILES + 1);
+      const results = await writer.commit(hashes);
+      expect(results.every((r) => r.ok)).toBe(true);
+      expect(openFds()).toBe(before);
+      const names = readdirSync(join(dir, 'sub'));
+      expect(names.filter((x) => x.endsWith('.part'))).toEqual([]);
+      expect(names.length).toBe(n + 2);
+      expect(readFileSync(join(dir, 'sub', `f${n - 1}`)).equals(contentOf(n - 1))).toBe(true);
+      expect(readFileSync(join(dir, 'sub', 'holes')).equals(Buffer.alloc(3 << 20))).toBe(true);
+    });
+  }
+
+  it('fails the files whose hash differs, renames the others, and leaves no temporary name', async () => {
+    const dir = fresh();
+    const { writer, hashes } = feed(dir, 10);
+    hashes[3] = 'deadbeef';
+    hashes[5] = null;
+    const results = await writer.commit(hashes);
+    expect(results[3]).toMatchObject({ ok: false, error: { code: 'HASH_MISMATCH' } });
+    expect(results[5]).toMatchObject({ ok: false, error: { code: 'SOURCE_CHANGED' } });
+    expect(results.filter((r) => !r.ok).length).toBe(2);
+    const names = readdirSync(join(dir, 'sub')).sort();
+    expect(names).not.toContain('f2');
+    expect(names).not.toContain('f4');
+    expect(names.filter((x) => x.endsWith('.part'))).toEqual([]);
+  });
+
+  it('leaves nothing of an abandoned batch, and no descriptor open', () => {
+    const dir = fresh();
+    const before = openFds();
+    const { writer } = feed(dir, 40);
+    writer.abort();
+    expect(openFds()).toBe(before);
+    expect(readdirSync(join(dir, 'sub'))).toEqual([]);
+  });
+});
