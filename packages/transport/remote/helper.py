@@ -73,10 +73,12 @@ MAX_BATCH_BODY_BYTES = 1024 * 1024
 MAX_BATCH_ENTRIES = 4096
 MAX_BATCH_BYTES = 1024 * 1024 * 1024
 MAX_OPEN_BATCHES = 4
-# Temporary files of batches open at once: the one receiving bytes and those being synced.
-MAX_BATCH_OPEN_FILES = 32
-# Threads that sync batch files and directories: several fsyncs at once, which is what they cost on ext4.
+# Written files of one batch held open for the batch's sync; past this, they are synced and closed early.
+MAX_BATCH_OPEN_FILES = 256
+# Threads that sync directories, and files one by one where there is no `sync -f`: several fsyncs at once.
 SYNC_THREADS = 4
+# coreutils' sync, which does syncfs(2) with -f (coreutils 8.24 and later): one write-back for a whole batch.
+SYNC_PROGRAM = next((p for p in ('/usr/bin/sync', '/bin/sync') if os.path.exists(p)), None)
 BATCH_KINDS = ('dir', 'file', 'symlink', 'hardlink')
 ENTRY_KEYS = ('kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target')
 ZERO_CHUNK = bytes(CHUNK_BYTES)
@@ -716,7 +718,8 @@ class BatchFile(object):
         self.ident = None
         self.error = None
         self.opened = False
-        self.future = None
+        # Complete (mode and times set) and open until the batch's sync.
+        self.held = False
 
 
 class Batch(object):
@@ -731,6 +734,8 @@ class Batch(object):
         # The same failures by path: nothing is made under them (whatever is at their name is not the batch's).
         self.failed_dirs = {}
         self.committed = False
+        # Files of this batch open now.
+        self.open_files = 0
 
 
 class Upload(object):
@@ -757,7 +762,7 @@ class Session(object):
         self.out_lock = threading.Lock()
         self.batches = {}
         self.receiving = None
-        self.batch_slots = threading.BoundedSemaphore(MAX_BATCH_OPEN_FILES)
+        self.syncfs_works = SYNC_PROGRAM is not None
         self.syncs = ThreadPoolExecutor(SYNC_THREADS)
         # Commits one batch at a time, in order, while the main thread reads the next one's bytes.
         self.committer = ThreadPoolExecutor(1)
@@ -1183,12 +1188,13 @@ class Session(object):
         self.receiving = b
         self.skip_empty(b)
 
-    def open_batch_file(self, f):
+    def open_batch_file(self, b, f):
         """Creates f's temporary file new (O_EXCL|O_NOFOLLOW, 0600), sized at once: ZEROS leave holes."""
         if f.opened:
             return
         f.opened = True
-        self.batch_slots.acquire()
+        if b.open_files >= MAX_BATCH_OPEN_FILES:
+            self.sync_early(b)
         path = f.entry['path']
         fds = []
         try:
@@ -1203,41 +1209,71 @@ class Session(object):
                 raise os_failure(err, path, 'destination')
             f.ident = (st.st_ino, st.st_dev)
             f.file = OpenFile(fd, path, f.size, True)
+            b.open_files += 1
         except Failure as failure:
             f.error = failure
-            self.batch_slots.release()
 
-    def finish_batch_file(self, f):
-        """Every byte of f is in: its mode, times and data are synced on a sync thread, overlapping the stream."""
-        if f.file is not None and f.future is None:
-            f.future = self.syncs.submit(self.sync_batch_file, f)
-
-    def sync_batch_file(self, f):
+    def finish_batch_file(self, b, f):
+        """Every byte of f is in: its mode and times through its descriptor, which stays open for the batch's sync."""
+        if f.file is None or f.held or f.error is not None:
+            return
         e = f.entry
         try:
-            self.writer.settle(f.file)
-            if f.error is not None:
-                raise f.error
+            if e.get('mode') is not None:
+                os.chmod(f.file.fd, e['mode'])
+            if e.get('mtimeMs') is not None:
+                mtime = e['mtimeMs'] * 1000000
+                atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
+                os.utime(f.file.fd, ns=(atime, mtime))
+            f.held = True
+        except OSError as err:
+            f.error = os_failure(err, e['path'], 'destination')
+            self.close_batch_file(b, f)
+            discard(f.name)
+
+    def close_batch_file(self, b, f):
+        if f.file is not None:
             try:
-                if e.get('mode') is not None:
-                    os.chmod(f.file.fd, e['mode'])
-                if e.get('mtimeMs') is not None:
-                    mtime = e['mtimeMs'] * 1000000
-                    atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
-                    os.utime(f.file.fd, ns=(atime, mtime))
+                f.file.close()
+            except OSError:
+                pass
+            f.file = None
+            f.held = False
+            b.open_files -= 1
+
+    def sync_early(self, b):
+        """Too many files of b open: the complete ones synced and closed now (a batch of thousands of tiny files)."""
+        held = [f for f in b.files if f.held]
+        if held:
+            self.sync_file_system(os.path.dirname(held[0].entry['path']))
+        for f in held:
+            try:
                 os.fdatasync(f.file.fd)
             except OSError as err:
-                raise os_failure(err, e['path'], 'destination')
-        finally:
-            f.file.close()
-            self.batch_slots.release()
+                f.error = os_failure(err, f.entry['path'], 'destination')
+                discard(f.name)
+            self.close_batch_file(b, f)
+
+    def sync_file_system(self, directory):
+        """syncfs(2) of the file system holding directory, through `sync -f`; False when that could not be done."""
+        if not self.syncfs_works:
+            return False
+        import subprocess
+        try:
+            p = subprocess.run([SYNC_PROGRAM, '-f', '--', directory], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError:
+            self.syncfs_works = False
+            return False
+        if p.returncode != 0 and re.search(r'invalid option|unrecognized option|illegal option', p.stderr.decode('utf-8', 'replace'), re.I):
+            self.syncfs_works = False
+        return p.returncode == 0
 
     def skip_empty(self, b):
         """Files of no bytes at the cursor: created and finished as their turn comes."""
         while b.cursor < len(b.files) and b.files[b.cursor].size == 0:
             f = b.files[b.cursor]
-            self.open_batch_file(f)
-            self.finish_batch_file(f)
+            self.open_batch_file(b, f)
+            self.finish_batch_file(b, f)
             b.cursor += 1
 
     def batch_bytes(self, b, view, n, what):
@@ -1250,7 +1286,7 @@ class Session(object):
         while at < n:
             self.skip_empty(b)
             f = b.files[b.cursor]
-            self.open_batch_file(f)
+            self.open_batch_file(b, f)
             k = min(f.size - f.received, n - at)
             if view is None:
                 f.hasher.update(ZERO_CHUNK[:k])
@@ -1258,17 +1294,17 @@ class Session(object):
                 piece = view[at:at + k]
                 f.hasher.update(piece)
                 if f.error is None:
-                    done = 0
-                    while done < k:
-                        m = min(CHUNK_BYTES, k - done)
-                        buf = self.writer.buffer()
-                        buf[:m] = piece[done:done + m]
-                        self.writer.write(f.file, buf, m, f.received + done)
-                        done += m
+                    # Written here and now: small files, where a hand-off to the writer thread costs more than the write.
+                    try:
+                        pwrite_all(f.file.fd, piece, f.received)
+                    except OSError as err:
+                        f.error = os_failure(err, f.entry['path'], 'destination')
+                        self.close_batch_file(b, f)
+                        discard(f.name)
             f.received += k
             at += k
             if f.received == f.size:
-                self.finish_batch_file(f)
+                self.finish_batch_file(b, f)
                 b.cursor += 1
         self.skip_empty(b)
 
@@ -1312,33 +1348,34 @@ class Session(object):
         def land(i):
             landed.setdefault(os.path.dirname(b.entries[i]['path']), []).append(i)
 
+        renamed = []
         for f in b.files:
             i, path = f.index, f.entry['path']
-            try:
-                if f.future is not None:
-                    f.future.result()
-                if f.error is not None:
-                    raise f.error
-            except Failure as failure:
+            if f.error is not None:
+                self.close_batch_file(b, f)
                 if f.name is not None:
                     discard(f.name)
-                results[i] = {'ok': False, 'error': failure.body()}
+                results[i] = {'ok': False, 'error': f.error.body()}
                 continue
             digest = f.hasher.digest()
             src = hashes[i]
+            failure = None
             if src is None:
-                discard(f.name)
-                results[i] = {'ok': False, 'error': Failure('SOURCE_CHANGED', '%s was not written: the source file changed while it was read' % path, path).body()}
+                failure = Failure('SOURCE_CHANGED', '%s was not written: the source file changed while it was read' % path, path)
             elif src != digest:
-                discard(f.name)
-                results[i] = {'ok': False, 'error': Failure('HASH_MISMATCH', '%s was not written: its bytes arrived with hash %s, sent with %s (corrupted on the way); send it again' % (path, digest, src), path).body()}
+                failure = Failure('HASH_MISMATCH', '%s was not written: its bytes arrived with hash %s, sent with %s (corrupted on the way); send it again' % (path, digest, src), path)
             else:
                 try:
                     rename_into(f.name, path, f.ident)
                     results[i] = {'ok': True, 'hash': digest}
+                    renamed.append(f)
                     land(i)
-                except Failure as failure:
-                    results[i] = {'ok': False, 'error': failure.body()}
+                    continue
+                except Failure as err:
+                    failure = err
+            self.close_batch_file(b, f)
+            discard(f.name)
+            results[i] = {'ok': False, 'error': failure.body()}
         # Links after the files: a hard link may name a file of this batch.
         for kind, place in (('symlink', place_symlink), ('hardlink', place_hardlink)):
             for i, e in enumerate(b.entries):
@@ -1352,6 +1389,32 @@ class Session(object):
                     land(i)
                 except Failure as failure:
                     results[i] = {'ok': False, 'error': failure.body()}
+
+        # Durable at once: one write-back of the file system, then each file's fdatasync reports an error that hit it.
+        held = [f for f in renamed if f.held]
+        bulk = bool(held) and self.sync_file_system(os.path.dirname(held[0].entry['path']))
+
+        def sync_file(f):
+            try:
+                os.fdatasync(f.file.fd)
+                return None
+            except OSError as err:
+                return f, os_failure(err, f.entry['path'], 'destination')
+
+        for failed in (map(sync_file, held) if bulk else self.syncs.map(sync_file, held)):
+            if failed is None:
+                continue
+            f, failure = failed
+            results[f.index] = {'ok': False, 'error': failure.body()}
+            # Its bytes may not be on the disk: its name goes, if it is still this file.
+            try:
+                st = os.lstat(f.entry['path'])
+                if (st.st_ino, st.st_dev) == f.ident:
+                    discard(f.entry['path'])
+            except OSError:
+                pass
+        for f in renamed:
+            self.close_batch_file(b, f)
 
         def sync(item):
             try:
@@ -1372,18 +1435,7 @@ class Session(object):
             if b.committed:
                 continue
             for f in b.files:
-                if f.future is not None:
-                    try:
-                        f.future.result()
-                    except Failure:
-                        pass
-                elif f.file is not None:
-                    try:
-                        self.writer.settle(f.file)
-                    except Failure:
-                        pass
-                    f.file.close()
-                    self.batch_slots.release()
+                self.close_batch_file(b, f)
                 if f.name is not None:
                     discard(f.name)
 
@@ -1547,7 +1599,20 @@ class Input(object):
         return v
 
 
+def raise_open_files():
+    """The soft limit of open files up to the hard one (as Node does at start): a batch holds up to MAX_BATCH_OPEN_FILES."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = max(soft, 65536) if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main():
+    raise_open_files()
     session = Session(grow_pipes())
     inp = Input()
     while True:
