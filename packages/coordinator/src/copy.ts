@@ -138,7 +138,7 @@ const HASH_HEX = /^[0-9a-f]{8,64}$/;
 const COMPLETIONS_IN_FLIGHT = 4096;
 
 /** This node's first non-internal IPv4 address: what agents on other nodes can reach. */
-function firstExternalAddress(): string {
+export function firstExternalAddress(): string {
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
   }

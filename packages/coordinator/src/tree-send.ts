@@ -4,7 +4,7 @@
  * few batches in flight (one batch's bytes follow the last at once; each
  * batch costs the helper's one answer, not a round trip per file). What a
  * batch does on its connection is the caller's `transfer`: a push writes it
- * (`pushTransfer`, below), a pull reads it (tree-fetch.ts).
+ * (`pushTransfer`, agent's tree-push.ts), a pull reads it (tree-fetch.ts).
  *
  * A connection that dies gives its batches back: they go out again on
  * another (or a new) connection, up to `maxAttempts` times; entries of a batch
