@@ -4,12 +4,15 @@
  * sshd, built by the test. Agents run on the compute nodes and connect from
  * their own addresses to both remote hosts.
  */
+import { spawn } from 'node:child_process';
 import { readFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster } from './fixtures/cluster.mjs';
 import type { Cluster } from './fixtures/cluster.mjs';
 import { CLI, ROOT, fileHash, makeRandomFile, parseEvents, runFerry } from './helpers.js';
+import type { FerryEvent } from './helpers.js';
+import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot) console.warn('test/nodes.test.ts skipped: building network namespaces and a Slurm cluster needs root (CI runs as root)');
@@ -127,5 +130,83 @@ describe.skipIf(!isRoot)('many nodes', () => {
     const run = await cluster.run('sbatch', ['--wait', `--output=${join(dir, 'job.out')}`, script], { cwd: dir, timeoutMs: 240_000 });
     expect(run.code, `${run.stderr}\n${await readFile(join(dir, 'job.out'), 'utf8').catch(() => '')}`).toBe(0);
     expect(await fileHash(join(dir, 'src.bin'))).toBe(srcHash);
+  });
+
+  describe('a tree through srun -N 2 ferry run -r', () => {
+    let tree: string;
+    /** `ferry run -r` of the tree into dir, on both DTNs; small batches (16 KiB), so that there are many; the 3 MiB file is striped as a job of its own. */
+    const treeRun = (dir: string) => [
+      '-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', tree, dst(dir), ...common(dir),
+      '--batch-files-under', '64KiB', '--batch-size', '16KiB', '--stripe-files-over', '2MiB', '-s', '2', '--ack-wait', '3s', '--json',
+    ];
+    /** Agents that reported batches, by node: the coordinator's closing lines. */
+    const batchesByNode = (events: FerryEvent[]) => {
+      const out = new Map<string, number>();
+      for (const e of events) {
+        const m = e.type === 'log' ? /^\S+ on (\S+): (\d+) batches$/.exec(String(e.message)) : null;
+        if (m) out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[2]));
+      }
+      return out;
+    };
+
+    beforeAll(async () => {
+      tree = join(cluster.dir, 'project');
+      await generateTree(tree, { files: 160, big: 1, bigBytes: 3 * MiB, sparse: 0, seed: 71, medianBytes: 2048 });
+    });
+
+    it('moves the tree exactly, its batches written by the agents of both nodes', async () => {
+      const dir = join(cluster.dir, 'tree-run');
+      await mkdir(dir);
+      const r = await cluster.run('srun', treeRun(dir), { timeoutMs: 120_000 });
+      expect(r.code, r.stderr).toBe(0);
+      expect((await compareTrees(tree, join(dir, 'project'))).differences).toEqual({});
+      const events = parseEvents(r.stdout);
+      expect(events.at(-1)).toMatchObject({ type: 'tree.done', failed: 0 });
+      const names = cluster.computeNodes.map((n) => n.name).sort();
+      expect([...new Set(events.filter((e) => e.type === 'agent.start').map((e) => e.node))].sort()).toEqual(names);
+      const byNode = batchesByNode(events);
+      expect([...byNode.keys()].sort()).toEqual(names);
+      for (const n of names) expect(byNode.get(n)).toBeGreaterThan(0);
+    });
+
+    it('an agent killed with SIGKILL holding batches: another takes them and the tree arrives whole', async () => {
+      const dir = join(cluster.dir, 'tree-kill');
+      await mkdir(dir);
+      // Rank 1 writes each batch it takes and holds its results (FERRY_TEST_HOLD_BATCHES): only
+      // another agent can report them, once rank 1 is dead and their ack wait has passed.
+      const child = spawn('srun', treeRun(dir), { env: { ...process.env, ...cluster.env, FERRY_TEST_HOLD_BATCHES: '-r1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      const seen: Array<() => void> = [];
+      child.stdout.on('data', (d: Buffer) => ((out += d.toString()), seen.splice(0).forEach((w) => w())));
+      child.stderr.on('data', (d: Buffer) => ((err += d.toString()), seen.splice(0).forEach((w) => w())));
+      const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+      const until = async (ok: () => boolean, what: string) => {
+        const deadline = Date.now() + 60_000;
+        while (!ok()) {
+          if (Date.now() > deadline || child.exitCode !== null) throw new Error(`no ${what}; stderr:\n${err}\nstdout:\n${out.slice(-4000)}`);
+          await new Promise<void>((r) => {
+            seen.push(r);
+            setTimeout(r, 500);
+          });
+        }
+      };
+      try {
+        await until(() => /ferry rank 1: batch \d+: written; holding its results/.test(err), 'batch held by rank 1');
+        const victim = parseEvents(out).find((e) => e.type === 'agent.start' && String(e.agent).endsWith('-r1'));
+        expect(victim).toBeDefined();
+        process.kill(Number(victim!.pid), 'SIGKILL');
+        await Promise.race([exited, new Promise((_, reject) => setTimeout(() => reject(new Error(`srun did not end; stderr:\n${err}`)), 90_000))]);
+      } finally {
+        child.kill('SIGKILL');
+      }
+      const events = parseEvents(out);
+      expect(events.filter((e) => e.type === 'error')).toEqual([]);
+      expect(events.at(-1)).toMatchObject({ type: 'tree.done', failed: 0 });
+      expect((await compareTrees(tree, join(dir, 'project'))).differences).toEqual({});
+      // Rank 1 reported nothing: every batch, its held ones too, was reported by rank 0's agent.
+      const rank0 = events.find((e) => e.type === 'agent.start' && !String(e.agent).endsWith('-r1'))!.node;
+      expect([...batchesByNode(events).entries()].filter(([, n]) => n > 0).map(([node]) => node)).toEqual([rank0]);
+    });
   });
 });

@@ -50,6 +50,7 @@ import { discardConnection, discardRange } from './discard.js';
 import { forEachLimit, signalListeners } from './concurrency.js';
 import { LoadMeter } from './load.js';
 import { QueueWatch, workParts } from './work.js';
+import { runBatchAgent } from './batch-agent.js';
 import type { WorkPart } from './work.js';
 import type { Preconnected } from './preconnect.js';
 
@@ -281,6 +282,11 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
     bus.publishEvent(failureEvent(e));
     await bus.close();
     throw e;
+  }
+  if (spec.tree) {
+    // A tree's batches of small files (batch-agent.ts): its ranges are not this loop's.
+    const s = await runBatchAgent({ bus, spec, jobId: options.jobId, agentId, node, index: options.index ?? 0, log, signal: options.signal, parentPid: options.parentPid, launcherGone: options.launcherGone, helperTimeoutMs: agentHelperTimeoutMs(spec.ssh) });
+    return { agent: s.agent, ranges: s.batches, bytes: s.bytes, errors: s.errors };
   }
   const summary: AgentSummary = { agent: agentId, ranges: 0, bytes: 0, errors: 0 };
   let inFlight = 0;

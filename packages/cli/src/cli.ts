@@ -32,11 +32,6 @@ function intoDirectory(destination: string): string {
   return destination.endsWith('/') || destination.endsWith(':') ? destination : `${destination}/`;
 }
 
-/** Trees move through the coordinator's own connections for now (issue 31): not yet striped over the ranks of srun or mpirun. */
-function treesOnOneNode(what: string): FerryError {
-  return new FerryError('USAGE', `${what} is not built yet: trees are copied from one node for now; run ferry cp -r there`);
-}
-
 export function createCli(io: CliIo): Command {
   const program = new Command('ferry')
     .description('Copy one huge file to or from a remote host over SSH, in parallel ranges over many agents and streams, each range verified by hash.')
@@ -76,7 +71,6 @@ export function createCli(io: CliIo): Command {
         return reportError(io, new FerryError('USAGE', `several sources go with the local launcher only for now: run one ferry cp per source with --${opts.sbatch !== undefined ? 'sbatch' : 'launcher'}`));
       }
       if (opts.sbatch !== undefined) {
-        if (opts.recursive === true) return reportError(io, treesOnOneNode('--sbatch with -r'));
         try {
           const script = sbatchScript(source, destination, opts);
           if (opts.sbatch === 'submit') await submitSbatch(io, script);
@@ -125,7 +119,6 @@ export function createCli(io: CliIo): Command {
     .option('--rendezvous-timeout <duration>', 'how long ranks other than 0 wait for rank 0', '10m')
     .addHelpText('after', describeExitCodes())
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
-      if (opts.recursive === true) return reportError(io, treesOnOneNode('ferry run -r'));
       await runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
     });
 

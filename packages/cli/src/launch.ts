@@ -109,8 +109,10 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
           { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) },
           {
             externalAgents: external,
+            // A tree is several jobs in a row (its batches, then each huge file): each one rewrites the file.
             onRendezvous: async ({ jobId, url, token, tls, specSha256 }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), ...(tls ? { tls } : {}), specSha256, at: Date.now() }),
           },
+          opts.recursive === true,
         );
       } finally {
         await writeRendezvous(file, { launchId, finished: true, exitCode: io.exitCode, at: Date.now() }).catch(() => {});
@@ -118,44 +120,56 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
       return;
     }
     const timeoutMs = parseDuration(String(opts.rendezvousTimeout ?? '10m')) ?? 600_000;
-    const deadline = Date.now() + timeoutMs;
-    let rv: Rendezvous | undefined;
-    for (;;) {
-      rv = await readRendezvous(file);
-      if (rv && (rv.finished || rv.url)) break;
-      if (Date.now() > deadline) throw new FerryError('AGENTS_FAILED', `rank ${rank.rank}: rank 0 did not publish ${file} within ${timeoutMs / 1000} s: is the state directory on a filesystem every node shares (--state-dir or --rendezvous)?`, { path: file });
-      if (io.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted while waiting for rank 0');
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    if (rv.finished) {
-      io.exitCode = rv.exitCode === 0 ? 0 : 0;
-      return;
-    }
     const { runAgent } = await import('@ferry/agent');
-    try {
-      await runAgent({
-        jobId: rv.jobId!,
-        natsUrl: rv.url!,
-        natsToken: rv.token,
-        ...(rv.tls ? { natsTls: decodeClientTls(rv.tls) } : {}),
-        ...(rv.specSha256 ? { specSha256: rv.specSha256 } : {}),
-        // What this rank runs comes from its own command line, the same as rank 0's.
-        exec: agentExecFromOptions(copyOptions),
-        index: rank.rank - 1,
-        agentId: `${hostname()}-r${rank.rank}`,
-        ...(io.signal ? { signal: io.signal } : {}),
-        log: (line) => io.stderr.write(`ferry rank ${rank.rank}: ${line}\n`),
-      });
-    } catch (err) {
-      // Too late to join: the copy finished while this rank was starting.
-      const after = await readRendezvous(file);
-      if (after?.finished && after.exitCode === 0) {
+    // With -r, one job after another: a tree's batches, then each of its huge files, are jobs of
+    // their own, and rank 0 names each in the file as it starts; the copy is over when it says finished.
+    const recursive = opts.recursive === true;
+    let joined: string | undefined;
+    for (;;) {
+      const deadline = Date.now() + timeoutMs;
+      let rv: Rendezvous | undefined;
+      for (;;) {
+        rv = await readRendezvous(file);
+        if (rv && (rv.finished || (rv.url && rv.jobId !== joined))) break;
+        if (Date.now() > deadline) throw new FerryError('AGENTS_FAILED', `rank ${rank.rank}: rank 0 did not publish ${file} within ${timeoutMs / 1000} s: is the state directory on a filesystem every node shares (--state-dir or --rendezvous)?`, { path: file });
+        if (io.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted while waiting for rank 0');
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      if (rv.finished) {
         io.exitCode = 0;
         return;
       }
-      throw err;
+      joined = rv.jobId;
+      try {
+        await runAgent({
+          jobId: rv.jobId!,
+          natsUrl: rv.url!,
+          natsToken: rv.token,
+          ...(rv.tls ? { natsTls: decodeClientTls(rv.tls) } : {}),
+          ...(rv.specSha256 ? { specSha256: rv.specSha256 } : {}),
+          // What this rank runs comes from its own command line, the same as rank 0's.
+          exec: agentExecFromOptions(copyOptions),
+          index: rank.rank - 1,
+          agentId: `${hostname()}-r${rank.rank}`,
+          ...(io.signal ? { signal: io.signal } : {}),
+          log: (line) => io.stderr.write(`ferry rank ${rank.rank}: ${line}\n`),
+        });
+      } catch (err) {
+        // Too late to join: the copy finished, or went on to its next job, while this rank was starting.
+        const after = await readRendezvous(file);
+        if (after?.finished && after.exitCode === 0) {
+          io.exitCode = 0;
+          return;
+        }
+        if (recursive && after?.jobId !== undefined && after.jobId !== joined) continue;
+        throw err;
+      }
+      // One file is one job; a rank whose job is over is done (rank 0 may be gone already).
+      if (!recursive) {
+        io.exitCode = 0;
+        return;
+      }
     }
-    io.exitCode = 0;
   } catch (err) {
     reportError(io, toFerryError(err));
   }
@@ -182,13 +196,16 @@ function runFlags(opts: Record<string, unknown>): string[] {
     ['maxPerHost', '--max-per-host', undefined],
     ['maxResends', '--max-resends', '3'],
     ['connectTimeout', '--connect-timeout', undefined],
+    ['batchFilesUnder', '--batch-files-under', undefined],
+    ['batchSize', '--batch-size', undefined],
+    ['stripeFilesOver', '--stripe-files-over', undefined],
   ];
   for (const [key, flag, fallback] of valued) {
     const v = opts[key];
     if (v !== undefined && v !== fallback) out.push(flag, String(v));
   }
   for (const id of (opts.identity as string[] | undefined) ?? []) out.push('-i', id);
-  const flags: Array<[string, string]> = [['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
+  const flags: Array<[string, string]> = [['recursive', '-r'], ['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
   for (const [key, flag] of flags) if (opts[key] === true) out.push(flag);
   if (opts.directIo === false) out.push('--no-direct-io');
   return out;

@@ -180,6 +180,12 @@ describe('launching beyond this machine', () => {
     expect(d.out).not.toContain('--connect-timeout');
   });
 
+  it('keeps -r and the batch options in the batch script of a tree', async () => {
+    const s = io();
+    expect(await runCli(['cp', '-r', '/lustre/project', 'dtn1:/in/', '--sbatch', '--batch-files-under', '1MiB', '--batch-size', '16MiB', '--stripe-files-over', '1GiB', '--state-dir', '/s'], s)).toBe(0);
+    expect(s.out).toContain(' run /lustre/project dtn1:/in/ --batch-files-under 1MiB --batch-size 16MiB --stripe-files-over 1GiB -r --state-dir /s\n');
+  });
+
   it('splits an agent command like a shell would', () => {
     expect(splitCommand(`/opt/node "/path with space/main.js" --x 'a b'`)).toEqual(['/opt/node', '/path with space/main.js', '--x', 'a b']);
     expect(() => splitCommand('   ')).toThrow('--agent-cmd must not be empty');

@@ -138,7 +138,7 @@ const HASH_HEX = /^[0-9a-f]{8,64}$/;
 const COMPLETIONS_IN_FLIGHT = 4096;
 
 /** This node's first non-internal IPv4 address: what agents on other nodes can reach. */
-function firstExternalAddress(): string {
+export function firstExternalAddress(): string {
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
   }
@@ -328,8 +328,10 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     };
     for (const [i, h] of folded?.hashes ?? []) if (i < plan.count) state.hashes.set(i, h);
     // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by
-    // the work items left (small ranges travel up to 16 to an item).
-    const agents = Math.max(request.externalAgents ?? 0, Math.min(options.agents, Math.max(1, workItemCount(plan.count - state.done.size, plan.rangeBytes))));
+    // the work items left (small ranges travel up to 16 to an item), but rank 0's own agent always
+    // runs when asked for: a rank that died in an earlier job of a tree does not join this one.
+    const external = request.externalAgents ?? 0;
+    const agents = Math.max(external + Math.min(1, Math.max(0, options.agents - external)), Math.min(options.agents, Math.max(1, workItemCount(plan.count - state.done.size, plan.rangeBytes))));
     const shape = { streams: options.firstStreams };
     const resumed = folded !== undefined;
     state.resumedBytes = rangeBytesOf(plan, state.done);

@@ -37,13 +37,13 @@ export interface JobBus {
   recover(plan: RangePlan): Promise<Recovered>;
   /** Creates the job's queues and stores its spec; nothing of an earlier run is kept. */
   start(spec: JobSpec): Promise<void>;
-  /** Queues one work item; `id` makes a repeated publish of the same item harmless. */
-  publishWork(item: WorkItem, data: Uint8Array, id: string): Promise<void>;
+  /** Queues one work item; `id` makes a repeated publish of the same item harmless. (A tree's batch has no WorkItem: NATS carries `data` alone.) */
+  publishWork(item: WorkItem | undefined, data: Uint8Array, id: string): Promise<void>;
   completions(): Promise<CompletionFeed>;
   onHeartbeat(handler: (data: Uint8Array) => void): void;
   onEvent(handler: (data: Uint8Array) => void): void;
-  /** A work item was handed out `deliveries` times without being settled (agents crashing on it). */
-  onMaxDeliveries(handler: (item: WorkItem | undefined, deliveries: number) => void): void;
+  /** A work item was handed out `deliveries` times without being settled (agents crashing on it); `data` as stored, where there is one. */
+  onMaxDeliveries(handler: (item: WorkItem | undefined, deliveries: number, data?: Uint8Array) => void): void;
   /**
    * Sends a control message to every agent; `key` also keeps it for agents
    * that listen later ('stop', the current 'streams' and 'rate'). Best

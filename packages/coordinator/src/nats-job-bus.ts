@@ -157,7 +157,7 @@ class NatsJobBus implements JobBus {
     this.kv = await setupJobStreams(this.nc, this.jsm, spec);
   }
 
-  publishWork(_item: WorkItem, data: Uint8Array, id: string): Promise<void> {
+  publishWork(_item: WorkItem | undefined, data: Uint8Array, id: string): Promise<void> {
     return this.publisher.publish(this.subjects.workSubject, data, id);
   }
 
@@ -176,7 +176,7 @@ class NatsJobBus implements JobBus {
     this.subscriptions.push(this.nc.subscribe(this.subjects.events, { callback: (err, msg) => { if (!err) handler(msg.data); } }));
   }
 
-  onMaxDeliveries(handler: (item: WorkItem | undefined, deliveries: number) => void): void {
+  onMaxDeliveries(handler: (item: WorkItem | undefined, deliveries: number, data?: Uint8Array) => void): void {
     const s = this.subjects;
     this.subscriptions.push(
       this.nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${s.workStream}.${s.workConsumer}`, {
@@ -191,7 +191,7 @@ class NatsJobBus implements JobBus {
             } catch {
               // not ours, or malformed: report with what there is
             }
-            handler(item, adv.deliveries);
+            handler(item, adv.deliveries, stored?.data);
           })().catch(() => {});
         },
       }),

@@ -42,6 +42,7 @@ import { pullTransfer } from './tree-fetch.js';
 import { TreeJournal, alreadyDone, recordOf } from './tree-journal.js';
 import type { TreeJournalState, TreeRecord } from './tree-journal.js';
 import { TreeSender, pushTransfer } from './tree-send.js';
+import { AgentBatches, treeUsesAgents } from './tree-agents.js';
 import type { WireBatch } from './tree-send.js';
 import { prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
@@ -106,7 +107,7 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
-    run = new TreeRun(request, options, target, journal, state, algorithm, umask, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)));
+    run = new TreeRun(request, options, target, journal, state, algorithm, umask, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir);
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -186,7 +187,7 @@ class TreeRun {
   private readonly skips: string[] = [];
   private lastProgress = 0;
   private onTick: () => void = () => {};
-  private readonly sender: TreeSender;
+  private readonly sender: TreeSender | AgentBatches;
   private readonly dest: TreeDestination;
   /** Directories the walk reported (each entry's directory must be one, reported before it). */
   private readonly walkedDirs = new Set<string>();
@@ -204,13 +205,19 @@ class TreeRun {
     private readonly control: () => Promise<RemoteConnection>,
     private readonly emit: NonNullable<CopyRequest['onEvent']>,
     private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
+    jobDir: string,
   ) {
     this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
-    this.sender = new TreeSender({
+    // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts).
+    const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
+    const onResult = (batch: WireBatch, results: BatchResult[]) => this.collect(batch, results);
+    this.sender = treeUsesAgents(request, target)
+      ? new AgentBatches({ request, options, target, jobDir, algorithm, mode: target.conn.mode, streams, emit, onResult })
+      : new TreeSender({
       streams: this.streams,
       connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
       transfer: target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.sourcePath(e.path)),
-      onResult: (batch, results) => this.collect(batch, results),
+      onResult,
       log: (message) => emit({ type: 'log', message }),
       ...(request.signal ? { signal: request.signal } : {}),
     });

@@ -5,9 +5,12 @@
  * for. The bus is shared by every process that holds the job's credential;
  * nothing from it is taken on its word.
  */
-import { FerryError } from './errors.js';
+import { posix } from 'node:path';
+import { FerryError, isErrorCode } from './errors.js';
+import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS } from './hash.js';
-import type { Completion, ControlMessage, JobSpec, RemoteHost, WorkItem } from './messages.js';
+import type { BatchDone, BatchWorkItem, Completion, ControlMessage, JobSpec, RemoteHost, WorkItem } from './messages.js';
+import type { BatchEntry, BatchEntryResult } from './protocol.js';
 import { MAX_RANGES_PER_WORK_ITEM, TRANSFER_MODES, splitWorkItem } from './messages.js';
 import { MAX_AGENTS, MAX_STREAMS } from './options.js';
 import { rangeAt } from './ranges.js';
@@ -195,5 +198,99 @@ export function completionRejection(c: Completion, e: RangeExpectation, hashPatt
   if (e.isDone(c.range) && matching) return { kind: 'stale', reason: `range ${c.range} is done already` };
   if (c.attempt < sent && matching) return { kind: 'stale', reason: `attempt ${c.attempt} of range ${c.range} is not outstanding (attempt ${sent} is)` };
   if (typeof c.agent !== 'string' || !e.isKnownAgent(c.agent)) return { kind: 'unknown agent', reason: `agent '${String(c.agent)}' is not one of this job's agents` };
+  return undefined;
+}
+
+/** Entries of one batch work item, at most (the planner's batches hold up to 4,096). */
+export const MAX_BATCH_ITEM_ENTRIES = 65_536;
+
+/**
+ * A tree path as batches carry it: relative, `/`-separated, every part a
+ * name (no empty part, no `.` or `..`), so that joined to a root it stays
+ * under that root. Undefined when it is one; otherwise why not.
+ */
+export function treePathProblem(path: unknown): string | undefined {
+  if (typeof path !== 'string' || path.length === 0 || path.length > MAX_TEXT) return 'is not a path of 1 to 4096 characters';
+  if (path.includes('\0')) return 'holds a NUL byte';
+  if (path.startsWith('/')) return 'is absolute';
+  if (path.split('/').some((part) => part === '' || part === '.' || part === '..')) return "leaves the tree's root or has an empty, '.' or '..' part";
+  return undefined;
+}
+
+/** One entry of a batch work item as an agent may act on it, or why it may not. */
+export type CheckedBatchEntry =
+  | {
+      ok: true;
+      /** The entry as the remote helper gets it: `path` under the spec's remote root. */
+      wire: BatchEntry;
+      /** The tree path (relative) and the local file it names, under the spec's local root. */
+      path: string;
+      source: string;
+      kind: 'file' | 'symlink';
+      size: number;
+    }
+  | { ok: false; error: ErrorData };
+
+const isTime = (v: unknown) => v === undefined || (typeof v === 'number' && Number.isFinite(v));
+
+/**
+ * The entries of a batch work item an agent is about to read and write, each
+ * checked: a file (size, mode within 0o7777) or a symlink (its text), at a
+ * relative path that stays under the tree's roots. An entry that is not is
+ * refused alone (its result says why, the others go on); an item that is not
+ * a batch at all throws PROTOCOL. Nothing here opens anything: the agent reads
+ * `source` without following a link (O_NOFOLLOW).
+ */
+export function checkedBatchItem(item: BatchWorkItem, roots: { localRoot: string; remoteRoot: string }): CheckedBatchEntry[] {
+  if (item.type !== 'batch') throw new FerryError('PROTOCOL', `work item of type '${String(item.type).slice(0, 40)}' in a tree job: only batches are`);
+  if (!isInt(item.batch, 0) || !isInt(item.attempt, 0, 1_000_000)) throw new FerryError('PROTOCOL', `batch work item has batch ${String(item.batch)} and attempt ${String(item.attempt)}, not whole numbers`);
+  if (!Array.isArray(item.entries) || item.entries.length < 1 || item.entries.length > MAX_BATCH_ITEM_ENTRIES) throw new FerryError('PROTOCOL', `batch work item ${item.batch} must hold 1 to ${MAX_BATCH_ITEM_ENTRIES} entries`);
+  return item.entries.map((raw): CheckedBatchEntry => {
+    const refuse = (why: string, path?: string): CheckedBatchEntry => ({
+      ok: false,
+      error: { code: 'PROTOCOL', message: `batch ${item.batch}: entry ${path === undefined ? '' : `'${path.slice(0, 200)}' `}${why}: not copied`, ...(path === undefined ? {} : { path }) },
+    });
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) return refuse('is not an entry');
+    const e = raw as Partial<BatchEntry>;
+    const problem = treePathProblem(e.path);
+    if (problem !== undefined) return refuse(`path ${problem}`, typeof e.path === 'string' ? e.path : undefined);
+    const path = e.path!;
+    if (!isTime(e.mtimeMs) || !isTime(e.atimeMs)) return refuse('has times that are not numbers', path);
+    let size = 0;
+    if (e.kind === 'file') {
+      if (!isInt(e.size, 0)) return refuse('has no size in bytes', path);
+      if (!isInt(e.mode, 0, 0o7777)) return refuse('has a mode beyond 0o7777', path);
+      size = e.size;
+    } else if (e.kind === 'symlink') {
+      if (!isText(e.target)) return refuse("has no link text", path);
+    } else {
+      return refuse(`is of kind '${String(e.kind).slice(0, 20)}': batches of agents carry files and symlinks only`, path);
+    }
+    return { ok: true, wire: { ...(e as BatchEntry), path: posix.join(roots.remoteRoot, path) }, path, source: posix.join(roots.localRoot, path), kind: e.kind, size };
+  });
+}
+
+const HEX_HASH = /^[0-9a-f]{8,64}$/;
+
+/**
+ * Why the coordinator must not act on a batch completion's results for a
+ * batch of `entries` entries (undefined when it may): results for entries
+ * `from` on, each ok with a hash of the job's form or failed with a known
+ * error code and a message.
+ */
+export function batchDoneProblem(done: BatchDone, entries: number): string | undefined {
+  if (!isInt(done.from, 0, entries - 1)) return `results from entry ${String(done.from)} of a batch of ${entries}`;
+  if (!Array.isArray(done.results) || done.results.length < 1 || done.from + done.results.length > entries) return `not 1 to ${entries - Number(done.from)} results`;
+  if (!isInt(done.attempt, 0)) return `attempt ${String(done.attempt)} is not a whole number`;
+  if (!isText(done.remoteHost)) return 'no remote host';
+  for (const r of done.results as unknown[]) {
+    if (r === null || typeof r !== 'object') return 'a result that is not one';
+    const x = r as BatchEntryResult;
+    if (x.ok === true) {
+      if (x.hash !== undefined && (typeof x.hash !== 'string' || !HEX_HASH.test(x.hash))) return "a hash not of the job's form";
+    } else if (x.ok === false) {
+      if (x.error === null || typeof x.error !== 'object' || !isErrorCode(x.error.code) || typeof x.error.message !== 'string' || x.error.message.length > MAX_TEXT) return 'an error without a known code and a message';
+    } else return 'a result neither ok nor failed';
+  }
   return undefined;
 }

@@ -6,6 +6,7 @@
  */
 import { decode, encode } from './codec.js';
 import { isPlainMap } from './protocol.js';
+import type { BatchEntry, BatchEntryResult } from './protocol.js';
 import type { ErrorData } from './errors.js';
 import { FerryError } from './errors.js';
 import type { HashAlgorithm } from './hash.js';
@@ -17,8 +18,11 @@ import type { ByteRange, RangePlan } from './ranges.js';
  * 3: a spec's `streams` is the most slots an agent may use, `activeStreams`
  * how many it starts with, and a `streams` control message changes that; an
  * agent of version 2 would open every slot.
+ * 4: a spec may be a tree's (`tree`), whose work items are batches of files
+ * (`BatchWorkItem`); an agent of version 3 would take them for malformed
+ * ranges and drop them.
  */
-export const MESSAGE_VERSION = 3;
+export const MESSAGE_VERSION = 4;
 
 export type Direction =
   /** Local source, remote destination. */
@@ -228,6 +232,13 @@ export interface JobSpec {
    */
   verify?: boolean;
   /**
+   * A tree push (`ferry run -r`, `cp -r` with agents on other nodes):
+   * `localPath` is the source tree's root, `remotePath` the destination's;
+   * work items are batches of files (`BatchWorkItem`) whose paths are
+   * relative to both, and there are no ranges (`rangeCount` 0).
+   */
+  tree?: boolean;
+  /**
    * Control-plane benchmark only (FERRY_BENCH_DISCARD=1, see discard.ts): agents
    * open no connection and move no byte; each range completes at once with
    * `discardHash()` as both hashes, through the usual report and ack path.
@@ -249,6 +260,42 @@ export interface WorkItem {
    * whole run. Absent for one range.
    */
   count?: number;
+}
+
+/**
+ * A batch of a tree's small files as a work item: the entries of one BATCH
+ * (core's BatchEntry) with paths relative to the tree's roots (the spec's
+ * `localPath` and `remotePath`), no bytes; the agent that takes it reads the
+ * files and writes the batch over its own connection.
+ */
+export interface BatchWorkItem {
+  v: number;
+  job: string;
+  type: 'batch';
+  /** The coordinator's number for the batch, unique in the run. */
+  batch: number;
+  attempt: number;
+  /** `file` and `symlink` entries only; `path` relative, `/`-separated. */
+  entries: BatchEntry[];
+}
+
+/**
+ * Results of a batch work item: one per entry, for the entries from `from`
+ * on (a big batch's results come in several messages, each under NATS's
+ * payload limit). Stored (JetStream) before the item is acked; a result
+ * means the entry is durable where it was written.
+ */
+export interface BatchDone {
+  v: number;
+  job: string;
+  type: 'batch.done';
+  batch: number;
+  attempt: number;
+  agent: string;
+  /** The remote host the batch was written on. */
+  remoteHost: string;
+  from: number;
+  results: BatchEntryResult[];
 }
 
 export interface Completion {
@@ -451,7 +498,7 @@ export function splitWorkItem(item: WorkItem, rangeBytes: number): WorkItem[] {
   return out;
 }
 
-export function encodeMessage(message: WorkItem | Completion | CompletionBatch | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {
+export function encodeMessage(message: WorkItem | BatchWorkItem | BatchDone | Completion | CompletionBatch | Heartbeat | ControlMessage | AgentEvent | JobSpec): Buffer {
   return encode(message);
 }
 
@@ -507,6 +554,8 @@ export function decodeCompletions(data: Uint8Array, job?: string): Completion[] 
   return list as Completion[];
 }
 
+export const decodeBatchWorkItem = decodeOf<BatchWorkItem>('batch work item', ['job', 'type', 'batch', 'attempt', 'entries']);
+export const decodeBatchDone = decodeOf<BatchDone>('batch completion', ['job', 'type', 'batch', 'attempt', 'agent', 'from', 'results']);
 export const decodeHeartbeat = decodeOf<Heartbeat>('heartbeat', ['job', 'agent', 'bytes']);
 export const decodeControl = decodeOf<ControlMessage>('control', ['job', 'type']);
 export const decodeAgentEvent = decodeOf<AgentEvent>('agent event', ['job', 'type', 'agent']);

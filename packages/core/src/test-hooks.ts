@@ -9,3 +9,11 @@ export const CORRUPT_RANGES_ENV = 'FERRY_TEST_CORRUPT_RANGES';
 export function corruptRangesFrom(value: string | undefined): ReadonlySet<number> | undefined {
   return value ? new Set(value.split(',').map(Number)) : undefined;
 }
+
+/**
+ * FERRY_TEST_HOLD_BATCHES=SUFFIX: an agent of a tree job whose name ends with
+ * SUFFIX writes each batch it takes and then holds its results until it
+ * stops, as an agent that dies before it could report; tests kill it there
+ * and prove that its batches go to another agent. Unset in real use.
+ */
+export const HOLD_BATCHES_ENV = 'FERRY_TEST_HOLD_BATCHES';

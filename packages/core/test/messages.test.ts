@@ -28,9 +28,9 @@ import type { AgentEvent, Completion, ControlMessage, Heartbeat, JobSpec, WorkIt
 
 const JOB = 'c0ffee01';
 
-const workItem: WorkItem = { v: 3, job: JOB, range: 256, offset: 2 ** 32, length: 16 * 2 ** 20, attempt: 2 };
+const workItem: WorkItem = { v: MESSAGE_VERSION, job: JOB, range: 256, offset: 2 ** 32, length: 16 * 2 ** 20, attempt: 2 };
 const completion: Completion = {
-  v: 3,
+  v: MESSAGE_VERSION,
   job: JOB,
   range: 256,
   attempt: 2,
@@ -45,7 +45,7 @@ const completion: Completion = {
   finishedAt: 1_700_000_000_500,
 };
 const heartbeat: Heartbeat = {
-  v: 3,
+  v: MESSAGE_VERSION,
   job: JOB,
   agent: 'agent-1',
   node: 'node7',
@@ -56,9 +56,9 @@ const heartbeat: Heartbeat = {
   errors: 0,
   at: 1_700_000_000_000,
 };
-const control: ControlMessage = { v: 3, job: JOB, type: 'cancel', reason: 'user pressed ^C' };
+const control: ControlMessage = { v: MESSAGE_VERSION, job: JOB, type: 'cancel', reason: 'user pressed ^C' };
 const agentEvent: AgentEvent = {
-  v: 3,
+  v: MESSAGE_VERSION,
   job: JOB,
   type: 'agent.error',
   agent: 'agent-2',
@@ -67,7 +67,7 @@ const agentEvent: AgentEvent = {
   fatal: true,
 };
 const jobSpec: JobSpec = {
-  v: 3,
+  v: MESSAGE_VERSION,
   jobId: JOB,
   direction: 'push',
   mode: 'helper',
@@ -163,17 +163,17 @@ describe('job subjects', () => {
 
 describe('work items', () => {
   it('uses message version 3 (a spec\'s streams are a cap, a control message changes the count in use)', () => {
-    expect(MESSAGE_VERSION).toBe(3);
+    expect(MESSAGE_VERSION).toBe(4);
   });
 
   it('builds a first-attempt work item from a planned range', () => {
     const plan = planRanges(6 * 2 ** 30 + 1);
-    expect(makeWorkItem(JOB, rangeAt(plan, 384))).toEqual({ v: 3, job: JOB, range: 384, offset: 6 * 2 ** 30, length: 1, attempt: 0 });
+    expect(makeWorkItem(JOB, rangeAt(plan, 384))).toEqual({ v: MESSAGE_VERSION, job: JOB, range: 384, offset: 6 * 2 ** 30, length: 1, attempt: 0 });
   });
 
   it('builds a re-send with the given attempt number', () => {
     expect(makeWorkItem(JOB, { index: 3, offset: 48 * 2 ** 20, length: 16 * 2 ** 20 }, 2)).toEqual({
-      v: 3,
+      v: MESSAGE_VERSION,
       job: JOB,
       range: 3,
       offset: 50331648,
@@ -207,9 +207,9 @@ describe('message round trips', () => {
   });
 
   it('round-trips an agent.started event and a stop message without a reason', () => {
-    const started: AgentEvent = { v: 3, job: JOB, type: 'agent.started', agent: 'a', node: 'n', pid: 1 };
+    const started: AgentEvent = { v: MESSAGE_VERSION, job: JOB, type: 'agent.started', agent: 'a', node: 'n', pid: 1 };
     expect(decodeAgentEvent(encodeMessage(started))).toEqual(started);
-    const stop: ControlMessage = { v: 3, job: JOB, type: 'stop' };
+    const stop: ControlMessage = { v: MESSAGE_VERSION, job: JOB, type: 'stop' };
     expect(decodeControl(encodeMessage(stop))).toEqual(stop);
   });
 
@@ -221,19 +221,19 @@ describe('message round trips', () => {
 describe('message decoders reject bad messages with PROTOCOL errors', () => {
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s of another version', (what, kind) => {
     expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: 1 }), JOB))).toBe(
-      `${what} message has version 1, this ferry speaks 3: run the same ferry version everywhere`,
+      `${what} message has version 1, this ferry speaks 4: run the same ferry version everywhere`,
     );
   });
 
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s without a version', (what, kind) => {
     expect(protocolMessage(() => kind.decode(encode(without(kind.sample, 'v'))))).toBe(
-      `${what} message has version undefined, this ferry speaks 3: run the same ferry version everywhere`,
+      `${what} message has version undefined, this ferry speaks 4: run the same ferry version everywhere`,
     );
   });
 
-  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "3"', (what, kind) => {
-    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '3' })))).toBe(
-      `${what} message has version 3, this ferry speaks 3: run the same ferry version everywhere`,
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "4"', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '4' })))).toBe(
+      `${what} message has version 4, this ferry speaks 4: run the same ferry version everywhere`,
     );
   });
 
@@ -262,7 +262,7 @@ describe('message decoders reject bad messages with PROTOCOL errors', () => {
 
   it('checks the version before the fields', () => {
     expect(protocolMessage(() => decodeWorkItem(encode({ v: 1 })))).toBe(
-      'work item message has version 1, this ferry speaks 3: run the same ferry version everywhere',
+      'work item message has version 1, this ferry speaks 4: run the same ferry version everywhere',
     );
   });
 
@@ -290,22 +290,22 @@ describe('completion batches', () => {
       'completion batch message belongs to job c0ffee01, not deadbeef',
     );
     expect(protocolMessage(() => decodeCompletions(encode({ ...makeCompletionBatch(JOB, batchOf(2)), v: 1 }), JOB))).toBe(
-      'completion batch message has version 1, this ferry speaks 3: run the same ferry version everywhere',
+      'completion batch message has version 1, this ferry speaks 4: run the same ferry version everywhere',
     );
   });
 
   it('rejects the whole batch when one entry is malformed or of another job', () => {
     const list: unknown[] = batchOf(3);
     list[1] = without(completion, 'dstHash');
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 3, job: JOB, completions: list }), JOB))).toBe("completion message lacks 'dstHash'");
+    expect(protocolMessage(() => decodeCompletions(encode({ v: MESSAGE_VERSION, job: JOB, completions: list }), JOB))).toBe("completion message lacks 'dstHash'");
     list[1] = { ...completion, job: 'deadbeef' };
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 3, job: JOB, completions: list }), JOB))).toBe('completion message belongs to job deadbeef, not c0ffee01');
+    expect(protocolMessage(() => decodeCompletions(encode({ v: MESSAGE_VERSION, job: JOB, completions: list }), JOB))).toBe('completion message belongs to job deadbeef, not c0ffee01');
     list[1] = 7;
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 3, job: JOB, completions: list }), JOB))).toBe('completion message is not a map');
+    expect(protocolMessage(() => decodeCompletions(encode({ v: MESSAGE_VERSION, job: JOB, completions: list }), JOB))).toBe('completion message is not a map');
   });
 
   it('rejects a batch whose completions are not a list', () => {
-    expect(protocolMessage(() => decodeCompletions(encode({ v: 3, job: JOB, completions: { 0: completion } }), JOB))).toBe(
+    expect(protocolMessage(() => decodeCompletions(encode({ v: MESSAGE_VERSION, job: JOB, completions: { 0: completion } }), JOB))).toBe(
       'completion batch message has no list of completions',
     );
   });
