@@ -25,9 +25,7 @@ const READ_CHUNK = 1024 * 1024;
 export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEntry) => string): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
   return async (conn, batch) => {
     const readErrors = new Map<number, ErrorData>();
-    // One buffer for the batch's small files: writeBatch copies each piece into its frame before it asks for more.
-    const scratch = Buffer.allocUnsafeSlow(WHOLE_FILE_BYTES + 1);
-    const results = await conn.writeBatch([...batch.wire], algorithm, (i) => readEntry(batch.entries[i]!, localPath, i, readErrors, scratch));
+    const results = await conn.writeBatch([...batch.wire], algorithm, (i) => readEntry(batch.entries[i]!, localPath, i, readErrors));
     return results.map((r, i) => (readErrors.get(i) ? { ok: false as const, error: readErrors.get(i)! } : r));
   };
 }
@@ -40,14 +38,14 @@ export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEn
  */
 const WHOLE_FILE_BYTES = 1024 * 1024;
 
-async function* readEntry(entry: TreeEntry, localPath: (entry: TreeEntry) => string, index: number, errors: Map<number, ErrorData>, scratch: Buffer): AsyncGenerator<Uint8Array> {
+async function* readEntry(entry: TreeEntry, localPath: (entry: TreeEntry) => string, index: number, errors: Map<number, ErrorData>): AsyncGenerator<Uint8Array> {
   if (entry.kind !== 'file' || entry.size === 0) return;
   const path = localPath(entry);
   if (entry.size > WHOLE_FILE_BYTES) {
     yield* readLocal(path, entry, index, errors);
     return;
   }
-  const got = readWhole(path, entry.size, scratch);
+  const got = readWhole(path, entry.size);
   if ('error' in got) errors.set(index, got.error);
   else yield got.data;
 }
@@ -64,8 +62,8 @@ function readError(path: string, err: unknown): ErrorData {
   return { code: 'SOURCE_UNREADABLE', message: `reading ${path} failed (${errno ?? (err as Error).message})`, path, ...(errno ? { errno } : {}) };
 }
 
-/** A small file whole into `scratch` (one byte past its size, to tell one that grew), never through a link. */
-function readWhole(path: string, size: number, scratch: Buffer): WholeFile {
+/** A small file whole (one byte past its size, to tell one that grew), never through a link. */
+function readWhole(path: string, size: number): WholeFile {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -73,7 +71,7 @@ function readWhole(path: string, size: number, scratch: Buffer): WholeFile {
     return { error: openError(path, err) };
   }
   try {
-    const buf = scratch.subarray(0, size + 1);
+    const buf = Buffer.allocUnsafe(size + 1);
     let got = 0;
     for (;;) {
       const n = readSync(fd, buf, got, buf.length - got, null);
