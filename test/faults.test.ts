@@ -324,17 +324,21 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
     const dir = await testDir('t6');
     const small = join(dir, 'small-fs');
     await mkdir(small);
-    // Room for well over the first durable batch (5 s at the rate below): a connection whose
-    // write failed cannot fsync what it wrote before (the helpers' write errors are sticky),
-    // so only what was made durable before the disk filled is resumed.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=160m', 'tmpfs', small]);
+    // Room for well over the first durable batch: a connection whose write failed cannot
+    // fsync what it wrote before (the helpers' write errors are sticky), so only what was
+    // made durable before the disk filled is resumed. A connection makes its ranges durable
+    // when one completes 5 s or more after the oldest unsynced one: with 8 MiB ranges at
+    // the rate below (4 streams, ~3.75 MB/s each, a range every ~2.2 s) that is by ~9 s,
+    // and the disk fills at ~13 s (with 16 MiB ranges a stream's first sync came at
+    // ~13.5 s, after a 160 MB disk was full: CI caught it).
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=200m', 'tmpfs', small]);
     cleanups.push(() => execFileSync('umount', ['-l', small]));
     // An sshd started after the mount: one in a mount namespace of its own (nothing installed)
     // sees only the mounts made before it started.
     const host = await startSshd({ dir: join(dir, 'sshd'), without: v.without });
     cleanups.push(() => host.stop());
-    const args = ['cp', src, remote(`${small}/`, host.host, host.port), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'), [], host)];
-    // Slow enough that connections make ranges durable (every 5 s) well before the disk is full (11 s).
+    const args = ['cp', src, remote(`${small}/`, host.host, host.port), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'), ['--range-size', '8MiB'], host)];
+    // Slow enough that connections make ranges durable well before the disk is full.
     const full = startFerry([...args, '--limit-rate', '15MB']);
     const r = await full.result;
     expect(r.code).toBe(22);
