@@ -28,6 +28,8 @@ function helperAfter(setup: string) {
   const child: ChildProcessWithoutNullStreams = spawn('unshare', ['-m', 'sh', '-c', script]);
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d));
+  // A helper killed at cleanup (after a failed check) closes its stdin under frames still queued.
+  child.stdin.on('error', () => {});
   const answer = repliesById(child.stdout);
   const exited = new Promise<never>((_resolve, reject) => child.once('close', () => reject(new Error(`helper exited: ${stderr}`))));
   exited.catch(() => {});
@@ -145,12 +147,15 @@ describe.skipIf(!isRoot)('the helper while its disk is held (fsfreeze)', () => {
 
     // A fast stream first: 192 MiB as fast as the pipe takes it, so the session learns its rate.
     h.send(encodeControl('WRITE', 3, { handle, offset: 0, length: 192 * MiB, algorithm: 'xxh3' }));
+    const fastStart = performance.now();
     for (let i = 0; i < 192; i++) {
       const b = block(base, i);
       expected.update(b);
       expect(await sendOrStall(child.stdin, Buffer.concat([encodeDataHeader(3, MiB), b]), 30_000)).toBe(true);
     }
     expect(await h.reply(3)).toMatchObject({ type: 'OK', body: { bytes: 192 * MiB } });
+    // The rate it learned: its limit stands for one second of it, 16 MiB at least (pending.ts).
+    const learned = ((192 * MiB) / (performance.now() - fastStart)) * 1000;
 
     // The disk held: nothing written completes until the thaw.
     execFileSync('nsenter', ['-t', String(child.pid), '-m', 'fsfreeze', '-f', mnt]);
@@ -176,9 +181,11 @@ describe.skipIf(!isRoot)('the helper while its disk is held (fsfreeze)', () => {
       next++;
     }
     // Frames that went into the pipe while the disk was held: the helper's pending writes, plus
-    // what the pipe and the helper's input buffer hold unread (well under 4 MiB).
+    // what the pipe and the helper's input buffer hold unread (well under 4 MiB). On a quiet
+    // machine that is well over 40 MiB; on a loaded one (CI once saw 16 MiB) the rate it
+    // learned, and so its limit, is lower.
     const taken = (next - 192) * MiB;
-    expect(taken).toBeGreaterThan(40 * MiB);
+    expect(taken).toBeGreaterThanOrEqual(Math.min(40 * MiB, Math.max(16 * MiB, learned / 2)));
     expect(taken).toBeLessThan(128 * MiB + 4 * MiB);
 
     // Thawed, the rest goes, and every byte is on disk after the FSYNC.
