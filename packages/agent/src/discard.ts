@@ -44,6 +44,8 @@ export function discardConnection(label: string): RemoteConnection {
     writeBatch: none,
     walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }),
     readBatch: none,
+    metadata: { owners: false, names: false, xattrs: false },
+    glob: none,
     realpath: none,
     homeDirectory: none,
     close: () => {

@@ -5,7 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { FerryError, expandHostlist, parseLocation, toFerryError } from '@ferry/core';
+import { FerryError, expandHostlist, hasGlob, parseLocation, toFerryError } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import type { CopyRequest } from '@ferry/coordinator';
 import type { Launcher } from '@ferry/launcher';
@@ -130,6 +130,13 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
     reportError(io, e);
   }
+}
+
+/** Sources with remote glob patterns expanded (coordinator's remote-glob.ts); without one, as given and nothing loaded. */
+export async function expandSources(sources: string[], options: CopyOptions, signal?: AbortSignal): Promise<string[]> {
+  if (!sources.some((s) => isRemoteSource(s) && hasGlob(parseLocation(s).path))) return sources;
+  const { expandRemoteSources } = await import('@ferry/coordinator');
+  return expandRemoteSources(sources, options, signal);
 }
 
 function isRemoteSource(source: string): boolean {

@@ -5,7 +5,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { AGENT_EXEC_ENV, CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, JOB_SPEC_SHA256_ENV, NATS_TLS_ENV, corruptRangesFrom, decodeAgentExec, decodeClientTls, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
-import { copy, parseSecretsLine, reportError, stdinLines } from './actions.js';
+import { copy, expandSources, parseSecretsLine, reportError, stdinLines } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { runServe } from './serve-command.js';
@@ -63,9 +63,15 @@ export function createCli(io: CliIo): Command {
     .addHelpText('after', describeExitCodes())
     .action(async (paths: string[], opts: Record<string, unknown>) => {
       if (paths.length < 2) return reportError(io, new FerryError('USAGE', `missing the destination: ferry cp SOURCE... DESTINATION (run ferry cp --help)`));
-      const sources = paths.slice(0, -1);
       const destination = paths[paths.length - 1]!;
       const copyOptions = copyOptionsFrom(opts);
+      let sources: string[];
+      try {
+        // Remote patterns (host:'/data/run*') as scp's remote shell would expand them, without one.
+        sources = await expandSources(paths.slice(0, -1), copyOptions, io.signal);
+      } catch (err) {
+        return reportError(io, toFerryError(err));
+      }
       const source = sources[0]!;
       if (sources.length > 1 && (opts.sbatch !== undefined || opts.launcher !== 'local')) {
         return reportError(io, new FerryError('USAGE', `several sources go with the local launcher only for now: run one ferry cp per source with --${opts.sbatch !== undefined ? 'sbatch' : 'launcher'}`));
@@ -247,7 +253,7 @@ function addCopyOptions(cmd: Command): Command {
   return cmd
     .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8)')
     .option('-s, --streams <n>', 'SSH connections per agent (default: tuned during the copy, 1 to 16)')
-    .option('-r, --recursive', 'copy a whole directory tree (push only for now): an existing destination directory receives it under its own name, as scp -r')
+    .option('-r, --recursive', 'copy a whole directory tree (push or pull): an existing destination directory receives it under its own name, as scp -r; a file is copied as the file')
     .option('--range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')
     .option('--batch-files-under <size>', 'with -r: files smaller than this travel many to a batch (default: 4MiB)')
     .option('--batch-size <size>', 'with -r: bytes of small files sent as one batch, at most (default: 64MiB; 4096 files at most)')
@@ -258,6 +264,11 @@ function addCopyOptions(cmd: Command): Command {
     .addOption(new Option('--transport <client>', 'SSH client of the data connections: ssh2 (embedded) or openssh (an ssh process per connection: ~/.ssh/config applies, helper mode only)').choices(['ssh2', 'openssh']).default('ssh2'))
     .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
+    .addOption(new Option('--preserve=owner', 'with -r: keep owner and group even where the destination side is not root (as root there they are kept anyway)'))
+    .option('--numeric-ids', 'with -r: owner and group by number, not mapped by name on the destination (as rsync --numeric-ids)')
+    .option('--xattrs', 'with -r: copy extended attributes (user.*; trusted.* and security.* as root; never lustre.*): helper and python modes')
+    .option('--acls', 'with -r: copy POSIX ACLs (system.posix_acl_access and _default): helper and python modes')
+    .option('--fail-fast', 'with -r: stop at the first entry that fails, with its own exit code (default: list it in failed.ndjson, go on, exit 72)')
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache, on any file system (default: only on a local disk file system: ext4, xfs, btrfs, f2fs; falls back to buffered writes where the file system refuses)')
     .option('--no-direct-io', 'write the destination through the page cache, even on a local disk file system')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
@@ -304,6 +315,11 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.batchSize !== undefined) o.batchSize = opts.batchSize as string;
   if (opts.hash !== undefined) o.hash = opts.hash as string;
   if (opts.restart === true) o.restart = true;
+  if (opts.failFast === true) o.failFast = true;
+  if (opts['preserve=owner'] === true) o.preserveOwner = true;
+  if (opts.numericIds === true) o.numericIds = true;
+  if (opts.xattrs === true) o.xattrs = true;
+  if (opts.acls === true) o.acls = true;
   if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;
   if (opts.verify === true) o.verify = true;
   if (opts.sharedHelper === true) o.sharedHelper = true;

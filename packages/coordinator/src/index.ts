@@ -19,3 +19,4 @@ export { JournalFile } from './journal-file.js';
 export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-file.js';
 export { jobDirOf, listJobs, readJobFile, readStatus, readTreeJobFile, readTreeStatus, pidAlive, foldJournal } from './job-state.js';
 export type { JobFile, JobPhase, JobStatus, TreeJobFile, TreeJobStatus } from './job-state.js';
+export { expandRemoteSources } from './remote-glob.js';

@@ -29,9 +29,11 @@ import { FerryError, TreePlanner, copyMode, formatLocation, parseLocation, resol
 import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import { walkTree } from '@ferry/serve';
+import { metaPlanOf, wireMeta } from './tree-meta.js';
+import type { MetaPlan } from './tree-meta.js';
 import type { CopyRequest } from './copy.js';
 import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.js';
-import type { TreeSummary } from './events.js';
+import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
@@ -44,7 +46,7 @@ import type { TreeJournalState, TreeRecord } from './tree-journal.js';
 import { TreeSender, pushTransfer } from './tree-send.js';
 import { AgentBatches, treeUsesAgents } from './tree-agents.js';
 import type { WireBatch } from './tree-send.js';
-import { prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
+import { SourceIsFile, prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
 
 /** Files this big are copied as jobs of their own, striped over every agent and stream. */
@@ -59,7 +61,21 @@ const DIRS_PER_BATCH = 1024;
 /** What a run counts as it goes: the summary's counts. */
 type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped'>;
 
-export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
+/**
+ * `ferry cp -r`. A remote source that turns out to be a regular file is
+ * copied as that file (runCopy), as `scp -r host:FILE dst` does; a local one
+ * never comes here (the CLI copies a local file with -r as a file).
+ */
+export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary | CopySummary> {
+  try {
+    return await runTree(request);
+  } catch (err) {
+    if (err instanceof SourceIsFile) return runCopy(request);
+    throw err;
+  }
+}
+
+async function runTree(request: CopyRequest): Promise<TreeSummary> {
   const options = resolveCopyOptions(request.options, { cores: availableParallelism() });
   const emit = request.onEvent ?? (() => {});
   const started = Date.now();
@@ -107,7 +123,8 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
-    run = new TreeRun(request, options, target, journal, state, algorithm, umask, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir);
+    const meta = metaPlanOf(options, target.direction, conn);
+    run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir);
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -115,7 +132,8 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
     } catch (err) {
       // Whatever the abort broke on its way (a closed connection, a cut walk) is an interruption.
       if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
-      throw err;
+      // --fail-fast: whatever the stop broke on its way, the copy ends with the first failure.
+      throw run.stopped ?? err;
     } finally {
       request.signal?.removeEventListener('abort', onAbort);
     }
@@ -147,6 +165,8 @@ export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary> {
     if (failure.code === 'INTERRUPTED') phase = 'interrupted';
     throw err;
   } finally {
+    // A copy stopped by --fail-fast (or any error) still lists what failed and was skipped.
+    if (run && phase !== 'partial' && phase !== 'done') await run.writeLists(jobDir).catch(() => {});
     if (run) await writeTreeStatus(jobDir, statusOf(run, phase, phase === 'partial' ? undefined : failure)).catch(() => {});
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
@@ -193,6 +213,8 @@ class TreeRun {
   private readonly walkedDirs = new Set<string>();
   /** Directories that could not be made: nothing under them is made (whatever stands at their name is not ours). */
   private readonly failedDirs = new Set<string>();
+  /** --fail-fast: the first failure, as the error the copy ends with. */
+  stopped: FerryError | undefined;
 
   constructor(
     private readonly request: CopyRequest,
@@ -202,6 +224,7 @@ class TreeRun {
     private readonly state: TreeJournalState,
     private readonly algorithm: HashAlgorithm,
     private readonly umask: number,
+    private readonly meta: MetaPlan,
     private readonly control: () => Promise<RemoteConnection>,
     private readonly emit: NonNullable<CopyRequest['onEvent']>,
     private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
@@ -216,7 +239,7 @@ class TreeRun {
       : new TreeSender({
       streams: this.streams,
       connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
-      transfer: target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.sourcePath(e.path)),
+      transfer: this.stopping(target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.sourcePath(e.path))),
       onResult,
       log: (message) => emit({ type: 'log', message }),
       ...(request.signal ? { signal: request.signal } : {}),
@@ -230,10 +253,24 @@ class TreeRun {
           };
   }
 
+  /** --fail-fast: once an entry failed, no further batch goes out (the sender then ends its lanes). */
+  private stopping<T extends (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]>>(transfer: T): T {
+    return (async (conn: RemoteConnection, batch: WireBatch) => {
+      // Not a connection's trouble: the sender stops rather than send the batch again.
+      if (this.stopped) throw new FerryError('INTERRUPTED', 'stopped by --fail-fast');
+      return transfer(conn, batch);
+    }) as T;
+  }
+
+  /** --fail-fast: ends the stage at hand once an entry failed. */
+  private checkStop(): void {
+    if (this.stopped) throw this.stopped;
+  }
+
   /** The source tree as a stream: walked here for a push, by the remote helper for a pull. */
   private async walk(): Promise<AsyncIterable<WalkItem>> {
-    if (this.target.direction === 'pull') return (await this.control()).walk(this.target.sourceRoot);
-    return walkTree(this.target.sourceRoot, request(this.request));
+    if (this.target.direction === 'pull') return (await this.control()).walk(this.target.sourceRoot, this.meta.walk);
+    return walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}) });
   }
 
   /**
@@ -281,25 +318,34 @@ class TreeRun {
             this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.sourcePath(item.path), errno: item.error.code });
             continue;
           }
+          this.checkStop();
           if (!this.admit(item.entry)) continue;
           for (const step of planner.add(item.entry)) await this.publish(step);
         }
+        this.checkStop();
         for (const step of planner.finish()) await this.publish(step);
         await this.makeDirs();
       } finally {
         await this.sender.close();
       }
-      for (const entry of this.huge) await this.copyHuge(entry);
+      this.checkStop();
+      for (const entry of this.huge) {
+        await this.copyHuge(entry);
+        this.checkStop();
+      }
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
         preserve: this.options.preserve,
         umask: this.umask,
+        meta: (e: TreeEntry) => wireMeta(this.meta, e),
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
         done: () => this.counters.hardlinks++,
       };
       await makeHardLinks(ctx, this.links, (p) => this.failedPaths.has(p));
+      this.checkStop();
       await finishDirectories(ctx, this.dirs);
+      this.checkStop();
     } finally {
       clearInterval(progress);
       this.progress();
@@ -362,8 +408,9 @@ class TreeRun {
     // Whole milliseconds on the wire (scp -p keeps whole seconds).
     const times = this.options.preserve ? { mtimeMs: Math.floor(e.mtimeMs), atimeMs: Math.floor(e.atimeMs) } : {};
     const path = this.destPath(e.path);
-    if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times };
-    return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, this.umask, this.options.preserve), ...times };
+    const meta = wireMeta(this.meta, e);
+    if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times, ...meta };
+    return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, this.umask, this.options.preserve), ...times, ...meta };
   }
 
   /** Makes the directories the walk has found so far (one BATCH); a directory that cannot be made fails the copy. */
@@ -426,6 +473,9 @@ class TreeRun {
           else if (e.type !== 'job.start') this.emit(e);
         },
       });
+      // Owner and attributes: the single-file copy keeps mode and times only.
+      const meta = wireMeta(this.meta, entry);
+      if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
       await this.journal.append([recordOf(entry, { job: summary.jobId })]);
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
@@ -439,6 +489,9 @@ class TreeRun {
   }
 
   private fail(path: string, error: ErrorData): void {
+    if (this.options.failFast && !this.stopped) {
+      this.stopped = new FerryError(error.code, `${error.message} (--fail-fast stopped the copy at its first failure; what arrived is journaled: rerun without --fail-fast to copy the rest)`, { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) });
+    }
     this.counters.failed++;
     this.failedPaths.add(path);
     this.failures.push(JSON.stringify({ path, code: error.code, message: error.message, ...(error.errno ? { errno: error.errno } : {}) }));

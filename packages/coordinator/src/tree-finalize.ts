@@ -7,9 +7,9 @@
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
-import type { BatchEntry, ErrorData, TreeEntry } from '@ferry/core';
-import type { BatchResult } from '@ferry/transport';
-import { applyEntries } from '@ferry/serve';
+import type { BatchEntry, EntryMeta, ErrorData, TreeEntry } from '@ferry/core';
+import type { BatchResult, SetAttrs } from '@ferry/transport';
+import { applyEntries, applyPathMeta } from '@ferry/serve';
 
 /** Entries per BATCH of links. */
 const LINKS_PER_BATCH = 1024;
@@ -25,8 +25,8 @@ const SETSTATS_IN_FLIGHT = 32;
 export interface TreeDestination {
   /** Directories, symbolic links and hard links, as a BATCH without files makes them. */
   apply(entries: BatchEntry[]): Promise<BatchResult[]>;
-  /** A directory's mode and times. */
-  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
+  /** A directory's owner, attributes, mode and times (a big file's owner and attributes). */
+  setstat(path: string, attrs: SetAttrs): Promise<void>;
 }
 
 /** This host as a tree's destination (a pull). */
@@ -34,6 +34,10 @@ export const localDestination: TreeDestination = {
   apply: async (entries) => (await applyEntries(entries)).map((r) => (r.ok ? { ok: true } : { ok: false, error: r.error })),
   // Through the directory itself, opened without following a link at its name.
   setstat: async (path, attrs) => {
+    // Owner and attributes first, never through a link at the name (chown clears set-id bits; an ACL's mask follows the mode).
+    const { mode, mtimeMs, atimeMs, ...meta } = attrs;
+    if (Object.keys(meta).length > 0) await applyPathMeta(path, meta);
+    if (mode === undefined && mtimeMs === undefined) return;
     let fh;
     try {
       fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
@@ -54,6 +58,8 @@ export interface FinalizeContext {
   umask: number;
   failed: (entry: TreeEntry, error: ErrorData) => void;
   done: (entry: TreeEntry) => void;
+  /** Owner and attributes a directory is to get (tree-meta.ts). */
+  meta: (entry: TreeEntry) => EntryMeta;
 }
 
 /** Makes each further name of a file; one whose first name failed fails too. */
@@ -87,6 +93,7 @@ export async function finishDirectories(ctx: FinalizeContext, dirs: ReadonlyMap<
           const d = dirs.get(p)!;
           try {
             await ctx.dest.setstat(ctx.remotePath(p), {
+              ...ctx.meta(d),
               mode: copyMode(d.mode, ctx.umask, ctx.preserve),
               ...(ctx.preserve ? { mtimeMs: Math.floor(d.mtimeMs), atimeMs: Math.floor(d.atimeMs) } : {}),
             });

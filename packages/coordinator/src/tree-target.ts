@@ -32,6 +32,13 @@ export interface TreeTarget {
   connectOptions: Parameters<typeof connectAny>[2];
 }
 
+/** A tree pull's source is a regular file: `ferry cp -r host:FILE dst` copies it as the file, as scp -r does. */
+export class SourceIsFile extends Error {
+  constructor() {
+    super('the source is a file, not a directory');
+  }
+}
+
 /** Whether `source` is a local directory: `ferry cp -r` with a file source is a plain copy. */
 export async function isLocalDirectory(source: string): Promise<boolean> {
   let loc;
@@ -132,7 +139,9 @@ async function prepareTreePull(
       throw new FerryError('SOURCE_UNREADABLE', `source ${label}:${given} cannot be read (${(err as Error).message}): check the path`, { host: label, path: given, cause: err });
     });
     if (!st) throw new FerryError('SOURCE_NOT_FOUND', `source ${label}:${given} does not exist: check the path`, { host: label, path: given });
-    if (st.type !== 'directory') throw new FerryError('USAGE', `source ${label}:${given} is not a directory: copy a file without -r`, { host: label, path: given });
+    // scp -r host:FILE copies the file: the caller copies it as a single file.
+    if (st.type === 'file') throw new SourceIsFile();
+    if (st.type !== 'directory') throw new FerryError('USAGE', `source ${label}:${given} is neither a directory nor a regular file: not copied`, { host: label, path: given });
     const sourceRoot = await conn.realpath(given);
     const hostsKey = `${loc.hosts.join(',')}:${loc.port ?? 22}`;
     const target = resolve(destination);

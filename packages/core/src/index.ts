@@ -50,3 +50,7 @@ export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAUL
 export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry, WalkError, WalkItem } from './tree-plan.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';
+export { ACL_XATTRS, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, MAX_XATTR_NAME_BYTES, MAX_XATTR_VALUE_BYTES, destinationId, entryMetaOf, entryMetaProblem, hasMeta, xattrWanted } from './tree-meta.js';
+export type { EntryMeta, XattrScope } from './tree-meta.js';
+export { MAX_GLOB_MATCHES, expandGlob, hasGlob, matchName } from './glob.js';
+export type { GlobIo } from './glob.js';

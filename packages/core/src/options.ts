@@ -75,6 +75,16 @@ export interface CopyOptions {
   sshCmd?: string;
   /** Preserve mode and modification time. @default false */
   preserve?: boolean;
+  /** Tree copies: stop at the first entry that fails (its own exit code) instead of listing it and going on. @default false */
+  failFast?: boolean;
+  /** Tree copies: keep owner and group even when the destination side does not run as root (--preserve=owner). @default only as root */
+  preserveOwner?: boolean;
+  /** Tree copies: owner and group by number, never mapped by name (--numeric-ids). @default false */
+  numericIds?: boolean;
+  /** Tree copies: extended attributes (user.*; trusted.* and security.* as root; never lustre.*) (--xattrs). @default false */
+  xattrs?: boolean;
+  /** Tree copies: POSIX ACLs, the system.posix_acl_access/default attributes (--acls). @default false */
+  acls?: boolean;
   /**
    * Write the destination with O_DIRECT where aligned: true always, false never.
    * @default where the destination is on a local disk file system (ext4, xfs, btrfs, f2fs)
@@ -143,6 +153,13 @@ export interface ResolvedCopyOptions {
   /** The ssh program and its leading arguments (openssh transport). */
   sshCommand: string[];
   preserve: boolean;
+  /** Tree copies: the first entry that fails stops the copy. */
+  failFast: boolean;
+  /** Tree copies: owners kept even where the destination is not root. */
+  preserveOwner: boolean;
+  numericIds: boolean;
+  xattrs: boolean;
+  acls: boolean;
   directIo: DirectIoChoice;
   verify: boolean;
   sharedHelper: boolean;
@@ -252,6 +269,11 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     transport,
     sshCommand,
     preserve: options.preserve ?? false,
+    failFast: options.failFast ?? false,
+    preserveOwner: options.preserveOwner ?? false,
+    numericIds: options.numericIds ?? false,
+    xattrs: options.xattrs ?? false,
+    acls: options.acls ?? false,
     directIo: options.directIo === undefined ? 'auto' : options.directIo ? 'on' : 'off',
     verify: options.verify ?? false,
     sharedHelper: options.sharedHelper ?? false,

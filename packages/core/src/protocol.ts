@@ -39,6 +39,8 @@ import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
 import { HUB_KEY_BYTES, parseHubKey } from './hub-auth.js';
 import type { HashAlgorithm } from './hash.js';
+import { entryMetaProblem } from './tree-meta.js';
+import type { EntryMeta } from './tree-meta.js';
 
 export const PROTOCOL_VERSION = 1;
 export const FRAME_HEADER_BYTES = 12;
@@ -66,6 +68,12 @@ export const MAX_OPEN_BATCHES = 4;
 export const BATCH_CAPABILITY = 'batch';
 /** HELLO capability of helpers that take WALK and READ_BATCH (a tree pull). */
 export const TREE_READ_CAPABILITY = 'tree-read';
+/**
+ * HELLO capability of helpers that set and report owners and extended
+ * attributes (BATCH entries' and SETSTAT's uid, gid, user, group, xattrs;
+ * WALK's `names` and `xattrs`) and expand GLOB.
+ */
+export const TREE_META_CAPABILITY = 'tree-meta';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -90,6 +98,7 @@ export const FrameType = {
   WALK: 16,
   READ_BATCH: 17,
   ENTRIES: 18,
+  GLOB: 19,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -124,6 +133,8 @@ export interface HelloBody {
   hub?: boolean | string;
   /** Answer: the helper process's umask, for modes as scp sets them (a file's mode without -p). */
   umask?: number;
+  /** Answer (`tree-meta`): the helper's effective user id (0: root, so a tree's owners are kept). */
+  euid?: number;
   /**
    * Request with `hub: true`: the secret (hex, HUB_KEY_BYTES) every session
    * joining that socket must prove it knows, and the hub proves back
@@ -154,8 +165,12 @@ export interface WriteBody { handle: number; offset: number; length: number; alg
 export interface ReadBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface HashBody { handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 export interface HandleBody { handle: number }
-/** By path, or (`safe-files`) by an open handle: fchmod and futimes, nothing looked up by name. */
-export interface SetstatBody { path?: string; handle?: number; mode?: number; mtimeMs?: number; atimeMs?: number }
+/**
+ * By path, or (`safe-files`) by an open handle: fchmod and futimes, nothing
+ * looked up by name. With `tree-meta`, owner and attributes too (by path:
+ * lchown and the attribute calls that do not follow a link).
+ */
+export interface SetstatBody extends EntryMeta { path?: string; handle?: number; mode?: number; mtimeMs?: number; atimeMs?: number }
 export interface PathBody { path: string }
 /**
  * With `handle` (`safe-files`): `from` must still be the file open as `handle`
@@ -176,8 +191,12 @@ export type BatchEntryKind =
   /** A further name of the file at `target` (an absolute path on the helper's side). */
   | 'hardlink';
 
-/** One entry of a BATCH. Paths are absolute; parents come before their contents. */
-export interface BatchEntry {
+/**
+ * One entry of a BATCH. Paths are absolute; parents come before their
+ * contents. Owner and attributes (`tree-meta`) are set on files before
+ * their mode, on symbolic links before the rename (owner only).
+ */
+export interface BatchEntry extends EntryMeta {
   kind: BatchEntryKind;
   path: string;
   /** Files: their bytes in the batch's DATA and ZEROS frames. Absent (or 0) for the other kinds. */
@@ -197,8 +216,14 @@ export interface CommitBody { srcHashes: Array<string | null> }
 /** One entry's outcome in the answer to a COMMIT; `hash` is the helper's hash of a file's bytes. */
 export type BatchEntryResult = { ok: true; hash?: string } | { ok: false; error: ErrorData };
 
-/** WALK: the directory (or single entry) to walk, absolute. */
-export interface WalkBody { root: string }
+/**
+ * WALK: the directory (or single entry) to walk, absolute. With
+ * `tree-meta`: `names` adds each entry's owner and group names, `xattrs` and
+ * `acls` its extended attributes and ACLs (files and directories).
+ */
+export interface WalkBody { root: string; names?: boolean; xattrs?: boolean; acls?: boolean }
+/** GLOB (`tree-meta`): the paths an absolute pattern matches (core's glob.ts), in `paths` of the OK. */
+export interface GlobBody { pattern: string }
 /** One file of a READ_BATCH: its bytes are sent as exactly `size` bytes, whatever the file holds now. */
 export interface ReadBatchEntry { path: string; size: number }
 export interface ReadBatchBody { algorithm: HashAlgorithm; entries: ReadBatchEntry[] }
@@ -222,6 +247,9 @@ export interface WireTreeEntry {
   nlink: number;
   target?: string;
   allocated?: number;
+  user?: string;
+  group?: string;
+  xattrs?: Record<string, Uint8Array>;
 }
 /** ENTRIES: the next items of a WALK, in the order found. */
 export interface EntriesBody { items: WireWalkItem[] }
@@ -255,6 +283,8 @@ export interface OkBody {
   pipesReason?: string;
   /** COMMIT: one result per entry of the BATCH. */
   results?: BatchEntryResult[];
+  /** GLOB: the paths matched, sorted. */
+  paths?: string[];
 }
 
 export type ErrorBody = ErrorData;
@@ -277,6 +307,7 @@ export type ControlFrame =
   | { type: 'WALK'; id: number; body: WalkBody }
   | { type: 'READ_BATCH'; id: number; body: ReadBatchBody }
   | { type: 'ENTRIES'; id: number; body: EntriesBody }
+  | { type: 'GLOB'; id: number; body: GlobBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -330,7 +361,7 @@ export function isPlainMap(value: unknown): value is Record<string, unknown> {
 }
 
 const BATCH_KINDS: ReadonlySet<unknown> = new Set<BatchEntryKind>(['dir', 'file', 'symlink', 'hardlink']);
-const ENTRY_KEYS: ReadonlySet<string> = new Set(['kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target']);
+const ENTRY_KEYS: ReadonlySet<string> = new Set(['kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target', 'uid', 'gid', 'user', 'group', 'xattrs']);
 
 /**
  * What is wrong with entry `index` of a BATCH, in words, or undefined: the
@@ -357,7 +388,7 @@ export function batchEntryProblem(entry: unknown, index: number): string | undef
     if (typeof t !== 'string' || t.length === 0 || t.includes('\0')) return `${at}.target must be a non-empty string without NUL`;
     if (entry.kind === 'hardlink' && !path(t)) return `${at}.target must be an absolute path (a hard link)`;
   } else if (given('target')) return `${at}.target must be absent for a ${String(entry.kind)}`;
-  return undefined;
+  return entryMetaProblem(entry, at);
 }
 
 /** What is wrong with a BATCH's list of entries as a whole (count, each entry, the sum of sizes), or undefined. */
@@ -381,8 +412,11 @@ export function batchBody(algorithm: HashAlgorithm, entries: readonly BatchEntry
     entries: entries.map((e) => {
       const out: BatchEntry = { kind: e.kind, path: e.path };
       if (e.kind === 'file') out.size = e.size ?? 0;
-      for (const k of ['mode', 'mtimeMs', 'atimeMs'] as const) if (e[k] !== undefined) out[k] = e[k];
+      for (const k of ['mode', 'mtimeMs', 'atimeMs', 'uid', 'gid'] as const) if (e[k] !== undefined) out[k] = e[k];
       if (e.target !== undefined) out.target = e.target;
+      if (e.user !== undefined) out.user = e.user;
+      if (e.group !== undefined) out.group = e.group;
+      if (e.xattrs !== undefined) out.xattrs = e.xattrs;
       return out;
     }),
   };
@@ -408,7 +442,7 @@ export function isTreePath(p: unknown): p is string {
 }
 
 const WALK_KINDS: ReadonlySet<unknown> = new Set(['file', 'dir', 'symlink', 'hardlink', 'special']);
-const WALK_ENTRY_KEYS: ReadonlySet<string> = new Set(['path', 'kind', 'size', 'mode', 'uid', 'gid', 'mtimeMs', 'atimeMs', 'dev', 'ino', 'nlink', 'target', 'allocated']);
+const WALK_ENTRY_KEYS: ReadonlySet<string> = new Set(['path', 'kind', 'size', 'mode', 'uid', 'gid', 'mtimeMs', 'atimeMs', 'dev', 'ino', 'nlink', 'target', 'allocated', 'user', 'group', 'xattrs']);
 
 /** What is wrong with item `index` of an ENTRIES frame, in words, or undefined. Absent optional fields may be nil. */
 export function walkItemProblem(item: unknown, index: number): string | undefined {
@@ -440,7 +474,7 @@ export function walkItemProblem(item: unknown, index: number): string | undefine
   } else if (item.kind === 'hardlink') {
     if (!isTreePath(item.target) || item.target === '') return `${at}.target must be a tree path (a hard link's first name)`;
   } else if (given('target')) return `${at}.target must be absent for a ${String(item.kind)}`;
-  return undefined;
+  return entryMetaProblem(item, at);
 }
 
 /** What is wrong with a READ_BATCH's list of files, or undefined. */
@@ -515,6 +549,10 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.mode !== undefined) int('mode');
       if (b.mtimeMs !== undefined) int('mtimeMs');
       if (b.atimeMs !== undefined) int('atimeMs');
+      {
+        const problem = entryMetaProblem(b, 'SETSTAT');
+        if (problem) throw protocolError(problem);
+      }
       break;
     case 'STAT':
     case 'UNLINK':
@@ -545,6 +583,11 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'WALK':
       str('root');
       if (!(b.root as string).startsWith('/')) throw protocolError('WALK.root must be an absolute path');
+      for (const k of ['names', 'xattrs', 'acls']) optional(k, 'boolean');
+      break;
+    case 'GLOB':
+      str('pattern');
+      if (!(b.pattern as string).startsWith('/')) throw protocolError('GLOB.pattern must be an absolute path');
       break;
     case 'READ_BATCH': {
       algo();
@@ -576,6 +619,7 @@ function validate(frame: ControlFrame): ControlFrame {
         }
       }
       for (const k of ['hash', 'directReason', 'pipesReason'] as const) optional(k, 'string');
+      if (b.paths !== undefined && (!Array.isArray(b.paths) || !b.paths.every((p) => typeof p === 'string' && p.startsWith('/') && !p.includes('\0')))) throw protocolError('OK.paths must be a list of absolute paths');
       optional('direct', 'boolean');
       if (b.stat !== undefined) {
         const st = b.stat;
@@ -607,8 +651,8 @@ function validate(frame: ControlFrame): ControlFrame {
 }
 
 /**
- * Which side decodes: the helper takes requests, of which BATCH, COMMIT and
- * READ_BATCH may be up to MAX_BATCH_BODY_BYTES; the client takes answers, of
+ * Which side decodes: the helper takes requests, of which BATCH, COMMIT,
+ * READ_BATCH and SETSTAT (a directory's attributes) may be up to MAX_BATCH_BODY_BYTES; the client takes answers, of
  * which OK (a COMMIT's or READ_BATCH's results) and ENTRIES (a walk's items)
  * may be that large. Everything else stays within MAX_CONTROL_BYTES.
  */
@@ -616,7 +660,7 @@ export type DecoderSide = 'helper' | 'client';
 
 /** Largest control body of `type` that `side` accepts. */
 export function maxControlBytes(type: FrameTypeName, side: DecoderSide): number {
-  const large = side === 'helper' ? type === 'BATCH' || type === 'COMMIT' || type === 'READ_BATCH' : type === 'OK' || type === 'ENTRIES';
+  const large = side === 'helper' ? type === 'BATCH' || type === 'COMMIT' || type === 'READ_BATCH' || type === 'SETSTAT' : type === 'OK' || type === 'ENTRIES';
   return large ? MAX_BATCH_BODY_BYTES : MAX_CONTROL_BYTES;
 }
 

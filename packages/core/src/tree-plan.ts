@@ -63,6 +63,11 @@ export interface TreeEntry {
   readonly target?: string;
   /** Bytes the file occupies on disk, when fewer than `size`: it is sparse. */
   readonly allocated?: number;
+  /** Owner and group names (walks asked for them; none where the id has no name). */
+  readonly user?: string;
+  readonly group?: string;
+  /** Extended attributes the walk was asked for (tree-meta.ts's xattrWanted), files and directories. */
+  readonly xattrs?: Record<string, Uint8Array>;
 }
 
 /** An entry a walk could not report, and why (an unreadable directory, a name that is not UTF-8). */

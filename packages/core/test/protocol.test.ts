@@ -185,7 +185,8 @@ describe('frame types and headers', () => {
     expect(frameTypeName(16)).toBe('WALK');
     expect(frameTypeName(17)).toBe('READ_BATCH');
     expect(frameTypeName(18)).toBe('ENTRIES');
-    expect(frameTypeName(19)).toBeUndefined();
+    expect(frameTypeName(19)).toBe('GLOB');
+    expect(frameTypeName(20)).toBeUndefined();
     expect(frameTypeName(66)).toBeUndefined();
     for (const [name, code] of Object.entries(FrameType)) expect(frameTypeName(code)).toBe(name);
   });
@@ -380,7 +381,7 @@ describe('FrameDecoder on valid streams', () => {
 });
 
 describe('FrameDecoder on invalid headers', () => {
-  it.each([0, 19, 63, 66, 255])('rejects unknown frame type %i', (type) => {
+  it.each([0, 20, 63, 66, 255])('rejects unknown frame type %i', (type) => {
     const err = protocolError(() => decodeOne(rawFrame(type, 1, encode({ handle: 1 }))));
     expect(err.message).toBe(`helper protocol: unknown frame type ${type}`);
   });

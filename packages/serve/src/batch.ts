@@ -30,8 +30,9 @@ import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
 import { posix } from 'node:path';
-import { FerryError, createHasher, destinationError, errnoOf, tempNameFor, toFerryError } from '@ferry/core';
+import { FerryError, createHasher, destinationError, entryMetaOf, errnoOf, hasMeta, tempNameFor, toFerryError } from '@ferry/core';
 import type { BatchEntry, BatchEntryResult, HashAlgorithm, Hasher } from '@ferry/core';
+import { applyFileMeta, applyPathMeta } from './meta.js';
 
 /** Tries at a fresh random name when one is taken (a planted file or link): more would mean someone is racing us. */
 const NAME_TRIES = 4;
@@ -106,8 +107,14 @@ function createTemp(path: string, size: number): Temp {
   }
 }
 
-/** Mode and times of a file whose bytes are all written, through its descriptor. */
-function finishWritten(fd: number, entry: BatchEntry): void {
+/**
+ * Owner and attributes (--preserve=owner, --xattrs, --acls), then mode and
+ * times of a file whose bytes are all written, through its descriptor: the
+ * owner first, as chown clears set-id bits and an ACL's mask follows the mode.
+ */
+function finishWritten(temp: Temp, entry: BatchEntry): void {
+  const fd = temp.fd;
+  if (hasMeta(entry)) applyFileMeta(temp, entry.path, entry);
   if (entry.mode !== undefined && entry.mode !== null) fchmodSync(fd, entry.mode);
   if (entry.mtimeMs !== undefined && entry.mtimeMs !== null) futimesSync(fd, (entry.atimeMs ?? entry.mtimeMs) / 1000, entry.mtimeMs / 1000);
 }
@@ -154,9 +161,11 @@ export function discardTemp(name: string): void {
 /** symlink(target) at a temporary name, then renamed over `path`; its own times (lutimes) when given. */
 export function placeSymlink(entry: BatchEntry): void {
   const { name } = atFreshName(entry.path, (n) => symlinkSync(entry.target!, n));
-  if (entry.mtimeMs !== undefined && entry.mtimeMs !== null) {
+  if (hasMeta(entry) || (entry.mtimeMs !== undefined && entry.mtimeMs !== null)) {
     try {
-      lutimesSync(name, (entry.atimeMs ?? entry.mtimeMs) / 1000, entry.mtimeMs / 1000);
+      // A link's owner (lchown) at its temporary name; links carry no attributes here.
+      if (hasMeta(entry)) applyPathMeta(name, { ...entryMetaOf(entry), xattrs: {} });
+      if (entry.mtimeMs !== undefined && entry.mtimeMs !== null) lutimesSync(name, (entry.atimeMs ?? entry.mtimeMs) / 1000, entry.mtimeMs / 1000);
     } catch (err) {
       discardTemp(name);
       throw destinationError(err, { path: entry.path });
@@ -472,7 +481,7 @@ export class BatchWriter {
   private complete(f: WriterFile): void {
     if (!f.temp || f.error || f.received < f.size) return;
     try {
-      finishWritten(f.temp.fd, f.entry);
+      finishWritten(f.temp, f.entry);
     } catch (err) {
       this.fail(f, destinationError(err, { path: f.entry.path }));
       return;

@@ -11,6 +11,9 @@ import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
   BATCH_CAPABILITY,
+  TREE_META_CAPABILITY,
+  entryMetaOf,
+  hasMeta,
   BufferPool,
   FRAME_HEADER_BYTES,
   MAX_BATCH_BODY_BYTES,
@@ -40,9 +43,11 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WireWalkItem } from '@ferry/core';
+import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
+import { applyPathMeta } from './meta.js';
+import { globPaths } from './glob.js';
 import { BatchWriter, MAX_HELD_FILES } from './batch.js';
 
 const MiB = 1024 * 1024;
@@ -182,6 +187,14 @@ interface Batch {
   committed: boolean;
 }
 
+
+/** Bytes an entry's extended attributes add to an ENTRIES frame, about. */
+function xattrBytes(e: TreeEntry): number {
+  let n = 0;
+  for (const [k, v] of Object.entries(e.xattrs ?? {})) n += k.length + v.length + 8;
+  return n;
+}
+
 /** A walk's entry as ENTRIES carries it: only the fields that are set. */
 function wireEntry(e: TreeEntry): WireWalkItem {
   return {
@@ -198,6 +211,7 @@ function wireEntry(e: TreeEntry): WireWalkItem {
     nlink: e.nlink,
     ...(e.target === undefined ? {} : { target: e.target }),
     ...(e.allocated === undefined ? {} : { allocated: e.allocated }),
+    ...entryMetaOf({ ...(e.user === undefined ? {} : { user: e.user }), ...(e.group === undefined ? {} : { group: e.group }), ...(e.xattrs === undefined ? {} : { xattrs: e.xattrs }) }),
   };
 }
 
@@ -681,7 +695,7 @@ export async function serve(options: ServeOptions): Promise<void> {
    * the client to take the one before (the SSH window), and the walker for
    * each frame, so a walk of millions of entries holds a few thousand.
    */
-  const walkTo = async (id: number, root: string) => {
+  const walkTo = async (id: number, root: string, wanted: WalkBody) => {
     let items: WireWalkItem[] = [];
     let bytes = 0;
     let first = 0;
@@ -693,14 +707,15 @@ export async function serve(options: ServeOptions): Promise<void> {
       bytes = 0;
       await send(encodeControl('ENTRIES', id, { items: out }));
     };
-    for await (const item of walkTree(root)) {
+    const meta = wanted.names || wanted.xattrs || wanted.acls ? { names: wanted.names === true, ...(wanted.xattrs || wanted.acls ? { xattrs: { xattrs: wanted.xattrs === true, acls: wanted.acls === true } } : {}) } : undefined;
+    for await (const item of walkTree(root, meta ? { meta } : {})) {
       if (outputGone) return;
       const wire: WireWalkItem = 'error' in item ? { path: item.path, error: { code: item.error.code, message: item.error.message } } : wireEntry(item.entry);
       if (items.length === 0) first = performance.now();
       items.push(wire);
       count++;
       // UTF-16 length times 3 bounds the UTF-8 bytes; the rest of an item's fields are a few dozen bytes.
-      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160;
+      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160 + ('entry' in item ? xattrBytes(item.entry) : 0);
       if (items.length >= WALK_CHUNK_ITEMS || bytes >= WALK_CHUNK_BYTES || performance.now() - first >= WALK_CHUNK_MS) await flush();
     }
     await flush();
@@ -795,8 +810,9 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
+          euid: process.geteuid?.() ?? -1,
         };
         const openHub = options.openHub;
         const key = parseHubKey(frame.body.hubKey);
@@ -895,6 +911,8 @@ export async function serve(options: ServeOptions): Promise<void> {
         const path = f?.path ?? b.path!;
         run(async () => {
           try {
+            // Owner and attributes first: chown clears set-id bits, and an ACL's mask follows the mode.
+            if (hasMeta(b)) await applyPathMeta(path, entryMetaOf(b));
             if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));
             if (b.mtimeMs !== undefined) {
               const atime = (b.atimeMs ?? b.mtimeMs) / 1000;
@@ -943,8 +961,13 @@ export async function serve(options: ServeOptions): Promise<void> {
         startBatch(id, frame.body);
         return;
       case 'WALK':
-        track(walkTo(id, frame.body.root).catch((err: unknown) => replyError(id, err)));
+        track(walkTo(id, frame.body.root, frame.body).catch((err: unknown) => replyError(id, err)));
         return;
+      case 'GLOB': {
+        const pattern = frame.body.pattern;
+        run(async () => ({ paths: await globPaths(pattern) }));
+        return;
+      }
       case 'READ_BATCH': {
         if (readBatches >= MAX_OPEN_BATCHES) throw new FerryError('PROTOCOL', `more than ${MAX_OPEN_BATCHES} READ_BATCHes open at once in one session`);
         readBatches++;

@@ -27,6 +27,8 @@ import { lstat, opendir, readlink } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { TreeEntry, TreeEntryKind, WalkError, WalkItem } from '@ferry/core';
+import { readMeta } from './meta.js';
+import type { MetaWanted } from './meta.js';
 
 export type { WalkError, WalkItem };
 
@@ -36,6 +38,8 @@ export interface WalkOptions {
   /** Entries found but not yet taken before the readers wait (default 4096). */
   readonly highWater?: number;
   readonly signal?: AbortSignal;
+  /** Owner names and extended attributes to add to each entry (meta.ts); none by default. */
+  readonly meta?: MetaWanted;
 }
 
 
@@ -115,6 +119,7 @@ export async function* walkTree(root: string, options: WalkOptions = {}): AsyncG
       nlink: st.nlink,
       ...(target === undefined ? {} : { target }),
       ...(kind === 'file' && allocated < st.size ? { allocated } : {}),
+      ...(options.meta ? await readMeta(abs, kind, st.uid, st.gid, options.meta) : {}),
     };
     return { entry };
   };

@@ -25,9 +25,12 @@
 # no dataclasses, os.preadv only where it exists.
 import errno as errno_names
 import fcntl
+import fnmatch
+import grp
 import hashlib
 import mmap
 import os
+import pwd
 import re
 import stat as stat_mod
 import struct
@@ -59,11 +62,11 @@ DIRECT_ALIGNMENT = 4096
 # as core's LOCAL_DISK_FILESYSTEM_NAMES (direct.ts) says and why.
 LOCAL_DISK_FILESYSTEMS = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs')
 
-HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT, WALK, READ_BATCH, ENTRIES = range(1, 19)
+HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT, WALK, READ_BATCH, ENTRIES, GLOB = range(1, 20)
 OK, ERROR = 64, 65
 NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
          9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 14: 'BATCH', 15: 'COMMIT',
-         16: 'WALK', 17: 'READ_BATCH', 18: 'ENTRIES', 64: 'OK', 65: 'ERROR'}
+         16: 'WALK', 17: 'READ_BATCH', 18: 'ENTRIES', 19: 'GLOB', 64: 'OK', 65: 'ERROR'}
 # WALK's items go out in ENTRIES frames of at most this many, this many bytes, or after this long (s).
 WALK_CHUNK_ITEMS = 1024
 WALK_CHUNK_BYTES = 256 * 1024
@@ -80,7 +83,13 @@ SYNC_THREADS = 4
 # coreutils' sync, which does syncfs(2) with -f (coreutils 8.24 and later): one write-back for a whole batch.
 SYNC_PROGRAM = next((p for p in ('/usr/bin/sync', '/bin/sync') if os.path.exists(p)), None)
 BATCH_KINDS = ('dir', 'file', 'symlink', 'hardlink')
-ENTRY_KEYS = ('kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target')
+ENTRY_KEYS = ('kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target', 'uid', 'gid', 'user', 'group', 'xattrs')
+# Owners and extended attributes (core's tree-meta.ts): bounds of one entry's, and which names travel.
+MAX_XATTRS_PER_ENTRY = 128
+MAX_XATTR_BYTES_PER_ENTRY = 256 * 1024
+MAX_XATTR_VALUE_BYTES = 64 * 1024
+ACL_XATTRS = ('system.posix_acl_access', 'system.posix_acl_default')
+MAX_GLOB_MATCHES = 4096
 ZERO_CHUNK = bytes(CHUNK_BYTES)
 # The umask files are created with here: what a copied file's mode is limited by (HELLO says it).
 UMASK = os.umask(0o077)
@@ -532,10 +541,248 @@ def batch_entries_problem(entries):
                 return '%s.target must be an absolute path (a hard link)' % at
         elif e.get('target') is not None:
             return '%s.target must be absent for a %s' % (at, kind)
+        problem = meta_problem(e, at)
+        if problem is not None:
+            return problem
         total += e.get('size') or 0
         if total > MAX_BATCH_BYTES:
             return "the files' sizes add up to more than %d bytes" % MAX_BATCH_BYTES
     return None
+
+
+def meta_problem(e, at):
+    """What is wrong with an entry's owner and attribute fields, in core's entryMetaProblem words, or None."""
+    for k in ('uid', 'gid'):
+        v = e.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 0xfffffffe):
+            return '%s.%s must be an id from 0 to 4294967294' % (at, k)
+    for k in ('user', 'group'):
+        v = e.get(k)
+        if v is not None and (not isinstance(v, str) or not 0 < len(v) <= 256 or '\0' in v or ':' in v or '\n' in v):
+            return "%s.%s must be a name of 1 to 256 characters without NUL, ':' or newline" % (at, k)
+    x = e.get('xattrs')
+    if x is not None:
+        if not isinstance(x, dict):
+            return '%s.xattrs must be a map of names to bytes' % at
+        if len(x) > MAX_XATTRS_PER_ENTRY:
+            return '%s.xattrs holds more than %d attributes' % (at, MAX_XATTRS_PER_ENTRY)
+        total = 0
+        for n, v in x.items():
+            total += len(n) + (len(v) if isinstance(v, bytes) else 0)
+            if total > MAX_XATTR_BYTES_PER_ENTRY:
+                return '%s.xattrs holds more than %d bytes' % (at, MAX_XATTR_BYTES_PER_ENTRY)
+            if n == '' or len(n.encode('utf-8')) > 255 or '\0' in n or '.' not in n:
+                return '%s.xattrs has a bad name (1 to 255 bytes, a namespace, no NUL)' % at
+            if not isinstance(v, bytes) or len(v) > MAX_XATTR_VALUE_BYTES:
+                return '%s.xattrs.%s must be bytes, at most %d' % (at, n, MAX_XATTR_VALUE_BYTES)
+    return None
+
+
+def xattr_wanted(name, xattrs, acls, root):
+    """core's xattrWanted: never lustre.* or other system.*; ACLs with --acls; trusted.*, security.* as root."""
+    if name.startswith('lustre.'):
+        return False
+    if name in ACL_XATTRS:
+        return acls
+    if name.startswith('system.'):
+        return False
+    if name.startswith('trusted.') or name.startswith('security.'):
+        return xattrs and root
+    return xattrs and name.startswith('user.')
+
+
+_ids = {}
+
+
+def id_of(kind, name):
+    """This host's id for a user or group name, or None (no such name, or a name that is all digits)."""
+    if name is None or name.isdigit():
+        return None
+    key = (kind, name)
+    if key not in _ids:
+        try:
+            _ids[key] = pwd.getpwnam(name).pw_uid if kind == 'user' else grp.getgrnam(name).gr_gid
+        except (KeyError, NameError):
+            _ids[key] = None
+    return _ids[key]
+
+
+def name_of(kind, number):
+    key = (kind + '#', number)
+    if key not in _ids:
+        try:
+            _ids[key] = pwd.getpwuid(number).pw_name if kind == 'user' else grp.getgrgid(number).gr_name
+        except (KeyError, NameError):
+            _ids[key] = None
+    return _ids[key]
+
+
+def owner_of(e):
+    """(uid, gid) an entry gets here: this host's id for its name where it has one, else its number; -1 keeps."""
+    uid = id_of('user', e.get('user'))
+    gid = id_of('group', e.get('group'))
+    if uid is None:
+        uid = e.get('uid') if e.get('uid') is not None else -1
+    if gid is None:
+        gid = e.get('gid') if e.get('gid') is not None else -1
+    return uid, gid
+
+
+def owner_failure(err, e, path):
+    if err.errno == errno_names.EPERM:
+        who = '%s:%s' % (e.get('user') or e.get('uid', '-'), e.get('group') or e.get('gid', '-'))
+        return Failure('DEST_NOT_WRITABLE', '%s: cannot give it to %s (EPERM): only root may give files to another user or a group it is not in; copy as root there, or without --preserve=owner' % (path, who), path, 'EPERM')
+    return os_failure(err, path, 'destination')
+
+
+def apply_meta(target, e, path, follow=False):
+    """Owner, then extended attributes, of `target` (an fd, or a path never followed at its last component)."""
+    if e.get('uid') is not None or e.get('gid') is not None:
+        uid, gid = owner_of(e)
+        try:
+            if isinstance(target, int):
+                os.fchown(target, uid, gid)
+            else:
+                os.lchown(target, uid, gid)
+        except OSError as err:
+            raise owner_failure(err, e, path)
+    for n, v in sorted((e.get('xattrs') or {}).items()):
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, n, v)
+            else:
+                os.setxattr(target, n, v, follow_symlinks=False)
+        except OSError as err:
+            code = errno_names.errorcode.get(err.errno, 'EIO')
+            raise Failure('DEST_NOT_WRITABLE', "%s: cannot set its extended attribute %s (%s): the destination's file system or permissions refuse it; copy without --xattrs/--acls to leave them out" % (path, n, code), path, code)
+
+
+def has_meta(e):
+    return e.get('uid') is not None or e.get('gid') is not None or bool(e.get('xattrs'))
+
+
+def read_meta(path, st, kind, names, xattrs, acls):
+    """Owner names and wanted extended attributes of the entry at path (never following a link there)."""
+    out = {}
+    if names:
+        u, g = name_of('user', st.st_uid), name_of('group', st.st_gid)
+        if u is not None:
+            out['user'] = u
+        if g is not None:
+            out['group'] = g
+    if (xattrs or acls) and kind in ('file', 'dir'):
+        root = os.geteuid() == 0
+        try:
+            listed = os.listxattr(path, follow_symlinks=False)
+        except OSError as err:
+            if err.errno in (errno_names.ENOTSUP, errno_names.EOPNOTSUPP):
+                return out
+            raise
+        found = {}
+        total = 0
+        for n in sorted(listed):
+            if not xattr_wanted(n, xattrs, acls, root):
+                continue
+            try:
+                v = os.getxattr(path, n, follow_symlinks=False)
+            except OSError as err:
+                if err.errno == errno_names.ENODATA:
+                    continue
+                raise
+            found[n] = v
+            total += len(n) + len(v)
+            if total > MAX_XATTR_BYTES_PER_ENTRY or len(found) > MAX_XATTRS_PER_ENTRY:
+                raise OSError(errno_names.E2BIG, 'its extended attributes exceed %d names or %d bytes: not copied' % (MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY), path)
+        if found:
+            out['xattrs'] = found
+    return out
+
+
+def glob_match(name, pattern):
+    """core's matchName: sh's *, ? and [...]; a leading dot only matched by a leading dot."""
+    if name.startswith('.') and not (pattern.startswith('.') or pattern.startswith('\\.')):
+        return False
+    return fnmatch.fnmatchcase(name, glob_translate(pattern))
+
+
+def glob_translate(p):
+    """sh's pattern in fnmatch's words: a backslash quotes (fnmatch has no quoting: [c] does), ^ negates a class."""
+    out = []
+    i = 0
+    while i < len(p):
+        c = p[i]
+        if c == '\\' and i + 1 < len(p):
+            out.append('[%s]' % p[i + 1] if p[i + 1] not in '!^' else p[i + 1])
+            i += 2
+            continue
+        if c == '[' and i + 1 < len(p) and p[i + 1] == '^':
+            out.append('[!')
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return ''.join(out)
+
+
+def is_pattern(component):
+    i = 0
+    while i < len(component):
+        c = component[i]
+        if c == '\\':
+            i += 2
+            continue
+        if c in '*?':
+            return True
+        if c == '[' and class_end(component, i) > 0:
+            return True
+        i += 1
+    return False
+
+
+def class_end(p, start):
+    """Index of the ] closing the class opening at start, or -1 (then [ is a plain character), as core's classEnd."""
+    i = start + 1
+    if i < len(p) and p[i] in '!^':
+        i += 1
+    if i < len(p) and p[i] == ']':
+        i += 1
+    while i < len(p):
+        if p[i] == '\\':
+            i += 1
+        elif p[i] == ']':
+            return i
+        i += 1
+    return -1
+
+
+def glob_paths(pattern):
+    """The paths an absolute pattern matches, sorted (core's expandGlob): directories listed, nothing run."""
+    found = ['/']
+    literal_tail = False
+    for part in [c for c in pattern.split('/') if c]:
+        nxt = []
+        if not is_pattern(part):
+            plain = re.sub(r'\\(.)', r'\1', part)
+            nxt = [os.path.join(d, plain) for d in found]
+            literal_tail = True
+        else:
+            literal_tail = False
+            for d in found:
+                try:
+                    names = os.listdir(d)
+                except OSError:
+                    continue
+                for n in names:
+                    if glob_match(n, part):
+                        nxt.append(os.path.join(d, n))
+                        if len(nxt) > MAX_GLOB_MATCHES:
+                            raise Failure('USAGE', '%s matches more than %d names: narrow the pattern, or copy the directory with -r' % (pattern, MAX_GLOB_MATCHES), pattern)
+        found = nxt
+        if not found:
+            return []
+    if literal_tail:
+        found = [p for p in found if os.path.lexists(p)]
+    return sorted(found)
 
 
 def read_batch_problem(entries):
@@ -634,6 +881,12 @@ def discard(name):
 
 def place_symlink(e):
     name = at_fresh_name(e['path'], lambda n: os.symlink(e['target'], n))
+    if e.get('uid') is not None or e.get('gid') is not None:
+        try:
+            apply_meta(name, {'uid': e.get('uid'), 'gid': e.get('gid'), 'user': e.get('user'), 'group': e.get('group')}, e['path'])
+        except Failure:
+            discard(name)
+            raise
     if e.get('mtimeMs') is not None:
         mtime = e['mtimeMs'] * 1000000
         atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
@@ -782,6 +1035,7 @@ class Session(object):
         root = self.need_str(body, 'WALK', 'root')
         if not root.startswith('/'):
             raise protocol_error('WALK.root must be an absolute path')
+        names, xattrs, acls = body.get('names') is True, body.get('xattrs') is True, body.get('acls') is True
         first_names = {}
         out = []
         state = {'bytes': 0, 'since': 0.0, 'count': 0}
@@ -836,6 +1090,8 @@ class Session(object):
             allocated = st.st_blocks * 512
             if kind == 'file' and allocated < st.st_size:
                 item['allocated'] = allocated
+            if names or xattrs or acls:
+                item.update(read_meta(path, st, kind, names, xattrs, acls))
             return item
 
         try:
@@ -1008,7 +1264,7 @@ class Session(object):
         try:
             handler = {HELLO: self.hello, OPEN: self.open, WRITE: self.write, READ: self.read, HASH: self.hash,
                        FSYNC: self.fsync, SETSTAT: self.setstat, CLOSE: self.close, STAT: self.stat,
-                       RENAME: self.rename, UNLINK: self.unlink, WALK: self.walk, READ_BATCH: self.read_batch}[ftype]
+                       RENAME: self.rename, UNLINK: self.unlink, WALK: self.walk, READ_BATCH: self.read_batch, GLOB: self.glob}[ftype]
         except KeyError:
             raise protocol_error('unknown frame type %d' % ftype)
         try:
@@ -1023,8 +1279,14 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read'] + ['hash:' + h for h in sorted(HASHERS)]
-        return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK}}
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read', 'tree-meta'] + ['hash:' + h for h in sorted(HASHERS)]
+        return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK, 'euid': os.geteuid()}}
+
+    def glob(self, fid, body):
+        pattern = self.need_str(body, 'GLOB', 'pattern')
+        if not pattern.startswith('/'):
+            raise protocol_error('GLOB.pattern must be an absolute path')
+        return {'paths': glob_paths(pattern)}
 
     def open(self, fid, body):
         path = self.need_str(body, 'OPEN', 'path')
@@ -1219,6 +1481,9 @@ class Session(object):
             return
         e = f.entry
         try:
+            # Owner and attributes before the mode: chown clears set-id bits, an ACL's mask follows the mode.
+            if has_meta(e):
+                apply_meta(f.file.fd, e, e['path'])
             if e.get('mode') is not None:
                 os.chmod(f.file.fd, e['mode'])
             if e.get('mtimeMs') is not None:
@@ -1226,8 +1491,8 @@ class Session(object):
                 atime = e['atimeMs'] * 1000000 if e.get('atimeMs') is not None else mtime
                 os.utime(f.file.fd, ns=(atime, mtime))
             f.held = True
-        except OSError as err:
-            f.error = os_failure(err, e['path'], 'destination')
+        except (OSError, Failure) as err:
+            f.error = err if isinstance(err, Failure) else os_failure(err, e['path'], 'destination')
             self.close_batch_file(b, f)
             discard(f.name)
 
@@ -1523,6 +1788,15 @@ class Session(object):
         f = self.file_of(body, 'SETSTAT') if body.get('handle') is not None else None
         path = f.path if f is not None else self.need_str(body, 'SETSTAT', 'path')
         target = f.fd if f is not None else path
+        problem = meta_problem(body, 'SETSTAT')
+        if problem is not None:
+            raise protocol_error(problem)
+        if has_meta(body):
+            try:
+                apply_meta(target, body, path)
+            except Failure as failure:
+                self.reply_error(fid, failure)
+                return None
         try:
             if body.get('mode') is not None:
                 os.chmod(target, self.need_int(body, 'SETSTAT', 'mode'))
@@ -1624,7 +1898,7 @@ def main():
                 raise protocol_error('unknown frame type %d' % ftype)
             if flags != 0 or reserved != 0:
                 raise protocol_error('reserved header bits set in %s frame' % NAMES[ftype])
-            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_BATCH_BODY_BYTES if ftype in (BATCH, COMMIT, READ_BATCH) else MAX_CONTROL_BYTES
+            limit = MAX_DATA_FRAME_BYTES if ftype == DATA else MAX_BATCH_BODY_BYTES if ftype in (BATCH, COMMIT, READ_BATCH, SETSTAT) else MAX_CONTROL_BYTES
             if length > limit:
                 raise protocol_error('%s frame body of %d bytes exceeds %d' % (NAMES[ftype], length, limit))
             if ftype != DATA and length == 0:

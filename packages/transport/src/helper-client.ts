@@ -17,7 +17,7 @@ import {
   sourceError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult, EntryMeta, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
 
 export interface HelperStreams {
   input: Writable;
@@ -255,7 +255,12 @@ export class HelperClient {
   }
 
   /** `target`: a path, or (helpers with `safe-files`) an open handle, set through fchmod and futimes. */
-  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+  /** GLOB (capability `tree-meta`): the paths an absolute pattern matches on the helper's side. */
+  async glob(pattern: string): Promise<string[]> {
+    return (await this.request('GLOB', { pattern }).reply).paths ?? [];
+  }
+
+  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number } & EntryMeta): Promise<void> {
     await this.request('SETSTAT', { ...(typeof target === 'string' ? { path: target } : target), ...attrs }).reply;
   }
 
@@ -363,8 +368,8 @@ export class HelperClient {
   }
 
   /** Starts a WALK (capability `tree-read`): `onItems` gets each ENTRIES frame's items; `done` settles with the OK. */
-  walk(root: string, onItems: (items: WireWalkItem[]) => void): { id: number; done: Promise<void> } {
-    const { id, reply } = this.request('WALK', { root }, undefined, onItems);
+  walk(root: string, onItems: (items: WireWalkItem[]) => void, wanted: { names?: boolean; xattrs?: boolean; acls?: boolean } = {}): { id: number; done: Promise<void> } {
+    const { id, reply } = this.request('WALK', { root, ...wanted }, undefined, onItems);
     return { id, done: reply.then(() => undefined) };
   }
 

@@ -21,7 +21,7 @@ export type { HelperStreams, RangeWrite } from './helper-client.js';
 export { SftpSession, sftpErrno } from './sftp-session.js';
 export { connectRemote, MAX_SHARED_JOINS } from './remote.js';
 export { classifySshFailure, connectOpenSsh, opensshArgs } from './openssh.js';
-export type { BatchRead, BatchResult, OpenFileOptions, RangeSink, ReadBatchResult, ReadBatchSink, RemoteConnection, RemoteFile, RemoteOptions } from './remote.js';
+export type { BatchRead, BatchResult, OpenFileOptions, RangeSink, ReadBatchResult, ReadBatchSink, RemoteConnection, RemoteFile, RemoteOptions, SetAttrs, WalkWanted } from './remote.js';
 export type { BatchWrite } from './helper-client.js';
 export type { BatchEntry, BatchEntryKind } from '@ferry/core';
 export { execCapture } from './exec.js';

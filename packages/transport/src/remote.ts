@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, TREE_READ_CAPABILITY, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
-import type { BatchEntry, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
+import { BATCH_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import type { BatchEntry, EntryMeta, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
 import { entryError, readExactly } from './batch.js';
@@ -112,7 +112,21 @@ export interface RemoteConnection {
    */
   umask(nearPath: string): Promise<number>;
   openFile(path: string, policy: 'write' | 'read', options?: OpenFileOptions): Promise<RemoteFile>;
-  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
+  /**
+   * Mode, times and (helpers with `tree-meta`; SFTP: numbers only) owner and
+   * extended attributes of what is at `path`: owner and attributes never
+   * through a link at the name.
+   */
+  setstat(path: string, attrs: SetAttrs): Promise<void>;
+  /**
+   * What the remote side can keep of a tree's metadata: owners by name or
+   * number (`names`: the helper maps names to its own ids; SFTP sets
+   * numbers only), extended attributes and ACLs (helpers only), and its
+   * effective user id where it says (0: root, so owners are kept).
+   */
+  readonly metadata: { owners: boolean; names: boolean; xattrs: boolean; euid?: number };
+  /** The paths an absolute pattern matches there (core's glob.ts), sorted; none when nothing matches. */
+  glob(pattern: string): Promise<string[]>;
   rename(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
   /**
@@ -135,7 +149,7 @@ export interface RemoteConnection {
    * while the consumer lags, the connection stops reading (the SSH window
    * then holds the helper back). Stop early only by closing the connection.
    */
-  walk(root: string): AsyncIterable<WalkItem>;
+  walk(root: string, wanted?: WalkWanted): AsyncIterable<WalkItem>;
   /**
    * Reads many files in one request (a pull): their bytes, exactly each
    * listed size, go to `sink` in order; resolves with the remote side's hash
@@ -155,6 +169,16 @@ export interface RemoteConnection {
    */
   homeDirectory(user?: string): Promise<string | undefined>;
   close(): void;
+}
+
+/** Mode, times, owner and extended attributes to set (each optional). */
+export type SetAttrs = { mode?: number; mtimeMs?: number; atimeMs?: number } & EntryMeta;
+
+/** What a walk adds to each entry: owner and group names, extended attributes, ACLs. */
+export interface WalkWanted {
+  names?: boolean;
+  xattrs?: boolean;
+  acls?: boolean;
 }
 
 export interface RemoteOptions extends ConnectOptions {
@@ -625,7 +649,24 @@ export class HelperConnection implements RemoteConnection {
     };
   }
 
-  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+  get metadata(): RemoteConnection['metadata'] {
+    const meta = this.helper.hello?.capabilities.includes(TREE_META_CAPABILITY) === true;
+    const euid = this.helper.hello?.euid;
+    return { owners: meta, names: meta, xattrs: meta, ...(typeof euid === 'number' && euid >= 0 ? { euid } : {}) };
+  }
+
+  async glob(pattern: string): Promise<string[]> {
+    this.needMeta('expand a remote glob pattern');
+    return this.helper.glob(pattern);
+  }
+
+  private needMeta(what: string): void {
+    if (this.helper.hello?.capabilities.includes(TREE_META_CAPABILITY) === true) return;
+    throw new FerryError('HELPER_UNAVAILABLE', `the helper on ${this.label} (${this.helper.hello?.software ?? 'unknown'}) is older than this ferry and cannot ${what}: install the same ferry version there, or use --mode python`, { host: this.label });
+  }
+
+  setstat(path: string, attrs: SetAttrs): Promise<void> {
+    if (hasMeta(attrs)) this.needMeta("set a tree's owners or extended attributes");
     return this.helper.setstat(path, attrs);
   }
 
@@ -692,8 +733,9 @@ export class HelperConnection implements RemoteConnection {
     );
   }
 
-  async *walk(root: string): AsyncGenerator<WalkItem> {
+  async *walk(root: string, wanted: WalkWanted = {}): AsyncGenerator<WalkItem> {
     this.needTreeRead();
+    if (wanted.names || wanted.xattrs || wanted.acls) this.needMeta("report a tree's owners or extended attributes");
     const frames: WireWalkItem[][] = [];
     let ended = false;
     let failure: unknown;
@@ -712,7 +754,7 @@ export class HelperConnection implements RemoteConnection {
         this.helper.pause();
       }
       notify();
-    });
+    }, wanted);
     done.then(
       () => {
         ended = true;
@@ -1185,7 +1227,31 @@ class SftpConnection implements RemoteConnection {
     return sftpWriteBatch({ session: this.session, label: this.label, windowBytes: this.windowBytes, chunkBytes: this.chunkBytes }, entries, algorithm, read);
   }
 
-  walk(root: string): AsyncIterable<WalkItem> {
+  /** Owners by number (SFTP has no names); no extended attributes; the login's uid is not told. */
+  readonly metadata = { owners: true, names: false, xattrs: false };
+
+  /** readdir and matching here (core's glob.ts): nothing runs on the remote host. */
+  async glob(pattern: string): Promise<string[]> {
+    try {
+      return await expandGlob(pattern, {
+        list: async (dir) => {
+          try {
+            const list = await new Promise<Array<{ filename: string }>>((resolve, reject) => this.session.sftp.readdir(dir, (err, l) => (err ? reject(err) : resolve(l))));
+            return list.map((e) => e.filename).filter((n) => n !== '.' && n !== '..');
+          } catch {
+            return undefined;
+          }
+        },
+        exists: (path) => this.session.lstat(path).then(() => true, () => false),
+      });
+    } catch (err) {
+      if (err instanceof RangeError) throw new FerryError('USAGE', `${err.message}: narrow the pattern, or copy the directory with -r`, { host: this.label, path: pattern });
+      throw err;
+    }
+  }
+
+  /** Names are not looked up and attributes not read (SFTP has neither): entries carry the numbers they have. */
+  walk(root: string, _wanted?: WalkWanted): AsyncIterable<WalkItem> {
     return sftpWalk(this.session, root);
   }
 
@@ -1193,8 +1259,16 @@ class SftpConnection implements RemoteConnection {
     return sftpReadBatch(this.session, this.label, entries, algorithm, sink);
   }
 
-  setstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
-    return this.session.setstat(path, attrs).catch((err: unknown) => {
+  async setstat(path: string, attrs: SetAttrs): Promise<void> {
+    if (attrs.xattrs && Object.keys(attrs.xattrs).length > 0) throw new FerryError('USAGE', `SFTP cannot set extended attributes or ACLs (${this.label}:${path}): use --mode helper or python, or copy without --xattrs/--acls`, { host: this.label, path });
+    const { uid, gid, mode, mtimeMs, atimeMs } = attrs;
+    // The owner alone first and never through a link (lsetstat: lchown); sftp-server would chown after the chmod, clearing set-id bits.
+    if (uid !== undefined || gid !== undefined) {
+      await this.session.lsetstat(path, { ...(uid === undefined ? {} : { uid }), ...(gid === undefined ? {} : { gid }) }).catch((err: unknown) => {
+        throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path });
+      });
+    }
+    return this.session.setstat(path, { ...(mode === undefined ? {} : { mode }), ...(mtimeMs === undefined ? {} : { mtimeMs }), ...(atimeMs === undefined ? {} : { atimeMs }) }).catch((err: unknown) => {
       throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path });
     });
   }

@@ -11,6 +11,9 @@
  * hard link after the file it names) when that is in the same batch: entries
  * come parents first.
  *
+ * Owners travel as numbers only (SFTP has no user names); extended
+ * attributes not at all (the coordinator refuses --xattrs and --acls).
+ *
  * What SFTP cannot do: sync a directory (the renames are as durable as the
  * server's file system makes them without it), tell inodes apart (a file is
  * recognised by owner and size, as for single files), and hash on the server
@@ -138,6 +141,8 @@ export async function sftpWriteBatch(ctx: SftpBatchContext, entries: readonly Ba
       if (dstHash !== outcome.srcHash) {
         throw new EntryFailure(new FerryError('HASH_MISMATCH', `${label}:${e.path} was not written: it reads back with hash ${dstHash}, sent with ${outcome.srcHash}; send it again`, { host: label, path: e.path }).toData());
       }
+      // The owner first, on its own: sftp-server chowns after it chmods, and a chown clears set-id bits.
+      if (e.uid !== undefined || e.gid !== undefined) await session.fsetstat(h, { ...(e.uid === undefined ? {} : { uid: e.uid }), ...(e.gid === undefined ? {} : { gid: e.gid }) });
       const attrs = { ...(e.mode === undefined ? {} : { mode: e.mode }), ...(e.mtimeMs === undefined ? {} : { mtimeMs: e.mtimeMs, atimeMs: e.atimeMs ?? e.mtimeMs }) };
       if (Object.keys(attrs).length > 0) await session.fsetstat(h, attrs);
       await session.fsync(h).catch((err: unknown) => {
@@ -160,6 +165,8 @@ export async function sftpWriteBatch(ctx: SftpBatchContext, entries: readonly Ba
     try {
       if (e.kind === 'symlink') {
         name = await atFreshName(e.path, (n) => session.symlink(e.target!, n));
+        // The link's own owner (lsetstat@openssh.com: lchown), never through it; a failure fails the entry.
+        if (e.uid !== undefined || e.gid !== undefined) await session.lsetstat(name, { ...(e.uid === undefined ? {} : { uid: e.uid }), ...(e.gid === undefined ? {} : { gid: e.gid }) });
         // Times of the link itself where the server can (lsetstat@openssh.com); never through it.
         if (e.mtimeMs !== undefined) await session.lsetstat(name, { mtimeMs: e.mtimeMs, atimeMs: e.atimeMs ?? e.mtimeMs }).catch(() => {});
         await renameInto(name, e.path);

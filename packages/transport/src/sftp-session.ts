@@ -51,9 +51,14 @@ export function lstatResult(stats: Stats): StatResult & { link: boolean } {
   return { ...statResult(stats), link: (stats.mode & S_IFMT) === S_IFLNK };
 }
 
-function sftpAttrs(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Record<string, number> {
+function sftpAttrs(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; uid?: number; gid?: number }): Record<string, number> {
   const a: Record<string, number> = {};
   if (attrs.mode !== undefined) a.mode = attrs.mode;
+  // SFTP sets owner and group together (numbers only: SFTP v3 has no names).
+  if (attrs.uid !== undefined || attrs.gid !== undefined) {
+    a.uid = attrs.uid ?? -1;
+    a.gid = attrs.gid ?? -1;
+  }
   if (attrs.mtimeMs !== undefined) {
     a.mtime = Math.floor(attrs.mtimeMs / 1000);
     a.atime = Math.floor((attrs.atimeMs ?? attrs.mtimeMs) / 1000);
@@ -109,7 +114,7 @@ export class SftpSession {
   }
 
   /** Mode and times of an open file (fsetstat): the file itself, whatever its name points at now. */
-  fsetstat(handle: Buffer, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void> {
+  fsetstat(handle: Buffer, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; uid?: number; gid?: number }): Promise<void> {
     return cb<void>((d) => this.sftp.fsetstat(handle, sftpAttrs(attrs) as never, d));
   }
 
@@ -157,7 +162,7 @@ export class SftpSession {
   }
 
   /** Times of a symbolic link itself (lsetstat@openssh.com, OpenSSH 8.0 and later); throws where the server lacks it. */
-  lsetstat(path: string, attrs: { mtimeMs?: number; atimeMs?: number }): Promise<void> {
+  lsetstat(path: string, attrs: { mtimeMs?: number; atimeMs?: number; uid?: number; gid?: number }): Promise<void> {
     return cb<void>((d) => this.sftp.ext_openssh_lsetstat(path, sftpAttrs(attrs) as never, d));
   }
 

@@ -43,6 +43,9 @@ export function walkItemOf(item: WireWalkItem): WalkItem {
     nlink: item.nlink,
     ...(item.target === undefined || item.target === null ? {} : { target: item.target }),
     ...(item.allocated === undefined || item.allocated === null ? {} : { allocated: item.allocated }),
+    ...(item.user === undefined || item.user === null ? {} : { user: item.user }),
+    ...(item.group === undefined || item.group === null ? {} : { group: item.group }),
+    ...(item.xattrs === undefined || item.xattrs === null ? {} : { xattrs: item.xattrs }),
   };
   return { entry };
 }

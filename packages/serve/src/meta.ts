@@ -1,0 +1,233 @@
+/**
+ * Owners and extended attributes of tree entries, read where a tree is
+ * walked and set where it is written (issue 31): `ferry serve` for a push,
+ * the coordinator for a pull, with the same functions.
+ *
+ * - **Names** of ids come from the host's user and group databases through
+ *   `getent` (NSS: files, LDAP, SSSD alike), one lookup per id or name,
+ *   cached; a host without `getent` has no names and ids travel as numbers.
+ * - **Extended attributes** through @napi-rs/xattr (Node has no xattr API):
+ *   its calls never follow a link at the name (lgetxattr, lsetxattr), and
+ *   a file's are set on its temporary name only after checking that the
+ *   name is still the file this side created.
+ *
+ * ```ts
+ * const meta = await readMeta('/data/a', 'file', { names: true, xattrs: scope });
+ * applyFileMeta(temp, entry.path, { ...entry, ...meta });
+ * ```
+ */
+import { execFile, spawnSync } from 'node:child_process';
+import { fchownSync, lchownSync, lstatSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { constants } from 'node:os';
+import { FerryError, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, destinationError, destinationId, xattrWanted } from '@ferry/core';
+import type { EntryMeta, XattrScope } from '@ferry/core';
+
+/** Whether this process may give files away and read or set trusted.* and security.* attributes. */
+export function runsAsRoot(): boolean {
+  return typeof process.geteuid === 'function' && process.geteuid() === 0;
+}
+
+type Db = 'passwd' | 'group';
+
+/** getent's answers, by database, key and field: a field of the line, or undefined (no such entry, no getent). */
+const known = new Map<string, string | undefined>();
+const asking = new Map<string, Promise<string | undefined>>();
+
+function fieldOf(stdout: string, field: 0 | 2): string | undefined {
+  const value = (stdout.split('\n')[0] ?? '').split(':')[field];
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function getent(db: Db, key: string, field: 0 | 2): Promise<string | undefined> {
+  const k = `${db}\0${key}\0${field}`;
+  if (known.has(k)) return Promise.resolve(known.get(k));
+  let p = asking.get(k);
+  if (!p) {
+    p = new Promise((resolve) => {
+      // No shell: the key is one argument; `--` so that a name is never taken for an option.
+      execFile('getent', [db, '--', key], { timeout: 10_000, maxBuffer: 64 * 1024 }, (err, stdout) => {
+        const value = err ? undefined : fieldOf(stdout, field);
+        known.set(k, value);
+        asking.delete(k);
+        resolve(value);
+      });
+    });
+    asking.set(k, p);
+  }
+  return p;
+}
+
+/**
+ * The same, waiting here: where a batch's files are written with synchronous
+ * calls (batch.ts). One lookup per distinct name, cached: a tree has few owners.
+ */
+function getentSync(db: Db, key: string, field: 0 | 2): string | undefined {
+  const k = `${db}\0${key}\0${field}`;
+  if (!known.has(k)) {
+    const r = spawnSync('getent', [db, '--', key], { timeout: 10_000, maxBuffer: 64 * 1024, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    known.set(k, r.status === 0 ? fieldOf(r.stdout, field) : undefined);
+  }
+  return known.get(k);
+}
+
+/** The name of a user id (undefined: none). */
+export function userName(uid: number): Promise<string | undefined> {
+  return getent('passwd', String(uid), 0);
+}
+
+/** The name of a group id (undefined: none). */
+export function groupName(gid: number): Promise<string | undefined> {
+  return getent('group', String(gid), 0);
+}
+
+function idOf(db: Db, name: string): number | undefined {
+  // A name that is all digits would be taken as an id by getent: it has no name mapping.
+  if (/^\d+$/.test(name)) return undefined;
+  const v = getentSync(db, name, 2);
+  const n = v === undefined ? NaN : Number(v);
+  return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/** The owner and group an entry gets here: by name where this host knows the name, else the number. */
+export function destinationOwner(meta: EntryMeta): { uid: number; gid: number } {
+  const u = meta.user === undefined ? undefined : idOf('passwd', meta.user);
+  const g = meta.group === undefined ? undefined : idOf('group', meta.group);
+  return { uid: destinationId(meta.uid, meta.user, () => u) ?? -1, gid: destinationId(meta.gid, meta.group, () => g) ?? -1 };
+}
+
+/** What a walk is asked to add to each entry. */
+export interface MetaWanted {
+  /** Owner and group names. */
+  names?: boolean;
+  /** Extended attributes and ACLs to read (files and directories). */
+  xattrs?: Omit<XattrScope, 'root'>;
+}
+
+type XattrLib = typeof import('@napi-rs/xattr');
+let xattrLib: Promise<XattrLib> | undefined;
+/** Loaded when a copy asks for attributes: every `ferry serve` start does not pay for it. */
+function xattrs(): Promise<XattrLib> {
+  xattrLib ??= import('@napi-rs/xattr');
+  return xattrLib;
+}
+
+let xattrLibNow: XattrLib | undefined;
+/** The same, loaded here (a native module: require is synchronous). */
+function xattrsNow(): XattrLib {
+  xattrLibNow ??= createRequire(import.meta.url)('@napi-rs/xattr') as XattrLib;
+  return xattrLibNow;
+}
+
+/** The errno name in @napi-rs/xattr's messages (`Operation not permitted (os error 1)`). */
+function xattrErrno(err: unknown): string | undefined {
+  const m = /\(os error (\d+)\)/.exec((err as Error)?.message ?? '');
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  return Object.entries(constants.errno).find(([, v]) => v === n)?.[0];
+}
+
+function xattrError(err: unknown): Error {
+  const errno = xattrErrno(err);
+  return Object.assign(new Error((err as Error).message), errno ? { code: errno } : {});
+}
+
+/** Owner names and extended attributes of the entry at `path` (lstat semantics: a link is not followed). */
+export async function readMeta(path: string, kind: string, uid: number, gid: number, wanted: MetaWanted): Promise<{ user?: string; group?: string; xattrs?: Record<string, Uint8Array> }> {
+  const out: { user?: string; group?: string; xattrs?: Record<string, Uint8Array> } = {};
+  if (wanted.names) {
+    const [u, g] = await Promise.all([userName(uid), groupName(gid)]);
+    if (u !== undefined) out.user = u;
+    if (g !== undefined) out.group = g;
+  }
+  if (wanted.xattrs && (kind === 'file' || kind === 'dir')) {
+    const scope: XattrScope = { ...wanted.xattrs, root: runsAsRoot() };
+    const lib = await xattrs();
+    let names: string[];
+    try {
+      names = await lib.listAttributes(path);
+    } catch (err) {
+      // A file system without attributes has none to copy.
+      if (xattrErrno(err) === 'ENOTSUP' || xattrErrno(err) === 'EOPNOTSUPP') return out;
+      throw xattrError(err);
+    }
+    const found: Record<string, Uint8Array> = {};
+    let total = 0;
+    for (const name of names.filter((n) => xattrWanted(n, scope)).sort()) {
+      // Gone since it was listed (null): nothing to copy.
+      const value = await lib.getAttribute(path, name).catch((err: unknown) => {
+        throw xattrError(err);
+      });
+      if (value !== null) found[name] = new Uint8Array(value);
+      total += name.length + (value?.length ?? 0);
+      if (total > MAX_XATTR_BYTES_PER_ENTRY || Object.keys(found).length > MAX_XATTRS_PER_ENTRY) {
+        throw Object.assign(new Error(`its extended attributes exceed ${MAX_XATTRS_PER_ENTRY} names or ${MAX_XATTR_BYTES_PER_ENTRY} bytes: not copied`), { code: 'E2BIG' });
+      }
+    }
+    if (Object.keys(found).length > 0) out.xattrs = found;
+  }
+  return out;
+}
+
+function ownerError(path: string, meta: EntryMeta, err: unknown): FerryError {
+  const e = destinationError(err, { path });
+  if (e.errno !== 'EPERM') return e;
+  const who = `${meta.user ?? meta.uid ?? '-'}:${meta.group ?? meta.gid ?? '-'}`;
+  return new FerryError('DEST_NOT_WRITABLE', `${path}: cannot give it to ${who} (EPERM): only root may give files to another user or a group it is not in; copy as root there, or without --preserve=owner`, { path, errno: 'EPERM' });
+}
+
+function setXattrs(name: string, path: string, values: Record<string, Uint8Array>): void {
+  const lib = xattrsNow();
+  for (const [n, v] of Object.entries(values)) {
+    try {
+      lib.setAttributeSync(name, n, v);
+    } catch (err) {
+      const errno = xattrErrno(err);
+      throw new FerryError('DEST_NOT_WRITABLE', `${path}: cannot set its extended attribute ${n} (${errno ?? (err as Error).message}): the destination's file system or permissions refuse it; copy without --xattrs/--acls to leave them out`, { path, ...(errno ? { errno } : {}) });
+    }
+  }
+}
+
+function sameFile(name: string, ino: number, dev: number): boolean {
+  try {
+    const st = lstatSync(name);
+    return st.isFile() && st.ino === ino && st.dev === dev;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Owner and attributes of a file still under its temporary name, before its
+ * mode is set (chown clears set-id bits; an ACL's mask follows the mode set
+ * after it). The owner through the descriptor; attributes by name (there is
+ * no fd call for them here), once the name is checked to be this file.
+ * Synchronous, as the rest of a batch's file steps (batch.ts).
+ */
+export function applyFileMeta(tmp: { fd: number; name: string; ino: number; dev: number }, path: string, meta: EntryMeta): void {
+  if (meta.uid !== undefined || meta.gid !== undefined) {
+    const { uid, gid } = destinationOwner(meta);
+    try {
+      fchownSync(tmp.fd, uid, gid);
+    } catch (err) {
+      throw ownerError(path, meta, err);
+    }
+  }
+  if (meta.xattrs && Object.keys(meta.xattrs).length > 0) {
+    if (!sameFile(tmp.name, tmp.ino, tmp.dev)) throw new FerryError('DEST_REPLACED', `the temporary file ${tmp.name} of ${path} is not the file ferry created: its attributes were not set. Check who can write in that directory`, { path });
+    setXattrs(tmp.name, path, meta.xattrs);
+  }
+}
+
+/** Owner and attributes of what is at `path` now (a directory at the end of a copy, a symbolic link), never through a link at the name. */
+export function applyPathMeta(path: string, meta: EntryMeta): void {
+  if (meta.uid !== undefined || meta.gid !== undefined) {
+    const { uid, gid } = destinationOwner(meta);
+    try {
+      lchownSync(path, uid, gid);
+    } catch (err) {
+      throw ownerError(path, meta, err);
+    }
+  }
+  if (meta.xattrs && Object.keys(meta.xattrs).length > 0) setXattrs(path, path, meta.xattrs);
+}
