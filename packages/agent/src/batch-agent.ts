@@ -1,15 +1,22 @@
 /**
  * An agent of a tree job (the spec's `tree`): its work items are batches of
  * small files, not ranges. Each connection slot takes one batch at a time
- * from the job's shared queue, reads the files from the (shared) source tree
- * and writes the batch over its own SSH connection with the coordinator's
- * code (tree-push.ts), then stores one result per entry and only then acks
- * the item. A batch whose agent dies is handed out again by JetStream after
- * its ack wait; one whose connection fails goes back at once (nak).
+ * from the job's shared queue and moves it over its own SSH connection with
+ * the coordinator's code: a push reads the files from the (shared) source
+ * tree and the remote helper writes them (tree-push.ts); a pull has the
+ * remote helper read them (READ_BATCH) and writes them here under the
+ * (shared) destination tree (tree-pull.ts, serve's BatchWriter). Then it
+ * stores one result per entry and only then acks the item. A batch whose
+ * agent dies is handed out again by JetStream after its ack wait; one whose
+ * connection fails goes back at once (nak).
  *
  * Nothing a work item says is run or trusted: every entry is checked (core's
  * checkedBatchItem: a file or a symlink, at a relative path that stays under
- * the tree's roots) and read without following a link.
+ * the tree's roots). A push reads without following a link; a pull writes
+ * only through directories that are directories (no link in the way,
+ * destDirProblem), each file new under a random temporary name renamed into
+ * place, and only on a node that sees the destination root the coordinator
+ * made (the same inode).
  */
 import { setMaxListeners } from 'node:events';
 import { stat } from 'node:fs/promises';
@@ -27,12 +34,13 @@ import {
   slotStaggerMs,
   toFerryError,
 } from '@ferry/core';
-import type { AgentEvent, BatchDone, BatchEntryResult, CheckedBatchEntry, ErrorCode, Heartbeat, JobSpec, TreeEntry } from '@ferry/core';
+import type { AgentEvent, BatchDone, BatchEntryResult, CheckedBatchEntry, ErrorCode, ErrorData, Heartbeat, JobSpec, TreeEntry } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
 import type { AgentBus, WorkDelivery } from './agent-bus.js';
 import { signalListeners } from './concurrency.js';
 import { pushTransfer } from './tree-push.js';
+import { destDirProblem, pullTransfer } from './tree-pull.js';
 
 export interface BatchAgentContext {
   bus: AgentBus;
@@ -94,23 +102,53 @@ export function batchDoneParts(base: Omit<BatchDone, 'from' | 'results'>, result
 }
 
 /**
- * Writes the entries that passed the checks as one batch over `conn`; the
- * refused ones keep their refusal. One result per entry, in order.
+ * Moves the entries that passed the checks as one batch over `conn`: a push
+ * writes them there, a pull writes them here; the refused ones keep their
+ * refusal. One result per entry, in order.
  */
-async function pushChecked(conn: RemoteConnection, checked: readonly CheckedBatchEntry[], spec: JobSpec): Promise<{ results: BatchEntryResult[]; bytes: number }> {
-  const ok = checked.flatMap((c, i) => (c.ok ? [{ c, i }] : []));
+async function moveChecked(conn: RemoteConnection, checked: readonly CheckedBatchEntry[], spec: JobSpec): Promise<{ results: BatchEntryResult[]; bytes: number }> {
   const results: BatchEntryResult[] = checked.map((c) => (c.ok ? { ok: false, error: { code: 'INTERNAL', message: 'not written' } } : { ok: false, error: c.error }));
+  // A pull writes here: not through a directory that is not one (a link planted in its place).
+  const seen = new Map<string, ErrorData | null>();
+  const ok = checked.flatMap((c, i) => {
+    if (!c.ok) return [];
+    const problem = spec.direction === 'pull' ? destDirProblem(spec.localPath, c.path, seen) : undefined;
+    if (problem) {
+      results[i] = { ok: false, error: problem };
+      return [];
+    }
+    return [{ c, i }];
+  });
   if (ok.length === 0) return { results, bytes: 0 };
-  // pushTransfer reads an entry's path, kind and size only.
+  // The transfers read an entry's path, kind and size only.
   const entries = ok.map(({ c }) => ({ path: c.path, kind: c.kind, size: c.size }) as TreeEntry);
   const sources = new Map(ok.map(({ c }) => [c.path, c.source] as const));
   const bytes = ok.reduce((n, { c }) => n + c.size, 0);
-  const got = await pushTransfer(spec.hash, (e) => sources.get(e.path)!)(conn, { entries, wire: ok.map(({ c }) => c.wire), bytes, attempts: 0 });
+  const transfer = spec.direction === 'pull' ? pullTransfer : pushTransfer;
+  const got = await transfer(spec.hash, (e) => sources.get(e.path)!)(conn, { entries, wire: ok.map(({ c }) => c.wire), bytes, attempts: 0 });
   if (got.length !== ok.length) throw new FerryError('PROTOCOL', `${conn.label} answered a batch of ${ok.length} entries with ${got.length} results`, { host: conn.label });
   got.forEach((r, k) => {
     results[ok[k]!.i] = r.ok ? { ok: true, ...(r.dstHash ? { hash: r.dstHash } : {}) } : { ok: false, error: r.error };
   });
   return { results, bytes };
+}
+
+/**
+ * The tree's local root as this node sees it: a push's source, a pull's
+ * destination (the directory the coordinator made: the same inode). On a
+ * node that does not mount it, every entry would fail (a push) or land
+ * where nobody looks (a pull): the agent says so and leaves the batches to
+ * the others.
+ */
+async function checkLocalRoot(spec: JobSpec, node: string): Promise<void> {
+  const what = spec.direction === 'pull' ? 'destination' : 'source';
+  const root = await stat(spec.localPath).catch((err: unknown) => {
+    throw new FerryError(spec.direction === 'pull' ? 'DEST_DIR_MISSING' : 'SOURCE_NOT_FOUND', `${what} tree ${spec.localPath} is not visible on ${node} (${(err as Error).message}): is it on a filesystem every node mounts?`, { path: spec.localPath });
+  });
+  if (!root.isDirectory()) throw new FerryError(spec.direction === 'pull' ? 'DEST_CONFLICT' : 'SOURCE_NOT_FOUND', `${what} tree ${spec.localPath} is not a directory on ${node}: is it on a filesystem every node mounts?`, { path: spec.localPath });
+  if (spec.direction === 'pull' && spec.treeRootIno !== undefined && root.ino !== spec.treeRootIno) {
+    throw new FerryError('DEST_DIR_MISSING', `destination tree ${spec.localPath} on ${node} is not the directory the coordinator made (inode ${root.ino}, not ${spec.treeRootIno}): a directory of this node's own? The destination must be on a filesystem every node mounts`, { path: spec.localPath });
+  }
 }
 
 export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentSummary> {
@@ -154,11 +192,8 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
     bus.publishHeartbeat(hb);
   };
   try {
-    // The source tree must be visible here: on a node that does not mount it, every file would fail.
-    const root = await stat(spec.localPath).catch((err: unknown) => {
-      throw new FerryError('SOURCE_NOT_FOUND', `source tree ${spec.localPath} is not visible on ${node} (${(err as Error).message}): is it on a filesystem every node mounts?`, { path: spec.localPath });
-    });
-    if (!root.isDirectory()) throw new FerryError('SOURCE_NOT_FOUND', `source tree ${spec.localPath} is not a directory on ${node}: is it on a filesystem every node mounts?`, { path: spec.localPath });
+    // The tree's local side must be visible here (a shared file system).
+    await checkLocalRoot(spec, node);
     await bus.listenControl((data) => {
       try {
         const control = decodeControl(data, jobId);
@@ -184,7 +219,7 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
   const hold = process.env[HOLD_BATCHES_ENV];
   const holdResults = hold !== undefined && hold !== '' && agentId.endsWith(hold);
   const hosts = spec.remoteHosts;
-  const roots = { localRoot: spec.localPath, remoteRoot: spec.remotePath };
+  const roots = spec.direction === 'pull' ? { sourceRoot: spec.remotePath, destRoot: spec.localPath } : { sourceRoot: spec.localPath, destRoot: spec.remotePath };
 
   /** Stores one message, retrying through a NATS restart until a deadline. */
   const store = async (data: Uint8Array) => {
@@ -268,7 +303,7 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
             conn = await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: ctx.helperTimeoutMs, signal: abort.signal });
             connected.add(slot);
           }
-          const { results, bytes } = await pushChecked(conn, checked, spec);
+          const { results, bytes } = await moveChecked(conn, checked, spec);
           if (holdResults) {
             log(`batch ${batch}: written; holding its results (${HOLD_BATCHES_ENV})`);
             await new Promise<void>((resolve) => abort.signal.addEventListener('abort', () => resolve(), { once: true }));

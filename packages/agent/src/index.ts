@@ -13,6 +13,7 @@ export type { AgentOptions, AgentSummary } from './agent.js';
 export { pushRange, pullRange } from './pump.js';
 export type { RangeJob, RangeResult } from './pump.js';
 export { pushTransfer } from './tree-push.js';
+export { pullTransfer, destDirProblem } from './tree-pull.js';
 export type { WireBatch } from './tree-push.js';
 export { connectBus } from './bus.js';
 export { JetStreamPublisher, PublishError, pubAckError } from './publisher.js';

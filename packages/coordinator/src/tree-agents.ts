@@ -1,18 +1,22 @@
 /**
- * The send stage of a tree push when agents run on other nodes (`ferry run
+ * The send stage of a tree copy when agents run on other nodes (`ferry run
  * -r` under srun or mpirun, `cp -r --launcher srun|ssh|mpirun`): batches of
  * small files become work items on the job's shared queue (NATS JetStream,
- * as ranges are), taken by any agent on any node; each agent reads the files
- * from the shared source file system and writes the batch over its own
- * connection (agent's batch-agent.ts), then stores one result per entry. The
- * results come back here and go to the same `onResult` as the coordinator's
- * own sender's (tree-send.ts), which journals them.
+ * as ranges are), taken by any agent on any node. For a push, each agent
+ * reads the files from the shared source file system and writes the batch
+ * over its own connection; for a pull, it reads the batch from the remote
+ * side over its own connection (READ_BATCH) and writes it into the shared
+ * destination file system (agent's batch-agent.ts). Then it stores one
+ * result per entry. The results come back here and go to the same
+ * `onResult` as the coordinator's own sender's (tree-send.ts), which
+ * journals them.
  *
  * A batch whose agent dies is handed out again by JetStream once its ack wait
  * passes; one handed out `maxDeliver` times without a result fails its
  * entries (listed, never dropped). Results are acted on only for a batch
  * outstanding here, from an agent of this run, for entries not reported yet.
  */
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_DELIVER,
@@ -46,9 +50,8 @@ import type { CompletionFeed, JobBus } from './job-bus.js';
 import { stopStale } from './nats-server.js';
 import type { TreeTarget } from './tree-target.js';
 
-/** Whether a tree push's batches go to agents over NATS rather than through the coordinator's own connections. */
-export function treeUsesAgents(request: Pick<CopyRequest, 'externalAgents' | 'launcher'>, target: Pick<TreeTarget, 'direction'>): boolean {
-  if (target.direction !== 'push') return false;
+/** Whether a tree's batches go to agents over NATS rather than through the coordinator's own connections (either direction). */
+export function treeUsesAgents(request: Pick<CopyRequest, 'externalAgents' | 'launcher'>): boolean {
   return (request.externalAgents ?? 0) > 0 || (request.launcher !== undefined && request.launcher.name !== 'local');
 }
 
@@ -170,13 +173,17 @@ export class AgentBatches {
     const external = request.externalAgents ?? 0;
     this.ownAgents = Math.max(external > 0 ? 0 : 1, options.agents - external);
     const agentCount = Math.max(1, this.ownAgents + external);
+    const pull = target.direction === 'pull';
+    // A pull's agents write only into the directory made here (the same inode), never a node's own of that name.
+    const rootIno = pull ? (await stat(target.targetRoot)).ino : undefined;
     const spec: JobSpec = {
       v: MESSAGE_VERSION,
       jobId: this.jobId,
-      direction: 'push',
+      direction: target.direction,
       mode: this.o.mode,
-      localPath: target.sourceRoot,
-      remotePath: target.targetRoot,
+      // The tree's local root and its remote one: a push's source and destination, a pull's destination and source.
+      localPath: pull ? target.targetRoot : target.sourceRoot,
+      remotePath: pull ? target.sourceRoot : target.targetRoot,
       remoteHosts: target.hosts,
       remoteCommand: options.remoteCommand,
       fileBytes: 0,
@@ -195,6 +202,7 @@ export class AgentBatches {
       ssh: target.ssh,
       createdAt: Date.now(),
       tree: true,
+      ...(rootIno !== undefined ? { treeRootIno: rootIno } : {}),
     };
     const remoteAgents = external > 0 || (request.launcher !== undefined && request.launcher.name !== 'local');
     const listen = request.natsListen ?? (remoteAgents ? '0.0.0.0' : '127.0.0.1');

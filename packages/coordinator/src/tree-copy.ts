@@ -231,10 +231,10 @@ class TreeRun {
     jobDir: string,
   ) {
     this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
-    // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts).
+    // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
     const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
     const onResult = (batch: WireBatch, results: BatchResult[]) => this.collect(batch, results);
-    this.sender = treeUsesAgents(request, target)
+    this.sender = treeUsesAgents(request)
       ? new AgentBatches({ request, options, target, jobDir, algorithm, mode: target.conn.mode, streams, emit, onResult })
       : new TreeSender({
       streams: this.streams,

@@ -25,11 +25,11 @@ describe("a tree's batches on the bus", () => {
     expect(parts.flatMap((p) => p.wire)).toEqual(b.wire);
   });
 
-  it('go to agents for a push with agents elsewhere, never for a pull or a plain cp -r', () => {
+  it('go to agents when agents run elsewhere (a push or a pull), never for a plain cp -r', () => {
     const srun = { name: 'srun', launch: async () => { throw new Error('not here'); } };
-    expect(treeUsesAgents({ externalAgents: 1 }, { direction: 'push' })).toBe(true);
-    expect(treeUsesAgents({ launcher: srun }, { direction: 'push' })).toBe(true);
-    expect(treeUsesAgents({}, { direction: 'push' })).toBe(false);
-    expect(treeUsesAgents({ externalAgents: 1 }, { direction: 'pull' })).toBe(false);
+    expect(treeUsesAgents({ externalAgents: 1 })).toBe(true);
+    expect(treeUsesAgents({ launcher: srun })).toBe(true);
+    expect(treeUsesAgents({})).toBe(false);
+    expect(treeUsesAgents({ launcher: { ...srun, name: 'local' } })).toBe(false);
   });
 });

@@ -94,6 +94,8 @@ export function checkJobSpec(spec: JobSpec): void {
   if (spec.directIo !== undefined && spec.directIo !== true && spec.directIo !== 'auto') bad('directIo', spec.directIo, "true or 'auto'");
   if (!isOptionalBoolean(spec.verify)) bad('verify', spec.verify, 'true or false');
   if (!isOptionalBoolean(spec.discard)) bad('discard', spec.discard, 'true or false');
+  if (!isOptionalBoolean(spec.tree)) bad('tree', spec.tree, 'true or false');
+  if (spec.treeRootIno !== undefined && !isInt(spec.treeRootIno, 0)) bad('treeRootIno', spec.treeRootIno, 'an inode number');
   const ssh = spec.ssh;
   if (ssh === null || typeof ssh !== 'object') bad('ssh', ssh, 'SSH settings');
   if (!isText(ssh.knownHostsFile)) bad('ssh.knownHostsFile', ssh.knownHostsFile, 'a path');
@@ -221,9 +223,9 @@ export function treePathProblem(path: unknown): string | undefined {
 export type CheckedBatchEntry =
   | {
       ok: true;
-      /** The entry as the remote helper gets it: `path` under the spec's remote root. */
+      /** The entry as its writer gets it: `path` under the destination's root (the remote one for a push, the local one for a pull). */
       wire: BatchEntry;
-      /** The tree path (relative) and the local file it names, under the spec's local root. */
+      /** The tree path (relative) and the file it names under the source's root (local for a push, remote for a pull). */
       path: string;
       source: string;
       kind: 'file' | 'symlink';
@@ -238,10 +240,12 @@ const isTime = (v: unknown) => v === undefined || (typeof v === 'number' && Numb
  * checked: a file (size, mode within 0o7777) or a symlink (its text), at a
  * relative path that stays under the tree's roots. An entry that is not is
  * refused alone (its result says why, the others go on); an item that is not
- * a batch at all throws PROTOCOL. Nothing here opens anything: the agent reads
- * `source` without following a link (O_NOFOLLOW).
+ * a batch at all throws PROTOCOL. Nothing here opens anything: a push's agent
+ * reads `source` without following a link (O_NOFOLLOW), a pull's writes
+ * `wire.path` under a fresh temporary name and checks the directories above
+ * it (batch-agent.ts).
  */
-export function checkedBatchItem(item: BatchWorkItem, roots: { localRoot: string; remoteRoot: string }): CheckedBatchEntry[] {
+export function checkedBatchItem(item: BatchWorkItem, roots: { sourceRoot: string; destRoot: string }): CheckedBatchEntry[] {
   if (item.type !== 'batch') throw new FerryError('PROTOCOL', `work item of type '${String(item.type).slice(0, 40)}' in a tree job: only batches are`);
   if (!isInt(item.batch, 0) || !isInt(item.attempt, 0, 1_000_000)) throw new FerryError('PROTOCOL', `batch work item has batch ${String(item.batch)} and attempt ${String(item.attempt)}, not whole numbers`);
   if (!Array.isArray(item.entries) || item.entries.length < 1 || item.entries.length > MAX_BATCH_ITEM_ENTRIES) throw new FerryError('PROTOCOL', `batch work item ${item.batch} must hold 1 to ${MAX_BATCH_ITEM_ENTRIES} entries`);
@@ -266,7 +270,7 @@ export function checkedBatchItem(item: BatchWorkItem, roots: { localRoot: string
     } else {
       return refuse(`is of kind '${String(e.kind).slice(0, 20)}': batches of agents carry files and symlinks only`, path);
     }
-    return { ok: true, wire: { ...(e as BatchEntry), path: posix.join(roots.remoteRoot, path) }, path, source: posix.join(roots.localRoot, path), kind: e.kind, size };
+    return { ok: true, wire: { ...(e as BatchEntry), path: posix.join(roots.destRoot, path) }, path, source: posix.join(roots.sourceRoot, path), kind: e.kind, size };
   });
 }
 

@@ -21,8 +21,12 @@ import type { ByteRange, RangePlan } from './ranges.js';
  * 4: a spec may be a tree's (`tree`), whose work items are batches of files
  * (`BatchWorkItem`); an agent of version 3 would take them for malformed
  * ranges and drop them.
+ * 5: a tree's spec may be a pull's (`direction` 'pull'): its agents read
+ * each batch from the remote side and write it under the local root; an
+ * agent of version 4 would take the spec for a push and send the local
+ * destination's files over the remote source.
  */
-export const MESSAGE_VERSION = 4;
+export const MESSAGE_VERSION = 5;
 
 export type Direction =
   /** Local source, remote destination. */
@@ -232,12 +236,19 @@ export interface JobSpec {
    */
   verify?: boolean;
   /**
-   * A tree push (`ferry run -r`, `cp -r` with agents on other nodes):
-   * `localPath` is the source tree's root, `remotePath` the destination's;
-   * work items are batches of files (`BatchWorkItem`) whose paths are
-   * relative to both, and there are no ranges (`rangeCount` 0).
+   * A tree copy over agents (`ferry run -r`, `cp -r` with agents on other
+   * nodes): `localPath` is the tree's local root (the source of a push, the
+   * destination of a pull), `remotePath` its remote one; work items are
+   * batches of files (`BatchWorkItem`) whose paths are relative to both, and
+   * there are no ranges (`rangeCount` 0).
    */
   tree?: boolean;
+  /**
+   * A tree pull: the inode of the local destination root as the coordinator
+   * made it. An agent writes only where its node sees that same directory
+   * (a node-local directory of the same name is not the destination).
+   */
+  treeRootIno?: number;
   /**
    * Control-plane benchmark only (FERRY_BENCH_DISCARD=1, see discard.ts): agents
    * open no connection and move no byte; each range completes at once with

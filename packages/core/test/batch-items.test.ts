@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MESSAGE_VERSION, batchDoneProblem, checkedBatchItem, decodeBatchDone, decodeBatchWorkItem, encodeMessage, treePathProblem } from '../src/index.js';
 import type { BatchDone, BatchEntry, BatchWorkItem } from '../src/index.js';
 
-const roots = { localRoot: '/scratch/project', remoteRoot: '/lustre/in/project' };
+const roots = { sourceRoot: '/scratch/project', destRoot: '/lustre/in/project' };
 
 function item(entries: unknown[], over: Partial<BatchWorkItem> = {}): BatchWorkItem {
   return { v: MESSAGE_VERSION, job: 'abcd1234', type: 'batch', batch: 7, attempt: 0, entries: entries as BatchEntry[], ...over };

@@ -162,8 +162,8 @@ describe('job subjects', () => {
 });
 
 describe('work items', () => {
-  it('uses message version 3 (a spec\'s streams are a cap, a control message changes the count in use)', () => {
-    expect(MESSAGE_VERSION).toBe(4);
+  it('uses message version 5 (a tree spec may be a pull\'s: an agent of version 4 would push its batches back)', () => {
+    expect(MESSAGE_VERSION).toBe(5);
   });
 
   it('builds a first-attempt work item from a planned range', () => {
@@ -221,19 +221,19 @@ describe('message round trips', () => {
 describe('message decoders reject bad messages with PROTOCOL errors', () => {
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s of another version', (what, kind) => {
     expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: 1 }), JOB))).toBe(
-      `${what} message has version 1, this ferry speaks 4: run the same ferry version everywhere`,
+      `${what} message has version 1, this ferry speaks 5: run the same ferry version everywhere`,
     );
   });
 
   it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s without a version', (what, kind) => {
     expect(protocolMessage(() => kind.decode(encode(without(kind.sample, 'v'))))).toBe(
-      `${what} message has version undefined, this ferry speaks 4: run the same ferry version everywhere`,
+      `${what} message has version undefined, this ferry speaks 5: run the same ferry version everywhere`,
     );
   });
 
-  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "4"', (what, kind) => {
-    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '4' })))).toBe(
-      `${what} message has version 4, this ferry speaks 4: run the same ferry version everywhere`,
+  it.each(kinds.map((k) => [k.what, k] as const))('rejects a %s whose version is the text "5"', (what, kind) => {
+    expect(protocolMessage(() => kind.decode(encode({ ...kind.sample, v: '5' })))).toBe(
+      `${what} message has version 5, this ferry speaks 5: run the same ferry version everywhere`,
     );
   });
 
@@ -262,7 +262,7 @@ describe('message decoders reject bad messages with PROTOCOL errors', () => {
 
   it('checks the version before the fields', () => {
     expect(protocolMessage(() => decodeWorkItem(encode({ v: 1 })))).toBe(
-      'work item message has version 1, this ferry speaks 4: run the same ferry version everywhere',
+      'work item message has version 1, this ferry speaks 5: run the same ferry version everywhere',
     );
   });
 
@@ -290,7 +290,7 @@ describe('completion batches', () => {
       'completion batch message belongs to job c0ffee01, not deadbeef',
     );
     expect(protocolMessage(() => decodeCompletions(encode({ ...makeCompletionBatch(JOB, batchOf(2)), v: 1 }), JOB))).toBe(
-      'completion batch message has version 1, this ferry speaks 4: run the same ferry version everywhere',
+      'completion batch message has version 1, this ferry speaks 5: run the same ferry version everywhere',
     );
   });
 
