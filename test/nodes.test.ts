@@ -134,11 +134,13 @@ describe.skipIf(!isRoot)('many nodes', () => {
 
   describe('a tree through srun -N 2 ferry run -r', () => {
     let tree: string;
-    /** `ferry run -r` of the tree into dir, on both DTNs; small batches (16 KiB), so that there are many; the 3 MiB file is striped as a job of its own. */
-    const treeRun = (dir: string) => [
-      '-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', tree, dst(dir), ...common(dir),
-      '--batch-files-under', '64KiB', '--batch-size', '16KiB', '--stripe-files-over', '2MiB', '-s', '2', '--ack-wait', '3s', '--json',
+    const flags = (dir: string) => [
+      ...common(dir), '--batch-files-under', '64KiB', '--batch-size', '16KiB', '--stripe-files-over', '2MiB', '-s', '2', '--ack-wait', '3s', '--json',
     ];
+    /** `ferry run -r` of the tree into dir, on both DTNs; small batches (16 KiB), so that there are many; the 3 MiB file is striped as a job of its own. */
+    const treeRun = (dir: string) => ['-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', tree, dst(dir), ...flags(dir)];
+    /** The same the other way: `ferry run -r` of the tree from both DTNs into dir (here, on the file system both nodes share). */
+    const treePull = (dir: string) => ['-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', `root@${cluster.dtns.map((d) => d.name).join(',')}:${tree}`, `${dir}/`, ...flags(dir)];
     /** Agents that reported batches, by node: the coordinator's closing lines. */
     const batchesByNode = (events: FerryEvent[]) => {
       const out = new Map<string, number>();
@@ -148,33 +150,28 @@ describe.skipIf(!isRoot)('many nodes', () => {
       }
       return out;
     };
+    const names = () => cluster.computeNodes.map((n) => n.name).sort();
 
-    beforeAll(async () => {
-      tree = join(cluster.dir, 'project');
-      await generateTree(tree, { files: 160, big: 1, bigBytes: 3 * MiB, sparse: 0, seed: 71, medianBytes: 2048 });
-    });
-
-    it('moves the tree exactly, its batches written by the agents of both nodes', async () => {
-      const dir = join(cluster.dir, 'tree-run');
-      await mkdir(dir);
-      const r = await cluster.run('srun', treeRun(dir), { timeoutMs: 120_000 });
+    /** A copy whose tree arrived exactly, each node's agents with batches to their name. */
+    const expectBothNodes = async (r: { code: number | null; stdout: string; stderr: string }, copy: string) => {
       expect(r.code, r.stderr).toBe(0);
-      expect((await compareTrees(tree, join(dir, 'project'))).differences).toEqual({});
+      expect((await compareTrees(tree, copy)).differences).toEqual({});
       const events = parseEvents(r.stdout);
       expect(events.at(-1)).toMatchObject({ type: 'tree.done', failed: 0 });
-      const names = cluster.computeNodes.map((n) => n.name).sort();
-      expect([...new Set(events.filter((e) => e.type === 'agent.start').map((e) => e.node))].sort()).toEqual(names);
+      expect([...new Set(events.filter((e) => e.type === 'agent.start').map((e) => e.node))].sort()).toEqual(names());
       const byNode = batchesByNode(events);
-      expect([...byNode.keys()].sort()).toEqual(names);
-      for (const n of names) expect(byNode.get(n)).toBeGreaterThan(0);
-    });
+      expect([...byNode.keys()].sort()).toEqual(names());
+      for (const n of names()) expect(byNode.get(n)).toBeGreaterThan(0);
+    };
 
-    it('an agent killed with SIGKILL holding batches: another takes them and the tree arrives whole', async () => {
-      const dir = join(cluster.dir, 'tree-kill');
-      await mkdir(dir);
-      // Rank 1 writes each batch it takes and holds its results (FERRY_TEST_HOLD_BATCHES): only
-      // another agent can report them, once rank 1 is dead and their ack wait has passed.
-      const child = spawn('srun', treeRun(dir), { env: { ...process.env, ...cluster.env, FERRY_TEST_HOLD_BATCHES: '-r1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    /**
+     * Runs srun with `args` where rank 1 writes each batch it takes and holds its results
+     * (FERRY_TEST_HOLD_BATCHES), kills rank 1's agent with SIGKILL once it holds one, and
+     * returns the events: only another agent can report those batches, once rank 1 is dead
+     * and their ack wait has passed.
+     */
+    const killHolder = async (args: string[]): Promise<FerryEvent[]> => {
+      const child = spawn('srun', args, { env: { ...process.env, ...cluster.env, FERRY_TEST_HOLD_BATCHES: '-r1' }, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
       const seen: Array<() => void> = [];
@@ -200,13 +197,45 @@ describe.skipIf(!isRoot)('many nodes', () => {
       } finally {
         child.kill('SIGKILL');
       }
-      const events = parseEvents(out);
+      return parseEvents(out);
+    };
+
+    /** After killHolder: the copy ended whole, and rank 1 reported nothing (every batch, its held ones too, came from rank 0's agent). */
+    const expectRank0Alone = async (events: FerryEvent[], copy: string) => {
       expect(events.filter((e) => e.type === 'error')).toEqual([]);
       expect(events.at(-1)).toMatchObject({ type: 'tree.done', failed: 0 });
-      expect((await compareTrees(tree, join(dir, 'project'))).differences).toEqual({});
-      // Rank 1 reported nothing: every batch, its held ones too, was reported by rank 0's agent.
+      expect((await compareTrees(tree, copy)).differences).toEqual({});
       const rank0 = events.find((e) => e.type === 'agent.start' && !String(e.agent).endsWith('-r1'))!.node;
       expect([...batchesByNode(events).entries()].filter(([, n]) => n > 0).map(([node]) => node)).toEqual([rank0]);
+    };
+
+    beforeAll(async () => {
+      tree = join(cluster.dir, 'project');
+      await generateTree(tree, { files: 160, big: 1, bigBytes: 3 * MiB, sparse: 0, seed: 71, medianBytes: 2048 });
+    });
+
+    it('moves the tree exactly, its batches written by the agents of both nodes', async () => {
+      const dir = join(cluster.dir, 'tree-run');
+      await mkdir(dir);
+      await expectBothNodes(await cluster.run('srun', treeRun(dir), { timeoutMs: 120_000 }), join(dir, 'project'));
+    });
+
+    it('an agent killed with SIGKILL holding batches: another takes them and the tree arrives whole', async () => {
+      const dir = join(cluster.dir, 'tree-kill');
+      await mkdir(dir);
+      await expectRank0Alone(await killHolder(treeRun(dir)), join(dir, 'project'));
+    });
+
+    it('pulls the tree exactly, its batches read and written here by the agents of both nodes', async () => {
+      const dir = join(cluster.dir, 'tree-pull');
+      await mkdir(dir);
+      await expectBothNodes(await cluster.run('srun', treePull(dir), { timeoutMs: 120_000 }), join(dir, 'project'));
+    });
+
+    it("a pull's agent killed with SIGKILL holding batches it wrote: another writes them again and the tree arrives whole", async () => {
+      const dir = join(cluster.dir, 'tree-pull-kill');
+      await mkdir(dir);
+      await expectRank0Alone(await killHolder(treePull(dir)), join(dir, 'project'));
     });
   });
 });
