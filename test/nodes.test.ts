@@ -140,7 +140,9 @@ describe.skipIf(!isRoot)('many nodes', () => {
     /** `ferry run -r` of the tree into dir, on both DTNs; small batches (16 KiB), so that there are many; the 3 MiB file is striped as a job of its own. */
     const treeRun = (dir: string) => ['-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', tree, dst(dir), ...flags(dir)];
     /** The same the other way: `ferry run -r` of the tree from both DTNs into dir (here, on the file system both nodes share). */
-    const treePull = (dir: string) => ['-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', `root@${cluster.dtns.map((d) => d.name).join(',')}:${tree}`, `${dir}/`, ...flags(dir)];
+    const treePull = (dir: string, to = `${dir}/`) => ['-N', '2', '-n', '2', '--kill-on-bad-exit=0', FERRY, 'run', '-r', '-p', `root@${cluster.dtns.map((d) => d.name).join(',')}:${tree}`, to, ...flags(dir)];
+    /** The 3 MiB file in a batch of its own rather than a job of its own: one job, a shorter test. */
+    const noHugeJob = ['--stripe-files-over', '64MiB'];
     /** Agents that reported batches, by node: the coordinator's closing lines. */
     const batchesByNode = (events: FerryEvent[]) => {
       const out = new Map<string, number>();
@@ -235,7 +237,27 @@ describe.skipIf(!isRoot)('many nodes', () => {
     it("a pull's agent killed with SIGKILL holding batches it wrote: another writes them again and the tree arrives whole", async () => {
       const dir = join(cluster.dir, 'tree-pull-kill');
       await mkdir(dir);
-      await expectRank0Alone(await killHolder(treePull(dir)), join(dir, 'project'));
+      await expectRank0Alone(await killHolder([...treePull(dir), ...noHugeJob]), join(dir, 'project'));
+    });
+
+    it("a pull's agent on a node that does not see the destination says so and leaves the batches to the others", async () => {
+      const dir = join(cluster.dir, 'tree-pull-unseen');
+      const out = join(dir, 'out');
+      await mkdir(out, { recursive: true });
+      // Rank 1 runs in a mount namespace of its own with a tmpfs over out/: a node-local
+      // out/project of the same name, which is not the directory the coordinator made.
+      const script = 'if [ "$SLURM_PROCID" = 1 ]; then exec unshare -m --propagation private sh -c "mount -t tmpfs tmpfs \\"\\$0\\" && mkdir \\"\\$0/project\\" && exec \\"\\$@\\"" "$0" "$@"; fi; exec "$@"';
+      const [srunArgs, ferryArgs] = [treePull(dir, `${out}/`).slice(0, 5), treePull(dir, `${out}/`).slice(5)];
+      const r = await cluster.run('srun', [...srunArgs, 'sh', '-c', script, out, ...ferryArgs, ...noHugeJob], { timeoutMs: 120_000 });
+      const events = parseEvents(r.stdout);
+      expect(events.at(-1), r.stderr).toMatchObject({ type: 'tree.done', failed: 0 });
+      expect((await compareTrees(tree, join(out, 'project'))).differences).toEqual({});
+      const refused = events.find((e) => e.type === 'agent.error' && e.fatal === true);
+      expect(refused).toMatchObject({ code: 'DEST_DIR_MISSING' });
+      expect(String(refused!.message)).toMatch(new RegExp(`^destination tree ${out}/project on \\S+ is not the directory the coordinator made \\(inode \\d+, not \\d+\\)`));
+      expect(r.stderr).toContain(`ferry rank 1: destination tree ${out}/project on`);
+      const rank0 = events.find((e) => e.type === 'agent.start')!.node;
+      expect([...batchesByNode(events).entries()].filter(([, n]) => n > 0).map(([node]) => node)).toEqual([rank0]);
     });
   });
 });
