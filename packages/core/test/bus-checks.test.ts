@@ -75,6 +75,8 @@ describe('a job spec an agent acts on', () => {
       [{ remoteHosts: [] }, "job spec field 'remoteHosts' must be a list of 1 to 256 hosts"],
       [{ windowBytes: -1 }, "job spec field 'windowBytes' must be a size of 1 byte to 1 GiB, got -1"],
       [{ discard: 'yes' as never }, "job spec field 'discard' must be true or false"],
+      [{ tree: 1 as never }, "job spec field 'tree' must be true or false"],
+      [{ treeRootIno: -5 }, "job spec field 'treeRootIno' must be an inode number, got -5"],
       [{ localPath: 'a\0b' }, "job spec field 'localPath' must be a path"],
       [{ ssh: { ...spec().ssh, sshCommand: [] } }, "job spec field 'ssh.sshCommand' must be a program and its arguments, got []"],
     ];
