@@ -476,6 +476,8 @@ class TreeRun {
         ...this.request,
         source,
         destination,
+        // A file that changed since an earlier run started its job is sent whole again, as any changed file of the tree.
+        restartChanged: true,
         onEvent: (e) => {
           if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
           else if (e.type !== 'job.start') this.emit(e);
