@@ -161,54 +161,62 @@ async function completes(r: RunResult, src: string, dst: string): Promise<void> 
   expect(await tempFilesUnder(dst)).toEqual([]);
 }
 
+/**
+ * The remote sshd and every process below it are killed once part of the
+ * tree is journaled: the copy stops as a whole with CONNECTION_LOST, and the
+ * same command, once an sshd runs again on that port, completes from the
+ * journal. A push when `pull` is false, else a pull of the same tree.
+ */
+async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void> {
+  const dir = await testDir(name);
+  const src = join(dir, 'src');
+  await generateTree(src, { files: 240, big: 0, sparse: 0, seed: 11, medianBytes: 4096 });
+  const host = await sshdFor(v, join(dir, 'sshd'));
+  const dst = join(dir, 'dst');
+  // One connection and batches of 16 KiB: many batches, one after the other.
+  const flags = [...v.flags, '-a', '1', '-s', '1', '--batch-size', '16KiB'];
+  const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), flags), ...(pull ? [on(host, src), dst] : [src, on(host, dst)])];
+  const first = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 12)).join(',') });
+  const start = await first.waitFor((e) => e.type === 'tree.start');
+  // Stopped before the read of a listed file once something is journaled: the host dies there.
+  for (;;) {
+    expect(await stopped(first)).toBeDefined();
+    if ((await journalSize(String(start.stateDir))) > 0) break;
+    process.kill(first.child.pid!, 'SIGCONT');
+  }
+  expect(await killHost(host)).toBeGreaterThan(0);
+  process.kill(first.child.pid!, 'SIGCONT');
+  // On, past the further stops, until it exits.
+  const going = (async () => {
+    while ((await stopped(first)) !== undefined) process.kill(first.child.pid!, 'SIGCONT');
+  })();
+  const r = await first.result;
+  await going;
+  expect(r.code).toBe(41);
+  expect(stderrOf(r.stderr)).toMatch(
+    new RegExp(`^ferry: error: lost the connection to ${host.host}:${host.port} and could not connect again \\(3 tries: cannot reach ${host.host}:${host.port} over SSH \\(ECONNREFUSED\\)[^\\n]*\\); what arrived is journaled: rerun the same command to go on\\n$`),
+  );
+  expect(eventOf(first.events, 'error')).toMatchObject({ code: 'CONNECTION_LOST', exitCode: 41 });
+  // Nothing was listed as failed: the copy stopped as a whole.
+  expect(first.events.filter((e) => e.type === 'file.failed')).toEqual([]);
+
+  // The host comes back on the same port; the same command goes on from the journal.
+  await sshdFor(v, join(dir, 'sshd'), host.port);
+  const again = ferry(args);
+  await completes(await again.result, src, dst);
+  expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+}
+
 describe.each([HELPER, PYTHON])('a tree push with $name', (v) => {
   it('stops with a clear error when the remote sshd and all its sessions are killed, and the rerun on a restarted sshd completes', async () => {
-    const dir = await testDir(`${v.mode}-host-killed`);
-    const src = join(dir, 'src');
-    await generateTree(src, { files: 400, big: 0, sparse: 0, seed: 11, medianBytes: 4096 });
-    const host = await sshdFor(v, join(dir, 'sshd'));
-    const dst = join(dir, 'dst');
-    const state = join(dir, 'state');
-    // One connection and batches of 8 KiB: many batches, one after the other.
-    const args = ['cp', '-r', '-p', ...treeArgs(host, state, [...v.flags, '-a', '1', '-s', '1', '--batch-size', '8KiB']), src, on(host, dst)];
-    const first = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 20)).join(',') });
-    const start = await first.waitFor((e) => e.type === 'tree.start');
-    const jobDir = String(start.stateDir);
-    // Stopped before the read of a listed file once something is journaled: the host dies there.
-    for (;;) {
-      expect(await stopped(first)).toBeDefined();
-      if ((await journalSize(jobDir)) > 0) break;
-      process.kill(first.child.pid!, 'SIGCONT');
-    }
-    expect(await killHost(host)).toBeGreaterThan(0);
-    // Go on, past the further stops, until it exits.
-    process.kill(first.child.pid!, 'SIGCONT');
-    const going = (async () => {
-      while ((await stopped(first)) !== undefined) process.kill(first.child.pid!, 'SIGCONT');
-    })();
-    const r = await first.result;
-    await going;
-    expect(r.code).toBe(41);
-    expect(stderrOf(r.stderr)).toMatch(
-      new RegExp(`^ferry: error: lost the connection to ${host.host}:${host.port} and could not connect again \\(3 tries: cannot reach ${host.host}:${host.port} over SSH \\(ECONNREFUSED\\)[^\\n]*\\); what arrived is journaled: rerun the same command to go on\\n$`),
-    );
-    expect(eventOf(first.events, 'error')).toMatchObject({ code: 'CONNECTION_LOST', exitCode: 41 });
-    // Nothing was listed as failed: the job stopped as a whole.
-    expect(first.events.filter((e) => e.type === 'file.failed')).toEqual([]);
-
-    // The host comes back on the same port; the same command goes on from the journal.
-    await sshdFor(v, join(dir, 'sshd'), host.port);
-    const again = ferry(args);
-    const r2 = await again.result;
-    await completes(r2, src, dst);
-    expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+    await hostKilled(v, `${v.mode}-host-killed`, false);
   }, 120_000);
 
   it('stops with exit 22 when the destination fills up, and the rerun after a remount with more space completes', async () => {
     const dir = await testDir(`${v.mode}-full`);
     const src = join(dir, 'src');
-    // ~2.5 MB of small files and one of 3 MiB (copied as a job of its own) on a 2 MiB filesystem.
-    await generateTree(src, { files: 300, big: 1, bigBytes: 3 * MiB, sparse: 0, seed: 12, medianBytes: 8192 });
+    // ~3 MB of small files on a 2 MiB filesystem.
+    await generateTree(src, { files: 300, big: 0, sparse: 0, seed: 12, medianBytes: 8192 });
     const small = join(dir, 'small-fs');
     await mkdir(small);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
@@ -227,6 +235,12 @@ describe.each([HELPER, PYTHON])('a tree push with $name', (v) => {
     execFileSync('mount', ['-o', 'remount,size=32m', small]);
     const again = ferry(args);
     await completes(await again.result, src, dst);
+  }, 120_000);
+});
+
+describe('a tree pull with ferry serve on the remote host', () => {
+  it('stops with a clear error when the remote sshd and all its sessions are killed, and the rerun on a restarted sshd completes', async () => {
+    await hostKilled(HELPER, 'pull-host-killed', true);
   }, 120_000);
 });
 

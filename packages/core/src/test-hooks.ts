@@ -21,7 +21,8 @@ export const HOLD_BATCHES_ENV = 'FERRY_TEST_HOLD_BATCHES';
 /**
  * FERRY_TEST_STOP_BEFORE_READ=PATH,PATH: the process pushing a tree's batch
  * stops itself (SIGSTOP) just before it opens the file at each of these tree
- * paths (relative to the tree's root), after the walk listed it, saying so
+ * paths (relative to the tree's root), a pull's just before it asks the
+ * remote side to read a batch with one of them, after the walk listed it, saying so
  * on stderr (`ferry: test hook: stopped before reading PATH`); a test
  * changes or deletes the file there and sends SIGCONT, as a user's job could
  * between ferry's walk and its read. Unset in real use.
