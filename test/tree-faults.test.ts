@@ -191,9 +191,9 @@ async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void
   // On, past the further stops, until it exits.
   const going = (async () => {
     while ((await stopped(first)) !== undefined) process.kill(first.child.pid!, 'SIGCONT');
-  })();
+  })().catch((err: unknown) => err);
   const r = await first.result;
-  await going;
+  expect(await going).toBeUndefined();
   expect(r.code).toBe(41);
   expect(stderrOf(r.stderr)).toMatch(
     new RegExp(`^ferry: error: lost the connection to ${host.host}:${host.port} and could not connect again \\(3 tries: cannot reach ${host.host}:${host.port} over SSH \\(ECONNREFUSED\\)[^\\n]*\\); what arrived is journaled: rerun the same command to go on\\n$`),
@@ -236,6 +236,10 @@ describe.each([HELPER, PYTHON])('a tree push with $name', (v) => {
     expect(r.code).toBe(22);
     expect(r.stderr).toMatch(new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${dst}/\\S+: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`));
     expect(eventOf(full.events, 'error')).toMatchObject({ code: 'DEST_NO_SPACE', exitCode: 22 });
+    // The entries that met the full disk are listed, with that reason alone.
+    const failed = await failedList(String(eventOf(full.events, 'tree.start')!.stateDir));
+    expect(failed.length).toBeGreaterThan(0);
+    expect(new Set(failed.map((f) => f.code))).toEqual(new Set(['DEST_NO_SPACE']));
     // No temporary file is left to hold the space.
     expect(await tempFilesUnder(dst)).toEqual([]);
     execFileSync('mount', ['-o', 'remount,size=32m', small]);
