@@ -1,9 +1,11 @@
 /**
  * Faults of a tree copy (`ferry cp -r`) with real processes, the counterparts
  * of faults.test.ts's single-file ones: the remote sshd and every session it
- * serves killed mid-tree (push and pull), the destination filling up, source
- * files deleted, grown and shrunk between the walk and their read, and one
- * grown while it is copied. Each time the copy stops or lists what it could
+ * serves killed mid-tree (push and pull), one connection's sshd session
+ * killed, SIGINT, the destination filling up, source files deleted, grown
+ * and shrunk between the walk and their read, and one grown while it is
+ * copied. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * nodes.test.ts.) Each time the copy stops or lists what it could
  * not copy with a clear error, nothing half-written stands at a file's name,
  * and the rerun of the same command (once the cause is gone) ends with the
  * destination equal to the source.
@@ -27,7 +29,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, tempFilesUnder, treeArgs } from './tree-helpers.js';
-import { killStrays, processTree, REMOTE_CMD, startFerry, tempDir } from './helpers.js';
+import { childPids, killStrays, processTree, REMOTE_CMD, startFerry, tempDir } from './helpers.js';
 import type { FerryEvent, LiveRun, RunResult } from './helpers.js';
 // A plain ES module of the benchmarks (no types).
 import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
@@ -163,13 +165,8 @@ async function completes(r: RunResult, src: string, dst: string): Promise<void> 
   expect(await tempFilesUnder(dst)).toEqual([]);
 }
 
-/**
- * The remote sshd and every process below it are killed once part of the
- * tree is journaled: the copy stops as a whole with CONNECTION_LOST, and the
- * same command, once an sshd runs again on that port, completes from the
- * journal. A push when `pull` is false, else a pull of the same tree.
- */
-async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void> {
+/** A tree on a fresh sshd, and `ferry cp -r` of it (push, or pull) with the read hook on every 5th file. */
+async function slowTreeCopy(v: Variant, name: string, pull: boolean) {
   const dir = await testDir(name);
   const src = join(dir, 'src');
   await generateTree(src, { files: 100, big: 0, sparse: 0, seed: 11, medianBytes: 4096 });
@@ -180,20 +177,41 @@ async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void
   const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), flags), ...(pull ? [on(host, src), dst] : [src, on(host, dst)])];
   const first = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 5)).join(',') });
   const start = await first.waitFor((e) => e.type === 'tree.start');
-  // Stopped before the read of a listed file once something is journaled: the host dies there.
+  return { dir, src, dst, host, args, first, jobDir: String(start.stateDir) };
+}
+
+/** Lets `run` go on from stop to stop until one comes after something was journaled; it is stopped there. */
+async function stopOnceJournaled(run: LiveRun, jobDir: string): Promise<void> {
   for (;;) {
-    expect(await stopped(first)).toBeDefined();
-    if ((await journalSize(String(start.stateDir))) > 0) break;
-    process.kill(first.child.pid!, 'SIGCONT');
+    expect(await stopped(run)).toBeDefined();
+    if ((await journalSize(jobDir)) > 0) return;
+    process.kill(run.child.pid!, 'SIGCONT');
   }
-  expect(await killHost(host)).toBeGreaterThan(0);
-  process.kill(first.child.pid!, 'SIGCONT');
-  // On, past the further stops, until it exits.
+}
+
+/** Sends SIGCONT to a stopped `run` and again at each further stop, until it exits; its result. */
+async function goOn(run: LiveRun): Promise<RunResult> {
+  process.kill(run.child.pid!, 'SIGCONT');
   const going = (async () => {
-    while ((await stopped(first)) !== undefined) process.kill(first.child.pid!, 'SIGCONT');
+    while ((await stopped(run)) !== undefined) process.kill(run.child.pid!, 'SIGCONT');
   })().catch((err: unknown) => err);
-  const r = await first.result;
+  const r = await run.result;
   expect(await going).toBeUndefined();
+  return r;
+}
+
+/**
+ * The remote sshd and every process below it are killed once part of the
+ * tree is journaled: the copy stops as a whole with CONNECTION_LOST, and the
+ * same command, once an sshd runs again on that port, completes from the
+ * journal. A push when `pull` is false, else a pull of the same tree.
+ */
+async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void> {
+  const { dir, src, dst, host, args, first, jobDir } = await slowTreeCopy(v, name, pull);
+  // Stopped before the read of a listed file once something is journaled: the host dies there.
+  await stopOnceJournaled(first, jobDir);
+  expect(await killHost(host)).toBeGreaterThan(0);
+  const r = await goOn(first);
   expect(r.code).toBe(41);
   expect(stderrOf(r.stderr)).toMatch(
     new RegExp(`^ferry: error: lost the connection to ${host.host}:${host.port} and could not connect again \\(3 tries: cannot reach ${host.host}:${host.port} over SSH \\(ECONNREFUSED\\)[^\\n]*\\); what arrived is journaled: rerun the same command to go on\\n$`),
@@ -212,6 +230,31 @@ async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void
 describe('a tree push with ferry serve on the remote host', () => {
   it('stops with a clear error when the remote sshd and all its sessions are killed, and the rerun on a restarted sshd completes', async () => {
     await hostKilled(HELPER, 'push-host-killed', false);
+  }, 120_000);
+
+  it('sends a batch again on a new connection when the sshd session serving its connection is killed, and completes exactly', async () => {
+    const { src, dst, host, first, jobDir } = await slowTreeCopy(HELPER, 'session-killed', false);
+    await stopOnceJournaled(first, jobDir);
+    // The newest session is the batches' connection (the coordinator's own came first).
+    const sessions = await childPids(host.pid!);
+    expect(sessions.length).toBe(2);
+    process.kill(sessions.at(-1)!, 'SIGKILL');
+    await completes(await goOn(first), src, dst);
+    expect(first.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: .*\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
+  }, 120_000);
+
+  it('exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
+    const { src, dst, args, first, jobDir } = await slowTreeCopy(HELPER, 'sigint', false);
+    await stopOnceJournaled(first, jobDir);
+    // Delivered when it goes on.
+    process.kill(first.child.pid!, 'SIGINT');
+    const r = await goOn(first);
+    expect(r.code).toBe(130);
+    expect(stderrOf(r.stderr)).toBe('ferry: error: interrupted: rerun the same command to go on; what is journaled is not sent again\n');
+    expect(eventOf(first.events, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+    expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
   }, 120_000);
 });
 
