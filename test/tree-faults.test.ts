@@ -237,7 +237,7 @@ describe('a tree push with ferry serve on the remote host', () => {
     await stopOnceJournaled(first, jobDir);
     // The newest session is the batches' connection (the coordinator's own came first).
     const sessions = await childPids(host.pid!);
-    expect(sessions.length).toBe(2);
+    expect(sessions.length).toBeGreaterThanOrEqual(2);
     process.kill(sessions.at(-1)!, 'SIGKILL');
     await completes(await goOn(first), src, dst);
     expect(first.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: .*\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
