@@ -2,7 +2,7 @@
  * Faults of a tree copy (`ferry cp -r`) with real processes, the counterparts
  * of faults.test.ts's single-file ones: the remote sshd and every session it
  * serves killed mid-tree (push and pull), one connection's sshd session
- * killed, SIGINT, the destination filling up, source files deleted, grown
+ * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
  * and shrunk between the walk and their read, and one grown while it is
  * copied. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
  * nodes.test.ts.) Each time the copy stops or lists what it could
@@ -241,6 +241,30 @@ describe('a tree push with ferry serve on the remote host', () => {
     process.kill(sessions.at(-1)!, 'SIGKILL');
     await completes(await goOn(first), src, dst);
     expect(first.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: .*\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
+  }, 120_000);
+
+  it('connects again when a connection drops while its helper starts, and completes exactly', async () => {
+    const dir = await testDir('drop-at-start');
+    const src = join(dir, 'src');
+    await generateTree(src, { files: 50, big: 0, sparse: 0, seed: 14, medianBytes: 4096 });
+    // The second start of ferry serve (the batches' connection; the coordinator's came first)
+    // loses its connection there: its sshd session is killed before the helper runs.
+    const starts = join(dir, 'starts');
+    const script = join(dir, 'drop-second-start.sh');
+    await writeFile(
+      script,
+      `#!/bin/sh\ncase "$SSH_ORIGINAL_COMMAND" in *"main.js serve"*)\n  n=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\n  if [ "$n" = 2 ]; then kill -KILL $PPID; exit 0; fi;;\nesac\nexec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n`,
+      { mode: 0o755 },
+    );
+    const host = await startSshd({ dir: join(dir, 'sshd'), extraConfig: [`ForceCommand ${script}`] });
+    cleanups.push(() => host.stop());
+    const dst = join(dir, 'dst');
+    // No warm start: the helpers start in the order counted above.
+    const run = ferry(['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), [...HELPER.flags, '-s', '1']), src, on(host, dst)], { FERRY_WARM_START: '0' });
+    await completes(await run.result, src, dst);
+    // Not a missing helper (HELPER_UNAVAILABLE, exit 61): a dropped connection, connected again.
+    expect(run.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: the connection to \S+ dropped while '[^']*main\.js serve' was starting \(helper session on \S+ ended\)\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
+    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(3);
   }, 120_000);
 
   it('exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
