@@ -17,6 +17,7 @@ import { ZERO_CHUNK, destinationError, errnoOf } from '@ferry/core';
 import type { ErrorData, HashAlgorithm, TreeEntry } from '@ferry/core';
 import type { BatchResult, ReadBatchResult, RemoteConnection } from '@ferry/transport';
 import { BatchWriter } from '@ferry/serve';
+import { stopBeforeRead } from './tree-push.js';
 import type { WireBatch } from './tree-push.js';
 
 /** A pull's transfer: `remotePath` names a tree entry's source on the remote side; `wire` paths are local. */
@@ -25,6 +26,7 @@ export function pullTransfer(algorithm: HashAlgorithm, remotePath: (entry: TreeE
     const writer = new BatchWriter(batch.wire, algorithm);
     const files = writer.files;
     let remote: ReadBatchResult[];
+    stopBeforeRead(files.map((f) => batch.entries[f.index]!.path));
     try {
       remote = await conn.readBatch(
         files.map((f) => ({ path: remotePath(batch.entries[f.index]!), size: f.size })),

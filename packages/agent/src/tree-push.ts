@@ -6,7 +6,7 @@
  */
 import { open } from 'node:fs/promises';
 import { closeSync, constants, openSync, readSync } from 'node:fs';
-import { errnoOf } from '@ferry/core';
+import { STOP_BEFORE_READ_ENV, errnoOf, stopBeforeReadFrom } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm, TreeEntry } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 
@@ -20,6 +20,19 @@ export interface WireBatch {
 }
 
 const READ_CHUNK = 1024 * 1024;
+
+/** Test hook (core's test-hooks.ts): tree paths before whose read this process stops itself. */
+const STOP_BEFORE_READ = stopBeforeReadFrom(process.env[STOP_BEFORE_READ_ENV]);
+
+/** The test hook FERRY_TEST_STOP_BEFORE_READ: stops this process when one of `paths` (tree paths, about to be read) is named. */
+export function stopBeforeRead(paths: readonly string[]): void {
+  if (!STOP_BEFORE_READ) return;
+  const hit = paths.find((p) => STOP_BEFORE_READ.has(p));
+  if (hit === undefined) return;
+  // Written synchronously (stderr is a pipe or a file): the test knows which read it stopped before.
+  process.stderr.write(`ferry: test hook: stopped before reading ${hit}\n`);
+  process.kill(process.pid, 'SIGSTOP');
+}
 
 /** A push's transfer: the batch written by the helper, each file read here as it goes out. */
 export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEntry) => string): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
@@ -41,6 +54,7 @@ const WHOLE_FILE_BYTES = 1024 * 1024;
 async function* readEntry(entry: TreeEntry, localPath: (entry: TreeEntry) => string, index: number, errors: Map<number, ErrorData>): AsyncGenerator<Uint8Array> {
   if (entry.kind !== 'file' || entry.size === 0) return;
   const path = localPath(entry);
+  stopBeforeRead([entry.path]);
   if (entry.size > WHOLE_FILE_BYTES) {
     yield* readLocal(path, entry, index, errors);
     return;

@@ -119,6 +119,13 @@ export interface CopyRequest {
    * `specSha256`: the digest of the job spec in NATS, which agents check).
    */
   onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; specSha256: string; tls?: string }) => Promise<void>;
+  /**
+   * A tree's huge file (tree-copy.ts): when the source is no longer the file
+   * an earlier run of this job started copying, start the file over rather
+   * than refuse. The tree walked the new version and sends it whole, as it
+   * sends any file whose size, mtime or inode changed. @default false
+   */
+  restartChanged?: boolean;
 }
 
 /** An agent silent this long counts as gone (agents heartbeat every second). */
@@ -254,7 +261,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       journal = opened.journal;
       folded = foldJournal(opened.replay.records);
       if (opened.replay.tornTail) emit({ type: 'log', message: `journal had a torn last record (${opened.replay.records.length} records kept); it was cut off` });
-      const why = await resumeBlocker(job, folded, fingerprint, prep, options);
+      const why = await resumeBlocker(job, folded, fingerprint, prep, options, request.restartChanged === true);
       if (why) {
         emit({ type: 'log', message: `not resuming job ${prep.jobId}: ${why}; starting over` });
         await journal.close();
@@ -494,7 +501,7 @@ export function fallbackWarning(conn: RemoteConnection): string | undefined {
 }
 
 /** Why an earlier run cannot be resumed (start over), or undefined. Throws when it must not be overwritten silently. */
-async function resumeBlocker(job: JobFile, folded: JournalState, fingerprint: SourceFingerprint, prep: PreparedCopy, options: ResolvedCopyOptions): Promise<string | undefined> {
+async function resumeBlocker(job: JobFile, folded: JournalState, fingerprint: SourceFingerprint, prep: PreparedCopy, options: ResolvedCopyOptions, restartChanged: boolean): Promise<string | undefined> {
   if (folded.final) return 'its previous run finished';
   if (!folded.job) return 'its journal has no job record';
   if (options.rangeBytes !== undefined && options.rangeBytes !== job.rangeBytes) {
@@ -504,6 +511,7 @@ async function resumeBlocker(job: JobFile, folded: JournalState, fingerprint: So
     throw new FerryError('USAGE', `job ${job.jobId} was started with --hash ${job.hash}; rerun with --hash ${job.hash} to resume it, or add --restart to start over`);
   }
   const changes = fingerprintChanges(job.fingerprint, fingerprint);
+  if (changes.length > 0 && restartChanged) return `the source is not the file it started copying (${changes.join(', ')})`;
   if (changes.length > 0) {
     throw new FerryError(
       'SOURCE_CHANGED',

@@ -55,6 +55,14 @@ export const HUGE_FILE_BYTES = 256 * 1024 * 1024;
 const DEFAULT_TREE_STREAMS = 4;
 /** Failures printed one by one (all of them go to failed.ndjson). */
 const FAILURES_SHOWN = 20;
+/**
+ * Failures of one entry that every later entry would meet too: they stop the
+ * copy as --fail-fast does (batches on their way finish and are journaled),
+ * with that failure's own exit code, rather than try each remaining file and
+ * list thousands of failures. A full destination is the one: a full disk
+ * stops the copy, as it stops cp, tar and rsync.
+ */
+const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
 /** Directories made in one BATCH, at most, before a batch that needs them goes out. */
 const DIRS_PER_BATCH = 1024;
 
@@ -213,7 +221,7 @@ class TreeRun {
   private readonly walkedDirs = new Set<string>();
   /** Directories that could not be made: nothing under them is made (whatever stands at their name is not ours). */
   private readonly failedDirs = new Set<string>();
-  /** --fail-fast: the first failure, as the error the copy ends with. */
+  /** --fail-fast's first failure, or one in STOPS_THE_COPY: the error the copy ends with. */
   stopped: FerryError | undefined;
 
   constructor(
@@ -253,16 +261,16 @@ class TreeRun {
           };
   }
 
-  /** --fail-fast: once an entry failed, no further batch goes out (the sender then ends its lanes). */
+  /** --fail-fast or a full destination: once stopped, no further batch goes out (the sender then ends its lanes). */
   private stopping<T extends (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]>>(transfer: T): T {
     return (async (conn: RemoteConnection, batch: WireBatch) => {
       // Not a connection's trouble: the sender stops rather than send the batch again.
-      if (this.stopped) throw new FerryError('INTERRUPTED', 'stopped by --fail-fast');
+      if (this.stopped) throw new FerryError('INTERRUPTED', 'stopped at a failure that stops the copy (--fail-fast, a full destination)');
       return transfer(conn, batch);
     }) as T;
   }
 
-  /** --fail-fast: ends the stage at hand once an entry failed. */
+  /** --fail-fast or a failure in STOPS_THE_COPY: ends the stage at hand. */
   private checkStop(): void {
     if (this.stopped) throw this.stopped;
   }
@@ -468,6 +476,8 @@ class TreeRun {
         ...this.request,
         source,
         destination,
+        // A file that changed since an earlier run started its job is sent whole again, as any changed file of the tree.
+        restartChanged: true,
         onEvent: (e) => {
           if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
           else if (e.type !== 'job.start') this.emit(e);
@@ -489,8 +499,11 @@ class TreeRun {
   }
 
   private fail(path: string, error: ErrorData): void {
-    if (this.options.failFast && !this.stopped) {
-      this.stopped = new FerryError(error.code, `${error.message} (--fail-fast stopped the copy at its first failure; what arrived is journaled: rerun without --fail-fast to copy the rest)`, { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) });
+    if (!this.stopped && (this.options.failFast || STOPS_THE_COPY.has(error.code))) {
+      const fields = { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) };
+      this.stopped = this.options.failFast
+        ? new FerryError(error.code, `${error.message} (--fail-fast stopped the copy at its first failure; what arrived is journaled: rerun without --fail-fast to copy the rest)`, fields)
+        : new FerryError(error.code, error.message, fields);
     }
     this.counters.failed++;
     this.failedPaths.add(path);

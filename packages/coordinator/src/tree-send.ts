@@ -158,6 +158,11 @@ export class TreeSender {
       }
       if (batch.attempts >= this.maxAttempts) {
         this.options.log(`a batch of ${batch.entries.length} entries failed ${batch.attempts} times: ${e.message}`);
+        if (e.code !== 'DEST_IO' || conn?.alive === false) {
+          // The host is gone, not these entries: every later batch would fail the same way, one
+          // by one. The copy stops; what arrived is journaled and a rerun goes on from there.
+          throw new FerryError('CONNECTION_LOST', `lost the connection to ${e.host ?? 'the remote host'} and could not connect again (${batch.attempts} tries: ${e.message}); what arrived is journaled: rerun the same command to go on`, { ...(e.host ? { host: e.host } : {}), cause: e });
+        }
         await this.options.onResult(batch, batch.entries.map(() => ({ ok: false as const, error: e.toData() })));
         return;
       }

@@ -38,7 +38,7 @@ export { BufferPool } from './pool.js';
 export { RangeHashes } from './range-hashes.js';
 export { BENCH_DISCARD_ENV, DISCARD_HOST, benchDiscardRequested, discardHash } from './discard.js';
 export { globalSlot, slotHost, slotStaggerMs, CONNECT_WAVE_SIZE, CONNECT_WAVE_MS } from './slots.js';
-export { CORRUPT_RANGES_ENV, HOLD_BATCHES_ENV, corruptRangesFrom } from './test-hooks.js';
+export { CORRUPT_RANGES_ENV, HOLD_BATCHES_ENV, STOP_BEFORE_READ_ENV, corruptRangesFrom, stopBeforeReadFrom } from './test-hooks.js';
 export { Semaphore, SerialQueue } from './serial.js';
 export { ensureZeroed, pwriteAll } from './pwrite.js';
 export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESYSTEM_NAMES, allocAligned, directIoFits, hashStoredThrough, isAligned, openDirect, openDirectAuto } from './direct.js';

@@ -17,3 +17,19 @@ export function corruptRangesFrom(value: string | undefined): ReadonlySet<number
  * and prove that its batches go to another agent. Unset in real use.
  */
 export const HOLD_BATCHES_ENV = 'FERRY_TEST_HOLD_BATCHES';
+
+/**
+ * FERRY_TEST_STOP_BEFORE_READ=PATH,PATH: the process pushing a tree's batch
+ * stops itself (SIGSTOP) just before it opens the file at each of these tree
+ * paths (relative to the tree's root), a pull's just before it asks the
+ * remote side to read a batch with one of them, after the walk listed it, saying so
+ * on stderr (`ferry: test hook: stopped before reading PATH`); a test
+ * changes or deletes the file there and sends SIGCONT, as a user's job could
+ * between ferry's walk and its read. Unset in real use.
+ */
+export const STOP_BEFORE_READ_ENV = 'FERRY_TEST_STOP_BEFORE_READ';
+
+/** The tree paths named by FERRY_TEST_STOP_BEFORE_READ, or undefined when it is unset or empty. */
+export function stopBeforeReadFrom(value: string | undefined): ReadonlySet<string> | undefined {
+  return value ? new Set(value.split(',')) : undefined;
+}

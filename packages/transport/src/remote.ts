@@ -349,6 +349,12 @@ async function startHelper(client: Client, command: string, label: string, timeo
     helper.close();
     const tail = helper.stderr;
     if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(shown, label, timeoutMs, err);
+    // The session ended with no exit status and not a word: the connection dropped (its sshd
+    // session killed, the network cut), which says nothing about the helper. A caller connects
+    // again; a missing helper gives exit 127, a broken one an exit status or words on stderr.
+    if (exitCode === undefined && !tail.trim() && err instanceof FerryError && err.code === 'CONNECTION_LOST') {
+      throw new FerryError('CONNECTION_LOST', `the connection to ${label} dropped while ${preamble ? "ferry's python helper" : `'${shown}'`} was starting (${err.message})`, { host: label, cause: err });
+    }
     const missing = exitCode === 127 || /not found/i.test(tail);
     const why = missing ? 'command not found' : tail || (err as Error).message;
     const e = new FerryError(

@@ -1,0 +1,379 @@
+/**
+ * Faults of a tree copy (`ferry cp -r`) with real processes, the counterparts
+ * of faults.test.ts's single-file ones: the remote sshd and every session it
+ * serves killed mid-tree (push and pull), one connection's sshd session
+ * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
+ * and shrunk between the walk and their read, and one grown while it is
+ * copied. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * nodes.test.ts.) Each time the copy stops or lists what it could
+ * not copy with a clear error, nothing half-written stands at a file's name,
+ * and the rerun of the same command (once the cause is gone) ends with the
+ * destination equal to the source.
+ *
+ * The full disk runs against ferry serve and against a host without node
+ * (the python helper): its error comes from the helper that writes. The kill
+ * ends every connection alike, and the sender's reconnects are one code for
+ * every mode: it runs in helper mode, a push and a pull. The source changes
+ * are found on this side, by the code that reads the files for every mode,
+ * and run once, in helper mode.
+ *
+ * Timing windows without timing: the test hook FERRY_TEST_STOP_BEFORE_READ
+ * (core's test-hooks.ts) makes ferry stop itself (SIGSTOP) just before it
+ * reads a listed file; the test acts and sends SIGCONT. A file big enough to
+ * be copied as a job of its own moves under --limit-rate.
+ */
+import { execFileSync } from 'node:child_process';
+import { appendFile, lstat, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { listAll, on, tempFilesUnder, treeArgs } from './tree-helpers.js';
+import { childPids, killStrays, processTree, REMOTE_CMD, startFerry, tempDir } from './helpers.js';
+import type { FerryEvent, LiveRun, RunResult } from './helpers.js';
+// A plain ES module of the benchmarks (no types).
+import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
+
+const MiB = 1024 * 1024;
+
+interface Variant {
+  name: string;
+  mode: 'helper' | 'python';
+  /** Programs the remote sessions do not find. */
+  without: Array<'node' | 'python3'>;
+  flags: string[];
+}
+
+const HELPER: Variant = { name: 'ferry serve on the remote host', mode: 'helper', without: [], flags: ['--remote-cmd', REMOTE_CMD] };
+const PYTHON: Variant = { name: 'nothing installed on the remote host (python helper)', mode: 'python', without: ['node'], flags: [] };
+
+let work: { path: string; remove(): Promise<void> };
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+
+beforeAll(async () => {
+  work = await tempDir('ferry-tree-faults-');
+});
+
+afterEach(async () => {
+  for (const fn of cleanups.splice(0).reverse()) await Promise.resolve(fn()).catch(() => {});
+});
+
+afterAll(async () => {
+  // Whatever a failed test left running under the work directory (sshd, ferry, helpers).
+  if (work) await killStrays(work.path);
+  await work?.remove();
+});
+
+async function testDir(name: string): Promise<string> {
+  const dir = join(work.path, name);
+  await mkdir(dir);
+  return dir;
+}
+
+/** An sshd of the variant's kind, stopped after the test. */
+async function sshdFor(v: Variant, dir: string, port?: number): Promise<Sshd> {
+  const s = await startSshd({ dir, without: v.without, ...(port ? { port } : {}) });
+  cleanups.push(() => s.stop());
+  return s;
+}
+
+/** Starts a ferry command stopped with SIGKILL after the test, whatever happened. */
+function ferry(args: string[], env: Record<string, string> = {}): LiveRun {
+  const run = startFerry(args, { env });
+  cleanups.push(() => run.child.kill('SIGKILL'));
+  return run;
+}
+
+/** The process's state letter from /proc (`T`: stopped), or undefined once it is gone. */
+async function stateOf(pid: number): Promise<string | undefined> {
+  const s = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return s ? s.slice(s.lastIndexOf(')') + 2).split(' ')[0] : undefined;
+}
+
+const HOOK_LINE = /^ferry: test hook: stopped before reading (.*)$/gm;
+
+/** stderr without the read hook's lines. */
+const stderrOf = (text: string) => text.replace(/^ferry: test hook: .*\n/gm, '');
+
+/** Stops of each run seen so far. */
+const stopsSeen = new WeakMap<LiveRun, number>();
+
+/**
+ * Waits until `run` stopped itself before a read (the hook) and returns the
+ * tree path it stopped before; undefined when it exited instead.
+ */
+async function stopped(run: LiveRun, timeoutMs = 60_000): Promise<string | undefined> {
+  const seen = stopsSeen.get(run) ?? 0;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await stateOf(run.child.pid!);
+    const lines = [...run.stderr().matchAll(HOOK_LINE)];
+    if (s === 'T' && lines.length > seen) {
+      stopsSeen.set(run, seen + 1);
+      return lines[seen]![1];
+    }
+    if (s === undefined || s === 'Z' || run.child.exitCode !== null) return undefined;
+    if (Date.now() > deadline) throw new Error(`ferry did not stop before a read within ${timeoutMs / 1000}s; stderr: ${run.stderr()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** SIGKILLs an sshd and every process below it: its sessions and the helpers they run. */
+async function killHost(s: Sshd): Promise<number> {
+  const below = await processTree(s.pid!);
+  process.kill(s.pid!, 'SIGKILL');
+  for (const p of below) {
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      // It ended with its parent.
+    }
+  }
+  await new Promise((r) => (s.child.exitCode !== null || s.child.signalCode !== null ? r(null) : s.child.once('exit', r)));
+  return below.length;
+}
+
+/** Regular files of a tree (relative paths), every `every`-th of them in a stable order. */
+async function someFiles(root: string, every: number): Promise<string[]> {
+  const files: string[] = [];
+  for (const p of (await listAll(root)).sort()) if ((await lstat(join(root, p))).isFile() && /\/f[0-9a-z]+(\.dat|\.txt)?$|^f[0-9a-z]+(\.dat|\.txt)?$/.test(p)) files.push(p);
+  return files.filter((_, i) => i % every === every - 1);
+}
+
+async function journalSize(stateDir: string): Promise<number> {
+  return stat(join(stateDir, 'tree.ndjson')).then((s) => s.size, () => 0);
+}
+
+interface Failed {
+  path: string;
+  code: string;
+  message: string;
+}
+
+async function failedList(jobDir: string): Promise<Failed[]> {
+  const text = await readFile(join(jobDir, 'failed.ndjson'), 'utf8');
+  return text.trim() === '' ? [] : text.trim().split('\n').map((l) => JSON.parse(l) as Failed);
+}
+
+const eventOf = (events: FerryEvent[], type: string) => events.find((e) => e.type === type);
+
+/** Checks a finished rerun: exit 0, the destination equal to the source, no temporary file anywhere. */
+async function completes(r: RunResult, src: string, dst: string): Promise<void> {
+  expect(stderrOf(r.stderr)).toBe('');
+  expect(r.code).toBe(0);
+  expect((await compareTrees(src, dst)).differences).toEqual({});
+  expect(await tempFilesUnder(dst)).toEqual([]);
+}
+
+/** A tree on a fresh sshd, and `ferry cp -r` of it (push, or pull) with the read hook on every 5th file. */
+async function slowTreeCopy(v: Variant, name: string, pull: boolean) {
+  const dir = await testDir(name);
+  const src = join(dir, 'src');
+  await generateTree(src, { files: 100, big: 0, sparse: 0, seed: 11, medianBytes: 4096 });
+  const host = await sshdFor(v, join(dir, 'sshd'));
+  const dst = join(dir, 'dst');
+  // One connection and batches of 16 KiB: many batches, one after the other.
+  const flags = [...v.flags, '-a', '1', '-s', '1', '--batch-size', '16KiB'];
+  const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), flags), ...(pull ? [on(host, src), dst] : [src, on(host, dst)])];
+  const first = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 5)).join(',') });
+  const start = await first.waitFor((e) => e.type === 'tree.start');
+  return { dir, src, dst, host, args, first, jobDir: String(start.stateDir) };
+}
+
+/** Lets `run` go on from stop to stop until one comes after something was journaled; it is stopped there. */
+async function stopOnceJournaled(run: LiveRun, jobDir: string): Promise<void> {
+  for (;;) {
+    expect(await stopped(run)).toBeDefined();
+    if ((await journalSize(jobDir)) > 0) return;
+    process.kill(run.child.pid!, 'SIGCONT');
+  }
+}
+
+/** Sends SIGCONT to a stopped `run` and again at each further stop, until it exits; its result. */
+async function goOn(run: LiveRun): Promise<RunResult> {
+  process.kill(run.child.pid!, 'SIGCONT');
+  const going = (async () => {
+    while ((await stopped(run)) !== undefined) process.kill(run.child.pid!, 'SIGCONT');
+  })().catch((err: unknown) => err);
+  const r = await run.result;
+  expect(await going).toBeUndefined();
+  return r;
+}
+
+/**
+ * The remote sshd and every process below it are killed once part of the
+ * tree is journaled: the copy stops as a whole with CONNECTION_LOST, and the
+ * same command, once an sshd runs again on that port, completes from the
+ * journal. A push when `pull` is false, else a pull of the same tree.
+ */
+async function hostKilled(v: Variant, name: string, pull: boolean): Promise<void> {
+  const { dir, src, dst, host, args, first, jobDir } = await slowTreeCopy(v, name, pull);
+  // Stopped before the read of a listed file once something is journaled: the host dies there.
+  await stopOnceJournaled(first, jobDir);
+  expect(await killHost(host)).toBeGreaterThan(0);
+  const r = await goOn(first);
+  expect(r.code).toBe(41);
+  expect(stderrOf(r.stderr)).toMatch(
+    new RegExp(`^ferry: error: lost the connection to ${host.host}:${host.port} and could not connect again \\(3 tries: cannot reach ${host.host}:${host.port} over SSH \\(ECONNREFUSED\\)[^\\n]*\\); what arrived is journaled: rerun the same command to go on\\n$`),
+  );
+  expect(eventOf(first.events, 'error')).toMatchObject({ code: 'CONNECTION_LOST', exitCode: 41 });
+  // Nothing was listed as failed: the copy stopped as a whole.
+  expect(first.events.filter((e) => e.type === 'file.failed')).toEqual([]);
+
+  // The host comes back on the same port; the same command goes on from the journal.
+  await sshdFor(v, join(dir, 'sshd'), host.port);
+  const again = ferry(args);
+  await completes(await again.result, src, dst);
+  expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+}
+
+describe('a tree push with ferry serve on the remote host', () => {
+  it('stops with a clear error when the remote sshd and all its sessions are killed, and the rerun on a restarted sshd completes', async () => {
+    await hostKilled(HELPER, 'push-host-killed', false);
+  }, 120_000);
+
+  it('sends a batch again on a new connection when the sshd session serving its connection is killed, and completes exactly', async () => {
+    const { src, dst, host, first, jobDir } = await slowTreeCopy(HELPER, 'session-killed', false);
+    await stopOnceJournaled(first, jobDir);
+    // The newest session is the batches' connection (the coordinator's own came first).
+    const sessions = await childPids(host.pid!);
+    expect(sessions.length).toBeGreaterThanOrEqual(2);
+    process.kill(sessions.at(-1)!, 'SIGKILL');
+    await completes(await goOn(first), src, dst);
+    expect(first.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: .*\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
+  }, 120_000);
+
+  it('connects again when a connection drops while its helper starts, and completes exactly', async () => {
+    const dir = await testDir('drop-at-start');
+    const src = join(dir, 'src');
+    await generateTree(src, { files: 50, big: 0, sparse: 0, seed: 14, medianBytes: 4096 });
+    // The second start of ferry serve (the batches' connection; the coordinator's came first)
+    // loses its connection there: its sshd session is killed before the helper runs.
+    const starts = join(dir, 'starts');
+    const script = join(dir, 'drop-second-start.sh');
+    await writeFile(
+      script,
+      `#!/bin/sh\ncase "$SSH_ORIGINAL_COMMAND" in *"main.js serve"*)\n  n=$(cat ${starts} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${starts}\n  if [ "$n" = 2 ]; then kill -KILL $PPID; exit 0; fi;;\nesac\nexec /bin/sh -c "$SSH_ORIGINAL_COMMAND"\n`,
+      { mode: 0o755 },
+    );
+    const host = await startSshd({ dir: join(dir, 'sshd'), extraConfig: [`ForceCommand ${script}`] });
+    cleanups.push(() => host.stop());
+    const dst = join(dir, 'dst');
+    // No warm start: the helpers start in the order counted above.
+    const run = ferry(['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), [...HELPER.flags, '-s', '1']), src, on(host, dst)], { FERRY_WARM_START: '0' });
+    await completes(await run.result, src, dst);
+    // Not a missing helper (HELPER_UNAVAILABLE, exit 61): a dropped connection, connected again.
+    expect(run.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: the connection to \S+ dropped while '[^']*main\.js serve' was starting \(helper session on \S+ ended\)\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
+    expect(Number((await readFile(starts, 'utf8')).trim())).toBe(3);
+  }, 120_000);
+
+  it('exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
+    const { src, dst, args, first, jobDir } = await slowTreeCopy(HELPER, 'sigint', false);
+    await stopOnceJournaled(first, jobDir);
+    // Delivered when it goes on.
+    process.kill(first.child.pid!, 'SIGINT');
+    const r = await goOn(first);
+    expect(r.code).toBe(130);
+    expect(stderrOf(r.stderr)).toBe('ferry: error: interrupted: rerun the same command to go on; what is journaled is not sent again\n');
+    expect(eventOf(first.events, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+    expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+  }, 120_000);
+});
+
+// The full destination's errors come from the helper that writes there: ferry serve or the python helper.
+describe.each([HELPER, PYTHON])('a tree push with $name', (v) => {
+
+  it('stops with exit 22 when the destination fills up, and the rerun after a remount with more space completes', async () => {
+    const dir = await testDir(`${v.mode}-full`);
+    const src = join(dir, 'src');
+    // ~3 MB of small files on a 2 MiB filesystem.
+    await generateTree(src, { files: 150, big: 0, sparse: 0, seed: 12, medianBytes: 16384 });
+    const small = join(dir, 'small-fs');
+    await mkdir(small);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', small]);
+    cleanups.push(() => execFileSync('umount', ['-l', small]));
+    // Started after the mount: an sshd in a mount namespace of its own (no node) sees only the mounts made before it.
+    const host = await sshdFor(v, join(dir, 'sshd'));
+    const dst = join(small, 'tree');
+    const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), [...v.flags, '-s', '2', '--batch-size', '256KiB']), src, on(host, dst)];
+    const full = ferry(args);
+    const r = await full.result;
+    expect(r.code).toBe(22);
+    expect(r.stderr).toMatch(new RegExp(`^ferry: error: no space left on the destination filesystem writing ${host.host}:${host.port}:${dst}/\\S+: free space \\(or raise the quota\\) and rerun the same command to resume\\n$`));
+    expect(eventOf(full.events, 'error')).toMatchObject({ code: 'DEST_NO_SPACE', exitCode: 22 });
+    // The entries that met the full disk are listed, with that reason alone.
+    const failed = await failedList(String(eventOf(full.events, 'tree.start')!.stateDir));
+    expect(failed.length).toBeGreaterThan(0);
+    expect(new Set(failed.map((f) => f.code))).toEqual(new Set(['DEST_NO_SPACE']));
+    // No temporary file is left to hold the space.
+    expect(await tempFilesUnder(dst)).toEqual([]);
+    execFileSync('mount', ['-o', 'remount,size=32m', small]);
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+  }, 120_000);
+});
+
+describe('a tree pull with ferry serve on the remote host', () => {
+  it('stops with a clear error when the remote sshd and all its sessions are killed, and the rerun on a restarted sshd completes', async () => {
+    await hostKilled(HELPER, 'pull-host-killed', true);
+  }, 120_000);
+});
+
+describe('a tree push whose source changes during the copy (ferry serve)', () => {
+  it('lists the deleted, grown and shrunk files with their reasons, copies the rest, exits 72, and the rerun completes', async () => {
+    const dir = await testDir('source-changes');
+    const src = join(dir, 'src');
+    await generateTree(src, { files: 100, big: 0, sparse: 0, seed: 13, medianBytes: 4096 });
+    // A file of 1.5 MiB: a batch of its own, read in pieces rather than whole.
+    await mkdir(join(src, 'mid'));
+    await writeFile(join(src, 'mid', 'shrinks.bin'), Buffer.alloc(1.5 * MiB, 3));
+    // 3 MiB: copied as a job of its own (over --stripe-files-over), ~1.5 s at the rate below.
+    await writeFile(join(src, 'mid', 'grows.h5'), Buffer.alloc(3 * MiB, 5));
+    const [deleted, grown] = await someFiles(src, 40);
+    const host = await sshdFor(HELPER, join(dir, 'sshd'));
+    const dst = join(dir, 'dst');
+    const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), [...HELPER.flags, '--range-size', '1MiB', '--limit-rate', '2MB']), src, on(host, dst)];
+    const run = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: [deleted, grown, 'mid/shrinks.bin'].join(',') });
+    // Each stop comes after the walk listed the file and before its read; the order is the walk's.
+    const changes: Record<string, () => Promise<void>> = {
+      [deleted!]: () => rm(join(src, deleted!)),
+      [grown!]: () => appendFile(join(src, grown!), 'more\n'),
+      'mid/shrinks.bin': () => truncate(join(src, 'mid', 'shrinks.bin'), MiB),
+    };
+    for (let i = 0; i < 3; i++) {
+      const path = await stopped(run);
+      expect(Object.keys(changes)).toContain(path);
+      await changes[path!]!();
+      process.kill(run.child.pid!, 'SIGCONT');
+    }
+    // The big file grows while its ranges move.
+    await run.waitFor((e) => e.type === 'range.done');
+    await appendFile(join(src, 'mid', 'grows.h5'), Buffer.alloc(MiB, 6));
+    const r = await run.result;
+    expect(r.code).toBe(72);
+    const done = eventOf(run.events, 'tree.done')!;
+    const failed = await failedList(String(done.stateDir));
+    expect(failed.map((f) => [f.path, f.code]).sort()).toEqual(
+      [
+        [deleted, 'SOURCE_NOT_FOUND'],
+        [grown, 'SOURCE_CHANGED'],
+        ['mid/grows.h5', 'SOURCE_CHANGED'],
+        ['mid/shrinks.bin', 'SOURCE_CHANGED'],
+      ].sort(),
+    );
+    for (const p of [deleted!, grown!, 'mid/shrinks.bin', 'mid/grows.h5']) await expect(stat(join(dst, p))).rejects.toMatchObject({ code: 'ENOENT' });
+    // The batches' files left no temporary file; the big file's job keeps its partial file (as a
+    // single file's does) until the rerun starts that file over.
+    expect((await tempFilesUnder(dst)).filter((p) => !/^mid\/\.grows\.h5\.ferry-[0-9a-f]{24}\.part$/.test(p))).toEqual([]);
+    // Everything else arrived (the deleted file's directory has another mtime now than when it was walked).
+    const diff = (await compareTrees(src, dst)).differences as Record<string, string[]>;
+    expect(diff.missing?.sort()).toEqual([grown!, 'mid/grows.h5', 'mid/shrinks.bin'].sort());
+    expect(diff.extra?.every((p) => /^mid\/\.grows\.h5\.ferry-[0-9a-f]{24}\.part$/.test(p))).toBe(true);
+    expect(Object.keys(diff).filter((k) => !['missing', 'extra', 'dir-mtime'].includes(k))).toEqual([]);
+    // The source settles: the same command copies what failed.
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+  }, 120_000);
+});
