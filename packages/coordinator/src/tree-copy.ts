@@ -41,7 +41,7 @@ import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
 import { pullTransfer } from './tree-fetch.js';
-import { TreeJournal, alreadyDone, recordOf } from './tree-journal.js';
+import { TreeJournal, alreadyDone, metaDigest, recordOf } from './tree-journal.js';
 import type { TreeJournalState, TreeRecord } from './tree-journal.js';
 import { TreeSender, pushTransfer } from './tree-send.js';
 import { AgentBatches, treeUsesAgents } from './tree-agents.js';
@@ -381,10 +381,20 @@ class TreeRun {
 
   /** Counts an entry an earlier run made durable; true when it need not be sent. */
   private resumed(entry: TreeEntry): boolean {
-    if (!alreadyDone(this.state, entry)) return false;
+    if (!alreadyDone(this.state, entry, this.digestOf(entry))) return false;
     this.counters.resumedFiles++;
     this.counters.resumedBytes += entry.size;
     return true;
+  }
+
+  /**
+   * The digest of what `entry` is given besides its bytes under this run's
+   * options (the journal's `a`): its mode as this run sets it (not for a
+   * symbolic link, which has none), its owner and attributes where the copy
+   * keeps them. A rerun whose digest differs sends the entry again.
+   */
+  private digestOf(entry: TreeEntry): string {
+    return metaDigest({ ...(entry.kind === 'symlink' ? {} : { mode: copyMode(entry.mode, this.umask, this.options.preserve) }), ...wireMeta(this.meta, entry) });
   }
 
   private async send(entries: TreeEntry[]): Promise<void> {
@@ -444,7 +454,7 @@ class TreeRun {
         return;
       }
       ok.push(e);
-      records.push(recordOf(e, r.dstHash ? { hash: r.dstHash } : {}));
+      records.push(recordOf(e, { ...(r.dstHash ? { hash: r.dstHash } : {}), meta: this.digestOf(e) }));
     });
     // Counted once they are on record: a crash before that sends them again.
     await this.journal.append(records);
@@ -476,7 +486,7 @@ class TreeRun {
       // Owner and attributes: the single-file copy keeps mode and times only.
       const meta = wireMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
-      await this.journal.append([recordOf(entry, { job: summary.jobId })]);
+      await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
       this.counters.resumedBytes += summary.resumedBytes;
