@@ -204,6 +204,37 @@ describe('a rerun follows metadata changed at the source', () => {
     expect(parseEvents(older.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0, symlinks: 0, bytes: 0, resumedFiles: 7 });
   }
 
+  /** A big (striped) file whose mode and owner alone changed: set again by path, its bytes not sent. */
+  async function bigFileAfter(name: string, server: Sshd, direction: 'push' | 'pull', extra: string[]): Promise<void> {
+    const src = join(work.path, `${name}-src`);
+    await mkdir(src, { recursive: true });
+    await writeFile(join(src, 'big.bin'), Buffer.alloc(3 * 1024 * 1024, 5));
+    await appendFile(join(src, 'small.txt'), 'small\n');
+    const dst = join(work.path, `${name}-dst`);
+    const args = ['cp', '-r', '-p', '--preserve=owner', ...common(server, extra), direction === 'push' ? src : on(server, src), direction === 'push' ? on(server, dst) : dst];
+    const first = await runFerry(args);
+    expect(first.stderr).toBe('');
+    expect(first.code).toBe(0);
+    await chown(join(src, 'big.bin'), user.uid, user.gid);
+    await chmod(join(src, 'big.bin'), 0o4750);
+    const again = await runFerry(args);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 0, resumedFiles: 1, failed: 0 });
+    const got = await stat(join(dst, 'big.bin'));
+    // Owner first, then the mode: the set-uid bit survives the chown.
+    expect({ uid: got.uid, gid: got.gid, mode: (got.mode & 0o7777).toString(8) }).toEqual({ uid: user.uid, gid: user.gid, mode: '4750' });
+    expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(src, 'big.bin')))).toBe(true);
+    const third = await runFerry(args);
+    expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0, bytes: 0, resumedFiles: 2 });
+  }
+
+  it('sets the changed mode and owner of a big file again without sending its bytes (push, ferry serve; pull, python helper; push, SFTP)', async () => {
+    await bigFileAfter('rerun-big-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
+    await bigFileAfter('rerun-big-pull', bare, 'pull', []);
+    await bigFileAfter('rerun-big-sftp', sshd, 'push', ['--mode', 'sftp']);
+  }, 240_000);
+
   it('sends a file or link again whose mode, owner or attributes changed, and nothing else (push, ferry serve)', async () => {
     await rerunAfter('rerun-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
   }, 180_000);

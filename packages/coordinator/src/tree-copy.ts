@@ -201,6 +201,8 @@ class TreeRun {
   private pendingDirs: TreeEntry[] = [];
   private readonly links: TreeEntry[] = [];
   private readonly huge: TreeEntry[] = [];
+  /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
+  private readonly hugeMeta: TreeEntry[] = [];
   /** Tree paths that failed (a hard link to one is not made). */
   private readonly failedPaths = new Set<string>();
   private readonly failures: string[] = [];
@@ -333,6 +335,10 @@ class TreeRun {
         await this.copyHuge(entry);
         this.checkStop();
       }
+      for (const entry of this.hugeMeta) {
+        await this.refreshHuge(entry);
+        this.checkStop();
+      }
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -370,7 +376,7 @@ class TreeRun {
       case 'file':
         if (this.resumed(step.entry)) return;
         if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          this.huge.push(step.entry);
+          (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
           return;
         }
         return this.send([step.entry]);
@@ -395,6 +401,32 @@ class TreeRun {
    */
   private digestOf(entry: TreeEntry): string {
     return metaDigest({ ...(entry.kind === 'symlink' ? {} : { mode: copyMode(entry.mode, this.umask, this.options.preserve) }), ...wireMeta(this.meta, entry) });
+  }
+
+  /**
+   * Whether a big file's bytes are at the destination already, only its mode
+   * or owner changed since (the journal's digest): it is then not copied
+   * again, its mode and owner are set by path. Not with --xattrs or --acls:
+   * an attribute removed at the source would stay (setting by path only
+   * adds), so the file goes again whole. Not for an older journal's record
+   * (no digest: alreadyDone trusted it).
+   */
+  private metaAlone(entry: TreeEntry): boolean {
+    const r = this.state.done.get(entry.path);
+    return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.s === entry.size && r.m === entry.mtimeMs && r.i === entry.ino;
+  }
+
+  /** A big file of metadataAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
+  private async refreshHuge(entry: TreeEntry): Promise<void> {
+    const previous = this.state.done.get(entry.path)!;
+    try {
+      await this.dest.setstat(this.destPath(entry.path), { ...wireMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
+      await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.digestOf(entry) })]);
+      this.emit({ type: 'log', message: `${entry.path}: mode and owner set again (its bytes are unchanged)` });
+      this.counters.files++;
+    } catch (err) {
+      this.fail(entry.path, toFerryError(err).toData());
+    }
   }
 
   private async send(entries: TreeEntry[]): Promise<void> {
