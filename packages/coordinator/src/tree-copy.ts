@@ -416,7 +416,7 @@ class TreeRun {
     return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.s === entry.size && r.m === entry.mtimeMs && r.i === entry.ino;
   }
 
-  /** A big file of metadataAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
+  /** A big file of metaAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
   private async refreshHuge(entry: TreeEntry): Promise<void> {
     const previous = this.state.done.get(entry.path)!;
     try {

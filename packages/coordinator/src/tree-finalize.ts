@@ -6,7 +6,7 @@
  */
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
+import { FerryError, copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, ErrorData, TreeEntry } from '@ferry/core';
 import type { BatchResult, SetAttrs } from '@ferry/transport';
 import { applyEntries, applyPathMeta } from '@ferry/serve';
@@ -42,7 +42,7 @@ export const localDestination: TreeDestination = {
     try {
       // A file: opened without blocking (a fifo put in its place would hang), and only a regular file is changed.
       fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | (file ? constants.O_NONBLOCK : constants.O_DIRECTORY));
-      if (file && !(await fh.stat()).isFile()) throw Object.assign(new Error(`${path} is no longer a regular file`), { code: 'EEXIST' });
+      if (file && !(await fh.stat()).isFile()) throw new FerryError('DEST_CONFLICT', `${path} is no longer a regular file: its mode and owner were not set; move it away and rerun`, { path });
       if (attrs.mode !== undefined) await fh.chmod(attrs.mode);
       if (attrs.mtimeMs !== undefined) await fh.utimes((attrs.atimeMs ?? attrs.mtimeMs) / 1000, attrs.mtimeMs / 1000);
     } catch (err) {

@@ -129,7 +129,7 @@ export interface DigestedMeta {
  * A short digest (16 hex digits) of the metadata an entry gets: its mode,
  * owner (numbers and names) and extended attributes, as far as the copy
  * keeps them. No I/O: made from what the walk already reported, so it costs
- * a millionth of a second per entry and 20 bytes of journal.
+ * a few microseconds per entry and 20 bytes of journal.
  */
 export function metaDigest(m: DigestedMeta): string {
   const h = createHash('sha256');
