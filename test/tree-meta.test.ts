@@ -7,10 +7,10 @@
  * user and an id no name has.
  */
 import { execFileSync } from 'node:child_process';
-import { appendFile, chown, lchown, lstat, mkdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, chown, lchown, lstat, mkdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { getAttribute, listAttributes, setAttribute } from '@napi-rs/xattr';
+import { getAttribute, listAttributes, removeAttribute, setAttribute } from '@napi-rs/xattr';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, treeArgs } from './tree-helpers.js';
@@ -151,6 +151,97 @@ describe('owners, extended attributes and ACLs', () => {
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/--xattrs and --acls need ferry serve or python3 on .*SFTP can neither read nor set extended attributes/);
   });
+});
+
+describe('a rerun follows metadata changed at the source', () => {
+  /** A tree of small files, a link and a big (striped) file, copied once; then `change` alters metadata only, and a rerun must carry it over. */
+  async function rerunAfter(name: string, server: Sshd, direction: 'push' | 'pull', extra: string[]): Promise<void> {
+    const src = join(work.path, `${name}-src`);
+    await mkdir(join(src, 'sub'), { recursive: true });
+    for (const f of ['mode.txt', 'owner.txt', 'attr.txt', 'same.txt', 'sub/same.txt']) await appendFile(join(src, f), `${f}\n`);
+    await symlink('same.txt', join(src, 'link'));
+    await writeFile(join(src, 'big.bin'), Buffer.alloc(3 * 1024 * 1024, 9));
+    await setAttribute(join(src, 'attr.txt'), 'user.old', 'before');
+    const dst = join(work.path, `${name}-dst`);
+    const args = ['cp', '-r', '-p', '--preserve=owner', '--xattrs', ...common(server, extra), direction === 'push' ? src : on(server, src), direction === 'push' ? on(server, dst) : dst];
+    const first = await runFerry(args);
+    expect(first.stderr).toBe('');
+    expect(first.code).toBe(0);
+    expect(await metaOf(dst)).toEqual(await metaOf(src));
+
+    // chmod, chown, setfattr: the ctime changes, not the size, mtime or inode.
+    await chmod(join(src, 'mode.txt'), 0o600);
+    await chown(join(src, 'owner.txt'), user.uid, user.gid);
+    await setAttribute(join(src, 'attr.txt'), 'user.new', 'after');
+    await removeAttribute(join(src, 'attr.txt'), 'user.old');
+    await lchown(join(src, 'link'), user.uid, user.gid);
+    await chown(join(src, 'big.bin'), user.uid, user.gid);
+    await chmod(join(src, 'big.bin'), 0o640);
+    const again = await runFerry(args);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    // The changed entries alone go again (three small files, the link, the big file); the other two not.
+    const done = parseEvents(again.stdout).find((e) => e.type === 'tree.done')!;
+    expect(done).toMatchObject({ files: 4, symlinks: 1, resumedFiles: 2, failed: 0 });
+    const want = await metaOf(src);
+    expect(want['owner.txt']).toMatchObject({ uid: user.uid });
+    expect(want['attr.txt']!.xattrs).toEqual({ 'user.new': Buffer.from('after').toString('hex') });
+    expect(await metaOf(dst)).toEqual(want);
+    for (const f of ['mode.txt', 'big.bin']) expect(((await stat(join(dst, f))).mode & 0o7777).toString(8)).toBe(((await stat(join(src, f))).mode & 0o7777).toString(8));
+
+    // Unchanged since: nothing is sent.
+    const third = await runFerry(args);
+    expect(third.code).toBe(0);
+    expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0, symlinks: 0, bytes: 0 });
+
+    // A journal an older ferry wrote (no metadata digests) still resumes: nothing is sent again.
+    const journal = join(parseEvents(third.stdout).find((e) => e.type === 'tree.start')!.stateDir as string, 'tree.ndjson');
+    const old = (await readFile(journal, 'utf8')).split('\n').filter((l) => l !== '').map((l) => { const { a: _a, ...rest } = JSON.parse(l) as Record<string, unknown>; return JSON.stringify(rest); });
+    await writeFile(journal, old.join('\n') + '\n');
+    await chmod(join(src, 'same.txt'), 0o600);
+    const older = await runFerry(args);
+    expect(older.code).toBe(0);
+    expect(parseEvents(older.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0, symlinks: 0, bytes: 0, resumedFiles: 7 });
+  }
+
+  /** A big (striped) file whose mode and owner alone changed: set again by path, its bytes not sent. */
+  async function bigFileAfter(name: string, server: Sshd, direction: 'push' | 'pull', extra: string[]): Promise<void> {
+    const src = join(work.path, `${name}-src`);
+    await mkdir(src, { recursive: true });
+    await writeFile(join(src, 'big.bin'), Buffer.alloc(3 * 1024 * 1024, 5));
+    await appendFile(join(src, 'small.txt'), 'small\n');
+    const dst = join(work.path, `${name}-dst`);
+    const args = ['cp', '-r', '-p', '--preserve=owner', ...common(server, extra), direction === 'push' ? src : on(server, src), direction === 'push' ? on(server, dst) : dst];
+    const first = await runFerry(args);
+    expect(first.stderr).toBe('');
+    expect(first.code).toBe(0);
+    await chown(join(src, 'big.bin'), user.uid, user.gid);
+    await chmod(join(src, 'big.bin'), 0o4750);
+    const again = await runFerry(args);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 0, resumedFiles: 1, failed: 0 });
+    const got = await stat(join(dst, 'big.bin'));
+    // Owner first, then the mode: the set-uid bit survives the chown.
+    expect({ uid: got.uid, gid: got.gid, mode: (got.mode & 0o7777).toString(8) }).toEqual({ uid: user.uid, gid: user.gid, mode: '4750' });
+    expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(src, 'big.bin')))).toBe(true);
+    const third = await runFerry(args);
+    expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 0, bytes: 0, resumedFiles: 2 });
+  }
+
+  it('sets the changed mode and owner of a big file again without sending its bytes (push, ferry serve; pull, python helper; push, SFTP)', async () => {
+    await bigFileAfter('rerun-big-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
+    await bigFileAfter('rerun-big-pull', bare, 'pull', []);
+    await bigFileAfter('rerun-big-sftp', sshd, 'push', ['--mode', 'sftp']);
+  }, 240_000);
+
+  it('sends a file or link again whose mode, owner or attributes changed, and nothing else (push, ferry serve)', async () => {
+    await rerunAfter('rerun-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
+  }, 180_000);
+
+  it('does the same for a pull through the python helper', async () => {
+    await rerunAfter('rerun-pull', bare, 'pull', []);
+  }, 180_000);
 });
 
 describe('--fail-fast', () => {

@@ -794,6 +794,7 @@ export async function runAgent(options: AgentOptions): Promise<AgentSummary> {
             length: item.length,
             algorithm: spec.hash,
             corrupt: item.attempt === 0 && options.corruptRanges?.has(item.range) === true,
+            rewrite: item.attempt > 0,
             signal: abort.signal,
             ...(pace ? { pace } : {}),
             onBytes: (n: number) => {

@@ -19,6 +19,8 @@ export interface RangeJob {
   onBytes?: (n: number) => void;
   /** Abandons the range between chunks (Ctrl-C, stop). */
   signal?: AbortSignal;
+  /** An attempt after a failed one: where zeros() writes nothing (SFTP), runs of zeros are written as data. */
+  rewrite?: boolean;
   /** Rate cap: resolves when `n` more bytes may go (undefined: at once). Runs of zeros do not count: they cross as a few bytes. */
   pace?: (n: number) => Promise<void> | undefined;
 }
@@ -88,8 +90,8 @@ export async function pushRange(local: FileHandle, localPath: string, remote: Re
         flipped = true;
       }
       job.onBytes?.(n);
-      if (writer.zeros && !flipped && isAllZero(buf.subarray(head, head + n))) {
-        // A run of zeros (a sparse region): a few bytes on the wire instead of n.
+      if (writer.zeros && !flipped && !(writer.zerosUnchecked && job.rewrite) && isAllZero(buf.subarray(head, head + n))) {
+        // A run of zeros (a sparse region): a few bytes on the wire instead of n (SFTP: none, a hole stays).
         pool.release(buf);
         await Promise.race([writer.zeros(n), writer.failed]);
         continue;

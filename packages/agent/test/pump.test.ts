@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { BufferPool, DIRECT_ALIGNMENT, FRAME_HEADER_BYTES, FileWriter, ZERO_CHUNK, createHasher, openDirect } from '@ferry/core';
 import type { RemoteFile } from '@ferry/transport';
-import { pullRange } from '../src/pump.js';
+import { pullRange, pushRange } from '../src/pump.js';
 
 const MiB = 1024 * 1024;
 
@@ -241,6 +241,64 @@ describe('pullRange when the disk lags', () => {
       for (let i = 0; i < 100 && pool.inUse > 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(pool.inUse).toBe(0);
       expect(pool.tryAcquire()).toBeDefined();
+    } finally {
+      await fh.close();
+    }
+  });
+});
+
+describe('pushRange with a transport whose zeros write nothing (SFTP)', () => {
+  /** A remote that records what each range write was given: data at its offsets, runs of zeros skipped. */
+  function recordingRemote(size: number): { remote: RemoteFile; file: Buffer; zeroRuns: number[] } {
+    const file = Buffer.alloc(size, 0xee);
+    const zeroRuns: number[] = [];
+    const remote: RemoteFile = {
+      ...readOnlyRemote(async () => ({ hash: '' })),
+      beginWrite: (offset, _length, algorithm) => {
+        let at = offset;
+        return {
+          headroom: 0,
+          zerosUnchecked: true,
+          failed: new Promise<never>(() => {}),
+          write: async (buf, start, end, done) => {
+            buf.copy(file, at, start, end);
+            at += end - start;
+            done();
+          },
+          zeros: async (n) => {
+            zeroRuns.push(n);
+            at += n;
+          },
+          end: async () => {
+            const h = createHasher(algorithm);
+            h.update(file.subarray(offset, at));
+            return { bytes: at - offset, hash: h.digest() };
+          },
+        };
+      },
+    };
+    return { remote, file, zeroRuns };
+  }
+
+  it('skips the runs of zeros on a first attempt, and writes them on an attempt after a failed one', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-pump-'));
+    const path = join(dir, 'src.bin');
+    const data = Buffer.concat([randomBytes(MiB), Buffer.alloc(2 * MiB), randomBytes(MiB)]);
+    await writeFile(path, data);
+    const fh = await open(path, 'r');
+    try {
+      const pool = new BufferPool(MiB, 4);
+      const first = recordingRemote(data.length);
+      const r1 = await pushRange(fh, path, first.remote, pool, { offset: 0, length: data.length, algorithm: 'xxh3' });
+      expect(first.zeroRuns).toEqual([MiB, MiB]);
+      // What was skipped still holds what was there before (a hole reads as zeros; here 0xee shows it was not written).
+      expect(first.file.subarray(MiB, 3 * MiB).every((b) => b === 0xee)).toBe(true);
+      expect(r1.srcHash).not.toBe(r1.dstHash);
+      const again = recordingRemote(data.length);
+      const r2 = await pushRange(fh, path, again.remote, pool, { offset: 0, length: data.length, algorithm: 'xxh3', rewrite: true });
+      expect(again.zeroRuns).toEqual([]);
+      expect(again.file.equals(data)).toBe(true);
+      expect(r2.srcHash).toBe(r2.dstHash);
     } finally {
       await fh.close();
     }

@@ -41,7 +41,7 @@ import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
 import { pullTransfer } from './tree-fetch.js';
-import { TreeJournal, alreadyDone, recordOf } from './tree-journal.js';
+import { TreeJournal, alreadyDone, metaDigest, recordOf } from './tree-journal.js';
 import type { TreeJournalState, TreeRecord } from './tree-journal.js';
 import { TreeSender, pushTransfer } from './tree-send.js';
 import { AgentBatches, treeUsesAgents } from './tree-agents.js';
@@ -209,6 +209,8 @@ class TreeRun {
   private pendingDirs: TreeEntry[] = [];
   private readonly links: TreeEntry[] = [];
   private readonly huge: TreeEntry[] = [];
+  /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
+  private readonly hugeMeta: TreeEntry[] = [];
   /** Tree paths that failed (a hard link to one is not made). */
   private readonly failedPaths = new Set<string>();
   private readonly failures: string[] = [];
@@ -341,6 +343,10 @@ class TreeRun {
         await this.copyHuge(entry);
         this.checkStop();
       }
+      for (const entry of this.hugeMeta) {
+        await this.refreshHuge(entry);
+        this.checkStop();
+      }
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -378,7 +384,7 @@ class TreeRun {
       case 'file':
         if (this.resumed(step.entry)) return;
         if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          this.huge.push(step.entry);
+          (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
           return;
         }
         return this.send([step.entry]);
@@ -389,10 +395,46 @@ class TreeRun {
 
   /** Counts an entry an earlier run made durable; true when it need not be sent. */
   private resumed(entry: TreeEntry): boolean {
-    if (!alreadyDone(this.state, entry)) return false;
+    if (!alreadyDone(this.state, entry, this.digestOf(entry))) return false;
     this.counters.resumedFiles++;
     this.counters.resumedBytes += entry.size;
     return true;
+  }
+
+  /**
+   * The digest of what `entry` is given besides its bytes under this run's
+   * options (the journal's `a`): its mode as this run sets it (not for a
+   * symbolic link, which has none), its owner and attributes where the copy
+   * keeps them. A rerun whose digest differs sends the entry again.
+   */
+  private digestOf(entry: TreeEntry): string {
+    return metaDigest({ ...(entry.kind === 'symlink' ? {} : { mode: copyMode(entry.mode, this.umask, this.options.preserve) }), ...wireMeta(this.meta, entry) });
+  }
+
+  /**
+   * Whether a big file's bytes are at the destination already, only its mode
+   * or owner changed since (the journal's digest): it is then not copied
+   * again, its mode and owner are set by path. Not with --xattrs or --acls:
+   * an attribute removed at the source would stay (setting by path only
+   * adds), so the file goes again whole. Not for an older journal's record
+   * (no digest: alreadyDone trusted it).
+   */
+  private metaAlone(entry: TreeEntry): boolean {
+    const r = this.state.done.get(entry.path);
+    return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.s === entry.size && r.m === entry.mtimeMs && r.i === entry.ino;
+  }
+
+  /** A big file of metaAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
+  private async refreshHuge(entry: TreeEntry): Promise<void> {
+    const previous = this.state.done.get(entry.path)!;
+    try {
+      await this.dest.setstat(this.destPath(entry.path), { ...wireMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
+      await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.digestOf(entry) })]);
+      this.emit({ type: 'log', message: `${entry.path}: mode and owner set again (its bytes are unchanged)` });
+      this.counters.files++;
+    } catch (err) {
+      this.fail(entry.path, toFerryError(err).toData());
+    }
   }
 
   private async send(entries: TreeEntry[]): Promise<void> {
@@ -452,7 +494,7 @@ class TreeRun {
         return;
       }
       ok.push(e);
-      records.push(recordOf(e, r.dstHash ? { hash: r.dstHash } : {}));
+      records.push(recordOf(e, { ...(r.dstHash ? { hash: r.dstHash } : {}), meta: this.digestOf(e) }));
     });
     // Counted once they are on record: a crash before that sends them again.
     await this.journal.append(records);
@@ -486,7 +528,7 @@ class TreeRun {
       // Owner and attributes: the single-file copy keeps mode and times only.
       const meta = wireMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
-      await this.journal.append([recordOf(entry, { job: summary.jobId })]);
+      await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
       this.counters.resumedBytes += summary.resumedBytes;

@@ -6,7 +6,7 @@
  */
 import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
+import { FerryError, copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, ErrorData, TreeEntry } from '@ferry/core';
 import type { BatchResult, SetAttrs } from '@ferry/transport';
 import { applyEntries, applyPathMeta } from '@ferry/serve';
@@ -25,22 +25,24 @@ const SETSTATS_IN_FLIGHT = 32;
 export interface TreeDestination {
   /** Directories, symbolic links and hard links, as a BATCH without files makes them. */
   apply(entries: BatchEntry[]): Promise<BatchResult[]>;
-  /** A directory's owner, attributes, mode and times (a big file's owner and attributes). */
-  setstat(path: string, attrs: SetAttrs): Promise<void>;
+  /** A directory's owner, attributes, mode and times (a big file's owner, attributes and mode: `file`). */
+  setstat(path: string, attrs: SetAttrs, file?: boolean): Promise<void>;
 }
 
 /** This host as a tree's destination (a pull). */
 export const localDestination: TreeDestination = {
   apply: async (entries) => (await applyEntries(entries)).map((r) => (r.ok ? { ok: true } : { ok: false, error: r.error })),
   // Through the directory itself, opened without following a link at its name.
-  setstat: async (path, attrs) => {
+  setstat: async (path, attrs, file = false) => {
     // Owner and attributes first, never through a link at the name (chown clears set-id bits; an ACL's mask follows the mode).
     const { mode, mtimeMs, atimeMs, ...meta } = attrs;
     if (Object.keys(meta).length > 0) await applyPathMeta(path, meta);
     if (mode === undefined && mtimeMs === undefined) return;
     let fh;
     try {
-      fh = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      // A file: opened without blocking (a fifo put in its place would hang), and only a regular file is changed.
+      fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | (file ? constants.O_NONBLOCK : constants.O_DIRECTORY));
+      if (file && !(await fh.stat()).isFile()) throw new FerryError('DEST_CONFLICT', `${path} is no longer a regular file: its mode and owner were not set; move it away and rerun`, { path });
       if (attrs.mode !== undefined) await fh.chmod(attrs.mode);
       if (attrs.mtimeMs !== undefined) await fh.utimes((attrs.atimeMs ?? attrs.mtimeMs) / 1000, attrs.mtimeMs / 1000);
     } catch (err) {

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { TreeEntry } from '@ferry/core';
-import { TreeJournal, alreadyDone, recordOf } from '../src/tree-journal.js';
+import { TreeJournal, alreadyDone, metaDigest, recordOf } from '../src/tree-journal.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -36,6 +36,29 @@ describe('TreeJournal', () => {
     expect(alreadyDone(again.state, entry('a', 10, 2000))).toBe(false);
     expect(alreadyDone(again.state, entry('a', 10, 1000, 8))).toBe(false);
     expect(alreadyDone(again.state, entry('c', 10))).toBe(false);
+  });
+
+  it('sends again an entry whose metadata digest changed, and trusts a record without one (an older journal)', async () => {
+    const path = join(dir, 'tree.ndjson');
+    const meta = metaDigest({ mode: 0o644, uid: 1000, gid: 1000, user: 'ann', xattrs: { 'user.a': Buffer.from('x') } });
+    const { journal } = await TreeJournal.open(path);
+    await journal.append([recordOf(entry('new', 1), { meta }), recordOf(entry('old', 1))]);
+    await journal.close();
+    const { journal: j, state } = await TreeJournal.open(path);
+    await j.close();
+    expect(state.done.get('new')!.a).toBe(meta);
+    expect(alreadyDone(state, entry('new', 1), meta)).toBe(true);
+    for (const other of [
+      { mode: 0o600, uid: 1000, gid: 1000, user: 'ann', xattrs: { 'user.a': Buffer.from('x') } },
+      { mode: 0o644, uid: 1001, gid: 1000, user: 'ann', xattrs: { 'user.a': Buffer.from('x') } },
+      { mode: 0o644, uid: 1000, gid: 1000, user: 'bob', xattrs: { 'user.a': Buffer.from('x') } },
+      { mode: 0o644, uid: 1000, gid: 1000, user: 'ann', xattrs: { 'user.a': Buffer.from('y') } },
+      { mode: 0o644, uid: 1000, gid: 1000, user: 'ann', xattrs: { 'user.a': Buffer.from('x'), 'user.b': Buffer.from('') } },
+      { mode: 0o644, uid: 1000, gid: 1000, user: 'ann' },
+    ]) expect(alreadyDone(state, entry('new', 1), metaDigest(other))).toBe(false);
+    // The same attributes listed in another order: the same digest.
+    expect(metaDigest({ xattrs: { 'user.b': Buffer.from('2'), 'user.a': Buffer.from('1') } })).toBe(metaDigest({ xattrs: { 'user.a': Buffer.from('1'), 'user.b': Buffer.from('2') } }));
+    expect(alreadyDone(state, entry('old', 1), meta)).toBe(true);
   });
 
   it('drops a last line cut short by a crash and appends after the last whole one', async () => {

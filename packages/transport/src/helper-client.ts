@@ -60,8 +60,15 @@ export interface RangeWrite {
    * `buf` may be reused. Resolves when more may be sent (backpressure).
    */
   write(buf: Buffer, start: number, end: number, done: () => void): Promise<void>;
-  /** Sends a run of `length` zero bytes without their bytes, where the transport can (helper mode). */
+  /** Sends a run of `length` zero bytes without their bytes, where the transport can (helper mode), or skips it (SFTP: see zerosUnchecked). */
   zeros?(length: number): Promise<void>;
+  /**
+   * Set where zeros() writes nothing at all (SFTP): the run keeps what the
+   * file holds there, a hole in a file sized at creation. The hash end()
+   * reads back proves it; an attempt after a failed one writes its zeros
+   * (the helper's ZEROS instead check the destination reads as zeros).
+   */
+  readonly zerosUnchecked?: boolean;
   /** Resolves with the destination's hash once every byte is written. */
   end(): Promise<{ bytes: number; hash: string }>;
   /** Rejected as soon as the destination reports an error. */
