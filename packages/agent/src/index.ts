@@ -13,7 +13,7 @@ export type { AgentOptions, AgentSummary } from './agent.js';
 export { pushRange, pullRange } from './pump.js';
 export type { RangeJob, RangeResult } from './pump.js';
 export { pushTransfer } from './tree-push.js';
-export type { WireBatch } from './tree-push.js';
+export type { Pace, WireBatch } from './tree-push.js';
 export { connectBus } from './bus.js';
 export { JetStreamPublisher, PublishError, pubAckError } from './publisher.js';
 export type { BusOptions } from './bus.js';
