@@ -183,13 +183,14 @@ async function contentHash(path) {
  * Compares `dst` with `src`. Returns { same, differences: { kind: [paths] }, entries } where kind is
  * one of missing, extra, type, content, size, mode, mtime, dir-mtime, target, hardlink, sparse, owner. Directory mtimes
  * and symlink modes are not compared (Linux ignores a symlink's mode).
- * Options: times, owner (both default true), and `sourceHashes`: a Map of source path -> content
+ * Options: times, owner, content (all default true; content false: sizes only, no bytes read), and `sourceHashes`: a Map of source path -> content
  * hash that the comparison fills and reuses, so that comparing many copies of one unchanging
  * source reads the source's bytes once.
  */
 export async function compareTrees(src, dst, options = {}) {
   const times = options.times !== false;
   const owner = options.owner !== false;
+  const content = options.content !== false;
   const known = options.sourceHashes;
   const sourceHash = async (p) => {
     let h = known?.get(p);
@@ -225,7 +226,7 @@ export async function compareTrees(src, dst, options = {}) {
     }
     if (e.type === 'file') {
       if (e.size !== f.size) add('size', p);
-      else if ((await sourceHash(p)) !== (await contentHash(join(dst, p)))) add('content', p);
+      else if (content && (await sourceHash(p)) !== (await contentHash(join(dst, p)))) add('content', p);
       if ((ga.get(p) ?? p) !== (gb.get(p) ?? p)) add('hardlink', p);
       // Sparse in the source (under half allocated) and filled in the copy.
       if (e.allocated < e.size / 2 && f.allocated > Math.max(2 * e.allocated, e.allocated + 2 ** 20)) add('sparse', p);
