@@ -41,7 +41,9 @@ const HELP = `usage: npm run bench -- tree [options]
   --runs <k>           rounds; each round runs every tool once per direction (default 3)
   --peers <list>       comma-separated tools (default "${DEFAULT_PEERS.join(',')}"):
                        ${PEER_NAMES}, or ferry with optional flags
-                       ('ferry -p'); every ferry entry runs \`ferry cp -r\`
+                       ('ferry -p'); every ferry entry runs \`ferry cp -r\`;
+                       'ferry-agents [flags]' (push): the batches through two agents
+                       started by --launcher ssh over the job's nats-server
   --lean-login         sessions of the bench's sshd read no shell start-up files
                        (bench/README.md, "Heavy shell start-up files")
   --idle-wait <s>      before each run, wait up to this many seconds for 5 idle seconds
@@ -174,9 +176,13 @@ function treeTool(entry, ctx) {
       },
     };
   }
-  const ferry = ferryTool(entry, CLI, PEER_NAMES);
+  // `ferry-agents [flags]`: the batches through agents that ssh(1) starts on this machine through
+  // the bench's sshd (--launcher ssh, two agents unless the flags say otherwise), the way
+  // agents on other nodes take them: a work queue on the job's nats-server. Push only.
+  const agents = /^ferry-agents(?:\s+(.*))?$/.exec(entry);
+  const ferry = ferryTool(agents ? `ferry ${agents[1] ?? ''}`.trim() : entry, CLI, PEER_NAMES);
   return {
-    name: ferry.name,
+    name: agents ? `ferry-agents${agents[1] ? ` ${agents[1]}` : ''}` : ferry.name,
     needs: null,
     argv: ({ src, dstParent, push, stateDir }) => {
       const argv = ferry.cp({
@@ -185,6 +191,13 @@ function treeTool(entry, ctx) {
       });
       // `ferry cp -r SRC_DIR host:DST_DIR` (issue 31), as a user types it: -r right after cp.
       argv.splice(argv.indexOf('cp') + 1, 0, '-r');
+      if (agents) {
+        if (!push) throw new Error('ferry-agents: a pull has no batches over agents yet (README, "Not yet")');
+        // The agents run the same node and build as the coordinator.
+        const agentCmd = argv.slice(argv.findIndex((a) => a === process.execPath || /(^|\/)node$/.test(a)), argv.indexOf('cp')).map(shq).join(' ');
+        argv.push('--launcher', 'ssh', '--hosts', host, '--ssh-option', `Port=${port}`, '--ssh-option', `IdentityFile=${userKey}`, '--ssh-option', `UserKnownHostsFile=${knownHosts}`,
+          '--nats-listen', '127.0.0.1', '--nats-advertise', '127.0.0.1', '--agent-cmd', agentCmd, ...(/(^|\s)(-a|--agents)\b/.test(agents[1] ?? '') ? [] : ['-a', '2']));
+      }
       return argv;
     },
   };
@@ -419,9 +432,9 @@ export async function tree(argv) {
     });
   });
 
-  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'RSS cp / helper / nats MiB', 'journal MiB', 'differences from the source'];
+  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'RSS cp / agent / helper / nats MiB', 'journal MiB', 'differences from the source'];
   const mib = (x) => (x > 0 ? fmt(x) : '-');
-  const memory = (s) => (s.tool.startsWith('ferry') ? [`${mib(s.peakRssMiB.coordinator)} / ${mib(s.peakRssMiB.helper)} / ${mib(s.peakRssMiB.nats)}`, s.journalBytes > 0 ? fmt(s.journalBytes / 2 ** 20, 1) : '-'] : ['', '']);
+  const memory = (s) => (s.tool.startsWith('ferry') ? [`${mib(s.peakRssMiB.coordinator)} / ${mib(s.peakRssMiB.agent)} / ${mib(s.peakRssMiB.helper)} / ${mib(s.peakRssMiB.nats)}`, s.journalBytes > 0 ? fmt(s.journalBytes / 2 ** 20, 1) : '-'] : ['', '']);
   const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
   const rows = summary.map((s) =>
     s.skipped
@@ -468,7 +481,7 @@ export async function tree(argv) {
     '- median s, min-max s: wall-clock seconds from spawn to exit over finished runs. MB/s: file bytes (each inode once, sparse files at full size) / 1e6 / median s. files/s: names that are not directories (files, symlinks, further hard links) / median s.',
     "- vs tar, vs rsync -a: tar's (rsync -a's) median seconds over this tool's, same run and direction (above 1: faster).",
     '- s incl. sync: with a `sync` run right after the exit (what the tool left in the page cache). CPU s: user+system CPU of the client\'s processes and the sshd sessions serving them, median.',
-    '- RSS cp / helper / nats MiB (ferry): peak resident memory (VmHWM, sampled every 100 ms) of the coordinator (`ferry cp`), the largest remote helper (`ferry serve`) and nats-server (`-`: none ran; a single-node tree copy of small files needs no NATS), the largest over the runs. journal MiB: the tree journal (tree.ndjson) the run left in its state directory.',
+    '- RSS cp / agent / helper / nats MiB (ferry): peak resident memory (VmHWM, sampled every 100 ms) of the coordinator (`ferry cp`), the largest agent (ferry-agents), the largest remote helper (`ferry serve`) and nats-server (`-`: none ran; a single-node tree copy of small files needs neither agents nor NATS), the largest over the runs. journal MiB: the tree journal (tree.ndjson) the run left in its state directory.',
     '- differences from the source (bench/tree-lib.mjs `compareTrees`), count per kind over the finished runs (lo-hi when runs differed): missing, extra, type (a symlink arrived as a file, say), content, size, mode, mtime (files), dir-mtime, target (symlinks), hardlink (a name no longer shares its inode with the same names), sparse (arrived filled in), owner; stray: names beside the tree in the destination directory.',
     `- Other load: task CPU outside the measured processes and the harness while runs were measured: median ${fmt(median(kept.map((r) => r.otherCpuSeconds)), 2)} s per run, at most ${fmt(Math.max(...kept.map((r) => r.otherCpuSeconds)), 2)} s; steal median ${fmt(median(kept.map((r) => r.stealSeconds / r.seconds)) * 100)}% of a CPU.`,
     '',
