@@ -388,7 +388,7 @@ class ProcessTracker {
       pid: r.pid,
       ppid: r.ppid,
       command: r.argv.slice(0, 4).join(' ').slice(0, 160),
-      role: ferryRole(r.argv),
+      role: ferryRole(r.argv) ?? (/(^|\/)nats-server$/.test(r.argv[0] ?? '') ? 'nats' : undefined),
       cpuSeconds: (r.ticks - r.baseTicks) / CLK_TCK,
       systemSeconds: (r.sysTicks - r.baseSysTicks) / CLK_TCK,
       peakRssMiB: r.hwmKiB / 1024,

@@ -60,7 +60,9 @@ const DIR_MODES = [0o755, 0o755, 0o750, 0o775, 0o700, 0o2775];
 
 /**
  * Writes the tree into `dir` (which must not exist). Returns counts.
- * Options: files, big, bigBytes, seed, sparse (count), medianBytes.
+ * Options: files, big, bigBytes, seed, sparse (count), medianBytes, and for the many-small-files
+ * shape: maxBytes (sizes uniform in 0..maxBytes instead of log-normal), filesPerDir (default 40)
+ * and links (false: no symlinks and no further hard links).
  */
 export async function generateTree(dir, options = {}) {
   const files = options.files ?? 200_000;
@@ -69,14 +71,17 @@ export async function generateTree(dir, options = {}) {
   const seed = options.seed ?? 1;
   const sparse = options.sparse ?? Math.min(5, Math.max(1, Math.floor(files / 40_000)));
   const median = options.medianBytes ?? 16 * 1024;
+  const maxBytes = options.maxBytes;
+  const filesPerDir = options.filesPerDir ?? 40;
+  const links = options.links !== false;
   const rnd = prng(seed);
   const normal = () => Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
   const now = Math.floor(Date.UTC(2026, 0, 1) / 1000);
   const when = () => now - Math.floor(rnd() * 3 * 365 * 86400);
 
   await mkdir(dir, { recursive: false, mode: 0o755 });
-  // Directories: a random tree up to depth 8, about one per 40 files.
-  const dirCount = Math.max(1, Math.round(files / 40));
+  // Directories: a random tree up to depth 8, about one per 40 files (filesPerDir).
+  const dirCount = Math.max(1, Math.round(files / filesPerDir));
   const dirs = [''];
   const depthOf = new Map([['', 0]]);
   for (let i = 0; i < dirCount; i++) {
@@ -94,7 +99,7 @@ export async function generateTree(dir, options = {}) {
     const d = dirs[Math.floor(rnd() * dirs.length)];
     const path = `${d === '' ? '' : d + '/'}f${i.toString(36)}${rnd() < 0.3 ? '.dat' : rnd() < 0.5 ? '.txt' : ''}`;
     // Log-normal with median `median` and sigma 0.67: mean ~1.25x the median; a few files of ~1 MiB.
-    const size = Math.min(8 * 2 ** 20, Math.round(median * Math.exp(0.67 * normal())));
+    const size = maxBytes !== undefined ? Math.floor(rnd() * (maxBytes + 1)) : Math.min(8 * 2 ** 20, Math.round(median * Math.exp(0.67 * normal())));
     const empty = rnd() < 0.02;
     await writeBytes(join(dir, path), seed, stream++, empty ? 0 : size, FILE_MODES[Math.floor(rnd() * FILE_MODES.length)]);
     bytes += empty ? 0 : size;
@@ -120,13 +125,13 @@ export async function generateTree(dir, options = {}) {
   // Links: 1% symlinks (relative, some dangling), 0.5% further hard links.
   let symlinks = 0;
   let hardlinks = 0;
-  for (let i = 0; i < Math.floor(files / 100); i++) {
+  for (let i = 0; i < (links ? Math.floor(files / 100) : 0); i++) {
     const d = dirs[Math.floor(rnd() * dirs.length)];
     const target = rnd() < 0.1 ? `missing-${i}` : '../'.repeat(depthOf.get(d)) + filePaths[Math.floor(rnd() * filePaths.length)];
     await symlink(target, join(dir, `${d === '' ? '' : d + '/'}link${i.toString(36)}`));
     symlinks++;
   }
-  for (let i = 0; i < Math.floor(files / 200); i++) {
+  for (let i = 0; i < (links ? Math.floor(files / 200) : 0); i++) {
     const d = dirs[Math.floor(rnd() * dirs.length)];
     await link(join(dir, filePaths[Math.floor(rnd() * files)]), join(dir, `${d === '' ? '' : d + '/'}hard${i.toString(36)}`));
     hardlinks++;
@@ -178,13 +183,14 @@ async function contentHash(path) {
  * Compares `dst` with `src`. Returns { same, differences: { kind: [paths] }, entries } where kind is
  * one of missing, extra, type, content, size, mode, mtime, dir-mtime, target, hardlink, sparse, owner. Directory mtimes
  * and symlink modes are not compared (Linux ignores a symlink's mode).
- * Options: times, owner (both default true), and `sourceHashes`: a Map of source path -> content
+ * Options: times, owner, content (all default true; content false: sizes only, no bytes read), and `sourceHashes`: a Map of source path -> content
  * hash that the comparison fills and reuses, so that comparing many copies of one unchanging
  * source reads the source's bytes once.
  */
 export async function compareTrees(src, dst, options = {}) {
   const times = options.times !== false;
   const owner = options.owner !== false;
+  const content = options.content !== false;
   const known = options.sourceHashes;
   const sourceHash = async (p) => {
     let h = known?.get(p);
@@ -220,7 +226,7 @@ export async function compareTrees(src, dst, options = {}) {
     }
     if (e.type === 'file') {
       if (e.size !== f.size) add('size', p);
-      else if ((await sourceHash(p)) !== (await contentHash(join(dst, p)))) add('content', p);
+      else if (content && (await sourceHash(p)) !== (await contentHash(join(dst, p)))) add('content', p);
       if ((ga.get(p) ?? p) !== (gb.get(p) ?? p)) add('hardlink', p);
       // Sparse in the source (under half allocated) and filled in the copy.
       if (e.allocated < e.size / 2 && f.allocated > Math.max(2 * e.allocated, e.allocated + 2 ** 20)) add('sparse', p);

@@ -4,7 +4,7 @@
 // and the differences are counted by kind. Registered in bench/run.mjs's SCENARIOS:
 // `npm run bench -- tree [options]`. See bench/README.md ("tree").
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -31,12 +31,19 @@ const HELP = `usage: npm run bench -- tree [options]
   --big <n>            big files (default 4), each --big-size
   --big-size <size>    size of each big file (default 1GiB)
   --no-big             no big files: the small-files-alone shape
+  --small-only         the scale shape (issue 31, a million files): regular files only,
+                       sizes uniform in 0-4 KiB, one directory per 1,000 files; no big
+                       or sparse files, no links. Memory (peak RSS per process) and the
+                       journal's size are the figures to read. Contents are not compared
+                       (names, types, sizes, modes and times are)
   --seed <n>           the tree's seed (default 1)
   --direction <d>      push, pull or both (default both)
   --runs <k>           rounds; each round runs every tool once per direction (default 3)
   --peers <list>       comma-separated tools (default "${DEFAULT_PEERS.join(',')}"):
                        ${PEER_NAMES}, or ferry with optional flags
-                       ('ferry -p'); every ferry entry runs \`ferry cp -r\`
+                       ('ferry -p'); every ferry entry runs \`ferry cp -r\`;
+                       'ferry-agents [flags]' (push): the batches through two agents
+                       started by --launcher ssh over the job's nats-server
   --lean-login         sessions of the bench's sshd read no shell start-up files
                        (bench/README.md, "Heavy shell start-up files")
   --idle-wait <s>      before each run, wait up to this many seconds for 5 idle seconds
@@ -66,7 +73,9 @@ function sizeWord(bytes) {
  * median 16 KiB) plus up to a block each, a directory's block, sparse files as they arrive when a
  * tool fills them in (64 MiB each).
  */
-function estimateBytes({ files, big, bigBytes }) {
+function estimateBytes({ files, big, bigBytes, smallOnly }) {
+  // The scale shape: 2 KiB on average, a block and an inode each, a directory per 1,000.
+  if (smallOnly) return files * (2048 + 4096 + 1024) + (files / 1000) * 4096;
   const sparse = Math.min(5, Math.max(1, Math.floor(files / 40_000)));
   return files * 24 * 1024 + (files / 40) * 4096 + big * bigBytes + sparse * 64 * 2 ** 20;
 }
@@ -81,13 +90,13 @@ async function freeBytes(dir) {
  * its description file is a half-made one and is made again). Fails before writing anything
  * when the disk cannot hold the tree (if it is new) and one copy of it.
  */
-async function sourceTree({ files, big, bigBytes, seed }) {
+async function sourceTree({ files, big, bigBytes, seed, smallOnly }) {
   await mkdir(CACHE_DIR, { recursive: true });
-  const name = `tree-seed${seed}-files${files}-big${big}x${sizeWord(bigBytes)}`;
+  const name = smallOnly ? `tree-seed${seed}-files${files}-small` : `tree-seed${seed}-files${files}-big${big}x${sizeWord(bigBytes)}`;
   const path = join(CACHE_DIR, name);
   const described = `${path}.json`;
   const cached = existsSync(described);
-  const need = estimateBytes({ files, big, bigBytes }) * (cached ? 1 : 2) + 2 ** 30;
+  const need = estimateBytes({ files, big, bigBytes, smallOnly }) * (cached ? 1 : 2) + 2 ** 30;
   const free = await freeBytes(CACHE_DIR);
   if (free < need) {
     throw new Error(
@@ -100,9 +109,10 @@ async function sourceTree({ files, big, bigBytes, seed }) {
     return { path, name, ...JSON.parse(await readFile(described, 'utf8')) };
   }
   await rm(path, { recursive: true, force: true });
-  log(`generating ${files} files, ${big} x ${formatBytes(bigBytes)} into ${path} (once; later runs reuse it)`);
+  log(`generating ${files} files${smallOnly ? ' of 0-4 KiB' : `, ${big} x ${formatBytes(bigBytes)}`} into ${path} (once; later runs reuse it)`);
   const t0 = Date.now();
-  const counts = await generateTree(path, { files, big, bigBytes, seed });
+  const shape = smallOnly ? { big: 0, sparse: 0, links: false, maxBytes: 4096, filesPerDir: 1000 } : { big, bigBytes };
+  const counts = await generateTree(path, { files, seed, ...shape });
   syncDisks(); // its writeback must not land in the first run
   const meta = { seed, ...counts, generatedSeconds: (Date.now() - t0) / 1000 };
   await writeFile(described, JSON.stringify(meta, null, 1) + '\n');
@@ -166,9 +176,13 @@ function treeTool(entry, ctx) {
       },
     };
   }
-  const ferry = ferryTool(entry, CLI, PEER_NAMES);
+  // `ferry-agents [flags]`: the batches through agents that ssh(1) starts on this machine through
+  // the bench's sshd (--launcher ssh, two agents unless the flags say otherwise), the way
+  // agents on other nodes take them: a work queue on the job's nats-server. Push only.
+  const agents = /^ferry-agents(?:\s+(.*))?$/.exec(entry);
+  const ferry = ferryTool(agents ? `ferry ${agents[1] ?? ''}`.trim() : entry, CLI, PEER_NAMES);
   return {
-    name: ferry.name,
+    name: agents ? `ferry-agents${agents[1] ? ` ${agents[1]}` : ''}` : ferry.name,
     needs: null,
     argv: ({ src, dstParent, push, stateDir }) => {
       const argv = ferry.cp({
@@ -177,6 +191,13 @@ function treeTool(entry, ctx) {
       });
       // `ferry cp -r SRC_DIR host:DST_DIR` (issue 31), as a user types it: -r right after cp.
       argv.splice(argv.indexOf('cp') + 1, 0, '-r');
+      if (agents) {
+        if (!push) throw new Error('ferry-agents: a pull has no batches over agents yet (README, "Not yet")');
+        // The agents run the same node and build as the coordinator.
+        const agentCmd = argv.slice(argv.findIndex((a) => a === process.execPath || /(^|\/)node$/.test(a)), argv.indexOf('cp')).map(shq).join(' ');
+        argv.push('--launcher', 'ssh', '--hosts', host, '--ssh-option', `Port=${port}`, '--ssh-option', `IdentityFile=${userKey}`, '--ssh-option', `UserKnownHostsFile=${knownHosts}`,
+          '--nats-listen', '127.0.0.1', '--nats-advertise', '127.0.0.1', '--agent-cmd', agentCmd, ...(/(^|\s)(-a|--agents)\b/.test(agents[1] ?? '') ? [] : ['-a', '2']));
+      }
       return argv;
     },
   };
@@ -208,11 +229,11 @@ function kindsOverRuns(runs) {
  * `missing` being the whole tree when it never arrived), three example paths each, and
  * `stray`: names in dstParent other than the tree's (a tool that put the tree elsewhere).
  */
-async function differencesOf(source, dstParent, sourceHashes) {
+async function differencesOf(source, dstParent, sourceHashes, content) {
   const dst = join(dstParent, source.name);
   const stray = (await readdir(dstParent)).filter((n) => n !== source.name);
   if (!existsSync(dst)) return { differences: { missing: source.entries, ...(stray.length ? { stray: stray.length } : {}) }, examples: { missing: ['(the whole tree)'], ...(stray.length ? { stray: stray.slice(0, 3) } : {}) } };
-  const r = await compareTrees(source.path, dst, { sourceHashes });
+  const r = await compareTrees(source.path, dst, { sourceHashes, content });
   const differences = {};
   const examples = {};
   for (const [kind, paths] of Object.entries(r.differences)) {
@@ -226,6 +247,19 @@ async function differencesOf(source, dstParent, sourceHashes) {
   return { differences, examples };
 }
 
+/** Bytes of the tree journals (tree.ndjson) a run left under ferry's state directory. */
+async function journalBytesIn(stateDir) {
+  let total = 0;
+  const walk = async (dir) => {
+    for (const d of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+      if (d.isDirectory()) await walk(join(dir, d.name));
+      else if (d.name === 'tree.ndjson') total += (await stat(join(dir, d.name))).size;
+    }
+  };
+  await walk(stateDir);
+  return total;
+}
+
 // ---------------------------------------------------------------------------
 // The scenario.
 
@@ -237,6 +271,7 @@ export async function tree(argv) {
       big: { type: 'string', default: '4' },
       'big-size': { type: 'string', default: '1GiB' },
       'no-big': { type: 'boolean', default: false },
+      'small-only': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
       direction: { type: 'string', default: 'both' },
       runs: { type: 'string', default: '3' },
@@ -259,7 +294,8 @@ export async function tree(argv) {
     return n;
   };
   const files = count('files', 1);
-  const big = o['no-big'] ? 0 : count('big', 0);
+  const smallOnly = o['small-only'];
+  const big = o['no-big'] || smallOnly ? 0 : count('big', 0);
   const bigBytes = parseSize(o['big-size']);
   if (!bigBytes) throw new Error(`--big-size must be a size like 1GiB or 256MiB, got '${o['big-size']}'`);
   const seed = count('seed', 0);
@@ -273,7 +309,7 @@ export async function tree(argv) {
   const outDir = resolve(o.out);
   const loadAtStart = loadavg();
 
-  const source = await sourceTree({ files, big, bigBytes: big > 0 ? bigBytes : 0, seed });
+  const source = await sourceTree({ files, big, bigBytes: big > 0 ? bigBytes : 0, seed, smallOnly });
   source.entries = source.files + source.dirs + source.symlinks + source.hardlinks;
   // Files per second count every name that is not a directory: regular files, symlinks, further hard links.
   source.names = source.files + source.symlinks + source.hardlinks;
@@ -294,8 +330,11 @@ export async function tree(argv) {
   // Hashing the source once leaves it in the page cache, as the one-file scenarios do, and keeps
   // its hashes for every comparison after a run.
   const sourceHashes = new Map();
-  log('hashing the source (page cache, and the hashes every comparison reuses)');
-  const self = await compareTrees(source.path, source.path, { sourceHashes });
+  // The scale shape compares names, types, sizes, modes and times only: hashing a million files
+  // on both sides would take longer than the copy (ferry checks every file's hash itself).
+  const content = !smallOnly;
+  log(content ? 'hashing the source (page cache, and the hashes every comparison reuses)' : 'listing the source (--small-only: contents are not compared)');
+  const self = await compareTrees(source.path, source.path, { sourceHashes, content });
   if (!self.same) throw new Error(`the cached tree ${source.path} differs from itself (${Object.keys(self.differences).join(', ')}): remove it and run again`);
 
   const dstParent = join(work, 'dst');
@@ -315,9 +354,10 @@ export async function tree(argv) {
       const push = direction === 'push';
       const argv = await tool.argv({ src: source.path, dstParent, push, work, stateDir });
       const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs });
+      const journalBytes = await journalBytesIn(stateDir);
       // Not part of the time: what the tool left in the page cache.
       const syncSeconds = syncDisks();
-      const { differences, examples } = await differencesOf(source, dstParent, sourceHashes);
+      const { differences, examples } = await differencesOf(source, dstParent, sourceHashes, content);
       // A run counts when the tool exited 0, or when it went through the whole tree and
       // complained about a few entries (scp about a dangling symlink, say: at most 1% missing):
       // its time counts and its exit status is shown. What it left out is in its differences.
@@ -347,6 +387,8 @@ export async function tree(argv) {
         differences,
         examples,
         processes: m.processes.length,
+        peakRssMiB: m.peakRssMiB,
+        journalBytes,
       };
       log(`[${round}/${runs}] ${direction} ${tool.name}: exit ${rec.exit}${m.stderrFirstLine ? ` (${m.stderrFirstLine.slice(0, 160)})` : ''}; differences: ${kindsText(differences)}`);
       return rec;
@@ -380,6 +422,9 @@ export async function tree(argv) {
         vsRsync: rsync / seconds,
         medianSecondsWithSync: median(good.map((r) => r.seconds + r.syncSeconds)),
         cpuSeconds: median(good.map((r) => r.cpuSeconds)),
+        // Memory: the largest peak of each role over the runs (the coordinator, its helpers, nats-server).
+        peakRssMiB: Object.fromEntries(['coordinator', 'helper', 'agent', 'nats'].map((role) => [role, Math.max(0, ...mine.map((r) => r.peakRssMiB?.[role] ?? 0))])),
+        journalBytes: Math.max(0, ...mine.map((r) => r.journalBytes ?? 0)),
         differences: kindsOverRuns(good.length > 0 ? good : mine),
         // For the table: the exit and the first line the tool wrote to stderr (a timeout says so).
         firstFailure: ((r) => r && (r.exit === 'error' ? r.error : `exit ${r.exit}: ${r.stderrFirstLine ?? ''}`))(mine.find((x) => !x.ok)),
@@ -387,14 +432,16 @@ export async function tree(argv) {
     });
   });
 
-  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'differences from the source'];
+  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'RSS cp / agent / helper / nats MiB', 'journal MiB', 'differences from the source'];
+  const mib = (x) => (x > 0 ? fmt(x) : '-');
+  const memory = (s) => (s.tool.startsWith('ferry') ? [`${mib(s.peakRssMiB.coordinator)} / ${mib(s.peakRssMiB.agent)} / ${mib(s.peakRssMiB.helper)} / ${mib(s.peakRssMiB.nats)}`, s.journalBytes > 0 ? fmt(s.journalBytes / 2 ** 20, 1) : '-'] : ['', '']);
   const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
   const rows = summary.map((s) =>
     s.skipped
-      ? [s.direction, s.tool, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '', '', '']
+      ? [s.direction, s.tool, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '', '', '', '', '']
       : [
           s.direction, s.tool, `${s.ok}/${s.runs}`, s.exits.join('/'), fmt(s.medianSeconds, 2), s.ok ? `${fmt(s.minSeconds, 2)}-${fmt(s.maxSeconds, 2)}` : '-',
-          fmt(s.medianMBps), fmt(s.filesPerSecond), ratio(s.vsTar), ratio(s.vsRsync), fmt(s.medianSecondsWithSync, 2), fmt(s.cpuSeconds, 1),
+          fmt(s.medianMBps), fmt(s.filesPerSecond), ratio(s.vsTar), ratio(s.vsRsync), fmt(s.medianSecondsWithSync, 2), fmt(s.cpuSeconds, 1), ...memory(s),
           s.ok ? s.differences : `failed: ${(s.firstFailure ?? '').slice(0, 200)}`,
         ].map((c) => String(c).replaceAll('|', '\\|')),
   );
@@ -416,14 +463,14 @@ export async function tree(argv) {
   const md = [
     `# Benchmark: ${o.name}${o.name === 'tree' ? '' : ' (tree scenario)'}`,
     '',
-    'A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd on 127.0.0.1; source and destination on the same filesystem; the source in the page cache. After every run the destination is compared with the source by content, type, mode, size, mtime, link target, hard links and sparseness.',
+    `A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd on 127.0.0.1; source and destination on the same filesystem; the source in the page cache. After every run the destination is compared with the source by ${content ? 'content, ' : ''}type, mode, size, mtime, link target, hard links and sparseness${content ? '' : ' (--small-only: not by content)'}.`,
     'Generated by `npm run bench -- tree` (see bench/README.md, "tree").',
     '',
     `- Date: ${date}`,
     `- Machine: ${m.nproc} CPUs (nproc), ${m.cpu}, ${m.ramGiB} GiB RAM; load average ${loadAtStart.map((x) => x.toFixed(2)).join(' ')} at the start, ${loadAtEnd.map((x) => x.toFixed(2)).join(' ')} at the end`,
     `- Kernel: ${m.kernel}; Node ${m.node}; ${m.openssh}`,
     `- ferry: ${ferryVersion()}`,
-    `- Tree: seed ${seed}, ${source.files} files (${big} of ${formatBytes(bigBytes)}${big > 0 ? '' : ': none'}, ${source.sparse} sparse), ${source.dirs} directories, ${source.symlinks} symlinks, ${source.hardlinks} extra hard links; ${source.bytes} bytes (${formatBytes(source.bytes)}, sparse files at their full size), ${source.names} names that are not directories`,
+    `- Tree${smallOnly ? ' (--small-only: regular files of 0-4 KiB, 1,000 per directory)' : ''}: seed ${seed}, ${source.files} files (${big} of ${formatBytes(bigBytes)}${big > 0 ? '' : ': none'}, ${source.sparse} sparse), ${source.dirs} directories, ${source.symlinks} symlinks, ${source.hardlinks} extra hard links; ${source.bytes} bytes (${formatBytes(source.bytes)}, sparse files at their full size), ${source.names} names that are not directories`,
     `- Runs: ${runs} per tool and direction, in rounds (every tool once per round, the order rotating)`,
     `- Logins: ${o['lean-login'] ? 'lean (--lean-login: the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
     `- Command: \`${['node bench/run.mjs tree', ...argv.map(shq)].join(' ')}\``,
@@ -434,6 +481,7 @@ export async function tree(argv) {
     '- median s, min-max s: wall-clock seconds from spawn to exit over finished runs. MB/s: file bytes (each inode once, sparse files at full size) / 1e6 / median s. files/s: names that are not directories (files, symlinks, further hard links) / median s.',
     "- vs tar, vs rsync -a: tar's (rsync -a's) median seconds over this tool's, same run and direction (above 1: faster).",
     '- s incl. sync: with a `sync` run right after the exit (what the tool left in the page cache). CPU s: user+system CPU of the client\'s processes and the sshd sessions serving them, median.',
+    '- RSS cp / agent / helper / nats MiB (ferry): peak resident memory (VmHWM, sampled every 100 ms) of the coordinator (`ferry cp`), the largest agent (ferry-agents), the largest remote helper (`ferry serve`) and nats-server (`-`: none ran; a single-node tree copy of small files needs neither agents nor NATS), the largest over the runs. journal MiB: the tree journal (tree.ndjson) the run left in its state directory.',
     '- differences from the source (bench/tree-lib.mjs `compareTrees`), count per kind over the finished runs (lo-hi when runs differed): missing, extra, type (a symlink arrived as a file, say), content, size, mode, mtime (files), dir-mtime, target (symlinks), hardlink (a name no longer shares its inode with the same names), sparse (arrived filled in), owner; stray: names beside the tree in the destination directory.',
     `- Other load: task CPU outside the measured processes and the harness while runs were measured: median ${fmt(median(kept.map((r) => r.otherCpuSeconds)), 2)} s per run, at most ${fmt(Math.max(...kept.map((r) => r.otherCpuSeconds)), 2)} s; steal median ${fmt(median(kept.map((r) => r.stealSeconds / r.seconds)) * 100)}% of a CPU.`,
     '',
@@ -448,7 +496,7 @@ export async function tree(argv) {
   await writeFile(join(outDir, `${o.name}.md`), md);
   await writeFile(
     join(outDir, `${o.name}.json`),
-    JSON.stringify({ scenario: 'tree', date, ferry: ferryVersion(), machine: m, load: { start: loadAtStart, end: loadAtEnd }, options: { files, big, bigBytes, seed, runs, directions, retryNoisy, idleWait, peers: tools.map((t) => t.name), leanLogin: o['lean-login'] }, source: { ...source, path: undefined }, clockTicks: CLK_TCK, sampleMs: SAMPLE_MS, skipped, summary, runs: results }, null, 1) + '\n',
+    JSON.stringify({ scenario: 'tree', date, ferry: ferryVersion(), machine: m, load: { start: loadAtStart, end: loadAtEnd }, options: { files, smallOnly, big, bigBytes, seed, runs, directions, retryNoisy, idleWait, peers: tools.map((t) => t.name), leanLogin: o['lean-login'] }, source: { ...source, path: undefined }, clockTicks: CLK_TCK, sampleMs: SAMPLE_MS, skipped, summary, runs: results }, null, 1) + '\n',
   );
   log(`wrote ${join(outDir, `${o.name}.md`)} and ${o.name}.json; the tree stays in ${source.path}`);
   if (failures.length > 0) process.exitCode = 1;

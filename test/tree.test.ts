@@ -205,3 +205,64 @@ describe('special files', () => {
     await expect(stat(join(dst, 'pipe'))).rejects.toThrow();
   }, 60_000);
 });
+
+describe('--limit-rate', () => {
+  // 500 kB/s over ~0.4 MB of small files in batches and a 1 MiB file striped as a copy of its
+  // own: each part takes its bytes over the rate at least (the batches may start with up to half
+  // a second of credit, core's PACER_BURST_MS), where an unpaced copy of them here takes well
+  // under a second of transfer. Bounds are loose: a loaded machine only makes a copy slower.
+  const RATE = 500_000;
+  let tree: string;
+  beforeAll(async () => {
+    tree = join(work.path, 'rate-src');
+    await generateTree(tree, { files: 40, big: 1, bigBytes: MiB, sparse: 0, seed: 8, medianBytes: 8 * 1024 });
+  }, 60_000);
+
+  /** Seconds a copy of `bytes` takes at least at RATE with `credit` seconds of burst, loosened by a fifth. */
+  const atLeast = (bytes: number, credit: number) => 0.8 * (bytes / RATE - credit);
+
+  it('paces the batches of a push and its striped file, one after the other at the cap', async () => {
+    const dst = join(work.path, 'dst-rate');
+    const r = await runFerry(['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD, '--limit-rate', String(RATE), '--stripe-files-over', '1MiB']), tree, at(sshd, dst)]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
+    const events = parseEvents(r.stdout);
+    const done = events.find((e) => e.type === 'tree.done')!;
+    // The striped file reports its own copy: "path: N bytes in S s (job ...)".
+    const big = events.map((e) => /^(\S+): (\d+) bytes in ([\d.]+) s \(job/.exec(String(e.message ?? ''))).find(Boolean)!;
+    expect(big[1]).toMatch(/big0\.h5$/);
+    expect(Number(big[2])).toBe(MiB);
+    expect(Number(big[3])).toBeGreaterThanOrEqual(atLeast(MiB, 0));
+    // The batches (everything else), then the striped file, each at the rate.
+    expect(done.bytes as number).toBeGreaterThan(1.2 * MiB);
+    expect(done.seconds as number).toBeGreaterThanOrEqual(atLeast(done.bytes as number, 0.5));
+  }, 60_000);
+
+  it('paces the batches of agents a launcher started (--launcher ssh), which end the copy with exit 0', async () => {
+    const dst = join(work.path, 'dst-rate-agents');
+    // An agent started through the test sshd by ssh(1), the batches on the job's NATS queue.
+    const launch = ['--launcher', 'ssh', '--hosts', sshd.host, '-a', '1', '-s', '2', '--ssh-option', `Port=${sshd.port}`, '--ssh-option', `IdentityFile=${sshd.userKey}`, '--ssh-option', `UserKnownHostsFile=${sshd.knownHosts}`,
+      '--nats-listen', '127.0.0.1', '--nats-advertise', '127.0.0.1', '--agent-cmd', REMOTE_CMD.replace(/ serve$/, '')];
+    const r = await runFerry(['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD, '--limit-rate', String(RATE), '--stripe-files-over', '128MiB', '--batch-size', '128KiB', ...launch]), tree, at(sshd, dst)]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
+    const events = parseEvents(r.stdout);
+    expect(events.filter((e) => e.type === 'agent.start')).toHaveLength(1);
+    const done = events.find((e) => e.type === 'tree.done')!;
+    expect(done.seconds as number).toBeGreaterThanOrEqual(atLeast(done.bytes as number, 0.5));
+  }, 60_000);
+
+  it('paces the batches of a pull', async () => {
+    const dst = join(work.path, 'pulled-rate');
+    // The 1 MiB file goes in a batch of its own here.
+    const r = await runFerry(['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD, '--limit-rate', String(RATE), '--stripe-files-over', '128MiB']), at(sshd, tree), dst]);
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.code).toBe(0);
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
+    const done = parseEvents(r.stdout).find((e) => e.type === 'tree.done')!;
+    expect(done.bytes as number).toBeGreaterThan(1.2 * MiB);
+    expect(done.seconds as number).toBeGreaterThanOrEqual(atLeast(done.bytes as number, 0.5));
+  }, 60_000);
+});

@@ -21,6 +21,7 @@
 import { setMaxListeners } from 'node:events';
 import { stat } from 'node:fs/promises';
 import {
+  AgentPacer,
   FerryError,
   HOLD_BATCHES_ENV,
   MESSAGE_VERSION,
@@ -41,6 +42,7 @@ import type { AgentBus, WorkDelivery } from './agent-bus.js';
 import { signalListeners } from './concurrency.js';
 import { pushTransfer } from './tree-push.js';
 import { destDirProblem, pullTransfer } from './tree-pull.js';
+import type { Pace } from './tree-push.js';
 
 export interface BatchAgentContext {
   bus: AgentBus;
@@ -79,6 +81,9 @@ const NATS_GONE_MS = 120_000;
 /** How long a result may fail to store (NATS restarting) before the agent gives up on it. */
 const PUBLISH_DEADLINE_MS = 5 * 60_000;
 
+/** How often the agent looks whether its connections moving data have become fewer (--limit-rate; AgentPacer.tick). */
+const RATE_TICK_MS = 100;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const backoffMs = (n: number) => Math.min(10_000, 250 * 2 ** Math.min(n, 6));
 
@@ -106,7 +111,7 @@ export function batchDoneParts(base: Omit<BatchDone, 'from' | 'results'>, result
  * writes them there, a pull writes them here; the refused ones keep their
  * refusal. One result per entry, in order.
  */
-async function moveChecked(conn: RemoteConnection, checked: readonly CheckedBatchEntry[], spec: JobSpec): Promise<{ results: BatchEntryResult[]; bytes: number }> {
+async function moveChecked(conn: RemoteConnection, checked: readonly CheckedBatchEntry[], spec: JobSpec, pace?: Pace): Promise<{ results: BatchEntryResult[]; bytes: number }> {
   const results: BatchEntryResult[] = checked.map((c) => (c.ok ? { ok: false, error: { code: 'INTERNAL', message: 'not written' } } : { ok: false, error: c.error }));
   // A pull writes here: not through a directory that is not one (a link planted in its place).
   const seen = new Map<string, ErrorData | null>();
@@ -125,7 +130,7 @@ async function moveChecked(conn: RemoteConnection, checked: readonly CheckedBatc
   const sources = new Map(ok.map(({ c }) => [c.path, c.source] as const));
   const bytes = ok.reduce((n, { c }) => n + c.size, 0);
   const transfer = spec.direction === 'pull' ? pullTransfer : pushTransfer;
-  const got = await transfer(spec.hash, (e) => sources.get(e.path)!)(conn, { entries, wire: ok.map(({ c }) => c.wire), bytes, attempts: 0 });
+  const got = await transfer(spec.hash, (e) => sources.get(e.path)!, pace)(conn, { entries, wire: ok.map(({ c }) => c.wire), bytes, attempts: 0 });
   if (got.length !== ok.length) throw new FerryError('PROTOCOL', `${conn.label} answered a batch of ${ok.length} entries with ${got.length} results`, { host: conn.label });
   got.forEach((r, k) => {
     results[ok[k]!.i] = r.ok ? { ok: true, ...(r.dstHash ? { hash: r.dstHash } : {}) } : { ok: false, error: r.error };
@@ -187,8 +192,20 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
 
   const connected = new Set<number>();
   let inFlight = 0;
+  // --limit-rate: one bucket for all this agent's connections, at the coordinator's share per
+  // connection moving data times their number, as for ranges (agent.ts, core's pacer.ts).
+  const pacing = spec.connectionBytesPerSec > 0 ? new AgentPacer(spec.connectionBytesPerSec, Date.now()) : undefined;
+  const announce = (moving: number | undefined) => {
+    if (moving !== undefined) publishEvent({ v: MESSAGE_VERSION, job: jobId, type: 'agent.active', agent: agentId, node, active: moving });
+  };
+  const pace: Pace | undefined = pacing
+    ? (n) => {
+        const waitMs = pacing.take(n, Date.now());
+        return waitMs > 0 ? sleep(waitMs) : undefined;
+      }
+    : undefined;
   const heartbeat = () => {
-    const hb: Heartbeat = { v: MESSAGE_VERSION, job: jobId, agent: agentId, node, pid: process.pid, bytes: summary.bytes, rangesDone: summary.batches, inFlight, errors: summary.errors, streams: spec.streams, connected: connected.size, at: Date.now() };
+    const hb: Heartbeat = { v: MESSAGE_VERSION, job: jobId, agent: agentId, node, pid: process.pid, bytes: summary.bytes, rangesDone: summary.batches, inFlight, errors: summary.errors, streams: spec.streams, connected: connected.size, ...(pacing ? { active: pacing.announced } : {}), at: Date.now() };
     bus.publishHeartbeat(hb);
   };
   try {
@@ -199,6 +216,7 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
         const control = decodeControl(data, jobId);
         checkControl(control, spec.streams);
         if (control.type === 'stop' || control.type === 'cancel') stop(control.reason ?? `the coordinator said ${control.type}`);
+        else if (control.type === 'rate' && pacing) pacing.setConnectionRate(control.connectionBytesPerSec, Date.now());
       } catch (e) {
         log(`ignoring control message: ${(e as Error).message}`);
       }
@@ -215,6 +233,8 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
   publishEvent({ v: MESSAGE_VERSION, job: jobId, type: 'agent.started', agent: agentId, node, pid: process.pid, index: ctx.index });
   const hbTimer = setInterval(heartbeat, 1000);
   heartbeat();
+  const rateTicker = pacing ? setInterval(() => announce(pacing.tick()), RATE_TICK_MS) : undefined;
+  rateTicker?.unref();
 
   const hold = process.env[HOLD_BATCHES_ENV];
   const holdResults = hold !== undefined && hold !== '' && agentId.endsWith(hold);
@@ -303,7 +323,14 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
             conn = await connectRemote(host, spec.ssh, { mode: spec.mode, remoteCommand: spec.remoteCommand, windowBytes: spec.windowBytes, helperTimeoutMs: ctx.helperTimeoutMs, signal: abort.signal });
             connected.add(slot);
           }
-          const { results, bytes } = await moveChecked(conn, checked, spec);
+          announce(pacing?.start(slot, Date.now()));
+          let moved;
+          try {
+            moved = await moveChecked(conn, checked, spec, pace);
+          } finally {
+            announce(pacing?.stop(slot, Date.now()));
+          }
+          const { results, bytes } = moved;
           if (holdResults) {
             log(`batch ${batch}: written; holding its results (${HOLD_BATCHES_ENV})`);
             await new Promise<void>((resolve) => abort.signal.addEventListener('abort', () => resolve(), { once: true }));
@@ -353,6 +380,7 @@ export async function runBatchAgent(ctx: BatchAgentContext): Promise<BatchAgentS
     await Promise.all(Array.from({ length: spec.streams }, (_, slot) => worker(slot)));
   } finally {
     clearInterval(hbTimer);
+    if (rateTicker) clearInterval(rateTicker);
     for (const t of timers) clearInterval(t);
     heartbeat();
     ctx.signal?.removeEventListener('abort', onSignal);

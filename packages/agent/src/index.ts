@@ -14,7 +14,7 @@ export { pushRange, pullRange } from './pump.js';
 export type { RangeJob, RangeResult } from './pump.js';
 export { pushTransfer, stopBeforeRead } from './tree-push.js';
 export { pullTransfer, destDirProblem } from './tree-pull.js';
-export type { WireBatch } from './tree-push.js';
+export type { Pace, WireBatch } from './tree-push.js';
 export { connectBus } from './bus.js';
 export { JetStreamPublisher, PublishError, pubAckError } from './publisher.js';
 export type { BusOptions } from './bus.js';

@@ -18,10 +18,16 @@ import type { ErrorData, HashAlgorithm, TreeEntry } from '@ferry/core';
 import type { BatchResult, ReadBatchResult, RemoteConnection } from '@ferry/transport';
 import { BatchWriter } from '@ferry/serve';
 import { stopBeforeRead } from './tree-push.js';
-import type { WireBatch } from './tree-push.js';
+import type { Pace, WireBatch } from './tree-push.js';
 
-/** A pull's transfer: `remotePath` names a tree entry's source on the remote side; `wire` paths are local. */
-export function pullTransfer(algorithm: HashAlgorithm, remotePath: (entry: TreeEntry) => string): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
+/**
+ * A pull's transfer: `remotePath` names a tree entry's source on the remote
+ * side; `wire` paths are local. With `pace` (--limit-rate) each piece of
+ * data waits its turn before it is taken: the read batch's queue then fills
+ * and the connection stops reading, so the SSH window holds the helper back.
+ * Runs of zeros (ZEROS frames) carry no bytes and are not paced.
+ */
+export function pullTransfer(algorithm: HashAlgorithm, remotePath: (entry: TreeEntry) => string, pace?: Pace): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
   return async (conn, batch) => {
     const writer = new BatchWriter(batch.wire, algorithm);
     const files = writer.files;
@@ -34,7 +40,11 @@ export function pullTransfer(algorithm: HashAlgorithm, remotePath: (entry: TreeE
         // A file the remote side could not read ends early: the next file's bytes end it here.
         async (i, data, zero) => {
           if (zero) writer.zeros(i, data.length, ZERO_CHUNK);
-          else writer.data(i, data);
+          else {
+            const wait = pace?.(data.length);
+            if (wait) await wait;
+            writer.data(i, data);
+          }
         },
       );
     } catch (err) {

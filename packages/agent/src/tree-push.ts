@@ -34,11 +34,20 @@ export function stopBeforeRead(paths: readonly string[]): void {
   process.kill(process.pid, 'SIGSTOP');
 }
 
-/** A push's transfer: the batch written by the helper, each file read here as it goes out. */
-export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEntry) => string): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
+/**
+ * --limit-rate: accounts `bytes` about to go out and says how long to wait
+ * first (a promise), or nothing when they may go at once. One such function
+ * is shared by every connection of a process (core's pacer.ts), so a
+ * connection between batches leaves its share to the others.
+ */
+export type Pace = (bytes: number) => Promise<void> | undefined;
+
+/** A push's transfer: the batch written by the helper, each file read here as it goes out (held to `pace`, when given). */
+export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEntry) => string, pace?: Pace): (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]> {
   return async (conn, batch) => {
     const readErrors = new Map<number, ErrorData>();
-    const results = await conn.writeBatch([...batch.wire], algorithm, (i) => readEntry(batch.entries[i]!, localPath, i, readErrors));
+    const read = (i: number) => readEntry(batch.entries[i]!, localPath, i, readErrors);
+    const results = await conn.writeBatch([...batch.wire], algorithm, pace ? (i) => paced(read(i), pace) : read);
     return results.map((r, i) => (readErrors.get(i) ? { ok: false as const, error: readErrors.get(i)! } : r));
   };
 }
@@ -50,6 +59,15 @@ export function pushTransfer(algorithm: HashAlgorithm, localPath: (entry: TreeEn
  * themselves (20,000 files: ~1.2 s against ~0.4 s).
  */
 const WHOLE_FILE_BYTES = 1024 * 1024;
+
+/** `source`'s chunks, each once `pace` lets its bytes go. */
+async function* paced(source: AsyncIterable<Uint8Array>, pace: Pace): AsyncGenerator<Uint8Array> {
+  for await (const chunk of source) {
+    const wait = pace(chunk.length);
+    if (wait) await wait;
+    yield chunk;
+  }
+}
 
 async function* readEntry(entry: TreeEntry, localPath: (entry: TreeEntry) => string, index: number, errors: Map<number, ErrorData>): AsyncGenerator<Uint8Array> {
   if (entry.kind !== 'file' || entry.size === 0) return;

@@ -20,6 +20,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   DEFAULT_MAX_DELIVER,
+  RateShares,
   FerryError,
   MESSAGE_VERSION,
   AGENT_EXEC_ENV,
@@ -109,6 +110,8 @@ export class AgentBatches {
   private readonly exits: AgentExit[] = [];
   private ownAgents = 0;
   private rejections = 0;
+  /** The agents were told to stop: their exits are expected, not a failure. */
+  private stopping = false;
   private readonly runTag = Date.now().toString(36);
   private readonly limit: number;
 
@@ -192,7 +195,8 @@ export class AgentBatches {
       hash: this.o.algorithm,
       streams: this.o.streams,
       windowBytes: options.windowBytes,
-      connectionBytesPerSec: 0,
+      // --limit-rate: each connection's share until the agents say how many move data (below).
+      connectionBytesPerSec: options.limitBytesPerSec ? Math.max(1, Math.floor(options.limitBytesPerSec / (agentCount * this.o.streams))) : 0,
       maxConnectionsPerHost: options.maxConnectionsPerHost,
       agentCount,
       ackWaitMs: options.ackWaitMs,
@@ -218,12 +222,35 @@ export class AgentBatches {
     request.signal?.addEventListener('abort', onAbort, { once: true });
     this.cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
+    // --limit-rate, as for a single file's ranges (copy.ts): the cap over the connections moving
+    // batches across the agents, sent to every agent when their count changes it, and once a
+    // second in case a message was lost.
+    const shares = options.limitBytesPerSec ? new RateShares(options.limitBytesPerSec) : undefined;
+    let sharePublished = spec.connectionBytesPerSec;
+    const publishShare = (always = false) => {
+      if (!shares) return;
+      const share = Math.max(1, Math.floor(shares.perConnection(Date.now())));
+      if (share === sharePublished && !always) return;
+      sharePublished = share;
+      void bus.control(encodeMessage({ v: MESSAGE_VERSION, job: this.jobId, type: 'rate', connectionBytesPerSec: share }), 'rate').catch(() => {});
+    };
+    if (shares) {
+      const t = setInterval(() => publishShare(true), 1000);
+      this.cleanup.push(() => clearInterval(t));
+    }
+    const reportActive = (agent: string, active: unknown) => {
+      if (!shares || typeof active !== 'number' || !this.knownAgents.has(agent)) return;
+      shares.report(agent, active, Date.now());
+      publishShare();
+    };
+
     bus.onHeartbeat((data) => {
       try {
         const hb = decodeHeartbeat(data, this.jobId);
         this.know(hb.agent);
         if (this.knownAgents.has(hb.agent) && !this.byAgent.has(hb.agent)) this.byAgent.set(hb.agent, { node: String(hb.node), batches: 0 });
         this.heartbeats.set(hb.agent, { seenAt: Date.now(), inFlight: hb.inFlight });
+        reportActive(hb.agent, hb.active);
       } catch {
         // a stray or foreign message
       }
@@ -235,6 +262,8 @@ export class AgentBatches {
           this.know(ev.agent);
           if (this.knownAgents.has(ev.agent)) this.byAgent.set(ev.agent, { node: ev.node, batches: this.byAgent.get(ev.agent)?.batches ?? 0 });
           emit({ type: 'agent.start', agent: ev.agent, node: ev.node, pid: ev.pid, index: ev.index });
+        } else if (ev.type === 'agent.active') {
+          reportActive(ev.agent, ev.active);
         } else if (ev.type === 'agent.error') {
           emit({ type: 'agent.error', agent: ev.agent, code: ev.error.code, message: ev.error.message, fatal: ev.fatal });
           if (ev.fatal) this.lastAgentError = FerryError.fromData(ev.error);
@@ -277,7 +306,7 @@ export class AgentBatches {
       this.launched.onExit((exit) => {
         this.exits.push(exit);
         emit({ type: 'agent.exit', index: exit.index, code: exit.code, signal: exit.signal });
-        if (this.exits.length === this.ownAgents && external === 0) this.fail(this.agentsGone(`all ${this.ownAgents} agents exited`));
+        if (this.exits.length === this.ownAgents && external === 0 && !this.stopping) this.fail(this.agentsGone(`all ${this.ownAgents} agents exited`));
       });
     }
     if (external > 0) {
@@ -380,6 +409,7 @@ export class AgentBatches {
     const bus = this.bus;
     if (!bus) return;
     const reason = this.failure ? (this.failure.code === 'INTERRUPTED' ? 'interrupted' : `job failed: ${this.failure.code}`) : 'job done';
+    this.stopping = true;
     await bus.control(encodeMessage({ v: MESSAGE_VERSION, job: this.jobId, type: 'stop', reason }), 'stop');
     if (this.launched) {
       const launched = this.launched;

@@ -25,9 +25,10 @@
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
-import { FerryError, TreePlanner, copyMode, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import { FerryError, Pacer, TreePlanner, copyMode, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
+import type { Pace } from '@ferry/agent';
 import { walkTree } from '@ferry/serve';
 import { metaPlanOf, wireMeta } from './tree-meta.js';
 import type { MetaPlan } from './tree-meta.js';
@@ -244,12 +245,13 @@ class TreeRun {
     // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
     const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
     const onResult = (batch: WireBatch, results: BatchResult[]) => this.collect(batch, results);
+    const pace = options.limitBytesPerSec ? paceTo(options.limitBytesPerSec) : undefined;
     this.sender = treeUsesAgents(request)
       ? new AgentBatches({ request, options, target, jobDir, algorithm, mode: target.conn.mode, streams, emit, onResult })
       : new TreeSender({
       streams: this.streams,
       connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
-      transfer: this.stopping(target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path)) : pushTransfer(algorithm, (e) => this.sourcePath(e.path))),
+      transfer: this.stopping(target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path), pace) : pushTransfer(algorithm, (e) => this.sourcePath(e.path), pace)),
       onResult,
       log: (message) => emit({ type: 'log', message }),
       ...(request.signal ? { signal: request.signal } : {}),
@@ -421,7 +423,7 @@ class TreeRun {
    */
   private metaAlone(entry: TreeEntry): boolean {
     const r = this.state.done.get(entry.path);
-    return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.s === entry.size && r.m === entry.mtimeMs && r.i === entry.ino;
+    return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.size === entry.size && r.mtimeMs === entry.mtimeMs && r.ino === entry.ino;
   }
 
   /** A big file of metaAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
@@ -592,3 +594,18 @@ function request(req: CopyRequest): { signal?: AbortSignal } {
 }
 
 async function* noBytes(): AsyncGenerator<Uint8Array> {}
+
+/**
+ * --limit-rate for the batches of this process's own connections: one bucket
+ * (core's Pacer) shared by all of them, so the cap holds for the pool as a
+ * whole and a connection between batches leaves its share to the others.
+ * The huge files that follow the batches are copies of their own (runCopy),
+ * paced by their agents at the same cap; they start once the batches are done.
+ */
+function paceTo(bytesPerSec: number): Pace {
+  const pacer = new Pacer(bytesPerSec, Date.now());
+  return (bytes) => {
+    const waitMs = pacer.take(bytes, Date.now());
+    return waitMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, waitMs)) : undefined;
+  };
+}

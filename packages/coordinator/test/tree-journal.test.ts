@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, symlink, writeFile, appendFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, symlink, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -29,7 +29,7 @@ describe('TreeJournal', () => {
     const again = await TreeJournal.open(path);
     await again.journal.close();
     expect([...again.state.done.keys()]).toEqual(['a', 'd/b', 'big']);
-    expect(again.state.done.get('big')).toMatchObject({ job: '00ff' });
+    expect(again.state.done.get('big')).toEqual({ size: 1 << 30, mtimeMs: 1000, ino: 7, job: '00ff' });
     expect(alreadyDone(again.state, entry('a', 10))).toBe(true);
     // Size, mtime or inode changed: sent again.
     expect(alreadyDone(again.state, entry('a', 11))).toBe(false);
@@ -71,6 +71,22 @@ describe('TreeJournal', () => {
     await journal.close();
     const lines = (await readFile(path, 'utf8')).trim().split('\n');
     expect(lines.map((l) => (JSON.parse(l) as { p: string }).p)).toEqual(['a', 'c']);
+  });
+
+  it('reads a journal of several MiB in pieces: lines across their ends, a later line of a path over an earlier one, a torn tail', async () => {
+    const path = join(dir, 'tree.ndjson');
+    const lines = Array.from({ length: 40_000 }, (_, i) => JSON.stringify(recordOf(entry(`dir-${i % 97}/file-${i}-${'x'.repeat(i % 50)}`, i, 1000 + i, i), { hash: '0123456789abcdef' })) + '\n');
+    lines.push(JSON.stringify(recordOf(entry('dir-0/file-0-', 5, 2000, 9))) + '\n');
+    await writeFile(path, lines.join('') + '{"p":"torn","s":1');
+    expect((await stat(path)).size).toBeGreaterThan(3 * 1024 * 1024);
+    const { journal, state } = await TreeJournal.open(path);
+    await journal.close();
+    expect(state.done.size).toBe(40_000);
+    expect(state.tornBytes).toBe('{"p":"torn","s":1'.length);
+    expect(state.done.get('dir-0/file-0-')).toEqual({ size: 5, mtimeMs: 2000, ino: 9 });
+    const i = 31_337;
+    expect(alreadyDone(state, entry(`dir-${i % 97}/file-${i}-${'x'.repeat(i % 50)}`, i, 1000 + i, i))).toBe(true);
+    expect(state.done.has('torn')).toBe(false);
   });
 
   it('ignores lines that are not records', async () => {
