@@ -1,5 +1,5 @@
 /** What the tree tests (push and pull) share: the command line, remote paths, listing a tree. */
-import { readdir } from 'node:fs/promises';
+import { appendFile, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Sshd } from './fixtures/sshd.mjs';
 
@@ -30,4 +30,18 @@ export async function listAll(root: string, rel = ''): Promise<string[]> {
 /** Temporary files ferry left under `root` (there should be none). */
 export async function tempFilesUnder(root: string): Promise<string[]> {
   return (await listAll(root)).filter((p) => /\.ferry-[0-9a-f]+\.part$/.test(p));
+}
+
+/**
+ * A three-file tree `NAME` (a.txt, b.txt, sub/c.txt) under `work`, and a
+ * destination directory `into` that receives it as `into/NAME`, where a
+ * directory already stands at b.txt's name: b.txt cannot be written.
+ */
+export async function treeWithConflict(work: string, name: string, into: string): Promise<{ tree: string; into: string; dst: string }> {
+  const tree = join(work, name);
+  await mkdir(join(tree, 'sub'), { recursive: true });
+  for (const file of ['a.txt', 'b.txt', 'sub/c.txt']) await appendFile(join(tree, file), `${file}\n`);
+  const dst = join(into, name);
+  await mkdir(join(dst, 'b.txt'), { recursive: true });
+  return { tree, into, dst };
 }

@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getAttribute, listAttributes, removeAttribute, setAttribute } from '@napi-rs/xattr';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { listAll, on, treeArgs } from './tree-helpers.js';
+import { listAll, on, treeArgs, treeWithConflict } from './tree-helpers.js';
 import { killStrays, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 let sshd: Sshd;
@@ -246,13 +246,8 @@ describe('a rerun follows metadata changed at the source', () => {
 
 describe('--fail-fast', () => {
   it('stops at the first entry that fails, with its exit code, and keeps what is journaled', async () => {
-    const tree = join(work.path, 'ff-src');
-    await mkdir(join(tree, 'sub'), { recursive: true });
-    for (const name of ['a.txt', 'b.txt', 'sub/c.txt']) await appendFile(join(tree, name), `${name}\n`);
-    const into = join(work.path, 'ff-dst');
     // The existing directory receives the tree as ff-src/, where a directory stands in b.txt's way.
-    const dst = join(into, 'ff-src');
-    await mkdir(join(dst, 'b.txt'), { recursive: true });
+    const { tree, into, dst } = await treeWithConflict(work.path, 'ff-src', join(work.path, 'ff-dst'));
     const args = ['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, on(sshd, into)];
     const r = await runFerry([...args.slice(0, 2), '--fail-fast', ...args.slice(2)]);
     // DEST_CONFLICT's own exit code, not 72.

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { on, tempFilesUnder, treeArgs } from './tree-helpers.js';
+import { on, tempFilesUnder, treeArgs, treeWithConflict } from './tree-helpers.js';
 import { killStrays, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
 // A plain ES module of the benchmarks (no types).
 import { compareTrees, generateTree } from '../bench/tree-lib.mjs';
@@ -125,13 +125,8 @@ describe('ferry cp -r (push)', () => {
   }, 180_000);
 
   it('lists an entry it cannot write, copies the rest, and exits 72', async () => {
-    const tree = join(work.path, 'partial-src');
-    await mkdir(join(tree, 'sub'), { recursive: true });
-    for (const name of ['a.txt', 'b.txt', 'sub/c.txt']) await appendFile(join(tree, name), `${name}\n`);
-    const into = join(work.path, 'dst-partial');
     // The existing directory receives the tree as partial-src/, where a directory stands in b.txt's way.
-    const dst = join(into, 'partial-src');
-    await mkdir(join(dst, 'b.txt'), { recursive: true });
+    const { tree, into, dst } = await treeWithConflict(work.path, 'partial-src', join(work.path, 'dst-partial'));
     const r = await runFerry(['cp', '-r', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, into)]);
     expect(r.code).toBe(72);
     expect(r.stderr).toMatch(/not copied/);
