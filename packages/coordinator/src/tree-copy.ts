@@ -397,7 +397,8 @@ class TreeRun {
 
   /** Counts an entry an earlier run made durable; true when it need not be sent. */
   private resumed(entry: TreeEntry): boolean {
-    if (!alreadyDone(this.state, entry, this.digestOf(entry))) return false;
+    // The digest only for an entry the journal holds: a first run makes none here.
+    if (!this.state.done.has(entry.path) || !alreadyDone(this.state, entry, this.digestOf(entry))) return false;
     this.counters.resumedFiles++;
     this.counters.resumedBytes += entry.size;
     return true;

@@ -19,11 +19,11 @@
  * (92 MiB): 210 MiB peak and 77 MiB of heap kept, where reading it whole into
  * an object per entry took 533 MiB and kept 184.
  */
-import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { GroupCommit } from './journal-file.js';
+import { hashBytes } from '@ferry/core';
 import type { TreeEntry } from '@ferry/core';
 
 /** One durable entry: a file (with the hash of its content), a symlink, or a big file copied as a job of its own. */
@@ -236,21 +236,19 @@ export interface DigestedMeta {
 /**
  * A short digest (16 hex digits) of the metadata an entry gets: its mode,
  * owner (numbers and names) and extended attributes, as far as the copy
- * keeps them. No I/O: made from what the walk already reported, so it costs
- * a few microseconds per entry and 20 bytes of journal.
+ * keeps them. No I/O: made from what the walk already reported. One xxh3 of
+ * one buffer (under a microsecond for an entry without attributes): a sha256
+ * hasher per entry cost ~0.5 s of the coordinator's CPU over 20,000 files.
  */
 export function metaDigest(m: DigestedMeta): string {
-  const h = createHash('sha256');
-  const field = (k: string, v: string | number | undefined) => h.update(v === undefined ? `${k}\0-\n` : `${k}\0${v}\n`);
-  field('mode', m.mode);
-  field('uid', m.uid);
-  field('gid', m.gid);
-  field('user', m.user);
-  field('group', m.group);
-  for (const name of Object.keys(m.xattrs ?? {}).sort()) {
+  const field = (k: string, v: string | number | undefined) => (v === undefined ? `${k}\0-\n` : `${k}\0${v}\n`);
+  const text = field('mode', m.mode) + field('uid', m.uid) + field('gid', m.gid) + field('user', m.user) + field('group', m.group);
+  const names = Object.keys(m.xattrs ?? {});
+  if (names.length === 0) return hashBytes('xxh3', Buffer.from(text, 'utf8'));
+  const parts: Uint8Array[] = [Buffer.from(text, 'utf8')];
+  for (const name of names.sort()) {
     const value = m.xattrs![name]!;
-    h.update(`x\0${Buffer.byteLength(name)}:${name}\0${value.length}:`);
-    h.update(value);
+    parts.push(Buffer.from(`x\0${Buffer.byteLength(name)}:${name}\0${value.length}:`, 'utf8'), value);
   }
-  return h.digest('hex').slice(0, 16);
+  return hashBytes('xxh3', Buffer.concat(parts));
 }
