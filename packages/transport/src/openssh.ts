@@ -151,9 +151,14 @@ async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: Remot
   try {
     await Promise.race([helper.handshake(ssh.connectTimeoutMs + helperTimeoutMs), spawnError]);
   } catch (err) {
+    // A helper that is not there ends the session on its own (ssh exits 127): a moment for that
+    // exit first, or the kill below would decide it (ssh killed by SIGTERM exits 255, which reads
+    // as an unreachable host: a loaded CI machine lost that race).
+    if (!isHelloTimeout(err)) await Promise.race([exited(child), new Promise((r) => setTimeout(r, 1000).unref())]);
     // Before the kill: ssh may say something about being killed.
     const silent = !stderr.trim();
     const killedElsewhere = !killed && child.signalCode !== null;
+    const exitedOnItsOwn = child.exitCode !== null || child.signalCode !== null;
     kill();
     if (err instanceof FerryError && err.code === 'SSH_CLIENT_MISSING') throw err;
     await Promise.race([exited(child), new Promise((r) => setTimeout(r, 2000))]);
@@ -165,7 +170,8 @@ async function startOverSsh(target: RemoteHost, ssh: SshSettings, options: Remot
     }
     // No word from ssh or the remote side, only silence: a slow start, not a missing helper.
     if (isHelloTimeout(err) && silent) throw slowStart(shown, label, ssh.connectTimeoutMs + helperTimeoutMs, err);
-    throw classifySshFailure(stderr, child.exitCode, target, ssh, shown);
+    // An exit status the kill caused says nothing about the host: only what ssh printed counts then.
+    throw classifySshFailure(stderr, exitedOnItsOwn ? child.exitCode : null, target, ssh, shown);
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
   }
