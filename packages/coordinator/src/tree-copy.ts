@@ -150,7 +150,9 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
     const meta = metaPlanOf(options, target.direction, conn);
-    const sync = options.sync ? await syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
+    // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
+    const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
+    sync?.catch(() => {});
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
@@ -274,12 +276,17 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
+/** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
+const SYNC_WALK_AHEAD = 65_536;
+
 /** Written this often while a tree copy runs, for `ferry status`. */
 const STATUS_EVERY_MS = 5000;
 
 /** One run of a tree copy: the stages' shared state. */
 class TreeRun {
   readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0 };
+  /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
+  private sync: SyncState | undefined;
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
   private walkErrors = 0;
   /** Sync: files with several names this run sent again (their further names are made again too). */
@@ -322,7 +329,7 @@ class TreeRun {
     private readonly emit: NonNullable<CopyRequest['onEvent']>,
     private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
     jobDir: string,
-    private readonly sync?: SyncState,
+    private readonly syncPending?: Promise<SyncState>,
   ) {
     this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
     // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
@@ -370,8 +377,21 @@ class TreeRun {
 
   /** The source tree as a stream: walked here for a push, by the remote helper for a pull. */
   private async walk(): Promise<AsyncIterable<WalkItem>> {
-    if (this.target.direction === 'pull') return (await this.control()).walk(this.target.sourceRoot, this.meta.walk);
-    return walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}) });
+    const walk = this.target.direction === 'pull' ? (await this.control()).walk(this.target.sourceRoot, this.meta.walk) : walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}), ...(this.syncPending ? { highWater: SYNC_WALK_AHEAD } : {}) });
+    if (!this.syncPending) return walk;
+    // A sync: the source walk starts now and runs ahead (up to SYNC_WALK_AHEAD entries here, a
+    // pull's up to the SSH window) while the destination's walk is read; planning waits for that.
+    const it = walk[Symbol.asyncIterator]();
+    const first = it.next();
+    first.catch(() => {});
+    try {
+      this.sync = await this.syncPending;
+    } catch (err) {
+      await it.return?.();
+      throw err;
+    }
+    let started = false;
+    return { [Symbol.asyncIterator]: () => ({ next: () => (started ? it.next() : ((started = true), first)), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
   }
 
   /**
