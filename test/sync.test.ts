@@ -186,6 +186,34 @@ describe('ferry sync compare levels, --dry-run and --delete', () => {
   });
 });
 
+describe('ferry sync and links planted in the destination', () => {
+  it('--delete removes a planted link, never what it points at; a link where a directory goes is not gone through', async () => {
+    const src = join(work.path, 'plant-src');
+    const dst = join(work.path, 'plant-dst');
+    const victim = join(work.path, 'victim');
+    await makeTree(src);
+    await mkdir(victim);
+    await writeFile(join(victim, 'precious.txt'), 'keep me');
+    expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
+    // Not in the source: a link to the victim's directory.
+    await symlink(victim, join(dst, 'planted'));
+    const del = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(del.code, del.stderr).toBe(0);
+    expect(doneOf(del.stdout)).toMatchObject({ deleted: 1 });
+    await expect(lstat(join(dst, 'planted'))).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(victim, 'precious.txt'), 'utf8')).toBe('keep me');
+
+    // Where the source has a directory, a link to the victim's: nothing is written through it, nothing deleted.
+    await rm(join(dst, 'sub'), { recursive: true });
+    await symlink(victim, join(dst, 'sub'));
+    await writeFile(join(dst, 'extra.txt'), 'extra');
+    const run = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(run.code, run.stderr).toBe(72);
+    expect(await listAll(victim)).toEqual(['precious.txt']);
+    expect(await readFile(join(dst, 'extra.txt'), 'utf8')).toBe('extra');
+  });
+});
+
 describe('ferry sync pull and one file', () => {
   it('pulls a tree, a rerun moves nothing, --delete removes a local extra', async () => {
     const src = join(work.path, 'pull-src');

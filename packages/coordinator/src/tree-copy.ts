@@ -468,7 +468,7 @@ class TreeRun {
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
         done: () => this.counters.hardlinks++,
       };
-      await makeHardLinks(ctx, this.sync ? this.links.filter((l) => !this.linkUnchanged(l)) : this.links, (p) => this.failedPaths.has(p));
+      await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
       this.checkStop();
       // Before the directories' times are set: removing an entry changes its directory's mtime.
       if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
@@ -479,6 +479,22 @@ class TreeRun {
       clearInterval(progress);
       this.progress();
     }
+  }
+
+  /**
+   * The hard links to make: not one whose directory could not be made (a
+   * link or a file in its place, found after the walk admitted the entry:
+   * nothing is made through it), nor, in a sync, one already right there.
+   */
+  private linksToMake(): TreeEntry[] {
+    return this.links.filter((l) => {
+      const parent = posix.dirname(l.path) === '.' ? '' : posix.dirname(l.path);
+      if (this.failedDirs.has(parent)) {
+        this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
+        return false;
+      }
+      return !this.sync || !this.linkUnchanged(l);
+    });
   }
 
   /** Stage 2's output: each step of the plan, in order. */
