@@ -4,7 +4,7 @@
  * again from the state directory alone, every range and file that no longer
  * matches named; a manifest exported and checked against the data.
  */
-import { mkdir, open, readFile, rm, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rm, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -210,6 +210,9 @@ describe('ferry verify JOB, a tree', () => {
     expect(r.code).toBe(0);
     job = String(parseEvents(r.stdout).find((e) => e.type === 'tree.done')!.jobId);
     dst = join(dir, 'into', 'proj');
+    const m = await runFerry(['manifest', job, '--state-dir', stateDir, '-o', join(work.path, 'tree.manifest')]);
+    expect(m.stderr).toBe('');
+    expect(m.code).toBe(0);
   });
 
   it('ferry manifest lists every file and symlink sorted, the big file by ranges, and stdout and -o agree', async () => {
@@ -229,9 +232,7 @@ describe('ferry verify JOB, a tree', () => {
     expect(lines[2]).toMatchObject({ rangeBytes: MiB });
     expect(lines[2]!.ranges).toHaveLength(4);
     expect(lines[4]).toEqual({ path: 'link', type: 'symlink', target: 'a.txt' });
-    const m = join(work.path, 'tree.manifest');
-    expect((await runFerry(['manifest', job, '--state-dir', stateDir, '-o', m])).code).toBe(0);
-    expect(await readFile(m, 'utf8')).toBe(r.stdout);
+    expect(await readFile(join(work.path, 'tree.manifest'), 'utf8')).toBe(r.stdout);
   });
 
   it('the tree as copied matches; a file changed, a file deleted, a symlink retargeted and a range of the big file flipped are each named (exit 50)', async () => {
@@ -266,6 +267,26 @@ describe('ferry verify JOB, a tree', () => {
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 6 });
+    }
+    const gone = await runFerry(['verify', '--manifest', m, join(work.path, 'no-such-tree'), '--json']);
+    expect(gone.code).toBe(50);
+    expect(done(gone.stdout)).toMatchObject({ entries: 6, missing: 6 });
+  });
+
+  it('an entry that cannot be read is reported as such, and every other entry is still checked', async () => {
+    const m = join(work.path, 'tree.manifest');
+    await chmod(work.path, 0o755);
+    await chmod(join(tree, 'sub', 'mid.bin'), 0o600);
+    try {
+      // Root reads everything, so read it as nobody.
+      const r = await runFerry(['verify', '--manifest', m, tree, '--json'], { asUser: { uid: 65534, gid: 65534 } });
+      expect(r.code).toBe(50);
+      expect(mismatches(r.stdout)).toEqual([expect.objectContaining({ path: 'sub/mid.bin', problem: 'unreadable', code: 'EACCES' })]);
+      expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 5, bad: 1, unreadable: 1 });
+      expect(r.stderr).toBe(`ferry: error: 1 of 6 entries at ${tree} do not match the manifest: 1 unreadable\n`);
+    } finally {
+      await chmod(join(tree, 'sub', 'mid.bin'), 0o644);
+      await chmod(work.path, 0o700);
     }
   });
 

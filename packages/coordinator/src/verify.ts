@@ -91,6 +91,7 @@ export interface VerifySummary {
 
 export type VerifyEvent =
   | { type: 'verify.start'; job?: string; location: string; kind: 'file' | 'tree'; entries: number; bytes: number; hash: HashAlgorithm; connections: number; mode: TransferMode | 'local' }
+  /** `code`, for an entry that cannot be read: the errno (EACCES, ...) where there is one, else ferry's error code. */
   | { type: 'verify.mismatch'; path: string; location: string; problem: VerifyProblem; message: string; ranges?: BadRange[]; code?: string }
   | ({ type: 'verify.done' } & VerifySummary)
   | { type: 'warning'; message: string };
@@ -210,7 +211,7 @@ export async function runVerify(request: VerifyRequest): Promise<VerifySummary> 
       const sizeNote = state.size !== entry.size ? `size ${state.size} bytes now, ${entry.size} in the manifest` : '';
       if (state.errors.length > 0) {
         const e = state.errors[0]!;
-        report(entry, 'unreadable', `cannot be read: ${e.message}`, { code: e.code, ...(state.badRanges.length > 0 ? { ranges: state.badRanges } : {}) });
+        report(entry, 'unreadable', `cannot be read: ${e.message}`, { code: e.errno ?? e.code, ...(state.badRanges.length > 0 ? { ranges: state.badRanges } : {}) });
         return;
       }
       summary.badRanges += state.badRanges.length;
@@ -377,7 +378,8 @@ async function lookupOf(walk: AsyncIterable<WalkItem>): Promise<(entry: Manifest
     // Under a directory the walk could not read: unknown, not missing.
     for (let p: string = entry.path; ; p = posix.dirname(p) === '.' ? '' : posix.dirname(p)) {
       const err = errors.get(p);
-      if (err) return { kind: 'error', ...err };
+      // A root (or directory) gone since the walk listed it: what was under it is missing.
+      if (err) return err.code === 'ENOENT' || err.code === 'ENOTDIR' ? { kind: 'missing' } : { kind: 'error', ...err };
       if (p === '') break;
     }
     return { kind: 'missing' };
