@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { Option } from 'commander';
 import type { Command } from 'commander';
-import { FerryError, formatBytes, formatManifest, parseManifest, toFerryError } from '@ferry/core';
+import { FerryError, formatBytes, formatManifest, formatRate, parseManifest, toFerryError } from '@ferry/core';
 import type { CopyOptions, Manifest } from '@ferry/core';
 import type { VerifyEvent, VerifySummary } from '@ferry/coordinator';
 import { reportError } from './actions.js';
@@ -152,14 +152,20 @@ async function verify(io: CliIo, target: string, opts: VerifyOpts): Promise<void
   }
   const { runVerify } = await import('@ferry/coordinator');
   const style = opts.json ? 'json' : opts.quiet ? 'quiet' : 'human';
-  const summary = await runVerify({
-    manifest,
-    location,
-    options,
-    connections,
-    onEvent: (e) => render(io, style, e),
-    ...(io.signal ? { signal: io.signal } : {}),
-  });
+  const show = renderer(io, style);
+  let summary: VerifySummary;
+  try {
+    summary = await runVerify({
+      manifest,
+      location,
+      options,
+      connections,
+      onEvent: show,
+      ...(io.signal ? { signal: io.signal } : {}),
+    });
+  } finally {
+    show.clear();
+  }
   if (summary.bad > 0) {
     throw new FerryError('VERIFY_FAILED', `${summary.bad} of ${summary.entries} entries at ${location} do not match the manifest${style === 'human' ? ' (listed above)' : ''}: ${problemCounts(summary)}`);
   }
@@ -169,6 +175,29 @@ async function verify(io: CliIo, target: string, opts: VerifyOpts): Promise<void
 function problemCounts(s: VerifySummary): string {
   const parts = (['changed', 'missing', 'kind', 'unreadable'] as const).filter((k) => s[k] > 0).map((k) => `${s[k]} ${k === 'kind' ? 'of another kind' : k}`);
   return parts.join(', ');
+}
+
+/** Events as output: NDJSON, or the report (and on a terminal a progress line on stderr); `clear` removes that line. */
+function renderer(io: CliIo, style: 'json' | 'quiet' | 'human'): ((e: VerifyEvent) => void) & { clear(): void } {
+  let shown = false;
+  const clear = () => {
+    if (shown) io.stderr.write('\r\x1b[2K');
+    shown = false;
+  };
+  const show = (e: VerifyEvent) => {
+    if (e.type === 'verify.progress') {
+      if (style === 'human' && io.stderr.isTTY === true) {
+        const pct = e.total > 0 ? ((e.bytes / e.total) * 100).toFixed(1) : '100.0';
+        io.stderr.write(`\r\x1b[2Kverifying: ${pct.padStart(5)}%  ${formatBytes(e.bytes)}/${formatBytes(e.total)}  ${formatRate(e.rate)}  ${e.entriesDone}/${e.entries} entries`);
+        shown = true;
+      }
+      if (style === 'json') io.stdout.write(JSON.stringify(e) + '\n');
+      return;
+    }
+    clear();
+    render(io, style, e);
+  };
+  return Object.assign(show, { clear });
 }
 
 function render(io: CliIo, style: 'json' | 'quiet' | 'human', e: VerifyEvent): void {
@@ -183,6 +212,7 @@ function render(io: CliIo, style: 'json' | 'quiet' | 'human', e: VerifyEvent): v
   if (style === 'quiet') return;
   switch (e.type) {
     case 'verify.start':
+    case 'verify.progress':
       return;
     case 'verify.mismatch': {
       const lines = [`${e.path}: ${e.problem}: ${e.message}`];

@@ -93,6 +93,8 @@ export type VerifyEvent =
   | { type: 'verify.start'; job?: string; location: string; kind: 'file' | 'tree'; entries: number; bytes: number; hash: HashAlgorithm; connections: number; mode: TransferMode | 'local' }
   /** `code`, for an entry that cannot be read: the errno (EACCES, ...) where there is one, else ferry's error code. */
   | { type: 'verify.mismatch'; path: string; location: string; problem: VerifyProblem; message: string; ranges?: BadRange[]; code?: string }
+  /** Every second while files are hashed: entries compared so far, and bytes hashed of those to hash. */
+  | { type: 'verify.progress'; entriesDone: number; entries: number; bytes: number; total: number; rate: number }
   | ({ type: 'verify.done' } & VerifySummary)
   | { type: 'warning'; message: string };
 
@@ -147,6 +149,7 @@ export async function runVerify(request: VerifyRequest): Promise<VerifySummary> 
     bytes: 0,
     seconds: 0,
   };
+  let progress: NodeJS.Timeout | undefined;
   try {
     emit({
       type: 'verify.start',
@@ -235,9 +238,11 @@ export async function runVerify(request: VerifyRequest): Promise<VerifySummary> 
       return 'ranges' in e ? e.ranges[t.range]! : e.hash;
     };
     let next = 0;
+    /** A failure that ends the whole verify (a login refused): the other workers stop taking tasks. */
+    let failed = false;
     const work = async (worker: number) => {
       while (next < tasks.length) {
-        if (request.signal?.aborted) return;
+        if (request.signal?.aborted || failed) return;
         const t = tasks[next++]!;
         const entry = manifest.entries[t.entry]! as Extract<ManifestEntry, { type: 'file' }>;
         const state = states.get(t.entry)!;
@@ -252,21 +257,33 @@ export async function runVerify(request: VerifyRequest): Promise<VerifySummary> 
           if (found !== expected || t.length !== whole) state.badRanges.push({ range: t.range, offset: t.offset, length: whole, expected, found });
         } catch (err) {
           const e = toFerryError(err);
-          if (e.code === 'SSH_AUTH_FAILED' || e.code === 'HOST_KEY_UNKNOWN' || e.code === 'HOST_KEY_CHANGED' || e.code === 'HOST_UNREACHABLE') throw e;
+          if (e.code === 'SSH_AUTH_FAILED' || e.code === 'HOST_KEY_UNKNOWN' || e.code === 'HOST_KEY_CHANGED' || e.code === 'HOST_UNREACHABLE') {
+            failed = true;
+            throw e;
+          }
           state.errors.push(e);
         }
         if (--state.pending === 0) finish(t.entry);
       }
     };
+    const total = tasks.reduce((n, t) => n + t.length, 0);
+    const hashStart = Date.now();
+    progress = setInterval(() => {
+      const seconds = (Date.now() - hashStart) / 1000;
+      emit({ type: 'verify.progress', entriesDone: manifest.entries.length - states.size, entries: manifest.entries.length, bytes: summary.bytes, total, rate: seconds > 0 ? summary.bytes / seconds : 0 });
+    }, PROGRESS_EVERY_MS);
     await Promise.all(Array.from({ length: Math.min(workers, Math.max(1, tasks.length)) }, (_, i) => work(i)));
     if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: nothing was changed; run ferry verify again');
     summary.seconds = (Date.now() - started) / 1000;
     emit({ type: 'verify.done', ...summary });
     return summary;
   } finally {
+    clearInterval(progress);
     side.close();
   }
 }
+
+const PROGRESS_EVERY_MS = 1000;
 
 function kindName(kind: Found['kind']): string {
   return kind === 'dir' ? 'directory' : kind === 'symlink' ? 'symbolic link' : kind === 'file' ? 'file' : 'special file';
