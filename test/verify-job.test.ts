@@ -260,13 +260,14 @@ describe('ferry verify JOB, a tree', () => {
     expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 1, bad: 5, missing: 1, changed: 3, kind: 1 });
   });
 
-  it('a round trip: the exported manifest checks a copy anywhere (here: the source, local and over SSH)', async () => {
+  it('a round trip: the exported manifest checks a copy anywhere (here: the source, local and over SSH in each data path)', async () => {
     const m = join(work.path, 'tree.manifest');
-    for (const where of [tree, remote(tree)]) {
-      const r = await runFerry(['verify', '--manifest', m, where, ...ssh(), '--json']);
+    for (const [where, mode] of [[tree, 'local'], [remote(tree), 'helper'], [remote(tree), 'python'], [remote(tree), 'sftp']] as const) {
+      const r = await runFerry(['verify', '--manifest', m, where, ...ssh(), ...(mode === 'local' ? [] : ['--mode', mode]), '--json']);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
-      expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 6 });
+      expect(parseEvents(r.stdout)[0]).toMatchObject({ type: 'verify.start', mode });
+      expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 6, hashed: 8 });
     }
     const gone = await runFerry(['verify', '--manifest', m, join(work.path, 'no-such-tree'), '--json']);
     expect(gone.code).toBe(50);
@@ -302,5 +303,29 @@ describe('ferry verify JOB, a tree', () => {
     const e = await runFerry(['verify', '--manifest', edited, tree]);
     expect(e.code).toBe(2);
     expect(e.stderr).toMatch(/edited\.manifest: damaged: its entries hash to [0-9a-f]{16}, its header says [0-9a-f]{16}/);
+  });
+});
+
+describe('ferry verify JOB, a tree pulled', () => {
+  it('checks the local destination, and with --source the remote tree it came from', async () => {
+    const dir = join(work.path, 'pull');
+    const from = join(dir, 'remote-side');
+    await mkdir(join(from, 'd'), { recursive: true });
+    await mkdir(join(dir, 'here'));
+    await writeFile(join(from, 'x.txt'), 'x\n');
+    await writeFile(join(from, 'd', 'y.txt'), 'y\n');
+    await symlink('d/y.txt', join(from, 'ln'));
+    const cp = await runFerry(['cp', '-r', on(sshd, from), join(dir, 'here') + '/', ...treeArgs(sshd, stateDir, ['--remote-cmd', REMOTE_CMD])]);
+    expect(cp.stderr).toBe('');
+    expect(cp.code).toBe(0);
+    const job = String(parseEvents(cp.stdout).find((e) => e.type === 'tree.done')!.jobId);
+    const local = await verify([job]);
+    expect(local.code).toBe(0);
+    expect(parseEvents(local.stdout)[0]).toMatchObject({ location: join(dir, 'here', 'remote-side'), mode: 'local', entries: 3 });
+    await writeFile(join(from, 'd', 'y.txt'), 'Y\n');
+    const source = await verify([job, '--source']);
+    expect(source.code).toBe(50);
+    expect(parseEvents(source.stdout)[0]).toMatchObject({ mode: 'helper', entries: 3 });
+    expect(mismatches(source.stdout)).toEqual([expect.objectContaining({ path: 'd/y.txt', problem: 'changed', message: expect.stringMatching(/^its bytes differ: hash [0-9a-f]{16}, [0-9a-f]{16} in the manifest$/) })]);
   });
 });
