@@ -4,7 +4,7 @@
  * again from the state directory alone, every range and file that no longer
  * matches named; a manifest exported and checked against the data.
  */
-import { chmod, mkdir, open, readFile, rm, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -175,6 +175,12 @@ describe('ferry verify JOB, one file', () => {
     const out = await runFerry(['manifest', job, '--state-dir', stateDir, '-o', m]);
     expect(out.stderr).toBe('');
     expect(out.code).toBe(0);
+    // Kept with the data: as readable as the umask allows, not private as the state directory's files.
+    expect((await stat(m)).mode & 0o777).toBe(0o666 & ~process.umask());
+    const nowhere = join(work.path, 'no-such-dir', 'm');
+    const bad = await runFerry(['manifest', job, '--state-dir', stateDir, '-o', nowhere]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(new RegExp(`^ferry: error: cannot write the manifest to ${nowhere}: ENOENT`));
     const lines = (await readFile(m, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines[0]).toMatchObject({ format: 'ferry-manifest', version: 1, kind: 'file', job, hash: 'xxh3', entries: 1, bytes: 4 * RANGE + 12345 });
     expect(lines[1]).toMatchObject({ path: 'src.bin', type: 'file', size: 4 * RANGE + 12345, rangeBytes: RANGE });

@@ -44,7 +44,9 @@ export function addVerifyCommands(program: Command, io: CliIo): void {
         const { text } = await manifestOfJob(await stateDirOf(opts.stateDir), id);
         if (opts.output !== undefined) {
           const { writeManifestFile } = await import('@ferry/coordinator');
-          await writeManifestFile(opts.output, text);
+          await writeManifestFile(opts.output, text).catch((err: unknown) => {
+            throw new FerryError('USAGE', `cannot write the manifest to ${opts.output}: ${(err as Error).message}`, { path: opts.output! });
+          });
         } else io.stdout.write(text);
         io.exitCode = 0;
       } catch (err) {
