@@ -11,6 +11,8 @@ export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary, TreeSummary } from './events.js';
 export { runTreeCopy, HUGE_FILE_BYTES } from './tree-copy.js';
 export { isLocalDirectory } from './tree-target.js';
+export { runSync } from './sync.js';
+export type { FileSyncSummary } from './sync.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';
 export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
 export { prepareCopy, makeJobId } from './prepare.js';
