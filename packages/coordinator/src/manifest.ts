@@ -29,6 +29,13 @@ export async function jobManifest(stateDir: string, jobId: string): Promise<JobM
   const dir = jobDirOf(stateDir, jobId);
   const tree = await readTreeJobFile(dir);
   if (tree) {
+    if (tree.options.compare !== undefined) {
+      // Entries a sync found the same were never sent, and --delete removals are not journaled.
+      throw new FerryError(
+        'USAGE',
+        `job ${jobId} is a ferry sync, whose journal lists what its runs sent, not everything at ${tree.destinationLabel}: it has no manifest; 'ferry sync -n --compare checksum ${tree.source} ${tree.destination}' lists what differs`,
+      );
+    }
     const status = await readTreeStatus(dir);
     const phase = status?.phase === 'running' && !pidAlive(status.pid) ? 'interrupted' : (status?.phase ?? 'new');
     // A partial tree (some entries failed) has a manifest of what arrived.

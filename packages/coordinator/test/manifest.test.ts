@@ -82,6 +82,13 @@ describe('jobManifest', () => {
     expect(e.message).toContain('job f1 is not finished (failed)');
   });
 
+  it('a ferry sync job has none: its journal lists what its runs sent, not the whole destination', async () => {
+    await jobDir('s1', { 'tree.json': treeJson('s1').replace('"options":{}', '"options":{"compare":"mtime"}'), 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '' });
+    const e = await refusal(jobManifest(stateDir, 's1'));
+    expect(e.code).toBe('USAGE');
+    expect(e.message).toBe("job s1 is a ferry sync, whose journal lists what its runs sent, not everything at h:/d/s: it has no manifest; 'ferry sync -n --compare checksum /s h:/d/' lists what differs");
+  });
+
   it('a single-file job without manifest.json: the ranges and root hash from its journal, once it has a final record', async () => {
     const ranges = [h('r0'), h('r1')];
     const record = (range: number) => encodeRecord({ t: 'range', range, attempt: 1, hash: ranges[range]!, bytes: 8, durable: true, agent: 'a', host: 'h', at: 1 });
