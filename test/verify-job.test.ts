@@ -264,6 +264,20 @@ describe('ferry verify JOB, a tree', () => {
     expect(bad['empty']).toMatchObject({ problem: 'kind', message: 'a file in the manifest, a directory now' });
     expect((bad['big.bin']!.ranges as Array<{ range: number }>).map((x) => x.range)).toEqual([3]);
     expect(done(r.stdout)).toMatchObject({ entries: 6, matched: 1, bad: 5, missing: 1, changed: 3, kind: 1 });
+
+    const text = await runFerry(['verify', job, '--state-dir', stateDir]);
+    expect(text.code).toBe(50);
+    const lines = text.stdout.split('\n');
+    // Reported as each entry's hashing ends: in no fixed order.
+    expect(lines.filter((l) => /^\S+: \w+: /.test(l)).sort()).toEqual([
+      'a.txt: missing: missing',
+      'big.bin: changed: 1 of 4 ranges differ (range 3)',
+      'empty: kind: a file in the manifest, a directory now',
+      'link: changed: a symbolic link to sub/c.txt now, to a.txt in the manifest',
+      expect.stringMatching(/^sub\/c\.txt: changed: its bytes differ: hash [0-9a-f]{16}, [0-9a-f]{16} in the manifest$/),
+    ]);
+    expect(lines).toContain(`    range 3 at byte ${3 * MiB} (99 B): hash ${(mismatches(r.stdout).find((e) => e.path === 'big.bin')!.ranges as Array<{ found: string }>)[0]!.found} now, ${(mismatches(r.stdout).find((e) => e.path === 'big.bin')!.ranges as Array<{ expected: string }>)[0]!.expected} in the manifest`);
+    expect(text.stdout).toMatch(new RegExp(`ferry: verified 6 entries at ${remote(dst).replace(`${sshd.user}@`, '')} \\(job ${job}\\): .* read in [0-9.]+ s; 5 do not match \\(3 changed, 1 missing, 1 of another kind\\)\n$`));
   });
 
   it('a round trip: the exported manifest checks a copy anywhere (here: the source, local and over SSH in each data path)', async () => {
