@@ -10,6 +10,7 @@ import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { runServe } from './serve-command.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
+import { addVerifyCommands } from './verify-command.js';
 import { VERSION } from './version.js';
 
 export type { CliIo } from './actions.js';
@@ -197,6 +198,8 @@ export function createCli(io: CliIo): Command {
         reportError(io, toFerryError(err));
       }
     });
+
+  addVerifyCommands(program, io);
 
   program
     .command('serve')

@@ -22,3 +22,7 @@ export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-fi
 export { jobDirOf, listJobs, readJobFile, readStatus, readTreeJobFile, readTreeStatus, pidAlive, foldJournal } from './job-state.js';
 export type { JobFile, JobPhase, JobStatus, TreeJobFile, TreeJobStatus } from './job-state.js';
 export { expandRemoteSources } from './remote-glob.js';
+export { jobManifest, readTreeRecords, writeManifestFile } from './manifest.js';
+export type { JobManifest } from './manifest.js';
+export { runVerify, listRanges, DEFAULT_VERIFY_CONNECTIONS } from './verify.js';
+export type { BadRange, VerifyEvent, VerifyProblem, VerifyRequest, VerifySummary } from './verify.js';

@@ -131,6 +131,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     const state = opened.state;
     const resumed = state.done.size > 0;
     const previous = await readTreeJobFile(jobDir);
+    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
     await writeTreeJobFile(jobDir, {
       v: 1,
       kind: 'tree',
@@ -142,8 +143,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
       destinationLabel: target.destinationLabel,
       targetRoot: target.targetRoot,
       options: request.options ?? {},
+      hash: algorithm,
     });
-    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
     // Modes as scp sets them: limited by the destination side's umask (this process's, for a pull).
     const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
