@@ -382,17 +382,18 @@ class TreeRun {
     if (!this.syncPending) return walk;
     // A sync: the source walk starts now and runs ahead (up to SYNC_WALK_AHEAD entries here, a
     // pull's up to the SSH window) while the destination's walk is read; planning waits for that.
+    // Two items asked for: the walker reports the root first and starts reading directories on the next request.
     const it = walk[Symbol.asyncIterator]();
-    const first = it.next();
-    first.catch(() => {});
+    const primed = [it.next()];
+    primed.push(primed[0]!.then((r) => (r.done ? r : it.next())));
+    for (const p of primed) p.catch(() => {});
     try {
       this.sync = await this.syncPending;
     } catch (err) {
       await it.return?.();
       throw err;
     }
-    let started = false;
-    return { [Symbol.asyncIterator]: () => ({ next: () => (started ? it.next() : ((started = true), first)), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
+    return { [Symbol.asyncIterator]: () => ({ next: () => primed.shift() ?? it.next(), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
   }
 
   /**
