@@ -20,3 +20,7 @@ export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-fi
 export { jobDirOf, listJobs, readJobFile, readStatus, readTreeJobFile, readTreeStatus, pidAlive, foldJournal } from './job-state.js';
 export type { JobFile, JobPhase, JobStatus, TreeJobFile, TreeJobStatus } from './job-state.js';
 export { expandRemoteSources } from './remote-glob.js';
+export { runCheck, checkOutcome, DEFAULT_CHECK_RANGE_BYTES, DEFAULT_CHECK_STREAMS } from './check.js';
+export type { CheckEntry, CheckEvent, CheckRequest, CheckSummary } from './check.js';
+export { openReportFile } from './report-file.js';
+export type { ReportFile } from './report-file.js';

@@ -78,6 +78,8 @@ export class TreeMatcher {
     }
     this.waiting[other(side)].delete(path);
     const [src, dst] = side === 'src' ? [mine, theirs] : [theirs, mine];
+    // Two root directories are what was asked about, not an entry of the trees.
+    if (path === '' && 'entry' in src && 'entry' in dst && src.entry.kind === 'dir' && dst.entry.kind === 'dir') return [];
     return [this.decide(path, src, dst)];
   }
 

@@ -19,7 +19,8 @@ describe('TreeMatcher', () => {
     expect(out).toEqual([]);
     expect(m.held).toEqual({ src: 3, dst: 0 });
     out.push(...m.add('dst', item('b', 'file', 0)), ...m.add('dst', item('a', 'file', 10)), ...m.add('dst', item('', 'dir')));
-    expect(brief(out)).toEqual(['same b', '? a 10', 'same ']);
+    // The two root directories are not an entry of their own.
+    expect(brief(out)).toEqual(['same b', '? a 10']);
     expect(m.held).toEqual({ src: 0, dst: 0 });
     expect(m.finish()).toEqual([]);
   });
@@ -42,6 +43,13 @@ describe('TreeMatcher', () => {
       { path: 'l', status: 'differ', reason: 'link to x in the source, to y in the destination' },
     ]);
     expect(brief(m.finish())).toEqual(['missing-on-dst only-src', 'missing-on-src only-dst']);
+  });
+
+  it('reports roots that are files, or of different kinds', () => {
+    const m = new TreeMatcher({ sizeOnly: false });
+    expect(brief([...m.add('src', item('', 'file', 5)), ...m.add('dst', item('', 'file', 5))])).toEqual(['?  5']);
+    const k = new TreeMatcher({ sizeOnly: false });
+    expect(brief([...k.add('src', item('', 'dir')), ...k.add('dst', item('', 'file', 5))])).toEqual(['differ ']);
   });
 
   it('with sizeOnly, files of one size are the same', () => {
