@@ -101,8 +101,12 @@ interface CheckSide {
   close(): void;
 }
 
-/** Why a check stops as a whole, not one entry: the connection, the credentials, the user. */
-const FATAL: ReadonlySet<string> = new Set(['CONNECTION_LOST', 'HOST_UNREACHABLE', 'SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'PROTOCOL', 'HELPER_UNAVAILABLE', 'HELPER_UNTRUSTED', 'SSH_CLIENT_MISSING', 'INTERRUPTED', 'INTERNAL', 'USAGE']);
+/**
+ * Why a check stops as a whole, not one entry: the connection (after its
+ * retries), the credentials, the user. The rest (an unreadable file, one now
+ * a directory, which the helper answers as PROTOCOL) marks its entry `!`.
+ */
+const FATAL: ReadonlySet<string> = new Set(['CONNECTION_LOST', 'HOST_UNREACHABLE', 'SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'HELPER_UNAVAILABLE', 'HELPER_UNTRUSTED', 'SSH_CLIENT_MISSING', 'INTERRUPTED', 'USAGE']);
 
 export async function runCheck(request: CheckRequest): Promise<CheckSummary> {
   const options = resolveCopyOptions(request.options ?? {});
