@@ -25,14 +25,15 @@
  * const summary = await runCheck({ source: '/data/run1', destination: 'dtn:/lustre/run1', onEntry: (e) => console.log(e.status, e.path) });
  * ```
  */
-import { constants } from 'node:fs';
-import { lstat, open, realpath } from 'node:fs/promises';
+import { lstat, realpath } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join, posix, resolve } from 'node:path';
-import { CHECK_MARKS, FerryError, HASH_ALGORITHMS, TreeMatcher, createHasher, errnoOf, parseLocation, resolveCopyOptions, toFerryError } from '@ferry/core';
+import { CHECK_MARKS, FerryError, HASH_ALGORITHMS, TreeMatcher, errnoOf, parseLocation, resolveCopyOptions, toFerryError } from '@ferry/core';
 import type { CheckStatus, CopyOptions, HashAlgorithm, MatchOutcome, RemoteLocation, ResolvedCopyOptions, TransferMode, WalkItem } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 import { walkTree } from '@ferry/serve';
 import { fallbackWarning } from './copy.js';
+import { LocalHashers } from './local-hash.js';
 import { connectAny, expandHome, remoteStat, resolveRemote } from './prepare.js';
 
 /** Range of a big file hashed as one piece on each side, unless --range-size says otherwise. */
@@ -41,8 +42,8 @@ export const DEFAULT_CHECK_RANGE_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_CHECK_STREAMS = 4;
 /** Hash requests in flight on one connection: the next is there when one ends. */
 const PER_CONNECTION = 2;
-/** Bytes read at a time from a local file being hashed. */
-const LOCAL_READ_BYTES = 1024 * 1024;
+/** Hashing threads for the local sides, at most (fewer on a machine with fewer cores). */
+const MAX_LOCAL_HASHERS = 8;
 /** Tries of one range's hash on a remote side whose connection broke. */
 const MAX_HASH_ATTEMPTS = 3;
 
@@ -116,13 +117,18 @@ export async function runCheck(request: CheckRequest): Promise<CheckSummary> {
   const rangeBytes = options.rangeBytes ?? DEFAULT_CHECK_RANGE_BYTES;
   const streams = options.tuneStreams ? DEFAULT_CHECK_STREAMS : options.streams;
   const sides: CheckSide[] = [];
-  const onAbort = () => sides.forEach((s) => s.close());
+  // Both local sides (ferry check a b) share the threads.
+  const hashers = new LocalHashers(Math.min(MAX_LOCAL_HASHERS, availableParallelism()));
+  const onAbort = () => {
+    sides.forEach((s) => s.close());
+    hashers.close();
+  };
   request.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     // One after the other: a host that asks for a password or a host key asks once.
-    const src = await openSide(request.source, 'source', options, streams, emit, request.signal);
+    const src = await openSide(request.source, 'source', options, streams, hashers, emit, request.signal);
     sides.push(src);
-    const dst = await openSide(request.destination, 'destination', options, streams, emit, request.signal);
+    const dst = await openSide(request.destination, 'destination', options, streams, hashers, emit, request.signal);
     sides.push(dst);
     const algorithm = chooseHash(options, sides);
     const hash = sizeOnly ? 'none' : algorithm;
@@ -141,6 +147,7 @@ export async function runCheck(request: CheckRequest): Promise<CheckSummary> {
   } finally {
     request.signal?.removeEventListener('abort', onAbort);
     for (const s of sides) s.close();
+    hashers.close();
   }
 }
 
@@ -313,13 +320,13 @@ function rootError(side: 'src' | 'dst', label: string, error: { code: string; me
   return new FerryError(missing ? 'DEST_DIR_MISSING' : 'DEST_IO', `destination ${label} cannot be read (${error.message}): check the path`, { path: label, errno: error.code });
 }
 
-async function openSide(text: string, role: 'source' | 'destination', options: ResolvedCopyOptions, streams: number, emit: (e: CheckEvent) => void, signal?: AbortSignal): Promise<CheckSide> {
+async function openSide(text: string, role: 'source' | 'destination', options: ResolvedCopyOptions, streams: number, hashers: LocalHashers, emit: (e: CheckEvent) => void, signal?: AbortSignal): Promise<CheckSide> {
   const loc = parseLocation(text);
-  if (loc.kind === 'local') return localSide(loc.path, role);
+  if (loc.kind === 'local') return localSide(loc.path, role, hashers);
   return remoteSide(loc, role, options, streams, emit, signal);
 }
 
-async function localSide(path: string, role: 'source' | 'destination'): Promise<CheckSide> {
+async function localSide(path: string, role: 'source' | 'destination', hashers: LocalHashers): Promise<CheckSide> {
   // The root is followed when it is a link (`ferry check link-to-run host:run`); nothing under it is.
   let root = resolve(path);
   try {
@@ -335,39 +342,9 @@ async function localSide(path: string, role: 'source' | 'destination'): Promise<
     mode: 'local',
     hashes: undefined,
     walk: (signal) => walkTree(root, signal ? { signal } : {}),
-    hashRange: (treePath, offset, length, algorithm) => hashLocalRange(treePath === '' ? root : join(root, treePath), offset, length, algorithm),
+    hashRange: (treePath, offset, length, algorithm) => hashers.hash(treePath === '' ? root : join(root, treePath), offset, length, algorithm),
     close: () => {},
   };
-}
-
-/** Hash of a range of a local file, never through a link at its name; a file now shorter is an error. */
-async function hashLocalRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
-  let fh;
-  try {
-    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (err) {
-    throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
-  }
-  try {
-    const h = createHasher(algorithm);
-    const buf = Buffer.allocUnsafe(Math.min(LOCAL_READ_BYTES, Math.max(1, length)));
-    let done = 0;
-    while (done < length) {
-      const want = Math.min(buf.length, length - done);
-      let n: number;
-      try {
-        ({ bytesRead: n } = await fh.read(buf, 0, want, offset + done));
-      } catch (err) {
-        throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read at byte ${offset + done} (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
-      }
-      if (n === 0) throw new FerryError('SOURCE_CHANGED', `${path} ended at byte ${offset + done} while being checked: it changed during the check`, { path });
-      h.update(buf.subarray(0, n));
-      done += n;
-    }
-    return h.digest();
-  } finally {
-    await fh.close();
-  }
 }
 
 /**
