@@ -40,8 +40,11 @@ import { connectAny, expandHome, remoteStat, resolveRemote } from './prepare.js'
 export const DEFAULT_CHECK_RANGE_BYTES = 64 * 1024 * 1024;
 /** Hashing connections per remote side, unless --streams says otherwise. */
 export const DEFAULT_CHECK_STREAMS = 4;
-/** Hash requests in flight on one connection: the next is there when one ends. */
-const PER_CONNECTION = 2;
+/**
+ * Hash requests in flight on one connection: a small file's costs round
+ * trips (open, hash, close) more than CPU, and several in flight hide them.
+ */
+const PER_CONNECTION = 8;
 /** Hashing threads for the local sides, at most (fewer on a machine with fewer cores). */
 const MAX_LOCAL_HASHERS = 8;
 /** Tries of one range's hash on a remote side whose connection broke. */

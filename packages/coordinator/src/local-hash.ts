@@ -12,14 +12,13 @@
  * hashers.close();
  * ```
  */
-import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { FerryError, createHasher, errnoOf, toFerryError } from '@ferry/core';
 import type { ErrorData, HashAlgorithm } from '@ferry/core';
 
 /** Bytes read at a time from a file being hashed. */
-const READ_BYTES = 1024 * 1024;
+export const READ_BYTES = 1024 * 1024;
 
 /** A request to a worker, and its answer. */
 export interface HashRequest {
@@ -31,24 +30,28 @@ export interface HashRequest {
 }
 export type HashAnswer = { id: number; hash: string } | { id: number; error: ErrorData };
 
-/** Hash of a range of a local file, never through a link at its name; a file now shorter is an error. */
-export async function hashLocalRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
-  let fh;
+/**
+ * Hash of a range of a local file, never through a link at its name; a file
+ * now shorter is an error. Synchronous: it runs on a hashing thread of its
+ * own, and the libuv pool (four threads for the whole process) stays free
+ * for the walks.
+ */
+export function hashLocalRange(path: string, offset: number, length: number, algorithm: HashAlgorithm, buf: Buffer): string {
+  let fd: number;
   try {
-    fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (err) {
     throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
   }
   try {
-    if (!(await fh.stat()).isFile()) throw new FerryError('SOURCE_CHANGED', `${path} is no longer a regular file: it changed during the check`, { path });
+    if (!fstatSync(fd).isFile()) throw new FerryError('SOURCE_CHANGED', `${path} is no longer a regular file: it changed during the check`, { path });
     const h = createHasher(algorithm);
-    const buf = Buffer.allocUnsafe(Math.min(READ_BYTES, Math.max(1, length)));
     let done = 0;
     while (done < length) {
       const want = Math.min(buf.length, length - done);
       let n: number;
       try {
-        ({ bytesRead: n } = await fh.read(buf, 0, want, offset + done));
+        n = readSync(fd, buf, 0, want, offset + done);
       } catch (err) {
         throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read at byte ${offset + done} (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
       }
@@ -58,7 +61,7 @@ export async function hashLocalRange(path: string, offset: number, length: numbe
     }
     return h.digest();
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 
