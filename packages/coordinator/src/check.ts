@@ -47,6 +47,16 @@ export const DEFAULT_CHECK_STREAMS = 4;
 const PER_CONNECTION = 8;
 /** Hashing threads for the local sides, at most (fewer on a machine with fewer cores). */
 const MAX_LOCAL_HASHERS = 8;
+/**
+ * Files at most this big are hashed whole, many to a request (a remote
+ * side's READ_BATCH: one round trip for hundreds of files, though their
+ * bytes travel too), rather than one request each.
+ */
+export const SMALL_FILE_BYTES = 256 * 1024;
+/** A batch of small files closes at this many files... */
+const BATCH_FILES = 512;
+/** ...or this many bytes. */
+const BATCH_BYTES = 16 * 1024 * 1024;
 /** Tries of one range's hash on a remote side whose connection broke. */
 const MAX_HASH_ATTEMPTS = 3;
 
@@ -102,7 +112,14 @@ interface CheckSide {
   readonly hashes: readonly HashAlgorithm[] | undefined;
   walk(signal?: AbortSignal): AsyncIterable<WalkItem>;
   hashRange(treePath: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
+  /** Whole files' hashes, each a digest or why that file could not be hashed; rejects when the whole request failed. */
+  hashFiles(files: readonly SmallFile[], algorithm: HashAlgorithm): Promise<Array<string | FerryError>>;
   close(): void;
+}
+
+interface SmallFile {
+  readonly path: string;
+  readonly size: number;
 }
 
 /**
@@ -203,6 +220,8 @@ class CheckRun {
   private readonly slots: Slots;
   private readonly counts: Counts = { same: 0, differ: 0, missingOnDst: 0, missingOnSrc: 0, errors: 0, bytesHashed: 0 };
   private readonly files = new Set<Promise<void>>();
+  private small: SmallFile[] = [];
+  private smallBytes = 0;
   private fatal: FerryError | undefined;
 
   constructor(
@@ -224,6 +243,7 @@ class CheckRun {
     const walks = await Promise.allSettled([this.consume('src', this.src), this.consume('dst', this.dst)]);
     for (const w of walks) if (w.status === 'rejected') this.fatal ??= toFerryError(w.reason);
     if (!this.fatal) for (const o of this.matcher.finish()) await this.handle(o);
+    if (!this.fatal) await this.flushSmall();
     await Promise.all([...this.files]);
     if (this.fatal) throw this.fatal;
     return this.counts;
@@ -239,11 +259,60 @@ class CheckRun {
 
   private async handle(o: MatchOutcome): Promise<void> {
     if ('status' in o) return this.report(o.path, o.status, o.reason);
+    if (o.compare.size <= SMALL_FILE_BYTES) {
+      this.small.push({ path: o.path, size: o.compare.size });
+      this.smallBytes += o.compare.size;
+      if (this.small.length >= BATCH_FILES || this.smallBytes >= BATCH_BYTES) await this.flushSmall();
+      return;
+    }
     const file = this.compare(o.path, o.compare.size);
-    this.files.add(file);
-    void file.finally(() => this.files.delete(file));
+    this.track(file);
     // Wait here for a range slot, so the walks wait too.
     await file.started;
+  }
+
+  private track(work: Promise<void>): void {
+    this.files.add(work);
+    void work.finally(() => this.files.delete(work));
+  }
+
+  /** Hashes the small files gathered so far, one request per side, once a slot is free. */
+  private async flushSmall(): Promise<void> {
+    const batch = this.small;
+    if (batch.length === 0) return;
+    this.small = [];
+    this.smallBytes = 0;
+    await this.slots.take();
+    this.track(
+      (async () => {
+        try {
+          const [a, b] = await Promise.allSettled([this.src.hashFiles(batch, this.algorithm), this.dst.hashFiles(batch, this.algorithm)]);
+          if (this.fatal) return;
+          const whole = [a, b].find((r) => r.status === 'rejected');
+          if (whole) {
+            const e = toFerryError(whole.reason);
+            if (FATAL.has(e.code)) this.fatal ??= e;
+            else for (const f of batch) this.report(f.path, 'error', e.message);
+            return;
+          }
+          const srcHashes = (a as PromiseFulfilledResult<Array<string | FerryError>>).value;
+          const dstHashes = (b as PromiseFulfilledResult<Array<string | FerryError>>).value;
+          batch.forEach((f, i) => {
+            const x = srcHashes[i];
+            const y = dstHashes[i];
+            const failed = [x, y].find((h): h is FerryError => h instanceof FerryError);
+            if (failed && FATAL.has(failed.code)) this.fatal ??= failed;
+            else if (failed) this.report(f.path, 'error', failed.message);
+            else {
+              this.counts.bytesHashed += f.size;
+              this.report(f.path, x === y ? 'same' : 'differ', x === y ? undefined : 'the content differs');
+            }
+          });
+        } finally {
+          this.slots.give();
+        }
+      })(),
+    );
   }
 
   private report(path: string, status: CheckStatus, reason?: string): void {
@@ -346,6 +415,7 @@ async function localSide(path: string, role: 'source' | 'destination', hashers: 
     hashes: undefined,
     walk: (signal) => walkTree(root, signal ? { signal } : {}),
     hashRange: (treePath, offset, length, algorithm) => hashers.hash(treePath === '' ? root : join(root, treePath), offset, length, algorithm),
+    hashFiles: (files, algorithm) => Promise.all(files.map((f) => hashers.hash(f.path === '' ? root : join(root, f.path), 0, f.size, algorithm).catch((err: unknown) => toFerryError(err)))),
     close: () => {},
   };
 }
@@ -381,16 +451,36 @@ async function remoteSide(loc: RemoteLocation, role: 'source' | 'destination', o
   const pool = new ConnectionPool(async () => (await connectAny(hosts, ssh, { ...connectOptions, mode: walker.mode })).conn, streams, PER_CONNECTION);
   const label = `${walker.label}:${root}`;
   const pathOf = (treePath: string) => (treePath === '' ? root : `${root.replace(/\/+$/, '')}/${treePath}`);
+  const hashRange = (treePath: string, offset: number, length: number, algorithm: HashAlgorithm) =>
+    pool.use((c) =>
+      c.hashRange(pathOf(treePath), offset, length, algorithm).catch((err: unknown) => {
+        const e = toFerryError(err);
+        if (FATAL.has(e.code)) throw e;
+        throw new FerryError(e.code, `${walker.label}:${pathOf(treePath)}: ${e.message}`, { host: walker.label, path: pathOf(treePath), cause: e });
+      }),
+    );
+  /** Whether the helper takes READ_BATCH with this hash (an older ferry serve does not; the python helper has no xxh3). */
+  let batches = true;
+  const sink = async () => {};
   return {
     label,
     mode: walker.mode,
     hashes: walker.hashes,
     walk: () => walker.walk(root),
-    hashRange: (treePath, offset, length, algorithm) => pool.use((c) => c.hashRange(pathOf(treePath), offset, length, algorithm).catch((err: unknown) => {
-      const e = toFerryError(err);
-      if (FATAL.has(e.code)) throw e;
-      throw new FerryError(e.code, `${walker.label}:${pathOf(treePath)}: ${e.message}`, { host: walker.label, path: pathOf(treePath), cause: e });
-    })),
+    hashRange,
+    hashFiles: async (files, algorithm) => {
+      if (batches && (walker.hashes === undefined || walker.hashes.includes(algorithm))) {
+        try {
+          // The helper hashes each file where it is; its bytes come along and are dropped here.
+          const results = await pool.use((c) => c.readBatch(files.map((f) => ({ path: pathOf(f.path), size: f.size })), algorithm, sink));
+          return results.map((r, i) => (r.ok ? r.hash : new FerryError(FerryError.fromData(r.error).code, `${walker.label}:${pathOf(files[i]!.path)}: ${r.error.message}`, { host: walker.label, path: pathOf(files[i]!.path) })));
+        } catch (err) {
+          if (toFerryError(err).code !== 'HELPER_UNAVAILABLE') throw err;
+          batches = false;
+        }
+      }
+      return Promise.all(files.map((f) => hashRange(f.path, 0, f.size, algorithm).catch((err: unknown) => toFerryError(err))));
+    },
     close: () => {
       walker.close();
       pool.close();
