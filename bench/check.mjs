@@ -111,7 +111,7 @@ export async function check(argv) {
     log(`making a tree of ${files} files and one of ${formatBytes(bigBytes)}`);
     await generateTree(tree, { files, big: 1, bigBytes, seed: 32 });
     execFileSync('cp', ['-a', tree, copy]);
-    execFileSync('bash', ['-c', `cat $(find ${shq(tree)} ${shq(copy)} -type f) > /dev/null`]);
+    execFileSync('bash', ['-c', `find ${shq(tree)} ${shq(copy)} -type f -exec cat {} + > /dev/null`]);
     shapes.push({
       name: 'tree',
       what: `a tree of ${files} files and one of ${formatBytes(bigBytes)}, and its copy`,
