@@ -101,6 +101,9 @@ describe('resolveCopyOptions: defaults', () => {
       connectTimeoutMs: 20_000,
       connectTimeoutGiven: false,
       restart: false,
+      sync: undefined,
+      deleteExtraneous: false,
+      dryRun: false,
     });
   });
 
@@ -136,6 +139,9 @@ describe('resolveCopyOptions: valid values', () => {
         maxResends: '0',
         json: true,
         connectTimeout: '5s',
+        compare: 'checksum',
+        delete: true,
+        dryRun: true,
       }),
     ).toEqual({
       agents: 16,
@@ -174,6 +180,9 @@ describe('resolveCopyOptions: valid values', () => {
       connectTimeoutMs: 5000,
       connectTimeoutGiven: true,
       restart: false,
+      sync: 'checksum',
+      deleteExtraneous: true,
+      dryRun: true,
     });
   });
 
@@ -185,6 +194,7 @@ describe('resolveCopyOptions: valid values', () => {
     expect(() => resolveCopyOptions({ transport: 'openssh', mode: 'sftp' })).toThrow('--transport openssh carries the helper protocol only');
     expect(() => resolveCopyOptions({ transport: 'openssh', sshCmd: '   ' })).toThrow('--ssh-cmd must not be empty');
     expect(() => resolveCopyOptions({ sshCmd: 'ssh' })).toThrow('--ssh-cmd is used by --transport openssh only');
+    expect(() => resolveCopyOptions({ compare: 'hash' })).toThrow("--compare must be one of exists, size, mtime, checksum, got 'hash'");
   });
 
   it('accepts numbers for the numeric options', () => {
