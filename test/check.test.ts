@@ -147,6 +147,19 @@ describe('ferry check', () => {
     expect(done(fast.stdout)).toMatchObject({ same: 28, differ: 0, hash: 'none', bytesHashed: 0 });
   }, 120_000);
 
+  it('compares two remote trees, and a local file with a remote one', async () => {
+    const onebyte = join(work.path, 'onebyte');
+    const both = await runFerry(['check', ...conn(['--json']), on(sshd, src), on(sshd, onebyte)]);
+    expect(both.code).toBe(53);
+    const events = parseEvents(both.stdout);
+    expect(events[0]).toMatchObject({ type: 'check.start', modes: ['helper', 'helper'] });
+    expect(events.filter((e) => e.type === 'check.entry').map((e) => e.path)).toEqual(['sub/f3.txt']);
+    // Files as the roots: the entry goes by the source's name.
+    const file = await runFerry(['check', ...conn(), join(src, 'sub', 'f3.txt'), on(sshd, join(onebyte, 'sub', 'f3.txt'))]);
+    expect(file.code).toBe(53);
+    expect(marks(file.stdout)).toEqual(['* f3.txt']);
+  }, 120_000);
+
   it('compares in SFTP mode too (sha256 by the remote sha256sum, or read back)', async () => {
     const changed = join(work.path, 'changed');
     const r = await runFerry(['check', ...conn(['--mode', 'sftp', '--json']), on(sshd, src), changed]);
