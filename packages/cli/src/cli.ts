@@ -9,6 +9,7 @@ import { copy, expandSources, parseSecretsLine, reportError, stdinLines, syncTre
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { runServe } from './serve-command.js';
+import { checkCommand, checkListsFrom } from './check-command.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
 import { addVerifyCommands } from './verify-command.js';
 import { VERSION } from './version.js';
@@ -16,6 +17,9 @@ import { VERSION } from './version.js';
 export type { CliIo } from './actions.js';
 
 export { VERSION };
+
+/** As the coordinator's DEFAULT_CHECK_STREAMS, without loading the coordinator for --help. */
+const DEFAULT_CHECK_STREAMS_TEXT = '4';
 
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
@@ -110,6 +114,39 @@ export function createCli(io: CliIo): Command {
         if (first === 0 && io.exitCode !== 0) first = io.exitCode;
       }
       io.exitCode = first;
+    });
+
+  const check = program
+    .command('check')
+    .description('compare DESTINATION with SOURCE, as its copy: both walked and hashed at once, range by range; lines as rclone check --combined marks them (* differ, + only in source, - only in destination, ! not compared); exit 0 only when identical')
+    .usage('[options] SOURCE DESTINATION')
+    .argument('<source>', 'a local path or [user@]host[:port]:path, a directory or a file')
+    .argument('<destination>', 'the same, compared as the copy of SOURCE itself (never as a directory it went into)');
+  addConnectionOptions(check);
+  check
+    .option('-s, --streams <n>', `hashing connections per remote side (default: ${DEFAULT_CHECK_STREAMS_TEXT})`)
+    .option('--range-size <size>', 'a file is hashed in ranges of this size, all at once, a multiple of 1MiB (default: 64MiB)')
+    .addOption(new Option('--hash <algorithm>', 'content hash (default: xxh3; crc32 where a side has only the python helper; sha256 in SFTP mode, computed remotely by sha256sum)').choices(['xxh3', 'crc32', 'sha256']))
+    .option('--size-only', 'compare sizes only, not content: a fast pass')
+    .option('--combined <file>', 'write every entry to FILE, marked = same, * differ, + only in source, - only in destination, ! error (- : stdout)')
+    .option('--match <file>', 'write the paths that are the same on both sides to FILE')
+    .option('--differ <file>', 'write the paths that differ to FILE')
+    .option('--missing-on-dst <file>', 'write the paths only in the source to FILE')
+    .option('--missing-on-src <file>', 'write the paths only in the destination to FILE')
+    .option('--error <file>', 'write the paths that could not be compared to FILE')
+    .option('--window <size>', 'bytes in flight per connection', '8MiB')
+    .option('--json', 'NDJSON events on stdout (check.start, check.entry for each entry that is not the same, check.done)')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('-v, --verbose', 'say why each entry differs')
+    .addHelpText('after', describeExitCodes())
+    .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
+      let lists;
+      try {
+        lists = checkListsFrom(opts);
+      } catch (err) {
+        return reportError(io, toFerryError(err));
+      }
+      await checkCommand(io, source, destination, { copyOptions: copyOptionsFrom(opts), sizeOnly: opts.sizeOnly === true, verbose: opts.verbose === true, lists });
     });
 
   const run = program
@@ -275,8 +312,23 @@ export function createCli(io: CliIo): Command {
   return program;
 }
 
+/** How a command reaches a remote host: the options `ferry cp`, `ferry run` and `ferry check` share. */
+function addConnectionOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--mode <mode>', "data path: helper runs `ferry serve` remotely, python sends ferry's helper to the remote python3, sftp needs nothing remote; auto takes the first that starts").choices(['auto', 'helper', 'python', 'sftp']).default('auto'))
+    .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
+    .addOption(new Option('--transport <client>', 'SSH client of the data connections: ssh2 (embedded) or openssh (an ssh process per connection: ~/.ssh/config applies, helper mode only)').choices(['ssh2', 'openssh']).default('ssh2'))
+    .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
+    .option('-F, --ssh-config <file>', "ssh client configuration to read instead of ~/.ssh/config and /etc/ssh/ssh_config, as ssh -F ('none': none)")
+    .option('--known-hosts <file>', "known_hosts file (default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts and known_hosts2; /etc/ssh/ssh_known_hosts is read too)")
+    .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
+    .option('-i, --identity <file>', "private key file (repeatable; default: ssh-agent, then ssh_config's IdentityFile, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa)", collect, [])
+    .option('--connect-timeout <duration>', "SSH connection timeout (default: ssh_config's ConnectTimeout, else 20s), and how long the coordinator waits for the remote helper to answer (agents wait 4x as long; default 20s)");
+}
+
 /** The options `ferry cp` and `ferry run` share. */
 function addCopyOptions(cmd: Command): Command {
+  addConnectionOptions(cmd);
   return cmd
     .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8)')
     .option('-s, --streams <n>', 'SSH connections per agent (default: tuned during the copy, 1 to 16)')
@@ -286,10 +338,6 @@ function addCopyOptions(cmd: Command): Command {
     .option('--batch-size <size>', 'with -r: bytes of small files sent as one batch, at most (default: 64MiB; 4096 files at most)')
     .option('--stripe-files-over <size>', 'with -r: files at least this big are striped over every agent and stream, each as a copy of its own (default: 256MiB)')
     .addOption(new Option('--hash <algorithm>', 'range hash (default: xxh3, crc32 where the remote side has no ferry, or what a resumed job used)').choices(['xxh3', 'crc32', 'sha256']))
-    .addOption(new Option('--mode <mode>', "data path: helper runs `ferry serve` remotely, python sends ferry's helper to the remote python3, sftp needs nothing remote; auto takes the first that starts").choices(['auto', 'helper', 'python', 'sftp']).default('auto'))
-    .option('--remote-cmd <command>', 'command that starts the helper on the remote host', 'ferry serve')
-    .addOption(new Option('--transport <client>', 'SSH client of the data connections: ssh2 (embedded) or openssh (an ssh process per connection: ~/.ssh/config applies, helper mode only)').choices(['ssh2', 'openssh']).default('ssh2'))
-    .option('--ssh-cmd <command>', 'with --transport openssh: the ssh program and leading options, e.g. "ssh -F ~/.ssh/hpc_config"')
     .option('-p, --preserve', 'preserve mode and modification time')
     .addOption(new Option('--preserve=owner', 'with -r: keep owner and group even where the destination side is not root (as root there they are kept anyway)'))
     .option('--numeric-ids', 'with -r: owner and group by number, not mapped by name on the destination (as rsync --numeric-ids)')
@@ -300,10 +348,6 @@ function addCopyOptions(cmd: Command): Command {
     .option('--no-direct-io', 'write the destination through the page cache, even on a local disk file system')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
-    .option('-F, --ssh-config <file>', "ssh client configuration to read instead of ~/.ssh/config and /etc/ssh/ssh_config, as ssh -F ('none': none)")
-    .option('--known-hosts <file>', "known_hosts file (default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts and known_hosts2; /etc/ssh/ssh_known_hosts is read too)")
-    .option('--accept-new-host-key', 'add an unknown host key to known_hosts instead of failing')
-    .option('-i, --identity <file>', "private key file (repeatable; default: ssh-agent, then ssh_config's IdentityFile, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa)", collect, [])
     .option('--nats <url>', 'use this NATS server (JetStream enabled) instead of starting one; token from FERRY_NATS_TOKEN')
     .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
     .option('--ack-wait <duration>', 'time a range may go without progress before another agent takes it', '30s')
@@ -312,7 +356,6 @@ function addCopyOptions(cmd: Command): Command {
     .option('--limit-rate <rate>', 'cap the whole copy at this many bytes per second, e.g. 500MB or 1GiB (default: no cap)')
     .option('--max-per-host <n>', 'connections each remote host gets from the whole copy, at most (default: no cap)')
     .option('--max-resends <n>', 're-sends of one range after hash mismatches before failing', '3')
-    .option('--connect-timeout <duration>', "SSH connection timeout (default: ssh_config's ConnectTimeout, else 20s), and how long the coordinator waits for the remote helper to answer (agents wait 4x as long; default 20s)")
     .option('--restart', 'start over instead of resuming an earlier run of the same copy')
     .option('--json', 'NDJSON events on stdout instead of the progress bar and summary')
     .option('-q, --quiet', 'print nothing but errors')

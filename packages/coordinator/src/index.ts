@@ -26,3 +26,7 @@ export { jobManifest, readTreeRecords, writeManifestFile } from './manifest.js';
 export type { JobManifest } from './manifest.js';
 export { runVerify, listRanges, DEFAULT_VERIFY_CONNECTIONS } from './verify.js';
 export type { BadRange, VerifyEvent, VerifyProblem, VerifyRequest, VerifySummary } from './verify.js';
+export { runCheck, checkOutcome, DEFAULT_CHECK_RANGE_BYTES, DEFAULT_CHECK_STREAMS } from './check.js';
+export type { CheckEntry, CheckEvent, CheckRequest, CheckSummary } from './check.js';
+export { openReportFile } from './report-file.js';
+export type { ReportFile } from './report-file.js';

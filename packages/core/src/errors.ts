@@ -27,6 +27,10 @@ export type ErrorCode =
   | 'VERIFY_FAILED'
   /** The bytes the destination received hash differently from what was sent (corrupted on the way): sending them again may succeed. */
   | 'HASH_MISMATCH'
+  /** `ferry check`: some entry differs between the two sides, or is on one side only. */
+  | 'COPIES_DIFFER'
+  /** `ferry check`: no difference found, but some entries could not be compared (unreadable, vanished). */
+  | 'CHECK_INCOMPLETE'
   | 'NATS_SERVER_MISSING'
   | 'HELPER_UNAVAILABLE'
   /** A socket where a shared helper should be did not prove it knows the job's secret: someone else may be listening there. */
@@ -60,6 +64,8 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, number>> = {
   NATS_UNREACHABLE: 42,
   VERIFY_FAILED: 50,
   HASH_MISMATCH: 51,
+  COPIES_DIFFER: 53,
+  CHECK_INCOMPLETE: 54,
   NATS_SERVER_MISSING: 60,
   HELPER_UNAVAILABLE: 61,
   HELPER_UNTRUSTED: 64,

@@ -48,6 +48,8 @@ export type { FileIdentity, FoundFile } from './dest-file.js';
 export { firstBadDirectory, pathPrefixes } from './paths.js';
 export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAULT_SMALL_FILE_BYTES, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES } from './tree-plan.js';
 export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry, WalkError, WalkItem } from './tree-plan.js';
+export { CHECK_MARKS, TreeMatcher, compareEntries } from './tree-match.js';
+export type { CheckSideName, CheckStatus, MatchOptions, MatchOutcome } from './tree-match.js';
 export type { BadComponent, PathKind } from './paths.js';
 export { AgentPacer, PACER_BURST_MS, Pacer, RateShares } from './pacer.js';
 export { ACL_XATTRS, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, MAX_XATTR_NAME_BYTES, MAX_XATTR_VALUE_BYTES, destinationId, entryMetaOf, entryMetaProblem, hasMeta, xattrWanted } from './tree-meta.js';

@@ -30,6 +30,8 @@ describe('exit codes', () => {
       NATS_UNREACHABLE: 42,
       VERIFY_FAILED: 50,
       HASH_MISMATCH: 51,
+      COPIES_DIFFER: 53,
+      CHECK_INCOMPLETE: 54,
       NATS_SERVER_MISSING: 60,
       HELPER_UNAVAILABLE: 61,
       HELPER_UNTRUSTED: 64,

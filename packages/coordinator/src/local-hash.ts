@@ -1,0 +1,138 @@
+/**
+ * Hashing ranges of local files for `ferry check`, on worker threads: one
+ * core hashes some GB/s of xxh3 but well under one of sha256, and a check
+ * of a big local file should use as many cores as the remote side's
+ * helpers do. `LocalHashers` hands ranges to up to `size` workers (started
+ * as work comes, the least busy first); each reads its range itself, never
+ * through a link at the file's name.
+ *
+ * ```ts
+ * const hashers = new LocalHashers(4);
+ * const digest = await hashers.hash('/data/big.h5', 0, 64 * 2 ** 20, 'xxh3');
+ * hashers.close();
+ * ```
+ */
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { FerryError, createHasher, errnoOf, toFerryError } from '@ferry/core';
+import type { ErrorData, HashAlgorithm } from '@ferry/core';
+
+/** Bytes read at a time from a file being hashed. */
+export const READ_BYTES = 1024 * 1024;
+
+/** A request to a worker, and its answer. */
+export interface HashRequest {
+  id: number;
+  path: string;
+  offset: number;
+  length: number;
+  algorithm: HashAlgorithm;
+}
+export type HashAnswer = { id: number; hash: string } | { id: number; error: ErrorData };
+
+/**
+ * Hash of a range of a local file, never through a link at its name; a file
+ * now shorter is an error. Synchronous: it runs on a hashing thread of its
+ * own, and the libuv pool (four threads for the whole process) stays free
+ * for the walks.
+ */
+export function hashLocalRange(path: string, offset: number, length: number, algorithm: HashAlgorithm, buf: Buffer): string {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (err) {
+    throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
+  }
+  try {
+    if (!fstatSync(fd).isFile()) throw new FerryError('SOURCE_CHANGED', `${path} is no longer a regular file: it changed during the check`, { path });
+    const h = createHasher(algorithm);
+    let done = 0;
+    while (done < length) {
+      const want = Math.min(buf.length, length - done);
+      let n: number;
+      try {
+        n = readSync(fd, buf, 0, want, offset + done);
+      } catch (err) {
+        throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read at byte ${offset + done} (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
+      }
+      if (n === 0) throw new FerryError('SOURCE_CHANGED', `${path} ended at byte ${offset + done} while being checked: it changed during the check`, { path });
+      h.update(buf.subarray(0, n));
+      done += n;
+    }
+    return h.digest();
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface Lane {
+  worker: Worker;
+  busy: number;
+}
+
+export class LocalHashers {
+  private readonly lanes: Lane[] = [];
+  private readonly pending = new Map<number, { lane: Lane; resolve: (hash: string) => void; reject: (err: FerryError) => void }>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(private readonly size: number) {}
+
+  hash(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    if (this.closed) return Promise.reject(new FerryError('INTERRUPTED', 'the check was stopped'));
+    const lane = this.lane();
+    const id = this.nextId++;
+    if (lane.busy++ === 0) lane.worker.ref();
+    return new Promise<string>((resolve, reject) => {
+      this.pending.set(id, { lane, resolve, reject });
+      lane.worker.postMessage({ id, path, offset, length, algorithm } satisfies HashRequest);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const l of this.lanes.splice(0)) void l.worker.terminate();
+    for (const [id, p] of this.pending) {
+      this.pending.delete(id);
+      p.reject(new FerryError('INTERRUPTED', 'the check was stopped'));
+    }
+  }
+
+  private lane(): Lane {
+    let best: Lane | undefined;
+    for (const l of this.lanes) if (best === undefined || l.busy < best.busy) best = l;
+    if ((best === undefined || best.busy > 0) && this.lanes.length < this.size) best = this.start();
+    return best!;
+  }
+
+  private start(): Lane {
+    const worker = new Worker(new URL('./local-hash-worker.js', import.meta.url));
+    // A worker keeps the process alive only while it has work (ref'd by hash(), unref'd when idle).
+    worker.unref();
+    const lane: Lane = { worker, busy: 0 };
+    worker.on('message', (a: HashAnswer) => {
+      const p = this.pending.get(a.id);
+      if (!p) return;
+      this.pending.delete(a.id);
+      if (--lane.busy === 0) lane.worker.unref();
+      if ('hash' in a) p.resolve(a.hash);
+      else p.reject(FerryError.fromData(a.error));
+    });
+    const fail = (err: unknown) => {
+      const i = this.lanes.indexOf(lane);
+      if (i >= 0) this.lanes.splice(i, 1);
+      const e = new FerryError('INTERNAL', `a hashing thread stopped: ${toFerryError(err).message}`, { cause: err });
+      for (const [id, p] of this.pending) {
+        if (p.lane !== lane) continue;
+        this.pending.delete(id);
+        p.reject(e);
+      }
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => {
+      if (!this.closed) fail(new Error(`exit ${code}`));
+    });
+    this.lanes.push(lane);
+    return lane;
+  }
+}
