@@ -208,6 +208,13 @@ describe.each(['serve', 'python'] as const)('WALK and READ_BATCH in %s', (kind) 
       const bytes = h.bytes(3);
       expect(bytes.length).toBe(5 + 7 + 3 * MiB + 1);
       expect(bytes.subarray(0, 5).toString()).toBe('hello');
+      // Hashes only (ferry check, sync --compare checksum): the same results, no byte sent.
+      if (kind === 'serve') {
+        expect((await h.answer(1))[0]).toMatchObject({ body: { hello: { capabilities: expect.arrayContaining(['read-batch-hash-only']) } } });
+        h.send(encodeControl('READ_BATCH', 4, { algorithm: 'sha256', hashOnly: true, entries: [{ path: join(dir, 'a'), size: 5 }, { path: join(dir, 'a'), size: 7 }, { path: join(dir, 'sub', 'z'), size: 3 * MiB }, { path: join(dir, 'l'), size: 1 }] }));
+        expect(((await h.answer(4)).at(-1) as Extract<DecodedFrame, { type: 'OK' }>).body.results).toEqual(ok.body.results);
+        expect(h.bytes(4).length).toBe(0);
+      }
       h.end();
       expect(await h.exited).toBe(0);
     } finally {

@@ -41,6 +41,7 @@ export function discardConnection(label: string): RemoteConnection {
     rename: none,
     unlink: none,
     rmdir: none,
+    hashFiles: none,
     hashRange: none,
     writeBatch: none,
     walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }),

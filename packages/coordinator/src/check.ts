@@ -461,7 +461,6 @@ async function remoteSide(loc: RemoteLocation, role: 'source' | 'destination', o
     );
   /** Whether the helper takes READ_BATCH with this hash (an older ferry serve does not; the python helper has no xxh3). */
   let batches = true;
-  const sink = async () => {};
   return {
     label,
     mode: walker.mode,
@@ -471,8 +470,8 @@ async function remoteSide(loc: RemoteLocation, role: 'source' | 'destination', o
     hashFiles: async (files, algorithm) => {
       if (batches && (walker.hashes === undefined || walker.hashes.includes(algorithm))) {
         try {
-          // The helper hashes each file where it is; its bytes come along and are dropped here.
-          const results = await pool.use((c) => c.readBatch(files.map((f) => ({ path: pathOf(f.path), size: f.size })), algorithm, sink));
+          // The helper hashes each file where it is (a helper before HASH_ONLY_CAPABILITY sends the bytes too: dropped here).
+          const results = await pool.use((c) => c.hashFiles(files.map((f) => ({ path: pathOf(f.path), size: f.size })), algorithm));
           return results.map((r, i) => (r.ok ? r.hash : new FerryError(FerryError.fromData(r.error).code, `${walker.label}:${pathOf(files[i]!.path)}: ${r.error.message}`, { host: walker.label, path: pathOf(files[i]!.path) })));
         } catch (err) {
           if (toFerryError(err).code !== 'HELPER_UNAVAILABLE') throw err;

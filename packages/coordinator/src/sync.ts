@@ -5,7 +5,7 @@
  * is compared with the file at the destination and copied only when they
  * differ at the level asked.
  */
-import { lstat } from 'node:fs/promises';
+import { lstat, realpath } from 'node:fs/promises';
 import { basename, posix, resolve } from 'node:path';
 import { FerryError, parseLocation, resolveCopyOptions } from '@ferry/core';
 import type { TreeEntry } from '@ferry/core';
@@ -52,7 +52,9 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
   const { conn } = await connectAny(hosts, ssh, { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(request.signal ? { signal: request.signal } : {}) });
   try {
     const remotePath = await expandHome(conn, remoteLoc.path, push ? 'destination' : 'source');
-    const localPath = resolve(parseLocation(push ? request.source : request.destination).path);
+    // A local source is followed through a link at its name, as cp copies one file.
+    const given = resolve(parseLocation(push ? request.source : request.destination).path);
+    const localPath = push ? await realpath(given).catch(() => given) : given;
     const localStat = async (p: string) => {
       const st = await lstat(p).catch(() => undefined);
       return st ? { type: st.isFile() ? 'file' : st.isDirectory() ? 'directory' : 'other', size: st.size, mtimeMs: st.mtimeMs, mode: st.mode & 0o7777, ino: st.ino } : undefined;
@@ -74,7 +76,7 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
     if (action === 'same' && options.sync === 'checksum') {
       // Both sides hashed at once, each where it is.
       const algorithm = rangeHashFor(options, conn);
-      const [local, remote] = await Promise.all([localFileHash(algorithm)(push ? localPath : destPath, source.size), conn.hashRange(push ? destPath : remotePath, 0, source.size, algorithm)]);
+      const [local, remote] = await Promise.all([localFileHash(algorithm, push ? localPath : destPath, source.size), conn.hashRange(push ? destPath : remotePath, 0, source.size, algorithm)]);
       if (local !== remote) action = 'update';
     }
     if (action === 'same') {

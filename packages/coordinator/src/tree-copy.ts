@@ -38,8 +38,8 @@ import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
-import { DestIndex, linkSame, localFileHash, planSync, sameContent, syncAction } from './tree-sync.js';
-import type { Comparison, DestEntry, HashFile } from './tree-sync.js';
+import { DestIndex, linkSame, localHashFiles, planSync, remoteHashFiles, sameContent, syncAction } from './tree-sync.js';
+import type { Comparison, DestEntry, HashFiles } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -76,8 +76,8 @@ type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedB
 interface SyncState {
   index: DestIndex;
   comparison: Comparison;
-  hashSource: HashFile;
-  hashDest: HashFile;
+  hashSource: HashFiles;
+  hashDest: HashFiles;
 }
 
 /**
@@ -219,8 +219,8 @@ async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: 
   const started = Date.now();
   const index = await destinationIndex(target, conn);
   emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
-  const local = localFileHash(algorithm);
-  const remote: HashFile = (path, size) => conn.hashRange(path, 0, size, algorithm);
+  const local = localHashFiles(algorithm);
+  const remote = remoteHashFiles(conn, algorithm);
   return {
     index,
     comparison: { level: options.sync!, umask, preserve: options.preserve },

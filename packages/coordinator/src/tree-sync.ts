@@ -23,9 +23,11 @@
  * The index holds one small object per destination entry: a tree of
  * millions of entries costs what rsync's file list costs (~150 bytes each).
  */
+import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { copyMode, createHasher } from '@ferry/core';
 import type { CompareLevel, HashAlgorithm, TreeEntry, TreeEntryKind, WalkItem } from '@ferry/core';
+import type { RemoteConnection } from '@ferry/transport';
 
 /** What stands at a destination path, as its walk found it. */
 export interface DestEntry {
@@ -133,49 +135,88 @@ export function syncAction(entry: TreeEntry, dest: DestEntry | undefined, c: Com
   return { action: 'same', reason: '' };
 }
 
-/** Reads a hash of a whole file on one side: this host's or the remote one's. */
-export type HashFile = (path: string, size: number) => Promise<string>;
+/** The hashes of whole files on one side (this host's or the remote one's); undefined where a file could not be hashed. */
+export type HashFiles = (files: ReadonlyArray<{ path: string; size: number }>) => Promise<Array<string | undefined>>;
 
 /** The hash of a local file's bytes, read a few MiB at a time. */
-export function localFileHash(algorithm: HashAlgorithm): HashFile {
-  return async (path, size) => {
-    const fh = await open(path, 'r');
-    try {
-      const hasher = createHasher(algorithm);
-      const buf = Buffer.allocUnsafe(Math.min(Math.max(size, 1), 4 * 1024 * 1024));
-      let offset = 0;
-      while (offset < size) {
-        const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
-        if (bytesRead === 0) break;
-        hasher.update(buf.subarray(0, bytesRead));
-        offset += bytesRead;
-      }
-      return hasher.digest();
-    } finally {
-      await fh.close();
+export async function localFileHash(algorithm: HashAlgorithm, path: string, size: number): Promise<string> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    const hasher = createHasher(algorithm);
+    const buf = Buffer.allocUnsafe(Math.min(Math.max(size, 1), 4 * 1024 * 1024));
+    let offset = 0;
+    while (offset < size) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
+      if (bytesRead === 0) break;
+      hasher.update(buf.subarray(0, bytesRead));
+      offset += bytesRead;
     }
+    return hasher.digest();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** This host's files hashed here, `parallel` at a time. */
+export function localHashFiles(algorithm: HashAlgorithm, parallel = 8): HashFiles {
+  return async (files) => {
+    const out = new Array<string | undefined>(files.length).fill(undefined);
+    let next = 0;
+    const lane = async () => {
+      while (next < files.length) {
+        const i = next++;
+        out[i] = await localFileHash(algorithm, files[i]!.path, files[i]!.size).catch(() => undefined);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, lane));
+    return out;
   };
 }
 
-/** Hashes both sides of each file at once, `parallel` files at a time; true where the contents are the same. */
-export async function sameContent(files: readonly TreeEntry[], source: HashFile, dest: HashFile, sourcePath: (p: string) => string, destPath: (p: string) => string, parallel = 8): Promise<boolean[]> {
-  const same = new Array<boolean>(files.length).fill(false);
-  let next = 0;
-  const lane = async () => {
-    while (next < files.length) {
-      const i = next++;
-      const e = files[i]!;
-      try {
-        const [a, b] = await Promise.all([source(sourcePath(e.path), e.size), dest(destPath(e.path), e.size)]);
-        same[i] = a === b;
-      } catch {
-        // Either side unreadable: the file goes again (and fails there if the source is the trouble).
-        same[i] = false;
+/** Files hashed by the remote side in one request, at most (READ_BATCH's bounds are 4,096 files and 1 GiB). */
+const HASH_GROUP_FILES = 1024;
+const HASH_GROUP_BYTES = 256 * 1024 * 1024;
+
+/**
+ * The remote host's files hashed there: many to a request (RemoteConnection's
+ * hashFiles: READ_BATCH without their bytes where the helper can), a file
+ * bigger than a group by itself (hashRange).
+ */
+export function remoteHashFiles(conn: Pick<RemoteConnection, 'hashFiles' | 'hashRange'>, algorithm: HashAlgorithm): HashFiles {
+  return async (files) => {
+    const out = new Array<string | undefined>(files.length).fill(undefined);
+    let group: number[] = [];
+    let bytes = 0;
+    const flush = async () => {
+      if (group.length === 0) return;
+      const indexes = group;
+      group = [];
+      bytes = 0;
+      const results = await conn.hashFiles(indexes.map((i) => ({ path: files[i]!.path, size: files[i]!.size })), algorithm).catch(() => undefined);
+      indexes.forEach((i, k) => {
+        const r = results?.[k];
+        out[i] = r?.ok ? r.hash : undefined;
+      });
+    };
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i]!;
+      if (f.size > HASH_GROUP_BYTES) {
+        out[i] = await conn.hashRange(f.path, 0, f.size, algorithm).catch(() => undefined);
+        continue;
       }
+      if (group.length >= HASH_GROUP_FILES || bytes + f.size > HASH_GROUP_BYTES) await flush();
+      group.push(i);
+      bytes += f.size;
     }
+    await flush();
+    return out;
   };
-  await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, lane));
-  return same;
+}
+
+/** Both sides of each file hashed at once, each where it is; true where the contents are the same (a file either side could not hash: not the same, so it goes again). */
+export async function sameContent(files: readonly TreeEntry[], source: HashFiles, dest: HashFiles, sourcePath: (p: string) => string, destPath: (p: string) => string): Promise<boolean[]> {
+  const [a, b] = await Promise.all([source(files.map((e) => ({ path: sourcePath(e.path), size: e.size }))), dest(files.map((e) => ({ path: destPath(e.path), size: e.size })))]);
+  return files.map((_, i) => a[i] !== undefined && a[i] === b[i]);
 }
 
 /**
@@ -218,7 +259,7 @@ export async function planSync(
   walk: AsyncIterable<WalkItem>,
   index: DestIndex,
   c: Comparison,
-  contents: { source: HashFile; dest: HashFile; sourcePath: (p: string) => string; destPath: (p: string) => string },
+  contents: { source: HashFiles; dest: HashFiles; sourcePath: (p: string) => string; destPath: (p: string) => string },
   deleteExtraneous: boolean,
   change: (c: PlannedChange) => void,
 ): Promise<SyncPlanCounts> {

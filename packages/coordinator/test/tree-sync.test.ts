@@ -56,7 +56,7 @@ describe('DestIndex and planSync', () => {
       ),
       index,
       mtime,
-      { source: async () => 'a', dest: async () => 'a', sourcePath: (p) => p, destPath: (p) => p },
+      { source: async (fs) => fs.map(() => 'a'), dest: async (fs) => fs.map(() => 'a'), sourcePath: (p) => p, destPath: (p) => p },
       true,
       (c) => changes.push(c),
     );
@@ -82,7 +82,7 @@ describe('DestIndex and planSync', () => {
       })(),
       index,
       mtime,
-      { source: async () => 'a', dest: async () => 'a', sourcePath: (p) => p, destPath: (p) => p },
+      { source: async (fs) => fs.map(() => 'a'), dest: async (fs) => fs.map(() => 'a'), sourcePath: (p) => p, destPath: (p) => p },
       true,
       (c) => changes.push(c),
     );
@@ -93,7 +93,7 @@ describe('DestIndex and planSync', () => {
   it('checksum: a file of the same size and time whose content differs is an update', async () => {
     const index = await DestIndex.read(walk(entry('', { kind: 'dir', size: 0 }), entry('f', { mtimeMs: 1_700_000_000_000 }), entry('g', { mtimeMs: 1_700_000_000_000 })));
     const changes: PlannedChange[] = [];
-    await planSync(walk(entry('', { kind: 'dir', size: 0 }), entry('f'), entry('g')), index, { ...mtime, level: 'checksum' }, { source: async () => 'x', dest: async (p) => (p === 'f' ? 'y' : 'x'), sourcePath: (p) => p, destPath: (p) => p }, false, (c) => changes.push(c));
+    await planSync(walk(entry('', { kind: 'dir', size: 0 }), entry('f'), entry('g')), index, { ...mtime, level: 'checksum' }, { source: async (fs) => fs.map(() => 'x'), dest: async (fs) => fs.map((f) => (f.path === 'f' ? 'y' : 'x')), sourcePath: (p) => p, destPath: (p) => p }, false, (c) => changes.push(c));
     expect(changes).toEqual([{ action: 'update', path: 'f', kind: 'file', reason: 'content' }]);
   });
 });

@@ -74,6 +74,12 @@ export const TREE_READ_CAPABILITY = 'tree-read';
  * WALK's `names` and `xattrs`) and expand GLOB.
  */
 export const TREE_META_CAPABILITY = 'tree-meta';
+/**
+ * HELLO capability of helpers that take READ_BATCH with `hashOnly`: each
+ * file read and hashed where it is, no byte sent back, the result per file
+ * as always (`ferry check`, `ferry sync --compare checksum`).
+ */
+export const HASH_ONLY_CAPABILITY = 'read-batch-hash-only';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -228,7 +234,7 @@ export interface WalkBody { root: string; names?: boolean; xattrs?: boolean; acl
 export interface GlobBody { pattern: string }
 /** One file of a READ_BATCH: its bytes are sent as exactly `size` bytes, whatever the file holds now. */
 export interface ReadBatchEntry { path: string; size: number }
-export interface ReadBatchBody { algorithm: HashAlgorithm; entries: ReadBatchEntry[] }
+export interface ReadBatchBody { algorithm: HashAlgorithm; entries: ReadBatchEntry[]; /** HASH_ONLY_CAPABILITY: hash each file, send none of its bytes. */ hashOnly?: boolean }
 /**
  * One item of a walk on the wire: a tree entry (core's TreeEntry fields, its
  * `path` relative to the root, `''` the root itself), or an entry the walk
@@ -598,6 +604,7 @@ function validate(frame: ControlFrame): ControlFrame {
       algo();
       const problem = readBatchProblem(b.entries);
       if (problem) throw protocolError(`READ_BATCH.${problem}`);
+      if (b.hashOnly !== undefined && typeof b.hashOnly !== 'boolean') throw protocolError('READ_BATCH.hashOnly must be a boolean');
       break;
     }
     case 'ENTRIES': {

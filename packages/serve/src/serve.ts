@@ -12,6 +12,7 @@ import type { Readable, Writable } from 'node:stream';
 import {
   BATCH_CAPABILITY,
   TREE_META_CAPABILITY,
+  HASH_ONLY_CAPABILITY,
   entryMetaOf,
   hasMeta,
   BufferPool,
@@ -735,15 +736,16 @@ export async function serve(options: ServeOptions): Promise<void> {
     const results: BatchEntryResult[] = [];
     for (const e of body.entries) {
       if (outputGone) break;
-      results.push(await readBatchFile(id, e, body.algorithm));
+      results.push(await readBatchFile(id, e, body.algorithm, body.hashOnly === true));
     }
     return { results: fitResults(results) };
   };
 
-  const readBatchFile = async (id: number, e: ReadBatchEntry, algorithm: HashAlgorithm): Promise<BatchEntryResult> => {
+  /** One file of a READ_BATCH: its bytes sent (none with `hashOnly`: only hashed), then its result. */
+  const readBatchFile = async (id: number, e: ReadBatchEntry, algorithm: HashAlgorithm, hashOnly: boolean): Promise<BatchEntryResult> => {
     let sent = 0;
     const pad = async () => {
-      while (sent < e.size) {
+      while (!hashOnly && sent < e.size) {
         const n = Math.min(ZERO_CHUNK.length, e.size - sent);
         sent += n;
         await send(encodeControl('ZEROS', id, { length: n }));
@@ -759,7 +761,8 @@ export async function serve(options: ServeOptions): Promise<void> {
       const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
       hasher.update(data);
       sent += n;
-      if (n > 0 && isAllZero(data)) {
+      if (hashOnly) pool.release(buf);
+      else if (n > 0 && isAllZero(data)) {
         pool.release(buf);
         await send(encodeControl('ZEROS', id, { length: n }));
       } else if (n > 0) {
@@ -849,7 +852,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
           euid: process.geteuid?.() ?? -1,
         };

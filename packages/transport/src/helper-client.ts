@@ -385,8 +385,8 @@ export class HelperClient {
    * Starts a READ_BATCH (capability `tree-read`): `onData` gets the files'
    * bytes back to back, as readRange's does; `done` settles with a result per file.
    */
-  readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void): { id: number; done: Promise<BatchEntryResult[]> } {
-    const { id, reply } = this.request('READ_BATCH', { algorithm, entries: entries.map((e) => ({ path: e.path, size: e.size })) }, onData);
+  readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, onData: (chunk: Buffer, zero: boolean) => void, hashOnly = false): { id: number; done: Promise<BatchEntryResult[]> } {
+    const { id, reply } = this.request('READ_BATCH', { algorithm, entries: entries.map((e) => ({ path: e.path, size: e.size })), ...(hashOnly ? { hashOnly } : {}) }, onData);
     const done = reply.then((ok) => {
       if (!Array.isArray(ok.results) || ok.results.length !== entries.length) {
         throw new FerryError('PROTOCOL', `the helper on ${this.label} answered a read batch of ${entries.length} files with ${ok.results?.length ?? 'no'} results`, { host: this.label });

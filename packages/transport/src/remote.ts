@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { BATCH_CAPABILITY, HASH_ONLY_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
@@ -162,6 +162,12 @@ export interface RemoteConnection {
   readBatch(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm, sink: ReadBatchSink): Promise<ReadBatchResult[]>;
   /** Hash of a range of a remote file as it is on disk. */
   hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
+  /**
+   * The hash of each of many whole files, as readBatch gives it, without
+   * their bytes where the helper can (HASH_ONLY_CAPABILITY); elsewhere their
+   * bytes come and are dropped here.
+   */
+  hashFiles(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm): Promise<ReadBatchResult[]>;
   /** Absolute form of a remote path (relative paths are relative to the login directory). */
   realpath(path: string): Promise<string>;
   /**
@@ -876,6 +882,33 @@ export class HelperConnection implements RemoteConnection {
     }
   }
 
+  async hashFiles(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm): Promise<ReadBatchResult[]> {
+    if (this.helper.hello?.capabilities.includes(HASH_ONLY_CAPABILITY) !== true) return this.readBatch(entries, algorithm, async () => {});
+    const label = this.label;
+    if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
+    const problem = readBatchProblem(entries);
+    if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
+    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries], hashOnly: true }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+      const mid = Math.floor(entries.length / 2);
+      return [...(await this.hashFiles(entries.slice(0, mid), algorithm)), ...(await this.hashFiles(entries.slice(mid), algorithm))];
+    }
+    await this.readSlots.acquire();
+    try {
+      const read = this.helper.readBatch(
+        entries,
+        algorithm,
+        () => {
+          this.helper.abandon(read.id, new FerryError('PROTOCOL', `the helper on ${label} sent bytes for a read batch that asked for hashes only`, { host: label }));
+        },
+        true,
+      );
+      const results = await read.done;
+      return results.map((r, i): ReadBatchResult => (r.ok ? { ok: true, hash: r.hash ?? '' } : { ok: false, error: readEntryError(r.error, entries[i]!.path, label) }));
+    } finally {
+      this.readSlots.release();
+    }
+  }
+
   rename(from: string, to: string): Promise<void> {
     return this.helper.rename(from, to);
   }
@@ -1303,6 +1336,10 @@ class SftpConnection implements RemoteConnection {
 
   unlink(path: string): Promise<void> {
     return this.session.unlink(path);
+  }
+
+  hashFiles(entries: readonly ReadBatchEntry[], algorithm: HashAlgorithm): Promise<ReadBatchResult[]> {
+    return this.readBatch(entries, algorithm, async () => {});
   }
 
   rmdir(path: string): Promise<void> {
