@@ -100,6 +100,14 @@ describe.each([
     expect(third.code, third.stderr).toBe(3);
     expect(doneOf(third.stdout)).toMatchObject({ files: 1, bytes: 11 });
     expect(await content(dst)).toEqual(await content(src));
+
+    // --delete: a file and a directory with a file in it (rmdir through this data path).
+    await mkdir(join(dst, 'old', 'older'), { recursive: true });
+    await writeFile(join(dst, 'old', 'older', 'x'), 'x');
+    const del = await runFerry(['sync', '--delete', ...args(server(), [...mode]), src, on(server(), dst)]);
+    expect(del.code, del.stderr).toBe(0);
+    expect(doneOf(del.stdout)).toMatchObject({ deleted: 3, files: 0 });
+    expect(await content(dst)).toEqual(await content(src));
   });
 });
 
