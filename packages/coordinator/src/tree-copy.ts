@@ -40,6 +40,7 @@ import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
 import { DestIndex, linkSame, localHashFiles, planSync, remoteHashFiles, sameContent, syncAction } from './tree-sync.js';
 import type { Comparison, DestEntry, HashFiles } from './tree-sync.js';
+import { LocalHashers } from './local-hash.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -78,6 +79,8 @@ interface SyncState {
   comparison: Comparison;
   hashSource: HashFiles;
   hashDest: HashFiles;
+  /** Ends the hashing threads. */
+  close(): void;
 }
 
 /**
@@ -121,6 +124,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
   let run: TreeRun | undefined;
   let phase: TreeJobStatus['phase'] = 'failed';
   let failure: FerryError | undefined;
+  let syncing: Promise<SyncState> | undefined;
   try {
     await mkdir(jobDir, { recursive: true, mode: 0o700 });
     unlock = await lockJob(jobDir);
@@ -154,6 +158,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
     const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
     sync?.catch(() => {});
+    syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
@@ -198,6 +203,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // A copy stopped by --fail-fast (or any error) still lists what failed and was skipped.
     if (run && phase !== 'partial' && phase !== 'done') await run.writeLists(jobDir).catch(() => {});
     if (run) await writeTreeStatus(jobDir, statusOf(run, phase, phase === 'partial' ? undefined : failure)).catch(() => {});
+    void syncing?.then((s) => s.close(), () => {});
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     conn.close();
@@ -219,13 +225,16 @@ async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: 
   const started = Date.now();
   const index = await destinationIndex(target, conn);
   emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
-  const local = localHashFiles(algorithm);
+  // Threads only when a file is hashed here (--compare checksum); idle ones do not hold the process.
+  const hashers = new LocalHashers(Math.min(8, availableParallelism()));
+  const local = localHashFiles(hashers, algorithm);
   const remote = remoteHashFiles(conn, algorithm);
   return {
     index,
     comparison: { level: options.sync!, umask, preserve: options.preserve },
     hashSource: target.direction === 'push' ? local : remote,
     hashDest: target.direction === 'push' ? remote : local,
+    close: () => hashers.close(),
   };
 }
 
@@ -233,32 +242,36 @@ async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: 
 async function dryRunSync(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, emit: NonNullable<CopyRequest['onEvent']>, started: number): Promise<TreeSummary> {
   const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
   const sync = await syncStateOf(target, conn, options, algorithm, umask, emit);
-  const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
-  const plan = await planSync(
-    walk,
-    sync.index,
-    sync.comparison,
-    { source: sync.hashSource, dest: sync.hashDest, sourcePath: (p) => sourcePathOf(target, p), destPath: (p) => remotePathOf(target, p) },
-    options.deleteExtraneous,
-    (change) => emit({ type: 'sync.change', ...change }),
-  );
-  const seconds = (Date.now() - started) / 1000;
-  const summary: TreeSummary = {
-    jobId: target.jobId,
-    source: target.sourceLabel,
-    destination: target.destinationLabel,
-    files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
-    seconds,
-    mbps: 0,
-    filesPerSec: 0,
-    mode: conn.mode,
-    streams: 0,
-    hash: algorithm,
-    stateDir: '',
-    plan,
-  };
-  emit({ type: 'tree.done', ...summary });
-  return summary;
+  try {
+    const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
+    const plan = await planSync(
+      walk,
+      sync.index,
+      sync.comparison,
+      { source: sync.hashSource, dest: sync.hashDest, sourcePath: (p) => sourcePathOf(target, p), destPath: (p) => remotePathOf(target, p) },
+      options.deleteExtraneous,
+      (change) => emit({ type: 'sync.change', ...change }),
+    );
+    const seconds = (Date.now() - started) / 1000;
+    const summary: TreeSummary = {
+      jobId: target.jobId,
+      source: target.sourceLabel,
+      destination: target.destinationLabel,
+      files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
+      seconds,
+      mbps: 0,
+      filesPerSec: 0,
+      mode: conn.mode,
+      streams: 0,
+      hash: algorithm,
+      stateDir: '',
+      plan,
+    };
+    emit({ type: 'tree.done', ...summary });
+    return summary;
+  } finally {
+    sync.close();
+  }
 }
 
 function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryError): TreeJobStatus {

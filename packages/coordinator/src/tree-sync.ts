@@ -23,11 +23,10 @@
  * The index holds one small object per destination entry: a tree of
  * millions of entries costs what rsync's file list costs (~150 bytes each).
  */
-import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { copyMode, createHasher } from '@ferry/core';
+import { copyMode } from '@ferry/core';
 import type { CompareLevel, HashAlgorithm, TreeEntry, TreeEntryKind, WalkItem } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
+import { LocalHashers } from './local-hash.js';
 
 /** What stands at a destination path, as its walk found it. */
 export interface DestEntry {
@@ -138,39 +137,15 @@ export function syncAction(entry: TreeEntry, dest: DestEntry | undefined, c: Com
 /** The hashes of whole files on one side (this host's or the remote one's); undefined where a file could not be hashed. */
 export type HashFiles = (files: ReadonlyArray<{ path: string; size: number }>) => Promise<Array<string | undefined>>;
 
-/** The hash of a local file's bytes, read a few MiB at a time. */
-export async function localFileHash(algorithm: HashAlgorithm, path: string, size: number): Promise<string> {
-  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-  try {
-    const hasher = createHasher(algorithm);
-    const buf = Buffer.allocUnsafe(Math.min(Math.max(size, 1), 4 * 1024 * 1024));
-    let offset = 0;
-    while (offset < size) {
-      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
-      if (bytesRead === 0) break;
-      hasher.update(buf.subarray(0, bytesRead));
-      offset += bytesRead;
-    }
-    return hasher.digest();
-  } finally {
-    await fh.close();
-  }
+/** A local file's hash, read here (one file of `ferry sync`; a tree's files go through localHashFiles). */
+export function localFileHash(algorithm: HashAlgorithm, path: string, size: number): Promise<string> {
+  const hashers = new LocalHashers(1);
+  return hashers.hash(path, 0, size, algorithm).finally(() => hashers.close());
 }
 
-/** This host's files hashed here, `parallel` at a time. */
-export function localHashFiles(algorithm: HashAlgorithm, parallel = 8): HashFiles {
-  return async (files) => {
-    const out = new Array<string | undefined>(files.length).fill(undefined);
-    let next = 0;
-    const lane = async () => {
-      while (next < files.length) {
-        const i = next++;
-        out[i] = await localFileHash(algorithm, files[i]!.path, files[i]!.size).catch(() => undefined);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, lane));
-    return out;
-  };
+/** This host's files hashed on `hashers`' threads (check's LocalHashers: several cores, the event loop free). */
+export function localHashFiles(hashers: LocalHashers, algorithm: HashAlgorithm): HashFiles {
+  return (files) => Promise.all(files.map((f) => hashers.hash(f.path, 0, f.size, algorithm).catch(() => undefined)));
 }
 
 /** Files hashed by the remote side in one request, at most (READ_BATCH's bounds are 4,096 files and 1 GiB). */
