@@ -31,6 +31,11 @@
  * bytes back to back as DATA and ZEROS frames, exactly the sum of the sizes,
  * then one OK with a result per file (its hash, or why it failed).
  *
+ * For `--delta` (capability `copy-range`), COPY_RANGE copies a range of an
+ * existing file on the helper's host (the old destination file) into an open
+ * file at the same offset, and answers with the hash of the bytes it copied:
+ * unchanged ranges never cross the network.
+ *
  * The decoder is a state machine: bytes in, frames out, no I/O.
  */
 import { decode, encode } from './codec.js';
@@ -74,6 +79,11 @@ export const TREE_READ_CAPABILITY = 'tree-read';
  * WALK's `names` and `xattrs`) and expand GLOB.
  */
 export const TREE_META_CAPABILITY = 'tree-meta';
+/**
+ * HELLO capability of helpers that take COPY_RANGE: bytes copied on the
+ * helper's host from an existing file into an open one (`--delta`).
+ */
+export const COPY_RANGE_CAPABILITY = 'copy-range';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -99,6 +109,7 @@ export const FrameType = {
   READ_BATCH: 17,
   ENTRIES: 18,
   GLOB: 19,
+  COPY_RANGE: 20,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -179,6 +190,13 @@ export interface PathBody { path: string }
  */
 export interface RenameBody { from: string; to: string; handle?: number }
 export interface ZerosBody { length: number }
+/**
+ * Copies [offset, offset + length) of the regular file at `from` (opened
+ * read-only, never through a symbolic link at the name) into the open,
+ * writable file `handle` at the same offset, on the helper's host. The OK
+ * carries `bytes` and the hash of the bytes copied.
+ */
+export interface CopyRangeBody { from: string; handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 
 /** What a BATCH entry makes. */
 export type BatchEntryKind =
@@ -308,6 +326,7 @@ export type ControlFrame =
   | { type: 'READ_BATCH'; id: number; body: ReadBatchBody }
   | { type: 'ENTRIES'; id: number; body: EntriesBody }
   | { type: 'GLOB'; id: number; body: GlobBody }
+  | { type: 'COPY_RANGE'; id: number; body: CopyRangeBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -542,6 +561,13 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'FSYNC':
     case 'CLOSE':
       int('handle');
+      break;
+    case 'COPY_RANGE':
+      str('from');
+      int('handle');
+      int('offset');
+      int('length');
+      algo();
       break;
     case 'SETSTAT':
       if (b.handle !== undefined) int('handle');

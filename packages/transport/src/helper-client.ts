@@ -284,6 +284,11 @@ export class HelperClient {
     return (await this.request('HASH', { handle, offset, length, algorithm }).reply).hash!;
   }
 
+  /** COPY_RANGE (capability `copy-range`): [offset, offset + length) of the file at `from` into `handle` at the same offset, on the helper's host; resolves with the hash of the bytes copied. */
+  async copyRange(handle: number, from: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    return (await this.request('COPY_RANGE', { from, handle, offset, length, algorithm }).reply).hash!;
+  }
+
   /** Starts a range write: a WRITE frame now, DATA frames through the returned writer. */
   writeRange(handle: number, offset: number, length: number, algorithm: HashAlgorithm): RangeWrite {
     const { id, reply } = this.request('WRITE', { handle, offset, length, algorithm });
