@@ -272,6 +272,7 @@ function addCopyOptions(cmd: Command): Command {
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache, on any file system (default: only on a local disk file system: ext4, xfs, btrfs, f2fs; falls back to buffered writes where the file system refuses)')
     .option('--no-direct-io', 'write the destination through the page cache, even on a local disk file system')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
+    .option('--delta', 'where the destination file exists: hash both sides per range, send only the ranges that differ, and copy the unchanged ones from the old file on the destination host (the new file still replaces the old one only when complete and verified)')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
     .option('-F, --ssh-config <file>', "ssh client configuration to read instead of ~/.ssh/config and /etc/ssh/ssh_config, as ssh -F ('none': none)")
     .option('--known-hosts <file>', "known_hosts file (default: ssh_config's UserKnownHostsFile, else ~/.ssh/known_hosts and known_hosts2; /etc/ssh/ssh_known_hosts is read too)")
@@ -322,6 +323,7 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.acls === true) o.acls = true;
   if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;
   if (opts.verify === true) o.verify = true;
+  if (opts.delta === true) o.delta = true;
   if (opts.sharedHelper === true) o.sharedHelper = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;

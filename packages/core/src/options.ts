@@ -92,6 +92,12 @@ export interface CopyOptions {
   directIo?: boolean;
   /** Read every range back from the destination's storage after its fsync and hash it again. @default false */
   verify?: boolean;
+  /**
+   * Where the destination file exists: hash both sides per range and send only
+   * the ranges that differ; the unchanged ones are copied from the old file into
+   * the new one on the destination host (`--delta`). @default false
+   */
+  delta?: boolean;
   /** Connections of a process to one host share a helper (ssh2 transport, helper mode). @default false */
   sharedHelper?: boolean;
   /** known_hosts file to check host keys against (as ssh's UserKnownHostsFile). @default ssh_config's, else ~/.ssh/known_hosts and known_hosts2 */
@@ -162,6 +168,7 @@ export interface ResolvedCopyOptions {
   acls: boolean;
   directIo: DirectIoChoice;
   verify: boolean;
+  delta: boolean;
   sharedHelper: boolean;
   knownHostsFile: string | undefined;
   /** -F: the one ssh_config file to read, 'none' for none; undefined: ~/.ssh/config then /etc/ssh/ssh_config. */
@@ -276,6 +283,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     acls: options.acls ?? false,
     directIo: options.directIo === undefined ? 'auto' : options.directIo ? 'on' : 'off',
     verify: options.verify ?? false,
+    delta: options.delta ?? false,
     sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,
     sshConfigFile: options.sshConfig,

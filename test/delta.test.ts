@@ -1,0 +1,207 @@
+/**
+ * `ferry cp --delta` against a real sshd: a file copied once, changed a
+ * little, and copied again sends only the ranges that differ; the rest is
+ * copied from the old destination file on the destination host. Ranges of
+ * 1 MiB (--range-size) keep the files small.
+ */
+import { copyFile, mkdir, open, readFile, symlink, truncate } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
+import type { FerryEvent } from './helpers.js';
+
+const MiB = 1024 * 1024;
+/** 16 whole ranges and a short seventeenth. */
+const SIZE = 16 * MiB + 1234;
+
+let sshd: Sshd;
+let work: { path: string; remove(): Promise<void> };
+
+function remote(path: string): string {
+  return `${sshd.user}@${sshd.host}:${sshd.port}:${path}`;
+}
+
+function common(dir: string, extra: string[] = []): string[] {
+  return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD, '--state-dir', join(dir, 'state'), '--range-size', '1MiB', '--json', ...extra];
+}
+
+/** The summary of a run that succeeded. */
+function summaryOf(r: { code: number | null; stdout: string; stderr: string }): FerryEvent {
+  expect(r.code, r.stderr).toBe(0);
+  const done = parseEvents(r.stdout).find((e) => e.type === 'done');
+  expect(done).toBeDefined();
+  return done!;
+}
+
+function deltaEvent(stdout: string): FerryEvent | undefined {
+  return parseEvents(stdout).find((e) => e.type === 'delta');
+}
+
+/** Flips one byte of a file at `at`. */
+async function flipByte(path: string, at: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, at);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, at);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A directory with a random source file of SIZE bytes. */
+async function setup(name: string): Promise<{ dir: string; src: string; dst: string }> {
+  const dir = join(work.path, name);
+  await mkdir(dir);
+  const src = join(dir, 'src.bin');
+  await makeRandomFile(src, SIZE);
+  return { dir, src, dst: join(dir, 'dst.bin') };
+}
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  work = await tempDir('ferry-delta-');
+});
+
+afterAll(async () => {
+  if (work) await killStrays(work.path);
+  await sshd?.stop();
+  await work?.remove();
+});
+
+describe('ferry cp --delta', () => {
+  it('sends the one range with a changed byte and copies the other sixteen from the old file on the remote host', async () => {
+    const { dir, src, dst } = await setup('one-byte');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    await flipByte(src, 8 * MiB + 77);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]));
+    expect(s.rangesSent).toBe(1);
+    expect(s.rangesReused).toBe(16);
+    expect(s.movedBytes).toBe(MiB);
+    expect(s.reusedBytes).toBe(SIZE - MiB);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('without --delta sends every range again (what the test above saves)', async () => {
+    const { dir, src, dst } = await setup('no-delta');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    await flipByte(src, 3);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    expect(s.rangesSent).toBe(17);
+    expect(s.rangesReused).toBe(0);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('sends the ranges past the old end of a file that grew, and the old short last range', async () => {
+    const { dir, src, dst } = await setup('grown');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    const fh = await open(src, 'a');
+    await fh.write(Buffer.alloc(3 * MiB, 7));
+    await fh.close();
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]));
+    // 19 MiB + 1234 bytes: ranges 0-15 are unchanged; 16 held 1234 bytes and now a full MiB; 17, 18 and the short 19 are new.
+    expect(s.rangesReused).toBe(16);
+    expect(s.rangesSent).toBe(4);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('rebuilds a file that shrank from the old file alone: even its new short last range is what the old file holds there', async () => {
+    const { dir, src, dst } = await setup('shrunk');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    await truncate(src, 10 * MiB + MiB / 2);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]));
+    expect(s.rangesReused).toBe(11);
+    expect(s.rangesSent).toBe(0);
+    expect(s.movedBytes).toBe(0);
+    expect((await readFile(dst)).length).toBe(10 * MiB + MiB / 2);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('copies the whole file when there is no destination file yet', async () => {
+    const { dir, src, dst } = await setup('missing');
+    const r = await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]);
+    const s = summaryOf(r);
+    expect(deltaEvent(r.stdout)).toMatchObject({ oldBytes: null, reused: 0, toSend: 17 });
+    expect(s.rangesSent).toBe(17);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('does not reuse what a symbolic link at the destination points to: the link is replaced by the new file', async () => {
+    const { dir, src, dst } = await setup('link');
+    const elsewhere = join(dir, 'elsewhere.bin');
+    await copyFile(src, elsewhere);
+    await symlink(elsewhere, dst);
+    await flipByte(src, 5 * MiB);
+    const r = await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]);
+    const s = summaryOf(r);
+    expect(s.rangesReused).toBe(0);
+    expect(s.rangesSent).toBe(17);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+    // What the link pointed to is untouched.
+    expect(await fileHash(elsewhere)).not.toBe(await fileHash(src));
+  });
+
+  it("works through ferry's python helper (--mode python)", async () => {
+    const { dir, src, dst } = await setup('python');
+    summaryOf(await runFerry(['cp', src, remote(dst), '--mode', 'python', ...common(dir)]));
+    await flipByte(src, 12 * MiB + 5);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--mode', 'python', '--delta', ...common(dir)]));
+    expect(s.mode).toBe('python');
+    expect(s.rangesSent).toBe(1);
+    expect(s.rangesReused).toBe(16);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it("works in SFTP mode through sftp-server's copy-data extension", async () => {
+    const { dir, src, dst } = await setup('sftp');
+    summaryOf(await runFerry(['cp', src, remote(dst), '--mode', 'sftp', ...common(dir)]));
+    await flipByte(src, 2 * MiB + 9);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--mode', 'sftp', '--delta', ...common(dir)]));
+    expect(s.mode).toBe('sftp');
+    expect(s.rangesSent).toBe(1);
+    expect(s.rangesReused).toBe(16);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('pulls only the changed range, copying the rest from the old local file', async () => {
+    const { dir, src, dst } = await setup('pull');
+    summaryOf(await runFerry(['cp', remote(src), dst, ...common(dir)]));
+    await flipByte(src, 4 * MiB + 1);
+    await flipByte(src, 4 * MiB + 2);
+    const s = summaryOf(await runFerry(['cp', remote(src), dst, '--delta', ...common(dir)]));
+    expect(s.rangesSent).toBe(1);
+    expect(s.rangesReused).toBe(16);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('an interrupted delta run resumes with its reused ranges kept, and ends with the new file', async () => {
+    const { dir, src, dst } = await setup('resume');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    // Every other range changes: nine to send, slowly enough to interrupt.
+    for (let i = 0; i < 17; i += 2) await flipByte(src, i * MiB + 100);
+    const before = await readFile(dst);
+    const first = startFerry(['cp', src, remote(dst), '--delta', '--limit-rate', '1MB', ...common(dir)]);
+    try {
+      await first.waitFor((e) => e.type === 'delta');
+      await first.waitFor((e) => e.type === 'range.done');
+      first.child.kill('SIGINT');
+    } finally {
+      const r = await first.result;
+      expect(r.code).not.toBe(0);
+    }
+    // Nothing was renamed into place: the old file is as it was.
+    expect((await readFile(dst)).equals(before)).toBe(true);
+    const r = await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]);
+    const s = summaryOf(r);
+    const start = parseEvents(r.stdout).find((e) => e.type === 'job.start');
+    expect(start).toMatchObject({ resumed: true });
+    // The eight unchanged ranges were journaled by the first run; at least one sent range too.
+    expect(start!.rangesDone as number).toBeGreaterThanOrEqual(9);
+    expect(s.rangesReused).toBe(0);
+    expect(s.rangesSent as number).toBeLessThanOrEqual(8);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+});
