@@ -4,7 +4,7 @@
  * copied from the old destination file on the destination host. Ranges of
  * 1 MiB (--range-size) keep the files small.
  */
-import { copyFile, mkdir, open, readFile, symlink, truncate } from 'node:fs/promises';
+import { copyFile, link, mkdir, open, readFile, stat, symlink, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -203,5 +203,93 @@ describe('ferry cp --delta', () => {
     expect(s.rangesReused).toBe(0);
     expect(s.rangesSent as number).toBeLessThanOrEqual(8);
     expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+});
+
+describe('ferry cp --delta --inplace', () => {
+  it('writes the one changed range into the destination file itself: same inode, the rest untouched', async () => {
+    const { dir, src, dst } = await setup('inplace');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    const before = await stat(dst);
+    await flipByte(src, 9 * MiB + 3);
+    const r = await runFerry(['cp', src, remote(dst), '--delta', '--inplace', ...common(dir)]);
+    const s = summaryOf(r);
+    expect(s.rangesSent).toBe(1);
+    expect(s.rangesReused).toBe(16);
+    expect((await stat(dst)).ino).toBe(before.ino);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it.each(['helper', 'python', 'sftp'])('grows and shrinks the destination file in place (--mode %s)', async (mode) => {
+    const { dir, src, dst } = await setup(`inplace-size-${mode}`);
+    const m = ['--mode', mode];
+    summaryOf(await runFerry(['cp', src, remote(dst), ...m, ...common(dir)]));
+    const ino = (await stat(dst)).ino;
+    const fh = await open(src, 'a');
+    await fh.write(Buffer.alloc(2 * MiB, 9));
+    await fh.close();
+    const grown = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', '--inplace', ...m, ...common(dir)]));
+    expect(grown.mode).toBe(mode);
+    expect(grown.rangesReused).toBe(16);
+    expect(grown.rangesSent).toBe(3);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+    await truncate(src, 5 * MiB + 10);
+    const shrunk = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', '--inplace', ...m, ...common(dir)]));
+    expect(shrunk.rangesReused).toBe(6);
+    expect(shrunk.rangesSent).toBe(0);
+    expect((await stat(dst)).size).toBe(5 * MiB + 10);
+    expect((await stat(dst)).ino).toBe(ino);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('an interrupted run leaves a file a rerun finishes in place', async () => {
+    const { dir, src, dst } = await setup('inplace-resume');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    const ino = (await stat(dst)).ino;
+    for (let i = 1; i < 17; i += 2) await flipByte(src, i * MiB + 5);
+    const first = startFerry(['cp', src, remote(dst), '--delta', '--inplace', '--limit-rate', '1MB', ...common(dir)]);
+    try {
+      await first.waitFor((e) => e.type === 'range.done');
+      first.child.kill('SIGINT');
+    } finally {
+      expect((await first.result).code).not.toBe(0);
+    }
+    const r = await runFerry(['cp', src, remote(dst), '--delta', '--inplace', ...common(dir)]);
+    const s = summaryOf(r);
+    expect(parseEvents(r.stdout).find((e) => e.type === 'job.start')).toMatchObject({ resumed: true });
+    expect(s.rangesSent as number).toBeLessThanOrEqual(7);
+    expect((await stat(dst)).ino).toBe(ino);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('pulls into the local file in place', async () => {
+    const { dir, src, dst } = await setup('inplace-pull');
+    summaryOf(await runFerry(['cp', remote(src), dst, ...common(dir)]));
+    const ino = (await stat(dst)).ino;
+    await flipByte(src, 15 * MiB);
+    const s = summaryOf(await runFerry(['cp', remote(src), dst, '--delta', '--inplace', ...common(dir)]));
+    expect(s.rangesSent).toBe(1);
+    expect((await stat(dst)).ino).toBe(ino);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('goes through a temporary file when the destination has another name (a hard link), leaving that name the old file', async () => {
+    const { dir, src, dst } = await setup('inplace-link');
+    summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+    const other = join(dir, 'other-name.bin');
+    await link(dst, other);
+    const old = await fileHash(other);
+    await flipByte(src, 1);
+    const s = summaryOf(await runFerry(['cp', src, remote(dst), '--delta', '--inplace', ...common(dir)]));
+    expect(s.rangesSent).toBe(1);
+    expect(await fileHash(dst)).toBe(await fileHash(src));
+    expect(await fileHash(other)).toBe(old);
+  });
+
+  it('is refused without --delta', async () => {
+    const { dir, src, dst } = await setup('inplace-alone');
+    const r = await runFerry(['cp', src, remote(dst), '--inplace', ...common(dir)]);
+    expect(r.code).toBe(2);
+    expect(r.stdout + r.stderr).toContain('--inplace writes the changed ranges into the existing destination file and works with --delta only: add --delta');
   });
 });

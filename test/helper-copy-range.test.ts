@@ -122,4 +122,27 @@ describe.each(['serve', 'python', 'python without copy_file_range'] as const)('C
       helper.close();
     }
   });
+
+  it('resizes an open writable file through its handle (SETSTAT size, for --inplace), keeping what it holds', async () => {
+    const helper = await start(kind);
+    try {
+      const dir = await fresh();
+      const path = join(dir, 'f.bin');
+      const bytes = randomBytes(64 * KiB);
+      await writeFile(path, bytes);
+      const { handle } = await helper.open(path, 'write');
+      await helper.setstat({ handle }, { size: 16 * KiB });
+      expect((await readFile(path)).equals(bytes.subarray(0, 16 * KiB))).toBe(true);
+      await helper.setstat({ handle }, { size: 100 * KiB });
+      const grown = await readFile(path);
+      expect(grown.length).toBe(100 * KiB);
+      expect(grown.subarray(16 * KiB).every((b) => b === 0)).toBe(true);
+      // The handle's bounds follow: a range up to the new end can be written.
+      const hash = await helper.copyRange(handle, path, 0, 100 * KiB, 'crc32');
+      expect(hash).toBe(hashBytes('crc32', grown));
+      await helper.closeFile(handle);
+    } finally {
+      helper.close();
+    }
+  });
 });

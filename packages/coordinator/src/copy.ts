@@ -81,7 +81,7 @@ import type { CompletionMessage, JobBus } from './job-bus.js';
 import { LocalBus } from './local-bus.js';
 import { KV_HASH_BLOCK } from './nats-job-bus.js';
 import { prepareCopy, remoteSideOf, resolveRemote, withRemote } from './prepare.js';
-import { checkTemp, createTemp, finalizeLocal, finalizeRemote, useTempPath } from './temp-file.js';
+import { adoptTarget, checkTemp, createTemp, finalizeLocal, finalizeRemote, resizeInPlace, useTempPath } from './temp-file.js';
 import { startWarmAgents } from './warm.js';
 import { reuseUnchanged } from './delta.js';
 
@@ -285,9 +285,18 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       await clearJobDir(jobDir);
       if (!prep.discard) {
         useTempPath(prep, freshTemp);
-        // The earlier run's partial file goes (only its name is removed: whatever it names now is not touched).
-        if (previous && previous.tempPath !== freshTemp) await removeTemp(prep, previous.tempPath);
-        temp = await createTemp(prep);
+        // The earlier run's partial file goes (only its name is removed: whatever it names now is not touched),
+        // unless that was the destination itself (--inplace).
+        if (previous && previous.tempPath !== freshTemp && previous.tempPath !== prep.targetPath) await removeTemp(prep, previous.tempPath);
+        const inPlace = options.inplace ? await adoptTarget(prep) : undefined;
+        if (inPlace) {
+          useTempPath(prep, prep.targetPath);
+          temp = inPlace;
+          emit({ type: 'log', message: `--inplace: writing the changed ranges straight into ${prep.destinationLabel}` });
+        } else {
+          if (options.inplace) emit({ type: 'log', message: `--inplace: no regular file with one name at ${prep.destinationLabel} (or its helper cannot resize it): copying through a temporary file` });
+          temp = await createTemp(prep);
+        }
       }
       job = {
         v: JOB_FILE_VERSION,
@@ -343,13 +352,17 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       reusedBytes: 0,
     };
     for (const [i, h] of folded?.hashes ?? []) if (i < plan.count) state.hashes.set(i, h);
+    /** --inplace: the job writes into the destination file itself. */
+    const inPlace = !prep.discard && prep.tempPath === prep.targetPath;
     if (options.delta && !prep.discard && temp && state.done.size < plan.count) {
-      // --delta: what the old destination file already holds is copied on its host and journaled first (delta.ts).
+      // --delta: what the old destination file already holds is copied on its host and journaled first (delta.ts);
+      // --inplace: it is where it belongs already.
       const outcome = await reuseUnchanged({
         prep,
         plan,
         hash: job.hash,
         temp,
+        inPlace,
         todo: [...IntervalSet.from(state.done.toArray()).missing(plan.count)],
         emit,
         ...(request.signal ? { signal: request.signal } : {}),
@@ -366,6 +379,8 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       state.reusedBytes = outcome.reusedBytes;
       emit({ type: 'delta', oldBytes: outcome.oldBytes ?? null, compared: outcome.compared, reused: outcome.reused, reusedBytes: outcome.reusedBytes, toSend: plan.count - state.done.size });
     }
+    // The file takes the copy's size once its old ranges are hashed, before the agents write (and check it).
+    if (inPlace && temp) await resizeInPlace(prep, temp);
     // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by
     // the work items left (small ranges travel up to 16 to an item), but rank 0's own agent always
     // runs when asked for: a rank that died in an earlier job of a tree does not join this one.

@@ -55,6 +55,11 @@ export interface DeltaInput {
   hash: HashAlgorithm;
   /** The job's temporary file. */
   temp: FileIdentity;
+  /**
+   * `--inplace`: the temporary file is the old file itself; a range whose
+   * hashes agree is done where it is, and nothing is copied or written.
+   */
+  inPlace?: boolean;
   /** Ranges not done yet, ascending. */
   todo: readonly number[];
   emit: (event: CopyEvent) => void;
@@ -66,7 +71,8 @@ export interface DeltaInput {
 /** The destination side of a delta: hashing the old file, copying from it into the temporary file, fsync. */
 interface DeltaTarget {
   oldHash(offset: number, length: number): Promise<string>;
-  copy(offset: number, length: number): Promise<string>;
+  /** Copies a range whose old hash is `old`; resolves with the hash of the bytes as copied. */
+  copy(offset: number, length: number, old: string): Promise<string>;
   sync(): Promise<void>;
   close(): Promise<void>;
 }
@@ -85,7 +91,7 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
     return r.length > 0 && r.offset + r.length <= oldBytes;
   });
   if (candidates.length === 0) return none;
-  const target = prep.direction === 'push' ? await remoteTarget(prep, input.temp, hash) : await localTarget(prep, input.temp, hash);
+  const target = input.inPlace ? inPlaceTarget(prep, hash) : prep.direction === 'push' ? await remoteTarget(prep, input.temp, hash) : await localTarget(prep, input.temp, hash);
   if (!target) {
     emit({ type: 'warning', message: `--delta: ${prep.conn.label} cannot copy ranges on its side (${prep.mode} mode${prep.mode === 'sftp' ? ": its sftp-server has no 'copy-data' extension" : ': an older helper'}): every range is sent` });
     return none;
@@ -106,7 +112,7 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
         if (src !== old) return;
         let copied: string;
         try {
-          copied = await target.copy(r.offset, r.length);
+          copied = await target.copy(r.offset, r.length, old);
         } catch (err) {
           // The old file went or changed (or the remote side refused): the rest is sent.
           copyFailure ??= toFerryError(err);
@@ -129,6 +135,18 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
   if (copyFailure) emit({ type: 'warning', message: `--delta: stopped reusing ranges of ${where} (${copyFailure.message}); the rest is sent` });
   emit({ type: 'log', message: `--delta: ${outcome.reused} of ${plan.count} ranges (${formatBytes(outcome.reusedBytes)}) reused from ${where}, ${outcome.compared - outcome.reused} of those compared differ` });
   return outcome;
+}
+
+/** `--inplace`: the old file is the job's file; a range that hashes alike needs nothing done. */
+function inPlaceTarget(prep: PreparedCopy, hash: HashAlgorithm): DeltaTarget {
+  const oldHash = prep.direction === 'push' ? (offset: number, length: number) => prep.conn.hashRange(prep.targetPath, offset, length, hash) : localHasher(prep.targetPath, hash);
+  return {
+    oldHash,
+    // Nothing to copy: the range is where it belongs.
+    copy: async (_offset, _length, old) => old,
+    sync: async () => {},
+    close: async () => {},
+  };
 }
 
 /** The old destination file's size when it is a regular file (not a link), else undefined. */

@@ -81,7 +81,8 @@ export const TREE_READ_CAPABILITY = 'tree-read';
 export const TREE_META_CAPABILITY = 'tree-meta';
 /**
  * HELLO capability of helpers that take COPY_RANGE: bytes copied on the
- * helper's host from an existing file into an open one (`--delta`).
+ * helper's host from an existing file into an open one (`--delta`); and
+ * SETSTAT's `size` on a writable handle (`--inplace`).
  */
 export const COPY_RANGE_CAPABILITY = 'copy-range';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
@@ -181,7 +182,15 @@ export interface HandleBody { handle: number }
  * looked up by name. With `tree-meta`, owner and attributes too (by path:
  * lchown and the attribute calls that do not follow a link).
  */
-export interface SetstatBody extends EntryMeta { path?: string; handle?: number; mode?: number; mtimeMs?: number; atimeMs?: number }
+export interface SetstatBody extends EntryMeta {
+  path?: string;
+  handle?: number;
+  mode?: number;
+  mtimeMs?: number;
+  atimeMs?: number;
+  /** With a writable `handle` (capability `copy-range`): ftruncate to this size first (`--inplace`). */
+  size?: number;
+}
 export interface PathBody { path: string }
 /**
  * With `handle` (`safe-files`): `from` must still be the file open as `handle`
@@ -575,6 +584,10 @@ function validate(frame: ControlFrame): ControlFrame {
       if (b.mode !== undefined) int('mode');
       if (b.mtimeMs !== undefined) int('mtimeMs');
       if (b.atimeMs !== undefined) int('atimeMs');
+      if (b.size !== undefined) {
+        int('size');
+        if (b.handle === undefined) throw protocolError('SETSTAT.size needs a handle');
+      }
       {
         const problem = entryMetaProblem(b, 'SETSTAT');
         if (problem) throw protocolError(problem);

@@ -85,6 +85,7 @@ describe('resolveCopyOptions: defaults', () => {
       directIo: 'auto',
       verify: false,
       delta: false,
+      inplace: false,
       sharedHelper: false,
       knownHostsFile: undefined,
       sshConfigFile: undefined,
@@ -124,6 +125,7 @@ describe('resolveCopyOptions: valid values', () => {
         directIo: true,
         verify: true,
         delta: true,
+        inplace: true,
         sharedHelper: true,
         knownHosts: '/etc/ssh/known',
         sshConfig: '/home/u/.ssh/hpc_config',
@@ -160,6 +162,7 @@ describe('resolveCopyOptions: valid values', () => {
       directIo: 'on',
       verify: true,
       delta: true,
+      inplace: true,
       sharedHelper: true,
       knownHostsFile: '/etc/ssh/known',
       sshConfigFile: '/home/u/.ssh/hpc_config',
@@ -188,6 +191,7 @@ describe('resolveCopyOptions: valid values', () => {
     expect(() => resolveCopyOptions({ transport: 'openssh', mode: 'sftp' })).toThrow('--transport openssh carries the helper protocol only');
     expect(() => resolveCopyOptions({ transport: 'openssh', sshCmd: '   ' })).toThrow('--ssh-cmd must not be empty');
     expect(() => resolveCopyOptions({ sshCmd: 'ssh' })).toThrow('--ssh-cmd is used by --transport openssh only');
+    expect(() => resolveCopyOptions({ inplace: true })).toThrow('--inplace writes the changed ranges into the existing destination file and works with --delta only: add --delta');
   });
 
   it('accepts numbers for the numeric options', () => {

@@ -385,6 +385,11 @@ describe('FrameDecoder on valid streams', () => {
     expect(decodeOne(encodeControl('COPY_RANGE', 9, body))).toEqual([{ type: 'COPY_RANGE', id: 9, body }]);
   });
 
+  it('takes a SETSTAT size with a handle only', () => {
+    expect(decodeOne(encodeControl('SETSTAT', 4, { handle: 1, size: 5 }))).toEqual([{ type: 'SETSTAT', id: 4, body: { handle: 1, size: 5 } }]);
+    expect(protocolError(() => decodeOne(encodeControl('SETSTAT', 4, { path: '/x', size: 5 }))).message).toBe('helper protocol: SETSTAT.size needs a handle');
+  });
+
   it('rejects a COPY_RANGE without the file to copy from, or with a negative offset', () => {
     expect(protocolError(() => decodeOne(encodeControl('COPY_RANGE', 9, { handle: 2, offset: 0, length: 1, algorithm: 'xxh3' } as never))).message).toBe('helper protocol: COPY_RANGE.from must be a non-empty string without NUL');
     expect(protocolError(() => decodeOne(encodeControl('COPY_RANGE', 9, { from: '/x', handle: 2, offset: -1, length: 1, algorithm: 'xxh3' }))).message).toBe('helper protocol: COPY_RANGE.offset must be a non-negative integer');

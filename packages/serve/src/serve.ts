@@ -959,8 +959,15 @@ export async function serve(options: ServeOptions): Promise<void> {
         // By handle: fchmod and futimes on the file itself, never a name that may point elsewhere by now.
         const f = b.handle === undefined ? undefined : fileOf(b.handle);
         const path = f?.path ?? b.path!;
+        if (b.size !== undefined && !f?.writable) throw new FerryError('PROTOCOL', `SETSTAT size of ${path}, which is not open for writing`);
         run(async () => {
           try {
+            if (b.size !== undefined && f) {
+              // --inplace: the file takes the copy's size before any range is written through this handle.
+              await settleWrites(f);
+              await f.fh.truncate(b.size);
+              f.size = b.size;
+            }
             // Owner and attributes first: chown clears set-id bits, and an ACL's mask follows the mode.
             if (hasMeta(b)) await applyPathMeta(path, entryMetaOf(b));
             if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));

@@ -1850,6 +1850,18 @@ class Session(object):
         problem = meta_problem(body, 'SETSTAT')
         if problem is not None:
             raise protocol_error(problem)
+        if body.get('size') is not None:
+            # --inplace: the file takes the copy's size before any range is written through this handle.
+            if f is None or not f.writable:
+                raise Failure('PROTOCOL', 'SETSTAT size of %s, which is not open for writing' % path, path)
+            size = self.need_int(body, 'SETSTAT', 'size')
+            self.writer.settle(f)
+            try:
+                os.ftruncate(f.fd, size)
+            except OSError as err:
+                self.reply_error(fid, os_failure(err, path, 'destination'))
+                return None
+            f.size = size
         if has_meta(body):
             try:
                 apply_meta(target, body, path)

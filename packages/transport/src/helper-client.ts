@@ -267,7 +267,7 @@ export class HelperClient {
     return (await this.request('GLOB', { pattern }).reply).paths ?? [];
   }
 
-  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number } & EntryMeta): Promise<void> {
+  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; size?: number } & EntryMeta): Promise<void> {
     await this.request('SETSTAT', { ...(typeof target === 'string' ? { path: target } : target), ...attrs }).reply;
   }
 

@@ -66,6 +66,8 @@ export interface RemoteFile {
    * the `copy-data` extension): such ranges are sent like changed ones.
    */
   copyFrom?: (from: string, offset: number, length: number, algorithm: HashAlgorithm) => Promise<string>;
+  /** `--inplace`: sets this file's size (ftruncate through the handle). Absent where the remote side cannot (an older helper). */
+  resize?: (size: number) => Promise<void>;
   /** Sets the mode (and times) of this open file itself: fchmod and futimes (SFTP: fsetstat), no name looked up. */
   setstat(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
   /**
@@ -657,6 +659,7 @@ export class HelperConnection implements RemoteConnection {
               await helper.readRange(handle, offset, length, this.hashes[0]!, (chunk) => h.update(chunk)).done;
               return h.digest();
             },
+            resize: (size: number) => helper.setstat({ handle }, { size }),
           }
         : {}),
       hashStored: (offset, length, algorithm) => helper.hash(handle, offset, length, algorithm),
@@ -1211,6 +1214,14 @@ class SftpConnection implements RemoteConnection {
         return { hash: (await toolHash(offset, length, algorithm)) ?? received.digest() };
       },
       fsync: () => session.fsync(handle),
+      ...(policy === 'write'
+        ? {
+            resize: (size: number) =>
+              session.truncate(handle, size).catch(async (err: unknown) => {
+                throw await sftpWriteError(session, err, path);
+              }),
+          }
+        : {}),
       ...(policy === 'write' && session.canCopyData
         ? {
             // The server's `copy-data` extension copies on the remote host; the bytes are then hashed as the new file holds them.
