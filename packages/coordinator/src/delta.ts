@@ -107,18 +107,17 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
       await eachLimited(batch, DELTA_PARALLEL, async (i) => {
         if (copyFailure) return;
         const r = rangeAt(plan, i);
-        const [src, old] = await Promise.all([sourceHash(r.offset, r.length), target.oldHash(r.offset, r.length)]);
-        outcome.compared++;
-        if (src !== old) return;
-        let copied: string;
         try {
-          copied = await target.copy(r.offset, r.length, old);
+          const [src, old] = await Promise.all([sourceHash(r.offset, r.length), target.oldHash(r.offset, r.length)]);
+          outcome.compared++;
+          if (src !== old) return;
+          const copied = await target.copy(r.offset, r.length, old);
+          if (copied === src) reused.push({ range: i, hash: src, bytes: r.length });
         } catch (err) {
-          // The old file went or changed (or the remote side refused): the rest is sent.
+          // The old file went, changed or cannot be read (or the remote side refused): the rest
+          // is sent, and whatever is wrong with the source is the agents' to report.
           copyFailure ??= toFerryError(err);
-          return;
         }
-        if (copied === src) reused.push({ range: i, hash: src, bytes: r.length });
       });
       if (reused.length > 0) {
         await target.sync();
