@@ -6,13 +6,20 @@
  */
 import { copyFile, link, mkdir, open, readFile, stat, symlink, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
+import { CLI, fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
 import type { FerryEvent } from './helpers.js';
 
 const MiB = 1024 * 1024;
+const TEAR_FIRST_WRITE = fileURLToPath(new URL('./fixtures/tear-first-write.mjs', import.meta.url));
+
+/** A helper command whose first write at `at` (anywhere, once: `marker`) stores one byte flipped (verify.test.ts). */
+function tearingHelper(at: number, marker: string): string {
+  return [`FERRY_TEST_TEAR_AT=${at}`, `FERRY_TEST_TEAR_MARKER=${marker}`, process.execPath, '--import', TEAR_FIRST_WRITE, CLI, 'serve'].join(' ');
+}
 /** 16 whole ranges and a short seventeenth. */
 const SIZE = 16 * MiB + 1234;
 
@@ -118,6 +125,28 @@ describe('ferry cp --delta', () => {
     expect(s.movedBytes).toBe(0);
     expect((await readFile(dst)).length).toBe(10 * MiB + MiB / 2);
     expect(await fileHash(dst)).toBe(await fileHash(src));
+  });
+
+  it('with --verify, a reused range stored wrong on the remote host is read back, found and sent; without, it is not', async () => {
+    for (const verify of [false, true]) {
+      const { dir, src, dst } = await setup(`tear-${verify}`);
+      summaryOf(await runFerry(['cp', src, remote(dst), ...common(dir)]));
+      await flipByte(src, 8 * MiB + 1);
+      // The helper's first write at 3 MiB (range 3's copy from the old file) stores a byte flipped.
+      const helper = tearingHelper(3 * MiB, join(dir, 'torn'));
+      const r = await runFerry(['cp', src, remote(dst), '--delta', ...(verify ? ['--verify'] : []), ...common(dir, ['--remote-cmd', helper])]);
+      const s = summaryOf(r);
+      if (verify) {
+        expect(s.rangesReused).toBe(15);
+        expect(s.rangesSent).toBe(2);
+        expect(r.stdout).toContain('1 reused range(s) read back differently');
+        expect(await fileHash(dst)).toBe(await fileHash(src));
+      } else {
+        // The gap --verify closes: the copy's hash is of the bytes as read from the old file.
+        expect(s.rangesReused).toBe(16);
+        expect(await fileHash(dst)).not.toBe(await fileHash(src));
+      }
+    }
   });
 
   it('copies the whole file when there is no destination file yet', async () => {

@@ -363,6 +363,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
         hash: job.hash,
         temp,
         inPlace,
+        verify: options.verify,
         todo: [...IntervalSet.from(state.done.toArray()).missing(plan.count)],
         emit,
         ...(request.signal ? { signal: request.signal } : {}),

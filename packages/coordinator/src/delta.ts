@@ -60,6 +60,8 @@ export interface DeltaInput {
    * hashes agree is done where it is, and nothing is copied or written.
    */
   inPlace?: boolean;
+  /** `--verify`: after their fsync, reused ranges are read back from the new file and hashed again; one that differs is sent. */
+  verify?: boolean;
   /** Ranges not done yet, ascending. */
   todo: readonly number[];
   emit: (event: CopyEvent) => void;
@@ -74,6 +76,8 @@ interface DeltaTarget {
   /** Copies a range whose old hash is `old`; resolves with the hash of the bytes as copied. */
   copy(offset: number, length: number, old: string): Promise<string>;
   sync(): Promise<void>;
+  /** The hash of a range as the new file holds it, read back (`--verify`); absent where nothing was written. */
+  storedHash?(offset: number, length: number): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -103,7 +107,7 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
     for (let at = 0; at < candidates.length; at += DELTA_BATCH) {
       if (input.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted');
       const batch = candidates.slice(at, at + DELTA_BATCH);
-      const reused: ReusedRange[] = [];
+      let reused: ReusedRange[] = [];
       await eachLimited(batch, DELTA_PARALLEL, async (i) => {
         if (copyFailure) return;
         const r = rangeAt(plan, i);
@@ -121,6 +125,16 @@ export async function reuseUnchanged(input: DeltaInput): Promise<DeltaOutcome> {
       });
       if (reused.length > 0) {
         await target.sync();
+        const storedHash = target.storedHash;
+        if (input.verify && storedHash) {
+          const stored: ReusedRange[] = [];
+          await eachLimited(reused, DELTA_PARALLEL, async (u) => {
+            const r = rangeAt(plan, u.range);
+            if ((await storedHash(r.offset, r.length)) === u.hash) stored.push(u);
+          });
+          if (stored.length < reused.length) emit({ type: 'warning', message: `--delta --verify: ${reused.length - stored.length} reused range(s) read back differently from ${where}'s new file; they are sent` });
+          reused = stored;
+        }
         reused.sort((a, b) => a.range - b.range);
         await input.onDurable(reused);
         outcome.reused += reused.length;
@@ -170,6 +184,7 @@ async function remoteTarget(prep: PreparedCopy, temp: FileIdentity, hash: HashAl
     oldHash: (offset, length) => prep.conn.hashRange(prep.targetPath, offset, length, hash),
     copy: (offset, length) => copyFrom(prep.targetPath, offset, length, hash),
     sync: () => f.fsync(),
+    storedHash: (offset, length) => f.hashStored(offset, length, hash),
     close: () => f.close(),
   };
 }
@@ -215,6 +230,7 @@ async function localTarget(prep: PreparedCopy, temp: FileIdentity, hash: HashAlg
       return run;
     },
     sync: () => into.sync(),
+    storedHash: (offset, length) => hashOpen(into, offset, length, hash, prep.tempPath),
     close: async () => {
       await from.close().catch(() => {});
       await into.close();
