@@ -1,7 +1,7 @@
-// Benchmark scenario `sync`: re-syncing a big file of which one part changed, through one sshd on
+// Benchmark scenario `delta`: re-syncing a big file of which one part changed, through one sshd on
 // 127.0.0.1: `ferry cp --delta` (and with --inplace) against `rsync --inplace --no-whole-file`.
 //
-// `export async function sync(argv)`, registered in bench/run.mjs's SCENARIOS.
+// `export async function delta(argv)`, registered in bench/run.mjs's SCENARIOS.
 //
 // Setup (not timed): a random source; the old version (the source before the change) kept aside;
 // then `--change` bytes of the source, in its middle, replaced by other random bytes. Each run
@@ -25,7 +25,7 @@ const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packag
 
 const DEFAULT_CONFIGS = ['rsync', 'ferry --delta', 'ferry --delta --inplace'];
 
-const HELP = `usage: npm run bench -- sync [options]
+const HELP = `usage: npm run bench -- delta [options]
 
   --size <size>       file size (default 4GiB)
   --change <size>     bytes changed in the middle of the file (default 1MiB)
@@ -33,7 +33,7 @@ const HELP = `usage: npm run bench -- sync [options]
   --configs <list>    comma-separated: rsync (rsync --inplace --no-whole-file over ssh), or ferry
                       flags after the word ferry (default "${DEFAULT_CONFIGS.join(',')}")
   --idle-wait <s>     before each run, wait up to this many seconds for 5 idle seconds (default 60)
-  --out <dir>         where sync.md and sync.json go (default bench/results)
+  --out <dir>         where delta.md and delta.json go (default bench/results)
 `;
 
 /** Replaces `length` bytes at `offset` of a file by random ones. */
@@ -75,7 +75,7 @@ function toolOf(entry, ctx) {
   };
 }
 
-export async function sync(argv) {
+export async function delta(argv) {
   const { values: o } = parseArgs({
     args: argv,
     options: {
@@ -99,7 +99,7 @@ export async function sync(argv) {
   if (change > size) throw new Error('--change must not exceed --size');
   if (o.configs.split(',').includes('rsync') && !which('rsync')) throw new Error('rsync is not installed');
 
-  const work = await mkdtemp(join(tmpdir(), 'ferry-bench-sync-'));
+  const work = await mkdtemp(join(tmpdir(), 'ferry-bench-delta-'));
   onCleanup(() => rm(work, { recursive: true, force: true }));
   const sshd = await startSshd();
   onCleanup(() => sshd.stop());
@@ -149,10 +149,10 @@ export async function sync(argv) {
   );
   const failed = results.filter((r) => r.error);
   const md = [
-    '# Benchmark: sync (one changed part of a big file, re-synced)',
+    '# Benchmark: delta (one changed part of a big file, re-synced by ferry cp --delta)',
     '',
     `${formatBytes(size)} file, ${formatBytes(change)} changed in the middle, ${rounds} round(s); ferry ${ferryVersion()}.`,
-    `Command: \`node bench/run.mjs sync ${argv.map(shq).join(' ')}\``,
+    `Command: \`node bench/run.mjs delta ${argv.map(shq).join(' ')}\``,
     '',
     table,
     '',
@@ -162,8 +162,8 @@ export async function sync(argv) {
     '',
   ].join('\n');
   await mkdir(resolve(o.out), { recursive: true });
-  await writeFile(join(resolve(o.out), 'sync.md'), md);
-  await writeFile(join(resolve(o.out), 'sync.json'), JSON.stringify({ scenario: 'sync', date: new Date().toISOString(), ferry: ferryVersion(), machine: machine(), options: { size, change, rounds, configs: tools.map((t) => t.name) }, results }, null, 1) + '\n');
+  await writeFile(join(resolve(o.out), 'delta.md'), md);
+  await writeFile(join(resolve(o.out), 'delta.json'), JSON.stringify({ scenario: 'delta', date: new Date().toISOString(), ferry: ferryVersion(), machine: machine(), options: { size, change, rounds, configs: tools.map((t) => t.name) }, results }, null, 1) + '\n');
   process.stdout.write(md);
   if (failed.length > 0) process.exitCode = 1;
 }
