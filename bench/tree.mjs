@@ -90,7 +90,7 @@ async function freeBytes(dir) {
  * its description file is a half-made one and is made again). Fails before writing anything
  * when the disk cannot hold the tree (if it is new) and one copy of it.
  */
-async function sourceTree({ files, big, bigBytes, seed, smallOnly }) {
+export async function sourceTree({ files, big, bigBytes, seed, smallOnly }) {
   await mkdir(CACHE_DIR, { recursive: true });
   const name = smallOnly ? `tree-seed${seed}-files${files}-small` : `tree-seed${seed}-files${files}-big${big}x${sizeWord(bigBytes)}`;
   const path = join(CACHE_DIR, name);

@@ -40,6 +40,7 @@ export function discardConnection(label: string): RemoteConnection {
     setstat: none,
     rename: none,
     unlink: none,
+    rmdir: none,
     hashRange: none,
     writeBatch: none,
     walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }),

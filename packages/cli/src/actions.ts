@@ -132,6 +132,41 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
   }
 }
 
+/** Exit code of `ferry sync --exit-code` when something was (or would be) created, updated or deleted. */
+export const SYNC_CHANGED_EXIT = 3;
+
+/** `ferry sync`: a tree or a file made the same as its source; with `exitCode`, 3 says something changed. */
+export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean): Promise<void> {
+  const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
+  const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
+  try {
+    const { runSync } = await import('@ferry/coordinator');
+    const summary = await runSync({
+      source,
+      destination,
+      options: copyOptions,
+      agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
+      launcher: await makeLauncher({ launcher: 'local' }),
+      onEvent: (e) => renderer.onEvent(e),
+      ...(io.signal ? { signal: io.signal } : {}),
+    });
+    let changed: boolean;
+    if ('plan' in summary && summary.plan) changed = summary.plan.create + summary.plan.update + summary.plan.delete > 0;
+    else if ('unchanged' in summary && typeof summary.unchanged === 'boolean') {
+      changed = !summary.unchanged;
+      if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : '');
+    } else if ('files' in summary) changed = summary.files + summary.symlinks + summary.hardlinks + summary.dirs + summary.deleted > 0;
+    else changed = true;
+    if (style === 'json') io.stdout.write(JSON.stringify({ type: 'sync.done', changed }) + '\n');
+    io.exitCode = changed && exitCode ? SYNC_CHANGED_EXIT : 0;
+  } catch (err) {
+    renderer.finish();
+    const e = toFerryError(err);
+    if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
+    reportError(io, e);
+  }
+}
+
 /** Sources with remote glob patterns expanded (coordinator's remote-glob.ts); without one, as given and nothing loaded. */
 export async function expandSources(sources: string[], options: CopyOptions, signal?: AbortSignal): Promise<string[]> {
   if (!sources.some((s) => isRemoteSource(s) && hasGlob(parseLocation(s).path))) return sources;

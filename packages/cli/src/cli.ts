@@ -5,11 +5,12 @@
 import { Command, CommanderError, Option } from 'commander';
 import { AGENT_EXEC_ENV, CORRUPT_RANGES_ENV, EXIT_CODES, FerryError, JOB_SPEC_SHA256_ENV, NATS_TLS_ENV, corruptRangesFrom, decodeAgentExec, decodeClientTls, toFerryError } from '@ferry/core';
 import type { CopyOptions, WarmGo, WarmHint } from '@ferry/core';
-import { copy, expandSources, parseSecretsLine, reportError, stdinLines } from './actions.js';
+import { copy, expandSources, parseSecretsLine, reportError, stdinLines, syncTree } from './actions.js';
 import type { CliIo, LaunchOptions } from './actions.js';
 import { runSpmd, sbatchScript, submitSbatch } from './launch.js';
 import { runServe } from './serve-command.js';
 import { formatJob, formatJobList, loadJob, loadJobs } from './status.js';
+import { addVerifyCommands } from './verify-command.js';
 import { VERSION } from './version.js';
 
 export type { CliIo } from './actions.js';
@@ -128,6 +129,30 @@ export function createCli(io: CliIo): Command {
       await runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
     });
 
+  const sync = program
+    .command('sync')
+    .description('make DESTINATION the same as SOURCE (a directory tree or a file), sending only what differs; one side is remote, written [user@]host[:port]:path')
+    .argument('<source>', 'a local path or [user@]host[:port]:path: a directory or a file')
+    .argument('<destination>', 'the copy itself: created when missing; an existing directory is compared with SOURCE, not entered (a file source goes into a directory under its own name)');
+  addCopyOptions(sync);
+  sync
+    .addOption(new Option('--compare <level>', 'when an entry at the destination counts as the same: exists; size; mtime (size, modification time to the second, and mode); checksum (size and content, both sides hashed)').choices(['exists', 'size', 'mtime', 'checksum']).default('mtime'))
+    .option('--delete', 'remove what the destination has and the source does not, once everything else arrived (never after a failure)')
+    .option('-n, --dry-run', 'list what would be created, updated and deleted, and change nothing')
+    .option('--exit-code', 'exit 0 only when nothing had to change, and 3 when something was (with --dry-run: would be) created, updated or deleted')
+    .addHelpText('after', describeExitCodes())
+    .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
+      const copyOptions: CopyOptions = {
+        ...copyOptionsFrom(opts),
+        // A sync compares times: the copy keeps them (and modes), as rsync -a does.
+        preserve: true,
+        compare: opts.compare as string,
+        ...(opts.delete === true ? { delete: true } : {}),
+        ...(opts.dryRun === true ? { dryRun: true } : {}),
+      };
+      await syncTree(io, source, destination, copyOptions, opts.verbose === true, opts.exitCode === true);
+    });
+
   program
     .command('resume')
     .description('continue an interrupted or failed copy, with the options it was started with')
@@ -173,6 +198,8 @@ export function createCli(io: CliIo): Command {
         reportError(io, toFerryError(err));
       }
     });
+
+  addVerifyCommands(program, io);
 
   program
     .command('serve')

@@ -32,13 +32,21 @@ export function formatSummary(s: CopySummary): string {
 
 export function formatTreeSummary(s: TreeSummary): string {
   const resumed = s.resumedFiles > 0 ? `; ${s.resumedFiles} files (${formatBytes(s.resumedBytes)}) were done by an earlier run` : '';
+  const synced = s.unchanged > 0 || s.deleted > 0 ? `\n  ${s.unchanged} entries were already the same at the destination${s.deleted > 0 ? `, ${s.deleted} deleted there` : ''}` : '';
   const notCopied = s.failed > 0 || s.skipped > 0 ? `\n  ${s.failed} failed, ${s.skipped} skipped (listed in ${s.stateDir}/failed.ndjson and skipped.ndjson)` : '';
   const lines = [
     `ferry: copied ${s.source} -> ${s.destination}`,
     `  ${s.files} files, ${formatBytes(s.bytes)} in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.bytes / s.seconds : 0)}, ${Math.round(s.filesPerSec)} files/s${resumed}`,
-    `  ${s.dirs} directories, ${s.symlinks} symlinks, ${s.hardlinks} hard links; ${s.streams} stream${s.streams === 1 ? '' : 's'}, ${s.mode} mode, ${s.hash} hashes${notCopied}`,
+    `  ${s.dirs} directories, ${s.symlinks} symlinks, ${s.hardlinks} hard links; ${s.streams} stream${s.streams === 1 ? '' : 's'}, ${s.mode} mode, ${s.hash} hashes${synced}${notCopied}`,
   ];
   return lines.join('\n') + '\n';
+}
+
+/** `ferry sync --dry-run`'s last line: what a sync would do. */
+export function formatSyncPlan(s: TreeSummary): string {
+  const p = s.plan!;
+  const unreadable = p.unreadable > 0 ? `; ${p.unreadable} source entries could not be read (--delete would delete nothing)` : '';
+  return `ferry: dry run, nothing changed: ${p.create} to create, ${p.update} to update, ${p.delete} to delete, ${p.unchanged} unchanged (${s.source} -> ${s.destination})${unreadable}\n`;
 }
 
 export function treeProgressLine(e: Extract<CopyEvent, { type: 'tree.progress' }>, rate: number): string {
@@ -115,7 +123,11 @@ export function createRenderer(style: OutputStyle, stdout: Output, stderr: Outpu
           return;
         case 'tree.done':
           clear();
-          if (style === 'human') stdout.write(formatTreeSummary(event));
+          if (style === 'human') stdout.write(event.plan ? formatSyncPlan(event) : formatTreeSummary(event));
+          return;
+        case 'sync.change':
+          clear();
+          if (style === 'human') stdout.write(`${event.action.padEnd(6)} ${event.path === '' ? '.' : event.path}${event.reason ? ` (${event.reason})` : ''}\n`);
           return;
         default:
           return;

@@ -3,6 +3,7 @@
  * summary, or NDJSON (`--json`), one object per line.
  */
 import type { ErrorCode, TransferMode } from '@ferry/core';
+import type { PlannedChange, SyncPlanCounts } from './tree-sync.js';
 
 export interface CopySummary {
   jobId: string;
@@ -63,6 +64,11 @@ export interface TreeSummary {
   hash: string;
   /** The job's state directory (journal, failed.ndjson, skipped.ndjson). */
   stateDir: string;
+  /** `ferry sync`: entries found the same at the destination (not sent), and entries deleted there (--delete). */
+  unchanged: number;
+  deleted: number;
+  /** `ferry sync --dry-run`: what a sync would do (nothing was done). */
+  plan?: SyncPlanCounts;
 }
 
 export type CopyEvent =
@@ -108,4 +114,6 @@ export type CopyEvent =
   | { type: 'tree.progress'; files: number; bytes: number; failed: number; skipped: number; dirs: number; resumedFiles: number }
   /** An entry not copied (the first 20 of a run; all of them are in failed.ndjson). */
   | { type: 'file.failed'; path: string; code: ErrorCode; message: string }
-  | ({ type: 'tree.done' } & TreeSummary);
+  | ({ type: 'tree.done' } & TreeSummary)
+  /** `ferry sync --dry-run`: one entry a sync would create, update or delete. */
+  | ({ type: 'sync.change' } & PlannedChange);

@@ -11,6 +11,8 @@ export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary, TreeSummary } from './events.js';
 export { runTreeCopy, HUGE_FILE_BYTES } from './tree-copy.js';
 export { isLocalDirectory } from './tree-target.js';
+export { runSync } from './sync.js';
+export type { FileSyncSummary } from './sync.js';
 export { startEmbeddedNats, findExecutable, freePort } from './nats-server.js';
 export type { EmbeddedNats, EmbeddedNatsOptions } from './nats-server.js';
 export { prepareCopy, makeJobId } from './prepare.js';
@@ -20,3 +22,7 @@ export { checkPrivateDir, readPrivateFile, writePrivateFile } from './private-fi
 export { jobDirOf, listJobs, readJobFile, readStatus, readTreeJobFile, readTreeStatus, pidAlive, foldJournal } from './job-state.js';
 export type { JobFile, JobPhase, JobStatus, TreeJobFile, TreeJobStatus } from './job-state.js';
 export { expandRemoteSources } from './remote-glob.js';
+export { jobManifest, readTreeRecords, writeManifestFile } from './manifest.js';
+export type { JobManifest } from './manifest.js';
+export { runVerify, listRanges, DEFAULT_VERIFY_CONNECTIONS } from './verify.js';
+export type { BadRange, VerifyEvent, VerifyProblem, VerifyRequest, VerifySummary } from './verify.js';

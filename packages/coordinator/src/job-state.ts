@@ -267,6 +267,8 @@ export interface TreeJobFile {
   /** The remote directory the tree became (chosen by the first run, kept by every later one). */
   targetRoot: string;
   options: CopyOptions;
+  /** The hash of the files sent in batches (absent in older ferry's jobs: a digest's length tells). */
+  hash?: HashAlgorithm;
 }
 
 /** How a tree copy stands (`tree-status.json`), rewritten every few seconds and at the end. */

@@ -15,7 +15,6 @@ import { delimiter, join } from 'node:path';
 import { FerryError } from '@ferry/core';
 import type { NatsClientTls } from '@ferry/core';
 import { diesWithThisProcess } from '@ferry/transport';
-import { createJobTls } from './nats-tls.js';
 
 export interface EmbeddedNats {
   url: string;
@@ -147,7 +146,8 @@ export async function startEmbeddedNats(options: EmbeddedNatsOptions): Promise<E
   const startTimeoutMs = options.startTimeoutMs ?? 15_000;
   // Beyond loopback, nothing secret may cross the network in clear text, and the token alone
   // (which anyone on the path could have read before) no longer lets a client in.
-  const tls = isLoopback(host) ? undefined : await createJobTls(join(options.storeDir, 'tls'), options.jobId ?? 'job', [host, options.advertiseHost ?? host]);
+  // Loaded only here: node-forge is a fifth of the coordinator's start-up, and a loopback nats-server needs no certificate.
+  const tls = isLoopback(host) ? undefined : await (await import('./nats-tls.js')).createJobTls(join(options.storeDir, 'tls'), options.jobId ?? 'job', [host, options.advertiseHost ?? host]);
   const tlsBlock = tls
     ? [`tls { cert_file: ${JSON.stringify(tls.server.certFile)}, key_file: ${JSON.stringify(tls.server.keyFile)}, ca_file: ${JSON.stringify(tls.server.caFile)}, verify: true, timeout: 5 }`]
     : [];

@@ -22,10 +22,10 @@
  * 6. **finalize** (tree-finalize.ts): hard links, then directories' modes and
  *    times, deepest first.
  */
-import { mkdir } from 'node:fs/promises';
+import { lstat, mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
-import { FerryError, Pacer, TreePlanner, copyMode, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import { FerryError, Pacer, TreePlanner, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import type { Pace } from '@ferry/agent';
@@ -37,7 +37,9 @@ import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.
 import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
-import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
+import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
+import { DestIndex, linkSame, localFileHash, planSync, sameContent, syncAction } from './tree-sync.js';
+import type { Comparison, DestEntry, HashFile } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -68,18 +70,26 @@ const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
 const DIRS_PER_BATCH = 1024;
 
 /** What a run counts as it goes: the summary's counts. */
-type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped'>;
+type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted'>;
+
+/** `ferry sync`: what the destination holds, how entries are compared with it, and how each side's files are hashed (--compare checksum). */
+interface SyncState {
+  index: DestIndex;
+  comparison: Comparison;
+  hashSource: HashFile;
+  hashDest: HashFile;
+}
 
 /**
  * `ferry cp -r`. A remote source that turns out to be a regular file is
  * copied as that file (runCopy), as `scp -r host:FILE dst` does; a local one
  * never comes here (the CLI copies a local file with -r as a file).
  */
-export async function runTreeCopy(request: CopyRequest): Promise<TreeSummary | CopySummary> {
+export async function runTreeCopy<F = CopySummary>(request: CopyRequest, asFile: () => Promise<F> = () => runCopy(request) as Promise<F>): Promise<TreeSummary | F> {
   try {
     return await runTree(request);
   } catch (err) {
-    if (err instanceof SourceIsFile) return runCopy(request);
+    if (err instanceof SourceIsFile) return asFile();
     throw err;
   }
 }
@@ -99,6 +109,13 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     return conn;
   };
   const jobDir = jobDirOf(stateDir, target.jobId);
+  if (options.sync && options.dryRun) {
+    try {
+      return await dryRunSync(target, conn, options, rangeHashFor(options, conn), emit, started);
+    } finally {
+      conn.close();
+    }
+  }
   let unlock: (() => Promise<void>) | undefined;
   let journal: TreeJournal | undefined;
   let run: TreeRun | undefined;
@@ -114,6 +131,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     const state = opened.state;
     const resumed = state.done.size > 0;
     const previous = await readTreeJobFile(jobDir);
+    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
     await writeTreeJobFile(jobDir, {
       v: 1,
       kind: 'tree',
@@ -125,15 +143,18 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
       destinationLabel: target.destinationLabel,
       targetRoot: target.targetRoot,
       options: request.options ?? {},
+      hash: algorithm,
     });
-    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
     // Modes as scp sets them: limited by the destination side's umask (this process's, for a pull).
     const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
     const meta = metaPlanOf(options, target.direction, conn);
-    run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir);
+    // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
+    const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
+    sync?.catch(() => {});
+    run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -183,6 +204,63 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
   }
 }
 
+/** The destination as it is now (empty when it does not exist yet): a sync compares the source with it. */
+async function destinationIndex(target: TreeTarget, conn: RemoteConnection): Promise<DestIndex> {
+  if (target.direction === 'pull') {
+    const isDir = await lstat(target.targetRoot).then((s) => s.isDirectory(), () => false);
+    return isDir ? DestIndex.read(walkTree(target.targetRoot)) : new DestIndex();
+  }
+  const st = await remoteStat(conn, target.targetRoot);
+  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot)) : new DestIndex();
+}
+
+/** What a sync compares with, and how: the destination walked first, files hashed on their own side at --compare checksum. */
+async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
+  const started = Date.now();
+  const index = await destinationIndex(target, conn);
+  emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
+  const local = localFileHash(algorithm);
+  const remote: HashFile = (path, size) => conn.hashRange(path, 0, size, algorithm);
+  return {
+    index,
+    comparison: { level: options.sync!, umask, preserve: options.preserve },
+    hashSource: target.direction === 'push' ? local : remote,
+    hashDest: target.direction === 'push' ? remote : local,
+  };
+}
+
+/** `ferry sync --dry-run`: every create, update and delete a sync would make, reported as `sync.change` events; nothing changed, no job state written. */
+async function dryRunSync(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, emit: NonNullable<CopyRequest['onEvent']>, started: number): Promise<TreeSummary> {
+  const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
+  const sync = await syncStateOf(target, conn, options, algorithm, umask, emit);
+  const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
+  const plan = await planSync(
+    walk,
+    sync.index,
+    sync.comparison,
+    { source: sync.hashSource, dest: sync.hashDest, sourcePath: (p) => sourcePathOf(target, p), destPath: (p) => remotePathOf(target, p) },
+    options.deleteExtraneous,
+    (change) => emit({ type: 'sync.change', ...change }),
+  );
+  const seconds = (Date.now() - started) / 1000;
+  const summary: TreeSummary = {
+    jobId: target.jobId,
+    source: target.sourceLabel,
+    destination: target.destinationLabel,
+    files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
+    seconds,
+    mbps: 0,
+    filesPerSec: 0,
+    mode: conn.mode,
+    streams: 0,
+    hash: algorithm,
+    stateDir: '',
+    plan,
+  };
+  emit({ type: 'tree.done', ...summary });
+  return summary;
+}
+
 function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryError): TreeJobStatus {
   const c = run.counters;
   return {
@@ -199,12 +277,24 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
+/** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
+const SYNC_WALK_AHEAD = 65_536;
+
 /** Written this often while a tree copy runs, for `ferry status`. */
 const STATUS_EVERY_MS = 5000;
 
 /** One run of a tree copy: the stages' shared state. */
 class TreeRun {
-  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0 };
+  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0 };
+  /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
+  private sync: SyncState | undefined;
+  /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
+  private walkErrors = 0;
+  /** Sync: files with several names this run sent again (their further names are made again too). */
+  private readonly resentLinked = new Set<string>();
+  /** Sync: source files with several names, and what stood at each further name at the destination (hard links are few). */
+  private readonly linkFirsts = new Map<string, TreeEntry>();
+  private readonly linkDests = new Map<string, DestEntry | undefined>();
   readonly streams: number;
   private readonly dirs = new Map<string, TreeEntry>();
   private pendingDirs: TreeEntry[] = [];
@@ -240,6 +330,7 @@ class TreeRun {
     private readonly emit: NonNullable<CopyRequest['onEvent']>,
     private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
     jobDir: string,
+    private readonly syncPending?: Promise<SyncState>,
   ) {
     this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
     // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
@@ -262,6 +353,12 @@ class TreeRun {
         : {
             apply: async (entries) => (await control()).writeBatch(entries, algorithm, () => noBytes()),
             setstat: async (path, attrs) => (await control()).setstat(path, attrs),
+            remove: async (path, dir) => {
+              const c = await control();
+              await (dir ? c.rmdir(path) : c.unlink(path)).catch((err: unknown) => {
+                if (errnoOf(err) !== 'ENOENT') throw err;
+              });
+            },
           };
   }
 
@@ -281,8 +378,22 @@ class TreeRun {
 
   /** The source tree as a stream: walked here for a push, by the remote helper for a pull. */
   private async walk(): Promise<AsyncIterable<WalkItem>> {
-    if (this.target.direction === 'pull') return (await this.control()).walk(this.target.sourceRoot, this.meta.walk);
-    return walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}) });
+    const walk = this.target.direction === 'pull' ? (await this.control()).walk(this.target.sourceRoot, this.meta.walk) : walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}), ...(this.syncPending ? { highWater: SYNC_WALK_AHEAD } : {}) });
+    if (!this.syncPending) return walk;
+    // A sync: the source walk starts now and runs ahead (up to SYNC_WALK_AHEAD entries here, a
+    // pull's up to the SSH window) while the destination's walk is read; planning waits for that.
+    // Two items asked for: the walker reports the root first and starts reading directories on the next request.
+    const it = walk[Symbol.asyncIterator]();
+    const primed = [it.next()];
+    primed.push(primed[0]!.then((r) => (r.done ? r : it.next())));
+    for (const p of primed) p.catch(() => {});
+    try {
+      this.sync = await this.syncPending;
+    } catch (err) {
+      await it.return?.();
+      throw err;
+    }
+    return { [Symbol.asyncIterator]: () => ({ next: () => primed.shift() ?? it.next(), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
   }
 
   /**
@@ -326,6 +437,7 @@ class TreeRun {
       try {
         for await (const item of await this.walk()) {
           if ('error' in item) {
+            this.walkErrors++;
             if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceLabel}: ${item.error.message}`, { path: this.target.sourceRoot });
             this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.sourcePath(item.path), errno: item.error.code });
             continue;
@@ -358,7 +470,10 @@ class TreeRun {
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
         done: () => this.counters.hardlinks++,
       };
-      await makeHardLinks(ctx, this.links, (p) => this.failedPaths.has(p));
+      await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
+      this.checkStop();
+      // Before the directories' times are set: removing an entry changes its directory's mtime.
+      if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
       this.checkStop();
       await finishDirectories(ctx, this.dirs);
       this.checkStop();
@@ -368,8 +483,25 @@ class TreeRun {
     }
   }
 
+  /**
+   * The hard links to make: not one whose directory could not be made (a
+   * link or a file in its place, found after the walk admitted the entry:
+   * nothing is made through it), nor, in a sync, one already right there.
+   */
+  private linksToMake(): TreeEntry[] {
+    return this.links.filter((l) => {
+      const parent = posix.dirname(l.path) === '.' ? '' : posix.dirname(l.path);
+      if (this.failedDirs.has(parent)) {
+        this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
+        return false;
+      }
+      return !this.sync || !this.linkUnchanged(l);
+    });
+  }
+
   /** Stage 2's output: each step of the plan, in order. */
   private async publish(step: TreeStep): Promise<void> {
+    if (this.sync) return this.publishSync(step, this.sync);
     switch (step.type) {
       case 'mkdir':
         this.dirs.set(step.entry.path, step.entry);
@@ -392,6 +524,124 @@ class TreeRun {
         return this.send([step.entry]);
       case 'batch':
         return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
+    }
+  }
+
+  /**
+   * A sync's plan step: each entry compared with what stands at its path at
+   * the destination; only what differs goes (as a copy's would).
+   */
+  private async publishSync(step: TreeStep, sync: SyncState): Promise<void> {
+    switch (step.type) {
+      case 'mkdir': {
+        const dest = sync.index.take(step.entry.path);
+        this.dirs.set(step.entry.path, step.entry);
+        // One already there will do (its mode and times are set at the end, as for any directory).
+        if (dest?.kind === 'dir') return;
+        this.pendingDirs.push(step.entry);
+        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
+        return;
+      }
+      case 'skip':
+        sync.index.take(step.entry.path);
+        this.counters.skipped++;
+        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
+        return;
+      case 'hardlink':
+        this.linkDests.set(step.entry.path, sync.index.take(step.entry.path));
+        this.links.push(step.entry);
+        return;
+      case 'file': {
+        const [entry] = await this.changed([step.entry], sync);
+        if (!entry) return;
+        if (entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
+          this.huge.push(entry);
+          return;
+        }
+        return this.send([entry]);
+      }
+      case 'batch':
+        return this.send(await this.changed(step.entries.map((n) => n.entry), sync));
+    }
+  }
+
+  /**
+   * The entries of `entries` that differ from the destination (counting the
+   * others as unchanged); one where something of another kind stands fails
+   * (nothing is deleted to make room but by --delete's own rules: never).
+   */
+  private async changed(entries: readonly TreeEntry[], sync: SyncState): Promise<TreeEntry[]> {
+    const out: TreeEntry[] = [];
+    const toHash: TreeEntry[] = [];
+    for (const e of entries) {
+      const dest = sync.index.take(e.path);
+      if (e.nlink > 1) this.linkFirsts.set(e.path, e);
+      const { action, reason } = syncAction(e, dest, sync.comparison);
+      if (action === 'same') {
+        if (sync.comparison.level === 'checksum' && e.kind === 'file') toHash.push(e);
+        else this.counters.unchanged++;
+        continue;
+      }
+      if (dest?.kind === 'dir') {
+        this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} is a directory where the source has a ${e.kind}: not replaced (remove it, then sync again)`, path: e.path });
+        continue;
+      }
+      if (reason !== 'missing' && e.nlink > 1) this.resentLinked.add(e.path);
+      out.push(e);
+    }
+    if (toHash.length > 0) {
+      const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
+      toHash.forEach((e, i) => {
+        if (same[i]) this.counters.unchanged++;
+        else {
+          if (e.nlink > 1) this.resentLinked.add(e.path);
+          out.push(e);
+        }
+      });
+    }
+    return out;
+  }
+
+  /** Sync: a further name that is already the same file as its first name there, and that file was not sent again. */
+  private linkUnchanged(link: TreeEntry): boolean {
+    const sync = this.sync!;
+    if (this.resentLinked.has(link.target!) || !linkSame(link, this.linkDests.get(link.path), this.linkFirsts.get(link.target!), sync.index, sync.comparison)) return false;
+    this.counters.unchanged++;
+    return true;
+  }
+
+  /**
+   * `--delete`: what the destination holds and the source does not, removed
+   * deepest first, once every entry arrived: never after a failure or a walk
+   * that could not read part of the source (what it did not see would go).
+   */
+  private async deleteExtraneous(index: DestIndex): Promise<void> {
+    if (this.counters.failed > 0 || this.walkErrors > 0) {
+      this.emit({ type: 'warning', message: `--delete: nothing deleted, as ${this.counters.failed > 0 ? `${this.counters.failed} entries failed` : 'part of the source could not be read'}; run again once the copy is complete` });
+      return;
+    }
+    const doomed = index.extraneous().filter((e) => !index.underUnreadable(e.path));
+    // Of one depth, several at once: none is inside another.
+    for (let i = 0; i < doomed.length; ) {
+      const depth = doomed[i]!.path.split('/').length;
+      let j = i;
+      while (j < doomed.length && doomed[j]!.path.split('/').length === depth) j++;
+      const level = doomed.slice(i, j);
+      for (let k = 0; k < level.length; k += 32) {
+        await Promise.all(
+          level.slice(k, k + 32).map(async (e) => {
+            try {
+              await this.dest.remove(this.destPath(e.path), e.kind === 'dir');
+              this.counters.deleted++;
+              this.emit({ type: 'log', message: `deleted ${this.destPath(e.path)}` });
+            } catch (err) {
+              this.fail(e.path, toFerryError(err).toData());
+            }
+          }),
+        );
+      }
+      this.checkStop();
+      i = j;
     }
   }
 

@@ -5,8 +5,8 @@
  * directory changes its mtime, so a parent is finished after its children).
  */
 import { constants } from 'node:fs';
-import { open } from 'node:fs/promises';
-import { FerryError, copyMode, destinationError, finishOrder, toFerryError } from '@ferry/core';
+import { open, rmdir, unlink } from 'node:fs/promises';
+import { FerryError, copyMode, destinationError, errnoOf, finishOrder, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, ErrorData, TreeEntry } from '@ferry/core';
 import type { BatchResult, SetAttrs } from '@ferry/transport';
 import { applyEntries, applyPathMeta } from '@ferry/serve';
@@ -27,6 +27,8 @@ export interface TreeDestination {
   apply(entries: BatchEntry[]): Promise<BatchResult[]>;
   /** A directory's owner, attributes, mode and times (a big file's owner, attributes and mode: `file`). */
   setstat(path: string, attrs: SetAttrs, file?: boolean): Promise<void>;
+  /** Removes what stands at `path` (`ferry sync --delete`): an empty directory (`dir`), else a file, link or special file, never through a link. */
+  remove(path: string, dir: boolean): Promise<void>;
 }
 
 /** This host as a tree's destination (a pull). */
@@ -49,6 +51,13 @@ export const localDestination: TreeDestination = {
       throw destinationError(err, { path });
     } finally {
       await fh?.close().catch(() => {});
+    }
+  },
+  remove: async (path, dir) => {
+    try {
+      await (dir ? rmdir(path) : unlink(path));
+    } catch (err) {
+      if (errnoOf(err) !== 'ENOENT') throw destinationError(err, { path });
     }
   },
 };

@@ -36,6 +36,8 @@ export interface TreeRecord {
   i: number;
   /** Content hash (files sent in batches), absent for symlinks. */
   h?: string;
+  /** A symlink's target (absent in journals of older versions, which did not say which entries were links). */
+  l?: string;
   /** A big file: the id of the single-file job that moved it. */
   job?: string;
   /** Digest of the metadata the entry was given at the destination (metaDigest); absent in journals of older versions. */
@@ -209,7 +211,7 @@ function isRecord(v: unknown): v is TreeRecord {
 
 /** The journal's record for an entry sent now. */
 export function recordOf(entry: TreeEntry, extra: { hash?: string; job?: string; meta?: string } = {}): TreeRecord {
-  return { p: entry.path, s: entry.size, m: entry.mtimeMs, i: entry.ino, ...(extra.hash ? { h: extra.hash } : {}), ...(extra.job ? { job: extra.job } : {}), ...(extra.meta ? { a: extra.meta } : {}) };
+  return { p: entry.path, s: entry.size, m: entry.mtimeMs, i: entry.ino, ...(extra.hash ? { h: extra.hash } : {}), ...(entry.kind === 'symlink' && entry.target !== undefined ? { l: entry.target } : {}), ...(extra.job ? { job: extra.job } : {}), ...(extra.meta ? { a: extra.meta } : {}) };
 }
 
 /**

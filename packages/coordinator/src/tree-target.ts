@@ -93,8 +93,8 @@ export async function prepareTreePush(
   const { conn } = await connectAny(hosts, ssh, connectOptions);
   try {
     const hostsKey = `${loc.hosts.join(',')}:${loc.port ?? 22}`;
-    const jobId = makeJobId('push', sourceRoot, `${hostsKey}:tree:${loc.user ?? ''}:${loc.path}`);
-    const targetRoot = (await rememberedRoot(jobId)) ?? (await remoteTreeRoot(conn, loc, basename(sourceRoot)));
+    const jobId = makeJobId('push', sourceRoot, `${hostsKey}:${kindKey(options)}:${loc.user ?? ''}:${loc.path}`);
+    const targetRoot = options.sync ? await remoteTreeRoot(conn, loc, undefined) : ((await rememberedRoot(jobId)) ?? (await remoteTreeRoot(conn, loc, basename(sourceRoot))));
     return {
       jobId,
       direction: 'push',
@@ -145,8 +145,8 @@ async function prepareTreePull(
     const sourceRoot = await conn.realpath(given);
     const hostsKey = `${loc.hosts.join(',')}:${loc.port ?? 22}`;
     const target = resolve(destination);
-    const jobId = makeJobId('pull', `${hostsKey}:tree:${loc.user ?? ''}:${loc.path}`, target);
-    const targetRoot = (await rememberedRoot(jobId)) ?? (await localTreeRoot(destination, posix.basename(sourceRoot.replace(/\/+$/, '')) || 'root'));
+    const jobId = makeJobId('pull', `${hostsKey}:${kindKey(options)}:${loc.user ?? ''}:${loc.path}`, target);
+    const targetRoot = options.sync ? await localTreeRoot(destination, undefined) : ((await rememberedRoot(jobId)) ?? (await localTreeRoot(destination, posix.basename(sourceRoot.replace(/\/+$/, '')) || 'root')));
     return {
       jobId,
       direction: 'pull',
@@ -166,7 +166,17 @@ async function prepareTreePull(
   }
 }
 
-async function localTreeRoot(destination: string, sourceName: string): Promise<string> {
+/** A sync's job is not a copy's: the same paths make two jobs (a sync's destination is the copy itself). */
+function kindKey(options: ResolvedCopyOptions): string {
+  return options.sync ? 'sync' : 'tree';
+}
+
+/**
+ * The directory a tree becomes: an existing directory receives the source
+ * under `sourceName`, as scp -r names it; with no `sourceName` (a sync) the
+ * destination is the copy itself, existing or not.
+ */
+async function localTreeRoot(destination: string, sourceName: string | undefined): Promise<string> {
   const given = resolve(destination);
   const kindOf = async (path: string) => {
     try {
@@ -178,14 +188,14 @@ async function localTreeRoot(destination: string, sourceName: string): Promise<s
     }
   };
   const kind = await kindOf(given);
-  if (kind === 'directory') return join(given, sourceName);
+  if (kind === 'directory') return sourceName === undefined ? given : join(given, sourceName);
   if (kind) throw new FerryError('USAGE', `destination ${given} exists and is not a directory: a directory can only be copied into a directory`, { path: given });
   if (destination.endsWith('/')) throw new FerryError('DEST_DIR_MISSING', `destination directory ${given} does not exist: create it first, or name it without the trailing /`, { path: given });
   if ((await kindOf(dirname(given))) !== 'directory') throw new FerryError('DEST_DIR_MISSING', `destination ${given} cannot be created: ${dirname(given)} does not exist or is not a directory: create it first`, { path: dirname(given) });
   return given;
 }
 
-async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourceName: string): Promise<string> {
+async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourceName: string | undefined): Promise<string> {
   const label = conn.label;
   const given = await expandHome(conn, loc.path, 'destination');
   const statOf = async (path: string) => {
@@ -198,7 +208,7 @@ async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourc
   const st = await statOf(given);
   let root: string;
   if (st?.type === 'directory') {
-    root = posix.join(given, sourceName);
+    root = sourceName === undefined ? given : posix.join(given, sourceName);
   } else if (st) {
     throw new FerryError('USAGE', `destination ${label}:${given} exists and is not a directory: a directory can only be copied into a directory`, { host: label, path: given });
   } else {

@@ -54,3 +54,5 @@ export { ACL_XATTRS, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, MAX_XATTR_
 export type { EntryMeta, XattrScope } from './tree-meta.js';
 export { MAX_GLOB_MATCHES, expandGlob, hasGlob, matchName } from './glob.js';
 export type { GlobIo } from './glob.js';
+export { MANIFEST_FORMAT, MANIFEST_VERSION, algorithmOfDigest, comparePaths, entryAlgorithm, entryLine, formatManifest, manifestPathProblem, parseManifest, rangedRootMatches } from './manifest.js';
+export type { Manifest, ManifestEntry, ManifestFacts, ManifestHeader, RangedFileEntry, SymlinkEntry, UnknownEntry, WholeFileEntry } from './manifest.js';

@@ -140,7 +140,21 @@ export interface CopyOptions {
   connectTimeout?: string;
   /** Start over instead of resuming an earlier run of the same copy. @default false */
   restart?: boolean;
+  /**
+   * `ferry sync`: the tree is compared with what the destination holds at this
+   * level, and only what differs is sent (the destination is the copy itself,
+   * not a directory receiving it). @default not a sync
+   */
+  compare?: string;
+  /** `ferry sync --delete`: remove destination entries the source does not have, once the rest succeeded. @default false */
+  delete?: boolean;
+  /** `ferry sync --dry-run`: list what would be created, updated and deleted; change nothing. @default false */
+  dryRun?: boolean;
 }
+
+/** How `ferry sync` decides that an entry at the destination is already the source's. */
+export type CompareLevel = 'exists' | 'size' | 'mtime' | 'checksum';
+export const COMPARE_LEVELS: readonly CompareLevel[] = ['exists', 'size', 'mtime', 'checksum'];
 
 export interface ResolvedCopyOptions {
   agents: number;
@@ -200,6 +214,10 @@ export interface ResolvedCopyOptions {
   /** Whether --connect-timeout was given (it then wins over ssh_config's ConnectTimeout). */
   connectTimeoutGiven: boolean;
   restart: boolean;
+  /** `ferry sync`: the compare level; undefined for a copy. */
+  sync: CompareLevel | undefined;
+  deleteExtraneous: boolean;
+  dryRun: boolean;
 }
 
 function usage(message: string): FerryError {
@@ -312,5 +330,14 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     connectTimeoutMs: durationOption('--connect-timeout', options.connectTimeout, DEFAULT_CONNECT_TIMEOUT_MS, '20s'),
     connectTimeoutGiven: options.connectTimeout !== undefined,
     restart: options.restart ?? false,
+    sync: compareOption(options.compare),
+    deleteExtraneous: options.delete ?? false,
+    dryRun: options.dryRun ?? false,
   };
+}
+
+function compareOption(value: string | undefined): CompareLevel | undefined {
+  if (value === undefined) return undefined;
+  if (!(COMPARE_LEVELS as readonly string[]).includes(value)) throw usage(`--compare must be one of ${COMPARE_LEVELS.join(', ')}, got '${value}'`);
+  return value as CompareLevel;
 }

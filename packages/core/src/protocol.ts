@@ -192,6 +192,8 @@ export interface SetstatBody extends EntryMeta {
   size?: number;
 }
 export interface PathBody { path: string }
+/** UNLINK: `dir` removes an empty directory (rmdir) instead (`ferry sync --delete`); a helper before it ignores the field and fails with EISDIR. */
+export interface UnlinkBody { path: string; dir?: boolean }
 /**
  * With `handle` (`safe-files`): `from` must still be the file open as `handle`
  * (same device and inode, not a link) just before the rename, and `to` must be
@@ -327,7 +329,7 @@ export type ControlFrame =
   | { type: 'CLOSE'; id: number; body: HandleBody }
   | { type: 'STAT'; id: number; body: PathBody }
   | { type: 'RENAME'; id: number; body: RenameBody }
-  | { type: 'UNLINK'; id: number; body: PathBody }
+  | { type: 'UNLINK'; id: number; body: UnlinkBody }
   | { type: 'ZEROS'; id: number; body: ZerosBody }
   | { type: 'BATCH'; id: number; body: BatchBody }
   | { type: 'COMMIT'; id: number; body: CommitBody }
@@ -594,8 +596,11 @@ function validate(frame: ControlFrame): ControlFrame {
       }
       break;
     case 'STAT':
+      str('path');
+      break;
     case 'UNLINK':
       str('path');
+      if (b.dir !== undefined && typeof b.dir !== 'boolean') throw protocolError('UNLINK: dir must be a boolean');
       break;
     case 'RENAME':
       str('from');

@@ -103,6 +103,9 @@ describe('resolveCopyOptions: defaults', () => {
       connectTimeoutMs: 20_000,
       connectTimeoutGiven: false,
       restart: false,
+      sync: undefined,
+      deleteExtraneous: false,
+      dryRun: false,
     });
   });
 
@@ -140,6 +143,9 @@ describe('resolveCopyOptions: valid values', () => {
         maxResends: '0',
         json: true,
         connectTimeout: '5s',
+        compare: 'checksum',
+        delete: true,
+        dryRun: true,
       }),
     ).toEqual({
       agents: 16,
@@ -180,6 +186,9 @@ describe('resolveCopyOptions: valid values', () => {
       connectTimeoutMs: 5000,
       connectTimeoutGiven: true,
       restart: false,
+      sync: 'checksum',
+      deleteExtraneous: true,
+      dryRun: true,
     });
   });
 
@@ -192,6 +201,7 @@ describe('resolveCopyOptions: valid values', () => {
     expect(() => resolveCopyOptions({ transport: 'openssh', sshCmd: '   ' })).toThrow('--ssh-cmd must not be empty');
     expect(() => resolveCopyOptions({ sshCmd: 'ssh' })).toThrow('--ssh-cmd is used by --transport openssh only');
     expect(() => resolveCopyOptions({ inplace: true })).toThrow('--inplace writes the changed ranges into the existing destination file and works with --delta only: add --delta');
+    expect(() => resolveCopyOptions({ compare: 'hash' })).toThrow("--compare must be one of exists, size, mtime, checksum, got 'hash'");
   });
 
   it('accepts numbers for the numeric options', () => {

@@ -76,6 +76,13 @@ export function userName(uid: number): Promise<string | undefined> {
   return getent('passwd', String(uid), 0);
 }
 
+/** Owner and group names of ids, waiting here for getent (once per id: cached), as readMeta gives them. */
+export function readNamesSync(uid: number, gid: number): { user?: string; group?: string } {
+  const user = getentSync('passwd', String(uid), 0);
+  const group = getentSync('group', String(gid), 0);
+  return { ...(user !== undefined ? { user } : {}), ...(group !== undefined ? { group } : {}) };
+}
+
 /** The name of a group id (undefined: none). */
 export function groupName(gid: number): Promise<string | undefined> {
   return getent('group', String(gid), 0);

@@ -6,7 +6,7 @@
  * handle, bounded by the size the file had when opened).
  */
 import { constants } from 'node:fs';
-import { lstat, open, rename, stat, unlink, chmod, utimes } from 'node:fs/promises';
+import { lstat, open, rename, rmdir, stat, unlink, chmod, utimes } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -1004,7 +1004,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'UNLINK':
         run(async () => {
           try {
-            await unlink(frame.body.path);
+            await (frame.body.dir === true ? rmdir(frame.body.path) : unlink(frame.body.path));
           } catch (err) {
             if (errnoOf(err) !== 'ENOENT') throw destinationError(err, { path: frame.body.path });
           }

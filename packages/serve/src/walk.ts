@@ -24,10 +24,11 @@
  * ```
  */
 import { lstat, opendir, readlink } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import { lstatSync, opendirSync, readlinkSync } from 'node:fs';
+import type { Dir, Stats } from 'node:fs';
 import { join } from 'node:path';
 import type { TreeEntry, TreeEntryKind, WalkError, WalkItem } from '@ferry/core';
-import { readMeta } from './meta.js';
+import { readMeta, readNamesSync } from './meta.js';
 import type { MetaWanted } from './meta.js';
 
 export type { WalkError, WalkItem };
@@ -40,6 +41,11 @@ export interface WalkOptions {
   readonly signal?: AbortSignal;
   /** Owner names and extended attributes to add to each entry (meta.ts); none by default. */
   readonly meta?: MetaWanted;
+  /**
+   * Read with synchronous calls, a chunk at a time, while the file system
+   * answers fast (default true; not with extended attributes): see FAST_CHUNK.
+   */
+  readonly readSync?: boolean;
 }
 
 
@@ -47,6 +53,20 @@ const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_HIGH_WATER = 4096;
 /** lstat calls in flight per directory reader. */
 const LSTATS_AT_ONCE = 32;
+/**
+ * Entries a reader lists and lstat's with synchronous calls before it lets
+ * the event loop run. On a file system that answers from memory (a local
+ * disk's cached metadata) a synchronous lstat costs ~10 us where a promise
+ * through libuv's thread pool costs ~70 us of CPU: a 21,000-entry tree took
+ * 0.24 s instead of 1.55 s. On one that answers over a network (Lustre,
+ * NFS) the many calls in flight of the asynchronous readers hide the
+ * latency instead, so SLOW_CHUNKS chunks in a row slower than SLOW_ENTRY_US
+ * an entry switch the walk to them for good (one slow chunk is more often
+ * another process taking the CPU than a slow file system).
+ */
+const FAST_CHUNK = 128;
+const SLOW_ENTRY_US = 300;
+const SLOW_CHUNKS = 3;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -55,6 +75,11 @@ function kindOf(st: Stats): TreeEntryKind {
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
   return 'special';
+}
+
+/** A name that is not UTF-8 cannot travel as a string without changing: say so rather than copy it under another name. */
+function notUtf8(dir: string, raw: Buffer): WalkError {
+  return { path: `${dir === '' ? '' : dir + '/'}${raw.toString('latin1')}`, error: { code: 'ENAME', message: `the name is not valid UTF-8 (bytes ${raw.toString('hex')}): not copied` } };
 }
 
 function errorOf(path: string, err: unknown): WalkError {
@@ -91,21 +116,34 @@ export async function* walkTree(root: string, options: WalkOptions = {}): AsyncG
     while (ready.length - head >= highWater && failure === undefined && !signal?.aborted) await new Promise<void>((r) => wakeReaders.push(r));
   };
 
-  const describe = async (path: string, abs: string, st: Stats): Promise<WalkItem> => {
-    let kind = kindOf(st);
-    let target: string | undefined;
-    if (kind === 'symlink') target = await readlink(abs);
+  /** The kind of an lstat'ed entry; a further name of a file with several links is a `hardlink` to its first name. */
+  const kindAndFirst = (path: string, st: Stats): { kind: TreeEntryKind; first?: string } => {
+    const kind = kindOf(st);
     if (kind === 'file' && st.nlink > 1) {
       const key = `${st.dev}:${st.ino}`;
       const first = firstNames.get(key);
       if (first === undefined) firstNames.set(key, path);
-      else {
-        kind = 'hardlink';
-        target = first;
-      }
+      else return { kind: 'hardlink', first };
     }
+    return { kind };
+  };
+
+  const describe = async (path: string, abs: string, st: Stats): Promise<WalkItem> => {
+    const { kind, first } = kindAndFirst(path, st);
+    const target = kind === 'symlink' ? await readlink(abs) : first;
+    return { entry: entryOf(path, st, kind, target, options.meta ? await readMeta(abs, kind, st.uid, st.gid, options.meta) : {}) };
+  };
+
+  /** describe with synchronous calls (owner names from getent's cache; never attributes). */
+  const describeSync = (path: string, abs: string, st: Stats): WalkItem => {
+    const { kind, first } = kindAndFirst(path, st);
+    const target = kind === 'symlink' ? readlinkSync(abs) : first;
+    return { entry: entryOf(path, st, kind, target, options.meta?.names ? readNamesSync(st.uid, st.gid) : {}) };
+  };
+
+  const entryOf = (path: string, st: Stats, kind: TreeEntryKind, target: string | undefined, meta: Partial<TreeEntry>): TreeEntry => {
     const allocated = st.blocks * 512;
-    const entry: TreeEntry = {
+    return {
       path,
       kind,
       size: kind === 'file' ? st.size : 0,
@@ -119,9 +157,8 @@ export async function* walkTree(root: string, options: WalkOptions = {}): AsyncG
       nlink: st.nlink,
       ...(target === undefined ? {} : { target }),
       ...(kind === 'file' && allocated < st.size ? { allocated } : {}),
-      ...(options.meta ? await readMeta(abs, kind, st.uid, st.gid, options.meta) : {}),
+      ...meta,
     };
-    return { entry };
   };
 
   /** Reports one entry of a directory being read; a directory found is queued once reported. */
@@ -154,8 +191,7 @@ export async function* walkTree(root: string, options: WalkOptions = {}): AsyncG
         try {
           name = utf8.decode(raw);
         } catch {
-          // A name that is not UTF-8 cannot travel as a string without changing: say so rather than copy it under another name.
-          await emit({ path: `${path === '' ? '' : path + '/'}${raw.toString('latin1')}`, error: { code: 'ENAME', message: `the name is not valid UTF-8 (bytes ${raw.toString('hex')}): not copied` } });
+          await emit(notUtf8(path, raw));
           continue;
         }
         const child = path === '' ? name : `${path}/${name}`;
@@ -169,12 +205,84 @@ export async function* walkTree(root: string, options: WalkOptions = {}): AsyncG
     }
   };
 
+  /** Whether readers still use synchronous calls (FAST_CHUNK). */
+  let fast = options.readSync !== false && !options.meta?.xattrs;
+  /** Chunks in a row that were slow (SLOW_CHUNKS). */
+  let slowChunks = 0;
+
+  /**
+   * readDir with synchronous calls, FAST_CHUNK entries at a time, the event
+   * loop let run between chunks; a slow chunk ends fast reading for the walk
+   * (the next directories are read by readDir).
+   */
+  const readDirFast = async (path: string) => {
+    const abs = path === '' ? root : join(root, path);
+    let dir: Dir;
+    try {
+      dir = opendirSync(abs, { encoding: 'buffer' as BufferEncoding, bufferSize: 128 });
+    } catch (err) {
+      return emit(errorOf(path, err));
+    }
+    try {
+      for (;;) {
+        const t0 = performance.now();
+        let n = 0;
+        let end = false;
+        try {
+          // A chunk ends early when the consumer lags by highWater entries: memory stays bounded as with emit.
+          for (; n < FAST_CHUNK && ready.length - head < highWater; n++) {
+            const d = dir.readSync();
+            if (d === null) {
+              end = true;
+              break;
+            }
+            const raw = d.name as unknown as Buffer;
+            let name: string;
+            try {
+              name = utf8.decode(raw);
+            } catch {
+              ready.push(notUtf8(path, raw));
+              continue;
+            }
+            const child = path === '' ? name : `${path}/${name}`;
+            const childAbs = join(abs, name);
+            let item: WalkItem;
+            try {
+              item = describeSync(child, childAbs, lstatSync(childAbs));
+            } catch (err) {
+              item = errorOf(child, err);
+            }
+            ready.push(item);
+            // Queued once reported, as visit does.
+            if ('entry' in item && item.entry.kind === 'dir') dirs.push(child);
+          }
+        } catch (err) {
+          ready.push(errorOf(path, err));
+          end = true;
+        }
+        notify();
+        pump();
+        if (end || signal?.aborted) return;
+        if (n > 0) {
+          slowChunks = ((performance.now() - t0) * 1000) / n > SLOW_ENTRY_US ? slowChunks + 1 : 0;
+          if (slowChunks >= SLOW_CHUNKS) fast = false;
+        }
+        // The copy's connections run between chunks; a lagging consumer holds the reader back.
+        await new Promise<void>((r) => setImmediate(r));
+        while (ready.length - head >= highWater && failure === undefined && !signal?.aborted) await new Promise<void>((r) => wakeReaders.push(r));
+        if (failure !== undefined || signal?.aborted) return;
+      }
+    } finally {
+      dir.closeSync();
+    }
+  };
+
   /** Starts readers for queued directories, up to `concurrency`. */
   const pump = () => {
     while (readers < concurrency && dirs.length > 0 && failure === undefined && !signal?.aborted) {
       const path = dirs.pop()!;
       readers++;
-      readDir(path)
+      (fast ? readDirFast : readDir)(path)
         .catch((err: unknown) => {
           failure ??= err;
         })

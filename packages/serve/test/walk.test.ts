@@ -15,15 +15,25 @@ afterEach(async () => {
   await rm(root, { recursive: true, force: true });
 });
 
+/** Both ways of reading: synchronous calls a chunk at a time (a fast file system), and many asynchronous ones in flight (after a slow chunk). */
+let readSync = true;
+
 async function collect(path: string, options = {}): Promise<WalkItem[]> {
   const out: WalkItem[] = [];
-  for await (const item of walkTree(path, options)) out.push(item);
+  for await (const item of walkTree(path, { readSync, ...options })) out.push(item);
   return out;
 }
 const entries = (items: WalkItem[]) => items.filter((i): i is { entry: TreeEntry } => 'entry' in i).map((i) => i.entry);
 const byPath = (items: WalkItem[]) => new Map(entries(items).map((e) => [e.path, e]));
 
-describe('walkTree', () => {
+describe.each([
+  ['synchronous reads', true],
+  ['asynchronous reads', false],
+])('walkTree, %s', (_name, sync) => {
+  beforeEach(() => {
+    readSync = sync;
+  });
+
   it('reports every kind of entry with lstat metadata', async () => {
     await mkdir(join(root, 'sub/deeper'), { recursive: true, mode: 0o750 });
     await writeFile(join(root, 'a.txt'), 'hello', { mode: 0o640 });
@@ -95,7 +105,7 @@ describe('walkTree', () => {
     await mkdir(join(root, 'many'));
     for (let i = 0; i < 3000; i++) await writeFile(join(root, 'many', `f${i}`), '');
     let taken = 0;
-    for await (const item of walkTree(root, { highWater: 10 })) {
+    for await (const item of walkTree(root, { highWater: 10, readSync })) {
       expect('entry' in item).toBe(true);
       if (++taken === 50) break;
     }
@@ -131,7 +141,7 @@ describe('walkTree', () => {
     await writeFile(join(root, 'kept'), 'k');
     // Root reads any directory; a directory replaced by a file between listing and reading is what a user meets.
     const items: WalkItem[] = [];
-    for await (const item of walkTree(root, { concurrency: 1, highWater: 1 })) {
+    for await (const item of walkTree(root, { concurrency: 1, highWater: 1, readSync })) {
       items.push(item);
       if ('entry' in item && item.entry.path === 'gone') {
         await rm(join(root, 'gone'), { recursive: true });

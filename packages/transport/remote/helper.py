@@ -1900,7 +1900,10 @@ class Session(object):
     def unlink(self, fid, body):
         path = self.need_str(body, 'UNLINK', 'path')
         try:
-            os.unlink(path)
+            if body.get('dir') is True:
+                os.rmdir(path)
+            else:
+                os.unlink(path)
         except OSError as err:
             if err.errno != errno_names.ENOENT:
                 self.reply_error(fid, os_failure(err, path, 'destination'))

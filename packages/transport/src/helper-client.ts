@@ -276,8 +276,9 @@ export class HelperClient {
     await this.request('RENAME', { from, to, ...(handle === undefined ? {} : { handle }) }).reply;
   }
 
-  async unlink(path: string): Promise<void> {
-    await this.request('UNLINK', { path }).reply;
+  /** Removes a file or link (`dir`: an empty directory); one already gone is no error. */
+  async unlink(path: string, dir = false): Promise<void> {
+    await this.request('UNLINK', { path, ...(dir ? { dir } : {}) }).reply;
   }
 
   async hash(handle: number, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {

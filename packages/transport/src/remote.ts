@@ -140,6 +140,8 @@ export interface RemoteConnection {
   glob(pattern: string): Promise<string[]>;
   rename(from: string, to: string): Promise<void>;
   unlink(path: string): Promise<void>;
+  /** Removes an empty directory (`ferry sync --delete`). */
+  rmdir(path: string): Promise<void>;
   /**
    * Writes many small entries in one request (push only): directories
    * (mkdir 0700; an existing one will do), files (created new under a random
@@ -906,6 +908,10 @@ export class HelperConnection implements RemoteConnection {
     return this.helper.unlink(path);
   }
 
+  rmdir(path: string): Promise<void> {
+    return this.helper.unlink(path, true);
+  }
+
   async hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
     const { handle } = await this.helper.open(path, 'read');
     try {
@@ -1344,6 +1350,10 @@ class SftpConnection implements RemoteConnection {
 
   unlink(path: string): Promise<void> {
     return this.session.unlink(path);
+  }
+
+  rmdir(path: string): Promise<void> {
+    return this.session.rmdir(path);
   }
 
   async hashRange(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {

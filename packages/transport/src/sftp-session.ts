@@ -180,6 +180,10 @@ export class SftpSession {
     return cb<void>((d) => this.sftp.unlink(path, d));
   }
 
+  rmdir(path: string): Promise<void> {
+    return cb<void>((d) => this.sftp.rmdir(path, d));
+  }
+
   realpath(path: string): Promise<string> {
     return cb<string>((d) => this.sftp.realpath(path, d));
   }

@@ -1,0 +1,99 @@
+import { describe, expect, it } from 'vitest';
+import type { TreeEntry, WalkItem } from '@ferry/core';
+import { DestIndex, planSync, syncAction } from '../src/tree-sync.js';
+import type { Comparison, PlannedChange } from '../src/tree-sync.js';
+
+function entry(path: string, fields: Partial<TreeEntry> = {}): TreeEntry {
+  return { path, kind: 'file', size: 10, mode: 0o644, uid: 0, gid: 0, mtimeMs: 1_700_000_000_500, atimeMs: 0, dev: 1, ino: 0, nlink: 1, ...fields };
+}
+
+async function* walk(...entries: TreeEntry[]): AsyncGenerator<WalkItem> {
+  for (const e of entries) yield { entry: e };
+}
+
+const mtime: Comparison = { level: 'mtime', umask: 0o022, preserve: true };
+
+describe('syncAction', () => {
+  const dest = { kind: 'file' as const, size: 10, mtimeMs: 1_700_000_000_000, mode: 0o644 };
+  it('compares at each level', () => {
+    expect(syncAction(entry('a'), undefined, mtime)).toEqual({ action: 'create', reason: 'missing' });
+    // Whole seconds: SFTP keeps no more, and a copy's time is the source's to the millisecond or second.
+    expect(syncAction(entry('a'), dest, mtime).action).toBe('same');
+    expect(syncAction(entry('a', { mtimeMs: 1_700_000_001_000 }), dest, mtime)).toEqual({ action: 'update', reason: 'mtime' });
+    expect(syncAction(entry('a', { mtimeMs: 1_700_000_001_000 }), dest, { ...mtime, level: 'size' }).action).toBe('same');
+    expect(syncAction(entry('a', { size: 11 }), dest, { ...mtime, level: 'size' })).toEqual({ action: 'update', reason: 'size' });
+    expect(syncAction(entry('a', { size: 11 }), dest, { ...mtime, level: 'exists' }).action).toBe('same');
+    expect(syncAction(entry('a', { mode: 0o600 }), dest, mtime)).toEqual({ action: 'update', reason: 'mode' });
+    expect(syncAction(entry('a', { kind: 'symlink', size: 0, target: 'x' }), dest, mtime)).toEqual({ action: 'update', reason: 'a file is there' });
+    expect(syncAction(entry('a', { kind: 'symlink', size: 0, target: 'x' }), { ...dest, kind: 'symlink', target: 'y' }, mtime)).toEqual({ action: 'update', reason: 'target' });
+    expect(syncAction(entry('d', { kind: 'dir', size: 0 }), { ...dest, kind: 'dir', mode: 0o700 }, mtime).action).toBe('same');
+  });
+});
+
+describe('DestIndex and planSync', () => {
+  it('plans creates, updates and deletes (children first), and links by inode', async () => {
+    const index = await DestIndex.read(
+      walk(
+        entry('', { kind: 'dir', size: 0, mode: 0o755 }),
+        entry('same', { mtimeMs: 1_700_000_000_000 }),
+        entry('grown', { mtimeMs: 1_700_000_000_000 }),
+        entry('old', { kind: 'dir', size: 0 }),
+        entry('old/x'),
+        entry('first', { ino: 5, nlink: 2, mtimeMs: 1_700_000_000_000 }),
+        entry('second', { kind: 'hardlink', size: 0, ino: 5, nlink: 2, target: 'first' }),
+      ),
+    );
+    expect(index.size).toBe(7);
+    const changes: PlannedChange[] = [];
+    const counts = await planSync(
+      walk(
+        entry('', { kind: 'dir', size: 0, mode: 0o755 }),
+        entry('same'),
+        entry('grown', { size: 20 }),
+        entry('new'),
+        entry('first', { ino: 9, nlink: 2 }),
+        entry('second', { kind: 'hardlink', size: 0, ino: 9, nlink: 2, target: 'first' }),
+      ),
+      index,
+      mtime,
+      { source: async () => 'a', dest: async () => 'a', sourcePath: (p) => p, destPath: (p) => p },
+      true,
+      (c) => changes.push(c),
+    );
+    expect(changes.map((c) => `${c.action} ${c.path}`)).toEqual(['update grown', 'create new', 'delete old/x', 'delete old']);
+    expect(counts).toEqual({ create: 1, update: 1, delete: 2, unchanged: 4, unreadable: 0 });
+  });
+
+  it('deletes nothing when part of the source could not be read, nor under an unreadable destination directory', async () => {
+    const index = await DestIndex.read(
+      (async function* (): AsyncGenerator<WalkItem> {
+        yield { entry: entry('', { kind: 'dir', size: 0 }) };
+        yield { entry: entry('extra') };
+        yield { path: 'locked', error: { code: 'EACCES', message: 'permission denied' } };
+      })(),
+    );
+    expect(index.underUnreadable('locked/x')).toBe(true);
+    expect(index.underUnreadable('lockedx')).toBe(false);
+    const changes: PlannedChange[] = [];
+    const counts = await planSync(
+      (async function* (): AsyncGenerator<WalkItem> {
+        yield { entry: entry('', { kind: 'dir', size: 0 }) };
+        yield { path: 'gone', error: { code: 'EACCES', message: 'permission denied' } };
+      })(),
+      index,
+      mtime,
+      { source: async () => 'a', dest: async () => 'a', sourcePath: (p) => p, destPath: (p) => p },
+      true,
+      (c) => changes.push(c),
+    );
+    expect(changes).toEqual([]);
+    expect(counts.unreadable).toBe(1);
+  });
+
+  it('checksum: a file of the same size and time whose content differs is an update', async () => {
+    const index = await DestIndex.read(walk(entry('', { kind: 'dir', size: 0 }), entry('f', { mtimeMs: 1_700_000_000_000 }), entry('g', { mtimeMs: 1_700_000_000_000 })));
+    const changes: PlannedChange[] = [];
+    await planSync(walk(entry('', { kind: 'dir', size: 0 }), entry('f'), entry('g')), index, { ...mtime, level: 'checksum' }, { source: async () => 'x', dest: async (p) => (p === 'f' ? 'y' : 'x'), sourcePath: (p) => p, destPath: (p) => p }, false, (c) => changes.push(c));
+    expect(changes).toEqual([{ action: 'update', path: 'f', kind: 'file', reason: 'content' }]);
+  });
+});

@@ -1,0 +1,249 @@
+/**
+ * `ferry sync` (issue 32) against a real sshd: a rerun moves nothing and says
+ * so in its exit code; the compare levels (mtime misses what checksum
+ * catches); --dry-run changes nothing and lists what a sync would do;
+ * --delete removes only what the source lacks, and nothing after a failure;
+ * push and pull, ferry serve, the python helper and SFTP; one file.
+ */
+import { appendFile, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSshd } from './fixtures/sshd.mjs';
+import type { Sshd } from './fixtures/sshd.mjs';
+import { listAll, on, treeArgs } from './tree-helpers.js';
+import { killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+
+let sshd: Sshd;
+let bare: Sshd;
+let work: { path: string; remove(): Promise<void> };
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  bare = await startSshd({ without: ['node'] });
+  work = await tempDir('ferry-sync-');
+});
+
+afterAll(async () => {
+  if (work) await killStrays(work.path);
+  await sshd?.stop();
+  await bare?.stop();
+  await work?.remove();
+});
+
+function args(server: Sshd, extra: string[] = []): string[] {
+  return treeArgs(server, join(work.path, 'state'), extra);
+}
+
+/** A small tree: files, a directory, a symbolic link, two names of one file, and a file big enough to be striped (2 MiB and over). */
+async function makeTree(root: string): Promise<void> {
+  await mkdir(join(root, 'sub', 'deep'), { recursive: true });
+  await writeFile(join(root, 'a.txt'), 'alpha\n');
+  await writeFile(join(root, 'sub', 'b.txt'), 'bravo\n');
+  await writeFile(join(root, 'sub', 'deep', 'c.bin'), Buffer.alloc(70_000, 7));
+  await symlink('a.txt', join(root, 'link'));
+  await link(join(root, 'a.txt'), join(root, 'sub', 'a-again.txt'));
+  await makeRandomFile(join(root, 'big.bin'), 3 * 1024 * 1024);
+}
+
+/** Type, size, mode, mtime (s), content hash or link target of each entry under `root`. */
+async function snapshot(root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const p of (await listAll(root)).sort()) {
+    const st = await lstat(join(root, p));
+    const what = st.isSymbolicLink() ? `-> ${await readlink(join(root, p))}` : st.isDirectory() ? 'dir' : `${st.size} ${(await readFile(join(root, p))).toString('base64').slice(0, 40)} ${st.mtimeMs}`;
+    out[p] = `${(st.mode & 0o7777).toString(8)} ${what}`;
+  }
+  return out;
+}
+
+/** Snapshot without times: what a sync must make equal. */
+async function content(root: string): Promise<Record<string, string>> {
+  const s = await snapshot(root);
+  for (const k of Object.keys(s)) s[k] = s[k]!.replace(/ [\d.]+$/, '');
+  return s;
+}
+
+type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number };
+
+function doneOf(stdout: string): Done {
+  const done = parseEvents(stdout).find((e) => e.type === 'tree.done');
+  expect(done, stdout).toBeDefined();
+  return done as unknown as Done;
+}
+
+describe.each([
+  ['ferry serve', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+  ['the python helper', () => bare, ['--mode', 'python']],
+  ['SFTP', () => sshd, ['--mode', 'sftp']],
+] as const)('ferry sync push with %s', (name, server, mode) => {
+  it('copies a tree, then a rerun moves nothing and --exit-code says so; a change is sent alone', async () => {
+    const tag = name.replace(/\W/g, '');
+    const src = join(work.path, `push-src-${tag}`);
+    const dst = join(work.path, `push-dst-${tag}`);
+    await makeTree(src);
+    const first = await runFerry(['sync', '--exit-code', ...args(server(), [...mode]), src, on(server(), dst)]);
+    expect(first.code, first.stderr).toBe(3);
+    expect(await content(dst)).toEqual(await content(src));
+    // Times are kept (a sync compares them next time): to the second (SFTP carries no more).
+    expect(Math.floor((await stat(join(dst, 'sub', 'b.txt'))).mtimeMs / 1000)).toBe(Math.floor((await stat(join(src, 'sub', 'b.txt'))).mtimeMs / 1000));
+
+    const again = await runFerry(['sync', '--exit-code', ...args(server(), [...mode]), src, on(server(), dst)]);
+    expect(again.code, again.stdout).toBe(0);
+    const d = doneOf(again.stdout);
+    expect(d).toMatchObject({ files: 0, bytes: 0, dirs: 0, symlinks: 0, deleted: 0, failed: 0 });
+    expect(d.unchanged).toBeGreaterThanOrEqual(5);
+    expect(parseEvents(again.stdout).find((e) => e.type === 'sync.done')).toMatchObject({ changed: false });
+
+    // One file grows: it alone goes.
+    await appendFile(join(src, 'sub', 'b.txt'), 'more\n');
+    const third = await runFerry(['sync', '--exit-code', ...args(server(), [...mode]), src, on(server(), dst)]);
+    expect(third.code, third.stderr).toBe(3);
+    expect(doneOf(third.stdout)).toMatchObject({ files: 1, bytes: 11 });
+    expect(await content(dst)).toEqual(await content(src));
+  });
+});
+
+describe('ferry sync compare levels, --dry-run and --delete', () => {
+  it('--compare checksum catches a change that size and mtime miss', async () => {
+    const src = join(work.path, 'cmp-src');
+    const dst = join(work.path, 'cmp-dst');
+    await makeTree(src);
+    expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
+    // Same size, same time, other bytes: what a careless restore or bit rot leaves.
+    const file = join(dst, 'sub', 'deep', 'c.bin');
+    const before = await stat(file);
+    await writeFile(file, Buffer.alloc(70_000, 8));
+    await utimes(file, before.atime, before.mtime);
+
+    const mtime = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(mtime.code, mtime.stderr).toBe(0);
+    expect((await readFile(file))[0]).toBe(8);
+    const size = await runFerry(['sync', '--exit-code', '--compare', 'size', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(size.code, size.stderr).toBe(0);
+
+    const sum = await runFerry(['sync', '--exit-code', '--compare', 'checksum', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(sum.code, sum.stderr).toBe(3);
+    expect(doneOf(sum.stdout)).toMatchObject({ files: 1, bytes: 70_000 });
+    expect((await readFile(file))[0]).toBe(7);
+    // And a time changed alone is an update at the default level.
+    await utimes(join(dst, 'a.txt'), new Date(2001, 1, 1), new Date(2001, 1, 1));
+    const time = await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(time.code, time.stderr).toBe(0);
+    expect(doneOf(time.stdout).files).toBeGreaterThanOrEqual(1);
+    expect(await content(dst)).toEqual(await content(src));
+  });
+
+  it('--dry-run lists creates, updates and deletes and touches nothing; --delete then removes only the extras', async () => {
+    const src = join(work.path, 'dry-src');
+    const dst = join(work.path, 'dry-dst');
+    await makeTree(src);
+    expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
+    await writeFile(join(src, 'new.txt'), 'new\n');
+    await appendFile(join(src, 'a.txt'), 'changed\n');
+    await mkdir(join(dst, 'extra-dir', 'inner'), { recursive: true });
+    await writeFile(join(dst, 'extra-dir', 'inner', 'x'), 'x');
+    await writeFile(join(dst, 'sub', 'extra.txt'), 'extra');
+    await symlink('nowhere', join(dst, 'extra-link'));
+    const before = await snapshot(dst);
+
+    const dry = await runFerry(['sync', '--dry-run', '--delete', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(dry.code, dry.stderr).toBe(3);
+    expect(await snapshot(dst)).toEqual(before);
+    const changes = parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string}`).sort();
+    expect(changes).toEqual(
+      ['create new.txt', 'update a.txt', 'create sub/a-again.txt', 'delete extra-dir', 'delete extra-dir/inner', 'delete extra-dir/inner/x', 'delete extra-link', 'delete sub/extra.txt'].sort(),
+    );
+    // Human output: one line per change and what it adds up to.
+    const human = await runFerry(['sync', '-n', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]).filter((a) => a !== '--json'), src, on(sshd, dst)]);
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/^delete +extra-dir\/inner\/x$/m);
+    expect(human.stdout).toMatch(/2 to create, 1 to update, 5 to delete/);
+
+    // Without --delete the extras stay.
+    const keep = await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(keep.code, keep.stderr).toBe(0);
+    expect(await readFile(join(dst, 'sub', 'extra.txt'), 'utf8')).toBe('extra');
+    const del = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(del.code, del.stderr).toBe(0);
+    expect(doneOf(del.stdout)).toMatchObject({ deleted: 5, files: 0 });
+    expect(await content(dst)).toEqual(await content(src));
+  });
+
+  it('--delete deletes nothing when an entry failed', async () => {
+    const src = join(work.path, 'fail-src');
+    const dst = join(work.path, 'fail-dst');
+    await makeTree(src);
+    expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
+    await writeFile(join(dst, 'extra.txt'), 'extra');
+    // A directory where the source has a file: that file cannot be synced.
+    await rm(join(dst, 'a.txt'));
+    await mkdir(join(dst, 'a.txt'));
+    const run = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(run.code, run.stderr).toBe(72);
+    expect(run.stdout).toMatch(/a\.txt is a directory where the source has a file/);
+    expect(run.stdout).toMatch(/--delete: nothing deleted/);
+    expect(await readFile(join(dst, 'extra.txt'), 'utf8')).toBe('extra');
+  });
+});
+
+describe('ferry sync and links planted in the destination', () => {
+  it('--delete removes a planted link, never what it points at; a link where a directory goes is not gone through', async () => {
+    const src = join(work.path, 'plant-src');
+    const dst = join(work.path, 'plant-dst');
+    const victim = join(work.path, 'victim');
+    await makeTree(src);
+    await mkdir(victim);
+    await writeFile(join(victim, 'precious.txt'), 'keep me');
+    expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
+    // Not in the source: a link to the victim's directory.
+    await symlink(victim, join(dst, 'planted'));
+    const del = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(del.code, del.stderr).toBe(0);
+    expect(doneOf(del.stdout)).toMatchObject({ deleted: 1 });
+    await expect(lstat(join(dst, 'planted'))).rejects.toThrow(/ENOENT/);
+    expect(await readFile(join(victim, 'precious.txt'), 'utf8')).toBe('keep me');
+
+    // Where the source has a directory, a link to the victim's: nothing is written through it, nothing deleted.
+    await rm(join(dst, 'sub'), { recursive: true });
+    await symlink(victim, join(dst, 'sub'));
+    await writeFile(join(dst, 'extra.txt'), 'extra');
+    const run = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(run.code, run.stderr).toBe(72);
+    expect(await listAll(victim)).toEqual(['precious.txt']);
+    expect(await readFile(join(dst, 'extra.txt'), 'utf8')).toBe('extra');
+  });
+});
+
+describe('ferry sync pull and one file', () => {
+  it('pulls a tree, a rerun moves nothing, --delete removes a local extra', async () => {
+    const src = join(work.path, 'pull-src');
+    const dst = join(work.path, 'pull-dst');
+    await makeTree(src);
+    const first = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), on(sshd, src), dst]);
+    expect(first.code, first.stderr).toBe(3);
+    expect(await content(dst)).toEqual(await content(src));
+    await writeFile(join(dst, 'extra.txt'), 'extra');
+    const again = await runFerry(['sync', '--exit-code', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), on(sshd, src), dst]);
+    expect(again.code, again.stderr).toBe(3);
+    expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0, deleted: 1 });
+    expect(await content(dst)).toEqual(await content(src));
+    const third = await runFerry(['sync', '--exit-code', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), on(sshd, src), dst]);
+    expect(third.code, third.stderr).toBe(0);
+  });
+
+  it('syncs one file: sent when it differs, not when it is the same', async () => {
+    const src = join(work.path, 'one.bin');
+    const dst = join(work.path, 'one-copy.bin');
+    await makeRandomFile(src, 1024 * 1024);
+    const first = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(first.code, first.stderr).toBe(3);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    const again = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(parseEvents(again.stdout).some((e) => e.type === 'done')).toBe(false);
+    await appendFile(src, 'tail');
+    const third = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(third.code, third.stderr).toBe(3);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+  });
+});
