@@ -149,6 +149,23 @@ describe('ferry cp --delta', () => {
     }
   });
 
+  it('with -r, updates a tree\'s big file (one copied as a job of its own) the same way', async () => {
+    const { dir, src } = await setup('tree');
+    const tree = join(dir, 'tree');
+    await mkdir(tree);
+    const big = join(tree, 'big.bin');
+    await copyFile(src, big);
+    const dstRoot = join(dir, 'tree-copy');
+    const flags = ['-r', '--stripe-files-over', '1MiB'];
+    const first = await runFerry(['cp', ...flags, tree, remote(dstRoot), ...common(dir)]);
+    expect(first.code, first.stderr).toBe(0);
+    await flipByte(big, 6 * MiB);
+    const r = await runFerry(['cp', ...flags, '--delta', tree, remote(dstRoot), ...common(dir)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(deltaEvent(r.stdout)).toMatchObject({ reused: 16, toSend: 1 });
+    expect(await fileHash(join(dstRoot, 'big.bin'))).toBe(await fileHash(big));
+  });
+
   it('copies the whole file when there is no destination file yet', async () => {
     const { dir, src, dst } = await setup('missing');
     const r = await runFerry(['cp', src, remote(dst), '--delta', ...common(dir)]);
