@@ -22,6 +22,7 @@ import { firstContact } from './first-contact.mjs';
 import { tree } from './tree.mjs';
 import { sync } from './sync.mjs';
 import { check } from './check.mjs';
+import { delta } from './delta.mjs';
 import { CLK_TCK, SAMPLE_MS, cleanupAll, copyCells, copyNotes, copyProblems, ferryTool, fileHash, fmt, log, ferryVersion, leanLogin, machine, makeRandomFile, markdownTable, measureCopy, median, onCleanup, prepareCopy, runRounds, shq, sshDdTool, stopOnSignals, summarizeCopies, which } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -345,7 +346,7 @@ async function nodes(argv) {
 }
 
 /** Scenario name -> async function(argv). Add new scenarios here. */
-const SCENARIOS = { loopback, 'first-contact': firstContact, wan, nodes, coordinator, hash, tree, sync, check };
+const SCENARIOS = { loopback, 'first-contact': firstContact, wan, nodes, coordinator, hash, tree, sync, check, delta };
 
 const [name, ...rest] = process.argv.slice(2);
 if (!name || name === '-h' || name === '--help' || !SCENARIOS[name]) {

@@ -16,7 +16,7 @@ import type { Sshd } from './fixtures/sshd.mjs';
 import { sshUserHome, withoutNode } from '../bench/common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const SCENARIOS = ['loopback', 'first-contact', 'wan', 'nodes', 'coordinator', 'hash', 'tree', 'sync', 'check'];
+const SCENARIOS = ['loopback', 'first-contact', 'wan', 'nodes', 'coordinator', 'hash', 'tree', 'sync', 'check', 'delta'];
 
 describe('npm run bench -- <scenario> --help', () => {
   const readme = readFileSync(join(ROOT, 'bench', 'README.md'), 'utf8');

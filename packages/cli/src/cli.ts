@@ -347,6 +347,8 @@ function addCopyOptions(cmd: Command): Command {
     .option('--direct-io', 'write the destination with O_DIRECT, around the page cache, on any file system (default: only on a local disk file system: ext4, xfs, btrfs, f2fs; falls back to buffered writes where the file system refuses)')
     .option('--no-direct-io', 'write the destination through the page cache, even on a local disk file system')
     .option('--verify', 'read every range back from the destination after its fsync and hash it again: catches what goes wrong between receiving and storing, at the cost of reading the file once more where it is written')
+    .option('--delta', 'where the destination file exists: hash both sides per range, send only the ranges that differ, and copy the unchanged ones from the old file on the destination host (the new file still replaces the old one only when complete and verified)')
+    .option('--inplace', 'with --delta: write the changed ranges straight into the existing destination file, for files too big to hold twice (an interrupted run leaves a file that is neither old nor new until a rerun finishes, and readers see it change)')
     .option('--shared-helper', "one helper serves up to 8 of a process's connections to a host, reached over OpenSSH streamlocal forwarding: fewer processes to start (helper mode, ssh2 transport)")
     .option('--nats <url>', 'use this NATS server (JetStream enabled) instead of starting one; token from FERRY_NATS_TOKEN')
     .option('--state-dir <dir>', 'job state directory (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry)')
@@ -392,6 +394,8 @@ function copyOptionsFrom(opts: Record<string, unknown>): CopyOptions {
   if (opts.acls === true) o.acls = true;
   if (typeof opts.directIo === 'boolean') o.directIo = opts.directIo;
   if (opts.verify === true) o.verify = true;
+  if (opts.delta === true) o.delta = true;
+  if (opts.inplace === true) o.inplace = true;
   if (opts.sharedHelper === true) o.sharedHelper = true;
   if (opts.limitRate !== undefined) o.limitRate = opts.limitRate as string;
   if (opts.maxPerHost !== undefined) o.maxPerHost = opts.maxPerHost as string;

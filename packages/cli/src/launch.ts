@@ -205,7 +205,7 @@ function runFlags(opts: Record<string, unknown>): string[] {
     if (v !== undefined && v !== fallback) out.push(flag, String(v));
   }
   for (const id of (opts.identity as string[] | undefined) ?? []) out.push('-i', id);
-  const flags: Array<[string, string]> = [['recursive', '-r'], ['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
+  const flags: Array<[string, string]> = [['recursive', '-r'], ['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['delta', '--delta'], ['inplace', '--inplace'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
   for (const [key, flag] of flags) if (opts[key] === true) out.push(flag);
   if (opts.directIo === false) out.push('--no-direct-io');
   return out;

@@ -23,6 +23,7 @@ export function formatSummary(s: CopySummary): string {
   const lines = [
     `ferry: copied ${s.source} -> ${s.destination}`,
     `  ${formatBytes(s.bytes)} (${s.bytes} bytes) in ${s.seconds.toFixed(1)} s, ${formatRate(s.seconds > 0 ? s.movedBytes / s.seconds : 0)}${resumed}`,
+    ...(s.rangesReused > 0 ? [`  delta: ${s.rangesSent} range${s.rangesSent === 1 ? '' : 's'} sent, ${s.rangesReused} (${formatBytes(s.reusedBytes)}) reused from the old file`] : []),
     `  ${s.ranges} ranges, ${s.resends} re-sent, ${s.agents} agent${s.agents === 1 ? '' : 's'} x ${s.streams} stream${s.streams === 1 ? '' : 's'}${s.tuned ? ' (tuned)' : ''}, ${s.mode} mode`,
     `  root hash (${s.hash}): ${s.rootHash}`,
   ];

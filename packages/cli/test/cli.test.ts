@@ -26,6 +26,9 @@ const summary: CopySummary = {
   bytes: 3 * 1024 ** 3,
   movedBytes: 3 * 1024 ** 3,
   resumedBytes: 0,
+  reusedBytes: 0,
+  rangesSent: 192,
+  rangesReused: 0,
   seconds: 12.5,
   mbps: 257.7,
   ranges: 192,
@@ -120,6 +123,12 @@ describe('output', () => {
   it('says how much a resumed copy found done and moved', () => {
     const text = formatSummary({ ...summary, movedBytes: 1024 ** 3, resumedBytes: 2 * 1024 ** 3 });
     expect(text.split('\n')[1]).toBe('  3.0 GiB (3221225472 bytes) in 12.5 s, 85.9 MB/s; resumed: 2.0 GiB were done before, 1.0 GiB moved now');
+  });
+
+  it('says how many ranges a --delta copy sent and how many it reused from the old file', () => {
+    const text = formatSummary({ ...summary, movedBytes: 16 * 1024 ** 2, reusedBytes: 3 * 1024 ** 3 - 16 * 1024 ** 2, rangesSent: 1, rangesReused: 191 });
+    expect(text.split('\n')[2]).toBe('  delta: 1 range sent, 191 (3.0 GiB) reused from the old file');
+    expect(formatSummary(summary)).not.toContain('delta:');
   });
 
   it('draws a progress line with rate, ETA and busy agents', () => {

@@ -81,8 +81,9 @@ import type { CompletionMessage, JobBus } from './job-bus.js';
 import { LocalBus } from './local-bus.js';
 import { KV_HASH_BLOCK } from './nats-job-bus.js';
 import { prepareCopy, remoteSideOf, resolveRemote, withRemote } from './prepare.js';
-import { checkTemp, createTemp, finalizeLocal, finalizeRemote, useTempPath } from './temp-file.js';
+import { adoptTarget, checkTemp, createTemp, finalizeLocal, finalizeRemote, resizeInPlace, useTempPath } from './temp-file.js';
 import { startWarmAgents } from './warm.js';
+import { reuseUnchanged } from './delta.js';
 
 /** NATS, loaded once runCopy has started connecting, where a job needs it (bus.ts). */
 const loadBus = () => import('./nats-job-bus.js');
@@ -196,6 +197,11 @@ interface RunState {
   resumedBytes: number;
   /** Bytes of ranges made durable by this run. */
   movedBytes: number;
+  /** Ranges the agents made durable in this run. */
+  rangesSent: number;
+  /** `--delta`: ranges (and their bytes) this run copied from the old destination file. */
+  rangesReused: number;
+  reusedBytes: number;
 }
 
 function rangeBytesOf(plan: RangePlan, set: IntervalSet): number {
@@ -279,9 +285,18 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       await clearJobDir(jobDir);
       if (!prep.discard) {
         useTempPath(prep, freshTemp);
-        // The earlier run's partial file goes (only its name is removed: whatever it names now is not touched).
-        if (previous && previous.tempPath !== freshTemp) await removeTemp(prep, previous.tempPath);
-        temp = await createTemp(prep);
+        // The earlier run's partial file goes (only its name is removed: whatever it names now is not touched),
+        // unless that was the destination itself (--inplace).
+        if (previous && previous.tempPath !== freshTemp && previous.tempPath !== prep.targetPath) await removeTemp(prep, previous.tempPath);
+        const inPlace = options.inplace ? await adoptTarget(prep) : undefined;
+        if (inPlace) {
+          useTempPath(prep, prep.targetPath);
+          temp = inPlace;
+          emit({ type: 'log', message: `--inplace: writing the changed ranges straight into ${prep.destinationLabel}` });
+        } else {
+          if (options.inplace) emit({ type: 'log', message: `--inplace: no regular file with one name at ${prep.destinationLabel} (or its helper cannot resize it): copying through a temporary file` });
+          temp = await createTemp(prep);
+        }
       }
       job = {
         v: JOB_FILE_VERSION,
@@ -332,8 +347,41 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       resends: folded?.resends ?? 0,
       resumedBytes: 0,
       movedBytes: 0,
+      rangesSent: 0,
+      rangesReused: 0,
+      reusedBytes: 0,
     };
     for (const [i, h] of folded?.hashes ?? []) if (i < plan.count) state.hashes.set(i, h);
+    /** --inplace: the job writes into the destination file itself. */
+    const inPlace = !prep.discard && prep.tempPath === prep.targetPath;
+    if (options.delta && !prep.discard && temp && state.done.size < plan.count) {
+      // --delta: what the old destination file already holds is copied on its host and journaled first (delta.ts);
+      // --inplace: it is where it belongs already.
+      const outcome = await reuseUnchanged({
+        prep,
+        plan,
+        hash: job.hash,
+        temp,
+        inPlace,
+        verify: options.verify,
+        todo: [...IntervalSet.from(state.done.toArray()).missing(plan.count)],
+        emit,
+        ...(request.signal ? { signal: request.signal } : {}),
+        onDurable: async (ranges) => {
+          const at = Date.now();
+          for (const r of ranges) {
+            state.done.add(r.range);
+            state.hashes.set(r.range, r.hash);
+            await journal!.append({ t: 'range', range: r.range, attempt: 0, hash: r.hash, bytes: r.bytes, durable: true, agent: 'delta', host: prep.direction === 'push' ? prep.conn.label : 'local', reused: true, at });
+          }
+        },
+      });
+      state.rangesReused = outcome.reused;
+      state.reusedBytes = outcome.reusedBytes;
+      emit({ type: 'delta', oldBytes: outcome.oldBytes ?? null, compared: outcome.compared, reused: outcome.reused, reusedBytes: outcome.reusedBytes, toSend: plan.count - state.done.size });
+    }
+    // The file takes the copy's size once its old ranges are hashed, before the agents write (and check it).
+    if (inPlace && temp) await resizeInPlace(prep, temp);
     // Agents that join by themselves (ferry run) count whatever the plan; launched ones are capped by
     // the work items left (small ranges travel up to 16 to an item), but rank 0's own agent always
     // runs when asked for: a rank that died in an earlier job of a tree does not join this one.
@@ -341,7 +389,7 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
     const agents = Math.max(external + Math.min(1, Math.max(0, options.agents - external)), Math.min(options.agents, Math.max(1, workItemCount(plan.count - state.done.size, plan.rangeBytes))));
     const shape = { streams: options.firstStreams };
     const resumed = folded !== undefined;
-    state.resumedBytes = rangeBytesOf(plan, state.done);
+    state.resumedBytes = rangeBytesOf(plan, state.done) - state.reusedBytes;
 
     emit({
       type: 'job.start',
@@ -426,6 +474,9 @@ export async function runCopy(request: CopyRequest): Promise<CopySummary> {
       bytes: prep.fileBytes,
       movedBytes: state.movedBytes,
       resumedBytes: state.resumedBytes,
+      reusedBytes: state.reusedBytes,
+      rangesSent: state.rangesSent,
+      rangesReused: state.rangesReused,
       seconds,
       mbps: seconds > 0 ? state.movedBytes / 1e6 / seconds : 0,
       ranges: plan.count,
@@ -622,7 +673,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       }
       if (recovered > 0) {
         emit({ type: 'log', message: `recovered ${recovered} ranges an earlier run completed but had not journaled` });
-        state.resumedBytes = rangeBytesOf(plan, state.done);
+        state.resumedBytes = rangeBytesOf(plan, state.done) - state.reusedBytes;
       }
     }
 
@@ -942,6 +993,7 @@ async function transfer(ctx: TransferContext): Promise<void> {
       if (!c.durable || state.done.has(c.range)) return;
       await journalRange(c);
       state.movedBytes += c.length;
+      state.rangesSent++;
       hostBytes.set(c.remoteHost, (hostBytes.get(c.remoteHost) ?? 0) + c.length);
       // Per host, one entry per second of durable ranges (not one per range: there may be thousands a second).
       const recent = hostRecent.get(c.remoteHost) ?? [];

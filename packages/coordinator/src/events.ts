@@ -15,6 +15,12 @@ export interface CopySummary {
   movedBytes: number;
   /** Bytes already done by earlier runs of the same job. */
   resumedBytes: number;
+  /** `--delta`: bytes this run copied from the old destination file on the destination host instead of sending them. */
+  reusedBytes: number;
+  /** Ranges this run sent over the network (made durable by the agents). */
+  rangesSent: number;
+  /** `--delta`: ranges this run copied from the old destination file. */
+  rangesReused: number;
   seconds: number;
   /** Decimal megabytes per second moved by this run. */
   mbps: number;
@@ -96,6 +102,8 @@ export type CopyEvent =
   | { type: 'agent.error'; agent: string; code: ErrorCode; message: string; fatal: boolean }
   | { type: 'agent.exit'; index: number; code: number | null; signal: string | null }
   | { type: 'log'; message: string }
+  /** `--delta` compared the old destination file (`oldBytes` null: there was none) and reused what it holds. */
+  | { type: 'delta'; oldBytes: number | null; compared: number; reused: number; reusedBytes: number; toSend: number }
   /**
    * Something the user should know whatever the verbosity (printed unless -q): a slower
    * data path taken and why, what of ~/.ssh/config the embedded client does not honour.

@@ -55,6 +55,66 @@ export async function createLocalNew(path: string, size: number): Promise<FileId
 }
 
 /**
+ * `--inplace`: the existing destination file stands in for the temporary one
+ * when it is a regular file (not a link) with one name; resolves with what
+ * identifies it, with the size the copy will give it (resizeInPlace), or
+ * undefined when there is no such file (then a temporary file is made).
+ */
+export async function adoptTarget(prep: PreparedCopy): Promise<FileIdentity | undefined> {
+  if (prep.direction === 'pull') {
+    let fh: FileHandle;
+    try {
+      fh = await open(prep.targetPath, constants.O_RDWR | constants.O_NOFOLLOW);
+    } catch {
+      return undefined;
+    }
+    try {
+      const st = await fh.stat();
+      return st.isFile() && st.nlink === 1 ? { ...identityOf(st), size: prep.fileBytes } : undefined;
+    } finally {
+      await fh.close();
+    }
+  }
+  return withRemote(prep, async (conn) => {
+    const st = await conn.stat(prep.targetPath).catch(() => undefined);
+    if (!st || st.type !== 'file' || (st.nlink !== undefined && st.nlink !== 1) || st.uid === undefined) return undefined;
+    // Opened for writing without following a link at the name (the helpers; SFTP: lstat first).
+    let f;
+    try {
+      f = await conn.openFile(prep.targetPath, 'write', { expect: { ...identityOf(st), size: st.size } });
+    } catch {
+      return undefined;
+    }
+    const canResize = f.resize !== undefined;
+    await f.close().catch(() => {});
+    return canResize ? { ...identityOf(st), size: prep.fileBytes } : undefined;
+  });
+}
+
+/** `--inplace`: gives the destination file the copy's size, through the open file, before any range is written. */
+export async function resizeInPlace(prep: PreparedCopy, expect: FileIdentity): Promise<void> {
+  const { size: _size, ...same } = expect;
+  if (prep.direction === 'pull') {
+    const fh = await openLocalTemp(prep.tempPath, same);
+    try {
+      if ((await fh.stat()).size !== prep.fileBytes) await fh.truncate(prep.fileBytes);
+    } finally {
+      await fh.close();
+    }
+    return;
+  }
+  await withRemote(prep, async (conn) => {
+    const f = await conn.openFile(prep.tempPath, 'write', { expect: same });
+    try {
+      if (!f.resize) throw new FerryError('HELPER_UNAVAILABLE', `the helper on ${conn.label} cannot resize ${prep.tempPath} for --inplace: install the same ferry version there, or drop --inplace`, { host: conn.label, path: prep.tempPath });
+      await f.resize(prep.fileBytes);
+    } finally {
+      await f.close().catch(() => {});
+    }
+  });
+}
+
+/**
  * Opens the local temporary file for writing if it is still the file the job
  * created: DEST_REPLACED (what was found, what to do) when it is not, before
  * anything is written. ENOENT passes through (a partial file that is gone).
@@ -123,7 +183,8 @@ export async function finalizeLocal(prep: PreparedCopy, expect: FileIdentity, pr
     if (preserve) await fh.utimes(prep.sourceMtimeMs / 1000, prep.sourceMtimeMs / 1000);
     const mine = await fh.stat();
     await sameFileAt(prep.tempPath, mine, 'before the rename');
-    await rename(prep.tempPath, prep.targetPath);
+    // --inplace: the file is already where it belongs.
+    if (prep.tempPath !== prep.targetPath) await rename(prep.tempPath, prep.targetPath);
     await sameFileAt(prep.targetPath, mine, 'after the rename');
   } catch (err) {
     if (err instanceof FerryError) throw err;
@@ -153,7 +214,8 @@ export async function finalizeRemote(prep: PreparedCopy, expect: FileIdentity, p
       await f.fsync();
       const mode = copyMode(prep.sourceMode, preserve ? 0 : await conn.umask(prep.tempPath), preserve);
       await f.setstat(preserve ? { mode, mtimeMs: Math.floor(prep.sourceMtimeMs) } : { mode });
-      await f.renameTo(prep.tempPath, prep.targetPath);
+      // --inplace: the file is already where it belongs.
+      if (prep.tempPath !== prep.targetPath) await f.renameTo(prep.tempPath, prep.targetPath);
     } finally {
       await f.close().catch(() => {});
     }

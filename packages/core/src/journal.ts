@@ -51,6 +51,8 @@ export type JournalRecord =
       durable: boolean;
       agent: string;
       host: string;
+      /** `--delta`: copied from the old destination file on its host, not sent. */
+      reused?: boolean;
       at: number;
     }
   | { t: 'resend'; range: number; attempt: number; reason: string; at: number }

@@ -92,6 +92,20 @@ export interface CopyOptions {
   directIo?: boolean;
   /** Read every range back from the destination's storage after its fsync and hash it again. @default false */
   verify?: boolean;
+  /**
+   * Where the destination file exists: hash both sides per range and send only
+   * the ranges that differ; the unchanged ones are copied from the old file into
+   * the new one on the destination host (`--delta`). @default false
+   */
+  delta?: boolean;
+  /**
+   * With `delta`: write the changed ranges straight into the existing
+   * destination file instead of a new temporary file (`--inplace`), for files
+   * too big to hold twice. An interrupted run leaves a file that is neither
+   * the old nor the new one until a rerun finishes, and readers see it change.
+   * @default false
+   */
+  inplace?: boolean;
   /** Connections of a process to one host share a helper (ssh2 transport, helper mode). @default false */
   sharedHelper?: boolean;
   /** known_hosts file to check host keys against (as ssh's UserKnownHostsFile). @default ssh_config's, else ~/.ssh/known_hosts and known_hosts2 */
@@ -176,6 +190,8 @@ export interface ResolvedCopyOptions {
   acls: boolean;
   directIo: DirectIoChoice;
   verify: boolean;
+  delta: boolean;
+  inplace: boolean;
   sharedHelper: boolean;
   knownHostsFile: string | undefined;
   /** -F: the one ssh_config file to read, 'none' for none; undefined: ~/.ssh/config then /etc/ssh/ssh_config. */
@@ -257,6 +273,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
   const mode = options.mode ?? 'auto';
   if (mode !== 'auto' && mode !== 'helper' && mode !== 'python' && mode !== 'sftp') throw usage(`--mode must be auto, helper, python or sftp, got '${mode}'`);
   if (options.remoteCmd !== undefined && options.remoteCmd.trim() === '') throw usage('--remote-cmd must not be empty');
+  if (options.inplace === true && options.delta !== true) throw usage('--inplace writes the changed ranges into the existing destination file and works with --delta only: add --delta');
   const transport = options.transport ?? 'ssh2';
   if (transport !== 'ssh2' && transport !== 'openssh') throw usage(`--transport must be ssh2 or openssh, got '${transport}'`);
   if (transport === 'openssh' && mode === 'sftp') throw usage('--transport openssh carries the helper protocol only: drop --mode sftp, or use --transport ssh2 for SFTP');
@@ -294,6 +311,8 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     acls: options.acls ?? false,
     directIo: options.directIo === undefined ? 'auto' : options.directIo ? 'on' : 'off',
     verify: options.verify ?? false,
+    delta: options.delta ?? false,
+    inplace: options.inplace ?? false,
     sharedHelper: options.sharedHelper ?? false,
     knownHostsFile: options.knownHosts,
     sshConfigFile: options.sshConfig,

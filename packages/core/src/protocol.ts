@@ -31,6 +31,11 @@
  * bytes back to back as DATA and ZEROS frames, exactly the sum of the sizes,
  * then one OK with a result per file (its hash, or why it failed).
  *
+ * For `--delta` (capability `copy-range`), COPY_RANGE copies a range of an
+ * existing file on the helper's host (the old destination file) into an open
+ * file at the same offset, and answers with the hash of the bytes it copied:
+ * unchanged ranges never cross the network.
+ *
  * The decoder is a state machine: bytes in, frames out, no I/O.
  */
 import { decode, encode } from './codec.js';
@@ -80,6 +85,12 @@ export const TREE_META_CAPABILITY = 'tree-meta';
  * as always (`ferry check`, `ferry sync --compare checksum`).
  */
 export const HASH_ONLY_CAPABILITY = 'read-batch-hash-only';
+/**
+ * HELLO capability of helpers that take COPY_RANGE: bytes copied on the
+ * helper's host from an existing file into an open one (`--delta`); and
+ * SETSTAT's `size` on a writable handle (`--inplace`).
+ */
+export const COPY_RANGE_CAPABILITY = 'copy-range';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -105,6 +116,7 @@ export const FrameType = {
   READ_BATCH: 17,
   ENTRIES: 18,
   GLOB: 19,
+  COPY_RANGE: 20,
   OK: 64,
   ERROR: 65,
 } as const;
@@ -176,7 +188,15 @@ export interface HandleBody { handle: number }
  * looked up by name. With `tree-meta`, owner and attributes too (by path:
  * lchown and the attribute calls that do not follow a link).
  */
-export interface SetstatBody extends EntryMeta { path?: string; handle?: number; mode?: number; mtimeMs?: number; atimeMs?: number }
+export interface SetstatBody extends EntryMeta {
+  path?: string;
+  handle?: number;
+  mode?: number;
+  mtimeMs?: number;
+  atimeMs?: number;
+  /** With a writable `handle` (capability `copy-range`): ftruncate to this size first (`--inplace`). */
+  size?: number;
+}
 export interface PathBody { path: string }
 /** UNLINK: `dir` removes an empty directory (rmdir) instead (`ferry sync --delete`); a helper before it ignores the field and fails with EISDIR. */
 export interface UnlinkBody { path: string; dir?: boolean }
@@ -187,6 +207,13 @@ export interface UnlinkBody { path: string; dir?: boolean }
  */
 export interface RenameBody { from: string; to: string; handle?: number }
 export interface ZerosBody { length: number }
+/**
+ * Copies [offset, offset + length) of the regular file at `from` (opened
+ * read-only, never through a symbolic link at the name) into the open,
+ * writable file `handle` at the same offset, on the helper's host. The OK
+ * carries `bytes` and the hash of the bytes copied.
+ */
+export interface CopyRangeBody { from: string; handle: number; offset: number; length: number; algorithm: HashAlgorithm }
 
 /** What a BATCH entry makes. */
 export type BatchEntryKind =
@@ -316,6 +343,7 @@ export type ControlFrame =
   | { type: 'READ_BATCH'; id: number; body: ReadBatchBody }
   | { type: 'ENTRIES'; id: number; body: EntriesBody }
   | { type: 'GLOB'; id: number; body: GlobBody }
+  | { type: 'COPY_RANGE'; id: number; body: CopyRangeBody }
   | { type: 'OK'; id: number; body: OkBody }
   | { type: 'ERROR'; id: number; body: ErrorBody };
 
@@ -551,12 +579,23 @@ function validate(frame: ControlFrame): ControlFrame {
     case 'CLOSE':
       int('handle');
       break;
+    case 'COPY_RANGE':
+      str('from');
+      int('handle');
+      int('offset');
+      int('length');
+      algo();
+      break;
     case 'SETSTAT':
       if (b.handle !== undefined) int('handle');
       else str('path');
       if (b.mode !== undefined) int('mode');
       if (b.mtimeMs !== undefined) int('mtimeMs');
       if (b.atimeMs !== undefined) int('atimeMs');
+      if (b.size !== undefined) {
+        int('size');
+        if (b.handle === undefined) throw protocolError('SETSTAT.size needs a handle');
+      }
       {
         const problem = entryMetaProblem(b, 'SETSTAT');
         if (problem) throw protocolError(problem);

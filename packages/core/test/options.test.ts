@@ -84,6 +84,8 @@ describe('resolveCopyOptions: defaults', () => {
       acls: false,
       directIo: 'auto',
       verify: false,
+      delta: false,
+      inplace: false,
       sharedHelper: false,
       knownHostsFile: undefined,
       sshConfigFile: undefined,
@@ -125,6 +127,8 @@ describe('resolveCopyOptions: valid values', () => {
         preserve: true,
         directIo: true,
         verify: true,
+        delta: true,
+        inplace: true,
         sharedHelper: true,
         knownHosts: '/etc/ssh/known',
         sshConfig: '/home/u/.ssh/hpc_config',
@@ -163,6 +167,8 @@ describe('resolveCopyOptions: valid values', () => {
       acls: false,
       directIo: 'on',
       verify: true,
+      delta: true,
+      inplace: true,
       sharedHelper: true,
       knownHostsFile: '/etc/ssh/known',
       sshConfigFile: '/home/u/.ssh/hpc_config',
@@ -194,6 +200,7 @@ describe('resolveCopyOptions: valid values', () => {
     expect(() => resolveCopyOptions({ transport: 'openssh', mode: 'sftp' })).toThrow('--transport openssh carries the helper protocol only');
     expect(() => resolveCopyOptions({ transport: 'openssh', sshCmd: '   ' })).toThrow('--ssh-cmd must not be empty');
     expect(() => resolveCopyOptions({ sshCmd: 'ssh' })).toThrow('--ssh-cmd is used by --transport openssh only');
+    expect(() => resolveCopyOptions({ inplace: true })).toThrow('--inplace writes the changed ranges into the existing destination file and works with --delta only: add --delta');
     expect(() => resolveCopyOptions({ compare: 'hash' })).toThrow("--compare must be one of exists, size, mtime, checksum, got 'hash'");
   });
 

@@ -186,7 +186,8 @@ describe('frame types and headers', () => {
     expect(frameTypeName(17)).toBe('READ_BATCH');
     expect(frameTypeName(18)).toBe('ENTRIES');
     expect(frameTypeName(19)).toBe('GLOB');
-    expect(frameTypeName(20)).toBeUndefined();
+    expect(frameTypeName(20)).toBe('COPY_RANGE');
+    expect(frameTypeName(21)).toBeUndefined();
     expect(frameTypeName(66)).toBeUndefined();
     for (const [name, code] of Object.entries(FrameType)) expect(frameTypeName(code)).toBe(name);
   });
@@ -378,10 +379,25 @@ describe('FrameDecoder on valid streams', () => {
       expect(err.message).toBe("helper protocol: OPEN.direct must be a boolean or 'auto'");
     }
   });
+
+  it('takes a COPY_RANGE with the old file, the handle, the range and the algorithm', () => {
+    const body = { from: '/data/old.bin', handle: 2, offset: 1 << 20, length: 1 << 20, algorithm: 'xxh3' as const };
+    expect(decodeOne(encodeControl('COPY_RANGE', 9, body))).toEqual([{ type: 'COPY_RANGE', id: 9, body }]);
+  });
+
+  it('takes a SETSTAT size with a handle only', () => {
+    expect(decodeOne(encodeControl('SETSTAT', 4, { handle: 1, size: 5 }))).toEqual([{ type: 'SETSTAT', id: 4, body: { handle: 1, size: 5 } }]);
+    expect(protocolError(() => decodeOne(encodeControl('SETSTAT', 4, { path: '/x', size: 5 }))).message).toBe('helper protocol: SETSTAT.size needs a handle');
+  });
+
+  it('rejects a COPY_RANGE without the file to copy from, or with a negative offset', () => {
+    expect(protocolError(() => decodeOne(encodeControl('COPY_RANGE', 9, { handle: 2, offset: 0, length: 1, algorithm: 'xxh3' } as never))).message).toBe('helper protocol: COPY_RANGE.from must be a non-empty string without NUL');
+    expect(protocolError(() => decodeOne(encodeControl('COPY_RANGE', 9, { from: '/x', handle: 2, offset: -1, length: 1, algorithm: 'xxh3' }))).message).toBe('helper protocol: COPY_RANGE.offset must be a non-negative integer');
+  });
 });
 
 describe('FrameDecoder on invalid headers', () => {
-  it.each([0, 20, 63, 66, 255])('rejects unknown frame type %i', (type) => {
+  it.each([0, 21, 63, 66, 255])('rejects unknown frame type %i', (type) => {
     const err = protocolError(() => decodeOne(rawFrame(type, 1, encode({ handle: 1 }))));
     expect(err.message).toBe(`helper protocol: unknown frame type ${type}`);
   });

@@ -34,6 +34,7 @@ import {
   createHasher,
   isAllZero,
   destinationError,
+  COPY_RANGE_CAPABILITY,
   sourceError,
   encodeControl,
   errnoOf,
@@ -44,7 +45,7 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
+import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
 import { applyPathMeta } from './meta.js';
@@ -83,6 +84,8 @@ const WALK_CHUNK_BYTES = 256 * 1024;
 const WALK_CHUNK_MS = 100;
 /** Ids of failed WRITEs whose DATA is still dropped; the oldest are forgotten beyond this. */
 const MAX_DISCARDED = 4096;
+/** Bytes per read and write of a COPY_RANGE. */
+const COPY_CHUNK_BYTES = 4 * MiB;
 
 export interface ServeOptions {
   input: Readable;
@@ -615,6 +618,48 @@ export async function serve(options: ServeOptions): Promise<void> {
     reply(id, { bytes: length, hash: await hashStoredThrough(f.writer, pool, f.path, offset, length, algorithm) });
   };
 
+  /**
+   * COPY_RANGE (`--delta`): a range of the old destination file into the open
+   * new one, at the same offset, read and written here and hashed on the way
+   * (node has no copy_file_range of a range). The old file is never reached
+   * through a link at its name, and must be a regular file still that long.
+   */
+  const copyRange = async (body: CopyRangeBody): Promise<OkBody> => {
+    const f = fileOf(body.handle);
+    if (!f.writable) throw new FerryError('PROTOCOL', `COPY_RANGE into ${f.path}, which was opened read-only`);
+    checkBounds(f, body.offset, body.length);
+    let from: FileHandle;
+    try {
+      from = await open(body.from, constants.O_RDONLY | constants.O_NOFOLLOW);
+    } catch (err) {
+      if (errnoOf(err) === 'ELOOP') throw new FerryError('DEST_CONFLICT', `${body.from} is a symbolic link now: its ranges are not reused`, { path: body.from });
+      throw sourceError(err, { path: body.from });
+    }
+    try {
+      if (!(await from.stat()).isFile()) throw new FerryError('DEST_CONFLICT', `${body.from} is not a regular file: its ranges are not reused`, { path: body.from });
+      const hasher = createHasher(body.algorithm);
+      const buf = Buffer.allocUnsafe(Math.min(Math.max(body.length, 1), COPY_CHUNK_BYTES));
+      let done = 0;
+      while (done < body.length) {
+        const want = Math.min(buf.length, body.length - done);
+        const { bytesRead } = await from.read(buf, 0, want, body.offset + done);
+        if (bytesRead === 0) throw new FerryError('DEST_REPLACED', `${body.from} ended at ${body.offset + done} bytes, within the range being reused: it changed`, { path: body.from });
+        const piece = buf.subarray(0, bytesRead);
+        hasher.update(piece);
+        let written = 0;
+        try {
+          while (written < bytesRead) written += (await f.fh.write(piece, written, bytesRead - written, body.offset + done + written)).bytesWritten;
+        } catch (err) {
+          throw destinationError(err, { path: f.path });
+        }
+        done += bytesRead;
+      }
+      return { bytes: done, hash: hasher.digest() };
+    } finally {
+      await from.close().catch(() => {});
+    }
+  };
+
   const openFile = async (body: OpenBody): Promise<OkBody> => {
     let fh: FileHandle;
     // Destination files are never reached through a symbolic link: in a directory others can
@@ -852,7 +897,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
           euid: process.geteuid?.() ?? -1,
         };
@@ -870,6 +915,11 @@ export async function serve(options: ServeOptions): Promise<void> {
       case 'OPEN':
         run(() => openFile(frame.body));
         return;
+      case 'COPY_RANGE': {
+        const body = frame.body;
+        run(() => copyRange(body));
+        return;
+      }
       case 'WRITE': {
         const f = fileOf(frame.body.handle);
         if (!f.writable) throw new FerryError('PROTOCOL', `WRITE to ${f.path}, which was opened read-only`);
@@ -951,8 +1001,15 @@ export async function serve(options: ServeOptions): Promise<void> {
         // By handle: fchmod and futimes on the file itself, never a name that may point elsewhere by now.
         const f = b.handle === undefined ? undefined : fileOf(b.handle);
         const path = f?.path ?? b.path!;
+        if (b.size !== undefined && !f?.writable) throw new FerryError('PROTOCOL', `SETSTAT size of ${path}, which is not open for writing`);
         run(async () => {
           try {
+            if (b.size !== undefined && f) {
+              // --inplace: the file takes the copy's size before any range is written through this handle.
+              await settleWrites(f);
+              await f.fh.truncate(b.size);
+              f.size = b.size;
+            }
             // Owner and attributes first: chown clears set-id bits, and an ACL's mask follows the mode.
             if (hasMeta(b)) await applyPathMeta(path, entryMetaOf(b));
             if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));

@@ -62,11 +62,11 @@ DIRECT_ALIGNMENT = 4096
 # as core's LOCAL_DISK_FILESYSTEM_NAMES (direct.ts) says and why.
 LOCAL_DISK_FILESYSTEMS = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs', 'f2fs')
 
-HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT, WALK, READ_BATCH, ENTRIES, GLOB = range(1, 20)
+HELLO, OPEN, WRITE, DATA, READ, HASH, FSYNC, SETSTAT, CLOSE, STAT, RENAME, UNLINK, ZEROS, BATCH, COMMIT, WALK, READ_BATCH, ENTRIES, GLOB, COPY_RANGE = range(1, 21)
 OK, ERROR = 64, 65
 NAMES = {1: 'HELLO', 2: 'OPEN', 3: 'WRITE', 4: 'DATA', 5: 'READ', 6: 'HASH', 7: 'FSYNC', 8: 'SETSTAT',
          9: 'CLOSE', 10: 'STAT', 11: 'RENAME', 12: 'UNLINK', 13: 'ZEROS', 14: 'BATCH', 15: 'COMMIT',
-         16: 'WALK', 17: 'READ_BATCH', 18: 'ENTRIES', 19: 'GLOB', 64: 'OK', 65: 'ERROR'}
+         16: 'WALK', 17: 'READ_BATCH', 18: 'ENTRIES', 19: 'GLOB', 20: 'COPY_RANGE', 64: 'OK', 65: 'ERROR'}
 # WALK's items go out in ENTRIES frames of at most this many, this many bytes, or after this long (s).
 WALK_CHUNK_ITEMS = 1024
 WALK_CHUNK_BYTES = 256 * 1024
@@ -1264,7 +1264,8 @@ class Session(object):
         try:
             handler = {HELLO: self.hello, OPEN: self.open, WRITE: self.write, READ: self.read, HASH: self.hash,
                        FSYNC: self.fsync, SETSTAT: self.setstat, CLOSE: self.close, STAT: self.stat,
-                       RENAME: self.rename, UNLINK: self.unlink, WALK: self.walk, READ_BATCH: self.read_batch, GLOB: self.glob}[ftype]
+                       RENAME: self.rename, UNLINK: self.unlink, WALK: self.walk, READ_BATCH: self.read_batch, GLOB: self.glob,
+                       COPY_RANGE: self.copy_range}[ftype]
         except KeyError:
             raise protocol_error('unknown frame type %d' % ftype)
         try:
@@ -1279,7 +1280,7 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read', 'tree-meta'] + ['hash:' + h for h in sorted(HASHERS)]
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read', 'tree-meta', 'copy-range'] + ['hash:' + h for h in sorted(HASHERS)]
         return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK, 'euid': os.geteuid()}}
 
     def glob(self, fid, body):
@@ -1754,6 +1755,64 @@ class Session(object):
             self.writer.settle(f)
         return self.stream(fid, f, offset, length, h, False)
 
+    def copy_range(self, fid, body):
+        """
+        COPY_RANGE (--delta): a range of the old destination file into the open new one at the
+        same offset. os.copy_file_range where there is one (the kernel copies, or shares the
+        extents on a file system with reflinks), the bytes then hashed as the new file holds
+        them; else read, hashed and written here.
+        """
+        f = self.file_of(body, 'COPY_RANGE')
+        if not f.writable:
+            raise Failure('PROTOCOL', 'COPY_RANGE into %s, which was opened read-only' % f.path, f.path)
+        source = self.need_str(body, 'COPY_RANGE', 'from')
+        offset, length = self.bounded(f, body, 'COPY_RANGE')
+        h = hasher(body.get('algorithm'))
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            if err.errno == errno_names.ELOOP:
+                raise Failure('DEST_CONFLICT', '%s is a symbolic link now: its ranges are not reused' % source, source)
+            raise os_failure(err, source, 'source')
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise Failure('DEST_CONFLICT', '%s is not a regular file: its ranges are not reused' % source, source)
+            if st.st_size < offset + length:
+                raise Failure('DEST_REPLACED', '%s ended at %d bytes, within the range being reused: it changed' % (source, st.st_size), source)
+            self.writer.settle(f)
+            at = 0
+            copier = getattr(os, 'copy_file_range', None)
+            if copier is not None:
+                try:
+                    while at < length:
+                        n = copier(fd, f.fd, length - at, offset + at, offset + at)
+                        if n <= 0:
+                            break
+                        at += n
+                except OSError as err:
+                    if err.errno not in (errno_names.EXDEV, errno_names.ENOSYS, errno_names.EINVAL, errno_names.EOPNOTSUPP):
+                        raise os_failure(err, f.path, 'destination')
+                # What the kernel copied, hashed as the new file holds it.
+                done = 0
+                while done < at:
+                    n = min(CHUNK_BYTES, at - done)
+                    h.update(self.read_chunk(f, offset + done, n))
+                    done += n
+            while at < length:
+                data = os.pread(fd, min(CHUNK_BYTES, length - at), offset + at)
+                if not data:
+                    raise Failure('DEST_REPLACED', '%s ended at %d bytes, within the range being reused: it changed' % (source, offset + at), source)
+                h.update(data)
+                try:
+                    pwrite_all(f.fd, data, offset + at)
+                except OSError as err:
+                    raise os_failure(err, f.path, 'destination')
+                at += len(data)
+        finally:
+            os.close(fd)
+        return {'bytes': length, 'hash': h.digest()}
+
     def fsync(self, fid, body):
         f = self.file_of(body, 'FSYNC')
         self.writer.settle(f)
@@ -1791,6 +1850,18 @@ class Session(object):
         problem = meta_problem(body, 'SETSTAT')
         if problem is not None:
             raise protocol_error(problem)
+        if body.get('size') is not None:
+            # --inplace: the file takes the copy's size before any range is written through this handle.
+            if f is None or not f.writable:
+                raise Failure('PROTOCOL', 'SETSTAT size of %s, which is not open for writing' % path, path)
+            size = self.need_int(body, 'SETSTAT', 'size')
+            self.writer.settle(f)
+            try:
+                os.ftruncate(f.fd, size)
+            except OSError as err:
+                self.reply_error(fid, os_failure(err, path, 'destination'))
+                return None
+            f.size = size
         if has_meta(body):
             try:
                 apply_meta(target, body, path)

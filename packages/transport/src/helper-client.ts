@@ -267,7 +267,7 @@ export class HelperClient {
     return (await this.request('GLOB', { pattern }).reply).paths ?? [];
   }
 
-  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number } & EntryMeta): Promise<void> {
+  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; size?: number } & EntryMeta): Promise<void> {
     await this.request('SETSTAT', { ...(typeof target === 'string' ? { path: target } : target), ...attrs }).reply;
   }
 
@@ -283,6 +283,11 @@ export class HelperClient {
 
   async hash(handle: number, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
     return (await this.request('HASH', { handle, offset, length, algorithm }).reply).hash!;
+  }
+
+  /** COPY_RANGE (capability `copy-range`): [offset, offset + length) of the file at `from` into `handle` at the same offset, on the helper's host; resolves with the hash of the bytes copied. */
+  async copyRange(handle: number, from: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    return (await this.request('COPY_RANGE', { from, handle, offset, length, algorithm }).reply).hash!;
   }
 
   /** Starts a range write: a WRITE frame now, DATA frames through the returned writer. */

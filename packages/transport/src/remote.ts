@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, HASH_ONLY_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { BATCH_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
@@ -57,6 +57,17 @@ export interface RemoteFile {
   readonly directReason?: string;
   /** Helper mode: set when sshd's pipes to the helper stay at the kernel's default 64 KiB, and why. */
   readonly pipesReason?: string;
+  /**
+   * `--delta`: copies [offset, offset + length) of the regular file at `from`
+   * (the old destination file; never through a link at its name where the
+   * remote side can tell) into this file at the same offset, on the remote
+   * host; resolves with the hash of the bytes as copied. Absent where the
+   * remote side cannot copy there (an older helper; an SFTP server without
+   * the `copy-data` extension): such ranges are sent like changed ones.
+   */
+  copyFrom?: (from: string, offset: number, length: number, algorithm: HashAlgorithm) => Promise<string>;
+  /** `--inplace`: sets this file's size (ftruncate through the handle). Absent where the remote side cannot (an older helper). */
+  resize?: (size: number) => Promise<void>;
   /** Sets the mode (and times) of this open file itself: fchmod and futimes (SFTP: fsetstat), no name looked up. */
   setstat(attrs: { mode?: number; mtimeMs?: number; atimeMs?: number }): Promise<void>;
   /**
@@ -646,6 +657,19 @@ export class HelperConnection implements RemoteConnection {
         }
       },
       fsync: () => helper.fsync(handle),
+      ...(policy === 'write' && helper.hello?.capabilities.includes(COPY_RANGE_CAPABILITY) === true && this.hashes.length > 0
+        ? {
+            copyFrom: async (from: string, offset: number, length: number, algorithm: HashAlgorithm) => {
+              if (this.hashes.includes(algorithm)) return helper.copyRange(handle, from, offset, length, algorithm);
+              // A helper without this algorithm (the Python one has no xxh3): copied there, hashed here from what it holds now.
+              await helper.copyRange(handle, from, offset, length, this.hashes[0]!);
+              const h = createHasher(algorithm);
+              await helper.readRange(handle, offset, length, this.hashes[0]!, (chunk) => h.update(chunk)).done;
+              return h.digest();
+            },
+            resize: (size: number) => helper.setstat({ handle }, { size }),
+          }
+        : {}),
       hashStored: (offset, length, algorithm) => helper.hash(handle, offset, length, algorithm),
       close: () => helper.closeFile(handle),
       setstat: (attrs) => (this.safeFiles ? helper.setstat({ handle }, attrs) : helper.setstat(path, attrs)),
@@ -1231,6 +1255,31 @@ class SftpConnection implements RemoteConnection {
         return { hash: (await toolHash(offset, length, algorithm)) ?? received.digest() };
       },
       fsync: () => session.fsync(handle),
+      ...(policy === 'write'
+        ? {
+            resize: (size: number) =>
+              session.truncate(handle, size).catch(async (err: unknown) => {
+                throw await sftpWriteError(session, err, path);
+              }),
+          }
+        : {}),
+      ...(policy === 'write' && session.canCopyData
+        ? {
+            // The server's `copy-data` extension copies on the remote host; the bytes are then hashed as the new file holds them.
+            copyFrom: async (from: string, offset: number, length: number, algorithm: HashAlgorithm) => {
+              const st = await session.lstat(from);
+              if (st.link || st.type !== 'file') throw new FerryError('DEST_CONFLICT', `${label}:${from} is not a regular file: its ranges are not reused`, { host: label, path: from });
+              if (st.size < offset + length) throw new FerryError('DEST_REPLACED', `${label}:${from} ended at ${st.size} bytes, within the range being reused: it changed`, { host: label, path: from });
+              const source = await session.open(from, 'r');
+              try {
+                await session.copyData(source, offset, length, handle, offset);
+              } finally {
+                await session.close(source).catch(() => {});
+              }
+              return storedHash(offset, length, algorithm);
+            },
+          }
+        : {}),
       hashStored: storedHash,
       writeHashIsStored: true,
       close: () => session.close(handle),

@@ -131,6 +131,16 @@ export class SftpSession {
     return cb<void>((d) => this.sftp.fsetstat(handle, { size } as never, d));
   }
 
+  /** Whether the server offers the `copy-data` extension (OpenSSH's sftp-server since 9.0): a range copied between two open files on its host. */
+  get canCopyData(): boolean {
+    return (this.sftp as unknown as { _extensions?: Record<string, string> })._extensions?.['copy-data'] === '1';
+  }
+
+  /** `copy-data`: [srcOffset, srcOffset + length) of `src` into `dst` at `dstOffset`, on the server's host. */
+  copyData(src: Buffer, srcOffset: number, length: number, dst: Buffer, dstOffset: number): Promise<void> {
+    return cb<void>((d) => this.sftp.ext_copy_data(src, srcOffset, length, dst, dstOffset, d));
+  }
+
   fsync(handle: Buffer): Promise<void> {
     return cb<void>((d) => this.sftp.ext_openssh_fsync(handle, d));
   }
