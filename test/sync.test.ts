@@ -5,7 +5,7 @@
  * --delete removes only what the source lacks, and nothing after a failure;
  * push and pull, ferry serve, the python helper and SFTP; one file.
  */
-import { appendFile, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, open, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -253,5 +253,36 @@ describe('ferry sync pull and one file', () => {
     const third = await runFerry(['sync', '--exit-code', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
     expect(third.code, third.stderr).toBe(3);
     expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+  });
+
+  it('sends only the changed range of a big file, alone or in a tree (--delta)', async () => {
+    const dir = join(work.path, 'delta-src');
+    const dst = join(work.path, 'delta-dst');
+    await mkdir(dir);
+    await makeRandomFile(join(dir, 'big.bin'), 4 * 1024 * 1024);
+    await writeFile(join(dir, 'small.txt'), 'small');
+    const sync = (src: string, to: string) => runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD, '--range-size', '1MiB']), src, on(sshd, to)]);
+    expect((await sync(dir, dst)).code).toBe(0);
+    const flip = async () => {
+      const fh = await open(join(dir, 'big.bin'), 'r+');
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, 2.5 * 1024 * 1024);
+      b[0] = b[0]! ^ 0xff;
+      await fh.write(b, 0, 1, 2.5 * 1024 * 1024);
+      await fh.close();
+    };
+    // In a tree: the big file is a copy of its own, with --delta.
+    await flip();
+    const tree = await sync(dir, dst);
+    expect(tree.code, tree.stderr).toBe(0);
+    expect(parseEvents(tree.stdout).find((e) => e.type === 'delta')).toMatchObject({ reused: 3 });
+    expect(doneOf(tree.stdout)).toMatchObject({ files: 1 });
+    expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(dir, 'big.bin')))).toBe(true);
+    // One file.
+    await flip();
+    const one = await sync(join(dir, 'big.bin'), join(dst, 'big.bin'));
+    expect(one.code, one.stderr).toBe(0);
+    expect(parseEvents(one.stdout).find((e) => e.type === 'done')).toMatchObject({ rangesSent: 1, rangesReused: 3 });
+    expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(dir, 'big.bin')))).toBe(true);
   });
 });

@@ -48,6 +48,7 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
   const remoteLoc = remoteSideOf(request.source, request.destination);
   if (!remoteLoc) throw new FerryError('USAGE', `ferry sync copies between this host and a remote one ([user@]host:PATH on one side): ${request.source} -> ${request.destination} is not that`);
   const push = parseLocation(request.source).kind === 'local';
+  let destExists = false;
   const { ssh, hosts } = await resolveRemote(remoteLoc, options);
   const { conn } = await connectAny(hosts, ssh, { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(request.signal ? { signal: request.signal } : {}) });
   try {
@@ -83,6 +84,7 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
       emit({ type: 'log', message: `${destPath} is the same as the source: nothing sent` });
       return { unchanged: true, source: request.source, destination: request.destination };
     }
+    destExists = dest?.type === 'file';
     if (options.dryRun) {
       emit({ type: 'sync.change', action: dest ? 'update' : 'create', path: destPath, kind: 'file' });
       return { unchanged: false, dryRun: true, source: request.source, destination: request.destination };
@@ -91,5 +93,6 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
     conn.close();
   }
   // A job of the same file that changed since it started goes again whole, as a tree's changed file does.
-  return runCopy({ ...request, restartChanged: true });
+  // Where the file is there already, only the ranges that differ go (--delta).
+  return runCopy({ ...request, restartChanged: true, options: { ...request.options, ...(destExists ? { delta: true } : {}) } });
 }

@@ -786,6 +786,8 @@ class TreeRun {
         destination,
         // A file that changed since an earlier run started its job is sent whole again, as any changed file of the tree.
         restartChanged: true,
+        // A sync's big file that is there already: only the ranges that differ go (--delta).
+        ...(this.sync ? { options: { ...this.request.options, delta: true } } : {}),
         onEvent: (e) => {
           if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
           else if (e.type !== 'job.start') this.emit(e);
