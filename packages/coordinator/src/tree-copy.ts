@@ -22,7 +22,7 @@
  * 6. **finalize** (tree-finalize.ts): hard links, then directories' modes and
  *    times, deepest first.
  */
-import { lstat, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
 import { FerryError, Pacer, TreePlanner, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
@@ -37,10 +37,9 @@ import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.
 import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
-import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
-import { DestIndex, linkSame, localHashFiles, planSync, remoteHashFiles, sameContent, syncAction } from './tree-sync.js';
-import type { Comparison, DestEntry, HashFiles } from './tree-sync.js';
-import { LocalHashers } from './local-hash.js';
+import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
+import { dryRunSync, linkSame, sameContent, syncAction, syncStateOf } from './tree-sync.js';
+import type { DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -73,15 +72,6 @@ const DIRS_PER_BATCH = 1024;
 /** What a run counts as it goes: the summary's counts. */
 type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted'>;
 
-/** `ferry sync`: what the destination holds, how entries are compared with it, and how each side's files are hashed (--compare checksum). */
-interface SyncState {
-  index: DestIndex;
-  comparison: Comparison;
-  hashSource: HashFiles;
-  hashDest: HashFiles;
-  /** Ends the hashing threads. */
-  close(): void;
-}
 
 /**
  * `ferry cp -r`. A remote source that turns out to be a regular file is
@@ -207,70 +197,6 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     conn.close();
-  }
-}
-
-/** The destination as it is now (empty when it does not exist yet): a sync compares the source with it. */
-async function destinationIndex(target: TreeTarget, conn: RemoteConnection): Promise<DestIndex> {
-  if (target.direction === 'pull') {
-    const isDir = await lstat(target.targetRoot).then((s) => s.isDirectory(), () => false);
-    return isDir ? DestIndex.read(walkTree(target.targetRoot)) : new DestIndex();
-  }
-  const st = await remoteStat(conn, target.targetRoot);
-  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot)) : new DestIndex();
-}
-
-/** What a sync compares with, and how: the destination walked first, files hashed on their own side at --compare checksum. */
-async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
-  const started = Date.now();
-  const index = await destinationIndex(target, conn);
-  emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
-  // Threads only when a file is hashed here (--compare checksum); idle ones do not hold the process.
-  const hashers = new LocalHashers(Math.min(8, availableParallelism()));
-  const local = localHashFiles(hashers, algorithm);
-  const remote = remoteHashFiles(conn, algorithm);
-  return {
-    index,
-    comparison: { level: options.sync!, umask, preserve: options.preserve },
-    hashSource: target.direction === 'push' ? local : remote,
-    hashDest: target.direction === 'push' ? remote : local,
-    close: () => hashers.close(),
-  };
-}
-
-/** `ferry sync --dry-run`: every create, update and delete a sync would make, reported as `sync.change` events; nothing changed, no job state written. */
-async function dryRunSync(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, emit: NonNullable<CopyRequest['onEvent']>, started: number): Promise<TreeSummary> {
-  const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
-  const sync = await syncStateOf(target, conn, options, algorithm, umask, emit);
-  try {
-    const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
-    const plan = await planSync(
-      walk,
-      sync.index,
-      sync.comparison,
-      { source: sync.hashSource, dest: sync.hashDest, sourcePath: (p) => sourcePathOf(target, p), destPath: (p) => remotePathOf(target, p) },
-      options.deleteExtraneous,
-      (change) => emit({ type: 'sync.change', ...change }),
-    );
-    const seconds = (Date.now() - started) / 1000;
-    const summary: TreeSummary = {
-      jobId: target.jobId,
-      source: target.sourceLabel,
-      destination: target.destinationLabel,
-      files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
-      seconds,
-      mbps: 0,
-      filesPerSec: 0,
-      mode: conn.mode,
-      streams: 0,
-      hash: algorithm,
-      stateDir: '',
-      plan,
-    };
-    emit({ type: 'tree.done', ...summary });
-    return summary;
-  } finally {
-    sync.close();
   }
 }
 

@@ -23,10 +23,18 @@
  * The index holds one small object per destination entry: a tree of
  * millions of entries costs what rsync's file list costs (~150 bytes each).
  */
+import { lstat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { copyMode } from '@ferry/core';
-import type { CompareLevel, HashAlgorithm, TreeEntry, TreeEntryKind, WalkItem } from '@ferry/core';
+import type { CompareLevel, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeEntryKind, WalkItem } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
+import { walkTree } from '@ferry/serve';
+import type { CopyRequest } from './copy.js';
+import type { TreeSummary } from './events.js';
 import { LocalHashers } from './local-hash.js';
+import { remoteStat } from './prepare.js';
+import { remotePathOf, sourcePathOf } from './tree-target.js';
+import type { TreeTarget } from './tree-target.js';
 
 /** What stands at a destination path, as its walk found it. */
 export interface DestEntry {
@@ -293,4 +301,78 @@ export async function planSync(
     for (const e of index.extraneous()) if (!index.underUnreadable(e.path)) report({ action: 'delete', path: e.path, kind: e.kind });
   }
   return counts;
+}
+
+/** `ferry sync`: what the destination holds, how entries are compared with it, and how each side's files are hashed (--compare checksum). */
+export interface SyncState {
+  index: DestIndex;
+  comparison: Comparison;
+  hashSource: HashFiles;
+  hashDest: HashFiles;
+  /** Ends the hashing threads. */
+  close(): void;
+}
+
+/** The destination as it is now (empty when it does not exist yet): a sync compares the source with it. */
+async function destinationIndex(target: TreeTarget, conn: RemoteConnection): Promise<DestIndex> {
+  if (target.direction === 'pull') {
+    const isDir = await lstat(target.targetRoot).then((s) => s.isDirectory(), () => false);
+    return isDir ? DestIndex.read(walkTree(target.targetRoot)) : new DestIndex();
+  }
+  const st = await remoteStat(conn, target.targetRoot);
+  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot)) : new DestIndex();
+}
+
+/** What a sync compares with, and how: the destination walked first, files hashed on their own side at --compare checksum. */
+export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
+  const started = Date.now();
+  const index = await destinationIndex(target, conn);
+  emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
+  // Threads only when a file is hashed here (--compare checksum); idle ones do not hold the process.
+  const hashers = new LocalHashers(Math.min(8, availableParallelism()));
+  const local = localHashFiles(hashers, algorithm);
+  const remote = remoteHashFiles(conn, algorithm);
+  return {
+    index,
+    comparison: { level: options.sync!, umask, preserve: options.preserve },
+    hashSource: target.direction === 'push' ? local : remote,
+    hashDest: target.direction === 'push' ? remote : local,
+    close: () => hashers.close(),
+  };
+}
+
+/** `ferry sync --dry-run`: every create, update and delete a sync would make, reported as `sync.change` events; nothing changed, no job state written. */
+export async function dryRunSync(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, emit: NonNullable<CopyRequest['onEvent']>, started: number): Promise<TreeSummary> {
+  const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
+  const sync = await syncStateOf(target, conn, options, algorithm, umask, emit);
+  try {
+    const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
+    const plan = await planSync(
+      walk,
+      sync.index,
+      sync.comparison,
+      { source: sync.hashSource, dest: sync.hashDest, sourcePath: (p) => sourcePathOf(target, p), destPath: (p) => remotePathOf(target, p) },
+      options.deleteExtraneous,
+      (change) => emit({ type: 'sync.change', ...change }),
+    );
+    const seconds = (Date.now() - started) / 1000;
+    const summary: TreeSummary = {
+      jobId: target.jobId,
+      source: target.sourceLabel,
+      destination: target.destinationLabel,
+      files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
+      seconds,
+      mbps: 0,
+      filesPerSec: 0,
+      mode: conn.mode,
+      streams: 0,
+      hash: algorithm,
+      stateDir: '',
+      plan,
+    };
+    emit({ type: 'tree.done', ...summary });
+    return summary;
+  } finally {
+    sync.close();
+  }
 }
