@@ -7,13 +7,13 @@
  * list files are written as `>` would, never through a link.
  */
 import { execFileSync } from 'node:child_process';
-import { chmod, mkdir, open, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readlink, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { on } from './tree-helpers.js';
-import { killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+import { flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const isRoot = process.getuid?.() === 0;
@@ -33,19 +33,6 @@ async function copyOf(name: string): Promise<string> {
   const dst = join(work.path, name);
   execFileSync('cp', ['-a', src, dst]);
   return dst;
-}
-
-/** Flips one byte at `offset` of `path`, keeping its size. */
-async function flipByte(path: string, offset: number): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, offset);
-    b[0] = b[0]! ^ 0xff;
-    await fh.write(b, 0, 1, offset);
-  } finally {
-    await fh.close();
-  }
 }
 
 /** The `MARK path` lines of a human run's stdout, sorted (entries come as they are decided). */

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { CLI, fileHash, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
+import { CLI, fileHash, flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, startFerry, tempDir } from './helpers.js';
 import type { FerryEvent } from './helpers.js';
 
 const MiB = 1024 * 1024;
@@ -44,19 +44,6 @@ function summaryOf(r: { code: number | null; stdout: string; stderr: string }): 
 
 function deltaEvent(stdout: string): FerryEvent | undefined {
   return parseEvents(stdout).find((e) => e.type === 'delta');
-}
-
-/** Flips one byte of a file at `at`. */
-async function flipByte(path: string, at: number): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, at);
-    b[0] = b[0]! ^ 0xff;
-    await fh.write(b, 0, 1, at);
-  } finally {
-    await fh.close();
-  }
 }
 
 /** A directory with a random source file of SIZE bytes. */

@@ -71,6 +71,19 @@ export function runFerry(args: string[], options: RunOptions = {}): Promise<RunR
   });
 }
 
+/** Flips (xor 0xff) the byte at `offset` of `path`, keeping its size and everything else. */
+export async function flipByte(path: string, offset: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, offset);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, offset);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** Writes `bytes` of random data (seeded per call, different each time). */
 export async function makeRandomFile(path: string, bytes: number): Promise<void> {
   const fh = await open(path, 'w');

@@ -5,13 +5,13 @@
  * --delete removes only what the source lacks, and nothing after a failure;
  * push and pull, ferry serve, the python helper and SFTP; one file.
  */
-import { appendFile, lstat, mkdir, open, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, treeArgs } from './tree-helpers.js';
-import { killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+import { flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 
 let sshd: Sshd;
 let bare: Sshd;
@@ -263,14 +263,7 @@ describe('ferry sync pull and one file', () => {
     await writeFile(join(dir, 'small.txt'), 'small');
     const sync = (src: string, to: string) => runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD, '--range-size', '1MiB']), src, on(sshd, to)]);
     expect((await sync(dir, dst)).code).toBe(0);
-    const flip = async () => {
-      const fh = await open(join(dir, 'big.bin'), 'r+');
-      const b = Buffer.alloc(1);
-      await fh.read(b, 0, 1, 2.5 * 1024 * 1024);
-      b[0] = b[0]! ^ 0xff;
-      await fh.write(b, 0, 1, 2.5 * 1024 * 1024);
-      await fh.close();
-    };
+    const flip = () => flipByte(join(dir, 'big.bin'), 2.5 * 1024 * 1024);
     // In a tree: the big file is a copy of its own, with --delta.
     await flip();
     const tree = await sync(dir, dst);

@@ -4,12 +4,12 @@
  * again from the state directory alone, every range and file that no longer
  * matches named; a manifest exported and checked against the data.
  */
-import { chmod, mkdir, open, readFile, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, stat, symlink, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
+import { flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry, tempDir } from './helpers.js';
 import type { FerryEvent } from './helpers.js';
 import { on, treeArgs } from './tree-helpers.js';
 
@@ -27,19 +27,6 @@ function remote(path: string): string {
 /** How every command here reaches the test sshd. */
 function ssh(): string[] {
   return ['-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', REMOTE_CMD];
-}
-
-/** Flips the byte at `at` of a file. */
-async function flipByte(path: string, at: number): Promise<void> {
-  const fh = await open(path, 'r+');
-  try {
-    const b = Buffer.alloc(1);
-    await fh.read(b, 0, 1, at);
-    b[0] = b[0]! ^ 0xff;
-    await fh.write(b, 0, 1, at);
-  } finally {
-    await fh.close();
-  }
 }
 
 function mismatches(stdout: string): FerryEvent[] {

@@ -2,10 +2,10 @@
  * `ferry sync` (issue 32): what the destination already holds, and whether
  * each entry of the source must go again. A sync is a tree copy whose
  * "already done" comes from the destination itself, not from the journal of
- * an earlier run: the destination is walked first (the remote helper's walk
- * for a push, walkTree here for a pull) into a DestIndex, and each entry the
- * source walk reports is compared with what stands at its path, at the level
- * asked:
+ * an earlier run: the destination is walked (the remote helper's walk for a
+ * push, walkTree here for a pull; the source walk starts meanwhile and waits
+ * a little ahead) into a DestIndex, and each entry the source walk reports
+ * is then compared with what stands at its path, at the level asked:
  *
  * - `exists`: an entry of the same kind is there;
  * - `size`: and a file has the same size;
@@ -22,6 +22,8 @@
  *
  * The index holds one small object per destination entry: a tree of
  * millions of entries costs what rsync's file list costs (~150 bytes each).
+ * This module also holds the sync's state for a run (syncStateOf) and the
+ * dry run (dryRunSync); tree-copy.ts's TreeRun.publishSync uses them.
  */
 import { lstat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
