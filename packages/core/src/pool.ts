@@ -3,10 +3,14 @@ import { allocAligned } from './direct.js';
 /**
  * A fixed pool of equal buffers for the data path. `acquire()` waits when all
  * are out, which is what bounds an agent's memory whatever the file size: a
- * reader that runs ahead of the network simply waits for a buffer.
+ * reader that runs ahead of the network simply waits for a buffer. Buffers are
+ * made when first needed (a small copy never makes most of them); aligned
+ * ones all at once, as one block.
  */
 export class BufferPool {
   private readonly free: Buffer[] = [];
+  /** Buffers made so far (at most `count`). */
+  private made = 0;
   private readonly waiters: Array<(buf: Buffer) => void> = [];
   readonly bufferBytes: number;
   readonly count: number;
@@ -21,23 +25,28 @@ export class BufferPool {
     this.count = count;
     const aligned = options.aligned === true ? allocAligned(count, bufferBytes) : undefined;
     this.aligned = aligned !== undefined;
-    if (aligned) this.free.push(...aligned);
-    else for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(bufferBytes));
+    if (aligned) {
+      this.free.push(...aligned);
+      this.made = count;
+    }
   }
 
   /** Buffers currently handed out. */
   get inUse(): number {
-    return this.count - this.free.length;
+    return this.made - this.free.length;
   }
 
   acquire(): Promise<Buffer> {
-    const buf = this.free.pop();
+    const buf = this.tryAcquire();
     if (buf) return Promise.resolve(buf);
     return new Promise((resolve) => this.waiters.push(resolve));
   }
 
   tryAcquire(): Buffer | undefined {
-    return this.free.pop();
+    const buf = this.free.pop();
+    if (buf || this.made === this.count) return buf;
+    this.made++;
+    return Buffer.allocUnsafeSlow(this.bufferBytes);
   }
 
   release(buf: Buffer): void {
