@@ -7,17 +7,19 @@
  * too it falls back to SFTP and says that.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
-import { fileHash, killStrays, parseEvents, runFerry, tempDir } from './helpers.js';
+import { connectRemote } from '@ferry/transport';
+import { REMOTE_CMD, fileHash, killStrays, parseEvents, runFerry, tempDir } from './helpers.js';
 
 const MiB = 1024 * 1024;
 
 let bare: Sshd;
 let noPython: Sshd;
+let full: Sshd;
 let work: { path: string; remove(): Promise<void> };
 
 function remote(sshd: Sshd, path: string): string {
@@ -34,6 +36,7 @@ const fallbackLine = (sshd: Sshd) => `ferry: warning: ${sshd.host}:${sshd.port}:
 beforeAll(async () => {
   bare = await startSshd({ without: ['node'] });
   noPython = await startSshd({ without: ['node', 'python3'] });
+  full = await startSshd();
   work = await tempDir('ferry-noinstall-');
 });
 
@@ -41,6 +44,7 @@ afterAll(async () => {
   if (work) await killStrays(work.path);
   await bare?.stop();
   await noPython?.stop();
+  await full?.stop();
   await work?.remove();
 });
 
@@ -171,5 +175,46 @@ describe('a remote host without ferry (no node on it)', () => {
     );
     expect(r.stdout).toContain('sftp mode');
     expect(await fileHash(join(dir, 'copy.bin'))).toBe(await fileHash(src));
+  });
+});
+
+describe("auto mode starts ferry's python helper alongside ferry serve", () => {
+  /** sshd's VERBOSE lines about this connection's sessions, from `from` on. */
+  const sessions = async (sshd: Sshd, from: number) => {
+    const lines = (await readFile(sshd.log, 'utf8')).slice(from).split('\n');
+    return { started: lines.filter((l) => l.startsWith('Starting session: command')).length, closed: lines.filter((l) => l.startsWith('Close session:')).length };
+  };
+
+  it('and closes it unused, while the connection stays open, where ferry serve answers', async () => {
+    const from = (await readFile(full.log, 'utf8')).length;
+    const conn = await connectRemote({ host: full.host, port: full.port, user: full.user }, { knownHostsFile: full.knownHosts, identityFiles: [full.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: REMOTE_CMD, windowBytes: 8 * MiB });
+    try {
+      expect(conn.mode).toBe('helper');
+      // Two sessions started: ferry serve and the python helper; the python helper's is closed
+      // once it has answered, and ferry serve's is the one left.
+      let seen = await sessions(full, from);
+      for (let i = 0; i < 100 && seen.closed < 1; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        seen = await sessions(full, from);
+      }
+      expect(seen).toEqual({ started: 2, closed: 1 });
+      expect((await conn.stat(work.path))?.type).toBe('directory');
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('and uses it where ferry serve is not found, saying why, over one login and two sessions', async () => {
+    const from = (await readFile(bare.log, 'utf8')).length;
+    const conn = await connectRemote({ host: bare.host, port: bare.port, user: bare.user }, { knownHostsFile: bare.knownHosts, identityFiles: [bare.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: 'ferry serve', windowBytes: 8 * MiB });
+    try {
+      expect(conn.mode).toBe('python');
+      expect(conn.fallbacks).toEqual([{ mode: 'helper', reason: "'ferry serve' not found (exit 127)" }]);
+      const log = (await readFile(bare.log, 'utf8')).slice(from);
+      expect(log.match(/Accepted publickey/g)).toHaveLength(1);
+      expect(log.match(/Starting session: command/g)).toHaveLength(2);
+    } finally {
+      conn.close();
+    }
   });
 });

@@ -357,14 +357,20 @@ async function startHelper(client: Client, command: string, label: string, timeo
   );
   const sendWindow = fitChannel(client, channel, sendWindowBytes);
   let exitCode: number | null | undefined;
+  let exited!: () => void;
+  const exit = new Promise<void>((resolve) => (exited = resolve));
   channel.on('exit', (code: number | null) => {
     exitCode = code;
+    exited();
   });
   const helper = new HelperClient({ input: channel, output: channel, stderr: channel.stderr, close: () => channel.close() }, label);
   if (preamble) channel.write(preamble);
   try {
     await helper.handshake(timeoutMs, hubKey);
   } catch (err) {
+    // The helper's output can end before sshd's exit status arrives: wait a moment for it, as
+    // it tells a missing command (127) from a broken one.
+    if (exitCode === undefined && !isHelloTimeout(err)) await Promise.race([exit, new Promise((r) => setTimeout(r, 250).unref())]);
     helper.close();
     const tail = helper.stderr;
     if (isHelloTimeout(err) && exitCode === undefined && !tail.trim()) throw slowStart(shown, label, timeoutMs, err);
@@ -374,7 +380,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
     if (exitCode === undefined && !tail.trim() && err instanceof FerryError && err.code === 'CONNECTION_LOST') {
       throw new FerryError('CONNECTION_LOST', `the connection to ${label} dropped while ${preamble ? "ferry's python helper" : `'${shown}'`} was starting (${err.message})`, { host: label, cause: err });
     }
-    const missing = exitCode === 127 || /not found/i.test(tail);
+    const missing = exitCode === 127 || /not found|No such file or directory$/im.test(tail);
     const why = missing ? 'command not found' : tail || (err as Error).message;
     const e = new FerryError(
       'HELPER_UNAVAILABLE',
@@ -431,6 +437,12 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     const watch = watchClient(client);
     return { get ended() { return watch.ended; }, end: () => client.end(), exec: (command) => execCapture(client, command, label) };
   };
+  // In auto mode ferry's python helper starts alongside ferry serve, not after its exit 127:
+  // where ferry is not installed (most data transfer nodes) the login no longer waits for a
+  // second remote command; where ferry serve answers, the python helper is closed unused.
+  // (Not beside a shared helper, which may be joined without starting anything.)
+  let python: Promise<StartedHelper> | undefined;
+  const startPython = () => startPythonHelper(client, label, timeoutMs, sendWindowBytes, options.mode === 'auto' && !options.signal?.aborted);
   try {
     if (options.signal?.aborted) throw new FerryError('INTERRUPTED', `connection to ${label} cancelled`, { host: label });
     if (options.mode === 'helper' || options.mode === 'auto') {
@@ -440,13 +452,19 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
         if (spoofed) throw new FerryError('HELPER_UNTRUSTED', spoofed.message, { host: label, ...(spoofed.path === undefined ? {} : { path: spoofed.path }) });
         let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
-          started ??= await startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
+          const starting = started ? undefined : startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
+          if (starting && options.mode === 'auto' && share === undefined) {
+            python = startPython();
+            python.catch(() => {});
+          }
+          started ??= await starting!;
         } catch (err) {
           // In auto mode a helper that is only slow to start (a crowded or heavy login) gets
           // one more chance, with twice the time, before a slower path is chosen.
           if (options.mode !== 'auto' || !isSlowHelperStart(err) || options.signal?.aborted) throw err;
           started = await startHelper(client, options.remoteCommand, label, 2 * timeoutMs, sendWindowBytes, undefined);
         }
+        void python?.then((unused) => unused.helper.close(), () => {});
         return new HelperConnection(carrier(), started.helper, label, started.sendWindow, started.sharing, 'helper', fallbacks);
       } catch (err) {
         // A spoofed shared helper is not a missing one: no slower path hides it.
@@ -457,7 +475,12 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     if (options.mode === 'python' || options.mode === 'auto') {
       try {
         // In auto mode, as for ferry serve: a start that is only slow gets one more chance before SFTP.
-        const started = await startPythonHelper(client, label, timeoutMs, sendWindowBytes, options.mode === 'auto' && !options.signal?.aborted);
+        // One started alongside ferry serve that could not even open its channel (a host allowing
+        // one session per connection) starts again now that ferry serve's channel is closed.
+        const started = await (python ?? startPython()).catch((err) => {
+          if (python && err instanceof FerryError && err.code === 'CONNECTION_LOST') return startPython();
+          throw err;
+        });
         return new HelperConnection(carrier(), started.helper, label, started.sendWindow, undefined, 'python', fallbacks);
       } catch (err) {
         if (options.mode === 'python' || options.signal?.aborted) throw err;
