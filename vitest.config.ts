@@ -7,6 +7,7 @@ export default defineConfig({
   resolve: {
     // Unit tests import packages from source; integration tests run the built CLI.
     alias: {
+      '@ferry/coordinator/early': src('./packages/coordinator/src/early.ts'),
       '@ferry/core': src('./packages/core/src/index.ts'),
       '@ferry/transport': src('./packages/transport/src/index.ts'),
       '@ferry/serve': src('./packages/serve/src/index.ts'),

@@ -103,7 +103,12 @@ export async function makeLauncher(launch: LaunchOptions): Promise<Launcher | un
 export async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}, recursive = false): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
+  let early: typeof import('@ferry/coordinator/early') | undefined;
   try {
+    // The SSH login and the remote helper start now, and the rest of ferry loads while
+    // they are under way (coordinator's early.ts).
+    early = await import('@ferry/coordinator/early');
+    early.connectEarly(source, destination, copyOptions, io.signal);
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
     const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
     const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
@@ -129,6 +134,8 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     const e = toFerryError(err);
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
     reportError(io, e);
+  } finally {
+    early?.dropEarly();
   }
 }
 
@@ -139,7 +146,10 @@ export const SYNC_CHANGED_EXIT = 3;
 export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
+  let early: typeof import('@ferry/coordinator/early') | undefined;
   try {
+    early = await import('@ferry/coordinator/early');
+    early.connectEarly(source, destination, copyOptions, io.signal);
     const { runSync } = await import('@ferry/coordinator');
     const summary = await runSync({
       source,
@@ -164,6 +174,8 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
     const e = toFerryError(err);
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, range: e.range, exitCode: e.exitCode }) + '\n');
     reportError(io, e);
+  } finally {
+    early?.dropEarly();
   }
 }
 

@@ -36,7 +36,11 @@ export function formatCheckSummary(s: CheckSummary): string {
 export async function checkCommand(io: CliIo, source: string, destination: string, o: CheckCommandOptions): Promise<void> {
   const style = o.copyOptions.json ? 'json' : o.copyOptions.quiet ? 'quiet' : 'human';
   const opened: ReportFile[] = [];
+  let early: typeof import('@ferry/coordinator/early') | undefined;
   try {
+    // The login starts while the rest of ferry loads (coordinator's early.ts).
+    early = await import('@ferry/coordinator/early');
+    early.connectEarly(source, destination, o.copyOptions, io.signal);
     const { runCheck, checkOutcome, openReportFile } = await import('@ferry/coordinator');
     const sinks: Array<{ status: CheckStatus | undefined; out: Output }> = [];
     for (const l of CHECK_LISTS) {
@@ -81,6 +85,8 @@ export async function checkCommand(io: CliIo, source: string, destination: strin
     const e = toFerryError(err);
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'error', code: e.code, message: e.message, host: e.host, path: e.path, exitCode: e.exitCode }) + '\n');
     reportError(io, e);
+  } finally {
+    early?.dropEarly();
   }
 }
 

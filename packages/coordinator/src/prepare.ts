@@ -146,6 +146,8 @@ export interface ResolvedRemote {
  * configuration of their own.
  */
 export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOptions, ssh?: SshSettings): Promise<ResolvedRemote> {
+  const key = ssh === undefined ? JSON.stringify([loc, options]) : undefined;
+  if (ahead?.remote && ahead.remote.key === key) return ahead.remote.resolved;
   const settings = ssh ?? (await sshSettings(options));
   const home = homedir();
   const systemDir = process.env[SSH_SYSTEM_DIR_ENV] || '/etc/ssh';
@@ -183,8 +185,53 @@ export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOp
   return { ssh: settings, hosts, warnings };
 }
 
+/**
+ * What this command set going ahead of the rest of ferry (early.ts): its
+ * hosts and SSH settings, and its first connection. The first connectAny
+ * that asks for the same connection takes it; resolveRemote of the same
+ * location and options returns the same settings.
+ */
+let ahead: { remote?: { key: string; resolved: Promise<ResolvedRemote> }; connection?: { key: string; opened: Promise<Connected> } } | undefined;
+
+type Connected = { conn: RemoteConnection; host: RemoteHost };
+type ConnectOptions = Parameters<typeof connectRemote>[2];
+
+/** What makes two connections the same: hosts, SSH settings and the data path asked for (not the signal). */
+function connectionKey(hosts: RemoteHost[], ssh: SshSettings, options: ConnectOptions): string {
+  return JSON.stringify([hosts, ssh, options.mode, options.remoteCommand, options.windowBytes, options.chunkBytes, options.helperTimeoutMs, options.recordNewHostKeys === true]);
+}
+
+/**
+ * Resolves `loc` and opens the connection the command will ask for first,
+ * without waiting: the caller goes on loading the rest of ferry meanwhile.
+ */
+export function connectAhead(loc: RemoteLocation, options: ResolvedCopyOptions, connectOptions: ConnectOptions): void {
+  const resolved = resolveRemote(loc, options);
+  const remote = { key: JSON.stringify([loc, options]), resolved };
+  const opened = resolved.then((r) => connectAny(r.hosts, r.ssh, connectOptions));
+  // Whoever takes them sees their errors; nobody may, so none goes unhandled.
+  resolved.catch(() => {});
+  opened.catch(() => {});
+  ahead = { remote };
+  void resolved.then((r) => {
+    if (ahead?.remote === remote) ahead.connection = { key: connectionKey(r.hosts, r.ssh, connectOptions), opened };
+  }, () => {});
+}
+
+/** Closes the connection opened ahead if nothing took it (a command that failed before it needed one). */
+export function dropAhead(): void {
+  const left = ahead;
+  ahead = undefined;
+  void left?.remote?.resolved.then(() => left.connection?.opened.then(({ conn }) => conn.close()), () => {}).catch(() => {});
+}
+
 /** Connects to the first host of the list that answers; the last error when none does. */
-export async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: Parameters<typeof connectRemote>[2]): Promise<{ conn: RemoteConnection; host: RemoteHost }> {
+export async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: ConnectOptions): Promise<Connected> {
+  if (ahead?.connection && ahead.connection.key === connectionKey(hosts, ssh, options)) {
+    const { opened } = ahead.connection;
+    ahead = undefined;
+    return opened;
+  }
   let last: unknown;
   for (const host of hosts) {
     try {
@@ -394,6 +441,18 @@ export interface PrepareOptions {
   remote?: ResolvedRemote;
 }
 
+/** How the coordinator's own connection is opened (prepareCopy, and early.ts ahead of it). */
+export function coordinatorConnectOptions(options: ResolvedCopyOptions, signal?: AbortSignal): Parameters<typeof connectRemote>[2] {
+  return {
+    mode: options.mode,
+    remoteCommand: options.remoteCommand,
+    windowBytes: options.windowBytes,
+    // The coordinator's own connections record new host keys where the host's route allows (--accept-new-host-key, StrictHostKeyChecking accept-new).
+    recordNewHostKeys: true,
+    ...(signal ? { signal } : {}),
+  };
+}
+
 export async function prepareCopy(source: string, destination: string, options: ResolvedCopyOptions, prepare: PrepareOptions = {}): Promise<PreparedCopy> {
   const { signal, discard = false, onConnected } = prepare;
   const src = parseLocation(source);
@@ -408,14 +467,7 @@ export async function prepareCopy(source: string, destination: string, options: 
   const { ssh, hosts: remoteHosts } = prepare.remote ?? (await resolveRemote(remoteLoc, options));
   // The job id names the hosts as given, so it does not change with the host that answered.
   const hostsKey = `${remoteLoc.hosts.join(',')}:${remoteLoc.port ?? 22}`;
-  const connectOptions = {
-    mode: options.mode,
-    remoteCommand: options.remoteCommand,
-    windowBytes: options.windowBytes,
-    // The coordinator's own connections record new host keys where the host's route allows (--accept-new-host-key, StrictHostKeyChecking accept-new).
-    recordNewHostKeys: true,
-    ...(signal ? { signal } : {}),
-  };
+  const connectOptions = coordinatorConnectOptions(options, signal);
 
   if (discard) {
     if (src.kind !== 'local') throw new FerryError('USAGE', 'a discard job needs a local source');

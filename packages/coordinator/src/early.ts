@@ -1,0 +1,38 @@
+/**
+ * The coordinator's first connection, opened as soon as the command line is
+ * known. A small copy's time goes mostly to waiting: the SSH login, then the
+ * remote helper starting (a python or node process on the other host). This
+ * module loads only core and transport, so the CLI can start that wait
+ * before it loads the rest of the coordinator (agents, NATS, trees), and the
+ * two overlap instead of following each other. The command's first
+ * connectAny for the same hosts, settings and data path takes the connection
+ * where it would have opened its own (prepare.ts), so errors come out in the
+ * same order as before: a missing source is still reported first.
+ */
+import { availableParallelism } from 'node:os';
+import { BENCH_DISCARD_ENV, benchDiscardRequested, parseLocation, resolveCopyOptions } from '@ferry/core';
+import type { CopyOptions } from '@ferry/core';
+import { connectAhead, coordinatorConnectOptions, dropAhead, remoteSideOf } from './prepare.js';
+
+/**
+ * Starts the first connection of `ferry cp|sync SOURCE DESTINATION`; nothing
+ * where the command will not open one the usual way (both sides local or
+ * remote, a control-plane benchmark, options that do not parse: the command
+ * itself says what is wrong).
+ */
+export function connectEarly(source: string, destination: string, given: CopyOptions, signal?: AbortSignal): void {
+  try {
+    if (benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(source), parseLocation(destination))) return;
+    const remoteSide = remoteSideOf(source, destination);
+    if (!remoteSide) return;
+    const options = resolveCopyOptions(given, { cores: availableParallelism() });
+    connectAhead(remoteSide, options, coordinatorConnectOptions(options, signal));
+  } catch {
+    // The command reports it.
+  }
+}
+
+/** Closes the early connection if the command did not take it. */
+export function dropEarly(): void {
+  dropAhead();
+}
