@@ -4,7 +4,7 @@
  * serves killed mid-tree (push and pull), one connection's sshd session
  * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
  * and shrunk between the walk and their read, and one grown while it is
- * copied. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * copied, and a journal whose last line a crash tore. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
  * nodes.test.ts.) Each time the copy stops or lists what it could
  * not copy with a clear error, nothing half-written stands at a file's name,
  * and the rerun of the same command (once the cause is gone) ends with the
@@ -265,6 +265,21 @@ describe('a tree push with ferry serve on the remote host', () => {
     // Not a missing helper (HELPER_UNAVAILABLE, exit 61): a dropped connection, connected again.
     expect(run.events.some((e) => e.type === 'log' && /^connection trouble \(CONNECTION_LOST: the connection to \S+ dropped while '[^']*main\.js serve' was starting \(helper session on \S+ ended\)\): a batch of \d+ entries goes out again$/.test(String(e.message)))).toBe(true);
     expect(Number((await readFile(starts, 'utf8')).trim())).toBe(3);
+  }, 120_000);
+
+  it('resumes from a journal whose last line was torn: the line is cut off, the entries before it are kept, and the rerun completes', async () => {
+    const { src, dst, args, first, jobDir } = await slowTreeCopy(HELPER, 'torn', false);
+    await stopOnceJournaled(first, jobDir);
+    process.kill(first.child.pid!, 'SIGINT');
+    expect((await goOn(first)).code).toBe(130);
+    // A crash in the middle of a journal write: the last line loses its end.
+    const journal = join(jobDir, 'tree.ndjson');
+    const lines = (await readFile(journal, 'utf8')).trimEnd().split('\n');
+    await truncate(journal, (await stat(journal)).size - 5);
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+    expect(again.events.some((e) => e.type === 'log' && String(e.message).startsWith(`tree journal had a torn last line (${Buffer.byteLength(lines.at(-1)!) - 4} bytes, ${lines.length - 1} entries kept)`))).toBe(true);
+    expect(Number(eventOf(again.events, 'tree.start')!.resumedEntries)).toBe(lines.length - 1);
   }, 120_000);
 
   it('exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {

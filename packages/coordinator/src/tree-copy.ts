@@ -142,6 +142,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // Modes as scp sets them: limited by the destination side's umask (this process's, for a pull).
     const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
     emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
+    // A line cut short by a crash mid-write: its entry is sent again, as if never journaled.
+    if (state.tornBytes > 0) emit({ type: 'log', message: `tree journal had a torn last line (${state.tornBytes} bytes, ${state.done.size} entries kept); it was cut off` });
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
     const meta = metaPlanOf(options, target.direction, conn);
