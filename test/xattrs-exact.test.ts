@@ -3,7 +3,8 @@
  * helpers (`ferry serve`, ferry's python helper), spoken to through the
  * protocol client, and in the coordinator's own destination of a pull: a
  * directory's attributes of the kinds asked for become exactly the given
- * set (the others removed, a value changed), other kinds are left alone;
+ * set (the others removed, a value changed), other kinds and security
+ * labels are left alone;
  * a symbolic link planted where a directory goes is refused and what it
  * points to keeps its attributes and mode.
  */
@@ -81,9 +82,11 @@ describe.each(['serve', 'python'] as const)('SETSTAT xattrsExact in the %s helpe
       await helper.setstat(d, { ...changed, xattrsExact: { xattrs: true, acls: false }, mode: 0o750 });
       expect(Object.keys(await valuesOf(d))).toEqual(['system.posix_acl_default', 'user.changes']);
       expect((await valuesOf(d))['user.changes']).toBe('after');
-      // With --acls too, an empty set: every attribute of those kinds goes.
+      // With --acls too, an empty set: every attribute of those kinds goes, but not the destination's security label (as root).
+      await setAttribute(d, 'security.ferry', 'label');
       await helper.setstat(d, { xattrsExact: { xattrs: true, acls: true } });
       expect(await valuesOf(d)).toEqual({});
+      expect((await getAttribute(d, 'security.ferry'))?.toString()).toBe('label');
     } finally {
       helper.close();
     }

@@ -44,9 +44,15 @@ export interface XattrScope {
  */
 export type ExactXattrs = Omit<XattrScope, 'root'>;
 
-/** The attributes among `listed` (what the destination has) that an exact set `keep` under `scope` removes. */
+/**
+ * The attributes among `listed` (what the destination has) that an exact set
+ * `keep` under `scope` removes. Never `security.*`: set where the source has
+ * them, but what the destination has of its own there is its policy's label
+ * (SELinux, Smack, IMA), which a file written fresh gets too; removing it
+ * would leave a directory unlabeled.
+ */
 export function xattrsToRemove(listed: readonly string[], keep: Readonly<Record<string, unknown>> | undefined, scope: XattrScope): string[] {
-  return listed.filter((n) => xattrWanted(n, scope) && !(keep !== undefined && Object.hasOwn(keep, n)));
+  return listed.filter((n) => xattrWanted(n, scope) && !n.startsWith('security.') && !(keep !== undefined && Object.hasOwn(keep, n)));
 }
 
 /** What is wrong with a wire `xattrsExact` (`at` names it), or undefined. */

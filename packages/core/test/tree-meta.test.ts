@@ -17,10 +17,10 @@ describe('which extended attributes travel', () => {
 });
 
 describe('an exact set of attributes (SETSTAT xattrsExact)', () => {
-  it('removes what the set does not hold among the kinds asked for, and nothing of other kinds', () => {
+  it('removes what the set does not hold among the kinds asked for, nothing of other kinds, never a security label', () => {
     const listed = ['user.gone', 'user.kept', 'trusted.t', 'security.selinux', 'system.posix_acl_default', 'lustre.lov'];
     expect(xattrsToRemove(listed, { 'user.kept': new Uint8Array() }, { xattrs: true, acls: false, root: false })).toEqual(['user.gone']);
-    expect(xattrsToRemove(listed, undefined, { xattrs: true, acls: true, root: true })).toEqual(['user.gone', 'user.kept', 'trusted.t', 'security.selinux', 'system.posix_acl_default']);
+    expect(xattrsToRemove(listed, undefined, { xattrs: true, acls: true, root: true })).toEqual(['user.gone', 'user.kept', 'trusted.t', 'system.posix_acl_default']);
     expect(xattrsToRemove(listed, {}, { xattrs: false, acls: true, root: true })).toEqual(['system.posix_acl_default']);
   });
 

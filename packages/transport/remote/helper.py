@@ -658,7 +658,8 @@ def remove_other_xattrs(target, keep, exact, path):
             return
         raise os_failure(err, path, 'destination')
     for n in sorted(listed):
-        if n in keep or not xattr_wanted(n, exact['xattrs'], exact['acls'], root):
+        # core's xattrsToRemove: never security.*, the destination's own labels (a file written fresh gets them too).
+        if n in keep or n.startswith('security.') or not xattr_wanted(n, exact['xattrs'], exact['acls'], root):
             continue
         try:
             os.removexattr(target, n, **follow)
