@@ -282,7 +282,7 @@ describe("a rerun leaves exactly the source's attributes", () => {
     expect(again.stderr).toBe('');
     expect(again.code).toBe(0);
     // The big file's attributes set by path: no byte moves.
-    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 0, resumedFiles: 1, failed: 0 });
+    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ mode: server === bare ? 'python' : 'helper', files: 1, bytes: 0, resumedFiles: 1, failed: 0 });
     const want = await metaOf(src);
     expect(want['d']!.xattrs).toEqual({ 'user.changes': Buffer.from('after').toString('hex') });
     expect(want['d/e']!.xattrs).toEqual({});
@@ -295,7 +295,8 @@ describe("a rerun leaves exactly the source's attributes", () => {
     await exactAfter('exact-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
   }, 120_000);
 
-  it('does the same for a pull through the python helper', async () => {
+  it('does the same for a push to the python helper, and for a pull (written here) from it', async () => {
+    await exactAfter('exact-push-python', bare, 'push', []);
     await exactAfter('exact-pull', bare, 'pull', []);
   }, 120_000);
 });
