@@ -244,6 +244,63 @@ describe('a rerun follows metadata changed at the source', () => {
   }, 180_000);
 });
 
+describe("a rerun leaves exactly the source's attributes", () => {
+  /**
+   * Directories (finished by SETSTAT) and a big file (its own job): an
+   * attribute removed, one changed, one added, a default ACL dropped at the
+   * source, and one put on the destination's directory by someone else; the
+   * rerun moves no byte and leaves the source's exact set.
+   */
+  async function exactAfter(name: string, server: Sshd, direction: 'push' | 'pull', extra: string[]): Promise<void> {
+    const src = join(work.path, `${name}-src`);
+    await mkdir(join(src, 'd', 'e'), { recursive: true });
+    await appendFile(join(src, 'd', 'small.txt'), 'small\n');
+    await writeFile(join(src, 'big.bin'), Buffer.alloc(3 * 1024 * 1024, 3));
+    await setAttribute(join(src, 'd'), 'user.gone', 'removed later');
+    await setAttribute(join(src, 'd'), 'user.changes', 'before');
+    await setAttribute(join(src, 'd'), 'system.posix_acl_default', acl([[USER_OBJ, 7], [USER, 5, user.uid], [GROUP_OBJ, 5], [MASK, 5], [OTHER, 0]]));
+    await setAttribute(join(src, 'd', 'e'), 'user.deep', 'removed later');
+    await setAttribute(join(src, 'big.bin'), 'user.drop', 'removed later');
+    await setAttribute(join(src, 'big.bin'), 'user.keep', 'before');
+    const dst = join(work.path, `${name}-dst`);
+    const args = ['cp', '-r', '-p', '--xattrs', '--acls', ...common(server, extra), direction === 'push' ? src : on(server, src), direction === 'push' ? on(server, dst) : dst];
+    const first = await runFerry(args);
+    expect(first.stderr).toBe('');
+    expect(first.code).toBe(0);
+    expect(await metaOf(dst)).toEqual(await metaOf(src));
+
+    await removeAttribute(join(src, 'd'), 'user.gone');
+    await setAttribute(join(src, 'd'), 'user.changes', 'after');
+    await removeAttribute(join(src, 'd'), 'system.posix_acl_default');
+    await removeAttribute(join(src, 'd', 'e'), 'user.deep');
+    await removeAttribute(join(src, 'big.bin'), 'user.drop');
+    await setAttribute(join(src, 'big.bin'), 'user.keep', 'after');
+    await setAttribute(join(src, 'big.bin'), 'user.added', 'new');
+    // As on a first run into a directory that is there already: what the source does not have goes.
+    await setAttribute(join(dst, 'd'), 'user.planted', 'not the source\'s');
+    const again = await runFerry(args);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    // The big file's attributes set by path: no byte moves.
+    expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ mode: server === bare ? 'python' : 'helper', files: 1, bytes: 0, resumedFiles: 1, failed: 0 });
+    const want = await metaOf(src);
+    expect(want['d']!.xattrs).toEqual({ 'user.changes': Buffer.from('after').toString('hex') });
+    expect(want['d/e']!.xattrs).toEqual({});
+    expect(want['big.bin']!.xattrs).toEqual({ 'user.added': Buffer.from('new').toString('hex'), 'user.keep': Buffer.from('after').toString('hex') });
+    expect(await metaOf(dst)).toEqual(want);
+    expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(src, 'big.bin')))).toBe(true);
+  }
+
+  it('removes and changes attributes of directories and of a big file without sending its bytes (push, ferry serve)', async () => {
+    await exactAfter('exact-push', sshd, 'push', ['--remote-cmd', REMOTE_CMD]);
+  }, 120_000);
+
+  it('does the same for a push to the python helper, and for a pull (written here) from it', async () => {
+    await exactAfter('exact-push-python', bare, 'push', []);
+    await exactAfter('exact-pull', bare, 'pull', []);
+  }, 120_000);
+});
+
 describe('--fail-fast', () => {
   it('stops at the first entry that fails, with its exit code, and keeps what is journaled', async () => {
     // The existing directory receives the tree as ff-src/, where a directory stands in b.txt's way.

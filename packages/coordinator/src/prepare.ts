@@ -424,7 +424,7 @@ async function localTarget(given: string, sourceName: string): Promise<string> {
 /** The coordinator's connection in a discard job: there is no remote host, so any use is a bug. */
 function discardConnection(): RemoteConnection {
   const none = () => Promise.reject(new FerryError('INTERNAL', `a discard job (FERRY_BENCH_DISCARD) has no remote host to talk to`));
-  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, createNew: none, umask: none, openFile: none, setstat: none, rename: none, unlink: none, rmdir: none, hashFiles: none, hashRange: none, writeBatch: none, walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }), readBatch: none, metadata: { owners: false, names: false, xattrs: false }, glob: none, realpath: none, homeDirectory: none, close: () => {} };
+  return { label: DISCARD_HOST, alive: true, mode: 'helper', stat: none, createSized: none, createNew: none, umask: none, openFile: none, setstat: none, rename: none, unlink: none, rmdir: none, hashFiles: none, hashRange: none, writeBatch: none, walk: () => ({ [Symbol.asyncIterator]: () => ({ next: none }) }), readBatch: none, metadata: { owners: false, names: false, xattrs: false, xattrsExact: false }, glob: none, realpath: none, homeDirectory: none, close: () => {} };
 }
 
 export interface PrepareOptions {

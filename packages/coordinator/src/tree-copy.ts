@@ -30,7 +30,7 @@ import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEnt
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import type { Pace } from '@ferry/agent';
 import { walkTree } from '@ferry/serve';
-import { metaPlanOf, wireMeta } from './tree-meta.js';
+import { metaPlanOf, pathMeta, wireMeta } from './tree-meta.js';
 import type { MetaPlan } from './tree-meta.js';
 import type { CopyRequest } from './copy.js';
 import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.js';
@@ -147,6 +147,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     const fallback = fallbackWarning(conn);
     if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
     const meta = metaPlanOf(options, target.direction, conn);
+    if (meta.xattrs && !meta.exact) emit({ type: 'log', message: `the helper on ${conn.label} cannot remove extended attributes (older than this ferry): a directory keeps attributes removed at the source since an earlier run, and a big file whose attributes changed is sent again whole` });
     // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
     const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
     sync?.catch(() => {});
@@ -407,7 +408,7 @@ class TreeRun {
         remotePath: (p: string) => this.destPath(p),
         preserve: this.options.preserve,
         umask: this.umask,
-        meta: (e: TreeEntry) => wireMeta(this.meta, e),
+        meta: (e: TreeEntry) => pathMeta(this.meta, e),
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
         done: () => this.counters.hardlinks++,
       };
@@ -606,25 +607,30 @@ class TreeRun {
   }
 
   /**
-   * Whether a big file's bytes are at the destination already, only its mode
-   * or owner changed since (the journal's digest): it is then not copied
-   * again, its mode and owner are set by path. Not with --xattrs or --acls:
-   * an attribute removed at the source would stay (setting by path only
-   * adds), so the file goes again whole. Not for an older journal's record
-   * (no digest: alreadyDone trusted it).
+   * Whether a big file's bytes are at the destination already, only its
+   * mode, owner or attributes changed since (the journal's digest): it is
+   * then not copied again, they are set by path. With --xattrs or --acls
+   * only where the destination takes an exact set (`MetaPlan.exact`: the
+   * attributes removed at the source are removed there); elsewhere setting
+   * by path would only add, so the file goes again whole. Not for an older
+   * journal's record (no digest: alreadyDone trusted it).
    */
   private metaAlone(entry: TreeEntry): boolean {
     const r = this.state.done.get(entry.path);
-    return !this.meta.xattrs && r !== undefined && r.job !== undefined && r.a !== undefined && r.size === entry.size && r.mtimeMs === entry.mtimeMs && r.ino === entry.ino;
+    const same = r !== undefined && r.job !== undefined && r.a !== undefined && r.size === entry.size && r.mtimeMs === entry.mtimeMs && r.ino === entry.ino;
+    if (same && this.meta.xattrs && !this.meta.exact) {
+      this.emit({ type: 'log', message: `${entry.path}: its metadata alone changed, but the helper on ${this.target.conn.label} cannot remove extended attributes: sent again whole` });
+    }
+    return same && (!this.meta.xattrs || this.meta.exact !== undefined);
   }
 
-  /** A big file of metaAlone: its owner and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
+  /** A big file of metaAlone: its owner, attributes (an exact set) and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
   private async refreshHuge(entry: TreeEntry): Promise<void> {
     const previous = this.state.done.get(entry.path)!;
     try {
-      await this.dest.setstat(this.destPath(entry.path), { ...wireMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
+      await this.dest.setstat(this.destPath(entry.path), { ...pathMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
       await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.digestOf(entry) })]);
-      this.emit({ type: 'log', message: `${entry.path}: mode and owner set again (its bytes are unchanged)` });
+      this.emit({ type: 'log', message: `${entry.path}: mode, owner${this.meta.xattrs ? ' and attributes' : ''} set again (its bytes are unchanged)` });
       this.counters.files++;
     } catch (err) {
       this.fail(entry.path, toFerryError(err).toData());
@@ -722,7 +728,7 @@ class TreeRun {
         },
       });
       // Owner and attributes: the single-file copy keeps mode and times only.
-      const meta = wireMeta(this.meta, entry);
+      const meta = pathMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
       await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
       this.counters.files++;

@@ -5,9 +5,9 @@
  * directory changes its mtime, so a parent is finished after its children).
  */
 import { constants } from 'node:fs';
-import { open, rmdir, unlink } from 'node:fs/promises';
+import { lstat, open, rmdir, unlink } from 'node:fs/promises';
 import { FerryError, copyMode, destinationError, errnoOf, finishOrder, toFerryError } from '@ferry/core';
-import type { BatchEntry, EntryMeta, ErrorData, TreeEntry } from '@ferry/core';
+import type { BatchEntry, ErrorData, TreeEntry } from '@ferry/core';
 import type { BatchResult, SetAttrs } from '@ferry/transport';
 import { applyEntries, applyPathMeta } from '@ferry/serve';
 
@@ -37,8 +37,12 @@ export const localDestination: TreeDestination = {
   // Through the directory itself, opened without following a link at its name.
   setstat: async (path, attrs, file = false) => {
     // Owner and attributes first, never through a link at the name (chown clears set-id bits; an ACL's mask follows the mode).
-    const { mode, mtimeMs, atimeMs, ...meta } = attrs;
-    if (Object.keys(meta).length > 0) await applyPathMeta(path, meta);
+    const { mode, mtimeMs, atimeMs, xattrsExact, ...meta } = attrs;
+    // As the helpers do: a link planted in its place is refused with a message that says so (the calls below would not follow it either).
+    if (xattrsExact && (await lstat(path).catch((err: unknown) => { throw destinationError(err, { path }); })).isSymbolicLink()) {
+      throw new FerryError('DEST_CONFLICT', `${path} is a symbolic link now: its mode and attributes were not set; move it away and rerun`, { path });
+    }
+    if (Object.keys(meta).length > 0 || xattrsExact) await applyPathMeta(path, meta, xattrsExact);
     if (mode === undefined && mtimeMs === undefined) return;
     let fh;
     try {
@@ -69,8 +73,8 @@ export interface FinalizeContext {
   umask: number;
   failed: (entry: TreeEntry, error: ErrorData) => void;
   done: (entry: TreeEntry) => void;
-  /** Owner and attributes a directory is to get (tree-meta.ts). */
-  meta: (entry: TreeEntry) => EntryMeta;
+  /** Owner and attributes a directory is to get (tree-meta.ts's pathMeta). */
+  meta: (entry: TreeEntry) => SetAttrs;
 }
 
 /** Makes each further name of a file; one whose first name failed fails too. */

@@ -12,8 +12,8 @@
  *   way to read or set them, so asking for them there is a usage error.
  */
 import { FerryError } from '@ferry/core';
-import type { EntryMeta, ResolvedCopyOptions, TreeEntry } from '@ferry/core';
-import type { RemoteConnection, WalkWanted } from '@ferry/transport';
+import type { EntryMeta, ExactXattrs, ResolvedCopyOptions, TreeEntry } from '@ferry/core';
+import type { RemoteConnection, SetAttrs, WalkWanted } from '@ferry/transport';
 import { runsAsRoot } from '@ferry/serve';
 import type { MetaWanted } from '@ferry/serve';
 
@@ -24,6 +24,12 @@ export interface MetaPlan {
   names: boolean;
   /** Extended attributes (files and directories) travel. */
   xattrs: boolean;
+  /**
+   * The kinds of attributes a directory or a big file set by path gets as an
+   * exact set (removed ones removed): with xattrs, where the destination
+   * can (this process for a pull, a helper with `xattrs-exact` for a push).
+   */
+  exact: ExactXattrs | undefined;
   /** What the remote walk adds to entries (a pull). */
   walk: WalkWanted;
   /** What the local walk adds to entries (a push), if anything. */
@@ -48,6 +54,7 @@ export function metaPlanOf(options: ResolvedCopyOptions, direction: 'push' | 'pu
     owners,
     names,
     xattrs,
+    exact: xattrs && (direction === 'pull' || can.xattrsExact === true) ? scope : undefined,
     walk: { ...(names ? { names: true } : {}), ...(options.xattrs ? { xattrs: true } : {}), ...(options.acls ? { acls: true } : {}) },
     local: names || xattrs ? { names, ...(xattrs ? { xattrs: scope } : {}) } : undefined,
   };
@@ -64,5 +71,18 @@ export function wireMeta(plan: MetaPlan, e: TreeEntry): EntryMeta {
     if (plan.names && e.group !== undefined) out.group = e.group;
   }
   if (plan.xattrs && e.kind !== 'symlink' && e.xattrs && Object.keys(e.xattrs).length > 0) out.xattrs = e.xattrs;
+  return out;
+}
+
+/**
+ * What an entry set by path gets (a directory at the end of a copy, a big
+ * file after its job or whose metadata alone changed): wireMeta, and for a
+ * directory or file where the destination can, the exact set of attributes
+ * (an attribute removed or changed at the source since an earlier run is
+ * removed or changed there too).
+ */
+export function pathMeta(plan: MetaPlan, e: TreeEntry): SetAttrs {
+  const out: SetAttrs = wireMeta(plan, e);
+  if (plan.exact && (e.kind === 'dir' || e.kind === 'file')) out.xattrsExact = plan.exact;
   return out;
 }

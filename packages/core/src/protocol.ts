@@ -44,8 +44,8 @@ import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS, isHashAlgorithm } from './hash.js';
 import { HUB_KEY_BYTES, parseHubKey } from './hub-auth.js';
 import type { HashAlgorithm } from './hash.js';
-import { entryMetaProblem } from './tree-meta.js';
-import type { EntryMeta } from './tree-meta.js';
+import { entryMetaProblem, exactXattrsProblem } from './tree-meta.js';
+import type { EntryMeta, ExactXattrs } from './tree-meta.js';
 
 export const PROTOCOL_VERSION = 1;
 export const FRAME_HEADER_BYTES = 12;
@@ -91,6 +91,14 @@ export const HASH_ONLY_CAPABILITY = 'read-batch-hash-only';
  * SETSTAT's `size` on a writable handle (`--inplace`).
  */
 export const COPY_RANGE_CAPABILITY = 'copy-range';
+/**
+ * HELLO capability of helpers that take SETSTAT's `xattrsExact`: the
+ * attributes of the kinds a copy keeps become exactly the request's, the
+ * others removed, never through a link at the name (a directory on a
+ * rerun, a big file whose attributes alone changed). A helper without it
+ * would ignore the field and only add.
+ */
+export const XATTRS_EXACT_CAPABILITY = 'xattrs-exact';
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -196,6 +204,8 @@ export interface SetstatBody extends EntryMeta {
   atimeMs?: number;
   /** With a writable `handle` (capability `copy-range`): ftruncate to this size first (`--inplace`). */
   size?: number;
+  /** Capability `xattrs-exact`: the attributes of these kinds become exactly `xattrs`, the others removed. */
+  xattrsExact?: ExactXattrs;
 }
 export interface PathBody { path: string }
 /** UNLINK: `dir` removes an empty directory (rmdir) instead (`ferry sync --delete`); a helper before it ignores the field and fails with EISDIR. */
@@ -597,7 +607,7 @@ function validate(frame: ControlFrame): ControlFrame {
         if (b.handle === undefined) throw protocolError('SETSTAT.size needs a handle');
       }
       {
-        const problem = entryMetaProblem(b, 'SETSTAT');
+        const problem = entryMetaProblem(b, 'SETSTAT') ?? exactXattrsProblem(b.xattrsExact, 'SETSTAT');
         if (problem) throw protocolError(problem);
       }
       break;

@@ -35,6 +35,35 @@ export interface XattrScope {
   readonly root: boolean;
 }
 
+/**
+ * SETSTAT's `xattrsExact` (capability `xattrs-exact`): the attributes of
+ * these kinds at the path become exactly the request's `xattrs` (none when
+ * it has none): the ones the request does not name are removed. The
+ * destination adds its own `root` (trusted.* and security.* are left alone
+ * where it is not root, as a copy neither reads nor sets them there).
+ */
+export type ExactXattrs = Omit<XattrScope, 'root'>;
+
+/**
+ * The attributes among `listed` (what the destination has) that an exact set
+ * `keep` under `scope` removes. Never `security.*`: set where the source has
+ * them, but what the destination has of its own there is its policy's label
+ * (SELinux, Smack, IMA), which a file written fresh gets too; removing it
+ * would leave a directory unlabeled.
+ */
+export function xattrsToRemove(listed: readonly string[], keep: Readonly<Record<string, unknown>> | undefined, scope: XattrScope): string[] {
+  return listed.filter((n) => xattrWanted(n, scope) && !n.startsWith('security.') && !(keep !== undefined && Object.hasOwn(keep, n)));
+}
+
+/** What is wrong with a wire `xattrsExact` (`at` names it), or undefined. */
+export function exactXattrsProblem(v: unknown, at: string): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) return `${at}.xattrsExact must be a map with the booleans xattrs and acls`;
+  const x = v as Record<string, unknown>;
+  for (const k of ['xattrs', 'acls']) if (typeof x[k] !== 'boolean') return `${at}.xattrsExact.${k} must be a boolean`;
+  return undefined;
+}
+
 export const ACL_XATTRS: readonly string[] = ['system.posix_acl_access', 'system.posix_acl_default'];
 
 /**

@@ -385,6 +385,12 @@ describe('FrameDecoder on valid streams', () => {
     expect(decodeOne(encodeControl('COPY_RANGE', 9, body))).toEqual([{ type: 'COPY_RANGE', id: 9, body }]);
   });
 
+  it('takes a SETSTAT xattrsExact of two booleans only', () => {
+    const body = { path: '/d', xattrs: { 'user.a': Buffer.from([1]) }, xattrsExact: { xattrs: true, acls: false } };
+    expect(decodeOne(encodeControl('SETSTAT', 4, body))).toEqual([{ type: 'SETSTAT', id: 4, body }]);
+    expect(protocolError(() => decodeOne(encodeControl('SETSTAT', 4, { path: '/d', xattrsExact: { xattrs: 'yes', acls: false } }))).message).toBe('helper protocol: SETSTAT.xattrsExact.xattrs must be a boolean');
+  });
+
   it('takes a SETSTAT size with a handle only', () => {
     expect(decodeOne(encodeControl('SETSTAT', 4, { handle: 1, size: 5 }))).toEqual([{ type: 'SETSTAT', id: 4, body: { handle: 1, size: 5 } }]);
     expect(protocolError(() => decodeOne(encodeControl('SETSTAT', 4, { path: '/x', size: 5 }))).message).toBe('helper protocol: SETSTAT.size needs a handle');

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { batchEntriesProblem, destinationId, entryMetaProblem, expandGlob, hasGlob, matchName, xattrWanted } from '@ferry/core';
+import { batchEntriesProblem, destinationId, entryMetaProblem, exactXattrsProblem, expandGlob, hasGlob, matchName, xattrWanted, xattrsToRemove } from '@ferry/core';
 
 describe('which extended attributes travel', () => {
   const as = (xattrs: boolean, acls: boolean, root: boolean) => ({ xattrs, acls, root });
@@ -13,6 +13,22 @@ describe('which extended attributes travel', () => {
     expect(xattrWanted('security.selinux', as(true, true, false))).toBe(false);
     expect(xattrWanted('lustre.lov', as(true, true, true))).toBe(false);
     expect(xattrWanted('system.nfs4_acl', as(true, true, true))).toBe(false);
+  });
+});
+
+describe('an exact set of attributes (SETSTAT xattrsExact)', () => {
+  it('removes what the set does not hold among the kinds asked for, nothing of other kinds, never a security label', () => {
+    const listed = ['user.gone', 'user.kept', 'trusted.t', 'security.selinux', 'system.posix_acl_default', 'lustre.lov'];
+    expect(xattrsToRemove(listed, { 'user.kept': new Uint8Array() }, { xattrs: true, acls: false, root: false })).toEqual(['user.gone']);
+    expect(xattrsToRemove(listed, undefined, { xattrs: true, acls: true, root: true })).toEqual(['user.gone', 'user.kept', 'trusted.t', 'system.posix_acl_default']);
+    expect(xattrsToRemove(listed, {}, { xattrs: false, acls: true, root: true })).toEqual(['system.posix_acl_default']);
+  });
+
+  it('checks its wire form', () => {
+    expect(exactXattrsProblem(undefined, 'SETSTAT')).toBeUndefined();
+    expect(exactXattrsProblem({ xattrs: true, acls: false }, 'SETSTAT')).toBeUndefined();
+    expect(exactXattrsProblem(true, 'SETSTAT')).toBe('SETSTAT.xattrsExact must be a map with the booleans xattrs and acls');
+    expect(exactXattrsProblem({ xattrs: true }, 'SETSTAT')).toBe('SETSTAT.xattrsExact.acls must be a boolean');
   });
 });
 

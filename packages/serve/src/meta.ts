@@ -20,8 +20,8 @@ import { execFile, spawnSync } from 'node:child_process';
 import { fchownSync, lchownSync, lstatSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { FerryError, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, destinationError, destinationId, xattrWanted } from '@ferry/core';
-import type { EntryMeta, XattrScope } from '@ferry/core';
+import { FerryError, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, destinationError, destinationId, xattrWanted, xattrsToRemove } from '@ferry/core';
+import type { EntryMeta, ExactXattrs, XattrScope } from '@ferry/core';
 
 /** Whether this process may give files away and read or set trusted.* and security.* attributes. */
 export function runsAsRoot(): boolean {
@@ -226,8 +226,42 @@ export function applyFileMeta(tmp: { fd: number; name: string; ino: number; dev:
   }
 }
 
-/** Owner and attributes of what is at `path` now (a directory at the end of a copy, a symbolic link), never through a link at the name. */
-export function applyPathMeta(path: string, meta: EntryMeta): void {
+/**
+ * Removes the attributes at `path` of the kinds `exact` names that `keep`
+ * does not hold, with the calls that never follow a link at the name
+ * (llistxattr, lremovexattr): a link planted where a directory was loses
+ * nothing of what it points to.
+ */
+function removeOtherXattrs(path: string, keep: Record<string, Uint8Array> | undefined, exact: ExactXattrs): void {
+  const lib = xattrsNow();
+  let listed: string[];
+  try {
+    listed = lib.listAttributesSync(path);
+  } catch (err) {
+    const errno = xattrErrno(err);
+    // A file system without attributes has none to remove.
+    if (errno === 'ENOTSUP' || errno === 'EOPNOTSUPP') return;
+    throw destinationError(xattrError(err), { path });
+  }
+  for (const n of xattrsToRemove(listed, keep, { ...exact, root: runsAsRoot() })) {
+    try {
+      lib.removeAttributeSync(path, n);
+    } catch (err) {
+      const errno = xattrErrno(err);
+      // Gone since it was listed: as wanted.
+      if (errno === 'ENODATA') continue;
+      throw new FerryError('DEST_NOT_WRITABLE', `${path}: cannot remove its extended attribute ${n} (${errno ?? (err as Error).message}), which the source no longer has: the destination's file system or permissions refuse it; remove it there, or copy without --xattrs/--acls`, { path, ...(errno ? { errno } : {}) });
+    }
+  }
+}
+
+/**
+ * Owner and attributes of what is at `path` now (a directory at the end of a
+ * copy, a symbolic link, a big file set again), never through a link at the
+ * name. With `exact` (SETSTAT's `xattrsExact`), attributes of those kinds
+ * that `meta.xattrs` does not hold are removed first.
+ */
+export function applyPathMeta(path: string, meta: EntryMeta, exact?: ExactXattrs): void {
   if (meta.uid !== undefined || meta.gid !== undefined) {
     const { uid, gid } = destinationOwner(meta);
     try {
@@ -236,5 +270,6 @@ export function applyPathMeta(path: string, meta: EntryMeta): void {
       throw ownerError(path, meta, err);
     }
   }
+  if (exact) removeOtherXattrs(path, meta.xattrs, exact);
   if (meta.xattrs && Object.keys(meta.xattrs).length > 0) setXattrs(path, path, meta.xattrs);
 }

@@ -35,6 +35,7 @@ import {
   isAllZero,
   destinationError,
   COPY_RANGE_CAPABILITY,
+  XATTRS_EXACT_CAPABILITY,
   sourceError,
   encodeControl,
   errnoOf,
@@ -897,7 +898,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, XATTRS_EXACT_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
           euid: process.geteuid?.() ?? -1,
         };
@@ -1011,7 +1012,9 @@ export async function serve(options: ServeOptions): Promise<void> {
               f.size = b.size;
             }
             // Owner and attributes first: chown clears set-id bits, and an ACL's mask follows the mode.
-            if (hasMeta(b)) await applyPathMeta(path, entryMetaOf(b));
+            // An exact set goes to a directory or file by name: a link put in its place is refused, never followed by the chmod.
+            if (b.xattrsExact && !f && (await lstat(path)).isSymbolicLink()) throw new FerryError('DEST_CONFLICT', `${path} is a symbolic link now: its mode and attributes were not set; move it away and rerun`, { path });
+            if (hasMeta(b) || b.xattrsExact) applyPathMeta(path, entryMetaOf(b), b.xattrsExact ?? undefined);
             if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));
             if (b.mtimeMs !== undefined) {
               const atime = (b.atimeMs ?? b.mtimeMs) / 1000;

@@ -635,8 +635,43 @@ def owner_failure(err, e, path):
     return os_failure(err, path, 'destination')
 
 
-def apply_meta(target, e, path, follow=False):
-    """Owner, then extended attributes, of `target` (an fd, or a path never followed at its last component)."""
+def exact_problem(v, at):
+    """core's exactXattrsProblem: SETSTAT's xattrsExact is a map with the booleans xattrs and acls."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        return '%s.xattrsExact must be a map with the booleans xattrs and acls' % at
+    for k in ('xattrs', 'acls'):
+        if not isinstance(v.get(k), bool):
+            return '%s.xattrsExact.%s must be a boolean' % (at, k)
+    return None
+
+
+def remove_other_xattrs(target, keep, exact, path):
+    """Removes the attributes of the kinds `exact` names that `keep` does not hold (llistxattr, lremovexattr on a path: a link there is not followed)."""
+    follow = {} if isinstance(target, int) else {'follow_symlinks': False}
+    root = os.geteuid() == 0
+    try:
+        listed = os.listxattr(target, **follow)
+    except OSError as err:
+        if err.errno in (errno_names.ENOTSUP, errno_names.EOPNOTSUPP):
+            return
+        raise os_failure(err, path, 'destination')
+    for n in sorted(listed):
+        # core's xattrsToRemove: never security.*, the destination's own labels (a file written fresh gets them too).
+        if n in keep or n.startswith('security.') or not xattr_wanted(n, exact['xattrs'], exact['acls'], root):
+            continue
+        try:
+            os.removexattr(target, n, **follow)
+        except OSError as err:
+            if err.errno == errno_names.ENODATA:
+                continue
+            code = errno_names.errorcode.get(err.errno, 'EIO')
+            raise Failure('DEST_NOT_WRITABLE', "%s: cannot remove its extended attribute %s (%s), which the source no longer has: the destination's file system or permissions refuse it; remove it there, or copy without --xattrs/--acls" % (path, n, code), path, code)
+
+
+def apply_meta(target, e, path, follow=False, exact=None):
+    """Owner, then extended attributes, of `target` (an fd, or a path never followed at its last component); `exact`: others of those kinds removed."""
     if e.get('uid') is not None or e.get('gid') is not None:
         uid, gid = owner_of(e)
         try:
@@ -646,6 +681,8 @@ def apply_meta(target, e, path, follow=False):
                 os.lchown(target, uid, gid)
         except OSError as err:
             raise owner_failure(err, e, path)
+    if exact is not None:
+        remove_other_xattrs(target, e.get('xattrs') or {}, exact, path)
     for n, v in sorted((e.get('xattrs') or {}).items()):
         try:
             if isinstance(target, int):
@@ -1280,7 +1317,7 @@ class Session(object):
 
     def hello(self, fid, body):
         self.need_int(body, 'HELLO', 'version')
-        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read', 'tree-meta', 'copy-range'] + ['hash:' + h for h in sorted(HASHERS)]
+        caps = ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'safe-files', 'batch', 'tree-read', 'tree-meta', 'copy-range', 'xattrs-exact'] + ['hash:' + h for h in sorted(HASHERS)]
         return {'hello': {'version': PROTOCOL_VERSION, 'software': SOFTWARE, 'capabilities': caps, 'umask': UMASK, 'euid': os.geteuid()}}
 
     def glob(self, fid, body):
@@ -1847,9 +1884,18 @@ class Session(object):
         f = self.file_of(body, 'SETSTAT') if body.get('handle') is not None else None
         path = f.path if f is not None else self.need_str(body, 'SETSTAT', 'path')
         target = f.fd if f is not None else path
-        problem = meta_problem(body, 'SETSTAT')
+        problem = meta_problem(body, 'SETSTAT') or exact_problem(body.get('xattrsExact'), 'SETSTAT')
         if problem is not None:
             raise protocol_error(problem)
+        exact = body.get('xattrsExact')
+        if exact is not None and f is None:
+            # An exact set goes to a directory or file by name: a link put in its place is refused, never followed by the chmod.
+            try:
+                if stat_mod.S_ISLNK(os.lstat(path).st_mode):
+                    raise Failure('DEST_CONFLICT', '%s is a symbolic link now: its mode and attributes were not set; move it away and rerun' % path, path)
+            except OSError as err:
+                self.reply_error(fid, os_failure(err, path, 'destination'))
+                return None
         if body.get('size') is not None:
             # --inplace: the file takes the copy's size before any range is written through this handle.
             if f is None or not f.writable:
@@ -1862,9 +1908,9 @@ class Session(object):
                 self.reply_error(fid, os_failure(err, path, 'destination'))
                 return None
             f.size = size
-        if has_meta(body):
+        if has_meta(body) or exact is not None:
             try:
-                apply_meta(target, body, path)
+                apply_meta(target, body, path, exact=exact)
             except Failure as failure:
                 self.reply_error(fid, failure)
                 return None

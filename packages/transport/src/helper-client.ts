@@ -17,7 +17,7 @@ import {
   sourceError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchEntry, BatchEntryResult, EntryMeta, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult, EntryMeta, ExactXattrs, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
 
 export interface HelperStreams {
   input: Writable;
@@ -267,7 +267,7 @@ export class HelperClient {
     return (await this.request('GLOB', { pattern }).reply).paths ?? [];
   }
 
-  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; size?: number } & EntryMeta): Promise<void> {
+  async setstat(target: string | { handle: number }, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; size?: number; xattrsExact?: ExactXattrs } & EntryMeta): Promise<void> {
     await this.request('SETSTAT', { ...(typeof target === 'string' ? { path: target } : target), ...attrs }).reply;
   }
 

@@ -6,8 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
-import type { BatchEntry, EntryMeta, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
+import { BATCH_CAPABILITY, XATTRS_EXACT_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import type { BatchEntry, EntryMeta, ExactXattrs, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
 import { entryError, readExactly } from './batch.js';
@@ -135,7 +135,7 @@ export interface RemoteConnection {
    * numbers only), extended attributes and ACLs (helpers only), and its
    * effective user id where it says (0: root, so owners are kept).
    */
-  readonly metadata: { owners: boolean; names: boolean; xattrs: boolean; euid?: number };
+  readonly metadata: { owners: boolean; names: boolean; xattrs: boolean; euid?: number; /** SETSTAT's `xattrsExact`: an exact set of attributes by path, removals included (helpers of this version). */ xattrsExact?: boolean };
   /** The paths an absolute pattern matches there (core's glob.ts), sorted; none when nothing matches. */
   glob(pattern: string): Promise<string[]>;
   rename(from: string, to: string): Promise<void>;
@@ -191,7 +191,7 @@ export interface RemoteConnection {
 }
 
 /** Mode, times, owner and extended attributes to set (each optional). */
-export type SetAttrs = { mode?: number; mtimeMs?: number; atimeMs?: number } & EntryMeta;
+export type SetAttrs = { mode?: number; mtimeMs?: number; atimeMs?: number; /** The attributes of these kinds become exactly `xattrs` (`metadata.xattrsExact`). */ xattrsExact?: ExactXattrs } & EntryMeta;
 
 /** What a walk adds to each entry: owner and group names, extended attributes, ACLs. */
 export interface WalkWanted {
@@ -713,7 +713,8 @@ export class HelperConnection implements RemoteConnection {
   get metadata(): RemoteConnection['metadata'] {
     const meta = this.helper.hello?.capabilities.includes(TREE_META_CAPABILITY) === true;
     const euid = this.helper.hello?.euid;
-    return { owners: meta, names: meta, xattrs: meta, ...(typeof euid === 'number' && euid >= 0 ? { euid } : {}) };
+    const exact = this.helper.hello?.capabilities.includes(XATTRS_EXACT_CAPABILITY) === true;
+    return { owners: meta, names: meta, xattrs: meta, xattrsExact: exact, ...(typeof euid === 'number' && euid >= 0 ? { euid } : {}) };
   }
 
   async glob(pattern: string): Promise<string[]> {
@@ -728,6 +729,9 @@ export class HelperConnection implements RemoteConnection {
 
   setstat(path: string, attrs: SetAttrs): Promise<void> {
     if (hasMeta(attrs)) this.needMeta("set a tree's owners or extended attributes");
+    if (attrs.xattrsExact && this.helper.hello?.capabilities.includes(XATTRS_EXACT_CAPABILITY) !== true) {
+      throw new FerryError('HELPER_UNAVAILABLE', `the helper on ${this.label} (${this.helper.hello?.software ?? 'unknown'}) is older than this ferry and cannot remove extended attributes: install the same ferry version there, or use --mode python`, { host: this.label });
+    }
     return this.helper.setstat(path, attrs);
   }
 
@@ -1355,7 +1359,7 @@ class SftpConnection implements RemoteConnection {
   }
 
   /** Owners by number (SFTP has no names); no extended attributes; the login's uid is not told. */
-  readonly metadata = { owners: true, names: false, xattrs: false };
+  readonly metadata = { owners: true, names: false, xattrs: false, xattrsExact: false };
 
   /** readdir and matching here (core's glob.ts): nothing runs on the remote host. */
   async glob(pattern: string): Promise<string[]> {
@@ -1387,7 +1391,7 @@ class SftpConnection implements RemoteConnection {
   }
 
   async setstat(path: string, attrs: SetAttrs): Promise<void> {
-    if (attrs.xattrs && Object.keys(attrs.xattrs).length > 0) throw new FerryError('USAGE', `SFTP cannot set extended attributes or ACLs (${this.label}:${path}): use --mode helper or python, or copy without --xattrs/--acls`, { host: this.label, path });
+    if ((attrs.xattrs && Object.keys(attrs.xattrs).length > 0) || attrs.xattrsExact) throw new FerryError('USAGE', `SFTP cannot set extended attributes or ACLs (${this.label}:${path}): use --mode helper or python, or copy without --xattrs/--acls`, { host: this.label, path });
     const { uid, gid, mode, mtimeMs, atimeMs } = attrs;
     // The owner alone first and never through a link (lsetstat: lchown); sftp-server would chown after the chmod, clearing set-id bits.
     if (uid !== undefined || gid !== undefined) {
