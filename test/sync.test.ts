@@ -63,6 +63,16 @@ async function content(root: string): Promise<Record<string, string>> {
   return s;
 }
 
+/** Each directory's mtime, in whole seconds (SFTP carries no more). */
+async function dirTimes(root: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = { '': Math.floor((await stat(root)).mtimeMs / 1000) };
+  for (const p of await listAll(root)) {
+    const st = await lstat(join(root, p));
+    if (st.isDirectory()) out[p] = Math.floor(st.mtimeMs / 1000);
+  }
+  return out;
+}
+
 type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number };
 
 function doneOf(stdout: string): Done {
@@ -100,6 +110,9 @@ describe.each([
     expect(third.code, third.stderr).toBe(3);
     expect(doneOf(third.stdout)).toMatchObject({ files: 1, bytes: 11 });
     expect(await content(dst)).toEqual(await content(src));
+    // The file's directory changed when the file was replaced: its time is the source's again
+    // (and so are those a sync left alone, as nothing in them changed).
+    expect(await dirTimes(dst)).toEqual(await dirTimes(src));
 
     // --delete: a file and a directory with a file in it (rmdir through this data path).
     await mkdir(join(dst, 'old', 'older'), { recursive: true });
@@ -108,6 +121,7 @@ describe.each([
     expect(del.code, del.stderr).toBe(0);
     expect(doneOf(del.stdout)).toMatchObject({ deleted: 3, files: 0 });
     expect(await content(dst)).toEqual(await content(src));
+    expect(await dirTimes(dst)).toEqual(await dirTimes(src));
   });
 });
 

@@ -119,7 +119,9 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     await mkdir(jobDir, { recursive: true, mode: 0o700 });
     unlock = await lockJob(jobDir);
     const journalPath = join(jobDir, 'tree.ndjson');
-    if (options.restart) await writePrivateFile(journalPath, '');
+    // A sync compares with the destination itself, never with the journal: each run starts an
+    // empty one (reading an earlier run's would cost a second per 50,000 lines for nothing).
+    if (options.restart || options.sync) await writePrivateFile(journalPath, '');
     const opened = await TreeJournal.open(journalPath);
     journal = opened.journal;
     const state = opened.state;
@@ -219,6 +221,9 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
+/** The owner's fields of pathMeta, which a sync does not compare (dirSettled). */
+const OWNER_FIELDS = new Set(['uid', 'gid', 'user', 'group']);
+
 /** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
 const SYNC_WALK_AHEAD = 65_536;
 
@@ -242,6 +247,10 @@ class TreeRun {
   private pendingDirs: TreeEntry[] = [];
   private readonly links: TreeEntry[] = [];
   private readonly huge: TreeEntry[] = [];
+  /** Sync: directories already as the copy would leave them (dirSettled); their SETSTAT is skipped unless touched. */
+  private readonly settledDirs = new Set<string>();
+  /** Directories in which something was made, replaced or removed this run. */
+  private readonly touched = new Set<string>();
   /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
   private readonly hugeMeta: TreeEntry[] = [];
   /** Tree paths that failed (a hard link to one is not made). */
@@ -417,7 +426,7 @@ class TreeRun {
       // Before the directories' times are set: removing an entry changes its directory's mtime.
       if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
       this.checkStop();
-      await finishDirectories(ctx, this.dirs);
+      await finishDirectories(ctx, this.dirsToFinish());
       this.checkStop();
     } finally {
       clearInterval(progress);
@@ -437,7 +446,9 @@ class TreeRun {
         this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
         return false;
       }
-      return !this.sync || !this.linkUnchanged(l);
+      if (this.sync && this.linkUnchanged(l)) return false;
+      this.touch(l.path);
+      return true;
     });
   }
 
@@ -478,8 +489,12 @@ class TreeRun {
       case 'mkdir': {
         const dest = sync.index.take(step.entry.path);
         this.dirs.set(step.entry.path, step.entry);
-        // One already there will do (its mode and times are set at the end, as for any directory).
-        if (dest?.kind === 'dir') return;
+        // One already there will do (its mode and times are set at the end, as for any
+        // directory, unless they are right already and nothing in it changes).
+        if (dest?.kind === 'dir') {
+          if (this.dirSettled(step.entry, dest)) this.settledDirs.add(step.entry.path);
+          return;
+        }
         this.pendingDirs.push(step.entry);
         if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
         return;
@@ -497,6 +512,7 @@ class TreeRun {
         const [entry] = await this.changed([step.entry], sync);
         if (!entry) return;
         if (entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
+          this.touch(entry.path);
           this.huge.push(entry);
           return;
         }
@@ -544,6 +560,29 @@ class TreeRun {
     return out;
   }
 
+  /**
+   * Sync: a directory at the destination that already has the mode and
+   * modification time the copy would give it, and no attributes to set
+   * (--xattrs, --acls: they are not compared). Owners are not compared, for
+   * directories as for files (syncAction): an unchanged one keeps its own.
+   */
+  private dirSettled(entry: TreeEntry, dest: DestEntry): boolean {
+    if (Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
+    if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
+    return !this.options.preserve || Math.floor(dest.mtimeMs) === Math.floor(entry.mtimeMs);
+  }
+
+  /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
+  private touch(path: string): void {
+    this.touched.add(posix.dirname(path) === '.' ? '' : posix.dirname(path));
+  }
+
+  /** The directories whose mode and times are set at the end: in a sync, not the settled ones nothing touched. */
+  private dirsToFinish(): ReadonlyMap<string, TreeEntry> {
+    if (this.settledDirs.size === 0) return this.dirs;
+    return new Map([...this.dirs].filter(([p]) => !this.settledDirs.has(p) || this.touched.has(p)));
+  }
+
   /** Sync: a further name that is already the same file as its first name there, and that file was not sent again. */
   private linkUnchanged(link: TreeEntry): boolean {
     const sync = this.sync!;
@@ -563,6 +602,7 @@ class TreeRun {
       return;
     }
     const doomed = index.extraneous().filter((e) => !index.underUnreadable(e.path));
+    for (const e of doomed) this.touch(e.path);
     // Of one depth, several at once: none is inside another.
     for (let i = 0; i < doomed.length; ) {
       const depth = doomed[i]!.path.split('/').length;
@@ -639,6 +679,7 @@ class TreeRun {
 
   private async send(entries: TreeEntry[]): Promise<void> {
     if (entries.length === 0) return;
+    for (const e of entries) this.touch(e.path);
     // Their directories exist before any of them is written.
     await this.makeDirs();
     // A directory that could not be made (found just now): nothing goes in it.
@@ -668,6 +709,7 @@ class TreeRun {
     if (this.pendingDirs.length === 0) return;
     const dirs = this.pendingDirs;
     this.pendingDirs = [];
+    for (const d of dirs) this.touch(d.path);
     const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: this.destPath(d.path) }));
     const results = await this.dest.apply(wire);
     results.forEach((r, i) => {
@@ -743,6 +785,8 @@ class TreeRun {
   }
 
   private fail(path: string, error: ErrorData): void {
+    // A failed write may have left and removed a temporary name there.
+    this.touch(path);
     if (!this.stopped && (this.options.failFast || STOPS_THE_COPY.has(error.code))) {
       const fields = { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) };
       this.stopped = this.options.failFast
