@@ -4,7 +4,8 @@
  * serves killed mid-tree (push and pull), one connection's sshd session
  * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
  * and shrunk between the walk and their read, and one grown while it is
- * copied, and a journal whose last line a crash tore. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * copied, a journal whose last line a crash tore, and the one of two remote
+ * hosts in use going down (the copy goes on over the other). (The coordinator's SIGKILL is in tree.test.ts, an agent's in
  * nodes.test.ts.) Each time the copy stops or lists what it could
  * not copy with a clear error, nothing half-written stands at a file's name,
  * and the rerun of the same command (once the cause is gone) ends with the
@@ -23,7 +24,7 @@
  * be copied as a job of its own moves under --limit-rate.
  */
 import { execFileSync } from 'node:child_process';
-import { appendFile, lstat, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, lstat, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -327,6 +328,35 @@ describe.each([HELPER, PYTHON])('a tree push with $name', (v) => {
     execFileSync('mount', ['-o', 'remount,size=32m', small]);
     const again = ferry(args);
     await completes(await again.result, src, dst);
+  }, 120_000);
+});
+
+describe('a tree push to two remote hosts of one file system (ferry serve)', () => {
+  it('finishes on the other host when the one it uses goes down, exactly', async () => {
+    const dir = await testDir('two-hosts');
+    const src = join(dir, 'src');
+    await generateTree(src, { files: 100, big: 0, sparse: 0, seed: 12, medianBytes: 4096 });
+    // A second sshd on 127.0.0.2 and the same port, taking the same user key.
+    const first = await startSshd({ dir: join(dir, 'sshd1'), listen: '127.0.0.1' });
+    cleanups.push(() => first.stop());
+    await mkdir(join(dir, 'sshd2'));
+    await copyFile(first.userKey, join(dir, 'sshd2', 'userkey'));
+    await copyFile(`${first.userKey}.pub`, join(dir, 'sshd2', 'userkey.pub'));
+    const other = await startSshd({ dir: join(dir, 'sshd2'), listen: '127.0.0.2', port: first.port });
+    cleanups.push(() => other.stop());
+    const kh = join(dir, 'known_hosts');
+    await writeFile(kh, `${first.hostKeyLine}\n${other.hostKeyLine}\n`);
+    const dst = join(dir, 'dst');
+    const args = ['cp', '-r', '-p', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dst}`, '-i', first.userKey, '--known-hosts', kh, '--state-dir', join(dir, 'state'), '--json', ...HELPER.flags, '-a', '1', '-s', '1', '--batch-size', '16KiB'];
+    const run = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 5)).join(',') });
+    const start = await run.waitFor((e) => e.type === 'tree.start');
+    await stopOnceJournaled(run, String(start.stateDir));
+    // The host in use (the first that answers) dies, with every session it serves.
+    expect(await killHost(first)).toBeGreaterThan(0);
+    const before = ((await readFile(other.log, 'utf8')).match(/Accepted publickey/g) ?? []).length;
+    await completes(await goOn(run), src, dst);
+    // The copy went on over the other host.
+    expect(((await readFile(other.log, 'utf8')).match(/Accepted publickey/g) ?? []).length).toBeGreaterThan(before);
   }, 120_000);
 });
 
