@@ -5,7 +5,7 @@
  * --delete removes only what the source lacks, and nothing after a failure;
  * push and pull, ferry serve, the python helper and SFTP; one file.
  */
-import { appendFile, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
+import { appendFile, chown, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -189,6 +189,29 @@ describe('ferry sync compare levels, --dry-run and --delete', () => {
     expect(del.code, del.stderr).toBe(0);
     expect(doneOf(del.stdout)).toMatchObject({ deleted: 5, files: 0 });
     expect(await content(dst)).toEqual(await content(src));
+  });
+
+  it.skipIf(process.getuid?.() !== 0)('compares owners where the copy keeps them (root): a chown alone is an update, and a rerun then moves nothing', async () => {
+    const src = join(work.path, 'owner-src');
+    const dst = join(work.path, 'owner-dst');
+    await makeTree(src);
+    const run = (extra: string[] = []) => runFerry(['sync', '--exit-code', ...extra, ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect((await run()).code).toBe(3);
+    // Ids nobody's name maps: the copy gives them as they are.
+    await chown(join(src, 'sub', 'b.txt'), 54321, 54322);
+    await chown(join(src, 'sub', 'deep'), 54321, 54322);
+    const dry = await run(['--dry-run']);
+    expect(dry.code, dry.stderr).toBe(3);
+    expect(parseEvents(dry.stdout).filter((e) => e.type === 'sync.change')).toEqual([{ type: 'sync.change', action: 'update', path: 'sub/b.txt', kind: 'file', reason: 'owner' }]);
+    const sync = await run();
+    expect(sync.code, sync.stderr).toBe(3);
+    expect(doneOf(sync.stdout)).toMatchObject({ files: 1, bytes: 6 });
+    for (const p of ['sub/b.txt', 'sub/deep']) expect(await stat(join(dst, p))).toMatchObject({ uid: 54321, gid: 54322 });
+    expect(await content(dst)).toEqual(await content(src));
+    expect(await dirTimes(dst)).toEqual(await dirTimes(src));
+    const again = await run();
+    expect(again.code, again.stdout).toBe(0);
+    expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0 });
   });
 
   it('--delete deletes nothing when an entry failed', async () => {

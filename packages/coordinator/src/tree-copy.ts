@@ -38,7 +38,7 @@ import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
-import { dryRunSync, linkSame, sameContent, syncAction, syncStateOf } from './tree-sync.js';
+import { dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
 import type { DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
@@ -151,7 +151,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     const meta = metaPlanOf(options, target.direction, conn);
     if (meta.xattrs && !meta.exact) emit({ type: 'log', message: `the helper on ${conn.label} cannot remove extended attributes (older than this ferry): a directory keeps attributes removed at the source since an earlier run, and a big file whose attributes changed is sent again whole` });
     // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
-    const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, emit) : undefined;
+    const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, meta, emit) : undefined;
     sync?.catch(() => {});
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
@@ -221,7 +221,7 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
-/** The owner's fields of pathMeta, which a sync does not compare (dirSettled). */
+/** The owner's fields of pathMeta, which a sync compares itself (dirSettled). */
 const OWNER_FIELDS = new Set(['uid', 'gid', 'user', 'group']);
 
 /** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
@@ -561,14 +561,15 @@ class TreeRun {
   }
 
   /**
-   * Sync: a directory at the destination that already has the mode and
-   * modification time the copy would give it, and no attributes to set
-   * (--xattrs, --acls: they are not compared). Owners are not compared, for
-   * directories as for files (syncAction): an unchanged one keeps its own.
+   * Sync: a directory at the destination that already has the mode,
+   * modification time and (where the copy keeps them) owner the copy would
+   * give it, and no attributes to set (--xattrs, --acls: they are not
+   * compared).
    */
   private dirSettled(entry: TreeEntry, dest: DestEntry): boolean {
     if (Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
     if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
+    if (this.meta.owners && !sameOwner(entry, dest, this.meta.names)) return false;
     return !this.options.preserve || Math.floor(dest.mtimeMs) === Math.floor(entry.mtimeMs);
   }
 

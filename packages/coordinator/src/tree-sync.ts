@@ -37,6 +37,8 @@ import { LocalHashers } from './local-hash.js';
 import { remoteStat } from './prepare.js';
 import { remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
+import { metaPlanOf } from './tree-meta.js';
+import type { MetaPlan } from './tree-meta.js';
 
 /** What stands at a destination path, as its walk found it. */
 export interface DestEntry {
@@ -47,6 +49,11 @@ export interface DestEntry {
   readonly target?: string;
   /** `dev:ino` of a file with more than one name (hard links); undefined otherwise or where the walk has no inodes (SFTP). */
   readonly inode?: string;
+  /** Owner and group ids, and their names where the walk asked for them (a sync that keeps owners compares them). */
+  readonly uid?: number;
+  readonly gid?: number;
+  readonly user?: string;
+  readonly group?: string;
 }
 
 /** What a sync does with one entry. */
@@ -84,11 +91,11 @@ export class DestIndex {
       if (e.kind === 'hardlink') {
         // A further name of a file: the file's size and time are its first name's.
         const first = inode ? sizes.get(inode) : undefined;
-        index.entries.set(e.path, { kind: 'file', size: first?.size ?? -1, mtimeMs: first?.mtimeMs ?? -1, mode: e.mode, ...(inode ? { inode } : {}) });
+        index.entries.set(e.path, { kind: 'file', size: first?.size ?? -1, mtimeMs: first?.mtimeMs ?? -1, mode: e.mode, ...(inode ? { inode } : {}), ...ownerOf(e) });
         continue;
       }
       if (inode) sizes.set(inode, { size: e.size, mtimeMs: e.mtimeMs });
-      index.entries.set(e.path, { kind: e.kind, size: e.size, mtimeMs: e.mtimeMs, mode: e.mode, ...(e.target !== undefined ? { target: e.target } : {}), ...(inode ? { inode } : {}) });
+      index.entries.set(e.path, { kind: e.kind, size: e.size, mtimeMs: e.mtimeMs, mode: e.mode, ...(e.target !== undefined ? { target: e.target } : {}), ...(inode ? { inode } : {}), ...ownerOf(e) });
     }
     return index;
   }
@@ -119,11 +126,31 @@ export class DestIndex {
   }
 }
 
+/** A walked entry's owner, as DestEntry keeps it. */
+function ownerOf(e: TreeEntry): Pick<DestEntry, 'uid' | 'gid' | 'user' | 'group'> {
+  return { uid: e.uid, gid: e.gid, ...(e.user !== undefined ? { user: e.user } : {}), ...(e.group !== undefined ? { group: e.group } : {}) };
+}
+
+/**
+ * Whether `dest` has the owner and group a copy of `entry` would get there:
+ * the same id, or (by names) the same name, which the destination maps to
+ * its own id as a copy does (serve's destinationOwner); not compared where
+ * the destination's walk gave no ids.
+ */
+export function sameOwner(entry: TreeEntry, dest: DestEntry, byName: boolean): boolean {
+  if (dest.uid === undefined || dest.gid === undefined) return true;
+  const user = dest.uid === entry.uid || (byName && entry.user !== undefined && entry.user === dest.user);
+  const group = dest.gid === entry.gid || (byName && entry.group !== undefined && entry.group === dest.group);
+  return user && group;
+}
+
 /** How a sync compares: its level and how the destination's modes are made. */
 export interface Comparison {
   level: CompareLevel;
   umask: number;
   preserve: boolean;
+  /** Owners are compared (the copy keeps them: root at the destination, --preserve=owner), by name or by id only (--numeric-ids). */
+  owners?: 'names' | 'ids';
 }
 
 /**
@@ -138,9 +165,11 @@ export function syncAction(entry: TreeEntry, dest: DestEntry | undefined, c: Com
   if (c.level === 'exists' || kind === 'dir' || kind === 'special') return { action: 'same', reason: '' };
   if (kind === 'symlink') return dest.target === entry.target ? { action: 'same', reason: '' } : { action: 'update', reason: 'target' };
   if (dest.size !== entry.size) return { action: 'update', reason: 'size' };
-  if (c.level === 'size' || c.level === 'checksum') return { action: 'same', reason: '' };
+  if (c.level === 'size') return { action: 'same', reason: '' };
+  if (c.level === 'checksum') return c.owners && !sameOwner(entry, dest, c.owners === 'names') ? { action: 'update', reason: 'owner' } : { action: 'same', reason: '' };
   if (Math.floor(dest.mtimeMs / 1000) !== Math.floor(entry.mtimeMs / 1000)) return { action: 'update', reason: 'mtime' };
   if (dest.mode !== copyMode(entry.mode, c.umask, c.preserve)) return { action: 'update', reason: 'mode' };
+  if (c.owners && !sameOwner(entry, dest, c.owners === 'names')) return { action: 'update', reason: 'owner' };
   return { action: 'same', reason: '' };
 }
 
@@ -316,19 +345,19 @@ export interface SyncState {
 }
 
 /** The destination as it is now (empty when it does not exist yet): a sync compares the source with it. */
-async function destinationIndex(target: TreeTarget, conn: RemoteConnection): Promise<DestIndex> {
+async function destinationIndex(target: TreeTarget, conn: RemoteConnection, names: boolean): Promise<DestIndex> {
   if (target.direction === 'pull') {
     const isDir = await lstat(target.targetRoot).then((s) => s.isDirectory(), () => false);
-    return isDir ? DestIndex.read(walkTree(target.targetRoot)) : new DestIndex();
+    return isDir ? DestIndex.read(walkTree(target.targetRoot, names ? { meta: { names: true } } : {})) : new DestIndex();
   }
   const st = await remoteStat(conn, target.targetRoot);
-  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot)) : new DestIndex();
+  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot, names ? { names: true } : {})) : new DestIndex();
 }
 
 /** What a sync compares with, and how: the destination walked first, files hashed on their own side at --compare checksum. */
-export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
+export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, meta: MetaPlan, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
   const started = Date.now();
-  const index = await destinationIndex(target, conn);
+  const index = await destinationIndex(target, conn, meta.names);
   emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
   // Threads only when a file is hashed here (--compare checksum); idle ones do not hold the process.
   const hashers = new LocalHashers(Math.min(8, availableParallelism()));
@@ -336,7 +365,7 @@ export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, op
   const remote = remoteHashFiles(conn, algorithm);
   return {
     index,
-    comparison: { level: options.sync!, umask, preserve: options.preserve },
+    comparison: { level: options.sync!, umask, preserve: options.preserve, ...(meta.owners ? { owners: meta.names ? 'names' : 'ids' } : {}) },
     hashSource: target.direction === 'push' ? local : remote,
     hashDest: target.direction === 'push' ? remote : local,
     close: () => hashers.close(),
@@ -346,9 +375,11 @@ export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, op
 /** `ferry sync --dry-run`: every create, update and delete a sync would make, reported as `sync.change` events; nothing changed, no job state written. */
 export async function dryRunSync(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, emit: NonNullable<CopyRequest['onEvent']>, started: number): Promise<TreeSummary> {
   const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
-  const sync = await syncStateOf(target, conn, options, algorithm, umask, emit);
+  const meta = metaPlanOf(options, target.direction, conn);
+  const sync = await syncStateOf(target, conn, options, algorithm, umask, meta, emit);
   try {
-    const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot) : walkTree(target.sourceRoot);
+    // The source walked as the sync itself walks it: owner names where they are compared.
+    const walk = target.direction === 'pull' ? conn.walk(target.sourceRoot, meta.walk) : walkTree(target.sourceRoot, meta.local ? { meta: meta.local } : {});
     const plan = await planSync(
       walk,
       sync.index,

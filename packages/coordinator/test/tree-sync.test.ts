@@ -28,6 +28,25 @@ describe('syncAction', () => {
     expect(syncAction(entry('a', { kind: 'symlink', size: 0, target: 'x' }), { ...dest, kind: 'symlink', target: 'y' }, mtime)).toEqual({ action: 'update', reason: 'target' });
     expect(syncAction(entry('d', { kind: 'dir', size: 0 }), { ...dest, kind: 'dir', mode: 0o700 }, mtime).action).toBe('same');
   });
+
+  it('compares owners only where the copy keeps them: by id, or by name as the destination maps it', () => {
+    const owned = { ...dest, uid: 2000, gid: 2000, user: 'alice', group: 'lab' };
+    const alice = entry('a', { uid: 1000, gid: 1000, user: 'alice', group: 'lab' });
+    // Not kept: not compared.
+    expect(syncAction(alice, owned, mtime).action).toBe('same');
+    // By name: alice is alice there, whatever her id.
+    expect(syncAction(alice, owned, { ...mtime, owners: 'names' }).action).toBe('same');
+    expect(syncAction(alice, owned, { ...mtime, owners: 'ids' })).toEqual({ action: 'update', reason: 'owner' });
+    // A name the destination does not know was given as the id.
+    expect(syncAction(entry('a', { uid: 3000, gid: 2000, user: 'bob', group: 'lab' }), { ...owned, uid: 3000, user: 'carol' }, { ...mtime, owners: 'names' }).action).toBe('same');
+    expect(syncAction(entry('a', { uid: 3000, gid: 2000, user: 'bob', group: 'lab' }), owned, { ...mtime, owners: 'names' })).toEqual({ action: 'update', reason: 'owner' });
+    expect(syncAction(entry('a', { uid: 2000, gid: 7, group: 'other' }), owned, { ...mtime, owners: 'names' })).toEqual({ action: 'update', reason: 'owner' });
+    // At the checksum level too (the caller compares contents of what is left the same), not at size.
+    expect(syncAction(entry('a', { uid: 9 }), owned, { ...mtime, level: 'checksum', owners: 'ids' })).toEqual({ action: 'update', reason: 'owner' });
+    expect(syncAction(entry('a', { uid: 9 }), owned, { ...mtime, level: 'size', owners: 'ids' }).action).toBe('same');
+    // A destination walk without ids (none reported): not compared.
+    expect(syncAction(entry('a', { uid: 9 }), dest, { ...mtime, owners: 'ids' }).action).toBe('same');
+  });
 });
 
 describe('DestIndex and planSync', () => {
