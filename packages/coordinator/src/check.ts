@@ -415,7 +415,7 @@ async function localSide(path: string, role: 'source' | 'destination', hashers: 
     hashes: undefined,
     walk: (signal) => walkTree(root, signal ? { signal } : {}),
     hashRange: (treePath, offset, length, algorithm) => hashers.hash(treePath === '' ? root : join(root, treePath), offset, length, algorithm),
-    hashFiles: (files, algorithm) => Promise.all(files.map((f) => hashers.hash(f.path === '' ? root : join(root, f.path), 0, f.size, algorithm).catch((err: unknown) => toFerryError(err)))),
+    hashFiles: (files, algorithm) => hashers.hashFiles(files.map((f) => ({ path: f.path === '' ? root : join(root, f.path), size: f.size })), algorithm),
     close: () => {},
   };
 }

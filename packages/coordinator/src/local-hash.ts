@@ -20,15 +20,21 @@ import type { ErrorData, HashAlgorithm } from '@ferry/core';
 /** Bytes read at a time from a file being hashed. */
 export const READ_BYTES = 1024 * 1024;
 
-/** A request to a worker, and its answer. */
-export interface HashRequest {
-  id: number;
-  path: string;
-  offset: number;
-  length: number;
-  algorithm: HashAlgorithm;
-}
-export type HashAnswer = { id: number; hash: string } | { id: number; error: ErrorData };
+/** A request to a worker, and its answer: one range, or (`files`) several whole files. */
+export type HashRequest =
+  | { id: number; path: string; offset: number; length: number; algorithm: HashAlgorithm }
+  | { id: number; files: ReadonlyArray<{ path: string; size: number }>; algorithm: HashAlgorithm };
+export type FileHash = { hash: string } | { error: ErrorData };
+export type HashAnswer = { id: number; hash: string } | { id: number; error: ErrorData } | { id: number; hashes: FileHash[] };
+
+/**
+ * Small files go to a thread many to a message: one message per file cost
+ * more than hashing it (a check of 20,000 files of a few KiB spent most of
+ * its local side posting messages). A message holds at most this many files
+ * and bytes, so several threads still share a list.
+ */
+export const FILES_PER_MESSAGE = 64;
+export const BYTES_PER_MESSAGE = 16 * 1024 * 1024;
 
 /**
  * Hash of a range of a local file, never through a link at its name; a file
@@ -70,22 +76,51 @@ interface Lane {
   busy: number;
 }
 
+type Pending = { lane: Lane; resolve: (answer: string | FileHash[]) => void; reject: (err: FerryError) => void };
+
 export class LocalHashers {
   private readonly lanes: Lane[] = [];
-  private readonly pending = new Map<number, { lane: Lane; resolve: (hash: string) => void; reject: (err: FerryError) => void }>();
+  private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private closed = false;
 
   constructor(private readonly size: number) {}
 
   hash(path: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string> {
+    return this.post({ id: 0, path, offset, length, algorithm }) as Promise<string>;
+  }
+
+  /**
+   * Whole files' hashes, each a digest or why that file could not be hashed
+   * (an error of its own: the others still count); FILES_PER_MESSAGE at a
+   * time to a thread.
+   */
+  async hashFiles(files: ReadonlyArray<{ path: string; size: number }>, algorithm: HashAlgorithm): Promise<Array<string | FerryError>> {
+    const groups: Array<Array<{ path: string; size: number }>> = [];
+    let group: Array<{ path: string; size: number }> = [];
+    let bytes = 0;
+    for (const f of files) {
+      if (group.length > 0 && (group.length >= FILES_PER_MESSAGE || bytes + f.size > BYTES_PER_MESSAGE)) {
+        groups.push(group);
+        group = [];
+        bytes = 0;
+      }
+      group.push({ path: f.path, size: f.size });
+      bytes += f.size;
+    }
+    if (group.length > 0) groups.push(group);
+    const answers = await Promise.all(groups.map((g) => this.post({ id: 0, files: g, algorithm }) as Promise<FileHash[]>));
+    return answers.flat().map((a) => ('hash' in a ? a.hash : FerryError.fromData(a.error)));
+  }
+
+  private post(request: HashRequest): Promise<string | FileHash[]> {
     if (this.closed) return Promise.reject(new FerryError('INTERRUPTED', 'the check was stopped'));
     const lane = this.lane();
     const id = this.nextId++;
     if (lane.busy++ === 0) lane.worker.ref();
-    return new Promise<string>((resolve, reject) => {
+    return new Promise<string | FileHash[]>((resolve, reject) => {
       this.pending.set(id, { lane, resolve, reject });
-      lane.worker.postMessage({ id, path, offset, length, algorithm } satisfies HashRequest);
+      lane.worker.postMessage({ ...request, id } satisfies HashRequest);
     });
   }
 
@@ -116,6 +151,7 @@ export class LocalHashers {
       this.pending.delete(a.id);
       if (--lane.busy === 0) lane.worker.unref();
       if ('hash' in a) p.resolve(a.hash);
+      else if ('hashes' in a) p.resolve(a.hashes);
       else p.reject(FerryError.fromData(a.error));
     });
     const fail = (err: unknown) => {

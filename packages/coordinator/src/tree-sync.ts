@@ -184,7 +184,10 @@ export function localFileHash(algorithm: HashAlgorithm, path: string, size: numb
 
 /** This host's files hashed on `hashers`' threads (check's LocalHashers: several cores, the event loop free). */
 export function localHashFiles(hashers: LocalHashers, algorithm: HashAlgorithm): HashFiles {
-  return (files) => Promise.all(files.map((f) => hashers.hash(f.path, 0, f.size, algorithm).catch(() => undefined)));
+  return async (files) => {
+    const hashes = await hashers.hashFiles(files, algorithm).catch(() => undefined);
+    return files.map((_, i) => (typeof hashes?.[i] === 'string' ? hashes[i] : undefined));
+  };
 }
 
 /** Files hashed by the remote side in one request, at most (READ_BATCH's bounds are 4,096 files and 1 GiB). */
