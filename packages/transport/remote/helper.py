@@ -25,20 +25,18 @@
 # no dataclasses, os.preadv only where it exists.
 import errno as errno_names
 import fcntl
-import fnmatch
 import grp
-import hashlib
 import mmap
 import os
 import pwd
-import re
 import stat as stat_mod
 import struct
 import sys
 import threading
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+# hashlib, re, fnmatch and concurrent.futures are imported where they are used: together
+# they were ~30 ms of every start, and most sessions need none of them (or need them later).
 
 if sys.version_info < (3, 6):
     sys.stderr.write('ferry: the remote python is %d.%d; the helper needs 3.6 or later\n' % sys.version_info[:2])
@@ -279,6 +277,7 @@ class Crc32(object):
 
 class Sha256(object):
     def __init__(self):
+        import hashlib
         self.h = hashlib.sha256()
 
     def update(self, data):
@@ -340,6 +339,7 @@ def mounted_fs_type(path):
             parts = line.split()
             if '-' not in parts[6:]:
                 continue
+            import re
             point = re.sub(r'\\([0-7]{3})', unescape, parts[4])
             fstype = parts[parts.index('-', 6) + 1]
             inside = real == point or real.startswith(point.rstrip('/') + '/')
@@ -739,6 +739,7 @@ def glob_match(name, pattern):
     """core's matchName: sh's *, ? and [...]; a leading dot only matched by a leading dot."""
     if name.startswith('.') and not (pattern.startswith('.') or pattern.startswith('\\.')):
         return False
+    import fnmatch
     return fnmatch.fnmatchcase(name, glob_translate(pattern))
 
 
@@ -799,6 +800,7 @@ def glob_paths(pattern):
     for part in [c for c in pattern.split('/') if c]:
         nxt = []
         if not is_pattern(part):
+            import re
             plain = re.sub(r'\\(.)', r'\1', part)
             nxt = [os.path.join(d, plain) for d in found]
             literal_tail = True
@@ -1053,9 +1055,28 @@ class Session(object):
         self.batches = {}
         self.receiving = None
         self.syncfs_works = SYNC_PROGRAM is not None
-        self.syncs = ThreadPoolExecutor(SYNC_THREADS)
-        # Commits one batch at a time, in order, while the main thread reads the next one's bytes.
-        self.committer = ThreadPoolExecutor(1)
+        self.pools_lock = threading.Lock()
+        self._syncs = None
+        self._committer = None
+
+    def pool(self, name, threads):
+        """A thread pool made when first used (from either thread: under a lock)."""
+        with self.pools_lock:
+            pool = getattr(self, name)
+            if pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                pool = ThreadPoolExecutor(threads)
+                setattr(self, name, pool)
+            return pool
+
+    @property
+    def syncs(self):
+        return self._syncs or self.pool('_syncs', SYNC_THREADS)
+
+    @property
+    def committer(self):
+        """Commits one batch at a time, in order, while the main thread reads the next one's bytes."""
+        return self._committer or self.pool('_committer', 1)
 
     # Pulls: WALK and READ_BATCH ---------------------------------------------------------------
 
@@ -1567,6 +1588,7 @@ class Session(object):
         except OSError:
             self.syncfs_works = False
             return False
+        import re
         if p.returncode != 0 and re.search(r'invalid option|unrecognized option|illegal option', p.stderr.decode('utf-8', 'replace'), re.I):
             self.syncfs_works = False
         return p.returncode == 0
@@ -2034,7 +2056,9 @@ def main():
             # A malformed stream cannot be resynchronised: say why and stop.
             session.reply_error(0, failure)
             break
-    session.committer.shutdown(wait=True)
+    # Batches still committing finish first (a session that committed none made no pool).
+    if session._committer is not None:
+        session._committer.shutdown(wait=True)
     try:
         session.drop_batches()
     except Failure:
