@@ -108,7 +108,7 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     // The SSH login and the remote helper start now, and the rest of ferry loads while
     // they are under way (coordinator's early.ts).
     early = await import('@ferry/coordinator/early');
-    early.connectEarly(source, destination, copyOptions, io.signal);
+    early.connectEarly(source, destination, copyOptions, io.signal, recursive);
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
     const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
     const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];

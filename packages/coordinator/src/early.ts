@@ -9,22 +9,31 @@
  * where it would have opened its own (prepare.ts), so errors come out in the
  * same order as before: a missing source is still reported first.
  */
+import { statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { BENCH_DISCARD_ENV, benchDiscardRequested, parseLocation, resolveCopyOptions } from '@ferry/core';
 import type { CopyOptions } from '@ferry/core';
 import { connectAhead, coordinatorConnectOptions, dropAhead, remoteSideOf } from './prepare.js';
 
 /**
- * Starts the first connection of `ferry cp|sync SOURCE DESTINATION`; nothing
- * where the command will not open one the usual way (both sides local or
- * remote, a control-plane benchmark, options that do not parse: the command
- * itself says what is wrong).
+ * Starts the first connection of `ferry cp|sync|check SOURCE DESTINATION`;
+ * nothing where the command will not open one the usual way (both sides
+ * local or remote, a control-plane benchmark, options that do not parse, a
+ * local source that is missing, or a directory when `trees` is false: the
+ * command itself says what is wrong).
  */
-export function connectEarly(source: string, destination: string, given: CopyOptions, signal?: AbortSignal): void {
+export function connectEarly(source: string, destination: string, given: CopyOptions, signal?: AbortSignal, trees = true): void {
   try {
-    if (benchDiscardRequested(process.env[BENCH_DISCARD_ENV], parseLocation(source), parseLocation(destination))) return;
+    const src = parseLocation(source);
+    if (benchDiscardRequested(process.env[BENCH_DISCARD_ENV], src, parseLocation(destination))) return;
     const remoteSide = remoteSideOf(source, destination);
     if (!remoteSide) return;
+    // No login for a command that will fail at once: a local source that is not there, or a
+    // directory where the command takes none (cp without -r).
+    if (src.kind === 'local') {
+      const st = statSync(src.path, { throwIfNoEntry: false });
+      if (!st || (st.isDirectory() && !trees)) return;
+    }
     const options = resolveCopyOptions(given, { cores: availableParallelism() });
     connectAhead(remoteSide, options, coordinatorConnectOptions(options, signal));
   } catch {

@@ -147,7 +147,7 @@ export interface ResolvedRemote {
  */
 export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOptions, ssh?: SshSettings): Promise<ResolvedRemote> {
   const key = ssh === undefined ? JSON.stringify([loc, options]) : undefined;
-  if (ahead?.remote && ahead.remote.key === key) return ahead.remote.resolved;
+  if (ahead && ahead.remote.key === key) return ahead.remote.resolved;
   const settings = ssh ?? (await sshSettings(options));
   const home = homedir();
   const systemDir = process.env[SSH_SYSTEM_DIR_ENV] || '/etc/ssh';
@@ -191,7 +191,7 @@ export async function resolveRemote(loc: RemoteLocation, options: ResolvedCopyOp
  * that asks for the same connection takes it; resolveRemote of the same
  * location and options returns the same settings.
  */
-let ahead: { remote?: { key: string; resolved: Promise<ResolvedRemote> }; connection?: { key: string; opened: Promise<Connected> } } | undefined;
+let ahead: { remote: { key: string; resolved: Promise<ResolvedRemote> }; opened: Promise<Connected>; connectionKey?: string } | undefined;
 
 type Connected = { conn: RemoteConnection; host: RemoteHost };
 type ConnectOptions = Parameters<typeof connectRemote>[2];
@@ -212,23 +212,23 @@ export function connectAhead(loc: RemoteLocation, options: ResolvedCopyOptions, 
   // Whoever takes them sees their errors; nobody may, so none goes unhandled.
   resolved.catch(() => {});
   opened.catch(() => {});
-  ahead = { remote };
-  void resolved.then((r) => {
-    if (ahead?.remote === remote) ahead.connection = { key: connectionKey(r.hosts, r.ssh, connectOptions), opened };
-  }, () => {});
+  const mine = { remote, opened } as NonNullable<typeof ahead>;
+  ahead = mine;
+  // Known once the hosts are resolved (before any connectAny can ask: it needs them too).
+  void resolved.then((r) => (mine.connectionKey = connectionKey(r.hosts, r.ssh, connectOptions)), () => {});
 }
 
 /** Closes the connection opened ahead if nothing took it (a command that failed before it needed one). */
 export function dropAhead(): void {
   const left = ahead;
   ahead = undefined;
-  void left?.remote?.resolved.then(() => left.connection?.opened.then(({ conn }) => conn.close()), () => {}).catch(() => {});
+  void left?.opened.then(({ conn }) => conn.close(), () => {});
 }
 
 /** Connects to the first host of the list that answers; the last error when none does. */
 export async function connectAny(hosts: RemoteHost[], ssh: SshSettings, options: ConnectOptions): Promise<Connected> {
-  if (ahead?.connection && ahead.connection.key === connectionKey(hosts, ssh, options)) {
-    const { opened } = ahead.connection;
+  if (ahead?.connectionKey !== undefined && ahead.connectionKey === connectionKey(hosts, ssh, options)) {
+    const { opened } = ahead;
     ahead = undefined;
     return opened;
   }
