@@ -336,18 +336,18 @@ describe('a tree push to two remote hosts of one file system (ferry serve)', () 
     const dir = await testDir('two-hosts');
     const src = join(dir, 'src');
     await generateTree(src, { files: 100, big: 0, sparse: 0, seed: 12, medianBytes: 4096 });
-    // A second sshd on 127.0.0.2 and the same port, taking the same user key.
+    // A second sshd on 127.0.0.3 (faults.test.ts, which may run alongside, has 127.0.0.2) and the same port, taking the same user key.
     const first = await startSshd({ dir: join(dir, 'sshd1'), listen: '127.0.0.1' });
     cleanups.push(() => first.stop());
     await mkdir(join(dir, 'sshd2'));
     await copyFile(first.userKey, join(dir, 'sshd2', 'userkey'));
     await copyFile(`${first.userKey}.pub`, join(dir, 'sshd2', 'userkey.pub'));
-    const other = await startSshd({ dir: join(dir, 'sshd2'), listen: '127.0.0.2', port: first.port });
+    const other = await startSshd({ dir: join(dir, 'sshd2'), listen: '127.0.0.3', port: first.port });
     cleanups.push(() => other.stop());
     const kh = join(dir, 'known_hosts');
     await writeFile(kh, `${first.hostKeyLine}\n${other.hostKeyLine}\n`);
     const dst = join(dir, 'dst');
-    const args = ['cp', '-r', '-p', src, `${first.user}@127.0.0.1,127.0.0.2:${first.port}:${dst}`, '-i', first.userKey, '--known-hosts', kh, '--state-dir', join(dir, 'state'), '--json', ...HELPER.flags, '-a', '1', '-s', '1', '--batch-size', '16KiB'];
+    const args = ['cp', '-r', '-p', src, `${first.user}@127.0.0.1,127.0.0.3:${first.port}:${dst}`, '-i', first.userKey, '--known-hosts', kh, '--state-dir', join(dir, 'state'), '--json', ...HELPER.flags, '-a', '1', '-s', '1', '--batch-size', '16KiB'];
     const run = ferry(args, { FERRY_TEST_STOP_BEFORE_READ: (await someFiles(src, 5)).join(',') });
     const start = await run.waitFor((e) => e.type === 'tree.start');
     await stopOnceJournaled(run, String(start.stateDir));
