@@ -388,17 +388,21 @@ describe('ferry cp edge cases', () => {
   });
 
   it('leaves no agent behind when the copy cannot start', async () => {
+    // This run's agents only (they inherit its environment): other files' tests may run
+    // at the same time (vitest.config.ts), and other checkouts' on the same machine.
+    const mark = `CP_TEST_RUN=${randomBytes(8).toString('hex')}`;
     const warmAgents = async () => {
       const { readdir } = await import('node:fs/promises');
       const found: string[] = [];
       for (const pid of (await readdir('/proc')).filter((d) => /^\d+$/.test(d))) {
         const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-        // This checkout's agents only: other checkouts' tests may run on the same machine.
-        if (cmd.includes(`${CLI}\0agent\0--warm`)) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
+        if (!cmd.includes(`${CLI}\0agent\0--warm`)) continue;
+        const env = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+        if (env.split('\0').includes(mark)) found.push(`${pid}: ${cmd.replace(/\0/g, ' ')}`);
       }
       return found;
     };
-    const r = await runFerry(['cp', src256, remote(join(work.path, 'no-such-dir') + '/'), '--agents', '3', ...common()]);
+    const r = await runFerry(['cp', src256, remote(join(work.path, 'no-such-dir') + '/'), '--agents', '3', ...common()], { env: { CP_TEST_RUN: mark.slice('CP_TEST_RUN='.length) } });
     expect(r.code).toBe(20);
     expect(r.stderr).toContain('does not exist: create it first');
     expect(await warmAgents()).toEqual([]);

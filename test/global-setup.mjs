@@ -1,9 +1,14 @@
 // Integration tests run the built `ferry`; build it once before they start
-// (an up-to-date build takes about a second).
+// (an up-to-date build takes about a second). Then serve the run's lanes
+// (test/fixtures/lanes.mjs; vitest.config.ts says what they are for).
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { startLanes } from './fixtures/lanes.mjs';
 
-export default function setup() {
+export default async function setup(project) {
   const root = fileURLToPath(new URL('..', import.meta.url));
   execFileSync(process.execPath, [fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url)), '-b'], { cwd: root, stdio: 'inherit' });
+  const lanes = await startLanes();
+  project.provide('laneSocket', lanes.path);
+  return () => lanes.stop();
 }
