@@ -196,7 +196,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
   it('2. resumes after the coordinator and its nats-server are killed, moving only what was not durable', async () => {
     const dir = await testDir('t2');
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '2', ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     cleanups.push(() => first.child.kill('SIGKILL'));
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 8);
@@ -356,7 +356,7 @@ describe.each(VARIANTS)('fault tolerance with $name', (v) => {
   it('10. exits 130 on SIGINT with a resumable job, and the rerun completes', async () => {
     const dir = await testDir('t10');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 3);
     first.child.kill('SIGINT');
@@ -384,7 +384,7 @@ describe(`fault tolerance of the coordinator, with ${VARIANTS[0]!.name}`, () => 
   it('2b. resumes after the coordinator of a one-agent job (no NATS) is killed, moving only what was not durable', async () => {
     const dir = await testDir('t2b');
     const args = ['cp', src, remote(`${dir}/`), '--agents', '1', '--streams', '2', ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     cleanups.push(() => first.child.kill('SIGKILL'));
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 8);
@@ -442,7 +442,7 @@ describe(`fault tolerance of the coordinator, with ${VARIANTS[0]!.name}`, () => 
     await copyFile(src, file);
     const args = ['cp', file, remote(`${dir}/out/`), ...common(join(dir, 'state'))];
     await mkdir(join(dir, 'out'));
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     await first.waitFor((e) => e.type === 'range.done', 2);
     first.child.kill('SIGINT');
     expect((await first.result).code).toBe(130);
@@ -459,7 +459,7 @@ describe(`fault tolerance of the coordinator, with ${VARIANTS[0]!.name}`, () => 
   it('9. resumes from a journal whose last record was torn', async () => {
     const dir = await testDir('t9');
     const args = ['cp', src, remote(`${dir}/`), ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 4);
     first.child.kill('SIGINT');
@@ -479,7 +479,7 @@ describe(`fault tolerance of the coordinator, with ${VARIANTS[0]!.name}`, () => 
     const dir = await testDir('t9b');
     // Two agents: a job on NATS (a job of one local agent keeps no mirror: its journal is all there is).
     const args = ['cp', src, remote(`${dir}/`), '--agents', '2', '--streams', '1', ...common(join(dir, 'state'))];
-    const first = startFerry([...args, '--limit-rate', '60MB']);
+    const first = startFerry([...args, '--limit-rate', '30MB']);
     const start = await first.waitFor((e) => e.type === 'job.start');
     await first.waitFor((e) => e.type === 'range.done', 4);
     first.child.kill('SIGINT');
