@@ -4,7 +4,8 @@
  * it), hashing what is sent, telling runs of zeros apart, and wording each
  * entry's failure as every destination error is worded.
  */
-import { FerryError, ZERO_CHUNK, createHasher, destinationError, isAllZero, sourceError } from '@ferry/core';
+import { FerryError, ZERO_CHUNK, createHasher, destinationError, hashBytes, isAllZero, sourceError } from '@ferry/core';
+import type { Hasher } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm } from '@ferry/core';
 
 /** One entry's outcome. `srcHash` is of the bytes sent, `dstHash` what the destination computed of what it holds. */
@@ -37,7 +38,10 @@ export async function readExactly(
   where: { host: string; path: string },
   emit: (data: Buffer, zero: boolean) => Promise<void>,
 ): Promise<SourceOutcome> {
-  const hasher = createHasher(algorithm);
+  // A small file comes in one piece: hashed in one call (hashBytes), without a hasher object,
+  // which cost more than the hashing itself (~0.6 s of a 20,000-file push's profile).
+  let hasher: Hasher | undefined;
+  let whole: string | undefined;
   let sent = 0;
   let problem: FerryError | undefined;
   /** A failure of `emit` (the destination's), not of the source: it ends the read and is thrown as it is. */
@@ -54,7 +58,8 @@ export async function readExactly(
     for (let at = 0; at < chunk.length; at += PIECE_BYTES) {
       const piece = chunk.subarray(at, Math.min(chunk.length, at + PIECE_BYTES));
       const zero = isAllZero(piece);
-      hasher.update(piece);
+      if (sent === 0 && piece.length === size) whole = hashBytes(algorithm, piece);
+      else (hasher ??= createHasher(algorithm)).update(piece);
       sent += piece.length;
       await put(zero ? ZERO_CHUNK.subarray(0, piece.length) : piece, zero);
     }
@@ -82,7 +87,8 @@ export async function readExactly(
       await put(ZERO_CHUNK.subarray(0, n), true);
     }
   }
-  return problem ? { srcHash: null, problem } : { srcHash: hasher.digest() };
+  if (problem) return { srcHash: null, problem };
+  return { srcHash: whole ?? (hasher ?? createHasher(algorithm)).digest() };
 }
 
 /** Codes a helper gives errno-based destination failures (the python helper leaves their wording to core). */
