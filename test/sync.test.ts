@@ -3,11 +3,14 @@
  * so in its exit code; the compare levels (mtime misses what checksum
  * catches); --dry-run changes nothing and lists what a sync would do;
  * --delete removes only what the source lacks, and nothing after a failure;
- * push and pull, ferry serve, the python helper and SFTP; one file.
+ * push and pull, ferry serve, the python helper and SFTP; one file;
+ * with --xattrs, a change of extended attributes alone is an update that
+ * sends no bytes.
  */
 import { appendFile, chown, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getAttribute, listAttributes, removeAttribute, setAttribute } from '@napi-rs/xattr';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, treeArgs } from './tree-helpers.js';
@@ -16,11 +19,17 @@ import { flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry
 let sshd: Sshd;
 let bare: Sshd;
 let work: { path: string; remove(): Promise<void> };
+/** Whether the test directory's file system takes user.* attributes (tmpfs before Linux 6.6 does not). */
+let userXattrs = false;
 
 beforeAll(async () => {
   sshd = await startSshd();
   bare = await startSshd({ without: ['node'] });
   work = await tempDir('ferry-sync-');
+  const probe = join(work.path, 'xattr-probe');
+  await writeFile(probe, '');
+  userXattrs = await setAttribute(probe, 'user.probe', 'x').then(() => true, () => false);
+  await rm(probe);
 });
 
 afterAll(async () => {
@@ -73,7 +82,7 @@ async function dirTimes(root: string): Promise<Record<string, number>> {
   return out;
 }
 
-type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number };
+type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number; attributes: number };
 
 function doneOf(stdout: string): Done {
   const done = parseEvents(stdout).find((e) => e.type === 'tree.done');
@@ -314,5 +323,76 @@ describe('ferry sync pull and one file', () => {
     expect(one.code, one.stderr).toBe(0);
     expect(parseEvents(one.stdout).find((e) => e.type === 'done')).toMatchObject({ rangesSent: 1, rangesReused: 3 });
     expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(dir, 'big.bin')))).toBe(true);
+  });
+});
+
+/** The user.* attributes of every file and directory under `root` (and of `root` itself, as ''), values as text. */
+async function userXattrsOf(root: string): Promise<Record<string, Record<string, string>>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const p of ['', ...(await listAll(root))].sort()) {
+    const path = join(root, p);
+    if ((await lstat(path)).isSymbolicLink()) continue;
+    const values: Record<string, string> = {};
+    for (const n of (await listAttributes(path)).filter((n) => n.startsWith('user.')).sort()) values[n] = (await getAttribute(path, n))!.toString();
+    out[p] = values;
+  }
+  return out;
+}
+
+describe.each([
+  ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+  ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
+  ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+] as const)('ferry sync --xattrs, %s', (name, direction, server, mode) => {
+  it('updates attributes that alone changed, on files and directories, with no bytes sent; the dry run lists them', async (ctx) => {
+    if (!userXattrs) ctx.skip();
+    const tag = name.replace(/\W/g, '');
+    const src = join(work.path, `xattr-src-${tag}`);
+    const dst = join(work.path, `xattr-dst-${tag}`);
+    await makeTree(src);
+    await setAttribute(join(src, 'sub'), 'user.keep', 'dir');
+    await setAttribute(join(src, 'sub'), 'user.change', 'before');
+    await setAttribute(join(src, 'sub'), 'user.gone', 'soon');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.change', 'before');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.gone', 'soon');
+    await setAttribute(join(src, 'big.bin'), 'user.big', 'before');
+    const run = (extra: string[] = []) =>
+      runFerry(['sync', '--xattrs', '--exit-code', ...extra, ...args(server(), [...mode]), direction === 'push' ? src : on(server(), src), direction === 'push' ? on(server(), dst) : dst]);
+    const first = await run();
+    expect(first.code, first.stderr).toBe(3);
+    expect(await userXattrsOf(dst)).toEqual(await userXattrsOf(src));
+    expect((await run()).code).toBe(0);
+
+    // Set, altered and removed: on a small file, on a big one (a copy of its own when sent), on a directory; a file that had none gets one.
+    await setAttribute(join(src, 'sub'), 'user.change', 'after');
+    await removeAttribute(join(src, 'sub'), 'user.gone');
+    await setAttribute(join(src, 'sub'), 'user.new', 'added');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.change', 'after');
+    await removeAttribute(join(src, 'sub', 'b.txt'), 'user.gone');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.new', 'added');
+    await setAttribute(join(src, 'big.bin'), 'user.big', 'after');
+    await setAttribute(join(src, 'a.txt'), 'user.set', 'fresh');
+    const before = await userXattrsOf(dst);
+    const inodes = await Promise.all(['sub/b.txt', 'big.bin', 'a.txt'].map(async (p) => (await stat(join(dst, p))).ino));
+
+    const dry = await run(['--dry-run']);
+    expect(dry.code, dry.stderr).toBe(3);
+    const changes = parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`).sort();
+    expect(changes).toEqual(['update a.txt xattrs', 'update big.bin xattrs', 'update sub xattrs', 'update sub/b.txt xattrs']);
+    expect(await userXattrsOf(dst)).toEqual(before);
+
+    const sync = await run();
+    expect(sync.code, sync.stderr).toBe(3);
+    expect(doneOf(sync.stdout), sync.stdout).toMatchObject({ files: 0, bytes: 0, dirs: 0, failed: 0, attributes: 4 });
+    // No content moved: no copy of the big file, each file still the one that was there.
+    expect(parseEvents(sync.stdout).filter((e) => e.type === 'job.start' || e.type === 'delta')).toEqual([]);
+    expect(await Promise.all(['sub/b.txt', 'big.bin', 'a.txt'].map(async (p) => (await stat(join(dst, p))).ino))).toEqual(inodes);
+    expect(await userXattrsOf(dst)).toEqual(await userXattrsOf(src));
+    expect(await content(dst)).toEqual(await content(src));
+    expect(await dirTimes(dst)).toEqual(await dirTimes(src));
+
+    const again = await run();
+    expect(again.code, again.stdout).toBe(0);
+    expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0, attributes: 0 });
   });
 });

@@ -38,8 +38,8 @@ import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
-import { dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
-import type { DestEntry, DestIndex, SyncState } from './tree-sync.js';
+import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
+import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -70,7 +70,7 @@ const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
 const DIRS_PER_BATCH = 1024;
 
 /** What a run counts as it goes: the summary's counts. */
-type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted'>;
+type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted' | 'attributes'>;
 
 
 /**
@@ -232,7 +232,7 @@ const STATUS_EVERY_MS = 5000;
 
 /** One run of a tree copy: the stages' shared state. */
 class TreeRun {
-  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0 };
+  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0, attributes: 0 };
   /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
   private sync: SyncState | undefined;
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
@@ -251,6 +251,8 @@ class TreeRun {
   private readonly settledDirs = new Set<string>();
   /** Directories in which something was made, replaced or removed this run. */
   private readonly touched = new Set<string>();
+  /** Sync: files the same as their source but for their extended attributes: those are set again (an exact set), no bytes sent. */
+  private readonly attributesToSet: TreeEntry[] = [];
   /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
   private readonly hugeMeta: TreeEntry[] = [];
   /** Tree paths that failed (a hard link to one is not made). */
@@ -412,6 +414,8 @@ class TreeRun {
         await this.refreshHuge(entry);
         this.checkStop();
       }
+      await this.setAttributes();
+      this.checkStop();
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -492,7 +496,7 @@ class TreeRun {
         // One already there will do (its mode and times are set at the end, as for any
         // directory, unless they are right already and nothing in it changes).
         if (dest?.kind === 'dir') {
-          if (this.dirSettled(step.entry, dest)) this.settledDirs.add(step.entry.path);
+          if (this.dirSettled(step.entry, dest, sync.comparison)) this.settledDirs.add(step.entry.path);
           return;
         }
         this.pendingDirs.push(step.entry);
@@ -531,12 +535,16 @@ class TreeRun {
   private async changed(entries: readonly TreeEntry[], sync: SyncState): Promise<TreeEntry[]> {
     const out: TreeEntry[] = [];
     const toHash: TreeEntry[] = [];
+    const dests = new Map<string, DestEntry | undefined>();
     for (const e of entries) {
       const dest = sync.index.take(e.path);
       if (e.nlink > 1) this.linkFirsts.set(e.path, e);
       const { action, reason } = syncAction(e, dest, sync.comparison);
       if (action === 'same') {
-        if (sync.comparison.level === 'checksum' && e.kind === 'file') toHash.push(e);
+        if (sync.comparison.level === 'checksum' && e.kind === 'file') {
+          toHash.push(e);
+          dests.set(e.path, dest);
+        } else if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
         else this.counters.unchanged++;
         continue;
       }
@@ -550,8 +558,10 @@ class TreeRun {
     if (toHash.length > 0) {
       const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
       toHash.forEach((e, i) => {
-        if (same[i]) this.counters.unchanged++;
-        else {
+        if (same[i]) {
+          if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
+          else this.counters.unchanged++;
+        } else {
           if (e.nlink > 1) this.resentLinked.add(e.path);
           out.push(e);
         }
@@ -563,14 +573,47 @@ class TreeRun {
   /**
    * Sync: a directory at the destination that already has the mode,
    * modification time and (where the copy keeps them) owner the copy would
-   * give it, and no attributes to set (--xattrs, --acls: they are not
-   * compared).
+   * give it, and the attributes where they are compared (Comparison.xattrs;
+   * where they are copied but not compared, it is never settled: they are
+   * set at every run). One whose attributes alone differ counts among the
+   * `attributes` set again.
    */
-  private dirSettled(entry: TreeEntry, dest: DestEntry): boolean {
-    if (Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
+  private dirSettled(entry: TreeEntry, dest: DestEntry, c: Comparison): boolean {
+    if (!c.xattrs && Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
     if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
     if (this.meta.owners && !sameOwner(entry, dest, this.meta.names)) return false;
-    return !this.options.preserve || Math.floor(dest.mtimeMs) === Math.floor(entry.mtimeMs);
+    // The destination's time is the source's in whole milliseconds, as this run would set it; read back as a float it may
+    // come a hair under (1796667587773.999), so it is rounded.
+    if (this.options.preserve && Math.round(dest.mtimeMs) !== Math.floor(entry.mtimeMs)) return false;
+    if (!attributesAlone(entry, dest, c)) return true;
+    this.counters.attributes++;
+    this.emit({ type: 'log', message: `${this.destPath(entry.path)}: its extended attributes differ from the source's: set again with its mode and times` });
+    return false;
+  }
+
+  /**
+   * Sync: the files whose extended attributes alone differ get the source's
+   * as an exact set, by path (as a big file of a copy's rerun does), a few
+   * at once; no owner or mode is given again (they are the same already,
+   * and a chown would clear set-id bits).
+   */
+  private async setAttributes(): Promise<void> {
+    const files = this.attributesToSet;
+    for (let i = 0; i < files.length; i += 32) {
+      await Promise.all(
+        files.slice(i, i + 32).map(async (e) => {
+          const { uid: _u, gid: _g, user: _un, group: _gn, ...attrs } = pathMeta(this.meta, e);
+          try {
+            await this.dest.setstat(this.destPath(e.path), attrs, true);
+            this.counters.attributes++;
+            this.emit({ type: 'log', message: `${this.destPath(e.path)}: extended attributes set again (its bytes are the same)` });
+          } catch (err) {
+            this.fail(e.path, toFerryError(err).toData());
+          }
+        }),
+      );
+      this.checkStop();
+    }
   }
 
   /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
