@@ -5,8 +5,9 @@
  * --delete removes only what the source lacks, and nothing after a failure;
  * push and pull, ferry serve, the python helper and SFTP; one file;
  * with --xattrs, a change of extended attributes alone is an update that
- * sends no bytes.
+ * sends no bytes; a sync job's manifest, and `ferry verify JOB` of it.
  */
+import { execFileSync } from 'node:child_process';
 import { appendFile, chown, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,7 +83,7 @@ async function dirTimes(root: string): Promise<Record<string, number>> {
   return out;
 }
 
-type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number; attributes: number };
+type Done = { jobId: string; files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number; attributes: number };
 
 function doneOf(stdout: string): Done {
   const done = parseEvents(stdout).find((e) => e.type === 'tree.done');
@@ -394,5 +395,83 @@ describe.each([
     const again = await run();
     expect(again.code, again.stdout).toBe(0);
     expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0, attributes: 0 });
+  });
+});
+
+describe('ferry sync jobs have a manifest', () => {
+  const MiB = 1024 * 1024;
+  const state = () => join(work.path, 'state');
+  const manifestOf = async (job: string) => {
+    const r = await runFerry(['manifest', job, '--state-dir', state()]);
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  };
+  const verify = (job: string) => runFerry(['verify', job, '--state-dir', state(), '--json']);
+
+  it('after each complete run: the whole destination with the hashes of what was sent, compared or kept; verify JOB checks it and names a corrupted file', async () => {
+    const src = join(work.path, 'mf-src');
+    const dst = join(work.path, 'mf-dst');
+    await makeTree(src);
+    const sync = () => runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD, '--range-size', '1MiB']), src, on(sshd, dst)]);
+    const first = await sync();
+    expect(first.code, first.stderr).toBe(0);
+    const job = doneOf(first.stdout).jobId;
+    const m1 = await manifestOf(job);
+    // Directories and the second name of a file are not listed, as in any manifest.
+    expect(m1[0]).toMatchObject({ format: 'ferry-manifest', kind: 'tree', job, entries: 5 });
+    expect(m1.slice(1).map((l) => [l.path, l.type])).toEqual([['a.txt', 'file'], ['big.bin', 'file'], ['link', 'symlink'], ['sub/b.txt', 'file'], ['sub/deep/c.bin', 'file']]);
+    expect(m1[2]!.ranges).toHaveLength(3);
+    const ok = await verify(job);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+
+    // Nothing changed: every entry keeps its hash.
+    expect((await sync()).code).toBe(0);
+    expect((await manifestOf(job)).slice(1)).toEqual(m1.slice(1));
+
+    // A small file grows; one range of the big file changes (the others are reused there, --delta).
+    await appendFile(join(src, 'sub', 'b.txt'), 'more\n');
+    await flipByte(join(src, 'big.bin'), 1.5 * MiB);
+    const second = await sync();
+    expect(second.code, second.stderr).toBe(0);
+    expect(parseEvents(second.stdout).find((e) => e.type === 'delta')).toMatchObject({ reused: 2 });
+    const m2 = await manifestOf(job);
+    const entry = (m: typeof m1, path: string) => m.find((l) => l.path === path)!;
+    expect(entry(m2, 'sub/b.txt')).toMatchObject({ size: 11 });
+    expect(entry(m2, 'sub/b.txt').hash).not.toBe(entry(m1, 'sub/b.txt').hash);
+    const [r1, r2] = [entry(m1, 'big.bin').ranges as string[], entry(m2, 'big.bin').ranges as string[]];
+    expect([r2[0] === r1[0], r2[1] === r1[1], r2[2] === r1[2]]).toEqual([true, false, true]);
+    expect(entry(m2, 'a.txt')).toEqual(entry(m1, 'a.txt'));
+    const again = await verify(job);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+
+    await flipByte(join(dst, 'sub', 'deep', 'c.bin'), 100);
+    const bad = await verify(job);
+    expect(bad.code, bad.stderr).toBe(50);
+    expect(parseEvents(bad.stdout).filter((e) => e.type === 'verify.mismatch').map((e) => e.path)).toEqual(['sub/deep/c.bin']);
+  });
+
+  it('a first sync onto an existing copy at the mtime level knows no hashes: manifest and verify say so and how to fix it; --compare checksum does', async () => {
+    const src = join(work.path, 'mf2-src');
+    const dst = join(work.path, 'mf2-dst');
+    await makeTree(src);
+    execFileSync('cp', ['-a', src, dst]);
+    const sync = (extra: string[] = []) => runFerry(['sync', ...extra, ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    const first = await sync();
+    expect(first.code, first.stderr).toBe(0);
+    const job = doneOf(first.stdout).jobId;
+    for (const r of [await runFerry(['manifest', job, '--state-dir', state()]), await verify(job)]) {
+      expect(r.code, r.stdout).toBe(2);
+      // The link's target is its entry: four files lack a hash.
+      expect(r.stderr).toMatch(/4 of the 5 entries at .* have no known hash/);
+      expect(r.stderr).toContain(`ferry sync --compare checksum ${src} ${on(sshd, dst)}`);
+    }
+    const sum = await sync(['--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(0);
+    expect(doneOf(sum.stdout).jobId).toBe(job);
+    expect((await manifestOf(job))[0]).toMatchObject({ entries: 5 });
+    // And a later run at the default level keeps them.
+    expect((await sync()).code).toBe(0);
+    const ok = await verify(job);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
   });
 });

@@ -41,6 +41,9 @@ import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
 import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
 import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
+import { bigFileEntryOf } from './manifest.js';
+import { readSyncManifest, writeSyncManifest } from './sync-manifest.js';
+import type { SyncRecord } from './sync-manifest.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
 import { pullTransfer } from './tree-fetch.js';
@@ -155,6 +158,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     sync?.catch(() => {});
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
+    // What the previous complete run recorded: the hashes of entries this one finds the same without reading them.
+    if (options.sync) run.previousRecords = (await readSyncManifest(jobDir).catch(() => undefined))?.records ?? new Map();
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -184,6 +189,9 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
       stateDir: jobDir,
     };
     await run.writeLists(jobDir);
+    // A sync that completed: the manifest of the destination as it left it (before 'done' is written: never a stale one with it).
+    const records = run.syncRecords();
+    if (records) await writeSyncManifest(jobDir, algorithm, records);
     phase = c.failed > 0 ? 'partial' : 'done';
     emit({ type: 'tree.done', ...summary });
     if (c.failed > 0) {
@@ -251,6 +259,9 @@ class TreeRun {
   private readonly settledDirs = new Set<string>();
   /** Directories in which something was made, replaced or removed this run. */
   private readonly touched = new Set<string>();
+  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous complete run's. */
+  private readonly records = new Map<string, SyncRecord>();
+  previousRecords: ReadonlyMap<string, SyncRecord> = new Map();
   /** Sync: files the same as their source but for their extended attributes: those are set again (an exact set), no bytes sent. */
   private readonly attributesToSet: TreeEntry[] = [];
   /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
@@ -544,8 +555,11 @@ class TreeRun {
         if (sync.comparison.level === 'checksum' && e.kind === 'file') {
           toHash.push(e);
           dests.set(e.path, dest);
-        } else if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
-        else this.counters.unchanged++;
+        } else {
+          if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
+          else this.counters.unchanged++;
+          this.keepRecord(e);
+        }
         continue;
       }
       if (dest?.kind === 'dir') {
@@ -558,9 +572,11 @@ class TreeRun {
     if (toHash.length > 0) {
       const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
       toHash.forEach((e, i) => {
-        if (same[i]) {
+        const hash = same[i];
+        if (hash !== undefined) {
           if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
           else this.counters.unchanged++;
+          this.record(e, { type: 'file', size: e.size, hash, algorithm: this.algorithm });
         } else {
           if (e.nlink > 1) this.resentLinked.add(e.path);
           out.push(e);
@@ -614,6 +630,29 @@ class TreeRun {
       );
       this.checkStop();
     }
+  }
+
+  /** Sync: what the destination now holds at `e`'s path, for the job's manifest (undefined: its hash is unknown). */
+  private record(e: TreeEntry, body: SyncRecord['e']): void {
+    if (!this.sync) return;
+    this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
+  }
+
+  /**
+   * Sync: an entry found the same, not read: a link's target is its entry;
+   * a file keeps the previous run's record where the source's size and
+   * mtime are still the ones it recorded, else its hash is unknown.
+   */
+  private keepRecord(e: TreeEntry): void {
+    if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
+    const before = this.previousRecords.get(e.path);
+    this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
+  }
+
+  /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
+  syncRecords(): Iterable<SyncRecord> | undefined {
+    if (!this.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
+    return this.records.values();
   }
 
   /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
@@ -784,6 +823,12 @@ class TreeRun {
     });
     // Counted once they are on record: a crash before that sends them again.
     await this.journal.append(records);
+    results.forEach((r, i) => {
+      const e = batch.entries[i]!;
+      if (!r.ok) return;
+      if (e.kind === 'symlink') this.record(e, { type: 'symlink', target: e.target! });
+      else this.record(e, r.dstHash ? { type: 'file', size: e.size, hash: r.dstHash, algorithm: this.algorithm } : undefined);
+    });
     for (const e of ok) {
       if (e.kind === 'symlink') this.counters.symlinks++;
       else {
@@ -817,6 +862,11 @@ class TreeRun {
       const meta = pathMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
       await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
+      if (this.sync) {
+        // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides).
+        const { path: _, ...body } = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId);
+        this.record(entry, body);
+      }
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
       this.counters.resumedBytes += summary.resumedBytes;

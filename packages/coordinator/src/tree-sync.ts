@@ -263,10 +263,14 @@ export function remoteHashFiles(conn: Pick<RemoteConnection, 'hashFiles' | 'hash
   };
 }
 
-/** Both sides of each file hashed at once, each where it is; true where the contents are the same (a file either side could not hash: not the same, so it goes again). */
-export async function sameContent(files: readonly TreeEntry[], source: HashFiles, dest: HashFiles, sourcePath: (p: string) => string, destPath: (p: string) => string): Promise<boolean[]> {
+/**
+ * Both sides of each file hashed at once, each where it is; the hash where
+ * the contents are the same (a sync's manifest records it), undefined where
+ * not (a file either side could not hash: not the same, so it goes again).
+ */
+export async function sameContent(files: readonly TreeEntry[], source: HashFiles, dest: HashFiles, sourcePath: (p: string) => string, destPath: (p: string) => string): Promise<Array<string | undefined>> {
   const [a, b] = await Promise.all([source(files.map((e) => ({ path: sourcePath(e.path), size: e.size }))), dest(files.map((e) => ({ path: destPath(e.path), size: e.size })))]);
-  return files.map((_, i) => a[i] !== undefined && a[i] === b[i]);
+  return files.map((_, i) => (a[i] !== undefined && a[i] === b[i] ? a[i] : undefined));
 }
 
 /**
@@ -330,7 +334,7 @@ export async function planSync(
     toHash = [];
     const same = await sameContent(files, contents.source, contents.dest, contents.sourcePath, contents.destPath);
     files.forEach((e, i) => {
-      if (!same[i]) {
+      if (same[i] === undefined) {
         resent.add(e.path);
         report({ action: 'update', path: e.path, kind: e.kind, reason: 'content' });
       } else if (attributesAlone(e, dests.get(e.path), c)) report({ action: 'update', path: e.path, kind: e.kind, reason: 'xattrs' });
