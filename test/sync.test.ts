@@ -132,6 +132,10 @@ describe.each([
     expect(doneOf(del.stdout)).toMatchObject({ deleted: 3, files: 0 });
     expect(await content(dst)).toEqual(await content(src));
     expect(await dirTimes(dst)).toEqual(await dirTimes(src));
+    // The job's manifest checks out (the deleted entries are not in it).
+    const verified = await runFerry(['verify', doneOf(del.stdout).jobId, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+    expect(parseEvents(verified.stdout).find((e) => e.type === 'verify.done')).toMatchObject({ entries: 5, bad: 0 });
   });
 });
 
@@ -284,6 +288,13 @@ describe('ferry sync pull and one file', () => {
     expect(await content(dst)).toEqual(await content(src));
     const third = await runFerry(['sync', '--exit-code', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), on(sshd, src), dst]);
     expect(third.code, third.stderr).toBe(0);
+    // The job's manifest: every file and link pulled (the deleted extra not among them), and the copy matches it.
+    const job = doneOf(third.stdout).jobId;
+    const manifest = await runFerry(['manifest', job, '--state-dir', join(work.path, 'state')]);
+    expect(manifest.code, manifest.stderr).toBe(0);
+    expect(manifest.stdout.trim().split('\n').slice(1).map((l) => (JSON.parse(l) as { path: string }).path)).toEqual(['a.txt', 'big.bin', 'link', 'sub/b.txt', 'sub/deep/c.bin']);
+    const verified = await runFerry(['verify', job, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
   });
 
   it('syncs one file: sent when it differs, not when it is the same', async () => {
