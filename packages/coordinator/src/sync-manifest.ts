@@ -21,10 +21,9 @@
  * unknown, naming how many and the fix.
  */
 import { join } from 'node:path';
-import { FerryError, errnoOf, isHashAlgorithm } from '@ferry/core';
+import { FerryError, isHashAlgorithm } from '@ferry/core';
 import type { HashAlgorithm, ManifestEntry } from '@ferry/core';
-import { readFile } from 'node:fs/promises';
-import { writePrivateFile } from './private-file.js';
+import { readPrivateFile, writePrivateFile } from './private-file.js';
 
 export const SYNC_MANIFEST_FILE = 'sync-manifest.ndjson';
 
@@ -41,13 +40,10 @@ export interface SyncRecord {
 
 /** The records of the job's last complete run (undefined where there is none, or it cannot be read: its entries' hashes are then unknown). */
 export async function readSyncManifest(jobDir: string): Promise<{ hash: HashAlgorithm; finishedAt: number; records: Map<string, SyncRecord> } | undefined> {
-  let text: string;
-  try {
-    text = await readFile(join(jobDir, SYNC_MANIFEST_FILE), 'utf8');
-  } catch (err) {
-    if (errnoOf(err) === 'ENOENT') return undefined;
-    throw err;
-  }
+  // Only a file of the user's that nobody else could have written: its hashes vouch for the data.
+  const path = join(jobDir, SYNC_MANIFEST_FILE);
+  const text = await readPrivateFile(path, 'the manifest of a sync job', `remove ${path} and run the sync with --compare checksum once`);
+  if (text === undefined) return undefined;
   const lines = text.split('\n');
   let header: { v?: unknown; hash?: unknown; finishedAt?: unknown };
   try {

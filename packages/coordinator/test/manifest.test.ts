@@ -3,7 +3,7 @@
  * directories an older ferry wrote (no hash in tree.json, no link targets in
  * the journal, no manifest.json).
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -25,7 +25,7 @@ const h = (s: string) => hashBytes('xxh3', Buffer.from(s));
 async function jobDir(id: string, files: Record<string, string | Buffer>): Promise<void> {
   const dir = join(stateDir, 'jobs', id);
   await mkdir(dir, { recursive: true });
-  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
+  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body, { mode: 0o600 });
 }
 
 function jobJson(id: string, extra: object = {}): string {
@@ -107,6 +107,9 @@ describe('jobManifest', () => {
     expect((await refusal(jobManifest(stateDir, 's3'))).message).toBe("job s3 is a ferry sync whose last run did not complete (partial): only a complete run leaves a manifest; run 'ferry sync /s h:/d/' again");
     await jobDir('s4', { 'tree.json': sync.replaceAll('s1', 's4'), 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '' });
     expect((await refusal(jobManifest(stateDir, 's4'))).message).toContain('left no manifest');
+    // Hashes that vouch for the data come only from a file nobody else could have written.
+    await chmod(join(stateDir, 'jobs', 's1', 'sync-manifest.ndjson'), 0o644);
+    expect((await refusal(jobManifest(stateDir, 's1'))).message).toMatch(/sync-manifest\.ndjson has mode .*so others can read or change it/);
   });
 
   it('a single-file job without manifest.json: the ranges and root hash from its journal, once it has a final record', async () => {
