@@ -25,7 +25,7 @@
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
-import { FerryError, Pacer, TreePlanner, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import { FerryError, Pacer, TreePlanner, algorithmOfDigest, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import type { Pace } from '@ferry/agent';
@@ -576,7 +576,7 @@ class TreeRun {
         if (hash !== undefined) {
           if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
           else this.counters.unchanged++;
-          this.record(e, { type: 'file', size: e.size, hash, algorithm: this.algorithm });
+          this.record(e, this.wholeFile(e, hash));
         } else {
           if (e.nlink > 1) this.resentLinked.add(e.path);
           out.push(e);
@@ -636,6 +636,11 @@ class TreeRun {
   private record(e: TreeEntry, body: SyncRecord['e']): void {
     if (!this.sync) return;
     this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
+  }
+
+  /** A file's manifest entry from the hash of all its bytes (its algorithm told by its length, else this run's). */
+  private wholeFile(e: TreeEntry, hash: string): SyncRecord['e'] {
+    return { type: 'file', size: e.size, hash, algorithm: algorithmOfDigest(hash) ?? this.algorithm };
   }
 
   /**
@@ -827,7 +832,7 @@ class TreeRun {
       const e = batch.entries[i]!;
       if (!r.ok) return;
       if (e.kind === 'symlink') this.record(e, { type: 'symlink', target: e.target! });
-      else this.record(e, r.dstHash ? { type: 'file', size: e.size, hash: r.dstHash, algorithm: this.algorithm } : undefined);
+      else this.record(e, r.dstHash ? this.wholeFile(e, r.dstHash) : undefined);
     });
     for (const e of ok) {
       if (e.kind === 'symlink') this.counters.symlinks++;
@@ -863,9 +868,13 @@ class TreeRun {
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
       await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
       if (this.sync) {
-        // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides).
-        const { path: _, ...body } = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId);
-        this.record(entry, body);
+        // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides);
+        // where that state cannot be read, the file arrived all the same: only its hash is unknown.
+        const ranged = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId).catch(() => undefined);
+        if (ranged) {
+          const { path: _, ...body } = ranged;
+          this.record(entry, body);
+        } else this.record(entry, undefined);
       }
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
