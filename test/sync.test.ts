@@ -391,6 +391,10 @@ describe.each([
     expect(dry.code, dry.stderr).toBe(3);
     const changes = parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`).sort();
     expect(changes).toEqual(['update a.txt xattrs', 'update big.bin xattrs', 'update sub xattrs', 'update sub/b.txt xattrs']);
+    // At the checksum level too, once the contents are found the same.
+    const sum = await run(['--dry-run', '--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(3);
+    expect(parseEvents(sum.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`).sort()).toEqual(changes);
     expect(await userXattrsOf(dst)).toEqual(before);
 
     const sync = await run();
