@@ -17,11 +17,11 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
-import { fileHash, ferryVersion, fmt, log, machine, makeRandomFile, markdownTable, median, onCleanup, shq, waitForIdle, which } from './common.mjs';
+import { fileHash, ferryVersion, fmt, log, machine, makeRandomFile, markdownTable, median, onCleanup, shq, waitForIdle, which, cliOf } from './common.mjs';
 import { generateTree } from './tree-lib.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 

@@ -33,6 +33,15 @@ export function readText(path) {
   }
 }
 
+/**
+ * The CLI of the built checkout at `root`, as bin/ferry runs it: the bundle
+ * (scripts/bundle.mjs), or dist/main.js for a build older than the bundle.
+ */
+export function cliOf(root) {
+  const bundled = join(root, 'packages/cli/dist/bundle/main.js');
+  return existsSync(bundled) ? bundled : join(root, 'packages/cli/dist/main.js');
+}
+
 /** The ferry being measured: its git commit, and whether the working tree differs from it. */
 /**
  * The ferry build a --configs entry names: `ferry` (or bare flags) is this
@@ -44,7 +53,7 @@ export function readText(path) {
 function ferryBuild(entry, defaultCli) {
   const m = /^ferry@(\S+)/.exec(entry);
   if (!m) return { cli: defaultCli, prefix: 'ferry', rest: entry.replace(/^ferry\b/, '') };
-  const cli = join(resolve(m[1]), 'packages/cli/dist/main.js');
+  const cli = cliOf(resolve(m[1]));
   if (!existsSync(cli)) throw new Error(`--configs: "${entry}": ${cli} missing: build that checkout first (npm ci or a copy of node_modules, then npx tsc -b)`);
   return { cli, prefix: `ferry@${m[1]}`, rest: entry.slice(m[0].length) };
 }

@@ -19,10 +19,10 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { CLK_TCK, ferryRole, ferryVersion, fmt, log, machine as commonMachine, markdownTable, median, readText, sh } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryVersion, fmt, log, machine as commonMachine, markdownTable, median, readText, sh, cliOf } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes, replayJournal } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 
@@ -304,7 +304,7 @@ export async function coordinator(argv) {
   if (!(idleWaitMs >= 0)) throw new Error(`--idle-wait: not a number of seconds: ${o['idle-wait']}`);
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs`);
   const baselineDir = o.baseline ? resolve(o.baseline) : undefined;
-  const baselineCli = baselineDir ? join(baselineDir, 'packages/cli/dist/main.js') : undefined;
+  const baselineCli = baselineDir ? cliOf(baselineDir) : undefined;
   if (baselineCli && !existsSync(baselineCli)) throw new Error(`--baseline: ${baselineCli} missing: build that checkout first (npm ci or a copy of node_modules, then npx tsc -b)`);
   const baselineVersion = baselineDir ? sh('git', ['-C', baselineDir, 'rev-parse', '--short', 'HEAD']) || baselineDir : undefined;
   const name = o.name ?? (baselineDir ? 'coordinator-ab' : 'coordinator');

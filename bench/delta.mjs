@@ -17,10 +17,10 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
-import { ferryTool, ferryVersion, fileHash, fmt, log, machine, makeRandomFile, markdownTable, measure, median, onCleanup, shq, syncDisks, waitForIdle, which } from './common.mjs';
+import { ferryTool, ferryVersion, fileHash, fmt, log, machine, makeRandomFile, markdownTable, measure, median, onCleanup, shq, syncDisks, waitForIdle, which, cliOf } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 
 const DEFAULT_CONFIGS = ['rsync', 'ferry --delta', 'ferry --delta --inplace'];

@@ -23,10 +23,10 @@ import { tree } from './tree.mjs';
 import { sync } from './sync.mjs';
 import { check } from './check.mjs';
 import { delta } from './delta.mjs';
-import { CLK_TCK, SAMPLE_MS, cleanupAll, copyCells, copyNotes, copyProblems, ferryTool, fileHash, fmt, log, ferryVersion, leanLogin, machine, makeRandomFile, markdownTable, measureCopy, median, onCleanup, prepareCopy, runRounds, shq, sshDdTool, stopOnSignals, summarizeCopies, which } from './common.mjs';
+import { CLK_TCK, SAMPLE_MS, cleanupAll, copyCells, copyNotes, copyProblems, ferryTool, fileHash, fmt, log, ferryVersion, leanLogin, machine, makeRandomFile, markdownTable, measureCopy, median, onCleanup, prepareCopy, runRounds, shq, sshDdTool, stopOnSignals, summarizeCopies, which, cliOf } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 

@@ -14,12 +14,12 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
-import { ferryVersion, fileHash, fmt, leanLogin, log, machine, makeRandomFile, markdownTable, measure, median, onCleanup, shq, syncDisks, waitForIdle } from './common.mjs';
+import { ferryVersion, fileHash, fmt, leanLogin, log, machine, makeRandomFile, markdownTable, measure, median, onCleanup, shq, syncDisks, waitForIdle, cliOf } from './common.mjs';
 import { compareTrees } from './tree-lib.mjs';
 import { sourceTree } from './tree.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 
 const HELP = `usage: npm run bench -- sync [options]

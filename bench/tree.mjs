@@ -10,11 +10,11 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
-import { CLK_TCK, SAMPLE_MS, ferryTool, ferryVersion, fmt, isNoisy, leanLogin, log, machine, markdownTable, measure, median, onCleanup, runRounds, shq, syncDisks, waitForIdle, which } from './common.mjs';
+import { CLK_TCK, SAMPLE_MS, ferryTool, ferryVersion, fmt, isNoisy, leanLogin, log, machine, markdownTable, measure, median, onCleanup, runRounds, shq, syncDisks, waitForIdle, which, cliOf } from './common.mjs';
 import { compareTrees, generateTree } from './tree-lib.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 

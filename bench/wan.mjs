@@ -20,10 +20,10 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
-import { CLK_TCK, ferryRole, ferryTool, fileHash, fmt, log, machine, median, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which } from './common.mjs';
+import { CLK_TCK, ferryRole, ferryTool, fileHash, fmt, log, machine, median, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which, cliOf } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'packages/cli/dist/main.js');
+const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
 

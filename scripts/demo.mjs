@@ -29,7 +29,7 @@ const parseSize = (s) => {
 const size = parseSize(opt('--size', '1GiB'));
 const agents = opt('--agents', '2');
 const streams = opt('--streams', '2');
-const cli = fileURLToPath(new URL('../packages/cli/dist/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../packages/cli/dist/bundle/main.js', import.meta.url));
 
 const hashFile = (path) =>
   new Promise((resolve, reject) => {

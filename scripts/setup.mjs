@@ -182,6 +182,9 @@ function main(args) {
   const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   const build = spawnSync(process.execPath, [tsc, '-b'], { cwd: root, stdio: 'inherit' });
   if (build.status !== 0) process.exit(build.status ?? 1);
+  // bin/ferry runs the bundle (scripts/bundle.mjs says why).
+  const bundled = spawnSync(process.execPath, [join(root, 'scripts', 'bundle.mjs')], { cwd: root, stdio: 'inherit' });
+  if (bundled.status !== 0) process.exit(bundled.status ?? 1);
 }
 
 // Run as a script; imported (by the cluster fixture and test/setup.test.ts), only the table and its look-ups.

@@ -14,7 +14,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
-export const CLI = join(ROOT, 'packages/cli/dist/main.js');
+/** The CLI as bin/ferry runs it: the bundle (scripts/bundle.mjs), made by the global setup. */
+export const CLI = join(ROOT, 'packages/cli/dist/bundle/main.js');
 /** How the remote side starts the helper in tests: the same build, on the same machine. */
 export const REMOTE_CMD = `${process.execPath} ${CLI} serve`;
 

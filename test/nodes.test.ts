@@ -4,8 +4,9 @@
  * sshd, built by the test. Agents run on the compute nodes and connect from
  * their own addresses to both remote hosts.
  */
-import { spawn } from 'node:child_process';
-import { readFile, mkdir, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdir, readFile, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCluster } from './fixtures/cluster.mjs';
@@ -18,6 +19,7 @@ const isRoot = process.getuid?.() === 0;
 if (!isRoot) console.warn('test/nodes.test.ts skipped: building network namespaces and a Slurm cluster needs root (CI runs as root)');
 
 const MiB = 1024 * 1024;
+const execFileAsync = promisify(execFile);
 const FERRY = join(ROOT, 'bin', 'ferry');
 
 describe.skipIf(!isRoot)('many nodes', () => {
@@ -232,6 +234,46 @@ describe.skipIf(!isRoot)('many nodes', () => {
       const dir = join(cluster.dir, 'tree-pull');
       await mkdir(dir);
       await expectBothNodes(await cluster.run('srun', [...treePull(dir), ...noHugeJob], { timeoutMs: 120_000 }), join(dir, 'project'));
+    });
+
+    it('ferry sync --launcher srun: the agents of both nodes make the copy, then a rerun sends only what changed and deletes what went', async () => {
+      const dir = join(cluster.dir, 'sync-srun');
+      const src = join(dir, 'src');
+      await mkdir(dir);
+      // A copy of the shared tree, changed below (the other tests compare against the original).
+      await execFileAsync('cp', ['-a', tree, src]);
+      const copy = join(dir, 'copy');
+      const target = `root@${cluster.dtns.map((d) => d.name).join(',')}:${copy}`;
+      // No -a: the agents are one per node slot (--nodes 2 x --agents-per-node 1).
+      const sync = (...more: string[]) =>
+        runFerry(['sync', src, target, ...flags(dir), ...noHugeJob, '--launcher', 'srun', '--nodes', '2', '--agents-per-node', '1', '--agent-cmd', FERRY, '--nats-listen', cluster.bridgeIp, '--nats-advertise', cluster.bridgeIp, ...more], { env: cluster.env });
+      // Held to 1 MB/s (~4 s), so that both nodes' agents are up and take batches before the first run ends.
+      const first = await sync('--limit-rate', '1MB');
+      expect(first.code, first.stderr).toBe(0);
+      expect((await compareTrees(src, copy)).differences).toEqual({});
+      const events = parseEvents(first.stdout);
+      expect([...new Set(events.filter((e) => e.type === 'agent.start').map((e) => e.node))].sort()).toEqual(names());
+      expect([...batchesByNode(events).entries()].filter(([, n]) => n > 0).map(([node]) => node).sort()).toEqual(names());
+
+      // Three files changed (same size, one byte and a later time), one added, one removed.
+      const files = (await readdir(src, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name));
+      const single: string[] = [];
+      for (const f of files) if ((await stat(f)).nlink === 1 && (await stat(f)).size > 0) single.push(f);
+      const [a, b, c, gone] = single;
+      for (const f of [a!, b!, c!]) {
+        const bytes = await readFile(f);
+        bytes[0] = bytes[0]! ^ 0xff;
+        await writeFile(f, bytes);
+        const later = new Date(Date.now() + 60_000);
+        await utimes(f, later, later);
+      }
+      await writeFile(join(src, 'added.txt'), 'new\n');
+      await rm(gone!);
+      const again = await sync('--delete');
+      expect(again.code, again.stderr).toBe(0);
+      expect((await compareTrees(src, copy)).differences).toEqual({});
+      expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 4, deleted: 1, failed: 0 });
+      expect(parseEvents(again.stdout).filter((e) => e.type === 'agent.start').length).toBe(2);
     });
 
     it("a pull's agents fail, one killed with SIGKILL holding batches it wrote, one on a node that sees another directory at the destination's name: rank 0's agent writes the whole tree", async () => {

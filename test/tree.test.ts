@@ -8,7 +8,7 @@
  * alone, listed, with its own exit code.
  */
 import { execFileSync } from 'node:child_process';
-import { appendFile, mkdir, readFile, rm, stat, utimes } from 'node:fs/promises';
+import { appendFile, link, mkdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSshd } from './fixtures/sshd.mjs';
@@ -101,6 +101,45 @@ describe('ferry cp -r (push)', () => {
     expect(third.code).toBe(0);
     expect(parseEvents(third.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, bytes: 25 });
     expect((await compareTrees(src, dst)).same).toBe(true);
+  }, 180_000);
+
+  it('copies everything again when the destination was removed or replaced since the journaled run, and names the fix when a directory inside it is gone', async () => {
+    const tree = join(work.path, 'stale-src');
+    await generateTree(tree, { files: 40, big: 0, sparse: 0, seed: 9, medianBytes: 1024 });
+    await mkdir(join(tree, 'linked'));
+    await writeFile(join(tree, 'linked', 'a'), 'one file, two names\n');
+    await link(join(tree, 'linked', 'a'), join(tree, 'linked', 'b'));
+    const dst = join(work.path, 'dst-stale');
+    const args = ['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, dst)];
+    const warnings = (r: { stdout: string }) => parseEvents(r.stdout).filter((e) => e.type === 'warning').map((e) => String(e.message));
+    expect((await runFerry(args)).code).toBe(0);
+
+    // Removed: the journal lists everything as sent, yet nothing is there.
+    await rm(dst, { recursive: true });
+    const removed = await runFerry(args);
+    expect(removed.code, removed.stderr).toBe(0);
+    expect(warnings(removed)).toEqual([expect.stringMatching(/: \S+dst-stale is not there any more: what earlier runs of this job journaled is not there; copying everything again$/)]);
+    expect(parseEvents(removed.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ resumedFiles: 0, failed: 0 });
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
+
+    // Replaced by another (empty) directory of the same name: made while the old one still stood, so its inode differs.
+    await rename(dst, `${dst}.old`);
+    await mkdir(dst);
+    await rm(`${dst}.old`, { recursive: true });
+    const replaced = await runFerry(args);
+    expect(replaced.code, replaced.stderr).toBe(0);
+    expect(warnings(replaced)).toEqual([expect.stringMatching(/dst-stale is another directory than the one an earlier run wrote \(inode \d+, was \d+\)/)]);
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
+
+    // The root stands, a directory inside it is gone: the journal is trusted (no walk of the destination), and what
+    // fails for it says to add --restart, which copies it all again.
+    await rm(join(dst, 'linked'), { recursive: true });
+    const inside = await runFerry(args);
+    expect(inside.code).toBe(72);
+    expect(inside.stderr).toMatch(/1 of them because their directory, made by an earlier run of this job, is gone from the destination: .* add --restart to copy everything again \(or use ferry sync/);
+    const restarted = await runFerry([...args, '--restart']);
+    expect(restarted.code, restarted.stderr).toBe(0);
+    expect((await compareTrees(tree, dst)).differences).toEqual({});
   }, 180_000);
 
   it('goes on after the coordinator is killed: the rerun sends what is not journaled and leaves no temporary file', async () => {

@@ -100,6 +100,26 @@ export async function makeLauncher(launch: LaunchOptions): Promise<Launcher | un
   }
 }
 
+/**
+ * Without `-a`, a launcher given its nodes starts one agent per node slot: `--nodes N`
+ * (times `--agents-per-node`) for srun, one per host of `--hosts`/`--hosts-file` for ssh and
+ * mpirun. (The local default, one agent per 4 cores of this node, would leave nodes idle.)
+ */
+async function withLaunchAgents(options: CopyOptions, launch: LaunchOptions): Promise<CopyOptions> {
+  if (options.agents !== undefined || launch.launcher === 'local') return options;
+  if (launch.launcher === 'srun') {
+    const nodes = positive('--nodes', launch.nodes);
+    return nodes ? { ...options, agents: String(nodes * (positive('--agents-per-node', launch.agentsPerNode) ?? 1)) } : options;
+  }
+  const hosts = await hostsOf(launch);
+  return hosts ? { ...options, agents: String(hosts.length) } : options;
+}
+
+/** How launched agents start: `--agent-cmd`, else this node's node and ferry. */
+function agentCommandOf(io: CliIo, launch: LaunchOptions): string[] {
+  return launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
+}
+
 export async function copy(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}, recursive = false): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
@@ -111,14 +131,14 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
     early.connectEarly(source, destination, copyOptions, io.signal, recursive);
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
     const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
-    const agentCommand = launch.agentCmd ? [...splitCommand(launch.agentCmd), 'agent'] : [...(io.selfCommand ?? selfCommand()), 'agent'];
+    const agentCommand = agentCommandOf(io, launch);
     // A remote source with -r is a tree pull (the coordinator checks it is a directory).
     const tree = (await isLocalDirectory(source)) || (recursive && isRemoteSource(source));
     if (tree && !recursive) throw new FerryError('USAGE', `source ${source} is a directory: use ferry cp -r to copy a directory tree`, { path: source });
     await (tree ? runTreeCopy : runCopy)({
       source,
       destination,
-      options: copyOptions,
+      options: await withLaunchAgents(copyOptions, launch),
       agentCommand,
       launcher: await makeLauncher(launch),
       launchOptions: launch as unknown as Record<string, unknown>,
@@ -143,7 +163,7 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
 export const SYNC_CHANGED_EXIT = 3;
 
 /** `ferry sync`: a tree or a file made the same as its source; with `exitCode`, 3 says something changed. */
-export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean): Promise<void> {
+export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean, launch: LaunchOptions = { launcher: 'local' }): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
   let early: typeof import('@ferry/coordinator/early') | undefined;
@@ -154,10 +174,13 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
     const summary = await runSync({
       source,
       destination,
-      options: copyOptions,
-      agentCommand: [...(io.selfCommand ?? selfCommand()), 'agent'],
-      launcher: await makeLauncher({ launcher: 'local' }),
+      options: await withLaunchAgents(copyOptions, launch),
+      agentCommand: agentCommandOf(io, launch),
+      launcher: await makeLauncher(launch),
+      launchOptions: launch as unknown as Record<string, unknown>,
       onEvent: (e) => renderer.onEvent(e),
+      ...(launch.natsListen ? { natsListen: launch.natsListen } : {}),
+      ...(launch.natsAdvertise ? { natsAdvertise: launch.natsAdvertise } : {}),
       ...(io.signal ? { signal: io.signal } : {}),
     });
     let changed: boolean;

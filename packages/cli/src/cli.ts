@@ -37,6 +37,35 @@ function intoDirectory(destination: string): string {
   return destination.endsWith('/') || destination.endsWith(':') ? destination : `${destination}/`;
 }
 
+/** How a command's agents are started: `--launcher` and what goes with it (cp and sync). */
+function addLaunchOptions(cmd: Command): void {
+  cmd
+    .addOption(new Option('--launcher <name>', 'how agents are started').choices(['local', 'ssh', 'srun', 'mpirun']).default('local'))
+    .option('--hosts <hostlist>', 'ssh and mpirun launchers: hosts to start agents on, e.g. node[01-04] or n1,n2')
+    .option('--hosts-file <file>', 'ssh and mpirun launchers: a file with one host per line')
+    .option('--nodes <n>', 'srun launcher: nodes to spread the agents over')
+    .option('--agents-per-node <n>', 'srun launcher: agents per node')
+    .option('--agent-cmd <command>', 'how the launched nodes start ferry (default: this node\'s node binary and ferry)')
+    .option('--ssh-option <option>', 'ssh launcher: an ssh -o option, e.g. IdentityFile=~/.ssh/id_cluster (repeatable)', collect, [])
+    .option('--nats-listen <address>', 'address the embedded nats-server listens on (default: 127.0.0.1 for local agents, else 0.0.0.0)')
+    .option('--nats-advertise <address>', 'address agents on other nodes reach it by (default: this node\'s first non-loopback IPv4)');
+}
+
+/** The launch options addLaunchOptions parsed. */
+function launchOptionsFrom(opts: Record<string, unknown>): LaunchOptions {
+  return {
+    launcher: opts.launcher as LaunchOptions['launcher'],
+    ...(opts.hosts !== undefined ? { hosts: opts.hosts as string } : {}),
+    ...(opts.hostsFile !== undefined ? { hostsFile: opts.hostsFile as string } : {}),
+    ...(opts.nodes !== undefined ? { nodes: opts.nodes as string } : {}),
+    ...(opts.agentsPerNode !== undefined ? { agentsPerNode: opts.agentsPerNode as string } : {}),
+    ...(opts.agentCmd !== undefined ? { agentCmd: opts.agentCmd as string } : {}),
+    sshOptions: opts.sshOption as string[],
+    ...(opts.natsListen !== undefined ? { natsListen: opts.natsListen as string } : {}),
+    ...(opts.natsAdvertise !== undefined ? { natsAdvertise: opts.natsAdvertise as string } : {}),
+  };
+}
+
 export function createCli(io: CliIo): Command {
   const program = new Command('ferry')
     .description('Copy one huge file to or from a remote host over SSH, in parallel ranges over many agents and streams, each range verified by hash.')
@@ -54,16 +83,8 @@ export function createCli(io: CliIo): Command {
     .usage('[options] SOURCE... DESTINATION')
     .argument('<paths...>', 'SOURCE: a local path or [user@]host[:port]:path (several: each goes into DESTINATION, which must be a directory); DESTINATION, last: a local or remote path, a directory gets the source\'s name');
   addCopyOptions(cp);
-  cp.addOption(new Option('--launcher <name>', 'how agents are started').choices(['local', 'ssh', 'srun', 'mpirun']).default('local'))
-    .option('--hosts <hostlist>', 'ssh and mpirun launchers: hosts to start agents on, e.g. node[01-04] or n1,n2')
-    .option('--hosts-file <file>', 'ssh and mpirun launchers: a file with one host per line')
-    .option('--nodes <n>', 'srun launcher: nodes to spread the agents over')
-    .option('--agents-per-node <n>', 'srun launcher: agents per node')
-    .option('--agent-cmd <command>', 'how the launched nodes start ferry (default: this node\'s node binary and ferry)')
-    .option('--ssh-option <option>', 'ssh launcher: an ssh -o option, e.g. IdentityFile=~/.ssh/id_cluster (repeatable)', collect, [])
-    .option('--nats-listen <address>', 'address the embedded nats-server listens on (default: 127.0.0.1 for local agents, else 0.0.0.0)')
-    .option('--nats-advertise <address>', 'address agents on other nodes reach it by (default: this node\'s first non-loopback IPv4)')
-    .option('--sbatch [submit]', 'print a Slurm batch script that runs this copy with srun ferry run (or submit it: --sbatch submit)')
+  addLaunchOptions(cp);
+  cp.option('--sbatch [submit]', 'print a Slurm batch script that runs this copy with srun ferry run (or submit it: --sbatch submit)')
     .option('--time <limit>', 'with --sbatch: the job\'s time limit', '1-00:00:00')
     .addHelpText('after', describeExitCodes())
     .action(async (paths: string[], opts: Record<string, unknown>) => {
@@ -92,17 +113,7 @@ export function createCli(io: CliIo): Command {
         }
         return;
       }
-      const launch: LaunchOptions = {
-        launcher: opts.launcher as LaunchOptions['launcher'],
-        ...(opts.hosts !== undefined ? { hosts: opts.hosts as string } : {}),
-        ...(opts.hostsFile !== undefined ? { hostsFile: opts.hostsFile as string } : {}),
-        ...(opts.nodes !== undefined ? { nodes: opts.nodes as string } : {}),
-        ...(opts.agentsPerNode !== undefined ? { agentsPerNode: opts.agentsPerNode as string } : {}),
-        ...(opts.agentCmd !== undefined ? { agentCmd: opts.agentCmd as string } : {}),
-        sshOptions: opts.sshOption as string[],
-        ...(opts.natsListen !== undefined ? { natsListen: opts.natsListen as string } : {}),
-        ...(opts.natsAdvertise !== undefined ? { natsAdvertise: opts.natsAdvertise as string } : {}),
-      };
+      const launch = launchOptionsFrom(opts);
       if (sources.length === 1) return copy(io, source, destination, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
       // As scp: each source goes into the destination, which must be a directory (a trailing
       // '/' makes a missing one an error, never the first source's new name); one that fails
@@ -172,6 +183,7 @@ export function createCli(io: CliIo): Command {
     .argument('<source>', 'a local path or [user@]host[:port]:path: a directory or a file')
     .argument('<destination>', 'the copy itself: created when missing; an existing directory is compared with SOURCE, not entered (a file source goes into a directory under its own name)');
   addCopyOptions(sync);
+  addLaunchOptions(sync);
   sync
     .addOption(new Option('--compare <level>', 'when an entry at the destination counts as the same: exists; size; mtime (size, modification time to the second, and mode); checksum (size and content, both sides hashed)').choices(['exists', 'size', 'mtime', 'checksum']).default('mtime'))
     .option('--delete', 'remove what the destination has and the source does not, once everything else arrived (never after a failure)')
@@ -187,7 +199,7 @@ export function createCli(io: CliIo): Command {
         ...(opts.delete === true ? { delete: true } : {}),
         ...(opts.dryRun === true ? { dryRun: true } : {}),
       };
-      await syncTree(io, source, destination, copyOptions, opts.verbose === true, opts.exitCode === true);
+      await syncTree(io, source, destination, copyOptions, opts.verbose === true, opts.exitCode === true, launchOptionsFrom(opts));
     });
 
   program
@@ -330,7 +342,7 @@ function addConnectionOptions(cmd: Command): Command {
 function addCopyOptions(cmd: Command): Command {
   addConnectionOptions(cmd);
   return cmd
-    .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8)')
+    .option('-a, --agents <n>', 'agent processes to start (default: one per 4 cores of this node, 1 to 8; with --launcher srun --nodes N, N x --agents-per-node; with --hosts, one per host)')
     .option('-s, --streams <n>', 'SSH connections per agent (default: tuned during the copy, 1 to 16)')
     .option('-r, --recursive', 'copy a whole directory tree (push or pull): an existing destination directory receives it under its own name, as scp -r; a file is copied as the file')
     .option('--range-size <size>', 'range size, a multiple of 1MiB (default: from the file size, 16MiB-1GiB)')

@@ -74,7 +74,7 @@ describe('the ferry command line', () => {
   });
 });
 
-const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+const MAIN = fileURLToPath(new URL('../dist/bundle/main.js', import.meta.url));
 
 /** Runs the built `ferry` with `args`, stdin closed; resolves with its exit code, stdout and stderr. */
 function runFerry(args: string[], input?: Buffer): Promise<{ code: number | null; out: Buffer; err: string }> {

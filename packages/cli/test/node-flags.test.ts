@@ -13,7 +13,7 @@ describe("ferry's node flags", () => {
   it('bin/ferry starts node with NODE_FLAGS', async () => {
     const script = await readFile(BIN, 'utf8');
     const exec = script.split('\n').find((line) => line.startsWith('exec node '));
-    expect(exec).toBe(`exec node ${NODE_FLAGS.join(' ')} "$here/../packages/cli/dist/main.js" "$@"`);
+    expect(exec).toBe(`exec node ${NODE_FLAGS.join(' ')} "$here/../packages/cli/dist/bundle/main.js" "$@"`);
   });
 
   it('this node accepts them: bin/ferry runs', async () => {

@@ -14,7 +14,7 @@ import { FrameDecoder, PROTOCOL_VERSION, encodeControl } from '@ferry/core';
 import type { DecodedFrame } from '@ferry/core';
 import { PIPE_BYTES } from '@ferry/serve';
 
-const MAIN = fileURLToPath(new URL('../dist/main.js', import.meta.url));
+const MAIN = fileURLToPath(new URL('../dist/bundle/main.js', import.meta.url));
 const DEFAULT_PIPE = 64 * 1024;
 
 /** The size of the pipe on `fd` of process `pid` (F_GETPIPE_SZ, through perl: Node has no fcntl). */

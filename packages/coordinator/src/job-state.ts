@@ -266,6 +266,8 @@ export interface TreeJobFile {
   destinationLabel: string;
   /** The remote directory the tree became (chosen by the first run, kept by every later one). */
   targetRoot: string;
+  /** targetRoot's device and inode once a run made or found it: a rerun that finds another directory there (or none) starts over. */
+  targetId?: { dev: number; ino: number };
   options: CopyOptions;
   /** The hash of the files sent in batches (absent in older ferry's jobs: a digest's length tells). */
   hash?: HashAlgorithm;

@@ -22,7 +22,7 @@
  * 6. **finalize** (tree-finalize.ts): hard links, then directories' modes and
  *    times, deepest first.
  */
-import { mkdir } from 'node:fs/promises';
+import { lstat, mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
 import { FerryError, Pacer, TreePlanner, algorithmOfDigest, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
@@ -36,8 +36,8 @@ import type { CopyRequest } from './copy.js';
 import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.js';
 import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
-import type { TreeJobStatus } from './job-state.js';
-import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
+import type { TreeJobFile, TreeJobStatus } from './job-state.js';
+import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
 import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
 import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
@@ -125,11 +125,19 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // A sync compares with the destination itself, never with the journal: each run starts an
     // empty one (reading an earlier run's would cost a second per 50,000 lines for nothing).
     if (options.restart || options.sync) await writePrivateFile(journalPath, '');
-    const opened = await TreeJournal.open(journalPath);
+    let opened = await TreeJournal.open(journalPath);
+    const previous = await readTreeJobFile(jobDir);
+    // The journal speaks for a destination directory that is still the one its runs wrote.
+    const stale = opened.state.done.size > 0 ? await staleDestination(target, conn, previous) : undefined;
+    if (stale) {
+      emit({ type: 'warning', message: `${target.destinationLabel}: ${stale}: what earlier runs of this job journaled is not there; copying everything again` });
+      await opened.journal.close();
+      await writePrivateFile(journalPath, '');
+      opened = await TreeJournal.open(journalPath);
+    }
     journal = opened.journal;
     const state = opened.state;
     const resumed = state.done.size > 0;
-    const previous = await readTreeJobFile(jobDir);
     const algorithm: HashAlgorithm = rangeHashFor(options, conn);
     await writeTreeJobFile(jobDir, {
       v: 1,
@@ -141,6 +149,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
       sourceLabel: target.sourceLabel,
       destinationLabel: target.destinationLabel,
       targetRoot: target.targetRoot,
+      ...(previous?.targetId && resumed ? { targetId: previous.targetId } : {}),
       options: request.options ?? {},
       hash: algorithm,
     });
@@ -195,7 +204,11 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     phase = c.failed > 0 ? 'partial' : 'done';
     emit({ type: 'tree.done', ...summary });
     if (c.failed > 0) {
-      throw new FerryError('TREE_PARTIAL', `${c.failed} of ${c.files + c.failed + c.resumedFiles} entries were not copied (listed with their reasons in ${join(jobDir, 'failed.ndjson')}); run the same command again to retry them`);
+      // A resumed job trusts its journal: directories an earlier run made are not looked at again.
+      const gone = resumed && run.missingDirFailures > 0
+        ? `; ${run.missingDirFailures} of them because their directory, made by an earlier run of this job, is gone from the destination: what the journal lists there is not checked again, so add --restart to copy everything again (or use ferry sync, which compares with the destination)`
+        : '; run the same command again to retry them';
+      throw new FerryError('TREE_PARTIAL', `${c.failed} of ${c.files + c.failed + c.resumedFiles} entries were not copied (listed with their reasons in ${join(jobDir, 'failed.ndjson')})${gone}`);
     }
     return summary;
   } catch (err) {
@@ -207,10 +220,48 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     if (run && phase !== 'partial' && phase !== 'done') await run.writeLists(jobDir).catch(() => {});
     if (run) await writeTreeStatus(jobDir, statusOf(run, phase, phase === 'partial' ? undefined : failure)).catch(() => {});
     void syncing?.then((s) => s.close(), () => {});
+    if (run) await recordTargetId(jobDir, target, conn).catch(() => {});
     await journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     conn.close();
   }
+}
+
+/** The destination root's identity (device and inode), or undefined where it is not a directory. */
+async function targetIdOf(target: TreeTarget, conn: RemoteConnection): Promise<{ dev: number; ino: number } | undefined> {
+  if (target.direction === 'pull') {
+    const st = await lstat(target.targetRoot).catch(() => undefined);
+    return st?.isDirectory() ? { dev: st.dev, ino: st.ino } : undefined;
+  }
+  const st = await remoteStat(conn, target.targetRoot).catch((err: unknown) => {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw err;
+  });
+  return st?.type === 'directory' ? { dev: st.dev, ino: st.ino } : undefined;
+}
+
+/**
+ * Why a resumed job's journal no longer speaks for its destination: the
+ * root directory is gone, or another directory stands at its name (removed
+ * and made again since the run that recorded it). Undefined when it is the
+ * same, or when no earlier run recorded it (a journal from an older ferry).
+ */
+async function staleDestination(target: TreeTarget, conn: RemoteConnection, previous: TreeJobFile | undefined): Promise<string | undefined> {
+  if (!previous || previous.targetRoot !== target.targetRoot) return undefined;
+  const now = await targetIdOf(target, conn);
+  if (!now) return `${target.targetRoot} is not there any more`;
+  const was = previous.targetId;
+  if (was && (was.dev !== now.dev || was.ino !== now.ino)) return `${target.targetRoot} is another directory than the one an earlier run wrote (inode ${now.ino}, was ${was.ino})`;
+  return undefined;
+}
+
+/** Records the destination root's identity in tree.json, for staleDestination on the next run. */
+async function recordTargetId(jobDir: string, target: TreeTarget, conn: RemoteConnection): Promise<void> {
+  const job = await readTreeJobFile(jobDir);
+  if (!job || !conn.alive) return;
+  const id = await targetIdOf(target, conn);
+  if (!id || (job.targetId?.dev === id.dev && job.targetId.ino === id.ino)) return;
+  await writeTreeJobFile(jobDir, { ...job, targetId: id });
 }
 
 function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryError): TreeJobStatus {
@@ -269,6 +320,8 @@ class TreeRun {
   /** Tree paths that failed (a hard link to one is not made). */
   private readonly failedPaths = new Set<string>();
   private readonly failures: string[] = [];
+  /** Entries that failed because their directory is not at the destination (DEST_DIR_MISSING). */
+  missingDirFailures = 0;
   private readonly skips: string[] = [];
   private lastProgress = 0;
   private onTick: () => void = () => {};
@@ -897,6 +950,7 @@ class TreeRun {
         : new FerryError(error.code, error.message, fields);
     }
     this.counters.failed++;
+    if (error.code === 'DEST_DIR_MISSING') this.missingDirFailures++;
     this.failedPaths.add(path);
     this.failures.push(JSON.stringify({ path, code: error.code, message: error.message, ...(error.errno ? { errno: error.errno } : {}) }));
     if (this.failures.length <= FAILURES_SHOWN) this.emit({ type: 'file.failed', path, code: error.code, message: error.message });

@@ -15,22 +15,28 @@
 import { createRequire } from 'node:module';
 
 // The CommonJS build, loaded with require(): one file instead of msgpackr's five ES modules, ~7 ms
-// less start-up per process (Node 20), which every helper pays.
-const { Packr } = createRequire(import.meta.url)('msgpackr') as typeof import('msgpackr');
-
-const packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number', structuredClone: false, mapsAsObjects: true });
+// less start-up per process (Node 20), which every helper pays. Loaded at the first message, not
+// with this module: the CLI's start (exit codes, options) needs core but not msgpack, and the
+// ~35 ms then fall while the SSH login waits on the network.
+let packr: import('msgpackr').Packr | undefined;
+function packrNow(): import('msgpackr').Packr {
+  if (packr) return packr;
+  const { Packr } = createRequire(import.meta.url)('msgpackr') as typeof import('msgpackr');
+  packr = new Packr({ useRecords: false, moreTypes: false, int64AsType: 'number', structuredClone: false, mapsAsObjects: true });
+  return packr;
+}
 
 /** Deepest nesting of arrays and maps a decoded value may have. */
 export const MAX_DECODE_DEPTH = 32;
 
 export function encode(value: unknown): Buffer {
-  return packr.pack(value);
+  return packrNow().pack(value);
 }
 
 /** Decodes one plain msgpack value (see checkPlain); throws on anything else. */
 export function decode(data: Uint8Array): unknown {
   checkPlain(data);
-  return packr.unpack(data);
+  return packrNow().unpack(data);
 }
 
 /**

@@ -13,8 +13,12 @@ import { createRequire } from 'node:module';
 import zlib from 'node:zlib';
 
 // Loaded with require(): importing this CommonJS package as ESM costs ~25 ms more per process
-// (Node 20), and every helper (one per stream) loads it.
-const { xxh3 } = createRequire(import.meta.url)('@node-rs/xxhash') as typeof import('@node-rs/xxhash');
+// (Node 20), and every helper (one per stream) loads it. At the first xxh3 hash, not with this
+// module, so that a command's start does not wait for the native module (~12 ms).
+let xxh3Lib: typeof import('@node-rs/xxhash').xxh3 | undefined;
+function xxh3Now(): typeof import('@node-rs/xxhash').xxh3 {
+  return (xxh3Lib ??= (createRequire(import.meta.url)('@node-rs/xxhash') as typeof import('@node-rs/xxhash')).xxh3);
+}
 
 export type HashAlgorithm = 'xxh3' | 'sha256' | 'crc32';
 
@@ -42,7 +46,7 @@ export function isHashAlgorithm(value: unknown): value is HashAlgorithm {
 
 export function createHasher(algorithm: HashAlgorithm): Hasher {
   if (algorithm === 'xxh3') {
-    const h = xxh3.Xxh3.withSeed();
+    const h = xxh3Now().Xxh3.withSeed();
     return {
       update: (data) => void h.update(data),
       digest: () => h.digest().toString(16).padStart(16, '0'),
@@ -66,7 +70,7 @@ export function createHasher(algorithm: HashAlgorithm): Hasher {
 /** One buffer's hash, the same as a hasher fed that buffer gives. */
 export function hashBytes(algorithm: HashAlgorithm, data: Uint8Array): string {
   // One call, no hasher object: creating an Xxh3 state costs some 4 us, hashing a short buffer 0.1.
-  if (algorithm === 'xxh3') return xxh3.xxh64(data).toString(16).padStart(16, '0');
+  if (algorithm === 'xxh3') return xxh3Now().xxh64(data).toString(16).padStart(16, '0');
   if (algorithm === 'crc32') return crc32Hex(needCrc32()(data));
   return createHash('sha256').update(data).digest('hex');
 }
