@@ -3,11 +3,15 @@
  * so in its exit code; the compare levels (mtime misses what checksum
  * catches); --dry-run changes nothing and lists what a sync would do;
  * --delete removes only what the source lacks, and nothing after a failure;
- * push and pull, ferry serve, the python helper and SFTP; one file.
+ * push and pull, ferry serve, the python helper and SFTP; one file;
+ * with --xattrs, a change of extended attributes alone is an update that
+ * sends no bytes; a sync job's manifest, and `ferry verify JOB` of it.
  */
+import { execFileSync } from 'node:child_process';
 import { appendFile, chown, lstat, mkdir, readFile, readlink, rm, stat, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { getAttribute, listAttributes, removeAttribute, setAttribute } from '@napi-rs/xattr';
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, treeArgs } from './tree-helpers.js';
@@ -16,11 +20,17 @@ import { flipByte, killStrays, makeRandomFile, parseEvents, REMOTE_CMD, runFerry
 let sshd: Sshd;
 let bare: Sshd;
 let work: { path: string; remove(): Promise<void> };
+/** Whether the test directory's file system takes user.* attributes (tmpfs before Linux 6.6 does not). */
+let userXattrs = false;
 
 beforeAll(async () => {
   sshd = await startSshd();
   bare = await startSshd({ without: ['node'] });
   work = await tempDir('ferry-sync-');
+  const probe = join(work.path, 'xattr-probe');
+  await writeFile(probe, '');
+  userXattrs = await setAttribute(probe, 'user.probe', 'x').then(() => true, () => false);
+  await rm(probe);
 });
 
 afterAll(async () => {
@@ -73,7 +83,7 @@ async function dirTimes(root: string): Promise<Record<string, number>> {
   return out;
 }
 
-type Done = { files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number };
+type Done = { jobId: string; files: number; bytes: number; dirs: number; symlinks: number; hardlinks: number; unchanged: number; deleted: number; failed: number; attributes: number };
 
 function doneOf(stdout: string): Done {
   const done = parseEvents(stdout).find((e) => e.type === 'tree.done');
@@ -122,6 +132,10 @@ describe.each([
     expect(doneOf(del.stdout)).toMatchObject({ deleted: 3, files: 0 });
     expect(await content(dst)).toEqual(await content(src));
     expect(await dirTimes(dst)).toEqual(await dirTimes(src));
+    // The job's manifest checks out (the deleted entries are not in it).
+    const verified = await runFerry(['verify', doneOf(del.stdout).jobId, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+    expect(parseEvents(verified.stdout).find((e) => e.type === 'verify.done')).toMatchObject({ entries: 5, bad: 0 });
   });
 });
 
@@ -274,6 +288,13 @@ describe('ferry sync pull and one file', () => {
     expect(await content(dst)).toEqual(await content(src));
     const third = await runFerry(['sync', '--exit-code', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), on(sshd, src), dst]);
     expect(third.code, third.stderr).toBe(0);
+    // The job's manifest: every file and link pulled (the deleted extra not among them), and the copy matches it.
+    const job = doneOf(third.stdout).jobId;
+    const manifest = await runFerry(['manifest', job, '--state-dir', join(work.path, 'state')]);
+    expect(manifest.code, manifest.stderr).toBe(0);
+    expect(manifest.stdout.trim().split('\n').slice(1).map((l) => (JSON.parse(l) as { path: string }).path)).toEqual(['a.txt', 'big.bin', 'link', 'sub/b.txt', 'sub/deep/c.bin']);
+    const verified = await runFerry(['verify', job, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
   });
 
   it('syncs one file: sent when it differs, not when it is the same', async () => {
@@ -314,5 +335,158 @@ describe('ferry sync pull and one file', () => {
     expect(one.code, one.stderr).toBe(0);
     expect(parseEvents(one.stdout).find((e) => e.type === 'done')).toMatchObject({ rangesSent: 1, rangesReused: 3 });
     expect((await readFile(join(dst, 'big.bin'))).equals(await readFile(join(dir, 'big.bin')))).toBe(true);
+  });
+});
+
+/** The user.* attributes of every file and directory under `root` (and of `root` itself, as ''), values as text. */
+async function userXattrsOf(root: string): Promise<Record<string, Record<string, string>>> {
+  const out: Record<string, Record<string, string>> = {};
+  for (const p of ['', ...(await listAll(root))].sort()) {
+    const path = join(root, p);
+    if ((await lstat(path)).isSymbolicLink()) continue;
+    const values: Record<string, string> = {};
+    for (const n of (await listAttributes(path)).filter((n) => n.startsWith('user.')).sort()) values[n] = (await getAttribute(path, n))!.toString();
+    out[p] = values;
+  }
+  return out;
+}
+
+describe.each([
+  ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+  ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
+  ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+] as const)('ferry sync --xattrs, %s', (name, direction, server, mode) => {
+  it('updates attributes that alone changed, on files and directories, with no bytes sent; the dry run lists them', async (ctx) => {
+    if (!userXattrs) ctx.skip();
+    const tag = name.replace(/\W/g, '');
+    const src = join(work.path, `xattr-src-${tag}`);
+    const dst = join(work.path, `xattr-dst-${tag}`);
+    await makeTree(src);
+    await setAttribute(join(src, 'sub'), 'user.keep', 'dir');
+    await setAttribute(join(src, 'sub'), 'user.change', 'before');
+    await setAttribute(join(src, 'sub'), 'user.gone', 'soon');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.change', 'before');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.gone', 'soon');
+    await setAttribute(join(src, 'big.bin'), 'user.big', 'before');
+    const run = (extra: string[] = []) =>
+      runFerry(['sync', '--xattrs', '--exit-code', ...extra, ...args(server(), [...mode]), direction === 'push' ? src : on(server(), src), direction === 'push' ? on(server(), dst) : dst]);
+    const first = await run();
+    expect(first.code, first.stderr).toBe(3);
+    expect(await userXattrsOf(dst)).toEqual(await userXattrsOf(src));
+    expect((await run()).code).toBe(0);
+
+    // Set, altered and removed: on a small file, on a big one (a copy of its own when sent), on a directory; a file that had none gets one.
+    await setAttribute(join(src, 'sub'), 'user.change', 'after');
+    await removeAttribute(join(src, 'sub'), 'user.gone');
+    await setAttribute(join(src, 'sub'), 'user.new', 'added');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.change', 'after');
+    await removeAttribute(join(src, 'sub', 'b.txt'), 'user.gone');
+    await setAttribute(join(src, 'sub', 'b.txt'), 'user.new', 'added');
+    await setAttribute(join(src, 'big.bin'), 'user.big', 'after');
+    await setAttribute(join(src, 'a.txt'), 'user.set', 'fresh');
+    const before = await userXattrsOf(dst);
+    const inodes = await Promise.all(['sub/b.txt', 'big.bin', 'a.txt'].map(async (p) => (await stat(join(dst, p))).ino));
+
+    const dry = await run(['--dry-run']);
+    expect(dry.code, dry.stderr).toBe(3);
+    const changes = parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`).sort();
+    expect(changes).toEqual(['update a.txt xattrs', 'update big.bin xattrs', 'update sub xattrs', 'update sub/b.txt xattrs']);
+    // At the checksum level too, once the contents are found the same.
+    const sum = await run(['--dry-run', '--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(3);
+    expect(parseEvents(sum.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`).sort()).toEqual(changes);
+    expect(await userXattrsOf(dst)).toEqual(before);
+
+    const sync = await run();
+    expect(sync.code, sync.stderr).toBe(3);
+    expect(doneOf(sync.stdout), sync.stdout).toMatchObject({ files: 0, bytes: 0, dirs: 0, failed: 0, attributes: 4 });
+    // No content moved: no copy of the big file, each file still the one that was there.
+    expect(parseEvents(sync.stdout).filter((e) => e.type === 'job.start' || e.type === 'delta')).toEqual([]);
+    expect(await Promise.all(['sub/b.txt', 'big.bin', 'a.txt'].map(async (p) => (await stat(join(dst, p))).ino))).toEqual(inodes);
+    expect(await userXattrsOf(dst)).toEqual(await userXattrsOf(src));
+    expect(await content(dst)).toEqual(await content(src));
+    expect(await dirTimes(dst)).toEqual(await dirTimes(src));
+
+    const again = await run();
+    expect(again.code, again.stdout).toBe(0);
+    expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0, attributes: 0 });
+  });
+});
+
+describe('ferry sync jobs have a manifest', () => {
+  const MiB = 1024 * 1024;
+  const state = () => join(work.path, 'state');
+  const manifestOf = async (job: string) => {
+    const r = await runFerry(['manifest', job, '--state-dir', state()]);
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  };
+  const verify = (job: string) => runFerry(['verify', job, '--state-dir', state(), '--json']);
+
+  it('after each complete run: the whole destination with the hashes of what was sent, compared or kept; verify JOB checks it and names a corrupted file', async () => {
+    const src = join(work.path, 'mf-src');
+    const dst = join(work.path, 'mf-dst');
+    await makeTree(src);
+    const sync = () => runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD, '--range-size', '1MiB']), src, on(sshd, dst)]);
+    const first = await sync();
+    expect(first.code, first.stderr).toBe(0);
+    const job = doneOf(first.stdout).jobId;
+    const m1 = await manifestOf(job);
+    // Directories and the second name of a file are not listed, as in any manifest.
+    expect(m1[0]).toMatchObject({ format: 'ferry-manifest', kind: 'tree', job, entries: 5 });
+    expect(m1.slice(1).map((l) => [l.path, l.type])).toEqual([['a.txt', 'file'], ['big.bin', 'file'], ['link', 'symlink'], ['sub/b.txt', 'file'], ['sub/deep/c.bin', 'file']]);
+    expect(m1[2]!.ranges).toHaveLength(3);
+    const ok = await verify(job);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
+
+    // Nothing changed: every entry keeps its hash.
+    expect((await sync()).code).toBe(0);
+    expect((await manifestOf(job)).slice(1)).toEqual(m1.slice(1));
+
+    // A small file grows; one range of the big file changes (the others are reused there, --delta).
+    await appendFile(join(src, 'sub', 'b.txt'), 'more\n');
+    await flipByte(join(src, 'big.bin'), 1.5 * MiB);
+    const second = await sync();
+    expect(second.code, second.stderr).toBe(0);
+    expect(parseEvents(second.stdout).find((e) => e.type === 'delta')).toMatchObject({ reused: 2 });
+    const m2 = await manifestOf(job);
+    const entry = (m: typeof m1, path: string) => m.find((l) => l.path === path)!;
+    expect(entry(m2, 'sub/b.txt')).toMatchObject({ size: 11 });
+    expect(entry(m2, 'sub/b.txt').hash).not.toBe(entry(m1, 'sub/b.txt').hash);
+    const [r1, r2] = [entry(m1, 'big.bin').ranges as string[], entry(m2, 'big.bin').ranges as string[]];
+    expect([r2[0] === r1[0], r2[1] === r1[1], r2[2] === r1[2]]).toEqual([true, false, true]);
+    expect(entry(m2, 'a.txt')).toEqual(entry(m1, 'a.txt'));
+    const again = await verify(job);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+
+    await flipByte(join(dst, 'sub', 'deep', 'c.bin'), 100);
+    const bad = await verify(job);
+    expect(bad.code, bad.stderr).toBe(50);
+    expect(parseEvents(bad.stdout).filter((e) => e.type === 'verify.mismatch').map((e) => e.path)).toEqual(['sub/deep/c.bin']);
+  });
+
+  it('a first sync onto an existing copy at the mtime level knows no hashes: manifest and verify say so and how to fix it; --compare checksum does', async () => {
+    const src = join(work.path, 'mf2-src');
+    const dst = join(work.path, 'mf2-dst');
+    await makeTree(src);
+    execFileSync('cp', ['-a', src, dst]);
+    const sync = (extra: string[] = []) => runFerry(['sync', ...extra, ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    const first = await sync();
+    expect(first.code, first.stderr).toBe(0);
+    const job = doneOf(first.stdout).jobId;
+    for (const r of [await runFerry(['manifest', job, '--state-dir', state()]), await verify(job)]) {
+      expect(r.code, r.stdout).toBe(2);
+      // The link's target is its entry: four files lack a hash.
+      expect(r.stderr).toMatch(/4 of the 5 entries at .* have no known hash/);
+      expect(r.stderr).toContain(`ferry sync --compare checksum ${src} ${on(sshd, dst)}`);
+    }
+    const sum = await sync(['--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(0);
+    expect(doneOf(sum.stdout).jobId).toBe(job);
+    expect((await manifestOf(job))[0]).toMatchObject({ entries: 5 });
+    // And a later run at the default level keeps them.
+    expect((await sync()).code).toBe(0);
+    const ok = await verify(job);
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0);
   });
 });

@@ -188,7 +188,7 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
     else if ('unchanged' in summary && typeof summary.unchanged === 'boolean') {
       changed = !summary.unchanged;
       if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : '');
-    } else if ('files' in summary) changed = summary.files + summary.symlinks + summary.hardlinks + summary.dirs + summary.deleted > 0;
+    } else if ('files' in summary) changed = summary.files + summary.symlinks + summary.hardlinks + summary.dirs + summary.deleted + summary.attributes > 0;
     else changed = true;
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'sync.done', changed }) + '\n');
     io.exitCode = changed && exitCode ? SYNC_CHANGED_EXIT : 0;

@@ -32,7 +32,8 @@ export function formatSummary(s: CopySummary): string {
 
 export function formatTreeSummary(s: TreeSummary): string {
   const resumed = s.resumedFiles > 0 ? `; ${s.resumedFiles} files (${formatBytes(s.resumedBytes)}) were done by an earlier run` : '';
-  const synced = s.unchanged > 0 || s.deleted > 0 ? `\n  ${s.unchanged} entries were already the same at the destination${s.deleted > 0 ? `, ${s.deleted} deleted there` : ''}` : '';
+  const attributes = s.attributes > 0 ? `, ${s.attributes} had their extended attributes alone set again` : '';
+  const synced = s.unchanged > 0 || s.deleted > 0 || s.attributes > 0 ? `\n  ${s.unchanged} entries were already the same at the destination${attributes}${s.deleted > 0 ? `, ${s.deleted} deleted there` : ''}` : '';
   const notCopied = s.failed > 0 || s.skipped > 0 ? `\n  ${s.failed} failed, ${s.skipped} skipped (listed in ${s.stateDir}/failed.ndjson and skipped.ndjson)` : '';
   const lines = [
     `ferry: copied ${s.source} -> ${s.destination}`,

@@ -67,6 +67,8 @@ export interface TreeSummary {
   /** `ferry sync`: entries found the same at the destination (not sent), and entries deleted there (--delete). */
   unchanged: number;
   deleted: number;
+  /** `ferry sync --xattrs/--acls`: files and directories whose extended attributes alone were set again (no bytes sent). */
+  attributes: number;
   /** `ferry sync --dry-run`: what a sync would do (nothing was done). */
   plan?: SyncPlanCounts;
 }

@@ -18,6 +18,7 @@ import type { HashAlgorithm, ManifestEntry, ManifestFacts, RangedFileEntry } fro
 import { foldJournal, jobDirOf, pidAlive, readJobFile, readStatus, readTreeJobFile, readTreeStatus } from './job-state.js';
 import type { JobFile } from './job-state.js';
 import type { TreeRecord } from './tree-journal.js';
+import { syncJobEntries } from './sync-manifest.js';
 
 /** A job's manifest: what formatManifest needs. */
 export type JobManifest = [facts: ManifestFacts, entries: ManifestEntry[]];
@@ -29,13 +30,7 @@ export async function jobManifest(stateDir: string, jobId: string): Promise<JobM
   const dir = jobDirOf(stateDir, jobId);
   const tree = await readTreeJobFile(dir);
   if (tree) {
-    if (tree.options.compare !== undefined) {
-      // Entries a sync found the same were never sent, and --delete removals are not journaled.
-      throw new FerryError(
-        'USAGE',
-        `job ${jobId} is a ferry sync, whose journal lists what its runs sent, not everything at ${tree.destinationLabel}: it has no manifest; 'ferry sync -n --compare checksum ${tree.source} ${tree.destination}' lists what differs`,
-      );
-    }
+    if (tree.options.compare !== undefined) return syncManifestOf(dir, jobId, tree);
     const status = await readTreeStatus(dir);
     const phase = status?.phase === 'running' && !pidAlive(status.pid) ? 'interrupted' : (status?.phase ?? 'new');
     // A partial tree (some entries failed) has a manifest of what arrived.
@@ -52,6 +47,27 @@ export async function jobManifest(stateDir: string, jobId: string): Promise<JobM
   const { entry, finishedAt } = await fileEntryOf(dir, job);
   const facts: ManifestFacts = { kind: 'file', job: jobId, source: job.sourceLabel, destination: job.destinationLabel, hash: entry.algorithm ?? job.hash, createdAt: iso(job.createdAt)!, ...(finishedAt !== undefined ? { finishedAt: iso(finishedAt)! } : {}) };
   return [facts, [entry]];
+}
+
+/**
+ * A sync job's manifest: the destination as its last run left it
+ * (sync-manifest.ts), only after a run that completed (a failed or
+ * interrupted one changed the destination in ways no record lists).
+ */
+async function syncManifestOf(dir: string, jobId: string, tree: NonNullable<Awaited<ReturnType<typeof readTreeJobFile>>>): Promise<JobManifest> {
+  const status = await readTreeStatus(dir);
+  const phase = status?.phase === 'running' && !pidAlive(status.pid) ? 'interrupted' : (status?.phase ?? 'new');
+  if (phase !== 'done') {
+    throw new FerryError('USAGE', `job ${jobId} is a ferry sync whose last run did not complete (${phase}): only a complete run leaves a manifest; run 'ferry sync ${tree.source} ${tree.destination}' again`);
+  }
+  const { hash, finishedAt, entries } = await syncJobEntries(dir, jobId, tree);
+  const facts: ManifestFacts = { kind: 'tree', job: jobId, source: tree.sourceLabel, destination: tree.destinationLabel, hash, createdAt: iso(tree.createdAt)!, finishedAt: iso(finishedAt)! };
+  return [facts, entries];
+}
+
+/** The ranges of big file `path`, copied by single-file job `job` (a sync records them in its own manifest). */
+export async function bigFileEntryOf(stateDir: string, treeJob: string, path: string, job: string): Promise<ManifestEntry> {
+  return treeEntryOf(stateDir, treeJob, { p: path, s: 0, m: 0, i: 0, job });
 }
 
 function notFinished(jobId: string, phase: string): FerryError {

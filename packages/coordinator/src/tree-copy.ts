@@ -25,7 +25,7 @@
 import { lstat, mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
-import { FerryError, Pacer, TreePlanner, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import { FerryError, Pacer, TreePlanner, algorithmOfDigest, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
 import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import type { Pace } from '@ferry/agent';
@@ -38,9 +38,12 @@ import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobFile, TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
-import { dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
-import type { DestEntry, DestIndex, SyncState } from './tree-sync.js';
+import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
+import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
+import { bigFileEntryOf } from './manifest.js';
+import { readSyncManifest, writeSyncManifest } from './sync-manifest.js';
+import type { SyncRecord } from './sync-manifest.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
 import { pullTransfer } from './tree-fetch.js';
@@ -70,7 +73,7 @@ const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
 const DIRS_PER_BATCH = 1024;
 
 /** What a run counts as it goes: the summary's counts. */
-type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted'>;
+type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted' | 'attributes'>;
 
 
 /**
@@ -164,6 +167,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     sync?.catch(() => {});
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
+    // What the previous complete run recorded: the hashes of entries this one finds the same without reading them.
+    if (options.sync) run.previousRecords = (await readSyncManifest(jobDir).catch(() => undefined))?.records ?? new Map();
     const onAbort = () => conn.close();
     request.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -193,6 +198,9 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
       stateDir: jobDir,
     };
     await run.writeLists(jobDir);
+    // A sync that completed: the manifest of the destination as it left it (before 'done' is written: never a stale one with it).
+    const records = run.syncRecords();
+    if (records) await writeSyncManifest(jobDir, algorithm, records);
     phase = c.failed > 0 ? 'partial' : 'done';
     emit({ type: 'tree.done', ...summary });
     if (c.failed > 0) {
@@ -283,7 +291,7 @@ const STATUS_EVERY_MS = 5000;
 
 /** One run of a tree copy: the stages' shared state. */
 class TreeRun {
-  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0 };
+  readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0, attributes: 0 };
   /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
   private sync: SyncState | undefined;
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
@@ -302,6 +310,11 @@ class TreeRun {
   private readonly settledDirs = new Set<string>();
   /** Directories in which something was made, replaced or removed this run. */
   private readonly touched = new Set<string>();
+  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous complete run's. */
+  private readonly records = new Map<string, SyncRecord>();
+  previousRecords: ReadonlyMap<string, SyncRecord> = new Map();
+  /** Sync: files the same as their source but for their extended attributes: those are set again (an exact set), no bytes sent. */
+  private readonly attributesToSet: TreeEntry[] = [];
   /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
   private readonly hugeMeta: TreeEntry[] = [];
   /** Tree paths that failed (a hard link to one is not made). */
@@ -465,6 +478,8 @@ class TreeRun {
         await this.refreshHuge(entry);
         this.checkStop();
       }
+      await this.setAttributes();
+      this.checkStop();
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -545,7 +560,7 @@ class TreeRun {
         // One already there will do (its mode and times are set at the end, as for any
         // directory, unless they are right already and nothing in it changes).
         if (dest?.kind === 'dir') {
-          if (this.dirSettled(step.entry, dest)) this.settledDirs.add(step.entry.path);
+          if (this.dirSettled(step.entry, dest, sync.comparison)) this.settledDirs.add(step.entry.path);
           return;
         }
         this.pendingDirs.push(step.entry);
@@ -584,13 +599,20 @@ class TreeRun {
   private async changed(entries: readonly TreeEntry[], sync: SyncState): Promise<TreeEntry[]> {
     const out: TreeEntry[] = [];
     const toHash: TreeEntry[] = [];
+    const dests = new Map<string, DestEntry | undefined>();
     for (const e of entries) {
       const dest = sync.index.take(e.path);
       if (e.nlink > 1) this.linkFirsts.set(e.path, e);
       const { action, reason } = syncAction(e, dest, sync.comparison);
       if (action === 'same') {
-        if (sync.comparison.level === 'checksum' && e.kind === 'file') toHash.push(e);
-        else this.counters.unchanged++;
+        if (sync.comparison.level === 'checksum' && e.kind === 'file') {
+          toHash.push(e);
+          dests.set(e.path, dest);
+        } else {
+          if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
+          else this.counters.unchanged++;
+          this.keepRecord(e);
+        }
         continue;
       }
       if (dest?.kind === 'dir') {
@@ -603,8 +625,12 @@ class TreeRun {
     if (toHash.length > 0) {
       const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
       toHash.forEach((e, i) => {
-        if (same[i]) this.counters.unchanged++;
-        else {
+        const hash = same[i];
+        if (hash !== undefined) {
+          if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
+          else this.counters.unchanged++;
+          this.record(e, this.wholeFile(e, hash));
+        } else {
           if (e.nlink > 1) this.resentLinked.add(e.path);
           out.push(e);
         }
@@ -616,14 +642,75 @@ class TreeRun {
   /**
    * Sync: a directory at the destination that already has the mode,
    * modification time and (where the copy keeps them) owner the copy would
-   * give it, and no attributes to set (--xattrs, --acls: they are not
-   * compared).
+   * give it, and the attributes where they are compared (Comparison.xattrs;
+   * where they are copied but not compared, it is never settled: they are
+   * set at every run). One whose attributes alone differ counts among the
+   * `attributes` set again.
    */
-  private dirSettled(entry: TreeEntry, dest: DestEntry): boolean {
-    if (Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
+  private dirSettled(entry: TreeEntry, dest: DestEntry, c: Comparison): boolean {
+    if (!c.xattrs && Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
     if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
     if (this.meta.owners && !sameOwner(entry, dest, this.meta.names)) return false;
-    return !this.options.preserve || Math.floor(dest.mtimeMs) === Math.floor(entry.mtimeMs);
+    // The destination's time is the source's in whole milliseconds, as this run would set it; read back as a float it may
+    // come a hair under (1796667587773.999), so it is rounded.
+    if (this.options.preserve && Math.round(dest.mtimeMs) !== Math.floor(entry.mtimeMs)) return false;
+    if (!attributesAlone(entry, dest, c)) return true;
+    this.counters.attributes++;
+    this.emit({ type: 'log', message: `${this.destPath(entry.path)}: its extended attributes differ from the source's: set again with its mode and times` });
+    return false;
+  }
+
+  /**
+   * Sync: the files whose extended attributes alone differ get the source's
+   * as an exact set, by path (as a big file of a copy's rerun does), a few
+   * at once; no owner or mode is given again (they are the same already,
+   * and a chown would clear set-id bits).
+   */
+  private async setAttributes(): Promise<void> {
+    const files = this.attributesToSet;
+    for (let i = 0; i < files.length; i += 32) {
+      await Promise.all(
+        files.slice(i, i + 32).map(async (e) => {
+          const { uid: _u, gid: _g, user: _un, group: _gn, ...attrs } = pathMeta(this.meta, e);
+          try {
+            await this.dest.setstat(this.destPath(e.path), attrs, true);
+            this.counters.attributes++;
+            this.emit({ type: 'log', message: `${this.destPath(e.path)}: extended attributes set again (its bytes are the same)` });
+          } catch (err) {
+            this.fail(e.path, toFerryError(err).toData());
+          }
+        }),
+      );
+      this.checkStop();
+    }
+  }
+
+  /** Sync: what the destination now holds at `e`'s path, for the job's manifest (undefined: its hash is unknown). */
+  private record(e: TreeEntry, body: SyncRecord['e']): void {
+    if (!this.sync) return;
+    this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
+  }
+
+  /** A file's manifest entry from the hash of all its bytes (its algorithm told by its length, else this run's). */
+  private wholeFile(e: TreeEntry, hash: string): SyncRecord['e'] {
+    return { type: 'file', size: e.size, hash, algorithm: algorithmOfDigest(hash) ?? this.algorithm };
+  }
+
+  /**
+   * Sync: an entry found the same, not read: a link's target is its entry;
+   * a file keeps the previous run's record where the source's size and
+   * mtime are still the ones it recorded, else its hash is unknown.
+   */
+  private keepRecord(e: TreeEntry): void {
+    if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
+    const before = this.previousRecords.get(e.path);
+    this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
+  }
+
+  /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
+  syncRecords(): Iterable<SyncRecord> | undefined {
+    if (!this.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
+    return this.records.values();
   }
 
   /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
@@ -794,6 +881,12 @@ class TreeRun {
     });
     // Counted once they are on record: a crash before that sends them again.
     await this.journal.append(records);
+    results.forEach((r, i) => {
+      const e = batch.entries[i]!;
+      if (!r.ok) return;
+      if (e.kind === 'symlink') this.record(e, { type: 'symlink', target: e.target! });
+      else this.record(e, r.dstHash ? this.wholeFile(e, r.dstHash) : undefined);
+    });
     for (const e of ok) {
       if (e.kind === 'symlink') this.counters.symlinks++;
       else {
@@ -827,6 +920,15 @@ class TreeRun {
       const meta = pathMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
       await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
+      if (this.sync) {
+        // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides);
+        // where that state cannot be read, the file arrived all the same: only its hash is unknown.
+        const ranged = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId).catch(() => undefined);
+        if (ranged) {
+          const { path: _, ...body } = ranged;
+          this.record(entry, body);
+        } else this.record(entry, undefined);
+      }
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
       this.counters.resumedBytes += summary.resumedBytes;

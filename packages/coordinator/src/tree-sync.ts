@@ -27,10 +27,10 @@
  */
 import { lstat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { copyMode } from '@ferry/core';
-import type { CompareLevel, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeEntryKind, WalkItem } from '@ferry/core';
+import { copyMode, xattrWanted, xattrsToRemove } from '@ferry/core';
+import type { CompareLevel, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeEntryKind, WalkItem, XattrScope } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
-import { walkTree } from '@ferry/serve';
+import { runsAsRoot, walkTree } from '@ferry/serve';
 import type { CopyRequest } from './copy.js';
 import type { TreeSummary } from './events.js';
 import { LocalHashers } from './local-hash.js';
@@ -54,6 +54,8 @@ export interface DestEntry {
   readonly gid?: number;
   readonly user?: string;
   readonly group?: string;
+  /** Extended attributes of a file or directory, where the walk was asked for them (a sync that copies them compares them). */
+  readonly xattrs?: Record<string, Uint8Array>;
 }
 
 /** What a sync does with one entry. */
@@ -95,7 +97,7 @@ export class DestIndex {
         continue;
       }
       if (inode) sizes.set(inode, { size: e.size, mtimeMs: e.mtimeMs });
-      index.entries.set(e.path, { kind: e.kind, size: e.size, mtimeMs: e.mtimeMs, mode: e.mode, ...(e.target !== undefined ? { target: e.target } : {}), ...(inode ? { inode } : {}), ...ownerOf(e) });
+      index.entries.set(e.path, { kind: e.kind, size: e.size, mtimeMs: e.mtimeMs, mode: e.mode, ...(e.target !== undefined ? { target: e.target } : {}), ...(inode ? { inode } : {}), ...ownerOf(e), ...(e.xattrs ? { xattrs: e.xattrs } : {}) });
     }
     return index;
   }
@@ -151,6 +153,37 @@ export interface Comparison {
   preserve: boolean;
   /** Owners are compared (the copy keeps them: root at the destination, --preserve=owner), by name or by id only (--numeric-ids). */
   owners?: 'names' | 'ids';
+  /**
+   * Extended attributes and ACLs are compared (--xattrs, --acls at the
+   * mtime and checksum levels): the kinds copied, and whether the
+   * destination side runs as root (which of them it can set).
+   */
+  xattrs?: XattrScope;
+}
+
+/**
+ * Whether setting the attributes of the source's entry exactly (SETSTAT's
+ * `xattrsExact`, as a copy does) would change anything at the destination:
+ * an attribute of the kinds copied that the destination can set and that
+ * is missing there or has another value, or one there that the source no
+ * longer has (never `security.*`, which an exact set leaves alone).
+ * Symbolic links and hard links' further names carry none.
+ */
+export function xattrsDiffer(entry: TreeEntry, dest: DestEntry, scope: XattrScope): boolean {
+  if (entry.kind !== 'file' && entry.kind !== 'dir') return false;
+  const source = entry.xattrs ?? {};
+  const there = dest.xattrs ?? {};
+  for (const [name, value] of Object.entries(source)) {
+    if (!xattrWanted(name, scope)) continue;
+    const v = there[name];
+    if (v === undefined || !Buffer.from(v.buffer, v.byteOffset, v.byteLength).equals(value)) return true;
+  }
+  return xattrsToRemove(Object.keys(there), source, scope).length > 0;
+}
+
+/** A file or directory that is the same as its source but for its attributes (Comparison.xattrs): they alone are set again, no bytes sent. */
+export function attributesAlone(entry: TreeEntry, dest: DestEntry | undefined, c: Comparison): boolean {
+  return c.xattrs !== undefined && dest !== undefined && dest.kind === entry.kind && xattrsDiffer(entry, dest, c.xattrs);
 }
 
 /**
@@ -230,10 +263,14 @@ export function remoteHashFiles(conn: Pick<RemoteConnection, 'hashFiles' | 'hash
   };
 }
 
-/** Both sides of each file hashed at once, each where it is; true where the contents are the same (a file either side could not hash: not the same, so it goes again). */
-export async function sameContent(files: readonly TreeEntry[], source: HashFiles, dest: HashFiles, sourcePath: (p: string) => string, destPath: (p: string) => string): Promise<boolean[]> {
+/**
+ * Both sides of each file hashed at once, each where it is; the hash where
+ * the contents are the same (a sync's manifest records it), undefined where
+ * not (a file either side could not hash: not the same, so it goes again).
+ */
+export async function sameContent(files: readonly TreeEntry[], source: HashFiles, dest: HashFiles, sourcePath: (p: string) => string, destPath: (p: string) => string): Promise<Array<string | undefined>> {
   const [a, b] = await Promise.all([source(files.map((e) => ({ path: sourcePath(e.path), size: e.size }))), dest(files.map((e) => ({ path: destPath(e.path), size: e.size })))]);
-  return files.map((_, i) => a[i] !== undefined && a[i] === b[i]);
+  return files.map((_, i) => (a[i] !== undefined && a[i] === b[i] ? a[i] : undefined));
 }
 
 /**
@@ -254,7 +291,7 @@ export interface PlannedChange {
   action: 'create' | 'update' | 'delete';
   path: string;
   kind: TreeEntryKind;
-  /** Why an update: size, mtime, mode, target, content, or what kind of entry stands there. */
+  /** Why an update: size, mtime, mode, owner, target, content, xattrs (the attributes alone), or what kind of entry stands there. */
   reason?: string;
 }
 
@@ -290,17 +327,20 @@ export async function planSync(
   const firsts = new Map<string, TreeEntry>();
   const resent = new Set<string>();
   let toHash: TreeEntry[] = [];
+  /** What stood at the path of each file of toHash (its attributes are compared once its content is found the same). */
+  const dests = new Map<string, DestEntry | undefined>();
   const hashNow = async () => {
     const files = toHash;
     toHash = [];
     const same = await sameContent(files, contents.source, contents.dest, contents.sourcePath, contents.destPath);
     files.forEach((e, i) => {
-      if (same[i]) counts.unchanged++;
-      else {
+      if (same[i] === undefined) {
         resent.add(e.path);
         report({ action: 'update', path: e.path, kind: e.kind, reason: 'content' });
-      }
+      } else if (attributesAlone(e, dests.get(e.path), c)) report({ action: 'update', path: e.path, kind: e.kind, reason: 'xattrs' });
+      else counts.unchanged++;
     });
+    dests.clear();
   };
   for await (const item of walk) {
     if ('error' in item) {
@@ -319,8 +359,10 @@ export async function planSync(
     if (action === 'same') {
       if (c.level === 'checksum' && e.kind === 'file') {
         toHash.push(e);
+        dests.set(e.path, dest);
         if (toHash.length >= 256) await hashNow();
-      } else counts.unchanged++;
+      } else if (attributesAlone(e, dest, c)) report({ action: 'update', path: e.path, kind: e.kind, reason: 'xattrs' });
+      else counts.unchanged++;
       continue;
     }
     resent.add(e.path);
@@ -347,20 +389,38 @@ export interface SyncState {
   close(): void;
 }
 
-/** The destination as it is now (empty when it does not exist yet): a sync compares the source with it. */
-async function destinationIndex(target: TreeTarget, conn: RemoteConnection, names: boolean): Promise<DestIndex> {
+/**
+ * The destination as it is now (empty when it does not exist yet): a sync
+ * compares the source with it. Its walk reads owner names and attributes
+ * where they are compared, as the source walk reads them.
+ */
+async function destinationIndex(target: TreeTarget, conn: RemoteConnection, meta: MetaPlan, xattrs: boolean): Promise<DestIndex> {
   if (target.direction === 'pull') {
     const isDir = await lstat(target.targetRoot).then((s) => s.isDirectory(), () => false);
-    return isDir ? DestIndex.read(walkTree(target.targetRoot, names ? { meta: { names: true } } : {})) : new DestIndex();
+    const wanted = { names: meta.names, ...(xattrs && meta.local?.xattrs ? { xattrs: meta.local.xattrs } : {}) };
+    return isDir ? DestIndex.read(walkTree(target.targetRoot, wanted.names || wanted.xattrs ? { meta: wanted } : {})) : new DestIndex();
   }
   const st = await remoteStat(conn, target.targetRoot);
-  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot, names ? { names: true } : {})) : new DestIndex();
+  const { names, xattrs: x, acls } = meta.walk;
+  return st?.type === 'directory' ? DestIndex.read(conn.walk(target.targetRoot, { ...(names ? { names } : {}), ...(xattrs && x ? { xattrs: x } : {}), ...(xattrs && acls ? { acls } : {}) })) : new DestIndex();
+}
+
+/**
+ * Which attributes a sync compares: those the run copies (--xattrs,
+ * --acls), at the mtime and checksum levels, where the destination takes an
+ * exact set (MetaPlan.exact: elsewhere an attribute removed at the source
+ * could not be removed there, and the entry would differ at every run).
+ */
+function xattrScopeOf(options: ResolvedCopyOptions, target: TreeTarget, conn: RemoteConnection, meta: MetaPlan): XattrScope | undefined {
+  if (!meta.exact || (options.sync !== 'mtime' && options.sync !== 'checksum')) return undefined;
+  return { ...meta.exact, root: target.direction === 'pull' ? runsAsRoot() : conn.metadata.euid === 0 };
 }
 
 /** What a sync compares with, and how: the destination walked first, files hashed on their own side at --compare checksum. */
 export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, options: ResolvedCopyOptions, algorithm: HashAlgorithm, umask: number, meta: MetaPlan, emit: NonNullable<CopyRequest['onEvent']>): Promise<SyncState> {
   const started = Date.now();
-  const index = await destinationIndex(target, conn, meta.names);
+  const xattrs = xattrScopeOf(options, target, conn, meta);
+  const index = await destinationIndex(target, conn, meta, xattrs !== undefined);
   emit({ type: 'log', message: `the destination holds ${index.size} entries (walked in ${((Date.now() - started) / 1000).toFixed(1)} s)` });
   // Threads only when a file is hashed here (--compare checksum); idle ones do not hold the process.
   const hashers = new LocalHashers(Math.min(8, availableParallelism()));
@@ -368,7 +428,7 @@ export async function syncStateOf(target: TreeTarget, conn: RemoteConnection, op
   const remote = remoteHashFiles(conn, algorithm);
   return {
     index,
-    comparison: { level: options.sync!, umask, preserve: options.preserve, ...(meta.owners ? { owners: meta.names ? 'names' : 'ids' } : {}) },
+    comparison: { level: options.sync!, umask, preserve: options.preserve, ...(meta.owners ? { owners: meta.names ? 'names' : 'ids' } : {}), ...(xattrs ? { xattrs } : {}) },
     hashSource: target.direction === 'push' ? local : remote,
     hashDest: target.direction === 'push' ? remote : local,
     close: () => hashers.close(),
@@ -396,7 +456,7 @@ export async function dryRunSync(target: TreeTarget, conn: RemoteConnection, opt
       jobId: target.jobId,
       source: target.sourceLabel,
       destination: target.destinationLabel,
-      files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0,
+      files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: plan.unchanged, deleted: 0, attributes: 0,
       seconds,
       mbps: 0,
       filesPerSec: 0,

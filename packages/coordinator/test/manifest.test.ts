@@ -3,7 +3,7 @@
  * directories an older ferry wrote (no hash in tree.json, no link targets in
  * the journal, no manifest.json).
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -25,7 +25,7 @@ const h = (s: string) => hashBytes('xxh3', Buffer.from(s));
 async function jobDir(id: string, files: Record<string, string | Buffer>): Promise<void> {
   const dir = join(stateDir, 'jobs', id);
   await mkdir(dir, { recursive: true });
-  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
+  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body, { mode: 0o600 });
 }
 
 function jobJson(id: string, extra: object = {}): string {
@@ -82,11 +82,34 @@ describe('jobManifest', () => {
     expect(e.message).toContain('job f1 is not finished (failed)');
   });
 
-  it('a ferry sync job has none: its journal lists what its runs sent, not the whole destination', async () => {
-    await jobDir('s1', { 'tree.json': treeJson('s1').replace('"options":{}', '"options":{"compare":"mtime"}'), 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '' });
-    const e = await refusal(jobManifest(stateDir, 's1'));
-    expect(e.code).toBe('USAGE');
-    expect(e.message).toBe("job s1 is a ferry sync, whose journal lists what its runs sent, not everything at h:/d/s: it has no manifest; 'ferry sync -n --compare checksum /s h:/d/' lists what differs");
+  it("a ferry sync job's manifest is its last complete run's record of the whole destination; entries without a hash make it refuse, naming the fix", async () => {
+    const sync = treeJson('s1').replace('"options":{}', '"options":{"compare":"mtime"}');
+    const records = [
+      { p: 'a', s: 1, m: 5, e: { type: 'file', size: 1, hash: h('a'), algorithm: 'xxh3' } },
+      { p: 'l', s: 0, m: 5, e: { type: 'symlink', target: 'a' } },
+    ];
+    const file = (rs: object[]) => [{ v: 1, hash: 'xxh3', finishedAt: 7000 }, ...rs].map((l) => JSON.stringify(l) + '\n').join('');
+    await jobDir('s1', { 'tree.json': sync, 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '', 'sync-manifest.ndjson': file(records) });
+    const [facts, entries] = await jobManifest(stateDir, 's1');
+    expect(facts).toEqual({ kind: 'tree', job: 's1', source: '/s', destination: 'h:/d/s', hash: 'xxh3', createdAt: new Date(1000).toISOString(), finishedAt: new Date(7000).toISOString() });
+    expect(entries).toEqual([
+      { path: 'a', type: 'file', size: 1, hash: h('a'), algorithm: 'xxh3' },
+      { path: 'l', type: 'symlink', target: 'a' },
+    ]);
+
+    await jobDir('s2', { 'tree.json': sync.replaceAll('s1', 's2'), 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '', 'sync-manifest.ndjson': file([...records, { p: 'b', s: 2, m: 5 }, { p: 'c', s: 2, m: 5 }]) });
+    const unknown = await refusal(jobManifest(stateDir, 's2'));
+    expect(unknown.code).toBe('USAGE');
+    expect(unknown.message).toMatch(/^job s2: 2 of the 4 entries at h:\/d\/s have no known hash \(b among them\).*Run 'ferry sync --compare checksum \/s h:\/d\/' once/);
+
+    // A run that did not complete changed the destination in ways no record lists; an older ferry's sync left none.
+    await jobDir('s3', { 'tree.json': sync.replaceAll('s1', 's3'), 'tree-status.json': JSON.stringify({ phase: 'partial', pid: 1, updatedAt: 1 }), 'tree.ndjson': '', 'sync-manifest.ndjson': file(records) });
+    expect((await refusal(jobManifest(stateDir, 's3'))).message).toBe("job s3 is a ferry sync whose last run did not complete (partial): only a complete run leaves a manifest; run 'ferry sync /s h:/d/' again");
+    await jobDir('s4', { 'tree.json': sync.replaceAll('s1', 's4'), 'tree-status.json': JSON.stringify({ phase: 'done', pid: 1, updatedAt: 1 }), 'tree.ndjson': '' });
+    expect((await refusal(jobManifest(stateDir, 's4'))).message).toContain('left no manifest');
+    // Hashes that vouch for the data come only from a file nobody else could have written.
+    await chmod(join(stateDir, 'jobs', 's1', 'sync-manifest.ndjson'), 0o644);
+    expect((await refusal(jobManifest(stateDir, 's1'))).message).toMatch(/sync-manifest\.ndjson has mode .*so others can read or change it/);
   });
 
   it('a single-file job without manifest.json: the ranges and root hash from its journal, once it has a final record', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { TreeEntry, WalkItem } from '@ferry/core';
-import { DestIndex, planSync, syncAction } from '../src/tree-sync.js';
+import { DestIndex, attributesAlone, planSync, syncAction, xattrsDiffer } from '../src/tree-sync.js';
 import type { Comparison, PlannedChange } from '../src/tree-sync.js';
 
 function entry(path: string, fields: Partial<TreeEntry> = {}): TreeEntry {
@@ -114,5 +114,33 @@ describe('DestIndex and planSync', () => {
     const changes: PlannedChange[] = [];
     await planSync(walk(entry('', { kind: 'dir', size: 0 }), entry('f'), entry('g')), index, { ...mtime, level: 'checksum' }, { source: async (fs) => fs.map(() => 'x'), dest: async (fs) => fs.map((f) => (f.path === 'f' ? 'y' : 'x')), sourcePath: (p) => p, destPath: (p) => p }, false, (c) => changes.push(c));
     expect(changes).toEqual([{ action: 'update', path: 'f', kind: 'file', reason: 'content' }]);
+  });
+});
+
+describe('xattrsDiffer', () => {
+  const bytes = (s: string) => new Uint8Array(Buffer.from(s));
+  const dest = { kind: 'file' as const, size: 10, mtimeMs: 1_700_000_000_000, mode: 0o644, xattrs: { 'user.a': bytes('1'), 'security.selinux': bytes('label') } };
+  const user = { xattrs: true, acls: false, root: false };
+  it('finds an attribute set, changed or removed at the source, never one the destination keeps (security.*) or cannot set', () => {
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('1') } }), dest, user)).toBe(false);
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('2') } }), dest, user)).toBe(true);
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('1'), 'user.b': bytes('') } }), dest, user)).toBe(true);
+    expect(xattrsDiffer(entry('f'), dest, user)).toBe(true);
+    // trusted.* only as root at the destination; ACLs only with --acls.
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('1'), 'trusted.t': bytes('x'), 'system.posix_acl_access': bytes('acl') } }), dest, user)).toBe(false);
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('1'), 'trusted.t': bytes('x') } }), dest, { ...user, root: true })).toBe(true);
+    expect(xattrsDiffer(entry('f', { xattrs: { 'user.a': bytes('1') } }), { ...dest, xattrs: { ...dest.xattrs, 'system.posix_acl_access': bytes('acl') } }, { ...user, acls: true })).toBe(true);
+    // Links carry none.
+    expect(xattrsDiffer(entry('l', { kind: 'symlink', target: 'x' }), { ...dest, kind: 'symlink' }, user)).toBe(false);
+  });
+
+  it('makes an update of its own (reason xattrs) only where attributes are compared', async () => {
+    const e = entry('f', { xattrs: { 'user.a': bytes('2') } });
+    expect(attributesAlone(e, dest, mtime)).toBe(false);
+    expect(attributesAlone(e, dest, { ...mtime, xattrs: user })).toBe(true);
+    const index = await DestIndex.read(walk(entry('', { kind: 'dir', size: 0 }), entry('f', { xattrs: dest.xattrs, mtimeMs: 1_700_000_000_000 })));
+    const changes: PlannedChange[] = [];
+    await planSync(walk(entry('', { kind: 'dir', size: 0 }), e), index, { ...mtime, xattrs: user }, { source: async () => [], dest: async () => [], sourcePath: (p) => p, destPath: (p) => p }, false, (c) => changes.push(c));
+    expect(changes).toEqual([{ action: 'update', path: 'f', kind: 'file', reason: 'xattrs' }]);
   });
 });

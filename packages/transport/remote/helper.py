@@ -1141,7 +1141,7 @@ class Session(object):
                     kind = 'hardlink'
                     target = first
             item = {'path': rel, 'kind': kind, 'size': st.st_size if kind == 'file' else 0, 'mode': stat_mod.S_IMODE(mode),
-                    'uid': st.st_uid, 'gid': st.st_gid, 'mtimeMs': st.st_mtime_ns / 1e6, 'atimeMs': st.st_atime_ns / 1e6,
+                    'uid': st.st_uid, 'gid': st.st_gid, 'mtimeMs': st.st_mtime_ns / 1000000, 'atimeMs': st.st_atime_ns / 1000000,
                     'dev': st.st_dev, 'ino': st.st_ino, 'nlink': st.st_nlink}
             if target is not None:
                 item['target'] = target
