@@ -274,6 +274,10 @@ describe.skipIf(!isRoot)('many nodes', () => {
       expect((await compareTrees(src, copy)).differences).toEqual({});
       expect(parseEvents(again.stdout).find((e) => e.type === 'tree.done')).toMatchObject({ files: 4, deleted: 1, failed: 0 });
       expect(parseEvents(again.stdout).filter((e) => e.type === 'agent.start').length).toBe(2);
+      // The job's manifest covers the whole copy, the batches the agents wrote included: verify re-reads it all.
+      const job = String(parseEvents(again.stdout).find((e) => e.type === 'tree.done')!.jobId);
+      const verified = await runFerry(['verify', job, '--state-dir', join(dir, 'state'), '--json'], { env: cluster.env });
+      expect(verified.code, verified.stderr).toBe(0);
     });
 
     it("a pull's agents fail, one killed with SIGKILL holding batches it wrote, one on a node that sees another directory at the destination's name: rank 0's agent writes the whole tree", async () => {
