@@ -4,8 +4,11 @@
  * serves killed mid-tree (push and pull), one connection's sshd session
  * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
  * and shrunk between the walk and their read, and one grown while it is
- * copied, a journal whose last line a crash tore, and the one of two remote
- * hosts in use going down (the copy goes on over the other). (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * copied, a journal whose last line a crash tore, the one of two remote
+ * hosts in use going down (the copy goes on over the other), an external
+ * nats-server restarted under a tree whose batches go to agents, and files
+ * changed (same size) or replaced (new inode) between an interrupted run
+ * and its rerun. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
  * nodes.test.ts.) Each time the copy stops or lists what it could
  * not copy with a clear error, nothing half-written stands at a file's name,
  * and the rerun of the same command (once the cause is gone) ends with the
@@ -26,7 +29,7 @@
 import { execFileSync, spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { appendFile, copyFile, lstat, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, lstat, mkdir, readFile, rename, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startSshd } from './fixtures/sshd.mjs';
@@ -311,6 +314,44 @@ describe('a tree push with ferry serve on the remote host', () => {
     expect(eventOf(first.events, 'error')).toMatchObject({ code: 'INTERRUPTED', exitCode: 130 });
     const again = ferry(args);
     await completes(await again.result, src, dst);
+    expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+  }, 120_000);
+  it('sends again whole, on the rerun after SIGINT, a journaled file changed since (same size, new mtime) and one replaced by a new inode (same size and mtime)', async () => {
+    const { src, dst, args, first, jobDir } = await slowTreeCopy(HELPER, 'changed-since', false);
+    await stopOnceJournaled(first, jobDir);
+    process.kill(first.child.pid!, 'SIGINT');
+    expect((await goOn(first)).code).toBe(130);
+    // Two files the journal holds as durable, single-named, not empty.
+    const candidates: string[] = [];
+    for (const line of (await readFile(join(jobDir, 'tree.ndjson'), 'utf8')).trim().split('\n')) {
+      const p = (JSON.parse(line) as { p: string }).p;
+      const st = await lstat(join(src, p));
+      if (st.isFile() && st.nlink === 1 && st.size > 0) candidates.push(p);
+    }
+    expect(candidates.length).toBeGreaterThanOrEqual(2);
+    const [rewritten, replaced] = candidates as [string, string];
+    for (const p of [rewritten, replaced]) expect(await readFile(join(dst, p))).toEqual(await readFile(join(src, p)));
+    // Rewritten in place: the same size and inode, another mtime.
+    const a = join(src, rewritten);
+    const aBefore = await stat(a);
+    const aNew = Buffer.alloc(aBefore.size, 'a');
+    await writeFile(a, aNew);
+    await utimes(a, aBefore.atime, new Date(aBefore.mtimeMs + 5000));
+    // Replaced by a rename: the same size and mtime, a new inode.
+    const b = join(src, replaced);
+    const bBefore = await stat(b);
+    const bNew = Buffer.alloc(bBefore.size, 'b');
+    await writeFile(`${b}.new`, bNew, { mode: bBefore.mode & 0o7777 });
+    await utimes(`${b}.new`, bBefore.atime, bBefore.mtime);
+    await rename(`${b}.new`, b);
+    const bAfter = await stat(b);
+    expect([bAfter.size, bAfter.mtimeMs]).toEqual([bBefore.size, bBefore.mtimeMs]);
+    expect(bAfter.ino).not.toBe(bBefore.ino);
+    // The directory's mtime changed with the rename: the copy keeps the directory's new one.
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+    expect(await readFile(join(dst, rewritten))).toEqual(aNew);
+    expect(await readFile(join(dst, replaced))).toEqual(bNew);
     expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
   }, 120_000);
 });
