@@ -5,15 +5,18 @@
  * defeats, no link followed on OPEN for writing, the handle's fstat in OPEN's
  * answer, mode and times set through the handle, and a RENAME that checks
  * its names are the handle's file. The attacks with a second user and a
- * whole `ferry cp` are test/attack-files.test.ts.
+ * whole `ferry cp` are test/attack-files.test.ts. A directory's mode and times
+ * set by name go through a descriptor opened without following a link, in
+ * both helpers and on a pull's local side.
  */
-import { spawn } from 'node:child_process';
-import { chmod, lstat, readFile, rename, stat, symlink, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmod, lstat, mkdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SAFE_FILES_CAPABILITY } from '@ferry/core';
 import { HelperClient } from '../packages/transport/src/helper-client.js';
 import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
+import { localDestination } from '../packages/coordinator/src/tree-finalize.js';
 import { CLI, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
@@ -98,6 +101,35 @@ describe.each(['serve', 'python'] as const)('the %s helper', (kind) => {
     helper.close();
   });
 
+  it("sets a directory's mode and times by name through a descriptor: a link swapped in for the directory is refused (DEST_CONFLICT), its target untouched", async () => {
+    const helper = await start(kind);
+    // A directory of the tree, finished as a push finishes it (SETSTAT by path, after its files).
+    const dir = fresh();
+    await mkdir(dir, { mode: 0o700 });
+    await helper.setstat(dir, { mode: 0o750, mtimeMs: 1_000_000_000_000 });
+    const set = await stat(dir);
+    expect(set.mode & 0o777).toBe(0o750);
+    expect(set.mtimeMs).toBe(1_000_000_000_000);
+    // Another user renames it away and puts a link to a directory of the user's in its place.
+    const victim = fresh();
+    await mkdir(victim, { mode: 0o700 });
+    await utimes(victim, 1_500_000_000, 1_500_000_000);
+    const before = await stat(victim);
+    await rename(dir, `${dir}.moved`);
+    await symlink(victim, dir);
+    const refused = helper.setstat(dir, { mode: 0o777, mtimeMs: 1_000_000_000_000 });
+    await expect(refused).rejects.toMatchObject({ code: 'DEST_CONFLICT', message: `here:${dir} is a symbolic link now: its mode and times were not set (the link was not followed); move it away and rerun` });
+    const after = await stat(victim);
+    expect(after.mode & 0o7777).toBe(before.mode & 0o7777);
+    expect(after.mtimeMs).toBe(before.mtimeMs);
+    // A fifo in its place is refused too, without hanging on its open.
+    await rm(dir);
+    execFileSync('mkfifo', [dir]);
+    await expect(helper.setstat(dir, { mode: 0o777 })).rejects.toMatchObject({ code: 'DEST_CONFLICT' });
+    expect((await lstat(dir)).mode & 0o777).not.toBe(0o777);
+    helper.close();
+  });
+
   it('renames with a handle only when the name is still that file: DEST_REPLACED, the target untouched, otherwise', async () => {
     const helper = await start(kind);
     const path = fresh();
@@ -114,5 +146,27 @@ describe.each(['serve', 'python'] as const)('the %s helper', (kind) => {
     expect((await lstat(target)).size).toBe(10);
     await helper.closeFile(handle);
     helper.close();
+  });
+});
+
+describe("a tree pull's local destination (the coordinator's tree-finalize.ts)", () => {
+  it("sets a directory's mode and times through a descriptor: a link swapped in for the directory is refused (DEST_CONFLICT), its target untouched", async () => {
+    const dir = join(work.path, 'local-dir');
+    await mkdir(dir, { mode: 0o700 });
+    await localDestination.setstat(dir, { mode: 0o750, mtimeMs: 1_000_000_000_000 });
+    expect((await stat(dir)).mode & 0o777).toBe(0o750);
+    const victim = join(work.path, 'local-victim');
+    await mkdir(victim, { mode: 0o700 });
+    await utimes(victim, 1_500_000_000, 1_500_000_000);
+    const before = await stat(victim);
+    await rename(dir, `${dir}.moved`);
+    await symlink(victim, dir);
+    await expect(localDestination.setstat(dir, { mode: 0o777, mtimeMs: 1_000_000_000_000 })).rejects.toMatchObject({
+      code: 'DEST_CONFLICT',
+      message: `${dir} is a symbolic link now: its mode and times were not set (the link was not followed); move it away and rerun`,
+    });
+    const after = await stat(victim);
+    expect(after.mode & 0o7777).toBe(before.mode & 0o7777);
+    expect(after.mtimeMs).toBe(before.mtimeMs);
   });
 });

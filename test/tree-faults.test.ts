@@ -4,8 +4,11 @@
  * serves killed mid-tree (push and pull), one connection's sshd session
  * killed mid-tree or while its helper starts, SIGINT, the destination filling up, source files deleted, grown
  * and shrunk between the walk and their read, and one grown while it is
- * copied, a journal whose last line a crash tore, and the one of two remote
- * hosts in use going down (the copy goes on over the other). (The coordinator's SIGKILL is in tree.test.ts, an agent's in
+ * copied, a journal whose last line a crash tore, the one of two remote
+ * hosts in use going down (the copy goes on over the other), an external
+ * nats-server restarted under a tree whose batches go to agents, and files
+ * changed (same size) or replaced (new inode) between an interrupted run
+ * and its rerun. (The coordinator's SIGKILL is in tree.test.ts, an agent's in
  * nodes.test.ts.) Each time the copy stops or lists what it could
  * not copy with a clear error, nothing half-written stands at a file's name,
  * and the rerun of the same command (once the cause is gone) ends with the
@@ -23,11 +26,13 @@
  * reads a listed file; the test acts and sends SIGCONT. A file big enough to
  * be copied as a job of its own moves under --limit-rate.
  */
-import { execFileSync } from 'node:child_process';
-import { appendFile, copyFile, lstat, mkdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { execFileSync, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
+import { appendFile, copyFile, lstat, mkdir, readFile, rename, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startSshd } from './fixtures/sshd.mjs';
+import { freePort, startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { listAll, on, tempFilesUnder, treeArgs } from './tree-helpers.js';
 import { childPids, killStrays, processTree, REMOTE_CMD, startFerry, tempDir } from './helpers.js';
@@ -83,6 +88,21 @@ function ferry(args: string[], env: Record<string, string> = {}): LiveRun {
   const run = startFerry(args, { env });
   cleanups.push(() => run.child.kill('SIGKILL'));
   return run;
+}
+
+/** Starts nats-server with `args` and resolves once it accepts connections on `port`. */
+async function startNats(args: string[], port: number): Promise<ChildProcess> {
+  const child = spawn('nats-server', args, { stdio: 'ignore' });
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`nats-server ${args.join(' ')} exited with ${child.exitCode}`);
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect({ host: '127.0.0.1', port });
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (up) return child;
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** The process's state letter from /proc (`T`: stopped), or undefined once it is gone. */
@@ -296,6 +316,44 @@ describe('a tree push with ferry serve on the remote host', () => {
     await completes(await again.result, src, dst);
     expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
   }, 120_000);
+  it('sends again whole, on the rerun after SIGINT, a journaled file changed since (same size, new mtime) and one replaced by a new inode (same size and mtime)', async () => {
+    const { src, dst, args, first, jobDir } = await slowTreeCopy(HELPER, 'changed-since', false);
+    await stopOnceJournaled(first, jobDir);
+    process.kill(first.child.pid!, 'SIGINT');
+    expect((await goOn(first)).code).toBe(130);
+    // Two files the journal holds as durable, single-named, not empty.
+    const candidates: string[] = [];
+    for (const line of (await readFile(join(jobDir, 'tree.ndjson'), 'utf8')).trim().split('\n')) {
+      const p = (JSON.parse(line) as { p: string }).p;
+      const st = await lstat(join(src, p));
+      if (st.isFile() && st.nlink === 1 && st.size > 0) candidates.push(p);
+    }
+    expect(candidates.length).toBeGreaterThanOrEqual(2);
+    const [rewritten, replaced] = candidates as [string, string];
+    for (const p of [rewritten, replaced]) expect(await readFile(join(dst, p))).toEqual(await readFile(join(src, p)));
+    // Rewritten in place: the same size and inode, another mtime.
+    const a = join(src, rewritten);
+    const aBefore = await stat(a);
+    const aNew = Buffer.alloc(aBefore.size, 'a');
+    await writeFile(a, aNew);
+    await utimes(a, aBefore.atime, new Date(aBefore.mtimeMs + 5000));
+    // Replaced by a rename: the same size and mtime, a new inode.
+    const b = join(src, replaced);
+    const bBefore = await stat(b);
+    const bNew = Buffer.alloc(bBefore.size, 'b');
+    await writeFile(`${b}.new`, bNew, { mode: bBefore.mode & 0o7777 });
+    await utimes(`${b}.new`, bBefore.atime, bBefore.mtime);
+    await rename(`${b}.new`, b);
+    const bAfter = await stat(b);
+    expect([bAfter.size, bAfter.mtimeMs]).toEqual([bBefore.size, bBefore.mtimeMs]);
+    expect(bAfter.ino).not.toBe(bBefore.ino);
+    // The directory's mtime changed with the rename: the copy keeps the directory's new one.
+    const again = ferry(args);
+    await completes(await again.result, src, dst);
+    expect(await readFile(join(dst, rewritten))).toEqual(aNew);
+    expect(await readFile(join(dst, replaced))).toEqual(bNew);
+    expect(Number(eventOf(again.events, 'tree.done')!.resumedFiles)).toBeGreaterThan(0);
+  }, 120_000);
 });
 
 // The full destination's errors come from the helper that writes there: ferry serve or the python helper.
@@ -357,6 +415,62 @@ describe('a tree push to two remote hosts of one file system (ferry serve)', () 
     await completes(await goOn(run), src, dst);
     // The copy went on over the other host.
     expect(((await readFile(other.log, 'utf8')).match(/Accepted publickey/g) ?? []).length).toBeGreaterThan(before);
+  }, 120_000);
+});
+
+describe('a tree push whose batches go to agents over an external nats-server (ferry serve)', () => {
+  it('rides out a restart of the nats-server: batches published while it is down are stored again, nothing is journaled twice or lost, and the copy completes exactly', async () => {
+    const dir = await testDir('nats-restart');
+    const src = join(dir, 'src');
+    await generateTree(src, { files: 200, big: 0, sparse: 0, seed: 15, medianBytes: 8192 });
+    const host = await sshdFor(HELPER, join(dir, 'sshd'));
+    // The test's own nats-server with JetStream, on a free port, stopped and started again by pid only.
+    const port = await freePort();
+    const token = 'ferry-tree-nats-restart';
+    const natsArgs = ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', join(dir, 'js'), '--auth', token];
+    let nats = await startNats(natsArgs, port);
+    cleanups.push(() => nats.kill('SIGKILL'));
+    const dst = join(dir, 'dst');
+    // Two agents started through the test sshd by ssh(1): every batch is a work item in the server's JetStream.
+    const agents = ['--launcher', 'ssh', '--hosts', host.host, '-a', '2', '-s', '1', '--ssh-option', `Port=${host.port}`, '--ssh-option', `IdentityFile=${host.userKey}`,
+      '--ssh-option', `UserKnownHostsFile=${host.knownHosts}`, '--agent-cmd', REMOTE_CMD.replace(/ serve$/, ''), '--nats', `nats://127.0.0.1:${port}`];
+    const args = ['cp', '-r', '-p', ...treeArgs(host, join(dir, 'state'), [...HELPER.flags, '--batch-size', '16KiB', '--limit-rate', '1MB', ...agents]), src, on(host, dst)];
+    const run = ferry(args, { FERRY_NATS_TOKEN: token });
+    // The agents run below the sshd (and their ssh clients below ferry): killed by pid, whatever happened.
+    cleanups.push(async () => {
+      for (const p of [...(await processTree(run.child.pid!)), ...(await processTree(host.pid!))]) process.kill(p.pid, 'SIGKILL');
+    });
+    const jobDir = String((await run.waitFor((e) => e.type === 'tree.start')).stateDir);
+    // The first batches are journaled, most are to come. The coordinator is held (SIGSTOP) while the
+    // server stops, then goes on while it is down: the batches it publishes meanwhile go to a server
+    // that is gone, or that answers before its JetStream is back.
+    while ((await journalSize(jobDir)) === 0) {
+      expect(run.child.exitCode).toBeNull();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    process.kill(run.child.pid!, 'SIGSTOP');
+    const stoppedNats = new Promise((r) => nats.once('exit', r));
+    nats.kill('SIGTERM');
+    await stoppedNats;
+    process.kill(run.child.pid!, 'SIGCONT');
+    await new Promise((r) => setTimeout(r, 1500));
+    nats = await startNats(natsArgs, port);
+    const journaledBefore = (await readFile(join(jobDir, 'tree.ndjson'), 'utf8')).trim().split('\n').length;
+
+    await completes(await run.result, src, dst);
+    expect(eventOf(run.events, 'tree.done')).toMatchObject({ files: 200, failed: 0 });
+    expect(run.events.filter((e) => e.type === 'agent.start')).toHaveLength(2);
+    // Every file and symbolic link journaled once (a hard link's further names are made at the end,
+    // unjournaled), most of them after the restart.
+    const journaled = (await readFile(join(jobDir, 'tree.ndjson'), 'utf8')).trim().split('\n').map((l) => (JSON.parse(l) as { p: string }).p);
+    const entries = new Map<string, string>();
+    for (const p of await listAll(src)) {
+      const st = await lstat(join(src, p));
+      if (!st.isDirectory()) entries.set(p, st.nlink > 1 ? `ino ${st.ino}` : p);
+    }
+    expect(new Set(journaled).size).toBe(journaled.length);
+    expect([...new Set(journaled.map((p) => entries.get(p)))].sort()).toEqual([...new Set(entries.values())].sort());
+    expect(journaled.length - journaledBefore).toBeGreaterThan(journaled.length / 2);
   }, 120_000);
 });
 

@@ -41,11 +41,16 @@ class NatsAgentBus implements AgentBus {
     readonly spec: JobSpec,
   ) {
     this.subjects = jobSubjects(spec.jobId);
-    this.publisher = new JetStreamPublisher(nc);
+    const publisher = new JetStreamPublisher(nc);
+    this.publisher = publisher;
     void (async () => {
       for await (const status of nc.status()) {
         if (status.type === 'disconnect') this.disconnected ??= Date.now();
-        else if (status.type === 'reconnect') this.disconnected = undefined;
+        else if (status.type === 'reconnect') {
+          this.disconnected = undefined;
+          // Results stored meanwhile went to a server that is gone (or came back without answering): store them again now, not after the timeout.
+          publisher.abandonWaiting('the connection to NATS was made again before an answer came');
+        }
       }
     })().catch(() => {});
   }

@@ -110,6 +110,16 @@ export class JetStreamPublisher {
     if (why) throw new PublishError(`JetStream did not store the message on ${subject}: ${why}`);
   }
 
+  /**
+   * Rejects what is unanswered now (its callers retry at once): after the
+   * connection came back from a server restart, whose answers to what was sent
+   * before will never come, instead of after the timeout.
+   */
+  abandonWaiting(why: string): void {
+    for (const w of this.waiting.values()) w.reject(new PublishError(why));
+    this.waiting.clear();
+  }
+
   /** Stops: whatever is still unanswered is rejected. */
   close(): void {
     clearInterval(this.sweep);

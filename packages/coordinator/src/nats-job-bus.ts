@@ -19,6 +19,9 @@ import type { EmbeddedNats } from './nats-server.js';
 /** Range hashes are mirrored to KV in blocks of this many ranges. */
 export const KV_HASH_BLOCK = 4096;
 
+/** A completions pull request's life: also the longest wait before consuming again after a nats-server restart. */
+const COMPLETIONS_EXPIRES_MS = 5_000;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface NatsJobBusOptions {
@@ -164,7 +167,9 @@ class NatsJobBus implements JobBus {
   async completions(): Promise<CompletionFeed> {
     const consumer = await jetstream(this.nc).consumers.get(this.subjects.doneStream, this.subjects.doneConsumer);
     // Messages, not completions: a batch message holds up to 256, so this buffers at most ~16,000.
-    const messages = await consumer.consume({ max_messages: 64 });
+    // expires: after a nats-server restart nats.js looks the consumer up again, and retries a
+    // failed lookup (JetStream not back yet) after up to this long: 30 s by default.
+    const messages = await consumer.consume({ max_messages: 64, expires: COMPLETIONS_EXPIRES_MS });
     return { messages, stop: () => messages.stop() };
   }
 

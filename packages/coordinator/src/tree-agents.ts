@@ -64,6 +64,8 @@ const AGENT_SILENCE_MS = 60_000;
 const AGENT_STOP_GRACE_MS = 15_000;
 /** Rejected results shown one by one, at most. */
 const MAX_REJECTIONS_SHOWN = 20;
+/** How long a batch may fail to be stored in NATS (a restarting nats-server) before the stage gives up. */
+const PUBLISH_DEADLINE_MS = 5 * 60_000;
 /** Agent names a run keeps, at most (more are not ours). */
 const MAX_KNOWN_AGENTS = 1024;
 
@@ -135,6 +137,7 @@ export class AgentBatches {
       const id = this.nextBatch++;
       this.outstanding.set(id, { batch: part, attempt: 0, reported: new Uint8Array(part.entries.length), left: part.entries.length });
       await this.publish(id);
+      if (this.failure) throw this.failure;
     }
   }
 
@@ -156,10 +159,33 @@ export class AgentBatches {
     return { v: MESSAGE_VERSION, job: this.jobId, type: 'batch', batch: id, attempt, entries: batch.wire.map((w, i) => ({ ...w, path: batch.entries[i]!.path })) };
   }
 
+  /**
+   * Stores batch `id`'s work item in the queue. A nats-server restarting drops
+   * what it was sent meanwhile unanswered (or answers that no stream takes it
+   * yet): the same message goes out again, under the same id (stored once), until
+   * PUBLISH_DEADLINE_MS. Past it, the stage fails rather than wait for a batch
+   * nobody can take.
+   */
   private async publish(id: number): Promise<void> {
     const o = this.outstanding.get(id);
     if (!o || !this.bus) return;
-    await this.bus.publishWork(undefined, encodeMessage(this.item(id, o.attempt, o.batch)), `${this.jobId}:b${id}:${o.attempt}:${this.runTag}`);
+    const data = encodeMessage(this.item(id, o.attempt, o.batch));
+    const msgId = `${this.jobId}:b${id}:${o.attempt}:${this.runTag}`;
+    const deadline = Date.now() + PUBLISH_DEADLINE_MS;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.bus.publishWork(undefined, data, msgId);
+        return;
+      } catch (err) {
+        if (this.failure) return;
+        if (Date.now() > deadline) {
+          this.fail(new FerryError('NATS_UNREACHABLE', `cannot store batch ${id} in NATS for ${PUBLISH_DEADLINE_MS / 1000} s (last: ${(err as Error).message}): rerun the same command to go on`, { cause: err }));
+          return;
+        }
+        if (attempt === 0) this.o.emit({ type: 'log', message: `storing batch ${id} in NATS again: ${(err as Error).message}` });
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * 2 ** attempt)));
+      }
+    }
   }
 
   private fail(err: FerryError): void {

@@ -4,12 +4,11 @@
  * directory's mode and times, deepest first (making or renaming anything in a
  * directory changes its mtime, so a parent is finished after its children).
  */
-import { constants } from 'node:fs';
-import { lstat, open, rmdir, unlink } from 'node:fs/promises';
+import { lstat, rmdir, unlink } from 'node:fs/promises';
 import { FerryError, copyMode, destinationError, errnoOf, finishOrder, toFerryError } from '@ferry/core';
 import type { BatchEntry, ErrorData, TreeEntry } from '@ferry/core';
 import type { BatchResult, SetAttrs } from '@ferry/transport';
-import { applyEntries, applyPathMeta } from '@ferry/serve';
+import { applyEntries, applyPathMeta, setModeTimesAt } from '@ferry/serve';
 
 /** Entries per BATCH of links. */
 const LINKS_PER_BATCH = 1024;
@@ -43,19 +42,7 @@ export const localDestination: TreeDestination = {
       throw new FerryError('DEST_CONFLICT', `${path} is a symbolic link now: its mode and attributes were not set; move it away and rerun`, { path });
     }
     if (Object.keys(meta).length > 0 || xattrsExact) await applyPathMeta(path, meta, xattrsExact);
-    if (mode === undefined && mtimeMs === undefined) return;
-    let fh;
-    try {
-      // A file: opened without blocking (a fifo put in its place would hang), and only a regular file is changed.
-      fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | (file ? constants.O_NONBLOCK : constants.O_DIRECTORY));
-      if (file && !(await fh.stat()).isFile()) throw new FerryError('DEST_CONFLICT', `${path} is no longer a regular file: its mode and owner were not set; move it away and rerun`, { path });
-      if (attrs.mode !== undefined) await fh.chmod(attrs.mode);
-      if (attrs.mtimeMs !== undefined) await fh.utimes((attrs.atimeMs ?? attrs.mtimeMs) / 1000, attrs.mtimeMs / 1000);
-    } catch (err) {
-      throw destinationError(err, { path });
-    } finally {
-      await fh?.close().catch(() => {});
-    }
+    await setModeTimesAt(path, { mode, mtimeMs, atimeMs }, file ? 'file' : 'dir');
   },
   remove: async (path, dir) => {
     try {

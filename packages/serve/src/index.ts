@@ -14,6 +14,6 @@ export type { ServeMemory, ServeOptions } from './serve.js';
 export { walkTree } from './walk.js';
 export type { WalkError, WalkItem, WalkOptions } from './walk.js';
 export { BatchWriter, applyEntries, discardTemp, makeDirectory, placeHardlink, placeSymlink, randomTempName, syncDirectory } from './batch.js';
-export { applyPathMeta, groupName, readMeta, runsAsRoot, userName } from './meta.js';
-export type { MetaWanted } from './meta.js';
+export { applyPathMeta, groupName, readMeta, runsAsRoot, setModeTimesAt, userName } from './meta.js';
+export type { MetaWanted, ModeTimesTarget } from './meta.js';
 export { globPaths } from './glob.js';

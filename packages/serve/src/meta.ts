@@ -17,10 +17,11 @@
  * ```
  */
 import { execFile, spawnSync } from 'node:child_process';
-import { fchownSync, lchownSync, lstatSync } from 'node:fs';
+import { constants as fsConstants, fchownSync, lchownSync, lstatSync } from 'node:fs';
+import { lstat, open } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { FerryError, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, destinationError, destinationId, xattrWanted, xattrsToRemove } from '@ferry/core';
+import { FerryError, MAX_XATTRS_PER_ENTRY, MAX_XATTR_BYTES_PER_ENTRY, destinationError, destinationId, errnoOf, xattrWanted, xattrsToRemove } from '@ferry/core';
 import type { EntryMeta, ExactXattrs, XattrScope } from '@ferry/core';
 
 /** Whether this process may give files away and read or set trusted.* and security.* attributes. */
@@ -272,4 +273,50 @@ export function applyPathMeta(path: string, meta: EntryMeta, exact?: ExactXattrs
   }
   if (exact) removeOtherXattrs(path, meta.xattrs, exact);
   if (meta.xattrs && Object.keys(meta.xattrs).length > 0) setXattrs(path, path, meta.xattrs);
+}
+
+/**
+ * What a by-name mode and times change may find at its name: a directory
+ * (`dir`), a regular file (`file`: a big file whose metadata alone is set
+ * again), or either (`ferry serve`'s SETSTAT by path, which is told no kind).
+ */
+export type ModeTimesTarget = 'dir' | 'file' | 'either';
+
+/**
+ * Sets the mode and times of what is at `path` through a descriptor opened
+ * with O_NOFOLLOW (O_DIRECTORY for a directory; O_NONBLOCK, so that a fifo
+ * put in its place does not hang), never by name: the object checked is the
+ * object changed. A symbolic link swapped in at the name (ELOOP) or anything
+ * else of another kind is refused with DEST_CONFLICT, and nothing where it
+ * points is touched. Used by ferry serve's SETSTAT by path and by a pull's
+ * directories (the coordinator's tree-finalize.ts).
+ */
+export async function setModeTimesAt(path: string, attrs: { mode?: number | undefined; mtimeMs?: number | undefined; atimeMs?: number | undefined }, target: ModeTimesTarget): Promise<void> {
+  if (attrs.mode === undefined && attrs.mtimeMs === undefined) return;
+  const flags = fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK | (target === 'dir' ? fsConstants.O_DIRECTORY : 0);
+  const what = target === 'dir' ? 'a directory' : target === 'file' ? 'a regular file' : 'a directory or a regular file';
+  const notSet = target === 'file' ? 'its mode and owner were not set' : 'its mode and times were not set';
+  let fh;
+  try {
+    try {
+      fh = await open(path, flags);
+    } catch (err) {
+      const errno = errnoOf(err);
+      if (errno !== 'ELOOP' && errno !== 'ENOTDIR') throw err;
+      // ENOTDIR may also mean a component above is no directory: then lstat fails the same way.
+      const st = await lstat(path);
+      if (st.isSymbolicLink()) throw new FerryError('DEST_CONFLICT', `${path} is a symbolic link now: ${notSet} (the link was not followed); move it away and rerun`, { path });
+      throw new FerryError('DEST_CONFLICT', `${path} is no longer ${what}: ${notSet}; move it away and rerun`, { path });
+    }
+    const st = await fh.stat();
+    if (target === 'file' ? !st.isFile() : target === 'either' && !st.isFile() && !st.isDirectory()) {
+      throw new FerryError('DEST_CONFLICT', `${path} is no longer ${what}: ${notSet}; move it away and rerun`, { path });
+    }
+    if (attrs.mode !== undefined) await fh.chmod(attrs.mode);
+    if (attrs.mtimeMs !== undefined) await fh.utimes((attrs.atimeMs ?? attrs.mtimeMs) / 1000, attrs.mtimeMs / 1000);
+  } catch (err) {
+    throw destinationError(err, { path });
+  } finally {
+    await fh?.close().catch(() => {});
+  }
 }

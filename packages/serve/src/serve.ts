@@ -6,7 +6,7 @@
  * handle, bounded by the size the file had when opened).
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
-import { lstat, open, rename, rmdir, stat, unlink, chmod, utimes } from 'node:fs/promises';
+import { lstat, open, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import {
@@ -49,7 +49,7 @@ import {
 import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
-import { applyPathMeta } from './meta.js';
+import { applyPathMeta, setModeTimesAt } from './meta.js';
 import { globPaths } from './glob.js';
 import { BatchWriter, MAX_HELD_FILES } from './batch.js';
 
@@ -1015,10 +1015,12 @@ export async function serve(options: ServeOptions): Promise<void> {
             // An exact set goes to a directory or file by name: a link put in its place is refused, never followed by the chmod.
             if (b.xattrsExact && !f && (await lstat(path)).isSymbolicLink()) throw new FerryError('DEST_CONFLICT', `${path} is a symbolic link now: its mode and attributes were not set; move it away and rerun`, { path });
             if (hasMeta(b) || b.xattrsExact) applyPathMeta(path, entryMetaOf(b), b.xattrsExact ?? undefined);
-            if (b.mode !== undefined) await (f ? f.fh.chmod(b.mode) : chmod(path, b.mode));
-            if (b.mtimeMs !== undefined) {
-              const atime = (b.atimeMs ?? b.mtimeMs) / 1000;
-              await (f ? f.fh.utimes(atime, b.mtimeMs / 1000) : utimes(path, atime, b.mtimeMs / 1000));
+            if (f) {
+              if (b.mode !== undefined) await f.fh.chmod(b.mode);
+              if (b.mtimeMs !== undefined) await f.fh.utimes((b.atimeMs ?? b.mtimeMs) / 1000, b.mtimeMs / 1000);
+            } else {
+              // By name (a tree's directory, a big file set again): through a descriptor opened without following a link there.
+              await setModeTimesAt(path, b, 'either');
             }
           } catch (err) {
             throw destinationError(err, { path });

@@ -694,6 +694,21 @@ def apply_meta(target, e, path, follow=False, exact=None):
             raise Failure('DEST_NOT_WRITABLE', "%s: cannot set its extended attribute %s (%s): the destination's file system or permissions refuse it; copy without --xattrs/--acls to leave them out" % (path, n, code), path, code)
 
 
+def open_no_follow(path):
+    """A descriptor of the directory or regular file at `path`, never through a symbolic link at the name (DEST_CONFLICT)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno_names.ELOOP:
+            raise Failure('DEST_CONFLICT', '%s is a symbolic link now: its mode and times were not set (the link was not followed); move it away and rerun' % path, path)
+        raise
+    mode = os.fstat(fd).st_mode
+    if not (stat_mod.S_ISDIR(mode) or stat_mod.S_ISREG(mode)):
+        os.close(fd)
+        raise Failure('DEST_CONFLICT', '%s is no longer a directory or a regular file: its mode and times were not set; move it away and rerun' % path, path)
+    return fd
+
+
 def has_meta(e):
     return e.get('uid') is not None or e.get('gid') is not None or bool(e.get('xattrs'))
 
@@ -1936,16 +1951,30 @@ class Session(object):
             except Failure as failure:
                 self.reply_error(fid, failure)
                 return None
+        mode = self.need_int(body, 'SETSTAT', 'mode') if body.get('mode') is not None else None
+        mtime = self.need_int(body, 'SETSTAT', 'mtimeMs') * 1000000 if body.get('mtimeMs') is not None else None
+        atime = self.need_int(body, 'SETSTAT', 'atimeMs') * 1000000 if body.get('atimeMs') is not None else mtime
+        if mode is None and mtime is None:
+            return {}
+        # By name (a tree's directory, a big file set again): through a descriptor opened without
+        # following a link at the name, so the object checked is the one changed.
+        fd = f.fd if f is not None else None
         try:
-            if body.get('mode') is not None:
-                os.chmod(target, self.need_int(body, 'SETSTAT', 'mode'))
-            if body.get('mtimeMs') is not None:
-                mtime = self.need_int(body, 'SETSTAT', 'mtimeMs') * 1000000
-                atime = self.need_int(body, 'SETSTAT', 'atimeMs') * 1000000 if body.get('atimeMs') is not None else mtime
-                os.utime(target, ns=(atime, mtime))
+            if fd is None:
+                fd = open_no_follow(path)
+            if mode is not None:
+                os.chmod(fd, mode)
+            if mtime is not None:
+                os.utime(fd, ns=(atime, mtime))
+        except Failure as failure:
+            self.reply_error(fid, failure)
+            return None
         except OSError as err:
             self.reply_error(fid, os_failure(err, path, 'destination'))
             return None
+        finally:
+            if f is None and fd is not None:
+                os.close(fd)
         return {}
 
     def rename(self, fid, body):
