@@ -113,7 +113,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     }
   }
   let unlock: (() => Promise<void>) | undefined;
-  let journal: TreeJournal | undefined;
+  /** The tree's journal, closed however the job ends. */
+  const held: { journal?: TreeJournal } = {};
   let run: TreeRun | undefined;
   let phase: TreeJobStatus['phase'] = 'failed';
   let failure: FerryError | undefined;
@@ -121,47 +122,11 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
   try {
     await mkdir(jobDir, { recursive: true, mode: 0o700 });
     unlock = await lockJob(jobDir);
-    const journalPath = join(jobDir, 'tree.ndjson');
-    // A sync compares with the destination itself, never with the journal: each run starts an
-    // empty one (reading an earlier run's would cost a second per 50,000 lines for nothing).
-    if (options.restart || options.sync) await writePrivateFile(journalPath, '');
-    let opened = await TreeJournal.open(journalPath);
-    const previous = await readTreeJobFile(jobDir);
-    // The journal speaks for a destination directory that is still the one its runs wrote.
-    const stale = opened.state.done.size > 0 ? await staleDestination(target, conn, previous) : undefined;
-    if (stale) {
-      emit({ type: 'warning', message: `${target.destinationLabel}: ${stale}: what earlier runs of this job journaled is not there; copying everything again` });
-      await opened.journal.close();
-      await writePrivateFile(journalPath, '');
-      opened = await TreeJournal.open(journalPath);
-    }
-    journal = opened.journal;
-    const state = opened.state;
+    const { journal, state, algorithm } = await openTreeJob(request, options, target, conn, jobDir, held, emit);
     const resumed = state.done.size > 0;
-    const algorithm: HashAlgorithm = rangeHashFor(options, conn);
-    await writeTreeJobFile(jobDir, {
-      v: 1,
-      kind: 'tree',
-      jobId: target.jobId,
-      createdAt: previous && !options.restart ? previous.createdAt : Date.now(),
-      source: request.source,
-      destination: request.destination,
-      sourceLabel: target.sourceLabel,
-      destinationLabel: target.destinationLabel,
-      targetRoot: target.targetRoot,
-      ...(previous?.targetId && resumed ? { targetId: previous.targetId } : {}),
-      options: request.options ?? {},
-      hash: algorithm,
-    });
     // Modes as scp sets them: limited by the destination side's umask (this process's, for a pull).
     const umask = target.direction === 'pull' ? process.umask() : await conn.umask(target.targetRoot);
-    emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
-    // A line cut short by a crash mid-write: its entry is sent again, as if never journaled.
-    if (state.tornBytes > 0) emit({ type: 'log', message: `tree journal had a torn last line (${state.tornBytes} bytes, ${state.done.size} entries kept); it was cut off` });
-    const fallback = fallbackWarning(conn);
-    if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
-    const meta = metaPlanOf(options, target.direction, conn);
-    if (meta.xattrs && !meta.exact) emit({ type: 'log', message: `the helper on ${conn.label} cannot remove extended attributes (older than this ferry): a directory keeps attributes removed at the source since an earlier run, and a big file whose attributes changed is sent again whole` });
+    const meta = announceTree(emit, options, target, conn, jobDir, state);
     // Read while the source walk starts (TreeRun.copy waits for it before the first entry is planned).
     const sync = options.sync ? syncStateOf(target, conn, options, algorithm, umask, meta, emit) : undefined;
     sync?.catch(() => {});
@@ -169,34 +134,9 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     // What the previous complete run recorded: the hashes of entries this one finds the same without reading them.
     if (options.sync) run.previousRecords = (await readSyncManifest(jobDir).catch(() => undefined))?.records ?? new Map();
-    const onAbort = () => conn.close();
-    request.signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      await run.copy();
-    } catch (err) {
-      // Whatever the abort broke on its way (a closed connection, a cut walk) is an interruption.
-      if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
-      // --fail-fast: whatever the stop broke on its way, the copy ends with the first failure.
-      throw run.stopped ?? err;
-    } finally {
-      request.signal?.removeEventListener('abort', onAbort);
-    }
-    if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
-    const seconds = (Date.now() - started) / 1000;
+    await copyTree(run, request, conn);
+    const summary = treeSummaryOf(run, target, conn, algorithm, jobDir, started);
     const c = run.counters;
-    const summary: TreeSummary = {
-      jobId: target.jobId,
-      source: target.sourceLabel,
-      destination: target.destinationLabel,
-      ...c,
-      seconds,
-      mbps: seconds > 0 ? c.bytes / 1e6 / seconds : 0,
-      filesPerSec: seconds > 0 ? c.files / seconds : 0,
-      mode: conn.mode,
-      streams: run.streams,
-      hash: algorithm,
-      stateDir: jobDir,
-    };
     await run.writeLists(jobDir);
     // A sync that completed: the manifest of the destination as it left it (before 'done' is written: never a stale one with it).
     const records = run.syncRecords();
@@ -221,7 +161,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     if (run) await writeTreeStatus(jobDir, statusOf(run, phase, phase === 'partial' ? undefined : failure)).catch(() => {});
     void syncing?.then((s) => s.close(), () => {});
     if (run) await recordTargetId(jobDir, target, conn).catch(() => {});
-    await journal?.close().catch(() => {});
+    await held.journal?.close().catch(() => {});
     await unlock?.().catch(() => {});
     conn.close();
   }
@@ -262,6 +202,95 @@ async function recordTargetId(jobDir: string, target: TreeTarget, conn: RemoteCo
   const id = await targetIdOf(target, conn);
   if (!id || (job.targetId?.dev === id.dev && job.targetId.ino === id.ino)) return;
   await writeTreeJobFile(jobDir, { ...job, targetId: id });
+}
+
+/**
+ * The tree job's journal (emptied for --restart and for every sync) and its
+ * job.json; the journal goes into `held` at once, so the caller closes it
+ * however the job ends.
+ */
+async function openTreeJob(request: CopyRequest, options: ResolvedCopyOptions, target: TreeTarget, conn: RemoteConnection, jobDir: string, held: { journal?: TreeJournal }, emit: NonNullable<CopyRequest['onEvent']>): Promise<{ journal: TreeJournal; state: TreeJournalState; algorithm: HashAlgorithm }> {
+  const journalPath = join(jobDir, 'tree.ndjson');
+  // A sync compares with the destination itself, never with the journal: each run starts an
+  // empty one (reading an earlier run's would cost a second per 50,000 lines for nothing).
+  if (options.restart || options.sync) await writePrivateFile(journalPath, '');
+  let opened = await TreeJournal.open(journalPath);
+  held.journal = opened.journal;
+  const previous = await readTreeJobFile(jobDir);
+  // The journal speaks for a destination directory that is still the one its runs wrote.
+  const stale = opened.state.done.size > 0 ? await staleDestination(target, conn, previous) : undefined;
+  if (stale) {
+    emit({ type: 'warning', message: `${target.destinationLabel}: ${stale}: what earlier runs of this job journaled is not there; copying everything again` });
+    await opened.journal.close();
+    await writePrivateFile(journalPath, '');
+    opened = await TreeJournal.open(journalPath);
+    held.journal = opened.journal;
+  }
+  const resumed = opened.state.done.size > 0;
+  const algorithm: HashAlgorithm = rangeHashFor(options, conn);
+  await writeTreeJobFile(jobDir, {
+    v: 1,
+    kind: 'tree',
+    jobId: target.jobId,
+    createdAt: previous && !options.restart ? previous.createdAt : Date.now(),
+    source: request.source,
+    destination: request.destination,
+    sourceLabel: target.sourceLabel,
+    destinationLabel: target.destinationLabel,
+    targetRoot: target.targetRoot,
+    ...(previous?.targetId && resumed ? { targetId: previous.targetId } : {}),
+    options: request.options ?? {},
+    hash: algorithm,
+  });
+  return { journal: opened.journal, state: opened.state, algorithm };
+}
+
+/** The tree.start event and what the connection warns of; returns which metadata the copy keeps. */
+function announceTree(emit: NonNullable<CopyRequest['onEvent']>, options: ResolvedCopyOptions, target: TreeTarget, conn: RemoteConnection, jobDir: string, state: TreeJournalState): MetaPlan {
+  const resumed = state.done.size > 0;
+  emit({ type: 'tree.start', jobId: target.jobId, source: target.sourceLabel, destination: target.destinationLabel, mode: conn.mode, stateDir: jobDir, resumed, resumedEntries: state.done.size });
+  // A line cut short by a crash mid-write: its entry is sent again, as if never journaled.
+  if (state.tornBytes > 0) emit({ type: 'log', message: `tree journal had a torn last line (${state.tornBytes} bytes, ${state.done.size} entries kept); it was cut off` });
+  const fallback = fallbackWarning(conn);
+  if (fallback) emit({ type: 'warning', message: fallback, host: conn.label });
+  const meta = metaPlanOf(options, target.direction, conn);
+  if (meta.xattrs && !meta.exact) emit({ type: 'log', message: `the helper on ${conn.label} cannot remove extended attributes (older than this ferry): a directory keeps attributes removed at the source since an earlier run, and a big file whose attributes changed is sent again whole` });
+  return meta;
+}
+
+/** Runs the tree's stages; an abort closes the coordinator's connection and ends the copy as interrupted. */
+async function copyTree(run: TreeRun, request: CopyRequest, conn: RemoteConnection): Promise<void> {
+  const onAbort = () => conn.close();
+  request.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await run.copy();
+  } catch (err) {
+    // Whatever the abort broke on its way (a closed connection, a cut walk) is an interruption.
+    if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
+    // --fail-fast: whatever the stop broke on its way, the copy ends with the first failure.
+    throw run.stopped ?? err;
+  } finally {
+    request.signal?.removeEventListener('abort', onAbort);
+  }
+  if (request.signal?.aborted) throw new FerryError('INTERRUPTED', 'interrupted: rerun the same command to go on; what is journaled is not sent again');
+}
+
+function treeSummaryOf(run: TreeRun, target: TreeTarget, conn: RemoteConnection, algorithm: HashAlgorithm, jobDir: string, started: number): TreeSummary {
+  const seconds = (Date.now() - started) / 1000;
+  const c = run.counters;
+  return {
+    jobId: target.jobId,
+    source: target.sourceLabel,
+    destination: target.destinationLabel,
+    ...c,
+    seconds,
+    mbps: seconds > 0 ? c.bytes / 1e6 / seconds : 0,
+    filesPerSec: seconds > 0 ? c.files / seconds : 0,
+    mode: conn.mode,
+    streams: run.streams,
+    hash: algorithm,
+    stateDir: jobDir,
+  };
 }
 
 function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryError): TreeJobStatus {

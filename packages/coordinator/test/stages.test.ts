@@ -24,8 +24,8 @@ const STAGES: Array<{ stage: string; module: string; main: string }> = [
   { stage: 'finalize', module: 'file-finalize.ts', main: 'finalizeFile' },
 ];
 
-/** copy.ts (the orchestrator) and the modules split out of it: the ones held to the limit. */
-const CHECKED = ['copy.ts', 'file-context.ts', 'file-plan.ts', 'file-status.ts', 'publish.ts', 'launch.ts', 'collect.ts', 'collect-reports.ts', 'file-finalize.ts'];
+/** copy.ts (the orchestrator), the modules split out of it, and the tree's orchestrator: the ones held to the limit. */
+const CHECKED = ['copy.ts', 'file-context.ts', 'file-plan.ts', 'file-status.ts', 'publish.ts', 'launch.ts', 'collect.ts', 'collect-reports.ts', 'file-finalize.ts', 'tree-copy.ts'];
 
 interface FunctionSpan {
   name: string;
@@ -96,7 +96,7 @@ describe("a single-file job's stages", () => {
     }
   });
 
-  it(`are functions of at most ${MAX_FUNCTION_LINES} lines, in copy.ts and every module split out of it`, () => {
+  it(`are functions of at most ${MAX_FUNCTION_LINES} lines, in copy.ts, every module split out of it, and tree-copy.ts`, () => {
     const long = CHECKED.flatMap((name) => tooLong(readFileSync(src(name), 'utf8'), MAX_FUNCTION_LINES).map((f) => `${name}: ${f}`));
     expect(long).toEqual([]);
   });
