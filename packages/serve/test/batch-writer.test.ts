@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ZERO_CHUNK, createHasher } from '@ferry/core';
 import type { BatchEntry } from '@ferry/core';
-import { BatchWriter, MAX_HELD_FILES } from '../src/batch.js';
+import { BatchWriter, EARLY_SYNC_GROUP, MAX_HELD_FILES } from '../src/batch.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -65,6 +65,34 @@ describe('BatchWriter', () => {
       expect(readFileSync(join(dir, 'sub', 'holes')).equals(Buffer.alloc(3 << 20))).toBe(true);
     });
   }
+
+  it(`syncs groups of ${EARLY_SYNC_GROUP} files in the background while the next ones arrive`, async () => {
+    const dir = fresh();
+    const before = openFds();
+    const n = EARLY_SYNC_GROUP + 10;
+    const entries: BatchEntry[] = [{ kind: 'dir', path: join(dir, 'sub') }];
+    for (let i = 0; i < n; i++) entries.push({ kind: 'file', path: join(dir, 'sub', `f${i}`), size: contentOf(i).length });
+    const writer = new BatchWriter(entries, 'crc32');
+    writer.makeDirectories();
+    const hashes: Array<string | null> = [null];
+    for (let i = 0; i < n; i++) {
+      writer.data(i, contentOf(i));
+      const h = createHasher('crc32');
+      h.update(contentOf(i));
+      hashes.push(h.digest());
+    }
+    // The first group's files were complete once the next file began; nothing else waits on them.
+    expect(openFds() - before).toBeGreaterThan(EARLY_SYNC_GROUP);
+    const deadline = Date.now() + 30_000;
+    while (openFds() - before > n - EARLY_SYNC_GROUP && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(openFds() - before).toBeLessThanOrEqual(n - EARLY_SYNC_GROUP);
+    // Not renamed yet: the batch is not committed.
+    expect(readdirSync(join(dir, 'sub')).every((x) => x.endsWith('.part'))).toBe(true);
+    const results = await writer.commit(hashes);
+    expect(results.every((r) => r.ok)).toBe(true);
+    expect(openFds()).toBe(before);
+    expect(readdirSync(join(dir, 'sub')).sort()).toEqual(Array.from({ length: n }, (_, i) => `f${i}`).sort());
+  });
 
   it('fails the files whose hash differs, renames the others, and leaves no temporary name', async () => {
     const dir = fresh();
