@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PROTOCOL_VERSION, encodeControl, encodeDataHeader } from '@ferry/core';
+import { PROTOCOL_VERSION, encodeControl, encodeDataHeader, hashBytes } from '@ferry/core';
 import type { BatchEntryResult, HashAlgorithm, SshSettings } from '@ferry/core';
 import { connectRemote } from '@ferry/transport';
 import type { RemoteConnection } from '@ferry/transport';
@@ -19,7 +19,7 @@ import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/s
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { batchCase, batchFrames, bytesOf, leftovers } from './batch-cases.js';
-import { CLI, REMOTE_CMD, repliesById, tempDir } from './helpers.js';
+import { CLI, REMOTE_CMD, repliesById, startLocalHelper, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 let n = 0;
@@ -157,6 +157,37 @@ describe.each(['helper', 'python', 'sftp'] as const)('RemoteConnection.writeBatc
       expect(await readFile(join(dir, `b${b}-f0`))).toEqual(Buffer.alloc(1000, 1));
     }
     expect(await leftovers(dir)).toEqual([]);
+  });
+});
+
+describe.each(['serve', 'python'] as const)('a batch of small files to the %s helper', (kind) => {
+  it('goes in a few DATA frames, each packing many files, one file split over two, a run of zeros between', async () => {
+    const { helper, writes } = await startLocalHelper(kind);
+    try {
+      const dir = fresh();
+      await mkdir(dir);
+      // 400 files of 1,000-1,399 bytes (~480 KiB: two packed frames), one of them all zeros in the middle.
+      const sizes = Array.from({ length: 400 }, (_, i) => 1000 + i);
+      const entries = sizes.map((size, i) => ({ kind: 'file' as const, path: join(dir, `f${i}`), size }));
+      const content = (i: number) => Buffer.alloc(sizes[i]!, i === 200 ? 0 : (i % 250) + 1);
+      const before = writes();
+      const w = helper.writeBatch(entries, 'crc32');
+      const hashes: string[] = [];
+      for (let i = 0; i < entries.length; i++) {
+        if (i === 200) await w.zeros(sizes[i]!);
+        else await w.data(content(i));
+        hashes.push(hashBytes('crc32', content(i)));
+      }
+      await w.commit(hashes);
+      const results = await w.answer;
+      expect(results.every((r) => r.ok)).toBe(true);
+      // BATCH, COMMIT, the ZEROS, and the DATA frames before and after it: not a frame per file.
+      expect(writes() - before).toBeLessThanOrEqual(8);
+      for (const i of [0, 199, 200, 201, 399]) expect(await readFile(join(dir, `f${i}`))).toEqual(content(i));
+      expect(await leftovers(dir)).toEqual([]);
+    } finally {
+      helper.close();
+    }
   });
 });
 

@@ -9,15 +9,14 @@
  * set by name go through a descriptor opened without following a link, in
  * both helpers and on a pull's local side.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { chmod, lstat, mkdir, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SAFE_FILES_CAPABILITY } from '@ferry/core';
-import { HelperClient } from '../packages/transport/src/helper-client.js';
-import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
+import type { HelperClient } from '../packages/transport/src/helper-client.js';
 import { localDestination } from '../packages/coordinator/src/tree-finalize.js';
-import { CLI, tempDir } from './helpers.js';
+import { startLocalHelper, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 
@@ -29,17 +28,7 @@ afterAll(async () => {
   await work?.remove();
 });
 
-async function start(kind: 'serve' | 'python'): Promise<HelperClient> {
-  const script = kind === 'python' ? pythonHelperScript() : undefined;
-  const child =
-    kind === 'python'
-      ? spawn('sh', ['-c', pythonHelperCommand(script!.length)], { env: { PATH: '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] })
-      : spawn(process.execPath, [CLI, 'serve'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const helper = new HelperClient({ input: child.stdin, output: child.stdout, stderr: child.stderr, close: () => child.kill() }, 'here');
-  if (script) child.stdin.write(script);
-  await helper.handshake(10_000);
-  return helper;
-}
+const start = async (kind: 'serve' | 'python'): Promise<HelperClient> => (await startLocalHelper(kind)).helper;
 
 describe.each(['serve', 'python'] as const)('the %s helper', (kind) => {
   let n = 0;

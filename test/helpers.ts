@@ -4,10 +4,13 @@
  */
 import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
+import { Writable } from 'node:stream';
 import type { Readable } from 'node:stream';
 import { FrameDecoder, createHasher } from '@ferry/core';
 import type { DecodedFrame, HashAlgorithm } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
+import { HelperClient } from '../packages/transport/src/helper-client.js';
+import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -314,4 +317,32 @@ export async function writeRange(conn: RemoteConnection, path: string, data: Buf
   } finally {
     await file.close();
   }
+}
+
+/**
+ * A helper on this machine spoken to over its stdin and stdout, as a
+ * connection's channel would: `ferry serve` or the python helper (sent its
+ * script first, with only /usr/bin and /bin on PATH). `writes` counts the
+ * writes the client made to it (one per frame sent).
+ */
+export async function startLocalHelper(kind: 'serve' | 'python'): Promise<{ helper: HelperClient; writes: () => number }> {
+  const script = kind === 'python' ? pythonHelperScript() : undefined;
+  const child = script
+    ? spawn('sh', ['-c', pythonHelperCommand(script.length)], { env: { PATH: '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] })
+    : spawn(process.execPath, [CLI, 'serve'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let writes = 0;
+  const input = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      writes++;
+      if (child.stdin.write(chunk)) done();
+      else child.stdin.once('drain', () => done());
+    },
+    final(done) {
+      child.stdin.end(done);
+    },
+  });
+  const helper = new HelperClient({ input, output: child.stdout, stderr: child.stderr, close: () => child.kill() }, 'here');
+  if (script) child.stdin.write(script);
+  await helper.handshake(10_000);
+  return { helper, writes: () => writes };
 }

@@ -8,16 +8,14 @@
  * a symbolic link planted where a directory goes is refused and what it
  * points to keeps its attributes and mode.
  */
-import { spawn } from 'node:child_process';
 import { chmod, mkdir, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getAttribute, listAttributes, setAttribute } from '@napi-rs/xattr';
 import { XATTRS_EXACT_CAPABILITY } from '@ferry/core';
-import { HelperClient } from '../packages/transport/src/helper-client.js';
-import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
+import type { HelperClient } from '../packages/transport/src/helper-client.js';
 import { localDestination } from '../packages/coordinator/src/tree-finalize.js';
-import { CLI, tempDir } from './helpers.js';
+import { startLocalHelper, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 
@@ -29,14 +27,7 @@ afterAll(async () => {
   await work?.remove();
 });
 
-async function start(kind: 'serve' | 'python'): Promise<HelperClient> {
-  const script = kind === 'serve' ? undefined : pythonHelperScript();
-  const child = script ? spawn('sh', ['-c', pythonHelperCommand(script.length)], { env: { PATH: '/usr/bin:/bin' }, stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(process.execPath, [CLI, 'serve'], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const helper = new HelperClient({ input: child.stdin, output: child.stdout, stderr: child.stderr, close: () => child.kill() }, 'here');
-  if (script) child.stdin.write(script);
-  await helper.handshake(10_000);
-  return helper;
-}
+const start = async (kind: 'serve' | 'python'): Promise<HelperClient> => (await startLocalHelper(kind)).helper;
 
 /** A POSIX default ACL as the kernel stores it: version 2, then (tag, perm, id) entries. */
 function defaultAcl(): Buffer {

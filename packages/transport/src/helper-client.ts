@@ -38,8 +38,15 @@ interface Pending {
 }
 
 /** A BATCH being sent: its files' bytes in entry order, then COMMIT; `answer` settles with the helper's results. */
+/** A batch's DATA frames carry up to this many bytes of its small files, packed back to back. */
+export const BATCH_PACK_BYTES = 256 * 1024;
+
 export interface BatchWrite {
-  /** Sends `data` (copied: the caller may reuse it once this resolves). Resolves when more may be sent. */
+  /**
+   * Sends `data` (copied: the caller may reuse it once this resolves), packed
+   * with the next files' bytes into DATA frames of up to BATCH_PACK_BYTES.
+   * Resolves when more may be sent.
+   */
   data(data: Buffer): Promise<void>;
   /** Sends a run of `length` zeros (at most 1 MiB) as a ZEROS frame. */
   zeros(length: number): Promise<void>;
@@ -330,7 +337,15 @@ export class HelperClient {
     };
   }
 
-  /** Starts a BATCH (capability `batch`): the frame now, its bytes and COMMIT through the returned writer. */
+  /**
+   * Starts a BATCH (capability `batch`): the frame now, its bytes and COMMIT
+   * through the returned writer. A batch's bytes are its files' back to back,
+   * so a DATA frame may end in the middle of one file and go on with the
+   * next: small files are packed into one frame, which costs one buffer and
+   * one channel write per BATCH_PACK_BYTES instead of per file (the channel's
+   * writes, their packets and the allocations were a fifth of a 20,000-file
+   * push's CPU).
+   */
   writeBatch(entries: readonly BatchEntry[], algorithm: HashAlgorithm): BatchWrite {
     const { id, reply } = this.request('BATCH', batchBody(algorithm, entries));
     let error: unknown;
@@ -346,26 +361,45 @@ export class HelperClient {
     const check = () => {
       if (error !== undefined) throw error;
     };
+    // The frame being filled: its header's room, then `fill` bytes. Never reused once sent (the channel may hold it).
+    let pack: Buffer | undefined;
+    let fill = 0;
+    const flush = (): Promise<void> => {
+      if (!pack || fill === 0) return Promise.resolve();
+      writeHeader(pack, 0, FrameType.DATA, id, fill);
+      const frame = pack.subarray(0, FRAME_HEADER_BYTES + fill);
+      pack = undefined;
+      fill = 0;
+      return this.send(frame);
+    };
     return {
       answer,
       get failed() {
         return error !== undefined;
       },
-      data: (data) => {
+      data: async (data) => {
         check();
-        // One write per frame, the bytes copied: the source may reuse its buffer once this resolves,
-        // while the channel may still hold this one.
-        const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + data.length);
-        writeHeader(buf, 0, FrameType.DATA, id, data.length);
-        data.copy(buf, FRAME_HEADER_BYTES);
-        return this.send(buf);
+        if (fill + data.length > BATCH_PACK_BYTES) await flush();
+        if (data.length >= BATCH_PACK_BYTES) {
+          // A big piece goes as its own frame (copied: the source may reuse its buffer once this resolves).
+          const buf = Buffer.allocUnsafe(FRAME_HEADER_BYTES + data.length);
+          writeHeader(buf, 0, FrameType.DATA, id, data.length);
+          data.copy(buf, FRAME_HEADER_BYTES);
+          return this.send(buf);
+        }
+        pack ??= Buffer.allocUnsafe(FRAME_HEADER_BYTES + BATCH_PACK_BYTES);
+        data.copy(pack, FRAME_HEADER_BYTES + fill);
+        fill += data.length;
+        if (fill === BATCH_PACK_BYTES) return flush();
       },
-      zeros: (length) => {
+      zeros: async (length) => {
         check();
+        await flush();
         return this.send(encodeControl('ZEROS', id, { length }));
       },
-      commit: (srcHashes) => {
+      commit: async (srcHashes) => {
         check();
+        await flush();
         return this.send(encodeControl('COMMIT', id, { srcHashes }));
       },
     };
