@@ -163,7 +163,7 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
 export const SYNC_CHANGED_EXIT = 3;
 
 /** `ferry sync`: a tree or a file made the same as its source; with `exitCode`, 3 says something changed. */
-export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean, launch: LaunchOptions = { launcher: 'local' }): Promise<void> {
+export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
   let early: typeof import('@ferry/coordinator/early') | undefined;
@@ -182,6 +182,7 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
       ...(launch.natsListen ? { natsListen: launch.natsListen } : {}),
       ...(launch.natsAdvertise ? { natsAdvertise: launch.natsAdvertise } : {}),
       ...(io.signal ? { signal: io.signal } : {}),
+      ...extra,
     });
     let changed: boolean;
     if ('plan' in summary && summary.plan) changed = summary.plan.create + summary.plan.update + summary.plan.delete > 0;
