@@ -413,6 +413,68 @@ describe.each([
   });
 });
 
+describe.each([
+  ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+  ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
+  ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+] as const)('ferry sync --xattrs of one file, %s', (name, direction, server, mode) => {
+  it('copies its attributes, then sets a change of them alone with no bytes sent; the dry run lists it', async (ctx) => {
+    if (!userXattrs) ctx.skip();
+    const tag = name.replace(/\W/g, '');
+    const src = join(work.path, `xattr-one-${tag}.bin`);
+    const dst = join(work.path, `xattr-one-${tag}-copy.bin`);
+    await makeRandomFile(src, 300_000);
+    await setAttribute(src, 'user.change', 'before');
+    await setAttribute(src, 'user.gone', 'soon');
+    const attrsOf = async (path: string) => {
+      const values: Record<string, string> = {};
+      for (const n of (await listAttributes(path)).filter((n) => n.startsWith('user.')).sort()) values[n] = (await getAttribute(path, n))!.toString();
+      return values;
+    };
+    const run = (extra: string[] = []) =>
+      runFerry(['sync', '--xattrs', '--exit-code', ...extra, ...args(server(), [...mode]), direction === 'push' ? src : on(server(), src), direction === 'push' ? on(server(), dst) : dst]);
+    const first = await run();
+    expect(first.code, first.stderr).toBe(3);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'before', 'user.gone': 'soon' });
+    const same = await run();
+    expect(same.code, same.stdout + same.stderr).toBe(0);
+
+    await setAttribute(src, 'user.change', 'after');
+    await removeAttribute(src, 'user.gone');
+    await setAttribute(src, 'user.new', 'added');
+    const inode = (await stat(dst)).ino;
+    const dry = await run(['--dry-run']);
+    expect(dry.code, dry.stderr).toBe(3);
+    expect(parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`)).toEqual([`update ${dst} xattrs`]);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'before', 'user.gone': 'soon' });
+    // At the checksum level too, once the contents are found the same.
+    const sum = await run(['--dry-run', '--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(3);
+    expect(parseEvents(sum.stdout).filter((e) => e.type === 'sync.change').map((e) => e.reason)).toEqual(['xattrs']);
+
+    const sync = await run();
+    expect(sync.code, sync.stderr).toBe(3);
+    // No content moved: no job, the file the one that was there.
+    expect(parseEvents(sync.stdout).filter((e) => e.type === 'job.start' || e.type === 'done' || e.type === 'delta')).toEqual([]);
+    expect(parseEvents(sync.stdout).some((e) => e.type === 'log' && /extended attributes set again/.test(String(e.message)))).toBe(true);
+    expect((await stat(dst)).ino).toBe(inode);
+    expect(await attrsOf(dst)).toEqual(await attrsOf(src));
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect((await run()).code).toBe(0);
+
+    // Content and attributes both changed: the file goes (its changed ranges), its attributes with it.
+    await appendFile(src, 'tail');
+    await setAttribute(src, 'user.change', 'again');
+    const both = await run();
+    expect(both.code, both.stderr).toBe(3);
+    expect(parseEvents(both.stdout).some((e) => e.type === 'done')).toBe(true);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'again', 'user.new': 'added' });
+    expect((await run()).code).toBe(0);
+  });
+});
+
 describe('ferry sync jobs have a manifest', () => {
   const MiB = 1024 * 1024;
   const state = () => join(work.path, 'state');

@@ -188,7 +188,7 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
     if ('plan' in summary && summary.plan) changed = summary.plan.create + summary.plan.update + summary.plan.delete > 0;
     else if ('unchanged' in summary && typeof summary.unchanged === 'boolean') {
       changed = !summary.unchanged;
-      if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : '');
+      if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : 'attributes' in summary && !summary.dryRun ? `ferry: ${destination}: extended attributes set again, no bytes sent\n` : '');
     } else if ('files' in summary) changed = summary.files + summary.symlinks + summary.hardlinks + summary.dirs + summary.deleted + summary.attributes > 0;
     else changed = true;
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'sync.done', changed }) + '\n');
