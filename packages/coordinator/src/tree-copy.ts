@@ -327,8 +327,12 @@ class TreeRun {
   private walkErrors = 0;
   /** Sync: files with several names this run sent again (their further names are made again too). */
   private readonly resentLinked = new Set<string>();
-  /** Sync: source files with several names, and what stood at each further name at the destination (hard links are few). */
+  /** Source files with several names (their first names), and in a sync what stood at each further name at the destination (hard links are few). */
   private readonly linkFirsts = new Map<string, TreeEntry>();
+  /** Copy: first names of files with several names that an earlier run made durable and this run did not send (`resumed`). */
+  private readonly resumedFirsts = new Set<string>();
+  /** Copy: further names found still right at the destination (linkResumed), not made again. */
+  private resumedLinks = 0;
   private readonly linkDests = new Map<string, DestEntry | undefined>();
   readonly streams: number;
   private readonly dirs = new Map<string, TreeEntry>();
@@ -509,6 +513,7 @@ class TreeRun {
       }
       await this.setAttributes();
       this.checkStop();
+      const linked: TreeEntry[] = [];
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -516,9 +521,13 @@ class TreeRun {
         umask: this.umask,
         meta: (e: TreeEntry) => pathMeta(this.meta, e),
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
-        done: () => this.counters.hardlinks++,
+        done: (e: TreeEntry) => {
+          this.counters.hardlinks++;
+          linked.push(e);
+        },
       };
       await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
+      await this.journalLinks(linked);
       this.checkStop();
       // Before the directories' times are set: removing an entry changes its directory's mtime.
       if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
@@ -543,10 +552,39 @@ class TreeRun {
         this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
         return false;
       }
-      if (this.sync && this.linkUnchanged(l)) return false;
+      if (this.sync ? this.linkUnchanged(l) : this.linkResumed(l)) return false;
       this.touch(l.path);
       return true;
     });
+  }
+
+  /**
+   * Copy: a further name an earlier run made at the destination (its
+   * journal record, `k`) for the very file its first name still is (same
+   * inode, mtime and size), where this run did not send that first name
+   * again: the link there is still right. Which name of a file comes first
+   * depends on the walk's order, so each name of it is journaled, and a
+   * rerun finds the file resumed under whichever name is first this time.
+   */
+  private linkResumed(link: TreeEntry): boolean {
+    const first = this.linkFirsts.get(link.target!);
+    if (!first || !this.resumedFirsts.has(first.path)) return false;
+    const r = this.state.done.get(link.path);
+    if (r === undefined || r.ino !== link.ino || r.mtimeMs !== link.mtimeMs || r.size !== first.size) return false;
+    this.resumedLinks++;
+    return true;
+  }
+
+  /** Journals each further name made: its first name's size, mtime, inode and metadata digest, and `k`, the first name. */
+  private async journalLinks(links: readonly TreeEntry[]): Promise<void> {
+    const records: TreeRecord[] = [];
+    for (const l of links) {
+      const first = this.linkFirsts.get(l.target!);
+      if (first) records.push({ ...recordOf(first, { meta: this.digestOf(first) }), p: l.path, k: first.path });
+    }
+    await this.journal.append(records);
+    const n = this.resumedLinks;
+    if (n > 0) this.emit({ type: 'log', message: `${n} hard link${n === 1 ? '' : 's'} made by earlier runs ${n === 1 ? 'is' : 'are'} still right: not made again` });
   }
 
   /** Stage 2's output: each step of the plan, in order. */
@@ -566,6 +604,7 @@ class TreeRun {
         this.links.push(step.entry);
         return;
       case 'file':
+        if (step.entry.nlink > 1) this.linkFirsts.set(step.entry.path, step.entry);
         if (this.resumed(step.entry)) return;
         if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
           (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
@@ -573,6 +612,7 @@ class TreeRun {
         }
         return this.send([step.entry]);
       case 'batch':
+        for (const { entry } of step.entries) if (entry.nlink > 1) this.linkFirsts.set(entry.path, entry);
         return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
     }
   }
@@ -801,6 +841,7 @@ class TreeRun {
   private resumed(entry: TreeEntry): boolean {
     // The digest only for an entry the journal holds: a first run makes none here.
     if (!this.state.done.has(entry.path) || !alreadyDone(this.state, entry, this.digestOf(entry))) return false;
+    if (entry.nlink > 1) this.resumedFirsts.add(entry.path);
     this.counters.resumedFiles++;
     this.counters.resumedBytes += entry.size;
     return true;
