@@ -228,20 +228,30 @@ describe('ferry sync compare levels, --dry-run and --delete', () => {
     expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0 });
   });
 
-  it('--delete deletes nothing when an entry failed', async () => {
+  it('--delete deletes nothing when an entry failed; what that run sent keeps its hash in the next complete run\'s manifest', async () => {
     const src = join(work.path, 'fail-src');
     const dst = join(work.path, 'fail-dst');
     await makeTree(src);
     expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
     await writeFile(join(dst, 'extra.txt'), 'extra');
-    // A directory where the source has a file: that file cannot be synced.
+    // A directory where the source has a file: that file cannot be synced. Another file changed goes.
     await rm(join(dst, 'a.txt'));
     await mkdir(join(dst, 'a.txt'));
+    await appendFile(join(src, 'sub', 'b.txt'), 'more\n');
     const run = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
     expect(run.code, run.stderr).toBe(72);
     expect(run.stdout).toMatch(/a\.txt is a directory where the source has a file/);
     expect(run.stdout).toMatch(/--delete: nothing deleted/);
     expect(await readFile(join(dst, 'extra.txt'), 'utf8')).toBe('extra');
+    expect(await readFile(join(dst, 'sub', 'b.txt'), 'utf8')).toBe('bravo\nmore\n');
+    // The way cleared, the next run completes: b.txt is the same now, and the manifest still knows its hash.
+    await rm(join(dst, 'a.txt'), { recursive: true });
+    const fixed = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(fixed.code, fixed.stderr).toBe(0);
+    expect(doneOf(fixed.stdout)).toMatchObject({ files: 1, deleted: 1, failed: 0 });
+    const verified = await runFerry(['verify', doneOf(fixed.stdout).jobId, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+    expect(parseEvents(verified.stdout).find((e) => e.type === 'verify.done')).toMatchObject({ bad: 0 });
   });
 });
 

@@ -42,7 +42,7 @@ import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncActi
 import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { bigFileEntryOf } from './manifest.js';
-import { readSyncManifest, writeSyncManifest } from './sync-manifest.js';
+import { previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
 import type { SyncRecord } from './sync-manifest.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -132,8 +132,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     sync?.catch(() => {});
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
-    // What the previous complete run recorded: the hashes of entries this one finds the same without reading them.
-    if (options.sync) run.previousRecords = (await readSyncManifest(jobDir).catch(() => undefined))?.records ?? new Map();
+    // What the previous complete run (and partial ones since) recorded: the hashes of entries this one finds the same without reading them.
+    if (options.sync) run.previousRecords = await previousSyncRecords(jobDir);
     await copyTree(run, request, conn);
     const summary = treeSummaryOf(run, target, conn, algorithm, jobDir, started);
     const c = run.counters;
@@ -141,6 +141,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // A sync that completed: the manifest of the destination as it left it (before 'done' is written: never a stale one with it).
     const records = run.syncRecords();
     if (records) await writeSyncManifest(jobDir, algorithm, records);
+    else if (options.sync && !options.dryRun) await writeSyncPartial(jobDir, algorithm, run.knownSyncRecords());
     phase = c.failed > 0 ? 'partial' : 'done';
     emit({ type: 'tree.done', ...summary });
     if (c.failed > 0) {
@@ -774,6 +775,11 @@ class TreeRun {
     if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
     const before = this.previousRecords.get(e.path);
     this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
+  }
+
+  /** Sync: the records this run made so far, complete or not. */
+  knownSyncRecords(): Iterable<SyncRecord> {
+    return this.records.values();
   }
 
   /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
