@@ -280,6 +280,43 @@ describe.skipIf(!isRoot)('many nodes', () => {
       expect(verified.code, verified.stderr).toBe(0);
     });
 
+    it('ferry sync --sbatch: Slurm runs srun ferry run --sync, both nodes\' agents make the copy, and the next job sends only the change and deletes the extra', async () => {
+      const dir = join(cluster.dir, 'sync-sbatch');
+      const src = join(dir, 'src');
+      await mkdir(dir);
+      await execFileAsync('cp', ['-a', tree, src]);
+      const copy = join(dir, 'copy');
+      const target = `root@${cluster.dtns.map((d) => d.name).join(',')}:${copy}`;
+      /** The batch script ferry sync --sbatch prints, submitted with sbatch --wait; its output's events. */
+      const submit = async (name: string, ...more: string[]) => {
+        const made = await runFerry(['sync', src, target, ...flags(dir), ...noHugeJob, '--sbatch', '--nodes', '2', '--agents-per-node', '1', '--agent-cmd', FERRY, ...more]);
+        expect(made.code, made.stderr).toBe(0);
+        expect(made.stdout).toContain(` run --sync ${more.includes('--delete') ? '--delete ' : ''}${src} `);
+        const script = join(dir, `${name}.sbatch`);
+        await writeFile(script, made.stdout);
+        const r = await cluster.run('sbatch', ['--wait', `--output=${join(dir, `${name}.out`)}`, script], { cwd: dir, timeoutMs: 240_000 });
+        const out = await readFile(join(dir, `${name}.out`), 'utf8').catch(() => '');
+        expect(r.code, `${r.stderr}\n${out}`).toBe(0);
+        return parseEvents(out.split('\n').filter((l) => l.startsWith('{')).join('\n'));
+      };
+      // Held to 1 MB/s (~4 s), so that both nodes' agents are up and take batches before the first run ends.
+      const first = await submit('first', '--limit-rate', '1MB');
+      expect((await compareTrees(src, copy)).differences).toEqual({});
+      expect([...new Set(first.filter((e) => e.type === 'agent.start').map((e) => e.node))].sort()).toEqual(names());
+
+      const files = (await readdir(src, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name)).sort();
+      let one = '';
+      for (const f of files) if (!one && (await stat(f)).nlink === 1) one = f;
+      await writeFile(one, 'changed\n');
+      await writeFile(join(copy, 'extra.txt'), 'not in the source\n');
+      const again = await submit('again', '--delete');
+      expect((await compareTrees(src, copy)).differences).toEqual({});
+      expect(again.find((e) => e.type === 'tree.done')).toMatchObject({ files: 1, deleted: 1, failed: 0 });
+      const job = String(again.find((e) => e.type === 'tree.done')!.jobId);
+      const verified = await runFerry(['verify', job, '--state-dir', join(dir, 'state'), '--json'], { env: cluster.env });
+      expect(verified.code, verified.stderr).toBe(0);
+    });
+
     it("a pull's agents fail, one killed with SIGKILL holding batches it wrote, one on a node that sees another directory at the destination's name: rank 0's agent writes the whole tree", async () => {
       const dir = join(cluster.dir, 'tree-pull-faults');
       const out = join(dir, 'out');

@@ -228,20 +228,30 @@ describe('ferry sync compare levels, --dry-run and --delete', () => {
     expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0 });
   });
 
-  it('--delete deletes nothing when an entry failed', async () => {
+  it('--delete deletes nothing when an entry failed; what that run sent keeps its hash in the next complete run\'s manifest', async () => {
     const src = join(work.path, 'fail-src');
     const dst = join(work.path, 'fail-dst');
     await makeTree(src);
     expect((await runFerry(['sync', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)])).code).toBe(0);
     await writeFile(join(dst, 'extra.txt'), 'extra');
-    // A directory where the source has a file: that file cannot be synced.
+    // A directory where the source has a file: that file cannot be synced. Another file changed goes.
     await rm(join(dst, 'a.txt'));
     await mkdir(join(dst, 'a.txt'));
+    await appendFile(join(src, 'sub', 'b.txt'), 'more\n');
     const run = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
     expect(run.code, run.stderr).toBe(72);
     expect(run.stdout).toMatch(/a\.txt is a directory where the source has a file/);
     expect(run.stdout).toMatch(/--delete: nothing deleted/);
     expect(await readFile(join(dst, 'extra.txt'), 'utf8')).toBe('extra');
+    expect(await readFile(join(dst, 'sub', 'b.txt'), 'utf8')).toBe('bravo\nmore\n');
+    // The way cleared, the next run completes: b.txt is the same now, and the manifest still knows its hash.
+    await rm(join(dst, 'a.txt'), { recursive: true });
+    const fixed = await runFerry(['sync', '--delete', ...args(sshd, ['--remote-cmd', REMOTE_CMD]), src, on(sshd, dst)]);
+    expect(fixed.code, fixed.stderr).toBe(0);
+    expect(doneOf(fixed.stdout)).toMatchObject({ files: 1, deleted: 1, failed: 0 });
+    const verified = await runFerry(['verify', doneOf(fixed.stdout).jobId, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+    expect(parseEvents(verified.stdout).find((e) => e.type === 'verify.done')).toMatchObject({ bad: 0 });
   });
 });
 
@@ -410,6 +420,68 @@ describe.each([
     const again = await run();
     expect(again.code, again.stdout).toBe(0);
     expect(doneOf(again.stdout)).toMatchObject({ files: 0, bytes: 0, attributes: 0 });
+  });
+});
+
+describe.each([
+  ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+  ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
+  ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
+] as const)('ferry sync --xattrs of one file, %s', (name, direction, server, mode) => {
+  it('copies its attributes, then sets a change of them alone with no bytes sent; the dry run lists it', async (ctx) => {
+    if (!userXattrs) ctx.skip();
+    const tag = name.replace(/\W/g, '');
+    const src = join(work.path, `xattr-one-${tag}.bin`);
+    const dst = join(work.path, `xattr-one-${tag}-copy.bin`);
+    await makeRandomFile(src, 300_000);
+    await setAttribute(src, 'user.change', 'before');
+    await setAttribute(src, 'user.gone', 'soon');
+    const attrsOf = async (path: string) => {
+      const values: Record<string, string> = {};
+      for (const n of (await listAttributes(path)).filter((n) => n.startsWith('user.')).sort()) values[n] = (await getAttribute(path, n))!.toString();
+      return values;
+    };
+    const run = (extra: string[] = []) =>
+      runFerry(['sync', '--xattrs', '--exit-code', ...extra, ...args(server(), [...mode]), direction === 'push' ? src : on(server(), src), direction === 'push' ? on(server(), dst) : dst]);
+    const first = await run();
+    expect(first.code, first.stderr).toBe(3);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'before', 'user.gone': 'soon' });
+    const same = await run();
+    expect(same.code, same.stdout + same.stderr).toBe(0);
+
+    await setAttribute(src, 'user.change', 'after');
+    await removeAttribute(src, 'user.gone');
+    await setAttribute(src, 'user.new', 'added');
+    const inode = (await stat(dst)).ino;
+    const dry = await run(['--dry-run']);
+    expect(dry.code, dry.stderr).toBe(3);
+    expect(parseEvents(dry.stdout).filter((e) => e.type === 'sync.change').map((e) => `${e.action as string} ${e.path as string} ${e.reason as string}`)).toEqual([`update ${dst} xattrs`]);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'before', 'user.gone': 'soon' });
+    // At the checksum level too, once the contents are found the same.
+    const sum = await run(['--dry-run', '--compare', 'checksum']);
+    expect(sum.code, sum.stderr).toBe(3);
+    expect(parseEvents(sum.stdout).filter((e) => e.type === 'sync.change').map((e) => e.reason)).toEqual(['xattrs']);
+
+    const sync = await run();
+    expect(sync.code, sync.stderr).toBe(3);
+    // No content moved: no job, the file the one that was there.
+    expect(parseEvents(sync.stdout).filter((e) => e.type === 'job.start' || e.type === 'done' || e.type === 'delta')).toEqual([]);
+    expect(parseEvents(sync.stdout).some((e) => e.type === 'log' && /extended attributes set again/.test(String(e.message)))).toBe(true);
+    expect((await stat(dst)).ino).toBe(inode);
+    expect(await attrsOf(dst)).toEqual(await attrsOf(src));
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect((await run()).code).toBe(0);
+
+    // Content and attributes both changed: the file goes (its changed ranges), its attributes with it.
+    await appendFile(src, 'tail');
+    await setAttribute(src, 'user.change', 'again');
+    const both = await run();
+    expect(both.code, both.stderr).toBe(3);
+    expect(parseEvents(both.stdout).some((e) => e.type === 'done')).toBe(true);
+    expect((await readFile(dst)).equals(await readFile(src))).toBe(true);
+    expect(await attrsOf(dst)).toEqual({ 'user.change': 'again', 'user.new': 'added' });
+    expect((await run()).code).toBe(0);
   });
 });
 

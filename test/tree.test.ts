@@ -103,6 +103,59 @@ describe('ferry cp -r (push)', () => {
     expect((await compareTrees(src, dst)).same).toBe(true);
   }, 180_000);
 
+  it("makes no hard link again on a rerun, whichever name the walk meets first, and links a changed file's names again", async () => {
+    const tree = join(work.path, 'links-src');
+    await mkdir(join(tree, 'p'), { recursive: true });
+    await mkdir(join(tree, 'q'));
+    // Three names of a small file, three of a big one (striped as a job of its own); `r` and `rbig`, at the root, are met first.
+    await writeFile(join(tree, 'r'), 'one file, three names\n');
+    await writeFile(join(tree, 'rbig'), Buffer.alloc(3 * MiB, 5));
+    for (const [first, name] of [['r', 'p/f'], ['r', 'q/f'], ['rbig', 'p/big'], ['rbig', 'q/big']] as const) await link(join(tree, first), join(tree, name));
+    const dst = join(work.path, 'dst-links');
+    const args = ['cp', '-r', '-p', ...common(sshd, ['--remote-cmd', REMOTE_CMD]), tree, at(sshd, dst)];
+    const done = (r: { stdout: string }) => parseEvents(r.stdout).find((e) => e.type === 'tree.done')!;
+    const inode = async (p: string) => (await stat(join(dst, p))).ino;
+    const first = await runFerry(args);
+    expect(first.code, first.stderr).toBe(0);
+    expect(done(first)).toMatchObject({ files: 2, hardlinks: 4, failed: 0 });
+
+    // Nothing changed: no byte, no file, no link.
+    const again = await runFerry(args);
+    expect(again.code, again.stderr).toBe(0);
+    expect(done(again)).toMatchObject({ files: 0, bytes: 0, hardlinks: 0, resumedFiles: 2 });
+    expect(parseEvents(again.stdout).filter((e) => e.type === 'job.start')).toEqual([]);
+
+    // The root names go: the walk now meets p/f and p/big first, names that earlier runs made as links.
+    await rm(join(tree, 'r'));
+    await rm(join(tree, 'rbig'));
+    const moved = await runFerry(args);
+    expect(moved.code, moved.stderr).toBe(0);
+    expect(done(moved)).toMatchObject({ files: 0, bytes: 0, hardlinks: 0, resumedFiles: 2 });
+    expect(parseEvents(moved.stdout).filter((e) => e.type === 'job.start')).toEqual([]);
+    expect(await inode('q/f')).toBe(await inode('p/f'));
+    expect(await inode('q/big')).toBe(await inode('p/big'));
+
+    // One name's content changes: the file goes again, and its other name is linked to it again.
+    await appendFile(join(tree, 'q', 'f'), 'and a change\n');
+    const changed = await runFerry(args);
+    expect(changed.code, changed.stderr).toBe(0);
+    expect(done(changed)).toMatchObject({ files: 1, bytes: 35, hardlinks: 1, failed: 0 });
+    expect(await readFile(join(dst, 'q', 'f'), 'utf8')).toBe('one file, three names\nand a change\n');
+    expect(await inode('q/f')).toBe(await inode('p/f'));
+    expect(await inode('q/big')).toBe(await inode('p/big'));
+    expect((await readFile(join(dst, 'q', 'big'))).equals(await readFile(join(tree, 'q', 'big')))).toBe(true);
+    // The job's manifest lists each file once, by a name it has at the destination, and the copy matches it.
+    const manifest = await runFerry(['manifest', done(changed).jobId as string, '--state-dir', join(work.path, 'state')]);
+    expect(manifest.code, manifest.stderr).toBe(0);
+    const paths = manifest.stdout.trim().split('\n').slice(1).map((l) => (JSON.parse(l) as { path: string }).path);
+    expect(paths.filter((p) => /^[pq]\/f$/.test(p))).toHaveLength(1);
+    expect(paths.filter((p) => /^(r|rbig|[pq]\/big)$/.test(p)).sort()).toEqual(['r', 'rbig']);
+    const verified = await runFerry(['verify', done(changed).jobId as string, '--state-dir', join(work.path, 'state'), '--json']);
+    expect(verified.code, verified.stdout + verified.stderr).toBe(0);
+    const rerun = await runFerry(args);
+    expect(done(rerun)).toMatchObject({ files: 0, bytes: 0, hardlinks: 0 });
+  }, 180_000);
+
   it('copies everything again when the destination was removed or replaced since the journaled run, and names the fix when a directory inside it is gone', async () => {
     const tree = join(work.path, 'stale-src');
     await generateTree(tree, { files: 40, big: 0, sparse: 0, seed: 9, medianBytes: 1024 });
@@ -133,7 +186,9 @@ describe('ferry cp -r (push)', () => {
 
     // The root stands, a directory inside it is gone: the journal is trusted (no walk of the destination), and what
     // fails for it says to add --restart, which copies it all again.
+    // Its file and the link to it are journaled (not sent or made again); a name given to the file since is made, and fails.
     await rm(join(dst, 'linked'), { recursive: true });
+    await link(join(tree, 'linked', 'a'), join(tree, 'linked', 'c'));
     const inside = await runFerry(args);
     expect(inside.code).toBe(72);
     expect(inside.stderr).toMatch(/1 of them because their directory, made by an earlier run of this job, is gone from the destination: .* add --restart to copy everything again \(or use ferry sync/);

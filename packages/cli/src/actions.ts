@@ -163,7 +163,7 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
 export const SYNC_CHANGED_EXIT = 3;
 
 /** `ferry sync`: a tree or a file made the same as its source; with `exitCode`, 3 says something changed. */
-export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean, launch: LaunchOptions = { launcher: 'local' }): Promise<void> {
+export async function syncTree(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, verbose: boolean, exitCode: boolean, launch: LaunchOptions = { launcher: 'local' }, extra: Partial<CopyRequest> = {}): Promise<void> {
   const style = copyOptions.json ? 'json' : copyOptions.quiet ? 'quiet' : 'human';
   const renderer = createRenderer(style, io.stdout, io.stderr, verbose);
   let early: typeof import('@ferry/coordinator/early') | undefined;
@@ -182,12 +182,13 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
       ...(launch.natsListen ? { natsListen: launch.natsListen } : {}),
       ...(launch.natsAdvertise ? { natsAdvertise: launch.natsAdvertise } : {}),
       ...(io.signal ? { signal: io.signal } : {}),
+      ...extra,
     });
     let changed: boolean;
     if ('plan' in summary && summary.plan) changed = summary.plan.create + summary.plan.update + summary.plan.delete > 0;
     else if ('unchanged' in summary && typeof summary.unchanged === 'boolean') {
       changed = !summary.unchanged;
-      if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : '');
+      if (style === 'human') io.stdout.write(summary.unchanged ? `ferry: ${destination} is up to date\n` : 'attributes' in summary && !summary.dryRun ? `ferry: ${destination}: extended attributes set again, no bytes sent\n` : '');
     } else if ('files' in summary) changed = summary.files + summary.symlinks + summary.hardlinks + summary.dirs + summary.deleted + summary.attributes > 0;
     else changed = true;
     if (style === 'json') io.stdout.write(JSON.stringify({ type: 'sync.done', changed }) + '\n');

@@ -51,6 +51,41 @@ function addLaunchOptions(cmd: Command): void {
     .option('--nats-advertise <address>', 'address agents on other nodes reach it by (default: this node\'s first non-loopback IPv4)');
 }
 
+/** What `ferry sync` adds to the copy options (and `ferry run --sync`, where `prefix` says so). */
+function addSyncOptions(cmd: Command, prefix: string): Command {
+  return cmd
+    .addOption(new Option('--compare <level>', `${prefix}when an entry at the destination counts as the same: exists; size; mtime (the default: size, modification time to the second, and mode); checksum (size and content, both sides hashed)`).choices(['exists', 'size', 'mtime', 'checksum']))
+    .option('--delete', `${prefix}remove what the destination has and the source does not, once everything else arrived (never after a failure)`)
+    .option('-n, --dry-run', `${prefix}list what would be created, updated and deleted, and change nothing`)
+    .option('--exit-code', `${prefix}exit 0 only when nothing had to change, and 3 when something was (with --dry-run: would be) created, updated or deleted`);
+}
+
+/** The options addSyncOptions adds, as commander names them, with their flags: `ferry run` refuses them without --sync. */
+const SYNC_ONLY: ReadonlyArray<[string, string]> = [['compare', '--compare'], ['delete', '--delete'], ['dryRun', '--dry-run'], ['exitCode', '--exit-code']];
+
+function syncOptionsFrom(opts: Record<string, unknown>): CopyOptions {
+  return {
+    ...copyOptionsFrom(opts),
+    // A sync compares times: the copy keeps them (and modes), as rsync -a does.
+    preserve: true,
+    compare: (opts.compare as string | undefined) ?? 'mtime',
+    ...(opts.delete === true ? { delete: true } : {}),
+    ...(opts.dryRun === true ? { dryRun: true } : {}),
+  };
+}
+
+/** `--sbatch`: print (or, with `--sbatch submit`, submit) the batch script of this copy or sync. */
+async function sbatch(io: CliIo, source: string, destination: string, opts: Record<string, unknown>): Promise<void> {
+  try {
+    const script = sbatchScript(source, destination, opts);
+    if (opts.sbatch === 'submit') await submitSbatch(io, script);
+    else io.stdout.write(script);
+    io.exitCode = 0;
+  } catch (err) {
+    reportError(io, toFerryError(err));
+  }
+}
+
 /** The launch options addLaunchOptions parsed. */
 function launchOptionsFrom(opts: Record<string, unknown>): LaunchOptions {
   return {
@@ -102,17 +137,7 @@ export function createCli(io: CliIo): Command {
       if (sources.length > 1 && (opts.sbatch !== undefined || opts.launcher !== 'local')) {
         return reportError(io, new FerryError('USAGE', `several sources go with the local launcher only for now: run one ferry cp per source with --${opts.sbatch !== undefined ? 'sbatch' : 'launcher'}`));
       }
-      if (opts.sbatch !== undefined) {
-        try {
-          const script = sbatchScript(source, destination, opts);
-          if (opts.sbatch === 'submit') await submitSbatch(io, script);
-          else io.stdout.write(script);
-          io.exitCode = 0;
-        } catch (err) {
-          reportError(io, toFerryError(err));
-        }
-        return;
-      }
+      if (opts.sbatch !== undefined) return sbatch(io, source, destination, opts);
       const launch = launchOptionsFrom(opts);
       if (sources.length === 1) return copy(io, source, destination, copyOptions, opts.verbose === true, launch, {}, opts.recursive === true);
       // As scp: each source goes into the destination, which must be a directory (a trailing
@@ -172,9 +197,16 @@ export function createCli(io: CliIo): Command {
     .option('--nats-listen <address>', 'address rank 0\'s nats-server listens on', '0.0.0.0')
     .option('--nats-advertise <address>', 'address the other ranks reach it by (default: rank 0\'s first non-loopback IPv4)')
     .option('--rendezvous-timeout <duration>', 'how long ranks other than 0 wait for rank 0', '10m')
+    .option('--sync', 'run `ferry sync SOURCE DESTINATION` instead of a copy: rank 0 compares and deletes, every rank\'s agent sends what differs');
+  addSyncOptions(run, 'with --sync: ')
     .addHelpText('after', describeExitCodes())
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
-      await runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
+      if (opts.sync !== true) {
+        const stray = SYNC_ONLY.find(([key]) => opts[key] !== undefined && opts[key] !== false);
+        if (stray) return reportError(io, new FerryError('USAGE', `${stray[1]} goes with --sync: srun ferry run --sync ${stray[1]} SOURCE DESTINATION`));
+        return runSpmd(io, source, destination, copyOptionsFrom(opts), opts);
+      }
+      await runSpmd(io, source, destination, syncOptionsFrom(opts), opts, { exitCode: opts.exitCode === true });
     });
 
   const sync = program
@@ -184,22 +216,13 @@ export function createCli(io: CliIo): Command {
     .argument('<destination>', 'the copy itself: created when missing; an existing directory is compared with SOURCE, not entered (a file source goes into a directory under its own name)');
   addCopyOptions(sync);
   addLaunchOptions(sync);
-  sync
-    .addOption(new Option('--compare <level>', 'when an entry at the destination counts as the same: exists; size; mtime (size, modification time to the second, and mode); checksum (size and content, both sides hashed)').choices(['exists', 'size', 'mtime', 'checksum']).default('mtime'))
-    .option('--delete', 'remove what the destination has and the source does not, once everything else arrived (never after a failure)')
-    .option('-n, --dry-run', 'list what would be created, updated and deleted, and change nothing')
-    .option('--exit-code', 'exit 0 only when nothing had to change, and 3 when something was (with --dry-run: would be) created, updated or deleted')
+  addSyncOptions(sync, '')
+    .option('--sbatch [submit]', 'print a Slurm batch script that runs this sync with srun ferry run --sync (or submit it: --sbatch submit)')
+    .option('--time <limit>', 'with --sbatch: the job\'s time limit', '1-00:00:00')
     .addHelpText('after', describeExitCodes())
     .action(async (source: string, destination: string, opts: Record<string, unknown>) => {
-      const copyOptions: CopyOptions = {
-        ...copyOptionsFrom(opts),
-        // A sync compares times: the copy keeps them (and modes), as rsync -a does.
-        preserve: true,
-        compare: opts.compare as string,
-        ...(opts.delete === true ? { delete: true } : {}),
-        ...(opts.dryRun === true ? { dryRun: true } : {}),
-      };
-      await syncTree(io, source, destination, copyOptions, opts.verbose === true, opts.exitCode === true, launchOptionsFrom(opts));
+      if (opts.sbatch !== undefined) return sbatch(io, source, destination, { ...opts, sync: true });
+      await syncTree(io, source, destination, syncOptionsFrom(opts), opts.verbose === true, opts.exitCode === true, launchOptionsFrom(opts));
     });
 
   program

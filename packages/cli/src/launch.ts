@@ -11,7 +11,7 @@ import { dirname, join, resolve as resolvePath } from 'node:path';
 import { FerryError, decodeClientTls, errnoOf, parseDuration, resolveCopyOptions, toFerryError } from '@ferry/core';
 import type { AgentExec, CopyOptions } from '@ferry/core';
 import { shellQuote } from '@ferry/launcher';
-import { copy, reportError, selfCommand } from './actions.js';
+import { SYNC_CHANGED_EXIT, copy, reportError, selfCommand, syncTree } from './actions.js';
 import type { CliIo } from './actions.js';
 
 export interface Rendezvous {
@@ -81,14 +81,18 @@ export function agentExecFromOptions(copyOptions: CopyOptions): AgentExec {
  * agent); it publishes how to join in a rendezvous file on a filesystem all
  * ranks share (the token in it is readable by the user only). Every other rank
  * waits for that file and runs an agent.
+ *
+ * `ferry run --sync` (`sync` given): rank 0 runs `ferry sync` instead of a copy,
+ * comparing and deleting by itself; what differs goes to every rank's agent as a
+ * tree copy's work does, one job after another (batches, then each big file).
  */
-export async function runSpmd(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, opts: Record<string, unknown>): Promise<void> {
+export async function runSpmd(io: CliIo, source: string, destination: string, copyOptions: CopyOptions, opts: Record<string, unknown>, sync?: { exitCode: boolean }): Promise<void> {
   try {
     const { rankFromEnv } = await import('@ferry/launcher');
     const { defaultStateDir } = await import('@ferry/coordinator');
     const rank = rankFromEnv();
     const stateDir = copyOptions.stateDir ?? defaultStateDir();
-    const launchId = rank.launchId ?? `args-${createHash('sha256').update(`${source}\0${destination}`).digest('hex').slice(0, 16)}`;
+    const launchId = rank.launchId ?? `args-${createHash('sha256').update(`${sync ? 'sync\0' : ''}${source}\0${destination}`).digest('hex').slice(0, 16)}`;
     const file = (opts.rendezvous as string | undefined) ?? join(stateDir, 'rendezvous', `${launchId}.json`);
     const rank0Agent = opts.rank0Agent !== false;
     if (rank.rank === 0) {
@@ -99,21 +103,17 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
       await rm(file, { force: true });
       const external = rank.size - 1;
       const agents = Math.max(1, external + (rank0Agent ? 1 : 0));
+      const options = { ...copyOptions, stateDir, agents: String(agents) };
+      const launch = { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) } as const;
+      const extra = {
+        externalAgents: external,
+        // A tree is several jobs in a row (its batches, then each huge file): each one rewrites the file.
+        onRendezvous: async ({ jobId, url, token, tls, specSha256 }: { jobId: string; url: string; token: string | undefined; specSha256: string; tls?: string }) =>
+          writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), ...(tls ? { tls } : {}), specSha256, at: Date.now() }),
+      };
       try {
-        await copy(
-          io,
-          source,
-          destination,
-          { ...copyOptions, stateDir, agents: String(agents) },
-          opts.verbose === true,
-          { launcher: 'local', natsListen: opts.natsListen as string, ...(opts.natsAdvertise ? { natsAdvertise: opts.natsAdvertise as string } : {}) },
-          {
-            externalAgents: external,
-            // A tree is several jobs in a row (its batches, then each huge file): each one rewrites the file.
-            onRendezvous: async ({ jobId, url, token, tls, specSha256 }) => writeRendezvous(file, { launchId, jobId, url, ...(token ? { token } : {}), ...(tls ? { tls } : {}), specSha256, at: Date.now() }),
-          },
-          opts.recursive === true,
-        );
+        if (sync) await syncTree(io, source, destination, options, opts.verbose === true, sync.exitCode, launch, extra);
+        else await copy(io, source, destination, options, opts.verbose === true, launch, extra, opts.recursive === true);
       } finally {
         await writeRendezvous(file, { launchId, finished: true, exitCode: io.exitCode, at: Date.now() }).catch(() => {});
       }
@@ -123,7 +123,10 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
     const { runAgent } = await import('@ferry/agent');
     // With -r, one job after another: a tree's batches, then each of its huge files, are jobs of
     // their own, and rank 0 names each in the file as it starts; the copy is over when it says finished.
-    const recursive = opts.recursive === true;
+    // A sync may be a tree (and a file sync may be no job at all): the ranks wait for "finished".
+    const recursive = opts.recursive === true || sync !== undefined;
+    // Rank 0's exit code when all went well: a sync with --exit-code that changed something says 3.
+    const fine = (code: number | undefined) => code === 0 || (sync?.exitCode === true && code === SYNC_CHANGED_EXIT);
     let joined: string | undefined;
     for (;;) {
       const deadline = Date.now() + timeoutMs;
@@ -157,7 +160,7 @@ export async function runSpmd(io: CliIo, source: string, destination: string, co
       } catch (err) {
         // Too late to join: the copy finished, or went on to its next job, while this rank was starting.
         const after = await readRendezvous(file);
-        if (after?.finished && after.exitCode === 0) {
+        if (after?.finished && fine(after.exitCode)) {
           io.exitCode = 0;
           return;
         }
@@ -205,13 +208,27 @@ function runFlags(opts: Record<string, unknown>): string[] {
     if (v !== undefined && v !== fallback) out.push(flag, String(v));
   }
   for (const id of (opts.identity as string[] | undefined) ?? []) out.push('-i', id);
-  const flags: Array<[string, string]> = [['recursive', '-r'], ['preserve', '-p'], ['directIo', '--direct-io'], ['verify', '--verify'], ['delta', '--delta'], ['inplace', '--inplace'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'], ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose']];
+  const flags: Array<[string, string]> = [
+    ['recursive', '-r'], ['preserve', '-p'], ['preserve=owner', '--preserve=owner'], ['numericIds', '--numeric-ids'], ['xattrs', '--xattrs'], ['acls', '--acls'], ['failFast', '--fail-fast'],
+    ['directIo', '--direct-io'], ['verify', '--verify'], ['delta', '--delta'], ['inplace', '--inplace'], ['sharedHelper', '--shared-helper'], ['acceptNewHostKey', '--accept-new-host-key'],
+    ['restart', '--restart'], ['json', '--json'], ['quiet', '--quiet'], ['verbose', '--verbose'],
+  ];
   for (const [key, flag] of flags) if (opts[key] === true) out.push(flag);
   if (opts.directIo === false) out.push('--no-direct-io');
   return out;
 }
 
-/** A batch script that runs this copy as `srun ferry run`, one agent per task. */
+/** `ferry run --sync` and the sync options given (the compare level only when not the default). */
+function syncFlags(opts: Record<string, unknown>): string[] {
+  const out = ['--sync'];
+  if (opts.compare !== undefined && opts.compare !== 'mtime') out.push('--compare', String(opts.compare));
+  if (opts.delete === true) out.push('--delete');
+  if (opts.dryRun === true) out.push('--dry-run');
+  if (opts.exitCode === true) out.push('--exit-code');
+  return out;
+}
+
+/** A batch script that runs this copy as `srun ferry run` (a sync, `opts.sync`, as `srun ferry run --sync`), one agent per task. */
 export function sbatchScript(source: string, destination: string, opts: Record<string, unknown>): string {
   const nodes = (opts.nodes as string | undefined) ?? '2';
   const perNode = (opts.agentsPerNode as string | undefined) ?? '2';
@@ -219,7 +236,7 @@ export function sbatchScript(source: string, destination: string, opts: Record<s
   const stateDir = opts.stateDir ? shellQuote(opts.stateDir as string) : '"$HOME/.local/state/ferry"';
   return [
     '#!/bin/bash',
-    '# Made by ferry cp --sbatch. Each task is one agent; task 0 also coordinates.',
+    `# Made by ferry ${opts.sync === true ? 'sync' : 'cp'} --sbatch. Each task is one agent; task 0 also ${opts.sync === true ? 'compares, deletes and ' : ''}coordinates.`,
     '# The job state is in the --state-dir below (a filesystem every node shares): submit it again to resume.',
     '#SBATCH --job-name=ferry',
     `#SBATCH --nodes=${nodes}`,
@@ -227,7 +244,7 @@ export function sbatchScript(source: string, destination: string, opts: Record<s
     `#SBATCH --time=${String(opts.time ?? '1-00:00:00')}`,
     '#SBATCH --output=ferry-%j.out',
     'set -euo pipefail',
-    `srun --kill-on-bad-exit=0 ${ferry} run ${[source, destination, ...runFlags(opts)].map(shellQuote).join(' ')} --state-dir ${stateDir}`,
+    `srun --kill-on-bad-exit=0 ${ferry} run ${[...(opts.sync === true ? syncFlags(opts) : []), source, destination, ...runFlags(opts)].map(shellQuote).join(' ')} --state-dir ${stateDir}`,
     '',
   ].join('\n');
 }

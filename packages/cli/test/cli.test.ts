@@ -195,6 +195,26 @@ describe('launching beyond this machine', () => {
     expect(s.out).toContain(' run /lustre/project dtn1:/in/ --batch-files-under 1MiB --batch-size 16MiB --stripe-files-over 1GiB -r --state-dir /s\n');
   });
 
+  it('prints a batch script that runs a sync with srun ferry run --sync, keeping the sync and attribute options', async () => {
+    const s = io();
+    const argv = ['sync', '/lustre/proj', 'me@dtn2:/gpfs/proj', '--sbatch', '--nodes', '4', '--agents-per-node', '2', '--compare', 'checksum', '--delete', '--exit-code', '--xattrs', '--acls', '--numeric-ids', '--launcher', 'srun', '--state-dir', '/home/me/ferry-state', '--agent-cmd', '/opt/ferry/bin/ferry', '--time', '04:00:00'];
+    expect(await runCli(argv, s)).toBe(0);
+    expect(s.out).toContain('# Made by ferry sync --sbatch. Each task is one agent; task 0 also compares, deletes and coordinates.\n');
+    expect(s.out).toContain('#SBATCH --nodes=4\n#SBATCH --ntasks-per-node=2\n#SBATCH --time=04:00:00\n');
+    expect(s.out).toContain('srun --kill-on-bad-exit=0 /opt/ferry/bin/ferry run --sync --compare checksum --delete --exit-code /lustre/proj me@dtn2:/gpfs/proj --numeric-ids --xattrs --acls --state-dir /home/me/ferry-state\n');
+    expect(s.out).not.toContain('--launcher');
+    // The default level is left out; a dry run is kept.
+    const d = io();
+    expect(await runCli(['sync', '/lustre/proj', 'dtn2:/gpfs/proj', '--sbatch', '--compare', 'mtime', '-n', '--state-dir', '/s'], d)).toBe(0);
+    expect(d.out).toContain(' run --sync --dry-run /lustre/proj dtn2:/gpfs/proj --state-dir /s\n');
+  });
+
+  it('refuses a sync option in ferry run without --sync', async () => {
+    const s = io();
+    expect(await runCli(['run', '--compare', 'checksum', '/lustre/proj', 'dtn2:/gpfs/proj'], s)).toBe(2);
+    expect(s.err).toBe('ferry: error: --compare goes with --sync: srun ferry run --sync --compare SOURCE DESTINATION\n');
+  });
+
   it('splits an agent command like a shell would', () => {
     expect(splitCommand(`/opt/node "/path with space/main.js" --x 'a b'`)).toEqual(['/opt/node', '/path with space/main.js', '--x', 'a b']);
     expect(() => splitCommand('   ')).toThrow('--agent-cmd must not be empty');

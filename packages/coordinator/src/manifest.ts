@@ -37,7 +37,8 @@ export async function jobManifest(stateDir: string, jobId: string): Promise<JobM
     if (phase !== 'done' && phase !== 'partial') throw notFinished(jobId, phase);
     const records = await readTreeRecords(join(dir, 'tree.ndjson'));
     const entries: ManifestEntry[] = [];
-    for (const r of records.values()) entries.push(await treeEntryOf(stateDir, jobId, r));
+    // A further name of a file (`k`) is not an entry of its own, as in any manifest.
+    for (const r of records.values()) if (r.k === undefined) entries.push(await treeEntryOf(stateDir, jobId, r));
     const hash = tree.hash ?? mostCommonAlgorithm(entries) ?? 'xxh3';
     const facts: ManifestFacts = { kind: 'tree', job: jobId, source: tree.sourceLabel, destination: tree.destinationLabel, hash, createdAt: iso(tree.createdAt)!, ...(status ? { finishedAt: iso(status.updatedAt)! } : {}) };
     return [facts, entries];

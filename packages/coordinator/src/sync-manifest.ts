@@ -19,13 +19,22 @@
  * the source walk read everything; `ferry manifest` and `ferry verify` of
  * the job read it (manifest.ts) and refuse one with entries whose hash is
  * unknown, naming how many and the fix.
+ *
+ * A run that ends with failed entries leaves no manifest, but what it sent
+ * or hashed is at the destination all the same: those records (the ones
+ * with a known hash) go to `sync-partial.ndjson`, added to the previous
+ * partial run's, and the next run takes them as it takes the last complete
+ * run's (a later record of a path over an earlier one). A complete run
+ * removes the file.
  */
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError, isHashAlgorithm } from '@ferry/core';
 import type { HashAlgorithm, ManifestEntry } from '@ferry/core';
 import { readPrivateFile, writePrivateFile } from './private-file.js';
 
 export const SYNC_MANIFEST_FILE = 'sync-manifest.ndjson';
+export const SYNC_PARTIAL_FILE = 'sync-partial.ndjson';
 
 /** A manifest entry without its path (the record holds it). */
 export type EntryBody = ManifestEntry extends infer E ? (E extends ManifestEntry ? Omit<E, 'path'> : never) : never;
@@ -39,9 +48,9 @@ export interface SyncRecord {
 }
 
 /** The records of the job's last complete run (undefined where there is none, or it cannot be read: its entries' hashes are then unknown). */
-export async function readSyncManifest(jobDir: string): Promise<{ hash: HashAlgorithm; finishedAt: number; records: Map<string, SyncRecord> } | undefined> {
+export async function readSyncManifest(jobDir: string, file = SYNC_MANIFEST_FILE): Promise<{ hash: HashAlgorithm; finishedAt: number; records: Map<string, SyncRecord> } | undefined> {
   // Only a file of the user's that nobody else could have written: its hashes vouch for the data.
-  const path = join(jobDir, SYNC_MANIFEST_FILE);
+  const path = join(jobDir, file);
   const text = await readPrivateFile(path, 'the manifest of a sync job', `remove ${path} and run the sync with --compare checksum once`);
   if (text === undefined) return undefined;
   const lines = text.split('\n');
@@ -67,11 +76,31 @@ export async function readSyncManifest(jobDir: string): Promise<{ hash: HashAlgo
   return { hash: header.hash, finishedAt: header.finishedAt, records };
 }
 
-/** Replaces the job's sync manifest with `records` (privately, through a temporary name and a rename). */
-export async function writeSyncManifest(jobDir: string, hash: HashAlgorithm, records: Iterable<SyncRecord>): Promise<void> {
+/** Replaces the job's sync manifest with `records` (privately, through a temporary name and a rename); a partial run's records are then stale. */
+export async function writeSyncManifest(jobDir: string, hash: HashAlgorithm, records: Iterable<SyncRecord>, file = SYNC_MANIFEST_FILE): Promise<void> {
   const lines = [JSON.stringify({ v: 1, hash, finishedAt: Date.now() })];
   for (const r of records) lines.push(JSON.stringify(r));
-  await writePrivateFile(join(jobDir, SYNC_MANIFEST_FILE), lines.join('\n') + '\n');
+  await writePrivateFile(join(jobDir, file), lines.join('\n') + '\n');
+  if (file === SYNC_MANIFEST_FILE) await rm(join(jobDir, SYNC_PARTIAL_FILE), { force: true });
+}
+
+/** What earlier runs recorded, for a run to take over: the last complete run's records, with those of partial runs since over them. */
+export async function previousSyncRecords(jobDir: string): Promise<Map<string, SyncRecord>> {
+  const [complete, partial] = await Promise.all([readSyncManifest(jobDir).catch(() => undefined), readSyncManifest(jobDir, SYNC_PARTIAL_FILE).catch(() => undefined)]);
+  const out = complete?.records ?? new Map<string, SyncRecord>();
+  for (const [p, r] of partial?.records ?? []) out.set(p, r);
+  return out;
+}
+
+/** A run that did not complete: its records with a known hash, added to the earlier partial runs' (a path's newer record wins). */
+export async function writeSyncPartial(jobDir: string, hash: HashAlgorithm, records: Iterable<SyncRecord>): Promise<void> {
+  const out = (await readSyncManifest(jobDir, SYNC_PARTIAL_FILE).catch(() => undefined))?.records ?? new Map<string, SyncRecord>();
+  // One whose hash this run does not know replaces nothing an earlier run knew of another version: it is dropped.
+  for (const r of records) {
+    if (r.e !== undefined) out.set(r.p, r);
+    else if (out.get(r.p)?.s !== r.s || out.get(r.p)?.m !== r.m) out.delete(r.p);
+  }
+  await writeSyncManifest(jobDir, hash, out.values(), SYNC_PARTIAL_FILE);
 }
 
 /** Every entry of a sync job's manifest, or USAGE naming how many lack a hash and how to give them one. */

@@ -3,23 +3,30 @@
  * (issue 32). A directory is a tree copy in sync mode (tree-copy.ts with
  * tree-sync.ts: the destination walked and compared entry by entry); a file
  * is compared with the file at the destination and copied only when they
- * differ at the level asked.
+ * differ at the level asked. With --xattrs/--acls a file's attributes are
+ * read on both sides by a walk of that one file, compared as a tree's are,
+ * and set by path: alone when they are all that differs, else after the copy.
  */
 import { lstat, realpath } from 'node:fs/promises';
 import { basename, posix, resolve } from 'node:path';
-import { FerryError, parseLocation, resolveCopyOptions } from '@ferry/core';
-import type { TreeEntry } from '@ferry/core';
+import { FerryError, parseLocation, resolveCopyOptions, toFerryError } from '@ferry/core';
+import type { ResolvedCopyOptions, TreeEntry, WalkItem, XattrScope } from '@ferry/core';
 import { availableParallelism } from 'node:os';
+import { runsAsRoot, walkTree } from '@ferry/serve';
+import type { RemoteConnection, SetAttrs } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
 import { rangeHashFor, runCopy } from './copy.js';
 import type { CopySummary, TreeSummary } from './events.js';
 import { connectAny, expandHome, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
 import { runTreeCopy } from './tree-copy.js';
-import { localFileHash, syncAction } from './tree-sync.js';
+import { localDestination } from './tree-finalize.js';
+import { metaPlanOf, pathMeta } from './tree-meta.js';
+import type { MetaPlan } from './tree-meta.js';
+import { attributesAlone, localFileHash, syncAction } from './tree-sync.js';
 import type { DestEntry } from './tree-sync.js';
 
 /** What a sync of one file did: copied (the copy's summary), or nothing because the destination was the same. */
-export type FileSyncSummary = CopySummary | { unchanged: boolean; dryRun?: true; source: string; destination: string };
+export type FileSyncSummary = CopySummary | { unchanged: boolean; dryRun?: true; attributes?: true; source: string; destination: string };
 
 /** `ferry sync`: a tree, or one file. The request's options carry `compare` (and `delete`, `dryRun`). */
 export async function runSync(request: CopyRequest): Promise<TreeSummary | FileSyncSummary> {
@@ -49,6 +56,7 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
   if (!remoteLoc) throw new FerryError('USAGE', `ferry sync copies between this host and a remote one ([user@]host:PATH on one side): ${request.source} -> ${request.destination} is not that`);
   const push = parseLocation(request.source).kind === 'local';
   let destExists = false;
+  let attrs: FileAttributes | undefined;
   const { ssh, hosts } = await resolveRemote(remoteLoc, options);
   const { conn } = await connectAny(hosts, ssh, { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(request.signal ? { signal: request.signal } : {}) });
   try {
@@ -71,14 +79,25 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
       dest = push ? await remoteStat(conn, destPath) : await localStat(destPath);
     }
     const umask = push ? await conn.umask(destPath) : process.umask();
-    const entry = { path: '', kind: 'file', size: source.size, mode: source.mode, mtimeMs: source.mtimeMs, nlink: 1 } as TreeEntry;
-    const there: DestEntry | undefined = dest ? { kind: dest.type === 'file' ? 'file' : dest.type === 'directory' ? 'dir' : 'special', size: dest.size, mtimeMs: dest.mtimeMs, mode: dest.mode & 0o7777 } : undefined;
-    let { action } = syncAction(entry, there, { level: options.sync ?? 'mtime', umask, preserve: options.preserve });
+    attrs = await fileAttributes(options, push, conn, push ? localPath : remotePath, dest?.type === 'file' ? destPath : undefined);
+    const entry = { path: '', kind: 'file', size: source.size, mode: source.mode, mtimeMs: source.mtimeMs, nlink: 1, ...(attrs?.source.xattrs ? { xattrs: attrs.source.xattrs } : {}) } as TreeEntry;
+    const there: DestEntry | undefined = dest
+      ? { kind: dest.type === 'file' ? 'file' : dest.type === 'directory' ? 'dir' : 'special', size: dest.size, mtimeMs: dest.mtimeMs, mode: dest.mode & 0o7777, ...(attrs?.dest?.xattrs ? { xattrs: attrs.dest.xattrs } : {}) }
+      : undefined;
+    const comparison = { level: options.sync ?? 'mtime', umask, preserve: options.preserve, ...(attrs?.scope ? { xattrs: attrs.scope } : {}) };
+    let { action } = syncAction(entry, there, comparison);
     if (action === 'same' && options.sync === 'checksum') {
       // Both sides hashed at once, each where it is.
       const algorithm = rangeHashFor(options, conn);
       const [local, remote] = await Promise.all([localFileHash(algorithm, push ? localPath : destPath, source.size), conn.hashRange(push ? destPath : remotePath, 0, source.size, algorithm)]);
       if (local !== remote) action = 'update';
+    }
+    if (action === 'same' && attrs && attributesAlone(entry, there, comparison)) {
+      // Its bytes are the same: the attributes alone are set again (an exact set), as a tree's file's are.
+      if (options.dryRun) emit({ type: 'sync.change', action: 'update', path: destPath, kind: 'file', reason: 'xattrs' });
+      else await setFileAttributes(attrs.meta, entry, push, conn, destPath);
+      if (!options.dryRun) emit({ type: 'log', message: `${destPath}: extended attributes set again (its bytes are the same)` });
+      return { unchanged: false, attributes: true, ...(options.dryRun ? { dryRun: true } : {}), source: request.source, destination: request.destination };
     }
     if (action === 'same') {
       emit({ type: 'log', message: `${destPath} is the same as the source: nothing sent` });
@@ -89,10 +108,68 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
       emit({ type: 'sync.change', action: dest ? 'update' : 'create', path: destPath, kind: 'file' });
       return { unchanged: false, dryRun: true, source: request.source, destination: request.destination };
     }
+    if (attrs) {
+      // The single-file copy keeps mode and times only: the attributes follow, by path, on this connection.
+      const summary = await copyFile(request, destExists);
+      await setFileAttributes(attrs.meta, entry, push, conn, destPath);
+      return summary;
+    }
   } finally {
     conn.close();
   }
-  // A job of the same file that changed since it started goes again whole, as a tree's changed file does.
-  // Where the file is there already, only the ranges that differ go (--delta).
+  return copyFile(request, destExists);
+}
+
+/**
+ * A job of the same file that changed since it started goes again whole, as a tree's changed file does.
+ * Where the file is there already, only the ranges that differ go (--delta).
+ */
+function copyFile(request: CopyRequest, destExists: boolean): Promise<CopySummary> {
   return runCopy({ ...request, restartChanged: true, options: { ...request.options, ...(destExists ? { delta: true } : {}) } });
+}
+
+/** A file sync's extended attributes (--xattrs, --acls): what the copy keeps, which it compares, and both sides' as a walk of the file reads them. */
+interface FileAttributes {
+  meta: MetaPlan;
+  /** Compared (the tree's xattrScopeOf): at the mtime and checksum levels, where the destination takes an exact set. */
+  scope: XattrScope | undefined;
+  source: TreeEntry;
+  dest: TreeEntry | undefined;
+}
+
+/** Reads both sides' attributes where --xattrs or --acls asks (undefined otherwise); `destPath` where a file stands there. */
+async function fileAttributes(options: ResolvedCopyOptions, push: boolean, conn: RemoteConnection, sourcePath: string, destPath: string | undefined): Promise<FileAttributes | undefined> {
+  if (!options.xattrs && !options.acls) return undefined;
+  const meta = metaPlanOf(options, push ? 'push' : 'pull', conn);
+  const local = (path: string, side: Side) => rootEntry(walkTree(path, { meta: { names: false, ...(meta.local?.xattrs ? { xattrs: meta.local.xattrs } : {}) } }), path, side);
+  const remote = (path: string, side: Side) => rootEntry(conn.walk(path, { ...(options.xattrs ? { xattrs: true } : {}), ...(options.acls ? { acls: true } : {}) }), `${conn.label}:${path}`, side);
+  const [source, dest] = await Promise.all([
+    push ? local(sourcePath, 'source') : remote(sourcePath, 'source'),
+    destPath === undefined ? undefined : push ? remote(destPath, 'destination') : local(destPath, 'destination'),
+  ]);
+  const compared = meta.exact !== undefined && (options.sync === 'mtime' || options.sync === 'checksum');
+  const scope = compared ? { ...meta.exact!, root: push ? conn.metadata.euid === 0 : runsAsRoot() } : undefined;
+  return { meta, scope, source, dest };
+}
+
+type Side = 'source' | 'destination';
+
+/** The entry a walk of one file reports (its root); the walk's error for it as a FerryError naming the side and `label`. */
+async function rootEntry(items: AsyncIterable<WalkItem>, label: string, side: Side): Promise<TreeEntry> {
+  let found: WalkItem | undefined;
+  for await (const item of items) found ??= item;
+  if (found && 'entry' in found) return found.entry;
+  const why = found && 'error' in found ? `${found.error.message} (${found.error.code})` : 'nothing reported';
+  throw new FerryError(side === 'source' ? 'SOURCE_UNREADABLE' : 'DEST_IO', `the extended attributes of the ${side} ${label} could not be read: ${why}; fix that, or sync without --xattrs and --acls`, { path: label });
+}
+
+/** Sets `entry`'s attributes on the destination file as an exact set (no owner or mode: the copy gave those), never through a link at its name. */
+async function setFileAttributes(meta: MetaPlan, entry: TreeEntry, push: boolean, conn: RemoteConnection, destPath: string): Promise<void> {
+  const { uid: _u, gid: _g, user: _un, group: _gn, ...attrs }: SetAttrs = pathMeta(meta, { ...entry, kind: 'file' });
+  try {
+    if (push) await conn.setstat(destPath, attrs);
+    else await localDestination.setstat(destPath, attrs, true);
+  } catch (err) {
+    throw toFerryError(err);
+  }
 }

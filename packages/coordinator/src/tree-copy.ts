@@ -42,7 +42,7 @@ import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncActi
 import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { bigFileEntryOf } from './manifest.js';
-import { readSyncManifest, writeSyncManifest } from './sync-manifest.js';
+import { previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
 import type { SyncRecord } from './sync-manifest.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
@@ -132,8 +132,8 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     sync?.catch(() => {});
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
-    // What the previous complete run recorded: the hashes of entries this one finds the same without reading them.
-    if (options.sync) run.previousRecords = (await readSyncManifest(jobDir).catch(() => undefined))?.records ?? new Map();
+    // What the previous complete run (and partial ones since) recorded: the hashes of entries this one finds the same without reading them.
+    if (options.sync) run.previousRecords = await previousSyncRecords(jobDir);
     await copyTree(run, request, conn);
     const summary = treeSummaryOf(run, target, conn, algorithm, jobDir, started);
     const c = run.counters;
@@ -141,6 +141,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     // A sync that completed: the manifest of the destination as it left it (before 'done' is written: never a stale one with it).
     const records = run.syncRecords();
     if (records) await writeSyncManifest(jobDir, algorithm, records);
+    else if (options.sync && !options.dryRun) await writeSyncPartial(jobDir, algorithm, run.knownSyncRecords());
     phase = c.failed > 0 ? 'partial' : 'done';
     emit({ type: 'tree.done', ...summary });
     if (c.failed > 0) {
@@ -327,8 +328,12 @@ class TreeRun {
   private walkErrors = 0;
   /** Sync: files with several names this run sent again (their further names are made again too). */
   private readonly resentLinked = new Set<string>();
-  /** Sync: source files with several names, and what stood at each further name at the destination (hard links are few). */
+  /** Source files with several names (their first names), and in a sync what stood at each further name at the destination (hard links are few). */
   private readonly linkFirsts = new Map<string, TreeEntry>();
+  /** Copy: first names of files with several names that an earlier run made durable and this run did not send (`resumed`). */
+  private readonly resumedFirsts = new Set<string>();
+  /** Copy: further names found still right at the destination (linkResumed), not made again. */
+  private resumedLinks = 0;
   private readonly linkDests = new Map<string, DestEntry | undefined>();
   readonly streams: number;
   private readonly dirs = new Map<string, TreeEntry>();
@@ -509,6 +514,7 @@ class TreeRun {
       }
       await this.setAttributes();
       this.checkStop();
+      const linked: TreeEntry[] = [];
       const ctx = {
         dest: this.dest,
         remotePath: (p: string) => this.destPath(p),
@@ -516,9 +522,13 @@ class TreeRun {
         umask: this.umask,
         meta: (e: TreeEntry) => pathMeta(this.meta, e),
         failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
-        done: () => this.counters.hardlinks++,
+        done: (e: TreeEntry) => {
+          this.counters.hardlinks++;
+          linked.push(e);
+        },
       };
       await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
+      await this.journalLinks(linked);
       this.checkStop();
       // Before the directories' times are set: removing an entry changes its directory's mtime.
       if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
@@ -543,10 +553,39 @@ class TreeRun {
         this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
         return false;
       }
-      if (this.sync && this.linkUnchanged(l)) return false;
+      if (this.sync ? this.linkUnchanged(l) : this.linkResumed(l)) return false;
       this.touch(l.path);
       return true;
     });
+  }
+
+  /**
+   * Copy: a further name an earlier run made at the destination (its
+   * journal record, `k`) for the very file its first name still is (same
+   * inode, mtime and size), where this run did not send that first name
+   * again: the link there is still right. Which name of a file comes first
+   * depends on the walk's order, so each name of it is journaled, and a
+   * rerun finds the file resumed under whichever name is first this time.
+   */
+  private linkResumed(link: TreeEntry): boolean {
+    const first = this.linkFirsts.get(link.target!);
+    if (!first || !this.resumedFirsts.has(first.path)) return false;
+    const r = this.state.done.get(link.path);
+    if (r === undefined || r.ino !== link.ino || r.mtimeMs !== link.mtimeMs || r.size !== first.size) return false;
+    this.resumedLinks++;
+    return true;
+  }
+
+  /** Journals each further name made: its first name's size, mtime, inode and metadata digest, and `k`, the first name. */
+  private async journalLinks(links: readonly TreeEntry[]): Promise<void> {
+    const records: TreeRecord[] = [];
+    for (const l of links) {
+      const first = this.linkFirsts.get(l.target!);
+      if (first) records.push({ ...recordOf(first, { meta: this.digestOf(first) }), p: l.path, k: first.path });
+    }
+    await this.journal.append(records);
+    const n = this.resumedLinks;
+    if (n > 0) this.emit({ type: 'log', message: `${n} hard link${n === 1 ? '' : 's'} made by earlier runs ${n === 1 ? 'is' : 'are'} still right: not made again` });
   }
 
   /** Stage 2's output: each step of the plan, in order. */
@@ -566,6 +605,7 @@ class TreeRun {
         this.links.push(step.entry);
         return;
       case 'file':
+        if (step.entry.nlink > 1) this.linkFirsts.set(step.entry.path, step.entry);
         if (this.resumed(step.entry)) return;
         if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
           (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
@@ -573,6 +613,7 @@ class TreeRun {
         }
         return this.send([step.entry]);
       case 'batch':
+        for (const { entry } of step.entries) if (entry.nlink > 1) this.linkFirsts.set(entry.path, entry);
         return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
     }
   }
@@ -736,6 +777,11 @@ class TreeRun {
     this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
   }
 
+  /** Sync: the records this run made so far, complete or not. */
+  knownSyncRecords(): Iterable<SyncRecord> {
+    return this.records.values();
+  }
+
   /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
   syncRecords(): Iterable<SyncRecord> | undefined {
     if (!this.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
@@ -801,6 +847,7 @@ class TreeRun {
   private resumed(entry: TreeEntry): boolean {
     // The digest only for an entry the journal holds: a first run makes none here.
     if (!this.state.done.has(entry.path) || !alreadyDone(this.state, entry, this.digestOf(entry))) return false;
+    if (entry.nlink > 1) this.resumedFirsts.add(entry.path);
     this.counters.resumedFiles++;
     this.counters.resumedBytes += entry.size;
     return true;

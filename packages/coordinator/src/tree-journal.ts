@@ -42,6 +42,12 @@ export interface TreeRecord {
   job?: string;
   /** Digest of the metadata the entry was given at the destination (metaDigest); absent in journals of older versions. */
   a?: string;
+  /**
+   * A further name of a file (a hard link made to it): the file's first name
+   * then. Size, mtime, inode and digest are the file's: a rerun whose walk
+   * meets this name first finds the file durable under it.
+   */
+  k?: string;
 }
 
 /** What the journal holds of one durable entry. */
