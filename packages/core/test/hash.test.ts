@@ -86,8 +86,8 @@ describe('xxh3', () => {
 
 describe('hashBytes and a streaming hasher', () => {
   it('agree for every algorithm, whatever the length and however the bytes are fed', () => {
-    // Lengths around xxh3's internal boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB blocks).
-    const lengths = [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 1025, 65_536, 65_537, 1_048_583];
+    // Lengths around xxh3's internal boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB blocks), and hashBytes' one call (up to 4 KiB).
+    const lengths = [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 1025, 4095, 4096, 4097, 65_536, 65_537, 1_048_583];
     const data = new Uint8Array(1_048_583);
     for (let i = 0; i < data.length; i++) data[i] = (i * 2_654_435_761) >>> 24;
     for (const algorithm of HASH_ALGORITHMS) {
