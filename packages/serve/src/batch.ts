@@ -33,7 +33,7 @@ import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, open, openSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
 import { posix } from 'node:path';
-import { FerryError, createHasher, destinationError, entryMetaOf, errnoOf, hasMeta, tempNameFor, toFerryError } from '@ferry/core';
+import { FerryError, createHasher, destinationError, hashBytes, entryMetaOf, errnoOf, hasMeta, tempNameFor, toFerryError } from '@ferry/core';
 import type { BatchEntry, BatchEntryResult, HashAlgorithm, Hasher } from '@ferry/core';
 import { applyFileMeta, applyPathMeta } from './meta.js';
 
@@ -347,7 +347,9 @@ interface WriterFile {
   readonly index: number;
   readonly entry: BatchEntry;
   readonly size: number;
-  readonly hasher: Hasher;
+  /** Made at the file's first bytes, unless they are all of it in one piece (then `digest` at once). */
+  hasher: Hasher | undefined;
+  digest: string | undefined;
   received: number;
   temp: Temp | undefined;
   /** Complete and open until the batch's sync says whether its bytes reached the disk. */
@@ -377,11 +379,11 @@ export class BatchWriter {
 
   constructor(
     readonly entries: readonly BatchEntry[],
-    algorithm: HashAlgorithm,
+    private readonly algorithm: HashAlgorithm,
     private readonly options: { syncfs?: boolean } = {},
   ) {
     entries.forEach((entry, index) => {
-      if (entry.kind === 'file') this.files.push({ index, entry, size: entry.size ?? 0, hasher: createHasher(algorithm), received: 0, temp: undefined, held: false, error: undefined });
+      if (entry.kind === 'file') this.files.push({ index, entry, size: entry.size ?? 0, hasher: undefined, digest: undefined, received: 0, temp: undefined, held: false, error: undefined });
     });
   }
 
@@ -408,7 +410,9 @@ export class BatchWriter {
   /** Bytes of the `k`-th file (of `files`), following what it received; the files before it are complete. */
   data(k: number, data: Buffer): void {
     const f = this.reach(k);
-    f.hasher.update(data);
+    // A small file usually arrives whole in one piece (the client packs them): one hashing call.
+    if (f.received === 0 && data.length === f.size) f.digest = hashBytes(this.algorithm, data);
+    else (f.hasher ??= createHasher(this.algorithm)).update(data);
     if (f.received + data.length > f.size) throw new FerryError('PROTOCOL', `bytes for ${f.entry.path} overrun its size ${f.size}`);
     if (f.temp && !f.error) {
       try {
@@ -427,7 +431,7 @@ export class BatchWriter {
     if (f.received + n > f.size) throw new FerryError('PROTOCOL', `zeros for ${f.entry.path} overrun its size ${f.size}`);
     for (let left = n; left > 0; ) {
       const piece = Math.min(left, zeroChunk.length);
-      f.hasher.update(zeroChunk.subarray(0, piece));
+      (f.hasher ??= createHasher(this.algorithm)).update(zeroChunk.subarray(0, piece));
       left -= piece;
     }
     f.received += n;
@@ -442,7 +446,7 @@ export class BatchWriter {
 
   /** The received hash of each file, in `files` order. */
   digests(): string[] {
-    return this.files.map((f) => f.hasher.digest());
+    return this.files.map((f) => f.digest ?? (f.hasher ??= createHasher(this.algorithm)).digest());
   }
 
   /**
