@@ -281,7 +281,15 @@ async function wanView(bed, side, before, seconds) {
   const leftovers = await bed.settle();
   const wireBytes = bed.wireBytes(side) - before.bytes;
   const bucketMB = bed.bucketMB(before.classes, bed.classBytes(side));
-  return { wireBytes, wireMBps: wireBytes / 1e6 / seconds, buckets: Object.keys(bucketMB).length, bucketMB, leftovers };
+  // The wire's rate second by second: where a run filled the link and where it did not.
+  const perSecond = [];
+  for (let t = 1, i = 0, last = 0; t <= Math.ceil(seconds); t++) {
+    while (i < before.samples.length - 1 && before.samples[i + 1][0] <= t) i++;
+    const bytes = t >= seconds ? wireBytes : (before.samples[i]?.[1] ?? 0);
+    perSecond.push(Math.round((bytes - last) / 1e6));
+    last = bytes;
+  }
+  return { wireBytes, wireMBps: wireBytes / 1e6 / seconds, buckets: Object.keys(bucketMB).length, bucketMB, perSecondMB: perSecond, leftovers };
 }
 
 // ---------------------------------------------------------------------------
@@ -350,7 +358,8 @@ export async function tree(argv) {
   let bed; // the wan testbed, with --wan
   if (o.wan) {
     // Its own signal handler tears the namespaces down; run.mjs's ends the measured command and runs the cleanups.
-    bed = await openWanTestbed({ linkMbit, streamMbit, sshdDir: join(work, 'sshd'), sshdConfig: await leanLogin(o['lean-login'], work), log });
+    // --idle-wait also bounds the shaping check's waits for a quiet machine (30 s each at most).
+    bed = await openWanTestbed({ linkMbit, streamMbit, sshdDir: join(work, 'sshd'), sshdConfig: await leanLogin(o['lean-login'], work), log, idleWaitMs: Math.min(idleWait, 30) * 1000 });
     onCleanup(() => bed.close());
     sshd = bed.sshd;
   } else {
@@ -397,8 +406,9 @@ export async function tree(argv) {
       const argv = await tool.argv({ src: source.path, dstParent, push, work, stateDir });
       // The link's view: bytes on the wire in the data's direction and the port buckets (TCP streams) that carried them.
       const side = push ? 'client' : 'server';
-      const wire0 = bed && { bytes: bed.wireBytes(side), classes: bed.classBytes(side) };
-      const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs });
+      const wire0 = bed && { bytes: bed.wireBytes(side), classes: bed.classBytes(side), samples: [], t0: performance.now() };
+      const sampler = bed && setInterval(() => wire0.samples.push([(performance.now() - wire0.t0) / 1000, bed.wireBytes(side) - wire0.bytes]), 250);
+      const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs }).finally(() => clearInterval(sampler));
       const wan = bed && (await wanView(bed, side, wire0, m.seconds));
       const journalBytes = await journalBytesIn(stateDir);
       // Not part of the time: what the tool left in the page cache.
@@ -542,6 +552,7 @@ export async function tree(argv) {
     '## Differences, with examples',
     '',
     ...exampleLines,
+    ...(bed ? ['', '## The link second by second (--wan)', '', `MB put on the wire in each second of each run, in the data's direction (the link holds ${fmt(bed.linkMBps)}, one stream ${fmt(bed.streamMBps)}):`, '', ...kept.filter((r) => r.wan).map((r) => `- round ${r.round} ${r.direction} ${r.tool}: ${r.wan.perSecondMB.join(' ')}`)] : []),
     ...(noisy.length > 0 ? ['', '## Runs with other load on the machine', '', ...noisy.map((r) => `- round ${r.round} ${r.direction} ${r.tool}${r.discarded ? ' (repeated)' : ''}: ${fmt(r.seconds, 2)} s, other CPU ${fmt(r.otherCpuSeconds, 2)} s, steal ${fmt(r.stealSeconds, 2)} s`)] : []),
     ...(failures.length > 0 ? ['', '## Failed runs', '', ...failures.map((f) => `- round ${f.round} ${f.direction} ${f.tool}: ${f.error}`)] : []),
     '',
