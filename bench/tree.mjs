@@ -1,8 +1,10 @@
 // Benchmark scenario `tree` (issue 31): a whole generated project tree copied through one
 // loopback sshd by ferry and by the tools a user reaches for (tar over ssh, rsync, scp, sftp),
 // push and pull; after every run the destination is compared with the source (bench/tree-lib.mjs)
-// and the differences are counted by kind. Registered in bench/run.mjs's SCENARIOS:
-// `npm run bench -- tree [options]`. See bench/README.md ("tree").
+// and the differences are counted by kind. With --wan the tools run in the client namespace of
+// the wan testbed (bench/wan-testbed.mjs) and the sshd in its server namespace, across the
+// shaped link. Registered in bench/run.mjs's SCENARIOS: `npm run bench -- tree [options]`. See
+// bench/README.md ("tree").
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
@@ -12,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { CLK_TCK, SAMPLE_MS, ferryTool, ferryVersion, fmt, isNoisy, leanLogin, log, machine, markdownTable, measure, median, onCleanup, runRounds, shq, syncDisks, waitForIdle, which, cliOf } from './common.mjs';
 import { compareTrees, generateTree } from './tree-lib.mjs';
+import { openWanTestbed } from './wan-testbed.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = cliOf(ROOT);
@@ -49,10 +52,16 @@ const HELP = `usage: npm run bench -- tree [options]
   --idle-wait <s>      before each run, wait up to this many seconds for 5 idle seconds
                        (default 60; 0: no wait)
   --retry-noisy <n>    repeat a run disturbed by other load up to n times (default 1)
-  --wan                the wan testbed (not yet: bench/README.md, "tree", TODO)
+  --wan                through the wan testbed (needs root): the tools in one network
+                       namespace, the sshd in another, each TCP stream capped at
+                       --stream-mbit and the link at --link-mbit (bench/wan-testbed.mjs);
+                       adds each tool's share of the link and the port buckets
+                       (TCP streams) that carried data
+  --link-mbit <n>      with --wan: the link's total rate, Mbit/s (default 2000)
+  --stream-mbit <n>    with --wan: the cap of one TCP stream, Mbit/s (default 200)
   --keep               keep the work directory (sshd, the last run's destination)
   --out <dir>          where tree.md and tree.json go (default bench/results)
-  --name <name>        base name of the result files (default tree)
+  --name <name>        base name of the result files (default tree, with --wan tree-wan)
 
 The tree is generated once (bench/tree-lib.mjs) into ${CACHE_DIR}/
 under a name with its seed and shape, and reused by later runs; remove it by hand.
@@ -126,7 +135,7 @@ export async function sourceTree({ files, big, bigBytes, seed, smallOnly }) {
 // direction. Both ends are on this machine; the remote one is reached through the bench's sshd.
 
 function treeTool(entry, ctx) {
-  const { userKey, knownHosts, port, user, host } = ctx;
+  const { userKey, knownHosts, port, user, host, wan } = ctx;
   const at = `${user}@${host}`;
   // The OpenSSH options of the loopback scenario (run.mjs): no ssh_config, key auth only,
   // AES-128-GCM, the cipher ferry's ssh2 picks first on CPUs with AES-NI.
@@ -180,6 +189,8 @@ function treeTool(entry, ctx) {
   // the bench's sshd (--launcher ssh, two agents unless the flags say otherwise), the way
   // agents on other nodes take them: a work queue on the job's nats-server. Push only.
   const agents = /^ferry-agents(?:\s+(.*))?$/.exec(entry);
+  // Its agents would log in to the server namespace and copy from there to its own sshd, never crossing the link.
+  if (agents && wan) throw new Error("--peers: 'ferry-agents' does not cross the wan link (its agents would run beside the sshd); use ferry with agents of its own, e.g. 'ferry -a 2 -s 8'");
   const ferry = ferryTool(agents ? `ferry ${agents[1] ?? ''}`.trim() : entry, CLI, PEER_NAMES);
   return {
     name: agents ? `ferry-agents${agents[1] ? ` ${agents[1]}` : ''}` : ferry.name,
@@ -260,6 +271,27 @@ async function journalBytesIn(stateDir) {
   return total;
 }
 
+/**
+ * With --wan, after a run: what crossed the link in the data's direction (`side`: who sent it)
+ * since `before`, and the port buckets that carried more than 1 MB of it (one per TCP
+ * connection: the testbed gives each its own); then every process of the run is gone from the
+ * namespaces (killed after 10 s, and named).
+ */
+async function wanView(bed, side, before, seconds) {
+  const leftovers = await bed.settle();
+  const wireBytes = bed.wireBytes(side) - before.bytes;
+  const bucketMB = bed.bucketMB(before.classes, bed.classBytes(side));
+  // The wire's rate second by second: where a run filled the link and where it did not.
+  const perSecond = [];
+  for (let t = 1, i = 0, last = 0; t <= Math.ceil(seconds); t++) {
+    while (i < before.samples.length - 1 && before.samples[i + 1][0] <= t) i++;
+    const bytes = t >= seconds ? wireBytes : (before.samples[i]?.[1] ?? 0);
+    perSecond.push(Math.round((bytes - last) / 1e6));
+    last = bytes;
+  }
+  return { wireBytes, wireMBps: wireBytes / 1e6 / seconds, buckets: Object.keys(bucketMB).length, bucketMB, perSecondMB: perSecond, leftovers };
+}
+
 // ---------------------------------------------------------------------------
 // The scenario.
 
@@ -280,14 +312,16 @@ export async function tree(argv) {
       'idle-wait': { type: 'string', default: '60' },
       'retry-noisy': { type: 'string', default: '1' },
       wan: { type: 'boolean', default: false },
+      'link-mbit': { type: 'string', default: '2000' },
+      'stream-mbit': { type: 'string', default: '200' },
       keep: { type: 'boolean', default: false },
       out: { type: 'string', default: 'bench/results' },
-      name: { type: 'string', default: 'tree' },
+      name: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (o.help) return void process.stdout.write(HELP);
-  if (o.wan) throw new Error('--wan: the tree scenario runs on loopback only for now (bench/README.md, "tree": TODO); run `npm run bench -- wan` for the link with one file');
+  o.name ??= o.wan ? 'tree-wan' : 'tree';
   const count = (flag, min) => {
     const n = Number(o[flag]);
     if (!Number.isInteger(n) || n < min) throw new Error(`--${flag} must be a whole number of at least ${min}, got '${o[flag]}'`);
@@ -305,6 +339,9 @@ export async function tree(argv) {
   if (!(idleWait >= 0)) throw new Error(`--idle-wait must be a number of seconds, got '${o['idle-wait']}'`);
   if (!['push', 'pull', 'both'].includes(o.direction)) throw new Error(`--direction must be push, pull or both, got '${o.direction}'`);
   const directions = o.direction === 'both' ? ['push', 'pull'] : [o.direction];
+  const linkMbit = Number(o['link-mbit']);
+  const streamMbit = Number(o['stream-mbit']);
+  if (o.wan && !(linkMbit > 0 && streamMbit > 0 && streamMbit <= linkMbit)) throw new Error(`--link-mbit and --stream-mbit must be positive numbers with the stream's cap at most the link's, got '${o['link-mbit']}' and '${o['stream-mbit']}'`);
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs --bench (or npx tsc -b)`);
   const outDir = resolve(o.out);
   const loadAtStart = loadavg();
@@ -317,12 +354,26 @@ export async function tree(argv) {
   // The work directory on the same filesystem as the tree: the tools see one disk, as on a site.
   const work = await mkdtemp(join(CACHE_DIR, 'work-'));
   onCleanup(() => (o.keep ? log(`kept ${work}`) : rm(work, { recursive: true, force: true })));
-  const sshd = await startSshd({ dir: join(work, 'sshd'), extraConfig: await leanLogin(o['lean-login'], work) });
-  onCleanup(() => sshd.stop({ keepDir: o.keep }));
-  log(`sshd on ${sshd.host}:${sshd.port} (pid ${sshd.pid}), work dir ${work}`);
-  const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, port: sshd.port, user: sshd.user, host: sshd.host };
+  let sshd;
+  let bed; // the wan testbed, with --wan
+  if (o.wan) {
+    // Its own signal handler tears the namespaces down; run.mjs's ends the measured command and runs the cleanups.
+    // --idle-wait also bounds the shaping check's waits for a quiet machine (30 s each at most).
+    bed = await openWanTestbed({ linkMbit, streamMbit, sshdDir: join(work, 'sshd'), sshdConfig: await leanLogin(o['lean-login'], work), log, idleWaitMs: Math.min(idleWait, 30) * 1000 });
+    onCleanup(() => bed.close());
+    sshd = bed.sshd;
+  } else {
+    sshd = await startSshd({ dir: join(work, 'sshd'), extraConfig: await leanLogin(o['lean-login'], work) });
+    onCleanup(() => sshd.stop({ keepDir: o.keep }));
+  }
+  const host = bed?.host ?? sshd.host;
+  const port = bed?.port ?? sshd.port;
+  log(`sshd on ${host}:${port} (pid ${sshd.pid}), work dir ${work}`);
+  const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, port, user: sshd.user, host, wan: o.wan };
 
   const tools = o.peers.split(',').map((s) => s.trim()).filter(Boolean).map((e) => treeTool(e, ctx));
+  // With --wan every tool runs in the client namespace: its connections cross the shaped link.
+  if (bed) for (const t of tools) t.argv = ((argvOf) => async (run) => [...bed.inClient, ...(await argvOf(run))])(t.argv);
   const skipped = tools.filter((t) => t.needs && !which(t.needs)).map((t) => ({ tool: t.name, reason: `${t.needs} not installed` }));
   const active = tools.filter((t) => !skipped.some((s) => s.tool === t.name));
   for (const s of skipped) log(`skipping ${s.tool}: ${s.reason}`);
@@ -353,7 +404,12 @@ export async function tree(argv) {
       const idleWaitSeconds = idleWait > 0 ? await waitForIdle({ quietSeconds: 5, maxMs: idleWait * 1000, log }) : 0;
       const push = direction === 'push';
       const argv = await tool.argv({ src: source.path, dstParent, push, work, stateDir });
-      const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs });
+      // The link's view: bytes on the wire in the data's direction and the port buckets (TCP streams) that carried them.
+      const side = push ? 'client' : 'server';
+      const wire0 = bed && { bytes: bed.wireBytes(side), classes: bed.classBytes(side), samples: [], t0: performance.now() };
+      const sampler = bed && setInterval(() => wire0.samples.push([(performance.now() - wire0.t0) / 1000, bed.wireBytes(side) - wire0.bytes]), 250);
+      const m = await measure(argv, { sshdPid: sshd.pid, timeoutMs }).finally(() => clearInterval(sampler));
+      const wan = bed && (await wanView(bed, side, wire0, m.seconds));
       const journalBytes = await journalBytesIn(stateDir);
       // Not part of the time: what the tool left in the page cache.
       const syncSeconds = syncDisks();
@@ -389,7 +445,9 @@ export async function tree(argv) {
         processes: m.processes.length,
         peakRssMiB: m.peakRssMiB,
         journalBytes,
+        ...(wan ? { wan, vsLink: finished ? source.bytes / 1e6 / m.seconds / bed.linkMBps : NaN } : {}),
       };
+      if (wan) log(`[${round}/${runs}] ${direction} ${tool.name}: ${fmt(rec.vsLink * 100)}% of the link, ${fmt(wan.wireMBps)} MB/s on the wire, ${wan.buckets} stream(s) carried data${wan.leftovers.length ? `; killed leftovers: ${wan.leftovers.join('; ')}` : ''}`);
       log(`[${round}/${runs}] ${direction} ${tool.name}: exit ${rec.exit}${m.stderrFirstLine ? ` (${m.stderrFirstLine.slice(0, 160)})` : ''}; differences: ${kindsText(differences)}`);
       return rec;
     },
@@ -418,6 +476,7 @@ export async function tree(argv) {
         maxSeconds: Math.max(...good.map((r) => r.seconds)),
         medianMBps: source.bytes / 1e6 / seconds,
         filesPerSecond: source.names / seconds,
+        ...(bed ? { vsLink: source.bytes / 1e6 / seconds / bed.linkMBps, medianWireMBps: median(good.map((r) => r.wan.wireMBps)), medianBuckets: median(good.map((r) => r.wan.buckets)) } : {}),
         vsTar: tar / seconds,
         vsRsync: rsync / seconds,
         medianSecondsWithSync: median(good.map((r) => r.seconds + r.syncSeconds)),
@@ -432,16 +491,19 @@ export async function tree(argv) {
     });
   });
 
-  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'RSS cp / agent / helper / nats MiB', 'journal MiB', 'differences from the source'];
+  // With --wan, after MB/s: the share of the link, and the TCP streams that carried data.
+  const wanHeader = bed ? ['vs link', 'streams'] : [];
+  const wanCells = (s) => (bed ? [Number.isFinite(s.vsLink) ? `${fmt(s.vsLink * 100)}%` : '-', fmt(s.medianBuckets)] : []);
+  const header = ['direction', 'tool', 'ok', 'exit', 'median s', 'min-max s', 'MB/s', ...wanHeader, 'files/s', 'vs tar', 'vs rsync -a', 's incl. sync', 'CPU s', 'RSS cp / agent / helper / nats MiB', 'journal MiB', 'differences from the source'];
   const mib = (x) => (x > 0 ? fmt(x) : '-');
   const memory = (s) => (s.tool.startsWith('ferry') ? [`${mib(s.peakRssMiB.coordinator)} / ${mib(s.peakRssMiB.agent)} / ${mib(s.peakRssMiB.helper)} / ${mib(s.peakRssMiB.nats)}`, s.journalBytes > 0 ? fmt(s.journalBytes / 2 ** 20, 1) : '-'] : ['', '']);
   const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
   const rows = summary.map((s) =>
     s.skipped
-      ? [s.direction, s.tool, `skipped: ${s.skipped}`, '', '', '', '', '', '', '', '', '', '', '', '']
+      ? [s.direction, s.tool, `skipped: ${s.skipped}`, ...header.slice(3).map(() => '')]
       : [
           s.direction, s.tool, `${s.ok}/${s.runs}`, s.exits.join('/'), fmt(s.medianSeconds, 2), s.ok ? `${fmt(s.minSeconds, 2)}-${fmt(s.maxSeconds, 2)}` : '-',
-          fmt(s.medianMBps), fmt(s.filesPerSecond), ratio(s.vsTar), ratio(s.vsRsync), fmt(s.medianSecondsWithSync, 2), fmt(s.cpuSeconds, 1), ...memory(s),
+          fmt(s.medianMBps), ...wanCells(s), fmt(s.filesPerSecond), ratio(s.vsTar), ratio(s.vsRsync), fmt(s.medianSecondsWithSync, 2), fmt(s.cpuSeconds, 1), ...memory(s),
           s.ok ? s.differences : `failed: ${(s.firstFailure ?? '').slice(0, 200)}`,
         ].map((c) => String(c).replaceAll('|', '\\|')),
   );
@@ -463,7 +525,7 @@ export async function tree(argv) {
   const md = [
     `# Benchmark: ${o.name}${o.name === 'tree' ? '' : ' (tree scenario)'}`,
     '',
-    `A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd on 127.0.0.1; source and destination on the same filesystem; the source in the page cache. After every run the destination is compared with the source by ${content ? 'content, ' : ''}type, mode, size, mtime, link target, hard links and sparseness${content ? '' : ' (--small-only: not by content)'}.`,
+    `A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd ${bed ? `in the wan testbed's server namespace (bench/wan-testbed.mjs), the tools in its client namespace: a link of ${bed.linkMbit} Mbit/s (${fmt(bed.linkMBps)} MB/s) with each TCP stream capped at ${bed.streamMbit} Mbit/s (${fmt(bed.streamMBps, 1)} MB/s), the limit RTT and windows put on one stream (no added delay: netem is absent)` : 'on 127.0.0.1'}; source and destination on the same filesystem; the source in the page cache. After every run the destination is compared with the source by ${content ? 'content, ' : ''}type, mode, size, mtime, link target, hard links and sparseness${content ? '' : ' (--small-only: not by content)'}.`,
     'Generated by `npm run bench -- tree` (see bench/README.md, "tree").',
     '',
     `- Date: ${date}`,
@@ -472,6 +534,7 @@ export async function tree(argv) {
     `- ferry: ${ferryVersion()}`,
     `- Tree${smallOnly ? ' (--small-only: regular files of 0-4 KiB, 1,000 per directory)' : ''}: seed ${seed}, ${source.files} files (${big} of ${formatBytes(bigBytes)}${big > 0 ? '' : ': none'}, ${source.sparse} sparse), ${source.dirs} directories, ${source.symlinks} symlinks, ${source.hardlinks} extra hard links; ${source.bytes} bytes (${formatBytes(source.bytes)}, sparse files at their full size), ${source.names} names that are not directories`,
     `- Runs: ${runs} per tool and direction, in rounds (every tool once per round, the order rotating)`,
+    ...(bed ? [`- Shaping: ${bed.shapingText}`, `- Shaping check (plain TCP): ${bed.checkText}${bed.warnings.length ? ` (warning: ${bed.warnings.join('; ')})` : ''}`] : []),
     `- Logins: ${o['lean-login'] ? 'lean (--lean-login: the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
     `- Command: \`${['node bench/run.mjs tree', ...argv.map(shq)].join(' ')}\``,
     '',
@@ -479,6 +542,7 @@ export async function tree(argv) {
     '',
     '- ok: finished runs / runs. A run is finished when the tool exited 0, or exited non-zero after copying all but at most 1% of the entries (it went through the tree and complained about some); exit: the exit statuses seen.',
     '- median s, min-max s: wall-clock seconds from spawn to exit over finished runs. MB/s: file bytes (each inode once, sparse files at full size) / 1e6 / median s. files/s: names that are not directories (files, symlinks, further hard links) / median s.',
+    ...(bed ? [`- vs link (--wan): MB/s over the link's ${fmt(bed.linkMBps)} MB/s; TCP/IP headers take ~4.5% of each frame, so about 95% is the most a tool can show. streams: port buckets that carried more than 1 MB in the data's direction (median), one per TCP connection.`] : []),
     "- vs tar, vs rsync -a: tar's (rsync -a's) median seconds over this tool's, same run and direction (above 1: faster).",
     '- s incl. sync: with a `sync` run right after the exit (what the tool left in the page cache). CPU s: user+system CPU of the client\'s processes and the sshd sessions serving them, median.',
     '- RSS cp / agent / helper / nats MiB (ferry): peak resident memory (VmHWM, sampled every 100 ms) of the coordinator (`ferry cp`), the largest agent (ferry-agents), the largest remote helper (`ferry serve`) and nats-server (`-`: none ran; a single-node tree copy of small files needs neither agents nor NATS), the largest over the runs. journal MiB: the tree journal (tree.ndjson) the run left in its state directory.',
@@ -488,6 +552,7 @@ export async function tree(argv) {
     '## Differences, with examples',
     '',
     ...exampleLines,
+    ...(bed ? ['', '## The link second by second (--wan)', '', `MB put on the wire in each second of each run, in the data's direction (the link holds ${fmt(bed.linkMBps)}, one stream ${fmt(bed.streamMBps)}):`, '', ...kept.filter((r) => r.wan).map((r) => `- round ${r.round} ${r.direction} ${r.tool}: ${r.wan.perSecondMB.join(' ')}`)] : []),
     ...(noisy.length > 0 ? ['', '## Runs with other load on the machine', '', ...noisy.map((r) => `- round ${r.round} ${r.direction} ${r.tool}${r.discarded ? ' (repeated)' : ''}: ${fmt(r.seconds, 2)} s, other CPU ${fmt(r.otherCpuSeconds, 2)} s, steal ${fmt(r.stealSeconds, 2)} s`)] : []),
     ...(failures.length > 0 ? ['', '## Failed runs', '', ...failures.map((f) => `- round ${f.round} ${f.direction} ${f.tool}: ${f.error}`)] : []),
     '',
@@ -496,7 +561,7 @@ export async function tree(argv) {
   await writeFile(join(outDir, `${o.name}.md`), md);
   await writeFile(
     join(outDir, `${o.name}.json`),
-    JSON.stringify({ scenario: 'tree', date, ferry: ferryVersion(), machine: m, load: { start: loadAtStart, end: loadAtEnd }, options: { files, smallOnly, big, bigBytes, seed, runs, directions, retryNoisy, idleWait, peers: tools.map((t) => t.name), leanLogin: o['lean-login'] }, source: { ...source, path: undefined }, clockTicks: CLK_TCK, sampleMs: SAMPLE_MS, skipped, summary, runs: results }, null, 1) + '\n',
+    JSON.stringify({ scenario: 'tree', date, ferry: ferryVersion(), machine: m, load: { start: loadAtStart, end: loadAtEnd }, options: { files, smallOnly, big, bigBytes, seed, runs, directions, retryNoisy, idleWait, peers: tools.map((t) => t.name), leanLogin: o['lean-login'], ...(bed ? { wan: { linkMbit, streamMbit } } : {}) }, ...(bed ? { shapingCheck: bed.check } : {}), source: { ...source, path: undefined }, clockTicks: CLK_TCK, sampleMs: SAMPLE_MS, skipped, summary, runs: results }, null, 1) + '\n',
   );
   log(`wrote ${join(outDir, `${o.name}.md`)} and ${o.name}.json; the tree stays in ${source.path}`);
   if (failures.length > 0) process.exitCode = 1;

@@ -3,46 +3,26 @@
 // `export async function wan(argv)`, in the style of the scenarios in bench/run.mjs (register it
 // in its SCENARIOS map), or standalone: `node bench/wan.mjs [options]`. Needs root.
 //
-// A client namespace (runs scp, sftp, rsync and ferry) and a server namespace (runs a throwaway
-// sshd, test/fixtures/sshd.mjs) hang off a private bridge. netem is absent on these machines, so
-// the link is emulated by its effect, not its delay (/work/shared/TESTBED.md): the client's
-// egress goes through htb with one class per bucket of TCP source ports, each capped at the
-// per-stream rate that RTT and windows would impose on one TCP stream (default 200 Mbit/s), all
-// under a parent class with the link's total rate (default 2 Gbit/s). See
+// The testbed (bench/wan-testbed.mjs): a client namespace (runs scp, sftp, rsync and ferry) and a
+// server namespace (a throwaway sshd), the client's egress shaped per TCP stream (default 200
+// Mbit/s) under the link's total rate (default 2 Gbit/s). One file of random data is pushed. See
 // bench/README.md for what runs and how to read the results.
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { mkdtemp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startSshd } from '../test/fixtures/sshd.mjs';
 import { plotThroughput } from './plot.mjs';
+import { BUCKETS, PORT_BASE, openWanTestbed } from './wan-testbed.mjs';
 import { CLK_TCK, ferryRole, ferryTool, fileHash, fmt, log, machine, median, waitForIdle, ferryVersion, leanLogin, machineTicks, makeRandomFile, markdownTable, readText, sh, shq, sshDdTool, syncDisks, which, cliOf } from './common.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = cliOf(ROOT);
 // The built core package, by path: bench/ is not a workspace, so '@ferry/core' does not resolve here.
 const { parseSize, formatBytes } = await import(pathToFileURL(join(ROOT, 'packages/core/dist/index.js')).href);
-
-// Everything this scenario creates is named after this prefix, so a later run removes the
-// leftovers of a crashed one. Nothing else on the machine is touched.
-const NS_C = 'fwan-c'; // client namespace; its host-side veth has the same name
-const NS_S = 'fwan-s'; // server namespace (sshd)
-const BRIDGE = 'fwanbr0';
-const SUBNET = '10.77.50';
-const BRIDGE_IP = `${SUBNET}.1`; // the host's address on the bridge (startSshd checks readiness from here)
-const CLIENT_IP = `${SUBNET}.10`;
-const SERVER_IP = `${SUBNET}.20`;
-const NETNS_DIR = '/var/run/netns';
-// One htb class per bucket of source ports (low 6 bits), as in TESTBED.md. The client's ephemeral
-// ports are confined to one aligned block of BUCKETS ports, so two concurrent connections never
-// share a bucket (with the full default range, 16 streams in 64 buckets collide 85% of the time).
-const BUCKETS = 64;
-const PORT_BASE = 32768; // a multiple of BUCKETS
-const CHECK_PORT = 5201;
 
 // The peers that matter on a long fat link (one stream, and what a user hand-rolls to fill it),
 // ferry as a user gets it (no flags), and ferry's best shapes: one stream (against scp) and 16
@@ -78,194 +58,13 @@ const HELP = `usage: npm run bench -- wan [options]         (needs root)
 `;
 
 const IDLE_MAX_MS = 30_000;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-/** Blocks the thread (used only while tearing down from a signal handler, which must not await). */
-const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-
-// ---------------------------------------------------------------------------
-// Namespaces, shaping, teardown.
-
-/** Pids of the processes in a named network namespace (as in test/fixtures/cluster.mjs). */
-function netnsPids(name) {
-  let ino;
-  try {
-    ino = statSync(join(NETNS_DIR, name)).ino;
-  } catch {
-    return [];
-  }
-  const link = `net:[${ino}]`;
-  const out = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      if (readlinkSync(`/proc/${e}/ns/net`) === link) out.push(Number(e));
-    } catch {
-      // exited, or a kernel thread
-    }
-  }
-  return out;
-}
-function pidAlive(pid) {
-  const s = readText(`/proc/${pid}/stat`);
-  return s !== undefined && s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3) !== 'Z';
-}
-function killSync(pids, graceMs) {
-  const signal = (sig) => pids.forEach((p) => {
-    try {
-      process.kill(p, sig);
-    } catch {
-      // gone
-    }
-  });
-  signal('SIGTERM');
-  for (const deadline = Date.now() + graceMs; pids.some(pidAlive) && Date.now() < deadline; ) sleepSync(25);
-  signal('SIGKILL');
-  for (const deadline = Date.now() + 3000; pids.some(pidAlive) && Date.now() < deadline; ) sleepSync(25);
-}
-function run(cmd, args) {
-  try {
-    execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' });
-  } catch (err) {
-    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr ?? err.message).trim()}`);
-  }
-}
-
-let current; // the measured child process, if one is running
-let workDir;
-/**
- * Removes everything this scenario makes: the processes in its namespaces (the measured tool,
- * ferry's agents and nats-server, ssh, sshd and its sessions), the veths (with their qdiscs), the
- * bridge, the namespaces and the work directory. Synchronous and idempotent: it also runs from the
- * SIGINT handler, before bench/run.mjs's own handler (which knows nothing of this) exits.
- */
-function teardownSync() {
-  if (current) {
-    try {
-      process.kill(-current.pid, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
-  const pids = [NS_C, NS_S].flatMap(netnsPids);
-  if (pids.length > 0) killSync(pids, 2000);
-  for (const dev of [NS_C, NS_S, BRIDGE]) if (existsSync(`/sys/class/net/${dev}`)) sh('ip', ['link', 'del', dev]);
-  for (const ns of [NS_C, NS_S]) if (existsSync(join(NETNS_DIR, ns))) sh('ip', ['netns', 'del', ns]);
-  if (workDir) rmSync(workDir, { recursive: true, force: true });
-  workDir = undefined;
-}
-function onSignal(sig) {
-  log(`${sig}: stopping and cleaning up`);
-  teardownSync();
-  if (process.listenerCount(sig) === 1) process.exit(130); // standalone; under run.mjs its handler exits
-}
-
-/** htb burst: 10 ms at the rate, at least 64 KiB (one GSO packet must fit). */
-const burst = (mbit) => `${Math.max(64, Math.ceil((mbit * 1e6) / 8 / 100 / 1024))}k`;
-
-/**
- * The shaping on one end's egress. An htb parent class with the link's total rate; under it one
- * class per bucket of ports (matched by `portField`: sport on the client, dport on the server)
- * with ceil = the per-stream cap. The buckets' own guaranteed rate is the link's share
- * (link / BUCKETS), not the stream cap: htb never holds back a class sending below its own rate,
- * so 16 classes of `rate 200mbit` under a 2 Gbit/s parent would let 3.2 Gbit/s through.
- */
-function shape(ns, portField, linkMbit, streamMbit) {
-  const tc = (...args) => run('tc', ['-n', ns, ...args]);
-  tc('qdisc', 'replace', 'dev', 'eth0', 'root', 'handle', '1:', 'htb');
-  tc('class', 'add', 'dev', 'eth0', 'parent', '1:', 'classid', '1:1', 'htb', 'rate', `${linkMbit}mbit`, 'ceil', `${linkMbit}mbit`, 'burst', burst(linkMbit), 'cburst', burst(linkMbit), 'quantum', '65536');
-  const share = `${Math.floor((linkMbit * 1000) / BUCKETS)}kbit`;
-  for (let i = 0; i < BUCKETS; i++) {
-    const id = `1:${(0x100 + i).toString(16)}`;
-    tc('class', 'add', 'dev', 'eth0', 'parent', '1:1', 'classid', id, 'htb', 'rate', share, 'ceil', `${streamMbit}mbit`, 'burst', burst(streamMbit), 'cburst', burst(streamMbit), 'quantum', '65536');
-    tc('filter', 'add', 'dev', 'eth0', 'parent', '1:', 'protocol', 'ip', 'prio', '1', 'u32', 'match', 'ip', portField, String(i), `0x${(BUCKETS - 1).toString(16)}`, 'flowid', id); // tc reads the mask as hex
-  }
-}
-
-/** Bytes sent so far by each bucket class on the client's egress. */
-function classBytes() {
-  const text = sh('tc', ['-n', NS_C, '-s', 'class', 'show', 'dev', 'eth0']);
-  const out = {};
-  for (const m of text.matchAll(/class htb (1:[0-9a-f]+) [^\n]*\n\s*Sent (\d+) bytes/g)) out[m[1]] = Number(m[2]);
-  return out;
-}
-
-function buildNetwork(linkMbit, streamMbit) {
-  run('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
-  run('ip', ['addr', 'add', `${BRIDGE_IP}/24`, 'dev', BRIDGE]);
-  run('ip', ['link', 'set', BRIDGE, 'up']);
-  for (const [ns, ip] of [
-    [NS_C, CLIENT_IP],
-    [NS_S, SERVER_IP],
-  ]) {
-    run('ip', ['netns', 'add', ns]);
-    run('ip', ['link', 'add', ns, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-    run('ip', ['link', 'set', ns, 'master', BRIDGE]);
-    run('ip', ['link', 'set', ns, 'up']);
-    run('ip', ['-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
-    run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
-    run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']); // ferry's nats-server listens on 127.0.0.1
-  }
-  // Per-namespace sysctls: the client's connections get ports from one aligned block of BUCKETS
-  // (distinct buckets), and may reuse a port whose last connection to the sshd is in TIME_WAIT.
-  run('nsenter', [`--net=${join(NETNS_DIR, NS_C)}`, 'sysctl', '-q', '-w', `net.ipv4.ip_local_port_range=${PORT_BASE} ${PORT_BASE + BUCKETS - 1}`, 'net.ipv4.tcp_tw_reuse=1']);
-  // Push data leaves the client by its source port; the server's replies (ACKs) and any data it
-  // sends leave by the client's port as destination: the same caps both ways.
-  shape(NS_C, 'sport', linkMbit, streamMbit);
-  shape(NS_S, 'dport', linkMbit, streamMbit);
-}
-
-// ---------------------------------------------------------------------------
-// The quick check of the shaping: plain TCP, no ssh, n streams for a few seconds.
-
-const SINK = `const net=require('net');const [host,port,n]=process.argv.slice(1);let done=0,total=0,first=0,last=0;const per=[];
-net.createServer((s)=>{let b=0;s.on('data',(d)=>{const t=performance.now();if(!first)first=t;last=t;b+=d.length;total+=d.length});
-s.on('error',()=>{});s.on('close',()=>{per.push(b);if(++done===Number(n)){console.log(JSON.stringify({bytes:total,seconds:(last-first)/1000,perConnection:per}));process.exit(0)}})})
-.listen(Number(port),host,()=>console.log('listening'));`;
-const SOURCE = `const net=require('net');const [host,port,n,ms]=process.argv.slice(1);const buf=Buffer.alloc(1<<20);let stop=false;const socks=[];
-setTimeout(()=>{stop=true;for(const s of socks)s.end()},Number(ms));
-for(let i=0;i<Number(n);i++){const s=net.connect(Number(port),host,()=>{const pump=()=>{while(!stop&&s.write(buf));if(!stop)s.once('drain',pump)};pump()});
-s.on('error',(e)=>{console.error(e.message);process.exit(1)});socks.push(s)}`;
-
-async function checkShaping(streams, seconds) {
-  const nsenter = (ns) => ['nsenter', `--net=${join(NETNS_DIR, ns)}`];
-  const sink = spawn(nsenter(NS_S)[0], [...nsenter(NS_S).slice(1), process.execPath, '-e', SINK, SERVER_IP, String(CHECK_PORT), String(streams)], { stdio: ['ignore', 'pipe', 'pipe'] });
-  try {
-    let out = '';
-    sink.stdout.on('data', (d) => (out += d));
-    for (const deadline = Date.now() + 10_000; !out.includes('listening'); await sleep(20)) {
-      if (sink.exitCode !== null || Date.now() > deadline) throw new Error('shaping check: the sink did not start');
-    }
-    const before = classBytes();
-    const source = spawn(nsenter(NS_C)[0], [...nsenter(NS_C).slice(1), process.execPath, '-e', SOURCE, SERVER_IP, String(CHECK_PORT), String(streams), String(seconds * 1000)], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    source.stderr.on('data', (d) => (err += d));
-    const sinkDone = new Promise((r) => sink.once('close', r));
-    const killer = setTimeout(() => {
-      source.kill('SIGKILL');
-      sink.kill('SIGKILL');
-    }, (seconds + 30) * 1000);
-    await Promise.all([new Promise((r) => source.once('close', r)), sinkDone]);
-    clearTimeout(killer);
-    const line = out.split('\n').find((l) => l.startsWith('{'));
-    if (!line) throw new Error(`shaping check with ${streams} stream(s) failed: ${err.trim() || 'no result from the sink'}`);
-    const r = JSON.parse(line);
-    const after = classBytes();
-    const buckets = Object.keys(after).filter((k) => k !== '1:1' && after[k] - (before[k] ?? 0) > 1e6).length;
-    return { streams, seconds: r.seconds, MBps: r.bytes / 1e6 / r.seconds, perConnectionMB: r.perConnection.map((b) => Math.round(b / 1e5) / 10), buckets };
-  } finally {
-    if (sink.exitCode === null) sink.kill('SIGKILL');
-  }
-}
 
 // ---------------------------------------------------------------------------
 // The tools.
 
 /** One entry of --configs as a tool (argv built like loopbackTool in bench/run.mjs, run in the client namespace). */
 function wanTool(entry, ctx) {
-  const { userKey, knownHosts, user, timeline } = ctx;
-  const host = SERVER_IP;
-  const port = 22;
-  const inClient = ['nsenter', `--net=${join(NETNS_DIR, NS_C)}`];
+  const { userKey, knownHosts, user, timeline, host, port, inClient } = ctx;
   // The same ssh options for every OpenSSH tool as in the loopback scenario.
   const sshOpts = [
     '-F', '/dev/null', '-i', userKey, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
@@ -408,15 +207,14 @@ function watchBlocking(disk, t0) {
  * other than progress and range.done are kept, as [seconds from spawn, text],
  * and so are the samples of watchBlocking() on `disk`.
  */
-async function measure(argv, timeoutMs, events = false, disk = undefined) {
-  const rxPath = `/sys/class/net/${NS_C}/statistics/rx_bytes`; // host end of the client's veth: what the client sent
-  const rx = () => Number(readText(rxPath)) || 0;
+async function measure(bed, argv, timeoutMs, events = false, disk = undefined, onChild = () => {}) {
+  const rx = bed.wireBytes;
   const rx0 = rx();
   const m0 = machineTicks();
   const samples = [[0, 0]];
   const t0 = performance.now();
   const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', events ? 'pipe' : 'ignore', 'pipe'] });
-  current = child;
+  onChild(child);
   let stderr = '';
   child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-4000)));
   const timeline = [];
@@ -459,7 +257,7 @@ async function measure(argv, timeoutMs, events = false, disk = undefined) {
   if (stopWatch) timeline.push(...stopWatch());
   timeline.sort((a, b) => a[0] - b[0]);
   clearTimeout(killer);
-  current = undefined;
+  onChild(undefined);
   const m1 = machineTicks();
   let error;
   if (spawnError) error = `spawn: ${spawnError.message}`;
@@ -474,19 +272,6 @@ async function measure(argv, timeoutMs, events = false, disk = undefined) {
     cpuBusy: (m1.tasks + m1.irq - m0.tasks - m0.irq) / CLK_TCK / seconds, // cores busy, whole machine
     stealSeconds: (m1.steal - m0.steal) / CLK_TCK,
   };
-}
-
-/** After a run: waits (at most 10 s) until the tool's processes are gone from both namespaces; kills what remains. */
-async function settle(sshdPid) {
-  const ours = () => [...netnsPids(NS_C), ...netnsPids(NS_S).filter((p) => p !== sshdPid)].filter(pidAlive);
-  for (const deadline = Date.now() + 10_000; ours().length > 0 && Date.now() < deadline; ) await sleep(100);
-  const left = ours();
-  if (left.length > 0) {
-    const names = left.map((p) => (readText(`/proc/${p}/cmdline`) ?? '').split('\0').slice(0, 3).join(' '));
-    killSync(left, 1000);
-    return names;
-  }
-  return [];
 }
 
 export async function wan(argv) {
@@ -506,52 +291,28 @@ export async function wan(argv) {
     },
   });
   if (o.help) return void process.stdout.write(HELP);
-  if (process.getuid?.() !== 0) throw new Error('the wan scenario builds network namespaces: run it as root');
   const size = parseSize(o.size);
   const runs = Number(o.runs);
   const linkMbit = Number(o['link-mbit']);
   const streamMbit = Number(o['stream-mbit']);
   if (!size) throw new Error(`--size: not a size: ${o.size}`);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs: not a positive integer: ${o.runs}`);
-  if (!(linkMbit > 0) || !(streamMbit > 0) || streamMbit > linkMbit) throw new Error('--link-mbit and --stream-mbit: positive, stream <= link');
-  for (const bin of ['ip', 'tc', 'nsenter', 'sysctl']) if (!which(bin) && !existsSync(`/usr/sbin/${bin}`) && !existsSync(`/sbin/${bin}`)) throw new Error(`${bin} not found (apt-get install -y iproute2 util-linux procps)`);
   if (!existsSync(CLI)) throw new Error(`${CLI} missing: run node scripts/setup.mjs`);
   const outDir = resolve(o.out);
-  const linkMBps = linkMbit / 8;
-  const streamMBps = streamMbit / 8;
 
-  for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, onSignal);
-  let sshd;
+  const work = await mkdtemp(join(tmpdir(), 'ferry-bench-wan-'));
+  let bed;
+  let current; // the measured child process, if one is running
   try {
-    teardownSync(); // leftovers of a crashed run (same names)
-    buildNetwork(linkMbit, streamMbit);
-    log(`namespaces ${NS_C} (${CLIENT_IP}) and ${NS_S} (${SERVER_IP}): link ${linkMbit} Mbit/s, ${streamMbit} Mbit/s per TCP stream (${BUCKETS} port buckets)`);
-
-    // The quick check: plain TCP, one stream and 16 (or as many as fill the link), through the shaping.
-    const many = Math.min(BUCKETS, Math.max(16, Math.ceil(linkMbit / streamMbit)));
-    const check = [];
-    for (const n of [1, many]) {
-      await waitForIdle({ quietSeconds: 3, maxMs: IDLE_MAX_MS, log });
-      const c = await checkShaping(n, 4);
-      c.expectedMBps = Math.min(linkMBps, n * streamMBps);
-      c.ratio = c.MBps / c.expectedMBps;
-      check.push(c);
-      log(`shaping check, ${n} TCP stream(s): ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s (${c.buckets} bucket(s) used)`);
-    }
-    const shapingWarnings = [];
-    for (const c of check) {
-      // TCP/IP headers take ~4.5% of each 1514-byte frame: payload above the cap means no shaping.
-      if (c.buckets !== c.streams) throw new Error(`shaping check: ${c.streams} stream(s) used ${c.buckets} port bucket(s): the per-stream classes do not work here`);
-      if (c.ratio > 1.02) throw new Error(`shaping check: ${c.streams} stream(s) moved ${fmt(c.MBps, 1)} MB/s, more than the ${fmt(c.expectedMBps)} MB/s cap: the shaping does not work here`);
-      if (c.ratio < 0.85) shapingWarnings.push(`${c.streams} TCP stream(s) reached only ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s in the shaping check (machine busy?)`);
-    }
-    for (const w of shapingWarnings) log(`warning: ${w}`);
-
-    workDir = await mkdtemp(join(tmpdir(), 'ferry-bench-wan-'));
-    const work = workDir;
-    sshd = await startSshd({ dir: join(work, 'sshd'), netns: NS_S, listen: SERVER_IP, port: 22, extraConfig: await leanLogin(o['lean-login'], work) });
-    log(`sshd in ${NS_S} on ${SERVER_IP}:22 (pid ${sshd.pid}), work dir ${work}`);
-    const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, user: sshd.user, timeline: o.timeline };
+    bed = await openWanTestbed({ linkMbit, streamMbit, sshdDir: join(work, 'sshd'), sshdConfig: await leanLogin(o['lean-login'], work), log });
+    // On a signal, before the namespaces go: the measured command's group (ferry's agents and
+    // nats-server with it), then the work directory.
+    bed.onTeardown(() => rmSync(work, { recursive: true, force: true }));
+    bed.onTeardown(() => current && process.kill(-current.pid, 'SIGKILL'));
+    const { sshd, check, linkMBps, streamMBps } = bed;
+    const shapingWarnings = bed.warnings;
+    log(`work dir ${work}`);
+    const ctx = { userKey: sshd.userKey, knownHosts: sshd.knownHosts, user: sshd.user, host: bed.host, port: bed.port, inClient: bed.inClient, timeline: o.timeline };
 
     const tools = o.configs.split(',').map((s) => s.trim()).filter(Boolean).map((e) => wanTool(e, ctx));
     const skipped = tools.filter((t) => t.needs && !which(t.needs)).map((t) => ({ tool: t.name, reason: `${t.needs} not installed` }));
@@ -578,15 +339,10 @@ export async function wan(argv) {
       const stateDir = join(work, 'state');
       await rm(stateDir, { recursive: true, force: true });
       const argv = await tool.argv({ src, dstDir, dstFile, work, stateDir });
-      const before = classBytes();
-      const m = await measure(argv, timeoutMs, tool.events === true, dstDisk);
-      const leftovers = await settle(sshd.pid);
-      const after = classBytes();
-      const bucketMB = Object.fromEntries(
-        Object.keys(after)
-          .filter((k) => k !== '1:1' && after[k] - (before[k] ?? 0) > 1e6)
-          .map((k) => [k, Math.round((after[k] - (before[k] ?? 0)) / 1e5) / 10]),
-      );
+      const before = bed.classBytes();
+      const m = await measure(bed, argv, timeoutMs, tool.events === true, dstDisk, (c) => (current = c));
+      const leftovers = await bed.settle();
+      const bucketMB = bed.bucketMB(before, bed.classBytes());
       const syncSeconds = syncDisks();
       if (!m.error) {
         const st = existsSync(dstFile) ? statSync(dstFile) : undefined;
@@ -720,8 +476,8 @@ export async function wan(argv) {
       `- Logins: ${o['lean-login'] ? 'lean (--lean-login: HOME is an empty directory, the remote shell reads no start-up files)' : "the remote user's own shell start-up files (~/.bashrc) run on every login"}`,
       ...(o.timeline ? [`- Timeline: ferry ran with --json -v instead of --quiet (a little more CPU); its events, with the moments the destination's disk was held or threads were blocked in the kernel, are in ${o.name}-timeline.txt`] : []),
       `- Runs: ${runs} per tool, in rounds (every tool once per round, order rotating by one each round)`,
-      `- Shaping: htb on both ends' egress, parent ${linkMbit} Mbit/s, ${BUCKETS} classes by the low 6 bits of the client's port (ceil ${streamMbit} Mbit/s, guaranteed ${fmt(linkMbit / BUCKETS, 2)} Mbit/s each); the client's ephemeral ports are confined to ${PORT_BASE}-${PORT_BASE + BUCKETS - 1}, so every connection has a bucket of its own`,
-      `- Shaping check (plain TCP, 4 s): ${check.map((c) => `${c.streams} stream(s) ${fmt(c.MBps, 1)} MB/s of payload = ${fmt(c.ratio * 100)}% of ${fmt(c.expectedMBps)} MB/s, ${c.buckets} bucket(s)`).join('; ')}`,
+      `- Shaping: ${bed.shapingText}`,
+      `- Shaping check (plain TCP): ${bed.checkText}`,
       `- Command: \`${['node bench/run.mjs wan', ...argv.map(shq)].join(' ')}\``,
       '',
       table,
@@ -782,9 +538,8 @@ export async function wan(argv) {
     log(`wrote ${join(outDir, `${o.name}.md`)}, ${o.name}.json and ${o.name}.svg`);
     if (failures.length > 0) process.exitCode = 1;
   } finally {
-    await sshd?.stop({ keepDir: true }).catch(() => {});
-    teardownSync();
-    for (const sig of ['SIGINT', 'SIGTERM']) process.off(sig, onSignal);
+    await bed?.close();
+    await rm(work, { recursive: true, force: true });
   }
 }
 
