@@ -32,6 +32,7 @@ import {
   TREE_READ_CAPABILITY,
   ZERO_CHUNK,
   createHasher,
+  hashBytes,
   isAllZero,
   destinationError,
   COPY_RANGE_CAPABILITY,
@@ -802,10 +803,10 @@ export async function serve(options: ServeOptions): Promise<void> {
       return { ok: false, error: toFerryError(err).toData() };
     };
     const changed = (why: string) => new FerryError('SOURCE_CHANGED', `${e.path} changed since it was listed (${why}): not copied; copy it again`, { path: e.path });
-    /** Sends the `n` bytes read into `buf` (after its frame header's room), or ZEROS for a run of zeros. */
-    const sendRead = async (buf: Buffer, n: number) => {
+    /** Sends the `n` bytes read into `buf` (after its frame header's room), or ZEROS for a run of zeros; `hashed`: already hashed. */
+    const sendRead = async (buf: Buffer, n: number, hashed = false) => {
       const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
-      hasher.update(data);
+      if (!hashed) hasher().update(data);
       sent += n;
       if (hashOnly) pool.release(buf);
       else if (n > 0 && isAllZero(data)) {
@@ -816,7 +817,10 @@ export async function serve(options: ServeOptions): Promise<void> {
         await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
       } else pool.release(buf);
     };
-    const hasher = createHasher(algorithm);
+    // Created at the first chunk of a big file: a small one is hashed in one call (hashBytes), and
+    // a hasher object (an Xxh3 state) costs more than hashing a few KiB.
+    let streaming: Hasher | undefined;
+    const hasher = () => (streaming ??= createHasher(algorithm));
     // A file smaller than one chunk (most of a tree): read whole with synchronous calls, one byte
     // past its size to tell one that grew. Through the thread pool, its open, fstat, two reads and
     // close cost several times the CPU of the calls themselves.
@@ -848,9 +852,10 @@ export async function serve(options: ServeOptions): Promise<void> {
         pool.release(buf);
         return failed(changed(`it holds more than ${e.size} bytes`));
       }
-      await sendRead(buf, n);
+      const hash = hashBytes(algorithm, buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n));
+      await sendRead(buf, n, true);
       if (n < e.size) return failed(changed(`it ended at ${n} of ${e.size} bytes`));
-      return { ok: true, hash: hasher.digest() };
+      return { ok: true, hash };
     }
     let fh: FileHandle;
     try {
@@ -881,7 +886,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       // One byte past the size tells a file that grew.
       const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, e.size);
       if (bytesRead > 0) return await failed(changed(`it holds more than ${e.size} bytes`));
-      return { ok: true, hash: hasher.digest() };
+      return { ok: true, hash: hasher().digest() };
     } catch (err) {
       return failed(sourceError(err, { path: e.path }));
     } finally {

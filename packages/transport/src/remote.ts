@@ -232,6 +232,18 @@ interface SharedHelper {
 /** Connections joining one shared helper besides the one that started it: 8 streams per helper at most. */
 export const MAX_SHARED_JOINS = 7;
 
+/**
+ * Whether a READ_BATCH of these entries may be bigger than MAX_BATCH_BODY_BYTES:
+ * a bound without encoding them (a path's UTF-8 is at most 3 bytes a UTF-16
+ * unit; its map, keys and size 32 more; the rest of the body under 64), so only
+ * a batch near the limit is encoded to be measured.
+ */
+function mayExceedBatchBody(entries: readonly ReadBatchEntry[]): boolean {
+  let bound = 64;
+  for (const e of entries) bound += 3 * e.path.length + 32;
+  return bound > MAX_BATCH_BODY_BYTES;
+}
+
 const sharedHelpers = new Map<string, SharedHelper>();
 /** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
 const refusedSharing = new Set<string>();
@@ -857,7 +869,7 @@ export class HelperConnection implements RemoteConnection {
     if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
     const problem = readBatchProblem(entries);
     if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
-    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries] }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+    if (entries.length > 1 && mayExceedBatchBody(entries) && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries] }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
       // Long paths: in two halves, one after the other.
       const mid = Math.floor(entries.length / 2);
       const first = await this.readBatch(entries.slice(0, mid), algorithm, sink);
@@ -939,7 +951,7 @@ export class HelperConnection implements RemoteConnection {
     if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
     const problem = readBatchProblem(entries);
     if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
-    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries], hashOnly: true }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+    if (entries.length > 1 && mayExceedBatchBody(entries) && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries], hashOnly: true }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
       const mid = Math.floor(entries.length / 2);
       return [...(await this.hashFiles(entries.slice(0, mid), algorithm)), ...(await this.hashFiles(entries.slice(mid), algorithm))];
     }
