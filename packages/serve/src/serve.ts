@@ -8,6 +8,7 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { lstat, open, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import {
   BATCH_CAPABILITY,
@@ -37,6 +38,7 @@ import {
   destinationError,
   COPY_RANGE_CAPABILITY,
   XATTRS_EXACT_CAPABILITY,
+  WALK_HASH_CAPABILITY,
   sourceError,
   encodeControl,
   errnoOf,
@@ -47,7 +49,7 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
+import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireTreeEntry, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
 import { applyPathMeta, setModeTimesAt } from './meta.js';
@@ -199,6 +201,39 @@ function xattrBytes(e: TreeEntry): number {
   let n = 0;
   for (const [k, v] of Object.entries(e.xattrs ?? {})) n += k.length + v.length + 8;
   return n;
+}
+
+/**
+ * A walked file's hash for WALK's `hash` (WALK_HASH_CAPABILITY), read whole
+ * with synchronous calls into `buf` (at least `entry.size + 1` bytes), never
+ * through a link; undefined when it cannot be read, or is no longer the file
+ * the walk found (another inode, another size): the client then hashes it
+ * with a READ_BATCH, which reports why.
+ */
+function walkHash(path: string, entry: TreeEntry, algorithm: HashAlgorithm, buf: Buffer): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.ino !== entry.ino || st.dev !== entry.dev || st.size !== entry.size) return undefined;
+    let n = 0;
+    // One byte past the size tells a file that grew since its lstat.
+    for (;;) {
+      const got = readSync(fd, buf, n, entry.size + 1 - n, n);
+      if (got === 0) break;
+      n += got;
+      if (n > entry.size) return undefined;
+    }
+    return n === entry.size ? hashBytes(algorithm, buf.subarray(0, n)) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** A walk's entry as ENTRIES carries it: only the fields that are set. */
@@ -756,14 +791,19 @@ export async function serve(options: ServeOptions): Promise<void> {
       await send(encodeControl('ENTRIES', id, { items: out }));
     };
     const meta = wanted.names || wanted.xattrs || wanted.acls ? { names: wanted.names === true, ...(wanted.xattrs || wanted.acls ? { xattrs: { xattrs: wanted.xattrs === true, acls: wanted.acls === true } } : {}) } : undefined;
+    const hashing = wanted.hash === undefined ? undefined : { algorithm: wanted.hash, maxBytes: wanted.hashMaxBytes ?? 0, buf: Buffer.allocUnsafe((wanted.hashMaxBytes ?? 0) + 1) };
     for await (const item of walkTree(root, meta ? { meta } : {})) {
       if (outputGone) return;
       const wire: WireWalkItem = 'error' in item ? { path: item.path, error: { code: item.error.code, message: item.error.message } } : wireEntry(item.entry);
+      if (hashing && 'entry' in item && item.entry.kind === 'file' && item.entry.size <= hashing.maxBytes) {
+        const hash = walkHash(item.entry.path === '' ? root : join(root, item.entry.path), item.entry, hashing.algorithm, hashing.buf);
+        if (hash !== undefined) (wire as WireTreeEntry).hash = hash;
+      }
       if (items.length === 0) first = performance.now();
       items.push(wire);
       count++;
       // UTF-16 length times 3 bounds the UTF-8 bytes; the rest of an item's fields are a few dozen bytes.
-      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160 + ('entry' in item ? xattrBytes(item.entry) : 0);
+      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160 + ('entry' in item ? xattrBytes(item.entry) : 0) + (('hash' in wire && wire.hash?.length) || 0);
       if (items.length >= WALK_CHUNK_ITEMS || bytes >= WALK_CHUNK_BYTES || performance.now() - first >= WALK_CHUNK_MS) await flush();
     }
     await flush();
@@ -903,7 +943,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, XATTRS_EXACT_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, XATTRS_EXACT_CAPABILITY, WALK_HASH_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
           euid: process.geteuid?.() ?? -1,
         };

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, XATTRS_EXACT_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { BATCH_CAPABILITY, WALK_HASH_CAPABILITY, XATTRS_EXACT_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, ExactXattrs, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
@@ -198,6 +198,12 @@ export interface WalkWanted {
   names?: boolean;
   xattrs?: boolean;
   acls?: boolean;
+  /**
+   * Each regular file of at most `maxBytes` with its content hash (`hash`), where the helper
+   * has WALK_HASH_CAPABILITY; without it (an older ferry serve, the python helper, SFTP) the
+   * entries come without, and the caller hashes them otherwise.
+   */
+  hashes?: { algorithm: HashAlgorithm; maxBytes: number };
 }
 
 export interface RemoteOptions extends ConnectOptions {
@@ -823,6 +829,9 @@ export class HelperConnection implements RemoteConnection {
       wake = undefined;
       w?.();
     };
+    const { hashes, ...meta } = wanted;
+    const hashing = hashes !== undefined && this.helper.hello?.capabilities.includes(WALK_HASH_CAPABILITY) === true && this.hashes.includes(hashes.algorithm);
+    const body = hashing ? { ...meta, hash: hashes.algorithm, hashMaxBytes: hashes.maxBytes } : meta;
     const { id, done } = this.helper.walk(root, (items) => {
       frames.push(items);
       // A few frames waiting (a few thousand entries): stop reading until the consumer takes them.
@@ -831,7 +840,7 @@ export class HelperConnection implements RemoteConnection {
         this.helper.pause();
       }
       notify();
-    }, wanted);
+    }, body);
     done.then(
       () => {
         ended = true;
