@@ -519,11 +519,27 @@ interface PoolSlot {
   busy: number;
 }
 
-/** Up to `size` connections opened as work needs them, each with up to `perConnection` requests at once. */
+/**
+ * A further hashing connection opens only once requests have shared the
+ * open ones for this long: a connection costs an SSH login and a helper's
+ * start (a few tenths of a CPU second on each side), more than hashing a
+ * tree's small files or a few hundred MiB on the connections already open.
+ */
+export const POOL_GROW_AFTER_MS = 300;
+
+/**
+ * Up to `size` connections, each with up to `perConnection` requests at once:
+ * the first opened by the first request, each further one once requests have
+ * waited for or shared the open ones for POOL_GROW_AFTER_MS.
+ */
 class ConnectionPool {
   private readonly slots: PoolSlot[] = [];
   private readonly waiting: Array<() => void> = [];
   private closed = false;
+  /** Set while a further connection may be due: it opens when this fires, if requests still share. */
+  private growTimer: NodeJS.Timeout | undefined;
+  /** Whether the pool may open a further connection now (the timer fired with requests sharing). */
+  private growDue = false;
 
   constructor(
     private readonly connect: () => Promise<RemoteConnection>,
@@ -553,6 +569,7 @@ class ConnectionPool {
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.growTimer);
     for (const s of this.slots.splice(0)) void s.conn.then((c) => c.close(), () => {});
     for (const w of this.waiting.splice(0)) w();
   }
@@ -562,11 +579,15 @@ class ConnectionPool {
       if (this.closed) throw new FerryError('INTERRUPTED', 'the check was stopped');
       let best: PoolSlot | undefined;
       for (const s of this.slots) if (s.busy < this.perConnection && (best === undefined || s.busy < best.busy)) best = s;
-      // A new connection rather than a second request on a busy one, while there may be more.
+      // A new connection rather than a second request on a busy one, while there may be more:
+      // the first at once, a further one once requests have shared for a while (growDue).
       if ((best === undefined || best.busy > 0) && this.slots.length < this.size) {
-        best = { conn: this.connect(), busy: 0 };
-        best.conn.catch(() => {});
-        this.slots.push(best);
+        if (this.slots.length === 0 || this.growDue) {
+          this.growDue = false;
+          best = { conn: this.connect(), busy: 0 };
+          best.conn.catch(() => {});
+          this.slots.push(best);
+        } else this.armGrowth();
       }
       if (best) {
         best.busy++;
@@ -574,6 +595,21 @@ class ConnectionPool {
       }
       await new Promise<void>((r) => this.waiting.push(r));
     }
+  }
+
+  /** Starts the wait after which one more connection may open, unless one is running. */
+  private armGrowth(): void {
+    if (this.growTimer !== undefined || this.closed) return;
+    this.growTimer = setTimeout(() => {
+      this.growTimer = undefined;
+      // Still sharing or waiting: the next request opens a further connection (and arms again).
+      if (this.waiting.length > 0 || this.slots.some((s) => s.busy > 1)) {
+        this.growDue = true;
+        // A request that waits for a free slot takes it now.
+        this.waiting.shift()?.();
+      }
+    }, POOL_GROW_AFTER_MS);
+    this.growTimer.unref();
   }
 
   private drop(slot: PoolSlot): void {
