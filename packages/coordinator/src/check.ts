@@ -532,7 +532,7 @@ export const POOL_GROW_AFTER_MS = 300;
  * the first opened by the first request, each further one once requests have
  * waited for or shared the open ones for POOL_GROW_AFTER_MS.
  */
-class ConnectionPool {
+export class ConnectionPool {
   private readonly slots: PoolSlot[] = [];
   private readonly waiting: Array<() => void> = [];
   private closed = false;
