@@ -236,6 +236,16 @@ function walkHash(path: string, entry: TreeEntry, algorithm: HashAlgorithm, buf:
   }
 }
 
+/**
+ * A walk that hashes (WALK's `hash`) stops hashing once WALK_HASH_SLOW_CHUNKS
+ * chunks of WALK_HASH_CHUNK files in a row took more than WALK_HASH_SLOW_US a
+ * file (a file in the page cache takes some tens of microseconds; one slow
+ * chunk is more often another process taking the CPU).
+ */
+const WALK_HASH_CHUNK = 64;
+const WALK_HASH_SLOW_US = 1000;
+const WALK_HASH_SLOW_CHUNKS = 3;
+
 /** A walk's entry as ENTRIES carries it: only the fields that are set. */
 function wireEntry(e: TreeEntry): WireWalkItem {
   return {
@@ -791,13 +801,24 @@ export async function serve(options: ServeOptions): Promise<void> {
       await send(encodeControl('ENTRIES', id, { items: out }));
     };
     const meta = wanted.names || wanted.xattrs || wanted.acls ? { names: wanted.names === true, ...(wanted.xattrs || wanted.acls ? { xattrs: { xattrs: wanted.xattrs === true, acls: wanted.acls === true } } : {}) } : undefined;
-    const hashing = wanted.hash === undefined ? undefined : { algorithm: wanted.hash, maxBytes: wanted.hashMaxBytes ?? 0, buf: Buffer.allocUnsafe((wanted.hashMaxBytes ?? 0) + 1) };
+    const hashing = wanted.hash === undefined ? undefined : { algorithm: wanted.hash, maxBytes: wanted.hashMaxBytes ?? 0, buf: Buffer.allocUnsafe((wanted.hashMaxBytes ?? 0) + 1), on: true, files: 0, spent: 0, slowChunks: 0 };
     for await (const item of walkTree(root, meta ? { meta } : {})) {
       if (outputGone) return;
       const wire: WireWalkItem = 'error' in item ? { path: item.path, error: { code: item.error.code, message: item.error.message } } : wireEntry(item.entry);
-      if (hashing && 'entry' in item && item.entry.kind === 'file' && item.entry.size <= hashing.maxBytes) {
+      if (hashing?.on && 'entry' in item && item.entry.kind === 'file' && item.entry.size <= hashing.maxBytes) {
+        const t0 = performance.now();
         const hash = walkHash(item.entry.path === '' ? root : join(root, item.entry.path), item.entry, hashing.algorithm, hashing.buf);
         if (hash !== undefined) (wire as WireTreeEntry).hash = hash;
+        // Only the hashing counts: not the walk between files, nor waits for the client to take frames.
+        hashing.spent += performance.now() - t0;
+        // On a file system that answers over a network, one file at a time is slow: the client's
+        // READ_BATCHes on several connections do the rest (entries without a hash), at once.
+        if (++hashing.files === WALK_HASH_CHUNK) {
+          hashing.slowChunks = (hashing.spent * 1000) / WALK_HASH_CHUNK > WALK_HASH_SLOW_US ? hashing.slowChunks + 1 : 0;
+          hashing.files = 0;
+          hashing.spent = 0;
+          if (hashing.slowChunks >= WALK_HASH_SLOW_CHUNKS) hashing.on = false;
+        }
       }
       if (items.length === 0) first = performance.now();
       items.push(wire);
