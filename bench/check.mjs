@@ -34,6 +34,7 @@ const HELP = `usage: npm run bench -- check [options]
   --runs <k>           runs of each tool, in rounds (default 3)
   --idle-wait <s>      before each run, wait up to this many seconds for 5 idle seconds (default 60; 0: none)
   --ferry <flags>      extra flags for ferry check, e.g. "-s 8" (default none)
+  --base <dir>         also time the ferry built in <dir> (a worktree of an older commit), in the same rounds
   --keep               keep the work directory
   --out <dir>          where check.md and check.json go (default bench/results)
 `;
@@ -62,6 +63,7 @@ export async function check(argv) {
       runs: { type: 'string', default: '3' },
       'idle-wait': { type: 'string', default: '60' },
       ferry: { type: 'string', default: '' },
+      base: { type: 'string' },
       keep: { type: 'boolean', default: false },
       out: { type: 'string', default: 'bench/results' },
       help: { type: 'boolean', short: 'h' },
@@ -84,7 +86,12 @@ export async function check(argv) {
   });
   const host = `${sshd.host}`;
   const ssh = ['ssh', '-F', '/dev/null', '-i', sshd.userKey, '-o', `UserKnownHostsFile=${sshd.knownHosts}`, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes', '-p', String(sshd.port)];
-  const ferry = [process.execPath, CLI, 'check', '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', `${process.execPath} ${CLI} serve`, ...o.ferry.split(/\s+/).filter(Boolean)];
+  const ferryOf = (cli) => [process.execPath, cli, 'check', '-i', sshd.userKey, '--known-hosts', sshd.knownHosts, '--remote-cmd', `${process.execPath} ${cli} serve`, ...o.ferry.split(/\s+/).filter(Boolean)];
+  const ferry = ferryOf(CLI);
+  // --base: the same check by another build (its CLI and its serve), named by its commit.
+  const baseCli = o.base === undefined ? undefined : cliOf(resolve(o.base));
+  const baseName = o.base === undefined ? undefined : `ferry check @${execFileSync('git', ['-C', resolve(o.base), 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()}`;
+  const baseTool = (a, b) => (baseCli === undefined ? [] : [{ name: baseName, argv: [...ferryOf(baseCli), a, b], ok: (r) => r.code === 0 }]);
   const remote = (path) => `${host}:${sshd.port}:${path}`;
 
   /** name -> { argv, ok(result) }, per shape. */
@@ -101,6 +108,7 @@ export async function check(argv) {
       what: `two copies of one ${formatBytes(size)} file`,
       tools: [
         { name: 'ferry check', argv: [...ferry, a, remote(b)], ok: (r) => r.code === 0 },
+        ...baseTool(a, remote(b)),
         { name: 'sha256sum, then ssh sha256sum', argv: ['bash', '-c', `sha256sum ${shq(a)} && ${ssh.map(shq).join(' ')} ${shq(host)} sha256sum ${shq(b)}`], ok: (r) => r.code === 0 && new Set(r.out.match(/^[0-9a-f]{64}/gm)).size === 1 },
       ],
     });
@@ -117,6 +125,7 @@ export async function check(argv) {
       what: `a tree of ${files} files and one of ${formatBytes(bigBytes)}, and its copy`,
       tools: [
         { name: 'ferry check', argv: [...ferry, tree, remote(copy)], ok: (r) => r.code === 0 },
+        ...baseTool(tree, remote(copy)),
         // -n: nothing is changed; -c: every file's checksum on both sides; --out-format lists what would move.
         { name: 'rsync -a -c -n', argv: ['rsync', '-a', '-c', '-n', '--out-format=%n', '-e', ssh.map(shq).join(' '), `${tree}/`, `${host}:${copy}/`], ok: (r) => r.code === 0 && r.out.trim() === '' },
       ],

@@ -141,6 +141,18 @@ describe('ferry check', () => {
     const events = parseEvents(both.stdout);
     expect(events[0]).toMatchObject({ type: 'check.start', modes: ['helper', 'helper'] });
     expect(events.filter((e) => e.type === 'check.entry').map((e) => e.path)).toEqual(['sub/f3.txt']);
+    // Both walks hashed the small files as they went (ferry serve's walk-hash): the same finding,
+    // the same bytes counted as with the python helper, whose walk brings no hashes.
+    const python = await runFerry(['check', ...conn(['--json', '--mode', 'python']), on(sshd, src), on(sshd, onebyte)]);
+    expect(python.code).toBe(53);
+    const pyEvents = parseEvents(python.stdout);
+    expect(pyEvents[0]).toMatchObject({ type: 'check.start', modes: ['python', 'python'] });
+    expect(pyEvents.filter((e) => e.type === 'check.entry').map((e) => e.path)).toEqual(['sub/f3.txt']);
+    const counts = (evs: Array<Record<string, unknown>>) => {
+      const d = evs.find((e) => e.type === 'check.done')!;
+      return { same: d.same, differ: d.differ, bytesHashed: d.bytesHashed };
+    };
+    expect(counts(events)).toEqual(counts(pyEvents));
     // Files as the roots: the entry goes by the source's name.
     const file = await runFerry(['check', ...conn(), join(src, 'sub', 'f3.txt'), on(sshd, join(onebyte, 'sub', 'f3.txt'))]);
     expect(file.code).toBe(53);

@@ -222,6 +222,49 @@ describe.each(['serve', 'python'] as const)('WALK and READ_BATCH in %s', (kind) 
     }
   });
 
+  it.runIf(kind === 'serve')('hashes each regular file up to hashMaxBytes as it walks, when WALK asks (walk-hash)', async () => {
+    const dir = join(work.path, `walk-hash-${kind}`);
+    await mkdir(join(dir, 'sub'), { recursive: true });
+    await writeFile(join(dir, 'a'), 'hello');
+    await writeFile(join(dir, 'empty'), '');
+    await writeFile(join(dir, 'sub', 'edge'), Buffer.alloc(4096, 7));
+    await writeFile(join(dir, 'sub', 'big'), Buffer.alloc(4097, 7));
+    await symlink('a', join(dir, 'l'));
+    const { link } = await import('node:fs/promises');
+    await link(join(dir, 'a'), join(dir, 'sub', 'h'));
+    const h = helper(kind);
+    try {
+      expect((await h.answer(1))[0]).toMatchObject({ type: 'OK', body: { hello: { capabilities: expect.arrayContaining(['walk-hash']) } } });
+      h.send(encodeControl('WALK', 2, { root: dir, hash: 'xxh3', hashMaxBytes: 4096 }));
+      const walked = await h.answer(2);
+      expect(walked.at(-1)).toMatchObject({ type: 'OK' });
+      const items = walked.filter((f) => f.type === 'ENTRIES').flatMap((f) => (f as Extract<DecodedFrame, { type: 'ENTRIES' }>).body.items) as Array<Record<string, unknown>>;
+      const hashOf = (path: string) => items.find((i) => i.path === path)?.hash;
+      const xxh3 = (data: Buffer) => {
+        const x = createHasher('xxh3');
+        x.update(data);
+        return x.digest();
+      };
+      // The first name of the linked file carries the hash; its further name (a hardlink), the link, directories and the file past the limit do not.
+      const first = items.find((i) => (i.path === 'a' || i.path === 'sub/h') && i.kind === 'file')!;
+      expect(first.hash).toBe(xxh3(Buffer.from('hello')));
+      expect(hashOf('empty')).toBe(xxh3(Buffer.alloc(0)));
+      expect(hashOf('sub/edge')).toBe(xxh3(Buffer.alloc(4096, 7)));
+      for (const p of ['sub/big', 'l', 'sub', '']) expect(hashOf(p), p).toBeUndefined();
+      expect(items.filter((i) => i.hash !== undefined)).toHaveLength(3);
+      // Without `hash`, no entry has one.
+      h.send(encodeControl('WALK', 3, { root: dir }));
+      const plain = (await h.answer(3)).filter((f) => f.type === 'ENTRIES').flatMap((f) => (f as Extract<DecodedFrame, { type: 'ENTRIES' }>).body.items) as Array<Record<string, unknown>>;
+      expect(plain.filter((i) => i.hash !== undefined)).toEqual([]);
+      // A limit past MAX_WALK_HASH_BYTES ends the session.
+      h.send(encodeControl('WALK', 4, { root: dir, hash: 'xxh3', hashMaxBytes: 2 * MiB }));
+      expect((await h.answer(0))[0]).toMatchObject({ type: 'ERROR', body: { code: 'PROTOCOL', message: expect.stringContaining('WALK.hashMaxBytes must be an integer from 0 to') } });
+      await h.exited;
+    } finally {
+      h.kill();
+    }
+  });
+
   it('ends the session with PROTOCOL on a READ_BATCH over its bounds or a relative WALK root', async () => {
     const h = helper(kind);
     try {

@@ -110,7 +110,8 @@ interface CheckSide {
   readonly mode: TransferMode | 'local';
   /** Hashes this side computes where the bytes are; undefined: any (locally, or SFTP's tools and reads). */
   readonly hashes: readonly HashAlgorithm[] | undefined;
-  walk(signal?: AbortSignal): AsyncIterable<WalkItem>;
+  /** `hashes`: a remote side's walk hashes files of at most `maxBytes` as it goes, where its helper can (entries' `hash`). */
+  walk(signal?: AbortSignal, hashes?: { algorithm: HashAlgorithm; maxBytes: number }): AsyncIterable<WalkItem>;
   hashRange(treePath: string, offset: number, length: number, algorithm: HashAlgorithm): Promise<string>;
   /** Whole files' hashes, each a digest or why that file could not be hashed; rejects when the whole request failed. */
   hashFiles(files: readonly SmallFile[], algorithm: HashAlgorithm): Promise<Array<string | FerryError>>;
@@ -120,6 +121,12 @@ interface CheckSide {
 interface SmallFile {
   readonly path: string;
   readonly size: number;
+}
+
+/** A small file to compare, with the hash a side's walk brought, if any. */
+interface SmallPair extends SmallFile {
+  readonly srcHash?: string;
+  readonly dstHash?: string;
 }
 
 /**
@@ -220,7 +227,7 @@ class CheckRun {
   private readonly slots: Slots;
   private readonly counts: Counts = { same: 0, differ: 0, missingOnDst: 0, missingOnSrc: 0, errors: 0, bytesHashed: 0 };
   private readonly files = new Set<Promise<void>>();
-  private small: SmallFile[] = [];
+  private small: SmallPair[] = [];
   private smallBytes = 0;
   private fatal: FerryError | undefined;
 
@@ -236,7 +243,11 @@ class CheckRun {
   ) {
     this.matcher = new TreeMatcher({ sizeOnly });
     this.slots = new Slots(inFlight);
+    this.walkHashes = sizeOnly ? undefined : { algorithm, maxBytes: SMALL_FILE_BYTES };
   }
+
+  /** What the walks hash as they go (a remote side whose helper can): small files, unless sizes only. */
+  private readonly walkHashes: { algorithm: HashAlgorithm; maxBytes: number } | undefined;
 
   async run(): Promise<Counts> {
     // The walks run together; a failure of one stops the other at its next entry.
@@ -250,7 +261,7 @@ class CheckRun {
   }
 
   private async consume(side: 'src' | 'dst', from: CheckSide): Promise<void> {
-    for await (const item of from.walk(this.signal)) {
+    for await (const item of from.walk(this.signal, this.walkHashes)) {
       if (this.fatal) return;
       if ('error' in item && item.path === '') throw rootError(side, from.label, item.error);
       for (const o of this.matcher.add(side, item)) await this.handle(o);
@@ -260,7 +271,10 @@ class CheckRun {
   private async handle(o: MatchOutcome): Promise<void> {
     if ('status' in o) return this.report(o.path, o.status, o.reason);
     if (o.compare.size <= SMALL_FILE_BYTES) {
-      this.small.push({ path: o.path, size: o.compare.size });
+      const { srcHash, dstHash } = o.compare;
+      // Both walks hashed it (two remote sides): decided here, nothing to read.
+      if (srcHash !== undefined && dstHash !== undefined) return this.decideSmall(o.path, o.compare.size, srcHash, dstHash);
+      this.small.push({ path: o.path, size: o.compare.size, ...(srcHash === undefined ? {} : { srcHash }), ...(dstHash === undefined ? {} : { dstHash }) });
       this.smallBytes += o.compare.size;
       if (this.small.length >= BATCH_FILES || this.smallBytes >= BATCH_BYTES) await this.flushSmall();
       return;
@@ -276,6 +290,29 @@ class CheckRun {
     void work.finally(() => this.files.delete(work));
   }
 
+  /** A small file both sides have hashed. */
+  private decideSmall(path: string, size: number, x: string | FerryError, y: string | FerryError): void {
+    const failed = [x, y].find((h): h is FerryError => h instanceof FerryError);
+    if (failed && FATAL.has(failed.code)) this.fatal ??= failed;
+    else if (failed) this.report(path, 'error', failed.message);
+    else {
+      this.counts.bytesHashed += size;
+      this.report(path, x === y ? 'same' : 'differ', x === y ? undefined : 'the content differs');
+    }
+  }
+
+  /**
+   * One side's hashes of a batch: those its walk brought, the others from
+   * one request for them all (none when the walk brought every one).
+   */
+  private async sideHashes(side: CheckSide, batch: readonly SmallPair[], known: 'srcHash' | 'dstHash'): Promise<Array<string | FerryError>> {
+    const missing = batch.filter((f) => f[known] === undefined);
+    if (missing.length === 0) return batch.map((f) => f[known]!);
+    const got = await side.hashFiles(missing, this.algorithm);
+    let i = 0;
+    return batch.map((f) => f[known] ?? got[i++]!);
+  }
+
   /** Hashes the small files gathered so far, one request per side, once a slot is free. */
   private async flushSmall(): Promise<void> {
     const batch = this.small;
@@ -286,7 +323,7 @@ class CheckRun {
     this.track(
       (async () => {
         try {
-          const [a, b] = await Promise.allSettled([this.src.hashFiles(batch, this.algorithm), this.dst.hashFiles(batch, this.algorithm)]);
+          const [a, b] = await Promise.allSettled([this.sideHashes(this.src, batch, 'srcHash'), this.sideHashes(this.dst, batch, 'dstHash')]);
           if (this.fatal) return;
           const whole = [a, b].find((r) => r.status === 'rejected');
           if (whole) {
@@ -297,17 +334,7 @@ class CheckRun {
           }
           const srcHashes = (a as PromiseFulfilledResult<Array<string | FerryError>>).value;
           const dstHashes = (b as PromiseFulfilledResult<Array<string | FerryError>>).value;
-          batch.forEach((f, i) => {
-            const x = srcHashes[i];
-            const y = dstHashes[i];
-            const failed = [x, y].find((h): h is FerryError => h instanceof FerryError);
-            if (failed && FATAL.has(failed.code)) this.fatal ??= failed;
-            else if (failed) this.report(f.path, 'error', failed.message);
-            else {
-              this.counts.bytesHashed += f.size;
-              this.report(f.path, x === y ? 'same' : 'differ', x === y ? undefined : 'the content differs');
-            }
-          });
+          batch.forEach((f, i) => this.decideSmall(f.path, f.size, srcHashes[i]!, dstHashes[i]!));
         } finally {
           this.slots.give();
         }
@@ -465,7 +492,7 @@ async function remoteSide(loc: RemoteLocation, role: 'source' | 'destination', o
     label,
     mode: walker.mode,
     hashes: walker.hashes,
-    walk: () => walker.walk(root),
+    walk: (_signal, hashes) => walker.walk(root, hashes ? { hashes } : {}),
     hashRange,
     hashFiles: async (files, algorithm) => {
       if (batches && (walker.hashes === undefined || walker.hashes.includes(algorithm))) {
@@ -492,11 +519,27 @@ interface PoolSlot {
   busy: number;
 }
 
-/** Up to `size` connections opened as work needs them, each with up to `perConnection` requests at once. */
-class ConnectionPool {
+/**
+ * A further hashing connection opens only once requests have shared the
+ * open ones for this long: a connection costs an SSH login and a helper's
+ * start (a few tenths of a CPU second on each side), more than hashing a
+ * tree's small files or a few hundred MiB on the connections already open.
+ */
+export const POOL_GROW_AFTER_MS = 300;
+
+/**
+ * Up to `size` connections, each with up to `perConnection` requests at once:
+ * the first opened by the first request, each further one once requests have
+ * waited for or shared the open ones for POOL_GROW_AFTER_MS.
+ */
+export class ConnectionPool {
   private readonly slots: PoolSlot[] = [];
   private readonly waiting: Array<() => void> = [];
   private closed = false;
+  /** Set while a further connection may be due: it opens when this fires, if requests still share. */
+  private growTimer: NodeJS.Timeout | undefined;
+  /** Whether the pool may open a further connection now (the timer fired with requests sharing). */
+  private growDue = false;
 
   constructor(
     private readonly connect: () => Promise<RemoteConnection>,
@@ -526,6 +569,7 @@ class ConnectionPool {
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.growTimer);
     for (const s of this.slots.splice(0)) void s.conn.then((c) => c.close(), () => {});
     for (const w of this.waiting.splice(0)) w();
   }
@@ -535,11 +579,15 @@ class ConnectionPool {
       if (this.closed) throw new FerryError('INTERRUPTED', 'the check was stopped');
       let best: PoolSlot | undefined;
       for (const s of this.slots) if (s.busy < this.perConnection && (best === undefined || s.busy < best.busy)) best = s;
-      // A new connection rather than a second request on a busy one, while there may be more.
+      // A new connection rather than a second request on a busy one, while there may be more:
+      // the first at once, a further one once requests have shared for a while (growDue).
       if ((best === undefined || best.busy > 0) && this.slots.length < this.size) {
-        best = { conn: this.connect(), busy: 0 };
-        best.conn.catch(() => {});
-        this.slots.push(best);
+        if (this.slots.length === 0 || this.growDue) {
+          this.growDue = false;
+          best = { conn: this.connect(), busy: 0 };
+          best.conn.catch(() => {});
+          this.slots.push(best);
+        } else this.armGrowth();
       }
       if (best) {
         best.busy++;
@@ -547,6 +595,21 @@ class ConnectionPool {
       }
       await new Promise<void>((r) => this.waiting.push(r));
     }
+  }
+
+  /** Starts the wait after which one more connection may open, unless one is running. */
+  private armGrowth(): void {
+    if (this.growTimer !== undefined || this.closed) return;
+    this.growTimer = setTimeout(() => {
+      this.growTimer = undefined;
+      // Still sharing or waiting: the next request opens a further connection (and arms again).
+      if (this.waiting.length > 0 || this.slots.some((s) => s.busy > 1)) {
+        this.growDue = true;
+        // A request that waits for a free slot takes it now.
+        this.waiting.shift()?.();
+      }
+    }, POOL_GROW_AFTER_MS);
+    this.growTimer.unref();
   }
 
   private drop(slot: PoolSlot): void {

@@ -14,7 +14,7 @@
  */
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import { FerryError, createHasher, errnoOf, toFerryError } from '@ferry/core';
+import { FerryError, createHasher, errnoOf, hashBytes, toFerryError } from '@ferry/core';
 import type { ErrorData, HashAlgorithm } from '@ferry/core';
 
 /** Bytes read at a time from a file being hashed. */
@@ -51,16 +51,21 @@ export function hashLocalRange(path: string, offset: number, length: number, alg
   }
   try {
     if (!fstatSync(fd).isFile()) throw new FerryError('SOURCE_CHANGED', `${path} is no longer a regular file: it changed during the check`, { path });
+    // A range that fits the buffer (most files of a tree) is read whole and hashed in one call:
+    // a hasher object (an Xxh3 state) costs more than hashing a few KiB.
+    if (length <= buf.length) {
+      let done = 0;
+      while (done < length) {
+        const n = readAt(fd, path, buf, done, length - done, offset + done);
+        if (n === 0) throw new FerryError('SOURCE_CHANGED', `${path} ended at byte ${offset + done} while being checked: it changed during the check`, { path });
+        done += n;
+      }
+      return hashBytes(algorithm, buf.subarray(0, length));
+    }
     const h = createHasher(algorithm);
     let done = 0;
     while (done < length) {
-      const want = Math.min(buf.length, length - done);
-      let n: number;
-      try {
-        n = readSync(fd, buf, 0, want, offset + done);
-      } catch (err) {
-        throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read at byte ${offset + done} (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
-      }
+      const n = readAt(fd, path, buf, 0, Math.min(buf.length, length - done), offset + done);
       if (n === 0) throw new FerryError('SOURCE_CHANGED', `${path} ended at byte ${offset + done} while being checked: it changed during the check`, { path });
       h.update(buf.subarray(0, n));
       done += n;
@@ -68,6 +73,15 @@ export function hashLocalRange(path: string, offset: number, length: number, alg
     return h.digest();
   } finally {
     closeSync(fd);
+  }
+}
+
+/** readSync into buf at `at`, an error naming the file and the byte. */
+function readAt(fd: number, path: string, buf: Buffer, at: number, want: number, position: number): number {
+  try {
+    return readSync(fd, buf, at, want, position);
+  } catch (err) {
+    throw new FerryError('SOURCE_UNREADABLE', `${path} cannot be read at byte ${position} (${errnoOf(err) ?? (err as Error).message})`, { path, cause: err });
   }
 }
 

@@ -99,6 +99,15 @@ export const COPY_RANGE_CAPABILITY = 'copy-range';
  * would ignore the field and only add.
  */
 export const XATTRS_EXACT_CAPABILITY = 'xattrs-exact';
+/**
+ * HELLO capability of helpers that take WALK's `hash` and `hashMaxBytes`:
+ * each regular file of at most that size comes with its hash, read as it is
+ * found (`ferry check` then sends no READ_BATCH for it: one pass over the
+ * tree on that side, as rsync's checksum file list).
+ */
+export const WALK_HASH_CAPABILITY = 'walk-hash';
+/** Largest WALK `hashMaxBytes` a helper takes: it reads each such file whole into one buffer. */
+export const MAX_WALK_HASH_BYTES = 1024 * 1024;
 /** Most items in one ENTRIES frame (its body stays within MAX_BATCH_BODY_BYTES too). */
 export const MAX_WALK_ITEMS = 4096;
 /** Largest DATA frame accepted. */
@@ -266,7 +275,12 @@ export type BatchEntryResult = { ok: true; hash?: string } | { ok: false; error:
  * `tree-meta`: `names` adds each entry's owner and group names, `xattrs` and
  * `acls` its extended attributes and ACLs (files and directories).
  */
-export interface WalkBody { root: string; names?: boolean; xattrs?: boolean; acls?: boolean }
+/**
+ * WALK: the tree under `root`; `names`, `xattrs`, `acls` add those to each entry (`tree-meta`);
+ * with WALK_HASH_CAPABILITY, `hash` and `hashMaxBytes` add the content hash of each regular file
+ * of at most that many bytes (`ferry check`), where the helper could read it whole.
+ */
+export interface WalkBody { root: string; names?: boolean; xattrs?: boolean; acls?: boolean; hash?: HashAlgorithm; hashMaxBytes?: number }
 /** GLOB (`tree-meta`): the paths an absolute pattern matches (core's glob.ts), in `paths` of the OK. */
 export interface GlobBody { pattern: string }
 /** One file of a READ_BATCH: its bytes are sent as exactly `size` bytes, whatever the file holds now. */
@@ -295,6 +309,8 @@ export interface WireTreeEntry {
   user?: string;
   group?: string;
   xattrs?: Record<string, Uint8Array>;
+  /** A small file's content hash, when the WALK asked for them (WALK_HASH_CAPABILITY). */
+  hash?: string;
 }
 /** ENTRIES: the next items of a WALK, in the order found. */
 export interface EntriesBody { items: WireWalkItem[] }
@@ -480,47 +496,55 @@ export function batchBytes(entries: readonly BatchEntry[]): number {
  * without empty, `.` or `..` components or NUL (`''` is the root). A helper
  * that sent `../x` would otherwise have the puller write outside its target.
  */
+/** An empty, `.` or `..` component (a leading, trailing or doubled slash is an empty one), or a NUL. */
+const BAD_TREE_PATH = /(?:^|\/)\.{0,2}(?:\/|$)|\0/;
+
 export function isTreePath(p: unknown): p is string {
   if (typeof p !== 'string') return false;
-  if (p === '') return true;
-  if (p.includes('\0')) return false;
-  return p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+  // One test rather than a split: every entry of a walk goes through here.
+  return p === '' || !BAD_TREE_PATH.test(p);
 }
 
 const WALK_KINDS: ReadonlySet<unknown> = new Set(['file', 'dir', 'symlink', 'hardlink', 'special']);
-const WALK_ENTRY_KEYS: ReadonlySet<string> = new Set(['path', 'kind', 'size', 'mode', 'uid', 'gid', 'mtimeMs', 'atimeMs', 'dev', 'ino', 'nlink', 'target', 'allocated', 'user', 'group', 'xattrs']);
+const WALK_ENTRY_KEYS: ReadonlySet<string> = new Set(['path', 'kind', 'size', 'mode', 'uid', 'gid', 'mtimeMs', 'atimeMs', 'dev', 'ino', 'nlink', 'target', 'allocated', 'user', 'group', 'xattrs', 'hash']);
 
 /** What is wrong with item `index` of an ENTRIES frame, in words, or undefined. Absent optional fields may be nil. */
 export function walkItemProblem(item: unknown, index: number): string | undefined {
-  const at = `items[${index}]`;
-  if (!isPlainMap(item)) return `${at} is not a map`;
-  if (!isTreePath(item.path)) return `${at}.path must be a relative path without empty, . or .. components or NUL`;
+  const problem = walkEntryProblem(item);
+  return problem === undefined ? undefined : `items[${index}]${problem}`;
+}
+
+/** walkItemProblem's words after `items[i]`: the name is put together only for an item that is wrong. */
+function walkEntryProblem(item: unknown): string | undefined {
+  if (!isPlainMap(item)) return ' is not a map';
+  if (!isTreePath(item.path)) return `.path must be a relative path without empty, . or .. components or NUL`;
   if (item.error !== undefined) {
     const e = item.error;
-    if (Object.keys(item).length !== 2 || !isPlainMap(e) || typeof e.code !== 'string' || typeof e.message !== 'string' || Object.keys(e).length !== 2) return `${at} must be { path, error: { code, message } }`;
+    if (Object.keys(item).length !== 2 || !isPlainMap(e) || typeof e.code !== 'string' || typeof e.message !== 'string' || Object.keys(e).length !== 2) return ` must be { path, error: { code, message } }`;
     return undefined;
   }
-  for (const k of Object.keys(item)) if (!WALK_ENTRY_KEYS.has(k)) return `${at} has an unknown field ${k}`;
-  if (!WALK_KINDS.has(item.kind)) return `${at}.kind must be file, dir, symlink, hardlink or special`;
+  for (const k of Object.keys(item)) if (!WALK_ENTRY_KEYS.has(k)) return ` has an unknown field ${k}`;
+  if (!WALK_KINDS.has(item.kind)) return `.kind must be file, dir, symlink, hardlink or special`;
   for (const k of ['size', 'mode', 'uid', 'gid', 'nlink']) {
     const v = item[k];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) return `${at}.${k} must be a non-negative integer`;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) return `.${k} must be a non-negative integer`;
   }
-  if ((item.mode as number) > 0o7777) return `${at}.mode must be at most 0o7777`;
-  if (item.kind !== 'file' && item.size !== 0) return `${at}.size must be 0 for a ${String(item.kind)}`;
+  if ((item.mode as number) > 0o7777) return `.mode must be at most 0o7777`;
+  if (item.kind !== 'file' && item.size !== 0) return `.size must be 0 for a ${String(item.kind)}`;
   // Times before 1970 are negative; device and inode numbers may be 64-bit (kept as the nearest number).
   for (const k of ['mtimeMs', 'atimeMs', 'dev', 'ino']) {
-    if (typeof item[k] !== 'number' || !Number.isFinite(item[k])) return `${at}.${k} must be a number`;
+    if (typeof item[k] !== 'number' || !Number.isFinite(item[k])) return `.${k} must be a number`;
   }
   const given = (k: string) => item[k] !== undefined && item[k] !== null;
-  if (given('allocated') && (typeof item.allocated !== 'number' || !Number.isSafeInteger(item.allocated) || item.allocated < 0)) return `${at}.allocated must be a non-negative integer`;
+  if (given('allocated') && (typeof item.allocated !== 'number' || !Number.isSafeInteger(item.allocated) || item.allocated < 0)) return `.allocated must be a non-negative integer`;
   if (item.kind === 'symlink') {
     const t = item.target;
-    if (typeof t !== 'string' || t.length === 0 || t.includes('\0')) return `${at}.target must be a non-empty string without NUL`;
+    if (typeof t !== 'string' || t.length === 0 || t.includes('\0')) return `.target must be a non-empty string without NUL`;
   } else if (item.kind === 'hardlink') {
-    if (!isTreePath(item.target) || item.target === '') return `${at}.target must be a tree path (a hard link's first name)`;
-  } else if (given('target')) return `${at}.target must be absent for a ${String(item.kind)}`;
-  return entryMetaProblem(item, at);
+    if (!isTreePath(item.target) || item.target === '') return `.target must be a tree path (a hard link's first name)`;
+  } else if (given('target')) return `.target must be absent for a ${String(item.kind)}`;
+  if (given('hash') && (item.kind !== 'file' || typeof item.hash !== 'string' || !/^[0-9a-f]{8,128}$/.test(item.hash))) return `.hash must be a file's hex digest`;
+  return entryMetaProblem(item, '');
 }
 
 /** What is wrong with a READ_BATCH's list of files, or undefined. */
@@ -644,6 +668,8 @@ function validate(frame: ControlFrame): ControlFrame {
       str('root');
       if (!(b.root as string).startsWith('/')) throw protocolError('WALK.root must be an absolute path');
       for (const k of ['names', 'xattrs', 'acls']) optional(k, 'boolean');
+      if (b.hash !== undefined && !isHashAlgorithm(b.hash)) throw protocolError(`WALK.hash must be one of ${HASH_ALGORITHMS.join(', ')}`);
+      if (b.hashMaxBytes !== undefined && (typeof b.hashMaxBytes !== 'number' || !Number.isSafeInteger(b.hashMaxBytes) || b.hashMaxBytes < 0 || b.hashMaxBytes > MAX_WALK_HASH_BYTES)) throw protocolError(`WALK.hashMaxBytes must be an integer from 0 to ${MAX_WALK_HASH_BYTES}`);
       break;
     case 'GLOB':
       str('pattern');

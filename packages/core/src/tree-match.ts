@@ -38,7 +38,7 @@ export type CheckSideName = 'src' | 'dst';
 /** A pair (or a lone entry) decided, or a pair of files whose content is to be compared. */
 export type MatchOutcome =
   | { readonly path: string; readonly status: CheckStatus; readonly reason?: string }
-  | { readonly path: string; readonly compare: { readonly size: number } };
+  | { readonly path: string; readonly compare: { readonly size: number; readonly srcHash?: string; readonly dstHash?: string } };
 
 export interface MatchOptions {
   /** Files of the same size count as the same; their content is not compared. */
@@ -127,7 +127,8 @@ export function compareEntries(path: string, src: TreeEntry, dst: TreeEntry, opt
     case 'file':
       if (src.size !== dst.size) return { path, status: 'differ', reason: `${src.size} bytes in the source, ${dst.size} in the destination` };
       if (options.sizeOnly || src.size === 0) return { path, status: 'same' };
-      return { path, compare: { size: src.size } };
+      // A remote walk may have hashed a small file already (WalkBody's `hash`): the caller hashes only what is missing.
+      return { path, compare: { size: src.size, ...(src.hash === undefined ? {} : { srcHash: src.hash }), ...(dst.hash === undefined ? {} : { dstHash: dst.hash }) } };
     default:
       // Directories by presence; fifos, sockets and devices by kind (they have no content).
       return { path, status: 'same' };

@@ -68,6 +68,8 @@ export interface TreeEntry {
   readonly group?: string;
   /** Extended attributes the walk was asked for (tree-meta.ts's xattrWanted), files and directories. */
   readonly xattrs?: Record<string, Uint8Array>;
+  /** A small file's content hash, from a remote walk asked for them (WalkBody's `hash`). */
+  readonly hash?: string;
 }
 
 /** An entry a walk could not report, and why (an unreadable directory, a name that is not UTF-8). */

@@ -18,6 +18,7 @@ import {
   batchEntriesProblem,
   encode,
   encodeControl,
+  isTreePath,
   maxControlBytes,
 } from '@ferry/core';
 import type { BatchEntry, DecodedFrame, DecoderSide } from '@ferry/core';
@@ -163,6 +164,21 @@ describe('WALK, READ_BATCH and ENTRIES bodies (a tree pull)', () => {
   it('round-trips a walk item and a read batch', () => {
     expect(decode(encodeControl('ENTRIES', 2, { items: [item as never, { path: 'x', error: { code: 'EACCES', message: 'no' } }] }), 'client')).toHaveLength(1);
     expect(decode(encodeControl('READ_BATCH', 3, { algorithm: 'xxh3', entries: [{ path: '/a', size: 0 }] }))).toHaveLength(1);
+    // walk-hash: a WALK asking for small files' hashes, and a file entry with one.
+    expect(decode(encodeControl('WALK', 4, { root: '/a', hash: 'xxh3', hashMaxBytes: 256 * 1024 }))).toHaveLength(1);
+    expect(decode(encodeControl('ENTRIES', 5, { items: [{ ...item, hash: '0123456789abcdef' } as never] }), 'client')).toHaveLength(1);
+  });
+
+  it('takes a tree path only without empty, . or .. components or NUL', () => {
+    for (const good of ['', 'a', 'a/b', '.a', 'a/..b', '...', 'a/.../b', 'b.', 'x/y..']) expect(isTreePath(good), good).toBe(true);
+    for (const bad of ['/', '/a', 'a/', 'a//b', '.', '..', './a', 'a/.', 'a/./b', '../a', 'a/..', 'a/../b', 'a\0b', 7, undefined]) expect(isTreePath(bad), String(bad)).toBe(false);
+  });
+
+  it.each([
+    ['an unknown hash', { root: '/a', hash: 'md5' }, 'WALK.hash must be one of xxh3, crc32, sha256'],
+    ['a hash limit past 1 MiB', { root: '/a', hash: 'xxh3', hashMaxBytes: 1024 * 1024 + 1 }, 'WALK.hashMaxBytes must be an integer from 0 to 1048576'],
+  ])('refuses a WALK with %s', (_, body, message) => {
+    expect(protocolMessage(() => decode(encodeControl('WALK', 2, body as never)))).toBe(`helper protocol: ${message}`);
   });
 
   it.each([
@@ -172,6 +188,8 @@ describe('WALK, READ_BATCH and ENTRIES bodies (a tree pull)', () => {
     ['a directory with a size', { ...item, kind: 'dir' }, 'ENTRIES.items[0].size must be 0 for a dir'],
     ['an unknown field', { ...item, owner: 'me' }, 'ENTRIES.items[0] has an unknown field owner'],
     ['an unknown kind', { ...item, kind: 'fifo' }, 'ENTRIES.items[0].kind must be file, dir, symlink, hardlink or special'],
+    ['a hash on a directory', { ...item, kind: 'dir', size: 0, hash: '0123456789abcdef' }, "ENTRIES.items[0].hash must be a file's hex digest"],
+    ['a hash that is not hex', { ...item, hash: 'not a digest' }, "ENTRIES.items[0].hash must be a file's hex digest"],
   ])('refuses %s in ENTRIES', (_, bad, message) => {
     expect(protocolMessage(() => decode(encodeControl('ENTRIES', 2, { items: [bad as never] }), 'client'))).toBe(`helper protocol: ${message}`);
   });

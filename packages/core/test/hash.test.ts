@@ -72,6 +72,11 @@ describe('xxh3', () => {
     for (let i = 0; i < 200; i++) expect(hashBytes('xxh3', text(`ferry-${i}`))).toMatch(/^[0-9a-f]{16}$/);
   });
 
+  it('gives the one-shot digest of a buffer too long for the one-shot call (hashed through a state)', () => {
+    // XXH3_64bits with seed 0 of these 100,000 bytes, as @node-rs/xxhash's one-shot xxh64 gives it.
+    expect(hashBytes('xxh3', bytes(100_000, 7))).toBe('83640ced6c9a22a3');
+  });
+
   it('digests an empty streaming hasher like empty input', () => {
     expect(createHasher('xxh3').digest()).toBe('2d06800538d394c2');
   });
@@ -86,8 +91,8 @@ describe('xxh3', () => {
 
 describe('hashBytes and a streaming hasher', () => {
   it('agree for every algorithm, whatever the length and however the bytes are fed', () => {
-    // Lengths around xxh3's internal boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB blocks), and hashBytes' one call (up to 4 KiB).
-    const lengths = [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 1025, 4095, 4096, 4097, 65_536, 65_537, 1_048_583];
+    // Lengths around xxh3's internal boundaries (16, 128, 240 bytes, its 1 KiB stripes and 64 KiB blocks) and hashBytes' one-shot limit (8 KiB).
+    const lengths = [0, 1, 3, 16, 17, 128, 129, 240, 241, 1024, 1025, 8192, 8193, 65_536, 65_537, 1_048_583];
     const data = new Uint8Array(1_048_583);
     for (let i = 0; i < data.length; i++) data[i] = (i * 2_654_435_761) >>> 24;
     for (const algorithm of HASH_ALGORITHMS) {

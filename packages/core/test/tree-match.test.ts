@@ -75,4 +75,26 @@ describe('TreeMatcher', () => {
     ];
     expect(brief(out)).toEqual(['? b 7', '? a 7']);
   });
+
+  it("passes on the hash a side's walk brought with a file (a remote walk asked for them), not a further name's", () => {
+    const m = new TreeMatcher({ sizeOnly: false });
+    const out = [
+      ...m.add('src', item('a', 'file', 7, { hash: 'aaaaaaaaaaaaaaaa' })),
+      ...m.add('dst', item('a', 'file', 7)),
+      ...m.add('src', item('b', 'file', 7, { hash: 'bbbbbbbbbbbbbbbb' })),
+      ...m.add('dst', item('b', 'file', 7, { hash: 'cccccccccccccccc' })),
+      ...m.add('src', item('c', 'file', 9, { nlink: 2, hash: 'dddddddddddddddd' })),
+      ...m.add('src', item('d', 'hardlink', 0, { nlink: 2, target: 'c' })),
+      ...m.add('dst', item('d', 'file', 9, { hash: 'eeeeeeeeeeeeeeee' })),
+      // Sizes that differ decide without any hash.
+      ...m.add('src', item('e', 'file', 1, { hash: 'ffffffffffffffff' })),
+      ...m.add('dst', item('e', 'file', 2, { hash: 'ffffffffffffffff' })),
+    ];
+    expect(out.map((o) => ('compare' in o ? [o.path, o.compare] : [o.path, o.status]))).toEqual([
+      ['a', { size: 7, srcHash: 'aaaaaaaaaaaaaaaa' }],
+      ['b', { size: 7, srcHash: 'bbbbbbbbbbbbbbbb', dstHash: 'cccccccccccccccc' }],
+      ['d', { size: 9, dstHash: 'eeeeeeeeeeeeeeee' }],
+      ['e', 'differ'],
+    ]);
+  });
 });

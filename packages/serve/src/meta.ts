@@ -79,10 +79,17 @@ export function userName(uid: number): Promise<string | undefined> {
 
 /** Owner and group names of ids, waiting here for getent (once per id: cached), as readMeta gives them. */
 export function readNamesSync(uid: number, gid: number): { user?: string; group?: string } {
+  // Most entries of a tree have the owners of the one before: the same (frozen) answer, no lookup.
+  if (lastNames !== undefined && lastNames.uid === uid && lastNames.gid === gid) return lastNames.names;
   const user = getentSync('passwd', String(uid), 0);
   const group = getentSync('group', String(gid), 0);
-  return { ...(user !== undefined ? { user } : {}), ...(group !== undefined ? { group } : {}) };
+  const names = Object.freeze({ ...(user !== undefined ? { user } : {}), ...(group !== undefined ? { group } : {}) });
+  lastNames = { uid, gid, names };
+  return names;
 }
+
+/** readNamesSync's last answer. */
+let lastNames: { uid: number; gid: number; names: { user?: string; group?: string } } | undefined;
 
 /** The name of a group id (undefined: none). */
 export function groupName(gid: number): Promise<string | undefined> {

@@ -8,6 +8,7 @@
 import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { lstat, open, rename, rmdir, stat, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import {
   BATCH_CAPABILITY,
@@ -32,10 +33,12 @@ import {
   TREE_READ_CAPABILITY,
   ZERO_CHUNK,
   createHasher,
+  hashBytes,
   isAllZero,
   destinationError,
   COPY_RANGE_CAPABILITY,
   XATTRS_EXACT_CAPABILITY,
+  WALK_HASH_CAPABILITY,
   sourceError,
   encodeControl,
   errnoOf,
@@ -46,7 +49,7 @@ import {
   toFerryError,
   writeHeader,
 } from '@ferry/core';
-import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireWalkItem } from '@ferry/core';
+import type { CopyRangeBody, BatchBody, BatchEntry, BatchEntryResult, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, Hasher, OkBody, OpenBody, ReadBatchBody, ReadBatchEntry, StatResult, TreeEntry, WalkBody, WireTreeEntry, WireWalkItem } from '@ferry/core';
 import { walkTree } from './walk.js';
 import { PendingLimit } from './pending.js';
 import { applyPathMeta, setModeTimesAt } from './meta.js';
@@ -199,6 +202,49 @@ function xattrBytes(e: TreeEntry): number {
   for (const [k, v] of Object.entries(e.xattrs ?? {})) n += k.length + v.length + 8;
   return n;
 }
+
+/**
+ * A walked file's hash for WALK's `hash` (WALK_HASH_CAPABILITY), read whole
+ * with synchronous calls into `buf` (at least `entry.size + 1` bytes), never
+ * through a link; undefined when it cannot be read, or is no longer the file
+ * the walk found (another inode, another size): the client then hashes it
+ * with a READ_BATCH, which reports why.
+ */
+function walkHash(path: string, entry: TreeEntry, algorithm: HashAlgorithm, buf: Buffer): string | undefined {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || st.ino !== entry.ino || st.dev !== entry.dev || st.size !== entry.size) return undefined;
+    let n = 0;
+    // One byte past the size tells a file that grew since its lstat.
+    for (;;) {
+      const got = readSync(fd, buf, n, entry.size + 1 - n, n);
+      if (got === 0) break;
+      n += got;
+      if (n > entry.size) return undefined;
+    }
+    return n === entry.size ? hashBytes(algorithm, buf.subarray(0, n)) : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * A walk that hashes (WALK's `hash`) stops hashing once WALK_HASH_SLOW_CHUNKS
+ * chunks of WALK_HASH_CHUNK files in a row took more than WALK_HASH_SLOW_US a
+ * file (a file in the page cache takes some tens of microseconds; one slow
+ * chunk is more often another process taking the CPU).
+ */
+const WALK_HASH_CHUNK = 64;
+const WALK_HASH_SLOW_US = 1000;
+const WALK_HASH_SLOW_CHUNKS = 3;
 
 /** A walk's entry as ENTRIES carries it: only the fields that are set. */
 function wireEntry(e: TreeEntry): WireWalkItem {
@@ -755,14 +801,30 @@ export async function serve(options: ServeOptions): Promise<void> {
       await send(encodeControl('ENTRIES', id, { items: out }));
     };
     const meta = wanted.names || wanted.xattrs || wanted.acls ? { names: wanted.names === true, ...(wanted.xattrs || wanted.acls ? { xattrs: { xattrs: wanted.xattrs === true, acls: wanted.acls === true } } : {}) } : undefined;
+    const hashing = wanted.hash === undefined ? undefined : { algorithm: wanted.hash, maxBytes: wanted.hashMaxBytes ?? 0, buf: Buffer.allocUnsafe((wanted.hashMaxBytes ?? 0) + 1), on: true, files: 0, spent: 0, slowChunks: 0 };
     for await (const item of walkTree(root, meta ? { meta } : {})) {
       if (outputGone) return;
       const wire: WireWalkItem = 'error' in item ? { path: item.path, error: { code: item.error.code, message: item.error.message } } : wireEntry(item.entry);
+      if (hashing?.on && 'entry' in item && item.entry.kind === 'file' && item.entry.size <= hashing.maxBytes) {
+        const t0 = performance.now();
+        const hash = walkHash(item.entry.path === '' ? root : join(root, item.entry.path), item.entry, hashing.algorithm, hashing.buf);
+        if (hash !== undefined) (wire as WireTreeEntry).hash = hash;
+        // Only the hashing counts: not the walk between files, nor waits for the client to take frames.
+        hashing.spent += performance.now() - t0;
+        // On a file system that answers over a network, one file at a time is slow: the client's
+        // READ_BATCHes on several connections do the rest (entries without a hash), at once.
+        if (++hashing.files === WALK_HASH_CHUNK) {
+          hashing.slowChunks = (hashing.spent * 1000) / WALK_HASH_CHUNK > WALK_HASH_SLOW_US ? hashing.slowChunks + 1 : 0;
+          hashing.files = 0;
+          hashing.spent = 0;
+          if (hashing.slowChunks >= WALK_HASH_SLOW_CHUNKS) hashing.on = false;
+        }
+      }
       if (items.length === 0) first = performance.now();
       items.push(wire);
       count++;
       // UTF-16 length times 3 bounds the UTF-8 bytes; the rest of an item's fields are a few dozen bytes.
-      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160 + ('entry' in item ? xattrBytes(item.entry) : 0);
+      bytes += 3 * ('entry' in item ? item.entry.path.length + (item.entry.target?.length ?? 0) : item.path.length + item.error.message.length) + 160 + ('entry' in item ? xattrBytes(item.entry) : 0) + (('hash' in wire && wire.hash?.length) || 0);
       if (items.length >= WALK_CHUNK_ITEMS || bytes >= WALK_CHUNK_BYTES || performance.now() - first >= WALK_CHUNK_MS) await flush();
     }
     await flush();
@@ -802,10 +864,10 @@ export async function serve(options: ServeOptions): Promise<void> {
       return { ok: false, error: toFerryError(err).toData() };
     };
     const changed = (why: string) => new FerryError('SOURCE_CHANGED', `${e.path} changed since it was listed (${why}): not copied; copy it again`, { path: e.path });
-    /** Sends the `n` bytes read into `buf` (after its frame header's room), or ZEROS for a run of zeros. */
-    const sendRead = async (buf: Buffer, n: number) => {
+    /** Sends the `n` bytes read into `buf` (after its frame header's room), or ZEROS for a run of zeros; `hashed`: already hashed. */
+    const sendRead = async (buf: Buffer, n: number, hashed = false) => {
       const data = buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n);
-      hasher.update(data);
+      if (!hashed) hasher().update(data);
       sent += n;
       if (hashOnly) pool.release(buf);
       else if (n > 0 && isAllZero(data)) {
@@ -816,7 +878,10 @@ export async function serve(options: ServeOptions): Promise<void> {
         await send(buf.subarray(0, FRAME_HEADER_BYTES + n), () => pool.release(buf));
       } else pool.release(buf);
     };
-    const hasher = createHasher(algorithm);
+    // Created at the first chunk of a big file: a small one is hashed in one call (hashBytes), and
+    // a hasher object (an Xxh3 state) costs more than hashing a few KiB.
+    let streaming: Hasher | undefined;
+    const hasher = () => (streaming ??= createHasher(algorithm));
     // A file smaller than one chunk (most of a tree): read whole with synchronous calls, one byte
     // past its size to tell one that grew. Through the thread pool, its open, fstat, two reads and
     // close cost several times the CPU of the calls themselves.
@@ -848,9 +913,10 @@ export async function serve(options: ServeOptions): Promise<void> {
         pool.release(buf);
         return failed(changed(`it holds more than ${e.size} bytes`));
       }
-      await sendRead(buf, n);
+      const hash = hashBytes(algorithm, buf.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + n));
+      await sendRead(buf, n, true);
       if (n < e.size) return failed(changed(`it ended at ${n} of ${e.size} bytes`));
-      return { ok: true, hash: hasher.digest() };
+      return { ok: true, hash };
     }
     let fh: FileHandle;
     try {
@@ -881,7 +947,7 @@ export async function serve(options: ServeOptions): Promise<void> {
       // One byte past the size tells a file that grew.
       const { bytesRead } = await fh.read(Buffer.alloc(1), 0, 1, e.size);
       if (bytesRead > 0) return await failed(changed(`it holds more than ${e.size} bytes`));
-      return { ok: true, hash: hasher.digest() };
+      return { ok: true, hash: hasher().digest() };
     } catch (err) {
       return failed(sourceError(err, { path: e.path }));
     } finally {
@@ -898,7 +964,7 @@ export async function serve(options: ServeOptions): Promise<void> {
         const hello = {
           version: PROTOCOL_VERSION,
           software: options.software ?? 'ferry',
-          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, XATTRS_EXACT_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
+          capabilities: ['write', 'read', 'hash', 'fsync', 'setstat', 'rename', 'hub-auth', SAFE_FILES_CAPABILITY, BATCH_CAPABILITY, TREE_READ_CAPABILITY, TREE_META_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, XATTRS_EXACT_CAPABILITY, WALK_HASH_CAPABILITY, ...HASH_ALGORITHMS.map((h) => `hash:${h}`)],
           umask: currentUmask(),
           euid: process.geteuid?.() ?? -1,
         };

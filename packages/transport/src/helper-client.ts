@@ -17,7 +17,7 @@ import {
   sourceError,
   writeHeader,
 } from '@ferry/core';
-import type { BatchEntry, BatchEntryResult, EntryMeta, ExactXattrs, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WireWalkItem } from '@ferry/core';
+import type { BatchEntry, BatchEntryResult, EntryMeta, ExactXattrs, ControlFrame, DecodedFrame, ErrorBody, HashAlgorithm, OkBody, OpenPolicy, ReadBatchEntry, StatResult, WalkBody, WireWalkItem } from '@ferry/core';
 
 export interface HelperStreams {
   input: Writable;
@@ -415,7 +415,7 @@ export class HelperClient {
   }
 
   /** Starts a WALK (capability `tree-read`): `onItems` gets each ENTRIES frame's items; `done` settles with the OK. */
-  walk(root: string, onItems: (items: WireWalkItem[]) => void, wanted: { names?: boolean; xattrs?: boolean; acls?: boolean } = {}): { id: number; done: Promise<void> } {
+  walk(root: string, onItems: (items: WireWalkItem[]) => void, wanted: Omit<WalkBody, 'root'> = {}): { id: number; done: Promise<void> } {
     const { id, reply } = this.request('WALK', { root, ...wanted }, undefined, onItems);
     return { id, done: reply.then(() => undefined) };
   }

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Client } from 'ssh2';
 import { posix } from 'node:path';
-import { BATCH_CAPABILITY, XATTRS_EXACT_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
+import { BATCH_CAPABILITY, WALK_HASH_CAPABILITY, XATTRS_EXACT_CAPABILITY, HASH_ONLY_CAPABILITY, COPY_RANGE_CAPABILITY, TREE_META_CAPABILITY, TREE_READ_CAPABILITY, expandGlob, hasMeta, ZERO_CHUNK, readBatchProblem, FRAME_HEADER_BYTES, FerryError, HUB_KEY_BYTES, MAX_BATCH_BODY_BYTES, MAX_OPEN_BATCHES, batchBody, encodeControl, SAFE_FILES_CAPABILITY, Semaphore, SerialQueue, batchEntriesProblem, createHasher, destinationError, errnoOf, hostLabel, identityOf, identityProblem, isHashAlgorithm, replacedError, toFerryError } from '@ferry/core';
 import type { BatchEntry, EntryMeta, ExactXattrs, FileIdentity, HashAlgorithm, ReadBatchEntry, RemoteHost, SshSettings, StatResult, TransferMode, WalkItem, WireWalkItem } from '@ferry/core';
 import { readEntryError, sftpReadBatch, sftpWalk, walkItemOf } from './tree-read.js';
 import type { ReadBatchResult, ReadBatchSink } from './tree-read.js';
@@ -198,6 +198,12 @@ export interface WalkWanted {
   names?: boolean;
   xattrs?: boolean;
   acls?: boolean;
+  /**
+   * Each regular file of at most `maxBytes` with its content hash (`hash`), where the helper
+   * has WALK_HASH_CAPABILITY; without it (an older ferry serve, the python helper, SFTP) the
+   * entries come without, and the caller hashes them otherwise.
+   */
+  hashes?: { algorithm: HashAlgorithm; maxBytes: number };
 }
 
 export interface RemoteOptions extends ConnectOptions {
@@ -231,6 +237,18 @@ interface SharedHelper {
 
 /** Connections joining one shared helper besides the one that started it: 8 streams per helper at most. */
 export const MAX_SHARED_JOINS = 7;
+
+/**
+ * Whether a READ_BATCH of these entries may be bigger than MAX_BATCH_BODY_BYTES:
+ * a bound without encoding them (a path's UTF-8 is at most 3 bytes a UTF-16
+ * unit; its map, keys and size 32 more; the rest of the body under 64), so only
+ * a batch near the limit is encoded to be measured.
+ */
+function mayExceedBatchBody(entries: readonly ReadBatchEntry[]): boolean {
+  let bound = 64;
+  for (const e of entries) bound += 3 * e.path.length + 32;
+  return bound > MAX_BATCH_BODY_BYTES;
+}
 
 const sharedHelpers = new Map<string, SharedHelper>();
 /** Hosts (and commands) where a streamlocal channel to a shared helper failed to open: their connections start helpers of their own. */
@@ -811,6 +829,9 @@ export class HelperConnection implements RemoteConnection {
       wake = undefined;
       w?.();
     };
+    const { hashes, ...meta } = wanted;
+    const hashing = hashes !== undefined && this.helper.hello?.capabilities.includes(WALK_HASH_CAPABILITY) === true && this.hashes.includes(hashes.algorithm);
+    const body = hashing ? { ...meta, hash: hashes.algorithm, hashMaxBytes: hashes.maxBytes } : meta;
     const { id, done } = this.helper.walk(root, (items) => {
       frames.push(items);
       // A few frames waiting (a few thousand entries): stop reading until the consumer takes them.
@@ -819,7 +840,7 @@ export class HelperConnection implements RemoteConnection {
         this.helper.pause();
       }
       notify();
-    }, wanted);
+    }, body);
     done.then(
       () => {
         ended = true;
@@ -857,7 +878,7 @@ export class HelperConnection implements RemoteConnection {
     if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
     const problem = readBatchProblem(entries);
     if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
-    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries] }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+    if (entries.length > 1 && mayExceedBatchBody(entries) && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries] }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
       // Long paths: in two halves, one after the other.
       const mid = Math.floor(entries.length / 2);
       const first = await this.readBatch(entries.slice(0, mid), algorithm, sink);
@@ -939,7 +960,7 @@ export class HelperConnection implements RemoteConnection {
     if (!this.hashes.includes(algorithm)) throw new FerryError('USAGE', `the helper on ${label} cannot hash ${algorithm} (it has ${this.hashes.join(', ')}): choose one of those with --hash`, { host: label });
     const problem = readBatchProblem(entries);
     if (problem) throw new FerryError('INTERNAL', `a read batch for ${label} is malformed: ${problem}`, { host: label });
-    if (entries.length > 1 && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries], hashOnly: true }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
+    if (entries.length > 1 && mayExceedBatchBody(entries) && encodeControl('READ_BATCH', 0, { algorithm, entries: [...entries], hashOnly: true }).length - FRAME_HEADER_BYTES > MAX_BATCH_BODY_BYTES) {
       const mid = Math.floor(entries.length / 2);
       return [...(await this.hashFiles(entries.slice(0, mid), algorithm)), ...(await this.hashFiles(entries.slice(mid), algorithm))];
     }

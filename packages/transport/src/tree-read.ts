@@ -46,6 +46,7 @@ export function walkItemOf(item: WireWalkItem): WalkItem {
     ...(item.user === undefined || item.user === null ? {} : { user: item.user }),
     ...(item.group === undefined || item.group === null ? {} : { group: item.group }),
     ...(item.xattrs === undefined || item.xattrs === null ? {} : { xattrs: item.xattrs }),
+    ...(item.hash === undefined || item.hash === null ? {} : { hash: item.hash }),
   };
   return { entry };
 }
