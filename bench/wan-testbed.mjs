@@ -22,8 +22,9 @@
 // synchronously (beside bench/run.mjs's own handler, which knows nothing of it); standalone (no
 // other handler), it then exits 130.
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { netnsPids } from '../test/fixtures/cluster.mjs';
 import { startSshd } from '../test/fixtures/sshd.mjs';
 import { fmt, readText, sh, waitForIdle, which } from './common.mjs';
 
@@ -51,26 +52,6 @@ const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)),
 // ---------------------------------------------------------------------------
 // Namespaces and shaping.
 
-/** Pids of the processes in a named network namespace (as in test/fixtures/cluster.mjs). */
-function netnsPids(name) {
-  let ino;
-  try {
-    ino = statSync(join(NETNS_DIR, name)).ino;
-  } catch {
-    return [];
-  }
-  const link = `net:[${ino}]`;
-  const out = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
-    try {
-      if (readlinkSync(`/proc/${e}/ns/net`) === link) out.push(Number(e));
-    } catch {
-      // exited, or a kernel thread
-    }
-  }
-  return out;
-}
 function pidAlive(pid) {
   const s = readText(`/proc/${pid}/stat`);
   return s !== undefined && s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3) !== 'Z';

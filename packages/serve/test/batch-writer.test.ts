@@ -25,13 +25,11 @@ function fresh(): string {
 const openFds = () => readdirSync('/proc/self/fd').length;
 const contentOf = (i: number) => Buffer.alloc(100 + (i % 50), i % 251);
 
-/** A batch of `n` files under a new directory `sub`, every file's bytes fed, the sparse one as zeros. */
-function feed(dir: string, n: number, options?: { syncfs?: boolean }) {
+/** `sub` (made) and `n` files in it, each fed its bytes; the hashes so far (null for the directory). */
+function feedFiles(dir: string, n: number, more: BatchEntry[], options?: { syncfs?: boolean }) {
   const entries: BatchEntry[] = [{ kind: 'dir', path: join(dir, 'sub') }];
   for (let i = 0; i < n; i++) entries.push({ kind: 'file', path: join(dir, 'sub', `f${i}`), size: contentOf(i).length, mode: 0o640 });
-  entries.push({ kind: 'file', path: join(dir, 'sub', 'holes'), size: 3 << 20 });
-  entries.push({ kind: 'symlink', path: join(dir, 'sub', 'link'), target: 'f0' });
-  const writer = new BatchWriter(entries, 'crc32', options);
+  const writer = new BatchWriter([...entries, ...more], 'crc32', options);
   writer.makeDirectories();
   const hashes: Array<string | null> = [null];
   for (let i = 0; i < n; i++) {
@@ -40,6 +38,15 @@ function feed(dir: string, n: number, options?: { syncfs?: boolean }) {
     h.update(contentOf(i));
     hashes.push(h.digest());
   }
+  return { writer, hashes };
+}
+
+/** A batch of `n` files under a new directory `sub`, every file's bytes fed, the sparse one as zeros. */
+function feed(dir: string, n: number, options?: { syncfs?: boolean }) {
+  const { writer, hashes } = feedFiles(dir, n, [
+    { kind: 'file', path: join(dir, 'sub', 'holes'), size: 3 << 20 },
+    { kind: 'symlink', path: join(dir, 'sub', 'link'), target: 'f0' },
+  ], options);
   writer.zeros(n, 3 << 20, ZERO_CHUNK);
   const h = createHasher('crc32');
   h.update(Buffer.alloc(3 << 20));
@@ -70,17 +77,7 @@ describe('BatchWriter', () => {
     const dir = fresh();
     const before = openFds();
     const n = EARLY_SYNC_GROUP + 10;
-    const entries: BatchEntry[] = [{ kind: 'dir', path: join(dir, 'sub') }];
-    for (let i = 0; i < n; i++) entries.push({ kind: 'file', path: join(dir, 'sub', `f${i}`), size: contentOf(i).length });
-    const writer = new BatchWriter(entries, 'crc32');
-    writer.makeDirectories();
-    const hashes: Array<string | null> = [null];
-    for (let i = 0; i < n; i++) {
-      writer.data(i, contentOf(i));
-      const h = createHasher('crc32');
-      h.update(contentOf(i));
-      hashes.push(h.digest());
-    }
+    const { writer, hashes } = feedFiles(dir, n, []);
     // The first group's files were complete once the next file began; nothing else waits on them.
     expect(openFds() - before).toBeGreaterThan(EARLY_SYNC_GROUP);
     const deadline = Date.now() + 30_000;
