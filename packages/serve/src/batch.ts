@@ -31,7 +31,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, open, openSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, open, openSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
 import { posix } from 'node:path';
 import { FerryError, createHasher, destinationError, hashBytes, entryMetaOf, errnoOf, hasMeta, tempNameFor, toFerryError } from '@ferry/core';
 import type { BatchEntry, BatchEntryResult, HashAlgorithm, Hasher } from '@ferry/core';
@@ -39,17 +39,42 @@ import { applyFileMeta, applyPathMeta } from './meta.js';
 
 /** Tries at a fresh random name when one is taken (a planted file or link): more would mean someone is racing us. */
 const NAME_TRIES = 4;
+/** The soft limit of open files in `limits` (the text of Linux's /proc/self/limits); undefined when it says none or cannot be read. */
+export function openFileLimit(limits: string | undefined): number | undefined {
+  const m = limits === undefined ? null : /^Max open files\s+(\d+)/m.exec(limits);
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Written files of one batch open at once under a soft limit of `limit`
+ * descriptors: at most 1,024, at most half the limit (the session has others
+ * open), a multiple of 4 (the groups below), at least 16.
+ */
+export function heldFilesCap(limit: number | undefined): number {
+  if (limit === undefined) return 1024;
+  return Math.max(16, Math.min(1024, Math.floor(limit / 8) * 4));
+}
+
+function procLimits(): string | undefined {
+  try {
+    return readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Written files of one batch open at once, at most: those held for the
  * batch's sync and those being synced early. Node raises its soft limit of
- * descriptors to the hard one, rarely under 4,096.
+ * descriptors to the hard one, rarely under 4,096; where it is lower, half.
  */
-export const MAX_HELD_FILES = 1024;
+export const MAX_HELD_FILES = heldFilesCap(openFileLimit(procLimits()));
 /**
  * Held files synced early, in the background, while the batch's next files
- * arrive (a batch of thousands of tiny files): one syncfs per group.
+ * arrive (a batch of thousands of tiny files): one syncfs per group, at most
+ * three groups syncing.
  */
-export const EARLY_SYNC_GROUP = 256;
+export const EARLY_SYNC_GROUP = MAX_HELD_FILES / 4;
 /**
  * fdatasyncs (and directory fsyncs) at once. After a syncfs each still costs
  * a flush of the disk's write cache (ext4 sends one when the file's journal

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ZERO_CHUNK, createHasher } from '@ferry/core';
 import type { BatchEntry } from '@ferry/core';
-import { BatchWriter, EARLY_SYNC_GROUP, MAX_HELD_FILES } from '../src/batch.js';
+import { BatchWriter, EARLY_SYNC_GROUP, MAX_HELD_FILES, heldFilesCap, openFileLimit } from '../src/batch.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -53,6 +53,23 @@ function feed(dir: string, n: number, options?: { syncfs?: boolean }) {
   hashes.push(h.digest(), null);
   return { writer, hashes };
 }
+
+describe('the open-file cap of a batch', () => {
+  it('is half the soft limit of descriptors, between 16 and 1,024, a multiple of 4', () => {
+    const limits = (soft: string, hard: string) => `Limit                     Soft Limit           Hard Limit           Units\nMax open files            ${soft.padEnd(20)} ${hard.padEnd(20)} files\n`;
+    expect(openFileLimit(limits('20000', '20000'))).toBe(20000);
+    expect(openFileLimit(limits('1024', '4096'))).toBe(1024);
+    expect(openFileLimit(limits('unlimited', 'unlimited'))).toBeUndefined();
+    expect(openFileLimit(undefined)).toBeUndefined();
+    expect(heldFilesCap(20000)).toBe(1024);
+    expect(heldFilesCap(1024)).toBe(512);
+    expect(heldFilesCap(1000)).toBe(500);
+    expect(heldFilesCap(20)).toBe(16);
+    expect(heldFilesCap(undefined)).toBe(1024);
+    expect(MAX_HELD_FILES % 4).toBe(0);
+    expect(EARLY_SYNC_GROUP * 4).toBe(MAX_HELD_FILES);
+  });
+});
 
 describe('BatchWriter', () => {
   for (const syncfs of [true, false]) {
