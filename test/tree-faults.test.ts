@@ -488,8 +488,10 @@ describe('a tree push whose source changes during the copy (ferry serve)', () =>
     // A file of 1.5 MiB: a batch of its own, read in pieces rather than whole.
     await mkdir(join(src, 'mid'));
     await writeFile(join(src, 'mid', 'shrinks.bin'), Buffer.alloc(1.5 * MiB, 3));
-    // 3 MiB: copied as a job of its own (over --stripe-files-over), ~1.5 s at the rate below.
-    await writeFile(join(src, 'mid', 'grows.h5'), Buffer.alloc(3 * MiB, 5));
+    // 8 MiB: copied as a job of its own (over --stripe-files-over), ~4 s at the rate below. Its
+    // ranges share that rate, so several can end together: with 3 MiB the first range.done
+    // sometimes came with the last, and the file grew only after its job had finished.
+    await writeFile(join(src, 'mid', 'grows.h5'), Buffer.alloc(8 * MiB, 5));
     const [deleted, grown] = await someFiles(src, 40);
     const host = await sshdFor(HELPER, join(dir, 'sshd'));
     const dst = join(dir, 'dst');
