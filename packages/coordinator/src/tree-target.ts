@@ -7,7 +7,7 @@
  */
 import { lstat } from 'node:fs/promises';
 import { basename, dirname, join, posix, resolve } from 'node:path';
-import { FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, parseLocation } from '@ferry/core';
+import { FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, joinUnder, parseLocation } from '@ferry/core';
 import type { RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 import { connectAny, destinationDirError, expandHome, makeJobId, remoteKind, remoteStat, resolveRemote } from './prepare.js';
@@ -232,12 +232,12 @@ async function remoteTreeRoot(conn: RemoteConnection, loc: RemoteLocation, sourc
 
 /** The destination path of a tree path (remote for a push, local for a pull). */
 export function remotePathOf(target: Pick<TreeTarget, 'targetRoot'>, treePath: string): string {
-  return treePath === '' ? target.targetRoot : posix.join(target.targetRoot, treePath);
+  return treePath === '' ? target.targetRoot : joinUnder(target.targetRoot, treePath);
 }
 
 /** The source path of a tree path (local for a push, remote for a pull). */
 export function sourcePathOf(target: Pick<TreeTarget, 'sourceRoot'>, treePath: string): string {
-  return treePath === '' ? target.sourceRoot : posix.join(target.sourceRoot, treePath);
+  return treePath === '' ? target.sourceRoot : joinUnder(target.sourceRoot, treePath);
 }
 
 /** How messages name the remote host of a target. */

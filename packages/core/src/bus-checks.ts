@@ -5,10 +5,10 @@
  * for. The bus is shared by every process that holds the job's credential;
  * nothing from it is taken on its word.
  */
-import { posix } from 'node:path';
 import { FerryError, isErrorCode } from './errors.js';
 import type { ErrorData } from './errors.js';
 import { HASH_ALGORITHMS } from './hash.js';
+import { joinUnder } from './paths.js';
 import type { BatchDone, BatchWorkItem, Completion, ControlMessage, JobSpec, RemoteHost, WorkItem } from './messages.js';
 import type { BatchEntry, BatchEntryResult } from './protocol.js';
 import { MAX_RANGES_PER_WORK_ITEM, TRANSFER_MODES, splitWorkItem } from './messages.js';
@@ -270,7 +270,7 @@ export function checkedBatchItem(item: BatchWorkItem, roots: { sourceRoot: strin
     } else {
       return refuse(`is of kind '${String(e.kind).slice(0, 20)}': batches of agents carry files and symlinks only`, path);
     }
-    return { ok: true, wire: { ...(e as BatchEntry), path: posix.join(roots.destRoot, path) }, path, source: posix.join(roots.sourceRoot, path), kind: e.kind, size };
+    return { ok: true, wire: { ...(e as BatchEntry), path: joinUnder(roots.destRoot, path) }, path, source: joinUnder(roots.sourceRoot, path), kind: e.kind, size };
   });
 }
 

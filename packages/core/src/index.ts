@@ -45,7 +45,7 @@ export { DIRECT_ALIGNMENT, FileWriter, LOCAL_DISK_FILESYSTEMS, LOCAL_DISK_FILESY
 export type { DirectIoChoice } from './direct.js';
 export { SAFE_FILES_CAPABILITY, TEMP_TOKEN_ENV, copyMode, identityOf, identityProblem, replacedError, tempNameFor } from './dest-file.js';
 export type { FileIdentity, FoundFile } from './dest-file.js';
-export { firstBadDirectory, pathPrefixes } from './paths.js';
+export { firstBadDirectory, joinUnder, pathPrefixes } from './paths.js';
 export { TreePlanner, resolveTreeThresholds, fileStepRanges, finishOrder, DEFAULT_SMALL_FILE_BYTES, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_ENTRIES } from './tree-plan.js';
 export type { TreeEntry, TreeEntryKind, TreeStep, TreeThresholds, NumberedEntry, WalkError, WalkItem } from './tree-plan.js';
 export { CHECK_MARKS, TreeMatcher, compareEntries } from './tree-match.js';

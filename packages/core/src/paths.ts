@@ -5,6 +5,22 @@
  * missing rather than that `/data/in/2024/run7` is.
  */
 
+import { posix } from 'node:path';
+
+/** A part that is empty, `.` or `..` (or a leading or trailing `/`): what `posix.join` would have to normalize. */
+const UNCLEAN_PART = /(?:^|\/)\.{0,2}(?:\/|$)/;
+
+/**
+ * `posix.join(root, rel)` for an absolute `root`, without its
+ * character-by-character normalizing where nothing needs it (a walk's clean
+ * relative paths under a resolved root): the same string, ~5 times cheaper,
+ * which counts at two calls per file of a tree of millions.
+ */
+export function joinUnder(root: string, rel: string): string {
+  if (root.startsWith('/') && !UNCLEAN_PART.test(rel) && (root === '/' || !UNCLEAN_PART.test(root.slice(1)))) return root === '/' ? `/${rel}` : `${root}/${rel}`;
+  return posix.join(root, rel);
+}
+
 /** What a path is, as far as walking down to a file goes. */
 export type PathKind = 'directory' | 'other' | 'missing';
 

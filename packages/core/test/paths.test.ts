@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { firstBadDirectory, pathPrefixes } from '@ferry/core';
+import { posix } from 'node:path';
+import { firstBadDirectory, joinUnder, pathPrefixes } from '@ferry/core';
 import type { PathKind } from '@ferry/core';
 
 /** A file system as a map of path -> kind; anything else is missing. Records what was looked at. */
@@ -54,5 +55,22 @@ describe('firstBadDirectory', () => {
       return 'directory';
     };
     await expect(firstBadDirectory('/secret/x', probe)).rejects.toThrow('denied');
+  });
+});
+
+describe('joinUnder', () => {
+  it('gives what posix.join gives, clean paths or not', () => {
+    const roots = ['/', '/data', '/data/', '/data//in', '/a/./b', '/a/../b', '/x/y.', '/.x', 'rel', 'rel/a', ''];
+    const rels = ['a', 'a/b', 'a/', '/a', 'a//b', './a', 'a/.', 'a/..', '../a', '..', '.', '.a', '..a', 'a..', 'a/.b/c', 'a/..b', '...', 'a b/c\nd'];
+    for (const root of roots) for (const rel of rels) expect(joinUnder(root, rel), JSON.stringify([root, rel])).toBe(posix.join(root, rel));
+  });
+
+  it('matches posix.join on random paths of /, . and letters', () => {
+    const pick = (n: number) => Array.from({ length: n }, () => '/.a'[Math.floor(Math.random() * 3)]).join('');
+    for (let i = 0; i < 5000; i++) {
+      const root = `/${pick(1 + (i % 7))}`;
+      const rel = pick(1 + (i % 9));
+      expect(joinUnder(root, rel), JSON.stringify([root, rel])).toBe(posix.join(root, rel));
+    }
   });
 });

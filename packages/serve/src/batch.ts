@@ -20,7 +20,8 @@
  * Why one sync for the whole batch: an fdatasync per file forces a journal
  * commit per file (ext4: several times the CPU and wall time of writing the
  * files). A batch's files are written and renamed first; then one syncfs
- * (coreutils' `sync -f`) writes back everything at once, and an fdatasync of
+ * (coreutils' `sync -f`, run by a long-lived shell: SyncShell) writes back
+ * everything at once, and an fdatasync of
  * each file reports a write-back error that hit it (several at once: each
  * still flushes the disk's cache). Only then is the batch answered, and
  * journaled as durable. A crash before that may leave a renamed file whose
@@ -29,9 +30,10 @@
  * groups of EARLY_SYNC_GROUP files, in the background while the next ones
  * arrive, so that it never holds more than MAX_HELD_FILES descriptors.
  */
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, open, openSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, fchmodSync, fdatasync, fdatasyncSync, fstatSync, fsync, fsyncSync, ftruncateSync, futimesSync, linkSync, lstatSync, lutimesSync, mkdirSync, open, openSync, readFileSync, renameSync, statSync, symlinkSync, unlinkSync, writeSync } from 'node:fs';
 import { posix } from 'node:path';
 import { FerryError, createHasher, destinationError, hashBytes, entryMetaOf, errnoOf, hasMeta, tempNameFor, toFerryError } from '@ferry/core';
 import type { BatchEntry, BatchEntryResult, HashAlgorithm, Hasher } from '@ferry/core';
@@ -301,12 +303,121 @@ function noSyncfsOption(stderr: string): boolean {
 /** syncfs(2) of the file system holding `dir`, through `sync -f`; false when that could not be done. */
 function syncFileSystem(dir: string, wanted: boolean): Promise<boolean> {
   if (!wanted || !syncfsWorks || !SYNC_PROGRAM) return Promise.resolve(false);
+  if (syncfsChecked) {
+    const shell = syncShellFor(dir);
+    if (shell) return shell.sync();
+  }
   return new Promise((resolve) => {
     execFile(SYNC_PROGRAM, ['-f', '--', dir], (err, _stdout, stderr) => {
       if (err && noSyncfsOption(String(stderr))) syncfsWorks = false;
+      else if (!err) syncfsChecked = true;
       resolve(!err);
     });
   });
+}
+
+/** Whether one `sync -f` worked here: from then on the shells below run it. */
+let syncfsChecked = false;
+
+/**
+ * A shell that runs `sync -f .` in a directory of one file system for each
+ * line it reads and answers 0 or 1: a batch of thousands of files is synced
+ * in groups, and starting `sync` from a Node process (a fork of all its
+ * memory) cost more CPU than the sync itself. The command is fixed; the
+ * directory is the shell's working directory, never text it reads.
+ */
+class SyncShell {
+  private readonly child: ChildProcess;
+  private readonly waiting: Array<(ok: boolean) => void> = [];
+  private answers = '';
+  dead = false;
+
+  constructor(dir: string) {
+    this.child = spawn('/bin/sh', ['-c', `while read -r _; do if ${SYNC_PROGRAM} -f . 2>/dev/null; then echo 0; else echo 1; fi; done`], { cwd: dir, stdio: ['pipe', 'pipe', 'ignore'] });
+    this.child.on('error', () => this.die());
+    this.child.on('exit', () => this.die());
+    this.child.stdin!.on('error', () => this.die());
+    this.child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+      this.answers += text;
+      for (let nl = this.answers.indexOf('\n'); nl >= 0; nl = this.answers.indexOf('\n')) {
+        const line = this.answers.slice(0, nl);
+        this.answers = this.answers.slice(nl + 1);
+        this.waiting.shift()?.(line === '0');
+      }
+      if (this.waiting.length === 0) this.idle(true);
+    });
+    this.idle(true);
+  }
+
+  sync(): Promise<boolean> {
+    if (this.dead) return Promise.resolve(false);
+    this.idle(false);
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.child.stdin!.write('\n');
+    });
+  }
+
+  /** An idle shell does not keep the process alive; one with a sync to answer does. */
+  private idle(yes: boolean): void {
+    for (const h of [this.child, this.child.stdin, this.child.stdout] as Array<{ ref(): void; unref(): void } | null>) {
+      if (yes) h?.unref();
+      else h?.ref();
+    }
+  }
+
+  get pid(): number | undefined {
+    return this.dead ? undefined : this.child.pid;
+  }
+
+  /** Ends the shell (its stdin closes, its loop ends); what waits gets false. */
+  close(): void {
+    this.child.stdin!.destroy();
+    this.child.stdout!.destroy();
+    this.die();
+  }
+
+  private die(): void {
+    if (this.dead) return;
+    this.dead = true;
+    for (const w of this.waiting.splice(0)) w(false);
+    this.idle(true);
+  }
+}
+
+/** One shell per file system (by device), a few at most; none where sh cannot start. */
+const syncShells = new Map<number, SyncShell>();
+const MAX_SYNC_SHELLS = 8;
+
+/** The pids of the sync shells running (for tests). */
+export function syncShellPids(): number[] {
+  return [...syncShells.values()].flatMap((s) => (s.pid === undefined ? [] : [s.pid]));
+}
+
+/** Ends every sync shell; the next sync starts another. */
+export function closeSyncShells(): void {
+  for (const s of syncShells.values()) s.close();
+  syncShells.clear();
+}
+
+function syncShellFor(dir: string): SyncShell | undefined {
+  let dev: number;
+  try {
+    dev = statSync(dir).dev;
+  } catch {
+    return undefined;
+  }
+  let shell = syncShells.get(dev);
+  if (shell?.dead) syncShells.delete(dev);
+  else if (shell) return shell;
+  if (syncShells.size >= MAX_SYNC_SHELLS) return undefined;
+  try {
+    shell = new SyncShell(dir);
+  } catch {
+    return undefined;
+  }
+  syncShells.set(dev, shell);
+  return shell;
 }
 
 /** The same, waiting here. */

@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ZERO_CHUNK, createHasher } from '@ferry/core';
 import type { BatchEntry } from '@ferry/core';
-import { BatchWriter, EARLY_SYNC_GROUP, MAX_HELD_FILES, heldFilesCap, openFileLimit } from '../src/batch.js';
+import { BatchWriter, EARLY_SYNC_GROUP, MAX_HELD_FILES, closeSyncShells, heldFilesCap, openFileLimit, syncShellPids } from '../src/batch.js';
 
 const dirs: string[] = [];
 afterEach(() => {
+  closeSyncShells();
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
@@ -22,7 +23,8 @@ function fresh(): string {
   return dir;
 }
 
-const openFds = () => readdirSync('/proc/self/fd').length;
+/** Descriptors open here, besides the sync shell's pipes (it outlives a batch). */
+const openFds = () => readdirSync('/proc/self/fd').length - 2 * syncShellPids().length;
 const contentOf = (i: number) => Buffer.alloc(100 + (i % 50), i % 251);
 
 /** `sub` (made) and `n` files in it, each fed its bytes; the hashes so far (null for the directory). */
@@ -106,6 +108,41 @@ describe('BatchWriter', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(openFds()).toBe(before);
     expect(readdirSync(join(dir, 'sub')).sort()).toEqual(Array.from({ length: n }, (_, i) => `f${i}`).sort());
+  });
+
+  it('runs the syncs of a batch\'s groups through one shell, and starts another when that one dies', async () => {
+    const dir = fresh();
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const waitFor = async (done: () => boolean) => {
+      const deadline = Date.now() + 30_000;
+      while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    };
+    const first = feedFiles(dir, 3 * EARLY_SYNC_GROUP + 5, []);
+    expect((await first.writer.commit(first.hashes)).every((r) => r.ok)).toBe(true);
+    // The first sync proves `sync -f` works (a process of its own); the others go through one shell.
+    const [pid] = syncShellPids();
+    expect(syncShellPids()).toHaveLength(1);
+    process.kill(pid!, 'SIGKILL');
+    await waitFor(() => syncShellPids().length === 0);
+    expect(syncShellPids()).toEqual([]);
+    rmSync(join(dir, 'sub'), { recursive: true });
+    const second = feedFiles(dir, 3 * EARLY_SYNC_GROUP + 5, []);
+    const results = await second.writer.commit(second.hashes);
+    expect(results.every((r) => r.ok)).toBe(true);
+    expect(readdirSync(join(dir, 'sub')).length).toBe(3 * EARLY_SYNC_GROUP + 5);
+    expect(syncShellPids()).toHaveLength(1);
+    expect(syncShellPids()[0]).not.toBe(pid);
+    const shell = syncShellPids()[0]!;
+    closeSyncShells();
+    await waitFor(() => !alive(shell));
+    expect(alive(shell)).toBe(false);
   });
 
   it('fails the files whose hash differs, renames the others, and leaves no temporary name', async () => {
