@@ -12,7 +12,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startSshd } from '../test/fixtures/sshd.mjs';
-import { CLK_TCK, SAMPLE_MS, ferryTool, ferryVersion, fmt, isNoisy, leanLogin, log, machine, markdownTable, measure, median, onCleanup, runRounds, shq, syncDisks, waitForIdle, which, cliOf } from './common.mjs';
+import { CLK_TCK, SAMPLE_MS, ferryTool, ferryVersion, fmt, isNoisy, journaledDir, leanLogin, log, machine, markdownTable, measure, median, onCleanup, runRounds, shq, syncDisks, waitForIdle, which, cliOf } from './common.mjs';
 import { compareTrees, generateTree } from './tree-lib.mjs';
 import { openWanTestbed } from './wan-testbed.mjs';
 
@@ -59,6 +59,11 @@ const HELP = `usage: npm run bench -- tree [options]
                        (TCP streams) that carried data
   --link-mbit <n>      with --wan: the link's total rate, Mbit/s (default 2000)
   --stream-mbit <n>    with --wan: the cap of one TCP stream, Mbit/s (default 200)
+  --dest-fs auto|same  auto (default): where the work directory is on ext4 without a
+                       journal and this runs as root, the destinations go to a journaled
+                       ext4 image loop-mounted for the run (creating files right after
+                       a run removed thousands is slow on such a file system);
+                       same: next to the source, whatever the file system
   --keep               keep the work directory (sshd, the last run's destination)
   --out <dir>          where tree.md and tree.json go (default bench/results)
   --name <name>        base name of the result files (default tree, with --wan tree-wan)
@@ -314,6 +319,7 @@ export async function tree(argv) {
       wan: { type: 'boolean', default: false },
       'link-mbit': { type: 'string', default: '2000' },
       'stream-mbit': { type: 'string', default: '200' },
+      'dest-fs': { type: 'string', default: 'auto' },
       keep: { type: 'boolean', default: false },
       out: { type: 'string', default: 'bench/results' },
       name: { type: 'string' },
@@ -337,6 +343,7 @@ export async function tree(argv) {
   const retryNoisy = count('retry-noisy', 0);
   const idleWait = Number(o['idle-wait']);
   if (!(idleWait >= 0)) throw new Error(`--idle-wait must be a number of seconds, got '${o['idle-wait']}'`);
+  if (!['auto', 'same'].includes(o['dest-fs'])) throw new Error(`--dest-fs must be auto or same, got '${o['dest-fs']}'`);
   if (!['push', 'pull', 'both'].includes(o.direction)) throw new Error(`--direction must be push, pull or both, got '${o.direction}'`);
   const directions = o.direction === 'both' ? ['push', 'pull'] : [o.direction];
   const linkMbit = Number(o['link-mbit']);
@@ -388,7 +395,9 @@ export async function tree(argv) {
   const self = await compareTrees(source.path, source.path, { sourceHashes, content });
   if (!self.same) throw new Error(`the cached tree ${source.path} differs from itself (${Object.keys(self.differences).join(', ')}): remove it and run again`);
 
-  const dstParent = join(work, 'dst');
+  // --dest-fs auto: destinations on a journaled file system where the work directory's is ext4 without one (common.mjs).
+  const destFs = o['dest-fs'] === 'auto' ? await journaledDir(work, source.bytes * 1.5 + 2 ** 30) : { path: work, describe: "the work directory's file system (--dest-fs same)" };
+  const dstParent = join(destFs.path, 'dst');
   const stateDir = join(work, 'state');
   // Generous: slower than 5 MB/s and 100 files/s is broken, not slow.
   const timeoutMs = Math.max(300_000, (source.bytes / 5e6 + source.names / 100) * 1000);
@@ -525,7 +534,7 @@ export async function tree(argv) {
   const md = [
     `# Benchmark: ${o.name}${o.name === 'tree' ? '' : ' (tree scenario)'}`,
     '',
-    `A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd ${bed ? `in the wan testbed's server namespace (bench/wan-testbed.mjs), the tools in its client namespace: a link of ${bed.linkMbit} Mbit/s (${fmt(bed.linkMBps)} MB/s) with each TCP stream capped at ${bed.streamMbit} Mbit/s (${fmt(bed.streamMBps, 1)} MB/s), the limit RTT and windows put on one stream (no added delay: netem is absent)` : 'on 127.0.0.1'}; source and destination on the same filesystem; the source in the page cache. After every run the destination is compared with the source by ${content ? 'content, ' : ''}type, mode, size, mtime, link target, hard links and sparseness${content ? '' : ' (--small-only: not by content)'}.`,
+    `A generated project tree (bench/tree-lib.mjs) copied whole through one throwaway sshd ${bed ? `in the wan testbed's server namespace (bench/wan-testbed.mjs), the tools in its client namespace: a link of ${bed.linkMbit} Mbit/s (${fmt(bed.linkMBps)} MB/s) with each TCP stream capped at ${bed.streamMbit} Mbit/s (${fmt(bed.streamMBps, 1)} MB/s), the limit RTT and windows put on one stream (no added delay: netem is absent)` : 'on 127.0.0.1'}; the source in the page cache; the destinations on ${destFs.describe}. After every run the destination is compared with the source by ${content ? 'content, ' : ''}type, mode, size, mtime, link target, hard links and sparseness${content ? '' : ' (--small-only: not by content)'}.`,
     'Generated by `npm run bench -- tree` (see bench/README.md, "tree").',
     '',
     `- Date: ${date}`,
