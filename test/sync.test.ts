@@ -361,11 +361,15 @@ async function userXattrsOf(root: string): Promise<Record<string, Record<string,
   return out;
 }
 
-describe.each([
+/** The ways attributes travel: both helpers each way (a pull through the python helper: its walk and STAT report them). */
+const XATTR_WAYS = [
   ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
   ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
   ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
-] as const)('ferry sync --xattrs, %s', (name, direction, server, mode) => {
+  ['pull with the python helper', 'pull', () => bare, ['--mode', 'python']],
+] as const;
+
+describe.each(XATTR_WAYS)('ferry sync --xattrs, %s', (name, direction, server, mode) => {
   it('updates attributes that alone changed, on files and directories, with no bytes sent; the dry run lists them', async (ctx) => {
     if (!userXattrs) ctx.skip();
     const tag = name.replace(/\W/g, '');
@@ -423,11 +427,7 @@ describe.each([
   });
 });
 
-describe.each([
-  ['push with ferry serve', 'push', () => sshd, ['--remote-cmd', REMOTE_CMD]],
-  ['push with the python helper', 'push', () => bare, ['--mode', 'python']],
-  ['pull with ferry serve', 'pull', () => sshd, ['--remote-cmd', REMOTE_CMD]],
-] as const)('ferry sync --xattrs of one file, %s', (name, direction, server, mode) => {
+describe.each(XATTR_WAYS)('ferry sync --xattrs of one file, %s', (name, direction, server, mode) => {
   it('copies its attributes, then sets a change of them alone with no bytes sent; the dry run lists it', async (ctx) => {
     if (!userXattrs) ctx.skip();
     const tag = name.replace(/\W/g, '');
