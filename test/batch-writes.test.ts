@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, stat, symlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION, encodeControl, encodeDataHeader, hashBytes } from '@ferry/core';
@@ -113,6 +113,25 @@ describe.each(['helper', 'python', 'sftp'] as const)('RemoteConnection.writeBatc
     const ok = results.filter((r): r is Extract<typeof r, { ok: true }> => r.ok && r.srcHash !== undefined);
     expect(ok.length).toBeGreaterThan(5);
     for (const r of ok) expect(r.dstHash).toBe(r.srcHash);
+  });
+
+  it("sets a directory's mode and times by path, and refuses a link swapped in for it (DEST_CONFLICT), its target untouched", async () => {
+    const dir = fresh();
+    await mkdir(dir, { mode: 0o700 });
+    await conn.setstat(dir, { mode: 0o750, mtimeMs: 1_000_000_000_000, atimeMs: 1_000_000_000_000 });
+    expect((await stat(dir)).mode & 0o777).toBe(0o750);
+    expect((await stat(dir)).mtimeMs).toBe(1_000_000_000_000);
+    // Another user renames it away and puts a link to a directory of the user's in its place.
+    const victim = fresh();
+    await mkdir(victim, { mode: 0o700 });
+    await utimes(victim, 1_500_000_000, 1_500_000_000);
+    const before = await stat(victim);
+    await rename(dir, `${dir}.moved`);
+    await symlink(victim, dir);
+    await expect(conn.setstat(dir, { mode: 0o777, mtimeMs: 1_000_000_000_000, atimeMs: 1_000_000_000_000 })).rejects.toMatchObject({ code: 'DEST_CONFLICT', message: expect.stringContaining(`${dir} is a symbolic link now: its mode and times were not set (the link was not followed)`) });
+    const after = await stat(victim);
+    expect(after.mode & 0o7777).toBe(before.mode & 0o7777);
+    expect(after.mtimeMs).toBe(before.mtimeMs);
   });
 
   it('writes a batch whose body would be over 1 MiB (long paths) in parts, and the connection goes on', async () => {

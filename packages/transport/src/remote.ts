@@ -1420,9 +1420,26 @@ class SftpConnection implements RemoteConnection {
         throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path });
       });
     }
-    return this.session.setstat(path, { ...(mode === undefined ? {} : { mode }), ...(mtimeMs === undefined ? {} : { mtimeMs }), ...(atimeMs === undefined ? {} : { atimeMs }) }).catch((err: unknown) => {
+    const rest = { ...(mode === undefined ? {} : { mode }), ...(mtimeMs === undefined ? {} : { mtimeMs }), ...(atimeMs === undefined ? {} : { atimeMs }) };
+    if (Object.keys(rest).length === 0) return;
+    const fail = (err: unknown): never => {
       throw destinationError(Object.assign(err as Error, { code: sftpErrno(err) }), { host: this.label, path });
-    });
+    };
+    // Never through a link at the name where the server can (a link has no mode: lsetstat fails on one).
+    try {
+      await this.session.lsetstat(path, rest);
+      return;
+    } catch (err) {
+      if (sftpErrno(err) === 'ENOENT' || sftpErrno(err) === 'EACCES') fail(err);
+    }
+    // It could not (no lsetstat@openssh.com, or a C library that cannot chmod without following, or a
+    // link there now): SETSTAT by name follows a link, so what is there is looked at first, and a link
+    // or anything but a directory or a file is refused, as the helpers refuse it.
+    const st = await this.session.lstat(path).catch(fail);
+    const notSet = 'its mode and times were not set';
+    if (st.link) throw new FerryError('DEST_CONFLICT', `${this.label}:${path} is a symbolic link now: ${notSet} (the link was not followed); move it away and rerun`, { host: this.label, path });
+    if (st.type === 'other') throw new FerryError('DEST_CONFLICT', `${this.label}:${path} is no longer a directory or a file: ${notSet}; move it away and rerun`, { host: this.label, path });
+    await this.session.setstat(path, rest).catch(fail);
   }
 
   rename(from: string, to: string): Promise<void> {

@@ -171,8 +171,13 @@ export class SftpSession {
     return cb<void>((d) => this.sftp.ext_openssh_hardlink(oldPath, newPath, d));
   }
 
-  /** Times of a symbolic link itself (lsetstat@openssh.com, OpenSSH 8.0 and later); throws where the server lacks it. */
-  lsetstat(path: string, attrs: { mtimeMs?: number; atimeMs?: number; uid?: number; gid?: number }): Promise<void> {
+  /**
+   * Mode, times or owner of what is at `path` itself, never through a link
+   * there (lsetstat@openssh.com, OpenSSH 8.0 and later); throws where the
+   * server lacks it, and for a mode where its C library cannot change one
+   * without following (glibc before 2.32: RHEL 8).
+   */
+  lsetstat(path: string, attrs: { mode?: number; mtimeMs?: number; atimeMs?: number; uid?: number; gid?: number }): Promise<void> {
     return cb<void>((d) => this.sftp.ext_openssh_lsetstat(path, sftpAttrs(attrs) as never, d));
   }
 
