@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, stat, symlink, utimes } from 'node:fs/promises';
+import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PROTOCOL_VERSION, encodeControl, encodeDataHeader, hashBytes } from '@ferry/core';
@@ -19,7 +19,7 @@ import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/s
 import { startSshd } from './fixtures/sshd.mjs';
 import type { Sshd } from './fixtures/sshd.mjs';
 import { batchCase, batchFrames, bytesOf, leftovers } from './batch-cases.js';
-import { CLI, REMOTE_CMD, repliesById, startLocalHelper, tempDir } from './helpers.js';
+import { CLI, REMOTE_CMD, repliesById, startLocalHelper, swapInLink, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 let n = 0;
@@ -121,13 +121,8 @@ describe.each(['helper', 'python', 'sftp'] as const)('RemoteConnection.writeBatc
     await conn.setstat(dir, { mode: 0o750, mtimeMs: 1_000_000_000_000, atimeMs: 1_000_000_000_000 });
     expect((await stat(dir)).mode & 0o777).toBe(0o750);
     expect((await stat(dir)).mtimeMs).toBe(1_000_000_000_000);
-    // Another user renames it away and puts a link to a directory of the user's in its place.
     const victim = fresh();
-    await mkdir(victim, { mode: 0o700 });
-    await utimes(victim, 1_500_000_000, 1_500_000_000);
-    const before = await stat(victim);
-    await rename(dir, `${dir}.moved`);
-    await symlink(victim, dir);
+    const before = await swapInLink(dir, victim);
     await expect(conn.setstat(dir, { mode: 0o777, mtimeMs: 1_000_000_000_000, atimeMs: 1_000_000_000_000 })).rejects.toMatchObject({ code: 'DEST_CONFLICT', message: expect.stringContaining(`${dir} is a symbolic link now: its mode and times were not set (the link was not followed)`) });
     const after = await stat(victim);
     expect(after.mode & 0o7777).toBe(before.mode & 0o7777);

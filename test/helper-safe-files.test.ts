@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SAFE_FILES_CAPABILITY } from '@ferry/core';
 import type { HelperClient } from '../packages/transport/src/helper-client.js';
 import { localDestination } from '../packages/coordinator/src/tree-finalize.js';
-import { startLocalHelper, tempDir } from './helpers.js';
+import { startLocalHelper, swapInLink, tempDir } from './helpers.js';
 
 let work: { path: string; remove(): Promise<void> };
 
@@ -101,11 +101,7 @@ describe.each(['serve', 'python'] as const)('the %s helper', (kind) => {
     expect(set.mtimeMs).toBe(1_000_000_000_000);
     // Another user renames it away and puts a link to a directory of the user's in its place.
     const victim = fresh();
-    await mkdir(victim, { mode: 0o700 });
-    await utimes(victim, 1_500_000_000, 1_500_000_000);
-    const before = await stat(victim);
-    await rename(dir, `${dir}.moved`);
-    await symlink(victim, dir);
+    const before = await swapInLink(dir, victim);
     const refused = helper.setstat(dir, { mode: 0o777, mtimeMs: 1_000_000_000_000 });
     await expect(refused).rejects.toMatchObject({ code: 'DEST_CONFLICT', message: `here:${dir} is a symbolic link now: its mode and times were not set (the link was not followed); move it away and rerun` });
     const after = await stat(victim);

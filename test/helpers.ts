@@ -11,7 +11,8 @@ import type { DecodedFrame, HashAlgorithm } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
 import { HelperClient } from '../packages/transport/src/helper-client.js';
 import { pythonHelperCommand, pythonHelperScript } from '../packages/transport/src/python-helper.js';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rename, rm, stat, symlink, utimes } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -345,4 +346,18 @@ export async function startLocalHelper(kind: 'serve' | 'python'): Promise<{ help
   if (script) child.stdin.write(script);
   await helper.handshake(10_000);
   return { helper, writes: () => writes };
+}
+
+/**
+ * Another user's move on a directory of a copy: `dir` renamed away and a
+ * symbolic link to `victim` (a directory of the user's, made here with known
+ * mode and times) put at its name. What `victim` was, to check it untouched.
+ */
+export async function swapInLink(dir: string, victim: string): Promise<Stats> {
+  await mkdir(victim, { mode: 0o700 });
+  await utimes(victim, 1_500_000_000, 1_500_000_000);
+  const before = await stat(victim);
+  await rename(dir, `${dir}.moved`);
+  await symlink(victim, dir);
+  return before;
 }
