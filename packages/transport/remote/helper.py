@@ -81,6 +81,18 @@ MAX_BATCH_OPEN_FILES = 256
 SYNC_THREADS = 16
 # coreutils' sync, which does syncfs(2) with -f (coreutils 8.24 and later): one write-back for a whole batch.
 SYNC_PROGRAM = next((p for p in ('/usr/bin/sync', '/bin/sync') if os.path.exists(p)), None)
+
+
+def libc_syncfs():
+    """The C library's syncfs(2) through ctypes (a batch's groups are synced without a process each); None where ctypes or the call is missing."""
+    try:
+        import ctypes
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+        call.argtypes = [ctypes.c_int]
+        call.restype = ctypes.c_int
+        return call
+    except (ImportError, OSError, AttributeError):
+        return None
 BATCH_KINDS = ('dir', 'file', 'symlink', 'hardlink')
 ENTRY_KEYS = ('kind', 'path', 'size', 'mode', 'mtimeMs', 'atimeMs', 'target', 'uid', 'gid', 'user', 'group', 'xattrs')
 # Owners and extended attributes (core's tree-meta.ts): bounds of one entry's, and which names travel.
@@ -1070,7 +1082,8 @@ class Session(object):
         self.out_lock = threading.Lock()
         self.batches = {}
         self.receiving = None
-        self.syncfs_works = SYNC_PROGRAM is not None
+        self.syncfs_call = libc_syncfs()
+        self.syncfs_works = self.syncfs_call is not None or SYNC_PROGRAM is not None
         self.pools_lock = threading.Lock()
         self._syncs = None
         self._committer = None
@@ -1603,8 +1616,19 @@ class Session(object):
             self.close_batch_file(b, f)
 
     def sync_file_system(self, directory):
-        """syncfs(2) of the file system holding directory, through `sync -f`; False when that could not be done."""
+        """syncfs(2) of the file system holding directory (the C library's, else `sync -f`); False when that could not be done."""
         if not self.syncfs_works:
+            return False
+        if self.syncfs_call is not None:
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                return False
+            try:
+                return self.syncfs_call(fd) == 0
+            finally:
+                os.close(fd)
+        if SYNC_PROGRAM is None:
             return False
         import subprocess
         try:
