@@ -24,9 +24,9 @@
  */
 import { lstat, mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join, posix } from 'node:path';
-import { FerryError, Pacer, TreePlanner, algorithmOfDigest, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
-import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
+import { join } from 'node:path';
+import { FerryError, Pacer, TreePlanner, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
+import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, WalkItem } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
 import type { Pace } from '@ferry/agent';
 import { walkTree } from '@ferry/serve';
@@ -38,25 +38,27 @@ import type { CopySummary, TreeSummary } from './events.js';
 import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
 import type { TreeJobFile, TreeJobStatus } from './job-state.js';
 import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
-import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
-import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
+import { dryRunSync, syncStateOf } from './tree-sync.js';
+import type { DestIndex, SyncState } from './tree-sync.js';
 import { writePrivateFile } from './private-file.js';
 import { bigFileEntryOf } from './manifest.js';
-import { previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
+import { SyncRecords, previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
 import type { SyncRecord } from './sync-manifest.js';
 import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
 import { pullTransfer } from './tree-fetch.js';
-import { TreeJournal, alreadyDone, metaDigest, recordOf } from './tree-journal.js';
+import { TreeJournal, recordOf } from './tree-journal.js';
 import type { TreeJournalState, TreeRecord } from './tree-journal.js';
+import type { Counters, TreeContext } from './tree-context.js';
+import { TreePlan } from './tree-plan.js';
 import { TreeSender, pushTransfer } from './tree-send.js';
 import { AgentBatches, treeUsesAgents } from './tree-agents.js';
 import type { WireBatch } from './tree-send.js';
 import { SourceIsFile, prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
 
-/** Files this big are copied as jobs of their own, striped over every agent and stream. */
-export const HUGE_FILE_BYTES = 256 * 1024 * 1024;
+export { HUGE_FILE_BYTES } from './tree-plan.js';
+
 /** Connections of a tree's batches when --streams is not given. */
 const DEFAULT_TREE_STREAMS = 4;
 /** Failures printed one by one (all of them go to failed.ndjson). */
@@ -69,12 +71,6 @@ const FAILURES_SHOWN = 20;
  * stops the copy, as it stops cp, tar and rsync.
  */
 const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
-/** Directories made in one BATCH, at most, before a batch that needs them goes out. */
-const DIRS_PER_BATCH = 1024;
-
-/** What a run counts as it goes: the summary's counts. */
-type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted' | 'attributes'>;
-
 
 /**
  * `ferry cp -r`. A remote source that turns out to be a regular file is
@@ -133,7 +129,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     // What the previous complete run (and partial ones since) recorded: the hashes of entries this one finds the same without reading them.
-    if (options.sync) run.previousRecords = await previousSyncRecords(jobDir);
+    if (options.sync) run.records.previous = await previousSyncRecords(jobDir);
     await copyTree(run, request, conn);
     const summary = treeSummaryOf(run, target, conn, algorithm, jobDir, started);
     const c = run.counters;
@@ -310,9 +306,6 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
-/** The owner's fields of pathMeta, which a sync compares itself (dirSettled). */
-const OWNER_FIELDS = new Set(['uid', 'gid', 'user', 'group']);
-
 /** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
 const SYNC_WALK_AHEAD = 65_536;
 
@@ -322,49 +315,22 @@ const STATUS_EVERY_MS = 5000;
 /** One run of a tree copy: the stages' shared state. */
 class TreeRun {
   readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0, attributes: 0 };
-  /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
-  private sync: SyncState | undefined;
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
   private walkErrors = 0;
-  /** Sync: files with several names this run sent again (their further names are made again too). */
-  private readonly resentLinked = new Set<string>();
-  /** Source files with several names (their first names), and in a sync what stood at each further name at the destination (hard links are few). */
-  private readonly linkFirsts = new Map<string, TreeEntry>();
-  /** Copy: first names of files with several names that an earlier run made durable and this run did not send (`resumed`). */
-  private readonly resumedFirsts = new Set<string>();
-  /** Copy: further names found still right at the destination (linkResumed), not made again. */
-  private resumedLinks = 0;
-  private readonly linkDests = new Map<string, DestEntry | undefined>();
   readonly streams: number;
-  private readonly dirs = new Map<string, TreeEntry>();
-  private pendingDirs: TreeEntry[] = [];
-  private readonly links: TreeEntry[] = [];
-  private readonly huge: TreeEntry[] = [];
-  /** Sync: directories already as the copy would leave them (dirSettled); their SETSTAT is skipped unless touched. */
-  private readonly settledDirs = new Set<string>();
-  /** Directories in which something was made, replaced or removed this run. */
-  private readonly touched = new Set<string>();
-  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous complete run's. */
-  private readonly records = new Map<string, SyncRecord>();
-  previousRecords: ReadonlyMap<string, SyncRecord> = new Map();
-  /** Sync: files the same as their source but for their extended attributes: those are set again (an exact set), no bytes sent. */
-  private readonly attributesToSet: TreeEntry[] = [];
-  /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
-  private readonly hugeMeta: TreeEntry[] = [];
+  /** The plan stage: what each entry becomes (tree-plan.ts). */
+  readonly plan: TreePlan;
+  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous runs'. */
+  readonly records: SyncRecords;
   /** Tree paths that failed (a hard link to one is not made). */
   private readonly failedPaths = new Set<string>();
   private readonly failures: string[] = [];
   /** Entries that failed because their directory is not at the destination (DEST_DIR_MISSING). */
   missingDirFailures = 0;
-  private readonly skips: string[] = [];
   private lastProgress = 0;
   private onTick: () => void = () => {};
   private readonly sender: TreeSender | AgentBatches;
   private readonly dest: TreeDestination;
-  /** Directories the walk reported (each entry's directory must be one, reported before it). */
-  private readonly walkedDirs = new Set<string>();
-  /** Directories that could not be made: nothing under them is made (whatever stands at their name is not ours). */
-  private readonly failedDirs = new Set<string>();
   /** --fail-fast's first failure, or one in STOPS_THE_COPY: the error the copy ends with. */
   stopped: FerryError | undefined;
 
@@ -374,7 +340,7 @@ class TreeRun {
     private readonly target: TreeTarget,
     private readonly journal: TreeJournal,
     private readonly state: TreeJournalState,
-    private readonly algorithm: HashAlgorithm,
+    algorithm: HashAlgorithm,
     private readonly umask: number,
     private readonly meta: MetaPlan,
     private readonly control: () => Promise<RemoteConnection>,
@@ -383,6 +349,15 @@ class TreeRun {
     jobDir: string,
     private readonly syncPending?: Promise<SyncState>,
   ) {
+    const ctx: TreeContext = {
+      request, options, target, algorithm, umask, meta, counters: this.counters, emit,
+      fail: (p, error) => this.fail(p, error),
+      checkStop: () => this.checkStop(),
+      sourcePath: (p) => this.sourcePath(p),
+      destPath: (p) => this.destPath(p),
+    };
+    this.records = new SyncRecords(algorithm);
+    this.plan = new TreePlan(ctx, state, this.records, { send: (entries) => this.send(entries), makeDirs: () => this.makeDirs() });
     this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
     // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
     const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
@@ -439,33 +414,13 @@ class TreeRun {
     primed.push(primed[0]!.then((r) => (r.done ? r : it.next())));
     for (const p of primed) p.catch(() => {});
     try {
-      this.sync = await this.syncPending;
+      this.plan.sync = await this.syncPending;
+      this.records.start();
     } catch (err) {
       await it.return?.();
       throw err;
     }
     return { [Symbol.asyncIterator]: () => ({ next: () => primed.shift() ?? it.next(), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
-  }
-
-  /**
-   * Whether `entry` may be made: its directory was reported before it (a
-   * walk that broke that rule, or named a path outside the tree, is not
-   * followed: it ends the copy), and no directory above it failed.
-   */
-  private admit(entry: TreeEntry): boolean {
-    if (entry.path === '') {
-      if (entry.kind === 'dir') this.walkedDirs.add('');
-      return true;
-    }
-    const parent = posix.dirname(entry.path) === '.' ? '' : posix.dirname(entry.path);
-    if (!this.walkedDirs.has(parent)) throw new FerryError('PROTOCOL', `the walk of ${this.target.sourceLabel} reported ${entry.path} before its directory: not copied`, { path: entry.path });
-    if (entry.kind === 'dir') this.walkedDirs.add(entry.path);
-    if (this.failedDirs.has(parent)) {
-      if (entry.kind === 'dir') this.failedDirs.add(entry.path);
-      this.fail(entry.path, { code: 'DEST_CONFLICT', message: `${this.destPath(entry.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: entry.path });
-      return false;
-    }
-    return true;
   }
 
   async copy(): Promise<void> {
@@ -494,21 +449,21 @@ class TreeRun {
             continue;
           }
           this.checkStop();
-          if (!this.admit(item.entry)) continue;
-          for (const step of planner.add(item.entry)) await this.publish(step);
+          if (!this.plan.admit(item.entry)) continue;
+          for (const step of planner.add(item.entry)) await this.plan.publish(step);
         }
         this.checkStop();
-        for (const step of planner.finish()) await this.publish(step);
+        for (const step of planner.finish()) await this.plan.publish(step);
         await this.makeDirs();
       } finally {
         await this.sender.close();
       }
       this.checkStop();
-      for (const entry of this.huge) {
+      for (const entry of this.plan.huge) {
         await this.copyHuge(entry);
         this.checkStop();
       }
-      for (const entry of this.hugeMeta) {
+      for (const entry of this.plan.hugeMeta) {
         await this.refreshHuge(entry);
         this.checkStop();
       }
@@ -527,13 +482,13 @@ class TreeRun {
           linked.push(e);
         },
       };
-      await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
+      await makeHardLinks(ctx, this.plan.linksToMake(), (p) => this.failedPaths.has(p));
       await this.journalLinks(linked);
       this.checkStop();
       // Before the directories' times are set: removing an entry changes its directory's mtime.
-      if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
+      if (this.plan.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.plan.sync.index);
       this.checkStop();
-      await finishDirectories(ctx, this.dirsToFinish());
+      await finishDirectories(ctx, this.plan.dirsToFinish());
       this.checkStop();
     } finally {
       clearInterval(progress);
@@ -541,193 +496,11 @@ class TreeRun {
     }
   }
 
-  /**
-   * The hard links to make: not one whose directory could not be made (a
-   * link or a file in its place, found after the walk admitted the entry:
-   * nothing is made through it), nor, in a sync, one already right there.
-   */
-  private linksToMake(): TreeEntry[] {
-    return this.links.filter((l) => {
-      const parent = posix.dirname(l.path) === '.' ? '' : posix.dirname(l.path);
-      if (this.failedDirs.has(parent)) {
-        this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
-        return false;
-      }
-      if (this.sync ? this.linkUnchanged(l) : this.linkResumed(l)) return false;
-      this.touch(l.path);
-      return true;
-    });
-  }
-
-  /**
-   * Copy: a further name an earlier run made at the destination (its
-   * journal record, `k`) for the very file its first name still is (same
-   * inode, mtime and size), where this run did not send that first name
-   * again: the link there is still right. Which name of a file comes first
-   * depends on the walk's order, so each name of it is journaled, and a
-   * rerun finds the file resumed under whichever name is first this time.
-   */
-  private linkResumed(link: TreeEntry): boolean {
-    const first = this.linkFirsts.get(link.target!);
-    if (!first || !this.resumedFirsts.has(first.path)) return false;
-    const r = this.state.done.get(link.path);
-    if (r === undefined || r.ino !== link.ino || r.mtimeMs !== link.mtimeMs || r.size !== first.size) return false;
-    this.resumedLinks++;
-    return true;
-  }
-
-  /** Journals each further name made: its first name's size, mtime, inode and metadata digest, and `k`, the first name. */
+  /** Journals each further name made (TreePlan.linkRecords), and says how many were still right. */
   private async journalLinks(links: readonly TreeEntry[]): Promise<void> {
-    const records: TreeRecord[] = [];
-    for (const l of links) {
-      const first = this.linkFirsts.get(l.target!);
-      if (first) records.push({ ...recordOf(first, { meta: this.digestOf(first) }), p: l.path, k: first.path });
-    }
-    await this.journal.append(records);
-    const n = this.resumedLinks;
+    await this.journal.append(this.plan.linkRecords(links));
+    const n = this.plan.resumedLinks;
     if (n > 0) this.emit({ type: 'log', message: `${n} hard link${n === 1 ? '' : 's'} made by earlier runs ${n === 1 ? 'is' : 'are'} still right: not made again` });
-  }
-
-  /** Stage 2's output: each step of the plan, in order. */
-  private async publish(step: TreeStep): Promise<void> {
-    if (this.sync) return this.publishSync(step, this.sync);
-    switch (step.type) {
-      case 'mkdir':
-        this.dirs.set(step.entry.path, step.entry);
-        this.pendingDirs.push(step.entry);
-        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
-        return;
-      case 'skip':
-        this.counters.skipped++;
-        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
-        return;
-      case 'hardlink':
-        this.links.push(step.entry);
-        return;
-      case 'file':
-        if (step.entry.nlink > 1) this.linkFirsts.set(step.entry.path, step.entry);
-        if (this.resumed(step.entry)) return;
-        if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
-          return;
-        }
-        return this.send([step.entry]);
-      case 'batch':
-        for (const { entry } of step.entries) if (entry.nlink > 1) this.linkFirsts.set(entry.path, entry);
-        return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
-    }
-  }
-
-  /**
-   * A sync's plan step: each entry compared with what stands at its path at
-   * the destination; only what differs goes (as a copy's would).
-   */
-  private async publishSync(step: TreeStep, sync: SyncState): Promise<void> {
-    switch (step.type) {
-      case 'mkdir': {
-        const dest = sync.index.take(step.entry.path);
-        this.dirs.set(step.entry.path, step.entry);
-        // One already there will do (its mode and times are set at the end, as for any
-        // directory, unless they are right already and nothing in it changes).
-        if (dest?.kind === 'dir') {
-          if (this.dirSettled(step.entry, dest, sync.comparison)) this.settledDirs.add(step.entry.path);
-          return;
-        }
-        this.pendingDirs.push(step.entry);
-        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
-        return;
-      }
-      case 'skip':
-        sync.index.take(step.entry.path);
-        this.counters.skipped++;
-        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
-        return;
-      case 'hardlink':
-        this.linkDests.set(step.entry.path, sync.index.take(step.entry.path));
-        this.links.push(step.entry);
-        return;
-      case 'file': {
-        const [entry] = await this.changed([step.entry], sync);
-        if (!entry) return;
-        if (entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          this.touch(entry.path);
-          this.huge.push(entry);
-          return;
-        }
-        return this.send([entry]);
-      }
-      case 'batch':
-        return this.send(await this.changed(step.entries.map((n) => n.entry), sync));
-    }
-  }
-
-  /**
-   * The entries of `entries` that differ from the destination (counting the
-   * others as unchanged); one where something of another kind stands fails
-   * (nothing is deleted to make room but by --delete's own rules: never).
-   */
-  private async changed(entries: readonly TreeEntry[], sync: SyncState): Promise<TreeEntry[]> {
-    const out: TreeEntry[] = [];
-    const toHash: TreeEntry[] = [];
-    const dests = new Map<string, DestEntry | undefined>();
-    for (const e of entries) {
-      const dest = sync.index.take(e.path);
-      if (e.nlink > 1) this.linkFirsts.set(e.path, e);
-      const { action, reason } = syncAction(e, dest, sync.comparison);
-      if (action === 'same') {
-        if (sync.comparison.level === 'checksum' && e.kind === 'file') {
-          toHash.push(e);
-          dests.set(e.path, dest);
-        } else {
-          if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
-          else this.counters.unchanged++;
-          this.keepRecord(e);
-        }
-        continue;
-      }
-      if (dest?.kind === 'dir') {
-        this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} is a directory where the source has a ${e.kind}: not replaced (remove it, then sync again)`, path: e.path });
-        continue;
-      }
-      if (reason !== 'missing' && e.nlink > 1) this.resentLinked.add(e.path);
-      out.push(e);
-    }
-    if (toHash.length > 0) {
-      const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
-      toHash.forEach((e, i) => {
-        const hash = same[i];
-        if (hash !== undefined) {
-          if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
-          else this.counters.unchanged++;
-          this.record(e, this.wholeFile(e, hash));
-        } else {
-          if (e.nlink > 1) this.resentLinked.add(e.path);
-          out.push(e);
-        }
-      });
-    }
-    return out;
-  }
-
-  /**
-   * Sync: a directory at the destination that already has the mode,
-   * modification time and (where the copy keeps them) owner the copy would
-   * give it, and the attributes where they are compared (Comparison.xattrs;
-   * where they are copied but not compared, it is never settled: they are
-   * set at every run). One whose attributes alone differ counts among the
-   * `attributes` set again.
-   */
-  private dirSettled(entry: TreeEntry, dest: DestEntry, c: Comparison): boolean {
-    if (!c.xattrs && Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
-    if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
-    if (this.meta.owners && !sameOwner(entry, dest, this.meta.names)) return false;
-    // The destination's time is the source's in whole milliseconds, as this run would set it; read back as a float it may
-    // come a hair under (1796667587773.999), so it is rounded.
-    if (this.options.preserve && Math.round(dest.mtimeMs) !== Math.floor(entry.mtimeMs)) return false;
-    if (!attributesAlone(entry, dest, c)) return true;
-    this.counters.attributes++;
-    this.emit({ type: 'log', message: `${this.destPath(entry.path)}: its extended attributes differ from the source's: set again with its mode and times` });
-    return false;
   }
 
   /**
@@ -737,7 +510,7 @@ class TreeRun {
    * and a chown would clear set-id bits).
    */
   private async setAttributes(): Promise<void> {
-    const files = this.attributesToSet;
+    const files = this.plan.attributesToSet;
     for (let i = 0; i < files.length; i += 32) {
       await Promise.all(
         files.slice(i, i + 32).map(async (e) => {
@@ -755,56 +528,15 @@ class TreeRun {
     }
   }
 
-  /** Sync: what the destination now holds at `e`'s path, for the job's manifest (undefined: its hash is unknown). */
-  private record(e: TreeEntry, body: SyncRecord['e']): void {
-    if (!this.sync) return;
-    this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
-  }
-
-  /** A file's manifest entry from the hash of all its bytes (its algorithm told by its length, else this run's). */
-  private wholeFile(e: TreeEntry, hash: string): SyncRecord['e'] {
-    return { type: 'file', size: e.size, hash, algorithm: algorithmOfDigest(hash) ?? this.algorithm };
-  }
-
-  /**
-   * Sync: an entry found the same, not read: a link's target is its entry;
-   * a file keeps the previous run's record where the source's size and
-   * mtime are still the ones it recorded, else its hash is unknown.
-   */
-  private keepRecord(e: TreeEntry): void {
-    if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
-    const before = this.previousRecords.get(e.path);
-    this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
-  }
-
   /** Sync: the records this run made so far, complete or not. */
   knownSyncRecords(): Iterable<SyncRecord> {
-    return this.records.values();
+    return this.records.known();
   }
 
   /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
   syncRecords(): Iterable<SyncRecord> | undefined {
-    if (!this.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
-    return this.records.values();
-  }
-
-  /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
-  private touch(path: string): void {
-    this.touched.add(posix.dirname(path) === '.' ? '' : posix.dirname(path));
-  }
-
-  /** The directories whose mode and times are set at the end: in a sync, not the settled ones nothing touched. */
-  private dirsToFinish(): ReadonlyMap<string, TreeEntry> {
-    if (this.settledDirs.size === 0) return this.dirs;
-    return new Map([...this.dirs].filter(([p]) => !this.settledDirs.has(p) || this.touched.has(p)));
-  }
-
-  /** Sync: a further name that is already the same file as its first name there, and that file was not sent again. */
-  private linkUnchanged(link: TreeEntry): boolean {
-    const sync = this.sync!;
-    if (this.resentLinked.has(link.target!) || !linkSame(link, this.linkDests.get(link.path), this.linkFirsts.get(link.target!), sync.index, sync.comparison)) return false;
-    this.counters.unchanged++;
-    return true;
+    if (!this.plan.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
+    return this.records.known();
   }
 
   /**
@@ -818,7 +550,7 @@ class TreeRun {
       return;
     }
     const doomed = index.extraneous().filter((e) => !index.underUnreadable(e.path));
-    for (const e of doomed) this.touch(e.path);
+    for (const e of doomed) this.plan.touch(e.path);
     // Of one depth, several at once: none is inside another.
     for (let i = 0; i < doomed.length; ) {
       const depth = doomed[i]!.path.split('/').length;
@@ -843,50 +575,12 @@ class TreeRun {
     }
   }
 
-  /** Counts an entry an earlier run made durable; true when it need not be sent. */
-  private resumed(entry: TreeEntry): boolean {
-    // The digest only for an entry the journal holds: a first run makes none here.
-    if (!this.state.done.has(entry.path) || !alreadyDone(this.state, entry, this.digestOf(entry))) return false;
-    if (entry.nlink > 1) this.resumedFirsts.add(entry.path);
-    this.counters.resumedFiles++;
-    this.counters.resumedBytes += entry.size;
-    return true;
-  }
-
-  /**
-   * The digest of what `entry` is given besides its bytes under this run's
-   * options (the journal's `a`): its mode as this run sets it (not for a
-   * symbolic link, which has none), its owner and attributes where the copy
-   * keeps them. A rerun whose digest differs sends the entry again.
-   */
-  private digestOf(entry: TreeEntry): string {
-    return metaDigest({ ...(entry.kind === 'symlink' ? {} : { mode: copyMode(entry.mode, this.umask, this.options.preserve) }), ...wireMeta(this.meta, entry) });
-  }
-
-  /**
-   * Whether a big file's bytes are at the destination already, only its
-   * mode, owner or attributes changed since (the journal's digest): it is
-   * then not copied again, they are set by path. With --xattrs or --acls
-   * only where the destination takes an exact set (`MetaPlan.exact`: the
-   * attributes removed at the source are removed there); elsewhere setting
-   * by path would only add, so the file goes again whole. Not for an older
-   * journal's record (no digest: alreadyDone trusted it).
-   */
-  private metaAlone(entry: TreeEntry): boolean {
-    const r = this.state.done.get(entry.path);
-    const same = r !== undefined && r.job !== undefined && r.a !== undefined && r.size === entry.size && r.mtimeMs === entry.mtimeMs && r.ino === entry.ino;
-    if (same && this.meta.xattrs && !this.meta.exact) {
-      this.emit({ type: 'log', message: `${entry.path}: its metadata alone changed, but the helper on ${this.target.conn.label} cannot remove extended attributes: sent again whole` });
-    }
-    return same && (!this.meta.xattrs || this.meta.exact !== undefined);
-  }
-
   /** A big file of metaAlone: its owner, attributes (an exact set) and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
   private async refreshHuge(entry: TreeEntry): Promise<void> {
     const previous = this.state.done.get(entry.path)!;
     try {
       await this.dest.setstat(this.destPath(entry.path), { ...pathMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
-      await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.digestOf(entry) })]);
+      await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.plan.digestOf(entry) })]);
       this.emit({ type: 'log', message: `${entry.path}: mode, owner${this.meta.xattrs ? ' and attributes' : ''} set again (its bytes are unchanged)` });
       this.counters.files++;
     } catch (err) {
@@ -896,16 +590,11 @@ class TreeRun {
 
   private async send(entries: TreeEntry[]): Promise<void> {
     if (entries.length === 0) return;
-    for (const e of entries) this.touch(e.path);
+    for (const e of entries) this.plan.touch(e.path);
     // Their directories exist before any of them is written.
     await this.makeDirs();
     // A directory that could not be made (found just now): nothing goes in it.
-    entries = entries.filter((e) => {
-      const parent = posix.dirname(e.path) === '.' ? '' : posix.dirname(e.path);
-      if (!this.failedDirs.has(parent)) return true;
-      this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: e.path });
-      return false;
-    });
+    entries = entries.filter((e) => !this.plan.underFailedDir(e.path));
     if (entries.length === 0) return;
     const wire = entries.map((e) => this.wireEntry(e));
     const batch: WireBatch = { entries, wire, bytes: entries.reduce((n, e) => n + e.size, 0), attempts: 0 };
@@ -923,10 +612,9 @@ class TreeRun {
 
   /** Makes the directories the walk has found so far (one BATCH); a directory that cannot be made fails the copy. */
   private async makeDirs(): Promise<void> {
-    if (this.pendingDirs.length === 0) return;
-    const dirs = this.pendingDirs;
-    this.pendingDirs = [];
-    for (const d of dirs) this.touch(d.path);
+    const dirs = this.plan.takePendingDirs();
+    if (dirs.length === 0) return;
+    for (const d of dirs) this.plan.touch(d.path);
     const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: this.destPath(d.path) }));
     const results = await this.dest.apply(wire);
     results.forEach((r, i) => {
@@ -936,8 +624,7 @@ class TreeRun {
         return;
       }
       if (d.path === '') throw new FerryError(r.error.code, `cannot create ${this.target.destinationLabel}: ${r.error.message}`, { path: this.target.targetRoot });
-      this.dirs.delete(d.path);
-      this.failedDirs.add(d.path);
+      this.plan.dirNotMade(d.path);
       this.fail(d.path, r.error);
     });
   }
@@ -953,15 +640,15 @@ class TreeRun {
         return;
       }
       ok.push(e);
-      records.push(recordOf(e, { ...(r.dstHash ? { hash: r.dstHash } : {}), meta: this.digestOf(e) }));
+      records.push(recordOf(e, { ...(r.dstHash ? { hash: r.dstHash } : {}), meta: this.plan.digestOf(e) }));
     });
     // Counted once they are on record: a crash before that sends them again.
     await this.journal.append(records);
     results.forEach((r, i) => {
       const e = batch.entries[i]!;
       if (!r.ok) return;
-      if (e.kind === 'symlink') this.record(e, { type: 'symlink', target: e.target! });
-      else this.record(e, r.dstHash ? this.wholeFile(e, r.dstHash) : undefined);
+      if (e.kind === 'symlink') this.records.record(e, { type: 'symlink', target: e.target! });
+      else this.records.record(e, r.dstHash ? this.records.wholeFile(e, r.dstHash) : undefined);
     });
     for (const e of ok) {
       if (e.kind === 'symlink') this.counters.symlinks++;
@@ -986,7 +673,7 @@ class TreeRun {
         // A file that changed since an earlier run started its job is sent whole again, as any changed file of the tree.
         restartChanged: true,
         // A sync's big file that is there already: only the ranges that differ go (--delta).
-        ...(this.sync ? { options: { ...this.request.options, delta: true } } : {}),
+        ...(this.plan.sync ? { options: { ...this.request.options, delta: true } } : {}),
         onEvent: (e) => {
           if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
           else if (e.type !== 'job.start') this.emit(e);
@@ -995,15 +682,15 @@ class TreeRun {
       // Owner and attributes: the single-file copy keeps mode and times only.
       const meta = pathMeta(this.meta, entry);
       if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
-      await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
-      if (this.sync) {
+      await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.plan.digestOf(entry) })]);
+      if (this.plan.sync) {
         // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides);
         // where that state cannot be read, the file arrived all the same: only its hash is unknown.
         const ranged = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId).catch(() => undefined);
         if (ranged) {
           const { path: _, ...body } = ranged;
-          this.record(entry, body);
-        } else this.record(entry, undefined);
+          this.records.record(entry, body);
+        } else this.records.record(entry, undefined);
       }
       this.counters.files++;
       this.counters.bytes += summary.movedBytes;
@@ -1018,7 +705,7 @@ class TreeRun {
 
   private fail(path: string, error: ErrorData): void {
     // A failed write may have left and removed a temporary name there.
-    this.touch(path);
+    this.plan.touch(path);
     if (!this.stopped && (this.options.failFast || STOPS_THE_COPY.has(error.code))) {
       const fields = { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) };
       this.stopped = this.options.failFast
@@ -1058,7 +745,7 @@ class TreeRun {
   /** failed.ndjson and skipped.ndjson in the job's directory (replaced by each run). */
   async writeLists(jobDir: string): Promise<void> {
     await writePrivateFile(join(jobDir, 'failed.ndjson'), this.failures.map((l) => l + '\n').join(''));
-    await writePrivateFile(join(jobDir, 'skipped.ndjson'), this.skips.map((l) => l + '\n').join(''));
+    await writePrivateFile(join(jobDir, 'skipped.ndjson'), this.plan.skips.map((l) => l + '\n').join(''));
   }
 }
 
