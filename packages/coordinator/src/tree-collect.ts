@@ -81,7 +81,7 @@ export interface CollectContext extends TreeContext {
   readonly records: SyncRecords;
 }
 
-/** Stage 4: a batch's results into the journal, the counters and the failure list. */
+/** Stage 5 (collect): a batch's results into the journal, the counters and the failure list. */
 export async function collectBatch(ctx: CollectContext, batch: WireBatch, results: BatchResult[]): Promise<void> {
   const records: TreeRecord[] = [];
   const ok: TreeEntry[] = [];

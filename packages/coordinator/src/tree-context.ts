@@ -24,7 +24,7 @@ export interface TreeContext {
   readonly meta: MetaPlan;
   readonly counters: Counters;
   readonly emit: NonNullable<CopyRequest['onEvent']>;
-  /** An entry that did not arrive: counted, listed in failed.ndjson; it may stop the copy (tree-outcome.ts). */
+  /** An entry that did not arrive: counted, listed in failed.ndjson; it may stop the copy (tree-collect.ts TreeOutcome). */
   fail(path: string, error: ErrorData): void;
   /** --fail-fast or a failure that stops the copy: throws it, ending the stage at hand. */
   checkStop(): void;

@@ -227,11 +227,11 @@ class TreeRun implements TreeContext {
   readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0, attributes: 0 };
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
   walkErrors = 0;
-  /** Stage 2: what each entry becomes (tree-plan.ts). */
+  /** Stage 3 (plan): what each entry becomes (tree-plan.ts). */
   readonly plan: TreePlan;
-  /** Stage 3: where the plan's entries go (tree-send.ts). */
+  /** Stage 4 (send): where the plan's entries go (tree-send.ts). */
   private readonly outbox: TreeOutbox;
-  /** Stage 4's failure list and policy (tree-collect.ts). */
+  /** Stage 5 (collect): the failure list and policy (tree-collect.ts). */
   readonly outcome: TreeOutcome;
   /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous runs'. */
   readonly records: SyncRecords;
@@ -293,7 +293,7 @@ class TreeRun implements TreeContext {
     }
   }
 
-  /** Stages 1 and 2: each entry the walk reports, admitted and planned; what the plan sends goes out meanwhile. */
+  /** Stages 2 and 3 (walk, plan): each entry the walk reports, admitted and planned; what the plan sends goes out meanwhile. */
   private async walkAndPlan(): Promise<void> {
     const planner = plannerFor(this.options);
     const { items, sync } = await walkSource(this, this.control, this.syncPending);

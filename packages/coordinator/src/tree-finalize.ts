@@ -150,7 +150,7 @@ export interface TreeFinalizeContext extends TreeContext {
   readonly walkErrors: number;
 }
 
-/** Stage 6, in its fixed order: attributes, hard links (journaled), --delete, directories. */
+/** Stage 7 (finalize), in its fixed order: attributes, hard links (journaled), --delete, directories. */
 export async function finalizeTree(run: TreeFinalizeContext): Promise<void> {
   await setAttributes(run, run.plan.attributesToSet);
   run.checkStop();

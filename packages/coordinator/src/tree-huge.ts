@@ -31,7 +31,7 @@ export interface HugeContext extends TreeContext {
   readonly dest: TreeDestination;
 }
 
-/** Stage 5: the plan's big files, one after the other, then the ones whose metadata alone changed. */
+/** Stage 6 (big files): the plan's big files, one after the other, then the ones whose metadata alone changed. */
 export async function copyHugeFiles(ctx: HugeContext): Promise<void> {
   for (const entry of ctx.plan.huge) {
     await copyHuge(ctx, entry);

@@ -114,7 +114,7 @@ export class TreePlan {
     return true;
   }
 
-  /** Stage 2's output: each step of the plan, in order. */
+  /** Stage 3's decision for each step of core's planner, in order. */
   async publish(step: TreeStep): Promise<void> {
     if (this.sync) return this.publishSync(step, this.sync);
     switch (step.type) {

@@ -201,7 +201,7 @@ export interface OutboxSetup {
   jobDir: string;
   /** Whether the copy stopped (--fail-fast, a full destination): no further batch goes out. */
   stopped: () => boolean;
-  /** Stage 4: each batch's results (tree-collect.ts). */
+  /** Stage 5 (collect): each batch's results (tree-collect.ts). */
   onResult: (batch: WireBatch, results: BatchResult[]) => Promise<void>;
 }
 
