@@ -34,11 +34,11 @@ const TREE_STAGES: Array<{ stage: string; module: string; main: string }> = [
   { stage: 'prepare (the job, its journal)', module: 'tree-job.ts', main: 'openTreeJob' },
   { stage: 'walk', module: 'tree-walk.ts', main: 'walkSource' },
   { stage: 'plan', module: 'tree-plan.ts', main: 'TreePlan.publish' },
-  { stage: 'send', module: 'tree-send.ts', main: 'TreeOutbox.send' },
-  { stage: 'send (a pull)', module: 'tree-fetch.ts', main: 'pullTransfer' },
+  { stage: 'publish', module: 'tree-send.ts', main: 'TreeOutbox.send' },
+  { stage: 'publish (a pull)', module: 'tree-fetch.ts', main: 'pullTransfer' },
+  { stage: 'publish (big files)', module: 'tree-huge.ts', main: 'copyHugeFiles' },
   { stage: 'collect and journal', module: 'tree-collect.ts', main: 'collectBatch' },
-  { stage: 'journal', module: 'tree-journal.ts', main: 'TreeJournal.append' },
-  { stage: 'big files', module: 'tree-huge.ts', main: 'copyHugeFiles' },
+  { stage: 'collect and journal (the journal)', module: 'tree-journal.ts', main: 'TreeJournal.append' },
   { stage: 'finalize', module: 'tree-finalize.ts', main: 'finalizeTree' },
 ];
 
@@ -49,7 +49,7 @@ const TREE_STAGES: Array<{ stage: string; module: string; main: string }> = [
  */
 const CHECKED = [
   'copy.ts', 'file-context.ts', 'file-plan.ts', 'file-status.ts', 'publish.ts', 'launch.ts', 'collect.ts', 'collect-reports.ts', 'file-finalize.ts',
-  'tree-copy.ts', 'tree-context.ts', 'tree-target.ts', 'tree-job.ts', 'tree-walk.ts', 'tree-plan.ts', 'tree-sync.ts', 'tree-send.ts', 'tree-fetch.ts', 'tree-collect.ts', 'tree-journal.ts', 'tree-huge.ts', 'tree-finalize.ts',
+  'tree-copy.ts', 'tree-context.ts', 'tree-target.ts', 'tree-job.ts', 'tree-walk.ts', 'tree-plan.ts', 'tree-sync.ts', 'tree-send.ts', 'tree-fetch.ts', 'tree-collect.ts', 'tree-journal.ts', 'tree-huge.ts', 'tree-finalize.ts', 'tree-meta.ts',
 ];
 
 interface FunctionSpan {
