@@ -72,7 +72,7 @@ export interface CopyRequest {
    */
   onRendezvous?: (info: { jobId: string; url: string; token: string | undefined; specSha256: string; tls?: string }) => Promise<void>;
   /**
-   * A tree's huge file (tree-copy.ts): when the source is no longer the file
+   * A tree's huge file (tree-huge.ts): when the source is no longer the file
    * an earlier run of this job started copying, start the file over rather
    * than refuse. The tree walked the new version and sends it whole, as it
    * sends any file whose size, mtime or inode changed. @default false

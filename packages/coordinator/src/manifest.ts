@@ -75,7 +75,7 @@ function notFinished(jobId: string, phase: string): FerryError {
   return new FerryError('USAGE', `job ${jobId} is not finished (${phase}): only a finished copy has a manifest; 'ferry resume ${jobId}' finishes it`);
 }
 
-/** What a finished single-file job wrote: manifest.json (copy.ts), or its journal where that is missing. */
+/** What a finished single-file job wrote: manifest.json (file-finalize.ts), or its journal where that is missing. */
 interface DoneFile {
   hash: HashAlgorithm;
   rangeBytes: number;

@@ -507,7 +507,7 @@ export async function prepareCopy(source: string, destination: string, options: 
     try {
       const targetPath = await remoteTarget(conn, remoteLoc, basename(sourcePath));
       const jobId = makeJobId('push', sourcePath, `${hostsKey}:${targetPath}`);
-      // A new job's name; a resumed job's temporary file is the one its job file names (copy.ts).
+      // A new job's name; a resumed job's temporary file is the one its job file names (file-plan.ts).
       const tempPath = tempNameFor(targetPath, newTempToken(true));
       return {
         direction: 'push',

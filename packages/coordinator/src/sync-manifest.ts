@@ -29,8 +29,8 @@
  */
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FerryError, isHashAlgorithm } from '@ferry/core';
-import type { HashAlgorithm, ManifestEntry } from '@ferry/core';
+import { FerryError, algorithmOfDigest, isHashAlgorithm } from '@ferry/core';
+import type { HashAlgorithm, ManifestEntry, TreeEntry } from '@ferry/core';
 import { readPrivateFile, writePrivateFile } from './private-file.js';
 
 export const SYNC_MANIFEST_FILE = 'sync-manifest.ndjson';
@@ -45,6 +45,51 @@ export interface SyncRecord {
   s: number;
   m: number;
   e?: EntryBody;
+}
+
+/**
+ * A sync run's records as it makes them (each destination entry as this run
+ * leaves it), and the previous runs' (previousSyncRecords). A copy keeps
+ * none: `record` does nothing until `start` (the sync's destination read).
+ */
+export class SyncRecords {
+  private readonly records = new Map<string, SyncRecord>();
+  private on = false;
+  previous: ReadonlyMap<string, SyncRecord> = new Map();
+
+  constructor(private readonly algorithm: HashAlgorithm) {}
+
+  /** Records are kept from now on (a sync, once its destination is read). */
+  start(): void {
+    this.on = true;
+  }
+
+  /** What the destination now holds at `e`'s path (undefined body: its hash is unknown). */
+  record(e: TreeEntry, body: SyncRecord['e']): void {
+    if (!this.on) return;
+    this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
+  }
+
+  /** A file's manifest entry from the hash of all its bytes (its algorithm told by its length, else this run's). */
+  wholeFile(e: TreeEntry, hash: string): SyncRecord['e'] {
+    return { type: 'file', size: e.size, hash, algorithm: algorithmOfDigest(hash) ?? this.algorithm };
+  }
+
+  /**
+   * An entry found the same, not read: a link's target is its entry; a file
+   * keeps the previous run's record where the source's size and mtime are
+   * still the ones it recorded, else its hash is unknown.
+   */
+  keep(e: TreeEntry): void {
+    if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
+    const before = this.previous.get(e.path);
+    this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
+  }
+
+  /** The records this run made so far. */
+  known(): Iterable<SyncRecord> {
+    return this.records.values();
+  }
 }
 
 /** The records of the job's last complete run (undefined where there is none, or it cannot be read: its entries' hashes are then unknown). */

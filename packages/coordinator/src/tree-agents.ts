@@ -248,7 +248,7 @@ export class AgentBatches {
     request.signal?.addEventListener('abort', onAbort, { once: true });
     this.cleanup.push(() => request.signal?.removeEventListener('abort', onAbort));
 
-    // --limit-rate, as for a single file's ranges (copy.ts): the cap over the connections moving
+    // --limit-rate, as for a single file's ranges (publish.ts): the cap over the connections moving
     // batches across the agents, sent to every agent when their count changes it, and once a
     // second in case a message was lost.
     const shares = options.limitBytesPerSec ? new RateShares(options.limitBytesPerSec) : undefined;

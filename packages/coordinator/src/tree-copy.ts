@@ -1,80 +1,63 @@
 /**
- * `ferry cp -r`: a whole directory tree as one job. The stages, in order:
+ * `ferry cp -r`: a whole directory tree as one job. This module opens the
+ * job and runs the stages in order (TreeRun); each lives in a module named
+ * after it:
  *
  * 1. **prepare** (tree-target.ts): where the tree goes, named as `scp -r`
- *    names it; the coordinator's connection; the job's state directory and
- *    journal (tree-journal.ts).
- * 2. **walk and plan** (serve's walk.ts, core's tree-plan.ts): the source is
- *    read as a stream, so bytes move before the walk ends; directories come
- *    out first and are made (one BATCH of `dir` entries) before anything
- *    that lands in them is sent; small files and symlinks are grouped into
- *    batches; a file of the journal whose size, mtime and inode are unchanged
- *    is not sent again.
- * 3. **send** (tree-send.ts): batches go to a pool of connections, a few in
- *    flight on each; every file is written under a temporary name, checked by
- *    hash, and renamed into place by the remote helper.
- * 4. **collect**: each durable entry is journaled; a failed one is listed in
- *    the job's failed.ndjson with its reason, a skipped one (fifo, device) in
- *    skipped.ndjson; neither stops the others.
- * 5. **big files**: each file of at least `HUGE_FILE_BYTES` is copied as a
- *    single-file job of its own (copy.ts: ranges spread over every agent and
- *    stream, journaled per range), so a huge file never forms a tail.
- * 6. **finalize** (tree-finalize.ts): hard links, then directories' modes and
- *    times, deepest first.
+ *    names it; the coordinator's connection; here, the job's state
+ *    directory and journal (tree-journal.ts).
+ * 2. **walk** (tree-walk.ts): the source read as a stream (serve's walk.ts
+ *    here, the helper's WALK for a pull), so bytes move before it ends.
+ * 3. **plan** (tree-plan.ts; core's TreePlanner cuts the steps): whether
+ *    each entry goes (one the journal holds unchanged is resumed, one a
+ *    sync finds the same is unchanged) and how: directories first, small
+ *    files and symlinks in batches, big files and hard links later.
+ * 4. **send** (tree-send.ts; a pull's reads: tree-fetch.ts; agents on other
+ *    nodes: tree-agents.ts): batches to a pool of connections, each file
+ *    written under a temporary name, checked by hash and renamed into place
+ *    by the remote helper.
+ * 5. **collect** (tree-collect.ts): each durable entry is journaled; a
+ *    failed one is listed in failed.ndjson with its reason, a skipped one
+ *    (fifo, device) in skipped.ndjson; neither stops the others.
+ * 6. **big files** (tree-huge.ts): each file of at least `HUGE_FILE_BYTES`
+ *    is copied as a single-file job of its own (runCopy), so a huge file
+ *    never forms a tail.
+ * 7. **finalize** (tree-finalize.ts): attributes, hard links, --delete,
+ *    then directories' modes and times, deepest first.
  */
-import { lstat, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { join, posix } from 'node:path';
-import { FerryError, Pacer, TreePlanner, algorithmOfDigest, copyMode, errnoOf, formatLocation, parseLocation, resolveCopyOptions, resolveTreeThresholds, toFerryError } from '@ferry/core';
-import type { BatchEntry, ErrorData, HashAlgorithm, ResolvedCopyOptions, TreeEntry, TreeStep, WalkItem } from '@ferry/core';
-import type { BatchResult, RemoteConnection } from '@ferry/transport';
-import type { Pace } from '@ferry/agent';
-import { walkTree } from '@ferry/serve';
-import { metaPlanOf, pathMeta, wireMeta } from './tree-meta.js';
+import { join } from 'node:path';
+import { FerryError, resolveCopyOptions, toFerryError } from '@ferry/core';
+import type { ErrorData, HashAlgorithm, ResolvedCopyOptions, WalkItem } from '@ferry/core';
+import type { RemoteConnection } from '@ferry/transport';
+import { metaPlanOf } from './tree-meta.js';
 import type { MetaPlan } from './tree-meta.js';
 import type { CopyRequest } from './copy.js';
 import { defaultStateDir, fallbackWarning, rangeHashFor, runCopy } from './copy.js';
 import type { CopySummary, TreeSummary } from './events.js';
-import { jobDirOf, lockJob, readTreeJobFile, writeTreeJobFile, writeTreeStatus } from './job-state.js';
-import type { TreeJobFile, TreeJobStatus } from './job-state.js';
-import { connectAny, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
-import { attributesAlone, dryRunSync, linkSame, sameContent, sameOwner, syncAction, syncStateOf } from './tree-sync.js';
-import type { Comparison, DestEntry, DestIndex, SyncState } from './tree-sync.js';
-import { writePrivateFile } from './private-file.js';
-import { bigFileEntryOf } from './manifest.js';
-import { previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
+import { jobDirOf, lockJob, readTreeJobFile, writeTreeStatus } from './job-state.js';
+import type { TreeJobStatus } from './job-state.js';
+import { connectAny, remoteSideOf, resolveRemote } from './prepare.js';
+import { dryRunSync, syncStateOf } from './tree-sync.js';
+import type { SyncState } from './tree-sync.js';
+import { SyncRecords, previousSyncRecords, writeSyncManifest, writeSyncPartial } from './sync-manifest.js';
 import type { SyncRecord } from './sync-manifest.js';
-import { finishDirectories, localDestination, makeHardLinks } from './tree-finalize.js';
+import { TreeOutcome, collectBatch } from './tree-collect.js';
+import type { Counters, TreeContext } from './tree-context.js';
+import { finalizeTree, localDestination, remoteDestination } from './tree-finalize.js';
 import type { TreeDestination } from './tree-finalize.js';
-import { pullTransfer } from './tree-fetch.js';
-import { TreeJournal, alreadyDone, metaDigest, recordOf } from './tree-journal.js';
-import type { TreeJournalState, TreeRecord } from './tree-journal.js';
-import { TreeSender, pushTransfer } from './tree-send.js';
-import { AgentBatches, treeUsesAgents } from './tree-agents.js';
-import type { WireBatch } from './tree-send.js';
+import { copyHugeFiles } from './tree-huge.js';
+import { openTreeJob, recordTargetId } from './tree-job.js';
+import { TreeJournal } from './tree-journal.js';
+import type { TreeJournalState } from './tree-journal.js';
+import { TreePlan } from './tree-plan.js';
+import { TreeOutbox } from './tree-send.js';
+import { plannerFor, walkSource } from './tree-walk.js';
 import { SourceIsFile, prepareTreePush, remotePathOf, sourcePathOf } from './tree-target.js';
 import type { TreeTarget } from './tree-target.js';
 
-/** Files this big are copied as jobs of their own, striped over every agent and stream. */
-export const HUGE_FILE_BYTES = 256 * 1024 * 1024;
-/** Connections of a tree's batches when --streams is not given. */
-const DEFAULT_TREE_STREAMS = 4;
-/** Failures printed one by one (all of them go to failed.ndjson). */
-const FAILURES_SHOWN = 20;
-/**
- * Failures of one entry that every later entry would meet too: they stop the
- * copy as --fail-fast does (batches on their way finish and are journaled),
- * with that failure's own exit code, rather than try each remaining file and
- * list thousands of failures. A full destination is the one: a full disk
- * stops the copy, as it stops cp, tar and rsync.
- */
-const STOPS_THE_COPY: ReadonlySet<string> = new Set(['DEST_NO_SPACE']);
-/** Directories made in one BATCH, at most, before a batch that needs them goes out. */
-const DIRS_PER_BATCH = 1024;
-
-/** What a run counts as it goes: the summary's counts. */
-type Counters = Pick<TreeSummary, 'files' | 'bytes' | 'resumedFiles' | 'resumedBytes' | 'dirs' | 'symlinks' | 'hardlinks' | 'failed' | 'skipped' | 'unchanged' | 'deleted' | 'attributes'>;
-
+export { HUGE_FILE_BYTES } from './tree-plan.js';
 
 /**
  * `ferry cp -r`. A remote source that turns out to be a regular file is
@@ -133,7 +116,7 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     syncing = sync;
     run = new TreeRun(request, options, target, journal, state, algorithm, umask, meta, control, emit, (phase) => writeTreeStatus(jobDir, statusOf(run!, phase)), jobDir, sync);
     // What the previous complete run (and partial ones since) recorded: the hashes of entries this one finds the same without reading them.
-    if (options.sync) run.previousRecords = await previousSyncRecords(jobDir);
+    if (options.sync) run.records.previous = await previousSyncRecords(jobDir);
     await copyTree(run, request, conn);
     const summary = treeSummaryOf(run, target, conn, algorithm, jobDir, started);
     const c = run.counters;
@@ -166,84 +149,6 @@ async function runTree(request: CopyRequest): Promise<TreeSummary> {
     await unlock?.().catch(() => {});
     conn.close();
   }
-}
-
-/** The destination root's identity (device and inode), or undefined where it is not a directory. */
-async function targetIdOf(target: TreeTarget, conn: RemoteConnection): Promise<{ dev: number; ino: number } | undefined> {
-  if (target.direction === 'pull') {
-    const st = await lstat(target.targetRoot).catch(() => undefined);
-    return st?.isDirectory() ? { dev: st.dev, ino: st.ino } : undefined;
-  }
-  const st = await remoteStat(conn, target.targetRoot).catch((err: unknown) => {
-    if (errnoOf(err) === 'ENOENT') return undefined;
-    throw err;
-  });
-  return st?.type === 'directory' ? { dev: st.dev, ino: st.ino } : undefined;
-}
-
-/**
- * Why a resumed job's journal no longer speaks for its destination: the
- * root directory is gone, or another directory stands at its name (removed
- * and made again since the run that recorded it). Undefined when it is the
- * same, or when no earlier run recorded it (a journal from an older ferry).
- */
-async function staleDestination(target: TreeTarget, conn: RemoteConnection, previous: TreeJobFile | undefined): Promise<string | undefined> {
-  if (!previous || previous.targetRoot !== target.targetRoot) return undefined;
-  const now = await targetIdOf(target, conn);
-  if (!now) return `${target.targetRoot} is not there any more`;
-  const was = previous.targetId;
-  if (was && (was.dev !== now.dev || was.ino !== now.ino)) return `${target.targetRoot} is another directory than the one an earlier run wrote (inode ${now.ino}, was ${was.ino})`;
-  return undefined;
-}
-
-/** Records the destination root's identity in tree.json, for staleDestination on the next run. */
-async function recordTargetId(jobDir: string, target: TreeTarget, conn: RemoteConnection): Promise<void> {
-  const job = await readTreeJobFile(jobDir);
-  if (!job || !conn.alive) return;
-  const id = await targetIdOf(target, conn);
-  if (!id || (job.targetId?.dev === id.dev && job.targetId.ino === id.ino)) return;
-  await writeTreeJobFile(jobDir, { ...job, targetId: id });
-}
-
-/**
- * The tree job's journal (emptied for --restart and for every sync) and its
- * job.json; the journal goes into `held` at once, so the caller closes it
- * however the job ends.
- */
-async function openTreeJob(request: CopyRequest, options: ResolvedCopyOptions, target: TreeTarget, conn: RemoteConnection, jobDir: string, held: { journal?: TreeJournal }, emit: NonNullable<CopyRequest['onEvent']>): Promise<{ journal: TreeJournal; state: TreeJournalState; algorithm: HashAlgorithm }> {
-  const journalPath = join(jobDir, 'tree.ndjson');
-  // A sync compares with the destination itself, never with the journal: each run starts an
-  // empty one (reading an earlier run's would cost a second per 50,000 lines for nothing).
-  if (options.restart || options.sync) await writePrivateFile(journalPath, '');
-  let opened = await TreeJournal.open(journalPath);
-  held.journal = opened.journal;
-  const previous = await readTreeJobFile(jobDir);
-  // The journal speaks for a destination directory that is still the one its runs wrote.
-  const stale = opened.state.done.size > 0 ? await staleDestination(target, conn, previous) : undefined;
-  if (stale) {
-    emit({ type: 'warning', message: `${target.destinationLabel}: ${stale}: what earlier runs of this job journaled is not there; copying everything again` });
-    await opened.journal.close();
-    await writePrivateFile(journalPath, '');
-    opened = await TreeJournal.open(journalPath);
-    held.journal = opened.journal;
-  }
-  const resumed = opened.state.done.size > 0;
-  const algorithm: HashAlgorithm = rangeHashFor(options, conn);
-  await writeTreeJobFile(jobDir, {
-    v: 1,
-    kind: 'tree',
-    jobId: target.jobId,
-    createdAt: previous && !options.restart ? previous.createdAt : Date.now(),
-    source: request.source,
-    destination: request.destination,
-    sourceLabel: target.sourceLabel,
-    destinationLabel: target.destinationLabel,
-    targetRoot: target.targetRoot,
-    ...(previous?.targetId && resumed ? { targetId: previous.targetId } : {}),
-    options: request.options ?? {},
-    hash: algorithm,
-  });
-  return { journal: opened.journal, state: opened.state, algorithm };
 }
 
 /** The tree.start event and what the connection warns of; returns which metadata the copy keeps. */
@@ -310,172 +215,115 @@ function statusOf(run: TreeRun, phase: TreeJobStatus['phase'], error?: FerryErro
   };
 }
 
-/** The owner's fields of pathMeta, which a sync compares itself (dirSettled). */
-const OWNER_FIELDS = new Set(['uid', 'gid', 'user', 'group']);
-
-/** Entries a sync's source walk may find ahead while the destination is still being read (~300 bytes each). */
-const SYNC_WALK_AHEAD = 65_536;
-
 /** Written this often while a tree copy runs, for `ferry status`. */
 const STATUS_EVERY_MS = 5000;
 
-/** One run of a tree copy: the stages' shared state. */
-class TreeRun {
+/**
+ * One run of a tree copy: the stages' shared state (TreeContext), and the
+ * wiring of the stages, in order: walk and plan, send and collect, big
+ * files, finalize.
+ */
+class TreeRun implements TreeContext {
   readonly counters: Counters = { files: 0, bytes: 0, resumedFiles: 0, resumedBytes: 0, dirs: 0, symlinks: 0, hardlinks: 0, failed: 0, skipped: 0, unchanged: 0, deleted: 0, attributes: 0 };
-  /** `ferry sync`: the destination's index and how to compare, once read (before the first entry is planned). */
-  private sync: SyncState | undefined;
   /** Walk errors of the source: a sync's --delete then deletes nothing (what is under an unreadable directory is unknown). */
-  private walkErrors = 0;
-  /** Sync: files with several names this run sent again (their further names are made again too). */
-  private readonly resentLinked = new Set<string>();
-  /** Source files with several names (their first names), and in a sync what stood at each further name at the destination (hard links are few). */
-  private readonly linkFirsts = new Map<string, TreeEntry>();
-  /** Copy: first names of files with several names that an earlier run made durable and this run did not send (`resumed`). */
-  private readonly resumedFirsts = new Set<string>();
-  /** Copy: further names found still right at the destination (linkResumed), not made again. */
-  private resumedLinks = 0;
-  private readonly linkDests = new Map<string, DestEntry | undefined>();
-  readonly streams: number;
-  private readonly dirs = new Map<string, TreeEntry>();
-  private pendingDirs: TreeEntry[] = [];
-  private readonly links: TreeEntry[] = [];
-  private readonly huge: TreeEntry[] = [];
-  /** Sync: directories already as the copy would leave them (dirSettled); their SETSTAT is skipped unless touched. */
-  private readonly settledDirs = new Set<string>();
-  /** Directories in which something was made, replaced or removed this run. */
-  private readonly touched = new Set<string>();
-  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous complete run's. */
-  private readonly records = new Map<string, SyncRecord>();
-  previousRecords: ReadonlyMap<string, SyncRecord> = new Map();
-  /** Sync: files the same as their source but for their extended attributes: those are set again (an exact set), no bytes sent. */
-  private readonly attributesToSet: TreeEntry[] = [];
-  /** Big files whose bytes an earlier run copied and whose mode or owner alone changed since: set again, not sent. */
-  private readonly hugeMeta: TreeEntry[] = [];
-  /** Tree paths that failed (a hard link to one is not made). */
-  private readonly failedPaths = new Set<string>();
-  private readonly failures: string[] = [];
-  /** Entries that failed because their directory is not at the destination (DEST_DIR_MISSING). */
-  missingDirFailures = 0;
-  private readonly skips: string[] = [];
+  walkErrors = 0;
+  /** Stage 3 (plan): what each entry becomes (tree-plan.ts). */
+  readonly plan: TreePlan;
+  /** Stage 4 (send): where the plan's entries go (tree-send.ts). */
+  private readonly outbox: TreeOutbox;
+  /** Stage 5 (collect): the failure list and policy (tree-collect.ts). */
+  readonly outcome: TreeOutcome;
+  /** Sync: each destination entry's record as this run leaves it (sync-manifest.ts), and the previous runs'. */
+  readonly records: SyncRecords;
+  /** Where entries without bytes are made: directories, links, metadata, removals (tree-finalize.ts). */
+  readonly dest: TreeDestination;
   private lastProgress = 0;
   private onTick: () => void = () => {};
-  private readonly sender: TreeSender | AgentBatches;
-  private readonly dest: TreeDestination;
-  /** Directories the walk reported (each entry's directory must be one, reported before it). */
-  private readonly walkedDirs = new Set<string>();
-  /** Directories that could not be made: nothing under them is made (whatever stands at their name is not ours). */
-  private readonly failedDirs = new Set<string>();
-  /** --fail-fast's first failure, or one in STOPS_THE_COPY: the error the copy ends with. */
-  stopped: FerryError | undefined;
 
   constructor(
-    private readonly request: CopyRequest,
-    private readonly options: ResolvedCopyOptions,
-    private readonly target: TreeTarget,
-    private readonly journal: TreeJournal,
-    private readonly state: TreeJournalState,
-    private readonly algorithm: HashAlgorithm,
-    private readonly umask: number,
-    private readonly meta: MetaPlan,
+    readonly request: CopyRequest,
+    readonly options: ResolvedCopyOptions,
+    readonly target: TreeTarget,
+    readonly journal: TreeJournal,
+    readonly state: TreeJournalState,
+    readonly algorithm: HashAlgorithm,
+    readonly umask: number,
+    readonly meta: MetaPlan,
     private readonly control: () => Promise<RemoteConnection>,
-    private readonly emit: NonNullable<CopyRequest['onEvent']>,
+    readonly emit: NonNullable<CopyRequest['onEvent']>,
     private readonly saveStatus: (phase: TreeJobStatus['phase']) => Promise<void>,
     jobDir: string,
     private readonly syncPending?: Promise<SyncState>,
   ) {
-    this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
-    // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
-    const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
-    const onResult = (batch: WireBatch, results: BatchResult[]) => this.collect(batch, results);
-    const pace = options.limitBytesPerSec ? paceTo(options.limitBytesPerSec) : undefined;
-    this.sender = treeUsesAgents(request)
-      ? new AgentBatches({ request, options, target, jobDir, algorithm, mode: target.conn.mode, streams, emit, onResult })
-      : new TreeSender({
-      streams: this.streams,
-      connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
-      transfer: this.stopping(target.direction === 'pull' ? pullTransfer(algorithm, (e) => sourcePathOf(target, e.path), pace) : pushTransfer(algorithm, (e) => this.sourcePath(e.path), pace)),
-      onResult,
-      log: (message) => emit({ type: 'log', message }),
-      ...(request.signal ? { signal: request.signal } : {}),
-    });
-    this.dest =
-      target.direction === 'pull'
-        ? localDestination
-        : {
-            apply: async (entries) => (await control()).writeBatch(entries, algorithm, () => noBytes()),
-            setstat: async (path, attrs) => (await control()).setstat(path, attrs),
-            remove: async (path, dir) => {
-              const c = await control();
-              await (dir ? c.rmdir(path) : c.unlink(path)).catch((err: unknown) => {
-                if (errnoOf(err) !== 'ENOENT') throw err;
-              });
-            },
-          };
+    this.outcome = new TreeOutcome(options, this.counters, emit);
+    this.records = new SyncRecords(algorithm);
+    this.plan = new TreePlan(this, state, this.records, { send: (entries) => this.outbox.send(entries), makeDirs: () => this.outbox.makeDirs() });
+    this.dest = target.direction === 'pull' ? localDestination : remoteDestination(control, algorithm);
+    this.outbox = new TreeOutbox({ ctx: this, plan: this.plan, dest: this.dest, jobDir, stopped: () => this.outcome.stopped !== undefined, onResult: (batch, results) => collectBatch(this, batch, results) });
   }
 
-  /** --fail-fast or a full destination: once stopped, no further batch goes out (the sender then ends its lanes). */
-  private stopping<T extends (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]>>(transfer: T): T {
-    return (async (conn: RemoteConnection, batch: WireBatch) => {
-      // Not a connection's trouble: the sender stops rather than send the batch again.
-      if (this.stopped) throw new FerryError('INTERRUPTED', 'stopped at a failure that stops the copy (--fail-fast, a full destination)');
-      return transfer(conn, batch);
-    }) as T;
+  /** Connections the batches used at most (the summary's `streams`). */
+  get streams(): number {
+    return this.outbox.streams;
   }
 
-  /** --fail-fast or a failure in STOPS_THE_COPY: ends the stage at hand. */
-  private checkStop(): void {
-    if (this.stopped) throw this.stopped;
+  /** --fail-fast's first failure, or one that stops the copy (a full destination): the error the copy ends with. */
+  get stopped(): FerryError | undefined {
+    return this.outcome.stopped;
   }
 
-  /** The source tree as a stream: walked here for a push, by the remote helper for a pull. */
-  private async walk(): Promise<AsyncIterable<WalkItem>> {
-    const walk = this.target.direction === 'pull' ? (await this.control()).walk(this.target.sourceRoot, this.meta.walk) : walkTree(this.target.sourceRoot, { ...request(this.request), ...(this.meta.local ? { meta: this.meta.local } : {}), ...(this.syncPending ? { highWater: SYNC_WALK_AHEAD } : {}) });
-    if (!this.syncPending) return walk;
-    // A sync: the source walk starts now and runs ahead (up to SYNC_WALK_AHEAD entries here, a
-    // pull's up to the SSH window) while the destination's walk is read; planning waits for that.
-    // Two items asked for: the walker reports the root first and starts reading directories on the next request.
-    const it = walk[Symbol.asyncIterator]();
-    const primed = [it.next()];
-    primed.push(primed[0]!.then((r) => (r.done ? r : it.next())));
-    for (const p of primed) p.catch(() => {});
-    try {
-      this.sync = await this.syncPending;
-    } catch (err) {
-      await it.return?.();
-      throw err;
-    }
-    return { [Symbol.asyncIterator]: () => ({ next: () => primed.shift() ?? it.next(), return: async () => (await it.return?.()) ?? { done: true, value: undefined } }) };
+  get failedPaths(): ReadonlySet<string> {
+    return this.outcome.failedPaths;
   }
 
-  /**
-   * Whether `entry` may be made: its directory was reported before it (a
-   * walk that broke that rule, or named a path outside the tree, is not
-   * followed: it ends the copy), and no directory above it failed.
-   */
-  private admit(entry: TreeEntry): boolean {
-    if (entry.path === '') {
-      if (entry.kind === 'dir') this.walkedDirs.add('');
-      return true;
-    }
-    const parent = posix.dirname(entry.path) === '.' ? '' : posix.dirname(entry.path);
-    if (!this.walkedDirs.has(parent)) throw new FerryError('PROTOCOL', `the walk of ${this.target.sourceLabel} reported ${entry.path} before its directory: not copied`, { path: entry.path });
-    if (entry.kind === 'dir') this.walkedDirs.add(entry.path);
-    if (this.failedDirs.has(parent)) {
-      if (entry.kind === 'dir') this.failedDirs.add(entry.path);
-      this.fail(entry.path, { code: 'DEST_CONFLICT', message: `${this.destPath(entry.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: entry.path });
-      return false;
-    }
-    return true;
-  }
-
+  /** The stages in order. */
   async copy(): Promise<void> {
-    const planner = new TreePlanner(
-      resolveTreeThresholds({
-        ...(this.options.rangeBytes ? { rangeBytes: this.options.rangeBytes } : {}),
-        ...(this.options.batchFilesUnder !== undefined ? { smallFileBytes: this.options.batchFilesUnder } : {}),
-        ...(this.options.batchBytes !== undefined ? { batchBytes: this.options.batchBytes } : {}),
-      }),
-    );
+    const stopTicking = this.tick();
+    try {
+      try {
+        await this.walkAndPlan();
+      } finally {
+        await this.outbox.close();
+      }
+      this.checkStop();
+      await copyHugeFiles(this);
+      await finalizeTree(this);
+    } finally {
+      stopTicking();
+    }
+  }
+
+  /** Stages 2 and 3 (walk, plan): each entry the walk reports, admitted and planned; what the plan sends goes out meanwhile. */
+  private async walkAndPlan(): Promise<void> {
+    const planner = plannerFor(this.options);
+    const { items, sync } = await walkSource(this, this.control, this.syncPending);
+    if (sync) {
+      this.plan.sync = sync;
+      this.records.start();
+    }
+    for await (const item of items) {
+      if ('error' in item) {
+        this.walkError(item);
+        continue;
+      }
+      this.checkStop();
+      if (!this.plan.admit(item.entry)) continue;
+      for (const step of planner.add(item.entry)) await this.plan.publish(step);
+    }
+    this.checkStop();
+    for (const step of planner.finish()) await this.plan.publish(step);
+    await this.outbox.makeDirs();
+  }
+
+  /** A part of the source the walk could not read: it fails alone, unless it is the root. */
+  private walkError(item: Extract<WalkItem, { error: unknown }>): void {
+    this.walkErrors++;
+    if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceLabel}: ${item.error.message}`, { path: this.target.sourceRoot });
+    this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.sourcePath(item.path), errno: item.error.code });
+  }
+
+  /** Progress every second and the status file every STATUS_EVERY_MS while the copy runs; returns what stops them. */
+  private tick(): () => void {
     const progress = setInterval(() => this.progress(), 1000);
     let saved = Date.now();
     void this.saveStatus('running').catch(() => {});
@@ -484,553 +332,32 @@ class TreeRun {
       saved = Date.now();
       void this.saveStatus('running').catch(() => {});
     };
-    try {
-      try {
-        for await (const item of await this.walk()) {
-          if ('error' in item) {
-            this.walkErrors++;
-            if (item.path === '') throw new FerryError('SOURCE_UNREADABLE', `cannot read source ${this.target.sourceLabel}: ${item.error.message}`, { path: this.target.sourceRoot });
-            this.fail(item.path, { code: 'SOURCE_UNREADABLE', message: `${this.sourceLabelOf(item.path)}: ${item.error.message}`, path: this.sourcePath(item.path), errno: item.error.code });
-            continue;
-          }
-          this.checkStop();
-          if (!this.admit(item.entry)) continue;
-          for (const step of planner.add(item.entry)) await this.publish(step);
-        }
-        this.checkStop();
-        for (const step of planner.finish()) await this.publish(step);
-        await this.makeDirs();
-      } finally {
-        await this.sender.close();
-      }
-      this.checkStop();
-      for (const entry of this.huge) {
-        await this.copyHuge(entry);
-        this.checkStop();
-      }
-      for (const entry of this.hugeMeta) {
-        await this.refreshHuge(entry);
-        this.checkStop();
-      }
-      await this.setAttributes();
-      this.checkStop();
-      const linked: TreeEntry[] = [];
-      const ctx = {
-        dest: this.dest,
-        remotePath: (p: string) => this.destPath(p),
-        preserve: this.options.preserve,
-        umask: this.umask,
-        meta: (e: TreeEntry) => pathMeta(this.meta, e),
-        failed: (e: TreeEntry, error: ErrorData) => this.fail(e.path, error),
-        done: (e: TreeEntry) => {
-          this.counters.hardlinks++;
-          linked.push(e);
-        },
-      };
-      await makeHardLinks(ctx, this.linksToMake(), (p) => this.failedPaths.has(p));
-      await this.journalLinks(linked);
-      this.checkStop();
-      // Before the directories' times are set: removing an entry changes its directory's mtime.
-      if (this.sync && this.options.deleteExtraneous) await this.deleteExtraneous(this.sync.index);
-      this.checkStop();
-      await finishDirectories(ctx, this.dirsToFinish());
-      this.checkStop();
-    } finally {
+    return () => {
       clearInterval(progress);
       this.progress();
-    }
+    };
   }
 
-  /**
-   * The hard links to make: not one whose directory could not be made (a
-   * link or a file in its place, found after the walk admitted the entry:
-   * nothing is made through it), nor, in a sync, one already right there.
-   */
-  private linksToMake(): TreeEntry[] {
-    return this.links.filter((l) => {
-      const parent = posix.dirname(l.path) === '.' ? '' : posix.dirname(l.path);
-      if (this.failedDirs.has(parent)) {
-        this.fail(l.path, { code: 'DEST_CONFLICT', message: `${this.destPath(l.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: l.path });
-        return false;
-      }
-      if (this.sync ? this.linkUnchanged(l) : this.linkResumed(l)) return false;
-      this.touch(l.path);
-      return true;
-    });
+  fail(path: string, error: ErrorData): void {
+    // A failed write may have left and removed a temporary name there.
+    this.plan.touch(path);
+    this.outcome.fail(path, error);
   }
 
-  /**
-   * Copy: a further name an earlier run made at the destination (its
-   * journal record, `k`) for the very file its first name still is (same
-   * inode, mtime and size), where this run did not send that first name
-   * again: the link there is still right. Which name of a file comes first
-   * depends on the walk's order, so each name of it is journaled, and a
-   * rerun finds the file resumed under whichever name is first this time.
-   */
-  private linkResumed(link: TreeEntry): boolean {
-    const first = this.linkFirsts.get(link.target!);
-    if (!first || !this.resumedFirsts.has(first.path)) return false;
-    const r = this.state.done.get(link.path);
-    if (r === undefined || r.ino !== link.ino || r.mtimeMs !== link.mtimeMs || r.size !== first.size) return false;
-    this.resumedLinks++;
-    return true;
-  }
-
-  /** Journals each further name made: its first name's size, mtime, inode and metadata digest, and `k`, the first name. */
-  private async journalLinks(links: readonly TreeEntry[]): Promise<void> {
-    const records: TreeRecord[] = [];
-    for (const l of links) {
-      const first = this.linkFirsts.get(l.target!);
-      if (first) records.push({ ...recordOf(first, { meta: this.digestOf(first) }), p: l.path, k: first.path });
-    }
-    await this.journal.append(records);
-    const n = this.resumedLinks;
-    if (n > 0) this.emit({ type: 'log', message: `${n} hard link${n === 1 ? '' : 's'} made by earlier runs ${n === 1 ? 'is' : 'are'} still right: not made again` });
-  }
-
-  /** Stage 2's output: each step of the plan, in order. */
-  private async publish(step: TreeStep): Promise<void> {
-    if (this.sync) return this.publishSync(step, this.sync);
-    switch (step.type) {
-      case 'mkdir':
-        this.dirs.set(step.entry.path, step.entry);
-        this.pendingDirs.push(step.entry);
-        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
-        return;
-      case 'skip':
-        this.counters.skipped++;
-        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
-        return;
-      case 'hardlink':
-        this.links.push(step.entry);
-        return;
-      case 'file':
-        if (step.entry.nlink > 1) this.linkFirsts.set(step.entry.path, step.entry);
-        if (this.resumed(step.entry)) return;
-        if (step.entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          (this.metaAlone(step.entry) ? this.hugeMeta : this.huge).push(step.entry);
-          return;
-        }
-        return this.send([step.entry]);
-      case 'batch':
-        for (const { entry } of step.entries) if (entry.nlink > 1) this.linkFirsts.set(entry.path, entry);
-        return this.send(step.entries.map((n) => n.entry).filter((e) => !this.resumed(e)));
-    }
-  }
-
-  /**
-   * A sync's plan step: each entry compared with what stands at its path at
-   * the destination; only what differs goes (as a copy's would).
-   */
-  private async publishSync(step: TreeStep, sync: SyncState): Promise<void> {
-    switch (step.type) {
-      case 'mkdir': {
-        const dest = sync.index.take(step.entry.path);
-        this.dirs.set(step.entry.path, step.entry);
-        // One already there will do (its mode and times are set at the end, as for any
-        // directory, unless they are right already and nothing in it changes).
-        if (dest?.kind === 'dir') {
-          if (this.dirSettled(step.entry, dest, sync.comparison)) this.settledDirs.add(step.entry.path);
-          return;
-        }
-        this.pendingDirs.push(step.entry);
-        if (this.pendingDirs.length >= DIRS_PER_BATCH) await this.makeDirs();
-        return;
-      }
-      case 'skip':
-        sync.index.take(step.entry.path);
-        this.counters.skipped++;
-        this.skips.push(JSON.stringify({ path: step.entry.path, reason: step.reason }));
-        return;
-      case 'hardlink':
-        this.linkDests.set(step.entry.path, sync.index.take(step.entry.path));
-        this.links.push(step.entry);
-        return;
-      case 'file': {
-        const [entry] = await this.changed([step.entry], sync);
-        if (!entry) return;
-        if (entry.size >= (this.options.stripeFilesOver ?? HUGE_FILE_BYTES)) {
-          this.touch(entry.path);
-          this.huge.push(entry);
-          return;
-        }
-        return this.send([entry]);
-      }
-      case 'batch':
-        return this.send(await this.changed(step.entries.map((n) => n.entry), sync));
-    }
-  }
-
-  /**
-   * The entries of `entries` that differ from the destination (counting the
-   * others as unchanged); one where something of another kind stands fails
-   * (nothing is deleted to make room but by --delete's own rules: never).
-   */
-  private async changed(entries: readonly TreeEntry[], sync: SyncState): Promise<TreeEntry[]> {
-    const out: TreeEntry[] = [];
-    const toHash: TreeEntry[] = [];
-    const dests = new Map<string, DestEntry | undefined>();
-    for (const e of entries) {
-      const dest = sync.index.take(e.path);
-      if (e.nlink > 1) this.linkFirsts.set(e.path, e);
-      const { action, reason } = syncAction(e, dest, sync.comparison);
-      if (action === 'same') {
-        if (sync.comparison.level === 'checksum' && e.kind === 'file') {
-          toHash.push(e);
-          dests.set(e.path, dest);
-        } else {
-          if (attributesAlone(e, dest, sync.comparison)) this.attributesToSet.push(e);
-          else this.counters.unchanged++;
-          this.keepRecord(e);
-        }
-        continue;
-      }
-      if (dest?.kind === 'dir') {
-        this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} is a directory where the source has a ${e.kind}: not replaced (remove it, then sync again)`, path: e.path });
-        continue;
-      }
-      if (reason !== 'missing' && e.nlink > 1) this.resentLinked.add(e.path);
-      out.push(e);
-    }
-    if (toHash.length > 0) {
-      const same = await sameContent(toHash, sync.hashSource, sync.hashDest, (p) => this.sourcePath(p), (p) => this.destPath(p));
-      toHash.forEach((e, i) => {
-        const hash = same[i];
-        if (hash !== undefined) {
-          if (attributesAlone(e, dests.get(e.path), sync.comparison)) this.attributesToSet.push(e);
-          else this.counters.unchanged++;
-          this.record(e, this.wholeFile(e, hash));
-        } else {
-          if (e.nlink > 1) this.resentLinked.add(e.path);
-          out.push(e);
-        }
-      });
-    }
-    return out;
-  }
-
-  /**
-   * Sync: a directory at the destination that already has the mode,
-   * modification time and (where the copy keeps them) owner the copy would
-   * give it, and the attributes where they are compared (Comparison.xattrs;
-   * where they are copied but not compared, it is never settled: they are
-   * set at every run). One whose attributes alone differ counts among the
-   * `attributes` set again.
-   */
-  private dirSettled(entry: TreeEntry, dest: DestEntry, c: Comparison): boolean {
-    if (!c.xattrs && Object.keys(pathMeta(this.meta, entry)).some((k) => !OWNER_FIELDS.has(k))) return false;
-    if ((dest.mode & 0o7777) !== copyMode(entry.mode, this.umask, this.options.preserve)) return false;
-    if (this.meta.owners && !sameOwner(entry, dest, this.meta.names)) return false;
-    // The destination's time is the source's in whole milliseconds, as this run would set it; read back as a float it may
-    // come a hair under (1796667587773.999), so it is rounded.
-    if (this.options.preserve && Math.round(dest.mtimeMs) !== Math.floor(entry.mtimeMs)) return false;
-    if (!attributesAlone(entry, dest, c)) return true;
-    this.counters.attributes++;
-    this.emit({ type: 'log', message: `${this.destPath(entry.path)}: its extended attributes differ from the source's: set again with its mode and times` });
-    return false;
-  }
-
-  /**
-   * Sync: the files whose extended attributes alone differ get the source's
-   * as an exact set, by path (as a big file of a copy's rerun does), a few
-   * at once; no owner or mode is given again (they are the same already,
-   * and a chown would clear set-id bits).
-   */
-  private async setAttributes(): Promise<void> {
-    const files = this.attributesToSet;
-    for (let i = 0; i < files.length; i += 32) {
-      await Promise.all(
-        files.slice(i, i + 32).map(async (e) => {
-          const { uid: _u, gid: _g, user: _un, group: _gn, ...attrs } = pathMeta(this.meta, e);
-          try {
-            await this.dest.setstat(this.destPath(e.path), attrs, true);
-            this.counters.attributes++;
-            this.emit({ type: 'log', message: `${this.destPath(e.path)}: extended attributes set again (its bytes are the same)` });
-          } catch (err) {
-            this.fail(e.path, toFerryError(err).toData());
-          }
-        }),
-      );
-      this.checkStop();
-    }
-  }
-
-  /** Sync: what the destination now holds at `e`'s path, for the job's manifest (undefined: its hash is unknown). */
-  private record(e: TreeEntry, body: SyncRecord['e']): void {
-    if (!this.sync) return;
-    this.records.set(e.path, { p: e.path, s: e.size, m: e.mtimeMs, ...(body ? { e: body } : {}) });
-  }
-
-  /** A file's manifest entry from the hash of all its bytes (its algorithm told by its length, else this run's). */
-  private wholeFile(e: TreeEntry, hash: string): SyncRecord['e'] {
-    return { type: 'file', size: e.size, hash, algorithm: algorithmOfDigest(hash) ?? this.algorithm };
-  }
-
-  /**
-   * Sync: an entry found the same, not read: a link's target is its entry;
-   * a file keeps the previous run's record where the source's size and
-   * mtime are still the ones it recorded, else its hash is unknown.
-   */
-  private keepRecord(e: TreeEntry): void {
-    if (e.kind === 'symlink') return this.record(e, { type: 'symlink', target: e.target! });
-    const before = this.previousRecords.get(e.path);
-    this.record(e, before && before.s === e.size && before.m === e.mtimeMs ? before.e : undefined);
+  /** --fail-fast or a failure that stops the copy: ends the stage at hand. */
+  checkStop(): void {
+    this.outcome.checkStop();
   }
 
   /** Sync: the records this run made so far, complete or not. */
   knownSyncRecords(): Iterable<SyncRecord> {
-    return this.records.values();
+    return this.records.known();
   }
 
   /** Sync: the records of the whole destination, when this run completed (nothing failed, the source read in full); else undefined. */
   syncRecords(): Iterable<SyncRecord> | undefined {
-    if (!this.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
-    return this.records.values();
-  }
-
-  /** Something at `path` is made, replaced or removed at the destination: its directory's time changes. */
-  private touch(path: string): void {
-    this.touched.add(posix.dirname(path) === '.' ? '' : posix.dirname(path));
-  }
-
-  /** The directories whose mode and times are set at the end: in a sync, not the settled ones nothing touched. */
-  private dirsToFinish(): ReadonlyMap<string, TreeEntry> {
-    if (this.settledDirs.size === 0) return this.dirs;
-    return new Map([...this.dirs].filter(([p]) => !this.settledDirs.has(p) || this.touched.has(p)));
-  }
-
-  /** Sync: a further name that is already the same file as its first name there, and that file was not sent again. */
-  private linkUnchanged(link: TreeEntry): boolean {
-    const sync = this.sync!;
-    if (this.resentLinked.has(link.target!) || !linkSame(link, this.linkDests.get(link.path), this.linkFirsts.get(link.target!), sync.index, sync.comparison)) return false;
-    this.counters.unchanged++;
-    return true;
-  }
-
-  /**
-   * `--delete`: what the destination holds and the source does not, removed
-   * deepest first, once every entry arrived: never after a failure or a walk
-   * that could not read part of the source (what it did not see would go).
-   */
-  private async deleteExtraneous(index: DestIndex): Promise<void> {
-    if (this.counters.failed > 0 || this.walkErrors > 0) {
-      this.emit({ type: 'warning', message: `--delete: nothing deleted, as ${this.counters.failed > 0 ? `${this.counters.failed} entries failed` : 'part of the source could not be read'}; run again once the copy is complete` });
-      return;
-    }
-    const doomed = index.extraneous().filter((e) => !index.underUnreadable(e.path));
-    for (const e of doomed) this.touch(e.path);
-    // Of one depth, several at once: none is inside another.
-    for (let i = 0; i < doomed.length; ) {
-      const depth = doomed[i]!.path.split('/').length;
-      let j = i;
-      while (j < doomed.length && doomed[j]!.path.split('/').length === depth) j++;
-      const level = doomed.slice(i, j);
-      for (let k = 0; k < level.length; k += 32) {
-        await Promise.all(
-          level.slice(k, k + 32).map(async (e) => {
-            try {
-              await this.dest.remove(this.destPath(e.path), e.kind === 'dir');
-              this.counters.deleted++;
-              this.emit({ type: 'log', message: `deleted ${this.destPath(e.path)}` });
-            } catch (err) {
-              this.fail(e.path, toFerryError(err).toData());
-            }
-          }),
-        );
-      }
-      this.checkStop();
-      i = j;
-    }
-  }
-
-  /** Counts an entry an earlier run made durable; true when it need not be sent. */
-  private resumed(entry: TreeEntry): boolean {
-    // The digest only for an entry the journal holds: a first run makes none here.
-    if (!this.state.done.has(entry.path) || !alreadyDone(this.state, entry, this.digestOf(entry))) return false;
-    if (entry.nlink > 1) this.resumedFirsts.add(entry.path);
-    this.counters.resumedFiles++;
-    this.counters.resumedBytes += entry.size;
-    return true;
-  }
-
-  /**
-   * The digest of what `entry` is given besides its bytes under this run's
-   * options (the journal's `a`): its mode as this run sets it (not for a
-   * symbolic link, which has none), its owner and attributes where the copy
-   * keeps them. A rerun whose digest differs sends the entry again.
-   */
-  private digestOf(entry: TreeEntry): string {
-    return metaDigest({ ...(entry.kind === 'symlink' ? {} : { mode: copyMode(entry.mode, this.umask, this.options.preserve) }), ...wireMeta(this.meta, entry) });
-  }
-
-  /**
-   * Whether a big file's bytes are at the destination already, only its
-   * mode, owner or attributes changed since (the journal's digest): it is
-   * then not copied again, they are set by path. With --xattrs or --acls
-   * only where the destination takes an exact set (`MetaPlan.exact`: the
-   * attributes removed at the source are removed there); elsewhere setting
-   * by path would only add, so the file goes again whole. Not for an older
-   * journal's record (no digest: alreadyDone trusted it).
-   */
-  private metaAlone(entry: TreeEntry): boolean {
-    const r = this.state.done.get(entry.path);
-    const same = r !== undefined && r.job !== undefined && r.a !== undefined && r.size === entry.size && r.mtimeMs === entry.mtimeMs && r.ino === entry.ino;
-    if (same && this.meta.xattrs && !this.meta.exact) {
-      this.emit({ type: 'log', message: `${entry.path}: its metadata alone changed, but the helper on ${this.target.conn.label} cannot remove extended attributes: sent again whole` });
-    }
-    return same && (!this.meta.xattrs || this.meta.exact !== undefined);
-  }
-
-  /** A big file of metaAlone: its owner, attributes (an exact set) and mode set again (owner first: a chown clears set-id bits), journaled with the new digest. */
-  private async refreshHuge(entry: TreeEntry): Promise<void> {
-    const previous = this.state.done.get(entry.path)!;
-    try {
-      await this.dest.setstat(this.destPath(entry.path), { ...pathMeta(this.meta, entry), mode: copyMode(entry.mode, this.umask, this.options.preserve) }, true);
-      await this.journal.append([recordOf(entry, { job: previous.job!, meta: this.digestOf(entry) })]);
-      this.emit({ type: 'log', message: `${entry.path}: mode, owner${this.meta.xattrs ? ' and attributes' : ''} set again (its bytes are unchanged)` });
-      this.counters.files++;
-    } catch (err) {
-      this.fail(entry.path, toFerryError(err).toData());
-    }
-  }
-
-  private async send(entries: TreeEntry[]): Promise<void> {
-    if (entries.length === 0) return;
-    for (const e of entries) this.touch(e.path);
-    // Their directories exist before any of them is written.
-    await this.makeDirs();
-    // A directory that could not be made (found just now): nothing goes in it.
-    entries = entries.filter((e) => {
-      const parent = posix.dirname(e.path) === '.' ? '' : posix.dirname(e.path);
-      if (!this.failedDirs.has(parent)) return true;
-      this.fail(e.path, { code: 'DEST_CONFLICT', message: `${this.destPath(e.path)} was not made: its directory ${this.destPath(parent)} could not be`, path: e.path });
-      return false;
-    });
-    if (entries.length === 0) return;
-    const wire = entries.map((e) => this.wireEntry(e));
-    const batch: WireBatch = { entries, wire, bytes: entries.reduce((n, e) => n + e.size, 0), attempts: 0 };
-    await this.sender.submit(batch);
-  }
-
-  private wireEntry(e: TreeEntry): BatchEntry {
-    // Whole milliseconds on the wire (scp -p keeps whole seconds).
-    const times = this.options.preserve ? { mtimeMs: Math.floor(e.mtimeMs), atimeMs: Math.floor(e.atimeMs) } : {};
-    const path = this.destPath(e.path);
-    const meta = wireMeta(this.meta, e);
-    if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times, ...meta };
-    return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, this.umask, this.options.preserve), ...times, ...meta };
-  }
-
-  /** Makes the directories the walk has found so far (one BATCH); a directory that cannot be made fails the copy. */
-  private async makeDirs(): Promise<void> {
-    if (this.pendingDirs.length === 0) return;
-    const dirs = this.pendingDirs;
-    this.pendingDirs = [];
-    for (const d of dirs) this.touch(d.path);
-    const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: this.destPath(d.path) }));
-    const results = await this.dest.apply(wire);
-    results.forEach((r, i) => {
-      const d = dirs[i]!;
-      if (r.ok) {
-        this.counters.dirs++;
-        return;
-      }
-      if (d.path === '') throw new FerryError(r.error.code, `cannot create ${this.target.destinationLabel}: ${r.error.message}`, { path: this.target.targetRoot });
-      this.dirs.delete(d.path);
-      this.failedDirs.add(d.path);
-      this.fail(d.path, r.error);
-    });
-  }
-
-  /** Stage 4: a batch's results into the journal, the counters and the failure list. */
-  private async collect(batch: WireBatch, results: BatchResult[]): Promise<void> {
-    const records: TreeRecord[] = [];
-    const ok: TreeEntry[] = [];
-    results.forEach((r, i) => {
-      const e = batch.entries[i]!;
-      if (!r.ok) {
-        this.fail(e.path, r.error);
-        return;
-      }
-      ok.push(e);
-      records.push(recordOf(e, { ...(r.dstHash ? { hash: r.dstHash } : {}), meta: this.digestOf(e) }));
-    });
-    // Counted once they are on record: a crash before that sends them again.
-    await this.journal.append(records);
-    results.forEach((r, i) => {
-      const e = batch.entries[i]!;
-      if (!r.ok) return;
-      if (e.kind === 'symlink') this.record(e, { type: 'symlink', target: e.target! });
-      else this.record(e, r.dstHash ? this.wholeFile(e, r.dstHash) : undefined);
-    });
-    for (const e of ok) {
-      if (e.kind === 'symlink') this.counters.symlinks++;
-      else {
-        this.counters.files++;
-        this.counters.bytes += e.size;
-      }
-    }
-  }
-
-  /** Stage 5: a huge file as a job of its own (its ranges over every agent and stream, resumable per range). */
-  private async copyHuge(entry: TreeEntry): Promise<void> {
-    const loc = this.target.remote;
-    const pull = this.target.direction === 'pull';
-    const source = pull ? formatLocation({ ...loc, path: sourcePathOf(this.target, entry.path) }) : this.sourcePath(entry.path);
-    const destination = pull ? this.destPath(entry.path) : formatLocation({ ...loc, path: remotePathOf(this.target, entry.path) });
-    try {
-      const summary = await runCopy({
-        ...this.request,
-        source,
-        destination,
-        // A file that changed since an earlier run started its job is sent whole again, as any changed file of the tree.
-        restartChanged: true,
-        // A sync's big file that is there already: only the ranges that differ go (--delta).
-        ...(this.sync ? { options: { ...this.request.options, delta: true } } : {}),
-        onEvent: (e) => {
-          if (e.type === 'done') this.emit({ type: 'log', message: `${entry.path}: ${e.bytes} bytes in ${e.seconds.toFixed(1)} s (job ${e.jobId})` });
-          else if (e.type !== 'job.start') this.emit(e);
-        },
-      });
-      // Owner and attributes: the single-file copy keeps mode and times only.
-      const meta = pathMeta(this.meta, entry);
-      if (Object.keys(meta).length > 0) await this.dest.setstat(this.destPath(entry.path), meta);
-      await this.journal.append([recordOf(entry, { job: summary.jobId, meta: this.digestOf(entry) })]);
-      if (this.sync) {
-        // Its ranges' hashes as its job recorded them (reused ranges included: hashed alike on both sides);
-        // where that state cannot be read, the file arrived all the same: only its hash is unknown.
-        const ranged = await bigFileEntryOf(this.options.stateDir ?? defaultStateDir(), this.target.jobId, entry.path, summary.jobId).catch(() => undefined);
-        if (ranged) {
-          const { path: _, ...body } = ranged;
-          this.record(entry, body);
-        } else this.record(entry, undefined);
-      }
-      this.counters.files++;
-      this.counters.bytes += summary.movedBytes;
-      this.counters.resumedBytes += summary.resumedBytes;
-    } catch (err) {
-      const e = toFerryError(err);
-      // What stops every file stops the tree: the login, the host keys, an interrupt.
-      if (['SSH_AUTH_FAILED', 'HOST_KEY_UNKNOWN', 'HOST_KEY_CHANGED', 'INTERRUPTED', 'HELPER_UNTRUSTED'].includes(e.code)) throw e;
-      this.fail(entry.path, e.toData());
-    }
-  }
-
-  private fail(path: string, error: ErrorData): void {
-    // A failed write may have left and removed a temporary name there.
-    this.touch(path);
-    if (!this.stopped && (this.options.failFast || STOPS_THE_COPY.has(error.code))) {
-      const fields = { path: error.path ?? path, ...(error.host ? { host: error.host } : {}), ...(error.errno ? { errno: error.errno } : {}) };
-      this.stopped = this.options.failFast
-        ? new FerryError(error.code, `${error.message} (--fail-fast stopped the copy at its first failure; what arrived is journaled: rerun without --fail-fast to copy the rest)`, fields)
-        : new FerryError(error.code, error.message, fields);
-    }
-    this.counters.failed++;
-    if (error.code === 'DEST_DIR_MISSING') this.missingDirFailures++;
-    this.failedPaths.add(path);
-    this.failures.push(JSON.stringify({ path, code: error.code, message: error.message, ...(error.errno ? { errno: error.errno } : {}) }));
-    if (this.failures.length <= FAILURES_SHOWN) this.emit({ type: 'file.failed', path, code: error.code, message: error.message });
-    else if (this.failures.length === FAILURES_SHOWN + 1) this.emit({ type: 'warning', message: `more entries failed; the job's failed.ndjson lists them all` });
+    if (!this.plan.sync || this.counters.failed > 0 || this.walkErrors > 0) return undefined;
+    return this.records.known();
   }
 
   private progress(): void {
@@ -1043,7 +370,7 @@ class TreeRun {
   }
 
   /** The source path of a tree path (remote for a pull). */
-  private sourcePath(treePath: string): string {
+  sourcePath(treePath: string): string {
     return sourcePathOf(this.target, treePath);
   }
 
@@ -1051,38 +378,21 @@ class TreeRun {
     return this.target.direction === 'pull' ? `${targetHostOf(this.target)}:${this.sourcePath(treePath)}` : this.sourcePath(treePath);
   }
 
-  private destPath(treePath: string): string {
+  destPath(treePath: string): string {
     return remotePathOf(this.target, treePath);
+  }
+
+  /** Entries that failed because their directory is not at the destination (DEST_DIR_MISSING). */
+  get missingDirFailures(): number {
+    return this.outcome.missingDirFailures;
   }
 
   /** failed.ndjson and skipped.ndjson in the job's directory (replaced by each run). */
   async writeLists(jobDir: string): Promise<void> {
-    await writePrivateFile(join(jobDir, 'failed.ndjson'), this.failures.map((l) => l + '\n').join(''));
-    await writePrivateFile(join(jobDir, 'skipped.ndjson'), this.skips.map((l) => l + '\n').join(''));
+    await this.outcome.writeLists(jobDir, this.plan.skips);
   }
 }
 
 function targetHostOf(target: TreeTarget): string {
   return target.hosts[0]?.host ?? target.remote.hosts[0] ?? '';
-}
-
-function request(req: CopyRequest): { signal?: AbortSignal } {
-  return req.signal ? { signal: req.signal } : {};
-}
-
-async function* noBytes(): AsyncGenerator<Uint8Array> {}
-
-/**
- * --limit-rate for the batches of this process's own connections: one bucket
- * (core's Pacer) shared by all of them, so the cap holds for the pool as a
- * whole and a connection between batches leaves its share to the others.
- * The huge files that follow the batches are copies of their own (runCopy),
- * paced by their agents at the same cap; they start once the batches are done.
- */
-function paceTo(bytesPerSec: number): Pace {
-  const pacer = new Pacer(bytesPerSec, Date.now());
-  return (bytes) => {
-    const waitMs = pacer.take(bytes, Date.now());
-    return waitMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, waitMs)) : undefined;
-  };
 }

@@ -9,13 +9,28 @@
  * A connection that dies gives its batches back: they go out again on
  * another (or a new) connection, up to `maxAttempts` times; entries of a batch
  * that fails for good are reported failed, never silently dropped.
+ *
+ * `TreeOutbox` is a tree copy's send stage, where the plan's entries go
+ * (tree-plan.ts's PlanSink): their directories made first (one BATCH of
+ * `dir` entries on the coordinator's connection), then the entries as one
+ * batch to the pool (`TreeSender`) or to agents on other nodes
+ * (tree-agents.ts's `AgentBatches`).
  */
-import { FerryError, toFerryError } from '@ferry/core';
+import { FerryError, Pacer, copyMode, toFerryError } from '@ferry/core';
+import type { BatchEntry, TreeEntry } from '@ferry/core';
 import type { BatchResult, RemoteConnection } from '@ferry/transport';
-import type { WireBatch } from '@ferry/agent';
+import type { Pace, WireBatch } from '@ferry/agent';
+import { connectAny } from './prepare.js';
+import { AgentBatches, treeUsesAgents } from './tree-agents.js';
+import type { TreeContext } from './tree-context.js';
+import { pullTransfer } from './tree-fetch.js';
+import type { TreeDestination } from './tree-finalize.js';
+import { wireMeta } from './tree-meta.js';
+import type { PlanSink, TreePlan } from './tree-plan.js';
 
 export type { WireBatch } from '@ferry/agent';
 export { pushTransfer } from '@ferry/agent';
+import { pushTransfer } from '@ferry/agent';
 
 export interface SenderOptions {
   /** Connections used at most. */
@@ -172,4 +187,120 @@ export class TreeSender {
       this.waiters.shift()?.();
     }
   }
+}
+
+/** Connections of a tree's batches when --streams is not given. */
+const DEFAULT_TREE_STREAMS = 4;
+
+/** What a tree's send stage is given. */
+export interface OutboxSetup {
+  ctx: TreeContext;
+  plan: TreePlan;
+  /** Where directories are made (the coordinator's connection, or this host for a pull). */
+  dest: TreeDestination;
+  jobDir: string;
+  /** Whether the copy stopped (--fail-fast, a full destination): no further batch goes out. */
+  stopped: () => boolean;
+  /** Stage 5 (collect): each batch's results (tree-collect.ts). */
+  onResult: (batch: WireBatch, results: BatchResult[]) => Promise<void>;
+}
+
+/** A tree copy's send stage: the plan's entries, their directories first, to the streams or the agents. */
+export class TreeOutbox implements PlanSink {
+  /** Connections the batches use at most. */
+  readonly streams: number;
+  private readonly sender: TreeSender | AgentBatches;
+
+  constructor(private readonly setup: OutboxSetup) {
+    const { request, options, target, algorithm, emit } = setup.ctx;
+    this.streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : Math.max(1, options.streams * options.agents);
+    // Agents on other nodes (ferry run -r, --launcher): the batches go to them over NATS (tree-agents.ts), a push's and a pull's.
+    const streams = options.tuneStreams ? DEFAULT_TREE_STREAMS : options.streams;
+    const pace = options.limitBytesPerSec ? paceTo(options.limitBytesPerSec) : undefined;
+    const sourcePath = (e: TreeEntry) => setup.ctx.sourcePath(e.path);
+    this.sender = treeUsesAgents(request)
+      ? new AgentBatches({ request, options, target, jobDir: setup.jobDir, algorithm, mode: target.conn.mode, streams, emit, onResult: setup.onResult })
+      : new TreeSender({
+          streams: this.streams,
+          connect: async () => (await connectAny(target.hosts, target.ssh, target.connectOptions)).conn,
+          transfer: stopping(setup.stopped, target.direction === 'pull' ? pullTransfer(algorithm, sourcePath, pace) : pushTransfer(algorithm, sourcePath, pace)),
+          onResult: setup.onResult,
+          log: (message) => emit({ type: 'log', message }),
+          ...(request.signal ? { signal: request.signal } : {}),
+        });
+  }
+
+  /** Entries to write, as one batch, once their directories exist; one whose directory could not be made fails. */
+  async send(entries: TreeEntry[]): Promise<void> {
+    const { plan } = this.setup;
+    if (entries.length === 0) return;
+    for (const e of entries) plan.touch(e.path);
+    // Their directories exist before any of them is written.
+    await this.makeDirs();
+    // A directory that could not be made (found just now): nothing goes in it.
+    entries = entries.filter((e) => !plan.underFailedDir(e.path));
+    if (entries.length === 0) return;
+    const wire = entries.map((e) => this.wireEntry(e));
+    const batch: WireBatch = { entries, wire, bytes: entries.reduce((n, e) => n + e.size, 0), attempts: 0 };
+    await this.sender.submit(batch);
+  }
+
+  private wireEntry(e: TreeEntry): BatchEntry {
+    const { options, umask, meta } = this.setup.ctx;
+    // Whole milliseconds on the wire (scp -p keeps whole seconds).
+    const times = options.preserve ? { mtimeMs: Math.floor(e.mtimeMs), atimeMs: Math.floor(e.atimeMs) } : {};
+    const path = this.setup.ctx.destPath(e.path);
+    const wire = wireMeta(meta, e);
+    if (e.kind === 'symlink') return { kind: 'symlink', path, target: e.target!, ...times, ...wire };
+    return { kind: 'file', path, size: e.size, mode: copyMode(e.mode, umask, options.preserve), ...times, ...wire };
+  }
+
+  /** Makes the directories the walk has found so far (one BATCH); the root that cannot be made fails the copy, another fails alone. */
+  async makeDirs(): Promise<void> {
+    const { ctx, plan, dest } = this.setup;
+    const dirs = plan.takePendingDirs();
+    if (dirs.length === 0) return;
+    for (const d of dirs) plan.touch(d.path);
+    const wire: BatchEntry[] = dirs.map((d) => ({ kind: 'dir', path: ctx.destPath(d.path) }));
+    const results = await dest.apply(wire);
+    results.forEach((r, i) => {
+      const d = dirs[i]!;
+      if (r.ok) {
+        ctx.counters.dirs++;
+        return;
+      }
+      if (d.path === '') throw new FerryError(r.error.code, `cannot create ${ctx.target.destinationLabel}: ${r.error.message}`, { path: ctx.target.targetRoot });
+      plan.dirNotMade(d.path);
+      ctx.fail(d.path, r.error);
+    });
+  }
+
+  /** Waits until every batch is settled (and journaled), then closes the connections. */
+  close(): Promise<void> {
+    return this.sender.close();
+  }
+}
+
+/** --fail-fast or a full destination: once stopped, no further batch goes out (the sender then ends its lanes). */
+function stopping<T extends (conn: RemoteConnection, batch: WireBatch) => Promise<BatchResult[]>>(stopped: () => boolean, transfer: T): T {
+  return (async (conn: RemoteConnection, batch: WireBatch) => {
+    // Not a connection's trouble: the sender stops rather than send the batch again.
+    if (stopped()) throw new FerryError('INTERRUPTED', 'stopped at a failure that stops the copy (--fail-fast, a full destination)');
+    return transfer(conn, batch);
+  }) as T;
+}
+
+/**
+ * --limit-rate for the batches of this process's own connections: one bucket
+ * (core's Pacer) shared by all of them, so the cap holds for the pool as a
+ * whole and a connection between batches leaves its share to the others.
+ * The huge files that follow the batches are copies of their own (runCopy),
+ * paced by their agents at the same cap; they start once the batches are done.
+ */
+function paceTo(bytesPerSec: number): Pace {
+  const pacer = new Pacer(bytesPerSec, Date.now());
+  return (bytes) => {
+    const waitMs = pacer.take(bytes, Date.now());
+    return waitMs > 0 ? new Promise<void>((resolve) => setTimeout(resolve, waitMs)) : undefined;
+  };
 }

@@ -23,7 +23,7 @@
  * The index holds one small object per destination entry: a tree of
  * millions of entries costs what rsync's file list costs (~150 bytes each).
  * This module also holds the sync's state for a run (syncStateOf) and the
- * dry run (dryRunSync); tree-copy.ts's TreeRun.publishSync uses them.
+ * dry run (dryRunSync); tree-plan.ts's TreePlan.publishSync uses them.
  */
 import { lstat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
