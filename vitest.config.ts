@@ -9,6 +9,7 @@ const src = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const alias = {
   // Before '@ferry/coordinator', which would take it as a prefix.
   '@ferry/coordinator/early': src('./packages/coordinator/src/early.ts'),
+  '@ferry/agent/nats': src('./packages/agent/src/nats.ts'),
   '@ferry/core': src('./packages/core/src/index.ts'),
   '@ferry/transport': src('./packages/transport/src/index.ts'),
   '@ferry/serve': src('./packages/serve/src/index.ts'),

@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { connectBus } from '@ferry/agent';
+import { connectBus } from '@ferry/agent/nats';
 import { AGENT_EXEC_ENV, JOB_SPEC_SHA256_ENV, MESSAGE_VERSION, NATS_TLS_ENV, agentExecOf, decodeAgentEvent, encodeAgentExec, encodeClientTls, encodeMessage, jobSubjects, specDigest } from '@ferry/core';
 import type { AgentEvent, JobSpec } from '@ferry/core';
 import { setupJobStreams, startEmbeddedNats } from '@ferry/coordinator';

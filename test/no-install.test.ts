@@ -204,6 +204,42 @@ describe("auto mode starts ferry's python helper alongside ferry serve", () => {
     }
   });
 
+  it('but not when told where ferry serve is (pythonAlongside false): one session, and python only once that command failed', async () => {
+    const fromFull = (await readFile(full.log, 'utf8')).length;
+    const conn = await connectRemote({ host: full.host, port: full.port, user: full.user }, { knownHostsFile: full.knownHosts, identityFiles: [full.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: REMOTE_CMD, pythonAlongside: false, windowBytes: 8 * MiB });
+    try {
+      expect(conn.mode).toBe('helper');
+      expect((await conn.stat(work.path))?.type).toBe('directory');
+      expect(await sessions(full, fromFull)).toEqual({ started: 1, closed: 0 });
+    } finally {
+      conn.close();
+    }
+    const fromBare = (await readFile(bare.log, 'utf8')).length;
+    const fallback = await connectRemote({ host: bare.host, port: bare.port, user: bare.user }, { knownHostsFile: bare.knownHosts, identityFiles: [bare.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: 'ferry serve', pythonAlongside: false, windowBytes: 8 * MiB });
+    try {
+      expect(fallback.mode).toBe('python');
+      expect(fallback.fallbacks).toEqual([{ mode: 'helper', reason: "'ferry serve' not found (exit 127)" }]);
+      expect((await readFile(bare.log, 'utf8')).slice(fromBare).match(/Starting session: command/g)).toHaveLength(2);
+    } finally {
+      fallback.close();
+    }
+  });
+
+  it('ferry cp with --remote-cmd starts no python helper beside it', async () => {
+    const dir = join(work.path, 'remote-cmd-given');
+    await mkdir(dir, { recursive: true });
+    const src = join(dir, 'src.bin');
+    await writeFile(src, randomBytes(MiB));
+    const from = (await readFile(full.log, 'utf8')).length;
+    const r = await runFerry(['cp', src, remote(full, `${dir}/copy.bin`), '-i', full.userKey, '--known-hosts', full.knownHosts, '--state-dir', join(work.path, 'state'), '--remote-cmd', REMOTE_CMD]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await fileHash(join(dir, 'copy.bin'))).toBe(await fileHash(src));
+    const log = (await readFile(full.log, 'utf8')).slice(from);
+    // One login (the coordinator's, which the in-process agent shares) and one session: ferry serve's.
+    expect(log.match(/Accepted publickey/g)).toHaveLength(1);
+    expect(log.match(/Starting session: command/g)).toHaveLength(1);
+  });
+
   it('and uses it where ferry serve is not found, saying why, over one login and two sessions', async () => {
     const from = (await readFile(bare.log, 'utf8')).length;
     const conn = await connectRemote({ host: bare.host, port: bare.port, user: bare.user }, { knownHostsFile: bare.knownHosts, identityFiles: [bare.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: 'ferry serve', windowBytes: 8 * MiB });
@@ -216,5 +252,24 @@ describe("auto mode starts ferry's python helper alongside ferry serve", () => {
     } finally {
       conn.close();
     }
+  });
+});
+
+describe('onWaiting (the CLI loads the coordinator then)', () => {
+  it('is called once, before the connection is ready, once the helper was asked for', async () => {
+    const events: string[] = [];
+    const conn = await connectRemote({ host: full.host, port: full.port, user: full.user }, { knownHostsFile: full.knownHosts, identityFiles: [full.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: REMOTE_CMD, windowBytes: 8 * MiB, onWaiting: () => events.push('waiting') });
+    events.push('connected');
+    conn.close();
+    expect(events).toEqual(['waiting', 'connected']);
+  });
+
+  it('is called once when the login fails', async () => {
+    const events: string[] = [];
+    const { freePort } = await import('./fixtures/sshd.mjs');
+    const port = await freePort();
+    const failed = connectRemote({ host: full.host, port, user: full.user }, { knownHostsFile: full.knownHosts, identityFiles: [full.userKey], connectTimeoutMs: 20_000 }, { mode: 'auto', remoteCommand: REMOTE_CMD, windowBytes: 8 * MiB, onWaiting: () => events.push('waiting') });
+    await expect(failed).rejects.toMatchObject({ code: 'HOST_UNREACHABLE' });
+    expect(events).toEqual(['waiting']);
   });
 });

@@ -15,6 +15,5 @@ export type { RangeJob, RangeResult } from './pump.js';
 export { pushTransfer, stopBeforeRead } from './tree-push.js';
 export { pullTransfer, destDirProblem } from './tree-pull.js';
 export type { Pace, WireBatch } from './tree-push.js';
-export { connectBus } from './bus.js';
-export { JetStreamPublisher, PublishError, pubAckError } from './publisher.js';
+// NATS's client (connectBus, JetStreamPublisher) is in '@ferry/agent/nats' (nats.ts).
 export type { BusOptions } from './bus.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { pubAckError } from '@ferry/agent';
+import { pubAckError } from '@ferry/agent/nats';
 import { forEachLimit } from '../src/concurrency.js';
 import { poolBuffers } from '../src/agent.js';
 import { discardRange } from '../src/discard.js';

@@ -126,9 +126,9 @@ export async function copy(io: CliIo, source: string, destination: string, copyO
   let early: typeof import('@ferry/coordinator/early') | undefined;
   try {
     // The SSH login and the remote helper start now, and the rest of ferry loads while
-    // they are under way (coordinator's early.ts).
+    // the helper starts (coordinator's early.ts).
     early = await import('@ferry/coordinator/early');
-    early.connectEarly(source, destination, copyOptions, io.signal, recursive);
+    await early.connectEarly(source, destination, copyOptions, io.signal, recursive);
     // Each command loads only what it needs: `ferry serve` starts on every remote connection.
     const { runCopy, runTreeCopy, isLocalDirectory } = await import('@ferry/coordinator');
     const agentCommand = agentCommandOf(io, launch);
@@ -169,7 +169,7 @@ export async function syncTree(io: CliIo, source: string, destination: string, c
   let early: typeof import('@ferry/coordinator/early') | undefined;
   try {
     early = await import('@ferry/coordinator/early');
-    early.connectEarly(source, destination, copyOptions, io.signal);
+    await early.connectEarly(source, destination, copyOptions, io.signal);
     const { runSync } = await import('@ferry/coordinator');
     const summary = await runSync({
       source,

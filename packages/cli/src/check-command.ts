@@ -40,7 +40,7 @@ export async function checkCommand(io: CliIo, source: string, destination: strin
   try {
     // The login starts while the rest of ferry loads (coordinator's early.ts).
     early = await import('@ferry/coordinator/early');
-    early.connectEarly(source, destination, o.copyOptions, io.signal);
+    await early.connectEarly(source, destination, o.copyOptions, io.signal);
     const { runCheck, checkOutcome, openReportFile } = await import('@ferry/coordinator');
     const sinks: Array<{ status: CheckStatus | undefined; out: Output }> = [];
     for (const l of CHECK_LISTS) {

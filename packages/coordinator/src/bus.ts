@@ -8,4 +8,4 @@
 export { AckPolicy, DeliverPolicy, RetentionPolicy, StorageType, jetstream, jetstreamManager } from '@nats-io/jetstream';
 export { Kvm } from '@nats-io/kv';
 export { nanos } from '@nats-io/transport-node';
-export { JetStreamPublisher, connectBus } from '@ferry/agent';
+export { JetStreamPublisher, connectBus } from '@ferry/agent/nats';

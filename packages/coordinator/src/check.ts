@@ -34,7 +34,7 @@ import type { RemoteConnection } from '@ferry/transport';
 import { walkTree } from '@ferry/serve';
 import { fallbackWarning } from './copy.js';
 import { LocalHashers } from './local-hash.js';
-import { connectAny, expandHome, remoteStat, resolveRemote } from './prepare.js';
+import { connectAny, coordinatorConnectOptions, expandHome, remoteStat, resolveRemote } from './prepare.js';
 
 /** Range of a big file hashed as one piece on each side, unless --range-size says otherwise. */
 export const DEFAULT_CHECK_RANGE_BYTES = 64 * 1024 * 1024;
@@ -455,7 +455,7 @@ async function localSide(path: string, role: 'source' | 'destination', hashers: 
 async function remoteSide(loc: RemoteLocation, role: 'source' | 'destination', options: ResolvedCopyOptions, streams: number, emit: (e: CheckEvent) => void, signal?: AbortSignal): Promise<CheckSide> {
   const { ssh, hosts, warnings } = await resolveRemote(loc, options);
   for (const message of warnings) emit({ type: 'warning', message });
-  const connectOptions = { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(signal ? { signal } : {}) };
+  const connectOptions = coordinatorConnectOptions(options, signal);
   const { conn: walker } = await connectAny(hosts, ssh, connectOptions);
   let root: string;
   try {

@@ -9,7 +9,7 @@ import { FerryError, MAX_AGENTS, MESSAGE_VERSION, StreamTuner, decodeAgentEvent,
 import type { WorkItem } from '@ferry/core';
 import { rangeBytesOf, sleep } from './file-context.js';
 import type { Run, TransferContext } from './file-context.js';
-import { KV_HASH_BLOCK } from './nats-job-bus.js';
+import { KV_HASH_BLOCK } from './job-bus.js';
 
 /** Agent names a run keeps (a job has at most MAX_AGENTS agents; names beyond are not ours). */
 const MAX_KNOWN_AGENTS = 4 * MAX_AGENTS;

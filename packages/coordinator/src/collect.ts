@@ -11,7 +11,7 @@ import type { Completion, RangeExpectation } from '@ferry/core';
 import { rangeBytesOf } from './file-context.js';
 import type { Run, TransferContext } from './file-context.js';
 import type { CompletionFeed, CompletionMessage, JobBus } from './job-bus.js';
-import { KV_HASH_BLOCK } from './nats-job-bus.js';
+import { KV_HASH_BLOCK } from './job-bus.js';
 import { publishWork } from './publish.js';
 
 /** Rejected completions logged one by one, at most. */

@@ -20,24 +20,28 @@ import { connectAhead, coordinatorConnectOptions, dropAhead, remoteSideOf } from
  * nothing where the command will not open one the usual way (both sides
  * local or remote, a control-plane benchmark, options that do not parse, a
  * local source that is missing, or a directory when `trees` is false: the
- * command itself says what is wrong).
+ * command itself says what is wrong). The promise settles (never rejects)
+ * when the caller should load the rest of ferry: once the login is done and
+ * the remote helper is starting (connectAhead), at once where no connection
+ * was started.
  */
-export function connectEarly(source: string, destination: string, given: CopyOptions, signal?: AbortSignal, trees = true): void {
+export function connectEarly(source: string, destination: string, given: CopyOptions, signal?: AbortSignal, trees = true): Promise<void> {
   try {
     const src = parseLocation(source);
-    if (benchDiscardRequested(process.env[BENCH_DISCARD_ENV], src, parseLocation(destination))) return;
+    if (benchDiscardRequested(process.env[BENCH_DISCARD_ENV], src, parseLocation(destination))) return Promise.resolve();
     const remoteSide = remoteSideOf(source, destination);
-    if (!remoteSide) return;
+    if (!remoteSide) return Promise.resolve();
     // No login for a command that will fail at once: a local source that is not there, or a
     // directory where the command takes none (cp without -r).
     if (src.kind === 'local') {
       const st = statSync(src.path, { throwIfNoEntry: false });
-      if (!st || (st.isDirectory() && !trees)) return;
+      if (!st || (st.isDirectory() && !trees)) return Promise.resolve();
     }
     const options = resolveCopyOptions(given, { cores: availableParallelism() });
-    connectAhead(remoteSide, options, coordinatorConnectOptions(options, signal));
+    return connectAhead(remoteSide, options, coordinatorConnectOptions(options, signal));
   } catch {
     // The command reports it.
+    return Promise.resolve();
   }
 }
 

@@ -6,7 +6,7 @@
  * ```
  */
 export { runCopy, defaultStateDir, LOCAL_BUS_ENV } from './copy.js';
-export { setupJobStreams } from './nats-job-bus.js';
+export { setupJobStreams } from './nats-streams.js';
 export type { CopyRequest } from './copy.js';
 export type { CopyEvent, CopySummary, TreeSummary } from './events.js';
 export { runTreeCopy, HUGE_FILE_BYTES } from './tree-copy.js';

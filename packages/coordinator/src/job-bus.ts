@@ -9,6 +9,12 @@
  */
 import type { Completion, JobSpec, NatsClientTls, RangePlan, WorkItem } from '@ferry/core';
 
+/**
+ * Range hashes are mirrored to KV in blocks of this many ranges. Here, not in
+ * nats-job-bus.ts, so that the journal's code does not load NATS with it.
+ */
+export const KV_HASH_BLOCK = 4096;
+
 /** A completion message as it arrived; `ack()` once its completions are handled (journaled). */
 export interface CompletionMessage {
   readonly data: Uint8Array;

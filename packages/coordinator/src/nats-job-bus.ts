@@ -12,12 +12,10 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { decode, decodeCompletions, decodeWorkItem, encodeMessage, jobSubjects } from '@ferry/core';
 import type { Completion, JobSpec, RangePlan, WorkItem } from '@ferry/core';
 import { AckPolicy, DeliverPolicy, JetStreamPublisher, Kvm, RetentionPolicy, StorageType, connectBus, jetstream, jetstreamManager, nanos } from './bus.js';
+import { KV_HASH_BLOCK } from './job-bus.js';
 import type { BusJoin, CompletionFeed, JobBus, Recovered } from './job-bus.js';
 import { startEmbeddedNats } from './nats-server.js';
 import type { EmbeddedNats } from './nats-server.js';
-
-/** Range hashes are mirrored to KV in blocks of this many ranges. */
-export const KV_HASH_BLOCK = 4096;
 
 /** A completions pull request's life: also the longest wait before consuming again after a nats-server restart. */
 const COMPLETIONS_EXPIRES_MS = 5_000;

@@ -198,17 +198,24 @@ type ConnectOptions = Parameters<typeof connectRemote>[2];
 
 /** What makes two connections the same: hosts, SSH settings and the data path asked for (not the signal). */
 function connectionKey(hosts: RemoteHost[], ssh: SshSettings, options: ConnectOptions): string {
-  return JSON.stringify([hosts, ssh, options.mode, options.remoteCommand, options.windowBytes, options.chunkBytes, options.helperTimeoutMs, options.recordNewHostKeys === true]);
+  return JSON.stringify([hosts, ssh, options.mode, options.remoteCommand, options.pythonAlongside !== false, options.windowBytes, options.chunkBytes, options.helperTimeoutMs, options.recordNewHostKeys === true]);
 }
 
 /**
  * Resolves `loc` and opens the connection the command will ask for first,
- * without waiting: the caller goes on loading the rest of ferry meanwhile.
+ * without waiting for it. The promise returned settles (never rejects) once
+ * that connection waits on the remote side alone (its helper's command sent:
+ * RemoteOptions.onWaiting) or has ended either way: the caller loads the
+ * rest of ferry then, while the remote shell and helper start, and not
+ * during the login, whose round trips would each wait for the loading.
  */
-export function connectAhead(loc: RemoteLocation, options: ResolvedCopyOptions, connectOptions: ConnectOptions): void {
+export function connectAhead(loc: RemoteLocation, options: ResolvedCopyOptions, connectOptions: ConnectOptions): Promise<void> {
+  let waiting!: () => void;
+  const underway = new Promise<void>((resolve) => (waiting = resolve));
   const resolved = resolveRemote(loc, options);
   const remote = { key: JSON.stringify([loc, options]), resolved };
-  const opened = resolved.then((r) => connectAny(r.hosts, r.ssh, connectOptions));
+  const opened = resolved.then((r) => connectAny(r.hosts, r.ssh, { ...connectOptions, onWaiting: waiting }));
+  void opened.then(waiting, waiting);
   // Whoever takes them sees their errors; nobody may, so none goes unhandled.
   resolved.catch(() => {});
   opened.catch(() => {});
@@ -216,6 +223,7 @@ export function connectAhead(loc: RemoteLocation, options: ResolvedCopyOptions, 
   ahead = mine;
   // Known once the hosts are resolved (before any connectAny can ask: it needs them too).
   void resolved.then((r) => (mine.connectionKey = connectionKey(r.hosts, r.ssh, connectOptions)), () => {});
+  return underway;
 }
 
 /** Closes the connection opened ahead if nothing took it (a command that failed before it needed one). */
@@ -446,6 +454,8 @@ export function coordinatorConnectOptions(options: ResolvedCopyOptions, signal?:
   return {
     mode: options.mode,
     remoteCommand: options.remoteCommand,
+    // A --remote-cmd given says where ferry serve is: no python helper started beside it.
+    pythonAlongside: !options.remoteCommandGiven,
     windowBytes: options.windowBytes,
     // The coordinator's own connections record new host keys where the host's route allows (--accept-new-host-key, StrictHostKeyChecking accept-new).
     recordNewHostKeys: true,

@@ -10,7 +10,7 @@
 import { availableParallelism } from 'node:os';
 import { FerryError, formatLocation, hasGlob, parseLocation, resolveCopyOptions } from '@ferry/core';
 import type { CopyOptions, RemoteLocation } from '@ferry/core';
-import { connectAny, expandHome, remoteStat, resolveRemote } from './prepare.js';
+import { connectAny, coordinatorConnectOptions, expandHome, remoteStat, resolveRemote } from './prepare.js';
 
 /** `sources` with every remote pattern replaced by what it matches, in order. Local sources are the shell's and stay as given. */
 export async function expandRemoteSources(sources: readonly string[], given: CopyOptions | undefined, signal?: AbortSignal): Promise<string[]> {
@@ -32,7 +32,7 @@ export async function expandRemoteSources(sources: readonly string[], given: Cop
 async function expandOne(loc: RemoteLocation, source: string, given: CopyOptions | undefined, signal?: AbortSignal): Promise<string[]> {
   const options = resolveCopyOptions(given, { cores: availableParallelism() });
   const { ssh, hosts } = await resolveRemote(loc, options);
-  const { conn } = await connectAny(hosts, ssh, { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(signal ? { signal } : {}) });
+  const { conn } = await connectAny(hosts, ssh, coordinatorConnectOptions(options, signal));
   try {
     // ~ and a relative path as scp's remote shell takes them: the home and the login directory.
     const expanded = await expandHome(conn, loc.path, 'source');

@@ -17,7 +17,7 @@ import type { RemoteConnection, SetAttrs } from '@ferry/transport';
 import type { CopyRequest } from './copy.js';
 import { rangeHashFor, runCopy } from './copy.js';
 import type { CopySummary, TreeSummary } from './events.js';
-import { connectAny, expandHome, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
+import { connectAny, coordinatorConnectOptions, expandHome, remoteSideOf, remoteStat, resolveRemote } from './prepare.js';
 import { runTreeCopy } from './tree-copy.js';
 import { localDestination } from './tree-finalize.js';
 import { metaPlanOf, pathMeta } from './tree-meta.js';
@@ -58,7 +58,7 @@ async function syncFile(request: CopyRequest): Promise<FileSyncSummary> {
   let destExists = false;
   let attrs: FileAttributes | undefined;
   const { ssh, hosts } = await resolveRemote(remoteLoc, options);
-  const { conn } = await connectAny(hosts, ssh, { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(request.signal ? { signal: request.signal } : {}) });
+  const { conn } = await connectAny(hosts, ssh, coordinatorConnectOptions(options, request.signal));
   try {
     const remotePath = await expandHome(conn, remoteLoc.path, push ? 'destination' : 'source');
     // A local source is followed through a link at its name, as cp copies one file.

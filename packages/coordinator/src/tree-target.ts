@@ -10,7 +10,7 @@ import { basename, dirname, join, posix, resolve } from 'node:path';
 import { FerryError, destinationError, errnoOf, firstBadDirectory, formatLocation, hostLabel, joinUnder, parseLocation } from '@ferry/core';
 import type { RemoteHost, RemoteLocation, ResolvedCopyOptions, SshSettings } from '@ferry/core';
 import type { RemoteConnection } from '@ferry/transport';
-import { connectAny, destinationDirError, expandHome, makeJobId, remoteKind, remoteStat, resolveRemote } from './prepare.js';
+import { connectAny, coordinatorConnectOptions, destinationDirError, expandHome, makeJobId, remoteKind, remoteStat, resolveRemote } from './prepare.js';
 import type { ResolvedRemote } from './prepare.js';
 
 export interface TreeTarget {
@@ -89,7 +89,7 @@ export async function prepareTreePush(
   if (!st.isDirectory()) throw new FerryError('USAGE', `source ${sourceRoot} is not a directory`, { path: sourceRoot });
   const loc = dst as RemoteLocation;
   const { ssh, hosts } = remote ?? (await resolveRemote(loc, options));
-  const connectOptions = { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(signal ? { signal } : {}) };
+  const connectOptions = coordinatorConnectOptions(options, signal);
   const { conn } = await connectAny(hosts, ssh, connectOptions);
   try {
     const hostsKey = `${loc.hosts.join(',')}:${loc.port ?? 22}`;
@@ -130,7 +130,7 @@ async function prepareTreePull(
   signal?: AbortSignal,
 ): Promise<TreeTarget> {
   const { ssh, hosts } = remote ?? (await resolveRemote(loc, options));
-  const connectOptions = { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(signal ? { signal } : {}) };
+  const connectOptions = coordinatorConnectOptions(options, signal);
   const { conn } = await connectAny(hosts, ssh, connectOptions);
   try {
     const label = conn.label;

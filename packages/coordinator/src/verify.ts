@@ -29,7 +29,7 @@ import type { CopyOptions, HashAlgorithm, Manifest, ManifestEntry, RemoteLocatio
 import type { RemoteConnection } from '@ferry/transport';
 import { walkTree } from '@ferry/serve';
 import { fallbackWarning } from './copy.js';
-import { connectAny, expandHome, remoteStat, resolveRemote } from './prepare.js';
+import { connectAny, coordinatorConnectOptions, expandHome, remoteStat, resolveRemote } from './prepare.js';
 
 /** Workers hashing at once when the caller does not say. */
 export const DEFAULT_VERIFY_CONNECTIONS = 4;
@@ -407,7 +407,7 @@ async function remoteSide(loc: RemoteLocation, request: VerifyRequest, workers: 
   const options = resolveCopyOptions(request.options, { cores: availableParallelism() });
   const remote = await resolveRemote(loc, options);
   for (const message of remote.warnings) emit({ type: 'warning', message });
-  const connectOptions = { mode: options.mode, remoteCommand: options.remoteCommand, windowBytes: options.windowBytes, recordNewHostKeys: true, ...(request.signal ? { signal: request.signal } : {}) };
+  const connectOptions = coordinatorConnectOptions(options, request.signal);
   const first = await connectAny(remote.hosts, remote.ssh, connectOptions);
   const conns: Array<RemoteConnection | undefined> = [first.conn];
   const connecting: Array<Promise<RemoteConnection> | undefined> = [];

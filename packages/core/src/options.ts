@@ -177,6 +177,12 @@ export interface ResolvedCopyOptions {
   hashGiven: boolean;
   mode: ModeChoice;
   remoteCommand: string;
+  /**
+   * Whether --remote-cmd was given: the user says where ferry serve is, so
+   * `auto` starts ferry's python helper only if that command fails, not
+   * alongside it (a python start on the remote host saved per command).
+   */
+  remoteCommandGiven: boolean;
   transport: SshTransport;
   /** The ssh program and its leading arguments (openssh transport). */
   sshCommand: string[];
@@ -301,6 +307,7 @@ export function resolveCopyOptions(options: CopyOptions = {}, machine: MachineFa
     hashGiven: options.hash !== undefined,
     mode,
     remoteCommand: options.remoteCmd ?? DEFAULT_REMOTE_COMMAND,
+    remoteCommandGiven: options.remoteCmd !== undefined,
     transport,
     sshCommand,
     preserve: options.preserve ?? false,

@@ -219,6 +219,33 @@ export interface RemoteOptions extends ConnectOptions {
    * connect timeout (--connect-timeout, 20 s)
    */
   helperTimeoutMs?: number;
+  /**
+   * Called once the connection waits on the remote side alone: the helper's
+   * command has gone out (or, without one, the attempt ended either way). A
+   * caller with work of its own to do meanwhile (the CLI loading the
+   * coordinator) starts it then, so that it does not hold up the login's round
+   * trips, which each need this process for a moment.
+   */
+  onWaiting?: () => void;
+  /**
+   * In `auto` mode, start ferry's python helper alongside `remoteCommand`
+   * rather than only after it failed: one remote command sooner where ferry
+   * is not installed, one python start wasted where it is. @default true
+   */
+  pythonAlongside?: boolean;
+}
+
+/** The onWaiting of a connection being set up, called by startHelper once the helper's command went out. */
+const waitingOf = new WeakMap<Client, () => void>();
+
+/** `fn` (if any), called once whatever the number of calls. */
+function once(fn: (() => void) | undefined): () => void {
+  let called = fn === undefined;
+  return () => {
+    if (called) return;
+    called = true;
+    fn!();
+  };
 }
 
 /**
@@ -373,6 +400,7 @@ async function startHelper(client: Client, command: string, label: string, timeo
   const channel = await new Promise<import('ssh2').ClientChannel>((resolve, reject) =>
     client.exec(command, (err, ch) => (err ? reject(new FerryError('CONNECTION_LOST', `cannot open a channel to ${label}: ${err.message}`, { host: label, cause: err })) : resolve(ch))),
   );
+  waitingOf.get(client)?.();
   const sendWindow = fitChannel(client, channel, sendWindowBytes);
   let exitCode: number | null | undefined;
   let exited!: () => void;
@@ -441,8 +469,18 @@ export function helperHashes(capabilities: readonly string[] | undefined): HashA
  * and why that failed, for the caller to say so.
  */
 export async function connectRemote(target: RemoteHost, ssh: SshSettings, options: RemoteOptions): Promise<RemoteConnection> {
-  if (ssh.transport === 'openssh') return connectOpenSsh(target, ssh, options);
-  const client = await connectSsh(target, ssh, options);
+  const waiting = once(options.onWaiting);
+  if (ssh.transport === 'openssh') {
+    // The ssh process logs in and starts the helper on its own: this process is free at once.
+    const connecting = connectOpenSsh(target, ssh, options);
+    waiting();
+    return connecting;
+  }
+  const client = await connectSsh(target, ssh, options).catch((err: unknown) => {
+    waiting();
+    throw err;
+  });
+  waitingOf.set(client, waiting);
   const label = hostLabel(target);
   const sendWindowBytes = ssh.sendWindowBytes ?? 0;
   // Cancelling also while the remote side starts (shell start-up files, the helper loading):
@@ -471,7 +509,7 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
         let started = share === undefined ? undefined : await joinSharedHelper(client, share, label, timeoutMs, sendWindowBytes);
         try {
           const starting = started ? undefined : startHelperFor(client, options.remoteCommand, label, timeoutMs, sendWindowBytes, share);
-          if (starting && options.mode === 'auto' && share === undefined) {
+          if (starting && options.mode === 'auto' && share === undefined && options.pythonAlongside !== false) {
             python = startPython();
             python.catch(() => {});
           }
@@ -513,6 +551,8 @@ export async function connectRemote(target: RemoteHost, ssh: SshSettings, option
     throw err;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
+    waitingOf.delete(client);
+    waiting();
   }
 }
 
