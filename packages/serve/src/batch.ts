@@ -147,13 +147,13 @@ interface Temp {
 
 /**
  * A file's temporary name, created new (O_CREAT|O_EXCL|O_NOFOLLOW, 0600, as
- * OPEN with `exclusive` does) and sized to `size` at once: what never arrives
- * as DATA (ZEROS) stays a hole.
+ * OPEN with `exclusive` does). Its bytes are written at their offsets, so
+ * what never arrives as DATA (ZEROS) stays a hole; a file whose last bytes
+ * are zeros gets its size when complete (BatchWriter's `complete`).
  */
-function createTemp(path: string, size: number): Temp {
+function createTemp(path: string): Temp {
   const { name, value: fd } = atFreshName(path, (n) => openSync(n, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
   try {
-    if (size > 0) ftruncateSync(fd, size);
     const st = fstatSync(fd);
     return { fd, name, ino: st.ino, dev: st.dev };
   } catch (err) {
@@ -487,6 +487,8 @@ interface WriterFile {
   hasher: Hasher | undefined;
   digest: string | undefined;
   received: number;
+  /** Where the bytes written so far end (ZEROS are not written): short of `size`, the file is sized when complete. */
+  writtenEnd: number;
   temp: Temp | undefined;
   /** Complete and open until the batch's sync says whether its bytes reached the disk. */
   held: boolean;
@@ -519,7 +521,7 @@ export class BatchWriter {
     private readonly options: { syncfs?: boolean } = {},
   ) {
     entries.forEach((entry, index) => {
-      if (entry.kind === 'file') this.files.push({ index, entry, size: entry.size ?? 0, hasher: undefined, digest: undefined, received: 0, temp: undefined, held: false, error: undefined });
+      if (entry.kind === 'file') this.files.push({ index, entry, size: entry.size ?? 0, hasher: undefined, digest: undefined, received: 0, writtenEnd: 0, temp: undefined, held: false, error: undefined });
     });
   }
 
@@ -554,6 +556,7 @@ export class BatchWriter {
       try {
         let done = 0;
         while (done < data.length) done += writeSync(f.temp.fd, data, done, data.length - done, f.received + done);
+        f.writtenEnd = f.received + data.length;
       } catch (err) {
         this.fail(f, destinationError(err, { path: f.entry.path }));
       }
@@ -690,16 +693,17 @@ export class BatchWriter {
       return;
     }
     try {
-      f.temp = createTemp(f.entry.path, f.size);
+      f.temp = createTemp(f.entry.path);
     } catch (err) {
       f.error = destinationError(err, { path: f.entry.path });
     }
   }
 
-  /** All of `f`'s bytes are in: its mode and times, and it is held for the batch's sync. */
+  /** All of `f`'s bytes are in: its size (when it ends in zeros), mode and times, and it is held for the batch's sync. */
   private complete(f: WriterFile): void {
     if (!f.temp || f.error || f.received < f.size) return;
     try {
+      if (f.writtenEnd < f.size) ftruncateSync(f.temp.fd, f.size);
       finishWritten(f.temp, f.entry);
     } catch (err) {
       this.fail(f, destinationError(err, { path: f.entry.path }));
